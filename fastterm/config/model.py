@@ -1,0 +1,101 @@
+"""The configuration model: frozen msgspec Structs shared by every front-end.
+
+TOML (``toml.py``) and nginx (``nginx.py``) files both decode into ``Config``;
+the worker and supervisor only ever see these objects, never raw files.
+Defaults are the secure ones from DESIGN.md ("Defaults").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+# Mozilla "intermediate" TLS 1.2 cipher list (server side, v5.7).
+INTERMEDIATE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+TLS13_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+# OpenSSL 3.0 also offers X448 and P-521 by default; the intermediate profile does not.
+INTERMEDIATE_GROUPS = "X25519:P-256:P-384"
+
+Protocol = Literal["TLSv1.2", "TLSv1.3"]
+
+
+class Struct(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base: unknown keys are errors (like ``nginx -t``), objects are immutable."""
+
+
+class TLSPolicy(Struct):
+    protocols: list[Protocol] = msgspec.field(default_factory=lambda: ["TLSv1.2", "TLSv1.3"])
+    ciphers: str = INTERMEDIATE_CIPHERS
+    ciphersuites: str = TLS13_CIPHERSUITES
+    groups: str = INTERMEDIATE_GROUPS
+    prefer_server_ciphers: bool = True
+    session_cache: bool = True
+    session_timeout: float = 300.0
+    session_tickets: bool = True
+    alpn: list[str] = msgspec.field(default_factory=lambda: ["http/1.1"])
+
+
+class Certificate(Struct):
+    """One chain + key: ``cert`` may be a combined PEM (HAProxy style) when ``key`` is unset."""
+
+    cert: str
+    key: str | None = None
+
+
+class Route(Struct):
+    path: str = "/"
+    upstream: str
+
+
+class Upstream(Struct):
+    name: str
+    servers: list[str]
+    keepalive: int = 32  # idle backend connections kept per server
+
+
+class Server(Struct):
+    """One TLS virtual server (an nginx ``server { listen 443 ssl; }`` block)."""
+
+    listen: list[str]
+    certificates: list[Certificate] = msgspec.field(name="certificate")
+    server_names: list[str] = msgspec.field(default_factory=list)
+    default_server: bool = False
+    tls: TLSPolicy = msgspec.field(default_factory=TLSPolicy)
+    hsts: str | None = None  # value of Strict-Transport-Security, added to every response
+    routes: list[Route] = msgspec.field(name="route", default_factory=list)
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+
+
+class Redirect(Struct):
+    """A plain-HTTP listener answering ``301 https://$host$request_uri``."""
+
+    listen: list[str]
+    https_port: int = 443
+
+
+class Limits(Struct):
+    header_buffer_size: int = 16384
+    max_header_fields: int = 100
+    client_max_body_size: int = 0  # 0: unlimited (streamed)
+    client_header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    backend_connect_timeout: float = 5.0
+    backend_read_timeout: float = 60.0
+    drain_timeout: float = 30.0
+
+
+class Config(Struct):
+    servers: list[Server] = msgspec.field(name="server")
+    upstreams: list[Upstream] = msgspec.field(name="upstream", default_factory=list)
+    redirects: list[Redirect] = msgspec.field(name="redirect", default_factory=list)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    workers: int | Literal["auto"] = 1
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    error_log: str | None = None
+    access_log: str | None = None

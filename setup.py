@@ -1,0 +1,58 @@
+"""Builds ext/ (one Cython module, ``fastterm._core``) against the system OpenSSL.
+
+Like uvloop, ``ext/core.pyx`` includes the per-topic .pyx files so cdef calls
+between the TLS engine, the HTTP framing and the proxy stay C calls.
+Switches (environment): FASTTERM_DEBUG=1 (asserts, -O0 -g), FASTTERM_ASAN=1,
+FASTTERM_ANNOTATE=1 (Cython HTML annotation).
+"""
+
+import os
+import shlex
+import subprocess
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+
+def pkg_config(*args):
+    try:
+        out = subprocess.run(["pkg-config", *args, "openssl"], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return shlex.split(out.stdout)
+
+
+cflags = pkg_config("--cflags") or []
+libs = pkg_config("--libs") or ["-lssl", "-lcrypto"]
+extra_compile = ["-O2", "-Wno-unused-function", "-Wno-deprecated-declarations"] + cflags
+extra_link = list(libs)
+macros = [("OPENSSL_API_COMPAT", "0x30000000L"), ("OPENSSL_SUPPRESS_DEPRECATED", None)]
+if os.environ.get("FASTTERM_DEBUG"):
+    extra_compile += ["-O0", "-g3"]
+if os.environ.get("FASTTERM_ASAN"):
+    extra_compile += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+    extra_link += ["-fsanitize=address"]
+
+ext = Extension(
+    "fastterm._core",
+    ["ext/core.pyx"],
+    include_dirs=["ext", "ext/includes"],
+    extra_compile_args=extra_compile,
+    extra_link_args=extra_link,
+    define_macros=macros,
+)
+
+setup(
+    ext_modules=cythonize(
+        [ext],
+        language_level=3,
+        annotate=bool(os.environ.get("FASTTERM_ANNOTATE")),
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+        include_path=["ext"],
+    )
+)
