@@ -26,7 +26,11 @@ Protocol = Literal["TLSv1.2", "TLSv1.3"]
 
 
 class Struct(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Base: unknown keys are errors (like ``nginx -t``), objects are immutable."""
+    """Base: unknown keys are errors (like ``nginx -t``), objects are immutable.
+
+    msgspec does not inherit ``kw_only``: a subclass that puts a required field after a
+    defaulted one (``Route``) must repeat it.
+    """
 
 
 class TLSPolicy(Struct):
@@ -48,7 +52,7 @@ class Certificate(Struct):
     key: str | None = None
 
 
-class Route(Struct):
+class Route(Struct, kw_only=True):
     path: str = "/"
     upstream: str
 
