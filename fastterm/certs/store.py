@@ -1,0 +1,169 @@
+"""Load and validate certificate chains and keys before OpenSSL ever sees them.
+
+Every layout users bring from other terminators is accepted: nginx ``.crt`` + ``.key``,
+HAProxy's combined ``.pem`` (chain and key in one file) and Let's Encrypt ``live/DOMAIN/``
+directories. Problems surface as ``ConfigError`` naming the file, at ``fastterm check``
+time, rather than as an OpenSSL error string when a worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from fastterm.errors import ConfigError
+
+EXPIRY_WARNING = timedelta(days=14)
+
+_PEM_BLOCK_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
+_KEY_LABELS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
+_ENCRYPTED_KEY_LABEL = b"ENCRYPTED PRIVATE KEY"
+_CERT_LABEL = b"CERTIFICATE"
+_LE_CHAIN, _LE_KEY = "fullchain.pem", "privkey.pem"
+
+
+@dataclass(frozen=True)
+class CertKey:
+    """A validated chain and its key, ready for ``SSL_CTX_use_certificate_chain``."""
+
+    chain_pem: bytes
+    key_pem: bytes
+    names: tuple[str, ...]
+    key_type: str
+    not_after: datetime
+    source: str
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError("no such file", file=path) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, expected a PEM file", file=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+
+
+def _resolve_paths(cert: str, key: str | None) -> tuple[str, str | None]:
+    """A Let's Encrypt ``live/DOMAIN/`` directory stands for its fullchain.pem and privkey.pem."""
+    if not os.path.isdir(cert):
+        return cert, key
+    chain = os.path.join(cert, _LE_CHAIN)
+    if os.path.exists(chain):
+        return chain, key or os.path.join(cert, _LE_KEY)
+    raise ConfigError(
+        f"is a directory without {_LE_CHAIN} (not a Let's Encrypt live/ directory): "
+        "name one PEM file per certificate", file=cert)
+
+
+def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
+    return [(m.group(1), m.group(0)) for m in _PEM_BLOCK_RE.finditer(data)]
+
+
+def _private_key(blocks: list[tuple[bytes, bytes]], path: str):
+    """The single unencrypted RSA or EC key among ``blocks``, with its PEM text."""
+    keys = [pem for label, pem in blocks if label in _KEY_LABELS or label == _ENCRYPTED_KEY_LABEL]
+    if not keys:
+        raise ConfigError("no private key found (expected a PEM 'PRIVATE KEY' block)", file=path)
+    if len(keys) > 1:
+        raise ConfigError(f"{len(keys)} private keys found, expected one", file=path)
+    pem = keys[0]
+    if pem.startswith(b"-----BEGIN " + _ENCRYPTED_KEY_LABEL) or b"Proc-Type: 4,ENCRYPTED" in pem:
+        raise ConfigError("private key is encrypted: fastterm needs it unencrypted "
+                          "(openssl pkey -in KEY -out KEY.plain)", file=path)
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        raise ConfigError("private key is encrypted", file=path) from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"invalid private key: {exc}", file=path) from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key, "RSA", pem
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key, "EC", pem
+    raise ConfigError(f"unsupported key type {type(key).__name__.removeprefix('_')}: use RSA or EC",
+                      file=path)
+
+
+def _certificates(blocks: list[tuple[bytes, bytes]], path: str) -> list[x509.Certificate]:
+    pems = [pem for label, pem in blocks if label == _CERT_LABEL]
+    if not pems:
+        raise ConfigError("no certificate found (expected a PEM 'CERTIFICATE' block)", file=path)
+    try:
+        return [x509.load_pem_x509_certificate(pem) for pem in pems]
+    except ValueError as exc:
+        raise ConfigError(f"invalid certificate: {exc}", file=path) from None
+
+
+def _spki(public_key) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _order_chain(leaf: x509.Certificate, certs: list[x509.Certificate]) -> list[x509.Certificate]:
+    """Leaf first, then each issuer in turn; certificates off the path keep their order at the end."""
+    rest = [c for c in certs if c is not leaf]
+    chain = [leaf]
+    while rest:
+        issuer = next((c for c in rest if c.subject == chain[-1].issuer), None)
+        if issuer is None or chain[-1].subject == chain[-1].issuer:
+            break
+        chain.append(issuer)
+        rest.remove(issuer)
+    return chain + rest
+
+
+def _names(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        names = []
+    if not names:
+        names = [str(a.value).lower() for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    return tuple(dict.fromkeys(names))
+
+
+def load_certificate(cert: str, key: str | None = None) -> CertKey:
+    """Load a chain and its key (``key`` unset: both come from ``cert``) and check they match."""
+    cert_path, key_path = _resolve_paths(cert, key)
+    cert_blocks = _pem_blocks(_read(cert_path))
+    certs = _certificates(cert_blocks, cert_path)
+    key_blocks = cert_blocks if key_path is None else _pem_blocks(_read(key_path))
+    private_key, key_type, key_pem = _private_key(key_blocks, key_path or cert_path)
+    spki = _spki(private_key.public_key())
+    leaf = next((c for c in certs if _spki(c.public_key()) == spki), None)
+    if leaf is None:
+        raise ConfigError(f"private key in {key_path or cert_path} does not match any certificate "
+                          "(public keys differ)", file=cert_path)
+    chain = _order_chain(leaf, certs)
+    return CertKey(
+        chain_pem=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain),
+        key_pem=key_pem,
+        names=_names(leaf),
+        key_type=key_type,
+        not_after=leaf.not_valid_after_utc,
+        source=cert_path if key_path is None else f"{cert_path} + {key_path}",
+    )
+
+
+def expiry_warnings(ck: CertKey, now: datetime | None = None) -> list[str]:
+    """Warn for an expired certificate, or one inside the renewal window (14 days)."""
+    now = now or datetime.now(timezone.utc)
+    who = f"certificate {', '.join(ck.names) or '(no name)'} ({ck.source})"
+    when = ck.not_after.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if ck.not_after <= now:
+        return [f"{who} expired on {when}"]
+    left = ck.not_after - now
+    if left <= EXPIRY_WARNING:
+        return [f"{who} expires in {left.days} days, on {when}"]
+    return []

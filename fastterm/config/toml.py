@@ -1,0 +1,328 @@
+"""fastterm.toml -> ``Config``, with errors located like ``nginx -t`` (file:line: directive).
+
+tomllib reports syntax errors with a line; msgspec reports schema errors with a path
+(``$.server[0].tls.session_timeout``). ``KeyLines`` maps such paths back onto the line
+where the key appears, so every error a user sees points into their file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Iterable
+
+import msgspec
+
+from fastterm.config.model import Config, Route, Server
+from fastterm.errors import ConfigError
+
+Path = tuple[str | int, ...]
+
+_KEY = r'(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')'
+_DOTTED_KEY = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+_TABLE_RE = re.compile(rf"^\s*(\[\[?)\s*({_DOTTED_KEY})\s*\]\]?")
+_KEYVAL_RE = re.compile(rf"^\s*({_DOTTED_KEY})\s*=")
+_SEGMENT_RE = re.compile(_KEY)
+_MSGSPEC_PATH_RE = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]")
+_TOML_LINE_RE = re.compile(r"\(at line (\d+), column \d+\)")
+
+REFUSED_PROTOCOLS = {"SSLv2", "SSLv3", "TLSv1", "TLSv1.0", "TLSv1.1"}
+
+
+def _split_key(dotted: str) -> list[str]:
+    return [seg.strip("\"'") for seg in _SEGMENT_RE.findall(dotted)]
+
+
+def _value_depth(text: str) -> int:
+    """Net ``[``/``{`` nesting of a TOML value fragment, ignoring strings and comments."""
+    depth = 0
+    quote = ""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            break
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    return depth
+
+
+class KeyLines:
+    """Where each table and key of a TOML text is, by the path msgspec would report.
+
+    Best effort by design: keys inside inline tables resolve to the line of the
+    enclosing key, which is still the line a user has to look at.
+    """
+
+    def __init__(self, text: str):
+        self.lines: dict[Path, int] = {}
+        self._array_len: dict[Path, int] = {}
+        self._scan(text)
+
+    def _resolve(self, segments: list[str], prefix: Path = ()) -> Path:
+        """Apply TOML's rule: a name that is an array of tables means its last element."""
+        path = prefix
+        for seg in segments:
+            path = path + (seg,)
+            if path in self._array_len:
+                path = path + (self._array_len[path] - 1,)
+        return path
+
+    def _scan(self, text: str) -> None:
+        table: Path = ()
+        depth = 0
+        in_multiline = ""
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if in_multiline:
+                if line.count(in_multiline) % 2:
+                    in_multiline = ""
+                continue
+            if depth > 0:
+                depth += _value_depth(line)
+                continue
+            header = _TABLE_RE.match(line)
+            if header:
+                segments = _split_key(header.group(2))
+                parent = self._resolve(segments[:-1])
+                path = parent + (segments[-1],)
+                if header.group(1) == "[[":
+                    count = self._array_len.get(path, 0) + 1
+                    self._array_len[path] = count
+                    self.lines.setdefault(path, lineno)
+                    path = path + (count - 1,)
+                self.lines[path] = lineno
+                table = path
+                continue
+            keyval = _KEYVAL_RE.match(line)
+            if not keyval:
+                continue
+            segments = _split_key(keyval.group(1))
+            path = table
+            for seg in segments:
+                path = path + (seg,)
+                self.lines.setdefault(path, lineno)
+            value = line[keyval.end():]
+            for delim in ('"""', "'''"):
+                if value.count(delim) % 2:
+                    in_multiline = delim
+            if not in_multiline:
+                depth = _value_depth(value)
+
+    def line(self, path: Iterable[str | int]) -> int | None:
+        """The line of ``path``, or of its closest ancestor that appears in the text."""
+        path = tuple(path)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+
+def directive_name(path: Iterable[str | int]) -> str | None:
+    """``("server", 0, "tls", "ciphers")`` -> ``"server.tls.ciphers"``."""
+    name = ".".join(p for p in path if isinstance(p, str))
+    return name or None
+
+
+def parse_address(address: str, *, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``*:port`` or a bare ``port`` -> ``(host, port)``.
+
+    A bare port binds every IPv4 address, as nginx's ``listen 443`` does.
+    """
+    address = str(address).strip()
+    if not address:
+        raise ValueError("empty address")
+    if address.isdigit():
+        host, port_text = default_host, address
+    elif address.startswith("["):
+        close = address.find("]")
+        if close < 0 or address[close + 1:close + 2] != ":":
+            raise ValueError(f"invalid address {address!r}: expected [IPv6]:port")
+        host, port_text = address[1:close], address[close + 2:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address {host!r} in {address!r}") from None
+    else:
+        host, sep, port_text = address.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"invalid address {address!r}: expected host:port, [IPv6]:port or port")
+        if ":" in host:
+            raise ValueError(f"invalid address {address!r}: write IPv6 addresses as [addr]:port")
+        if host == "*":
+            host = default_host
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"invalid port {port_text!r} in {address!r}")
+    return host, int(port_text)
+
+
+class _Checker:
+    """Semantic checks on a decoded ``Config``; each error carries its file:line."""
+
+    def __init__(self, path: str, keys: KeyLines):
+        self.path = path
+        self.keys = keys
+
+    def error(self, message: str, *where: str | int) -> ConfigError:
+        return ConfigError(message, file=self.path, line=self.keys.line(where),
+                           directive=directive_name(where))
+
+    def protocols(self, data: dict) -> None:
+        """Runs before msgspec, whose "Invalid enum value" would not say why."""
+        for i, server in enumerate(_list(data.get("server"))):
+            tls = server.get("tls") if isinstance(server, dict) else None
+            protocols = tls.get("protocols") if isinstance(tls, dict) else None
+            for proto in _list(protocols):
+                if proto in REFUSED_PROTOCOLS:
+                    raise self.error(
+                        f"{proto} is refused by fastterm: it is deprecated (RFC 8996); "
+                        "use TLSv1.2 and/or TLSv1.3", "server", i, "tls", "protocols")
+                if proto not in ("TLSv1.2", "TLSv1.3"):
+                    raise self.error(f"unknown protocol {proto!r}: use TLSv1.2 and/or TLSv1.3",
+                                     "server", i, "tls", "protocols")
+
+    def check(self, config: Config) -> Config:
+        upstream_names: set[str] = set()
+        for i, upstream in enumerate(config.upstreams):
+            if upstream.name in upstream_names:
+                raise self.error(f"duplicate upstream {upstream.name!r}", "upstream", i, "name")
+            upstream_names.add(upstream.name)
+            if not upstream.servers:
+                raise self.error(f"upstream {upstream.name!r} has no servers", "upstream", i, "servers")
+            for address in upstream.servers:
+                self._address(address, "upstream", i, "servers", default_host="127.0.0.1")
+        for i, redirect in enumerate(config.redirects):
+            if not redirect.listen:
+                raise self.error("redirect has no listen address", "redirect", i, "listen")
+            for address in redirect.listen:
+                self._address(address, "redirect", i, "listen")
+            if not 0 < redirect.https_port < 65536:
+                raise self.error(f"invalid port {redirect.https_port}", "redirect", i, "https_port")
+        if not config.servers:
+            raise self.error("no [[server]] defined", "server")
+        names_by_listen: dict[tuple[str, int], dict[str, int]] = {}
+        default_by_listen: dict[tuple[str, int], int] = {}
+        servers = []
+        for i, server in enumerate(config.servers):
+            if not server.listen:
+                raise self.error("server has no listen address", "server", i, "listen")
+            if not server.certificates:
+                raise self.error("server has no certificate: add a [[server.certificate]]",
+                                 "server", i, "certificate")
+            listens = [self._address(a, "server", i, "listen") for a in server.listen]
+            for listen in listens:
+                seen = names_by_listen.setdefault(listen, {})
+                for name in server.server_names:
+                    other = seen.setdefault(name.lower(), i)
+                    if other != i:
+                        raise self.error(
+                            f"duplicate server name {name!r} on {_show(listen)} (also in server "
+                            f"at line {self.keys.line(('server', other))})", "server", i, "server_names")
+                if server.default_server:
+                    other = default_by_listen.setdefault(listen, i)
+                    if other != i:
+                        raise self.error(
+                            f"a default server for {_show(listen)} is already defined at line "
+                            f"{self.keys.line(('server', other))}", "server", i, "default_server")
+            for j, route in enumerate(server.routes):
+                if route.upstream not in upstream_names:
+                    raise self.error(f"unknown upstream {route.upstream!r}", "server", i, "route", j,
+                                     "upstream")
+                if not route.path.startswith("/"):
+                    raise self.error(f"route path {route.path!r} must start with '/'", "server", i,
+                                     "route", j, "path")
+            servers.append(self._with_defaults(server, i, config))
+        return msgspec.structs.replace(config, servers=servers)
+
+    def _with_defaults(self, server: Server, i: int, config: Config) -> Server:
+        """Give a route-less server the only upstream; make certificate paths absolute."""
+        routes = server.routes
+        if not routes:
+            if len(config.upstreams) != 1:
+                raise self.error(
+                    "server has no [[server.route]] and there is not exactly one upstream to default to",
+                    "server", i)
+            routes = [Route(path="/", upstream=config.upstreams[0].name)]
+        base = os.path.dirname(os.path.abspath(self.path))
+        certificates = [
+            msgspec.structs.replace(c, cert=_absolute(c.cert, base),
+                                    key=None if c.key is None else _absolute(c.key, base))
+            for c in server.certificates
+        ]
+        return msgspec.structs.replace(server, routes=routes, certificates=certificates)
+
+    def _address(self, address: str, *where: str | int, default_host: str = "0.0.0.0") -> tuple[str, int]:
+        try:
+            return parse_address(address, default_host=default_host)
+        except ValueError as exc:
+            raise self.error(str(exc), *where) from None
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _show(listen: tuple[str, int]) -> str:
+    host, port = listen
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _absolute(path: str, base: str) -> str:
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def _schema_error(exc: msgspec.ValidationError, path: str, keys: KeyLines) -> ConfigError:
+    """Turn msgspec's ``message - at `$.a[0].b``` into file:line: directive: message."""
+    message, _, at = str(exc).partition(" - at `")
+    where: list[str | int] = [
+        name if name else int(index) for name, index in _MSGSPEC_PATH_RE.findall(at.rstrip("`"))
+    ]
+    field = re.search(r"(unknown|required) field `([^`]+)`", message)
+    if field:
+        kind, name = field.groups()
+        message = "unknown directive" if kind == "unknown" else "missing required directive"
+        where.append(name)
+        line = keys.line(where) if kind == "unknown" else keys.line(where[:-1])
+    else:
+        message = message.replace("`", "")
+        line = keys.line(where)
+    return ConfigError(message, file=path, line=line, directive=directive_name(where))
+
+
+def load_config(path: str) -> Config:
+    """Read, decode and validate a fastterm.toml; raise ``ConfigError`` located at file:line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration: {exc.strerror}", file=path) from None
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8: {exc.reason} at byte {exc.start}", file=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        match = _TOML_LINE_RE.search(str(exc))
+        message = _TOML_LINE_RE.sub("", str(exc)).strip()
+        raise ConfigError(f"syntax error: {message}", file=path,
+                          line=int(match.group(1)) if match else None) from None
+    keys = KeyLines(text)
+    checker = _Checker(path, keys)
+    checker.protocols(data)
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise _schema_error(exc, path, keys) from None
+    return checker.check(config)
