@@ -1,6 +1,6 @@
 """Builds ext/ (one Cython module, ``fastterm._core``) against the system OpenSSL.
 
-Like uvloop, ``ext/core.pyx`` includes the per-topic .pyx files so cdef calls
+Like uvloop, ``ext/_core.pyx`` includes the per-topic .pyx files so cdef calls
 between the TLS engine, the HTTP framing and the proxy stay C calls.
 Switches (environment): FASTTERM_DEBUG=1 (asserts, -O0 -g), FASTTERM_ASAN=1,
 FASTTERM_ANNOTATE=1 (Cython HTML annotation).
@@ -35,7 +35,7 @@ if os.environ.get("FASTTERM_ASAN"):
 
 ext = Extension(
     "fastterm._core",
-    ["ext/core.pyx"],
+    ["fastterm/_core.pyx"],
     include_dirs=["ext", "ext/includes"],
     extra_compile_args=extra_compile,
     extra_link_args=extra_link,

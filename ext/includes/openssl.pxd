@@ -1,0 +1,182 @@
+# libssl / libcrypto declarations only (like uvloop's includes/uv.pxd).
+# Functions that are macros in one OpenSSL version and functions in another
+# go through compat.h.
+
+cdef extern from "compat.h":
+    # Callback types hold the GIL: our callbacks touch Python objects.
+    ctypedef struct SSL
+    ctypedef int (*alpn_select_cb_func)(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                                        const unsigned char *inp, unsigned int inlen, void *arg) noexcept
+    ctypedef int (*servername_cb_func)(SSL *s, int *al, void *arg) noexcept
+
+cdef extern from "compat.h" nogil:
+    ctypedef struct SSL_CTX
+    ctypedef struct SSL
+    ctypedef struct SSL_METHOD
+    ctypedef struct SSL_SESSION
+    ctypedef struct SSL_CIPHER
+    ctypedef struct BIO
+    ctypedef struct BIO_METHOD
+    ctypedef struct X509
+    ctypedef struct EVP_PKEY
+
+    # ---- errors -------------------------------------------------------
+    unsigned long ERR_get_error()
+    unsigned long ERR_peek_error()
+    void ERR_clear_error()
+    void ERR_error_string_n(unsigned long e, char *buf, size_t len)
+
+    # ---- versions and options ------------------------------------------
+    enum:
+        TLS1_VERSION
+        TLS1_1_VERSION
+        TLS1_2_VERSION
+        TLS1_3_VERSION
+
+    enum:
+        SSL_OP_NO_COMPRESSION
+        SSL_OP_NO_RENEGOTIATION
+        SSL_OP_CIPHER_SERVER_PREFERENCE
+        SSL_OP_PRIORITIZE_CHACHA
+        SSL_OP_NO_TICKET
+        SSL_OP_SINGLE_ECDH_USE
+        SSL_OP_NO_ANTI_REPLAY
+
+    enum:
+        SSL_MODE_RELEASE_BUFFERS
+        SSL_MODE_ENABLE_PARTIAL_WRITE
+        SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+
+    enum:
+        SSL_SESS_CACHE_OFF
+        SSL_SESS_CACHE_SERVER
+        SSL_SESS_CACHE_CLIENT
+
+    enum:
+        SSL_ERROR_NONE
+        SSL_ERROR_SSL
+        SSL_ERROR_WANT_READ
+        SSL_ERROR_WANT_WRITE
+        SSL_ERROR_SYSCALL
+        SSL_ERROR_ZERO_RETURN
+        SSL_ERROR_WANT_X509_LOOKUP
+
+    enum:
+        SSL_TLSEXT_ERR_OK
+        SSL_TLSEXT_ERR_ALERT_FATAL
+        SSL_TLSEXT_ERR_NOACK
+        SSL_AD_UNRECOGNIZED_NAME
+        SSL_AD_NO_APPLICATION_PROTOCOL
+        OPENSSL_NPN_NEGOTIATED
+        TLSEXT_NAMETYPE_host_name
+
+    enum:
+        SSL_RECEIVED_SHUTDOWN
+        SSL_SENT_SHUTDOWN
+
+    const SSL_METHOD *TLS_server_method()
+    const SSL_METHOD *TLS_client_method()
+
+    # ---- SSL_CTX ------------------------------------------------------
+    SSL_CTX *SSL_CTX_new(const SSL_METHOD *meth)
+    void SSL_CTX_free(SSL_CTX *ctx)
+    int SSL_CTX_up_ref(SSL_CTX *ctx)
+    long SSL_CTX_set_options(SSL_CTX *ctx, long op)
+    long SSL_CTX_clear_options(SSL_CTX *ctx, long op)
+    long SSL_CTX_set_mode(SSL_CTX *ctx, long mode)
+    int SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version)
+    int SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version)
+    int SSL_CTX_set_cipher_list(SSL_CTX *ctx, const char *s)
+    int SSL_CTX_set_ciphersuites(SSL_CTX *ctx, const char *s)
+    int SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *s)
+    int SSL_CTX_use_certificate(SSL_CTX *ctx, X509 *x)
+    int SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *x)
+    int SSL_CTX_use_PrivateKey(SSL_CTX *ctx, EVP_PKEY *pkey)
+    int SSL_CTX_check_private_key(const SSL_CTX *ctx)
+    int SSL_CTX_set_current_cert(SSL_CTX *ctx, long op)
+    long SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode)
+    long SSL_CTX_sess_set_cache_size(SSL_CTX *ctx, long t)
+    long SSL_CTX_set_timeout(SSL_CTX *ctx, long t)
+    int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid_ctx, unsigned int sid_ctx_len)
+    int SSL_CTX_set_num_tickets(SSL_CTX *ctx, size_t num_tickets)
+    void SSL_CTX_set_verify(SSL_CTX *ctx, int mode, void *cb)
+    int SSL_CTX_load_verify_locations(SSL_CTX *ctx, const char *CAfile, const char *CApath)
+    int SSL_CTX_set_alpn_protos(SSL_CTX *ctx, const unsigned char *protos, unsigned int protos_len)
+    long SSL_CTX_sess_number(SSL_CTX *ctx)
+
+    void SSL_CTX_set_alpn_select_cb(SSL_CTX *ctx, alpn_select_cb_func cb, void *arg)
+    long SSL_CTX_set_tlsext_servername_callback(SSL_CTX *ctx, servername_cb_func cb)
+    long SSL_CTX_set_tlsext_servername_arg(SSL_CTX *ctx, void *arg)
+    int SSL_select_next_proto(unsigned char **out, unsigned char *outlen,
+                              const unsigned char *server, unsigned int server_len,
+                              const unsigned char *client, unsigned int client_len)
+
+    # ---- SSL ----------------------------------------------------------
+    SSL *SSL_new(SSL_CTX *ctx)
+    void SSL_free(SSL *ssl)
+    SSL_CTX *SSL_set_SSL_CTX(SSL *ssl, SSL_CTX *ctx)
+    SSL_CTX *SSL_get_SSL_CTX(const SSL *ssl)
+    void SSL_set_accept_state(SSL *ssl)
+    void SSL_set_connect_state(SSL *ssl)
+    int SSL_set_fd(SSL *ssl, int fd)
+    void SSL_set_bio(SSL *ssl, BIO *rbio, BIO *wbio)
+    int SSL_do_handshake(SSL *ssl)
+    int SSL_read(SSL *ssl, void *buf, int num)
+    int SSL_write(SSL *ssl, const void *buf, int num)
+    int SSL_shutdown(SSL *ssl)
+    int SSL_get_shutdown(const SSL *ssl)
+    void SSL_set_shutdown(SSL *ssl, int mode)
+    int SSL_get_error(const SSL *ssl, int ret)
+    int SSL_pending(const SSL *ssl)
+    int SSL_is_init_finished(const SSL *ssl)
+    int SSL_session_reused(const SSL *ssl)
+    const char *SSL_get_version(const SSL *ssl)
+    int SSL_version(const SSL *ssl)
+    const SSL_CIPHER *SSL_get_current_cipher(const SSL *ssl)
+    const char *SSL_CIPHER_get_name(const SSL_CIPHER *c)
+    void SSL_get0_alpn_selected(const SSL *ssl, const unsigned char **data, unsigned int *len)
+    const char *SSL_get_servername(const SSL *ssl, const int type)
+    int SSL_set_tlsext_host_name(SSL *ssl, const char *name)
+    int SSL_set_alpn_protos(SSL *ssl, const unsigned char *protos, unsigned int protos_len)
+    SSL_SESSION *SSL_get1_session(SSL *ssl)
+    int SSL_set_session(SSL *ssl, SSL_SESSION *session)
+    void SSL_SESSION_free(SSL_SESSION *session)
+    int SSL_set_ex_data(SSL *ssl, int idx, void *data)
+    void *SSL_get_ex_data(const SSL *ssl, int idx)
+    X509 *SSL_get_certificate(const SSL *ssl)
+    X509 *SSL_get0_peer_certificate(const SSL *ssl)
+    int SSL_set1_host(SSL *s, const char *hostname)
+    void SSL_set_verify(SSL *s, int mode, void *cb)
+    long SSL_get_verify_result(const SSL *ssl)
+    int SSL_get_peer_signature_type_nid(const SSL *s, int *pnid)
+
+    # ---- BIO ----------------------------------------------------------
+    const BIO_METHOD *BIO_s_mem()
+    BIO *BIO_new(const BIO_METHOD *type)
+    BIO *BIO_new_mem_buf(const void *buf, int len)
+    int BIO_free(BIO *a)
+    int BIO_read(BIO *b, void *data, int dlen)
+    int BIO_write(BIO *b, const void *data, int dlen)
+    size_t BIO_ctrl_pending(BIO *b)
+    long BIO_set_mem_eof_return(BIO *b, int v)
+
+    # ---- PEM / X509 / keys --------------------------------------------
+    X509 *PEM_read_bio_X509(BIO *bp, X509 **x, void *cb, void *u)
+    X509 *PEM_read_bio_X509_AUX(BIO *bp, X509 **x, void *cb, void *u)
+    EVP_PKEY *PEM_read_bio_PrivateKey(BIO *bp, EVP_PKEY **x, void *cb, void *u)
+    void X509_free(X509 *a)
+    int X509_check_private_key(const X509 *x, const EVP_PKEY *k)
+    void EVP_PKEY_free(EVP_PKEY *pkey)
+    int EVP_PKEY_get_base_id(const EVP_PKEY *pkey)
+    enum:
+        EVP_PKEY_RSA
+        EVP_PKEY_EC
+        EVP_PKEY_ED25519
+        NID_undef
+
+    enum:
+        SSL_VERIFY_NONE
+        SSL_VERIFY_PEER
+
+    int OBJ_sn2nid(const char *s)
+    const char *OBJ_nid2sn(int n)

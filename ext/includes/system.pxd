@@ -1,0 +1,67 @@
+# POSIX declarations used by the transport (accept, socket options, addresses).
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    struct sockaddr:
+        sa_family_t sa_family
+    struct sockaddr_storage:
+        sa_family_t ss_family
+    int accept4(int sockfd, sockaddr *addr, socklen_t *addrlen, int flags)
+    int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
+    int shutdown(int sockfd, int how)
+    ssize_t send(int sockfd, const void *buf, size_t len, int flags)
+    ssize_t recv(int sockfd, void *buf, size_t len, int flags)
+    enum:
+        AF_INET
+        AF_INET6
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+        SOL_SOCKET
+        SHUT_WR
+        SHUT_RDWR
+        MSG_NOSIGNAL
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        pass
+    struct in6_addr:
+        pass
+    struct sockaddr_in:
+        sa_family_t sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+        unsigned short sin6_port
+        in6_addr sin6_addr
+    enum:
+        IPPROTO_TCP
+    unsigned short ntohs(unsigned short)
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_NODELAY
+
+cdef extern from "<arpa/inet.h>" nogil:
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+    enum:
+        INET6_ADDRSTRLEN
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    enum:
+        EAGAIN
+        EWOULDBLOCK
+        EINTR
+        ECONNABORTED
+        EMFILE
+        ENFILE
+
+cdef extern from "<string.h>" nogil:
+    void *memchr(const void *s, int c, size_t n)
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
+    int strncasecmp(const char *s1, const char *s2, size_t n)

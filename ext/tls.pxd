@@ -1,0 +1,44 @@
+# TLSContext (one SSL_CTX) and TLSConnection (one SSL), sans-IO.
+
+cdef enum:
+    # Return codes of the hot-path calls: WANT_* are codes, never exceptions.
+    TLS_OK = 0
+    TLS_WANT_READ = -1
+    TLS_WANT_WRITE = -2
+    TLS_CLOSED = -3      # close_notify received
+    TLS_EOF = -4         # transport closed without close_notify
+    TLS_FAILED = -5      # protocol or syscall error; TLSConnection.error says why
+
+
+cdef class TLSContext:
+    cdef SSL_CTX *ctx
+    cdef bint server_side
+    cdef bytes alpn_wire            # our ALPN list in wire format, preference order
+    cdef dict sni                   # lowercased name or "*.suffix" -> TLSContext
+    cdef readonly list key_types    # "RSA", "EC", ... one per certificate added
+    cdef public object server       # the worker's per-server policy, picked by SNI
+
+    cdef TLSContext _select(self, const char *name)
+
+
+cdef class TLSConnection:
+    cdef SSL *ssl
+    cdef BIO *rbio                  # memory mode only; owned by ssl
+    cdef BIO *wbio                  # memory mode only; owned by ssl
+    cdef readonly TLSContext context
+    cdef readonly bint memory
+    cdef public str error           # why the last TLS_FAILED happened
+
+    # Handshake flow
+    cdef int handshake(self)
+    # Data flow
+    cdef int read_into(self, char *buf, int size)
+    cdef int write_from(self, const char *buf, int size)
+    # Shutdown flow
+    cdef int send_close_notify(self)
+    # Memory-BIO plumbing (memory mode)
+    cdef int feed_ciphertext(self, const char *buf, int size) except -1
+    cdef size_t ciphertext_pending(self)
+    cdef int take_ciphertext(self, char *buf, int size)
+
+    cdef int _status(self, int ret)

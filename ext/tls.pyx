@@ -1,0 +1,434 @@
+# TLS engine: TLSContext owns one SSL_CTX, TLSConnection owns one SSL.
+#
+# Ownership (uvloop handle.pyx style): pointers are NULL until the factory
+# finishes, __dealloc__ frees each exactly once. A TLSConnection keeps a Python
+# reference to its TLSContext, so the SSL_CTX (and the SNI/ALPN callback
+# arguments, which are borrowed TLSContext pointers) outlive every SSL.
+
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+_PROTOCOL_VERSIONS = {"TLSv1.2": TLS1_2_VERSION, "TLSv1.3": TLS1_3_VERSION}
+_REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
+
+# One session id context for every SSL_CTX, so a session survives an SNI switch.
+cdef bytes _SID_CTX = b"fastterm"
+
+WANT_READ = TLS_WANT_READ
+WANT_WRITE = TLS_WANT_WRITE
+CLOSED = TLS_CLOSED
+EOF = TLS_EOF
+FAILED = TLS_FAILED
+
+
+cdef bytes _alpn_wire(protocols):
+    out = bytearray()
+    for proto in protocols:
+        raw = proto.encode("ascii") if isinstance(proto, str) else bytes(proto)
+        if not 0 < len(raw) < 256:
+            raise ConfigError(f"invalid ALPN protocol name {proto!r}")
+        out.append(len(raw))
+        out += raw
+    return bytes(out)
+
+
+cdef int _servername_cb(SSL *ssl, int *alert, void *arg) noexcept:
+    """SNI: swap in the SSL_CTX of the server block named by the client (default otherwise).
+
+    Like nginx, protocol versions and ciphers stay those of the listener's default
+    server: OpenSSL has already chosen them from the first SSL_CTX.
+    """
+    cdef const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
+    cdef TLSContext default_ctx = <TLSContext>arg
+    cdef TLSContext chosen
+    if name == NULL:
+        return SSL_TLSEXT_ERR_OK
+    try:
+        chosen = default_ctx._select(name)
+    except BaseException:
+        return SSL_TLSEXT_ERR_OK
+    if chosen is not default_ctx:
+        SSL_set_SSL_CTX(ssl, chosen.ctx)
+    return SSL_TLSEXT_ERR_OK
+
+
+cdef int _alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                         const unsigned char *client, unsigned int client_len,
+                         void *arg) noexcept:
+    """Server preference order; a client whose list shares nothing gets
+    no_application_protocol (RFC 7301 §3.2, as nginx does since 1.21.4)."""
+    cdef TLSContext ctx = <TLSContext>arg
+    cdef const unsigned char *ours = <const unsigned char *>PyBytes_AS_STRING(ctx.alpn_wire)
+    cdef unsigned int ours_len = len(ctx.alpn_wire)
+    if ours_len == 0:
+        return SSL_TLSEXT_ERR_NOACK
+    if SSL_select_next_proto(<unsigned char **>out, outlen, ours, ours_len,
+                             client, client_len) != OPENSSL_NPN_NEGOTIATED:
+        return SSL_TLSEXT_ERR_ALERT_FATAL
+    return SSL_TLSEXT_ERR_OK
+
+
+cdef class TLSContext:
+    """One SSL_CTX: certificates, protocol floor/ceiling, ciphers, ALPN, SNI, sessions."""
+
+    def __cinit__(self):
+        self.ctx = NULL
+        self.sni = {}
+        self.key_types = []
+        self.alpn_wire = b""
+        self.server = None
+
+    def __init__(self, *, bint server_side=True, protocols=("TLSv1.2", "TLSv1.3"),
+                 str ciphers=None, str ciphersuites=None, str groups=None,
+                 bint prefer_server_ciphers=True, bint session_cache=True,
+                 double session_timeout=300.0, bint session_tickets=True, alpn=("http/1.1",),
+                 str cafile=None):
+        cdef long options
+        self.server_side = server_side
+        for proto in protocols:
+            if proto in _REFUSED_PROTOCOLS:
+                raise ConfigError(f"protocol {proto} is refused: fastterm speaks TLSv1.2 and TLSv1.3 only")
+            if proto not in _PROTOCOL_VERSIONS:
+                raise ConfigError(f"unknown protocol {proto!r} (expected TLSv1.2 or TLSv1.3)")
+        if not protocols:
+            raise ConfigError("no protocol enabled")
+        versions = sorted(_PROTOCOL_VERSIONS[p] for p in protocols)
+
+        ERR_clear_error()
+        self.ctx = SSL_CTX_new(TLS_server_method() if server_side else TLS_client_method())
+        if self.ctx == NULL:
+            raise_tls_error("SSL_CTX_new failed")
+        if not SSL_CTX_set_min_proto_version(self.ctx, versions[0]) or \
+                not SSL_CTX_set_max_proto_version(self.ctx, versions[len(versions) - 1]):
+            raise_tls_error("cannot set protocol versions")
+
+        options = SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION
+        if prefer_server_ciphers:
+            # PRIORITIZE_CHACHA: clients that put ChaCha20 first (no AES hardware) still get it.
+            options |= SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA
+        if not session_tickets:
+            options |= SSL_OP_NO_TICKET
+        SSL_CTX_set_options(self.ctx, options)
+        # RELEASE_BUFFERS: an idle connection gives its 34 KiB of record buffers back.
+        # PARTIAL_WRITE + MOVING_WRITE_BUFFER: a short socket write returns a count, and the
+        # retry may come from another address (our pending-output copy).
+        SSL_CTX_set_mode(self.ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE
+                         | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+
+        if ciphers is not None and not SSL_CTX_set_cipher_list(self.ctx, ciphers.encode()):
+            raise_tls_error(f"invalid TLSv1.2 cipher list {ciphers!r}")
+        if ciphersuites is not None and not SSL_CTX_set_ciphersuites(self.ctx, ciphersuites.encode()):
+            raise_tls_error(f"invalid TLSv1.3 ciphersuites {ciphersuites!r}")
+        if groups is not None and not SSL_CTX_set1_groups_list(self.ctx, groups.encode()):
+            raise_tls_error(f"invalid key-exchange groups {groups!r}")
+
+        self.alpn_wire = _alpn_wire(alpn or ())
+        if server_side:
+            if session_cache:
+                SSL_CTX_set_session_cache_mode(self.ctx, SSL_SESS_CACHE_SERVER)
+                SSL_CTX_sess_set_cache_size(self.ctx, 20480)
+            else:
+                SSL_CTX_set_session_cache_mode(self.ctx, SSL_SESS_CACHE_OFF)
+            SSL_CTX_set_timeout(self.ctx, <long>session_timeout)
+            SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>PyBytes_AS_STRING(_SID_CTX),
+                                           len(_SID_CTX))
+            SSL_CTX_set_alpn_select_cb(self.ctx, _alpn_select_cb, <void *>self)
+            SSL_CTX_set_tlsext_servername_callback(self.ctx, _servername_cb)
+            SSL_CTX_set_tlsext_servername_arg(self.ctx, <void *>self)
+        else:
+            SSL_CTX_set_session_cache_mode(self.ctx, SSL_SESS_CACHE_CLIENT)
+            if self.alpn_wire and SSL_CTX_set_alpn_protos(
+                    self.ctx, <const unsigned char *>PyBytes_AS_STRING(self.alpn_wire),
+                    len(self.alpn_wire)) != 0:
+                raise_tls_error("cannot set ALPN protocols")
+            if cafile is not None:
+                if not SSL_CTX_load_verify_locations(self.ctx, cafile.encode(), NULL):
+                    raise_tls_error(f"cannot load CA file {cafile!r}")
+                SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER, NULL)
+        ERR_clear_error()
+
+    def __dealloc__(self):
+        if self.ctx != NULL:
+            SSL_CTX_free(self.ctx)
+            self.ctx = NULL
+
+    def add_certificate(self, bytes chain_pem not None, bytes key_pem not None):
+        """Load a leaf + chain and its key. One certificate per key type (RSA, ECDSA):
+        OpenSSL then gives ECDSA-capable clients the ECDSA one."""
+        cdef BIO *chain_bio = NULL
+        cdef BIO *key_bio = NULL
+        cdef X509 *leaf = NULL
+        cdef X509 *cert = NULL
+        cdef EVP_PKEY *pkey = NULL
+        cdef int key_id
+        ERR_clear_error()
+        chain_bio = BIO_new_mem_buf(PyBytes_AS_STRING(chain_pem), len(chain_pem))
+        key_bio = BIO_new_mem_buf(PyBytes_AS_STRING(key_pem), len(key_pem))
+        try:
+            if chain_bio == NULL or key_bio == NULL:
+                raise_tls_error("BIO_new_mem_buf failed")
+            leaf = PEM_read_bio_X509_AUX(chain_bio, NULL, NULL, NULL)
+            if leaf == NULL:
+                raise_tls_error("no certificate in PEM data")
+            pkey = PEM_read_bio_PrivateKey(key_bio, NULL, NULL, NULL)
+            if pkey == NULL:
+                raise_tls_error("no private key in PEM data")
+            key_id = EVP_PKEY_get_base_id(pkey)
+            # Check the pair ourselves: with an RSA and an ECDSA certificate loaded,
+            # SSL_CTX_check_private_key would match the key against the other slot.
+            if not X509_check_private_key(leaf, pkey):
+                raise_tls_error("private key does not match the certificate")
+            if not SSL_CTX_use_certificate(self.ctx, leaf) or not SSL_CTX_use_PrivateKey(self.ctx, pkey):
+                raise_tls_error("cannot use the certificate and key")
+            while True:  # the chain attaches to the certificate just made current
+                cert = PEM_read_bio_X509(chain_bio, NULL, NULL, NULL)
+                if cert == NULL:
+                    break
+                if not SSL_CTX_add1_chain_cert(self.ctx, cert):
+                    raise_tls_error("SSL_CTX_add1_chain_cert failed")
+                X509_free(cert)
+                cert = NULL
+            ERR_clear_error()  # the chain loop ends on "no start line"
+        finally:
+            if cert != NULL:
+                X509_free(cert)
+            if leaf != NULL:
+                X509_free(leaf)
+            if pkey != NULL:
+                EVP_PKEY_free(pkey)
+            if chain_bio != NULL:
+                BIO_free(chain_bio)
+            if key_bio != NULL:
+                BIO_free(key_bio)
+        self.key_types.append("RSA" if key_id == EVP_PKEY_RSA else "EC" if key_id == EVP_PKEY_EC
+                              else OBJ_nid2sn(key_id).decode())
+
+    def set_sni(self, dict names not None):
+        """``{"example.com": ctx, "*.example.com": ctx2}``; unknown names keep this (default) context."""
+        self.sni = {k.lower(): v for k, v in names.items()}
+
+    cdef TLSContext _select(self, const char *name):
+        cdef bytes raw = name
+        host = raw.decode("ascii", "replace").lower().rstrip(".")
+        found = self.sni.get(host)
+        if found is None:
+            dot = host.find(".")
+            if dot > 0:
+                found = self.sni.get("*" + host[dot:])
+        return self if found is None else found
+
+    def select(self, str name):
+        """The context SNI ``name`` selects (exact, then ``*.suffix``, then this one)."""
+        return self._select(name.encode())
+
+    @property
+    def sessions_cached(self):
+        return SSL_CTX_sess_number(self.ctx)
+
+
+cdef class TLSConnection:
+    """One TLS connection, sans-IO: memory BIOs (``fd=-1``) or OpenSSL reading the socket.
+
+    The cdef methods are the hot path and return TLS_* codes; the def methods wrap
+    them for tests and tools.
+    """
+
+    def __cinit__(self):
+        self.ssl = NULL
+        self.rbio = NULL
+        self.wbio = NULL
+        self.error = None
+
+    def __init__(self, TLSContext context not None, int fd=-1, str server_hostname=None):
+        self.context = context
+        ERR_clear_error()
+        self.ssl = SSL_new(context.ctx)
+        if self.ssl == NULL:
+            raise_tls_error("SSL_new failed")
+        if fd >= 0:
+            self.memory = False
+            if not SSL_set_fd(self.ssl, fd):
+                raise_tls_error("SSL_set_fd failed")
+        else:
+            self.memory = True
+            self.rbio = BIO_new(BIO_s_mem())
+            self.wbio = BIO_new(BIO_s_mem())
+            if self.rbio == NULL or self.wbio == NULL:
+                if self.rbio != NULL:
+                    BIO_free(self.rbio)
+                if self.wbio != NULL:
+                    BIO_free(self.wbio)
+                self.rbio = self.wbio = NULL
+                raise_tls_error("BIO_new failed")
+            BIO_set_mem_eof_return(self.rbio, -1)
+            SSL_set_bio(self.ssl, self.rbio, self.wbio)  # ssl owns both from here
+        if context.server_side:
+            SSL_set_accept_state(self.ssl)
+        else:
+            if server_hostname is not None:
+                SSL_set_tlsext_host_name(self.ssl, server_hostname.encode())
+            SSL_set_connect_state(self.ssl)
+
+    def __dealloc__(self):
+        if self.ssl != NULL:
+            SSL_free(self.ssl)  # frees the memory BIOs too
+            self.ssl = NULL
+
+    # ---- Handshake flow -------------------------------------------------
+    cdef int handshake(self):
+        ERR_clear_error()
+        return self._status(SSL_do_handshake(self.ssl))
+
+    # ---- Data flow ------------------------------------------------------
+    cdef int read_into(self, char *buf, int size):
+        cdef int n
+        ERR_clear_error()
+        n = SSL_read(self.ssl, buf, size)
+        if n > 0:
+            return n
+        return self._status(n)
+
+    cdef int write_from(self, const char *buf, int size):
+        cdef int n
+        ERR_clear_error()
+        n = SSL_write(self.ssl, buf, size)
+        if n > 0:
+            return n
+        return self._status(n)
+
+    cdef int _status(self, int ret):
+        cdef int err = SSL_get_error(self.ssl, ret)
+        if err == SSL_ERROR_NONE:
+            return TLS_OK
+        if err == SSL_ERROR_WANT_READ:
+            return TLS_WANT_READ
+        if err == SSL_ERROR_WANT_WRITE:
+            return TLS_WANT_WRITE
+        if err == SSL_ERROR_ZERO_RETURN:
+            return TLS_CLOSED
+        if err == SSL_ERROR_SYSCALL:
+            text = error_text()
+            if text:
+                self.error = text
+                return TLS_FAILED
+            if ret == 0 or errno == 0:
+                self.error = "unexpected EOF"
+                return TLS_EOF
+            self.error = f"socket error {errno}"
+            return TLS_FAILED
+        text = error_text()
+        self.error = text or f"SSL error {err}"
+        if "unexpected eof" in self.error:
+            return TLS_EOF
+        return TLS_FAILED
+
+    # ---- Shutdown flow --------------------------------------------------
+    cdef int send_close_notify(self):
+        cdef int ret
+        if not SSL_is_init_finished(self.ssl):
+            return TLS_OK
+        ERR_clear_error()
+        ret = SSL_shutdown(self.ssl)
+        if ret >= 0:
+            return TLS_OK
+        return self._status(ret)
+
+    # ---- Memory-BIO plumbing ---------------------------------------------
+    cdef int feed_ciphertext(self, const char *buf, int size) except -1:
+        if BIO_write(self.rbio, buf, size) != size:
+            raise_tls_error("BIO_write failed")
+        return 0
+
+    cdef size_t ciphertext_pending(self):
+        return BIO_ctrl_pending(self.wbio)
+
+    cdef int take_ciphertext(self, char *buf, int size):
+        cdef int n = BIO_read(self.wbio, buf, size)
+        return n if n > 0 else 0
+
+    # ---- Python API (tests, tools) ---------------------------------------
+    def do_handshake(self):
+        """TLS_OK (0) when done, else WANT_READ / WANT_WRITE / CLOSED / EOF / FAILED."""
+        return self.handshake()
+
+    def feed(self, data):
+        """Memory mode: hand ciphertext received from the peer to OpenSSL."""
+        cdef const unsigned char[:] view = memoryview(data).cast("B")
+        if not self.memory:
+            raise RuntimeError("feed() needs a memory-BIO connection")
+        if view.shape[0]:
+            self.feed_ciphertext(<const char *>&view[0], view.shape[0])
+
+    def feed_eof(self):
+        if self.memory:
+            BIO_set_mem_eof_return(self.rbio, 0)
+
+    def data_to_send(self):
+        """Memory mode: the ciphertext OpenSSL produced for the peer."""
+        cdef size_t n = self.ciphertext_pending()
+        out = PyBytes_FromStringAndSize(NULL, n)
+        if n:
+            self.take_ciphertext(PyBytes_AS_STRING(out), n)
+        return out
+
+    def read(self, int size=65536):
+        """Plaintext bytes, or an int code (WANT_READ, CLOSED, EOF, FAILED)."""
+        buf = PyBytes_FromStringAndSize(NULL, size)
+        cdef int n = self.read_into(PyBytes_AS_STRING(buf), size)
+        if n > 0:
+            return buf[:n]
+        return n
+
+    def write(self, data):
+        """Bytes accepted (may be fewer than given), or an int code."""
+        cdef const unsigned char[:] view = memoryview(data).cast("B")
+        if view.shape[0] == 0:
+            return 0
+        return self.write_from(<const char *>&view[0], view.shape[0])
+
+    def shutdown(self):
+        return self.send_close_notify()
+
+    @property
+    def handshake_done(self):
+        return bool(SSL_is_init_finished(self.ssl))
+
+    @property
+    def version(self):
+        return SSL_get_version(self.ssl).decode() if SSL_is_init_finished(self.ssl) else None
+
+    @property
+    def cipher(self):
+        cdef const SSL_CIPHER *c = SSL_get_current_cipher(self.ssl)
+        return SSL_CIPHER_get_name(c).decode() if c != NULL else None
+
+    @property
+    def alpn(self):
+        cdef const unsigned char *data = NULL
+        cdef unsigned int n = 0
+        SSL_get0_alpn_selected(self.ssl, &data, &n)
+        return (<const char *>data)[:n].decode("ascii", "replace") if n else None
+
+    @property
+    def server_name(self):
+        cdef const char *name = SSL_get_servername(self.ssl, TLSEXT_NAMETYPE_host_name)
+        return name.decode("ascii", "replace") if name != NULL else None
+
+    @property
+    def session_reused(self):
+        return bool(SSL_session_reused(self.ssl))
+
+    @property
+    def selected_context(self):
+        """The TLSContext SNI chose (the one whose ``server`` policy applies)."""
+        return _context_of(self.ssl, self.context)
+
+
+cdef TLSContext _context_of(SSL *ssl, TLSContext fallback):
+    cdef SSL_CTX *current = SSL_get_SSL_CTX(ssl)
+    if current == fallback.ctx:
+        return fallback
+    for ctx in fallback.sni.values():
+        if (<TLSContext>ctx).ctx == current:
+            return ctx
+    return fallback

@@ -1,0 +1,9 @@
+# cython: language_level=3
+# fastterm._core: the hot path. One module so calls between the TLS engine,
+# the HTTP framing and the proxy stay C calls (uvloop's loop.pyx layout).
+
+from includes.openssl cimport *
+from includes.system cimport *
+
+include "errors.pyx"
+include "tls.pyx"
