@@ -1,5 +1,6 @@
-# The headers of the one extension module (uvloop's loop.pxd style).
+# The headers of fastterm._core (uvloop's loop.pxd style): each ext/*.pxd in flow order.
 from includes.openssl cimport *
 from includes.system cimport *
 
 include "tls.pxd"
+include "http.pxd"

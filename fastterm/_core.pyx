@@ -7,3 +7,4 @@ from includes.system cimport *
 
 include "errors.pyx"
 include "tls.pyx"
+include "http.pyx"

@@ -1,0 +1,103 @@
+# Sans-IO HTTP/1.1 framing: header blocks parsed in place (offsets, no Python
+# object per header), bodies framed by a byte-counting state machine whose
+# output is the caller's own input slices (forwarded raw, never copied here).
+
+cdef enum:
+    MAX_HEADER_SLOTS = 256
+
+cdef enum HeaderKind:
+    H_OTHER
+    H_HOST
+    H_CONTENT_LENGTH
+    H_TRANSFER_ENCODING
+    H_CONNECTION
+    H_KEEP_ALIVE
+    H_PROXY_CONNECTION
+    H_TE
+    H_UPGRADE
+    H_X_FORWARDED_FOR
+    H_FORWARDED
+    H_X_REAL_IP
+    H_X_FORWARDED_PROTO
+    H_EXPECT
+    H_HSTS
+    H_EARLY_DATA
+
+ctypedef struct HeaderSlot:
+    int line_start      # first byte of the field line
+    int line_end        # just past its CRLF
+    int name_len
+    int value_start
+    int value_len
+    int kind
+    bint drop           # named in Connection: hop-by-hop for this message
+
+ctypedef struct MessageHead:
+    bint is_request
+    int method_start
+    int method_len
+    int target_start
+    int target_len
+    int version         # 10 or 11
+    int status          # responses
+    int line_end        # just past the start line's CRLF
+    int head_len        # just past the blank line
+    int nheaders
+    long long content_length   # -1: absent
+    bint chunked
+    bint te_present
+    bint conn_close
+    bint conn_keep_alive
+    bint conn_upgrade
+    bint expect_continue
+    int host_index      # slot of Host, -1 when absent
+    int hsts_index
+    int error           # HTTP status to answer with when parsing failed (400, 431, 502)
+
+cdef enum BodyMode:
+    BODY_NONE
+    BODY_LENGTH
+    BODY_CHUNKED
+    BODY_UNTIL_CLOSE
+
+cdef enum ChunkState:
+    CH_SIZE
+    CH_EXT
+    CH_SIZE_LF
+    CH_DATA
+    CH_DATA_CR
+    CH_DATA_LF
+    CH_TRAILER_START
+    CH_TRAILER_LINE
+    CH_TRAILER_LF
+    CH_FINAL_LF
+    CH_DONE
+
+ctypedef struct BodyFramer:
+    int mode
+    int chunk_state
+    long long remaining     # BODY_LENGTH: bytes left; BODY_CHUNKED: bytes left in this chunk
+    int size_digits
+    bint done
+    bint error
+
+cdef Py_ssize_t find_head_end(const char *p, Py_ssize_t n, Py_ssize_t scanned) noexcept nogil
+cdef int check_line_endings(const char *p, Py_ssize_t start, Py_ssize_t end) noexcept nogil
+cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
+                    HeaderSlot *slots, int max_slots) noexcept nogil
+cdef void framer_init(BodyFramer *f, int mode, long long length) noexcept nogil
+cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept nogil
+cdef int request_body_mode(MessageHead *head) noexcept nogil
+cdef int response_body_mode(MessageHead *head, bint head_request) noexcept nogil
+
+
+cdef class HeadWriter:
+    """A scratch buffer for one rewritten header block (one per worker, reused)."""
+    cdef char *buf
+    cdef Py_ssize_t cap
+    cdef Py_ssize_t len
+
+    cdef int reserve(self, Py_ssize_t extra) except -1
+    cdef int put(self, const char *p, Py_ssize_t n) except -1
+    cdef int put_bytes(self, bytes b) except -1
+    cdef bytes take(self)

@@ -1,0 +1,564 @@
+# HTTP/1.1 framing for a proxy (RFC 9112), strict where leniency lets requests
+# be smuggled: bare LF, obs-fold, whitespace before the colon, NUL/CTL in values,
+# Content-Length with Transfer-Encoding, differing Content-Length fields,
+# Transfer-Encoding other than exactly "chunked", bad chunk sizes -> 400.
+#
+# Why not httptools here: llhttp reports neither where a field line starts and
+# ends (we rewrite the block by copying kept lines) nor lets us stop between two
+# pipelined requests, and its callbacks make a bytes object per header and per
+# body chunk. tests/unit/test_http_framing.py runs httptools beside this parser
+# as a reference on the messages both must accept.
+
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+# tchar (RFC 9110 §5.6.2): ALPHA / DIGIT / "!#$%&'*+-.^_`|~"
+cdef bint[256] _TCHAR
+cdef bint[256] _VCHAR_OR_WS   # field-value bytes: HTAB, SP, VCHAR, obs-text
+cdef bint[256] _TARGET        # request-target bytes: VCHAR and obs-text, no SP/CTL
+
+cdef void _init_tables():
+    cdef int c
+    for c in range(256):
+        _TCHAR[c] = (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122
+                     or c in b"!#$%&'*+-.^_`|~")
+        _VCHAR_OR_WS[c] = c == 9 or 32 <= c <= 126 or c >= 128
+        _TARGET[c] = 33 <= c <= 126 or c >= 128
+
+_init_tables()
+
+
+cdef inline char _lower(char c) noexcept nogil:
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef inline bint _ieq(const char *p, int n, const char *lit, int litlen) noexcept nogil:
+    """Case-insensitive compare of p[:n] with a lowercase literal."""
+    cdef int i
+    if n != litlen:
+        return False
+    for i in range(n):
+        if _lower(p[i]) != lit[i]:
+            return False
+    return True
+
+
+cdef int _header_kind(const char *name, int n) noexcept nogil:
+    cdef char c = _lower(name[0])
+    if c == b'h':
+        if _ieq(name, n, "host", 4):
+            return H_HOST
+    elif c == b'c':
+        if _ieq(name, n, "content-length", 14):
+            return H_CONTENT_LENGTH
+        if _ieq(name, n, "connection", 10):
+            return H_CONNECTION
+    elif c == b't':
+        if _ieq(name, n, "transfer-encoding", 17):
+            return H_TRANSFER_ENCODING
+        if _ieq(name, n, "te", 2):
+            return H_TE
+    elif c == b'k':
+        if _ieq(name, n, "keep-alive", 10):
+            return H_KEEP_ALIVE
+    elif c == b'p':
+        if _ieq(name, n, "proxy-connection", 16):
+            return H_PROXY_CONNECTION
+    elif c == b'u':
+        if _ieq(name, n, "upgrade", 7):
+            return H_UPGRADE
+    elif c == b'x':
+        if _ieq(name, n, "x-forwarded-for", 15):
+            return H_X_FORWARDED_FOR
+        if _ieq(name, n, "x-real-ip", 9):
+            return H_X_REAL_IP
+        if _ieq(name, n, "x-forwarded-proto", 17):
+            return H_X_FORWARDED_PROTO
+    elif c == b'f':
+        if _ieq(name, n, "forwarded", 9):
+            return H_FORWARDED
+    elif c == b'e':
+        if _ieq(name, n, "expect", 6):
+            return H_EXPECT
+        if _ieq(name, n, "early-data", 10):
+            return H_EARLY_DATA
+    elif c == b's':
+        if _ieq(name, n, "strict-transport-security", 25):
+            return H_HSTS
+    return H_OTHER
+
+
+cdef Py_ssize_t find_head_end(const char *p, Py_ssize_t n, Py_ssize_t scanned) noexcept nogil:
+    """Offset just past the CRLFCRLF ending the header block, or -1.
+
+    ``scanned``: bytes already searched in an earlier call (the search restarts
+    three bytes before, so a terminator split across reads is found)."""
+    cdef Py_ssize_t start = scanned - 3 if scanned > 3 else 0
+    cdef const char *hit
+    if n - start < 4:
+        return -1
+    hit = <const char *>memmem(p + start, n - start, b"\r\n\r\n", 4)
+    if hit == NULL:
+        return -1
+    return (hit - p) + 4
+
+
+cdef int check_line_endings(const char *p, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """400 when p[start:end] holds an LF without its CR (a bare-LF header block is
+    refused at once instead of waiting for a CRLFCRLF that never comes)."""
+    cdef const char *q = p + start
+    cdef const char *stop = p + end
+    while q < stop:
+        q = <const char *>memchr(q, 10, stop - q)
+        if q == NULL:
+            return 0
+        if q == p or (q - 1)[0] != 13:
+            return 400
+        q += 1
+    return 0
+
+
+cdef int _parse_content_length(const char *p, int n, long long *out) noexcept nogil:
+    cdef long long v = 0
+    cdef int i
+    if n == 0 or n > 18:
+        return -1
+    for i in range(n):
+        if not 48 <= p[i] <= 57:
+            return -1
+        v = v * 10 + (p[i] - 48)
+    out[0] = v
+    return 0
+
+
+cdef void _connection_tokens(const char *p, int start, int n, MessageHead *head,
+                             HeaderSlot *slots, int nslots) noexcept nogil:
+    """Connection: close / keep-alive / upgrade, and any other token names a
+    hop-by-hop field to drop (RFC 9110 §7.6.1)."""
+    cdef int i = start, end = start + n, tok, toklen, j
+    while i < end:
+        while i < end and (p[i] == b' ' or p[i] == b'\t' or p[i] == b','):
+            i += 1
+        tok = i
+        while i < end and p[i] != b',' and p[i] != b' ' and p[i] != b'\t':
+            i += 1
+        toklen = i - tok
+        if toklen == 0:
+            continue
+        if _ieq(p + tok, toklen, "close", 5):
+            head.conn_close = True
+        elif _ieq(p + tok, toklen, "keep-alive", 10):
+            head.conn_keep_alive = True
+        elif _ieq(p + tok, toklen, "upgrade", 7):
+            head.conn_upgrade = True
+        else:
+            for j in range(nslots):
+                if slots[j].name_len == toklen and slots[j].kind == H_OTHER:
+                    if strncasecmp(p + slots[j].line_start, p + tok, toklen) == 0:
+                        slots[j].drop = True
+
+
+cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
+                    HeaderSlot *slots, int max_slots) noexcept nogil:
+    """Parse a complete header block p[:n] (ending in CRLFCRLF) in place.
+
+    Returns 0, or the status to answer with: 400 malformed, 431 too many fields
+    (requests); for responses any error is 502."""
+    cdef int i = 0, j, line, name_end, vs, ve, count = 0, bad
+    cdef long long cl
+    cdef int te_count = 0
+    bad = 400 if is_request else 502
+    head.is_request = is_request
+    head.nheaders = 0
+    head.content_length = -1
+    head.chunked = head.te_present = False
+    head.conn_close = head.conn_keep_alive = head.conn_upgrade = False
+    head.expect_continue = False
+    head.host_index = -1
+    head.hsts_index = -1
+    head.status = 0
+    head.head_len = n
+    head.error = 0
+
+    if check_line_endings(p, 0, n):
+        head.error = bad
+        return bad
+    if is_request:
+        # method SP request-target SP HTTP-version CRLF
+        while i < n and _TCHAR[<unsigned char>p[i]]:
+            i += 1
+        if i == 0 or i >= n or p[i] != b' ':
+            head.error = bad
+            return bad
+        head.method_start = 0
+        head.method_len = i
+        i += 1
+        head.target_start = i
+        while i < n and _TARGET[<unsigned char>p[i]]:
+            i += 1
+        head.target_len = i - head.target_start
+        if head.target_len == 0 or i >= n or p[i] != b' ':
+            head.error = bad
+            return bad
+        i += 1
+        if n - i < 10 or memcmp(p + i, b"HTTP/1.", 7) != 0 or p[i + 9] != b'\n' or p[i + 8] != b'\r':
+            head.error = bad
+            return bad
+        if p[i + 7] == b'1':
+            head.version = 11
+        elif p[i + 7] == b'0':
+            head.version = 10
+        else:
+            head.error = bad
+            return bad
+        i += 10
+    else:
+        # HTTP-version SP 3DIGIT SP [reason] CRLF
+        if n < 14 or memcmp(p, b"HTTP/1.", 7) != 0 or p[8] != b' ':
+            head.error = bad
+            return bad
+        head.version = 11 if p[7] == b'1' else 10 if p[7] == b'0' else 0
+        if head.version == 0:
+            head.error = bad
+            return bad
+        for j in range(9, 12):
+            if not 48 <= p[j] <= 57:
+                head.error = bad
+                return bad
+        head.status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
+        i = 12
+        while i < n and p[i] != b'\r':
+            if p[i] != b'\t' and (<unsigned char>p[i] < 32 or p[i] == 127):
+                head.error = bad
+                return bad
+            i += 1
+        i += 2
+    head.line_end = i
+
+    while i < n - 2:
+        line = i
+        if p[i] == b' ' or p[i] == b'\t':
+            head.error = bad   # obs-fold (RFC 9112 §5.2): refused
+            return bad
+        while i < n and _TCHAR[<unsigned char>p[i]]:
+            i += 1
+        name_end = i
+        if name_end == line or i >= n or p[i] != b':':
+            head.error = bad   # empty name, bad byte in the name or whitespace before ':'
+            return bad
+        i += 1
+        while i < n and (p[i] == b' ' or p[i] == b'\t'):
+            i += 1
+        vs = i
+        while i < n and p[i] != b'\r':
+            if not _VCHAR_OR_WS[<unsigned char>p[i]]:
+                head.error = bad   # NUL, bare CR handled below, other CTL
+                return bad
+            i += 1
+        if i + 1 >= n or p[i + 1] != b'\n':
+            head.error = bad
+            return bad
+        ve = i
+        while ve > vs and (p[ve - 1] == b' ' or p[ve - 1] == b'\t'):
+            ve -= 1
+        i += 2
+        if count >= max_slots:
+            head.error = 431 if is_request else 502
+            return head.error
+        slots[count].line_start = line
+        slots[count].line_end = i
+        slots[count].name_len = name_end - line
+        slots[count].value_start = vs
+        slots[count].value_len = ve - vs
+        slots[count].kind = _header_kind(p + line, name_end - line)
+        slots[count].drop = False
+        count += 1
+    head.nheaders = count
+
+    for j in range(count):
+        kind = slots[j].kind
+        if kind == H_HOST:
+            if head.host_index >= 0:
+                head.error = bad   # two Host fields
+                return bad
+            head.host_index = j
+        elif kind == H_CONTENT_LENGTH:
+            if _parse_content_length(p + slots[j].value_start, slots[j].value_len, &cl) < 0:
+                head.error = bad
+                return bad
+            if head.content_length >= 0 and head.content_length != cl:
+                head.error = bad
+                return bad
+            head.content_length = cl
+        elif kind == H_TRANSFER_ENCODING:
+            te_count += 1
+            head.te_present = True
+            head.chunked = _ieq(p + slots[j].value_start, slots[j].value_len, "chunked", 7)
+            if is_request and (not head.chunked or te_count > 1):
+                head.error = bad
+                return bad
+        elif kind == H_CONNECTION or kind == H_PROXY_CONNECTION:
+            _connection_tokens(p, slots[j].value_start, slots[j].value_len, head, slots, count)
+        elif kind == H_EXPECT:
+            if _ieq(p + slots[j].value_start, slots[j].value_len, "100-continue", 12):
+                head.expect_continue = True
+        elif kind == H_HSTS:
+            head.hsts_index = j
+
+    if is_request:
+        if head.te_present and (head.content_length >= 0 or head.version == 10):
+            head.error = bad
+            return bad
+        if head.version == 11 and head.host_index < 0:
+            head.error = bad
+            return bad
+    else:
+        if te_count > 1:
+            head.chunked = False   # "gzip" then "chunked" in two fields: read until close
+        if head.te_present:
+            head.content_length = -1   # RFC 9112 §6.3: Transfer-Encoding overrides
+    return 0
+
+
+cdef int request_body_mode(MessageHead *head) noexcept nogil:
+    if head.chunked:
+        return BODY_CHUNKED
+    if head.content_length > 0:
+        return BODY_LENGTH
+    return BODY_NONE
+
+
+cdef int response_body_mode(MessageHead *head, bint head_request) noexcept nogil:
+    """RFC 9112 §6.3 for a response."""
+    if head_request or head.status < 200 or head.status == 204 or head.status == 304:
+        return BODY_NONE
+    if head.te_present:
+        return BODY_CHUNKED if head.chunked else BODY_UNTIL_CLOSE
+    if head.content_length >= 0:
+        return BODY_LENGTH if head.content_length > 0 else BODY_NONE
+    return BODY_UNTIL_CLOSE
+
+
+cdef void framer_init(BodyFramer *f, int mode, long long length) noexcept nogil:
+    f.mode = mode
+    f.chunk_state = CH_SIZE
+    f.remaining = length if mode == BODY_LENGTH else 0
+    f.size_digits = 0
+    f.done = mode == BODY_NONE
+    f.error = False
+
+
+cdef inline int _hexval(char c) noexcept nogil:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
+
+
+cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept nogil:
+    """How many of p[:n] belong to this body (forward them raw); sets f.done at
+    its end and f.error (returning -1) on a malformed chunked encoding."""
+    cdef Py_ssize_t i = 0, take
+    cdef int h
+    cdef char c
+    if f.done:
+        return 0
+    if f.mode == BODY_UNTIL_CLOSE:
+        return n
+    if f.mode == BODY_LENGTH:
+        take = n if n < f.remaining else f.remaining
+        f.remaining -= take
+        if f.remaining == 0:
+            f.done = True
+        return take
+    # chunked (RFC 9112 §7.1)
+    while i < n:
+        st = f.chunk_state
+        if st == CH_DATA:
+            take = n - i
+            if take > f.remaining:
+                take = f.remaining
+            i += take
+            f.remaining -= take
+            if f.remaining == 0:
+                f.chunk_state = CH_DATA_CR
+            continue
+        c = p[i]
+        i += 1
+        if st == CH_SIZE:
+            h = _hexval(c)
+            if h >= 0:
+                if f.size_digits >= 15:
+                    f.error = True
+                    return -1
+                f.remaining = f.remaining * 16 + h
+                f.size_digits += 1
+            elif f.size_digits == 0:
+                f.error = True
+                return -1
+            elif c == b'\r':
+                f.chunk_state = CH_SIZE_LF
+            elif c == b';' or c == b' ' or c == b'\t':
+                f.chunk_state = CH_EXT
+            else:
+                f.error = True
+                return -1
+        elif st == CH_EXT:
+            if c == b'\r':
+                f.chunk_state = CH_SIZE_LF
+            elif c != b'\t' and (<unsigned char>c < 32 or c == 127):
+                f.error = True
+                return -1
+        elif st == CH_SIZE_LF:
+            if c != b'\n':
+                f.error = True
+                return -1
+            f.size_digits = 0
+            f.chunk_state = CH_DATA if f.remaining > 0 else CH_TRAILER_START
+        elif st == CH_DATA_CR:
+            if c != b'\r':
+                f.error = True
+                return -1
+            f.chunk_state = CH_DATA_LF
+        elif st == CH_DATA_LF:
+            if c != b'\n':
+                f.error = True
+                return -1
+            f.chunk_state = CH_SIZE
+        elif st == CH_TRAILER_START:
+            if c == b'\r':
+                f.chunk_state = CH_FINAL_LF
+            elif c == b'\n':
+                f.error = True
+                return -1
+            else:
+                f.chunk_state = CH_TRAILER_LINE
+        elif st == CH_TRAILER_LINE:
+            if c == b'\r':
+                f.chunk_state = CH_TRAILER_LF
+            elif c == b'\n' or c == 0:
+                f.error = True
+                return -1
+        elif st == CH_TRAILER_LF:
+            if c != b'\n':
+                f.error = True
+                return -1
+            f.chunk_state = CH_TRAILER_START
+        elif st == CH_FINAL_LF:
+            if c != b'\n':
+                f.error = True
+                return -1
+            f.chunk_state = CH_DONE
+            f.done = True
+            return i
+    return i
+
+
+cdef class HeadWriter:
+    def __cinit__(self, Py_ssize_t capacity=32768):
+        self.buf = <char *>malloc(capacity)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.cap = capacity
+        self.len = 0
+
+    def __dealloc__(self):
+        free(self.buf)
+        self.buf = NULL
+
+    cdef int reserve(self, Py_ssize_t extra) except -1:
+        cdef char *grown
+        cdef Py_ssize_t cap = self.cap
+        if self.len + extra <= cap:
+            return 0
+        while cap < self.len + extra:
+            cap *= 2
+        grown = <char *>realloc(self.buf, cap)
+        if grown == NULL:
+            raise MemoryError()
+        self.buf = grown
+        self.cap = cap
+        return 0
+
+    cdef int put(self, const char *p, Py_ssize_t n) except -1:
+        self.reserve(n)
+        memcpy(self.buf + self.len, p, n)
+        self.len += n
+        return 0
+
+    cdef int put_bytes(self, bytes b) except -1:
+        return self.put(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+    cdef bytes take(self):
+        out = PyBytes_FromStringAndSize(self.buf, self.len)
+        self.len = 0
+        return out
+
+
+# ---- Python API for tests and the plain-HTTP redirect listener -------------
+
+_KIND_NAMES = {H_HOST: "host", H_CONTENT_LENGTH: "content-length"}
+
+
+def parse_request_head(data, int max_headers=100):
+    """Parse one complete request header block; returns a dict or raises ValueError(status)."""
+    return _parse_py(data, True, max_headers)
+
+
+def parse_response_head(data):
+    return _parse_py(data, False, MAX_HEADER_SLOTS)
+
+
+cdef dict _parse_py(data, bint is_request, int max_headers):
+    cdef bytes raw = bytes(data)
+    cdef MessageHead head
+    cdef HeaderSlot slots[MAX_HEADER_SLOTS]
+    cdef const char *p = PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t end = find_head_end(p, len(raw), 0)
+    if end < 0:
+        if check_line_endings(p, 0, len(raw)):
+            raise ValueError(400)
+        raise ValueError("incomplete")
+    if max_headers > MAX_HEADER_SLOTS:
+        max_headers = MAX_HEADER_SLOTS
+    if parse_head(p, end, is_request, &head, slots, max_headers):
+        raise ValueError(head.error)
+    headers = []
+    for j in range(head.nheaders):
+        s = slots[j]
+        headers.append((raw[s.line_start:s.line_start + s.name_len].decode("latin-1"),
+                        raw[s.value_start:s.value_start + s.value_len].decode("latin-1")))
+    out = {"version": "1.1" if head.version == 11 else "1.0", "headers": headers, "head_len": end,
+           "content_length": head.content_length if head.content_length >= 0 else None,
+           "chunked": bool(head.chunked), "keep_alive_off": bool(head.conn_close),
+           "expect_continue": bool(head.expect_continue)}
+    if is_request:
+        out["method"] = raw[head.method_start:head.method_start + head.method_len].decode("latin-1")
+        out["target"] = raw[head.target_start:head.target_start + head.target_len].decode("latin-1")
+        out["host"] = headers[head.host_index][1] if head.host_index >= 0 else None
+    else:
+        out["status"] = head.status
+    return out
+
+
+cdef class ChunkedDecoder:
+    """Python face of the body framer for tests: feed bytes, learn how many belong to the body."""
+    cdef BodyFramer f
+
+    def __init__(self, str mode="chunked", long long length=0):
+        framer_init(&self.f, BODY_CHUNKED if mode == "chunked" else BODY_LENGTH, length)
+
+    def feed(self, data):
+        cdef bytes raw = bytes(data)
+        cdef Py_ssize_t n = framer_feed(&self.f, PyBytes_AS_STRING(raw), len(raw))
+        if n < 0:
+            raise ValueError(400)
+        return n
+
+    @property
+    def done(self):
+        return bool(self.f.done)
