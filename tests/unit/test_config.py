@@ -1,0 +1,252 @@
+"""fastterm.toml loading: every error names the file, the line and the directive."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fastterm.config.toml import KeyLines, load_config, parse_address
+from fastterm.errors import ConfigError
+
+GOOD = """\
+workers = 2
+
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:8081", "[::1]:8082"]
+
+[[server]]
+listen = ["443", "[::]:443"]
+server_names = ["example.com", "www.example.com"]
+default_server = true
+hsts = "max-age=63072000"
+
+[[server.certificate]]
+cert = "certs/ec.crt"
+key = "certs/ec.key"
+
+[server.tls]
+protocols = ["TLSv1.3"]
+session_timeout = 600
+"""
+
+
+def line_of(text: str, needle: str, occurrence: int = 1) -> int:
+    """1-based line of the ``occurrence``-th line containing ``needle``: tests never hardcode lines."""
+    hits = [i for i, line in enumerate(text.splitlines(), start=1) if needle in line]
+    return hits[occurrence - 1]
+
+
+@pytest.fixture
+def load(write):
+    """Write ``text`` as fastterm.toml and load it."""
+
+    def _load(text: str):
+        return load_config(write("fastterm.toml", text))
+
+    return _load
+
+
+def config_error(load, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    err = info.value
+    assert "fastterm.toml" in str(err)
+    return err
+
+
+def assert_located(err: ConfigError, line: int, directive: str) -> None:
+    assert err.line == line, str(err)
+    assert f"fastterm.toml:{line}:" in str(err)
+    assert directive in str(err)
+
+
+def test_good_config_loads(load, tmp_path):
+    config = load(GOOD)
+    assert config.workers == 2
+    server = config.servers[0]
+    assert server.listen == ["443", "[::]:443"]
+    assert server.tls.protocols == ["TLSv1.3"]
+    assert server.tls.session_timeout == 600.0
+    assert server.hsts == "max-age=63072000"
+    assert config.upstreams[0].servers == ["127.0.0.1:8081", "[::1]:8082"]
+
+
+def test_relative_certificate_paths_resolve_against_the_config_directory(load, tmp_path):
+    cert = load(GOOD).servers[0].certificates[0]
+    assert cert.cert == str(tmp_path / "certs" / "ec.crt")
+    assert cert.key == str(tmp_path / "certs" / "ec.key")
+    assert os.path.isabs(cert.cert)
+
+
+def test_server_without_routes_gets_the_only_upstream(load):
+    routes = load(GOOD).servers[0].routes
+    assert [(r.path, r.upstream) for r in routes] == [("/", "app")]
+
+
+def test_server_without_routes_and_two_upstreams_is_an_error(load):
+    text = GOOD + '\n[[upstream]]\nname = "other"\nservers = ["127.0.0.1:9000"]\n'
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "[[server]]"), "server")
+    assert "exactly one upstream" in str(err)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError) as info:
+        load_config("/nonexistent/fastterm.toml")
+    assert "/nonexistent/fastterm.toml" in str(info.value)
+
+
+def test_syntax_error_has_line(load):
+    text = GOOD.replace('hsts = "max-age=63072000"', "hsts = max-age")
+    err = config_error(load, text)
+    assert err.line == line_of(text, "hsts = max-age")
+    assert "syntax error" in str(err)
+
+
+def test_wrong_type_names_key_and_line(load):
+    text = GOOD.replace("session_timeout = 600", 'session_timeout = "ten minutes"')
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "session_timeout"), "server.tls.session_timeout")
+    assert "Expected float" in str(err)
+
+
+def test_unknown_key_names_key_and_line(load):
+    text = GOOD.replace("default_server = true", "default_server = true\nssl_stapling = true")
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "ssl_stapling"), "server.ssl_stapling")
+    assert "unknown directive" in str(err)
+
+
+def test_missing_required_key_points_at_its_table(load):
+    text = GOOD.replace('listen = ["443", "[::]:443"]\n', "")
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "[[server]]"), "server.listen")
+    assert "missing required" in str(err)
+
+
+def test_error_in_second_server_points_at_second_server(load):
+    second = '\n[[server]]\nlisten = ["8443"]\ncertificate = [{ cert = "b.pem" }]\nhsts = 5\n'
+    text = GOOD + second
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "hsts = 5"), "server.hsts")
+
+
+def test_route_to_unknown_upstream(load):
+    text = GOOD + '\n[[server.route]]\npath = "/api"\nupstream = "missing"\n'
+    err = config_error(load, text)
+    assert_located(err, line_of(text, 'upstream = "missing"'), "server.route.upstream")
+    assert "'missing'" in str(err)
+
+
+def test_server_needs_a_certificate(load):
+    text = GOOD.replace('[[server.certificate]]\ncert = "certs/ec.crt"\nkey = "certs/ec.key"\n',
+                        "certificate = []\n")
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "certificate = []"), "server.certificate")
+
+
+def test_server_needs_a_listen(load):
+    text = GOOD.replace('listen = ["443", "[::]:443"]', "listen = []")
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "listen = []"), "server.listen")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:99999", "::1:443", "host:", "[::1]443", "[nope]:443", ":443"])
+def test_bad_listen_address(load, address):
+    text = GOOD.replace('listen = ["443", "[::]:443"]', f'listen = ["{address}"]')
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "listen ="), "server.listen")
+
+
+def test_bad_upstream_server_address(load):
+    text = GOOD.replace('"[::1]:8082"', '"backend:http"')
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "servers ="), "upstream.servers")
+
+
+def test_duplicate_server_name_on_the_same_listen(load):
+    second = ('\n[[server]]\nlisten = ["443"]\nserver_names = ["WWW.example.com"]\n'
+              'certificate = [{ cert = "b.pem" }]\n')
+    text = GOOD + second
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "server_names", 2), "server.server_names")
+    assert "WWW.example.com" in str(err)
+
+
+def test_same_server_name_on_other_listens_is_fine(load):
+    second = ('\n[[server]]\nlisten = ["8443"]\nserver_names = ["example.com"]\n'
+              'certificate = [{ cert = "b.pem" }]\n')
+    assert len(load(GOOD + second).servers) == 2
+
+
+def test_two_default_servers_on_one_listen(load):
+    second = ('\n[[server]]\nlisten = ["0.0.0.0:443"]\ndefault_server = true\n'
+              'certificate = [{ cert = "b.pem" }]\n')
+    text = GOOD + second
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "default_server", 2), "server.default_server")
+    assert f"line {line_of(text, '[[server]]')}" in str(err)
+
+
+@pytest.mark.parametrize("protocol", ["TLSv1", "TLSv1.1", "SSLv3"])
+def test_old_protocols_are_refused(load, protocol):
+    text = GOOD.replace('protocols = ["TLSv1.3"]', f'protocols = ["{protocol}", "TLSv1.2"]')
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "protocols"), "server.tls.protocols")
+    assert f"{protocol} is refused by fastterm" in str(err)
+
+
+def test_unknown_protocol(load):
+    text = GOOD.replace('protocols = ["TLSv1.3"]', 'protocols = ["TLSv1.4"]')
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "protocols"), "server.tls.protocols")
+
+
+def test_duplicate_upstream_name(load):
+    text = GOOD + '\n[[upstream]]\nname = "app"\nservers = ["127.0.0.1:9000"]\n'
+    err = config_error(load, text)
+    assert_located(err, line_of(text, 'name = "app"', 2), "upstream.name")
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("443", ("0.0.0.0", 443)),
+    ("*:8443", ("0.0.0.0", 8443)),
+    ("127.0.0.1:80", ("127.0.0.1", 80)),
+    ("[::1]:443", ("::1", 443)),
+    ("[::]:443", ("::", 443)),
+    ("localhost:8081", ("localhost", 8081)),
+])
+def test_parse_address(address, expected):
+    assert parse_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["", "0", "65536", "::1", "[::1]", "host", "host:port", "[::1]:x"])
+def test_parse_address_rejects(address):
+    with pytest.raises(ValueError):
+        parse_address(address)
+
+
+def test_key_lines_follow_arrays_of_tables_dotted_keys_and_multiline_values():
+    text = """\
+[[server]]
+listen = [
+  "443",  # a = 1
+]
+tls.ciphers = "x"
+hsts = \"\"\"
+fake = 1
+\"\"\"
+[[server.route]]
+upstream = "a"
+[[server]]
+listen = ["8443"]
+"""
+    keys = KeyLines(text)
+    assert keys.line(("server", 0, "listen", 0)) == 2
+    assert keys.line(("server", 0, "tls", "ciphers")) == 5
+    assert keys.line(("server", 0, "fake")) == 1
+    assert keys.line(("server", 0, "route", 0, "upstream")) == 10
+    assert keys.line(("server", 1, "listen")) == 12
+    assert keys.line(("upstream",)) is None
