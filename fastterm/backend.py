@@ -215,9 +215,10 @@ class BackendProtocol(asyncio.Protocol):
                 self._close()
                 return
         if self._error_status and not self._closing:
-            body = b"%d %s\n" % (self._error_status, HTTPStatus(self._error_status).phrase.encode())
-            self._transport.write(_head(self._error_status, "1.1", False, _length_fields(len(body), b"text/plain"))
-                                  + body)
+            status = self._error_status
+            body = b"%d %s\n" % (status, HTTPStatus(status).phrase.encode())
+            fields = _length_fields(len(body), b"text/plain")
+            self._transport.write(_head(status, "1.1", False, fields) + body)
             self._close()
 
     async def _finish(self, pending) -> None:

@@ -56,12 +56,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(config: Config) -> int:
+def _worker_run():
+    """``fastterm.worker.run``, or None (reported) when the Cython core is not built."""
     try:
         from fastterm.worker import run
     except ImportError as exc:
-        _say(f"cannot start: the Cython core is not built ({exc}); run `pip install -e .`", level="emerg")
-        return 1
+        _say(f"cannot start: the worker is unavailable ({exc}); "
+             "build the Cython core with `pip install -e .`", level="emerg")
+        return None
+    return run
+
+
+def _serve(config: Config, run) -> int:
     try:
         run(config)
     except KeyboardInterrupt:
@@ -78,7 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (FasttermError, OSError) as exc:
         _say(str(exc), level="emerg")
         return 1
-    return _serve(config)
+    run = _worker_run()
+    return 1 if run is None else _serve(config, run)
 
 
 def default_state_dir() -> str:
@@ -90,7 +97,7 @@ def _wait_listening(port: int, child: subprocess.Popen, timeout: float = 10.0) -
     while time.monotonic() < deadline and child.poll() is None:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
+            return child.poll() is None
         except OSError:
             time.sleep(0.05)
     return False
@@ -106,6 +113,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config = validate(path)
     except (FasttermError, OSError) as exc:
         _say(str(exc), level="emerg")
+        return 1
+    run = _worker_run()
+    if run is None:
         return 1
     backend = subprocess.Popen([sys.executable, "-m", "fastterm.backend", "--host", "127.0.0.1",
                                 "--port", str(args.backend_port)])
@@ -125,7 +135,7 @@ fastterm demo: TLS on {https} -> backend http://127.0.0.1:{args.backend_port}
     openssl s_client -connect localhost:{args.https_port} -CAfile {pki['ca_cert']} -brief </dev/null
   Ctrl-C stops.
 """, flush=True)
-        return _serve(config)
+        return _serve(config, run)
     finally:
         backend.terminate()
         try:
@@ -144,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="validate then serve until SIGTERM/SIGINT")
     run.add_argument("-c", "--config", required=True, metavar="FILE")
     run.set_defaults(func=cmd_run)
-    demo = commands.add_parser("demo", help="serve a local demo: own CA, localhost certificates, echo backend")
+    demo = commands.add_parser("demo",
+                               help="serve a local demo: own CA, localhost certificates, echo backend")
     demo.add_argument("--state-dir", default=default_state_dir(), metavar="DIR",
                       help="where the CA, certificates and config live (default: $FASTTERM_STATE "
                            "or ~/.local/state/fastterm/demo)")

@@ -127,7 +127,8 @@ def test_wildcard_names_are_kept(write, ca):
 def test_expiry_warnings(write, ca):
     now = datetime.now(timezone.utc)
     expired = issue_cert(ca, ["old.example.com"], "EC", now - timedelta(days=100), now - timedelta(days=1))
-    soon = issue_cert(ca, ["soon.example.com"], "EC", now - timedelta(days=80), now + timedelta(days=5, hours=1))
+    soon = issue_cert(ca, ["soon.example.com"], "EC", now - timedelta(days=80),
+                      now + timedelta(days=5, hours=1))
     fine = issue_cert(ca, ["fine.example.com"], "EC", now - timedelta(days=1), now + timedelta(days=60))
     warn = {}
     for name, issued in (("expired", expired), ("soon", soon), ("fine", fine)):
