@@ -92,6 +92,7 @@ class BackendProtocol(asyncio.Protocol):
         self._queue: collections.deque[Request] = collections.deque()
         self._busy = False
         self._error_status = 0
+        self._stop_after_queue = False
         self._closing = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
@@ -132,7 +133,7 @@ class BackendProtocol(asyncio.Protocol):
             await self._drain_waiter
 
     def data_received(self, data: bytes) -> None:
-        if self._closing or self._error_status:
+        if self._closing or self._error_status or self._stop_after_queue:
             return
         try:
             self._parser.feed_data(data)
@@ -140,7 +141,12 @@ class BackendProtocol(asyncio.Protocol):
             self._fail(431)
             return
         except httptools.HttpParserUpgrade:
-            self._fail(400)
+            # Upgrade ignored (RFC 9110 7.8): answer the request, then close, since
+            # the parser cannot frame what follows an upgrade request.
+            self._stop_after_queue = True
+            self._transport.pause_reading()
+            if not self._busy:
+                self._process()
             return
         except httptools.HttpParserError as exc:
             too_large = isinstance(exc.__cause__ or exc.__context__, _HeaderTooLarge)
@@ -219,6 +225,8 @@ class BackendProtocol(asyncio.Protocol):
             body = b"%d %s\n" % (status, HTTPStatus(status).phrase.encode())
             fields = _length_fields(len(body), b"text/plain")
             self._transport.write(_head(status, "1.1", False, fields) + body)
+            self._close()
+        elif self._stop_after_queue and not self._closing:
             self._close()
 
     async def _finish(self, pending) -> None:

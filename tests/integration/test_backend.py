@@ -140,3 +140,15 @@ def test_oversized_header_block_is_refused(backend):
         while chunk := sock.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 431 ")
+
+
+def test_upgrade_is_ignored_and_the_connection_closes_after_the_response(backend):
+    with socket.create_connection(backend, timeout=10) as sock:
+        sock.sendall(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                     b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(body)["path"] == "/up"
