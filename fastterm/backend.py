@@ -96,6 +96,7 @@ class BackendProtocol(asyncio.Protocol):
         self._closing = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
 
     # Connection flow
 
@@ -215,7 +216,7 @@ class BackendProtocol(asyncio.Protocol):
             pending = self._respond(request)
             if pending is not None:
                 self._busy = True
-                self._loop.create_task(self._finish(pending))
+                self._task = self._loop.create_task(self._finish(pending))  # held: the loop keeps weak refs
                 return
             if not request.keep_alive:
                 self._close()
@@ -230,18 +231,18 @@ class BackendProtocol(asyncio.Protocol):
             self._close()
 
     async def _finish(self, pending) -> None:
-        request = None
         try:
             request = await pending
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             self._close()
             return
         finally:
             self._busy = False
-        if request is not None and not request.keep_alive:
-            self._close()
-        else:
+            self._task = None
+        if request.keep_alive:
             self._process()
+        else:
+            self._close()
 
     def _close(self) -> None:
         self._closing = True
