@@ -4,3 +4,4 @@ from includes.system cimport *
 
 include "tls.pxd"
 include "http.pxd"
+include "proxy.pxd"

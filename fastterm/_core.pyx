@@ -8,3 +8,4 @@ from includes.system cimport *
 include "errors.pyx"
 include "tls.pyx"
 include "http.pyx"
+include "proxy.pyx"

@@ -1,0 +1,973 @@
+# The proxy data path. Client side: OpenSSL reads and writes the accepted
+# socket itself (SSL_set_fd), uvloop is only the epoll loop (add_reader /
+# add_writer), as nginx, HAProxy and hitch do: no ciphertext copy and one
+# callback per readable event. Backend side: uvloop BufferedProtocol into one
+# worker-owned buffer, whose bytes go to SSL_write without a Python object.
+#
+# Buffers belong to the worker and are lent per event; an idle connection
+# holds only its SSL object (RELEASE_BUFFERS) and this small struct.
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+
+cdef enum:
+    RBUF_SIZE = 65536
+    BACKEND_BUF_SIZE = 65536
+    MAX_RESPONSE_HEAD = 65536
+    LINGER_SECONDS = 2
+    MAX_ATTEMPTS = 3
+
+_log = logging.getLogger("fastterm.proxy")
+
+_REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
+_COUNTER_NAMES = ("connections_total", "connections_open", "handshakes_full", "handshakes_resumed",
+                  "handshakes_failed", "requests_total", "responses_1xx", "responses_2xx",
+                  "responses_3xx", "responses_4xx", "responses_5xx", "backend_connects",
+                  "backend_errors", "backend_reused", "bytes_in", "bytes_out")
+_IDEMPOTENT = (b"GET", b"HEAD", b"OPTIONS", b"TRACE")
+
+
+cdef class Worker:
+    """Per-process state: lent buffers, limits, counters, the sweep timer."""
+
+    def __cinit__(self):
+        self.rbuf = <char *>malloc(RBUF_SIZE)
+        self.slots = <HeaderSlot *>malloc(sizeof(HeaderSlot) * MAX_HEADER_SLOTS)
+        if self.rbuf == NULL or self.slots == NULL:
+            raise MemoryError()
+        cdef int i
+        for i in range(<int>N_COUNTERS):
+            self.counters[i] = 0
+
+    def __init__(self, loop, limits):
+        self.loop = loop
+        self.backend_buf = bytearray(BACKEND_BUF_SIZE)
+        self.backend_view = memoryview(self.backend_buf)
+        self.writer = HeadWriter(32768)
+        self.clients = set()
+        self.now = loop.time()
+        self.draining = False
+        self.header_buffer_size = limits.header_buffer_size
+        self.max_header_fields = min(limits.max_header_fields, MAX_HEADER_SLOTS)
+        self.client_max_body_size = limits.client_max_body_size
+        self.header_timeout = limits.client_header_timeout
+        self.keepalive_timeout = limits.keepalive_timeout
+        self.connect_timeout = limits.backend_connect_timeout
+        self.read_timeout = limits.backend_read_timeout
+        self.sweep_handle = loop.call_later(1.0, self._sweep)
+
+    def __dealloc__(self):
+        free(self.rbuf)
+        free(self.slots)
+
+    cdef inline void count(self, int counter, long long n=1):
+        self.counters[counter] += n
+
+    def _sweep(self):
+        """Timeouts: one pass a second over the connections (nginx-style coarse clock)."""
+        self.now = self.loop.time()
+        for conn in list(self.clients):
+            if (<ClientConnection>conn).deadline <= self.now:
+                (<ClientConnection>conn)._expire()
+        self.sweep_handle = self.loop.call_later(1.0, self._sweep)
+
+    def stats(self):
+        out = {name: self.counters[i] for i, name in enumerate(_COUNTER_NAMES)}
+        out["connections_open"] = len(self.clients)
+        return out
+
+    def drain(self):
+        """Stop reusing client connections: each one closes after its current response."""
+        self.draining = True
+        for conn in list(self.clients):
+            if (<ClientConnection>conn).state in (C_IDLE, C_HANDSHAKE):
+                (<ClientConnection>conn)._finish()
+
+    def close(self):
+        if self.sweep_handle is not None:
+            self.sweep_handle.cancel()
+            self.sweep_handle = None
+        for conn in list(self.clients):
+            (<ClientConnection>conn).close()
+
+
+cdef class ServerPolicy:
+    """The HTTP side of one server block: routes, HSTS, trusted proxies."""
+
+    def __init__(self, str name, routes, hsts=None, trusted_proxies=()):
+        self.name = name
+        self.routes = sorted(((p.encode(), pool) for p, pool in routes), key=lambda r: -len(r[0]))
+        self.hsts_line = b"Strict-Transport-Security: " + hsts.encode("latin-1") + b"\r\n" if hsts else b""
+        self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
+
+    cdef UpstreamPool route(self, const char *target, int n):
+        cdef bytes prefix
+        for prefix, pool in self.routes:
+            if PyBytes_GET_SIZE(prefix) <= n and memcmp(target, PyBytes_AS_STRING(prefix),
+                                                        PyBytes_GET_SIZE(prefix)) == 0:
+                return pool
+        return None
+
+    cdef bint is_trusted(self, str ip):
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+
+cdef class UpstreamPool:
+    """Round-robin servers, each with a LIFO of idle keep-alive connections."""
+
+    def __init__(self, str name, servers, int keepalive=32):
+        self.name = name
+        self.servers = list(servers)
+        self.idle = [[] for _ in self.servers]
+        self.rr = 0
+        self.keepalive = keepalive
+
+    cdef int next_server(self):
+        cdef int s = self.rr
+        self.rr = (self.rr + 1) % len(self.servers)
+        return s
+
+    cdef BackendConnection take_idle(self, int server):
+        cdef list idle = self.idle[server]
+        if idle:
+            return idle.pop()
+        return None
+
+    cdef void release(self, BackendConnection conn):
+        cdef list idle = self.idle[conn.server]
+        conn.state = B_IDLE
+        conn.client = None
+        idle.append(conn)
+        if len(idle) > self.keepalive:
+            (<BackendConnection>idle.pop(0)).abort()
+
+    def idle_count(self):
+        return sum(len(i) for i in self.idle)
+
+
+cdef class Listener:
+    """One listening socket of this worker; accepts in C, no Python socket per connection."""
+
+    def __init__(self, Worker worker, sock, TLSContext context):
+        self.worker = worker
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.context = context
+        self.active = False
+
+    def start(self):
+        self.sock.setblocking(False)
+        self.worker.loop.add_reader(self.fd, self._on_readable)
+        self.active = True
+
+    def stop(self):
+        if self.active:
+            self.worker.loop.remove_reader(self.fd)
+            self.active = False
+
+    def _on_readable(self):
+        cdef sockaddr_storage addr
+        cdef socklen_t alen
+        cdef int fd, one = 1, i
+        cdef char text[INET6_ADDRSTRLEN + 1]
+        cdef const void *src
+        cdef ClientConnection conn
+        for i in range(64):
+            alen = sizeof(addr)
+            fd = accept4(self.fd, <sockaddr *>&addr, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                if errno == EMFILE or errno == ENFILE:
+                    _log.error("accept: out of file descriptors")
+                return
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+            if addr.ss_family == AF_INET6:
+                src = &(<sockaddr_in6 *>&addr).sin6_addr
+            else:
+                src = &(<sockaddr_in *>&addr).sin_addr
+            if inet_ntop(addr.ss_family, src, text, sizeof(text)) == NULL:
+                text[0] = 0
+            conn = ClientConnection.__new__(ClientConnection)
+            conn.worker = self.worker
+            conn.fd = fd
+            conn.context = self.context
+            conn.peer_ip_b = <bytes>text
+            conn.peer_ip = conn.peer_ip_b.decode("ascii")
+            try:
+                conn.start()
+            except Exception:
+                _log.exception("cannot start connection")
+                close(fd)
+
+
+cdef class ClientConnection:
+    """One client TLS connection and the request/response in flight on it."""
+
+    def __cinit__(self):
+        self.fd = -1
+        self.state = C_CLOSED
+        framer_init(&self.req_body, BODY_NONE, 0)
+
+    cdef void start(self):
+        cdef Worker w = self.worker
+        self.tls = TLSConnection(self.context, self.fd)
+        self.state = C_HANDSHAKE
+        self.deadline = w.now + w.header_timeout
+        w.clients.add(self)
+        w.count(N_CONNECTIONS)
+        w.loop.add_reader(self.fd, self._on_readable)
+        self.reading = True
+        self._handshake()
+
+    def _on_readable(self):
+        if self.state == C_HANDSHAKE:
+            self._handshake()
+        elif self.state == C_LINGER:
+            self._linger()
+        else:
+            self._read_loop()
+
+    def _on_writable(self):
+        if self.state == C_HANDSHAKE:
+            self._handshake()
+            return
+        self._flush()
+        if self.read_wants_write and self.state != C_CLOSED:
+            self.read_wants_write = False
+            self._read_loop()
+
+    cdef void _want_write(self, bint on):
+        if on and not self.writing:
+            self.worker.loop.add_writer(self.fd, self._on_writable)
+            self.writing = True
+        elif not on and self.writing:
+            self.worker.loop.remove_writer(self.fd)
+            self.writing = False
+
+    cdef void _want_read(self, bint on):
+        if on and not self.reading:
+            self.worker.loop.add_reader(self.fd, self._on_readable)
+            self.reading = True
+        elif not on and self.reading:
+            self.worker.loop.remove_reader(self.fd)
+            self.reading = False
+
+    # ---- Handshake flow -------------------------------------------------
+    cdef void _handshake(self):
+        cdef Worker w = self.worker
+        cdef int r = self.tls.handshake()
+        if r == TLS_OK:
+            self._want_write(False)
+            w.count(N_HANDSHAKES_RESUMED if SSL_session_reused(self.tls.ssl) else N_HANDSHAKES_FULL)
+            self.server = _context_of(self.tls.ssl, self.context).server
+            self.trusted = self.server.is_trusted(self.peer_ip)
+            self.state = C_IDLE
+            if w.draining:
+                self.close_after = True
+            self._read_loop()
+        elif r == TLS_WANT_READ:
+            self._want_write(False)
+        elif r == TLS_WANT_WRITE:
+            self._want_write(True)
+        else:
+            w.count(N_HANDSHAKES_FAILED)
+            _log.info("handshake failed from %s: %s", self.peer_ip, self.tls.error)
+            self.close()
+
+    # ---- Request flow ---------------------------------------------------
+    cdef bint _accepting(self):
+        if self.state == C_IDLE or self.state == C_HEAD:
+            return self.held is None
+        if self.state == C_BODY:
+            return self.backend is not None and not self.backend_full and self.held is None
+        return False
+
+    cdef void _read_loop(self):
+        cdef Worker w = self.worker
+        cdef int n
+        while self.state != C_CLOSED and self.state != C_LINGER:
+            if not self._accepting():
+                self._want_read(False)   # resumed by _resume(); the kernel buffers meanwhile
+                return
+            n = self.tls.read_into(w.rbuf, RBUF_SIZE)
+            if n > 0:
+                w.count(N_BYTES_IN, n)
+                self._on_plaintext(w.rbuf, n)
+                continue
+            if n == TLS_WANT_READ:
+                return
+            if n == TLS_WANT_WRITE:
+                self.read_wants_write = True
+                self._want_write(True)
+                return
+            # close_notify, EOF or error from the client
+            if n == TLS_FAILED:
+                _log.info("TLS error from %s: %s", self.peer_ip, self.tls.error)
+            if self.state == C_RESPONSE and self.backend is not None and self.request_done:
+                # Half-close after a complete request: finish the response, then close.
+                self.close_after = True
+                self._want_read(False)
+                return
+            self.close()
+            return
+
+    cdef void _stash(self, const char *p, Py_ssize_t n):
+        if n <= 0:
+            return
+        if self.held is None:
+            self.held = PyBytes_FromStringAndSize(p, n)
+        else:
+            self.held = self.held + PyBytes_FromStringAndSize(p, n)
+
+    cdef void _on_plaintext(self, const char *p, Py_ssize_t n):
+        cdef Py_ssize_t i = 0, k
+        cdef Worker w = self.worker
+        while i < n and self.state != C_CLOSED:
+            if self.state == C_IDLE or self.state == C_HEAD:
+                k = self._feed_head(p + i, n - i)
+                if k < 0:
+                    return
+                i += k
+            elif self.state == C_BODY and self.backend is not None:
+                k = framer_feed(&self.req_body, p + i, n - i)
+                if k < 0:
+                    self.close_after = True
+                    if self.response_started:
+                        self.close()
+                    else:
+                        self.error_response(400)
+                    return
+                if k:
+                    self.backend.transport.write(PyBytes_FromStringAndSize(p + i, k))
+                    i += k
+                if self.req_body.done:
+                    self.request_done = True
+                    if self.state == C_BODY:
+                        self.state = C_RESPONSE
+            else:
+                # Not ours to process yet: a pipelined request, or body bytes while the
+                # backend connects. Held until _resume(); reading stops meanwhile.
+                self._stash(p + i, n - i)
+                return
+
+    cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n):
+        """Consume header-block bytes; returns bytes used, or -1 when the connection ended."""
+        cdef Worker w = self.worker
+        cdef Py_ssize_t end, have, start
+        cdef const char *q
+        if self.head_buf is None:
+            # Fast path: the whole block is in this read (RFC 9112 §2.2: skip leading CRLFs).
+            start = 0
+            while start + 1 < n and p[start] == b'\r' and p[start + 1] == b'\n' and self.state == C_IDLE:
+                start += 2
+            end = find_head_end(p + start, n - start, 0)
+            if end > 0:
+                if end > w.header_buffer_size:
+                    self.error_response(431)
+                    return -1
+                if self._on_head(p + start, <int>end) < 0:
+                    return -1
+                return start + end
+            if check_line_endings(p, start, n):
+                self.error_response(400)
+                return -1
+            if n - start > w.header_buffer_size:
+                self.error_response(431)
+                return -1
+            self.head_buf = bytearray(p[start:n])
+            self.head_scanned = n - start
+            self.state = C_HEAD
+            self.deadline = w.now + w.header_timeout
+            return n
+        have = PyByteArray_GET_SIZE(self.head_buf)
+        self.head_buf += p[:n]
+        q = PyByteArray_AS_STRING(self.head_buf)
+        end = find_head_end(q, have + n, self.head_scanned)
+        if end < 0:
+            if check_line_endings(q, have - 1 if have > 0 else 0, have + n):
+                self.error_response(400)
+                return -1
+            if have + n > w.header_buffer_size:
+                self.error_response(431)
+                return -1
+            self.head_scanned = have + n
+            return n
+        if end > w.header_buffer_size:
+            self.error_response(431)
+            return -1
+        buf = self.head_buf   # keep alive while parsing
+        self.head_buf = None
+        if self._on_head(q, <int>end) < 0:
+            return -1
+        return end - have
+
+    cdef int _on_head(self, const char *p, int head_len):
+        """A complete request header block: validate, route, rewrite, dispatch."""
+        cdef Worker w = self.worker
+        cdef MessageHead head
+        cdef HeaderSlot *slots = w.slots
+        cdef HeadWriter out = w.writer
+        cdef int j, status, kind
+        cdef bint first_xff = True
+        cdef UpstreamPool pool
+        status = parse_head(p, head_len, True, &head, slots, w.max_header_fields)
+        w.count(N_REQUESTS)
+        self.http10 = head.version == 10
+        if status:
+            self.error_response(status)
+            return -1
+        if w.client_max_body_size and head.content_length > w.client_max_body_size:
+            self.error_response(413)
+            return -1
+        pool = self.server.route(p + head.target_start, head.target_len)
+        if pool is None:
+            self.error_response(404)
+            return -1
+        self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
+        self.retryable = request_body_mode(&head) == BODY_NONE and \
+            p[:head.method_len] in _IDEMPOTENT
+        if head.conn_close or self.http10 or w.draining:
+            self.close_after = True
+
+        out.len = 0
+        out.put(p, head.line_end)
+        for j in range(head.nheaders):
+            kind = slots[j].kind
+            if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
+                    kind == H_PROXY_CONNECTION or kind == H_TE or kind == H_UPGRADE or \
+                    kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO:
+                continue
+            if kind == H_X_FORWARDED_FOR:
+                if self.trusted and slots[j].value_len:
+                    if first_xff:
+                        out.put(b"X-Forwarded-For: ", 17)
+                    else:
+                        out.put(b", ", 2)
+                    out.put(p + slots[j].value_start, slots[j].value_len)
+                    first_xff = False
+                continue
+            if kind == H_FORWARDED and not self.trusted:
+                continue
+            out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
+        if first_xff:
+            out.put(b"X-Forwarded-For: ", 17)
+        else:
+            out.put(b", ", 2)
+        out.put_bytes(self.peer_ip_b)
+        out.put(b"\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ", 39)
+        out.put_bytes(self.peer_ip_b)
+        out.put(b"\r\n\r\n", 4)
+        self.request_head = out.take()
+
+        framer_init(&self.req_body, request_body_mode(&head), head.content_length)
+        self.request_done = self.req_body.done
+        self.state = C_RESPONSE if self.request_done else C_BODY
+        self.response_started = False
+        self.pool = pool
+        self.attempts = 0
+        self.deadline = w.now + w.read_timeout
+        self._dispatch(False)
+        return 0 if self.state != C_CLOSED else -1
+
+    cdef void _dispatch(self, bint fresh):
+        """Send the request head to a pooled backend connection, or connect one."""
+        cdef Worker w = self.worker
+        cdef int server = self.pool.next_server()
+        cdef BackendConnection conn = None
+        self.attempts += 1
+        if not fresh:
+            conn = self.pool.take_idle(server)
+        if conn is None:
+            self._connect(server)
+            return
+        w.count(N_BACKEND_REUSED)
+        conn.attach(self)
+        conn.transport.write(self.request_head)
+
+    cdef void _connect(self, int server):
+        cdef Worker w = self.worker
+        host, port = self.pool.servers[server]
+        pool = self.pool
+        self.connecting = True
+        self.tried_server = server
+        self.deadline = w.now + w.connect_timeout
+        w.count(N_BACKEND_CONNECTS)
+        self.connect_fut = asyncio.ensure_future(w.loop.create_connection(
+            lambda: _BackendProtocol(w, pool, server), host, port))
+        self.connect_fut.add_done_callback(self._on_connected)
+
+    def _on_connected(self, fut):
+        cdef BackendConnection conn
+        cdef Worker w = self.worker
+        self.connect_fut = None
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if self.state == C_CLOSED or self.pool is None:
+            if exc is None:
+                fut.result()[0].close()
+            return
+        self.connecting = False
+        if exc is not None:
+            w.count(N_BACKEND_ERRORS)
+            host, port = self.pool.servers[self.tried_server]
+            _log.warning("upstream %s: connect to %s:%s failed: %s", self.pool.name, host, port, exc)
+            if self.attempts < min(MAX_ATTEMPTS, len(self.pool.servers)):
+                self._dispatch(True)
+            else:
+                self.error_response(502)
+            return
+        conn = fut.result()[1]
+        conn.attach(self)
+        conn.transport.write(self.request_head)
+        self.deadline = w.now + w.read_timeout
+        self._resume()
+
+    cdef void _resume(self):
+        """Input processing may go on: replay held bytes, then read the socket again."""
+        cdef bytes held
+        if self.state == C_CLOSED or self.state == C_LINGER or not self._accepting_or_held():
+            return
+        if self.held is not None:
+            held = self.held
+            self.held = None
+            self._on_plaintext(PyBytes_AS_STRING(held), PyBytes_GET_SIZE(held))
+        if self.state != C_CLOSED and self._accepting():
+            self._want_read(True)
+            self._read_loop()
+
+    cdef bint _accepting_or_held(self):
+        if self.state == C_IDLE or self.state == C_HEAD:
+            return True
+        return self.state == C_BODY and self.backend is not None and not self.backend_full
+
+    # ---- Response flow --------------------------------------------------
+    cdef void send(self, const char *p, Py_ssize_t n):
+        """Plaintext to the client; what the socket cannot take now waits in pending_out
+        and the backend stops reading until it drains."""
+        cdef int r
+        if self.state == C_CLOSED:
+            return
+        self.worker.count(N_BYTES_OUT, n)
+        if self.pending_out is not None:
+            self.pending_out += p[:n]
+            return
+        while n > 0:
+            r = self.tls.write_from(p, n if n < 0x40000000 else 0x40000000)
+            if r > 0:
+                p += r
+                n -= r
+                continue
+            if r == TLS_WANT_WRITE or r == TLS_WANT_READ:
+                self.pending_out = bytearray(p[:n])
+                self._want_write(True)
+                if self.backend is not None:
+                    self.backend.pause()
+                return
+            _log.info("write to %s failed: %s", self.peer_ip, self.tls.error)
+            self.close()
+            return
+
+    cdef void _flush(self):
+        cdef int r
+        cdef Py_ssize_t n, off = 0
+        cdef const char *p
+        if self.pending_out is None:
+            self._want_write(False)
+            return
+        p = PyByteArray_AS_STRING(self.pending_out)
+        n = PyByteArray_GET_SIZE(self.pending_out)
+        while off < n:
+            r = self.tls.write_from(p + off, n - off)
+            if r > 0:
+                off += r
+                continue
+            if r == TLS_WANT_WRITE or r == TLS_WANT_READ:
+                del self.pending_out[:off]
+                return
+            self.close()
+            return
+        self.pending_out = None
+        self._want_write(False)
+        if self.state == C_LINGER:
+            self._finish()
+            return
+        if self.backend is not None:
+            self.backend.resume()
+
+    cdef void on_response_head(self, int status):
+        cdef Worker w = self.worker
+        self.response_started = True
+        if status >= 500:
+            w.count(N_RESPONSES_5XX)
+        elif status >= 400:
+            w.count(N_RESPONSES_4XX)
+        elif status >= 300:
+            w.count(N_RESPONSES_3XX)
+        elif status >= 200:
+            w.count(N_RESPONSES_2XX)
+        else:
+            w.count(N_RESPONSES_1XX)
+
+    cdef void on_response_done(self):
+        cdef Worker w = self.worker
+        self.backend = None
+        self.pool = None
+        self.request_head = None
+        if not self.request_done:
+            self.close_after = True   # the backend answered before the body ended
+        if self.close_after or w.draining:
+            self._finish()
+            return
+        self.state = C_IDLE
+        self.deadline = w.now + w.keepalive_timeout
+        if self.held is not None or not self.reading:
+            self._resume()
+
+    cdef void on_backend_failed(self, bint got_bytes):
+        """The backend connection closed or reset before the response ended."""
+        cdef Worker w = self.worker
+        self.backend = None
+        w.count(N_BACKEND_ERRORS)
+        if not got_bytes and self.retryable and self.attempts < MAX_ATTEMPTS:
+            # A pooled keep-alive connection the backend had already closed: retry fresh.
+            self._dispatch(True)
+            return
+        if not self.response_started:
+            self.error_response(502)
+        else:
+            self.close()
+
+    cdef void error_response(self, int status):
+        """A response fastterm makes itself; HSTS on it too (nginx `add_header ... always`)."""
+        cdef Worker w = self.worker
+        if self.state == C_CLOSED:
+            return
+        if self.backend is not None:
+            self.backend.abort()
+            self.backend = None
+        if self.connect_fut is not None:
+            self.connect_fut.cancel()
+            self.connect_fut = None
+        reason = _REASONS.get(status, "Error")
+        body = f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1>" \
+               f"<hr>fastterm</body></html>\r\n".encode()
+        hsts = self.server.hsts_line if self.server is not None else b""
+        msg = (f"HTTP/1.1 {status} {reason}\r\nServer: fastterm\r\nContent-Type: text/html\r\n"
+               f"Content-Length: {len(body)}\r\n").encode() + hsts + b"Connection: close\r\n\r\n"
+        if not self.head_request:
+            msg += body
+        self.on_response_head(status)
+        self.response_started = True
+        self.close_after = True
+        self.held = None
+        self.send(PyBytes_AS_STRING(msg), len(msg))
+        self._finish()
+
+    # ---- Shutdown flow --------------------------------------------------
+    cdef void _finish(self):
+        """Orderly close: flush, close_notify, half-close, then discard input briefly
+        (lingering close) so the client reads our last response instead of a RST."""
+        cdef Worker w = self.worker
+        if self.state == C_CLOSED:
+            return
+        if self.state != C_LINGER:
+            self.state = C_LINGER
+            self.deadline = w.now + LINGER_SECONDS
+            self.held = None
+            self._want_read(True)
+        if self.pending_out is not None:
+            return   # _flush() calls back when the socket took the rest
+        if self.tls is not None:
+            self.tls.send_close_notify()
+        shutdown(self.fd, SHUT_WR)
+        self._linger()
+
+    cdef void _linger(self):
+        cdef Worker w = self.worker
+        cdef ssize_t r
+        if self.pending_out is not None:
+            return
+        while True:
+            r = recv(self.fd, w.rbuf, RBUF_SIZE, 0)
+            if r > 0:
+                continue
+            if r < 0 and (errno == EAGAIN or errno == EINTR):  # EWOULDBLOCK == EAGAIN on Linux
+                return
+            self.close()
+            return
+
+    cdef void _expire(self):
+        cdef int state = self.state
+        if state == C_HEAD:
+            self.error_response(408)
+        elif state == C_BODY or state == C_RESPONSE:
+            if self.connecting or not self.response_started:
+                self.error_response(504)
+            else:
+                self.close()
+        elif state == C_IDLE and self.held is None:
+            self._finish()
+        else:
+            self.close()
+
+    cdef void close(self):
+        cdef Worker w = self.worker
+        if self.state == C_CLOSED:
+            return
+        self.state = C_CLOSED
+        self._want_read(False)
+        self._want_write(False)
+        if self.backend is not None:
+            self.backend.abort()
+            self.backend = None
+        if self.connect_fut is not None:
+            self.connect_fut.cancel()
+            self.connect_fut = None
+        self.tls = None       # SSL_free
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+        self.held = None
+        self.pending_out = None
+        self.head_buf = None
+        w.clients.discard(self)
+
+    @property
+    def peer(self):
+        return self.peer_ip
+
+
+cdef class BackendConnection:
+    """One keep-alive connection to an upstream server (plain HTTP/1.1)."""
+
+    def __init__(self, Worker worker, UpstreamPool pool, int server):
+        self.worker = worker
+        self.pool = pool
+        self.server = server
+        self.state = B_IDLE
+        framer_init(&self.body, BODY_NONE, 0)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.worker.backend_view
+
+    def buffer_updated(self, Py_ssize_t n):
+        self._on_data(PyByteArray_AS_STRING(self.worker.backend_buf), n)
+
+    def eof_received(self):
+        self._lost()
+        return False
+
+    def connection_lost(self, exc):
+        self._lost()
+
+    def pause_writing(self):
+        if self.client is not None:
+            self.client.backend_full = True
+
+    def resume_writing(self):
+        if self.client is not None:
+            self.client.backend_full = False
+            self.client._resume()
+
+    def _lost(self):
+        cdef ClientConnection client = self.client
+        cdef int state = self.state
+        cdef list idle
+        if state == B_CLOSED:
+            return
+        self.state = B_CLOSED
+        self.client = None
+        if self.transport is not None:
+            self.transport.close()
+        if state == B_IDLE:
+            idle = self.pool.idle[self.server]
+            if self in idle:
+                idle.remove(self)
+            return
+        if client is None:
+            return
+        if state == B_BODY and self.body.mode == BODY_UNTIL_CLOSE:
+            client.close_after = True
+            client.on_response_done()
+            return
+        client.on_backend_failed(self.got_bytes)
+
+    cdef void attach(self, ClientConnection client):
+        self.client = client
+        client.backend = self
+        client.backend_full = False
+        self.state = B_HEAD
+        self.head_buf = None
+        self.head_scanned = 0
+        self.got_bytes = False
+        self.reusable = False
+        if self.reading_paused:
+            self.resume()
+
+    cdef void _on_data(self, const char *p, Py_ssize_t n):
+        cdef Py_ssize_t i = 0, k
+        cdef ClientConnection client = self.client
+        if client is None or self.state == B_IDLE:
+            self.abort()   # bytes nobody asked for: this connection cannot be trusted again
+            return
+        self.got_bytes = True
+        client.deadline = self.worker.now + self.worker.read_timeout
+        while self.client is not None:
+            if self.state == B_HEAD:
+                if i >= n:
+                    return
+                k = self._feed_head(p + i, n - i)
+                if k < 0:
+                    return
+                i += k
+            elif self.state == B_BODY:
+                k = framer_feed(&self.body, p + i, n - i)
+                if k < 0:
+                    _log.warning("upstream %s: malformed chunked response", self.pool.name)
+                    self.abort()
+                    client.close()
+                    return
+                if k:
+                    client.send(p + i, k)
+                    i += k
+                if self.body.done:
+                    if i < n:
+                        self.reusable = False   # bytes past the response: do not reuse
+                    self._done()
+                    return
+                if i >= n:
+                    return
+            else:
+                return
+
+    cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n):
+        cdef Py_ssize_t end, have
+        cdef const char *q
+        if self.head_buf is None:
+            end = find_head_end(p, n, 0)
+            if end > 0:
+                if self._on_head(p, <int>end) < 0:
+                    return -1
+                return end
+            self.head_buf = bytearray(p[:n])
+            self.head_scanned = n
+            return n
+        have = PyByteArray_GET_SIZE(self.head_buf)
+        self.head_buf += p[:n]
+        q = PyByteArray_AS_STRING(self.head_buf)
+        end = find_head_end(q, have + n, self.head_scanned)
+        if end < 0:
+            if have + n > MAX_RESPONSE_HEAD:
+                self._bad_response("header block too large")
+                return -1
+            self.head_scanned = have + n
+            return n
+        buf = self.head_buf
+        self.head_buf = None
+        if self._on_head(q, <int>end) < 0:
+            return -1
+        return end - have
+
+    cdef void _bad_response(self, str why):
+        cdef ClientConnection client = self.client
+        _log.warning("upstream %s: invalid response: %s", self.pool.name, why)
+        self.abort()
+        if client is not None:
+            client.backend = None
+            client.error_response(502)
+
+    cdef int _on_head(self, const char *p, int head_len):
+        cdef Worker w = self.worker
+        cdef ClientConnection client = self.client
+        cdef MessageHead head
+        cdef HeaderSlot *slots = w.slots
+        cdef HeadWriter out = w.writer
+        cdef int j, kind, mode
+        cdef bytes hsts = client.server.hsts_line
+        if parse_head(p, head_len, False, &head, slots, MAX_HEADER_SLOTS):
+            self._bad_response("malformed header block")
+            return -1
+        if head.status == 101:
+            self._bad_response("unexpected 101 Switching Protocols")
+            return -1
+        if head.status < 200:
+            # Interim (100 Continue, 103 Early Hints): pass on to HTTP/1.1 clients.
+            if not client.http10:
+                client.send(p, head_len)
+            return 0
+        mode = response_body_mode(&head, client.head_request)
+        self.reusable = head.version == 11 and not head.conn_close and mode != BODY_UNTIL_CLOSE
+        if mode == BODY_UNTIL_CLOSE:
+            client.close_after = True
+        out.len = 0
+        out.put(p, head.line_end)
+        for j in range(head.nheaders):
+            kind = slots[j].kind
+            if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
+                    kind == H_PROXY_CONNECTION or kind == H_UPGRADE or (kind == H_HSTS and hsts):
+                continue
+            out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
+        if hsts:
+            out.put_bytes(hsts)
+        if client.close_after or w.draining:
+            client.close_after = True
+            out.put(b"Connection: close\r\n", 19)
+        out.put(b"\r\n", 2)
+        client.on_response_head(head.status)
+        framer_init(&self.body, mode, head.content_length)
+        self.state = B_BODY
+        head_bytes = out.take()
+        client.send(PyBytes_AS_STRING(head_bytes), PyBytes_GET_SIZE(head_bytes))
+        return 0 if self.client is not None else -1
+
+    cdef void _done(self):
+        cdef ClientConnection client = self.client
+        if self.reusable and client.request_done and self.state != B_CLOSED:
+            self.pool.release(self)
+        else:
+            self.abort()
+        client.on_response_done()
+
+    cdef void pause(self):
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    cdef void resume(self):
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    cdef void abort(self):
+        cdef list idle
+        if self.state == B_IDLE:
+            idle = self.pool.idle[self.server]
+            if self in idle:
+                idle.remove(self)
+        self.state = B_CLOSED
+        self.client = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _BackendProtocol(BackendConnection, asyncio.BufferedProtocol):
+    """uvloop recognises buffered protocols by class; the logic is in BackendConnection."""

@@ -1,0 +1,232 @@
+"""One serving process: builds the ext objects from a Config and runs a uvloop loop.
+
+All per-byte work happens in ``fastterm._core``; this module only wires policy
+(which certificate, which upstream, which limits) into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+
+from fastterm.certs.store import load_certificate
+from fastterm.config.model import Config, Server
+from fastterm.config.toml import parse_address
+from fastterm.errors import ConfigError, TLSError
+
+log = logging.getLogger("fastterm.worker")
+
+
+@dataclass
+class Plan:
+    """Everything a worker serves, built and validated before any socket is bound."""
+
+    listeners: list[tuple[tuple[str, int], object]] = field(default_factory=list)  # (addr, TLSContext)
+    pools: dict[str, object] = field(default_factory=dict)
+    redirects: list[tuple[tuple[str, int], int]] = field(default_factory=list)  # (addr, https_port)
+
+
+def _server_context(server: Server, pools: dict, index: int):
+    from fastterm._core import ServerPolicy, TLSContext
+
+    tls = server.tls
+    where = f"server[{index}] ({', '.join(server.server_names) or 'no server_names'})"
+    try:
+        ctx = TLSContext(
+            protocols=tls.protocols, ciphers=tls.ciphers, ciphersuites=tls.ciphersuites,
+            groups=tls.groups, prefer_server_ciphers=tls.prefer_server_ciphers,
+            session_cache=tls.session_cache, session_timeout=tls.session_timeout,
+            session_tickets=tls.session_tickets, alpn=tls.alpn,
+        )
+    except TLSError as exc:
+        raise ConfigError(str(exc), directive=f"{where} tls") from None
+    for cert in server.certificates:
+        ck = load_certificate(cert.cert, cert.key)
+        try:
+            ctx.add_certificate(ck.chain_pem, ck.key_pem)
+        except TLSError as exc:
+            raise ConfigError(f"{ck.source}: {exc}", directive=f"{where} certificate") from None
+    routes = []
+    for route in server.routes:
+        if route.upstream not in pools:
+            raise ConfigError(f"unknown upstream {route.upstream!r}", directive=f"{where} route")
+        routes.append((route.path, pools[route.upstream]))
+    ctx.server = ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
+                              server.hsts, server.trusted_proxies)
+    return ctx
+
+
+def build(config: Config) -> Plan:
+    """Build every SSL_CTX and upstream pool; raises ConfigError naming what is wrong."""
+    from fastterm._core import UpstreamPool
+
+    plan = Plan()
+    for up in config.upstreams:
+        servers = [parse_address(s, default_host="127.0.0.1") for s in up.servers]
+        plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive)
+    by_listen: dict[tuple[str, int], list[tuple[Server, object]]] = {}
+    for i, server in enumerate(config.servers):
+        ctx = _server_context(server, plan.pools, i)
+        for listen in server.listen:
+            by_listen.setdefault(parse_address(listen), []).append((server, ctx))
+    for addr, entries in by_listen.items():
+        default = next((ctx for s, ctx in entries if s.default_server), entries[0][1])
+        names = {}
+        for server, ctx in entries:
+            for name in server.server_names:
+                names.setdefault(name.lower(), ctx)
+        default.set_sni(names)
+        plan.listeners.append((addr, default))
+    for redirect in config.redirects:
+        for listen in redirect.listen:
+            plan.redirects.append((parse_address(listen), redirect.https_port))
+    return plan
+
+
+def build_contexts(config: Config) -> Plan:
+    """What ``fastterm check`` runs: the same construction as serving, nothing bound."""
+    return build(config)
+
+
+def bind(addr: tuple[str, int], *, reuse_port: bool = True, backlog: int = 1024) -> socket.socket:
+    host, port = addr
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+class RedirectProtocol(asyncio.Protocol):
+    """Port 80: ``301 https://$host$request_uri`` (the https port added when not 443)."""
+
+    def __init__(self, https_port: int, listen_host: str, max_head: int = 16384):
+        self.https_port = https_port
+        self.listen_host = listen_host
+        self.max_head = max_head
+        self.buf = bytearray()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        from fastterm._core import parse_request_head
+
+        self.buf += data
+        try:
+            req = parse_request_head(self.buf)
+        except ValueError as exc:
+            if exc.args[0] == "incomplete" and len(self.buf) <= self.max_head:
+                return
+            status = 431 if exc.args[0] == "incomplete" else 400
+            return self._respond(status, {400: "Bad Request", 431: "Request Header Fields Too Large"}[status])
+        host = req["host"] or self.listen_host
+        if host.startswith("["):
+            host = host[: host.find("]") + 1]
+        else:
+            host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        target = req["target"] if req["target"].startswith("/") else "/"
+        self._respond(301, "Moved Permanently", f"https://{host}{port}{target}", req["method"] == "HEAD")
+
+    def _respond(self, status, reason, location=None, head=False):
+        body = f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1></body></html>\r\n"
+        lines = [f"HTTP/1.1 {status} {reason}", "Server: fastterm", "Content-Type: text/html",
+                 f"Content-Length: {len(body)}", "Connection: close"]
+        if location:
+            lines.append(f"Location: {location}")
+        out = ("\r\n".join(lines) + "\r\n\r\n" + ("" if head else body)).encode("latin-1")
+        self.transport.write(out)
+        self.transport.close()
+
+
+class Serving:
+    """A running worker: listeners, redirect servers, the ext Worker, and its stop logic."""
+
+    def __init__(self, config: Config, loop, plan: Plan | None = None, sockets=None):
+        from fastterm._core import Listener, Worker
+
+        self.config = config
+        self.loop = loop
+        self.plan = plan or build(config)
+        self.worker = Worker(loop, config.limits)
+        self.listeners = []
+        self.redirect_servers = []
+        self.stopped = asyncio.Event()
+        sockets = sockets or {}
+        for addr, ctx in self.plan.listeners:
+            sock = sockets.get(addr) or bind(addr)
+            listener = Listener(self.worker, sock, ctx)
+            listener.start()
+            self.listeners.append(listener)
+
+    async def start_redirects(self):
+        for addr, https_port in self.plan.redirects:
+            sock = bind(addr)
+            server = await self.loop.create_server(
+                lambda a=addr, p=https_port: RedirectProtocol(p, a[0]), sock=sock)
+            self.redirect_servers.append(server)
+
+    async def stop(self, graceful: bool = True):
+        """Stop accepting; let in-flight requests finish (until drain_timeout), then close."""
+        for listener in self.listeners:
+            listener.stop()
+        for server in self.redirect_servers:
+            server.close()
+        if graceful:
+            self.worker.drain()
+            deadline = self.loop.time() + self.config.limits.drain_timeout
+            while self.worker.clients and self.loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        self.worker.close()
+        for listener in self.listeners:
+            listener.sock.close()
+        self.stopped.set()
+
+
+def _setup_logging(config: Config) -> None:
+    level = getattr(logging, config.log_level.upper())
+    handler = logging.FileHandler(config.error_log) if config.error_log else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(process)d %(name)s: %(message)s"))
+    root = logging.getLogger("fastterm")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def run(config: Config) -> None:
+    """Serve ``config`` in this process until SIGTERM/SIGINT (graceful) or SIGQUIT (fast)."""
+    import uvloop
+
+    _setup_logging(config)
+    plan = build(config)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main():
+        serving = Serving(config, loop, plan)
+        await serving.start_redirects()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(serving.stop(True)))
+        loop.add_signal_handler(signal.SIGQUIT, lambda: asyncio.ensure_future(serving.stop(False)))
+        addrs = ", ".join(f"{h}:{p}" for (h, p), _ in plan.listeners)
+        log.info("serving https on %s", addrs)
+        await serving.stopped.wait()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
