@@ -317,7 +317,7 @@ cdef class ClientConnection:
                 return
             # close_notify, EOF or error from the client
             if n == TLS_FAILED:
-                _log.info("TLS error from %s: %s", self.peer_ip, self.tls.error)
+                _log.debug("TLS error from %s: %s", self.peer_ip, self.tls.error)
             if self.state == C_RESPONSE and self.backend is not None and self.request_done:
                 # Half-close after a complete request: finish the response, then close.
                 self.close_after = True
@@ -579,7 +579,7 @@ cdef class ClientConnection:
                 if self.backend is not None:
                     self.backend.pause()
                 return
-            _log.info("write to %s failed: %s", self.peer_ip, self.tls.error)
+            _log.debug("write to %s failed: %s", self.peer_ip, self.tls.error)
             self.close()
             return
 
@@ -848,6 +848,8 @@ cdef class BackendConnection:
                     return
                 if k:
                     client.send(p + i, k)
+                    if self.client is None:
+                        return   # the client went away during the write
                     i += k
                 if self.body.done:
                     if i < n:
@@ -941,6 +943,8 @@ cdef class BackendConnection:
 
     cdef void _done(self):
         cdef ClientConnection client = self.client
+        if client is None:
+            return
         if self.reusable and client.request_done and self.state != B_CLOSED:
             self.pool.release(self)
         else:
