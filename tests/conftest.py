@@ -69,3 +69,20 @@ def subprocess_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def rsa_www_leaf(intermediate: Issued) -> Issued:
+    """RSA twin of ``ec_leaf`` (same names): one server serving both key types."""
+    return issue_cert(intermediate, ["www.example.com", "Example.COM"], "RSA")
+
+
+@pytest.fixture(scope="session")
+def wildcard_leaf(intermediate: Issued) -> Issued:
+    return issue_cert(intermediate, ["*.example.com"], "EC")
+
+
+@pytest.fixture(scope="session")
+def other_leaf(intermediate: Issued) -> Issued:
+    """A second hostname, unrelated to example.com, for SNI tests."""
+    return issue_cert(intermediate, ["other.test"], "EC")
