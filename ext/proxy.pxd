@@ -41,6 +41,8 @@ cdef class Worker:
     cdef char *rbuf                 # plaintext from SSL_read, lent per event
     cdef bytearray backend_buf      # backend receive buffer, lent per event
     cdef object backend_view
+    cdef bytearray client_buf       # memory-BIO mode: ciphertext in, lent per event
+    cdef public object backend_view_in
     cdef HeadWriter writer
     cdef HeaderSlot *slots
     cdef readonly set clients
@@ -166,6 +168,7 @@ cdef class BackendConnection:
     cdef bint reusable
     cdef bint got_bytes
     cdef bint reading_paused
+    cdef bint head_pending          # the rewritten head waits in worker.writer
 
     cdef void attach(self, ClientConnection client)
     cdef void _on_data(self, const char *p, Py_ssize_t n)
@@ -176,3 +179,10 @@ cdef class BackendConnection:
     cdef void pause(self)
     cdef void resume(self)
     cdef void abort(self)
+
+
+cdef class BIOClientConnection(ClientConnection):
+    """The measured alternative: uvloop BufferedProtocol + memory BIOs (ciphertext
+    copied into OpenSSL's BIO on the way in and into a bytes object on the way out)."""
+    cdef object transport
+    cdef void _push_ciphertext(self)

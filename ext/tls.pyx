@@ -249,6 +249,9 @@ cdef class TLSConnection:
             self.memory = False
             if not SSL_set_fd(self.ssl, fd):
                 raise_tls_error("SSL_set_fd failed")
+            # read_ahead: one read() fills OpenSSL's buffer with every record the kernel
+            # has, instead of a read for each record header and another for its body.
+            SSL_set_read_ahead(self.ssl, 1)
         else:
             self.memory = True
             self.rbio = BIO_new(BIO_s_mem())

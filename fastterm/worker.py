@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -166,15 +167,25 @@ class Serving:
         self.worker = Worker(loop, config.limits)
         self.listeners = []
         self.redirect_servers = []
+        self.bio_servers = []
         self.stopped = asyncio.Event()
-        sockets = sockets or {}
-        for addr, ctx in self.plan.listeners:
-            sock = sockets.get(addr) or bind(addr)
-            listener = Listener(self.worker, sock, ctx)
-            listener.start()
-            self.listeners.append(listener)
+        # FASTTERM_CLIENT_IO=bio: the memory-BIO client path, kept to measure against (DESIGN.md).
+        self.client_io = os.environ.get("FASTTERM_CLIENT_IO", "fd")
+        self.sockets = sockets or {}
+        if self.client_io == "fd":
+            for addr, ctx in self.plan.listeners:
+                listener = Listener(self.worker, self.sockets.get(addr) or bind(addr), ctx)
+                listener.start()
+                self.listeners.append(listener)
 
-    async def start_redirects(self):
+    async def start(self):
+        from fastterm._core import bio_protocol_factory
+
+        if self.client_io == "bio":
+            for addr, ctx in self.plan.listeners:
+                sock = self.sockets.get(addr) or bind(addr)
+                self.bio_servers.append(await self.loop.create_server(
+                    bio_protocol_factory(self.worker, ctx), sock=sock))
         for addr, https_port in self.plan.redirects:
             sock = bind(addr)
             server = await self.loop.create_server(
@@ -185,7 +196,7 @@ class Serving:
         """Stop accepting; let in-flight requests finish (until drain_timeout), then close."""
         for listener in self.listeners:
             listener.stop()
-        for server in self.redirect_servers:
+        for server in self.redirect_servers + self.bio_servers:
             server.close()
         if graceful:
             self.worker.drain()
@@ -218,7 +229,7 @@ def run(config: Config) -> None:
 
     async def main():
         serving = Serving(config, loop, plan)
-        await serving.start_redirects()
+        await serving.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(serving.stop(True)))
         loop.add_signal_handler(signal.SIGQUIT, lambda: asyncio.ensure_future(serving.stop(False)))

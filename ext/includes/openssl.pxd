@@ -128,6 +128,8 @@ cdef extern from "compat.h" nogil:
     void SSL_set_shutdown(SSL *ssl, int mode)
     int SSL_get_error(const SSL *ssl, int ret)
     int SSL_pending(const SSL *ssl)
+    int SSL_has_pending(const SSL *s)
+    void SSL_set_read_ahead(SSL *s, int yes)
     int SSL_is_init_finished(const SSL *ssl)
     int SSL_session_reused(const SSL *ssl)
     const char *SSL_get_version(const SSL *ssl)
