@@ -62,13 +62,23 @@ cdef enum BodyMode:
 
 cdef enum ChunkState:
     CH_SIZE
-    CH_EXT
+    CH_SIZE_WS
+    CH_EXT_PRE
+    CH_EXT_NAME
+    CH_EXT_AFTER_NAME
+    CH_EXT_VAL_PRE
+    CH_EXT_TOKEN
+    CH_EXT_QUOTED
+    CH_EXT_QUOTED_ESC
+    CH_EXT_AFTER_VAL
+    CH_EXT_QEND
     CH_SIZE_LF
     CH_DATA
     CH_DATA_CR
     CH_DATA_LF
     CH_TRAILER_START
     CH_TRAILER_LINE
+    CH_TRAILER_VALUE
     CH_TRAILER_LF
     CH_FINAL_LF
     CH_DONE

@@ -119,6 +119,36 @@ cdef int check_line_endings(const char *p, Py_ssize_t start, Py_ssize_t end) noe
     return 0
 
 
+cdef bint[256] _HOST_CHAR     # reg-name / IP-literal / port bytes
+
+cdef void _init_host_table():
+    cdef int c
+    for c in range(256):
+        _HOST_CHAR[c] = (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122
+                         or c in b"-._~!$&'()*+,;=:[]%")
+
+_init_host_table()
+
+
+cdef bint _valid_host(const char *p, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        if not _HOST_CHAR[<unsigned char>p[i]]:
+            return False
+    return True
+
+
+cdef bint _final_coding_chunked(const char *p, int n) noexcept nogil:
+    """Is "chunked" the last coding of a Transfer-Encoding list ("gzip, chunked")?"""
+    cdef int end = n, start
+    while end > 0 and (p[end - 1] == b' ' or p[end - 1] == b'\t'):
+        end -= 1
+    start = end
+    while start > 0 and p[start - 1] != b',' and p[start - 1] != b' ' and p[start - 1] != b'\t':
+        start -= 1
+    return _ieq(p + start, end - start, "chunked", 7)
+
+
 cdef int _parse_content_length(const char *p, int n, long long *out) noexcept nogil:
     cdef long long v = 0
     cdef int i
@@ -227,6 +257,9 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
                 head.error = bad
                 return bad
         head.status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
+        if head.status < 100 or (p[12] != b' ' and p[12] != b'\r'):
+            head.error = bad
+            return bad
         i = 12
         while i < n and p[i] != b'\r':
             if p[i] != b'\t' and (<unsigned char>p[i] < 32 or p[i] == 127):
@@ -279,8 +312,8 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
     for j in range(count):
         kind = slots[j].kind
         if kind == H_HOST:
-            if head.host_index >= 0:
-                head.error = bad   # two Host fields
+            if head.host_index >= 0 or not _valid_host(p + slots[j].value_start, slots[j].value_len):
+                head.error = bad   # two Host fields, or not a uri-host[:port] (RFC 9112 §3.2)
                 return bad
             head.host_index = j
         elif kind == H_CONTENT_LENGTH:
@@ -294,7 +327,10 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
         elif kind == H_TRANSFER_ENCODING:
             te_count += 1
             head.te_present = True
-            head.chunked = _ieq(p + slots[j].value_start, slots[j].value_len, "chunked", 7)
+            if is_request:
+                head.chunked = _ieq(p + slots[j].value_start, slots[j].value_len, "chunked", 7)
+            else:
+                head.chunked = _final_coding_chunked(p + slots[j].value_start, slots[j].value_len)
             if is_request and (not head.chunked or te_count > 1):
                 head.error = bad
                 return bad
@@ -314,8 +350,6 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
             head.error = bad
             return bad
     else:
-        if te_count > 1:
-            head.chunked = False   # "gzip" then "chunked" in two fields: read until close
         if head.te_present:
             head.content_length = -1   # RFC 9112 §6.3: Transfer-Encoding overrides
     return 0
@@ -357,6 +391,66 @@ cdef inline int _hexval(char c) noexcept nogil:
     if 65 <= c <= 70:
         return c - 55
     return -1
+
+
+cdef bint _chunk_ext_step(BodyFramer *f, char c) noexcept nogil:
+    """One byte of chunk extensions (RFC 9112 §7.1.1); False on a grammar error."""
+    cdef int st = f.chunk_state
+    cdef unsigned char u = <unsigned char>c
+    cdef bint ws = c == b' ' or c == b'\t'
+    if st == CH_EXT_QUOTED:
+        if c == b'"':
+            f.chunk_state = CH_EXT_QEND
+        elif c == b'\\':
+            f.chunk_state = CH_EXT_QUOTED_ESC
+        elif not _VCHAR_OR_WS[u]:
+            return False
+        return True
+    if st == CH_EXT_QUOTED_ESC:
+        f.chunk_state = CH_EXT_QUOTED
+        return _VCHAR_OR_WS[u]
+    # CRLF may follow a name or a value directly, never whitespace (BWS only before ";").
+    if c == b'\r' and (st == CH_EXT_NAME or st == CH_EXT_TOKEN or st == CH_EXT_QEND):
+        f.chunk_state = CH_SIZE_LF
+        return True
+    if st == CH_EXT_PRE:
+        if _TCHAR[u]:
+            f.chunk_state = CH_EXT_NAME
+            return True
+        return ws
+    if st == CH_EXT_VAL_PRE:
+        if c == b'"':
+            f.chunk_state = CH_EXT_QUOTED
+            return True
+        if _TCHAR[u]:
+            f.chunk_state = CH_EXT_TOKEN
+            return True
+        return ws
+    if c == b';':
+        f.chunk_state = CH_EXT_PRE
+        return True
+    if st == CH_EXT_QEND:
+        if ws:
+            f.chunk_state = CH_EXT_AFTER_VAL
+            return True
+        return False
+    if st == CH_EXT_NAME or st == CH_EXT_TOKEN:
+        if _TCHAR[u]:
+            return True
+        if ws:
+            f.chunk_state = CH_EXT_AFTER_NAME if st == CH_EXT_NAME else CH_EXT_AFTER_VAL
+            return True
+        if c == b'=' and st == CH_EXT_NAME:
+            f.chunk_state = CH_EXT_VAL_PRE
+            return True
+        return False
+    if st == CH_EXT_AFTER_NAME:
+        if c == b'=':
+            f.chunk_state = CH_EXT_VAL_PRE
+            return True
+        return ws
+    # CH_EXT_AFTER_VAL
+    return ws
 
 
 cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept nogil:
@@ -402,15 +496,24 @@ cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept
                 return -1
             elif c == b'\r':
                 f.chunk_state = CH_SIZE_LF
-            elif c == b';' or c == b' ' or c == b'\t':
-                f.chunk_state = CH_EXT
+            elif c == b';':
+                f.chunk_state = CH_EXT_PRE
+            elif c == b' ' or c == b'\t':
+                f.chunk_state = CH_SIZE_WS
             else:
                 f.error = True
                 return -1
-        elif st == CH_EXT:
-            if c == b'\r':
-                f.chunk_state = CH_SIZE_LF
-            elif c != b'\t' and (<unsigned char>c < 32 or c == 127):
+        elif st == CH_SIZE_WS:
+            # BWS after the size: only more whitespace then ';' may follow, so
+            # "5 x" or "0 5" can't be read as another size by a lenient backend.
+            if c == b';':
+                f.chunk_state = CH_EXT_PRE
+            elif c != b' ' and c != b'\t':
+                f.error = True
+                return -1
+        elif st >= CH_EXT_PRE and st <= CH_EXT_QEND:
+            # chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
+            if not _chunk_ext_step(f, c):
                 f.error = True
                 return -1
         elif st == CH_SIZE_LF:
@@ -430,17 +533,24 @@ cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept
                 return -1
             f.chunk_state = CH_SIZE
         elif st == CH_TRAILER_START:
+            # Trailer fields obey the header-field grammar (RFC 9112 §7.1.2).
             if c == b'\r':
                 f.chunk_state = CH_FINAL_LF
-            elif c == b'\n':
+            elif _TCHAR[<unsigned char>c]:
+                f.chunk_state = CH_TRAILER_LINE
+            else:
                 f.error = True
                 return -1
-            else:
-                f.chunk_state = CH_TRAILER_LINE
         elif st == CH_TRAILER_LINE:
+            if c == b':':
+                f.chunk_state = CH_TRAILER_VALUE
+            elif not _TCHAR[<unsigned char>c]:
+                f.error = True
+                return -1
+        elif st == CH_TRAILER_VALUE:
             if c == b'\r':
                 f.chunk_state = CH_TRAILER_LF
-            elif c == b'\n' or c == 0:
+            elif not _VCHAR_OR_WS[<unsigned char>c]:
                 f.error = True
                 return -1
         elif st == CH_TRAILER_LF:

@@ -13,6 +13,7 @@ cdef enum:
 cdef class TLSContext:
     cdef SSL_CTX *ctx
     cdef bint server_side
+    cdef readonly bint verify       # client mode: peer certificate and name checked
     cdef bytes alpn_wire            # our ALPN list in wire format, preference order
     cdef dict sni                   # lowercased name or "*.suffix" -> TLSContext
     cdef readonly list key_types    # "RSA", "EC", ... one per certificate added
@@ -28,6 +29,7 @@ cdef class TLSConnection:
     cdef readonly TLSContext context
     cdef readonly bint memory
     cdef public str error           # why the last TLS_FAILED happened
+    cdef bint fatal                 # a protocol error: the session must not be reused
 
     # Handshake flow
     cdef int handshake(self)

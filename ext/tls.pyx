@@ -108,6 +108,11 @@ cdef class TLSContext:
             options |= SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA
         if not session_tickets:
             options |= SSL_OP_NO_TICKET
+        if server_side:
+            # A client that closes without close_notify is a normal HTTP ending (framing
+            # protects the data); without this OpenSSL 3 sends a fatal alert and drops
+            # the session from the cache.
+            options |= SSL_OP_IGNORE_UNEXPECTED_EOF
         SSL_CTX_set_options(self.ctx, options)
         # RELEASE_BUFFERS: an idle connection gives its 34 KiB of record buffers back.
         # PARTIAL_WRITE + MOVING_WRITE_BUFFER: a short socket write returns a count, and the
@@ -145,6 +150,7 @@ cdef class TLSContext:
                 if not SSL_CTX_load_verify_locations(self.ctx, cafile.encode(), NULL):
                     raise_tls_error(f"cannot load CA file {cafile!r}")
                 SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER, NULL)
+                self.verify = True
         ERR_clear_error()
 
     def __dealloc__(self):
@@ -270,10 +276,16 @@ cdef class TLSConnection:
         else:
             if server_hostname is not None:
                 SSL_set_tlsext_host_name(self.ssl, server_hostname.encode())
+                if context.verify and not SSL_set1_host(self.ssl, server_hostname.encode()):
+                    raise_tls_error("SSL_set1_host failed")
             SSL_set_connect_state(self.ssl)
 
     def __dealloc__(self):
         if self.ssl != NULL:
+            if not self.fatal:
+                # Without this SSL_free() treats the session as bad and drops it from
+                # the cache whenever we did not send close_notify (nginx does the same).
+                SSL_set_shutdown(self.ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN)
             SSL_free(self.ssl)  # frees the memory BIOs too
             self.ssl = NULL
 
@@ -308,7 +320,8 @@ cdef class TLSConnection:
         if err == SSL_ERROR_WANT_WRITE:
             return TLS_WANT_WRITE
         if err == SSL_ERROR_ZERO_RETURN:
-            return TLS_CLOSED
+            # With SSL_OP_IGNORE_UNEXPECTED_EOF a bare EOF reads as close_notify too.
+            return TLS_CLOSED if SSL_is_init_finished(self.ssl) else TLS_EOF
         if err == SSL_ERROR_SYSCALL:
             text = error_text()
             if text:
@@ -323,6 +336,7 @@ cdef class TLSConnection:
         self.error = text or f"SSL error {err}"
         if "unexpected eof" in self.error:
             return TLS_EOF
+        self.fatal = True
         return TLS_FAILED
 
     # ---- Shutdown flow --------------------------------------------------

@@ -2,6 +2,7 @@
 from includes.openssl cimport *
 from includes.system cimport *
 
+include "shm.pxd"
 include "tls.pxd"
 include "http.pxd"
 include "proxy.pxd"

@@ -5,7 +5,10 @@
 from includes.openssl cimport *
 from includes.system cimport *
 
+import os
+
 include "errors.pyx"
+include "shm.pyx"
 include "tls.pyx"
 include "http.pyx"
 include "proxy.pyx"

@@ -8,6 +8,8 @@
 #include <openssl/x509.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
+#include <openssl/rand.h>
+#include "shm.h"
 
 /* SSL_OP_PRIORITIZE_CHACHA exists in both, but guard builds against forks. */
 #ifndef SSL_OP_PRIORITIZE_CHACHA

@@ -41,6 +41,7 @@ cdef extern from "compat.h" nogil:
         SSL_OP_NO_TICKET
         SSL_OP_SINGLE_ECDH_USE
         SSL_OP_NO_ANTI_REPLAY
+        SSL_OP_IGNORE_UNEXPECTED_EOF
 
     enum:
         SSL_MODE_RELEASE_BUFFERS
@@ -182,3 +183,31 @@ cdef extern from "compat.h" nogil:
 
     int OBJ_sn2nid(const char *s)
     const char *OBJ_nid2sn(int n)
+
+
+# ---- sessions and tickets (shared cache, shared ticket keys) ---------------
+cdef extern from "compat.h":
+    ctypedef struct EVP_CIPHER_CTX
+    ctypedef struct EVP_MAC_CTX
+    ctypedef int (*new_session_cb_func)(SSL *ssl, SSL_SESSION *sess) noexcept
+    ctypedef void (*remove_session_cb_func)(SSL_CTX *ctx, SSL_SESSION *sess) noexcept
+    ctypedef SSL_SESSION *(*get_session_cb_func)(SSL *ssl, const unsigned char *data, int len,
+                                                 int *copy) noexcept
+    ctypedef int (*ticket_key_cb_func)(SSL *s, unsigned char *key_name, unsigned char *iv,
+                                       EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx, int enc) noexcept
+
+cdef extern from "compat.h" nogil:
+    enum:
+        SSL_SESS_CACHE_NO_INTERNAL
+        SSL_SESS_CACHE_NO_AUTO_CLEAR
+        EVP_MAX_IV_LENGTH
+    void SSL_CTX_sess_set_new_cb(SSL_CTX *ctx, new_session_cb_func cb)
+    void SSL_CTX_sess_set_remove_cb(SSL_CTX *ctx, remove_session_cb_func cb)
+    void SSL_CTX_sess_set_get_cb(SSL_CTX *ctx, get_session_cb_func cb)
+    int SSL_CTX_set_tlsext_ticket_key_evp_cb(SSL_CTX *ctx, ticket_key_cb_func cb)
+    const unsigned char *SSL_SESSION_get_id(const SSL_SESSION *s, unsigned int *len)
+    long SSL_SESSION_get_time(const SSL_SESSION *s)
+    long SSL_SESSION_get_timeout(const SSL_SESSION *s)
+    int i2d_SSL_SESSION(SSL_SESSION *inp, unsigned char **pp)
+    SSL_SESSION *d2i_SSL_SESSION(SSL_SESSION **a, const unsigned char **pp, long length)
+    int RAND_bytes(unsigned char *buf, int num)

@@ -66,3 +66,34 @@ cdef extern from "<string.h>" nogil:
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
     int strncasecmp(const char *s1, const char *s2, size_t n)
     int memcmp(const void *s1, const void *s2, size_t n)
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
+    enum:
+        PROT_READ
+        PROT_WRITE
+        MAP_SHARED
+        MAP_ANONYMOUS
+    void *MAP_FAILED
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_mutexattr_t:
+        pass
+    int pthread_mutexattr_init(pthread_mutexattr_t *attr)
+    int pthread_mutexattr_setpshared(pthread_mutexattr_t *attr, int pshared)
+    int pthread_mutexattr_setrobust(pthread_mutexattr_t *attr, int robustness)
+    int pthread_mutex_init(pthread_mutex_t *mutex, const pthread_mutexattr_t *attr)
+    int pthread_mutex_lock(pthread_mutex_t *mutex)
+    int pthread_mutex_unlock(pthread_mutex_t *mutex)
+    int pthread_mutex_consistent(pthread_mutex_t *mutex)
+    enum:
+        PTHREAD_PROCESS_SHARED
+        PTHREAD_MUTEX_ROBUST
+        EOWNERDEAD
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    time_t time(time_t *t)

@@ -1,0 +1,83 @@
+/* Layout of the region the master maps (MAP_SHARED) before forking workers.
+ * Plain C so every process agrees on it byte for byte. */
+#ifndef FASTTERM_SHM_H
+#define FASTTERM_SHM_H
+
+#include <stdint.h>
+#include <pthread.h>
+#include <openssl/evp.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
+
+#define FT_MAGIC 0x66747368u          /* "ftsh" */
+#define FT_TICKET_KEYS 8
+#define FT_WORKER_SLOTS 512
+#define FT_COUNTERS 32
+#define FT_SESSION_ID_MAX 32
+#define FT_SESSION_DER_MAX 1200
+#define FT_PROBE 8
+
+typedef struct {
+    unsigned char name[16];
+    unsigned char hmac[32];
+    unsigned char aes[32];
+} ft_ticket_key;                      /* nginx's 80-byte ssl_session_ticket_key order */
+
+typedef struct {
+    uint64_t seq;                     /* seqlock: odd while the master writes */
+    uint32_t count;                   /* keys[0] encrypts; all decrypt */
+    uint32_t pad;
+    ft_ticket_key keys[FT_TICKET_KEYS];
+} ft_ticket_keys;
+
+typedef struct {
+    uint32_t used;
+    uint32_t pid;
+    uint32_t generation;
+    uint32_t pad;
+    int64_t counters[FT_COUNTERS];
+} ft_worker_slot;
+
+typedef struct {
+    int64_t expires;                  /* unix seconds; 0: free */
+    uint32_t der_len;
+    uint32_t id_len;
+    unsigned char id[FT_SESSION_ID_MAX];
+    unsigned char der[FT_SESSION_DER_MAX];
+} ft_session;
+
+typedef struct {
+    uint32_t magic;
+    uint32_t nsessions;
+    pthread_mutex_t lock;             /* process-shared, robust: a killed worker can't wedge it */
+    int64_t session_stats[4];         /* stores, hits, misses, evictions */
+    ft_ticket_keys tickets;
+    int64_t retired[FT_COUNTERS];     /* counters of workers that have exited */
+    ft_worker_slot workers[FT_WORKER_SLOTS];
+    ft_session sessions[];
+} ft_shared;
+
+static inline uint64_t ft_load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void ft_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void ft_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+/* The ticket callback's cipher + MAC set-up (RFC 5077 §4 recommended construction:
+ * AES-256-CBC, HMAC-SHA256), kept in C because OSSL_PARAM arrays are macro territory. */
+static int ft_ticket_crypto_init(EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx, const unsigned char *aes,
+                                 const unsigned char *hmac, const unsigned char *iv, int enc)
+{
+    OSSL_PARAM params[3];
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)hmac, 32);
+    params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
+    params[2] = OSSL_PARAM_construct_end();
+    if (enc) {
+        if (EVP_EncryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, aes, iv) != 1)
+            return 0;
+    } else {
+        if (EVP_DecryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, aes, iv) != 1)
+            return 0;
+    }
+    return EVP_MAC_CTX_set_params(hctx, params) == 1;
+}
+
+#endif

@@ -1,0 +1,318 @@
+# Shared TLS state across workers (DESIGN.md "Processes").
+#
+# Session cache: a fixed open-addressing table (FT_PROBE slots per bucket) in
+# MAP_SHARED memory, guarded by one process-shared *robust* pthread mutex: the
+# critical sections are a memcpy of at most ~1 KiB, far shorter than a handshake,
+# so one lock is simpler than a lock-free design and not contended in measurement;
+# robust because a worker SIGKILLed while holding it must not wedge the others
+# (EOWNERDEAD -> pthread_mutex_consistent, the slot it was writing is cleared).
+#
+# Ticket keys: written only by the master under a seqlock; workers copy a key
+# out in the ticket callback and retry if the sequence moved (no lock on the
+# resumption path).
+
+from libc.string cimport memcpy, memset, memcmp
+
+cdef SharedState _shared = None      # this process's region, set by use_shared_state()
+
+cdef enum:
+    STAT_STORES = 0
+    STAT_HITS = 1
+    STAT_MISSES = 2
+    STAT_EVICTIONS = 3
+
+
+cdef inline unsigned int _hash(const unsigned char *sid, unsigned int n) nogil:
+    cdef unsigned int h = 2166136261u
+    cdef unsigned int i
+    for i in range(n):
+        h = (h ^ sid[i]) * 16777619u
+    return h
+
+
+cdef class SharedState:
+    """The master's shared region; workers inherit the mapping through fork()."""
+
+    def __cinit__(self, size_t session_cache_size=10 * 1024 * 1024):
+        cdef pthread_mutexattr_t attr
+        cdef size_t n = session_cache_size // sizeof(ft_session)
+        if n < FT_PROBE:
+            n = FT_PROBE
+        self.size = sizeof(ft_shared) + n * sizeof(ft_session)
+        self.region = <ft_shared *>mmap(NULL, self.size, PROT_READ | PROT_WRITE,
+                                         MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+        if <void *>self.region == MAP_FAILED:
+            self.region = NULL
+            raise MemoryError(f"mmap of {self.size} bytes failed")
+        memset(self.region, 0, self.size)
+        self.region.magic = FT_MAGIC
+        self.region.nsessions = <unsigned int>n
+        pthread_mutexattr_init(&attr)
+        pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)
+        pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)
+        if pthread_mutex_init(&self.region.lock, &attr) != 0:
+            raise OSError("pthread_mutex_init failed")
+        self.owner_pid = os.getpid()
+
+    def __dealloc__(self):
+        if self.region != NULL:
+            munmap(self.region, self.size)
+            self.region = NULL
+
+    # ---- session cache --------------------------------------------------
+    cdef int lock(self) nogil:
+        cdef int r = pthread_mutex_lock(&self.region.lock)
+        if r == EOWNERDEAD:
+            pthread_mutex_consistent(&self.region.lock)
+            return 0
+        return r
+
+    cdef void unlock(self) nogil:
+        pthread_mutex_unlock(&self.region.lock)
+
+    cdef int store_session(self, const unsigned char *sid, unsigned int sid_len,
+                           const unsigned char *der, int der_len, long long expires) nogil:
+        cdef unsigned int base, i, victim
+        cdef ft_session *s
+        cdef ft_session *slot = NULL
+        cdef long long now = time(NULL), oldest = 0
+        if sid_len == 0 or sid_len > FT_SESSION_ID_MAX or der_len <= 0 or der_len > FT_SESSION_DER_MAX:
+            return 0
+        base = _hash(sid, sid_len) % self.region.nsessions
+        if self.lock() != 0:
+            return 0
+        for i in range(FT_PROBE):
+            s = &self.region.sessions[(base + i) % self.region.nsessions]
+            if s.expires != 0 and s.id_len == sid_len and memcmp(s.id, sid, sid_len) == 0:
+                slot = s
+                break
+            if slot == NULL and s.expires <= now:
+                slot = s
+        if slot == NULL:
+            # Every slot of the bucket is live: evict the one that expires first.
+            for i in range(FT_PROBE):
+                s = &self.region.sessions[(base + i) % self.region.nsessions]
+                if slot == NULL or s.expires < oldest:
+                    slot = s
+                    oldest = s.expires
+            self.region.session_stats[<int>STAT_EVICTIONS] += 1
+        slot.id_len = sid_len
+        memcpy(slot.id, sid, sid_len)
+        slot.der_len = der_len
+        memcpy(slot.der, der, der_len)
+        slot.expires = expires
+        self.region.session_stats[<int>STAT_STORES] += 1
+        self.unlock()
+        return 1
+
+    cdef SSL_SESSION *find_session(self, const unsigned char *sid, int sid_len) nogil:
+        cdef unsigned int base, i
+        cdef ft_session *s
+        cdef unsigned char der[FT_SESSION_DER_MAX]
+        cdef const unsigned char *p = der
+        cdef int der_len = 0
+        cdef long long now = time(NULL)
+        if sid_len <= 0 or sid_len > FT_SESSION_ID_MAX:
+            return NULL
+        base = _hash(sid, sid_len) % self.region.nsessions
+        if self.lock() != 0:
+            return NULL
+        for i in range(FT_PROBE):
+            s = &self.region.sessions[(base + i) % self.region.nsessions]
+            if s.expires > now and s.id_len == <unsigned int>sid_len and memcmp(s.id, sid, sid_len) == 0:
+                der_len = s.der_len
+                memcpy(der, s.der, der_len)
+                break
+        self.region.session_stats[<int>(STAT_HITS if der_len else STAT_MISSES)] += 1
+        self.unlock()
+        if der_len == 0:
+            return NULL
+        return d2i_SSL_SESSION(NULL, &p, der_len)
+
+    cdef void remove_session(self, const unsigned char *sid, unsigned int sid_len) nogil:
+        cdef unsigned int base, i
+        cdef ft_session *s
+        if sid_len == 0 or sid_len > FT_SESSION_ID_MAX:
+            return
+        base = _hash(sid, sid_len) % self.region.nsessions
+        if self.lock() != 0:
+            return
+        for i in range(FT_PROBE):
+            s = &self.region.sessions[(base + i) % self.region.nsessions]
+            if s.expires != 0 and s.id_len == sid_len and memcmp(s.id, sid, sid_len) == 0:
+                s.expires = 0
+                break
+        self.unlock()
+
+    # ---- ticket keys ----------------------------------------------------
+    def set_ticket_keys(self, keys):
+        """Master only: ``keys`` are 80-byte nginx-format keys, the first one encrypts."""
+        cdef ft_ticket_keys *t = &self.region.tickets
+        cdef unsigned long long seq
+        cdef bytes raw
+        cdef int i
+        keys = list(keys)[:FT_TICKET_KEYS]
+        for k in keys:
+            if len(k) != 80:
+                raise ValueError("a ticket key is 80 bytes (name, HMAC key, AES key)")
+        seq = ft_load_acquire(&t.seq)
+        ft_store_release(&t.seq, seq + 1)          # odd: readers retry
+        ft_fence()
+        for i, k in enumerate(keys):
+            raw = bytes(k)
+            memcpy(&t.keys[i], <const char *>raw, 80)
+        t.count = len(keys)
+        ft_fence()
+        ft_store_release(&t.seq, seq + 2)
+
+    def ticket_key_names(self):
+        cdef ft_ticket_keys *t = &self.region.tickets
+        return [(<char *>t.keys[i].name)[:16] for i in range(t.count)]
+
+    cdef int read_ticket_key(self, const unsigned char *name, ft_ticket_key *out) nogil:
+        """Copy the key named ``name`` (or the encrypting key when NULL) into ``out``.
+        Returns its index (0 = the current encrypting key), or -1."""
+        cdef ft_ticket_keys *t = &self.region.tickets
+        cdef unsigned long long seq
+        cdef unsigned int i, count
+        cdef int found
+        while True:
+            seq = ft_load_acquire(&t.seq)
+            if seq & 1:
+                continue
+            found = -1
+            count = t.count
+            for i in range(count if count <= FT_TICKET_KEYS else FT_TICKET_KEYS):
+                if name == NULL or memcmp(t.keys[i].name, name, 16) == 0:
+                    memcpy(out, &t.keys[i], sizeof(ft_ticket_key))
+                    found = i
+                    break
+            ft_fence()
+            if ft_load_acquire(&t.seq) == seq:
+                return found
+
+    # ---- counters -------------------------------------------------------
+    def claim_slot(self, int pid, int generation):
+        """Master: a counter slot for a new worker."""
+        cdef int i
+        for i in range(FT_WORKER_SLOTS):
+            if not self.region.workers[i].used:
+                memset(&self.region.workers[i], 0, sizeof(ft_worker_slot))
+                self.region.workers[i].used = 1
+                self.region.workers[i].pid = pid
+                self.region.workers[i].generation = generation
+                return i
+        raise RuntimeError("no free worker slot")
+
+    def set_slot_pid(self, int slot, int pid):
+        self.region.workers[slot].pid = pid
+
+    def release_slot(self, int slot):
+        """Master: fold an exited worker's counters into the retired totals."""
+        cdef int i
+        for i in range(FT_COUNTERS):
+            self.region.retired[i] += self.region.workers[slot].counters[i]
+        self.region.workers[slot].used = 0
+
+    def totals(self):
+        """Counter totals over live and exited workers, by index."""
+        cdef int i, j
+        out = [self.region.retired[i] for i in range(FT_COUNTERS)]
+        for j in range(FT_WORKER_SLOTS):
+            if self.region.workers[j].used:
+                for i in range(FT_COUNTERS):
+                    out[i] += self.region.workers[j].counters[i]
+        return out
+
+    def slot_counters(self, int slot):
+        return [self.region.workers[slot].counters[i] for i in range(FT_COUNTERS)]
+
+    def session_stats(self):
+        s = self.region.session_stats
+        return {"stores": s[0], "hits": s[1], "misses": s[2], "evictions": s[3],
+                "capacity": self.region.nsessions}
+
+
+# ---- OpenSSL callbacks (noexcept: failures become "not cached" / full handshake) ----
+
+cdef int _new_session_cb(SSL *ssl, SSL_SESSION *sess) noexcept:
+    cdef unsigned int sid_len = 0
+    cdef const unsigned char *sid
+    cdef unsigned char der[FT_SESSION_DER_MAX]
+    cdef unsigned char *p = der
+    cdef int der_len
+    if _shared is None:
+        return 0
+    der_len = i2d_SSL_SESSION(sess, NULL)
+    if der_len <= 0 or der_len > FT_SESSION_DER_MAX:
+        return 0
+    i2d_SSL_SESSION(sess, &p)
+    sid = SSL_SESSION_get_id(sess, &sid_len)
+    _shared.store_session(sid, sid_len, der, der_len,
+                          SSL_SESSION_get_time(sess) + SSL_SESSION_get_timeout(sess))
+    return 0   # we keep no reference to sess
+
+
+cdef SSL_SESSION *_get_session_cb(SSL *ssl, const unsigned char *sid, int sid_len, int *copy) noexcept:
+    copy[0] = 0   # the returned session is ours to give away
+    if _shared is None:
+        return NULL
+    return _shared.find_session(sid, sid_len)
+
+
+cdef void _remove_session_cb(SSL_CTX *ctx, SSL_SESSION *sess) noexcept:
+    cdef unsigned int sid_len = 0
+    cdef const unsigned char *sid
+    if _shared is None:
+        return
+    sid = SSL_SESSION_get_id(sess, &sid_len)
+    _shared.remove_session(sid, sid_len)
+
+
+cdef int _ticket_key_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv,
+                        EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx, int enc) noexcept:
+    """RFC 5077 tickets under the shared keys. Returns 1 (ok), 2 (ok, re-issue under
+    the current key), 0 (unknown key: full handshake), -1 (error)."""
+    cdef ft_ticket_key key
+    cdef int index
+    if _shared is None:
+        return -1
+    if enc:
+        if _shared.read_ticket_key(NULL, &key) < 0:
+            return -1
+        if RAND_bytes(iv, 16) != 1:
+            return -1
+        memcpy(key_name, key.name, 16)
+        return 1 if ft_ticket_crypto_init(ctx, hctx, key.aes, key.hmac, iv, 1) else -1
+    index = _shared.read_ticket_key(key_name, &key)
+    if index < 0:
+        return 0
+    if not ft_ticket_crypto_init(ctx, hctx, key.aes, key.hmac, iv, 0):
+        return -1
+    return 1 if index == 0 else 2
+
+
+def use_shared_state(SharedState state):
+    """Make ``state`` this process's session cache and ticket-key store."""
+    global _shared
+    _shared = state
+
+
+cdef void attach_shared(SSL_CTX *ctx, bint cache, bint tickets):
+    """Wire an SSL_CTX to the shared cache and keys (after use_shared_state)."""
+    if _shared is None:
+        return
+    if cache:
+        # NO_INTERNAL: the shared table is the cache; a per-process copy would only
+        # duplicate it (nginx does the same with ssl_session_cache shared).
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL)
+        SSL_CTX_sess_set_new_cb(ctx, _new_session_cb)
+        SSL_CTX_sess_set_get_cb(ctx, _get_session_cb)
+        SSL_CTX_sess_set_remove_cb(ctx, _remove_session_cb)
+    if tickets:
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, _ticket_key_cb)
+
+
+def generate_ticket_key():
+    """80 bytes from the CSPRNG: 16-byte name, 32-byte HMAC key, 32-byte AES key."""
+    return os.urandom(80)
