@@ -348,3 +348,10 @@ def test_many_errors_do_not_leak_connections(ft, be):
     r = ft.request("GET", "/fine")
     assert r.status == 200
     assert NAME in r.body.decode() or r.body.startswith(b"ok")
+
+
+def test_request_target_over_limit(ft, be):
+    r, closed = send_raw(ft, request_bytes("GET", "/" + "a" * 20000))
+    assert r.status in (414, 431) and closed, r.start_line
+    settle()
+    assert be.accepts == 0

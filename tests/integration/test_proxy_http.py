@@ -468,3 +468,61 @@ def test_redirect_does_not_touch_backend(raw_backend, fastterm):
     ft = fastterm(be.address)
     curl_http(ft.http_port, "/", "-H", "Host: example.com")
     assert be.accepts == 0
+
+
+# ---------------------------------------------------------------------------------------
+# virtual hosts on one listener; request targets
+
+
+@pytest.fixture
+def vhosts(fastterm, raw_backend, write, intermediate, ec_cert, other_leaf):
+    from harness import cert_entry
+
+    a, b = raw_backend(), raw_backend()
+    servers = [
+        {"server_names": [NAME], "default_server": True, "certificate": [ec_cert],
+         "route": [{"path": "/", "upstream": "a"}]},
+        {"server_names": ["other.test"], "certificate": [cert_entry(write, other_leaf, intermediate, "other")],
+         "route": [{"path": "/", "upstream": "b"}]},
+    ]
+    ft = fastterm(upstreams=[{"name": "a", "servers": [a.address]}, {"name": "b", "servers": [b.address]}],
+                  servers=servers)
+    return ft, a, b
+
+
+def test_vhost_routes_by_server(vhosts):
+    ft, a, b = vhosts
+    with ft.connect("other.test") as s:
+        s.sendall(b"GET /o HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        assert read_response(Reader(s)).status == 200
+    with ft.connect(NAME) as s:
+        s.sendall(b"GET /w HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        assert read_response(Reader(s)).status == 200
+    assert [r.target for r in a.requests] == ["/w"]
+    assert [r.target for r in b.requests] == ["/o"]
+
+
+@pytest.mark.parametrize("sni", [NAME, None])
+def test_host_other_than_sni_not_served_by_sni_server(vhosts, sni):
+    """nginx picks the virtual server by Host (SNI only picks the certificate): a request for
+    other.test is served by other.test's server, or refused with 421, never sent to www's backend."""
+    ft, a, b = vhosts
+    ctx = ft.client_context()
+    ctx.check_hostname = False
+    with ft.connect(sni, ctx) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        r = read_response(Reader(s))
+    assert not a.requests, "request for Host other.test went to www.example.com's upstream"
+    assert (r.status == 200 and [q.target for q in b.requests] == ["/x"]) or r.status == 421, r.start_line
+
+
+def test_absolute_form_target(raw_backend, fastterm):
+    """RFC 9112 3.2.2: a server MUST accept the absolute-form; nginx routes it by its path."""
+    be = raw_backend()
+    ft = fastterm(be.address)
+    with ft.connect() as s:
+        s.sendall(b"GET https://www.example.com/abs?q=1 HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        r = read_response(Reader(s))
+    assert r.status == 200, r.start_line
+    (req,) = be.requests
+    assert req.target.endswith("/abs?q=1"), req.target

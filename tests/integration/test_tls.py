@@ -287,3 +287,41 @@ def test_renegotiation_refused(ft):
     assert "RENEGOTIATING" in proc.stdout + proc.stderr
     assert "verify return:1" not in (proc.stdout + proc.stderr).split("RENEGOTIATING", 1)[1]
     assert ft.alive()
+
+
+# ---------------------------------------------------------------------------------------
+# session resumption
+
+
+def resume_twice(ft, **ctx_opts) -> bool:
+    ctx = ft.client_context(**ctx_opts)
+    with ft.connect(ctx=ctx) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        s.recv(65536)  # TLS 1.3 tickets arrive after the handshake
+        session = s.session
+    raw = __import__("socket").create_connection(("127.0.0.1", ft.https_port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname=NAME, session=session) as s2:
+        return s2.session_reused
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_session_resumption(ft, version):
+    v = getattr(ssl.TLSVersion, version)
+    assert resume_twice(ft, minimum_version=v, maximum_version=v)
+
+
+def test_no_resumption_when_disabled(fastterm, demo_backend):
+    ft = fastterm(demo_backend, tls={"session_tickets": False, "session_cache": False})
+    assert not resume_twice(ft, maximum_version=ssl.TLSVersion.TLSv1_2)
+    assert not resume_twice(ft)
+
+
+def test_handshake_failure_logged(ft):
+    with pytest.raises(ssl.SSLError):
+        handshake(ft, alpn=["h2"])
+    # DESIGN "Errors": a TLS failure gets the right alert and a log line; the worker goes on.
+    from harness import wait_for
+
+    assert wait_for(lambda: "no application protocol" in ft.log().lower(), timeout=3), ft.log()
+    with handshake(ft) as sock:
+        assert sock.version() == "TLSv1.3"
