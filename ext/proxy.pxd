@@ -47,7 +47,9 @@ cdef class Worker:
     cdef HeaderSlot *slots
     cdef readonly set clients
     cdef public double now          # coarse clock, advanced by the 1 s sweep
-    cdef long long counters[<int>N_COUNTERS]
+    cdef long long own_counters[<int>N_COUNTERS]
+    cdef long long *counters        # own_counters, or this worker's slot in shared memory
+    cdef SharedState shared         # keeps the mapping alive while counters points into it
     cdef public bint draining
     cdef object sweep_handle
     cdef object log

@@ -30,7 +30,7 @@ _log = logging.getLogger("fastterm.proxy")
 _REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout"}
-_COUNTER_NAMES = ("connections_total", "connections_open", "handshakes_full", "handshakes_resumed",
+COUNTER_NAMES = _COUNTER_NAMES = ("connections_total", "connections_open", "handshakes_full", "handshakes_resumed",
                   "handshakes_failed", "requests_total", "responses_1xx", "responses_2xx",
                   "responses_3xx", "responses_4xx", "responses_5xx", "backend_connects",
                   "backend_errors", "backend_reused", "bytes_in", "bytes_out")
@@ -47,7 +47,8 @@ cdef class Worker:
             raise MemoryError()
         cdef int i
         for i in range(<int>N_COUNTERS):
-            self.counters[i] = 0
+            self.own_counters[i] = 0
+        self.counters = self.own_counters
 
     def __init__(self, loop, limits):
         self.loop = loop
@@ -83,17 +84,23 @@ cdef class Worker:
                 (<ClientConnection>conn)._expire()
         self.sweep_handle = self.loop.call_later(1.0, self._sweep)
 
+    def use_counter_slot(self, SharedState shared, int slot):
+        """Count into shared memory so the master can add up every worker."""
+        cdef int i
+        self.shared = shared
+        self.counters = <long long *>shared.region.workers[slot].counters
+        for i in range(<int>N_COUNTERS):
+            self.counters[i] += self.own_counters[i]
+
     def stats(self):
-        out = {name: self.counters[i] for i, name in enumerate(_COUNTER_NAMES)}
-        out["connections_open"] = len(self.clients)
-        return out
+        return {name: self.counters[i] for i, name in enumerate(_COUNTER_NAMES)}
 
     def drain(self):
-        """Stop reusing client connections: each one closes after its current response."""
+        """Stop reusing client connections: each one's next response carries
+        ``Connection: close`` and it closes after it. Idle ones are left open (the
+        caller closes them at its drain deadline): closing an idle keep-alive at once
+        races with a request the client is sending, and that request would fail."""
         self.draining = True
-        for conn in list(self.clients):
-            if (<ClientConnection>conn).state in (C_IDLE, C_HANDSHAKE):
-                (<ClientConnection>conn)._finish()
 
     def close(self):
         if self.sweep_handle is not None:
@@ -232,6 +239,7 @@ cdef class ClientConnection:
         self.deadline = w.now + w.header_timeout
         w.clients.add(self)
         w.count(N_CONNECTIONS)
+        w.count(N_CONNECTIONS_OPEN)
         w.loop.add_reader(self.fd, self._on_readable)
         self.reading = True
         self._handshake()
@@ -754,6 +762,7 @@ cdef class ClientConnection:
         self.pending_out = None
         self.head_buf = None
         w.clients.discard(self)
+        w.count(N_CONNECTIONS_OPEN, -1)
 
     @property
     def peer(self):
@@ -1008,6 +1017,7 @@ cdef class BIOClientConnection(ClientConnection):
         self.reading = True
         w.clients.add(self)
         w.count(N_CONNECTIONS)
+        w.count(N_CONNECTIONS_OPEN)
 
     cdef void _push_ciphertext(self):
         cdef size_t n

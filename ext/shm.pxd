@@ -1,6 +1,8 @@
 # Shared memory made by the master before fork: session cache, ticket keys,
 # per-worker counters. Layout in includes/shm.h.
 
+from libc.stdint cimport int64_t, uint64_t, uint32_t
+
 cdef extern from "includes/shm.h" nogil:
     enum:
         FT_MAGIC
@@ -15,16 +17,16 @@ cdef extern from "includes/shm.h" nogil:
         unsigned char hmac[32]
         unsigned char aes[32]
     ctypedef struct ft_ticket_keys:
-        unsigned long long seq
+        uint64_t seq
         unsigned int count
         ft_ticket_key keys[FT_TICKET_KEYS]
     ctypedef struct ft_worker_slot:
         unsigned int used
         unsigned int pid
         unsigned int generation
-        long long counters[FT_COUNTERS]
+        int64_t counters[FT_COUNTERS]
     ctypedef struct ft_session:
-        long long expires
+        int64_t expires
         unsigned int der_len
         unsigned int id_len
         unsigned char id[FT_SESSION_ID_MAX]
@@ -33,13 +35,13 @@ cdef extern from "includes/shm.h" nogil:
         unsigned int magic
         unsigned int nsessions
         pthread_mutex_t lock
-        long long session_stats[4]
+        int64_t session_stats[4]
         ft_ticket_keys tickets
-        long long retired[FT_COUNTERS]
+        int64_t retired[FT_COUNTERS]
         ft_worker_slot workers[FT_WORKER_SLOTS]
         ft_session sessions[1]
-    unsigned long long ft_load_acquire(const unsigned long long *p)
-    void ft_store_release(unsigned long long *p, unsigned long long v)
+    uint64_t ft_load_acquire(const uint64_t *p)
+    void ft_store_release(uint64_t *p, uint64_t v)
     void ft_fence()
     int ft_ticket_crypto_init(EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx, const unsigned char *aes,
                               const unsigned char *hmac, const unsigned char *iv, int enc)

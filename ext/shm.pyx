@@ -148,7 +148,7 @@ cdef class SharedState:
     def set_ticket_keys(self, keys):
         """Master only: ``keys`` are 80-byte nginx-format keys, the first one encrypts."""
         cdef ft_ticket_keys *t = &self.region.tickets
-        cdef unsigned long long seq
+        cdef uint64_t seq
         cdef bytes raw
         cdef int i
         keys = list(keys)[:FT_TICKET_KEYS]
@@ -173,7 +173,7 @@ cdef class SharedState:
         """Copy the key named ``name`` (or the encrypting key when NULL) into ``out``.
         Returns its index (0 = the current encrypting key), or -1."""
         cdef ft_ticket_keys *t = &self.region.tickets
-        cdef unsigned long long seq
+        cdef uint64_t seq
         cdef unsigned int i, count
         cdef int found
         while True:

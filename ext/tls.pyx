@@ -22,6 +22,11 @@ FAILED = TLS_FAILED
 
 
 cdef bytes _alpn_wire(protocols):
+    protocols = list(protocols)
+    if "http/1.1" in protocols and "http/1.0" not in protocols:
+        # An HTTP/1.1 server serves HTTP/1.0 clients too (curl -0 offers only http/1.0);
+        # nginx accepts both.
+        protocols.append("http/1.0")
     out = bytearray()
     for proto in protocols:
         raw = proto.encode("ascii") if isinstance(proto, str) else bytes(proto)
@@ -140,6 +145,8 @@ cdef class TLSContext:
             SSL_CTX_set_alpn_select_cb(self.ctx, _alpn_select_cb, <void *>self)
             SSL_CTX_set_tlsext_servername_callback(self.ctx, _servername_cb)
             SSL_CTX_set_tlsext_servername_arg(self.ctx, <void *>self)
+            # Under the supervisor: the cache and ticket keys live in shared memory.
+            attach_shared(self.ctx, session_cache, session_tickets)
         else:
             SSL_CTX_set_session_cache_mode(self.ctx, SSL_SESS_CACHE_CLIENT)
             if self.alpn_wire and SSL_CTX_set_alpn_protos(

@@ -44,8 +44,16 @@ class _HeaderTooLarge(Exception):
 
 
 class Request:
-    __slots__ = ("method", "target", "version", "headers", "body_length", "body_hash", "keep_alive",
-                 "expect_continue")
+    __slots__ = (
+        "body_hash",
+        "body_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "target",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.method = b""

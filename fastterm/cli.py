@@ -56,20 +56,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_run():
-    """``fastterm.worker.run``, or None (reported) when the Cython core is not built."""
+def _serve(path: str, config: Config, single: bool = False) -> int:
+    """Serve until stopped: a master with workers, or (``--single``) this process alone."""
     try:
-        from fastterm.worker import run
+        if single:
+            from fastterm.worker import run
+            run(config)
+        else:
+            from fastterm.supervisor import run_master
+            return run_master(path, config)
     except ImportError as exc:
-        _say(f"cannot start: the worker is unavailable ({exc}); "
-             "build the Cython core with `pip install -e .`", level="emerg")
-        return None
-    return run
-
-
-def _serve(config: Config, run) -> int:
-    try:
-        run(config)
+        _say(f"cannot start: the Cython core is unavailable ({exc}); "
+             "build it with `pip install -e .` or ./bootstrap", level="emerg")
+        return 1
     except KeyboardInterrupt:
         pass
     except (FasttermError, OSError) as exc:
@@ -84,8 +83,107 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (FasttermError, OSError) as exc:
         _say(str(exc), level="emerg")
         return 1
-    run = _worker_run()
-    return 1 if run is None else _serve(config, run)
+    return _serve(args.config, config, args.single)
+
+
+def _control_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    if getattr(args, "pid_file", None):
+        import msgspec
+        config = msgspec.structs.replace(config, pid_file=os.path.abspath(args.pid_file))
+    return config
+
+
+def _admin_request(config: Config, method: str, path: str) -> tuple[int, str]:
+    """One request to the master's admin endpoint (loopback or unix socket)."""
+    from fastterm.config.toml import parse_address
+
+    if config.admin.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect(config.admin[5:])
+    else:
+        sock = socket.create_connection(parse_address(config.admin, default_host="127.0.0.1"), timeout=30)
+    with sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: fastterm\r\nContent-Length: 0\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Validate first (like ``nginx -t && nginx -s reload``), then ask the master."""
+    try:
+        validate(args.config)
+        config = _control_config(args)
+        if config.admin:
+            status, body = _admin_request(config, "POST", "/reload")
+            if status != 200:
+                import json
+                _say(f"reload refused: {json.loads(body).get('error')}", level="emerg")
+                return 1
+            _say(f"reloaded: {body.strip()}")
+            return 0
+        import signal
+
+        from fastterm.supervisor import signal_master
+        pid = signal_master(config, signal.SIGHUP)
+        _say(f"sent SIGHUP to master {pid}")
+        return 0
+    except (FasttermError, OSError) as exc:
+        _say(str(exc), level="emerg")
+        return 1
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    import signal
+
+    from fastterm.supervisor import read_pid
+    try:
+        config = _control_config(args)
+        pid = read_pid(config)
+        os.kill(pid, signal.SIGQUIT if args.fast else signal.SIGTERM)
+        deadline = time.monotonic() + (config.limits.drain_timeout + 5 if args.wait else 0)
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        _say(f"stopping master {pid}")
+        return 0
+    except (FasttermError, OSError) as exc:
+        _say(str(exc), level="emerg")
+        return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fastterm.supervisor import read_pid
+    try:
+        config = _control_config(args)
+        if config.admin:
+            status, body = _admin_request(config, "GET", "/status")
+            print(body, end="")
+            return 0 if status == 200 else 1
+        print(f"master {read_pid(config)} running (set `admin` for details)")
+        return 0
+    except (FasttermError, OSError) as exc:
+        _say(str(exc), level="emerg")
+        return 1
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from fastterm.keys import write_key_file
+    try:
+        write_key_file(args.file)
+    except OSError as exc:
+        _say(f"{args.file}: {exc.strerror}", level="emerg")
+        return 1
+    _say(f"wrote a new 80-byte session ticket key to {args.file}")
+    return 0
 
 
 def default_state_dir() -> str:
@@ -114,9 +212,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (FasttermError, OSError) as exc:
         _say(str(exc), level="emerg")
         return 1
-    run = _worker_run()
-    if run is None:
-        return 1
     backend = subprocess.Popen([sys.executable, "-m", "fastterm.backend", "--host", "127.0.0.1",
                                 "--port", str(args.backend_port)])
     try:
@@ -135,7 +230,7 @@ fastterm demo: TLS on {https} -> backend http://127.0.0.1:{args.backend_port}
     openssl s_client -connect localhost:{args.https_port} -CAfile {pki['ca_cert']} -brief </dev/null
   Ctrl-C stops.
 """, flush=True)
-        return _serve(config, run)
+        return _serve(path, config)
     finally:
         backend.terminate()
         try:
@@ -153,7 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
     run = commands.add_parser("run", help="validate then serve until SIGTERM/SIGINT")
     run.add_argument("-c", "--config", required=True, metavar="FILE")
+    run.add_argument("--single", action="store_true",
+                     help="serve in this one process, no master or workers (debugging)")
     run.set_defaults(func=cmd_run)
+    for name, func, text in (("reload", cmd_reload, "validate, then start a new generation of workers"),
+                             ("stop", cmd_stop, "graceful stop (SIGTERM); --fast: SIGQUIT"),
+                             ("status", cmd_status, "the master's status (admin endpoint or pid)")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("-c", "--config", required=True, metavar="FILE")
+        sub.add_argument("--pid-file", metavar="FILE", help="override the config's pid_file")
+        if name == "stop":
+            sub.add_argument("--fast", action="store_true")
+            sub.add_argument("--wait", action="store_true", help="wait until the master has exited")
+        sub.set_defaults(func=func)
+    keys = commands.add_parser("keys", help="session ticket keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new_key = key_commands.add_parser("new", help="write a fresh 80-byte key (nginx ssl_session_ticket_key format)")
+    new_key.add_argument("file")
+    new_key.set_defaults(func=cmd_keys)
     demo = commands.add_parser("demo",
                                help="serve a local demo: own CA, localhost certificates, echo backend")
     demo.add_argument("--state-dir", default=default_state_dir(), metavar="DIR",

@@ -11,7 +11,7 @@ import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -65,7 +65,7 @@ def issue_cert(ca: Issued | None, names: Sequence[str], key_type: str = "EC",
     ``ca=None`` self-signs. Tests pass dates in the past for expired certificates,
     ``"*.example.com"`` for wildcards, ``is_ca=True`` for intermediates.
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     not_before = not_before or now - timedelta(minutes=5)
     not_after = not_after or not_before + (CA_LIFETIME if is_ca else LEAF_LIFETIME)
     key = key or new_key(key_type)
@@ -130,7 +130,7 @@ def _load(cert_path: str, key_path: str) -> Issued | None:
 
 
 def _fresh(issued: Issued | None, issuer: Issued | None = None) -> bool:
-    if issued is None or issued.cert.not_valid_after_utc - datetime.now(timezone.utc) < RENEW_BEFORE:
+    if issued is None or issued.cert.not_valid_after_utc - datetime.now(UTC) < RENEW_BEFORE:
         return False
     return issuer is None or issued.cert.issuer == issuer.cert.subject
 

@@ -92,6 +92,22 @@ def build_contexts(config: Config) -> Plan:
     return build(config)
 
 
+def ensure_free(addr: tuple[str, int]) -> None:
+    """Refuse an address another process listens on. SO_REUSEPORT would let us bind
+    beside a stale instance and silently split its traffic; nginx says "in use"."""
+    host, port = addr
+    if port == 0:
+        return
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    finally:
+        probe.close()
+
+
 def bind(addr: tuple[str, int], *, reuse_port: bool = True, backlog: int = 1024) -> socket.socket:
     host, port = addr
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -158,7 +174,7 @@ class RedirectProtocol(asyncio.Protocol):
 class Serving:
     """A running worker: listeners, redirect servers, the ext Worker, and its stop logic."""
 
-    def __init__(self, config: Config, loop, plan: Plan | None = None, sockets=None):
+    def __init__(self, config: Config, loop, plan: Plan | None = None, sockets=None, redirect_sockets=None):
         from fastterm._core import Listener, Worker
 
         self.config = config
@@ -168,10 +184,15 @@ class Serving:
         self.listeners = []
         self.redirect_servers = []
         self.bio_servers = []
+        self.stopping = False
         self.stopped = asyncio.Event()
         # FASTTERM_CLIENT_IO=bio: the memory-BIO client path, kept to measure against (DESIGN.md).
         self.client_io = os.environ.get("FASTTERM_CLIENT_IO", "fd")
         self.sockets = sockets or {}
+        self.redirect_sockets = redirect_sockets or {}
+        for addr, _ctx in self.plan.listeners:
+            if addr not in self.sockets:
+                ensure_free(addr)
         if self.client_io == "fd":
             for addr, ctx in self.plan.listeners:
                 listener = Listener(self.worker, self.sockets.get(addr) or bind(addr), ctx)
@@ -187,13 +208,18 @@ class Serving:
                 self.bio_servers.append(await self.loop.create_server(
                     bio_protocol_factory(self.worker, ctx), sock=sock))
         for addr, https_port in self.plan.redirects:
-            sock = bind(addr)
+            sock = self.redirect_sockets.get(addr) or bind(addr)
             server = await self.loop.create_server(
                 lambda a=addr, p=https_port: RedirectProtocol(p, a[0]), sock=sock)
             self.redirect_servers.append(server)
 
     async def stop(self, graceful: bool = True):
         """Stop accepting; let in-flight requests finish (until drain_timeout), then close."""
+        if self.stopping:
+            if not graceful:
+                self.worker.close()
+            return
+        self.stopping = True
         for listener in self.listeners:
             listener.stop()
         for server in self.redirect_servers + self.bio_servers:
@@ -204,12 +230,10 @@ class Serving:
             while self.worker.clients and self.loop.time() < deadline:
                 await asyncio.sleep(0.05)
         self.worker.close()
-        for listener in self.listeners:
-            listener.sock.close()
         self.stopped.set()
 
 
-def _setup_logging(config: Config) -> None:
+def setup_logging(config: Config) -> None:
     level = getattr(logging, config.log_level.upper())
     handler = logging.FileHandler(config.error_log) if config.error_log else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(process)d %(name)s: %(message)s"))
@@ -218,11 +242,52 @@ def _setup_logging(config: Config) -> None:
     root.setLevel(level)
 
 
+def reopen_logs(config: Config) -> None:
+    """SIGUSR1: reopen the error log (after logrotate moved it)."""
+    if config.error_log:
+        setup_logging(config)
+
+
+def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: dict, shared,
+                 counter_slot: int, master_pid: int) -> None:
+    """A worker forked by the master: serve on the inherited sockets until told to stop."""
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main():
+        serving = Serving(config, loop, plan, sockets=sockets, redirect_sockets=redirect_sockets)
+        serving.worker.use_counter_slot(shared, counter_slot)
+        await serving.start()
+        stop = lambda graceful: asyncio.ensure_future(serving.stop(graceful))
+        loop.add_signal_handler(signal.SIGTERM, stop, True)
+        loop.add_signal_handler(signal.SIGQUIT, stop, False)
+        # Ctrl-C reaches the whole process group: the master turns it into SIGTERM.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGUSR1, reopen_logs, config)
+
+        def watch_master():
+            if os.getppid() != master_pid and not serving.stopping:
+                log.error("master %d is gone: stopping", master_pid)
+                stop(True)
+            else:
+                loop.call_later(1.0, watch_master)
+
+        loop.call_later(1.0, watch_master)
+        await serving.stopped.wait()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
 def run(config: Config) -> None:
     """Serve ``config`` in this process until SIGTERM/SIGINT (graceful) or SIGQUIT (fast)."""
     import uvloop
 
-    _setup_logging(config)
+    setup_logging(config)
     plan = build(config)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -158,7 +158,7 @@ def load_certificate(cert: str, key: str | None = None) -> CertKey:
 
 def expiry_warnings(ck: CertKey, now: datetime | None = None) -> list[str]:
     """Warn for an expired certificate, or one inside the renewal window (14 days)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     who = f"certificate {', '.join(ck.names) or '(no name)'} ({ck.source})"
     when = ck.not_after.strftime("%Y-%m-%d %H:%M:%S UTC")
     if ck.not_after <= now:

@@ -94,12 +94,25 @@ class Limits(Struct):
     drain_timeout: float = 30.0
 
 
+class Sessions(Struct):
+    """Resumption shared by all workers (nginx ``ssl_session_cache shared:SSL:10m``,
+    ``ssl_session_ticket_key``)."""
+
+    cache_size: int = 10 * 1024 * 1024   # bytes of shared memory for the session cache
+    ticket_key_rotation: float = 3600.0  # seconds between new ticket-encryption keys
+    ticket_key_file: list[str] = msgspec.field(default_factory=list)  # fleet keys: 80 bytes each,
+    # the first encrypts; re-read when it changes; no automatic rotation then
+
+
 class Config(Struct):
     servers: list[Server] = msgspec.field(name="server")
     upstreams: list[Upstream] = msgspec.field(name="upstream", default_factory=list)
     redirects: list[Redirect] = msgspec.field(name="redirect", default_factory=list)
     limits: Limits = msgspec.field(default_factory=Limits)
-    workers: int | Literal["auto"] = 1
+    sessions: Sessions = msgspec.field(default_factory=Sessions)
+    workers: int | Literal["auto"] = "auto"
+    admin: str | None = None  # "127.0.0.1:9901" or "unix:/run/fastterm.sock": /status, /metrics
+    pid_file: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     error_log: str | None = None
     access_log: str | None = None

@@ -244,7 +244,17 @@ class _Checker:
                     raise self.error(f"route path {route.path!r} must start with '/'", "server", i,
                                      "route", j, "path")
             servers.append(self._with_defaults(server, i, config))
-        return msgspec.structs.replace(config, servers=servers)
+        if config.workers != "auto" and not 1 <= config.workers <= 256:
+            raise self.error("workers must be \"auto\" or 1..256", "workers")
+        if config.admin and not config.admin.startswith("unix:"):
+            self._address(config.admin, "admin", default_host="127.0.0.1")
+        base = os.path.dirname(os.path.abspath(self.path))
+        sessions = msgspec.structs.replace(
+            config.sessions, ticket_key_file=[_absolute(f, base) for f in config.sessions.ticket_key_file])
+        return msgspec.structs.replace(
+            config, servers=servers, sessions=sessions,
+            pid_file=_absolute(config.pid_file, base) if config.pid_file else None,
+            error_log=_absolute(config.error_log, base) if config.error_log else None)
 
     def _with_defaults(self, server: Server, i: int, config: Config) -> Server:
         """Give a route-less server the only upstream; make certificate paths absolute."""

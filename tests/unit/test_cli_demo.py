@@ -1,4 +1,4 @@
-"""``fastterm demo`` wiring, with a stand-in worker: PKI, config, backend child started and reaped."""
+"""``fastterm demo`` wiring, with a stand-in master: PKI, config, backend child started and reaped."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_demo_runs_the_worker_with_a_live_backend_and_stops_the_backend(tmp_path
     backend_port = free_port()
     seen = {}
 
-    def run(config):
+    def run_master(path, config):
         seen["config"] = config
         conn = http.client.HTTPConnection("127.0.0.1", backend_port, timeout=10)
         conn.request("GET", "/from-worker")
@@ -29,7 +29,7 @@ def test_demo_runs_the_worker_with_a_live_backend_and_stops_the_backend(tmp_path
         conn.close()
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(sys.modules, "fastterm.worker", types.SimpleNamespace(run=run))
+    monkeypatch.setitem(sys.modules, "fastterm.supervisor", types.SimpleNamespace(run_master=run_master))
     state = tmp_path / "demo"
     assert cli.main(["demo", "--state-dir", str(state), "--https-port", "18443", "--http-port", "18080",
                      "--backend-port", str(backend_port)]) == 0
