@@ -33,6 +33,19 @@ cdef enum:
     N_BACKEND_REUSED
     N_BYTES_IN
     N_BYTES_OUT
+    N_HS_FAIL_PROTOCOL
+    N_HS_FAIL_CIPHER
+    N_HS_FAIL_ALPN
+    N_HS_FAIL_EOF
+    N_HS_FAIL_TIMEOUT
+    N_HS_FAIL_HTTP
+    N_HS_FAIL_OTHER
+    N_TLS12
+    N_TLS13
+    N_CIPHER_AES128GCM
+    N_CIPHER_AES256GCM
+    N_CIPHER_CHACHA20
+    N_CIPHER_OTHER
     N_COUNTERS
 
 
@@ -133,6 +146,7 @@ cdef class ClientConnection:
     cdef bint _accepting_or_held(self)
     # Handshake flow
     cdef void _handshake(self)
+    cdef void _count_handshake(self, int result)
     # Request flow
     cdef void _read_loop(self)
     cdef bint _accepting(self)

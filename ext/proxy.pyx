@@ -33,7 +33,17 @@ _REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "
 COUNTER_NAMES = _COUNTER_NAMES = ("connections_total", "connections_open", "handshakes_full", "handshakes_resumed",
                   "handshakes_failed", "requests_total", "responses_1xx", "responses_2xx",
                   "responses_3xx", "responses_4xx", "responses_5xx", "backend_connects",
-                  "backend_errors", "backend_reused", "bytes_in", "bytes_out")
+                  "backend_errors", "backend_reused", "bytes_in", "bytes_out",
+                  "handshake_failed_protocol", "handshake_failed_no_shared_cipher",
+                  "handshake_failed_no_application_protocol", "handshake_failed_eof",
+                  "handshake_failed_timeout", "handshake_failed_http_request", "handshake_failed_other",
+                  "tls_version_TLSv1.2", "tls_version_TLSv1.3", "cipher_aes128gcm", "cipher_aes256gcm",
+                  "cipher_chacha20", "cipher_other")
+# OpenSSL reason text -> failure counter (the reason strings are stable across 3.x).
+_FAILURE_REASONS = (("unsupported protocol", N_HS_FAIL_PROTOCOL), ("wrong version number", N_HS_FAIL_PROTOCOL),
+                    ("version too low", N_HS_FAIL_PROTOCOL), ("no shared cipher", N_HS_FAIL_CIPHER),
+                    ("no suitable", N_HS_FAIL_CIPHER), ("no application protocol", N_HS_FAIL_ALPN),
+                    ("http request", N_HS_FAIL_HTTP))
 _IDEMPOTENT = (b"GET", b"HEAD", b"OPTIONS", b"TRACE")
 
 
@@ -283,7 +293,7 @@ cdef class ClientConnection:
         cdef int r = self.tls.handshake()
         if r == TLS_OK:
             self._want_write(False)
-            w.count(N_HANDSHAKES_RESUMED if SSL_session_reused(self.tls.ssl) else N_HANDSHAKES_FULL)
+            self._count_handshake(r)
             self.server = _context_of(self.tls.ssl, self.context).server
             self.trusted = self.server.is_trusted(self.peer_ip)
             self.state = C_IDLE
@@ -295,9 +305,39 @@ cdef class ClientConnection:
         elif r == TLS_WANT_WRITE:
             self._want_write(True)
         else:
-            w.count(N_HANDSHAKES_FAILED)
+            self._count_handshake(r)
             _log.info("handshake failed from %s: %s", self.peer_ip, self.tls.error)
             self.close()
+
+    cdef void _count_handshake(self, int result):
+        cdef Worker w = self.worker
+        cdef const char *name
+        cdef int counter = N_HS_FAIL_OTHER
+        if result == TLS_OK:
+            w.count(N_HANDSHAKES_RESUMED if SSL_session_reused(self.tls.ssl) else N_HANDSHAKES_FULL)
+            w.count(N_TLS13 if SSL_version(self.tls.ssl) == TLS1_3_VERSION else N_TLS12)
+            name = SSL_CIPHER_get_name(SSL_get_current_cipher(self.tls.ssl))
+            if strstr(name, "CHACHA20") != NULL:
+                w.count(N_CIPHER_CHACHA20)
+            elif strstr(name, "AES_128_GCM") != NULL or strstr(name, "AES128-GCM") != NULL:
+                w.count(N_CIPHER_AES128GCM)
+            elif strstr(name, "AES_256_GCM") != NULL or strstr(name, "AES256-GCM") != NULL:
+                w.count(N_CIPHER_AES256GCM)
+            else:
+                w.count(N_CIPHER_OTHER)
+            return
+        w.count(N_HANDSHAKES_FAILED)
+        if result == TLS_EOF or result == TLS_CLOSED:
+            counter = N_HS_FAIL_EOF
+        elif result == TLS_WANT_READ:
+            counter = N_HS_FAIL_TIMEOUT
+        else:
+            error = self.tls.error or ""
+            for text, reason in _FAILURE_REASONS:
+                if text in error:
+                    counter = reason
+                    break
+        w.count(counter)
 
     # ---- Request flow ---------------------------------------------------
     cdef bint _accepting(self):
@@ -729,7 +769,10 @@ cdef class ClientConnection:
 
     cdef void _expire(self):
         cdef int state = self.state
-        if state == C_HEAD:
+        if state == C_HANDSHAKE:
+            self._count_handshake(TLS_WANT_READ)
+            self.close()
+        elif state == C_HEAD:
             self.error_response(408)
         elif state == C_BODY or state == C_RESPONSE:
             if self.connecting or not self.response_started:

@@ -65,6 +65,7 @@ cdef extern from "<string.h>" nogil:
     void *memchr(const void *s, int c, size_t n)
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
     int strncasecmp(const char *s1, const char *s2, size_t n)
+    char *strstr(const char *haystack, const char *needle)
     int memcmp(const void *s1, const void *s2, size_t n)
 
 cdef extern from "<sys/mman.h>" nogil:
