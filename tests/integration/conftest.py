@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -55,7 +56,8 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
     Options: ``servers`` (full list of server tables; replaces the default one), or for the
     default server ``server_names``, ``certificates``, ``tls``, ``hsts``, ``routes``,
     ``trusted_proxies``; ``limits`` (merged over TEST_LIMITS), ``upstreams`` (full list),
-    ``keepalive`` (backend pool size), ``redirect`` (bool), ``https_port_in_redirect``.
+    ``keepalive`` (backend pool size), ``redirect`` (bool), ``https_port_in_redirect``, ``workers``
+    (1 by default: one backend pool, one process to watch).
     """
     started: list[Fastterm] = []
 
@@ -65,7 +67,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
               trusted_proxies: list[str] | None = None, limits: dict | None = None,
               upstreams: list[dict] | None = None, keepalive: int | None = None,
               redirect: bool = True, https_port_in_redirect: int | None = None,
-              log_level: str = "info") -> Fastterm:
+              log_level: str = "info", workers: int = 1) -> Fastterm:
         n = len(started)
         https_port = free_port()
         http_port = free_port() if redirect else None
@@ -90,6 +92,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
         else:
             servers = [dict(s, listen=[listen]) for s in servers]
         config = {
+            "workers": workers,
             "log_level": log_level,
             "error_log": str(tmp_path / f"error{n}.log"),
             "limits": dict(TEST_LIMITS, **(limits or {})),
@@ -117,9 +120,16 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
             if time.monotonic() > deadline:
                 pytest.fail(f"fastterm did not listen on {ports} within 15 s:\n{ft.log()}")
             try:
-                socket.create_connection((HOST, ports[0]), timeout=0.5).close()
+                if ports[0] == https_port:
+                    # A full handshake: a master's socket accepts before its worker serves.
+                    ctx = ssl.create_default_context(cafile=ca_file)
+                    ctx.check_hostname = False
+                    raw = socket.create_connection((HOST, https_port), timeout=2)
+                    ctx.wrap_socket(raw, server_hostname=None).close()
+                else:
+                    socket.create_connection((HOST, ports[0]), timeout=0.5).close()
                 ports.pop(0)
-            except OSError:
+            except (OSError, ssl.SSLError):
                 time.sleep(0.05)
         return ft
 

@@ -7,6 +7,7 @@ Every wait is bounded: sockets have timeouts, process waits have deadlines.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import ssl
@@ -107,12 +108,31 @@ class Fastterm:
                 pass
         return text
 
+    def serving_pids(self) -> list[int]:
+        """The processes that serve: the workers a master forked, or the started process itself."""
+        children = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # field 4 (ppid) follows the parenthesised command name
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.pid:
+                children.append(int(entry))
+        return sorted(children) or [self.pid]
+
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise AssertionError("no VmRSS")
+        """VmRSS of the serving processes (summed when a master runs several workers)."""
+        total = 0
+        for pid in self.serving_pids():
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
 
     def client_context(self, *, alpn: list[str] | None = ("http/1.1",), **versions) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.ca_file)
