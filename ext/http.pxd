@@ -46,6 +46,7 @@ ctypedef struct MessageHead:
     long long content_length   # -1: absent
     bint chunked
     bint te_present
+    bint cl_seen
     bint conn_close
     bint conn_keep_alive
     bint conn_upgrade
@@ -87,9 +88,13 @@ ctypedef struct BodyFramer:
     int mode
     int chunk_state
     long long remaining     # BODY_LENGTH: bytes left; BODY_CHUNKED: bytes left in this chunk
+    long long total         # payload bytes so far (chunk data only, without the framing)
     int size_digits
     bint done
     bint error
+    bint stop_at_data       # return after each run of chunk data (de-chunking)
+    Py_ssize_t data_start   # with stop_at_data: where that run began in the last input
+    Py_ssize_t data_len
 
 cdef Py_ssize_t find_head_end(const char *p, Py_ssize_t n, Py_ssize_t scanned) noexcept nogil
 cdef int check_line_endings(const char *p, Py_ssize_t start, Py_ssize_t end) noexcept nogil

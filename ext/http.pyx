@@ -202,7 +202,7 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
     head.is_request = is_request
     head.nheaders = 0
     head.content_length = -1
-    head.chunked = head.te_present = False
+    head.chunked = head.te_present = head.cl_seen = False
     head.conn_close = head.conn_keep_alive = head.conn_upgrade = False
     head.expect_continue = False
     head.host_index = -1
@@ -324,6 +324,7 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
                 head.error = bad
                 return bad
             head.content_length = cl
+            head.cl_seen = True
         elif kind == H_TRANSFER_ENCODING:
             te_count += 1
             head.te_present = True
@@ -379,6 +380,10 @@ cdef void framer_init(BodyFramer *f, int mode, long long length) noexcept nogil:
     f.chunk_state = CH_SIZE
     f.remaining = length if mode == BODY_LENGTH else 0
     f.size_digits = 0
+    f.total = 0
+    f.stop_at_data = False
+    f.data_start = 0
+    f.data_len = 0
     f.done = mode == BODY_NONE
     f.error = False
 
@@ -459,13 +464,16 @@ cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept
     cdef Py_ssize_t i = 0, take
     cdef int h
     cdef char c
+    f.data_len = 0
     if f.done:
         return 0
     if f.mode == BODY_UNTIL_CLOSE:
+        f.total += n
         return n
     if f.mode == BODY_LENGTH:
         take = n if n < f.remaining else f.remaining
         f.remaining -= take
+        f.total += take
         if f.remaining == 0:
             f.done = True
         return take
@@ -476,10 +484,15 @@ cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept
             take = n - i
             if take > f.remaining:
                 take = f.remaining
+            f.data_start = i
+            f.data_len = take
             i += take
             f.remaining -= take
+            f.total += take
             if f.remaining == 0:
                 f.chunk_state = CH_DATA_CR
+            if f.stop_at_data:
+                return i
             continue
         c = p[i]
         i += 1

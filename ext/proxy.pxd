@@ -139,6 +139,10 @@ cdef class ClientConnection:
     cdef BackendConnection backend
     cdef UpstreamPool pool
     cdef bytes request_head
+    cdef bint dispatch_pending      # head parsed; waiting for this read's body bytes
+    cdef bytes host_cache           # last Host that picked self.server (keep-alive)
+    cdef int host_len
+    cdef bint dechunk               # HTTP/1.0 client, chunked response: send the data only
 
     cdef void start(self)
     cdef void _want_write(self, bint on)
@@ -154,6 +158,7 @@ cdef class ClientConnection:
     cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n)
     cdef int _on_head(self, const char *p, int head_len)
     cdef void _dispatch(self, bint fresh)
+    cdef ServerPolicy _server_for_host(self, const char *host, int n)
     cdef void _connect(self, int server)
     cdef void _resume(self)
     cdef void _stash(self, const char *p, Py_ssize_t n)

@@ -398,17 +398,25 @@ cdef class ClientConnection:
                 if k < 0:
                     return
                 i += k
-            elif self.state == C_BODY and self.backend is not None:
+            elif self.state == C_BODY and (self.backend is not None or self.dispatch_pending):
                 k = framer_feed(&self.req_body, p + i, n - i)
-                if k < 0:
+                if k < 0 or (w.client_max_body_size and self.req_body.total > w.client_max_body_size):
+                    # Malformed chunked body (400) or one past client_max_body_size (413, as
+                    # nginx answers a chunked body that grows over the limit). When it came
+                    # with its head, the backend never hears of this request.
                     self.close_after = True
+                    self.dispatch_pending = False
                     if self.response_started:
                         self.close()
                     else:
-                        self.error_response(400)
+                        self.error_response(400 if k < 0 else 413)
                     return
                 if k:
-                    self.backend.transport.write(PyBytes_FromStringAndSize(p + i, k))
+                    if self.dispatch_pending:
+                        # Validated body bytes that came with the head leave with it, in one write.
+                        self.request_head += PyBytes_FromStringAndSize(p + i, k)
+                    else:
+                        self.backend.transport.write(PyBytes_FromStringAndSize(p + i, k))
                     i += k
                 if self.req_body.done:
                     self.request_done = True
@@ -418,7 +426,10 @@ cdef class ClientConnection:
                 # Not ours to process yet: a pipelined request, or body bytes while the
                 # backend connects. Held until _resume(); reading stops meanwhile.
                 self._stash(p + i, n - i)
-                return
+                break
+        if self.dispatch_pending and self.state != C_CLOSED:
+            self.dispatch_pending = False
+            self._dispatch(False)
 
     cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n):
         """Consume header-block bytes; returns bytes used, or -1 when the connection ended."""
@@ -480,6 +491,8 @@ cdef class ClientConnection:
         cdef int j, status, kind
         cdef bint first_xff = True
         cdef UpstreamPool pool
+        cdef const char *target
+        cdef int target_len, path
         status = parse_head(p, head_len, True, &head, slots, w.max_header_fields)
         w.count(N_REQUESTS)
         self.http10 = head.version == 10
@@ -489,7 +502,24 @@ cdef class ClientConnection:
         if w.client_max_body_size and head.content_length > w.client_max_body_size:
             self.error_response(413)
             return -1
-        pool = self.server.route(p + head.target_start, head.target_len)
+        target = p + head.target_start
+        target_len = head.target_len
+        if target[0] != b'/':
+            if target[0] == b'*' and target_len == 1:
+                target, target_len = b"/", 1
+            else:
+                # absolute-form (RFC 9112 §3.2.2): route and forward its origin-form path.
+                path = _origin_form(target, target_len)
+                if path < 0:
+                    self.error_response(400)
+                    return -1
+                target += path
+                target_len -= path
+        if head.host_index >= 0:
+            # nginx semantics: SNI picked the certificate, Host picks the server block.
+            self.server = self._server_for_host(p + slots[head.host_index].value_start,
+                                                slots[head.host_index].value_len)
+        pool = self.server.route(target, target_len)
         if pool is None:
             self.error_response(404)
             return -1
@@ -500,7 +530,13 @@ cdef class ClientConnection:
             self.close_after = True
 
         out.len = 0
-        out.put(p, head.line_end)
+        if target == p + head.target_start:
+            out.put(p, head.line_end)
+        else:
+            out.put(p, head.target_start)
+            out.put(target, target_len)
+            out.put(p + head.target_start + head.target_len,
+                    head.line_end - head.target_start - head.target_len)
         for j in range(head.nheaders):
             kind = slots[j].kind
             if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
@@ -536,8 +572,31 @@ cdef class ClientConnection:
         self.pool = pool
         self.attempts = 0
         self.deadline = w.now + w.read_timeout
-        self._dispatch(False)
+        if self.request_done:
+            self._dispatch(False)
+        else:
+            # Validate the body bytes of this read before the backend sees anything.
+            self.dispatch_pending = True
         return 0 if self.state != C_CLOSED else -1
+
+    cdef ServerPolicy _server_for_host(self, const char *host, int n):
+        cdef int end = n
+        cdef TLSContext ctx
+        if n > 0 and host[0] == b'[':
+            return self.server   # an IP literal names no server block
+        while end > 0 and host[end - 1] != b':':
+            end -= 1
+        if end == 0:
+            end = n
+        else:
+            end -= 1   # strip :port
+        if self.host_len == end and self.host_cache is not None and \
+                memcmp(PyBytes_AS_STRING(self.host_cache), host, end) == 0:
+            return self.server
+        self.host_cache = PyBytes_FromStringAndSize(host, end)
+        self.host_len = end
+        ctx = self.context._select(self.host_cache)
+        return ctx.server if ctx.server is not None else self.server
 
     cdef void _dispatch(self, bint fresh):
         """Send the request head to a pooled backend connection, or connect one."""
@@ -812,6 +871,22 @@ cdef class ClientConnection:
         return self.peer_ip
 
 
+cdef int _origin_form(const char *t, int n) noexcept:
+    """Offset of the path in an absolute-form target ("https://host/p?q" -> 14), or -1."""
+    cdef int i = 0
+    if n > 7 and _ieq(t, 7, "http://", 7):
+        i = 7
+    elif n > 8 and _ieq(t, 8, "https://", 8):
+        i = 8
+    else:
+        return -1
+    while i < n and t[i] != b'/' and t[i] != b'?':
+        i += 1
+    if i >= n or t[i] != b'/':
+        return -1
+    return i
+
+
 cdef class BackendConnection:
     """One keep-alive connection to an upstream server (plain HTTP/1.1)."""
 
@@ -911,7 +986,7 @@ cdef class BackendConnection:
                     # one syscall (the copy of <= 16 KiB is cheaper than either).
                     self.head_pending = False
                     out = self.worker.writer
-                    if 0 < k <= 16384:
+                    if 0 < k <= 16384 and not self.body.stop_at_data:
                         out.put(p + i, k)
                         i += k
                         k = 0
@@ -919,7 +994,13 @@ cdef class BackendConnection:
                     out.len = 0
                     if self.client is None:
                         return
-                if k:
+                if k and self.body.stop_at_data:
+                    if self.body.data_len:   # de-chunked: only the chunk data goes out
+                        client.send(p + i + self.body.data_start, self.body.data_len)
+                        if self.client is None:
+                            return
+                    i += k
+                elif k:
                     client.send(p + i, k)
                     if self.client is None:
                         return   # the client went away during the write
@@ -989,16 +1070,22 @@ cdef class BackendConnection:
             if not client.http10:
                 client.send(p, head_len)
             return 0
+        if head.te_present and head.cl_seen:
+            # RFC 9112 §6.3: a response splitting attempt, or a broken backend.
+            self._bad_response("both Content-Length and Transfer-Encoding")
+            return -1
         mode = response_body_mode(&head, client.head_request)
         self.reusable = head.version == 11 and not head.conn_close and mode != BODY_UNTIL_CLOSE
-        if mode == BODY_UNTIL_CLOSE:
-            client.close_after = True
+        client.dechunk = client.http10 and mode == BODY_CHUNKED
+        if mode == BODY_UNTIL_CLOSE or client.dechunk:
+            client.close_after = True   # an HTTP/1.0 client reads the body until close
         out.len = 0
         out.put(p, head.line_end)
         for j in range(head.nheaders):
             kind = slots[j].kind
             if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
-                    kind == H_PROXY_CONNECTION or kind == H_UPGRADE or (kind == H_HSTS and hsts):
+                    kind == H_PROXY_CONNECTION or kind == H_UPGRADE or (kind == H_HSTS and hsts) or \
+                    (kind == H_TRANSFER_ENCODING and client.dechunk):
                 continue
             out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
         if hsts:
@@ -1009,6 +1096,7 @@ cdef class BackendConnection:
         out.put(b"\r\n", 2)
         client.on_response_head(head.status)
         framer_init(&self.body, mode, head.content_length)
+        self.body.stop_at_data = client.dechunk
         self.state = B_BODY
         self.head_pending = True   # sent by _on_data, with the first body bytes
         return 0
