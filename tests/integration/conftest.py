@@ -136,6 +136,10 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
     yield start
     for ft in started:
         ft.stop()
+    # DESIGN "Errors": never a worker crash. A traceback in the log fails the test that caused it.
+    crashed = [ft.log() for ft in started if "Traceback (most recent call last)" in ft.log()]
+    if crashed:
+        pytest.fail("fastterm logged a traceback:\n" + crashed[0][-6000:], pytrace=False)
 
 
 # ---------------------------------------------------------------------------------------

@@ -203,3 +203,21 @@ def test_sigterm_graceful(ft):
     assert r.status == 200
     s.close()
     assert ft.proc.wait(timeout=5) == 0
+
+
+def test_sigterm_drains_keepalive_with_connection_close(ft):
+    """DESIGN "Draining": an idle keep-alive connection is not cut at once; its next response
+    carries Connection: close, then the connection closes (zero failed requests on reload)."""
+    s = ft.connect()
+    rd = Reader(s)
+    s.sendall(request_bytes("GET", "/before"))
+    assert read_response(rd).status == 200
+    ft.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    s.sendall(request_bytes("GET", "/during-drain"))
+    r = read_response(rd)
+    assert r.status == 200 and echo_json(r)["path"] == "/during-drain"
+    assert (r.header("connection") or "").lower() == "close"
+    assert closed_by_peer(s, timeout=3)
+    s.close()
+    assert ft.proc.wait(timeout=5) == 0
