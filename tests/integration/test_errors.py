@@ -355,3 +355,27 @@ def test_request_target_over_limit(ft, be):
     assert r.status in (414, 431) and closed, r.start_line
     settle()
     assert be.accepts == 0
+
+
+def test_413_with_expect_sends_no_100(raw_backend, fastterm):
+    be = raw_backend()
+    ft = fastterm(be.address, limits={"client_max_body_size": 1000})
+    with ft.connect() as s:
+        s.sendall(request_bytes("POST", "/up", headers=[("Content-Length", "5000"), ("Expect", "100-continue")]))
+        r = read_response(Reader(s), skip_1xx=False)
+        assert r.status == 413, r.start_line
+    settle()
+    assert be.accepts == 0
+
+
+def test_408_on_second_keepalive_request(ft, be):
+    """The header timeout also bounds a request that starts later on a keep-alive connection."""
+    with ft.connect() as s:
+        rd = Reader(s)
+        s.sendall(request_bytes("GET", "/first"))
+        assert read_response(rd).status == 200
+        s.sendall(b"GET /second HTTP/1.1\r\nHost: www.example.com\r\n")
+        r = read_response(rd)
+        assert r.status == 408
+        assert closed_by_peer(s, timeout=3)
+    assert [q.target for q in be.requests] == ["/first"]
