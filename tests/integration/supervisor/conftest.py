@@ -142,7 +142,7 @@ class Supervised:
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         return subprocess.run([self.python, "-m", "fastterm", *args], capture_output=True, text=True,
-                              env=self.env, cwd=self.tmp_path, timeout=timeout)
+                              env=self.env, cwd=self.tmp_path, timeout=timeout, check=False)
 
     def read_pid_file(self) -> int:
         return int(Path(self.pid_file).read_text().strip())

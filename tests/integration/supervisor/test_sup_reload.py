@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -153,7 +152,7 @@ def test_broken_reload_is_refused_and_old_workers_serve(supervised):
         # The master's own validation, through SIGHUP (the CLI above refuses before asking it).
         os.kill(sup.read_pid_file(), signal.SIGHUP)
         failures += 1
-        st = wait_until(lambda: (s := sup.status())["reload_failures"] == failures and s, 5, 0.05,
+        st = wait_until(lambda want=failures: (s := sup.status())["reload_failures"] == want and s, 5, 0.05,
                         f"reload_failures == {failures} after {what}")
         assert st["last_reload_error"], st
         assert st["generation"] == 1 and st["reloads"] == 0
@@ -265,7 +264,7 @@ def test_sigterm_drains_slow_request(supervised):
     def slow():
         try:
             result["response"] = sup.get(sock, "/delay/2")
-        except Exception as exc:  # reported by the assertion below
+        except (OSError, EOFError, ValueError) as exc:  # reported by the assertion below
             result["error"] = exc
 
     t = threading.Thread(target=slow, daemon=True)
@@ -285,11 +284,3 @@ def test_sigterm_drains_slow_request(supervised):
     wait_until(lambda: not any(pid_alive(p) for p in pids), 3, 0.05, "workers to exit")
     assert not Path(sup.pid_file).exists()
 
-
-def test_tls_client_context_smoke(supervised):
-    """wrk does not verify certificates; this checks the same URL with verification on."""
-    sup = supervised(workers=1)
-    ctx = ssl.create_default_context(cafile=sup.ca_file)
-    with socket.create_connection((HOST, sup.https_port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=NAME) as sock:
-            assert sup.get(sock).status == 200
