@@ -240,6 +240,18 @@ fastterm demo: TLS on {https} -> backend http://127.0.0.1:{args.backend_port}
             backend.wait()
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fastterm import bench
+
+    return bench.main(args)
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastterm import bench
+
+    bench.add_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="TLS terminator and HTTP/1.1 reverse proxy")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -275,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--http-port", type=int, default=8080)
     demo.add_argument("--backend-port", type=int, default=8081)
     demo.set_defaults(func=cmd_demo)
+    bench = commands.add_parser("bench", help="compare fastterm with nginx/HAProxy on this machine",
+                                description="Load fastterm and the peers found installed (nginx, HAProxy) "
+                                            "side by side on loopback; see fastterm/bench.py.")
+    _bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
