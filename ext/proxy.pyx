@@ -306,7 +306,10 @@ cdef class ClientConnection:
             self._want_write(True)
         else:
             self._count_handshake(r)
-            _log.info("handshake failed from %s: %s", self.peer_ip, self.tls.error)
+            if r == TLS_EOF or r == TLS_CLOSED:
+                _log.debug("%s closed the connection during the handshake", self.peer_ip)
+            else:
+                _log.info("handshake failed from %s: %s", self.peer_ip, self.tls.error)
             self.close()
 
     cdef void _count_handshake(self, int result):

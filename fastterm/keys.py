@@ -70,7 +70,7 @@ class TicketKeys:
         self.files = list(files)
         self.clock = clock
         self.keys: list[bytes] = []
-        self.retire_at: list[float] = []   # per key after the first: when it stops decrypting
+        self.rotated_at: list[float] = []  # per key after the first: when it stopped encrypting
         self.next_rotation = 0.0
         self.file_stamp = None
         self.rotations = 0
@@ -94,11 +94,24 @@ class TicketKeys:
         self.file_stamp = self._stamp()
         self.publish()
 
+    def reconfigure(self, *, rotation: float, lifetime: float, files: list[str]) -> None:
+        """After a reload: a new lifetime applies to keys already rotated out too (retirement
+        is computed from when each stopped encrypting, not fixed at rotation time)."""
+        self.rotation = rotation
+        self.lifetime = lifetime
+        if list(files) != self.files:
+            self.files = list(files)
+            self.keys, self.rotated_at = [], []
+            if self.files:
+                self._load_files()
+            else:
+                self.rotate()
+
     def rotate(self) -> None:
         """A new encrypting key; the current one keeps decrypting for ``lifetime``."""
         now = self.clock()
         if self.keys:
-            self.retire_at.insert(0, now + self.lifetime)
+            self.rotated_at.insert(0, now)
         self.keys.insert(0, new_key())
         self._retire(now)
         self.next_rotation = now + self.rotation
@@ -106,9 +119,9 @@ class TicketKeys:
         self.publish()
 
     def _retire(self, now: float) -> None:
-        keep = [i for i, t in enumerate(self.retire_at) if t > now][: MAX_KEYS - 1]
+        keep = [i for i, t in enumerate(self.rotated_at) if t + self.lifetime > now][: MAX_KEYS - 1]
         self.keys = [self.keys[0]] + [self.keys[i + 1] for i in keep]
-        self.retire_at = [self.retire_at[i] for i in keep]
+        self.rotated_at = [self.rotated_at[i] for i in keep]
 
     def tick(self) -> None:
         """Called by the master about once a second."""
@@ -125,7 +138,7 @@ class TicketKeys:
         now = self.clock()
         if now >= self.next_rotation:
             self.rotate()
-        elif self.retire_at and self.retire_at[-1] <= now:
+        elif self.rotated_at and self.rotated_at[-1] + self.lifetime <= now:
             self._retire(now)
             self.publish()
 

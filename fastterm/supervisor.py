@@ -46,6 +46,11 @@ def worker_count(config: Config) -> int:
     return os.cpu_count() or 1 if config.workers == "auto" else int(config.workers)
 
 
+def session_lifetime(config: Config) -> float:
+    """How long a ticket can be valid: the longest session_timeout of any server."""
+    return max((s.tls.session_timeout for s in config.servers), default=300.0)
+
+
 def default_pid_file() -> str:
     run = "/run" if os.geteuid() == 0 and os.access("/run", os.W_OK) else os.environ.get("TMPDIR", "/tmp")
     return os.path.join(run, "fastterm.pid" if run == "/run" else f"fastterm-{os.geteuid()}.pid")
@@ -99,13 +104,13 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.signals: list[int] = []
         self.admin_sock: socket.socket | None = None
+        self.admin_conn: socket.socket | None = None
         self.pid_file = pid_file_of(config)
         self._commit(config, worker_mod.build(config))
 
     def _ticket_keys(self, config: Config) -> TicketKeys:
-        lifetime = max((s.tls.session_timeout for s in config.servers), default=300.0)
-        return TicketKeys(self.shared, rotation=config.sessions.ticket_key_rotation, lifetime=lifetime,
-                          files=config.sessions.ticket_key_file)
+        return TicketKeys(self.shared, rotation=config.sessions.ticket_key_rotation,
+                          lifetime=session_lifetime(config), files=config.sessions.ticket_key_file)
 
     # ---- sockets ------------------------------------------------------------
     def _bind_all(self, config: Config, plan: worker_mod.Plan, workers: int) -> None:
@@ -158,7 +163,7 @@ class Master:
         if pid == 0:
             code = 1
             try:
-                self._in_child()
+                self._in_child(set(sockets.values()) | set(redirect_sockets.values()))
                 set_title(f"fastterm: worker process (generation {gen.number}, slot {slot})")
                 worker_mod.serve_forked(gen.config, gen.plan, sockets, redirect_sockets, self.shared,
                                         counter_slot, master_pid)
@@ -171,8 +176,15 @@ class Master:
         self.procs[pid] = WorkerProc(pid, slot, gen.number, counter_slot, time.monotonic())
         log.info("worker %d started (generation %d, slot %d)", pid, gen.number, slot)
 
-    def _in_child(self) -> None:
-        """Drop the master's state in a new worker: signals, selector, admin socket."""
+    def _in_child(self, keep: set) -> None:
+        """Drop the master's state in a new worker: signals, selector, the admin socket
+        and connection, and every listening socket but its own slot's (an inherited copy
+        would keep a port the master closes after a reload listening, unserved)."""
+        for sock in list(self.sockets.values()) + list(self.redirect_sockets.values()):
+            if sock not in keep:
+                sock.close()
+        if self.admin_conn is not None:
+            self.admin_conn.close()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
                     signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
@@ -209,8 +221,8 @@ class Master:
             return False
         self.reloads += 1
         self.last_reload_error = None
-        self.keys.files = list(config.sessions.ticket_key_file)
-        self.keys.rotation = config.sessions.ticket_key_rotation
+        self.keys.reconfigure(rotation=config.sessions.ticket_key_rotation, lifetime=session_lifetime(config),
+                              files=config.sessions.ticket_key_file)
         self._spawn_generation()
         for number in self.old_generations:
             self._stop_generation(number)
@@ -328,12 +340,15 @@ class Master:
             conn, _ = self.admin_sock.accept()
         except BlockingIOError:
             return
+        self.admin_conn = conn   # a reload forks while it is open: children close it
         with conn:
             conn.settimeout(2.0)
             try:
                 admin.handle(conn, self)
             except (OSError, ValueError) as exc:
                 log.debug("admin request failed: %s", exc)
+            finally:
+                self.admin_conn = None
 
     # ---- main loop -----------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
