@@ -1,0 +1,206 @@
+"""``fastterm bench`` as users run it: a subprocess on loopback, short runs.
+
+Not a timed test: the figures are not checked, only that they exist, that a failing
+backend makes the runs invalid instead of reported, and that missing tools are explained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from fastterm import bench
+
+pytestmark = pytest.mark.timeout(300)
+
+needs_tools = pytest.mark.skipif(
+    not (bench.which("nginx") and shutil.which("wrk") and shutil.which("taskset")),
+    reason="fastterm bench needs nginx, wrk and taskset (./bootstrap installs them)")
+
+
+def run_bench(tmp_path, *args: str, env: dict | None = None,
+              timeout: float = 240) -> tuple[subprocess.CompletedProcess, dict | None]:
+    out = tmp_path / "out.json"
+    res = subprocess.run([sys.executable, "-m", "fastterm", "bench", *args, "--json", str(out)],
+                         check=False, capture_output=True, text=True, timeout=timeout, env=env,
+                         cwd=tmp_path)
+    data = json.loads(out.read_text()) if out.exists() else None
+    return res, data
+
+
+@needs_tools
+def test_keepalive_has_figures_for_fastterm_and_nginx(tmp_path, subprocess_env):
+    res, data = run_bench(tmp_path, "--scenario", "keepalive", "--duration", "2", "--rounds", "1",
+                          "--peers", "nginx", env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert data is not None
+    rows = {r["peer"]: r for r in data["summary"] if r["figure"] == "keepalive"}
+    assert set(rows) == {"fastterm", "nginx"}
+    for peer in ("fastterm", "nginx"):
+        assert rows[peer]["median"] > 0, rows[peer]
+        assert rows[peer]["per_cpu"] > 0, rows[peer]
+    assert rows["fastterm"]["ratio"] > 0
+    assert all(not r["invalid"] for r in data["runs"])
+    assert "keepalive" in res.stdout and "fastterm" in res.stdout
+
+
+class Status500Backend:
+    """Answers every request with 500 (keep-alive), on a thread; counts requests."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        buf = b""
+        with conn:
+            while not self.stopped:
+                try:
+                    data = conn.recv(1 << 20)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    while len(buf) < length:
+                        more = conn.recv(1 << 20)
+                        if not more:
+                            return
+                        buf += more
+                    buf = buf[length:]
+                    conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\nerror")
+
+    def close(self):
+        self.stopped = True
+        self.sock.close()
+
+
+@needs_tools
+@pytest.mark.parametrize("failure", ["backend returns 500", "backend down"])
+def test_failing_backend_makes_runs_invalid(tmp_path, subprocess_env, failure):
+    backend = Status500Backend() if failure == "backend returns 500" else None
+    if backend:
+        address = f"127.0.0.1:{backend.port}"
+    else:
+        with socket.socket() as s:   # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{s.getsockname()[1]}"
+    try:
+        res, data = run_bench(tmp_path, "--scenario", "keepalive", "--duration", "1", "--rounds", "1",
+                              "--peers", "nginx", "--backend", address, env=subprocess_env)
+    finally:
+        if backend:
+            backend.close()
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert data is not None
+    assert {r["peer"] for r in data["runs"]} == {"fastterm", "nginx"}
+    for run in data["runs"]:
+        assert run["invalid"], run
+        assert any("non-2xx" in why for why in run["invalid"]), run["invalid"]
+        assert run["figures"] == {}
+    assert all(r["median"] is None and r["valid"] == 0 for r in data["summary"])
+    assert "Invalid runs" in res.stdout and "non-2xx" in res.stdout
+
+
+@needs_tools
+def test_resumed_handshakes_in_a_full_handshake_run_are_invalid(tmp_path):
+    """The wrong handshake kind: the server's own counters decide, not the client's intent."""
+    peer = bench.Peer("x")
+    run = bench.Run("handshake-ecdsa", "x", 1, raw={"handshakes": 100})
+    run.server = {"full": 90, "resumed": 10, "non2xx": 0}
+    bench.Bench(None, [], "1", {}).validate(peer, run)
+    assert any("wrong handshake kind" in why for why in run.invalid)
+    run = bench.Run("resumed-ticket", "x", 1, raw={"handshakes": 100})
+    run.server = {"full": 100, "resumed": 0, "non2xx": 0}
+    bench.Bench(None, [], "1", {}).validate(peer, run)
+    assert any("wrong handshake kind" in why for why in run.invalid)
+
+
+def test_missing_tools_are_explained(tmp_path, subprocess_env):
+    env = dict(subprocess_env, PATH=str(tmp_path / "empty"))   # no wrk, openssl, taskset
+    res, _ = run_bench(tmp_path, "--scenario", "keepalive,handshake", "--peers", "none", env=env, timeout=60)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert "apt-get install" in res.stderr and "wrk" in res.stderr and "openssl" in res.stderr
+
+
+def test_unknown_scenario_is_explained(tmp_path, subprocess_env):
+    res, _ = run_bench(tmp_path, "--scenario", "nosuch", env=subprocess_env, timeout=60)
+    assert res.returncode == 2
+    assert "unknown scenario 'nosuch'" in res.stderr and "keepalive" in res.stderr
+
+
+def test_peer_configs_follow_the_fastterm_config(tmp_path):
+    """nginx and HAProxy get the protocols, ciphers, groups and session settings of the config."""
+    from fastterm.config.model import INTERMEDIATE_CIPHERS, TLS13_CIPHERSUITES
+
+    setup = bench.load_setup(None, str(tmp_path), None, [0])
+    assert set(setup.certs) == {"ecdsa", "rsa"} and setup.workers == 1
+    ports = {"main": 1, "ecdsa": 2, "rsa": 3}
+    nginx = bench.nginx_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
+    assert f"ssl_ciphers {INTERMEDIATE_CIPHERS};" in nginx
+    assert f"Ciphersuites {TLS13_CIPHERSUITES};" in nginx
+    assert "ssl_ecdh_curve X25519:prime256v1:secp384r1;" in nginx
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in nginx and "ssl_session_tickets on;" in nginx
+    assert "ssl_session_cache shared:SSL:10m;" in nginx and "Strict-Transport-Security" in nginx
+    haproxy = bench.haproxy_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
+    assert f"ciphers {INTERMEDIATE_CIPHERS}" in haproxy and "curves X25519:P-256:P-384" in haproxy
+    assert "no-tls-tickets" not in haproxy and "nbthread 1" in haproxy
+    ft = bench.fastterm_conf(setup, "127.0.0.1:9", ports, 4)
+    assert ft.count("[[server]]") == 3 and 'admin = "127.0.0.1:4"' in ft
+
+
+@needs_tools
+def test_target_mode_loads_a_running_fastterm(tmp_path, subprocess_env):
+    ports = [bench.free_port() for _ in range(3)]
+    demo = subprocess.Popen([sys.executable, "-m", "fastterm", "demo", "--state-dir", str(tmp_path / "demo"),
+                             "--https-port", str(ports[0]), "--http-port", str(ports[1]),
+                             "--backend-port", str(ports[2])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", ports[0]), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and demo.poll() is None, "the demo did not start"
+                time.sleep(0.1)
+        time.sleep(0.5)
+        res, data = run_bench(tmp_path, "--target", f"https://127.0.0.1:{ports[0]}", "--scenario",
+                              "keepalive,handshake", "--path", "/", "--duration", "1", "--rounds", "1",
+                              env=subprocess_env)
+    finally:
+        os.killpg(demo.pid, 15)
+        demo.wait(timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    figures = {r["figure"] for r in data["summary"] if r["peer"] == "target" and r["median"]}
+    assert "keepalive" in figures and "handshake-ecdsa" in figures
