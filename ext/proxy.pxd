@@ -93,8 +93,11 @@ cdef class UpstreamPool:
     cdef list idle                  # per server: [BackendConnection]
     cdef int rr
     cdef int keepalive
+    cdef list down_until            # per server: ejected until (loop time) after a failure
+    cdef double fail_timeout
     cdef BackendConnection take_idle(self, int server)
-    cdef int next_server(self)
+    cdef int next_server(self, double now)
+    cdef void mark_failed(self, int server, double now)
     cdef void release(self, BackendConnection conn)
 
 
@@ -160,6 +163,7 @@ cdef class ClientConnection:
     cdef void _dispatch(self, bint fresh)
     cdef ServerPolicy _server_for_host(self, const char *host, int n)
     cdef void _connect(self, int server)
+    cdef void _next_server_or(self, int status)
     cdef void _resume(self)
     cdef void _stash(self, const char *p, Py_ssize_t n)
     # Response flow
@@ -167,7 +171,7 @@ cdef class ClientConnection:
     cdef void _flush(self)
     cdef void on_response_head(self, int status)
     cdef void on_response_done(self)
-    cdef void on_backend_failed(self, bint got_bytes)
+    cdef void on_backend_failed(self, bint got_bytes, int server, bint fresh)
     cdef void error_response(self, int status)
     # Shutdown flow
     cdef void _finish(self)
@@ -190,6 +194,7 @@ cdef class BackendConnection:
     cdef bint got_bytes
     cdef bint reading_paused
     cdef bint head_pending          # the rewritten head waits in worker.writer
+    cdef int requests               # requests sent on this connection
 
     cdef void attach(self, ClientConnection client)
     cdef void _on_data(self, const char *p, Py_ssize_t n)

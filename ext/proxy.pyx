@@ -150,17 +150,37 @@ cdef class ServerPolicy:
 cdef class UpstreamPool:
     """Round-robin servers, each with a LIFO of idle keep-alive connections."""
 
-    def __init__(self, str name, servers, int keepalive=32):
+    def __init__(self, str name, servers, int keepalive=32, double fail_timeout=10.0):
         self.name = name
         self.servers = list(servers)
         self.idle = [[] for _ in self.servers]
+        self.down_until = [0.0] * len(self.servers)
         self.rr = 0
         self.keepalive = keepalive
+        self.fail_timeout = fail_timeout
 
-    cdef int next_server(self):
-        cdef int s = self.rr
-        self.rr = (self.rr + 1) % len(self.servers)
-        return s
+    cdef int next_server(self, double now):
+        """Round robin over servers not ejected; when all are, the one back soonest
+        (nginx max_fails=1 fail_timeout=10s: a dead server costs one failed connect,
+        not one per request)."""
+        cdef int n = len(self.servers), k, s, best = -1
+        for k in range(n):
+            s = (self.rr + k) % n
+            if self.down_until[s] <= now:
+                self.rr = (s + 1) % n
+                return s
+            if best < 0 or self.down_until[s] < self.down_until[best]:
+                best = s
+        self.rr = (best + 1) % n
+        return best
+
+    cdef void mark_failed(self, int server, double now):
+        self.down_until[server] = now + self.fail_timeout
+        for conn in list(self.idle[server]):
+            (<BackendConnection>conn).abort()
+
+    def ejected(self, double now):
+        return [self.servers[i] for i in range(len(self.servers)) if self.down_until[i] > now]
 
     cdef BackendConnection take_idle(self, int server):
         cdef list idle = self.idle[server]
@@ -604,7 +624,7 @@ cdef class ClientConnection:
     cdef void _dispatch(self, bint fresh):
         """Send the request head to a pooled backend connection, or connect one."""
         cdef Worker w = self.worker
-        cdef int server = self.pool.next_server()
+        cdef int server = self.pool.next_server(self.worker.now)
         cdef BackendConnection conn = None
         self.attempts += 1
         if not fresh:
@@ -644,16 +664,24 @@ cdef class ClientConnection:
             w.count(N_BACKEND_ERRORS)
             host, port = self.pool.servers[self.tried_server]
             _log.warning("upstream %s: connect to %s:%s failed: %s", self.pool.name, host, port, exc)
-            if self.attempts < min(MAX_ATTEMPTS, len(self.pool.servers)):
-                self._dispatch(True)
-            else:
-                self.error_response(502)
+            self._next_server_or(502)
             return
         conn = fut.result()[1]
         conn.attach(self)
         conn.transport.write(self.request_head)
         self.deadline = w.now + w.read_timeout
         self._resume()
+
+    cdef void _next_server_or(self, int status):
+        """A connect failed or timed out (nothing was sent): eject that server and try
+        another at once, or answer ``status``."""
+        cdef Worker w = self.worker
+        self.connecting = False
+        self.pool.mark_failed(self.tried_server, w.loop.time())
+        if self.attempts < min(MAX_ATTEMPTS, len(self.pool.servers)):
+            self._dispatch(True)
+        else:
+            self.error_response(status)
 
     cdef void _resume(self):
         """Input processing may go on: replay held bytes, then read the socket again."""
@@ -756,11 +784,15 @@ cdef class ClientConnection:
         if self.held is not None or not self.reading:
             self._resume()
 
-    cdef void on_backend_failed(self, bint got_bytes):
+    cdef void on_backend_failed(self, bint got_bytes, int server, bint fresh):
         """The backend connection closed or reset before the response ended."""
         cdef Worker w = self.worker
         self.backend = None
         w.count(N_BACKEND_ERRORS)
+        if fresh and not got_bytes:
+            # A new connection reset before answering: the server is failing (a pooled one
+            # may just have been closed by the backend's keep-alive timeout).
+            self.pool.mark_failed(server, w.loop.time())
         if not got_bytes and self.retryable and self.attempts < MAX_ATTEMPTS:
             # A pooled keep-alive connection the backend had already closed: retry fresh.
             self._dispatch(True)
@@ -836,8 +868,15 @@ cdef class ClientConnection:
             self.close()
         elif state == C_HEAD:
             self.error_response(408)
+        elif (state == C_BODY or state == C_RESPONSE) and self.connecting:
+            if self.connect_fut is not None:
+                self.connect_fut.cancel()
+                self.connect_fut = None
+            _log.warning("upstream %s: connect to %s:%s timed out", self.pool.name,
+                         *self.pool.servers[self.tried_server])
+            self._next_server_or(504)
         elif state == C_BODY or state == C_RESPONSE:
-            if self.connecting or not self.response_started:
+            if not self.response_started:
                 self.error_response(504)
             else:
                 self.close()
@@ -946,9 +985,10 @@ cdef class BackendConnection:
             client.close_after = True
             client.on_response_done()
             return
-        client.on_backend_failed(self.got_bytes)
+        client.on_backend_failed(self.got_bytes, self.server, self.requests == 1)
 
     cdef void attach(self, ClientConnection client):
+        self.requests += 1
         self.client = client
         client.backend = self
         client.backend_full = False
