@@ -44,7 +44,6 @@ _FAILURE_REASONS = (("unsupported protocol", N_HS_FAIL_PROTOCOL), ("wrong versio
                     ("version too low", N_HS_FAIL_PROTOCOL), ("no shared cipher", N_HS_FAIL_CIPHER),
                     ("no suitable", N_HS_FAIL_CIPHER), ("no application protocol", N_HS_FAIL_ALPN),
                     ("http request", N_HS_FAIL_HTTP))
-_IDEMPOTENT = (b"GET", b"HEAD", b"OPTIONS", b"TRACE")
 
 
 cdef class Worker:
@@ -422,6 +421,7 @@ cdef class ClientConnection:
                     return
                 i += k
             elif self.state == C_BODY and (self.backend is not None or self.dispatch_pending):
+                self.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
                 k = framer_feed(&self.req_body, p + i, n - i)
                 if k < 0 or (w.client_max_body_size and self.req_body.total > w.client_max_body_size):
                     # Malformed chunked body (400) or one past client_max_body_size (413, as
@@ -547,8 +547,7 @@ cdef class ClientConnection:
             self.error_response(404)
             return -1
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
-        self.retryable = request_body_mode(&head) == BODY_NONE and \
-            p[:head.method_len] in _IDEMPOTENT
+        self.retryable = request_body_mode(&head) == BODY_NONE and _idempotent(p, head.method_len)
         if head.conn_close or self.http10 or w.draining:
             self.close_after = True
 
@@ -911,6 +910,19 @@ cdef class ClientConnection:
     @property
     def peer(self):
         return self.peer_ip
+
+
+cdef bint _idempotent(const char *m, int n) noexcept:
+    """Methods safe to replay on another connection (RFC 9110 §9.2.2), bodiless here."""
+    if n == 3:
+        return memcmp(m, b"GET", 3) == 0
+    if n == 4:
+        return memcmp(m, b"HEAD", 4) == 0
+    if n == 7:
+        return memcmp(m, b"OPTIONS", 7) == 0
+    if n == 5:
+        return memcmp(m, b"TRACE", 5) == 0
+    return False
 
 
 cdef int _origin_form(const char *t, int n) noexcept:
