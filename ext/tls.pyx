@@ -14,6 +14,17 @@ _REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
 # One session id context for every SSL_CTX, so a session survives an SNI switch.
 cdef bytes _SID_CTX = b"fastterm"
 
+# Live OpenSSL objects owned by this process (uvloop's UVLOOP_DEBUG counters, always on:
+# two integer updates per connection). Tests assert they return to their baseline.
+cdef long _live_ctx = 0
+cdef long _live_ssl = 0
+
+
+def live_objects():
+    """``{"SSL_CTX": n, "SSL": n}`` currently owned by TLSContext / TLSConnection objects."""
+    return {"SSL_CTX": _live_ctx, "SSL": _live_ssl}
+
+
 WANT_READ = TLS_WANT_READ
 WANT_WRITE = TLS_WANT_WRITE
 CLOSED = TLS_CLOSED
@@ -103,6 +114,8 @@ cdef class TLSContext:
         self.ctx = SSL_CTX_new(TLS_server_method() if server_side else TLS_client_method())
         if self.ctx == NULL:
             raise_tls_error("SSL_CTX_new failed")
+        global _live_ctx
+        _live_ctx += 1
         if not SSL_CTX_set_min_proto_version(self.ctx, versions[0]) or \
                 not SSL_CTX_set_max_proto_version(self.ctx, versions[len(versions) - 1]):
             raise_tls_error("cannot set protocol versions")
@@ -161,9 +174,11 @@ cdef class TLSContext:
         ERR_clear_error()
 
     def __dealloc__(self):
+        global _live_ctx
         if self.ctx != NULL:
             SSL_CTX_free(self.ctx)
             self.ctx = NULL
+            _live_ctx -= 1
 
     def add_certificate(self, bytes chain_pem not None, bytes key_pem not None):
         """Load a leaf + chain and its key. One certificate per key type (RSA, ECDSA):
@@ -258,6 +273,8 @@ cdef class TLSConnection:
         self.ssl = SSL_new(context.ctx)
         if self.ssl == NULL:
             raise_tls_error("SSL_new failed")
+        global _live_ssl
+        _live_ssl += 1
         if fd >= 0:
             self.memory = False
             if not SSL_set_fd(self.ssl, fd):
@@ -288,6 +305,7 @@ cdef class TLSConnection:
             SSL_set_connect_state(self.ssl)
 
     def __dealloc__(self):
+        global _live_ssl
         if self.ssl != NULL:
             if not self.fatal:
                 # Without this SSL_free() treats the session as bad and drops it from
@@ -295,6 +313,7 @@ cdef class TLSConnection:
                 SSL_set_shutdown(self.ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN)
             SSL_free(self.ssl)  # frees the memory BIOs too
             self.ssl = NULL
+            _live_ssl -= 1
 
     # ---- Handshake flow -------------------------------------------------
     cdef int handshake(self):
