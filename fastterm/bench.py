@@ -760,6 +760,7 @@ class Run:
     invalid: list[str] = field(default_factory=list)
     server: dict | None = None    # what the terminator recorded: full/resumed handshakes, non-2xx
     raw: dict = field(default_factory=dict)
+    skipped: str | None = None    # not run here (a peer's fixed cap): neither a figure nor invalid
 
 
 class Bench:
@@ -808,8 +809,9 @@ class Bench:
             raw = self.latency(peer)
         elif name == "connections":
             if capped:
-                raw = {"error": f"{peer.name} is capped at {peer.max_conns} connections here (fd limit "
-                                f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]}); not run"}
+                run.skipped = (f"{peer.name} is capped at {peer.max_conns} connections here (fd limit "
+                               f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]})")
+                return run
             else:
                 raw = self.connections(peer)
         else:  # pragma: no cover
@@ -1248,6 +1250,11 @@ def _main(args: argparse.Namespace) -> int:
                             peer.start()
                         r = bench.measure(peer, name, rnd)
                         runs.append(r)
+                        if r.skipped:
+                            say(f"{desc}: skipped: {r.skipped}")
+                            if progress:
+                                progress.advance(task)
+                            continue
                         shown = ", ".join(f"{k} {fmt(v)} {FIGURES[k][0]}" for k, v in r.figures.items())
                         say(f"{desc}: {shown or '-'}" + (f"  [bold red]INVALID[/]: {'; '.join(r.invalid)}"
                                                          if r.invalid and console else
@@ -1282,6 +1289,11 @@ def _main(args: argparse.Namespace) -> int:
               f"handshakes: openssl s_time -new x{args.hs_clients}; latency at {args.rate} req/s; "
               f"connections: {args.idle_connections}; {time.monotonic() - t_start:.0f} s in all")
     invalid = [r for r in runs if r.invalid]
+    skipped = sorted({f"{r.run} {r.peer}: {r.skipped}" for r in runs if r.skipped})
+    if skipped:
+        problems_note = "\nNot run: " + "; ".join(skipped)
+    else:
+        problems_note = ""
     if args.markdown:
         print(header + "\n")
         print(markdown_table(rows))
@@ -1295,6 +1307,8 @@ def _main(args: argparse.Namespace) -> int:
         else:
             print(header)
             print(markdown_table(rows))
+    if problems_note:
+        print(problems_note)
     if invalid or problems:
         print("\nInvalid runs (left out of the figures):" if invalid else "\nProblems:")
         for r in invalid:
