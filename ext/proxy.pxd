@@ -75,7 +75,12 @@ cdef class Worker:
     cdef double connect_timeout
     cdef double read_timeout
 
+    cdef int epfd                   # our epoll set of client and listening sockets
+    cdef epoll_event *events
+    cdef dict by_fd                 # fd -> ClientConnection or Listener
+
     cdef inline void count(self, int counter, long long n=*)
+    cdef int poll(self, int fd, unsigned int old_mask, unsigned int new_mask)
 
 
 cdef class ServerPolicy:
@@ -107,6 +112,8 @@ cdef class Listener:
     cdef int fd
     cdef readonly TLSContext context
     cdef bint active
+
+    cdef void on_readable(self)
 
 
 cdef class ClientConnection:
@@ -148,6 +155,9 @@ cdef class ClientConnection:
     cdef bint dechunk               # HTTP/1.0 client, chunked response: send the data only
 
     cdef void start(self)
+    cdef void on_readable(self)
+    cdef void on_writable(self)
+    cdef unsigned int _mask(self)
     cdef void _want_write(self, bint on)
     cdef void _want_read(self, bint on)
     cdef bint _accepting_or_held(self)

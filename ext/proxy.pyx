@@ -1,7 +1,8 @@
 # The proxy data path. Client side: OpenSSL reads and writes the accepted
-# socket itself (SSL_set_fd), uvloop is only the epoll loop (add_reader /
-# add_writer), as nginx, HAProxy and hitch do: no ciphertext copy and one
-# callback per readable event. Backend side: uvloop BufferedProtocol into one
+# socket itself (SSL_set_fd), as nginx, HAProxy and hitch do: no ciphertext
+# copy. Client and listening sockets sit in the worker's own epoll set, which
+# uvloop watches as one fd: a loop iteration costs one Python callback, and
+# each ready connection is a C call (no uvloop handle per connection). Backend side: uvloop BufferedProtocol into one
 # worker-owned buffer, whose bytes go to SSL_write without a Python object.
 #
 # Buffers belong to the worker and are lent per event; an idle connection
@@ -19,6 +20,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
 cdef enum:
+    MAX_EVENTS = 256
     RBUF_SIZE = 65536
     BACKEND_BUF_SIZE = 65536
     MAX_RESPONSE_HEAD = 65536
@@ -52,7 +54,9 @@ cdef class Worker:
     def __cinit__(self):
         self.rbuf = <char *>malloc(RBUF_SIZE)
         self.slots = <HeaderSlot *>malloc(sizeof(HeaderSlot) * MAX_HEADER_SLOTS)
-        if self.rbuf == NULL or self.slots == NULL:
+        self.events = <epoll_event *>malloc(sizeof(epoll_event) * MAX_EVENTS)
+        self.epfd = -1
+        if self.rbuf == NULL or self.slots == NULL or self.events == NULL:
             raise MemoryError()
         cdef int i
         for i in range(<int>N_COUNTERS):
@@ -77,10 +81,50 @@ cdef class Worker:
         self.connect_timeout = limits.backend_connect_timeout
         self.read_timeout = limits.backend_read_timeout
         self.sweep_handle = loop.call_later(1.0, self._sweep)
+        self.by_fd = {}
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, "epoll_create1 failed")
+        loop.add_reader(self.epfd, self._on_events)
 
     def __dealloc__(self):
         free(self.rbuf)
         free(self.slots)
+        free(self.events)
+        if self.epfd >= 0:
+            close(self.epfd)
+
+    cdef int poll(self, int fd, unsigned int old_mask, unsigned int new_mask):
+        """Change what we wait for on ``fd``. A socket we wait on for nothing leaves the
+        set, so a hang-up can't wake a paused connection in a loop."""
+        cdef epoll_event ev
+        ev.events = new_mask
+        ev.data.fd = fd
+        if new_mask == old_mask:
+            return 0
+        if new_mask == 0:
+            return epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &ev)
+        return epoll_ctl(self.epfd, EPOLL_CTL_ADD if old_mask == 0 else EPOLL_CTL_MOD, fd, &ev)
+
+    def _on_events(self):
+        cdef int n, i, fd
+        cdef unsigned int ev
+        cdef ClientConnection conn
+        n = epoll_wait(self.epfd, self.events, MAX_EVENTS, 0)
+        for i in range(n):
+            fd = self.events[i].data.fd
+            ev = self.events[i].events
+            obj = self.by_fd.get(fd)
+            if obj is None:
+                continue
+            if isinstance(obj, ClientConnection):
+                conn = <ClientConnection>obj
+                if ev & EPOLLOUT and conn.writing:
+                    conn.on_writable()
+                if ev & (EPOLLIN | EPOLLERR | EPOLLHUP) and conn.reading and conn.fd == fd:
+                    conn.on_readable()
+            else:
+                (<Listener>obj).on_readable()
 
     cdef inline void count(self, int counter, long long n=1):
         self.counters[counter] += n
@@ -117,6 +161,8 @@ cdef class Worker:
             self.sweep_handle = None
         for conn in list(self.clients):
             (<ClientConnection>conn).close()
+        if self.epfd >= 0:
+            self.loop.remove_reader(self.epfd)
 
 
 cdef class ServerPolicy:
@@ -211,15 +257,17 @@ cdef class Listener:
 
     def start(self):
         self.sock.setblocking(False)
-        self.worker.loop.add_reader(self.fd, self._on_readable)
+        self.worker.by_fd[self.fd] = self
+        self.worker.poll(self.fd, 0, EPOLLIN)
         self.active = True
 
     def stop(self):
         if self.active:
-            self.worker.loop.remove_reader(self.fd)
+            self.worker.poll(self.fd, EPOLLIN, 0)
+            self.worker.by_fd.pop(self.fd, None)
             self.active = False
 
-    def _on_readable(self):
+    cdef void on_readable(self):
         cdef sockaddr_storage addr
         cdef socklen_t alen
         cdef int fd, one = 1, i
@@ -269,11 +317,11 @@ cdef class ClientConnection:
         w.clients.add(self)
         w.count(N_CONNECTIONS)
         w.count(N_CONNECTIONS_OPEN)
-        w.loop.add_reader(self.fd, self._on_readable)
-        self.reading = True
+        w.by_fd[self.fd] = self
+        self._want_read(True)
         self._handshake()
 
-    def _on_readable(self):
+    cdef void on_readable(self):
         if self.state == C_HANDSHAKE:
             self._handshake()
         elif self.state == C_LINGER:
@@ -281,7 +329,7 @@ cdef class ClientConnection:
         else:
             self._read_loop()
 
-    def _on_writable(self):
+    cdef void on_writable(self):
         if self.state == C_HANDSHAKE:
             self._handshake()
             return
@@ -290,21 +338,22 @@ cdef class ClientConnection:
             self.read_wants_write = False
             self._read_loop()
 
+    cdef unsigned int _mask(self):
+        return (EPOLLIN if self.reading else 0) | (EPOLLOUT if self.writing else 0)
+
     cdef void _want_write(self, bint on):
-        if on and not self.writing:
-            self.worker.loop.add_writer(self.fd, self._on_writable)
-            self.writing = True
-        elif not on and self.writing:
-            self.worker.loop.remove_writer(self.fd)
-            self.writing = False
+        cdef unsigned int old
+        if on != self.writing and self.fd >= 0:
+            old = self._mask()
+            self.writing = on
+            self.worker.poll(self.fd, old, self._mask())
 
     cdef void _want_read(self, bint on):
-        if on and not self.reading:
-            self.worker.loop.add_reader(self.fd, self._on_readable)
-            self.reading = True
-        elif not on and self.reading:
-            self.worker.loop.remove_reader(self.fd)
-            self.reading = False
+        cdef unsigned int old
+        if on != self.reading and self.fd >= 0:
+            old = self._mask()
+            self.reading = on
+            self.worker.poll(self.fd, old, self._mask())
 
     # ---- Handshake flow -------------------------------------------------
     cdef void _handshake(self):
@@ -899,6 +948,8 @@ cdef class ClientConnection:
             self.connect_fut = None
         self.tls = None       # SSL_free
         if self.fd >= 0:
+            if w.by_fd.get(self.fd) is self:
+                del w.by_fd[self.fd]
             close(self.fd)
             self.fd = -1
         self.held = None
