@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
@@ -125,7 +125,7 @@ def test_wildcard_names_are_kept(write, ca):
 
 
 def test_expiry_warnings(write, ca):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     expired = issue_cert(ca, ["old.example.com"], "EC", now - timedelta(days=100), now - timedelta(days=1))
     soon = issue_cert(ca, ["soon.example.com"], "EC", now - timedelta(days=80),
                       now + timedelta(days=5, hours=1))

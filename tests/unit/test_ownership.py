@@ -6,6 +6,7 @@ import ssl
 
 import pytest
 
+from fastterm import TLSError
 from fastterm._core import WANT_READ, TLSConnection, TLSContext, live_objects
 
 
@@ -66,7 +67,7 @@ def test_contexts_free_their_ssl_ctx(ec_leaf, intermediate):
     contexts = [TLSContext() for _ in range(10)]
     assert live_objects()["SSL_CTX"] == base + 10
     # A failed construction frees what it made too.
-    with pytest.raises(Exception):
+    with pytest.raises(TLSError, match="no cipher match"):
         TLSContext(ciphers="NOT-A-CIPHER")
     del contexts
     gc.collect()
