@@ -5,9 +5,9 @@ import gc
 import ssl
 
 import pytest
+from fastterm._core import WANT_READ, TLSConnection, TLSContext, live_objects
 
 from fastterm import TLSError
-from fastterm._core import WANT_READ, TLSConnection, TLSContext, live_objects
 
 
 @pytest.fixture
