@@ -158,6 +158,7 @@ cdef class ClientConnection:
     cdef void on_readable(self)
     cdef void on_writable(self)
     cdef unsigned int _mask(self)
+    cdef void _interest(self, bint reading, bint writing)
     cdef void _want_write(self, bint on)
     cdef void _want_read(self, bint on)
     cdef bint _accepting_or_held(self)

@@ -341,19 +341,18 @@ cdef class ClientConnection:
     cdef unsigned int _mask(self):
         return (EPOLLIN if self.reading else 0) | (EPOLLOUT if self.writing else 0)
 
-    cdef void _want_write(self, bint on):
-        cdef unsigned int old
-        if on != self.writing and self.fd >= 0:
-            old = self._mask()
-            self.writing = on
+    cdef void _interest(self, bint reading, bint writing):
+        cdef unsigned int old = self._mask()
+        self.reading = reading
+        self.writing = writing
+        if self.fd >= 0:
             self.worker.poll(self.fd, old, self._mask())
 
+    cdef void _want_write(self, bint on):
+        self._interest(self.reading, on)
+
     cdef void _want_read(self, bint on):
-        cdef unsigned int old
-        if on != self.reading and self.fd >= 0:
-            old = self._mask()
-            self.reading = on
-            self.worker.poll(self.fd, old, self._mask())
+        self._interest(on, self.writing)
 
     # ---- Handshake flow -------------------------------------------------
     cdef void _handshake(self):

@@ -52,10 +52,10 @@ cdef class SharedState:
     cdef size_t size
     cdef int owner_pid
 
-    cdef int lock(self) nogil
-    cdef void unlock(self) nogil
+    cdef int lock(self) noexcept nogil
+    cdef void unlock(self) noexcept nogil
     cdef int store_session(self, const unsigned char *sid, unsigned int sid_len,
-                           const unsigned char *der, int der_len, long long expires) nogil
-    cdef SSL_SESSION *find_session(self, const unsigned char *sid, int sid_len) nogil
-    cdef void remove_session(self, const unsigned char *sid, unsigned int sid_len) nogil
-    cdef int read_ticket_key(self, const unsigned char *name, ft_ticket_key *out) nogil
+                           const unsigned char *der, int der_len, long long expires) noexcept nogil
+    cdef SSL_SESSION *find_session(self, const unsigned char *sid, int sid_len) noexcept nogil
+    cdef void remove_session(self, const unsigned char *sid, unsigned int sid_len) noexcept nogil
+    cdef int read_ticket_key(self, const unsigned char *name, ft_ticket_key *out) noexcept nogil

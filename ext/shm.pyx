@@ -22,7 +22,7 @@ cdef enum:
     STAT_EVICTIONS = 3
 
 
-cdef inline unsigned int _hash(const unsigned char *sid, unsigned int n) nogil:
+cdef inline unsigned int _hash(const unsigned char *sid, unsigned int n) noexcept nogil:
     cdef unsigned int h = 2166136261u
     cdef unsigned int i
     for i in range(n):
@@ -60,18 +60,18 @@ cdef class SharedState:
             self.region = NULL
 
     # ---- session cache --------------------------------------------------
-    cdef int lock(self) nogil:
+    cdef int lock(self) noexcept nogil:
         cdef int r = pthread_mutex_lock(&self.region.lock)
         if r == EOWNERDEAD:
             pthread_mutex_consistent(&self.region.lock)
             return 0
         return r
 
-    cdef void unlock(self) nogil:
+    cdef void unlock(self) noexcept nogil:
         pthread_mutex_unlock(&self.region.lock)
 
     cdef int store_session(self, const unsigned char *sid, unsigned int sid_len,
-                           const unsigned char *der, int der_len, long long expires) nogil:
+                           const unsigned char *der, int der_len, long long expires) noexcept nogil:
         cdef unsigned int base, i, victim
         cdef ft_session *s
         cdef ft_session *slot = NULL
@@ -105,7 +105,7 @@ cdef class SharedState:
         self.unlock()
         return 1
 
-    cdef SSL_SESSION *find_session(self, const unsigned char *sid, int sid_len) nogil:
+    cdef SSL_SESSION *find_session(self, const unsigned char *sid, int sid_len) noexcept nogil:
         cdef unsigned int base, i
         cdef ft_session *s
         cdef unsigned char der[FT_SESSION_DER_MAX]
@@ -129,7 +129,7 @@ cdef class SharedState:
             return NULL
         return d2i_SSL_SESSION(NULL, &p, der_len)
 
-    cdef void remove_session(self, const unsigned char *sid, unsigned int sid_len) nogil:
+    cdef void remove_session(self, const unsigned char *sid, unsigned int sid_len) noexcept nogil:
         cdef unsigned int base, i
         cdef ft_session *s
         if sid_len == 0 or sid_len > FT_SESSION_ID_MAX:
@@ -169,7 +169,7 @@ cdef class SharedState:
         cdef ft_ticket_keys *t = &self.region.tickets
         return [(<char *>t.keys[i].name)[:16] for i in range(t.count)]
 
-    cdef int read_ticket_key(self, const unsigned char *name, ft_ticket_key *out) nogil:
+    cdef int read_ticket_key(self, const unsigned char *name, ft_ticket_key *out) noexcept nogil:
         """Copy the key named ``name`` (or the encrypting key when NULL) into ``out``.
         Returns its index (0 = the current encrypting key), or -1."""
         cdef ft_ticket_keys *t = &self.region.tickets

@@ -83,6 +83,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
+from fastterm.process import stop as stop_process
+
 BODY_1K = b"x" * 1023 + b"\n"
 BULK_SIZE = 1 << 20
 UPLOAD_SIZE = 1 << 20
@@ -1272,12 +1274,7 @@ def _main(args: argparse.Namespace) -> int:
         for peer in reversed(started):
             peer.stop()
         if backend_proc is not None:
-            backend_proc.terminate()
-            try:
-                backend_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                backend_proc.kill()
-                backend_proc.wait()
+            stop_process(backend_proc, timeout=10)
         if args.keep:
             say(f"kept {workdir}")
         else:

@@ -17,6 +17,7 @@ from fastterm.certs.store import expiry_warnings, load_certificate
 from fastterm.config.model import Config
 from fastterm.config.toml import load_config
 from fastterm.errors import FasttermError
+from fastterm.process import stop as stop_process
 
 PROG = "fastterm"
 
@@ -232,12 +233,7 @@ fastterm demo: TLS on {https} -> backend http://127.0.0.1:{args.backend_port}
 """, flush=True)
         return _serve(path, config)
     finally:
-        backend.terminate()
-        try:
-            backend.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            backend.kill()
-            backend.wait()
+        stop_process(backend)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
