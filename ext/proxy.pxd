@@ -94,6 +94,7 @@ cdef class ServerPolicy:
 
 cdef class UpstreamPool:
     cdef readonly str name
+    cdef bytes host_header          # Host for requests that came without one (HTTP/1.0)
     cdef list servers               # [(host, port)]
     cdef list idle                  # per server: [BackendConnection]
     cdef int rr

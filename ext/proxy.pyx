@@ -197,6 +197,7 @@ cdef class UpstreamPool:
 
     def __init__(self, str name, servers, int keepalive=32, double fail_timeout=10.0):
         self.name = name
+        self.host_header = name.encode("ascii", "replace")   # nginx's $proxy_host
         self.servers = list(servers)
         self.idle = [[] for _ in self.servers]
         self.down_until = [0.0] * len(self.servers)
@@ -599,14 +600,17 @@ cdef class ClientConnection:
         if head.conn_close or self.http10 or w.draining:
             self.close_after = True
 
+        # The request line, in origin-form, always HTTP/1.1 to the backend (nginx's
+        # proxy_http_version 1.1): an HTTP/1.0 client must not cost a backend connection
+        # per request; its response is de-chunked if need be and its connection closed.
         out.len = 0
-        if target == p + head.target_start:
-            out.put(p, head.line_end)
-        else:
-            out.put(p, head.target_start)
-            out.put(target, target_len)
-            out.put(p + head.target_start + head.target_len,
-                    head.line_end - head.target_start - head.target_len)
+        out.put(p, head.target_start)
+        out.put(target, target_len)
+        out.put(b" HTTP/1.1\r\n", 11)
+        if head.host_index < 0:
+            out.put(b"Host: ", 6)
+            out.put_bytes(pool.host_header)
+            out.put(b"\r\n", 2)
         for j in range(head.nheaders):
             kind = slots[j].kind
             if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
