@@ -116,3 +116,13 @@ cdef class HeadWriter:
     cdef int put(self, const char *p, Py_ssize_t n) except -1
     cdef int put_bytes(self, bytes b) except -1
     cdef bytes take(self)
+
+
+cdef class HeadBuffer:
+    """A header block that arrives in pieces (a block read whole is parsed in place)."""
+    cdef bytearray data
+    cdef Py_ssize_t scanned
+
+    cdef Py_ssize_t add(self, const char *p, Py_ssize_t n) except -2
+    cdef const char *ptr(self)
+    cdef Py_ssize_t size(self)

@@ -12,6 +12,7 @@
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
 # tchar (RFC 9110 §5.6.2): ALPHA / DIGIT / "!#$%&'*+-.^_`|~"
 cdef bint[256] _TCHAR
@@ -620,6 +621,28 @@ cdef class HeadWriter:
         out = PyBytes_FromStringAndSize(self.buf, self.len)
         self.len = 0
         return out
+
+
+cdef class HeadBuffer:
+    def __cinit__(self):
+        self.data = bytearray()
+        self.scanned = 0
+
+    cdef Py_ssize_t add(self, const char *p, Py_ssize_t n) except -2:
+        """Append ``p[:n]``; the end of the header block in ``data``, or -1 while incomplete."""
+        cdef Py_ssize_t have = PyByteArray_GET_SIZE(self.data)
+        cdef Py_ssize_t end
+        self.data += p[:n]
+        end = find_head_end(PyByteArray_AS_STRING(self.data), have + n, self.scanned)
+        if end < 0:
+            self.scanned = have + n
+        return end
+
+    cdef const char *ptr(self):
+        return PyByteArray_AS_STRING(self.data)
+
+    cdef Py_ssize_t size(self):
+        return PyByteArray_GET_SIZE(self.data)
 
 
 # ---- Python API for tests and the plain-HTTP redirect listener -------------

@@ -127,8 +127,7 @@ cdef class ClientConnection:
     cdef int state
     cdef ServerPolicy server
     cdef bint trusted
-    cdef bytearray head_buf         # only while a header block is incomplete
-    cdef Py_ssize_t head_scanned
+    cdef HeadBuffer head_buf        # only while a header block is incomplete
     cdef BodyFramer req_body
     cdef bytes held                 # input we could not process yet (pipelining, connect)
     cdef bytearray pending_out      # plaintext SSL_write could not take yet
@@ -199,8 +198,7 @@ cdef class BackendConnection:
     cdef object transport
     cdef ClientConnection client
     cdef int state
-    cdef bytearray head_buf
-    cdef Py_ssize_t head_scanned
+    cdef HeadBuffer head_buf
     cdef BodyFramer body
     cdef bint reusable
     cdef bint got_bytes

@@ -527,15 +527,14 @@ cdef class ClientConnection:
             if n - start > w.header_buffer_size:
                 self.error_response(431)
                 return -1
-            self.head_buf = bytearray(p[start:n])
-            self.head_scanned = n - start
+            self.head_buf = HeadBuffer()
+            self.head_buf.add(p + start, n - start)
             self.state = C_HEAD
             self.deadline = w.now + w.header_timeout
             return n
-        have = PyByteArray_GET_SIZE(self.head_buf)
-        self.head_buf += p[:n]
-        q = PyByteArray_AS_STRING(self.head_buf)
-        end = find_head_end(q, have + n, self.head_scanned)
+        have = self.head_buf.size()
+        end = self.head_buf.add(p, n)
+        q = self.head_buf.ptr()
         if end < 0:
             if check_line_endings(q, have - 1 if have > 0 else 0, have + n):
                 self.error_response(400)
@@ -543,7 +542,6 @@ cdef class ClientConnection:
             if have + n > w.header_buffer_size:
                 self.error_response(431)
                 return -1
-            self.head_scanned = have + n
             return n
         if end > w.header_buffer_size:
             self.error_response(431)
@@ -1060,7 +1058,6 @@ cdef class BackendConnection:
         client.backend_full = False
         self.state = B_HEAD
         self.head_buf = None
-        self.head_scanned = 0
         self.got_bytes = False
         self.reusable = False
         if self.reading_paused:
@@ -1133,18 +1130,16 @@ cdef class BackendConnection:
                 if self._on_head(p, <int>end) < 0:
                     return -1
                 return end
-            self.head_buf = bytearray(p[:n])
-            self.head_scanned = n
+            self.head_buf = HeadBuffer()
+            self.head_buf.add(p, n)
             return n
-        have = PyByteArray_GET_SIZE(self.head_buf)
-        self.head_buf += p[:n]
-        q = PyByteArray_AS_STRING(self.head_buf)
-        end = find_head_end(q, have + n, self.head_scanned)
+        have = self.head_buf.size()
+        end = self.head_buf.add(p, n)
+        q = self.head_buf.ptr()
         if end < 0:
             if have + n > MAX_RESPONSE_HEAD:
                 self._bad_response("header block too large")
                 return -1
-            self.head_scanned = have + n
             return n
         buf = self.head_buf
         self.head_buf = None
