@@ -29,6 +29,11 @@ cdef enum:
 
 _log = logging.getLogger("fastterm.proxy")
 
+_PLAIN_BODY = (b"<html><head><title>400 The plain HTTP request was sent to HTTPS port</title></head>"
+               b"<body><h1>400 Bad Request</h1>The plain HTTP request was sent to HTTPS port<hr>fastterm"
+               b"</body></html>\r\n")
+cdef bytes _PLAIN_HTTP_400 = (b"HTTP/1.1 400 Bad Request\r\nServer: fastterm\r\nContent-Type: text/html\r\n"
+                              b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_PLAIN_BODY)) + _PLAIN_BODY
 _REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout"}
@@ -378,6 +383,11 @@ cdef class ClientConnection:
                 _log.debug("%s closed the connection during the handshake", self.peer_ip)
             else:
                 _log.info("handshake failed from %s: %s", self.peer_ip, self.tls.error)
+                if self.tls.error and "http request" in self.tls.error:
+                    # Plain HTTP on the TLS port: say so in plain HTTP, as nginx does.
+                    send(self.fd, PyBytes_AS_STRING(_PLAIN_HTTP_400), len(_PLAIN_HTTP_400), MSG_NOSIGNAL)
+                    self._finish()
+                    return
             self.close()
 
     cdef void _count_handshake(self, int result):

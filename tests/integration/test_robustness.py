@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import struct
+import subprocess
 import threading
 import time
 
@@ -63,10 +64,18 @@ def test_garbage_handshake(ft):
 
 
 def test_plain_http_to_tls_port(ft):
+    """nginx answers "400 The plain HTTP request was sent to HTTPS port", in plain HTTP."""
     pid = ft.serving_pids()
     with raw(ft) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        s.settimeout(5)
+        reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 400 "), reply
+        assert b"plain HTTP request was sent to HTTPS port" in reply
         assert closed_by_peer(s, timeout=5), "plain HTTP on the TLS port left the connection open"
+    out = subprocess.run(["curl", "-sS", "-i", "--max-time", "5", f"http://127.0.0.1:{ft.https_port}/"],
+                         capture_output=True, text=True, timeout=10, check=False).stdout
+    assert out.startswith("HTTP/1.1 400"), out
     serves_on(ft, pid)
 
 
