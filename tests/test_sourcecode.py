@@ -1,0 +1,19 @@
+"""Lint runs as a test (uvloop's tests/test_sourcecode.py): a change that breaks it fails CI."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ruff_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (pip install '.[test]')")
+    out = subprocess.run([ruff, "check", "fastterm", "tests", "loadtests", "bench"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
