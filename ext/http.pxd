@@ -118,6 +118,9 @@ cdef class HeadWriter:
     cdef bytes take(self)
 
 
+cdef int bytearray_extend(bytearray buf, const char *p, Py_ssize_t n) except -1
+
+
 cdef class HeadBuffer:
     """A header block that arrives in pieces (a block read whole is parsed in place)."""
     cdef bytearray data

@@ -12,7 +12,7 @@
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
 # tchar (RFC 9110 §5.6.2): ALPHA / DIGIT / "!#$%&'*+-.^_`|~"
 cdef bint[256] _TCHAR
@@ -623,6 +623,14 @@ cdef class HeadWriter:
         return out
 
 
+cdef int bytearray_extend(bytearray buf, const char *p, Py_ssize_t n) except -1:
+    """Append raw bytes to a bytearray in one copy (``buf += p[:n]`` makes a bytes first)."""
+    cdef Py_ssize_t have = PyByteArray_GET_SIZE(buf)
+    PyByteArray_Resize(buf, have + n)
+    memcpy(PyByteArray_AS_STRING(buf) + have, p, n)
+    return 0
+
+
 cdef class HeadBuffer:
     def __cinit__(self):
         self.data = bytearray()
@@ -632,7 +640,7 @@ cdef class HeadBuffer:
         """Append ``p[:n]``; the end of the header block in ``data``, or -1 while incomplete."""
         cdef Py_ssize_t have = PyByteArray_GET_SIZE(self.data)
         cdef Py_ssize_t end
-        self.data += p[:n]
+        bytearray_extend(self.data, p, n)
         end = find_head_end(PyByteArray_AS_STRING(self.data), have + n, self.scanned)
         if end < 0:
             self.scanned = have + n

@@ -187,6 +187,7 @@ cdef class ClientConnection:
     # Shutdown flow
     cdef void _finish(self)
     cdef void _linger(self)
+    cdef void _drop_upstream(self)
     cdef void close(self)
     cdef void _expire(self)
 

@@ -495,8 +495,9 @@ cdef class ClientConnection:
                     return
                 if k:
                     if self.dispatch_pending:
-                        # Validated body bytes that came with the head leave with it, in one write.
-                        self.request_head += PyBytes_FromStringAndSize(p + i, k)
+                        # Validated body bytes that came with the head leave with it, in one
+                        # write: they join the head still in the worker's writer (one copy).
+                        w.writer.put(p + i, k)
                     else:
                         self.backend.transport.write(PyBytes_FromStringAndSize(p + i, k))
                     i += k
@@ -511,6 +512,7 @@ cdef class ClientConnection:
                 break
         if self.dispatch_pending and self.state != C_CLOSED:
             self.dispatch_pending = False
+            self.request_head = w.writer.take()
             self._dispatch(False)
 
     cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n):
@@ -645,7 +647,6 @@ cdef class ClientConnection:
         out.put(b"\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ", 39)
         out.put_bytes(self.peer_ip_b)
         out.put(b"\r\n\r\n", 4)
-        self.request_head = out.take()
 
         framer_init(&self.req_body, request_body_mode(&head), head.content_length)
         self.request_done = self.req_body.done
@@ -655,9 +656,11 @@ cdef class ClientConnection:
         self.attempts = 0
         self.deadline = w.now + w.read_timeout
         if self.request_done:
+            self.request_head = out.take()
             self._dispatch(False)
         else:
-            # Validate the body bytes of this read before the backend sees anything.
+            # Validate the body bytes of this read before the backend sees anything; the
+            # head waits in the writer until then (_on_plaintext takes it).
             self.dispatch_pending = True
         return 0 if self.state != C_CLOSED else -1
 
@@ -769,7 +772,7 @@ cdef class ClientConnection:
             return
         self.worker.count(N_BYTES_OUT, n)
         if self.pending_out is not None:
-            self.pending_out += p[:n]
+            bytearray_extend(self.pending_out, p, n)
             return
         while n > 0:
             r = self.tls.write_from(p, n if n < 0x40000000 else 0x40000000)
@@ -778,7 +781,8 @@ cdef class ClientConnection:
                 n -= r
                 continue
             if r == TLS_WANT_WRITE or r == TLS_WANT_READ:
-                self.pending_out = bytearray(p[:n])
+                self.pending_out = bytearray()
+                bytearray_extend(self.pending_out, p, n)
                 self._want_write(True)
                 if self.backend is not None:
                     self.backend.pause()
@@ -866,12 +870,7 @@ cdef class ClientConnection:
         cdef Worker w = self.worker
         if self.state == C_CLOSED:
             return
-        if self.backend is not None:
-            self.backend.abort()
-            self.backend = None
-        if self.connect_fut is not None:
-            self.connect_fut.cancel()
-            self.connect_fut = None
+        self._drop_upstream()
         reason = _REASONS.get(status, "Error")
         body = f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1>" \
                f"<hr>fastterm</body></html>\r\n".encode()
@@ -944,19 +943,22 @@ cdef class ClientConnection:
         else:
             self.close()
 
-    cdef void close(self):
-        cdef Worker w = self.worker
-        if self.state == C_CLOSED:
-            return
-        self.state = C_CLOSED
-        self._want_read(False)
-        self._want_write(False)
+    cdef void _drop_upstream(self):
+        """Abandon the request's backend side: its connection can't be reused mid-exchange."""
         if self.backend is not None:
             self.backend.abort()
             self.backend = None
         if self.connect_fut is not None:
             self.connect_fut.cancel()
             self.connect_fut = None
+
+    cdef void close(self):
+        cdef Worker w = self.worker
+        if self.state == C_CLOSED:
+            return
+        self.state = C_CLOSED
+        self._interest(False, False)
+        self._drop_upstream()
         self.tls = None       # SSL_free
         if self.fd >= 0:
             if w.by_fd.get(self.fd) is self:

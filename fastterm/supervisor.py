@@ -259,7 +259,6 @@ class Master:
             log.error("worker %d (slot %d) died: %s; respawning in %.1f s", pid, proc.slot, why, delay)
             self.restarts += 1
             self.respawn_at[proc.slot] = time.monotonic() + delay
-        # unreachable
 
     def _respawn_due(self) -> None:
         now = time.monotonic()
