@@ -74,6 +74,7 @@ cdef class Worker:
     cdef double keepalive_timeout
     cdef double connect_timeout
     cdef double read_timeout
+    cdef double send_timeout
 
     cdef int epfd                   # our epoll set of client and listening sockets
     cdef epoll_event *events
@@ -130,7 +131,9 @@ cdef class ClientConnection:
     cdef HeadBuffer head_buf        # only while a header block is incomplete
     cdef BodyFramer req_body
     cdef bytes held                 # input we could not process yet (pipelining, connect)
-    cdef bytearray pending_out      # plaintext SSL_write could not take yet
+    cdef bytearray pending_out      # plaintext SSL_write could not take yet (at most about
+                                    # one backend read: the backend is paused meanwhile)
+    cdef double send_deadline       # while pending_out: the client must take output by then
     cdef bint reading               # reader registered with the loop
     cdef bint writing               # writer registered with the loop
     cdef bint read_wants_write
@@ -179,6 +182,8 @@ cdef class ClientConnection:
     cdef void _stash(self, const char *p, Py_ssize_t n)
     # Response flow
     cdef void send(self, const char *p, Py_ssize_t n)
+    cdef bint output_blocked(self)
+    cdef void _output_drained(self)
     cdef void _flush(self)
     cdef void on_response_head(self, int status)
     cdef void on_response_done(self)
@@ -222,4 +227,5 @@ cdef class BIOClientConnection(ClientConnection):
     """The measured alternative: uvloop BufferedProtocol + memory BIOs (ciphertext
     copied into OpenSSL's BIO on the way in and into a bytes object on the way out)."""
     cdef object transport
+    cdef bint write_paused          # the transport's buffer is full (uvloop pause_writing)
     cdef void _push_ciphertext(self)

@@ -85,6 +85,7 @@ cdef class Worker:
         self.keepalive_timeout = limits.keepalive_timeout
         self.connect_timeout = limits.backend_connect_timeout
         self.read_timeout = limits.backend_read_timeout
+        self.send_timeout = limits.send_timeout
         self.sweep_handle = loop.call_later(1.0, self._sweep)
         self.by_fd = {}
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -136,10 +137,12 @@ cdef class Worker:
 
     def _sweep(self):
         """Timeouts: one pass a second over the connections (nginx-style coarse clock)."""
+        cdef ClientConnection c
         self.now = self.loop.time()
         for conn in list(self.clients):
-            if (<ClientConnection>conn).deadline <= self.now:
-                (<ClientConnection>conn)._expire()
+            c = <ClientConnection>conn
+            if c.deadline <= self.now or (c.output_blocked() and c.send_deadline <= self.now):
+                c._expire()
         self.sweep_handle = self.loop.call_later(1.0, self._sweep)
 
     def use_counter_slot(self, SharedState shared, int slot):
@@ -423,7 +426,9 @@ cdef class ClientConnection:
     # ---- Request flow ---------------------------------------------------
     cdef bint _accepting(self):
         if self.state == C_IDLE or self.state == C_HEAD:
-            return self.held is None
+            # A client with output still unsent gets no new request served: its pipelined
+            # requests wait in the kernel, and their responses can't pile up here.
+            return self.held is None and not self.output_blocked()
         if self.state == C_BODY:
             return self.backend is not None and not self.backend_full and self.held is None
         return False
@@ -760,22 +765,26 @@ cdef class ClientConnection:
 
     cdef bint _accepting_or_held(self):
         if self.state == C_IDLE or self.state == C_HEAD:
-            return True
+            return not self.output_blocked()
         return self.state == C_BODY and self.backend is not None and not self.backend_full
 
     # ---- Response flow --------------------------------------------------
     cdef void send(self, const char *p, Py_ssize_t n):
         """Plaintext to the client; what the socket cannot take now waits in pending_out
-        and the backend stops reading until it drains."""
+        and the backend stops reading until it drains, so pending_out holds at most what
+        one backend read brought (nginx: one proxy buffer per connection)."""
         cdef int r
+        cdef Worker w = self.worker
         if self.state == C_CLOSED:
             return
-        self.worker.count(N_BYTES_OUT, n)
+        w.count(N_BYTES_OUT, n)
         if self.pending_out is not None:
             bytearray_extend(self.pending_out, p, n)
+            if self.backend is not None:
+                self.backend.pause()
             return
         while n > 0:
-            r = self.tls.write_from(p, n if n < 0x40000000 else 0x40000000)
+            r = self.tls.write_from(p, <int>min(n, 0x40000000))
             if r > 0:
                 p += r
                 n -= r
@@ -783,6 +792,7 @@ cdef class ClientConnection:
             if r == TLS_WANT_WRITE or r == TLS_WANT_READ:
                 self.pending_out = bytearray()
                 bytearray_extend(self.pending_out, p, n)
+                self.send_deadline = w.now + w.send_timeout
                 self._want_write(True)
                 if self.backend is not None:
                     self.backend.pause()
@@ -801,22 +811,37 @@ cdef class ClientConnection:
         p = PyByteArray_AS_STRING(self.pending_out)
         n = PyByteArray_GET_SIZE(self.pending_out)
         while off < n:
-            r = self.tls.write_from(p + off, n - off)
+            r = self.tls.write_from(p + off, <int>min(n - off, 0x40000000))
             if r > 0:
                 off += r
                 continue
             if r == TLS_WANT_WRITE or r == TLS_WANT_READ:
-                del self.pending_out[:off]
+                if off:
+                    del self.pending_out[:off]
+                    self.send_deadline = self.worker.now + self.worker.send_timeout   # progress
                 return
             self.close()
             return
         self.pending_out = None
         self._want_write(False)
+        self._output_drained()
+
+    cdef bint output_blocked(self):
+        """Output waits for the client: no backend reads, no new requests meanwhile."""
+        return self.pending_out is not None
+
+    cdef void _output_drained(self):
+        """The client took everything: what waited for that goes on, with fresh deadlines
+        (the time spent blocked on the client counted against send_timeout only)."""
+        cdef Worker w = self.worker
         if self.state == C_LINGER:
             self._finish()
-            return
-        if self.backend is not None:
+        elif self.backend is not None:
+            self.deadline = w.now + w.read_timeout
             self.backend.resume()
+        elif self.state == C_IDLE:
+            self.deadline = w.now + w.keepalive_timeout
+            self._resume()
 
     cdef void on_response_head(self, int status):
         cdef Worker w = self.worker
@@ -844,6 +869,8 @@ cdef class ClientConnection:
             return
         self.state = C_IDLE
         self.deadline = w.now + w.keepalive_timeout
+        if self.output_blocked():
+            return   # _output_drained() goes on with the next request
         if self.held is not None or not self.reading:
             self._resume()
 
@@ -893,13 +920,15 @@ cdef class ClientConnection:
         cdef Worker w = self.worker
         if self.state == C_CLOSED:
             return
-        if self.state != C_LINGER:
-            self.state = C_LINGER
-            self.deadline = w.now + LINGER_SECONDS
-            self.held = None
-            self._want_read(True)
-        if self.pending_out is not None:
-            return   # _flush() calls back when the socket took the rest
+        self.state = C_LINGER
+        self.held = None
+        if self.output_blocked():
+            # _output_drained() calls back when the client took the rest; until then
+            # send_timeout governs and input is not read (it would only be discarded).
+            self._want_read(False)
+            return
+        self.deadline = w.now + LINGER_SECONDS
+        self._want_read(True)
         if self.tls is not None:
             self.tls.send_close_notify()
         shutdown(self.fd, SHUT_WR)
@@ -908,8 +937,6 @@ cdef class ClientConnection:
     cdef void _linger(self):
         cdef Worker w = self.worker
         cdef ssize_t r
-        if self.pending_out is not None:
-            return
         while True:
             r = recv(self.fd, w.rbuf, RBUF_SIZE, 0)
             if r > 0:
@@ -921,6 +948,13 @@ cdef class ClientConnection:
 
     cdef void _expire(self):
         cdef int state = self.state
+        if self.output_blocked():
+            # Blocked on the client: its backend is paused by us, so only send_timeout counts.
+            if self.send_deadline <= self.worker.now:
+                _log.info("%s took no output for %.0f s (send_timeout): closing", self.peer_ip,
+                          self.worker.send_timeout)
+                self.close()
+            return
         if state == C_HANDSHAKE:
             self._count_handshake(TLS_WANT_READ)
             self.close()
@@ -1072,8 +1106,6 @@ cdef class BackendConnection:
         self.head_buf = None
         self.got_bytes = False
         self.reusable = False
-        if self.reading_paused:
-            self.resume()
 
     cdef void _on_data(self, const char *p, Py_ssize_t n):
         cdef Py_ssize_t i = 0, k
@@ -1222,6 +1254,7 @@ cdef class BackendConnection:
         if client is None:
             return
         if self.reusable and client.request_done and self.state != B_CLOSED:
+            self.resume()   # an idle connection must see the backend close it
             self.pool.release(self)
         else:
             self.abort()
@@ -1340,13 +1373,18 @@ cdef class BIOClientConnection(ClientConnection):
         self.transport = None
         self.close()
 
+    cdef bint output_blocked(self):
+        return self.write_paused
+
     def pause_writing(self):
+        self.write_paused = True
+        self.send_deadline = self.worker.now + self.worker.send_timeout
         if self.backend is not None:
             self.backend.pause()
 
     def resume_writing(self):
-        if self.backend is not None:
-            self.backend.resume()
+        self.write_paused = False
+        self._output_drained()
 
 
 class _BIOClientProtocol(BIOClientConnection, asyncio.BufferedProtocol):

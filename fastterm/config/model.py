@@ -92,6 +92,7 @@ class Limits(Struct):
     backend_connect_timeout: float = 5.0
     backend_read_timeout: float = 60.0
     drain_timeout: float = 30.0
+    send_timeout: float = 60.0  # nginx send_timeout: a client that takes no output for this long is closed
 
 
 class Sessions(Struct):
