@@ -52,6 +52,7 @@ cdef enum:
 cdef class Worker:
     cdef object loop
     cdef char *rbuf                 # plaintext from SSL_read, lent per event
+    cdef char *pathbuf              # a target's normalised path, for routing (header_buffer_size)
     cdef bytearray backend_buf      # backend receive buffer, lent per event
     cdef object backend_view
     cdef bytearray client_buf       # memory-BIO mode: ciphertext in, lent per event
@@ -76,12 +77,24 @@ cdef class Worker:
     cdef double read_timeout
     cdef double send_timeout
 
+    cdef list listeners             # this worker's accepting Listeners, paused together
+    cdef readonly int max_clients   # worker_connections
+    cdef bint accept_paused         # at max_clients, or backing off after EMFILE
+    cdef bint accept_backoff        # the EMFILE back-off timer runs
+    cdef double fd_log_next         # rate limits of the two noisy log lines
+    cdef double hs_log_next
+    cdef int hs_log_skipped
     cdef int epfd                   # our epoll set of client and listening sockets
     cdef epoll_event *events
     cdef dict by_fd                 # fd -> ClientConnection or Listener
 
     cdef inline void count(self, int counter, long long n=*)
     cdef int poll(self, int fd, unsigned int old_mask, unsigned int new_mask)
+    cdef void pause_accepting(self)
+    cdef void resume_accepting(self)
+    cdef void out_of_fds(self)
+    cdef void client_closed(self)
+    cdef str handshake_log_suffix(self)
 
 
 cdef class ServerPolicy:
@@ -113,8 +126,10 @@ cdef class Listener:
     cdef readonly object sock
     cdef int fd
     cdef readonly TLSContext context
-    cdef bint active
+    cdef bint active                # started and not stopped (draining)
+    cdef bint watching              # in the epoll set
 
+    cdef void watch(self, bint on)
     cdef void on_readable(self)
 
 
@@ -126,8 +141,9 @@ cdef class ClientConnection:
     cdef str peer_ip
     cdef bytes peer_ip_b
     cdef int state
-    cdef ServerPolicy server
-    cdef bint trusted
+    cdef ServerPolicy tls_server     # the server block SNI chose (requests without Host)
+    cdef ServerPolicy server         # the one the current request's Host chose
+    cdef bint trusted                # peer in server's trusted_proxies
     cdef HeadBuffer head_buf        # only while a header block is incomplete
     cdef BodyFramer req_body
     cdef bytes held                 # input we could not process yet (pipelining, connect)

@@ -12,10 +12,11 @@ import asyncio
 import ipaddress
 import logging
 import os
+import resource
 import socket
 
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
@@ -26,6 +27,7 @@ cdef enum:
     MAX_RESPONSE_HEAD = 65536
     LINGER_SECONDS = 2
     MAX_ATTEMPTS = 3
+    ACCEPT_BACKOFF_MS = 500    # nginx waits 500 ms after EMFILE before accepting again
 
 _log = logging.getLogger("fastterm.proxy")
 
@@ -36,7 +38,7 @@ cdef bytes _PLAIN_HTTP_400 = (b"HTTP/1.1 400 Bad Request\r\nServer: fastterm\r\n
                               b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_PLAIN_BODY)) + _PLAIN_BODY
 _REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
-            503: "Service Unavailable", 504: "Gateway Timeout"}
+            503: "Service Unavailable", 504: "Gateway Timeout", 405: "Not Allowed"}
 COUNTER_NAMES = _COUNTER_NAMES = ("connections_total", "connections_open", "handshakes_full", "handshakes_resumed",
                   "handshakes_failed", "requests_total", "responses_1xx", "responses_2xx",
                   "responses_3xx", "responses_4xx", "responses_5xx", "backend_connects",
@@ -70,6 +72,9 @@ cdef class Worker:
 
     def __init__(self, loop, limits):
         self.loop = loop
+        self.pathbuf = <char *>malloc(limits.header_buffer_size)
+        if self.pathbuf == NULL:
+            raise MemoryError()
         self.backend_buf = bytearray(BACKEND_BUF_SIZE)
         self.backend_view = memoryview(self.backend_buf)
         self.client_buf = bytearray(RBUF_SIZE)
@@ -88,6 +93,8 @@ cdef class Worker:
         self.send_timeout = limits.send_timeout
         self.sweep_handle = loop.call_later(1.0, self._sweep)
         self.by_fd = {}
+        self.listeners = []
+        self.max_clients = limits.worker_connections or _auto_worker_connections()
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
@@ -95,6 +102,7 @@ cdef class Worker:
 
     def __dealloc__(self):
         free(self.rbuf)
+        free(self.pathbuf)
         free(self.slots)
         free(self.events)
         if self.epfd >= 0:
@@ -134,6 +142,52 @@ cdef class Worker:
 
     cdef inline void count(self, int counter, long long n=1):
         self.counters[counter] += n
+
+    # ---- Accept control ---------------------------------------------------
+    cdef void pause_accepting(self):
+        """New connections wait in the kernel's accept queue (other workers' sockets of the
+        SO_REUSEPORT group keep accepting theirs)."""
+        self.accept_paused = True
+        for listener in self.listeners:
+            (<Listener>listener).watch(False)
+
+    cdef void resume_accepting(self):
+        self.accept_paused = False
+        for listener in self.listeners:
+            (<Listener>listener).watch(True)
+
+    cdef void out_of_fds(self):
+        """EMFILE/ENFILE: the queue stays readable, so polling it would spin; back off."""
+        if self.now >= self.fd_log_next:
+            self.fd_log_next = self.now + 10
+            _log.error("accept: out of file descriptors (%d connections open, RLIMIT_NOFILE %d):"
+                       " not accepting for %d ms", len(self.clients),
+                       resource.getrlimit(resource.RLIMIT_NOFILE)[0], ACCEPT_BACKOFF_MS)
+        self.pause_accepting()
+        if not self.accept_backoff:
+            self.accept_backoff = True
+            self.loop.call_later(ACCEPT_BACKOFF_MS / 1000.0, self._backoff_done)
+
+    def _backoff_done(self):
+        self.accept_backoff = False
+        if len(self.clients) < self.max_clients:
+            self.resume_accepting()
+
+    cdef void client_closed(self):
+        if self.accept_paused and not self.accept_backoff and len(self.clients) < self.max_clients:
+            self.resume_accepting()
+
+    cdef str handshake_log_suffix(self):
+        """At most one failed-handshake line a second (scanners fail thousands); None means
+        skip this one, else the count of those skipped since the last line."""
+        cdef int skipped
+        if self.now < self.hs_log_next:
+            self.hs_log_skipped += 1
+            return None
+        self.hs_log_next = self.now + 1.0
+        skipped = self.hs_log_skipped
+        self.hs_log_skipped = 0
+        return f" (and {skipped} more not logged)" if skipped else ""
 
     def _sweep(self):
         """Timeouts: one pass a second over the connections (nginx-style coarse clock)."""
@@ -267,14 +321,21 @@ cdef class Listener:
     def start(self):
         self.sock.setblocking(False)
         self.worker.by_fd[self.fd] = self
-        self.worker.poll(self.fd, 0, EPOLLIN)
+        self.worker.listeners.append(self)
         self.active = True
+        self.watch(not self.worker.accept_paused)
 
     def stop(self):
         if self.active:
-            self.worker.poll(self.fd, EPOLLIN, 0)
+            self.watch(False)
             self.worker.by_fd.pop(self.fd, None)
+            self.worker.listeners.remove(self)
             self.active = False
+
+    cdef void watch(self, bint on):
+        if on != self.watching:
+            self.worker.poll(self.fd, EPOLLIN if self.watching else 0, EPOLLIN if on else 0)
+            self.watching = on
 
     cdef void on_readable(self):
         cdef sockaddr_storage addr
@@ -283,12 +344,22 @@ cdef class Listener:
         cdef char text[INET6_ADDRSTRLEN + 1]
         cdef const void *src
         cdef ClientConnection conn
+        cdef Worker w = self.worker
         for i in range(64):
+            if len(w.clients) >= w.max_clients:
+                if w.now >= w.fd_log_next:
+                    w.fd_log_next = w.now + 10
+                    _log.warning("worker_connections (%d) reached: not accepting until one closes",
+                                 w.max_clients)
+                w.pause_accepting()
+                return
             alen = sizeof(addr)
             fd = accept4(self.fd, <sockaddr *>&addr, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:
-                if errno == EMFILE or errno == ENFILE:
-                    _log.error("accept: out of file descriptors")
+                if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+                    w.out_of_fds()
+                elif errno == ECONNABORTED:
+                    continue   # that one gave up in the queue; the next may be there
                 return
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
             if addr.ss_family == AF_INET6:
@@ -370,7 +441,8 @@ cdef class ClientConnection:
         if r == TLS_OK:
             self._want_write(False)
             self._count_handshake(r)
-            self.server = _context_of(self.tls.ssl, self.context).server
+            self.tls_server = _context_of(self.tls.ssl, self.context).server
+            self.server = self.tls_server
             self.trusted = self.server.is_trusted(self.peer_ip)
             self.state = C_IDLE
             if w.draining:
@@ -385,7 +457,9 @@ cdef class ClientConnection:
             if r == TLS_EOF or r == TLS_CLOSED:
                 _log.debug("%s closed the connection during the handshake", self.peer_ip)
             else:
-                _log.info("handshake failed from %s: %s", self.peer_ip, self.tls.error)
+                suffix = w.handshake_log_suffix()
+                if suffix is not None:
+                    _log.info("handshake failed from %s: %s%s", self.peer_ip, self.tls.error, suffix)
                 if self.tls.error and "http request" in self.tls.error:
                     # Plain HTTP on the TLS port: say so in plain HTTP, as nginx does.
                     send(self.fd, PyBytes_AS_STRING(_PLAIN_HTTP_400), len(_PLAIN_HTTP_400), MSG_NOSIGNAL)
@@ -578,8 +652,9 @@ cdef class ClientConnection:
         cdef int j, status, kind
         cdef bint first_xff = True
         cdef UpstreamPool pool
+        cdef ServerPolicy server
         cdef const char *target
-        cdef int target_len, path
+        cdef int target_len, path, route_len
         status = parse_head(p, head_len, True, &head, slots, w.max_header_fields)
         w.count(N_REQUESTS)
         self.http10 = head.version == 10
@@ -602,11 +677,29 @@ cdef class ClientConnection:
                     return -1
                 target += path
                 target_len -= path
+        if head.method_len == 5 and memcmp(p, b"TRACE", 5) == 0:
+            self.error_response(405)   # as nginx: TRACE would echo credentials back (XST)
+            return -1
+        # nginx semantics: SNI picked the certificate, Host picks the server block, and
+        # with it whose trusted_proxies decide about forwarded headers.
         if head.host_index >= 0:
-            # nginx semantics: SNI picked the certificate, Host picks the server block.
-            self.server = self._server_for_host(p + slots[head.host_index].value_start,
-                                                slots[head.host_index].value_len)
-        pool = self.server.route(target, target_len)
+            server = self._server_for_host(p + slots[head.host_index].value_start,
+                                           slots[head.host_index].value_len)
+        else:
+            server = self.tls_server
+        if server is not self.server:
+            self.server = server
+            self.trusted = server.is_trusted(self.peer_ip)
+        if _needs_normalizing(target, target_len):
+            # Route on the normalised path (as nginx matches locations on $uri), so
+            # /api/../admin cannot reach the /api upstream; the target goes on unchanged.
+            route_len = _normalize_path(target, target_len, w.pathbuf)
+            if route_len < 0:
+                self.error_response(400)
+                return -1
+            pool = self.server.route(w.pathbuf, route_len)
+        else:
+            pool = self.server.route(target, target_len)
         if pool is None:
             self.error_response(404)
             return -1
@@ -673,7 +766,7 @@ cdef class ClientConnection:
         cdef int end = n
         cdef TLSContext ctx
         if n > 0 and host[0] == b'[':
-            return self.server   # an IP literal names no server block
+            return self.tls_server   # an IP literal names no server block
         while end > 0 and host[end - 1] != b':':
             end -= 1
         if end == 0:
@@ -718,14 +811,16 @@ cdef class ClientConnection:
     def _on_connected(self, fut):
         cdef BackendConnection conn
         cdef Worker w = self.worker
-        self.connect_fut = None
         if fut.cancelled():
             return
         exc = fut.exception()
-        if self.state == C_CLOSED or self.pool is None:
+        if fut is not self.connect_fut or self.state == C_CLOSED or self.pool is None:
+            # A connect that finished as its timeout fired (cancel() came too late, and the
+            # request already went on to another server), or for a request that is gone.
             if exc is None:
                 fut.result()[0].close()
             return
+        self.connect_fut = None
         self.connecting = False
         if exc is not None:
             w.count(N_BACKEND_ERRORS)
@@ -1004,10 +1099,20 @@ cdef class ClientConnection:
         self.head_buf = None
         w.clients.discard(self)
         w.count(N_CONNECTIONS_OPEN, -1)
+        w.client_closed()
 
     @property
     def peer(self):
         return self.peer_ip
+
+
+def _auto_worker_connections():
+    """worker_connections = 0: seven eighths of the fd limit for clients, the rest kept for
+    backend connections, listeners and files (so the limit is reached before EMFILE is)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft > 1 << 20:
+        soft = 1 << 20
+    return max(16, soft - soft // 8)
 
 
 cdef bint _idempotent(const char *m, int n) noexcept:
@@ -1018,9 +1123,79 @@ cdef bint _idempotent(const char *m, int n) noexcept:
         return memcmp(m, b"HEAD", 4) == 0
     if n == 7:
         return memcmp(m, b"OPTIONS", 7) == 0
-    if n == 5:
-        return memcmp(m, b"TRACE", 5) == 0
+    return False   # TRACE, the fourth, is answered 405 before it gets here
+
+
+cdef bint _needs_normalizing(const char *t, int n) noexcept:
+    """A path with a %-escape, a dot segment or an empty one (up to the query)."""
+    cdef int i
+    for i in range(n):
+        if t[i] == b'?':
+            return False
+        if t[i] == b'%':
+            return True
+        if t[i] == b'/' and i + 1 < n and (t[i + 1] == b'.' or t[i + 1] == b'/'):
+            return True
     return False
+
+
+cdef int _hex(char c) noexcept:
+    if c'0' <= c <= c'9':
+        return c - c'0'
+    if c'a' <= c <= c'f':
+        return c - c'a' + 10
+    if c'A' <= c <= c'F':
+        return c - c'A' + 10
+    return -1
+
+
+cdef int _normalize_path(const char *t, int n, char *out) noexcept:
+    """The path of an origin-form target as nginx matches it: %XX decoded, slashes merged,
+    dot segments removed (RFC 3986 §5.2.4). Returns its length in ``out`` (at least n
+    bytes), or -1 for what nginx answers 400: a bad escape, a NUL, '..' above the root."""
+    cdef int i = 0, m = 0, r, e, w = 0, hi, lo
+    cdef char c
+    while i < n and t[i] != b'?':
+        c = t[i]
+        i += 1
+        if c == b'%':
+            if i + 1 >= n:
+                return -1
+            hi = _hex(t[i])
+            lo = _hex(t[i + 1])
+            if hi < 0 or lo < 0 or (hi == 0 and lo == 0):
+                return -1
+            c = <char>(hi * 16 + lo)
+            i += 2
+        if c == b'/' and m > 0 and out[m - 1] == b'/':
+            continue
+        out[m] = c
+        m += 1
+    if m == 0 or out[0] != b'/':
+        return -1
+    r = 0
+    while r < m:
+        e = r + 1
+        while e < m and out[e] != b'/':
+            e += 1
+        if e - r == 2 and out[r + 1] == b'.':
+            if e == m:
+                out[w] = b'/'
+                w += 1
+        elif e - r == 3 and out[r + 1] == b'.' and out[r + 2] == b'.':
+            if w == 0:
+                return -1
+            w -= 1
+            while w > 0 and out[w] != b'/':
+                w -= 1
+            if e == m:
+                out[w] = b'/'
+                w += 1
+        else:
+            memmove(out + w, out + r, e - r)
+            w += e - r
+        r = e
+    return w
 
 
 cdef int _origin_form(const char *t, int n) noexcept:

@@ -128,18 +128,44 @@ def bind(addr: tuple[str, int], *, reuse_port: bool = True, backlog: int = 1024)
     return sock
 
 
+class RedirectLimits:
+    """What every port-80 connection of a worker shares: its header timeout and a cap on how
+    many are open, a quarter of worker_connections, so idle plain-HTTP connections can never
+    take the file descriptors the TLS port needs."""
+
+    def __init__(self, header_timeout: float, max_open: int):
+        self.header_timeout = header_timeout
+        self.max_open = max_open
+        self.open = 0
+
+
 class RedirectProtocol(asyncio.Protocol):
     """Port 80: ``301 https://$host$request_uri`` (the https port added when not 443)."""
 
-    def __init__(self, https_port: int, listen_host: str, max_head: int = 16384):
+    def __init__(self, https_port: int, listen_host: str, limits: RedirectLimits, max_head: int = 16384):
         self.https_port = https_port
         self.listen_host = listen_host
+        self.limits = limits
         self.max_head = max_head
         self.buf = bytearray()
         self.transport = None
+        self.timer = None
 
     def connection_made(self, transport):
         self.transport = transport
+        if self.limits.open >= self.limits.max_open:
+            transport.abort()
+            return
+        self.limits.open += 1
+        # One deadline for the whole request head (client_header_timeout), not per read:
+        # a client dripping a byte a second is closed on time too.
+        self.timer = asyncio.get_running_loop().call_later(self.limits.header_timeout, transport.abort)
+
+    def connection_lost(self, exc):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.limits.open -= 1
 
     def data_received(self, data):
         from fastterm._core import parse_request_head
@@ -208,10 +234,12 @@ class Serving:
                 sock = self.sockets.get(addr) or bind(addr)
                 self.bio_servers.append(await self.loop.create_server(
                     bio_protocol_factory(self.worker, ctx), sock=sock))
+        limits = RedirectLimits(self.config.limits.client_header_timeout,
+                                max(16, self.worker.max_clients // 4))
         for addr, https_port in self.plan.redirects:
             sock = self.redirect_sockets.get(addr) or bind(addr)
             server = await self.loop.create_server(
-                lambda a=addr, p=https_port: RedirectProtocol(p, a[0]), sock=sock)
+                lambda a=addr, p=https_port: RedirectProtocol(p, a[0], limits), sock=sock)
             self.redirect_servers.append(server)
 
     async def stop(self, graceful: bool = True):

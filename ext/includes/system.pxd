@@ -60,6 +60,8 @@ cdef extern from "<errno.h>" nogil:
         ECONNABORTED
         EMFILE
         ENFILE
+        ENOBUFS
+        ENOMEM
 
 cdef extern from "<string.h>" nogil:
     void *memchr(const void *s, int c, size_t n)

@@ -93,6 +93,7 @@ class Limits(Struct):
     backend_read_timeout: float = 60.0
     drain_timeout: float = 30.0
     send_timeout: float = 60.0  # nginx send_timeout: a client that takes no output for this long is closed
+    worker_connections: int = 0  # client connections per worker; 0: 7/8 of RLIMIT_NOFILE
 
 
 class Sessions(Struct):

@@ -57,7 +57,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
     default server ``server_names``, ``certificates``, ``tls``, ``hsts``, ``routes``,
     ``trusted_proxies``; ``limits`` (merged over TEST_LIMITS), ``upstreams`` (full list),
     ``keepalive`` (backend pool size), ``redirect`` (bool), ``https_port_in_redirect``, ``workers``
-    (1 by default: one backend pool, one process to watch).
+    (1 by default: one backend pool, one process to watch), ``command_prefix`` (e.g. prlimit).
     """
     started: list[Fastterm] = []
 
@@ -67,7 +67,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
               trusted_proxies: list[str] | None = None, limits: dict | None = None,
               upstreams: list[dict] | None = None, keepalive: int | None = None,
               redirect: bool = True, https_port_in_redirect: int | None = None,
-              log_level: str = "info", workers: int = 1) -> Fastterm:
+              log_level: str = "info", workers: int = 1, command_prefix: list[str] = ()) -> Fastterm:
         n = len(started)
         https_port = free_port()
         http_port = free_port() if redirect else None
@@ -105,7 +105,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
         config_path = write(f"fastterm{n}.toml", to_toml(config) + "\n")
         output_file = str(tmp_path / f"fastterm{n}.out")
         with open(output_file, "wb") as out:
-            proc = subprocess.Popen([python, "-m", "fastterm", "run", "-c", config_path],
+            proc = subprocess.Popen([*command_prefix, python, "-m", "fastterm", "run", "-c", config_path],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=subprocess_env, cwd=tmp_path)
         ft = Fastterm(proc, https_port, http_port, ca_file, config["error_log"], output_file,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from pathlib import Path
 
 from harness import HOST, NAME, response_bytes, wait_for
 from httpwire import Reader, read_response, request_bytes
@@ -71,7 +72,7 @@ def test_pipelined_requests_wait_while_output_is_pending(fastterm, raw_backend):
     time.sleep(1)
     # What was answered fits in the kernel's buffers (send side up to tcp_wmem's maximum)
     # plus one response waiting in the worker; the rest waits unread.
-    wmem_max = int(open("/proc/sys/net/ipv4/tcp_wmem").read().split()[2])
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
     assert asked * len(body) < wmem_max + 1024 * 1024, \
         f"{asked} of {count} pipelined requests reached the backend while nothing was read"
     assert len(backend.requests) == asked, "requests went on reaching the backend"
