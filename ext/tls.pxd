@@ -9,6 +9,16 @@ cdef enum:
     TLS_EOF = -4         # transport closed without close_notify
     TLS_FAILED = -5      # protocol or syscall error; TLSConnection.error says why
 
+cdef enum:
+    # Why a handshake failed, from the first error's library and reason code (errors.pyx).
+    TLS_FAIL_NONE
+    TLS_FAIL_PROTOCOL    # no protocol version in common
+    TLS_FAIL_CIPHER      # no cipher, group or signature algorithm in common
+    TLS_FAIL_ALPN        # no application protocol in common
+    TLS_FAIL_HTTP        # plain HTTP sent to the TLS port
+    TLS_FAIL_EOF         # the peer closed mid-record
+    TLS_FAIL_OTHER
+
 
 cdef class TLSContext:
     cdef SSL_CTX *ctx
@@ -29,6 +39,7 @@ cdef class TLSConnection:
     cdef readonly TLSContext context
     cdef readonly bint memory
     cdef public str error           # why the last TLS_FAILED happened
+    cdef readonly int failure       # ... as a TLS_FAIL_* kind
     cdef bint fatal                 # a protocol error: the session must not be reused
 
     # Handshake flow

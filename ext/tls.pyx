@@ -349,6 +349,7 @@ cdef class TLSConnection:
             # With SSL_OP_IGNORE_UNEXPECTED_EOF a bare EOF reads as close_notify too.
             return TLS_CLOSED if SSL_is_init_finished(self.ssl) else TLS_EOF
         if err == SSL_ERROR_SYSCALL:
+            self.failure = failure_kind(ERR_peek_error())
             text = error_text()
             if text:
                 self.error = text
@@ -358,9 +359,10 @@ cdef class TLSConnection:
                 return TLS_EOF
             self.error = f"socket error {errno}"
             return TLS_FAILED
+        self.failure = failure_kind(ERR_peek_error())
         text = error_text()
         self.error = text or f"SSL error {err}"
-        if "unexpected eof" in self.error:
+        if self.failure == TLS_FAIL_EOF:
             return TLS_EOF
         self.fatal = True
         return TLS_FAILED

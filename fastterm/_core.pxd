@@ -5,4 +5,7 @@ from includes.system cimport *
 include "shm.pxd"
 include "tls.pxd"
 include "http.pxd"
-include "proxy.pxd"
+include "exchange.pxd"
+include "upstream.pxd"
+include "h1.pxd"
+include "loop.pxd"

@@ -1,6 +1,6 @@
 # cython: language_level=3
 # fastterm._core: the hot path. One module so calls between the TLS engine,
-# the HTTP framing and the proxy stay C calls (uvloop's loop.pyx layout).
+# the HTTP framing, the exchange, the codecs and the loop stay C calls (uvloop's loop.pyx layout).
 
 from includes.openssl cimport *
 from includes.system cimport *
@@ -11,4 +11,7 @@ include "errors.pyx"
 include "shm.pyx"
 include "tls.pyx"
 include "http.pyx"
-include "proxy.pyx"
+include "exchange.pyx"
+include "upstream.pyx"
+include "h1.pyx"
+include "loop.pyx"

@@ -116,10 +116,10 @@ class Master:
     def _bind_all(self, config: Config, plan: worker_mod.Plan, workers: int) -> None:
         """Bind what the new generation needs and is not bound yet (may raise ConfigError)."""
         owned = {addr for addr, _slot in list(self.sockets) + list(self.redirect_sockets)}
-        for addr in [a for a, _ in plan.listeners] + [a for a, _ in plan.redirects]:
+        for addr in [a for a, *_ in plan.listeners] + [a for a, _ in plan.redirects]:
             if addr not in owned:
                 worker_mod.ensure_free(addr)
-        for addr, _ctx in plan.listeners:
+        for addr, *_ in plan.listeners:
             for slot in range(workers):
                 if (addr, slot) not in self.sockets:
                     self.sockets[(addr, slot)] = worker_mod.bind(addr)
@@ -131,7 +131,7 @@ class Master:
     def _close_unused(self) -> None:
         """After old generations are gone: close sockets the current one does not use."""
         gen = self.generation
-        want = {addr for addr, _ in gen.plan.listeners}
+        want = {addr for addr, *_ in gen.plan.listeners}
         want_redirect = {addr for addr, _ in gen.plan.redirects}
         for table, wanted in ((self.sockets, want), (self.redirect_sockets, want_redirect)):
             for key in list(table):
@@ -156,7 +156,7 @@ class Master:
     def _spawn(self, slot: int) -> None:
         gen = self.generation
         counter_slot = self.shared.claim_slot(0, gen.number)
-        sockets = {addr: self.sockets[(addr, slot)] for addr, _ in gen.plan.listeners}
+        sockets = {addr: self.sockets[(addr, slot)] for addr, *_ in gen.plan.listeners}
         redirect_sockets = {addr: self.redirect_sockets[(addr, slot)] for addr, _ in gen.plan.redirects}
         master_pid = os.getpid()
         pid = os.fork()
@@ -379,7 +379,7 @@ class Master:
             self._open_admin(self.generation.config.admin)
         self._write_pid_file()
         self._spawn_generation()
-        addrs = ", ".join(f"{h}:{p}" for (h, p), _ in self.generation.plan.listeners)
+        addrs = ", ".join(f"{h}:{p}" for (h, p), *_ in self.generation.plan.listeners)
         log.info("master %d: %d workers serving https on %s", os.getpid(), self.generation.workers, addrs)
         try:
             while True:

@@ -26,12 +26,13 @@ log = logging.getLogger("fastterm.worker")
 class Plan:
     """Everything a worker serves, built and validated before any socket is bound."""
 
-    listeners: list[tuple[tuple[str, int], object]] = field(default_factory=list)  # (addr, TLSContext)
+    listeners: list[tuple[tuple[str, int], object, object]] = field(default_factory=list)  # (addr, TLSContext, SiteTable)
     pools: dict[str, object] = field(default_factory=dict)
     redirects: list[tuple[tuple[str, int], int]] = field(default_factory=list)  # (addr, https_port)
 
 
 def _server_context(server: Server, pools: dict, index: int):
+    """The server block's SSL_CTX and its HTTP policy (routes, HSTS, trusted proxies)."""
     from fastterm._core import ServerPolicy, TLSContext
 
     tls = server.tls
@@ -56,32 +57,34 @@ def _server_context(server: Server, pools: dict, index: int):
         if route.upstream not in pools:
             raise ConfigError(f"unknown upstream {route.upstream!r}", directive=f"{where} route")
         routes.append((route.path, pools[route.upstream]))
-    ctx.server = ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
-                              server.hsts, server.trusted_proxies)
-    return ctx
+    policy = ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
+                          server.hsts, server.trusted_proxies)
+    return ctx, policy
 
 
 def build(config: Config) -> Plan:
     """Build every SSL_CTX and upstream pool; raises ConfigError naming what is wrong."""
-    from fastterm._core import UpstreamPool
+    from fastterm._core import SiteTable, UpstreamPool
 
     plan = Plan()
     for up in config.upstreams:
         servers = [parse_address(s, default_host="127.0.0.1") for s in up.servers]
-        plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive)
-    by_listen: dict[tuple[str, int], list[tuple[Server, object]]] = {}
+        plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
+                                           up.keepalive_max, up.keepalive_timeout)
+    by_listen: dict[tuple[str, int], list[tuple[Server, object, object]]] = {}
     for i, server in enumerate(config.servers):
-        ctx = _server_context(server, plan.pools, i)
+        ctx, policy = _server_context(server, plan.pools, i)
         for listen in server.listen:
-            by_listen.setdefault(parse_address(listen), []).append((server, ctx))
+            by_listen.setdefault(parse_address(listen), []).append((server, ctx, policy))
     for addr, entries in by_listen.items():
-        default = next((ctx for s, ctx in entries if s.default_server), entries[0][1])
-        names = {}
-        for server, ctx in entries:
+        default, default_policy = next(((c, p) for s, c, p in entries if s.default_server), entries[0][1:])
+        names, policies = {}, {}
+        for server, ctx, policy in entries:
             for name in server.server_names:
                 names.setdefault(name.lower(), ctx)
+                policies.setdefault(name.lower(), policy)
         default.set_sni(names)
-        plan.listeners.append((addr, default))
+        plan.listeners.append((addr, default, SiteTable(policies, default_policy)))
     for redirect in config.redirects:
         for listen in redirect.listen:
             plan.redirects.append((parse_address(listen), redirect.https_port))
@@ -207,33 +210,22 @@ class Serving:
         self.config = config
         self.loop = loop
         self.plan = plan or build(config)
-        self.worker = Worker(loop, config.limits)
+        self.worker = Worker(loop, config.limits, self.plan.pools.values())
         self.listeners = []
         self.redirect_servers = []
-        self.bio_servers = []
         self.stopping = False
         self.stopped = asyncio.Event()
-        # FASTTERM_CLIENT_IO=bio: the memory-BIO client path, kept to measure against (DESIGN.md).
-        self.client_io = os.environ.get("FASTTERM_CLIENT_IO", "fd")
         self.sockets = sockets or {}
         self.redirect_sockets = redirect_sockets or {}
-        for addr, _ctx in self.plan.listeners:
+        for addr, _ctx, _sites in self.plan.listeners:
             if addr not in self.sockets:
                 ensure_free(addr)
-        if self.client_io == "fd":
-            for addr, ctx in self.plan.listeners:
-                listener = Listener(self.worker, self.sockets.get(addr) or bind(addr), ctx)
-                listener.start()
-                self.listeners.append(listener)
+        for addr, ctx, sites in self.plan.listeners:
+            listener = Listener(self.worker, self.sockets.get(addr) or bind(addr), ctx, sites)
+            listener.start()
+            self.listeners.append(listener)
 
     async def start(self):
-        from fastterm._core import bio_protocol_factory
-
-        if self.client_io == "bio":
-            for addr, ctx in self.plan.listeners:
-                sock = self.sockets.get(addr) or bind(addr)
-                self.bio_servers.append(await self.loop.create_server(
-                    bio_protocol_factory(self.worker, ctx), sock=sock))
         limits = RedirectLimits(self.config.limits.client_header_timeout,
                                 max(16, self.worker.max_clients // 4))
         for addr, https_port in self.plan.redirects:
@@ -251,7 +243,7 @@ class Serving:
         self.stopping = True
         for listener in self.listeners:
             listener.stop()
-        for server in self.redirect_servers + self.bio_servers:
+        for server in self.redirect_servers:
             server.close()
         if graceful:
             self.worker.drain()

@@ -23,6 +23,22 @@ cdef extern from "compat.h" nogil:
     # ---- errors -------------------------------------------------------
     unsigned long ERR_get_error()
     unsigned long ERR_peek_error()
+    int ERR_GET_LIB(unsigned long e)
+    int ERR_GET_REASON(unsigned long e)
+    enum:
+        ERR_LIB_SSL
+        SSL_R_HTTPS_PROXY_REQUEST
+        SSL_R_HTTP_REQUEST
+        SSL_R_NO_APPLICATION_PROTOCOL
+        SSL_R_NO_SHARED_CIPHER
+        SSL_R_NO_SUITABLE_DIGEST_ALGORITHM
+        SSL_R_NO_SUITABLE_GROUPS
+        SSL_R_NO_SUITABLE_KEY_SHARE
+        SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM
+        SSL_R_UNEXPECTED_EOF_WHILE_READING
+        SSL_R_UNSUPPORTED_PROTOCOL
+        SSL_R_VERSION_TOO_LOW
+        SSL_R_WRONG_VERSION_NUMBER
     void ERR_clear_error()
     void ERR_error_string_n(unsigned long e, char *buf, size_t len)
 

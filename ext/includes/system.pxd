@@ -69,6 +69,7 @@ cdef extern from "<string.h>" nogil:
     int strncasecmp(const char *s1, const char *s2, size_t n)
     char *strstr(const char *haystack, const char *needle)
     int memcmp(const void *s1, const void *s2, size_t n)
+    size_t strlen(const char *s)
 
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)

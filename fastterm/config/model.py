@@ -60,7 +60,11 @@ class Route(Struct, kw_only=True):
 class Upstream(Struct):
     name: str
     servers: list[str]
-    keepalive: int = 32  # idle backend connections kept per server
+    keepalive: int = 32  # idle backend connections always kept per server (and worker)
+    keepalive_max: int = 1024  # ... at most, when recent load needed that many at once
+    keepalive_timeout: float = 60.0  # an idle backend connection unused this long is closed (nginx)
+    fail_timeout: float = 10.0  # a server that failed is skipped this long (nginx max_fails=1)
+    tries: int = 3  # attempts per request on connect failure/reset (nginx proxy_next_upstream_tries)
 
 
 class Server(Struct):

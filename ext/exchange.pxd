@@ -1,0 +1,86 @@
+# One request/response through the proxy, sans-IO (h11 style): fed parsed heads, it
+# answers verdicts. Policy (server blocks, routes) is read from tables built in Python.
+
+cdef enum:
+    # Exchange states
+    X_NEW           # nothing received yet
+    X_REJECTED      # the request was refused: answer error_status, no backend hears of it
+    X_FORWARDING    # request accepted: route, upstream and rewritten head decided
+    X_RESPONDING    # the response head was accepted and rewritten: its body is framed
+    X_DONE          # the response ended; reuse decisions are final
+    X_FAILED        # the backend's response was unusable (502), or the exchange was aborted
+    X_STATES
+
+cdef enum:
+    # what moves an Exchange from one state to the next
+    E_REQUEST_BAD
+    E_REQUEST_OK
+    E_RESPONSE_INTERIM
+    E_RESPONSE_OK
+    E_RESPONSE_BAD
+    E_RESPONSE_END
+    E_ABORT
+    X_EVENTS
+
+
+cdef class ServerPolicy:
+    cdef readonly str name
+    cdef bytes hsts_line
+    cdef list routes                # [(prefix bytes, UpstreamPool)], longest first
+    cdef object trusted             # tuple of ip networks
+    cdef UpstreamPool route(self, const char *path, int n)
+    cdef bint is_trusted(self, str ip)
+
+
+cdef class SiteTable:
+    """One listener's server blocks by name: exact names, then *.suffix, then the default."""
+    cdef dict exact                 # lower-case name (bytes) -> ServerPolicy
+    cdef dict wildcard              # ".suffix" (bytes) -> ServerPolicy
+    cdef readonly ServerPolicy default
+    cdef ServerPolicy lookup(self, const char *host, int n)
+
+
+cdef class ClientFacts:
+    """What one client connection knows that a request's verdict depends on; shared by the
+    exchanges of that connection (one after another on HTTP/1.1, side by side on HTTP/2)."""
+    cdef readonly str peer_ip
+    cdef bytes peer_ip_b
+    cdef SiteTable sites
+    cdef ServerPolicy tls_server    # the server block SNI chose: requests without Host
+    cdef ServerPolicy last_server   # the last one a Host chose, and whether it trusts the peer
+    cdef bint last_trusted
+    cdef bytes last_host            # the Host that chose it (keep-alive requests repeat it)
+    cdef ServerPolicy server_for(self, const char *host, int n)
+    cdef bint trusts(self, ServerPolicy server)
+
+
+cdef class Exchange:
+    cdef int state
+    cdef ClientFacts facts
+    # request verdict
+    cdef readonly int error_status  # X_REJECTED / X_FAILED: the status to answer with
+    cdef ServerPolicy server
+    cdef UpstreamPool pool
+    cdef int body_mode              # request body framing towards the backend
+    cdef long long content_length
+    cdef bint retryable             # idempotent and bodiless: may be replayed on another connection
+    cdef bint head_request
+    cdef bint http10
+    cdef bint client_close          # the client asked for close (or is HTTP/1.0), or we decided to
+    # response verdict
+    cdef int status
+    cdef int response_mode          # response body framing as the backend sends it
+    cdef bint dechunk               # the client gets chunk data only (HTTP/1.0 client)
+    cdef bint backend_reusable
+    cdef str failure                # why a response was refused (for the log)
+
+    cdef int advance(self, int event) except -1
+    cdef int reject(self, int status) except -1
+    cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
+                     long long max_body, char *scratch) except -1
+    cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
+                      bint close_client) except -1
+    cdef int _bad(self, str why) except -1
+    cdef int response_end(self) except -1
+    cdef bint may_retry(self, bint got_bytes, int attempts)
+    cdef bytes error_response(self, int status)

@@ -1,0 +1,438 @@
+# One request/response through the proxy, sans-IO: no socket, no loop, no buffer of
+# its own. A codec (HTTP/1.1 session, HTTP/2 stream) parses a head and feeds it here; the
+# Exchange answers with a verdict and writes the head the other side gets.
+#
+# States and what moves them (_NEXT below is the whole table; anything else is a bug and
+# raises, which closes that one connection):
+#
+#   X_NEW --request ok--> X_FORWARDING --final response head--> X_RESPONDING --end--> X_DONE
+#     |                     |   ^  (1xx interim: stays)             |
+#     |                     |   +-- a retry on another connection stays here too
+#     +--request bad--> X_REJECTED <--body bad (400/413 found after the head)--+
+#                           X_FORWARDING/X_RESPONDING --response bad, abort--> X_FAILED
+#
+# X_REJECTED and X_FAILED carry error_status; X_DONE carries the reuse decisions
+# (backend_reusable, client_close). Terminal states take abort again and stay.
+
+import ipaddress
+
+_REASONS = {400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout",
+            413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+cdef enum:
+    R_FINAL = 0       # response(): a final head, rewritten into the writer
+    R_INTERIM = 1     # a 1xx to pass on as it came (HTTP/1.1 clients)
+    R_BAD = 2         # refused: answer 502
+
+cdef signed char _NEXT[<int>X_STATES][<int>X_EVENTS]
+
+
+cdef void _table() noexcept:
+    cdef int s, e
+    for s in range(<int>X_STATES):
+        for e in range(<int>X_EVENTS):
+            _NEXT[s][e] = -1
+    _NEXT[X_NEW][E_REQUEST_OK] = X_FORWARDING
+    _NEXT[X_NEW][E_REQUEST_BAD] = X_REJECTED
+    _NEXT[X_FORWARDING][E_REQUEST_BAD] = X_REJECTED
+    _NEXT[X_FORWARDING][E_RESPONSE_INTERIM] = X_FORWARDING
+    _NEXT[X_FORWARDING][E_RESPONSE_OK] = X_RESPONDING
+    _NEXT[X_FORWARDING][E_RESPONSE_BAD] = X_FAILED
+    _NEXT[X_RESPONDING][E_RESPONSE_END] = X_DONE
+    for s in range(<int>X_STATES):
+        _NEXT[s][E_ABORT] = s if s == X_DONE or s == X_REJECTED or s == X_FAILED else X_FAILED
+
+
+_table()
+
+
+cdef class ServerPolicy:
+    """The HTTP side of one server block: routes, HSTS, trusted proxies."""
+
+    def __init__(self, str name, routes, hsts=None, trusted_proxies=()):
+        self.name = name
+        self.routes = sorted(((p.encode(), pool) for p, pool in routes), key=lambda r: -len(r[0]))
+        self.hsts_line = b"Strict-Transport-Security: " + hsts.encode("latin-1") + b"\r\n" if hsts else b""
+        self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
+
+    cdef UpstreamPool route(self, const char *path, int n):
+        cdef bytes prefix
+        for prefix, pool in self.routes:
+            if PyBytes_GET_SIZE(prefix) <= n and memcmp(path, PyBytes_AS_STRING(prefix),
+                                                        PyBytes_GET_SIZE(prefix)) == 0:
+                return pool
+        return None
+
+    cdef bint is_trusted(self, str ip):
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+
+cdef class SiteTable:
+    def __init__(self, dict names not None, ServerPolicy default not None):
+        """``names``: server name -> ServerPolicy (``*.example.com`` for a wildcard)."""
+        self.exact = {}
+        self.wildcard = {}
+        self.default = default
+        for name, policy in names.items():
+            key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
+            if key.startswith(b"*."):
+                self.wildcard.setdefault(key[1:], policy)
+            else:
+                self.exact.setdefault(key, policy)
+
+    cdef ServerPolicy lookup(self, const char *host, int n):
+        cdef bytes key = PyBytes_FromStringAndSize(host, n).lower().rstrip(b".")
+        found = self.exact.get(key)
+        if found is None and self.wildcard:
+            dot = key.find(b".")
+            if dot > 0:
+                found = self.wildcard.get(key[dot:])
+        return self.default if found is None else found
+
+    def select(self, str name):
+        """The server block for a name (tests and ``fastterm check``)."""
+        raw = name.encode()
+        return self.lookup(raw, len(raw))
+
+
+cdef class ClientFacts:
+    def __init__(self, str peer_ip, SiteTable sites not None, ServerPolicy tls_server=None):
+        self.peer_ip = peer_ip
+        self.peer_ip_b = peer_ip.encode("ascii")
+        self.sites = sites
+        self.tls_server = tls_server if tls_server is not None else sites.default
+
+    cdef ServerPolicy server_for(self, const char *host, int n):
+        """nginx semantics: SNI picked the certificate, Host picks the server block."""
+        cdef int end = n
+        if n > 0 and host[0] == b'[':
+            return self.tls_server   # an IP literal names no server block
+        while end > 0 and host[end - 1] != b':':
+            end -= 1
+        if end == 0:
+            end = n
+        else:
+            end -= 1   # strip :port
+        if self.last_host is not None and PyBytes_GET_SIZE(self.last_host) == end and \
+                memcmp(PyBytes_AS_STRING(self.last_host), host, end) == 0:
+            return self.last_server
+        self.last_host = PyBytes_FromStringAndSize(host, end)
+        return self.sites.lookup(host, end)
+
+    cdef bint trusts(self, ServerPolicy server):
+        """Whether ``server``'s trusted_proxies hold the peer: its forwarded headers are kept."""
+        if server is not self.last_server:
+            self.last_server = server
+            self.last_trusted = server.is_trusted(self.peer_ip)
+        return self.last_trusted
+
+
+cdef class Exchange:
+    """One request and its response; see the table at the top of this file."""
+
+    def __cinit__(self, ClientFacts facts not None):
+        self.facts = facts
+        self.state = X_NEW
+        self.body_mode = BODY_NONE
+        self.content_length = -1
+
+    cdef int advance(self, int event) except -1:
+        cdef int nxt = _NEXT[self.state][event]
+        if nxt < 0:
+            raise RuntimeError(f"exchange: event {event} in state {self.state}")
+        self.state = nxt
+        return 0
+
+    cdef int reject(self, int status) except -1:
+        """A request (head, or a body found bad after it) refused with ``status``."""
+        self.advance(E_REQUEST_BAD)
+        self.error_status = status
+        return status
+
+    cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
+                     long long max_body, char *scratch) except -1:
+        """Validate and route a parsed request head; on 0 the head the backend gets is in
+        ``out``, else the return is the status to answer (nothing reaches a backend).
+        ``scratch`` holds a normalised path (as long as the head)."""
+        cdef ServerPolicy server
+        cdef UpstreamPool pool
+        cdef const char *target = p + head.target_start
+        cdef int target_len = head.target_len, path, route_len, j, kind
+        cdef bint trusted
+        self.http10 = head.version == 10
+        self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
+        self.client_close = head.conn_close or self.http10
+        if max_body and head.content_length > max_body:
+            return self.reject(413)
+        if target[0] != b'/':
+            if target[0] == b'*' and target_len == 1:
+                target, target_len = b"/", 1
+            else:
+                # absolute-form (RFC 9112 §3.2.2): route and forward its origin-form path.
+                path = _origin_form(target, target_len)
+                if path < 0:
+                    return self.reject(400)
+                target += path
+                target_len -= path
+        if head.method_len == 5 and memcmp(p, b"TRACE", 5) == 0:
+            return self.reject(405)   # as nginx: TRACE would echo credentials back (XST)
+        if head.host_index >= 0:
+            server = self.facts.server_for(p + slots[head.host_index].value_start,
+                                           slots[head.host_index].value_len)
+        else:
+            server = self.facts.tls_server
+        self.server = server
+        trusted = self.facts.trusts(server)   # whose trusted_proxies: the Host-chosen block's
+        if _needs_normalizing(target, target_len):
+            # Route on the normalised path (as nginx matches locations on $uri), so
+            # /api/../admin cannot reach the /api upstream; the target goes on unchanged.
+            route_len = _normalize_path(target, target_len, scratch)
+            if route_len < 0:
+                return self.reject(400)
+            pool = server.route(scratch, route_len)
+        else:
+            pool = server.route(target, target_len)
+        if pool is None:
+            return self.reject(404)
+        self.pool = pool
+        self.body_mode = request_body_mode(head)
+        self.content_length = head.content_length
+        self.retryable = self.body_mode == BODY_NONE and _idempotent(p, head.method_len)
+
+        # The request line in origin-form, always HTTP/1.1 to the backend (nginx's
+        # proxy_http_version 1.1): an HTTP/1.0 client must not cost a backend connection per
+        # request; its response is de-chunked if need be and its connection closed.
+        out.len = 0
+        out.put(p, head.target_start)
+        out.put(target, target_len)
+        out.put(b" HTTP/1.1\r\n", 11)
+        if head.host_index < 0:
+            out.put(b"Host: ", 6)
+            out.put_bytes(pool.host_header)
+            out.put(b"\r\n", 2)
+        for j in range(head.nheaders):
+            kind = slots[j].kind
+            if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
+                    kind == H_PROXY_CONNECTION or kind == H_TE or kind == H_UPGRADE or \
+                    kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO or kind == H_X_FORWARDED_FOR or \
+                    (kind == H_FORWARDED and not trusted):
+                continue
+            out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
+        # One X-Forwarded-For: a trusted proxy's chain (every field, in order), then the peer.
+        out.put(b"X-Forwarded-For: ", 17)
+        if trusted:
+            for j in range(head.nheaders):
+                if slots[j].kind == H_X_FORWARDED_FOR and slots[j].value_len:
+                    out.put(p + slots[j].value_start, slots[j].value_len)
+                    out.put(b", ", 2)
+        out.put_bytes(self.facts.peer_ip_b)
+        out.put(b"\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ", 39)
+        out.put_bytes(self.facts.peer_ip_b)
+        out.put(b"\r\n\r\n", 4)
+        self.advance(E_REQUEST_OK)
+        return 0
+
+    cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
+                      bint close_client) except -1:
+        """A parsed response head: R_FINAL (the client's head is in ``out``), R_INTERIM (pass
+        it on as it is), or R_BAD (answer 502; ``failure`` says why). ``close_client``: the
+        codec closes the client connection after this response (drain, pipelining rules)."""
+        cdef int j, kind
+        cdef bytes hsts = self.server.hsts_line
+        if head.status == 101:
+            return self._bad("unexpected 101 Switching Protocols")
+        if head.status < 200:
+            self.advance(E_RESPONSE_INTERIM)   # 100 Continue, 103 Early Hints
+            return R_INTERIM
+        if head.te_present and head.cl_seen:
+            # RFC 9112 §6.3: a response splitting attempt, or a broken backend.
+            return self._bad("both Content-Length and Transfer-Encoding")
+        self.status = head.status
+        self.response_mode = response_body_mode(head, self.head_request)
+        self.backend_reusable = head.version == 11 and not head.conn_close and \
+            self.response_mode != BODY_UNTIL_CLOSE
+        self.dechunk = self.http10 and self.response_mode == BODY_CHUNKED
+        if self.response_mode == BODY_UNTIL_CLOSE or self.dechunk or close_client:
+            self.client_close = True   # an HTTP/1.0 client reads such a body until close
+        out.len = 0
+        out.put(p, head.line_end)
+        for j in range(head.nheaders):
+            kind = slots[j].kind
+            if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
+                    kind == H_PROXY_CONNECTION or kind == H_UPGRADE or (kind == H_HSTS and hsts) or \
+                    (kind == H_TRANSFER_ENCODING and self.dechunk):
+                continue
+            out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
+        if hsts:
+            out.put_bytes(hsts)
+        if self.client_close:
+            out.put(b"Connection: close\r\n", 19)
+        out.put(b"\r\n", 2)
+        self.advance(E_RESPONSE_OK)
+        return R_FINAL
+
+    cdef int _bad(self, str why) except -1:
+        self.advance(E_RESPONSE_BAD)
+        self.failure = why
+        self.error_status = 502
+        return R_BAD
+
+    cdef int response_end(self) except -1:
+        return self.advance(E_RESPONSE_END)
+
+    cdef bint may_retry(self, bint got_bytes, int attempts):
+        """A reset before any response byte on an idempotent, bodiless request: replaying it
+        on a fresh connection is safe (RFC 9110 §9.2.2)."""
+        return not got_bytes and self.retryable and attempts < self.pool.tries
+
+    cdef bytes error_response(self, int status):
+        """A response fastterm makes itself; HSTS on it too (nginx ``add_header ... always``)."""
+        reason = _REASONS.get(status, "Error")
+        body = f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1>" \
+               f"<hr>fastterm</body></html>\r\n".encode()
+        hsts = self.server.hsts_line if self.server is not None else \
+            self.facts.tls_server.hsts_line
+        msg = (f"HTTP/1.1 {status} {reason}\r\nServer: fastterm\r\nContent-Type: text/html\r\n"
+               f"Content-Length: {len(body)}\r\n").encode() + hsts + b"Connection: close\r\n\r\n"
+        return msg if self.head_request else msg + body
+
+    # ---- Python face, for the unit tests ------------------------------------------------
+    def feed_request(self, bytes raw, long long max_body=0, int max_headers=100):
+        """Parse ``raw`` (one complete head) and decide: (0, upstream head) or (status, None)."""
+        cdef MessageHead head
+        cdef HeaderSlot slots[MAX_HEADER_SLOTS]
+        cdef HeadWriter out = HeadWriter(4096)
+        cdef bytes scratch = bytes(len(raw))
+        cdef int status = parse_head(raw, len(raw), True, &head, slots, min(max_headers, MAX_HEADER_SLOTS))
+        if status:
+            return self.reject(status), None
+        status = self.request(raw, &head, slots, out, max_body, <char *>PyBytes_AS_STRING(scratch))
+        return status, (out.take() if status == 0 else None)
+
+    def feed_response(self, bytes raw, bint close_client=False):
+        """(R_FINAL, client head) / (R_INTERIM, None) / (R_BAD, None) for one complete head."""
+        cdef MessageHead head
+        cdef HeaderSlot slots[MAX_HEADER_SLOTS]
+        cdef HeadWriter out = HeadWriter(4096)
+        cdef int r
+        if parse_head(raw, len(raw), False, &head, slots, MAX_HEADER_SLOTS):
+            return self._bad("malformed header block"), None
+        r = self.response(raw, &head, slots, out, close_client)
+        return r, (out.take() if r == R_FINAL else None)
+
+    def end(self):
+        self.response_end()
+
+    def error_page(self, int status):
+        return self.error_response(status)
+
+    def abort(self):
+        self.advance(E_ABORT)
+
+    @property
+    def verdict(self):
+        """The state's name and what was decided, for tests."""
+        return {"state": ("new", "rejected", "forwarding", "responding", "done", "failed")[self.state],
+                "error_status": self.error_status, "server": self.server.name if self.server else None,
+                "upstream": self.pool.name if self.pool is not None else None,
+                "retryable": self.retryable, "client_close": self.client_close,
+                "backend_reusable": self.backend_reusable, "dechunk": self.dechunk,
+                "body_mode": ("none", "length", "chunked", "until-close")[self.body_mode],
+                "response_mode": ("none", "length", "chunked", "until-close")[self.response_mode],
+                "failure": self.failure}
+
+
+cdef bint _idempotent(const char *m, int n) noexcept:
+    """Methods safe to replay on another connection (RFC 9110 §9.2.2), bodiless here."""
+    if n == 3:
+        return memcmp(m, b"GET", 3) == 0
+    if n == 4:
+        return memcmp(m, b"HEAD", 4) == 0
+    if n == 7:
+        return memcmp(m, b"OPTIONS", 7) == 0
+    return False   # TRACE, the fourth, is answered 405 before it gets here
+
+
+cdef int _origin_form(const char *t, int n) noexcept:
+    """Offset of the path in an absolute-form target ("https://host/p?q" -> 14), or -1."""
+    cdef int i = 0
+    if n > 7 and _ieq(t, 7, "http://", 7):
+        i = 7
+    elif n > 8 and _ieq(t, 8, "https://", 8):
+        i = 8
+    else:
+        return -1
+    while i < n and t[i] != b'/' and t[i] != b'?':
+        i += 1
+    if i >= n or t[i] != b'/':
+        return -1
+    return i
+
+
+cdef bint _needs_normalizing(const char *t, int n) noexcept:
+    """A path with a %-escape, a dot segment or an empty one (up to the query)."""
+    cdef int i
+    for i in range(n):
+        if t[i] == b'?':
+            return False
+        if t[i] == b'%':
+            return True
+        if t[i] == b'/' and i + 1 < n and (t[i + 1] == b'.' or t[i + 1] == b'/'):
+            return True
+    return False
+
+
+cdef int _normalize_path(const char *t, int n, char *out) noexcept:
+    """The path of an origin-form target as nginx matches it: %XX decoded, slashes merged,
+    dot segments removed (RFC 3986 §5.2.4). Returns its length in ``out`` (at least n
+    bytes), or -1 for what nginx answers 400: a bad escape, a NUL, '..' above the root."""
+    cdef int i = 0, m = 0, r, e, w = 0, hi, lo
+    cdef char c
+    while i < n and t[i] != b'?':
+        c = t[i]
+        i += 1
+        if c == b'%':
+            if i + 1 >= n:
+                return -1
+            hi = _hexval(t[i])
+            lo = _hexval(t[i + 1])
+            if hi < 0 or lo < 0 or (hi == 0 and lo == 0):
+                return -1
+            c = <char>(hi * 16 + lo)
+            i += 2
+        if c == b'/' and m > 0 and out[m - 1] == b'/':
+            continue
+        out[m] = c
+        m += 1
+    if m == 0 or out[0] != b'/':
+        return -1
+    r = 0
+    while r < m:
+        e = r + 1
+        while e < m and out[e] != b'/':
+            e += 1
+        if e - r == 2 and out[r + 1] == b'.':
+            if e == m:
+                out[w] = b'/'
+                w += 1
+        elif e - r == 3 and out[r + 1] == b'.' and out[r + 2] == b'.':
+            if w == 0:
+                return -1
+            w -= 1
+            while w > 0 and out[w] != b'/':
+                w -= 1
+            if e == m:
+                out[w] = b'/'
+                w += 1
+        else:
+            memmove(out + w, out + r, e - r)
+            w += e - r
+        r = e
+    return w

@@ -1,0 +1,39 @@
+# The HTTP/1.1 codec of a client connection: request heads cut from the plaintext,
+# pipelining in order, keep-alive, bodies streamed, close rules. Each request is an
+# Exchange; this session is its Stream towards the backend.
+
+cdef enum H1State:
+    H1_IDLE         # between requests (keep-alive) or before the first one
+    H1_HEAD         # part of a request header block received
+    H1_BODY         # request body streaming to the backend
+    H1_RESPONSE     # request sent; response in progress
+    H1_CLOSING      # the last response is out or going out; input is discarded
+
+
+cdef class H1Session(Stream):
+    cdef ClientConnection conn      # the transport
+    cdef ClientFacts facts
+    cdef int state
+    cdef HeadBuffer head_buf        # only while a header block is incomplete
+    cdef BodyFramer req_body
+    cdef bytes held                 # input we could not process yet (pipelining, connect)
+    cdef bint close_after           # close the connection after this response
+    cdef bint request_done          # the whole request body went to the backend
+    cdef bint dispatch_pending      # head accepted; its head waits in the writer for this read's body
+    cdef bint backend_full          # the backend's socket buffer is full: stop reading the client
+
+    # From the transport
+    cdef bint accepting(self)
+    cdef void on_data(self, const char *p, Py_ssize_t n)
+    cdef bint on_eof(self)
+    cdef void on_output_blocked(self)
+    cdef void on_output_drained(self)
+    cdef void expire(self)
+    cdef void on_close(self)
+    # Request flow
+    cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n)
+    cdef int _on_head(self, const char *p, int head_len)
+    cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n)
+    cdef void _stash(self, const char *p, Py_ssize_t n)
+    cdef void _resume(self)
+    cdef void _refuse(self, int status)

@@ -1,0 +1,304 @@
+# The HTTP/1.1 codec: plaintext from the client transport in, one Exchange per request,
+# the backend's response bytes out. Requests are served one at a time in order; a
+# pipelined request waits (in `held`, then in the kernel) until the one before it has
+# been answered and its output taken by the client.
+
+
+cdef class H1Session(Stream):
+    """One client connection's HTTP/1.1 requests, one after another."""
+
+    def __cinit__(self, ClientConnection conn not None, ClientFacts facts not None):
+        self.conn = conn
+        self.worker = conn.worker
+        self.facts = facts
+        self.state = H1_IDLE
+        self.close_after = self.worker.draining
+        self.deadline = conn.deadline   # the first request is due within client_header_timeout of the accept
+        framer_init(&self.req_body, BODY_NONE, 0)
+
+    # ---- From the transport ---------------------------------------------------------
+    cdef bint accepting(self):
+        """Whether the transport may read more input now (else the kernel buffers it)."""
+        if self.state == H1_IDLE or self.state == H1_HEAD:
+            # A client with output still unsent gets no new request served: its pipelined
+            # requests wait in the kernel, and their responses can't pile up here.
+            return self.held is None and not self.conn.output_blocked()
+        if self.state == H1_BODY:
+            return self.backend is not None and not self.backend_full and self.held is None
+        return False
+
+    cdef void on_data(self, const char *p, Py_ssize_t n):
+        cdef Py_ssize_t i = 0, k
+        cdef Worker w = self.worker
+        while i < n and self.conn.state == C_OPEN and self.state != H1_CLOSING:
+            if self.state == H1_IDLE or self.state == H1_HEAD:
+                k = self._feed_head(p + i, n - i)
+            elif self.state == H1_BODY and (self.backend is not None or self.dispatch_pending):
+                k = self._feed_body(p + i, n - i)
+            else:
+                # Not ours to process yet: a pipelined request, or body bytes while the
+                # backend connects. Held until _resume(); reading stops meanwhile.
+                self._stash(p + i, n - i)
+                break
+            if k < 0:
+                return
+            i += k
+        if self.dispatch_pending and self.conn.state == C_OPEN:
+            # The head and this read's validated body bytes leave in one write.
+            self.dispatch_pending = False
+            self.request_head = w.writer.take()
+            self.dispatch(False)
+
+    cdef bint on_eof(self):
+        """The client closed its side (or TLS failed): True keeps the connection for the
+        response in flight (a half-close after a complete request), False closes it."""
+        if self.state == H1_RESPONSE and self.backend is not None and self.request_done:
+            self.close_after = True
+            return True
+        return False
+
+    cdef void on_output_blocked(self):
+        if self.backend is not None:
+            self.backend.pause()
+
+    cdef void on_output_drained(self):
+        """The client took everything: what waited for that goes on, with fresh deadlines
+        (the time spent blocked on the client counted against send_timeout only)."""
+        cdef Worker w = self.worker
+        if self.backend is not None:
+            self.deadline = w.now + w.read_timeout
+            self.backend.resume()
+        elif self.state == H1_IDLE:
+            self.deadline = w.now + w.keepalive_timeout
+            self._resume()
+
+    cdef void expire(self):
+        cdef int state = self.state
+        if state == H1_HEAD:
+            self._refuse(408)
+        elif (state == H1_BODY or state == H1_RESPONSE) and self.connecting:
+            self.connect_timed_out()
+        elif state == H1_BODY or state == H1_RESPONSE:
+            if self.exchange.state == X_FORWARDING:
+                self._refuse(504)
+            else:
+                self.conn.close()
+        elif state == H1_IDLE and self.held is None:
+            self.state = H1_CLOSING
+            self.conn.finish()
+        else:
+            self.conn.close()
+
+    cdef void on_close(self):
+        self.drop_backend()
+        self.held = None
+        self.head_buf = None
+        if self.exchange is not None:
+            self.exchange.advance(E_ABORT)
+
+    # ---- Request flow ---------------------------------------------------------------
+    cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n):
+        """Consume header-block bytes; returns bytes used, or -1 when the connection ended."""
+        cdef Worker w = self.worker
+        cdef Py_ssize_t end, have, start
+        cdef const char *q
+        if self.head_buf is None:
+            # Fast path: the whole block is in this read (RFC 9112 §2.2: skip leading CRLFs).
+            start = 0
+            while start + 1 < n and p[start] == b'\r' and p[start + 1] == b'\n' and self.state == H1_IDLE:
+                start += 2
+            end = find_head_end(p + start, n - start, 0)
+            if end > 0:
+                if end > w.header_buffer_size:
+                    self._refuse(431)
+                    return -1
+                if self._on_head(p + start, <int>end) < 0:
+                    return -1
+                return start + end
+            if check_line_endings(p, start, n):
+                self._refuse(400)
+                return -1
+            if n - start > w.header_buffer_size:
+                self._refuse(431)
+                return -1
+            self.head_buf = HeadBuffer()
+            self.head_buf.add(p + start, n - start)
+            self.state = H1_HEAD
+            self.deadline = w.now + w.header_timeout
+            return n
+        have = self.head_buf.size()
+        end = self.head_buf.add(p, n)
+        q = self.head_buf.ptr()
+        if end < 0:
+            if check_line_endings(q, have - 1 if have > 0 else 0, have + n):
+                self._refuse(400)
+                return -1
+            if have + n > w.header_buffer_size:
+                self._refuse(431)
+                return -1
+            return n
+        if end > w.header_buffer_size:
+            self._refuse(431)
+            return -1
+        buf = self.head_buf   # keep alive while parsing
+        self.head_buf = None
+        if self._on_head(q, <int>end) < 0:
+            return -1
+        return end - have
+
+    cdef int _on_head(self, const char *p, int head_len):
+        """A complete request header block: the Exchange decides, then dispatch."""
+        cdef Worker w = self.worker
+        cdef MessageHead head
+        cdef Exchange ex = Exchange(self.facts)
+        cdef int status
+        self.exchange = ex
+        w.count(N_REQUESTS)
+        status = parse_head(p, head_len, True, &head, w.slots, w.max_header_fields)
+        if status == 0:
+            status = ex.request(p, &head, w.slots, w.writer, w.client_max_body_size, w.pathbuf)
+        if status:
+            self._refuse(status)
+            return -1
+        if ex.client_close or w.draining:
+            self.close_after = True
+        framer_init(&self.req_body, ex.body_mode, ex.content_length)
+        self.request_done = self.req_body.done
+        self.state = H1_RESPONSE if self.request_done else H1_BODY
+        self.attempts = 0
+        self.deadline = w.now + w.read_timeout
+        if self.request_done:
+            self.request_head = w.writer.take()
+            self.dispatch(False)
+        else:
+            # Validate the body bytes of this read before the backend sees anything; the
+            # head waits in the writer until then (on_data takes it, in this same call).
+            self.dispatch_pending = True
+        return 0 if self.conn.state == C_OPEN and self.state != H1_CLOSING else -1
+
+    cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n):
+        cdef Worker w = self.worker
+        cdef Py_ssize_t k
+        self.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
+        k = framer_feed(&self.req_body, p, n)
+        if k < 0 or (w.client_max_body_size and self.req_body.total > w.client_max_body_size):
+            # Malformed chunked body (400) or one past client_max_body_size (413, as nginx
+            # answers a chunked body that grows over the limit). When it came with its
+            # head, the backend never hears of this request.
+            self.close_after = True
+            self.dispatch_pending = False
+            if self.exchange.state == X_FORWARDING:
+                self._refuse(400 if k < 0 else 413)
+            else:
+                self.conn.close()
+            return -1
+        if k:
+            if self.dispatch_pending:
+                w.writer.put(p, k)
+            else:
+                self.backend.transport.write(PyBytes_FromStringAndSize(p, k))
+        if self.req_body.done:
+            self.request_done = True
+            if self.state == H1_BODY:
+                self.state = H1_RESPONSE
+        return k
+
+    cdef void _stash(self, const char *p, Py_ssize_t n):
+        if n <= 0:
+            return
+        if self.held is None:
+            self.held = PyBytes_FromStringAndSize(p, n)
+        else:
+            self.held = self.held + PyBytes_FromStringAndSize(p, n)
+
+    cdef void _resume(self):
+        """Input processing may go on: replay held bytes, then read the socket again."""
+        cdef bytes held
+        if self.conn.state != C_OPEN or self.state == H1_CLOSING:
+            return
+        if self.state == H1_IDLE or self.state == H1_HEAD:
+            if self.conn.output_blocked():
+                return
+        elif not (self.state == H1_BODY and self.backend is not None and not self.backend_full):
+            return
+        if self.held is not None:
+            held = self.held
+            self.held = None
+            self.on_data(PyBytes_AS_STRING(held), PyBytes_GET_SIZE(held))
+        if self.conn.state == C_OPEN and self.accepting():
+            self.conn.resume_input()
+
+    cdef void _refuse(self, int status):
+        """An answer of our own (error page, HSTS on it too); the connection closes after."""
+        cdef Exchange ex = self.exchange
+        if ex is None:
+            ex = self.exchange = Exchange(self.facts)
+        if ex.state == X_NEW or ex.state == X_FORWARDING:
+            ex.reject(status)
+        else:
+            ex.advance(E_ABORT)
+        self.drop_backend()
+        self.worker.count_status(status)
+        self.close_after = True
+        self.held = None
+        self.state = H1_CLOSING
+        msg = ex.error_response(status)
+        self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
+        self.conn.finish()
+
+    # ---- Stream hooks: the backend side of the current request ------------------------
+    cdef void backend_ready(self):
+        self._resume()
+
+    cdef bint closing(self):
+        return self.close_after or self.worker.draining
+
+    cdef bint request_sent(self):
+        return self.request_done
+
+    cdef void backend_writable(self, bint writable):
+        self.backend_full = not writable
+        if writable:
+            self._resume()
+
+    cdef void response_interim(self, const char *p, Py_ssize_t n):
+        if not self.exchange.http10:   # 100 Continue, 103 Early Hints: HTTP/1.1 clients only
+            self.conn.send(p, n)
+
+    cdef Py_ssize_t response_head(self, HeadWriter head, const char *body, Py_ssize_t k):
+        """Head and a small first body slice leave in one SSL_write: one record, one
+        syscall (the copy of <= 16 KiB is cheaper than either)."""
+        if self.exchange.client_close:
+            self.close_after = True
+        if 0 < k <= 16384:
+            head.put(body, k)
+            self.conn.send(head.buf, head.len)
+            return k
+        self.conn.send(head.buf, head.len)
+        return 0
+
+    cdef void response_data(self, const char *p, Py_ssize_t n):
+        self.conn.send(p, n)
+
+    cdef void response_end(self, bint until_close):
+        cdef Worker w = self.worker
+        self.request_head = None
+        self.exchange = None
+        if until_close or not self.request_done:
+            self.close_after = True   # ... or the backend answered before the body ended
+        if self.close_after or w.draining:
+            self.state = H1_CLOSING
+            self.conn.finish()
+            return
+        self.state = H1_IDLE
+        self.deadline = w.now + w.keepalive_timeout
+        if self.conn.output_blocked():
+            return   # on_output_drained() goes on with the next request
+        if self.held is not None or not self.conn.reading:
+            self._resume()
+
+    cdef void answer_error(self, int status):
+        self._refuse(status)
+
+    cdef void reset(self):
+        self.conn.close()

@@ -1,0 +1,143 @@
+# The worker's loop: its own epoll set of client and listening sockets (watched by uvloop
+# as one fd), timers, lent buffers, counters, accept control, and the client transport
+# (TLS on the accepted fd: handshake, read, write, backpressure, close).
+
+cdef enum ConnState:
+    C_HANDSHAKE     # TLS handshake in progress
+    C_OPEN          # the codec has the connection
+    C_LINGER        # last response sent, close_notify sent, discarding input until EOF
+    C_CLOSED
+
+cdef enum:
+    N_CONNECTIONS
+    N_CONNECTIONS_OPEN
+    N_HANDSHAKES_FULL
+    N_HANDSHAKES_RESUMED
+    N_HANDSHAKES_FAILED
+    N_REQUESTS
+    N_RESPONSES_1XX
+    N_RESPONSES_2XX
+    N_RESPONSES_3XX
+    N_RESPONSES_4XX
+    N_RESPONSES_5XX
+    N_BACKEND_CONNECTS
+    N_BACKEND_ERRORS
+    N_BACKEND_REUSED
+    N_BYTES_IN
+    N_BYTES_OUT
+    N_HS_FAIL_PROTOCOL
+    N_HS_FAIL_CIPHER
+    N_HS_FAIL_ALPN
+    N_HS_FAIL_EOF
+    N_HS_FAIL_TIMEOUT
+    N_HS_FAIL_HTTP
+    N_HS_FAIL_OTHER
+    N_TLS12
+    N_TLS13
+    N_CIPHER_AES128GCM
+    N_CIPHER_AES256GCM
+    N_CIPHER_CHACHA20
+    N_CIPHER_OTHER
+    N_COUNTERS
+
+
+cdef class Worker:
+    cdef object loop
+    cdef char *rbuf                 # plaintext from SSL_read, lent per event
+    cdef char *pathbuf              # a target's normalised path, for routing (header_buffer_size)
+    cdef bytearray backend_buf      # backend receive buffer, lent per event
+    cdef object backend_view
+    cdef HeadWriter writer          # one rewritten head at a time, filled and sent in one call
+    cdef HeaderSlot *slots
+    cdef readonly set clients
+    cdef list pools                 # UpstreamPools, ticked by the sweep
+    cdef public double now          # loop time, taken when the loop hands us events or a timer
+    cdef long long own_counters[<int>N_COUNTERS]
+    cdef long long *counters        # own_counters, or this worker's slot in shared memory
+    cdef SharedState shared         # keeps the mapping alive while counters points into it
+    cdef public bint draining
+    cdef object sweep_handle
+    # limits
+    cdef int header_buffer_size
+    cdef int max_header_fields
+    cdef long long client_max_body_size
+    cdef double header_timeout
+    cdef double keepalive_timeout
+    cdef double connect_timeout
+    cdef double read_timeout
+    cdef double send_timeout
+    # accept control
+    cdef list listeners             # this worker's accepting Listeners, paused together
+    cdef readonly int max_clients   # worker_connections
+    cdef bint accept_paused         # at max_clients, or backing off after EMFILE
+    cdef bint accept_backoff        # the EMFILE back-off timer runs
+    cdef double fd_log_next         # rate limits of the two noisy log lines
+    cdef double hs_log_next
+    cdef int hs_log_skipped
+
+    cdef int epfd                   # our epoll set of client and listening sockets
+    cdef epoll_event *events
+    cdef dict by_fd                 # fd -> ClientConnection or Listener
+
+    cdef inline void count(self, int counter, long long n=*)
+    cdef void count_status(self, int status)
+    cdef int poll(self, int fd, unsigned int old_mask, unsigned int new_mask)
+    cdef void pause_accepting(self)
+    cdef void resume_accepting(self)
+    cdef void out_of_fds(self)
+    cdef void client_closed(self)
+    cdef str handshake_log_suffix(self)
+
+
+cdef class Listener:
+    cdef Worker worker
+    cdef readonly object sock
+    cdef int fd
+    cdef readonly TLSContext context
+    cdef readonly SiteTable sites
+    cdef bint active                # started and not stopped (draining)
+    cdef bint watching              # in the epoll set
+
+    cdef void watch(self, bint on)
+    cdef void on_readable(self)
+
+
+cdef class ClientConnection:
+    cdef Worker worker
+    cdef int fd
+    cdef TLSConnection tls
+    cdef TLSContext context
+    cdef SiteTable sites
+    cdef str peer_ip
+    cdef readonly int state
+    cdef readonly H1Session session # the codec, once the handshake is done
+    cdef bytearray pending_out      # plaintext SSL_write could not take yet (at most about
+                                    # one backend read: the backend is paused meanwhile)
+    cdef double send_deadline       # while pending_out: the client must take output by then
+    cdef double deadline            # handshake, linger
+    cdef readonly bint reading      # reader registered with the loop
+    cdef bint writing               # writer registered with the loop
+    cdef bint read_wants_write
+
+    cdef void start(self)
+    cdef void on_readable(self)
+    cdef void on_writable(self)
+    cdef void _interest(self, bint reading, bint writing)
+    cdef void _want_write(self, bint on)
+    cdef void _want_read(self, bint on)
+    cdef double next_deadline(self)
+    cdef void expire(self)
+    # Handshake flow
+    cdef void _handshake(self)
+    cdef void _count_handshake(self, int result)
+    # Input flow
+    cdef void _read_loop(self)
+    cdef void resume_input(self)
+    # Output flow
+    cdef void send(self, const char *p, Py_ssize_t n)
+    cdef bint output_blocked(self)
+    cdef void _flush(self)
+    # Shutdown flow
+    cdef void finish(self)
+    cdef void _linger(self)
+    cdef void close(self)

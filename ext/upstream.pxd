@@ -1,0 +1,95 @@
+# The backend side: upstream pools (balancing, passive ejection, keep-alive connections
+# kept for the concurrency recent load needed), backend connections (uvloop
+# BufferedProtocol, plain HTTP/1.1), and the Stream base through which one exchange's
+# codec stream gets, keeps and loses a backend connection.
+
+cdef enum BackendState:
+    B_IDLE          # in its pool
+    B_HEAD          # waiting for (more of) a response header block
+    B_BODY          # response body streaming to the client
+    B_CLOSED
+
+
+cdef class UpstreamPool:
+    cdef readonly str name
+    cdef bytes host_header          # Host for requests that came without one (HTTP/1.0)
+    cdef list servers               # [(host, port)]
+    cdef list idle                  # per server: [BackendConnection], oldest first
+    cdef int rr
+    cdef int keepalive              # idle connections always kept per server
+    cdef int keepalive_max          # ... and at most, however busy recent load was
+    cdef double keepalive_timeout   # an idle connection unused this long is closed
+    cdef readonly int tries         # attempts per request (nginx proxy_next_upstream_tries)
+    cdef list down_until            # per server: ejected until (loop time) after a failure
+    cdef double fail_timeout
+    cdef int busy                   # connections serving a request now
+    cdef int window_peak            # the most busy at once in this second
+    cdef int[10] peaks              # ... in each of the last ten seconds
+    cdef int peak_slot
+    cdef int idle_cap               # per server: max(keepalive, recent peak), <= keepalive_max
+
+    cdef BackendConnection take_idle(self, int server)
+    cdef int next_server(self, double now)
+    cdef void mark_failed(self, int server, double now)
+    cdef void release(self, BackendConnection conn, double now)
+    cdef void tick(self, double now)
+
+
+cdef class Stream:
+    """One exchange's link to its backend; a codec's stream subclasses it."""
+    cdef Worker worker
+    cdef Exchange exchange
+    cdef BackendConnection backend
+    cdef object connect_fut
+    cdef bint connecting
+    cdef int attempts
+    cdef int tried_server
+    cdef bytes request_head         # what every attempt sends first
+    cdef double deadline            # connect, then read: the codec's sweep checks it
+
+    # Connection flow
+    cdef void dispatch(self, bint fresh)
+    cdef void _connect(self, int server)
+    cdef void next_server_or(self, int status)
+    cdef void connect_timed_out(self)
+    cdef void backend_failed(self, bint got_bytes, int server, bint fresh)
+    cdef void drop_backend(self)
+    # What the codec's stream implements
+    cdef void backend_ready(self)
+    cdef bint closing(self)         # the client connection closes after this response
+    cdef bint request_sent(self)    # the whole request body went to the backend
+    cdef void backend_writable(self, bint writable)
+    cdef void response_interim(self, const char *p, Py_ssize_t n)
+    cdef Py_ssize_t response_head(self, HeadWriter head, const char *body, Py_ssize_t k)
+    cdef void response_data(self, const char *p, Py_ssize_t n)
+    cdef void response_end(self, bint until_close)
+    cdef void answer_error(self, int status)
+    cdef void reset(self)
+
+
+cdef class BackendConnection:
+    cdef Worker worker
+    cdef UpstreamPool pool
+    cdef int server
+    cdef object transport
+    cdef Stream stream
+    cdef int state
+    cdef HeadBuffer head_buf
+    cdef BodyFramer body
+    cdef bint got_bytes
+    cdef bint reading_paused
+    cdef bint head_pending          # the rewritten head waits in worker.writer
+    cdef bint attached              # counted in pool.busy
+    cdef int requests               # requests sent on this connection
+    cdef double idle_since
+
+    cdef void attach(self, Stream stream)
+    cdef void detach(self)
+    cdef void _on_data(self, const char *p, Py_ssize_t n)
+    cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n)
+    cdef int _on_head(self, const char *p, int head_len)
+    cdef void _done(self)
+    cdef void _bad_response(self, str why)
+    cdef void pause(self)
+    cdef void resume(self)
+    cdef void abort(self)

@@ -1,0 +1,202 @@
+"""The Exchange, sans-IO: request heads in, verdicts and rewritten heads out; no socket.
+
+Heads are fed whole (the codecs cut them; their byte-by-byte tests live with the codecs
+and the framing). Each verdict is checked against what nginx does for the same request.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastterm._core import ClientFacts, Exchange, ServerPolicy, SiteTable, UpstreamPool
+
+R_FINAL, R_INTERIM, R_BAD = 0, 1, 2
+
+
+@pytest.fixture
+def pools():
+    return {"web": UpstreamPool("web", [("127.0.0.1", 1)]), "api": UpstreamPool("api", [("127.0.0.1", 2)])}
+
+
+@pytest.fixture
+def sites(pools):
+    www = ServerPolicy("www", [("/", pools["web"]), ("/api/", pools["api"])], "max-age=1", ["10.0.0.0/8"])
+    other = ServerPolicy("other", [("/", pools["api"])])
+    return SiteTable({"www.example.com": www, "*.wild.test": other, "other.test": other}, www)
+
+
+def exchange(sites, peer="192.0.2.7", sni=None) -> Exchange:
+    return Exchange(ClientFacts(peer, sites, sites.select(sni) if sni else None))
+
+
+def head(*lines: str) -> bytes:
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def headers_of(raw: bytes) -> list[tuple[str, str]]:
+    lines = raw.decode("latin-1").split("\r\n")[1:]
+    return [tuple(x.strip() for x in line.split(":", 1)) for line in lines if line]
+
+
+def test_request_routed_and_rewritten(sites):
+    ex = exchange(sites)
+    status, up = ex.feed_request(head("GET /api/v1?q=1 HTTP/1.1", "Host: www.example.com", "Connection: close",
+                                      "X-Real-IP: 6.6.6.6", "X-Forwarded-For: 6.6.6.6", "Accept: */*"))
+    assert status == 0
+    assert up.startswith(b"GET /api/v1?q=1 HTTP/1.1\r\n")
+    assert headers_of(up) == [("Host", "www.example.com"), ("Accept", "*/*"), ("X-Forwarded-For", "192.0.2.7"),
+                              ("X-Forwarded-Proto", "https"), ("X-Real-IP", "192.0.2.7")]
+    v = ex.verdict
+    assert v["state"] == "forwarding" and v["upstream"] == "api" and v["server"] == "www"
+    assert v["client_close"] and v["retryable"] and v["body_mode"] == "none"
+
+
+def test_trusted_proxy_appends_and_keeps_forwarded(sites):
+    ex = exchange(sites, peer="10.1.2.3")
+    status, up = ex.feed_request(head("GET / HTTP/1.1", "Host: www.example.com", "X-Forwarded-For: 1.1.1.1",
+                                      "Forwarded: for=1.1.1.1"))
+    assert status == 0
+    assert ("X-Forwarded-For", "1.1.1.1, 10.1.2.3") in headers_of(up)
+    assert ("Forwarded", "for=1.1.1.1") in headers_of(up)
+
+
+def test_trust_follows_the_host_not_sni(sites):
+    """SNI named the server that trusts 10/8; Host names one that trusts nobody."""
+    ex = exchange(sites, peer="10.1.2.3", sni="www.example.com")
+    status, up = ex.feed_request(head("GET / HTTP/1.1", "Host: other.test", "X-Forwarded-For: 1.1.1.1"))
+    assert status == 0 and ex.verdict["server"] == "other"
+    assert [v for n, v in headers_of(up) if n == "X-Forwarded-For"] == ["10.1.2.3"]
+
+
+@pytest.mark.parametrize(("host", "server"), [("www.example.com:8443", "www"), ("WWW.Example.COM.", "www"),
+                                              ("a.wild.test", "other"), ("wild.test", "www"),
+                                              ("[::1]:443", "www"), ("unknown.test", "www")])
+def test_host_picks_the_server_block(sites, host, server):
+    ex = exchange(sites)
+    assert ex.feed_request(head("GET / HTTP/1.1", f"Host: {host}"))[0] == 0
+    assert ex.verdict["server"] == server
+
+
+def test_http10_without_host_uses_sni_server_and_pool_host(sites):
+    ex = exchange(sites, sni="other.test")
+    status, up = ex.feed_request(head("GET /x HTTP/1.0"))
+    assert status == 0 and ex.verdict["server"] == "other"
+    assert up.startswith(b"GET /x HTTP/1.1\r\nHost: api\r\n")
+    assert ex.verdict["client_close"]
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (head("GET /x HTTP/1.1"), 400),                                                 # no Host
+    (head("GET /x HTTP/1.1", "Host: a", "Host: b"), 400),
+    (head("TRACE / HTTP/1.1", "Host: www.example.com"), 405),
+    (head("GET /../x HTTP/1.1", "Host: www.example.com"), 400),
+    (head("GET ftp://x/y HTTP/1.1", "Host: www.example.com"), 400),
+    (head("GET /x HTTP/1.1", "Host: www.example.com", "Content-Length: 11"), 413),
+    (head("POST /x HTTP/1.1", "Host: www.example.com", "Transfer-Encoding: gzip"), 400),
+])
+def test_rejected_requests(sites, raw, status):
+    ex = exchange(sites)
+    assert ex.feed_request(raw, max_body=10) == (status, None)
+    assert ex.verdict["state"] == "rejected" and ex.verdict["error_status"] == status
+    page = ex.error_page(status)
+    assert page.startswith(f"HTTP/1.1 {status} ".encode()) and b"Connection: close\r\n" in page
+
+
+def test_no_route_is_404(pools):
+    only_api = ServerPolicy("api-only", [("/api/", pools["api"])])
+    ex = Exchange(ClientFacts("192.0.2.7", SiteTable({}, only_api)))
+    assert ex.feed_request(head("GET /other HTTP/1.1", "Host: x"))[0] == 404
+
+
+@pytest.mark.parametrize(("target", "upstream"), [("/api/../x", "web"), ("/x/%2e%2E/api/v", "api"),
+                                                  ("//api//v", "api"), ("/%61pi/", "api")])
+def test_routing_on_the_normalised_path(sites, target, upstream):
+    ex = exchange(sites)
+    status, up = ex.feed_request(head(f"GET {target} HTTP/1.1", "Host: www.example.com"))
+    assert status == 0 and ex.verdict["upstream"] == upstream
+    assert up.startswith(f"GET {target} HTTP/1.1".encode())   # forwarded unchanged
+
+
+def test_absolute_form_goes_as_origin_form(sites):
+    ex = exchange(sites)
+    status, up = ex.feed_request(head("GET https://www.example.com/api/a?b HTTP/1.1", "Host: www.example.com"))
+    assert status == 0 and ex.verdict["upstream"] == "api"
+    assert up.startswith(b"GET /api/a?b HTTP/1.1\r\n")
+
+
+def test_body_modes_and_retryable(sites):
+    ex = exchange(sites)
+    assert ex.feed_request(head("POST / HTTP/1.1", "Host: www.example.com", "Content-Length: 5"))[0] == 0
+    assert ex.verdict["body_mode"] == "length" and not ex.verdict["retryable"]
+    ex = exchange(sites)
+    assert ex.feed_request(head("PUT / HTTP/1.1", "Host: www.example.com", "Transfer-Encoding: chunked"))[0] == 0
+    assert ex.verdict["body_mode"] == "chunked"
+
+
+def test_response_rewritten_with_hsts_once(sites):
+    ex = exchange(sites)
+    ex.feed_request(head("GET / HTTP/1.1", "Host: www.example.com"))
+    r, out = ex.feed_response(head("HTTP/1.1 200 OK", "Content-Length: 2", "Connection: keep-alive",
+                                   "Keep-Alive: timeout=5", "Strict-Transport-Security: max-age=9"))
+    assert r == R_FINAL
+    assert headers_of(out) == [("Content-Length", "2"), ("Strict-Transport-Security", "max-age=1")]
+    v = ex.verdict
+    assert v["state"] == "responding" and v["backend_reusable"] and not v["client_close"]
+    ex.end()
+    assert ex.verdict["state"] == "done"
+
+
+def test_response_for_http10_client_is_dechunked_and_closes(sites):
+    ex = exchange(sites)
+    ex.feed_request(head("GET / HTTP/1.0"))
+    r, out = ex.feed_response(head("HTTP/1.1 200 OK", "Transfer-Encoding: chunked"))
+    assert r == R_FINAL
+    assert ("Transfer-Encoding", "chunked") not in headers_of(out)
+    assert ("Connection", "close") in headers_of(out)
+    assert ex.verdict["dechunk"] and ex.verdict["client_close"]
+
+
+def test_response_until_close_is_not_reusable(sites):
+    ex = exchange(sites)
+    ex.feed_request(head("GET / HTTP/1.1", "Host: www.example.com"))
+    r, out = ex.feed_response(head("HTTP/1.1 200 OK"))
+    assert r == R_FINAL and ex.verdict["response_mode"] == "until-close"
+    assert ("Connection", "close") in headers_of(out)
+    assert not ex.verdict["backend_reusable"] and ex.verdict["client_close"]
+
+
+def test_interim_then_final(sites):
+    ex = exchange(sites)
+    ex.feed_request(head("POST / HTTP/1.1", "Host: www.example.com", "Content-Length: 1", "Expect: 100-continue"))
+    assert ex.feed_response(head("HTTP/1.1 100 Continue")) == (R_INTERIM, None)
+    assert ex.verdict["state"] == "forwarding"
+    assert ex.feed_response(head("HTTP/1.1 201 Created", "Content-Length: 0"))[0] == R_FINAL
+
+
+@pytest.mark.parametrize("raw", [head("HTTP/1.1 101 Switching Protocols", "Upgrade: websocket"),
+                                 head("HTTP/1.1 200 OK", "Content-Length: 1", "Transfer-Encoding: chunked"),
+                                 b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n"])
+def test_bad_responses_fail_the_exchange(sites, raw):
+    ex = exchange(sites)
+    ex.feed_request(head("GET / HTTP/1.1", "Host: www.example.com"))
+    assert ex.feed_response(raw) == (R_BAD, None)
+    assert ex.verdict["state"] == "failed" and ex.verdict["failure"]
+
+
+def test_head_request_response_has_no_body(sites):
+    ex = exchange(sites)
+    ex.feed_request(head("HEAD / HTTP/1.1", "Host: www.example.com"))
+    assert ex.feed_response(head("HTTP/1.1 200 OK", "Content-Length: 99"))[0] == R_FINAL
+    assert ex.verdict["response_mode"] == "none" and ex.verdict["backend_reusable"]
+
+
+def test_transitions_outside_the_table_raise(sites):
+    ex = exchange(sites)
+    with pytest.raises(RuntimeError):
+        ex.end()   # no response yet
+    ex.feed_request(head("GET / HTTP/1.1", "Host: www.example.com"))
+    with pytest.raises(RuntimeError):
+        ex.feed_request(head("GET / HTTP/1.1", "Host: www.example.com"))
+    ex.abort()
+    assert ex.verdict["state"] == "failed"
+    ex.abort()   # terminal states take abort and stay
+    assert ex.verdict["state"] == "failed"
