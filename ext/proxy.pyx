@@ -1095,6 +1095,11 @@ cdef class BackendConnection:
             elif self.state == B_BODY:
                 k = framer_feed(&self.body, p + i, n - i)
                 if k < 0:
+                    if self.head_pending:   # the client has heard nothing yet: 502
+                        self.head_pending = False
+                        self.worker.writer.len = 0
+                        self._bad_response("malformed chunked body")
+                        return
                     _log.warning("upstream %s: malformed chunked response", self.pool.name)
                     self.abort()
                     client.close()
