@@ -28,6 +28,7 @@ cdef enum HeaderKind:
     H_EXPECT
     H_HSTS
     H_EARLY_DATA
+    H_CLIENT_IDENTITY   # what an edge proxy says about the client (X-Forwarded-Host, True-Client-IP ...)
 
 ctypedef struct HeaderSlot:
     int line_start      # first byte of the field line
@@ -37,6 +38,7 @@ ctypedef struct HeaderSlot:
     int value_len
     int kind
     bint drop           # not forwarded: named in Connection (hop-by-hop), or a repeated Content-Length
+    bint underscore     # the name has "_": a CGI look-alike of the "-" name (nginx underscores_in_headers)
 
 ctypedef struct MessageHead:
     bint is_request

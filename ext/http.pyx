@@ -57,11 +57,15 @@ cdef int _header_kind(const char *name, int n) noexcept nogil:
             return H_CONTENT_LENGTH
         if _ieq(name, n, "connection", 10):
             return H_CONNECTION
+        if _ieq(name, n, "cf-connecting-ip", 16):
+            return H_CLIENT_IDENTITY
     elif c == b't':
         if _ieq(name, n, "transfer-encoding", 17):
             return H_TRANSFER_ENCODING
         if _ieq(name, n, "te", 2):
             return H_TE
+        if _ieq(name, n, "true-client-ip", 14):
+            return H_CLIENT_IDENTITY
     elif c == b'k':
         if _ieq(name, n, "keep-alive", 10):
             return H_KEEP_ALIVE
@@ -72,15 +76,18 @@ cdef int _header_kind(const char *name, int n) noexcept nogil:
         if _ieq(name, n, "upgrade", 7):
             return H_UPGRADE
     elif c == b'x':
-        if _ieq(name, n, "x-forwarded-for", 15):
-            return H_X_FORWARDED_FOR
+        if n > 12 and _ieq(name, 12, "x-forwarded-", 12):
+            return _x_forwarded_kind(name + 12, n - 12)
         if _ieq(name, n, "x-real-ip", 9):
             return H_X_REAL_IP
-        if _ieq(name, n, "x-forwarded-proto", 17):
-            return H_X_FORWARDED_PROTO
+        if _ieq(name, n, "x-client-ip", 11) or _ieq(name, n, "x-cluster-client-ip", 19) or \
+                _ieq(name, n, "x-original-forwarded-for", 24) or _ieq(name, n, "x-url-scheme", 12):
+            return H_CLIENT_IDENTITY
     elif c == b'f':
         if _ieq(name, n, "forwarded", 9):
             return H_FORWARDED
+        if _ieq(name, n, "fastly-client-ip", 16) or _ieq(name, n, "front-end-https", 15):
+            return H_CLIENT_IDENTITY
     elif c == b'e':
         if _ieq(name, n, "expect", 6):
             return H_EXPECT
@@ -89,6 +96,44 @@ cdef int _header_kind(const char *name, int n) noexcept nogil:
     elif c == b's':
         if _ieq(name, n, "strict-transport-security", 25):
             return H_HSTS
+    return H_OTHER
+
+
+# H_CLIENT_IDENTITY: what a proxy in front says about the client or the URL it used. Apps
+# and frameworks believe these when told a proxy sets them: the client address
+# (True-Client-IP: Akamai, Cloudflare; CF-Connecting-IP; Fastly-Client-IP; X-Client-IP and
+# X-Cluster-Client-IP, read by Rails' remote_ip; X-Original-Forwarded-For: ingress-nginx),
+# the host, port and prefix of generated URLs and redirects (X-Forwarded-Host/-Port/-Prefix/
+# -Server: werkzeug ProxyFix, Django USE_X_FORWARDED_HOST, Apache mod_proxy: Host-header
+# poisoning, cache poisoning), the scheme (X-Forwarded-Protocol/-Scheme/-Ssl, X-Url-Scheme,
+# Front-End-Https: Rack, IIS). From an untrusted peer they are forged, so they are dropped;
+# X-Forwarded-Proto and X-Real-IP we always set ourselves.
+cdef int _x_forwarded_kind(const char *rest, int n) noexcept nogil:
+    """The kind of "X-Forwarded-" + rest."""
+    if _ieq(rest, n, "for", 3):
+        return H_X_FORWARDED_FOR
+    if _ieq(rest, n, "proto", 5):
+        return H_X_FORWARDED_PROTO
+    if _ieq(rest, n, "host", 4) or _ieq(rest, n, "port", 4) or _ieq(rest, n, "server", 6) or \
+            _ieq(rest, n, "prefix", 6) or _ieq(rest, n, "protocol", 8) or _ieq(rest, n, "scheme", 6) or \
+            _ieq(rest, n, "ssl", 3):
+        return H_CLIENT_IDENTITY
+    return H_OTHER
+
+
+cdef int _lookalike_kind(const char *name, int n) noexcept nogil:
+    """A name with "_" is never one of ours; CGI and WSGI turn "_" and "-" into the same
+    variable, so one that reads as a forwarding header with "-" counts as client identity."""
+    cdef char folded[32]
+    cdef int i, kind
+    if n > 32:
+        return H_OTHER
+    for i in range(n):
+        folded[i] = b'-' if name[i] == b'_' else name[i]
+    kind = _header_kind(folded, n)
+    if kind == H_X_FORWARDED_FOR or kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO or \
+            kind == H_FORWARDED or kind == H_CLIENT_IDENTITY:
+        return H_CLIENT_IDENTITY
     return H_OTHER
 
 
@@ -226,6 +271,7 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
     Returns 0, or the status to answer with: 400 malformed, 431 too many fields
     (requests); for responses any error is 502."""
     cdef int i = 0, j, line, name_end, vs, ve, count = 0, bad
+    cdef bint underscore
     cdef long long cl
     cdef int te_count = 0, chunked_codings = 0
     bad = 400 if is_request else 502
@@ -304,7 +350,9 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
         if p[i] == b' ' or p[i] == b'\t':
             head.error = bad   # obs-fold (RFC 9112 §5.2): refused
             return bad
+        underscore = False
         while i < n and _TCHAR[<unsigned char>p[i]]:
+            underscore |= p[i] == b'_'
             i += 1
         name_end = i
         if name_end == line or i >= n or p[i] != b':':
@@ -334,7 +382,11 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
         slots[count].name_len = name_end - line
         slots[count].value_start = vs
         slots[count].value_len = ve - vs
-        slots[count].kind = _header_kind(p + line, name_end - line)
+        slots[count].underscore = underscore
+        if underscore:
+            slots[count].kind = _lookalike_kind(p + line, name_end - line)
+        else:
+            slots[count].kind = _header_kind(p + line, name_end - line)
         slots[count].drop = False
         count += 1
     head.nheaders = count
@@ -739,15 +791,19 @@ cdef dict _parse_py(data, bint is_request, int max_headers):
     if parse_head(p, end, is_request, &head, slots, max_headers):
         raise ValueError(head.error)
     headers = []
-    dropped = []
+    dropped, identity, underscore = [], [], []
     for j in range(head.nheaders):
         s = slots[j]
         name = raw[s.line_start:s.line_start + s.name_len].decode("latin-1")
         headers.append((name, raw[s.value_start:s.value_start + s.value_len].decode("latin-1")))
         if s.drop:
             dropped.append(name)
+        if s.kind == H_CLIENT_IDENTITY:
+            identity.append(name)
+        if s.underscore:
+            underscore.append(name)
     out = {"version": "1.1" if head.version == 11 else "1.0", "headers": headers, "head_len": end,
-           "dropped": dropped,
+           "dropped": dropped, "client_identity": identity, "underscore": underscore,
            "content_length": head.content_length if head.content_length >= 0 else None,
            "chunked": bool(head.chunked), "keep_alive_off": bool(head.conn_close),
            "expect_continue": bool(head.expect_continue)}

@@ -69,6 +69,7 @@ cdef class Worker:
     # limits
     cdef int header_buffer_size
     cdef int max_header_fields
+    cdef bint underscores_in_headers
     cdef long long client_max_body_size
     cdef double header_timeout
     cdef double keepalive_timeout

@@ -80,6 +80,7 @@ cdef class Worker:
         self.draining = False
         self.header_buffer_size = limits.header_buffer_size
         self.max_header_fields = min(limits.max_header_fields, MAX_HEADER_SLOTS)
+        self.underscores_in_headers = limits.underscores_in_headers
         self.client_max_body_size = limits.client_max_body_size
         self.header_timeout = limits.client_header_timeout
         self.keepalive_timeout = limits.keepalive_timeout
@@ -625,7 +626,8 @@ cdef class ClientConnection:
             kind = slots[j].kind
             if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
                     kind == H_PROXY_CONNECTION or kind == H_TE or kind == H_UPGRADE or \
-                    kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO:
+                    kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO or \
+                    (slots[j].underscore and not w.underscores_in_headers):
                 continue
             if kind == H_X_FORWARDED_FOR:
                 if self.trusted and slots[j].value_len:
@@ -636,7 +638,7 @@ cdef class ClientConnection:
                     out.put(p + slots[j].value_start, slots[j].value_len)
                     first_xff = False
                 continue
-            if kind == H_FORWARDED and not self.trusted:
+            if (kind == H_FORWARDED or kind == H_CLIENT_IDENTITY) and not self.trusted:
                 continue
             out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
         if first_xff:

@@ -92,6 +92,7 @@ class Limits(Struct):
     backend_connect_timeout: float = 5.0
     backend_read_timeout: float = 60.0
     drain_timeout: float = 30.0
+    underscores_in_headers: bool = False  # nginx's default: request fields with "_" in the name are dropped
 
 
 class Sessions(Struct):

@@ -1,4 +1,4 @@
-"""Hardening: bounded chunk framing, canonical heads.
+"""Hardening: forwarded identity look-alikes, bounded chunk framing, canonical heads.
 
 Every test sends the attack through a real TLS client to a running fastterm and asserts
 what the recording backend (or, for backend responses, the client) received.
@@ -17,6 +17,12 @@ CHUNK_LINE_MAX = 4096        # ext/http.pxd
 TRAILER_SECTION_MAX = 16384
 TRAILER_FIELDS_MAX = 100
 
+# Names an edge proxy sets about the client or the request it saw (ext/http.pyx, _header_kind).
+CLIENT_IDENTITY = ["X-Forwarded-Host", "x-forwarded-port", "X-FORWARDED-SERVER", "X-Forwarded-Prefix",
+                   "X-Forwarded-Protocol", "X-Forwarded-Scheme", "X-Forwarded-Ssl", "X-Url-Scheme",
+                   "Front-End-Https", "X-Original-Forwarded-For", "True-Client-IP", "x-client-ip",
+                   "X-Cluster-Client-IP", "CF-Connecting-IP", "Fastly-Client-IP"]
+
 
 @pytest.fixture
 def be(raw_backend):
@@ -33,6 +39,13 @@ def settle() -> None:
     time.sleep(0.2)
 
 
+def forwarded(ft, be, headers):
+    """The request head the backend received for one GET with ``headers``."""
+    r = ft.request("GET", "/h", headers=headers)
+    assert r.status == 200, r.start_line
+    return be.requests[-1]
+
+
 def refused(s, status: int = 400) -> None:
     r = read_response(Reader(s))
     assert r.status == status, r.start_line
@@ -45,6 +58,48 @@ def chunked_head(target: str = "/up") -> bytes:
 
 def trailers(n: int, value: bytes = b"v") -> bytes:
     return b"".join(b"T%d: %s\r\n" % (i, value) for i in range(n))
+
+
+# ---------------------------------------------------------------------------------------
+# forwarded identity
+
+
+def test_underscore_lookalikes_never_reach_backend(ft, be):
+    """WSGI/CGI fold ``_`` and ``-`` into one variable: X_Forwarded_For would be read as XFF."""
+    req = forwarded(ft, be, [("X_Forwarded_For", "6.6.6.6"), ("X_Real_IP", "6.6.6.6"),
+                             ("x_forwarded_proto", "http"), ("My_Header", "v")])
+    assert [n for n, _ in req.headers if "_" in n] == [], req.raw_head
+    assert req.all("x-forwarded-for") == ["127.0.0.1"]
+    assert req.all("x-real-ip") == ["127.0.0.1"]
+    assert req.all("x-forwarded-proto") == ["https"]
+    assert b"6.6.6.6" not in be.received()
+
+
+def test_client_identity_headers_stripped_from_untrusted_peer(ft, be):
+    req = forwarded(ft, be, [(name, "evil.example") for name in CLIENT_IDENTITY] + [("X-Kept", "1")])
+    assert [name for name in CLIENT_IDENTITY if req.has(name)] == [], req.raw_head
+    assert b"evil.example" not in be.received()
+    assert req.all("x-kept") == ["1"]
+
+
+def test_client_identity_headers_kept_from_trusted_proxy(fastterm, be):
+    ft = fastterm(be.address, trusted_proxies=["127.0.0.1/32"])
+    req = forwarded(ft, be, [(name, "cdn.example") for name in CLIENT_IDENTITY] + [("X_Forwarded_For", "6.6.6.6")])
+    assert [name for name in CLIENT_IDENTITY if req.all(name) != ["cdn.example"]] == [], req.raw_head
+    # nginx drops names with "_" whoever sends them (underscores_in_headers off).
+    assert [n for n, _ in req.headers if "_" in n] == []
+    assert req.all("x-forwarded-for") == ["127.0.0.1"]
+
+
+def test_underscores_in_headers_setting(fastterm, be):
+    """``underscores_in_headers = true`` forwards such names, but never a look-alike of a
+    forwarding header from an untrusted peer."""
+    ft = fastterm(be.address, limits={"underscores_in_headers": True})
+    req = forwarded(ft, be, [("My_Header", "v"), ("X_Forwarded_For", "6.6.6.6"), ("x_real_ip", "6.6.6.6"),
+                             ("X_Forwarded_Host", "evil.example")])
+    assert req.all("my_header") == ["v"]
+    assert [n for n, _ in req.headers if "_" in n] == ["My_Header"], req.raw_head
+    assert req.all("x-forwarded-for") == ["127.0.0.1"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -146,6 +146,49 @@ def test_duplicate_identical_content_length_forwarded_once():
     assert head["content_length"] == 2 and head["dropped"] == ["Content-Length"]
 
 
+# ---- Forwarded identity: recognised in any case, look-alikes with "_" -------------
+
+CLIENT_IDENTITY = ["X-Forwarded-Host", "X-Forwarded-Port", "X-Forwarded-Server", "X-Forwarded-Prefix",
+                   "X-Forwarded-Protocol", "X-Forwarded-Scheme", "X-Forwarded-Ssl", "X-Url-Scheme",
+                   "Front-End-Https", "X-Original-Forwarded-For", "True-Client-IP", "X-Client-IP",
+                   "X-Cluster-Client-IP", "CF-Connecting-IP", "Fastly-Client-IP"]
+FORWARDING = ["X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto", "Forwarded"]
+
+
+@pytest.mark.parametrize("name", CLIENT_IDENTITY)
+def test_client_identity_names_in_any_case(name):
+    for variant in (name, name.lower(), name.upper(), name.swapcase()):
+        head = parse_request_head(req("Host: h", f"{variant}: 6.6.6.6"))
+        assert head["client_identity"] == [variant]
+        assert head["underscore"] == []
+
+
+@pytest.mark.parametrize("name", FORWARDING + ["X-Forwarded-", "X-Forwarded-Hostname", "X-Forwarded-Fo",
+                                               "X-Client-IPs", "True-Client", "X-Custom"])
+def test_other_names_are_not_client_identity(name):
+    """X-Forwarded-For, X-Real-IP, X-Forwarded-Proto, Forwarded have kinds of their own."""
+    assert parse_request_head(req("Host: h", f"{name}: v"))["client_identity"] == []
+
+
+@pytest.mark.parametrize("name", [n.replace("-", "_") for n in FORWARDING[:3] + CLIENT_IDENTITY]
+                         + ["x_forwarded-for", "X-Forwarded_Host", "x_REAL_ip"])
+def test_underscore_lookalikes_are_client_identity(name):
+    """CGI and WSGI read X_Forwarded_For as HTTP_X_FORWARDED_FOR, the same variable as X-Forwarded-For."""
+    head = parse_request_head(req("Host: h", f"{name}: 6.6.6.6"))
+    assert head["underscore"] == [name]
+    assert head["client_identity"] == [name]
+
+
+@pytest.mark.parametrize("line", ["Content_Length: 5", "Transfer_Encoding: chunked", "Connection_: close",
+                                  "My_Header: v", "_: v", "X_" + "a" * 40 + ": v"])
+def test_underscore_names_are_never_framing(line):
+    head = parse_request_head(req("Host: h", line, start=POST))
+    name = line.split(":")[0]
+    assert head["underscore"] == [name]
+    assert head["client_identity"] == []
+    assert head["content_length"] is None and not head["chunked"] and not head["keep_alive_off"]
+
+
 @pytest.mark.parametrize("value, expected", [("0", 0), ("7", 7), ("007", 7), ("123456789012", 123456789012)])
 def test_content_length_values(value, expected):
     head = parse_request_head(req("Host: h", f"Content-Length: {value}", start=b"POST / HTTP/1.1"))
@@ -660,6 +703,8 @@ CORPUS = [
     b"GET / HTTP/1.1\r\nHost: h\r\nCookie: a=1; b=2\r\nCookie: c=3\r\nX-Empty:\r\n\r\n",
     b"PATCH /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
     b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: %d\r\n" % (i, i) for i in range(99)) + b"\r\n",
+    (b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Host: a\r\ntrue-client-ip: 1.2.3.4\r\nX_Forwarded_For: 6.6.6.6\r\n"
+     b"My_Header: v\r\nContent-Length: 0\r\n\r\n"),
     (b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
      b"5" + ext(CHUNK_LINE_MAX - 3) + b"\r\nhello\r\n0\r\n" + trailers(TRAILER_FIELDS_MAX) + b"\r\n"),
 ]
@@ -680,7 +725,10 @@ if given is not None:
                                       f"{core[:3]} {core[3:]}" if len(core) > 4 else core]))
     RESERVED = {"host", "content-length", "transfer-encoding", "connection", "upgrade", "expect",
                 "proxy-connection", "keep-alive", "te"}
-    FIELD = st.tuples(TOKEN.filter(lambda n: n.lower() not in RESERVED), VALUE)
+    NAME = st.one_of(TOKEN.filter(lambda n: n.lower() not in RESERVED),
+                     st.sampled_from(CLIENT_IDENTITY + FORWARDING).flatmap(
+                         lambda n: st.sampled_from([n, n.lower(), n.upper(), n.replace("-", "_")])))
+    FIELD = st.tuples(NAME, VALUE)
 
     @st.composite
     def requests(draw):
@@ -718,6 +766,22 @@ if given is not None:
     @given(requests())
     def test_generated_requests_same_as_httptools(data):
         assert_same_as_reference(data)
+
+    def lookalike(name: str) -> str:
+        return name.replace("_", "-").lower()
+
+    @settings(max_examples=300, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(requests())
+    def test_generated_requests_names_classified(data):
+        """Client identity by name in any case, and "_" look-alikes of any forwarding name."""
+        head = parse_request_head(data)
+        names = [n for n, _ in head["headers"]]
+        identity = {n.lower() for n in CLIENT_IDENTITY}
+        forwarding = identity | {n.lower() for n in FORWARDING}
+        assert head["underscore"] == [n for n in names if "_" in n]
+        assert head["client_identity"] == [
+            n for n in names if n.lower() in identity or ("_" in n and lookalike(n) in forwarding)]
 
     @settings(max_examples=200, deadline=None, derandomize=True)
     @given(requests(), st.data())
@@ -786,6 +850,7 @@ def check_head(data: bytes):
         assert head["host"] is not None
     # One framing forwarded: at most one Content-Length is left once the repeats are dropped.
     assert names.count("content-length") - [n.lower() for n in head["dropped"]].count("content-length") <= 1
+    assert head["underscore"] == [n for n, _ in head["headers"] if "_" in n]
     for name, value in head["headers"]:
         assert name and ":" not in name and " " not in name
         assert value == value.strip(" \t")
