@@ -23,6 +23,11 @@ cdef enum:
     X_EVENTS
 
 
+ctypedef struct RequestLimits:
+    long long max_body              # client_max_body_size, 0: none
+    bint underscores_in_headers     # keep request fields with "_" in the name (nginx: off)
+
+
 cdef class ServerPolicy:
     cdef readonly str name
     cdef bytes hsts_line
@@ -77,7 +82,7 @@ cdef class Exchange:
     cdef int advance(self, int event) except -1
     cdef int reject(self, int status) except -1
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
-                     long long max_body, char *scratch) except -1
+                     RequestLimits *limits, char *scratch) except -1
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                       bint close_client) except -1
     cdef int _bad(self, str why) except -1

@@ -157,7 +157,7 @@ cdef class Exchange:
         return status
 
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
-                     long long max_body, char *scratch) except -1:
+                     RequestLimits *limits, char *scratch) except -1:
         """Validate and route a parsed request head; on 0 the head the backend gets is in
         ``out``, else the return is the status to answer (nothing reaches a backend).
         ``scratch`` holds a normalised path (as long as the head)."""
@@ -169,7 +169,7 @@ cdef class Exchange:
         self.http10 = head.version == 10
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
         self.client_close = head.conn_close or self.http10
-        if max_body and head.content_length > max_body:
+        if limits.max_body and head.content_length > limits.max_body:
             return self.reject(413)
         if target[0] != b'/':
             if target[0] == b'*' and target_len == 1:
@@ -222,7 +222,8 @@ cdef class Exchange:
             if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
                     kind == H_PROXY_CONNECTION or kind == H_TE or kind == H_UPGRADE or \
                     kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO or kind == H_X_FORWARDED_FOR or \
-                    (kind == H_FORWARDED and not trusted):
+                    ((kind == H_FORWARDED or kind == H_CLIENT_IDENTITY) and not trusted) or \
+                    (slots[j].underscore and not limits.underscores_in_headers):
                 continue
             out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
         # One X-Forwarded-For: a trusted proxy's chain (every field, in order), then the peer.
@@ -304,8 +305,9 @@ cdef class Exchange:
         return msg if self.head_request else msg + body
 
     # ---- Python face, for the unit tests ------------------------------------------------
-    def feed_request(self, bytes raw, long long max_body=0, int max_headers=100):
+    def feed_request(self, bytes raw, long long max_body=0, int max_headers=100, bint underscores=False):
         """Parse ``raw`` (one complete head) and decide: (0, upstream head) or (status, None)."""
+        cdef RequestLimits limits
         cdef MessageHead head
         cdef HeaderSlot slots[MAX_HEADER_SLOTS]
         cdef HeadWriter out = HeadWriter(4096)
@@ -313,7 +315,9 @@ cdef class Exchange:
         cdef int status = parse_head(raw, len(raw), True, &head, slots, min(max_headers, MAX_HEADER_SLOTS))
         if status:
             return self.reject(status), None
-        status = self.request(raw, &head, slots, out, max_body, <char *>PyBytes_AS_STRING(scratch))
+        limits.max_body = max_body
+        limits.underscores_in_headers = underscores
+        status = self.request(raw, &head, slots, out, &limits, <char *>PyBytes_AS_STRING(scratch))
         return status, (out.take() if status == 0 else None)
 
     def feed_response(self, bytes raw, bint close_client=False):

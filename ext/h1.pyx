@@ -156,7 +156,7 @@ cdef class H1Session(Stream):
         w.count(N_REQUESTS)
         status = parse_head(p, head_len, True, &head, w.slots, w.max_header_fields)
         if status == 0:
-            status = ex.request(p, &head, w.slots, w.writer, w.client_max_body_size, w.pathbuf)
+            status = ex.request(p, &head, w.slots, w.writer, &w.request_limits, w.pathbuf)
         if status:
             self._refuse(status)
             return -1

@@ -4,6 +4,12 @@
 
 cdef enum:
     MAX_HEADER_SLOTS = 256
+    # Chunked framing has no size of its own (RFC 9112 §7.1): bounded here, or extension
+    # bytes nobody reads stream past client_max_body_size (CVE-2024-22019).
+    CHUNK_LINE_MAX = 4096           # one chunk-size line, extensions and CRLF included (Twisted's)
+    CHUNK_EXT_MAX = 16384           # extension bytes in one body (Node's and hyper's 16 KiB)
+    TRAILER_SECTION_MAX = 16384     # the trailer section, like the default header block
+    TRAILER_FIELDS_MAX = 100
 
 cdef enum HeaderKind:
     H_OTHER
@@ -22,6 +28,7 @@ cdef enum HeaderKind:
     H_EXPECT
     H_HSTS
     H_EARLY_DATA
+    H_CLIENT_IDENTITY   # what an edge proxy says about the client (X-Forwarded-Host, True-Client-IP ...)
 
 ctypedef struct HeaderSlot:
     int line_start      # first byte of the field line
@@ -30,7 +37,8 @@ ctypedef struct HeaderSlot:
     int value_start
     int value_len
     int kind
-    bint drop           # named in Connection: hop-by-hop for this message
+    bint drop           # not forwarded: named in Connection (hop-by-hop), or a repeated Content-Length
+    bint underscore     # the name has "_": a CGI look-alike of the "-" name (nginx underscores_in_headers)
 
 ctypedef struct MessageHead:
     bint is_request
@@ -90,6 +98,10 @@ ctypedef struct BodyFramer:
     long long remaining     # BODY_LENGTH: bytes left; BODY_CHUNKED: bytes left in this chunk
     long long total         # payload bytes so far (chunk data only, without the framing)
     int size_digits
+    int line_len            # bytes of this chunk-size line so far
+    int ext_len             # chunk-extension bytes (with their BWS) in this body
+    int trailer_len
+    int trailer_fields
     bint done
     bint error
     bint stop_at_data       # return after each run of chunk data (de-chunking)

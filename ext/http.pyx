@@ -1,7 +1,9 @@
 # HTTP/1.1 framing for a proxy (RFC 9112), strict where leniency lets requests
-# be smuggled: bare LF, obs-fold, whitespace before the colon, NUL/CTL in values,
+# be smuggled: bare LF or CR, obs-fold, whitespace before the colon, NUL/CTL in values,
 # Content-Length with Transfer-Encoding, differing Content-Length fields,
-# Transfer-Encoding other than exactly "chunked", bad chunk sizes -> 400.
+# Transfer-Encoding other than exactly "chunked", bad chunk sizes, chunk lines,
+# extensions or trailers past their bounds -> 400. What is forwarded has one framing:
+# a repeated identical Content-Length is marked dropped.
 #
 # Why not httptools here: llhttp reports neither where a field line starts and
 # ends (we rewrite the block by copying kept lines) nor lets us stop between two
@@ -55,11 +57,15 @@ cdef int _header_kind(const char *name, int n) noexcept nogil:
             return H_CONTENT_LENGTH
         if _ieq(name, n, "connection", 10):
             return H_CONNECTION
+        if _ieq(name, n, "cf-connecting-ip", 16):
+            return H_CLIENT_IDENTITY
     elif c == b't':
         if _ieq(name, n, "transfer-encoding", 17):
             return H_TRANSFER_ENCODING
         if _ieq(name, n, "te", 2):
             return H_TE
+        if _ieq(name, n, "true-client-ip", 14):
+            return H_CLIENT_IDENTITY
     elif c == b'k':
         if _ieq(name, n, "keep-alive", 10):
             return H_KEEP_ALIVE
@@ -70,15 +76,18 @@ cdef int _header_kind(const char *name, int n) noexcept nogil:
         if _ieq(name, n, "upgrade", 7):
             return H_UPGRADE
     elif c == b'x':
-        if _ieq(name, n, "x-forwarded-for", 15):
-            return H_X_FORWARDED_FOR
+        if n > 12 and _ieq(name, 12, "x-forwarded-", 12):
+            return _x_forwarded_kind(name + 12, n - 12)
         if _ieq(name, n, "x-real-ip", 9):
             return H_X_REAL_IP
-        if _ieq(name, n, "x-forwarded-proto", 17):
-            return H_X_FORWARDED_PROTO
+        if _ieq(name, n, "x-client-ip", 11) or _ieq(name, n, "x-cluster-client-ip", 19) or \
+                _ieq(name, n, "x-original-forwarded-for", 24) or _ieq(name, n, "x-url-scheme", 12):
+            return H_CLIENT_IDENTITY
     elif c == b'f':
         if _ieq(name, n, "forwarded", 9):
             return H_FORWARDED
+        if _ieq(name, n, "fastly-client-ip", 16) or _ieq(name, n, "front-end-https", 15):
+            return H_CLIENT_IDENTITY
     elif c == b'e':
         if _ieq(name, n, "expect", 6):
             return H_EXPECT
@@ -87,6 +96,44 @@ cdef int _header_kind(const char *name, int n) noexcept nogil:
     elif c == b's':
         if _ieq(name, n, "strict-transport-security", 25):
             return H_HSTS
+    return H_OTHER
+
+
+# H_CLIENT_IDENTITY: what a proxy in front says about the client or the URL it used. Apps
+# and frameworks believe these when told a proxy sets them: the client address
+# (True-Client-IP: Akamai, Cloudflare; CF-Connecting-IP; Fastly-Client-IP; X-Client-IP and
+# X-Cluster-Client-IP, read by Rails' remote_ip; X-Original-Forwarded-For: ingress-nginx),
+# the host, port and prefix of generated URLs and redirects (X-Forwarded-Host/-Port/-Prefix/
+# -Server: werkzeug ProxyFix, Django USE_X_FORWARDED_HOST, Apache mod_proxy: Host-header
+# poisoning, cache poisoning), the scheme (X-Forwarded-Protocol/-Scheme/-Ssl, X-Url-Scheme,
+# Front-End-Https: Rack, IIS). From an untrusted peer they are forged, so they are dropped;
+# X-Forwarded-Proto and X-Real-IP we always set ourselves.
+cdef int _x_forwarded_kind(const char *rest, int n) noexcept nogil:
+    """The kind of "X-Forwarded-" + rest."""
+    if _ieq(rest, n, "for", 3):
+        return H_X_FORWARDED_FOR
+    if _ieq(rest, n, "proto", 5):
+        return H_X_FORWARDED_PROTO
+    if _ieq(rest, n, "host", 4) or _ieq(rest, n, "port", 4) or _ieq(rest, n, "server", 6) or \
+            _ieq(rest, n, "prefix", 6) or _ieq(rest, n, "protocol", 8) or _ieq(rest, n, "scheme", 6) or \
+            _ieq(rest, n, "ssl", 3):
+        return H_CLIENT_IDENTITY
+    return H_OTHER
+
+
+cdef int _lookalike_kind(const char *name, int n) noexcept nogil:
+    """A name with "_" is never one of ours; CGI and WSGI turn "_" and "-" into the same
+    variable, so one that reads as a forwarding header with "-" counts as client identity."""
+    cdef char folded[32]
+    cdef int i, kind
+    if n > 32:
+        return H_OTHER
+    for i in range(n):
+        folded[i] = b'-' if name[i] == b'_' else name[i]
+    kind = _header_kind(folded, n)
+    if kind == H_X_FORWARDED_FOR or kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO or \
+            kind == H_FORWARDED or kind == H_CLIENT_IDENTITY:
+        return H_CLIENT_IDENTITY
     return H_OTHER
 
 
@@ -106,15 +153,25 @@ cdef Py_ssize_t find_head_end(const char *p, Py_ssize_t n, Py_ssize_t scanned) n
 
 
 cdef int check_line_endings(const char *p, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
-    """400 when p[start:end] holds an LF without its CR (a bare-LF header block is
-    refused at once instead of waiting for a CRLFCRLF that never comes)."""
+    """400 when p[start:end] holds an LF without its CR or a CR without its LF, anywhere
+    in the block: start line, field lines (a bare-LF block is refused at once instead of
+    waiting for a CRLFCRLF that never comes). A CR that ends the range is judged with the
+    next bytes (callers re-check from one byte before them)."""
     cdef const char *q = p + start
     cdef const char *stop = p + end
     while q < stop:
         q = <const char *>memchr(q, 10, stop - q)
         if q == NULL:
-            return 0
+            break
         if q == p or (q - 1)[0] != 13:
+            return 400
+        q += 1
+    q = p + start
+    while q < stop:
+        q = <const char *>memchr(q, 13, stop - q)
+        if q == NULL:
+            return 0
+        if q + 1 < stop and (q + 1)[0] != 10:
             return 400
         q += 1
     return 0
@@ -148,6 +205,23 @@ cdef bint _final_coding_chunked(const char *p, int n) noexcept nogil:
     while start > 0 and p[start - 1] != b',' and p[start - 1] != b' ' and p[start - 1] != b'\t':
         start -= 1
     return _ieq(p + start, end - start, "chunked", 7)
+
+
+cdef int _chunked_count(const char *p, int n) noexcept nogil:
+    """How many codings of a Transfer-Encoding list are "chunked"."""
+    cdef int i = 0, start, end, count = 0
+    while i < n:
+        while i < n and (p[i] == b' ' or p[i] == b'\t' or p[i] == b','):
+            i += 1
+        start = i
+        while i < n and p[i] != b',':
+            i += 1
+        end = i
+        while end > start and (p[end - 1] == b' ' or p[end - 1] == b'\t'):
+            end -= 1
+        if _ieq(p + start, end - start, "chunked", 7):
+            count += 1
+    return count
 
 
 cdef int _parse_content_length(const char *p, int n, long long *out) noexcept nogil:
@@ -197,8 +271,9 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
     Returns 0, or the status to answer with: 400 malformed, 431 too many fields
     (requests); for responses any error is 502."""
     cdef int i = 0, j, line, name_end, vs, ve, count = 0, bad
+    cdef bint underscore
     cdef long long cl
-    cdef int te_count = 0
+    cdef int te_count = 0, chunked_codings = 0
     bad = 400 if is_request else 502
     head.is_request = is_request
     head.nheaders = 0
@@ -267,7 +342,7 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
                 head.error = bad
                 return bad
             i += 1
-        i += 2
+        i += 2   # check_line_endings: this CR is followed by its LF
     head.line_end = i
 
     while i < n - 2:
@@ -275,7 +350,9 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
         if p[i] == b' ' or p[i] == b'\t':
             head.error = bad   # obs-fold (RFC 9112 §5.2): refused
             return bad
+        underscore = False
         while i < n and _TCHAR[<unsigned char>p[i]]:
+            underscore |= p[i] == b'_'
             i += 1
         name_end = i
         if name_end == line or i >= n or p[i] != b':':
@@ -305,7 +382,11 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
         slots[count].name_len = name_end - line
         slots[count].value_start = vs
         slots[count].value_len = ve - vs
-        slots[count].kind = _header_kind(p + line, name_end - line)
+        slots[count].underscore = underscore
+        if underscore:
+            slots[count].kind = _lookalike_kind(p + line, name_end - line)
+        else:
+            slots[count].kind = _header_kind(p + line, name_end - line)
         slots[count].drop = False
         count += 1
     head.nheaders = count
@@ -321,9 +402,11 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
             if _parse_content_length(p + slots[j].value_start, slots[j].value_len, &cl) < 0:
                 head.error = bad
                 return bad
-            if head.content_length >= 0 and head.content_length != cl:
-                head.error = bad
-                return bad
+            if head.content_length >= 0:
+                if head.content_length != cl:
+                    head.error = bad
+                    return bad
+                slots[j].drop = True   # RFC 9112 §6.3: identical fields forwarded as one
             head.content_length = cl
             head.cl_seen = True
         elif kind == H_TRANSFER_ENCODING:
@@ -333,6 +416,7 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
                 head.chunked = _ieq(p + slots[j].value_start, slots[j].value_len, "chunked", 7)
             else:
                 head.chunked = _final_coding_chunked(p + slots[j].value_start, slots[j].value_len)
+                chunked_codings += _chunked_count(p + slots[j].value_start, slots[j].value_len)
             if is_request and (not head.chunked or te_count > 1):
                 head.error = bad
                 return bad
@@ -352,6 +436,9 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
             head.error = bad
             return bad
     else:
+        if chunked_codings > 1:
+            head.error = bad   # RFC 9112 §7.1: chunked is applied once; a client could unframe twice
+            return bad
         if head.te_present:
             head.content_length = -1   # RFC 9112 §6.3: Transfer-Encoding overrides
     return 0
@@ -381,6 +468,10 @@ cdef void framer_init(BodyFramer *f, int mode, long long length) noexcept nogil:
     f.chunk_state = CH_SIZE
     f.remaining = length if mode == BODY_LENGTH else 0
     f.size_digits = 0
+    f.line_len = 0
+    f.ext_len = 0
+    f.trailer_len = 0
+    f.trailer_fields = 0
     f.total = 0
     f.stop_at_data = False
     f.data_start = 0
@@ -497,6 +588,16 @@ cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept
             continue
         c = p[i]
         i += 1
+        if st < CH_DATA:
+            f.line_len += 1
+            if f.line_len > CHUNK_LINE_MAX:
+                f.error = True
+                return -1
+        elif st >= CH_TRAILER_START:
+            f.trailer_len += 1
+            if f.trailer_len > TRAILER_SECTION_MAX:
+                f.error = True
+                return -1
         if st == CH_SIZE:
             h = _hexval(c)
             if h >= 0:
@@ -534,6 +635,13 @@ cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept
             if c != b'\n':
                 f.error = True
                 return -1
+            # Extensions are forwarded raw, never read: bounded per body, not by
+            # client_max_body_size (payload only, as nginx counts it).
+            f.ext_len += f.line_len - f.size_digits - 2
+            if f.ext_len > CHUNK_EXT_MAX:
+                f.error = True
+                return -1
+            f.line_len = 0
             f.size_digits = 0
             f.chunk_state = CH_DATA if f.remaining > 0 else CH_TRAILER_START
         elif st == CH_DATA_CR:
@@ -551,6 +659,10 @@ cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept
             if c == b'\r':
                 f.chunk_state = CH_FINAL_LF
             elif _TCHAR[<unsigned char>c]:
+                f.trailer_fields += 1
+                if f.trailer_fields > TRAILER_FIELDS_MAX:
+                    f.error = True
+                    return -1
                 f.chunk_state = CH_TRAILER_LINE
             else:
                 f.error = True
@@ -655,9 +767,6 @@ cdef class HeadBuffer:
 
 # ---- Python API for tests and the plain-HTTP redirect listener -------------
 
-_KIND_NAMES = {H_HOST: "host", H_CONTENT_LENGTH: "content-length"}
-
-
 def parse_request_head(data, int max_headers=100):
     """Parse one complete request header block; returns a dict or raises ValueError(status)."""
     return _parse_py(data, True, max_headers)
@@ -682,11 +791,19 @@ cdef dict _parse_py(data, bint is_request, int max_headers):
     if parse_head(p, end, is_request, &head, slots, max_headers):
         raise ValueError(head.error)
     headers = []
+    dropped, identity, underscore = [], [], []
     for j in range(head.nheaders):
         s = slots[j]
-        headers.append((raw[s.line_start:s.line_start + s.name_len].decode("latin-1"),
-                        raw[s.value_start:s.value_start + s.value_len].decode("latin-1")))
+        name = raw[s.line_start:s.line_start + s.name_len].decode("latin-1")
+        headers.append((name, raw[s.value_start:s.value_start + s.value_len].decode("latin-1")))
+        if s.drop:
+            dropped.append(name)
+        if s.kind == H_CLIENT_IDENTITY:
+            identity.append(name)
+        if s.underscore:
+            underscore.append(name)
     out = {"version": "1.1" if head.version == 11 else "1.0", "headers": headers, "head_len": end,
+           "dropped": dropped, "client_identity": identity, "underscore": underscore,
            "content_length": head.content_length if head.content_length >= 0 else None,
            "chunked": bool(head.chunked), "keep_alive_off": bool(head.conn_close),
            "expect_continue": bool(head.expect_continue)}

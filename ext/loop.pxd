@@ -61,6 +61,7 @@ cdef class Worker:
     cdef int header_buffer_size
     cdef int max_header_fields
     cdef long long client_max_body_size
+    cdef RequestLimits request_limits
     cdef double header_timeout
     cdef double keepalive_timeout
     cdef double connect_timeout

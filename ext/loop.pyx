@@ -79,6 +79,8 @@ cdef class Worker:
         self.header_buffer_size = limits.header_buffer_size
         self.max_header_fields = min(limits.max_header_fields, MAX_HEADER_SLOTS)
         self.client_max_body_size = limits.client_max_body_size
+        self.request_limits.max_body = limits.client_max_body_size
+        self.request_limits.underscores_in_headers = limits.underscores_in_headers
         self.header_timeout = limits.client_header_timeout
         self.keepalive_timeout = limits.keepalive_timeout
         self.connect_timeout = limits.backend_connect_timeout

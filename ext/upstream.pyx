@@ -343,6 +343,7 @@ cdef class BackendConnection:
                     return
                 if self.head_pending:
                     self.head_pending = False
+                    self.worker.count_status(stream.exchange.status)
                     out = self.worker.writer
                     if k and not self.body.stop_at_data:
                         used = stream.response_head(out, p + i, k)
@@ -425,7 +426,6 @@ cdef class BackendConnection:
         if r == R_BAD:
             self._bad_response(ex.failure)
             return -1
-        w.count_status(ex.status)
         framer_init(&self.body, ex.response_mode, head.content_length)
         self.body.stop_at_data = ex.dechunk
         self.state = B_BODY

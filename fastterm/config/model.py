@@ -98,6 +98,7 @@ class Limits(Struct):
     drain_timeout: float = 30.0
     send_timeout: float = 60.0  # nginx send_timeout: a client that takes no output for this long is closed
     worker_connections: int = 0  # client connections per worker; 0: 7/8 of RLIMIT_NOFILE
+    underscores_in_headers: bool = False  # nginx's default: request fields with "_" in the name are dropped
 
 
 class Sessions(Struct):

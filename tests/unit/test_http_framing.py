@@ -136,6 +136,59 @@ def test_duplicate_identical_content_length_accepted():
     assert head["content_length"] == 5
 
 
+def test_duplicate_identical_content_length_forwarded_once():
+    """RFC 9112 §6.3: identical fields may be accepted but are one field: the repeats are dropped."""
+    head = parse_request_head(req("Host: h", "Content-Length: 5", "content-length: 05", "Content-Length: 5",
+                                  start=b"POST / HTTP/1.1"))
+    assert head["dropped"] == ["content-length", "Content-Length"]
+    assert parse_request_head(req("Host: h", "Content-Length: 5", start=POST))["dropped"] == []
+    head = parse_response_head(resp("Content-Length: 2", "Content-Length: 2"))
+    assert head["content_length"] == 2 and head["dropped"] == ["Content-Length"]
+
+
+# ---- Forwarded identity: recognised in any case, look-alikes with "_" -------------
+
+CLIENT_IDENTITY = ["X-Forwarded-Host", "X-Forwarded-Port", "X-Forwarded-Server", "X-Forwarded-Prefix",
+                   "X-Forwarded-Protocol", "X-Forwarded-Scheme", "X-Forwarded-Ssl", "X-Url-Scheme",
+                   "Front-End-Https", "X-Original-Forwarded-For", "True-Client-IP", "X-Client-IP",
+                   "X-Cluster-Client-IP", "CF-Connecting-IP", "Fastly-Client-IP"]
+FORWARDING = ["X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto", "Forwarded"]
+
+
+@pytest.mark.parametrize("name", CLIENT_IDENTITY)
+def test_client_identity_names_in_any_case(name):
+    for variant in (name, name.lower(), name.upper(), name.swapcase()):
+        head = parse_request_head(req("Host: h", f"{variant}: 6.6.6.6"))
+        assert head["client_identity"] == [variant]
+        assert head["underscore"] == []
+
+
+@pytest.mark.parametrize("name", FORWARDING + ["X-Forwarded-", "X-Forwarded-Hostname", "X-Forwarded-Fo",
+                                               "X-Client-IPs", "True-Client", "X-Custom"])
+def test_other_names_are_not_client_identity(name):
+    """X-Forwarded-For, X-Real-IP, X-Forwarded-Proto, Forwarded have kinds of their own."""
+    assert parse_request_head(req("Host: h", f"{name}: v"))["client_identity"] == []
+
+
+@pytest.mark.parametrize("name", [n.replace("-", "_") for n in FORWARDING[:3] + CLIENT_IDENTITY]
+                         + ["x_forwarded-for", "X-Forwarded_Host", "x_REAL_ip"])
+def test_underscore_lookalikes_are_client_identity(name):
+    """CGI and WSGI read X_Forwarded_For as HTTP_X_FORWARDED_FOR, the same variable as X-Forwarded-For."""
+    head = parse_request_head(req("Host: h", f"{name}: 6.6.6.6"))
+    assert head["underscore"] == [name]
+    assert head["client_identity"] == [name]
+
+
+@pytest.mark.parametrize("line", ["Content_Length: 5", "Transfer_Encoding: chunked", "Connection_: close",
+                                  "My_Header: v", "_: v", "X_" + "a" * 40 + ": v"])
+def test_underscore_names_are_never_framing(line):
+    head = parse_request_head(req("Host: h", line, start=POST))
+    name = line.split(":")[0]
+    assert head["underscore"] == [name]
+    assert head["client_identity"] == []
+    assert head["content_length"] is None and not head["chunked"] and not head["keep_alive_off"]
+
+
 @pytest.mark.parametrize("value, expected", [("0", 0), ("7", 7), ("007", 7), ("123456789012", 123456789012)])
 def test_content_length_values(value, expected):
     head = parse_request_head(req("Host: h", f"Content-Length: {value}", start=b"POST / HTTP/1.1"))
@@ -264,6 +317,14 @@ def test_bare_lf_refused_before_the_head_is_complete(data):
     assert status_of(data) == 400
 
 
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\nHost: h\rX",       # a bare CR is refused as soon as the next byte is seen
+    b"GET /\rx HTTP/1.1\r\n",
+], ids=["bare-cr-in-field", "bare-cr-in-start-line"])
+def test_bare_cr_refused_before_the_head_is_complete(data):
+    assert status_of(data) == 400
+
+
 @pytest.mark.parametrize("host", ["ex ample.com", "a/b", "user@host"], ids=["space", "slash", "userinfo"])
 def test_invalid_host_value_is_400(host):
     """RFC 9112 §3.2: 400 for a Host field with an invalid value (uri-host [":" port]).
@@ -330,9 +391,18 @@ def test_response_chunked_not_final_is_not_chunked():
     resp(start=b"HTTP/1.1 200X"),
     resp(start=b"HTTP/1.1 099 Low"),
     resp(start=b"ICY 200 OK"),
+    b"HTTP/1.1 200 OK\rX-Injected: 1\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200\rX-Injected: 1\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\rX-Injected: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: 1\rX-B: 2\r\n\r\n",
+    resp("Transfer-Encoding: chunked", "Transfer-Encoding: chunked"),
+    resp("Transfer-Encoding: chunked, chunked"),
+    resp("Transfer-Encoding: gzip, Chunked", "Transfer-Encoding: chunked"),
 ], ids=["differing-cl", "bad-cl", "nul", "space-before-colon", "obs-fold", "bare-lf", "nul-reason",
         "version-1.2", "version-2", "two-digit-status", "non-digit-status", "four-digit-status",
-        "status-no-space", "status-below-100", "not-http"])
+        "status-no-space", "status-below-100", "not-http", "bare-cr-after-reason", "bare-cr-no-reason",
+        "cr-cr-after-reason", "bare-cr-between-fields", "chunked-two-fields", "chunked-chunked",
+        "chunked-in-both-fields"])
 def test_bad_responses_are_502(data):
     with pytest.raises(ValueError) as info:
         parse_response_head(data)
@@ -372,6 +442,28 @@ STRICT_CHUNKED = re.compile(
     rb"(?:0*[1-9a-fA-F][0-9a-fA-F]*" + _EXT + rb"\r\n(?s:.)*?\r\n)*0+" + _EXT + rb"\r\n" + _FIELD + rb"*\r\n")
 
 
+CHUNK_LINE_MAX = 4096        # ext/http.pxd
+CHUNK_EXT_MAX = 16384
+TRAILER_SECTION_MAX = 16384
+TRAILER_FIELDS_MAX = 100
+
+
+def ext(n: int) -> bytes:
+    """A chunk extension of exactly ``n`` bytes (";" and a name)."""
+    return b";" + b"e" * (n - 1)
+
+
+def extensions(total: int) -> bytes:
+    """A body whose chunk lines carry ``total`` extension bytes, each line at its bound."""
+    per_line = CHUNK_LINE_MAX - 3        # one size digit and CRLF
+    lines, last = divmod(total, per_line)
+    return b"".join(b"1" + ext(per_line) + b"\r\nx\r\n" for _ in range(lines)) + b"0" + ext(last) + b"\r\n\r\n"
+
+
+def trailers(n: int) -> bytes:
+    return b"".join(b"T%d: v\r\n" % i for i in range(n))
+
+
 def dechunk(wire: bytes) -> bytes:
     """A small reference decoder (RFC 9112 §7.1) for bodies our framer accepted."""
     out, i = bytearray(), 0
@@ -406,6 +498,11 @@ VALID_CHUNKED = {
     "empty-body": b"0\r\n\r\n",
     "big-chunk": b"4000\r\n" + b"x" * 0x4000 + b"\r\n0\r\n\r\n",
     "max-size-digits": b"000000000000005\r\nhello\r\n0\r\n\r\n",   # 15 hex digits
+    # The bounds of ext/http.pxd, exactly reached.
+    "line-at-limit": b"5" + ext(CHUNK_LINE_MAX - 3) + b"\r\nhello\r\n0\r\n\r\n",
+    "extensions-at-limit": extensions(CHUNK_EXT_MAX),
+    "trailer-section-at-limit": b"0\r\nT: " + b"v" * (TRAILER_SECTION_MAX - 7) + b"\r\n\r\n",
+    "trailer-fields-at-limit": b"0\r\n" + trailers(TRAILER_FIELDS_MAX) + b"\r\n",
 }
 
 
@@ -484,6 +581,15 @@ INVALID_CHUNKED = {
     "size-space-junk": b"5 x\r\nhello\r\n0\r\n\r\n",
     "size-space-digits": b"0 5\r\nhello\r\n0\r\n\r\n",
     "size-tab-digits": b"000\t5\r\nhello\r\n0\r\n\r\n",
+    # Framing nobody reads is bounded (CVE-2024-22019): one byte past each bound of ext/http.pxd.
+    "line-over-limit": b"5" + ext(CHUNK_LINE_MAX - 2) + b"\r\nhello\r\n0\r\n\r\n",
+    "line-of-whitespace": b"5" + b" " * CHUNK_LINE_MAX + b";a\r\nhello\r\n0\r\n\r\n",
+    "last-chunk-line-over-limit": b"0" + ext(CHUNK_LINE_MAX - 2) + b"\r\n\r\n",
+    "extension-1mib": b"1;x=" + b"a" * (1 << 20) + b"\r\nX\r\n0\r\n\r\n",
+    "extensions-over-limit": extensions(CHUNK_EXT_MAX + 1),
+    "many-lines-of-extensions": b"".join(b"1" + ext(1000) + b"\r\nx\r\n" for _ in range(17)) + b"0\r\n\r\n",
+    "trailer-section-over-limit": b"0\r\nT: " + b"v" * (TRAILER_SECTION_MAX - 6) + b"\r\n\r\n",
+    "trailer-fields-over-limit": b"0\r\n" + trailers(TRAILER_FIELDS_MAX + 1) + b"\r\n",
 }
 
 
@@ -597,6 +703,10 @@ CORPUS = [
     b"GET / HTTP/1.1\r\nHost: h\r\nCookie: a=1; b=2\r\nCookie: c=3\r\nX-Empty:\r\n\r\n",
     b"PATCH /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
     b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: %d\r\n" % (i, i) for i in range(99)) + b"\r\n",
+    (b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Host: a\r\ntrue-client-ip: 1.2.3.4\r\nX_Forwarded_For: 6.6.6.6\r\n"
+     b"My_Header: v\r\nContent-Length: 0\r\n\r\n"),
+    (b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"5" + ext(CHUNK_LINE_MAX - 3) + b"\r\nhello\r\n0\r\n" + trailers(TRAILER_FIELDS_MAX) + b"\r\n"),
 ]
 
 
@@ -615,7 +725,10 @@ if given is not None:
                                       f"{core[:3]} {core[3:]}" if len(core) > 4 else core]))
     RESERVED = {"host", "content-length", "transfer-encoding", "connection", "upgrade", "expect",
                 "proxy-connection", "keep-alive", "te"}
-    FIELD = st.tuples(TOKEN.filter(lambda n: n.lower() not in RESERVED), VALUE)
+    NAME = st.one_of(TOKEN.filter(lambda n: n.lower() not in RESERVED),
+                     st.sampled_from(CLIENT_IDENTITY + FORWARDING).flatmap(
+                         lambda n: st.sampled_from([n, n.lower(), n.upper(), n.replace("-", "_")])))
+    FIELD = st.tuples(NAME, VALUE)
 
     @st.composite
     def requests(draw):
@@ -638,8 +751,8 @@ if given is not None:
                 wire_body = body
             else:
                 fields.append(("Transfer-Encoding", "chunked"))
-                ext = draw(st.sampled_from(["", ";a=1", ";x"]))
-                wire_body = b"".join(b"%x%s\r\n%s\r\n" % (len(c), ext.encode(), c) for c in chunks)
+                extension = draw(st.sampled_from([b"", b";a=1", b";x", ext(CHUNK_EXT_MAX // 8)]))
+                wire_body = b"".join(b"%x%s\r\n%s\r\n" % (len(c), extension, c) for c in chunks)
                 wire_body += b"0\r\n"
                 if draw(st.booleans()):
                     wire_body += b"X-Checksum: 1\r\n"
@@ -653,6 +766,22 @@ if given is not None:
     @given(requests())
     def test_generated_requests_same_as_httptools(data):
         assert_same_as_reference(data)
+
+    def lookalike(name: str) -> str:
+        return name.replace("_", "-").lower()
+
+    @settings(max_examples=300, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(requests())
+    def test_generated_requests_names_classified(data):
+        """Client identity by name in any case, and "_" look-alikes of any forwarding name."""
+        head = parse_request_head(data)
+        names = [n for n, _ in head["headers"]]
+        identity = {n.lower() for n in CLIENT_IDENTITY}
+        forwarding = identity | {n.lower() for n in FORWARDING}
+        assert head["underscore"] == [n for n in names if "_" in n]
+        assert head["client_identity"] == [
+            n for n in names if n.lower() in identity or ("_" in n and lookalike(n) in forwarding)]
 
     @settings(max_examples=200, deadline=None, derandomize=True)
     @given(requests(), st.data())
@@ -719,6 +848,9 @@ def check_head(data: bytes):
     assert names.count("transfer-encoding") <= 1
     if head["version"] == "1.1":
         assert head["host"] is not None
+    # One framing forwarded: at most one Content-Length is left once the repeats are dropped.
+    assert names.count("content-length") - [n.lower() for n in head["dropped"]].count("content-length") <= 1
+    assert head["underscore"] == [n for n, _ in head["headers"] if "_" in n]
     for name, value in head["headers"]:
         assert name and ":" not in name and " " not in name
         assert value == value.strip(" \t")
