@@ -42,7 +42,7 @@ def validate(path: str, *, verbose: bool = False) -> Config:
     except ImportError:
         # The Cython core is not built: the OpenSSL-level checks are skipped, not failed.
         return config
-    build_contexts(config)
+    build_contexts(config, path)
     return config
 
 
