@@ -98,9 +98,9 @@ cdef int _client_hello_cb(SSL *ssl, int *alert, void *arg) noexcept:
 cdef int _servername_cb(SSL *ssl, int *alert, void *arg) noexcept:
     """Runs after the session lookup, on the context the ClientHello callback chose.
 
-    Accepting the name keeps it in a new TLS 1.2 session (a resumption must name it
-    again). A new session gets this server's lifetime: OpenSSL gave it the listener
-    default's (the session_ctx the connection started on).
+    Accepting the name acknowledges it and records it in a new session. A new session
+    gets this server's lifetime: OpenSSL gave it the listener default's (the session_ctx
+    the connection started on).
     """
     cdef TLSContext ctx = <TLSContext>arg
     cdef SSL_SESSION *session
@@ -307,8 +307,9 @@ cdef class TLSContext:
 
     cdef bint _take_over(self, SSL *ssl, TLSContext current) noexcept:
         """Move ``ssl`` from ``current`` to this context. SSL_set_SSL_CTX(3) brings the
-        certificates, the cipher lists and the session ID context; what SSL_new copied
-        from ``current`` (versions, options, groups) is set here."""
+        certificates and the session ID context, and an SSL reads its cipher lists from
+        its current SSL_CTX; what SSL_new copied from ``current`` (versions, options,
+        groups) is set here."""
         if SSL_set_SSL_CTX(ssl, self.ctx) == NULL:
             return False
         SSL_clear_options(ssl, SSL_get_options(ssl) & ~self.options)
