@@ -27,9 +27,16 @@ cdef class TLSContext:
     cdef bytes alpn_wire            # our ALPN list in wire format, preference order
     cdef dict sni                   # lowercased name or "*.suffix" -> TLSContext
     cdef readonly list key_types    # "RSA", "EC", ... one per certificate added
-    cdef public object server       # the worker's per-server policy, picked by SNI
+    # What SSL_new copies from the SSL_CTX, re-applied when SNI moves a connection here.
+    cdef int min_version
+    cdef int max_version
+    cdef unsigned long long options
+    cdef bytes groups               # None: OpenSSL's default (or the listener's, once moved)
+    cdef long session_timeout       # seconds; OpenSSL takes it from the listener's context
 
+    # SNI flow
     cdef TLSContext _select(self, const char *name)
+    cdef bint _take_over(self, SSL *ssl, TLSContext current) noexcept
 
 
 cdef class TLSConnection:

@@ -2,17 +2,20 @@
 #
 # Ownership (uvloop handle.pyx style): pointers are NULL until the factory
 # finishes, __dealloc__ frees each exactly once. A TLSConnection keeps a Python
-# reference to its TLSContext, so the SSL_CTX (and the SNI/ALPN callback
-# arguments, which are borrowed TLSContext pointers) outlive every SSL.
+# reference to its TLSContext, so the SSL_CTX (and the ClientHello/SNI/ALPN
+# callback arguments, which are borrowed TLSContext pointers) outlive every SSL.
+#
+# Server blocks: the listener's default context is the one every SSL starts on
+# (OpenSSL's session_ctx: session cache, ticket keys). The ClientHello callback
+# moves the connection to the context SNI names and applies that server's
+# settings before OpenSSL negotiates anything or looks a session up; each
+# context's session ID context keeps its sessions from resuming anywhere else.
 
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 _PROTOCOL_VERSIONS = {"TLSv1.2": TLS1_2_VERSION, "TLSv1.3": TLS1_3_VERSION}
 _REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
-
-# One session id context for every SSL_CTX, so a session survives an SNI switch.
-cdef bytes _SID_CTX = b"fastterm"
 
 # Live OpenSSL objects owned by this process (uvloop's UVLOOP_DEBUG counters, always on:
 # two integer updates per connection). Tests assert they return to their baseline.
@@ -48,23 +51,63 @@ cdef bytes _alpn_wire(protocols):
     return bytes(out)
 
 
-cdef int _servername_cb(SSL *ssl, int *alert, void *arg) noexcept:
-    """SNI: swap in the SSL_CTX of the server block named by the client (default otherwise).
+cdef bint _client_hello_name(SSL *ssl, const unsigned char **name, size_t *name_len) noexcept:
+    """The host_name of the ClientHello's server_name extension (RFC 6066 §3); OpenSSL
+    parses it only after the session lookup, so the ClientHello callback reads it raw.
+    Anything malformed reads as no name: OpenSSL then rejects the extension itself."""
+    cdef const unsigned char *ext
+    cdef size_t n = 0, length
+    if not SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &n) or n < 5:
+        return False
+    # ServerNameList: uint16 length, then NameType (0 = host_name), uint16 length, name.
+    if <size_t>((ext[0] << 8) | ext[1]) != n - 2 or ext[2] != TLSEXT_NAMETYPE_host_name:
+        return False
+    length = (ext[3] << 8) | ext[4]
+    if length == 0 or length > n - 5 or memchr(ext + 5, 0, length) != NULL:
+        return False
+    name[0] = ext + 5
+    name_len[0] = length
+    return True
 
-    Like nginx, protocol versions and ciphers stay those of the listener's default
-    server: OpenSSL has already chosen them from the first SSL_CTX.
+
+cdef int _client_hello_cb(SSL *ssl, int *alert, void *arg) noexcept:
+    """SNI: move the connection to the server block the client names (the default otherwise).
+
+    The ClientHello callback (SSL_CTX_set_client_hello_cb(3), where HAProxy switches too)
+    runs before version and cipher negotiation and before ssl_get_prev_session compares a
+    session's ID context with the connection's, so all of them see the chosen server.
+    A second ClientHello (after a HelloRetryRequest) finds the chosen context current.
     """
-    cdef const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
-    cdef TLSContext default_ctx = <TLSContext>arg
+    cdef TLSContext current = <TLSContext>arg
     cdef TLSContext chosen
-    if name == NULL:
-        return SSL_TLSEXT_ERR_OK
+    cdef const unsigned char *name
+    cdef size_t name_len
+    if not current.sni or not _client_hello_name(ssl, &name, &name_len):
+        return SSL_CLIENT_HELLO_SUCCESS
     try:
-        chosen = default_ctx._select(name)
+        chosen = current._select(PyBytes_FromStringAndSize(<const char *>name, name_len))
     except BaseException:
-        return SSL_TLSEXT_ERR_OK
-    if chosen is not default_ctx:
-        SSL_set_SSL_CTX(ssl, chosen.ctx)
+        return SSL_CLIENT_HELLO_SUCCESS
+    if chosen is not current and not chosen._take_over(ssl, current):
+        # Fail closed: the connection would otherwise run under another server's settings.
+        alert[0] = SSL_AD_INTERNAL_ERROR
+        return SSL_CLIENT_HELLO_ERROR
+    return SSL_CLIENT_HELLO_SUCCESS
+
+
+cdef int _servername_cb(SSL *ssl, int *alert, void *arg) noexcept:
+    """Runs after the session lookup, on the context the ClientHello callback chose.
+
+    Accepting the name acknowledges it and records it in a new session. A new session
+    gets this server's lifetime: OpenSSL gave it the listener default's (the session_ctx
+    the connection started on).
+    """
+    cdef TLSContext ctx = <TLSContext>arg
+    cdef SSL_SESSION *session
+    if not SSL_session_reused(ssl):
+        session = SSL_get_session(ssl)
+        if session != NULL and SSL_SESSION_get_timeout(session) != ctx.session_timeout:
+            SSL_SESSION_set_timeout(session, ctx.session_timeout)
     return SSL_TLSEXT_ERR_OK
 
 
@@ -85,20 +128,26 @@ cdef int _alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *out
 
 
 cdef class TLSContext:
-    """One SSL_CTX: certificates, protocol floor/ceiling, ciphers, ALPN, SNI, sessions."""
+    """One SSL_CTX: certificates, protocol floor/ceiling, ciphers, ALPN, SNI, sessions.
+
+    ``session_id_context`` (server side, up to 32 bytes) scopes sessions: one resumes only
+    on a context with the same value. Contexts that must resume each other's sessions
+    (workers, the next generation after a reload) pass the same bytes; by default a
+    context gets its own random one.
+    """
 
     def __cinit__(self):
         self.ctx = NULL
         self.sni = {}
         self.key_types = []
         self.alpn_wire = b""
-        self.server = None
+        self.groups = None
 
     def __init__(self, *, bint server_side=True, protocols=("TLSv1.2", "TLSv1.3"),
                  str ciphers=None, str ciphersuites=None, str groups=None,
                  bint prefer_server_ciphers=True, bint session_cache=True,
                  double session_timeout=300.0, bint session_tickets=True, alpn=("http/1.1",),
-                 str cafile=None):
+                 str cafile=None, bytes session_id_context=None):
         cdef long options
         self.server_side = server_side
         for proto in protocols:
@@ -109,6 +158,8 @@ cdef class TLSContext:
         if not protocols:
             raise ConfigError("no protocol enabled")
         versions = sorted(_PROTOCOL_VERSIONS[p] for p in protocols)
+        self.min_version = versions[0]
+        self.max_version = versions[len(versions) - 1]
 
         ERR_clear_error()
         self.ctx = SSL_CTX_new(TLS_server_method() if server_side else TLS_client_method())
@@ -116,8 +167,8 @@ cdef class TLSContext:
             raise_tls_error("SSL_CTX_new failed")
         global _live_ctx
         _live_ctx += 1
-        if not SSL_CTX_set_min_proto_version(self.ctx, versions[0]) or \
-                not SSL_CTX_set_max_proto_version(self.ctx, versions[len(versions) - 1]):
+        if not SSL_CTX_set_min_proto_version(self.ctx, self.min_version) or \
+                not SSL_CTX_set_max_proto_version(self.ctx, self.max_version):
             raise_tls_error("cannot set protocol versions")
 
         options = SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION
@@ -142,8 +193,12 @@ cdef class TLSContext:
             raise_tls_error(f"invalid TLSv1.2 cipher list {ciphers!r}")
         if ciphersuites is not None and not SSL_CTX_set_ciphersuites(self.ctx, ciphersuites.encode()):
             raise_tls_error(f"invalid TLSv1.3 ciphersuites {ciphersuites!r}")
-        if groups is not None and not SSL_CTX_set1_groups_list(self.ctx, groups.encode()):
-            raise_tls_error(f"invalid key-exchange groups {groups!r}")
+        if groups is not None:
+            self.groups = groups.encode()
+            if not SSL_CTX_set1_groups_list(self.ctx, self.groups):
+                raise_tls_error(f"invalid key-exchange groups {groups!r}")
+        self.options = SSL_CTX_get_options(self.ctx)
+        self.session_timeout = <long>session_timeout
 
         self.alpn_wire = _alpn_wire(alpn or ())
         if server_side:
@@ -152,14 +207,22 @@ cdef class TLSContext:
                 SSL_CTX_sess_set_cache_size(self.ctx, 20480)
             else:
                 SSL_CTX_set_session_cache_mode(self.ctx, SSL_SESS_CACHE_OFF)
-            SSL_CTX_set_timeout(self.ctx, <long>session_timeout)
-            SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>PyBytes_AS_STRING(_SID_CTX),
-                                           len(_SID_CTX))
+            SSL_CTX_set_timeout(self.ctx, self.session_timeout)
+            if session_id_context is None:
+                session_id_context = os.urandom(SSL_MAX_SID_CTX_LENGTH)
+            if not SSL_CTX_set_session_id_context(
+                    self.ctx, <const unsigned char *>PyBytes_AS_STRING(session_id_context),
+                    len(session_id_context)):
+                raise_tls_error("invalid session ID context")
+            SSL_CTX_set_client_hello_cb(self.ctx, _client_hello_cb, <void *>self)
             SSL_CTX_set_alpn_select_cb(self.ctx, _alpn_select_cb, <void *>self)
             SSL_CTX_set_tlsext_servername_callback(self.ctx, _servername_cb)
             SSL_CTX_set_tlsext_servername_arg(self.ctx, <void *>self)
-            # Under the supervisor: the cache and ticket keys live in shared memory.
-            attach_shared(self.ctx, session_cache, session_tickets)
+            # Under the supervisor: the cache and ticket keys live in shared memory. The
+            # ticket keys go on every context: a server block with tickets on behind a
+            # default without them still encrypts under the default's (OpenSSL uses the
+            # session_ctx's) and must use the shared keys.
+            attach_shared(self.ctx, session_cache, True)
         else:
             SSL_CTX_set_session_cache_mode(self.ctx, SSL_SESS_CACHE_CLIENT)
             if self.alpn_wire and SSL_CTX_set_alpn_protos(
@@ -232,8 +295,32 @@ cdef class TLSContext:
                               else OBJ_nid2sn(key_id).decode())
 
     def set_sni(self, dict names not None):
-        """``{"example.com": ctx, "*.example.com": ctx2}``; unknown names keep this (default) context."""
+        """``{"example.com": ctx, "*.example.com": ctx2}``; unknown names keep this (default) context.
+
+        A named context's certificates, protocols, ciphers, TLS 1.3 suites, groups (unset:
+        this context's), options (server order, tickets), session lifetime and ALPN apply
+        to its connections. The session cache is this context's for all of them: OpenSSL
+        keeps it on the context a connection started on.
+        """
         self.sni = {k.lower(): v for k, v in names.items()}
+
+    cdef bint _take_over(self, SSL *ssl, TLSContext current) noexcept:
+        """Move ``ssl`` from ``current`` to this context. SSL_set_SSL_CTX(3) brings the
+        certificates and the session ID context, and an SSL reads its cipher lists from
+        its current SSL_CTX; what SSL_new copied from ``current`` (versions, options,
+        groups) is set here."""
+        if SSL_set_SSL_CTX(ssl, self.ctx) == NULL:
+            return False
+        SSL_clear_options(ssl, SSL_get_options(ssl) & ~self.options)
+        SSL_set_options(ssl, self.options)
+        if self.min_version != current.min_version and not SSL_set_min_proto_version(ssl, self.min_version):
+            return False
+        if self.max_version != current.max_version and not SSL_set_max_proto_version(ssl, self.max_version):
+            return False
+        if self.groups is not None and self.groups != current.groups and \
+                not SSL_set1_groups_list(ssl, self.groups):
+            return False
+        return True
 
     cdef TLSContext _select(self, const char *name):
         cdef bytes raw = name

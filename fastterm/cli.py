@@ -38,11 +38,11 @@ def validate(path: str, *, verbose: bool = False) -> Config:
             for warning in expiry_warnings(load_certificate(certificate.cert, certificate.key)):
                 _say(warning, level="warn")
     try:
-        from fastterm.worker import build_contexts
+        from fastterm.config.plan import build
     except ImportError:
         # The Cython core is not built: the OpenSSL-level checks are skipped, not failed.
         return config
-    build_contexts(config)
+    build(config, path)
     return config
 
 

@@ -1,7 +1,7 @@
-"""One serving process: builds the ext objects from a Config and runs a uvloop loop.
+"""One serving process: the ext objects from a Plan (``config/plan.py``) on a uvloop loop.
 
-All per-byte work happens in ``fastterm._core``; this module only wires policy
-(which certificate, which upstream, which limits) into it.
+All per-byte work happens in ``fastterm._core``; this module binds and starts listeners,
+the port-80 redirect, and stops them (drain).
 """
 
 from __future__ import annotations
@@ -12,88 +12,12 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass, field
 
-from fastterm.certs.store import load_certificate
-from fastterm.config.model import Config, Server
-from fastterm.config.toml import parse_address
-from fastterm.errors import ConfigError, TLSError
+from fastterm.config.model import Config
+from fastterm.config.plan import Plan, build
+from fastterm.errors import ConfigError
 
 log = logging.getLogger("fastterm.worker")
-
-
-@dataclass
-class Plan:
-    """Everything a worker serves, built and validated before any socket is bound."""
-
-    listeners: list[tuple[tuple[str, int], object, object]] = field(default_factory=list)  # (addr, TLSContext, SiteTable)
-    pools: dict[str, object] = field(default_factory=dict)
-    redirects: list[tuple[tuple[str, int], int]] = field(default_factory=list)  # (addr, https_port)
-
-
-def _server_context(server: Server, pools: dict, index: int):
-    """The server block's SSL_CTX and its HTTP policy (routes, HSTS, trusted proxies)."""
-    from fastterm._core import ServerPolicy, TLSContext
-
-    tls = server.tls
-    where = f"server[{index}] ({', '.join(server.server_names) or 'no server_names'})"
-    try:
-        ctx = TLSContext(
-            protocols=tls.protocols, ciphers=tls.ciphers, ciphersuites=tls.ciphersuites,
-            groups=tls.groups, prefer_server_ciphers=tls.prefer_server_ciphers,
-            session_cache=tls.session_cache, session_timeout=tls.session_timeout,
-            session_tickets=tls.session_tickets, alpn=tls.alpn,
-        )
-    except TLSError as exc:
-        raise ConfigError(str(exc), directive=f"{where} tls") from None
-    for cert in server.certificates:
-        ck = load_certificate(cert.cert, cert.key)
-        try:
-            ctx.add_certificate(ck.chain_pem, ck.key_pem)
-        except TLSError as exc:
-            raise ConfigError(f"{ck.source}: {exc}", directive=f"{where} certificate") from None
-    routes = []
-    for route in server.routes:
-        if route.upstream not in pools:
-            raise ConfigError(f"unknown upstream {route.upstream!r}", directive=f"{where} route")
-        routes.append((route.path, pools[route.upstream]))
-    policy = ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
-                          server.hsts, server.trusted_proxies)
-    return ctx, policy
-
-
-def build(config: Config) -> Plan:
-    """Build every SSL_CTX and upstream pool; raises ConfigError naming what is wrong."""
-    from fastterm._core import SiteTable, UpstreamPool
-
-    plan = Plan()
-    for up in config.upstreams:
-        servers = [parse_address(s, default_host="127.0.0.1") for s in up.servers]
-        plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
-                                           up.keepalive_max, up.keepalive_timeout)
-    by_listen: dict[tuple[str, int], list[tuple[Server, object, object]]] = {}
-    for i, server in enumerate(config.servers):
-        ctx, policy = _server_context(server, plan.pools, i)
-        for listen in server.listen:
-            by_listen.setdefault(parse_address(listen), []).append((server, ctx, policy))
-    for addr, entries in by_listen.items():
-        default, default_policy = next(((c, p) for s, c, p in entries if s.default_server), entries[0][1:])
-        names, policies = {}, {}
-        for server, ctx, policy in entries:
-            for name in server.server_names:
-                names.setdefault(name.lower(), ctx)
-                policies.setdefault(name.lower(), policy)
-        default.set_sni(names)
-        plan.listeners.append((addr, default, SiteTable(policies, default_policy)))
-    for redirect in config.redirects:
-        for listen in redirect.listen:
-            plan.redirects.append((parse_address(listen), redirect.https_port))
-    return plan
-
-
-def build_contexts(config: Config) -> Plan:
-    """What ``fastterm check`` runs: the same construction as serving, nothing bound."""
-    return build(config)
 
 
 def ensure_free(addr: tuple[str, int]) -> None:

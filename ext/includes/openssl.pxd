@@ -227,3 +227,27 @@ cdef extern from "compat.h" nogil:
     int i2d_SSL_SESSION(SSL_SESSION *inp, unsigned char **pp)
     SSL_SESSION *d2i_SSL_SESSION(SSL_SESSION **a, const unsigned char **pp, long length)
     int RAND_bytes(unsigned char *buf, int num)
+
+
+# ---- server blocks: the ClientHello callback and per-connection settings ---
+cdef extern from "compat.h":
+    ctypedef int (*client_hello_cb_func)(SSL *s, int *al, void *arg) noexcept
+
+cdef extern from "compat.h" nogil:
+    enum:
+        SSL_CLIENT_HELLO_SUCCESS
+        SSL_CLIENT_HELLO_ERROR
+        SSL_AD_INTERNAL_ERROR
+        TLSEXT_TYPE_server_name
+        SSL_MAX_SID_CTX_LENGTH
+    void SSL_CTX_set_client_hello_cb(SSL_CTX *ctx, client_hello_cb_func cb, void *arg)
+    int SSL_client_hello_get0_ext(SSL *s, unsigned int type, const unsigned char **out, size_t *outlen)
+    unsigned long long SSL_CTX_get_options(const SSL_CTX *ctx)
+    unsigned long long SSL_get_options(const SSL *s)
+    unsigned long long SSL_set_options(SSL *s, unsigned long long op)
+    unsigned long long SSL_clear_options(SSL *s, unsigned long long op)
+    int SSL_set_min_proto_version(SSL *s, int version)
+    int SSL_set_max_proto_version(SSL *s, int version)
+    int SSL_set1_groups_list(SSL *s, const char *groups)
+    SSL_SESSION *SSL_get_session(const SSL *ssl)
+    long SSL_SESSION_set_timeout(SSL_SESSION *s, long t)

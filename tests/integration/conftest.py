@@ -57,7 +57,8 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
     default server ``server_names``, ``certificates``, ``tls``, ``hsts``, ``routes``,
     ``trusted_proxies``; ``limits`` (merged over TEST_LIMITS), ``upstreams`` (full list),
     ``keepalive`` (backend pool size), ``redirect`` (bool), ``https_port_in_redirect``, ``workers``
-    (1 by default: one backend pool, one process to watch), ``command_prefix`` (e.g. prlimit).
+    (1 by default: one backend pool, one process to watch), ``command_prefix`` (e.g. prlimit). Every server of ``servers``
+    listens on the test port, then on the addresses of its own ``listen``.
     """
     started: list[Fastterm] = []
 
@@ -90,7 +91,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
             server["route"] = routes if routes is not None else [{"path": "/", "upstream": "app"}]
             servers = [server]
         else:
-            servers = [dict(s, listen=[listen]) for s in servers]
+            servers = [dict(s, listen=[listen, *s.get("listen", [])]) for s in servers]
         config = {
             "workers": workers,
             "log_level": log_level,

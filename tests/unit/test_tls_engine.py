@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 import warnings
 
 import pytest
@@ -494,14 +495,12 @@ def test_set_sni_replaces_the_map(ec_leaf, rsa_leaf):
     assert default.select("b.test") is other
 
 
-def test_server_policy_travels_with_the_context(sni_server):
+def test_sni_choice_travels_with_the_connection(sni_server):
+    """The context SNI chose is the connection's (the HTTP policy of the server block is
+    looked up by name in the worker's SiteTable: the TLS engine knows nothing of HTTP)."""
     default, rsa_ctx, _ = sni_server
-    default.server, rsa_ctx.server = "default-policy", "rsa-policy"
-    try:
-        pair = handshake(default, client_context(), server_hostname="rsa.example.com")
-        assert pair.server.selected_context.server == "rsa-policy"
-    finally:
-        default.server = rsa_ctx.server = None
+    pair = handshake(default, client_context(), server_hostname="rsa.example.com")
+    assert pair.server.selected_context is rsa_ctx
 
 
 # ---- Session resumption -----------------------------------------------------
@@ -593,14 +592,175 @@ def test_session_from_another_context_not_resumed(ec_leaf):
 
 @pytest.mark.parametrize("tickets", [True, False], ids=["tickets", "session-id-cache"])
 def test_session_survives_sni_switch(sni_server, tickets, ec_leaf, rsa_leaf, intermediate):
-    """The SID context is the same on every SSL_CTX, so a resumed session whose SNI picks
-    a non-default context still resumes."""
+    """The ClientHello callback moves the connection to the context SNI names before
+    OpenSSL looks the session up, so a session made there resumes there (its session ID
+    context is that context's, not the listener default's)."""
     default = server_context(ec_leaf, intermediate=intermediate, session_tickets=tickets)
     rsa_ctx = server_context(rsa_leaf, intermediate=intermediate, session_tickets=tickets)
     default.set_sni({"rsa.example.com": rsa_ctx})
     _, second = resume(default, client_context(), host="rsa.example.com")
     assert second.server.session_reused is True
     assert second.server.selected_context is rsa_ctx
+
+
+# ---- Server blocks: SNI picks the settings and the scope of sessions ----------------
+
+def listener(ec_leaf, *others, **default_settings):
+    """A listener's default context (www.example.com) and one context per ``others``
+    entry (settings dict), named a.test, b.test, ... as separate server blocks are."""
+    default = server_context(ec_leaf, **default_settings)
+    blocks = [server_context(ec_leaf, **settings) for settings in others]
+    default.set_sni({f"{chr(ord('a') + i)}.test": ctx for i, ctx in enumerate(blocks)})
+    return default, *blocks
+
+
+def refused(default, client, name) -> PyClientPair:
+    pair = PyClientPair(default, client, server_hostname=name)
+    assert pair.handshake() == FAILED
+    assert pair.client_error is not None
+    return pair
+
+
+def test_server_block_protocols_apply(ec_leaf):
+    """A TLS 1.3-only server block refuses a TLS 1.2 client that names it, while the
+    listener's default (and a TLS 1.2-only block) serve TLS 1.2 on the same listener."""
+    default, _, only12 = listener(ec_leaf, {"protocols": ("TLSv1.3",)}, {"protocols": ("TLSv1.2",)})
+    tls12 = client_context(maximum=ssl.TLSVersion.TLSv1_2)
+    assert "protocol" in refused(default, tls12, "a.test").server.error
+    assert handshake(default, tls12, server_hostname="www.example.com").server.version == "TLSv1.2"
+    pair = handshake(default, client_context(), server_hostname="b.test")
+    assert pair.server.version == "TLSv1.2"
+    assert pair.server.selected_context is only12
+    assert handshake(default, client_context(), server_hostname="a.test").server.version == "TLSv1.3"
+
+
+def test_server_block_tls12_ciphers_apply(ec_leaf):
+    default, _ = listener(ec_leaf, {"ciphers": "ECDHE-ECDSA-CHACHA20-POLY1305"})
+    aes_only = client_context(maximum=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert "no shared cipher" in refused(default, aes_only, "a.test").server.error
+    assert handshake(default, aes_only, server_hostname="www.example.com").server.cipher == \
+        "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert handshake(default, client_context(maximum=ssl.TLSVersion.TLSv1_2),
+                     server_hostname="a.test").server.cipher == "ECDHE-ECDSA-CHACHA20-POLY1305"
+
+
+def test_server_block_tls13_ciphersuites_apply(ec_leaf):
+    """OpenSSL picks the TLS 1.3 suite before it parses SNI: only a switch in the
+    ClientHello callback gives the named server's suites."""
+    default, _ = listener(ec_leaf, {"ciphersuites": "TLS_CHACHA20_POLY1305_SHA256"},
+                          ciphersuites="TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384")
+    assert handshake(default, client_context(), server_hostname="a.test").server.cipher == \
+        "TLS_CHACHA20_POLY1305_SHA256"
+    assert handshake(default, client_context(), server_hostname="www.example.com").server.cipher == \
+        "TLS_AES_128_GCM_SHA256"
+
+
+@pytest.mark.parametrize("maximum", [None, ssl.TLSVersion.TLSv1_2], ids=["tls13", "tls12"])
+def test_server_block_groups_apply(ec_leaf, maximum):
+    default, _ = listener(ec_leaf, {"groups": "P-384"}, groups="X25519:P-256:P-384")
+    p256_only = client_context(maximum=maximum)
+    p256_only.set_ecdh_curve("prime256v1")
+    refused(default, p256_only, "a.test")
+    assert handshake(default, p256_only, server_hostname="www.example.com").server.handshake_done
+
+
+@BYTE_SPLITS
+def test_server_block_hello_retry(ec_leaf, one_byte):
+    """The client's first key share (X25519) is not one of the named server's groups:
+    a HelloRetryRequest brings a second ClientHello, which finds that server current."""
+    default, p384 = listener(ec_leaf, {"groups": "P-384"}, groups="X25519:P-256:P-384")
+    pair = handshake(default, client_context(), one_byte, server_hostname="a.test")
+    assert pair.server.version == "TLSv1.3"
+    assert pair.server.selected_context is p384
+
+
+def test_server_block_cipher_order_applies(ec_leaf):
+    order = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"
+    default, _ = listener(ec_leaf, {"ciphers": order, "prefer_server_ciphers": False}, ciphers=order)
+    client = client_context(maximum=ssl.TLSVersion.TLSv1_2,
+                            ciphers="ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert handshake(default, client, server_hostname="www.example.com").server.cipher == \
+        "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert handshake(default, client, server_hostname="a.test").server.cipher == "ECDHE-ECDSA-AES256-GCM-SHA384"
+
+
+def test_server_block_tickets_apply(ec_leaf):
+    """Tickets off in one server block: its TLS 1.2 clients get session IDs (which resume),
+    the default's clients still get tickets."""
+    default, _ = listener(ec_leaf, {"session_tickets": False})
+    client = client_context(maximum=ssl.TLSVersion.TLSv1_2)
+    first, second = resume(default, client, host="a.test")
+    assert first.client.session.has_ticket is False
+    assert second.server.session_reused is True
+    assert handshake(default, client, server_hostname="www.example.com").client.session.has_ticket is True
+
+
+@pytest.mark.parametrize("maximum", [None, ssl.TLSVersion.TLSv1_2], ids=["tls13", "tls12"])
+def test_server_block_session_lifetime_applies(ec_leaf, maximum):
+    """OpenSSL gives a new session the lifetime of the context the connection started on;
+    the named server's replaces it (the ticket's lifetime hint, RFC 8446 §4.6.1, shows it)."""
+    default, _ = listener(ec_leaf, {"session_timeout": 60}, session_timeout=300)
+    client = client_context(maximum=maximum)
+    assert handshake(default, client, server_hostname="a.test").client.session.ticket_lifetime_hint == 60
+    assert handshake(default, client, server_hostname="www.example.com").client.session.ticket_lifetime_hint \
+        == 300
+
+
+def test_server_block_session_expires_with_its_lifetime(ec_leaf):
+    default, _ = listener(ec_leaf, {"session_timeout": 1, "session_tickets": False})
+    client = client_context(maximum=ssl.TLSVersion.TLSv1_2)
+    session = handshake(default, client, server_hostname="a.test").client.session
+    time.sleep(2.1)   # OpenSSL 3.0 keeps whole seconds: expired once now - time > 1
+    assert handshake(default, client, server_hostname="a.test", session=session).server.session_reused is False
+
+
+@pytest.mark.parametrize("maximum", [None, ssl.TLSVersion.TLSv1_2], ids=["tls13", "tls12"])
+@pytest.mark.parametrize("tickets", [True, False], ids=["tickets", "session-id-cache"])
+def test_session_stays_in_its_server_block(ec_leaf, maximum, tickets):
+    """A session made under one server block's name gets a full handshake (no error) under
+    another block's, the default's, or no name; under its own name it resumes."""
+    default, a, b = listener(ec_leaf, {"session_tickets": tickets}, {"session_tickets": tickets},
+                             session_tickets=tickets)
+    client = client_context(maximum=maximum)
+    _, again = resume(default, client, host="a.test")
+    assert again.server.session_reused is True
+    assert again.server.selected_context is a
+    session = again.client.session
+    for name, ctx in (("b.test", b), ("www.example.com", default), (None, default)):
+        other = handshake(default, client, server_hostname=name, session=session)
+        assert other.server.selected_context is ctx
+        assert other.server.session_reused is False, name
+        assert other.client.session_reused is False, name
+    from_default = handshake(default, client, server_hostname="www.example.com").client.session
+    assert handshake(default, client, server_hostname="a.test", session=from_default).server.session_reused \
+        is False
+    assert handshake(default, client, server_hostname="www.example.com",
+                     session=from_default).server.session_reused is True
+
+
+def test_same_session_id_context_is_one_scope(ec_leaf):
+    """Two contexts given the same session ID context (what workers and reloads do) accept
+    each other's sessions; a different one does not."""
+    default, a, b = listener(ec_leaf, {"session_id_context": b"scope-a"}, {"session_id_context": b"scope-b"},
+                             session_tickets=False)
+    client = client_context(maximum=ssl.TLSVersion.TLSv1_2)
+    session = handshake(default, client, server_hostname="a.test").client.session
+    default.set_sni({"a.test": a, "b.test": server_context(ec_leaf, session_id_context=b"scope-a")})
+    assert handshake(default, client, server_hostname="b.test", session=session).server.session_reused is True
+    default.set_sni({"a.test": a, "b.test": b})
+    assert handshake(default, client, server_hostname="b.test", session=session).server.session_reused is False
+
+
+def test_session_id_context_too_long_is_tls_error():
+    with pytest.raises(TLSError, match="session ID context"):
+        TLSContext(session_id_context=b"x" * 33)
+
+
+def test_server_block_alpn_applies(ec_leaf):
+    default, _ = listener(ec_leaf, {"alpn": ("h2", "http/1.1")})
+    client = client_context(alpn=("http/1.1", "h2"))
+    assert handshake(default, client, server_hostname="a.test").server.alpn == "h2"
+    assert handshake(default, client, server_hostname="www.example.com").server.alpn == "http/1.1"
 
 
 # ---- Application data --------------------------------------------------------

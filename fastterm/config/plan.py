@@ -1,0 +1,149 @@
+"""Config -> the frozen tables a worker serves from (DESIGN.md: ``plan.py``).
+
+What ``fastterm check``, a start and a reload all build first, before any socket is bound:
+one SSL_CTX per server block and listener (certificates, TLS policy, session scope), the
+HTTP policy of each server block (routes, HSTS, trusted proxies) in a SiteTable per
+listener that the Host header is looked up in, and the upstream pools. Errors are
+ConfigErrors naming the file, line and directive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import msgspec
+
+from fastterm.certs.store import load_certificate
+from fastterm.config.model import Config, Server
+from fastterm.config.toml import KeyLines, parse_address
+from fastterm.errors import ConfigError, TLSError
+
+
+@dataclass
+class Plan:
+    """Everything a worker serves, built and validated before any socket is bound."""
+
+    listeners: list[tuple[tuple[str, int], object, object]] = field(default_factory=list)  # (addr, TLSContext, SiteTable)
+    pools: dict[str, object] = field(default_factory=dict)
+    redirects: list[tuple[tuple[str, int], int]] = field(default_factory=list)  # (addr, https_port)
+
+
+def _where(server: Server, index: int) -> str:
+    return f"server[{index}] ({', '.join(server.server_names) or 'no server_names'})"
+
+
+def _server_policy(server: Server, pools: dict, index: int):
+    """What the Host header selects: routes, HSTS, trusted proxies (one per server block)."""
+    from fastterm._core import ServerPolicy
+
+    routes = []
+    for route in server.routes:
+        if route.upstream not in pools:
+            raise ConfigError(f"unknown upstream {route.upstream!r}", directive=f"{_where(server, index)} route")
+        routes.append((route.path, pools[route.upstream]))
+    return ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
+                        server.hsts, server.trusted_proxies)
+
+
+def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:
+    """The session ID context of one server block on one listener.
+
+    OpenSSL resumes a session (ID or ticket) only under the context it was made in
+    (SSL_CTX_set_session_id_context(3)), so a session from another server block or
+    listener gets a full handshake. Made from what a reload and the other nodes of a
+    fleet share (DESIGN.md "Scaling past one machine"): the block (position, names, TLS
+    policy) and the listener as the position of its port among the block's, not its
+    address, so nodes on other addresses, and both address families of a port, share
+    sessions. A changed policy starts afresh.
+    """
+    ports = list(dict.fromkeys(parse_address(listen)[1] for listen in server.listen))
+    names = sorted(name.lower() for name in server.server_names)
+    return hashlib.sha256(msgspec.json.encode([index, names, ports.index(addr[1]), server.tls])).digest()
+
+
+def _server_context(server: Server, index: int, certificates: list, scope: bytes):
+    from fastterm._core import TLSContext
+
+    tls = server.tls
+    where = _where(server, index)
+    try:
+        ctx = TLSContext(
+            protocols=tls.protocols, ciphers=tls.ciphers, ciphersuites=tls.ciphersuites,
+            groups=tls.groups, prefer_server_ciphers=tls.prefer_server_ciphers,
+            session_cache=tls.session_cache, session_timeout=tls.session_timeout,
+            session_tickets=tls.session_tickets, alpn=tls.alpn, session_id_context=scope,
+        )
+    except TLSError as exc:
+        raise ConfigError(str(exc), directive=f"{where} tls") from None
+    for ck in certificates:
+        try:
+            ctx.add_certificate(ck.chain_pem, ck.key_pem)
+        except TLSError as exc:
+            raise ConfigError(f"{ck.source}: {exc}", directive=f"{where} certificate") from None
+    return ctx
+
+
+def _check_listener_settings(config: Config, addr: tuple[str, int], indexes: list[int], default: int,
+                             source: str | None) -> None:
+    """Refuse a per-server TLS setting OpenSSL cannot apply per server block.
+
+    The session cache lives on the context every connection starts on, the listener's
+    default server's (SSL_new's session_ctx, which SSL_set_SSL_CTX keeps), so a server
+    block cannot turn it on or off for itself. Everything else in ``[server.tls]`` is
+    applied by the ClientHello and servername callbacks (ext/tls.pyx).
+    """
+    want = config.servers[default].tls.session_cache
+    for i in indexes:
+        server = config.servers[i]
+        if server.tls.session_cache == want:
+            continue
+        host, port = addr
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        line = None
+        if source:
+            with open(source, encoding="utf-8") as f:
+                line = KeyLines(f.read()).line(("server", i, "tls", "session_cache"))
+        raise ConfigError(
+            f"server {', '.join(server.server_names) or i}: session_cache = "
+            f"{str(server.tls.session_cache).lower()} differs from the default server "
+            f"({', '.join(config.servers[default].server_names) or default}) on {listen}; OpenSSL applies "
+            "the listener's (one session cache per listener): set the same value on both",
+            file=source, line=line, directive="server.tls.session_cache")
+
+
+def build(config: Config, source: str | None = None) -> Plan:
+    """Build every SSL_CTX and upstream pool; raises ConfigError naming what is wrong
+    (located in ``source``, the configuration file, when given).
+
+    One TLS context per server block and listener: each its own session scope.
+    """
+    from fastterm._core import SiteTable, UpstreamPool
+
+    plan = Plan()
+    for up in config.upstreams:
+        servers = [parse_address(s, default_host="127.0.0.1") for s in up.servers]
+        plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
+                                           up.keepalive_max, up.keepalive_timeout)
+    policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
+    certificates = [[load_certificate(c.cert, c.key) for c in server.certificates] for server in config.servers]
+    by_listen: dict[tuple[str, int], list[int]] = {}
+    for i, server in enumerate(config.servers):
+        for listen in server.listen:
+            by_listen.setdefault(parse_address(listen), []).append(i)
+    for addr, indexes in by_listen.items():
+        default = next((i for i in indexes if config.servers[i].default_server), indexes[0])
+        _check_listener_settings(config, addr, indexes, default, source)
+        contexts = {i: _server_context(config.servers[i], i, certificates[i],
+                                       _session_scope(addr, config.servers[i], i)) for i in indexes}
+        names, sites = {}, {}
+        for i in indexes:
+            for name in config.servers[i].server_names:
+                names.setdefault(name.lower(), contexts[i])
+                sites.setdefault(name.lower(), policies[i])
+        contexts[default].set_sni(names)
+        plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default])))
+    for redirect in config.redirects:
+        for listen in redirect.listen:
+            plan.redirects.append((parse_address(listen), redirect.https_port))
+    return plan
