@@ -64,8 +64,10 @@ cdef class UpstreamPool:
     cdef void release(self, BackendConnection conn, double now):
         """Back to the idle list after a complete exchange, or closed past the idle cap."""
         cdef list idle = self.idle[conn.server]
+        cdef int n = len(self.servers)
         conn.detach()
-        if len(idle) >= self.idle_cap:
+        # This second's peak counts at once: a burst keeps its connections before the tick.
+        if len(idle) >= min(self.keepalive_max, max(self.idle_cap, (self.window_peak + n - 1) // n)):
             conn.abort()
             return
         conn.state = B_IDLE
@@ -252,14 +254,33 @@ cdef class BackendConnection:
         return self.worker.backend_view
 
     def buffer_updated(self, Py_ssize_t n):
-        self._on_data(PyByteArray_AS_STRING(self.worker.backend_buf), n)
+        try:
+            self._on_data(PyByteArray_AS_STRING(self.worker.backend_buf), n)
+        except Exception:
+            self._internal_error()
 
     def eof_received(self):
-        self._lost()
+        try:
+            self._lost()
+        except Exception:
+            self._internal_error()
         return False
 
     def connection_lost(self, exc):
-        self._lost()
+        try:
+            self._lost()
+        except Exception:
+            self._internal_error()
+
+    def _internal_error(self):
+        """A bug met on this backend connection closes it and its client's stream, never
+        the worker (the same boundary as the client side's event dispatch)."""
+        cdef Stream stream = self.stream
+        _log.exception("upstream %s: closing a backend connection after an internal error", self.pool.name)
+        self.abort()
+        if stream is not None:
+            stream.backend = None
+            stream.reset()
 
     def pause_writing(self):
         if self.stream is not None:
