@@ -43,7 +43,7 @@ def set_title(title: str) -> None:
 
 
 def worker_count(config: Config) -> int:
-    return os.cpu_count() or 1 if config.workers == "auto" else int(config.workers)
+    return (os.cpu_count() or 1) if config.workers == "auto" else int(config.workers)
 
 
 def session_lifetime(config: Config) -> float:
