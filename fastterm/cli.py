@@ -61,7 +61,10 @@ def _serve(path: str, config: Config, single: bool = False) -> int:
     """Serve until stopped: a master with workers, or (``--single``) this process alone."""
     try:
         if single:
-            from fastterm.worker import run
+            from fastterm.supervisor import raise_nofile_limit
+            from fastterm.worker import run, setup_logging
+            setup_logging(config)
+            raise_nofile_limit()
             run(config)
         else:
             from fastterm.supervisor import run_master

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -44,6 +45,21 @@ def set_title(title: str) -> None:
 
 def worker_count(config: Config) -> int:
     return (os.cpu_count() or 1) if config.workers == "auto" else int(config.workers)
+
+
+def raise_nofile_limit() -> int:
+    """Raise the open-file soft limit to the hard one (nginx ``worker_rlimit_nofile``): every
+    client holds a descriptor and a proxied request a second, so the usual soft default of
+    1024 caps a worker at a few hundred connections. Workers inherit it through fork()."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, exc)
+    log.debug("RLIMIT_NOFILE: %d open files (hard limit %d)", soft, hard)
+    return soft
 
 
 def session_lifetime(config: Config) -> float:
@@ -438,6 +454,7 @@ class Master:
 
 def run_master(config_path: str, config: Config) -> int:
     worker_mod.setup_logging(config)
+    raise_nofile_limit()
     master = Master(config_path, config)
     return master.run()
 

@@ -104,9 +104,11 @@ class Supervised:
     def write_raw_config(self, text: str) -> None:
         Path(self.config_path).write_text(text)
 
-    def start(self, timeout: float = 20.0) -> Supervised:
+    def start(self, timeout: float = 20.0, wrapper: tuple[str, ...] = ()) -> Supervised:
+        """``wrapper``: a command that execs the rest (``prlimit --nofile=256:``), so the
+        master keeps the pid this object waits on."""
         with open(self.output_file, "ab") as out:
-            self.proc = subprocess.Popen([self.python, "-m", "fastterm", "run", "-c", self.config_path],
+            self.proc = subprocess.Popen([*wrapper, self.python, "-m", "fastterm", "run", "-c", self.config_path],
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self.env, cwd=self.tmp_path)
         deadline = time.monotonic() + timeout
