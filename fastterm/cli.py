@@ -13,10 +13,11 @@ import subprocess
 import sys
 import time
 
-from fastterm.certs.store import expiry_warnings, load_certificate
+from fastterm.certs.store import expiry_warnings, key_permission_warnings, load_certificate
 from fastterm.config.model import Config
 from fastterm.config.toml import load_config
 from fastterm.errors import FasttermError
+from fastterm.keys import read_key_files
 from fastterm.process import stop as stop_process
 
 PROG = "fastterm"
@@ -35,8 +36,10 @@ def validate(path: str, *, verbose: bool = False) -> Config:
         _say(f"the configuration file {path} syntax is ok")
     for server in config.servers:
         for certificate in server.certificates:
-            for warning in expiry_warnings(load_certificate(certificate.cert, certificate.key)):
+            ck = load_certificate(certificate.cert, certificate.key)
+            for warning in expiry_warnings(ck) + key_permission_warnings(ck):
                 _say(warning, level="warn")
+    read_key_files(config.sessions.ticket_key_file)
     try:
         from fastterm.worker import build_contexts
     except ImportError:

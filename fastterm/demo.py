@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fastterm import files
+
 DEMO_NAMES = ("localhost", "127.0.0.1", "::1")
 CA_LIFETIME = timedelta(days=3650)
 LEAF_LIFETIME = timedelta(days=397)  # the CA/Browser Forum maximum for public certificates
@@ -123,14 +125,8 @@ def make_ca(common_name: str = "fastterm demo CA", not_before: datetime | None =
 
 
 def write_atomic(path: str, data: bytes, *, private: bool = False) -> None:
-    """Write atomically; private keys are created 0600 so they are never readable by others."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    if private:
-        os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    """Write atomically (``fastterm.files.write_atomic``); private keys 0600, the rest 0644."""
+    files.write_atomic(path, data, 0o600 if private else 0o644)
 
 
 def _load(cert_path: str, key_path: str) -> Issued | None:

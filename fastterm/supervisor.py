@@ -28,6 +28,7 @@ from fastterm import worker as worker_mod
 from fastterm.config.model import Config
 from fastterm.config.toml import load_config, parse_address
 from fastterm.errors import FasttermError
+from fastterm.files import is_private_dir, private_dir, write_atomic
 from fastterm.keys import TicketKeys
 
 log = logging.getLogger("fastterm.master")
@@ -68,8 +69,15 @@ def session_lifetime(config: Config) -> float:
 
 
 def default_pid_file() -> str:
-    run = "/run" if os.geteuid() == 0 and os.access("/run", os.W_OK) else os.environ.get("TMPDIR", "/tmp")
-    return os.path.join(run, "fastterm.pid" if run == "/run" else f"fastterm-{os.geteuid()}.pid")
+    """``/run/fastterm.pid`` as root; else in the user's own runtime directory:
+    ``$XDG_RUNTIME_DIR`` (per user, 0700, by the XDG spec), or a 0700 directory of ours
+    under ``$TMPDIR`` (a fixed file name straight in /tmp could be anyone's file or symlink)."""
+    if os.geteuid() == 0 and os.access("/run", os.W_OK):
+        return "/run/fastterm.pid"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if not (runtime and is_private_dir(runtime)):
+        runtime = private_dir(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fastterm-{os.geteuid()}"))
+    return os.path.join(runtime, "fastterm.pid")
 
 
 def pid_file_of(config: Config) -> str:
@@ -370,10 +378,7 @@ class Master:
         self.signals.append(signum)
 
     def _write_pid_file(self) -> None:
-        tmp = f"{self.pid_file}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.replace(tmp, self.pid_file)
+        write_atomic(self.pid_file, f"{os.getpid()}\n".encode(), 0o644)
 
     def _remove_pid_file(self) -> None:
         try:

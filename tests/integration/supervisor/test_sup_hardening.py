@@ -3,10 +3,12 @@ describes: through the admin address, the pid file's directory, and resource lim
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import ssl
 import subprocess
+from pathlib import Path
 
 from conftest import wait_until
 
@@ -55,3 +57,14 @@ def test_single_process_raises_the_open_file_limit(supervised):
     assert f"RLIMIT_NOFILE: {hard} open files" in sup.log()
     sup.proc.send_signal(signal.SIGTERM)
     assert sup.proc.wait(timeout=10) == 0
+
+
+def test_pid_file_is_not_written_through_a_planted_symlink(supervised, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    sup = supervised(start=False)
+    os.symlink(victim, f"{sup.pid_file}.tmp")   # the temporary name the master used to write first
+    sup.start()
+    assert victim.read_text() == "precious\n"
+    assert not Path(sup.pid_file).is_symlink()
+    assert sup.read_pid_file() == sup.pid
