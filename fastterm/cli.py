@@ -101,18 +101,38 @@ def _control_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _admin_credential(config: Config) -> str:
+    """The header that authorizes a mutating call: on TCP the master's token, read from its
+    0600 token file (readable by the master's user and root); on a unix socket the
+    kernel's peer credentials do it, no header needed."""
+    from fastterm.supervisor import token_file_of
+
+    if config.admin.startswith("unix:"):
+        return ""
+    try:
+        with open(token_file_of(config)) as f:
+            return f"Authorization: Bearer {f.read().strip()}\r\n"
+    except OSError:
+        return ""    # the master answers 401, naming the file
+
+
 def _admin_request(config: Config, method: str, path: str) -> tuple[int, str]:
     """One request to the master's admin endpoint (loopback or unix socket)."""
     from fastterm.config.toml import parse_address
 
+    credential = _admin_credential(config) if method != "GET" else ""
     if config.admin.startswith("unix:"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(30)
-        sock.connect(config.admin[5:])
+        try:
+            sock.connect(config.admin[5:])
+        except OSError:
+            sock.close()
+            raise
     else:
         sock = socket.create_connection(parse_address(config.admin, default_host="127.0.0.1"), timeout=30)
     with sock:
-        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: fastterm\r\nContent-Length: 0\r\n"
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: fastterm\r\n{credential}Content-Length: 0\r\n"
                      "Connection: close\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(65536):

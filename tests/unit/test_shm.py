@@ -8,50 +8,14 @@ child with a deadline where the old code spun forever.
 from __future__ import annotations
 
 import os
-import pickle
-import signal
 import ssl
 import time
 
 import pytest
 from fastterm._core import FAILED, SharedState, TLSConnection, TLSContext, use_shared_state
+from forked import die_in_child, in_child
 
 FAR = int(time.time()) + 3600
-
-
-def _die_in_child(fn) -> None:
-    """Run ``fn`` in a forked child that then SIGKILLs itself: no cleanup, no unlock."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            fn()
-        finally:
-            os.kill(os.getpid(), signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-
-
-def _in_child(fn, timeout: float = 5.0):
-    """``fn()`` computed in a forked child, which is killed if it takes over ``timeout``."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.write(w, pickle.dumps(fn()))
-        finally:
-            os._exit(0)
-    os.close(w)
-    deadline = time.monotonic() + timeout
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(r)
-            raise AssertionError(f"still running after {timeout} s")
-        time.sleep(0.01)
-    with os.fdopen(r, "rb") as f:
-        return pickle.loads(f.read())
 
 
 def test_a_store_killed_mid_entry_leaves_no_live_torn_entry():
@@ -65,7 +29,7 @@ def test_a_store_killed_mid_entry_leaves_no_live_torn_entry():
         shared.abandon_next_write(500)
         shared.store(sid, new, FAR)
 
-    _die_in_child(store_and_die)
+    die_in_child(store_and_die)
     # The next locker inherits the dead owner's lock (EOWNERDEAD) and the half-written slot:
     # 500 bytes of the new session over the old one must not be handed to OpenSSL.
     assert shared.session(sid) is None
@@ -90,10 +54,10 @@ def test_a_key_write_killed_midway_leaves_readers_the_last_good_keys():
         shared.abandon_next_write(40)
         shared.set_ticket_keys([k3, k1])
 
-    _die_in_child(write_and_die)    # the sequence stays odd for good
-    assert _in_child(shared.ticket_key) == (0, k1)
-    assert _in_child(lambda: shared.ticket_key(k2[:16])) == (1, k2)
-    assert _in_child(lambda: shared.ticket_key(k3[:16])) is None
+    die_in_child(write_and_die)    # the sequence stays odd for good
+    assert in_child(shared.ticket_key) == (0, k1)
+    assert in_child(lambda: shared.ticket_key(k2[:16])) == (1, k2)
+    assert in_child(lambda: shared.ticket_key(k3[:16])) is None
 
 
 def test_a_reader_that_never_saw_consistent_keys_has_none():
@@ -104,8 +68,8 @@ def test_a_reader_that_never_saw_consistent_keys_has_none():
         shared.abandon_next_write(40)
         shared.set_ticket_keys([k1, k2])
 
-    _die_in_child(write_and_die)
-    assert _in_child(shared.ticket_key) is None
+    die_in_child(write_and_die)
+    assert in_child(shared.ticket_key) is None
 
 
 def _handshake(server: TLSConnection, client: ssl.SSLObject, incoming: ssl.MemoryBIO,
@@ -134,7 +98,7 @@ def test_no_consistent_ticket_key_means_no_ticket_not_a_failed_handshake(ec_leaf
         shared.abandon_next_write(40)
         shared.set_ticket_keys([os.urandom(80)])
 
-    _die_in_child(write_and_die)
+    die_in_child(write_and_die)
 
     def serve():
         use_shared_state(shared)        # this child's process-wide state, as in a worker
@@ -149,4 +113,4 @@ def test_no_consistent_ticket_key_means_no_ticket_not_a_failed_handshake(ec_leaf
         done = _handshake(TLSConnection(ctx), client, incoming, outgoing)
         return done, client.session is not None and client.session.has_ticket
 
-    assert _in_child(serve) == (True, False)
+    assert in_child(serve) == (True, False)
