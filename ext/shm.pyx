@@ -243,10 +243,13 @@ cdef class SharedState:
         """``(index, key)`` as the ticket callback would find it (the encrypting key when
         ``name`` is None), or None."""
         cdef ft_ticket_key key
+        cdef const unsigned char *wanted = NULL
         cdef int index
-        if name is not None and len(name) != 16:
-            raise ValueError("a ticket key name is 16 bytes")
-        index = self.read_ticket_key(NULL if name is None else <const unsigned char *>name, &key)
+        if name is not None:
+            if len(name) != 16:
+                raise ValueError("a ticket key name is 16 bytes")
+            wanted = name
+        index = self.read_ticket_key(wanted, &key)
         return None if index < 0 else (index, (<char *>&key)[:sizeof(ft_ticket_key)])
 
     # ---- counters -------------------------------------------------------
