@@ -436,11 +436,14 @@ class Master:
         return out
 
     def _open_admin(self, address: str) -> None:
-        """The admin endpoint; on TCP, a fresh token in a 0600 file for mutating calls."""
-        if not address.startswith("unix:"):
-            self.token = secrets.token_hex(32)
+        """The admin endpoint; on TCP, a fresh token in a 0600 file for mutating calls,
+        written once the address is ours (an instance that cannot bind leaves the running
+        one's token alone)."""
+        tcp = not address.startswith("unix:")
+        self.token = secrets.token_hex(32) if tcp else None
+        self.admin = AdminServer(self, address, self.token, self.token_file if tcp else None)
+        if tcp:
             write_atomic(self.token_file, f"{self.token}\n".encode())
-        self.admin = AdminServer(self, address, self.token, self.token_file if self.token else None)
 
     def _close_admin(self) -> None:
         if self.admin is None:
