@@ -12,6 +12,7 @@ cdef extern from "includes/shm.h" nogil:
         FT_SESSION_ID_MAX
         FT_SESSION_DER_MAX
         FT_PROBE
+        FT_SEQLOCK_RETRIES
     ctypedef struct ft_ticket_key:
         unsigned char name[16]
         unsigned char hmac[32]
@@ -43,6 +44,9 @@ cdef extern from "includes/shm.h" nogil:
     uint64_t ft_load_acquire(const uint64_t *p)
     void ft_store_release(uint64_t *p, uint64_t v)
     void ft_fence()
+    int64_t ft_load_acquire_i64(const int64_t *p)
+    void ft_store_relaxed_i64(int64_t *p, int64_t v)
+    void ft_store_release_i64(int64_t *p, int64_t v)
     int ft_ticket_crypto_init(EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx, const unsigned char *aes,
                               const unsigned char *hmac, const unsigned char *iv, int enc)
 
@@ -51,11 +55,15 @@ cdef class SharedState:
     cdef ft_shared *region
     cdef size_t size
     cdef int owner_pid
+    cdef long abandon_after          # test hook: see abandon_next_write()
+    cdef ft_ticket_keys keys_seen    # this process's last consistent copy of the shared keys
 
     cdef int lock(self) noexcept nogil
     cdef void unlock(self) noexcept nogil
     cdef int store_session(self, const unsigned char *sid, unsigned int sid_len,
                            const unsigned char *der, int der_len, long long expires) noexcept nogil
+    cdef int copy_session(self, const unsigned char *sid, int sid_len, unsigned char *der) noexcept nogil
     cdef SSL_SESSION *find_session(self, const unsigned char *sid, int sid_len) noexcept nogil
     cdef void remove_session(self, const unsigned char *sid, unsigned int sid_len) noexcept nogil
+    cdef bint refresh_ticket_keys(self) noexcept nogil
     cdef int read_ticket_key(self, const unsigned char *name, ft_ticket_key *out) noexcept nogil

@@ -5,11 +5,15 @@
 # critical sections are a memcpy of at most ~1 KiB, far shorter than a handshake,
 # so one lock is simpler than a lock-free design and not contended in measurement;
 # robust because a worker SIGKILLed while holding it must not wedge the others
-# (EOWNERDEAD -> pthread_mutex_consistent, the slot it was writing is cleared).
+# (EOWNERDEAD -> pthread_mutex_consistent). A store zeroes the slot's expiry, writes
+# the entry, and sets the expiry last (release order), so the slot a killed writer
+# leaves half-written is a free one, never a live torn entry.
 #
-# Ticket keys: written only by the master under a seqlock; workers copy a key
-# out in the ticket callback and retry if the sequence moved (no lock on the
-# resumption path).
+# Ticket keys: written only by the master under a seqlock. Each worker keeps its own
+# copy (keys_seen), refreshed when the sequence moves, and searches that: one atomic
+# load per ticket callback, no lock on the resumption path. The refresh gives up after
+# FT_SEQLOCK_RETRIES reads: a master killed mid-write leaves the sequence odd for
+# good, and the workers then keep the keys they last saw.
 
 from libc.string cimport memcpy, memset, memcmp
 
@@ -53,6 +57,8 @@ cdef class SharedState:
         if pthread_mutex_init(&self.region.lock, &attr) != 0:
             raise OSError("pthread_mutex_init failed")
         self.owner_pid = os.getpid()
+        self.abandon_after = -1
+        memset(&self.keys_seen, 0, sizeof(ft_ticket_keys))
 
     def __dealloc__(self):
         if self.region != NULL:
@@ -96,35 +102,46 @@ cdef class SharedState:
                     slot = s
                     oldest = s.expires
             self.region.session_stats[<int>STAT_EVICTIONS] += 1
+        ft_store_relaxed_i64(&slot.expires, 0)
+        ft_fence()                                 # free before any byte of it changes
         slot.id_len = sid_len
         memcpy(slot.id, sid, sid_len)
         slot.der_len = der_len
+        if 0 <= self.abandon_after < der_len:
+            memcpy(slot.der, der, self.abandon_after)
+            return 1
         memcpy(slot.der, der, der_len)
-        slot.expires = expires
+        ft_store_release_i64(&slot.expires, expires)   # live only once whole
         self.region.session_stats[<int>STAT_STORES] += 1
         self.unlock()
         return 1
 
-    cdef SSL_SESSION *find_session(self, const unsigned char *sid, int sid_len) noexcept nogil:
+    cdef int copy_session(self, const unsigned char *sid, int sid_len, unsigned char *der) noexcept nogil:
+        """The live entry for ``sid`` copied into ``der`` (FT_SESSION_DER_MAX bytes): its length, or 0."""
         cdef unsigned int base, i
         cdef ft_session *s
-        cdef unsigned char der[FT_SESSION_DER_MAX]
-        cdef const unsigned char *p = der
         cdef int der_len = 0
         cdef long long now = time(NULL)
         if sid_len <= 0 or sid_len > FT_SESSION_ID_MAX:
-            return NULL
+            return 0
         base = _hash(sid, sid_len) % self.region.nsessions
         if self.lock() != 0:
-            return NULL
+            return 0
         for i in range(FT_PROBE):
             s = &self.region.sessions[(base + i) % self.region.nsessions]
-            if s.expires > now and s.id_len == <unsigned int>sid_len and memcmp(s.id, sid, sid_len) == 0:
+            if (ft_load_acquire_i64(&s.expires) > now and s.id_len == <unsigned int>sid_len
+                    and memcmp(s.id, sid, sid_len) == 0):
                 der_len = s.der_len
                 memcpy(der, s.der, der_len)
                 break
         self.region.session_stats[<int>(STAT_HITS if der_len else STAT_MISSES)] += 1
         self.unlock()
+        return der_len
+
+    cdef SSL_SESSION *find_session(self, const unsigned char *sid, int sid_len) noexcept nogil:
+        cdef unsigned char der[FT_SESSION_DER_MAX]
+        cdef const unsigned char *p = der
+        cdef int der_len = self.copy_session(sid, sid_len, der)
         if der_len == 0:
             return NULL
         return d2i_SSL_SESSION(NULL, &p, der_len)
@@ -144,6 +161,22 @@ cdef class SharedState:
                 break
         self.unlock()
 
+    def store(self, bytes sid not None, bytes der not None, long long expires):
+        """Cache ``der`` under ``sid`` until ``expires`` (unix seconds), as the new-session
+        callback does; for tests and debugging."""
+        return bool(self.store_session(sid, len(sid), der, len(der), expires))
+
+    def session(self, bytes sid not None):
+        """The DER the get-session callback would decode for ``sid``, or None."""
+        cdef unsigned char der[FT_SESSION_DER_MAX]
+        cdef int n = self.copy_session(sid, len(sid), der)
+        return (<char *>der)[:n] if n else None
+
+    def abandon_next_write(self, long nbytes):
+        """Test hook: the next session store or ticket-key write stops after ``nbytes`` of its
+        data and returns as if its process had been SIGKILLed there (a store keeps the lock)."""
+        self.abandon_after = nbytes
+
     # ---- ticket keys ----------------------------------------------------
     def set_ticket_keys(self, keys):
         """Master only: ``keys`` are 80-byte nginx-format keys, the first one encrypts."""
@@ -160,6 +193,9 @@ cdef class SharedState:
         ft_fence()
         for i, k in enumerate(keys):
             raw = bytes(k)
+            if 0 <= self.abandon_after < 80:
+                memcpy(&t.keys[i], <const char *>raw, self.abandon_after)
+                return
             memcpy(&t.keys[i], <const char *>raw, 80)
         t.count = len(keys)
         ft_fence()
@@ -169,27 +205,52 @@ cdef class SharedState:
         cdef ft_ticket_keys *t = &self.region.tickets
         return [(<char *>t.keys[i].name)[:16] for i in range(t.count)]
 
+    cdef bint refresh_ticket_keys(self) noexcept nogil:
+        """Bring keys_seen up to date with the shared keys; False when no consistent copy
+        could be read (keys_seen then keeps the last good keys, none if it never had any)."""
+        cdef ft_ticket_keys *t = &self.region.tickets
+        cdef ft_ticket_keys copy
+        cdef uint64_t seq
+        cdef int attempt
+        for attempt in range(FT_SEQLOCK_RETRIES):
+            seq = ft_load_acquire(&t.seq)
+            if seq == self.keys_seen.seq:
+                return True
+            if seq & 1:
+                continue
+            memcpy(&copy, t, sizeof(ft_ticket_keys))
+            ft_fence()
+            if ft_load_acquire(&t.seq) == seq:
+                copy.seq = seq
+                if copy.count > FT_TICKET_KEYS:
+                    copy.count = FT_TICKET_KEYS
+                memcpy(&self.keys_seen, &copy, sizeof(ft_ticket_keys))
+                return True
+        return False
+
     cdef int read_ticket_key(self, const unsigned char *name, ft_ticket_key *out) noexcept nogil:
         """Copy the key named ``name`` (or the encrypting key when NULL) into ``out``.
         Returns its index (0 = the current encrypting key), or -1."""
-        cdef ft_ticket_keys *t = &self.region.tickets
-        cdef uint64_t seq
-        cdef unsigned int i, count
-        cdef int found
-        while True:
-            seq = ft_load_acquire(&t.seq)
-            if seq & 1:
-                continue
-            found = -1
-            count = t.count
-            for i in range(count if count <= FT_TICKET_KEYS else FT_TICKET_KEYS):
-                if name == NULL or memcmp(t.keys[i].name, name, 16) == 0:
-                    memcpy(out, &t.keys[i], sizeof(ft_ticket_key))
-                    found = i
-                    break
-            ft_fence()
-            if ft_load_acquire(&t.seq) == seq:
-                return found
+        cdef unsigned int i
+        self.refresh_ticket_keys()
+        for i in range(self.keys_seen.count):
+            if name == NULL or memcmp(self.keys_seen.keys[i].name, name, 16) == 0:
+                memcpy(out, &self.keys_seen.keys[i], sizeof(ft_ticket_key))
+                return i
+        return -1
+
+    def ticket_key(self, bytes name=None):
+        """``(index, key)`` as the ticket callback would find it (the encrypting key when
+        ``name`` is None), or None."""
+        cdef ft_ticket_key key
+        cdef const unsigned char *wanted = NULL
+        cdef int index
+        if name is not None:
+            if len(name) != 16:
+                raise ValueError("a ticket key name is 16 bytes")
+            wanted = name
+        index = self.read_ticket_key(wanted, &key)
+        return None if index < 0 else (index, (<char *>&key)[:sizeof(ft_ticket_key)])
 
     # ---- counters -------------------------------------------------------
     def claim_slot(self, int pid, int generation):
@@ -203,6 +264,10 @@ cdef class SharedState:
                 self.region.workers[i].generation = generation
                 return i
         raise RuntimeError("no free worker slot")
+
+    def free_slots(self):
+        """Counter slots left for new workers."""
+        return sum(not self.region.workers[i].used for i in range(FT_WORKER_SLOTS))
 
     def set_slot_pid(self, int slot, int pid):
         self.region.workers[slot].pid = pid
@@ -272,14 +337,15 @@ cdef void _remove_session_cb(SSL_CTX *ctx, SSL_SESSION *sess) noexcept:
 cdef int _ticket_key_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv,
                         EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx, int enc) noexcept:
     """RFC 5077 tickets under the shared keys. Returns 1 (ok), 2 (ok, re-issue under
-    the current key), 0 (unknown key: full handshake), -1 (error)."""
+    the current key), 0 (decrypting: unknown key, full handshake; encrypting: no key, no
+    ticket), -1 (error)."""
     cdef ft_ticket_key key
     cdef int index
     if _shared is None:
         return -1
     if enc:
         if _shared.read_ticket_key(NULL, &key) < 0:
-            return -1
+            return 0      # no key (never published, or torn): issue no ticket, serve on
         if RAND_bytes(iv, 16) != 1:
             return -1
         memcpy(key_name, key.name, 16)

@@ -13,10 +13,11 @@ import subprocess
 import sys
 import time
 
-from fastterm.certs.store import expiry_warnings, load_certificate
+from fastterm.certs.store import expiry_warnings, key_permission_warnings, load_certificate
 from fastterm.config.model import Config
 from fastterm.config.toml import load_config
 from fastterm.errors import FasttermError
+from fastterm.keys import read_key_files
 from fastterm.process import stop as stop_process
 
 PROG = "fastterm"
@@ -35,8 +36,10 @@ def validate(path: str, *, verbose: bool = False) -> Config:
         _say(f"the configuration file {path} syntax is ok")
     for server in config.servers:
         for certificate in server.certificates:
-            for warning in expiry_warnings(load_certificate(certificate.cert, certificate.key)):
+            ck = load_certificate(certificate.cert, certificate.key)
+            for warning in expiry_warnings(ck) + key_permission_warnings(ck):
                 _say(warning, level="warn")
+    read_key_files(config.sessions.ticket_key_file)
     try:
         from fastterm.config.plan import build
     except ImportError:
@@ -61,7 +64,10 @@ def _serve(path: str, config: Config, single: bool = False) -> int:
     """Serve until stopped: a master with workers, or (``--single``) this process alone."""
     try:
         if single:
-            from fastterm.worker import run
+            from fastterm.supervisor import raise_nofile_limit
+            from fastterm.worker import run, setup_logging
+            setup_logging(config)
+            raise_nofile_limit()
             run(config)
         else:
             from fastterm.supervisor import run_master
@@ -95,18 +101,38 @@ def _control_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _admin_credential(config: Config) -> str:
+    """The header that authorizes a mutating call: on TCP the master's token, read from its
+    0600 token file (readable by the master's user and root); on a unix socket the
+    kernel's peer credentials do it, no header needed."""
+    from fastterm.supervisor import token_file_of
+
+    if config.admin.startswith("unix:"):
+        return ""
+    try:
+        with open(token_file_of(config)) as f:
+            return f"Authorization: Bearer {f.read().strip()}\r\n"
+    except OSError:
+        return ""    # the master answers 401, naming the file
+
+
 def _admin_request(config: Config, method: str, path: str) -> tuple[int, str]:
     """One request to the master's admin endpoint (loopback or unix socket)."""
     from fastterm.config.toml import parse_address
 
+    credential = _admin_credential(config) if method != "GET" else ""
     if config.admin.startswith("unix:"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(30)
-        sock.connect(config.admin[5:])
+        try:
+            sock.connect(config.admin[5:])
+        except OSError:
+            sock.close()
+            raise
     else:
         sock = socket.create_connection(parse_address(config.admin, default_host="127.0.0.1"), timeout=30)
     with sock:
-        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: fastterm\r\nContent-Length: 0\r\n"
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: fastterm\r\n{credential}Content-Length: 0\r\n"
                      "Connection: close\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(65536):

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fastterm import files
+
 DEMO_NAMES = ("localhost", "127.0.0.1", "::1")
 CA_LIFETIME = timedelta(days=3650)
 LEAF_LIFETIME = timedelta(days=397)  # the CA/Browser Forum maximum for public certificates
@@ -57,13 +59,23 @@ def _general_name(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
+def _subtree(name: str) -> x509.GeneralName:
+    """A NameConstraints subtree: a DNS name, or an IP literal as its single-address network."""
+    try:
+        return x509.IPAddress(ipaddress.ip_network(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def issue_cert(ca: Issued | None, names: Sequence[str], key_type: str = "EC",
                not_before: datetime | None = None, not_after: datetime | None = None,
-               *, is_ca: bool = False, key=None) -> Issued:
+               *, is_ca: bool = False, key=None, permitted: Sequence[str] = ()) -> Issued:
     """Issue a certificate for ``names`` (DNS names or IP literals) signed by ``ca``.
 
     ``ca=None`` self-signs. Tests pass dates in the past for expired certificates,
-    ``"*.example.com"`` for wildcards, ``is_ca=True`` for intermediates.
+    ``"*.example.com"`` for wildcards, ``is_ca=True`` for intermediates. ``permitted``
+    (a CA only) confines it: critical NameConstraints to those names and path length 0,
+    so it can sign leaves for them and nothing else (RFC 5280 4.2.1.9, 4.2.1.10).
     """
     now = datetime.now(UTC)
     not_before = not_before or now - timedelta(minutes=5)
@@ -80,9 +92,13 @@ def issue_cert(ca: Issued | None, names: Sequence[str], key_type: str = "EC",
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=0 if permitted else None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
+    if permitted:
+        builder = builder.add_extension(
+            x509.NameConstraints(permitted_subtrees=[_subtree(n) for n in permitted], excluded_subtrees=None),
+            critical=True)
     if ca:
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
@@ -102,20 +118,15 @@ def issue_cert(ca: Issued | None, names: Sequence[str], key_type: str = "EC",
 
 
 def make_ca(common_name: str = "fastterm demo CA", not_before: datetime | None = None,
-            not_after: datetime | None = None) -> Issued:
-    """A self-signed ECDSA P-256 root, valid ten years unless told otherwise."""
-    return issue_cert(None, [common_name], "EC", not_before, not_after, is_ca=True)
+            not_after: datetime | None = None, *, permitted: Sequence[str] = ()) -> Issued:
+    """A self-signed ECDSA P-256 root, valid ten years unless told otherwise; ``permitted``
+    confines it to those names (see ``issue_cert``)."""
+    return issue_cert(None, [common_name], "EC", not_before, not_after, is_ca=True, permitted=permitted)
 
 
 def write_atomic(path: str, data: bytes, *, private: bool = False) -> None:
-    """Write atomically; private keys are created 0600 so they are never readable by others."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    if private:
-        os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    """Write atomically (``fastterm.files.write_atomic``); private keys 0600, the rest 0644."""
+    files.write_atomic(path, data, 0o600 if private else 0o644)
 
 
 def _load(cert_path: str, key_path: str) -> Issued | None:
@@ -135,11 +146,22 @@ def _fresh(issued: Issued | None, issuer: Issued | None = None) -> bool:
     return issuer is None or issued.cert.issuer == issuer.cert.subject
 
 
+def _confined(ca: Issued) -> bool:
+    """A demo CA made before it carried NameConstraints could sign for any name: replace it."""
+    try:
+        ca.cert.extensions.get_extension_for_class(x509.NameConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return True
+
+
 def make_demo_pki(state_dir: str) -> dict[str, str]:
     """Create the demo CA and localhost certificates in ``state_dir`` unless valid ones exist.
 
     Returns the paths: ``ca_cert``, ``ca_key``, ``ecdsa_cert``, ``ecdsa_key``, ``rsa_cert``,
-    ``rsa_key``. Keeping the CA across runs means a user trusts it once.
+    ``rsa_key``. Keeping the CA across runs means a user trusts it once; that is safe
+    because it can only vouch for ``DEMO_NAMES`` (a stolen ca.key cannot impersonate
+    another site to whoever trusts it).
     """
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     paths = {"ca_cert": "ca.crt", "ca_key": "ca.key", "ecdsa_cert": "localhost-ecdsa.crt",
@@ -147,9 +169,9 @@ def make_demo_pki(state_dir: str) -> dict[str, str]:
              "rsa_key": "localhost-rsa.key"}
     paths = {k: os.path.join(state_dir, v) for k, v in paths.items()}
     ca = _load(paths["ca_cert"], paths["ca_key"])
-    renewed_ca = not _fresh(ca)
+    renewed_ca = not _fresh(ca) or not _confined(ca)
     if renewed_ca:
-        ca = make_ca()
+        ca = make_ca(permitted=DEMO_NAMES)
         write_atomic(paths["ca_key"], ca.key_pem, private=True)
         write_atomic(paths["ca_cert"], ca.cert_pem)
     for kind, key_type in (("ecdsa", "EC"), ("rsa", "RSA")):

@@ -19,6 +19,7 @@ import os
 import time
 
 from fastterm.errors import ConfigError
+from fastterm.files import exposure, write_atomic
 
 KEY_SIZE = 80
 MAX_KEYS = 8
@@ -32,23 +33,24 @@ def new_key() -> bytes:
 
 def write_key_file(path: str) -> None:
     """``fastterm keys new FILE``: one fresh key, mode 0600, written atomically."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, new_key())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, new_key())
 
 
 def read_key_files(paths: list[str]) -> list[bytes]:
+    """The keys of every file, in order. A file that group or others can read is refused:
+    whoever reads it can decrypt every ticket, so every resumed session (nginx does not
+    check; a Kubernetes Secret volume needs ``defaultMode: 0400``)."""
     keys: list[bytes] = []
     for path in paths:
         try:
             with open(path, "rb") as f:
+                how = exposure(f.fileno())
                 data = f.read()
         except OSError as exc:
             raise ConfigError(f"cannot read ticket key file: {exc.strerror}", file=path) from None
+        if how:
+            raise ConfigError(f"ticket key file is {how}: chmod 600 it (a Kubernetes Secret volume: "
+                              "defaultMode: 0400)", file=path)
         if not data or len(data) % KEY_SIZE:
             raise ConfigError(f"ticket key file holds {len(data)} bytes: expected 80 per key "
                               "(nginx ssl_session_ticket_key format; `fastterm keys new FILE` makes one)",

@@ -253,7 +253,7 @@ def run(config: Config) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(serving.stop(True)))
         loop.add_signal_handler(signal.SIGQUIT, lambda: asyncio.ensure_future(serving.stop(False)))
-        addrs = ", ".join(f"{h}:{p}" for (h, p), _ in plan.listeners)
+        addrs = ", ".join(f"{h}:{p}" for (h, p), *_ in plan.listeners)
         log.info("serving https on %s", addrs)
         await serving.stopped.wait()
 

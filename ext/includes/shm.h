@@ -16,6 +16,7 @@
 #define FT_SESSION_ID_MAX 32
 #define FT_SESSION_DER_MAX 1200
 #define FT_PROBE 8
+#define FT_SEQLOCK_RETRIES 1000       /* a write is a 640-byte memcpy: far fewer reads than this */
 
 typedef struct {
     unsigned char name[16];
@@ -39,7 +40,9 @@ typedef struct {
 } ft_worker_slot;
 
 typedef struct {
-    int64_t expires;                  /* unix seconds; 0: free */
+    int64_t expires;                  /* unix seconds; 0: free. Zeroed before the entry is
+                                         written, set after: a writer killed between leaves
+                                         a free slot, never a live torn one */
     uint32_t der_len;
     uint32_t id_len;
     unsigned char id[FT_SESSION_ID_MAX];
@@ -60,6 +63,9 @@ typedef struct {
 static inline uint64_t ft_load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void ft_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void ft_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline int64_t ft_load_acquire_i64(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void ft_store_relaxed_i64(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline void ft_store_release_i64(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
 /* The ticket callback's cipher + MAC set-up (RFC 5077 §4 recommended construction:
  * AES-256-CBC, HMAC-SHA256), kept in C because OSSL_PARAM arrays are macro territory. */

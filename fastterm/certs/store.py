@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fastterm.errors import ConfigError
+from fastterm.files import exposure
 
 EXPIRY_WARNING = timedelta(days=14)
 
@@ -39,6 +40,7 @@ class CertKey:
     key_type: str
     not_after: datetime
     source: str
+    key_file: str
 
 
 def _read(path: str) -> bytes:
@@ -153,6 +155,7 @@ def load_certificate(cert: str, key: str | None = None) -> CertKey:
         key_type=key_type,
         not_after=leaf.not_valid_after_utc,
         source=cert_path if key_path is None else f"{cert_path} + {key_path}",
+        key_file=key_path or cert_path,
     )
 
 
@@ -167,3 +170,10 @@ def expiry_warnings(ck: CertKey, now: datetime | None = None) -> list[str]:
     if left <= EXPIRY_WARNING:
         return [f"{who} expires in {left.days} days, on {when}"]
     return []
+
+
+def key_permission_warnings(ck: CertKey) -> list[str]:
+    """Warn when group or others can read the private key. nginx says nothing; refusing
+    would break keys shared on purpose (Debian's 0640 root:ssl-cert convention)."""
+    how = exposure(ck.key_file)
+    return [f"private key {ck.key_file} is {how}: chmod 600 {ck.key_file}"] if how else []

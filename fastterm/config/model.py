@@ -123,3 +123,4 @@ class Config(Struct):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     error_log: str | None = None
     access_log: str | None = None
+    admin_allow_remote: bool = False  # admin on a non-loopback TCP address (plain HTTP; GETs need no token)

@@ -247,7 +247,11 @@ class _Checker:
         if config.workers != "auto" and not 1 <= config.workers <= 256:
             raise self.error("workers must be \"auto\" or 1..256", "workers")
         if config.admin and not config.admin.startswith("unix:"):
-            self._address(config.admin, "admin", default_host="127.0.0.1")
+            host, _port = self._address(config.admin, "admin", default_host="127.0.0.1")
+            if not (config.admin_allow_remote or _is_loopback(host)):
+                raise self.error(f"{host} is not a loopback address: the admin endpoint speaks plain HTTP "
+                                 "and answers GET /status and /metrics to anyone who reaches it; set "
+                                 "admin_allow_remote = true to listen there anyway", "admin")
         base = os.path.dirname(os.path.abspath(self.path))
         sessions = msgspec.structs.replace(
             config.sessions, ticket_key_file=[_absolute(f, base) for f in config.sessions.ticket_key_file])
@@ -278,6 +282,15 @@ class _Checker:
             return parse_address(address, default_host=default_host)
         except ValueError as exc:
             raise self.error(str(exc), *where) from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _list(value: object) -> list:

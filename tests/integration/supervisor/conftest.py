@@ -62,10 +62,26 @@ def _is_fastterm(pid: int) -> bool:
         return False
 
 
-def http_request(host: str, port: int, method: str, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+def admin_socket(address: tuple[str, int] | str, timeout: float) -> socket.socket:
+    """Connected to the admin endpoint: ``(host, port)``, or a unix socket's path."""
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    return socket.create_connection(address, timeout=timeout)
+
+
+def http_request(address: tuple[str, int] | str, method: str, path: str, timeout: float = 10.0,
+                 headers: tuple[tuple[str, str], ...] = ()) -> tuple[int, bytes]:
     """A plain HTTP/1.1 request (the admin endpoint): (status, body)."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    with admin_socket(address, timeout) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: admin\r\n{extra}Content-Length: 0\r\n"
                      "Connection: close\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(65536):
@@ -87,7 +103,9 @@ class Supervised:
         self.config_path = str(tmp_path / f"{name}.toml")
         self.output_file = str(tmp_path / f"{name}.out")
         self.pid_file = config["pid_file"]
-        self.admin_port = int(config["admin"].rsplit(":", 1)[1])
+        self.token_file = str(Path(self.pid_file).with_suffix(".token"))
+        admin = config["admin"]
+        self.admin_address = admin[5:] if admin.startswith("unix:") else (HOST, int(admin.rsplit(":", 1)[1]))
         self.https_port = int(config["server"][0]["listen"][0].rsplit(":", 1)[1])
         self.proc: subprocess.Popen | None = None
         self.seen_pids: set[int] = set()
@@ -104,9 +122,11 @@ class Supervised:
     def write_raw_config(self, text: str) -> None:
         Path(self.config_path).write_text(text)
 
-    def start(self, timeout: float = 20.0) -> Supervised:
+    def start(self, timeout: float = 20.0, wrapper: tuple[str, ...] = ()) -> Supervised:
+        """``wrapper``: a command that execs the rest (``prlimit --nofile=256:``), so the
+        master keeps the pid this object waits on."""
         with open(self.output_file, "ab") as out:
-            self.proc = subprocess.Popen([self.python, "-m", "fastterm", "run", "-c", self.config_path],
+            self.proc = subprocess.Popen([*wrapper, self.python, "-m", "fastterm", "run", "-c", self.config_path],
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self.env, cwd=self.tmp_path)
         deadline = time.monotonic() + timeout
@@ -170,8 +190,15 @@ class Supervised:
                     pass
 
     # ---- admin ----------------------------------------------------------------
-    def admin(self, method: str, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-        return http_request(HOST, self.admin_port, method, path, timeout)
+    def token(self) -> str:
+        """The credential the master wrote for mutating admin calls (what the CLI sends)."""
+        return Path(self.token_file).read_text().strip()
+
+    def admin(self, method: str, path: str, timeout: float = 10.0, *, auth: bool = True,
+              headers: tuple[tuple[str, str], ...] = ()) -> tuple[int, bytes]:
+        if auth and method != "GET":
+            headers = (("Authorization", f"Bearer {self.token()}"), *headers)
+        return http_request(self.admin_address, method, path, timeout, headers)
 
     def status(self, timeout: float = 10.0) -> dict:
         code, body = self.admin("GET", "/status", timeout)

@@ -97,8 +97,10 @@ def test_old_key_lives_as_long_as_the_reloaded_session_timeout(supervised):
 
 
 def _write_keys(path: Path, keys: list[bytes]) -> None:
+    """As an operator must: owner-only (fastterm refuses a key file others can read)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(b"".join(keys))
+    tmp.chmod(0o600)
     os.replace(tmp, path)
 
 
