@@ -17,7 +17,6 @@
 
 from libc.string cimport memcpy, memset, memcmp
 
-cdef SharedState _shared = None      # this process's region, set by use_shared_state()
 
 cdef enum:
     STAT_STORES = 0
@@ -300,38 +299,47 @@ cdef class SharedState:
 
 # ---- OpenSSL callbacks (noexcept: failures become "not cached" / full handshake) ----
 
+cdef SharedState _state_of(SSL_CTX *ctx):
+    """The SharedState of the TLSContext that owns ``ctx`` (its app data), or None."""
+    cdef void *owner = SSL_CTX_get_ex_data(ctx, 0)
+    return None if owner == NULL else (<TLSContext>owner).shared
+
+
 cdef int _new_session_cb(SSL *ssl, SSL_SESSION *sess) noexcept:
     cdef unsigned int sid_len = 0
     cdef const unsigned char *sid
     cdef unsigned char der[FT_SESSION_DER_MAX]
     cdef unsigned char *p = der
     cdef int der_len
-    if _shared is None:
+    cdef SharedState shared = _state_of(SSL_get_SSL_CTX(ssl))
+    if shared is None:
         return 0
     der_len = i2d_SSL_SESSION(sess, NULL)
     if der_len <= 0 or der_len > FT_SESSION_DER_MAX:
         return 0
     i2d_SSL_SESSION(sess, &p)
     sid = SSL_SESSION_get_id(sess, &sid_len)
-    _shared.store_session(sid, sid_len, der, der_len,
-                          SSL_SESSION_get_time(sess) + SSL_SESSION_get_timeout(sess))
+    shared.store_session(sid, sid_len, der, der_len,
+                         SSL_SESSION_get_time(sess) + SSL_SESSION_get_timeout(sess))
     return 0   # we keep no reference to sess
 
 
 cdef SSL_SESSION *_get_session_cb(SSL *ssl, const unsigned char *sid, int sid_len, int *copy) noexcept:
+    cdef SharedState shared = _state_of(SSL_get_SSL_CTX(ssl))
     copy[0] = 0   # the returned session is ours to give away
-    if _shared is None:
+    if shared is None:
         return NULL
-    return _shared.find_session(sid, sid_len)
+    return shared.find_session(sid, sid_len)
 
 
 cdef void _remove_session_cb(SSL_CTX *ctx, SSL_SESSION *sess) noexcept:
     cdef unsigned int sid_len = 0
     cdef const unsigned char *sid
-    if _shared is None:
+    cdef SharedState shared = _state_of(ctx)
+    if shared is None:
         return
     sid = SSL_SESSION_get_id(sess, &sid_len)
-    _shared.remove_session(sid, sid_len)
+    shared.remove_session(sid, sid_len)
 
 
 cdef int _ticket_key_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv,
@@ -341,16 +349,17 @@ cdef int _ticket_key_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv,
     ticket), -1 (error)."""
     cdef ft_ticket_key key
     cdef int index
-    if _shared is None:
+    cdef SharedState shared = _state_of(SSL_get_SSL_CTX(ssl))
+    if shared is None:
         return -1
     if enc:
-        if _shared.read_ticket_key(NULL, &key) < 0:
+        if shared.read_ticket_key(NULL, &key) < 0:
             return 0      # no key (never published, or torn): issue no ticket, serve on
         if RAND_bytes(iv, 16) != 1:
             return -1
         memcpy(key_name, key.name, 16)
         return 1 if ft_ticket_crypto_init(ctx, hctx, key.aes, key.hmac, iv, 1) else -1
-    index = _shared.read_ticket_key(key_name, &key)
+    index = shared.read_ticket_key(key_name, &key)
     if index < 0:
         return 0
     if not ft_ticket_crypto_init(ctx, hctx, key.aes, key.hmac, iv, 0):
@@ -358,16 +367,9 @@ cdef int _ticket_key_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv,
     return 1 if index == 0 else 2
 
 
-def use_shared_state(SharedState state):
-    """Make ``state`` this process's session cache and ticket-key store."""
-    global _shared
-    _shared = state
-
-
-cdef void attach_shared(SSL_CTX *ctx, bint cache, bint tickets):
-    """Wire an SSL_CTX to the shared cache and keys (after use_shared_state)."""
-    if _shared is None:
-        return
+cdef void attach_shared(SSL_CTX *ctx, bint cache):
+    """Wire an SSL_CTX to the shared cache and keys of its TLSContext (the callbacks find
+    them through the context's app data: no process-wide state)."""
     if cache:
         # NO_INTERNAL: the shared table is the cache; a per-process copy would only
         # duplicate it (nginx does the same with ssl_session_cache shared).
@@ -375,8 +377,7 @@ cdef void attach_shared(SSL_CTX *ctx, bint cache, bint tickets):
         SSL_CTX_sess_set_new_cb(ctx, _new_session_cb)
         SSL_CTX_sess_set_get_cb(ctx, _get_session_cb)
         SSL_CTX_sess_set_remove_cb(ctx, _remove_session_cb)
-    if tickets:
-        SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, _ticket_key_cb)
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, _ticket_key_cb)
 
 
 def generate_ticket_key():

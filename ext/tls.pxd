@@ -27,6 +27,7 @@ cdef class TLSContext:
     cdef bytes alpn_wire            # our ALPN list in wire format, preference order
     cdef dict sni                   # lowercased name or "*.suffix" -> TLSContext
     cdef readonly list key_types    # "RSA", "EC", ... one per certificate added
+    cdef SharedState shared         # the workers' session cache and ticket keys, or None
     # What SSL_new copies from the SSL_CTX, re-applied when SNI moves a connection here.
     cdef int min_version
     cdef int max_version

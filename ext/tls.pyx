@@ -147,7 +147,9 @@ cdef class TLSContext:
                  str ciphers=None, str ciphersuites=None, str groups=None,
                  bint prefer_server_ciphers=True, bint session_cache=True,
                  double session_timeout=300.0, bint session_tickets=True, alpn=("http/1.1",),
-                 str cafile=None, bytes session_id_context=None):
+                 str cafile=None, bytes session_id_context=None, SharedState shared=None):
+        """``shared``: the session cache and ticket keys the workers share (the master's
+        SharedState), or None for this process's own cache and per-context ticket keys."""
         cdef long options
         self.server_side = server_side
         for proto in protocols:
@@ -222,7 +224,10 @@ cdef class TLSContext:
             # ticket keys go on every context: a server block with tickets on behind a
             # default without them still encrypts under the default's (OpenSSL uses the
             # session_ctx's) and must use the shared keys.
-            attach_shared(self.ctx, session_cache, True)
+            if shared is not None:
+                self.shared = shared
+                SSL_CTX_set_ex_data(self.ctx, 0, <void *>self)   # the callbacks' way back
+                attach_shared(self.ctx, session_cache)
         else:
             SSL_CTX_set_session_cache_mode(self.ctx, SSL_SESS_CACHE_CLIENT)
             if self.alpn_wire and SSL_CTX_set_alpn_protos(

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from fastterm import worker as worker_mod
 from fastterm.admin import AdminServer
 from fastterm.config.model import Config
+from fastterm.config.plan import Plan, build
 from fastterm.config.toml import load_config
 from fastterm.errors import FasttermError
 from fastterm.files import is_private_dir, private_dir, write_atomic
@@ -121,18 +122,17 @@ class WorkerProc:
 class Generation:
     number: int
     config: Config
-    plan: worker_mod.Plan
+    plan: Plan
     workers: int
     started: float = field(default_factory=time.time)
 
 
 class Master:
     def __init__(self, config_path: str, config: Config):
-        from fastterm._core import SharedState, use_shared_state
+        from fastterm._core import SharedState
 
         self.config_path = config_path
-        self.shared = SharedState(config.sessions.cache_size)
-        use_shared_state(self.shared)   # every SSL_CTX built from here on uses it
+        self.shared = SharedState(config.sessions.cache_size)   # every SSL_CTX the plans build uses it
         self.keys = self._ticket_keys(config)
         self.sockets: dict[tuple[tuple[str, int], int], socket.socket] = {}
         self.redirect_sockets: dict[tuple[tuple[str, int], int], socket.socket] = {}
@@ -159,14 +159,14 @@ class Master:
         self.token_file = token_file_of(config)
         self.token: str | None = None
         self.generations_made = 0
-        self._commit(config, worker_mod.build(config))
+        self._commit(config, build(config, config_path, self.shared))
 
     def _ticket_keys(self, config: Config) -> TicketKeys:
         return TicketKeys(self.shared, rotation=config.sessions.ticket_key_rotation,
                           lifetime=session_lifetime(config), files=config.sessions.ticket_key_file)
 
     # ---- sockets ------------------------------------------------------------
-    def _bind_all(self, config: Config, plan: worker_mod.Plan, workers: int) -> None:
+    def _bind_all(self, config: Config, plan: Plan, workers: int) -> None:
         """Bind what the new generation needs and is not bound yet (may raise ConfigError)."""
         owned = {addr for addr, _slot in list(self.sockets) + list(self.redirect_sockets)}
         for addr in [a for a, *_ in plan.listeners] + [a for a, _ in plan.redirects]:
@@ -193,7 +193,7 @@ class Master:
                     table.pop(key).close()
 
     # ---- generations ----------------------------------------------------------
-    def _commit(self, config: Config, plan: worker_mod.Plan) -> None:
+    def _commit(self, config: Config, plan: Plan) -> None:
         workers = worker_count(config)
         self._bind_all(config, plan, workers)
         self.generations_made += 1
@@ -294,7 +294,7 @@ class Master:
         previous = self.generation
         try:
             config = load_config(self.config_path)
-            plan = worker_mod.build(config)
+            plan = build(config, self.config_path, self.shared)
             self._check_room(worker_count(config))
             self._commit(config, plan)
         except (FasttermError, OSError) as exc:

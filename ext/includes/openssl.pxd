@@ -161,6 +161,8 @@ cdef extern from "compat.h" nogil:
     int SSL_set_session(SSL *ssl, SSL_SESSION *session)
     void SSL_SESSION_free(SSL_SESSION *session)
     int SSL_set_ex_data(SSL *ssl, int idx, void *data)
+    int SSL_CTX_set_ex_data(SSL_CTX *ctx, int idx, void *data)
+    void *SSL_CTX_get_ex_data(const SSL_CTX *ctx, int idx)
     void *SSL_get_ex_data(const SSL *ssl, int idx)
     X509 *SSL_get_certificate(const SSL *ssl)
     X509 *SSL_get0_peer_certificate(const SSL *ssl)

@@ -62,7 +62,7 @@ def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:
     return hashlib.sha256(msgspec.json.encode([index, names, ports.index(addr[1]), server.tls])).digest()
 
 
-def _server_context(server: Server, index: int, certificates: list, scope: bytes):
+def _server_context(server: Server, index: int, certificates: list, scope: bytes, shared):
     from fastterm._core import TLSContext
 
     tls = server.tls
@@ -72,7 +72,7 @@ def _server_context(server: Server, index: int, certificates: list, scope: bytes
             protocols=tls.protocols, ciphers=tls.ciphers, ciphersuites=tls.ciphersuites,
             groups=tls.groups, prefer_server_ciphers=tls.prefer_server_ciphers,
             session_cache=tls.session_cache, session_timeout=tls.session_timeout,
-            session_tickets=tls.session_tickets, alpn=tls.alpn, session_id_context=scope,
+            session_tickets=tls.session_tickets, alpn=tls.alpn, session_id_context=scope, shared=shared,
         )
     except TLSError as exc:
         raise ConfigError(str(exc), directive=f"{where} tls") from None
@@ -112,11 +112,12 @@ def _check_listener_settings(config: Config, addr: tuple[str, int], indexes: lis
             file=source, line=line, directive="server.tls.session_cache")
 
 
-def build(config: Config, source: str | None = None) -> Plan:
+def build(config: Config, source: str | None = None, shared=None) -> Plan:
     """Build every SSL_CTX and upstream pool; raises ConfigError naming what is wrong
     (located in ``source``, the configuration file, when given).
 
-    One TLS context per server block and listener: each its own session scope.
+    One TLS context per server block and listener: each its own session scope, all on
+    ``shared`` (the master's SharedState: session cache and ticket keys) when given.
     """
     from fastterm._core import SiteTable, UpstreamPool
 
@@ -135,7 +136,7 @@ def build(config: Config, source: str | None = None) -> Plan:
         default = next((i for i in indexes if config.servers[i].default_server), indexes[0])
         _check_listener_settings(config, addr, indexes, default, source)
         contexts = {i: _server_context(config.servers[i], i, certificates[i],
-                                       _session_scope(addr, config.servers[i], i)) for i in indexes}
+                                       _session_scope(addr, config.servers[i], i), shared) for i in indexes}
         names, sites = {}, {}
         for i in indexes:
             for name in config.servers[i].server_names:

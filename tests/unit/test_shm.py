@@ -12,7 +12,7 @@ import ssl
 import time
 
 import pytest
-from fastterm._core import FAILED, SharedState, TLSConnection, TLSContext, use_shared_state
+from fastterm._core import FAILED, SharedState, TLSConnection, TLSContext
 from forked import die_in_child, in_child
 
 FAR = int(time.time()) + 3600
@@ -101,8 +101,7 @@ def test_no_consistent_ticket_key_means_no_ticket_not_a_failed_handshake(ec_leaf
     die_in_child(write_and_die)
 
     def serve():
-        use_shared_state(shared)        # this child's process-wide state, as in a worker
-        ctx = TLSContext()
+        ctx = TLSContext(shared=shared)   # as a worker's contexts are built
         ctx.add_certificate(ec_leaf.cert_pem + intermediate.cert_pem, ec_leaf.key_pem)
         client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client_ctx.check_hostname = False
