@@ -33,6 +33,7 @@ cdef class ServerPolicy:
     cdef bytes hsts_line
     cdef list routes                # [(prefix bytes, UpstreamPool)], longest first
     cdef object trusted             # tuple of ip networks
+    cdef bytes tls_policy           # its [server.tls], encoded: blocks that share it share connections
     cdef UpstreamPool route(self, const char *path, int n)
     cdef bint is_trusted(self, str ip)
 

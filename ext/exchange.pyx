@@ -16,7 +16,7 @@
 
 import ipaddress
 
-_REASONS = {400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout",
+_REASONS = {400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout", 421: "Misdirected Request",
             413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
@@ -50,8 +50,9 @@ _table()
 cdef class ServerPolicy:
     """The HTTP side of one server block: routes, HSTS, trusted proxies."""
 
-    def __init__(self, str name, routes, hsts=None, trusted_proxies=()):
+    def __init__(self, str name, routes, hsts=None, trusted_proxies=(), bytes tls_policy=b""):
         self.name = name
+        self.tls_policy = tls_policy
         self.routes = sorted(((p.encode(), pool) for p, pool in routes), key=lambda r: -len(r[0]))
         self.hsts_line = b"Strict-Transport-Security: " + hsts.encode("latin-1") + b"\r\n" if hsts else b""
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
@@ -188,6 +189,11 @@ cdef class Exchange:
                                            slots[head.host_index].value_len)
         else:
             server = self.facts.tls_server
+        if server is not self.facts.tls_server and server.tls_policy != self.facts.tls_server.tls_policy:
+            # The connection was negotiated under another block's TLS policy (say TLS 1.2
+            # where this block wants 1.3 only): RFC 9110 §15.5.20, the client retries on a
+            # connection of its own. Blocks with the same policy share connections.
+            return self.reject(421)
         self.server = server
         trusted = self.facts.trusts(server)   # whose trusted_proxies: the Host-chosen block's
         if _needs_normalizing(target, target_len):

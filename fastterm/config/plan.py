@@ -34,7 +34,8 @@ def _where(server: Server, index: int) -> str:
 
 
 def _server_policy(server: Server, pools: dict, index: int):
-    """What the Host header selects: routes, HSTS, trusted proxies (one per server block)."""
+    """What the Host header selects: routes, HSTS, trusted proxies (one per server block),
+    and its TLS policy, which a connection must have been negotiated under (else 421)."""
     from fastterm._core import ServerPolicy
 
     routes = []
@@ -43,7 +44,7 @@ def _server_policy(server: Server, pools: dict, index: int):
             raise ConfigError(f"unknown upstream {route.upstream!r}", directive=f"{_where(server, index)} route")
         routes.append((route.path, pools[route.upstream]))
     return ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
-                        server.hsts, server.trusted_proxies)
+                        server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls))
 
 
 def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:

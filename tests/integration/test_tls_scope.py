@@ -275,3 +275,17 @@ def test_check_refuses_a_session_cache_per_server_block(write, python, subproces
     Path(path).write_text(to_toml(config) + "\n")
     result = check()
     assert result.returncode == 0, result.stderr
+
+
+def test_host_of_a_stricter_block_on_a_lax_connection_is_421(scoped, backend):
+    """TLS 1.2 negotiated as www (which allows it), then ``Host: other.test`` (TLS 1.3 only):
+    421 Misdirected Request, nothing forwarded; the twin block, same policy, is served."""
+    ctx = client(scoped, maximum=TLS12)
+    with socket.create_connection((HOST, scoped.https_port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=NAME) as sock:
+        sock.sendall(request_bytes("GET", "/twin", TWIN))
+        reader = Reader(sock)
+        assert read_response(reader).status == 200
+        sock.sendall(request_bytes("GET", "/strict", STRICT))
+        assert read_response(reader).status == 421
+    assert [r.target for r in backend.requests] == ["/twin"]

@@ -200,3 +200,16 @@ def test_transitions_outside_the_table_raise(sites):
     assert ex.verdict["state"] == "failed"
     ex.abort()   # terminal states take abort and stay
     assert ex.verdict["state"] == "failed"
+
+
+def test_host_of_a_block_with_another_tls_policy_is_421(pools):
+    """Negotiated under one block's TLS policy, a request for a block with another policy
+    is misdirected (RFC 9110 §15.5.20); blocks with the same policy share a connection."""
+    lax = ServerPolicy("lax", [("/", pools["web"])], tls_policy=b"tls1.2+")
+    strict = ServerPolicy("strict", [("/", pools["api"])], tls_policy=b"tls1.3")
+    twin = ServerPolicy("twin", [("/", pools["api"])], tls_policy=b"tls1.2+")
+    sites = SiteTable({"lax.test": lax, "strict.test": strict, "twin.test": twin}, lax)
+    ex = Exchange(ClientFacts("192.0.2.7", sites, lax))
+    assert ex.feed_request(head("GET / HTTP/1.1", "Host: strict.test"))[0] == 421
+    ex = Exchange(ClientFacts("192.0.2.7", sites, lax))
+    assert ex.feed_request(head("GET / HTTP/1.1", "Host: twin.test"))[0] == 0
