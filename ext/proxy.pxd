@@ -59,7 +59,7 @@ cdef class Worker:
     cdef HeadWriter writer
     cdef HeaderSlot *slots
     cdef readonly set clients
-    cdef public double now          # coarse clock, advanced by the 1 s sweep
+    cdef public double now          # loop time, taken when the loop hands us events or a timer
     cdef long long own_counters[<int>N_COUNTERS]
     cdef long long *counters        # own_counters, or this worker's slot in shared memory
     cdef SharedState shared         # keeps the mapping alive while counters points into it

@@ -115,6 +115,7 @@ cdef class Worker:
         cdef int n, i, fd
         cdef unsigned int ev
         cdef ClientConnection conn
+        self.now = self.loop.time()   # deadlines set below count from now, not from the last sweep
         n = epoll_wait(self.epfd, self.events, MAX_EVENTS, 0)
         for i in range(n):
             fd = self.events[i].data.fd
@@ -135,12 +136,24 @@ cdef class Worker:
         self.counters[counter] += n
 
     def _sweep(self):
-        """Timeouts: one pass a second over the connections (nginx-style coarse clock)."""
-        self.now = self.loop.time()
-        for conn in list(self.clients):
-            if (<ClientConnection>conn).deadline <= self.now:
-                (<ClientConnection>conn)._expire()
-        self.sweep_handle = self.loop.call_later(1.0, self._sweep)
+        """Timeouts: one pass a second over the connections finds those due before the next
+        pass, and a loop timer expires each at its own deadline. Expiring at the pass all that
+        were due (their deadlines counted from the pass's clock, so a second's worth shared
+        one) closed them in batches; the clients of a slow-header flood reopen at once, and
+        came back as a burst of full handshakes in one loop iteration, ahead of everyone's
+        new connections: new-connection p99 x2 under 500 such connections, where nginx's
+        per-connection timers keep it near x1.1. A deadline set between passes less than a
+        second ahead (a timeout under 1 s) is still found only by the next pass."""
+        cdef ClientConnection conn
+        cdef double now = self.loop.time(), horizon = now + 1.0
+        self.now = now
+        for obj in list(self.clients):
+            conn = <ClientConnection>obj
+            if conn.deadline <= now:
+                conn._expire()
+            elif conn.deadline < horizon:
+                self.loop.call_at(conn.deadline, conn._on_deadline, conn.deadline)
+        self.sweep_handle = self.loop.call_at(horizon, self._sweep)
 
     def use_counter_slot(self, SharedState shared, int slot):
         """Count into shared memory so the master can add up every worker."""
@@ -918,6 +931,14 @@ cdef class ClientConnection:
                 return
             self.close()
             return
+
+    def _on_deadline(self, double deadline):
+        """The timer the sweep set: expire, unless the deadline moved since (it is then
+        the next sweep's) or the connection is gone."""
+        cdef Worker w = self.worker
+        if self.state != C_CLOSED and self.deadline == deadline:
+            w.now = w.loop.time()
+            self._expire()
 
     cdef void _expire(self):
         cdef int state = self.state
