@@ -254,6 +254,7 @@ cdef class BackendConnection:
         return self.worker.backend_view
 
     def buffer_updated(self, Py_ssize_t n):
+        self.worker.now = self.worker.loop.time()   # the read deadline it sets counts from now
         try:
             self._on_data(PyByteArray_AS_STRING(self.worker.backend_buf), n)
         except Exception:

@@ -21,9 +21,11 @@ Set-up
   (one process, ``nbthread`` = workers). Each gets, from the same fastterm configuration:
   the protocols, TLS 1.2 ciphers, TLS 1.3 suites, groups, server cipher order, the
   certificates, session cache on/off and its size and timeout, tickets on/off, HSTS,
-  keep-alive and body-size limits and the upstream keep-alive pool. Each listens on three
-  ports: every certificate of the config (keep-alive, bulk, upload, latency, connections,
-  resumption), ECDSA only and RSA only (full handshakes per key type). All terminators are
+  keep-alive and body-size limits and the upstream keep-alive pool; the client header
+  timeout is ``--header-timeout`` (default 2 s, in place of the config's: see
+  ``slowheaders``). Each listens on three ports: every certificate of the config
+  (keep-alive, bulk, upload, latency, connections, resumption, slowheaders), ECDSA only and
+  RSA only (full handshakes per key type). All terminators are
   pinned with ``taskset`` to ``--cpus`` (default CPU 0); the load generators and the
   backend run on the other CPUs.
 
@@ -53,7 +55,17 @@ Scenarios (``--scenario``, comma-separated)
   request, opened by a bounded client (non-blocking ``ssl`` sockets, 100 handshakes in
   flight); the figure is the growth of the RSS of all the terminator's processes per
   connection, in KiB, measured on a terminator restarted for the run (memory freed by an
-  earlier run stays with the allocator and would hide the cost of the next).
+  earlier run stays with the allocator and would hide the cost of the next);
+- ``slowheaders``: what a slow-header flood (slowloris) costs everyone else. p50/p99 in ms
+  of new-connection requests (a full handshake each, open-loop at ``--slow-rate``, default
+  100/s, latency from the due time) alone, then while an attacker holds
+  ``--slow-connections`` (default 100) TLS connections that send a request line and then
+  one header byte every ``--slow-drip`` seconds (default 0.5) and reopen each one the
+  server closes; and the p99 under attack over the p99 alone. The attacker opens its
+  connections evenly over one header timeout before the measurement, so they time out and
+  reopen during it as steadily as in a long attack; the 2 s ``--header-timeout`` keeps
+  that ramp short (no other scenario leaves a header block unfinished). The run is invalid
+  when the attacker held under 90 % of its connections on average.
 
 Rounds are interleaved (fastterm, nginx, haproxy, fastterm, nginx, ...); each figure is
 reported as median, min and max over the valid rounds, as a ratio to nginx, and per second
@@ -83,6 +95,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
+import msgspec
+
 from fastterm.process import stop as stop_process
 
 BODY_1K = b"x" * 1023 + b"\n"
@@ -107,6 +121,11 @@ FIGURES: dict[str, tuple[str, bool, str | None]] = {
     "latency-p99": ("ms", False, None),
     "latency-p99.9": ("ms", False, None),
     "connections": ("KiB/conn", False, None),
+    "slowheaders-p50": ("ms", False, None),
+    "slowheaders-p99": ("ms", False, None),
+    "slowheaders-attack-p50": ("ms", False, None),
+    "slowheaders-attack-p99": ("ms", False, None),
+    "slowheaders-p99-ratio": ("×", False, None),
 }
 # --scenario name -> the runs it makes; a run -> the figures it yields
 SCENARIOS = {
@@ -117,9 +136,12 @@ SCENARIOS = {
     "upload": ["upload"],
     "latency": ["latency"],
     "connections": ["connections"],
+    "slowheaders": ["slowheaders"],
 }
 RUN_FIGURES = {run: [run] for runs in SCENARIOS.values() for run in runs}
 RUN_FIGURES["latency"] = ["latency-p50", "latency-p99", "latency-p99.9"]
+RUN_FIGURES["slowheaders"] = ["slowheaders-p50", "slowheaders-p99", "slowheaders-attack-p50",
+                              "slowheaders-attack-p99", "slowheaders-p99-ratio"]
 ALL_RUNS = [r for runs in SCENARIOS.values() for r in runs]
 
 INSTALL = {
@@ -428,6 +450,7 @@ admin = "127.0.0.1:{admin_port}"
 
 [limits]
 client_max_body_size = {limits.client_max_body_size}
+client_header_timeout = {limits.client_header_timeout}
 keepalive_timeout = {limits.keepalive_timeout}
 backend_connect_timeout = {limits.backend_connect_timeout}
 backend_read_timeout = {limits.backend_read_timeout}
@@ -521,6 +544,7 @@ http {{
     keepalive_requests 100000000;
     keepalive_timeout {limits.keepalive_timeout:g}s;
     client_max_body_size {limits.client_max_body_size};
+    client_header_timeout {limits.client_header_timeout:g}s;
     proxy_request_buffering off;
     proxy_max_temp_file_size 0;
     proxy_connect_timeout {limits.backend_connect_timeout:g}s;
@@ -601,6 +625,7 @@ defaults
     mode http
     timeout connect {limits.backend_connect_timeout:g}s
     timeout client {limits.keepalive_timeout:g}s
+    timeout http-request {limits.client_header_timeout:g}s
     timeout server {limits.backend_read_timeout:g}s
     timeout http-keep-alive {limits.keepalive_timeout:g}s
     option http-keep-alive
@@ -809,6 +834,8 @@ class Bench:
                 run.invalid.append(f"the client resumed only {raw['reused']} of {raw['handshakes']} handshakes")
         elif name == "latency":
             raw = self.latency(peer)
+        elif name == "slowheaders":
+            raw = self.slowheaders(peer)
         elif name == "connections":
             if capped:
                 run.skipped = (f"{peer.name} is capped at {peer.max_conns} connections here (fd limit "
@@ -829,6 +856,12 @@ class Bench:
                 run.figures = {f"latency-{k}": raw[k] for k in ("p50", "p99", "p99.9")}
             elif name == "connections":
                 run.figures = {"connections": raw["kib_per_conn"]} if raw.get("kib_per_conn") is not None else {}
+            elif name == "slowheaders":
+                base, attack = raw["baseline"], raw["attack"]
+                run.figures = {"slowheaders-p50": base["p50"], "slowheaders-p99": base["p99"],
+                               "slowheaders-attack-p50": attack["p50"],
+                               "slowheaders-attack-p99": attack["p99"],
+                               "slowheaders-p99-ratio": attack["p99"] / base["p99"]}
             elif amount is not None:
                 elapsed = raw.get("elapsed") or run.wall_s
                 run.figures = {name: amount / elapsed}
@@ -844,7 +877,9 @@ class Bench:
                 run.invalid.append(f"{what}: {raw[key]}")
         srv = run.server
         if srv is not None:
-            if srv["non2xx"] and not raw.get("non2xx"):
+            # The slowheaders attack's 408s are the server's non-2xx; the measured requests are
+            # counted by the client.
+            if srv["non2xx"] and not raw.get("non2xx") and name != "slowheaders":
                 run.invalid.append(f"the server answered {srv['non2xx']} non-2xx responses")
             if name.startswith("handshake-") and srv["resumed"]:
                 run.invalid.append(f"wrong handshake kind: {srv['resumed']} of {srv['full'] + srv['resumed']} "
@@ -871,6 +906,60 @@ class Bench:
         if raw["done"] < 0.95 * raw["offered"]:
             raw["error"] = (f"offered {raw['offered']} requests at {a.rate}/s, {raw['done']} answered in time: "
                             "the rate is above saturation (lower --rate)")
+        return raw
+
+    def newconn(self, peer: Peer) -> dict:
+        a = self.args
+        argv = pinned(self.client_cpus, client_argv("newconn", peer.host, str(peer.ports["main"]),
+                                                    str(a.slow_rate), str(a.duration), a.path))
+        res = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=a.duration + 60,
+                             env=self.env)
+        try:
+            raw = json.loads(res.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"error": f"new-connection client exit {res.returncode}: {res.stderr.strip()[-300:]}"}
+        if raw["done"] < 0.95 * raw["offered"]:
+            raw["error"] = f"offered {raw['offered']} requests, {raw['done']} answered"
+        return raw
+
+    def slowheaders(self, peer: Peer) -> dict:
+        """New-connection latency alone, then while the attacker holds its slow-header
+        connections (opened over one header timeout, so that they expire and reopen as
+        steadily as a long-running attack's)."""
+        a = self.args
+        raw: dict = {"baseline": self.newconn(peer)}
+        argv = pinned(self.client_cpus, client_argv("slowheaders", peer.host, str(peer.ports["main"]),
+                                                    str(a.slow_connections), str(a.slow_drip),
+                                                    str(a.header_timeout), a.path))
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=self.env)
+        try:
+            line = proc.stdout.readline()
+            if not line.startswith("RAMPED"):
+                raw["error"] = f"slow-header client: {proc.stderr.read()[-300:]}"
+                return raw
+            raw["attack"] = self.newconn(peer)
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            attacker = json.loads(proc.stdout.readline())
+        except (OSError, ValueError) as exc:
+            raw["error"] = f"slow-header client: {exc}"
+            return raw
+        finally:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raw["attacker"] = attacker
+        problems = [f"{k}: {raw[k]['error']}" for k in ("baseline", "attack") if raw[k].get("error")]
+        if attacker["held_mean"] < 0.9 * a.slow_connections:
+            problems.append(f"the attacker held {attacker['held_mean']:.0f} of {a.slow_connections} "
+                            f"connections on average (at least {attacker['held_min']})")
+        if problems:
+            raw["error"] = "; ".join(problems)
+        for key in ("errors", "non2xx"):
+            raw[key] = raw["baseline"].get(key, 0) + raw["attack"].get(key, 0)
         return raw
 
     def connections(self, peer: Peer) -> dict:
@@ -1101,6 +1190,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rounds of the connections scenario (default 1: each restarts the terminators and "
                         "opens 10,000 TLS connections, ~30 s, and its figure moved under 2 %% between rounds; "
                         "this keeps the default run under 5 minutes with three peers)")
+    p.add_argument("--header-timeout", type=float, default=2.0,
+                   help="client header timeout of every terminator, in place of the config's (default 2 s: "
+                        "the slowheaders attack then times out and reconnects within a short run)")
+    p.add_argument("--slow-connections", type=int, default=100,
+                   help="slowheaders: connections the attacker holds (default 100)")
+    p.add_argument("--slow-drip", type=float, default=0.5,
+                   help="slowheaders: seconds between two header bytes on each (default 0.5)")
+    p.add_argument("--slow-rate", type=int, default=100,
+                   help="slowheaders: measured new-connection requests/s (default 100)")
     p.add_argument("--hs-clients", type=int, default=8, help="parallel handshake client processes (default 8)")
     p.add_argument("--path", default=None, help="request path of the small requests (default /1k)")
     p.add_argument("--backend", metavar="HOST:PORT",
@@ -1214,6 +1312,7 @@ def _main(args: argparse.Namespace) -> int:
         else:
             setup = load_setup(args.config, workdir, args.workers, server_cpus)
             setup.idle_connections = args.idle_connections
+            setup.limits = msgspec.structs.replace(setup.limits, client_header_timeout=args.header_timeout)
             setup_desc = (f"settings from {setup.source}; {setup.workers} worker(s) on CPU {cpu_spec(server_cpus)}, "
                           f"clients and backend on CPU {cpu_spec(client_cpus)}")
             runs_wanted = [r for r in runs_wanted
@@ -1642,6 +1741,185 @@ def client_connections(host: str, port: int, count: int, path: str) -> None:
         s.close()
 
 
+def client_newconn(host: str, port: int, rate: float, duration: float, path: str) -> dict:
+    """Open-loop with a new TLS connection (a full handshake) per request: request i is due
+    at t0 + i/rate and its latency counts from then, connect and handshake included."""
+    import asyncio
+
+    async def go() -> dict:
+        ctx = _client_ctx()
+        req = _request(path, keep_alive=False)
+        lat: list[float] = []
+        counts = {"errors": 0, "non2xx": 0}
+        total = int(rate * duration)
+
+        async def one(due: float) -> None:
+            writer = None
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, ssl=ctx, server_hostname="localhost"), 10)
+                writer.write(req)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                if m:
+                    await asyncio.wait_for(reader.readexactly(int(m.group(1))), 10)
+                lat.append(time.perf_counter() - due)
+                if int(head.split(None, 2)[1]) // 100 != 2:
+                    counts["non2xx"] += 1
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+                # OSError includes wait_for's TimeoutError
+                counts["errors"] += 1
+            finally:
+                if writer is not None:
+                    writer.close()
+
+        tasks = []
+        t0 = time.perf_counter()
+        for i in range(total):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(due)))
+        await asyncio.wait(tasks, timeout=15)
+        lat.sort()
+
+        def pct(p: float) -> float | None:
+            return 1000 * lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else None
+
+        return {"offered": total, "done": len(lat), "p50": pct(50), "p99": pct(99),
+                "max": 1000 * lat[-1] if lat else None, **counts}
+
+    return asyncio.run(go())
+
+
+def client_slowheaders(host: str, port: int, count: int, drip: float, ramp: float, path: str) -> None:
+    """The attacker: ``count`` TLS connections, each sending a request line and then one
+    header byte every ``drip`` seconds, never ending the header block; one the server
+    closes is reopened at once. They are opened evenly over ``ramp`` seconds (one header
+    timeout), so their expiries are as evenly spread as their opens. Prints ``RAMPED held``
+    after the ramp, then samples how many it holds (handshake done, dripping) every 0.1 s
+    until a line on stdin, and prints what it saw as JSON.
+
+    Non-blocking ``ssl`` sockets on a selector (see ``client_connections``); drips from a heap.
+    """
+    import heapq
+    import selectors
+
+    raise_fd_limit(count + 1000)
+    ctx = _client_ctx()
+    head = f"GET {path} HTTP/1.1\r\nHost: localhost\r\n".encode()
+    pattern = b"X-Slow: 1\r\n"
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    state: dict[ssl.SSLSocket, list] = {}   # sock -> [phase, bytes dripped]
+    drips: list[tuple[float, int, ssl.SSLSocket]] = []
+    reopen: list[float] = []                 # heap of times at which to open a connection
+    counts = {"opened": 0, "held": 0, "closed_by_server": 0, "responses_408": 0, "errors": 0}
+    samples: list[int] = []
+    seq = started = 0
+    t0 = time.monotonic()
+    ramped = False
+    next_sample = t0 + ramp
+
+    def open_one() -> None:
+        raw = socket.socket()
+        raw.setblocking(False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = ctx.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+        s.connect_ex((host, port))
+        state[s] = ["handshake", 0]
+        counts["opened"] += 1
+        sel.register(s, selectors.EVENT_WRITE)
+
+    def drop(s: ssl.SSLSocket, again: float) -> None:
+        if state.pop(s)[0] == "held":
+            counts["held"] -= 1
+        sel.unregister(s)
+        s.close()
+        heapq.heappush(reopen, time.monotonic() + again)
+
+    def step(s: ssl.SSLSocket) -> None:
+        nonlocal seq
+        st = state[s]
+        try:
+            if st[0] == "handshake":
+                s.do_handshake()
+                s.send(head)
+                st[0] = "held"
+                counts["held"] += 1
+                sel.modify(s, selectors.EVENT_READ)
+                seq += 1
+                heapq.heappush(drips, (time.monotonic() + drip, seq, s))
+                return
+            data = s.recv(65536)   # the server's 408, its close_notify, or EOF
+            if data.startswith(b"HTTP/1.1 408"):
+                counts["responses_408"] += 1
+            if not data:
+                counts["closed_by_server"] += 1
+                drop(s, 0.0)
+        except ssl.SSLWantReadError:
+            sel.modify(s, selectors.EVENT_READ)
+        except ssl.SSLWantWriteError:
+            sel.modify(s, selectors.EVENT_WRITE)
+        except ssl.SSLZeroReturnError:
+            counts["closed_by_server"] += 1
+            drop(s, 0.0)
+        except (OSError, ValueError):
+            if st[0] == "held":
+                counts["closed_by_server"] += 1
+                drop(s, 0.0)
+            else:
+                counts["errors"] += 1
+                drop(s, 0.1)   # refused or failed handshake: do not spin
+
+    while True:
+        now = time.monotonic()
+        while started < count and now >= t0 + started * ramp / count:
+            open_one()
+            started += 1
+        while reopen and reopen[0] <= now:
+            heapq.heappop(reopen)
+            open_one()
+        while drips and drips[0][0] <= now:
+            _, _, s = heapq.heappop(drips)
+            st = state.get(s)
+            if st is None or st[0] != "held":
+                continue
+            try:
+                s.send(pattern[st[1] % len(pattern):][:1])
+                st[1] += 1
+                seq += 1
+                heapq.heappush(drips, (now + drip, seq, s))
+            except (OSError, ValueError):
+                counts["closed_by_server"] += 1
+                drop(s, 0.0)
+        if now >= next_sample:
+            if not ramped:
+                ramped = True
+                print(f"RAMPED {counts['held']}", flush=True)
+            samples.append(counts["held"])
+            next_sample += 0.1
+        wake = [next_sample]
+        if drips:
+            wake.append(drips[0][0])
+        if reopen:
+            wake.append(reopen[0])
+        if started < count:
+            wake.append(t0 + started * ramp / count)
+        for key, _ in sel.select(timeout=max(0.0, min(wake) - time.monotonic())):
+            if key.fileobj is sys.stdin:
+                sys.stdin.readline()
+                print(json.dumps({"target": count, "held_min": min(samples, default=0),
+                                  "held_mean": statistics.fmean(samples) if samples else 0.0,
+                                  **counts}), flush=True)
+                for s in state:
+                    s.close()
+                return
+            if key.fileobj in state:
+                step(key.fileobj)
+
+
 def _client_main(argv: list[str]) -> int:
     kind, host, port, *rest = argv
     if kind == "resume":
@@ -1653,6 +1931,12 @@ def _client_main(argv: list[str]) -> int:
     elif kind == "connections":
         count, path = rest
         client_connections(host, int(port), int(count), path)
+    elif kind == "newconn":
+        rate, duration, path = rest
+        print(json.dumps(client_newconn(host, int(port), float(rate), float(duration), path)))
+    elif kind == "slowheaders":
+        count, drip, ramp, path = rest
+        client_slowheaders(host, int(port), int(count), float(drip), float(ramp), path)
     else:
         print(f"unknown client {kind}", file=sys.stderr)
         return 2

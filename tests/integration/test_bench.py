@@ -52,6 +52,26 @@ def test_keepalive_has_figures_for_fastterm_and_nginx(tmp_path, subprocess_env):
     assert "keepalive" in res.stdout and "fastterm" in res.stdout
 
 
+@needs_tools
+def test_slowheaders_has_both_phases_for_fastterm_and_nginx(tmp_path, subprocess_env):
+    """A few slow-header connections with a 1 s header timeout: they time out and reopen
+    during the measurement, and each peer gets its p50/p99 alone and under attack."""
+    res, data = run_bench(tmp_path, "--scenario", "slowheaders", "--duration", "1", "--rounds", "1",
+                          "--peers", "nginx", "--slow-connections", "20", "--slow-drip", "0.2",
+                          "--header-timeout", "1", "--slow-rate", "50", env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = {r["peer"]: r for r in data["runs"]}
+    assert set(runs) == {"fastterm", "nginx"}
+    for peer, run in runs.items():
+        assert not run["invalid"], run["invalid"]
+        assert set(run["figures"]) == set(bench.RUN_FIGURES["slowheaders"]), run["figures"]
+        assert all(v > 0 for v in run["figures"].values()), run["figures"]
+        attacker = run["raw"]["attacker"]
+        assert attacker["held_mean"] >= 18, (peer, attacker)
+        assert attacker["closed_by_server"] >= 10, (peer, attacker)   # the header timeout did fire
+    assert "slowheaders-p99-ratio" in res.stdout
+
+
 class Status500Backend:
     """Answers every request with 500 (keep-alive), on a thread; counts requests."""
 
@@ -175,6 +195,9 @@ def test_peer_configs_follow_the_fastterm_config(tmp_path):
     assert "no-tls-tickets" not in haproxy and "nbthread 1" in haproxy
     ft = bench.fastterm_conf(setup, "127.0.0.1:9", ports, 4)
     assert ft.count("[[server]]") == 3 and 'admin = "127.0.0.1:4"' in ft
+    # The same header timeout for everyone (the slowheaders scenario times out on it).
+    assert "client_header_timeout 10s;" in nginx and "timeout http-request 10s" in haproxy
+    assert "client_header_timeout = 10.0" in ft
 
 
 @needs_tools
