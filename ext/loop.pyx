@@ -620,6 +620,7 @@ cdef class ClientConnection:
         self._interest(False, False)
         if self.session is not None:
             self.session.on_close()
+            self.session = None   # the codec points back at us: no cycle for the GC to find
         self.tls = None       # SSL_free
         if self.fd >= 0:
             if w.by_fd.get(self.fd) is self:

@@ -23,7 +23,8 @@ cdef class UpstreamPool:
     cdef list down_until            # per server: ejected until (loop time) after a failure
     cdef double fail_timeout
     cdef int busy                   # connections serving a request now
-    cdef int window_peak            # the most busy at once in this second
+    cdef int connecting             # connects in flight (each for a request waiting on it)
+    cdef int window_peak            # the most busy + connecting at once in this second
     cdef int[10] peaks              # ... in each of the last ten seconds
     cdef int peak_slot
     cdef int idle_cap               # per server: max(keepalive, recent peak), <= keepalive_max
@@ -33,6 +34,7 @@ cdef class UpstreamPool:
     cdef void mark_failed(self, int server, double now)
     cdef void release(self, BackendConnection conn, double now)
     cdef void tick(self, double now)
+    cdef void note_demand(self)
 
 
 cdef class Stream:

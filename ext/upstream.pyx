@@ -81,7 +81,7 @@ cdef class UpstreamPool:
         cdef list idle
         self.peaks[self.peak_slot] = self.window_peak
         self.peak_slot = (self.peak_slot + 1) % PEAK_SECONDS
-        self.window_peak = self.busy
+        self.window_peak = self.busy + self.connecting
         for i in range(PEAK_SECONDS):
             if self.peaks[i] > peak:
                 peak = self.peaks[i]
@@ -91,6 +91,15 @@ cdef class UpstreamPool:
             while idle and ((<BackendConnection>idle[0]).idle_since + self.keepalive_timeout <= now
                             or len(idle) > self.idle_cap):
                 (<BackendConnection>idle[0]).abort()
+
+    cdef void note_demand(self):
+        """Requests with a connection, or waiting for one being made, count towards the peak:
+        a burst's connects finish one by one, so counting attached ones alone undercounts."""
+        if self.busy + self.connecting > self.window_peak:
+            self.window_peak = self.busy + self.connecting
+
+    def _connect_done(self, fut):
+        self.connecting -= 1
 
     def idle_count(self):
         return sum(len(i) for i in self.idle)
@@ -128,6 +137,9 @@ cdef class Stream:
         w.count(N_BACKEND_CONNECTS)
         self.connect_fut = asyncio.ensure_future(w.loop.create_connection(
             lambda: _BackendProtocol(w, pool, server), host, port))
+        pool.connecting += 1
+        pool.note_demand()
+        self.connect_fut.add_done_callback(pool._connect_done)
         self.connect_fut.add_done_callback(self._on_connected)
 
     def _on_connected(self, fut):
@@ -324,8 +336,7 @@ cdef class BackendConnection:
         self.got_bytes = False
         self.attached = True
         self.pool.busy += 1
-        if self.pool.busy > self.pool.window_peak:
-            self.pool.window_peak = self.pool.busy
+        self.pool.note_demand()
 
     cdef void detach(self):
         self.stream = None

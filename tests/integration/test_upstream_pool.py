@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
-from harness import wait_for
+from harness import response_bytes, wait_for
 from httpwire import Reader, read_response, request_bytes
 
 CLIENTS = 40
@@ -41,8 +41,15 @@ def _rounds(ft, rounds: int) -> None:
     assert not errors, errors[:3]
 
 
+def _slow_answers(conn) -> None:
+    """200 after 50 ms: a round's requests are all in flight at once, however loaded the box."""
+    while (req := conn.read_request()) is not None:
+        time.sleep(0.05)
+        conn.send(response_bytes(200, f"ok {req.target}".encode()))
+
+
 def test_burst_keeps_its_backend_connections(fastterm, raw_backend):
-    backend = raw_backend()
+    backend = raw_backend(_slow_answers)
     ft = fastterm(backend.address, keepalive=2)
     _rounds(ft, rounds=4)
     assert len(backend.requests) == 4 * CLIENTS
