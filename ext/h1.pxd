@@ -1,6 +1,6 @@
 # The HTTP/1.1 codec of a client connection: request heads cut from the plaintext,
 # pipelining in order, keep-alive, bodies streamed, close rules. Each request is an
-# Exchange; this session is its Stream towards the backend.
+# Exchange; one H1Stream carries them to the backend, one after another.
 
 cdef enum H1State:
     H1_IDLE         # between requests (keep-alive) or before the first one
@@ -10,9 +10,8 @@ cdef enum H1State:
     H1_CLOSING      # the last response is out or going out; input is discarded
 
 
-cdef class H1Session(Stream):
-    cdef ClientConnection conn      # the transport
-    cdef ClientFacts facts
+cdef class H1Session(Codec):
+    cdef readonly H1Stream stream   # the current request's way to its backend
     cdef int state
     cdef HeadBuffer head_buf        # only while a header block is incomplete
     cdef BodyFramer req_body
@@ -22,14 +21,6 @@ cdef class H1Session(Stream):
     cdef bint dispatch_pending      # head accepted; its head waits in the writer for this read's body
     cdef bint backend_full          # the backend's socket buffer is full: stop reading the client
 
-    # From the transport
-    cdef bint accepting(self)
-    cdef void on_data(self, const char *p, Py_ssize_t n)
-    cdef bint on_eof(self)
-    cdef void on_output_blocked(self)
-    cdef void on_output_drained(self)
-    cdef void expire(self)
-    cdef void on_close(self)
     # Request flow
     cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n)
     cdef int _on_head(self, const char *p, int head_len)
@@ -37,3 +28,8 @@ cdef class H1Session(Stream):
     cdef void _stash(self, const char *p, Py_ssize_t n)
     cdef void _resume(self)
     cdef void _refuse(self, int status)
+    cdef void _response_end(self, bint until_close)
+
+
+cdef class H1Stream(Stream):
+    cdef H1Session session

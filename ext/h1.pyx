@@ -4,16 +4,15 @@
 # been answered and its output taken by the client.
 
 
-cdef class H1Session(Stream):
+cdef class H1Session(Codec):
     """One client connection's HTTP/1.1 requests, one after another."""
 
     def __cinit__(self, ClientConnection conn not None, ClientFacts facts not None):
-        self.conn = conn
-        self.worker = conn.worker
-        self.facts = facts
         self.state = H1_IDLE
         self.close_after = self.worker.draining
-        self.deadline = conn.deadline   # the first request is due within client_header_timeout of the accept
+        self.stream = H1Stream()
+        self.stream.session = self
+        self.stream.worker = self.worker
         framer_init(&self.req_body, BODY_NONE, 0)
 
     # ---- From the transport ---------------------------------------------------------
@@ -24,7 +23,7 @@ cdef class H1Session(Stream):
             # requests wait in the kernel, and their responses can't pile up here.
             return self.held is None and not self.conn.output_blocked()
         if self.state == H1_BODY:
-            return self.backend is not None and not self.backend_full and self.held is None
+            return self.stream.backend is not None and not self.backend_full and self.held is None
         return False
 
     cdef void on_data(self, const char *p, Py_ssize_t n):
@@ -33,7 +32,7 @@ cdef class H1Session(Stream):
         while i < n and self.conn.state == C_OPEN and self.state != H1_CLOSING:
             if self.state == H1_IDLE or self.state == H1_HEAD:
                 k = self._feed_head(p + i, n - i)
-            elif self.state == H1_BODY and (self.backend is not None or self.dispatch_pending):
+            elif self.state == H1_BODY and (self.stream.backend is not None or self.dispatch_pending):
                 k = self._feed_body(p + i, n - i)
             else:
                 # Not ours to process yet: a pipelined request, or body bytes while the
@@ -46,40 +45,47 @@ cdef class H1Session(Stream):
         if self.dispatch_pending and self.conn.state == C_OPEN:
             # The head and this read's validated body bytes leave in one write.
             self.dispatch_pending = False
-            self.request_head = w.writer.take()
-            self.dispatch(False)
+            self.stream.request_head = w.writer.take()
+            self.stream.dispatch(False)
 
     cdef bint on_eof(self):
         """The client closed its side (or TLS failed): True keeps the connection for the
         response in flight (a half-close after a complete request), False closes it."""
-        if self.state == H1_RESPONSE and self.backend is not None and self.request_done:
+        if self.state == H1_RESPONSE and self.stream.backend is not None and self.request_done:
             self.close_after = True
             return True
         return False
 
     cdef void on_output_blocked(self):
-        if self.backend is not None:
-            self.backend.pause()
+        if self.stream.backend is not None:
+            self.stream.backend.pause()
 
     cdef void on_output_drained(self):
         """The client took everything: what waited for that goes on, with fresh deadlines
         (the time spent blocked on the client counted against send_timeout only)."""
         cdef Worker w = self.worker
-        if self.backend is not None:
-            self.deadline = w.now + w.read_timeout
-            self.backend.resume()
+        if self.stream.backend is not None:
+            self.stream.deadline = w.now + w.read_timeout
+            self.stream.backend.resume()
         elif self.state == H1_IDLE:
             self.deadline = w.now + w.keepalive_timeout
             self._resume()
+
+    cdef double next_deadline(self):
+        """A request in flight times out on its stream's clock (connect, read), else the
+        header or keep-alive timeout."""
+        if self.state == H1_BODY or self.state == H1_RESPONSE:
+            return self.stream.deadline
+        return self.deadline
 
     cdef void expire(self):
         cdef int state = self.state
         if state == H1_HEAD:
             self._refuse(408)
-        elif (state == H1_BODY or state == H1_RESPONSE) and self.connecting:
-            self.connect_timed_out()
+        elif (state == H1_BODY or state == H1_RESPONSE) and self.stream.connecting:
+            self.stream.connect_timed_out()
         elif state == H1_BODY or state == H1_RESPONSE:
-            if self.exchange.state == X_FORWARDING:
+            if self.stream.exchange.state == X_FORWARDING:
                 self._refuse(504)
             else:
                 self.conn.close()
@@ -90,11 +96,11 @@ cdef class H1Session(Stream):
             self.conn.close()
 
     cdef void on_close(self):
-        self.drop_backend()
+        self.stream.drop_backend()
         self.held = None
         self.head_buf = None
-        if self.exchange is not None:
-            self.exchange.advance(E_ABORT)
+        if self.stream.exchange is not None:
+            self.stream.exchange.advance(E_ABORT)
 
     # ---- Request flow ---------------------------------------------------------------
     cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n):
@@ -152,7 +158,7 @@ cdef class H1Session(Stream):
         cdef MessageHead head
         cdef Exchange ex = Exchange(self.facts)
         cdef int status
-        self.exchange = ex
+        self.stream.exchange = ex
         w.count(N_REQUESTS)
         status = parse_head(p, head_len, True, &head, w.slots, w.max_header_fields)
         if status == 0:
@@ -165,11 +171,11 @@ cdef class H1Session(Stream):
         framer_init(&self.req_body, ex.body_mode, ex.content_length)
         self.request_done = self.req_body.done
         self.state = H1_RESPONSE if self.request_done else H1_BODY
-        self.attempts = 0
-        self.deadline = w.now + w.read_timeout
+        self.stream.attempts = 0
+        self.stream.deadline = w.now + w.read_timeout
         if self.request_done:
-            self.request_head = w.writer.take()
-            self.dispatch(False)
+            self.stream.request_head = w.writer.take()
+            self.stream.dispatch(False)
         else:
             # Validate the body bytes of this read before the backend sees anything; the
             # head waits in the writer until then (on_data takes it, in this same call).
@@ -179,7 +185,7 @@ cdef class H1Session(Stream):
     cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n):
         cdef Worker w = self.worker
         cdef Py_ssize_t k
-        self.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
+        self.stream.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
         k = framer_feed(&self.req_body, p, n)
         if k < 0 or (w.client_max_body_size and self.req_body.total > w.client_max_body_size):
             # Malformed chunked body (400) or one past client_max_body_size (413, as nginx
@@ -187,7 +193,7 @@ cdef class H1Session(Stream):
             # head, the backend never hears of this request.
             self.close_after = True
             self.dispatch_pending = False
-            if self.exchange.state == X_FORWARDING:
+            if self.stream.exchange.state == X_FORWARDING:
                 self._refuse(400 if k < 0 else 413)
             else:
                 self.conn.close()
@@ -196,7 +202,7 @@ cdef class H1Session(Stream):
             if self.dispatch_pending:
                 w.writer.put(p, k)
             else:
-                self.backend.transport.write(PyBytes_FromStringAndSize(p, k))
+                self.stream.backend.transport.write(PyBytes_FromStringAndSize(p, k))
         if self.req_body.done:
             self.request_done = True
             if self.state == H1_BODY:
@@ -219,7 +225,7 @@ cdef class H1Session(Stream):
         if self.state == H1_IDLE or self.state == H1_HEAD:
             if self.conn.output_blocked():
                 return
-        elif not (self.state == H1_BODY and self.backend is not None and not self.backend_full):
+        elif not (self.state == H1_BODY and self.stream.backend is not None and not self.backend_full):
             return
         if self.held is not None:
             held = self.held
@@ -230,14 +236,14 @@ cdef class H1Session(Stream):
 
     cdef void _refuse(self, int status):
         """An answer of our own (error page, HSTS on it too); the connection closes after."""
-        cdef Exchange ex = self.exchange
+        cdef Exchange ex = self.stream.exchange
         if ex is None:
-            ex = self.exchange = Exchange(self.facts)
+            ex = self.stream.exchange = Exchange(self.facts)
         if ex.state == X_NEW or ex.state == X_FORWARDING:
             ex.reject(status)
         else:
             ex.advance(E_ABORT)
-        self.drop_backend()
+        self.stream.drop_backend()
         self.worker.count_status(status)
         self.close_after = True
         self.held = None
@@ -246,44 +252,10 @@ cdef class H1Session(Stream):
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
         self.conn.finish()
 
-    # ---- Stream hooks: the backend side of the current request ------------------------
-    cdef void backend_ready(self):
-        self._resume()
-
-    cdef bint closing(self):
-        return self.close_after or self.worker.draining
-
-    cdef bint request_sent(self):
-        return self.request_done
-
-    cdef void backend_writable(self, bint writable):
-        self.backend_full = not writable
-        if writable:
-            self._resume()
-
-    cdef void response_interim(self, const char *p, Py_ssize_t n):
-        if not self.exchange.http10:   # 100 Continue, 103 Early Hints: HTTP/1.1 clients only
-            self.conn.send(p, n)
-
-    cdef Py_ssize_t response_head(self, HeadWriter head, const char *body, Py_ssize_t k):
-        """Head and a small first body slice leave in one SSL_write: one record, one
-        syscall (the copy of <= 16 KiB is cheaper than either)."""
-        if self.exchange.client_close:
-            self.close_after = True
-        if 0 < k <= 16384:
-            head.put(body, k)
-            self.conn.send(head.buf, head.len)
-            return k
-        self.conn.send(head.buf, head.len)
-        return 0
-
-    cdef void response_data(self, const char *p, Py_ssize_t n):
-        self.conn.send(p, n)
-
-    cdef void response_end(self, bint until_close):
+    cdef void _response_end(self, bint until_close):
         cdef Worker w = self.worker
-        self.request_head = None
-        self.exchange = None
+        self.stream.request_head = None
+        self.stream.exchange = None
         if until_close or not self.request_done:
             self.close_after = True   # ... or the backend answered before the body ended
         if self.close_after or w.draining:
@@ -297,8 +269,48 @@ cdef class H1Session(Stream):
         if self.held is not None or not self.conn.reading:
             self._resume()
 
+
+cdef class H1Stream(Stream):
+    """The backend side of an HTTP/1.1 session's current request."""
+
+    cdef void backend_ready(self):
+        self.session._resume()
+
+    cdef bint closing(self):
+        return self.session.close_after or self.worker.draining
+
+    cdef bint request_sent(self):
+        return self.session.request_done
+
+    cdef void backend_writable(self, bint writable):
+        self.session.backend_full = not writable
+        if writable:
+            self.session._resume()
+
+    cdef void response_interim(self, const char *p, Py_ssize_t n):
+        if not self.exchange.http10:   # 100 Continue, 103 Early Hints: HTTP/1.1 clients only
+            self.session.conn.send(p, n)
+
+    cdef Py_ssize_t response_head(self, HeadWriter head, const char *body, Py_ssize_t k):
+        """Head and a small first body slice leave in one SSL_write: one record, one
+        syscall (the copy of <= 16 KiB is cheaper than either)."""
+        if self.exchange.client_close:
+            self.session.close_after = True
+        if 0 < k <= 16384:
+            head.put(body, k)
+            self.session.conn.send(head.buf, head.len)
+            return k
+        self.session.conn.send(head.buf, head.len)
+        return 0
+
+    cdef void response_data(self, const char *p, Py_ssize_t n):
+        self.session.conn.send(p, n)
+
+    cdef void response_end(self, bint until_close):
+        self.session._response_end(until_close)
+
     cdef void answer_error(self, int status):
-        self._refuse(status)
+        self.session._refuse(status)
 
     cdef void reset(self):
-        self.conn.close()
+        self.session.conn.close()

@@ -103,6 +103,25 @@ cdef class Listener:
     cdef void on_readable(self)
 
 
+cdef class Codec:
+    """What the client transport drives: the HTTP/1.1 session or the HTTP/2 session that
+    ALPN chose. The transport reads only while ``accepting()``; it reports output that
+    blocked and drained, the client's EOF, and calls ``expire()`` at ``next_deadline()``."""
+    cdef ClientConnection conn
+    cdef ClientFacts facts
+    cdef Worker worker
+    cdef double deadline            # the codec's own (header, idle) timeout
+
+    cdef bint accepting(self)
+    cdef void on_data(self, const char *p, Py_ssize_t n)
+    cdef bint on_eof(self)
+    cdef void on_output_blocked(self)
+    cdef void on_output_drained(self)
+    cdef double next_deadline(self)
+    cdef void expire(self)
+    cdef void on_close(self)
+
+
 cdef class ClientConnection:
     cdef Worker worker
     cdef int fd
@@ -111,7 +130,7 @@ cdef class ClientConnection:
     cdef SiteTable sites
     cdef str peer_ip
     cdef readonly int state
-    cdef readonly H1Session session # the codec, once the handshake is done
+    cdef readonly Codec session     # the codec ALPN chose, once the handshake is done
     cdef bytearray pending_out      # plaintext SSL_write could not take yet (at most about
                                     # one backend read: the backend is paused meanwhile)
     cdef double send_deadline       # while pending_out: the client must take output by then

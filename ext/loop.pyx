@@ -348,6 +348,38 @@ cdef class Listener:
                 conn.close()
 
 
+cdef class Codec:
+    def __cinit__(self, ClientConnection conn not None, ClientFacts facts not None):
+        self.conn = conn
+        self.worker = conn.worker
+        self.facts = facts
+        self.deadline = conn.deadline   # the first request is due within client_header_timeout of the accept
+
+    cdef bint accepting(self):
+        return False
+
+    cdef void on_data(self, const char *p, Py_ssize_t n):
+        pass
+
+    cdef bint on_eof(self):
+        return False
+
+    cdef void on_output_blocked(self):
+        pass
+
+    cdef void on_output_drained(self):
+        pass
+
+    cdef double next_deadline(self):
+        return self.deadline
+
+    cdef void expire(self):
+        self.conn.close()
+
+    cdef void on_close(self):
+        pass
+
+
 cdef class ClientConnection:
     """One client TLS connection: the transport under its HTTP codec."""
 
@@ -403,7 +435,7 @@ cdef class ClientConnection:
         if self.output_blocked():
             return self.send_deadline
         if self.state == C_OPEN:
-            return self.session.deadline
+            return self.session.next_deadline()
         return self.deadline
 
     cdef void expire(self):

@@ -78,7 +78,7 @@ def test_stale_connect_completion_is_closed_not_attached(tmp_path, ec_leaf, inte
         done = loop.create_future()
         done.set_result(await loop.create_connection(
             lambda: _BackendProtocol(serving.worker, pool, 0), *late.getsockname()))
-        conn.session._on_connected(done)   # the finished connect of an attempt already given up on
+        conn.session.stream._on_connected(done)   # the finished connect of an attempt already given up on
         await asyncio.sleep(0.3)
         await serving.stop(graceful=False)
         t.join(5)
