@@ -29,6 +29,7 @@ cdef class H1Session(Codec):
     cdef void _resume(self)
     cdef void _refuse(self, int status)
     cdef void _response_end(self, bint until_close)
+    cdef void release(self)
 
 
 cdef class H1Stream(Stream):

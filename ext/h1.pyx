@@ -252,6 +252,10 @@ cdef class H1Session(Codec):
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
         self.conn.finish()
 
+    cdef void release(self):
+        self.stream.session = None
+        self.conn = None
+
     cdef void _response_end(self, bint until_close):
         cdef Worker w = self.worker
         self.stream.request_head = None

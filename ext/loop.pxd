@@ -79,6 +79,8 @@ cdef class Worker:
     cdef int epfd                   # our epoll set of client and listening sockets
     cdef epoll_event *events
     cdef dict by_fd                 # fd -> ClientConnection or Listener
+    cdef list closed                # closed this pass: their codecs are unlinked on the next
+    cdef bint release_scheduled
 
     cdef inline void count(self, int counter, long long n=*)
     cdef void count_status(self, int status)
@@ -88,6 +90,7 @@ cdef class Worker:
     cdef void out_of_fds(self)
     cdef void client_closed(self)
     cdef str handshake_log_suffix(self)
+    cdef void release_later(self, ClientConnection conn)
 
 
 cdef class Listener:
@@ -120,6 +123,7 @@ cdef class Codec:
     cdef double next_deadline(self)
     cdef void expire(self)
     cdef void on_close(self)
+    cdef void release(self)
 
 
 cdef class ClientConnection:

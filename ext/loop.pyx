@@ -88,6 +88,7 @@ cdef class Worker:
         self.send_timeout = limits.send_timeout
         self.sweep_handle = loop.call_later(1.0, self._sweep)
         self.by_fd = {}
+        self.closed = []
         self.listeners = []
         self.max_clients = limits.worker_connections or _auto_worker_connections()
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -190,6 +191,25 @@ cdef class Worker:
         except Exception:
             _log.exception("closing the connection from %s after an internal error", conn.peer_ip)
             conn.close()
+
+    cdef void release_later(self, ClientConnection conn):
+        """A closed connection's codec and streams point at each other and at it; they are
+        unlinked on the next loop pass, when none of their methods is on the stack (so
+        nothing waits for the cyclic GC, and nothing is freed under a running method)."""
+        self.closed.append(conn)
+        if not self.release_scheduled:
+            self.release_scheduled = True
+            self.loop.call_soon(self._release_closed)
+
+    def _release_closed(self):
+        cdef ClientConnection conn
+        self.release_scheduled = False
+        closed, self.closed = self.closed, []
+        for obj in closed:
+            conn = <ClientConnection>obj
+            if conn.session is not None:
+                conn.session.release()
+                conn.session = None
 
     def use_counter_slot(self, SharedState shared, int slot):
         """Count into shared memory so the master can add up every worker."""
@@ -378,6 +398,9 @@ cdef class Codec:
 
     cdef void on_close(self):
         pass
+
+    cdef void release(self):
+        self.conn = None
 
 
 cdef class ClientConnection:
@@ -652,7 +675,7 @@ cdef class ClientConnection:
         self._interest(False, False)
         if self.session is not None:
             self.session.on_close()
-            self.session = None   # the codec points back at us: no cycle for the GC to find
+            w.release_later(self)
         self.tls = None       # SSL_free
         if self.fd >= 0:
             if w.by_fd.get(self.fd) is self:
