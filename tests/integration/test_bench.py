@@ -17,12 +17,15 @@ import time
 
 import pytest
 
-from fastterm import bench
+from fastterm.bench.peers import Peer, fastterm_conf, haproxy_conf, load_setup, nginx_conf
+from fastterm.bench.run import Bench
+from fastterm.bench.scenarios import RUN_FIGURES, Run
+from fastterm.bench.system import free_port, which
 
 pytestmark = pytest.mark.timeout(300)
 
 needs_tools = pytest.mark.skipif(
-    not (bench.which("nginx") and shutil.which("wrk") and shutil.which("taskset")),
+    not (which("nginx") and shutil.which("wrk") and shutil.which("taskset")),
     reason="fastterm bench needs nginx, wrk and taskset (./bootstrap installs them)")
 
 
@@ -64,7 +67,7 @@ def test_slowheaders_has_both_phases_for_fastterm_and_nginx(tmp_path, subprocess
     assert set(runs) == {"fastterm", "nginx"}
     for peer, run in runs.items():
         assert not run["invalid"], run["invalid"]
-        assert set(run["figures"]) == set(bench.RUN_FIGURES["slowheaders"]), run["figures"]
+        assert set(run["figures"]) == set(RUN_FIGURES["slowheaders"]), run["figures"]
         assert all(v > 0 for v in run["figures"].values()), run["figures"]
         attacker = run["raw"]["attacker"]
         assert attacker["held_mean"] >= 18, (peer, attacker)
@@ -152,14 +155,14 @@ def test_failing_backend_makes_runs_invalid(tmp_path, subprocess_env, failure):
 @needs_tools
 def test_resumed_handshakes_in_a_full_handshake_run_are_invalid(tmp_path):
     """The wrong handshake kind: the server's own counters decide, not the client's intent."""
-    peer = bench.Peer("x")
-    run = bench.Run("handshake-ecdsa", "x", 1, raw={"handshakes": 100})
+    peer = Peer("x")
+    run = Run("handshake-ecdsa", "x", 1, raw={"handshakes": 100})
     run.server = {"full": 90, "resumed": 10, "non2xx": 0}
-    bench.Bench(None, [], "1", {}).validate(peer, run)
+    Bench(None, [], "1", {}).validate(peer, run)
     assert any("wrong handshake kind" in why for why in run.invalid)
-    run = bench.Run("resumed-ticket", "x", 1, raw={"handshakes": 100})
+    run = Run("resumed-ticket", "x", 1, raw={"handshakes": 100})
     run.server = {"full": 100, "resumed": 0, "non2xx": 0}
-    bench.Bench(None, [], "1", {}).validate(peer, run)
+    Bench(None, [], "1", {}).validate(peer, run)
     assert any("wrong handshake kind" in why for why in run.invalid)
 
 
@@ -181,19 +184,19 @@ def test_peer_configs_follow_the_fastterm_config(tmp_path):
     """nginx and HAProxy get the protocols, ciphers, groups and session settings of the config."""
     from fastterm.config.model import INTERMEDIATE_CIPHERS, TLS13_CIPHERSUITES
 
-    setup = bench.load_setup(None, str(tmp_path), None, [0])
+    setup = load_setup(None, str(tmp_path), None, [0])
     assert set(setup.certs) == {"ecdsa", "rsa"} and setup.workers == 1
     ports = {"main": 1, "ecdsa": 2, "rsa": 3}
-    nginx = bench.nginx_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
+    nginx = nginx_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
     assert f"ssl_ciphers {INTERMEDIATE_CIPHERS};" in nginx
     assert f"Ciphersuites {TLS13_CIPHERSUITES};" in nginx
     assert "ssl_ecdh_curve X25519:prime256v1:secp384r1;" in nginx
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in nginx and "ssl_session_tickets on;" in nginx
     assert "ssl_session_cache shared:SSL:10m;" in nginx and "Strict-Transport-Security" in nginx
-    haproxy = bench.haproxy_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
+    haproxy = haproxy_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
     assert f"ciphers {INTERMEDIATE_CIPHERS}" in haproxy and "curves X25519:P-256:P-384" in haproxy
     assert "no-tls-tickets" not in haproxy and "nbthread 1" in haproxy
-    ft = bench.fastterm_conf(setup, "127.0.0.1:9", ports, 4)
+    ft = fastterm_conf(setup, "127.0.0.1:9", ports, 4)
     assert ft.count("[[server]]") == 3 and 'admin = "127.0.0.1:4"' in ft
     # The same header timeout for everyone (the slowheaders scenario times out on it).
     assert "client_header_timeout 10s;" in nginx and "timeout http-request 10s" in haproxy
@@ -202,7 +205,7 @@ def test_peer_configs_follow_the_fastterm_config(tmp_path):
 
 @needs_tools
 def test_target_mode_loads_a_running_fastterm(tmp_path, subprocess_env):
-    ports = [bench.free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     demo = subprocess.Popen([sys.executable, "-m", "fastterm", "demo", "--state-dir", str(tmp_path / "demo"),
                              "--https-port", str(ports[0]), "--http-port", str(ports[1]),
                              "--backend-port", str(ports[2])],
