@@ -28,6 +28,12 @@ Set-up
   RSA only (full handshakes per key type). All terminators are
   pinned with ``taskset`` to ``--cpus`` (default CPU 0); the load generators and the
   backend run on the other CPUs.
+- **Baseline** (``--baseline TREE``): fastterm from another checkout with its extension
+  built (a ``git worktree`` of an earlier commit), run by this python with
+  ``PYTHONPATH=TREE`` as peer ``fastterm-base``, right after fastterm in every round, from
+  the same generated config (keys both understand: the config model of this tree writes
+  only keys that have existed since the bench did). The report gives fastterm's per-round
+  ratio to it, plain and per CPU-second: whether a change kept its figures within noise.
 
 Scenarios (``--scenario``, comma-separated)
 -------------------------------------------
@@ -132,6 +138,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="load an already-running terminator instead of starting any")
     p.add_argument("--target-admin", metavar="HOST:PORT",
                    help="with --target: fastterm's admin address, to check the handshake kinds")
+    p.add_argument("--baseline", metavar="TREE",
+                   help="also run fastterm from TREE, another checkout with its extension built (e.g. a git "
+                        "worktree of an earlier commit), as peer fastterm-base: fastterm's ratio to it is "
+                        "reported next to the ratio to nginx")
     p.add_argument("--json", metavar="FILE", help="write every raw figure here")
     p.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios to nginx per scenario")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown (to paste in an issue)")

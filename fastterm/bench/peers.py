@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from fastterm.bench.backends import BODY_1K, BULK_SIZE, PATHS, UPLOAD_SIZE
+from fastterm.bench.scenarios import BASELINE
 from fastterm.bench.system import (
     BenchError,
     children,
@@ -110,6 +111,7 @@ class Peer:
     env: dict | None = None
 
     max_conns: int | None = None   # what it can hold open, when it has a fixed cap
+    stop_signal = signal.SIGTERM
 
     def pids(self) -> list[int]:
         if self.proc is None:
@@ -143,7 +145,7 @@ class Peer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT if self.name == "fastterm" else signal.SIGTERM)
+            self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -181,6 +183,7 @@ class Peer:
 
 class FasttermPeer(Peer):
     admin_port: int = 0
+    stop_signal = signal.SIGQUIT    # fast stop: nothing is left to drain between runs
 
     def metrics(self) -> dict[str, int]:
         with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as s:
@@ -224,7 +227,8 @@ class FasttermPeer(Peer):
                 "non2xx": sum(v for k, v in d.items() if k in ("1xx", "3xx", "4xx", "5xx"))}
 
 
-def fastterm_conf(setup: Setup, backend: str, ports: dict[str, int], admin_port: int) -> str:
+def fastterm_conf(setup: Setup, backend: str, ports: dict[str, int], admin_port: int,
+                  pid_file: str | None = None) -> str:
     tls = setup.tls
     limits = setup.limits
 
@@ -236,6 +240,7 @@ def fastterm_conf(setup: Setup, backend: str, ports: dict[str, int], admin_port:
 workers = {setup.workers}
 log_level = "warning"
 admin = "127.0.0.1:{admin_port}"
+{f"pid_file = {q(pid_file)}" if pid_file else ""}
 
 [limits]
 client_max_body_size = {limits.client_max_body_size}
@@ -442,18 +447,25 @@ def served_kind(target: tuple[str, int]) -> str:
 
 
 def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, env: dict,
-                repo_root: str) -> list[Peer]:
+               repo_root: str, baseline: tuple[str, dict] | None = None) -> list[Peer]:
+    """fastterm, then (``baseline``: its tree and environment) fastterm-base right after it,
+    then the peers named; each with its config written into ``d``."""
     def ports() -> dict[str, int]:
         return {"main": free_port(), **{k: free_port() for k in setup.certs}}
 
-    peers: list[Peer] = []
-    ft = FasttermPeer("fastterm", ports(), log_path=os.path.join(d, "fastterm.log"), cwd=repo_root, env=env)
-    ft.admin_port = free_port()
-    conf = os.path.join(d, "fastterm.toml")
-    with open(conf, "w") as f:
-        f.write(fastterm_conf(setup, backend, ft.ports, ft.admin_port))
-    ft.argv = pinned(cpus, [sys.executable, "-m", "fastterm", "run", "-c", conf])
-    peers.append(ft)
+    def fastterm_peer(name: str, cwd: str, peer_env: dict) -> FasttermPeer:
+        ft = FasttermPeer(name, ports(), log_path=os.path.join(d, f"{name}.log"), cwd=cwd, env=peer_env)
+        ft.admin_port = free_port()
+        conf = os.path.join(d, f"{name}.toml")
+        with open(conf, "w") as f:
+            # Its own pid file: not the default one of a fastterm already serving on this machine.
+            f.write(fastterm_conf(setup, backend, ft.ports, ft.admin_port, os.path.join(d, f"{name}.pid")))
+        ft.argv = pinned(cpus, [sys.executable, "-m", "fastterm", "run", "-c", conf])
+        return ft
+
+    peers: list[Peer] = [fastterm_peer("fastterm", repo_root, env)]
+    if baseline is not None:
+        peers.append(fastterm_peer(BASELINE, *baseline))
     if "nginx" in names:
         p = Peer("nginx", ports(), log_path=os.path.join(d, "nginx.out"), hs_log=os.path.join(d, "nginx-hs.log"),
                  cwd=d)
@@ -470,6 +482,35 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
         p.max_conns = haproxy_maxconn(setup)
         peers.append(p)
     return peers
+
+
+def baseline_env(tree: str, env: dict) -> dict:
+    """The environment that runs fastterm from ``tree`` with this python (``PYTHONPATH=tree``).
+    Refused unless fastterm and its extension both import from there: this tree's editable
+    install would otherwise lend its own extension to a tree that has none built."""
+    tree = os.path.realpath(tree)
+    base_env = dict(env, PYTHONPATH=tree)
+    probe = "import fastterm, fastterm._core; print(fastterm.__file__); print(fastterm._core.__file__)"
+    res = subprocess.run([sys.executable, "-c", probe], cwd=tree, env=base_env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    found = res.stdout.split()
+    if res.returncode != 0 or len(found) != 2 or \
+            not all(os.path.realpath(f).startswith(tree + os.sep) for f in found):
+        seen = ", ".join(found) if found else (res.stderr.strip().splitlines() or ["nothing"])[-1]
+        raise BenchError(f"--baseline {tree}: fastterm and its built extension must import from there "
+                         f"(found: {seen}); build it with:  cd {tree} && {sys.executable} setup.py build_ext "
+                         "--inplace -q")
+    return base_env
+
+
+def baseline_commit(tree: str) -> str:
+    """``git describe`` of the tree, for the report's header (its path when git cannot say)."""
+    try:
+        res = subprocess.run(["git", "-C", tree, "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=10, check=False)
+    except OSError:
+        return tree
+    return f"{tree} at {res.stdout.strip()}" if res.returncode == 0 else tree
 
 
 def check_responses(peer: Peer) -> list[str]:

@@ -1,5 +1,6 @@
 """The summary of the runs: per figure and terminator the median, min and max, the ratios to
-nginx (plain and per CPU-second); as a rich table, markdown, JSON or a plot."""
+nginx (plain and per CPU-second) and fastterm's to a ``--baseline`` checkout; as a rich table,
+markdown, JSON or a plot."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import statistics
 import sys
 from dataclasses import asdict
 
-from fastterm.bench.scenarios import FIGURES, REFERENCE, RUN_FIGURES, Run
+from fastterm.bench.scenarios import BASELINE, FIGURES, REFERENCE, RUN_FIGURES, Run
 
 
 def fmt(x: float | None) -> str:
@@ -25,8 +26,23 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def round_ratios(runs: list[Run], run_of: str, fig: str, mine: list[Run], other: str) -> tuple[list, list]:
+    """Each round's ratio of ``mine`` to ``other``'s run of that round, of the figure and per
+    CPU-second: peers measured minutes apart on a noisy machine compare only within a round."""
+    ref = {r.round: r for r in runs if r.run == run_of and r.peer == other}
+    ratios, cpu_ratios = [], []
+    for r in mine:
+        o = ref.get(r.round)
+        if o and fig in r.figures and o.figures.get(fig):
+            ratios.append(r.figures[fig] / o.figures[fig])
+        if o and fig in r.per_cpu and o.per_cpu.get(fig):
+            cpu_ratios.append(r.per_cpu[fig] / o.per_cpu[fig])
+    return ratios, cpu_ratios
+
+
 def summarize(runs: list[Run], peers: list[str]) -> list[dict]:
-    """One row per (figure, peer): median/min/max, ratio to nginx (median of per-round ratios)."""
+    """One row per (figure, peer): median/min/max, ratio to nginx (median of per-round ratios);
+    fastterm's row also its ratio to the baseline when ``--baseline`` ran one."""
     rows = []
     figures = [f for f in FIGURES if any(f in r.figures or f in RUN_FIGURES.get(r.run, []) for r in runs)]
     for fig in figures:
@@ -36,15 +52,9 @@ def summarize(runs: list[Run], peers: list[str]) -> list[dict]:
             mine = [r for r in runs if r.run == run_of and r.peer == peer]
             values = [r.figures[fig] for r in mine if fig in r.figures]
             per_cpu = [r.per_cpu[fig] for r in mine if fig in r.per_cpu]
-            ratios, cpu_ratios = [], []
-            if peer != REFERENCE:
-                ref = {r.round: r for r in runs if r.run == run_of and r.peer == REFERENCE}
-                for r in mine:
-                    o = ref.get(r.round)
-                    if o and fig in r.figures and o.figures.get(fig):
-                        ratios.append(r.figures[fig] / o.figures[fig])
-                    if o and fig in r.per_cpu and o.per_cpu.get(fig):
-                        cpu_ratios.append(r.per_cpu[fig] / o.per_cpu[fig])
+            ratios, cpu_ratios = round_ratios(runs, run_of, fig, mine, REFERENCE) if peer != REFERENCE else ([], [])
+            base_ratios, base_cpu_ratios = (round_ratios(runs, run_of, fig, mine, BASELINE)
+                                            if peer == "fastterm" and BASELINE in peers else ([], []))
             util = [100 * r.cpu_s / r.wall_s for r in mine if r.cpu_s is not None and r.wall_s and not r.invalid]
             rows.append({
                 "figure": fig, "unit": unit, "higher_is_better": higher, "peer": peer,
@@ -53,30 +63,47 @@ def summarize(runs: list[Run], peers: list[str]) -> list[dict]:
                 "ratio": median(ratios), "ratios": ratios,
                 "per_cpu_unit": cpu_unit, "per_cpu": median(per_cpu), "per_cpu_ratio": median(cpu_ratios),
                 "cpu_ratios": cpu_ratios, "server_cpu_pct": median(util),
+                "base_ratio": median(base_ratios), "base_ratios": base_ratios,
+                "base_per_cpu_ratio": median(base_cpu_ratios), "base_cpu_ratios": base_cpu_ratios,
             })
     return rows
 
 
 COLUMNS = ("figure", "unit", "terminator", "median", "min–max", "×nginx", "per CPU-s", "×nginx per CPU-s",
            "srv CPU", "valid")
+BASE_COLUMNS = ("×base", "×base per CPU-s")   # after "×nginx per CPU-s", when a baseline ran
 
 
-def row_cells(row: dict) -> list[str]:
+def with_baseline(rows: list[dict]) -> bool:
+    return any(r["peer"] == BASELINE for r in rows)
+
+
+def columns(rows: list[dict]) -> tuple[str, ...]:
+    return COLUMNS[:8] + BASE_COLUMNS + COLUMNS[8:] if with_baseline(rows) else COLUMNS
+
+
+def row_cells(row: dict, base: bool = False) -> list[str]:
     better = "higher" if row["higher_is_better"] else "lower"
-    return [
+    cells = [
         row["figure"], f"{row['unit']} ({better} better)", row["peer"], fmt(row["median"]),
         f"{fmt(row['min'])}–{fmt(row['max'])}" if row["min"] is not None else "n/a",
         "" if row["peer"] == REFERENCE else fmt(row["ratio"]),
         fmt(row["per_cpu"]) if row["per_cpu_unit"] and row["per_cpu"] is not None else "",
         "" if row["peer"] == REFERENCE or row["per_cpu_ratio"] is None else fmt(row["per_cpu_ratio"]),
+    ]
+    if base:
+        cells += [fmt(row["base_ratio"]) if row["peer"] == "fastterm" else "",
+                  "" if row["base_per_cpu_ratio"] is None else fmt(row["base_per_cpu_ratio"])]
+    return cells + [
         f"{fmt(row['server_cpu_pct'])} %" if row["server_cpu_pct"] is not None else "",
         f"{row['valid']}/{row['runs']}",
     ]
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
+    cols, base = columns(rows), with_baseline(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(row_cells(r, base)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -87,14 +114,15 @@ def print_table(rows: list[dict], console) -> None:
     from rich.table import Table
 
     table = Table(title="fastterm bench", show_lines=False)
-    for c in COLUMNS:
+    base = with_baseline(rows)
+    for c in columns(rows):
         table.add_column(c, justify="left" if c in ("figure", "terminator") else "right")
     last = None
     for r in rows:
         if last is not None and r["figure"] != last:
             table.add_section()
         last = r["figure"]
-        table.add_row(*row_cells(r))
+        table.add_row(*row_cells(r, base))
     console.print(table)
 
 

@@ -19,9 +19,18 @@ import msgspec
 
 from fastterm.bench.backends import PATHS, UPLOAD_SIZE, start_backend
 from fastterm.bench.loads import UPLOAD_LUA, client_argv, run_resume_clients, run_s_time, run_wrk
-from fastterm.bench.peers import FasttermPeer, Peer, check_responses, load_setup, make_peers, served_kind
+from fastterm.bench.peers import (
+    FasttermPeer,
+    Peer,
+    baseline_commit,
+    baseline_env,
+    check_responses,
+    load_setup,
+    make_peers,
+    served_kind,
+)
 from fastterm.bench.report import fmt, write_report
-from fastterm.bench.scenarios import FIGURES, RUN_TOOLS, Run, parse_scenarios
+from fastterm.bench.scenarios import BASELINE, FIGURES, RUN_TOOLS, Run, parse_scenarios
 from fastterm.bench.system import (
     BenchError,
     cpu_list,
@@ -286,6 +295,8 @@ def run_bench(args: argparse.Namespace) -> int:
         if not m:
             raise BenchError(f"--target {args.target!r}: want https://HOST:PORT")
         target = (m.group(1).strip("[]"), int(m.group(2) or 443))
+        if args.baseline:
+            raise BenchError("--baseline starts a second fastterm next to the first: not with --target")
 
     # Peers and tools.
     if target:
@@ -311,6 +322,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if not target and len(available) < 2:
         say("warning: one CPU: the load generators compete with the terminators")
     raise_fd_limit(max(65536, 4 * args.idle_connections + 1000))
+    baseline = None
+    if args.baseline:
+        tree = os.path.realpath(args.baseline)
+        baseline = (tree, baseline_env(tree, dict(os.environ)))
 
     workdir = tempfile.mkdtemp(prefix="fastterm-bench-")
     os.chmod(workdir, 0o755)   # nginx workers (user nobody when run as root) read below it
@@ -343,13 +358,16 @@ def run_bench(args: argparse.Namespace) -> int:
             setup.limits = msgspec.structs.replace(setup.limits, client_header_timeout=args.header_timeout)
             setup_desc = (f"settings from {setup.source}; {setup.workers} worker(s) on CPU {cpu_spec(server_cpus)}, "
                           f"clients and backend on CPU {cpu_spec(client_cpus)}")
+            if baseline:
+                setup_desc += f"; {BASELINE}: {baseline_commit(baseline[0])}"
             runs_wanted = [r for r in runs_wanted
                            if not (r.startswith("handshake-") and r.split("-", 1)[1] not in setup.certs)]
             backend = args.backend
             if backend is None:
                 backend, backend_proc = start_backend(workdir, cpu_spec(client_cpus), env)
             say(f"working directory {workdir}; backend http://{backend}")
-            peers = make_peers(setup, workdir, backend, peer_names, cpu_spec(server_cpus), env, repo_root)
+            peers = make_peers(setup, workdir, backend, peer_names, cpu_spec(server_cpus), env, repo_root,
+                               baseline)
             for peer in peers:
                 say(f"starting {peer.name} on ports {peer.ports}")
                 peer.start()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fastterm.bench.system import BenchError
 
 REFERENCE = "nginx"
+BASELINE = "fastterm-base"   # --baseline TREE: fastterm from another checkout
 
 # figure -> (unit, higher is better, per CPU-second unit or None)
 FIGURES: dict[str, tuple[str, bool, str | None]] = {

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,8 @@ from fastterm.bench.peers import Peer, fastterm_conf, haproxy_conf, load_setup, 
 from fastterm.bench.run import Bench
 from fastterm.bench.scenarios import RUN_FIGURES, Run
 from fastterm.bench.system import free_port, which
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,6 +76,44 @@ def test_slowheaders_has_both_phases_for_fastterm_and_nginx(tmp_path, subprocess
         assert attacker["held_mean"] >= 18, (peer, attacker)
         assert attacker["closed_by_server"] >= 10, (peer, attacker)   # the header timeout did fire
     assert "slowheaders-p99-ratio" in res.stdout
+
+
+@needs_tools
+def test_baseline_is_a_peer_interleaved_in_every_round(tmp_path, subprocess_env):
+    """``--baseline`` at this very checkout (a tree with its extension built): fastterm-base
+    runs right after fastterm in each round, and fastterm's ratio to it, the same code, is
+    near 1 (plain and per CPU-second), next to both ratios to nginx."""
+    res, data = run_bench(tmp_path, "--scenario", "keepalive", "--duration", "1", "--rounds", "2",
+                          "--peers", "nginx", "--baseline", str(REPO_ROOT), "--markdown", env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert data["peers"] == ["fastterm", "fastterm-base", "nginx"]
+    assert [(r["round"], r["peer"]) for r in data["runs"]] == [
+        (1, "fastterm"), (1, "fastterm-base"), (1, "nginx"), (2, "fastterm"), (2, "fastterm-base"), (2, "nginx")]
+    assert all(not r["invalid"] for r in data["runs"]), [r["invalid"] for r in data["runs"]]
+    rows = {r["peer"]: r for r in data["summary"] if r["figure"] == "keepalive"}
+    fastterm = rows["fastterm"]
+    assert len(fastterm["base_ratios"]) == 2 and len(fastterm["base_cpu_ratios"]) == 2, fastterm
+    assert 0.67 < fastterm["base_ratio"] < 1.5, fastterm
+    assert 0.67 < fastterm["base_per_cpu_ratio"] < 1.5, fastterm
+    assert fastterm["ratio"] > 0 and rows["fastterm-base"]["ratio"] > 0
+    assert rows["fastterm-base"]["base_ratio"] is None and rows["nginx"]["base_ratio"] is None
+    assert "| ×nginx per CPU-s | ×base | ×base per CPU-s |" in res.stdout
+    assert f"fastterm-base: {REPO_ROOT} at " in res.stdout
+
+
+@needs_tools
+def test_baseline_without_its_extension_built_is_refused(tmp_path, subprocess_env):
+    """A tree whose extension is not built is refused, with the line that builds it, before
+    anything starts: this checkout's editable install would otherwise lend it this tree's
+    extension, and the baseline would be a mix of the two."""
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO_ROOT / "fastterm", tree / "fastterm",
+                    ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
+    res, data = run_bench(tmp_path, "--scenario", "keepalive", "--peers", "none", "--baseline", str(tree),
+                          env=subprocess_env, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert data is None and "Traceback" not in res.stderr
+    assert f"--baseline {tree}" in res.stderr and "setup.py build_ext --inplace" in res.stderr, res.stderr
 
 
 class Status500Backend:
