@@ -20,7 +20,7 @@ import pytest
 
 from fastterm.bench.peers import Peer, fastterm_conf, haproxy_conf, load_setup, nginx_conf
 from fastterm.bench.run import Bench
-from fastterm.bench.scenarios import RUN_FIGURES, Run
+from fastterm.bench.scenarios import FIGURES, RUN_FIGURES, Run
 from fastterm.bench.system import free_port, which
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +76,23 @@ def test_slowheaders_has_both_phases_for_fastterm_and_nginx(tmp_path, subprocess
         assert attacker["held_mean"] >= 18, (peer, attacker)
         assert attacker["closed_by_server"] >= 10, (peer, attacker)   # the header timeout did fire
     assert "slowheaders-p99-ratio" in res.stdout
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(900)
+@needs_tools
+def test_full_default_run_against_nginx_is_valid(tmp_path, subprocess_env):
+    """The README's default run (every scenario, 3 rounds x 2 s) next to nginx: every run
+    valid and every figure there for both, as a user who runs it on an idle machine sees."""
+    res, data = run_bench(tmp_path, "--peers", "nginx", env=subprocess_env, timeout=840)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    assert data["problems"] == [], data["problems"]
+    assert [r for r in data["runs"] if r["invalid"]] == []
+    rows = {(r["figure"], r["peer"]): r for r in data["summary"]}
+    for figure in FIGURES:
+        for peer in ("fastterm", "nginx"):
+            row = rows[(figure, peer)]
+            assert row["runs"] > 0 and row["valid"] == row["runs"] and row["median"] is not None, row
 
 
 @needs_tools
