@@ -31,9 +31,10 @@ Set-up
 - **Baseline** (``--baseline TREE``): fastterm from another checkout with its extension
   built (a ``git worktree`` of an earlier commit), run by this python with
   ``PYTHONPATH=TREE`` as peer ``fastterm-base``, right after fastterm in every round, from
-  the same generated config (keys both understand: the config model of this tree writes
-  only keys that have existed since the bench did). The report gives fastterm's per-round
-  ratio to it, plain and per CPU-second: whether a change kept its figures within noise.
+  the same generated config (it writes no key newer than commit e35c2ac's schema; a tree
+  that rejects one does not start, and the log shown says which). The report gives
+  fastterm's per-round ratio to it, plain and per CPU-second: whether a change kept its
+  figures within noise.
 
 Scenarios (``--scenario``, comma-separated)
 -------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fastterm.bench.peers import Peer, fastterm_conf, haproxy_conf, load_setup, nginx_conf
+from fastterm.bench.peers import Peer, fastterm_conf, haproxy_conf, load_setup, make_peers, nginx_conf
 from fastterm.bench.run import Bench
 from fastterm.bench.scenarios import FIGURES, RUN_FIGURES, Run
 from fastterm.bench.system import free_port, which
@@ -259,6 +259,17 @@ def test_peer_configs_follow_the_fastterm_config(tmp_path):
     # The same header timeout for everyone (the slowheaders scenario times out on it).
     assert "client_header_timeout 10s;" in nginx and "timeout http-request 10s" in haproxy
     assert "client_header_timeout = 10.0" in ft
+
+
+def test_each_fastterm_peer_has_its_own_pid_file(tmp_path):
+    """fastterm and fastterm-base write their pid files in the working directory: not the
+    default one (``/run/fastterm.pid`` as root) of a fastterm serving on this machine, nor
+    each other's."""
+    setup = load_setup(None, str(tmp_path), None, [0])
+    peers = make_peers(setup, str(tmp_path), "127.0.0.1:9", [], "0", {}, str(REPO_ROOT), (str(REPO_ROOT), {}))
+    assert [p.name for p in peers] == ["fastterm", "fastterm-base"]
+    for name in ("fastterm", "fastterm-base"):
+        assert f'pid_file = "{tmp_path}/{name}.pid"' in (tmp_path / f"{name}.toml").read_text()
 
 
 @needs_tools
