@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Kept for the commands that name it: ``python bench/compare.py ARGS`` is ``fastterm bench ARGS``.
 
-The comparison grew into the user-facing command (``fastterm/bench.py``): the same pinned,
+The comparison grew into the user-facing command (the ``fastterm.bench`` package): the same pinned,
 interleaved nginx-vs-fastterm runs per CPU-second, plus HAProxy, resumption, upload, latency
 and idle-connection memory. See ``fastterm bench --help``.
 """

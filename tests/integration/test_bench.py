@@ -14,15 +14,21 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from fastterm import bench
+from fastterm.bench.peers import Peer, fastterm_conf, haproxy_conf, load_setup, make_peers, nginx_conf
+from fastterm.bench.run import Bench
+from fastterm.bench.scenarios import FIGURES, RUN_FIGURES, Run
+from fastterm.bench.system import free_port, which
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(300)
 
 needs_tools = pytest.mark.skipif(
-    not (bench.which("nginx") and shutil.which("wrk") and shutil.which("taskset")),
+    not (which("nginx") and shutil.which("wrk") and shutil.which("taskset")),
     reason="fastterm bench needs nginx, wrk and taskset (./bootstrap installs them)")
 
 
@@ -64,12 +70,67 @@ def test_slowheaders_has_both_phases_for_fastterm_and_nginx(tmp_path, subprocess
     assert set(runs) == {"fastterm", "nginx"}
     for peer, run in runs.items():
         assert not run["invalid"], run["invalid"]
-        assert set(run["figures"]) == set(bench.RUN_FIGURES["slowheaders"]), run["figures"]
+        assert set(run["figures"]) == set(RUN_FIGURES["slowheaders"]), run["figures"]
         assert all(v > 0 for v in run["figures"].values()), run["figures"]
         attacker = run["raw"]["attacker"]
         assert attacker["held_mean"] >= 18, (peer, attacker)
         assert attacker["closed_by_server"] >= 10, (peer, attacker)   # the header timeout did fire
     assert "slowheaders-p99-ratio" in res.stdout
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(900)
+@needs_tools
+def test_full_default_run_against_nginx_is_valid(tmp_path, subprocess_env):
+    """The README's default run (every scenario, 3 rounds x 2 s) next to nginx: every run
+    valid and every figure there for both, as a user who runs it on an idle machine sees."""
+    res, data = run_bench(tmp_path, "--peers", "nginx", env=subprocess_env, timeout=840)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    assert data["problems"] == [], data["problems"]
+    assert [r for r in data["runs"] if r["invalid"]] == []
+    rows = {(r["figure"], r["peer"]): r for r in data["summary"]}
+    for figure in FIGURES:
+        for peer in ("fastterm", "nginx"):
+            row = rows[(figure, peer)]
+            assert row["runs"] > 0 and row["valid"] == row["runs"] and row["median"] is not None, row
+
+
+@needs_tools
+def test_baseline_is_a_peer_interleaved_in_every_round(tmp_path, subprocess_env):
+    """``--baseline`` at this very checkout (a tree with its extension built): fastterm-base
+    runs right after fastterm in each round, and fastterm's ratio to it, the same code, is
+    near 1 (plain and per CPU-second), next to both ratios to nginx."""
+    res, data = run_bench(tmp_path, "--scenario", "keepalive", "--duration", "1", "--rounds", "2",
+                          "--peers", "nginx", "--baseline", str(REPO_ROOT), "--markdown", env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert data["peers"] == ["fastterm", "fastterm-base", "nginx"]
+    assert [(r["round"], r["peer"]) for r in data["runs"]] == [
+        (1, "fastterm"), (1, "fastterm-base"), (1, "nginx"), (2, "fastterm"), (2, "fastterm-base"), (2, "nginx")]
+    assert all(not r["invalid"] for r in data["runs"]), [r["invalid"] for r in data["runs"]]
+    rows = {r["peer"]: r for r in data["summary"] if r["figure"] == "keepalive"}
+    fastterm = rows["fastterm"]
+    assert len(fastterm["base_ratios"]) == 2 and len(fastterm["base_cpu_ratios"]) == 2, fastterm
+    assert 0.67 < fastterm["base_ratio"] < 1.5, fastterm
+    assert 0.67 < fastterm["base_per_cpu_ratio"] < 1.5, fastterm
+    assert fastterm["ratio"] > 0 and rows["fastterm-base"]["ratio"] > 0
+    assert rows["fastterm-base"]["base_ratio"] is None and rows["nginx"]["base_ratio"] is None
+    assert "| ×nginx per CPU-s | ×base | ×base per CPU-s |" in res.stdout
+    assert f"fastterm-base: {REPO_ROOT} at " in res.stdout
+
+
+@needs_tools
+def test_baseline_without_its_extension_built_is_refused(tmp_path, subprocess_env):
+    """A tree whose extension is not built is refused, with the line that builds it, before
+    anything starts: this checkout's editable install would otherwise lend it this tree's
+    extension, and the baseline would be a mix of the two."""
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO_ROOT / "fastterm", tree / "fastterm",
+                    ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
+    res, data = run_bench(tmp_path, "--scenario", "keepalive", "--peers", "none", "--baseline", str(tree),
+                          env=subprocess_env, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert data is None and "Traceback" not in res.stderr
+    assert f"--baseline {tree}" in res.stderr and "setup.py build_ext --inplace" in res.stderr, res.stderr
 
 
 class Status500Backend:
@@ -152,14 +213,14 @@ def test_failing_backend_makes_runs_invalid(tmp_path, subprocess_env, failure):
 @needs_tools
 def test_resumed_handshakes_in_a_full_handshake_run_are_invalid(tmp_path):
     """The wrong handshake kind: the server's own counters decide, not the client's intent."""
-    peer = bench.Peer("x")
-    run = bench.Run("handshake-ecdsa", "x", 1, raw={"handshakes": 100})
+    peer = Peer("x")
+    run = Run("handshake-ecdsa", "x", 1, raw={"handshakes": 100})
     run.server = {"full": 90, "resumed": 10, "non2xx": 0}
-    bench.Bench(None, [], "1", {}).validate(peer, run)
+    Bench(None, [], "1", {}).validate(peer, run)
     assert any("wrong handshake kind" in why for why in run.invalid)
-    run = bench.Run("resumed-ticket", "x", 1, raw={"handshakes": 100})
+    run = Run("resumed-ticket", "x", 1, raw={"handshakes": 100})
     run.server = {"full": 100, "resumed": 0, "non2xx": 0}
-    bench.Bench(None, [], "1", {}).validate(peer, run)
+    Bench(None, [], "1", {}).validate(peer, run)
     assert any("wrong handshake kind" in why for why in run.invalid)
 
 
@@ -181,28 +242,39 @@ def test_peer_configs_follow_the_fastterm_config(tmp_path):
     """nginx and HAProxy get the protocols, ciphers, groups and session settings of the config."""
     from fastterm.config.model import INTERMEDIATE_CIPHERS, TLS13_CIPHERSUITES
 
-    setup = bench.load_setup(None, str(tmp_path), None, [0])
+    setup = load_setup(None, str(tmp_path), None, [0])
     assert set(setup.certs) == {"ecdsa", "rsa"} and setup.workers == 1
     ports = {"main": 1, "ecdsa": 2, "rsa": 3}
-    nginx = bench.nginx_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
+    nginx = nginx_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
     assert f"ssl_ciphers {INTERMEDIATE_CIPHERS};" in nginx
     assert f"Ciphersuites {TLS13_CIPHERSUITES};" in nginx
     assert "ssl_ecdh_curve X25519:prime256v1:secp384r1;" in nginx
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in nginx and "ssl_session_tickets on;" in nginx
     assert "ssl_session_cache shared:SSL:10m;" in nginx and "Strict-Transport-Security" in nginx
-    haproxy = bench.haproxy_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
+    haproxy = haproxy_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
     assert f"ciphers {INTERMEDIATE_CIPHERS}" in haproxy and "curves X25519:P-256:P-384" in haproxy
     assert "no-tls-tickets" not in haproxy and "nbthread 1" in haproxy
-    ft = bench.fastterm_conf(setup, "127.0.0.1:9", ports, 4)
+    ft = fastterm_conf(setup, "127.0.0.1:9", ports, 4)
     assert ft.count("[[server]]") == 3 and 'admin = "127.0.0.1:4"' in ft
     # The same header timeout for everyone (the slowheaders scenario times out on it).
     assert "client_header_timeout 10s;" in nginx and "timeout http-request 10s" in haproxy
     assert "client_header_timeout = 10.0" in ft
 
 
+def test_each_fastterm_peer_has_its_own_pid_file(tmp_path):
+    """fastterm and fastterm-base write their pid files in the working directory: not the
+    default one (``/run/fastterm.pid`` as root) of a fastterm serving on this machine, nor
+    each other's."""
+    setup = load_setup(None, str(tmp_path), None, [0])
+    peers = make_peers(setup, str(tmp_path), "127.0.0.1:9", [], "0", {}, str(REPO_ROOT), (str(REPO_ROOT), {}))
+    assert [p.name for p in peers] == ["fastterm", "fastterm-base"]
+    for name in ("fastterm", "fastterm-base"):
+        assert f'pid_file = "{tmp_path}/{name}.pid"' in (tmp_path / f"{name}.toml").read_text()
+
+
 @needs_tools
 def test_target_mode_loads_a_running_fastterm(tmp_path, subprocess_env):
-    ports = [bench.free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     demo = subprocess.Popen([sys.executable, "-m", "fastterm", "demo", "--state-dir", str(tmp_path / "demo"),
                              "--https-port", str(ports[0]), "--http-port", str(ports[1]),
                              "--backend-port", str(ports[2])],

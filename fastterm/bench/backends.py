@@ -1,0 +1,87 @@
+"""The plain-HTTP backend behind every terminator: nginx ``return 200`` (twice the rate of the
+built-in Python backend on loopback, so the backend is not what is measured), or
+``fastterm.backend`` when nginx is not installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from fastterm.bench.system import BenchError, free_port, pinned, tail, wait_port, which
+
+BODY_1K = b"x" * 1023 + b"\n"
+BULK_SIZE = 1 << 20
+UPLOAD_SIZE = 1 << 20
+# Backend paths: nginx's (see backend_conf); the built-in backend's replace them.
+PATHS = {"small": "/1k", "bulk": "/1m", "upload": "/upload"}
+
+
+def backend_conf(d: str, port: int) -> str:
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 40000;
+pid {d}/backend.pid;
+error_log {d}/backend.error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_max_body_size 0;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {d}/www;
+        location = /1k {{ return 200 "{BODY_1K[:-1].decode()}\\n"; }}
+        location = /1m {{ }}
+        # A bare `return 200` answers before the body has arrived (nginx discards it while
+        # the response is already out), and a proxy that sees a response end before the
+        # request body must close the client connection. Proxying to itself with request
+        # buffering reads the whole body first, like an application that consumes uploads.
+        location = /upload {{
+            client_body_buffer_size 2m;
+            proxy_pass http://self/ok;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+        location = /ok {{ return 200 "ok\\n"; }}
+    }}
+    upstream self {{
+        server 127.0.0.1:{port};
+        keepalive 16;
+    }}
+}}
+"""
+
+
+
+def start_backend(d: str, cpus: str, env: dict) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    os.makedirs(os.path.join(d, "www"), exist_ok=True)
+    with open(os.path.join(d, "www", "1m"), "wb") as f:
+        f.write(os.urandom(BULK_SIZE))
+    nginx = which("nginx")
+    if nginx:
+        with open(os.path.join(d, "backend.conf"), "w") as f:
+            f.write(backend_conf(d, port))
+        argv = [nginx, "-p", d, "-c", f"{d}/backend.conf", "-e", f"{d}/backend.error.log"]
+    else:
+        # The built-in backend (half nginx's rate on loopback): /bytes/N for /1k and /1m.
+        argv = [sys.executable, "-m", "fastterm.backend", "--host", "127.0.0.1", "--port", str(port)]
+        PATHS.update(small="/bytes/1024", bulk=f"/bytes/{BULK_SIZE}")
+    with open(os.path.join(d, "backend.out"), "ab") as out:
+        proc = subprocess.Popen(pinned(cpus, argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+    try:
+        wait_port(port, proc)
+    except BenchError as exc:
+        proc.kill()
+        raise BenchError(f"backend: {exc}: {tail(os.path.join(d, 'backend.error.log'))}") from None
+    return f"127.0.0.1:{port}", proc
+

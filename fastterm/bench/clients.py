@@ -1,0 +1,433 @@
+"""The Python load generators, each run in its own process on the client CPUs
+(``python -m fastterm.bench client KIND ...``): resumed handshakes, the open-loop latency
+clients (keep-alive and a new connection per request), idle connections, the slow-header
+attacker."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+import statistics
+import sys
+import time
+
+from fastterm.bench.system import raise_fd_limit
+
+
+def _client_ctx(tls12: bool = False, no_ticket: bool = False) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if no_ticket:
+        ctx.options |= ssl.OP_NO_TICKET
+    return ctx
+
+
+def _request(path: str, keep_alive: bool) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
+            f"{'' if keep_alive else 'Connection: close'}\r\n\r\n").encode().replace(b"\r\n\r\n\r\n", b"\r\n\r\n")
+
+
+def _read_response(sock) -> int:
+    """Read one response with Content-Length from a blocking socket; return its status."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the response head")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(None, 2)[1])
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    left = int(m.group(1)) - len(body) if m else 0
+    while left > 0:
+        chunk = sock.recv(min(left, 65536))
+        if not chunk:
+            raise ConnectionError("closed in the body")
+        left -= len(chunk)
+    return status
+
+
+def client_resume(host: str, port: int, mode: str, duration: float, path: str) -> dict:
+    """Resumed handshakes, one request per connection; ``id``: TLS 1.2 session IDs, ``ticket``: TLS 1.3."""
+    ctx = _client_ctx(tls12=mode == "id", no_ticket=mode == "id")
+    session = None
+    n = reused = errors = non2xx = 0
+    t0 = time.monotonic()
+    deadline = t0 + duration
+    req = _request(path, keep_alive=False)
+    while time.monotonic() < deadline:
+        try:
+            raw = socket.create_connection((host, port), timeout=5)
+            # The request follows the client's Finished at once: with Nagle it would wait for
+            # the ACK of the Finished (a delayed ACK: 40 ms on Linux).
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+            except BaseException:
+                raw.close()
+                raise
+            with s:
+                s.sendall(req)
+                if _read_response(s) // 100 != 2:
+                    non2xx += 1
+                # TLS 1.3 tickets arrive after the handshake: take the newest session each time
+                # (a stateful TLS 1.3 session is single-use).
+                session = s.session
+                n += 1
+                reused += s.session_reused
+        except (OSError, ValueError):
+            errors += 1
+            if errors > 1000:
+                break
+    # The first connection of each client is a full handshake: leave it out of "reused" checks.
+    return {"handshakes": n, "reused": reused + (1 if n else 0), "errors": errors, "non2xx": non2xx,
+            "elapsed": time.monotonic() - t0}
+
+
+def client_latency(host: str, port: int, rate: float, duration: float, path: str, conns: int) -> dict:
+    """Open-loop: request i is due at t0 + i/rate; latency counts from that due time."""
+    import asyncio
+
+    async def go() -> dict:
+        ctx = _client_ctx()
+        req = _request(path, keep_alive=True)
+        queue: asyncio.Queue = asyncio.Queue()
+        lat: list[float] = []
+        counts = {"errors": 0, "non2xx": 0}
+        total = int(rate * duration)
+
+        async def conn_worker() -> None:
+            reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname="localhost")
+            try:
+                while True:
+                    due = await queue.get()
+                    if due is None:
+                        return
+                    writer.write(req)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                    if m:
+                        await reader.readexactly(int(m.group(1)))
+                    lat.append(time.perf_counter() - due)
+                    if int(head.split(None, 2)[1]) // 100 != 2:
+                        counts["non2xx"] += 1
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+                counts["errors"] += 1
+            finally:
+                writer.close()
+
+        workers = [asyncio.create_task(conn_worker()) for _ in range(conns)]
+        await asyncio.sleep(0.5)   # connections up (handshakes are not part of the figure)
+        t0 = time.perf_counter()
+        for i in range(total):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            queue.put_nowait(due)
+        # Stop: whatever is still queued after a grace period did not get an answer in time.
+        grace = time.perf_counter() + 5.0
+        while len(lat) < total and time.perf_counter() < grace and any(not w.done() for w in workers):
+            await asyncio.sleep(0.01)
+        for _ in workers:
+            queue.put_nowait(None)
+        await asyncio.wait(workers, timeout=5)
+        lat.sort()
+
+        def pct(p: float) -> float | None:
+            return 1000 * lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else None
+
+        return {"offered": total, "done": len(lat), "p50": pct(50), "p99": pct(99), "p99.9": pct(99.9),
+                "max": 1000 * lat[-1] if lat else None, **counts}
+
+    return asyncio.run(go())
+
+
+def client_connections(host: str, port: int, count: int, path: str) -> None:
+    """Open ``count`` TLS connections (100 handshakes in flight), one request each, then hold
+    them idle: print ``READY ok errors non2xx`` and close all on a line on stdin.
+
+    Non-blocking ``ssl`` sockets on a selector rather than asyncio: asyncio's SSL transport
+    keeps a 256 KiB buffer per connection and took ~35 s of client CPU for 10,000 of them.
+    """
+    import selectors
+
+    raise_fd_limit(count + 1000)
+    ctx = _client_ctx()
+    req = _request(path, keep_alive=True)
+    sel = selectors.DefaultSelector()
+    counts = {"ok": 0, "errors": 0, "non2xx": 0}
+    held: list[ssl.SSLSocket] = []
+    state: dict[ssl.SSLSocket, list] = {}   # sock -> [phase, received]
+    started = 0
+    deadline = time.monotonic() + 60 + count / 100
+
+    def start_one() -> None:
+        raw = socket.socket()
+        raw.setblocking(False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = ctx.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+        s.connect_ex((host, port))
+        state[s] = ["handshake", b""]
+        sel.register(s, selectors.EVENT_WRITE)
+
+    def fail(s: ssl.SSLSocket) -> None:
+        counts["errors"] += 1
+        sel.unregister(s)
+        del state[s]
+        s.close()
+
+    def step(s: ssl.SSLSocket) -> None:
+        st = state[s]
+        try:
+            if st[0] == "handshake":
+                s.do_handshake()
+                s.send(req)
+                st[0] = "response"
+                sel.modify(s, selectors.EVENT_READ)
+            while st[0] == "response":
+                chunk = s.recv(65536)
+                if not chunk:
+                    return fail(s)
+                st[1] += chunk
+                head, sep, body = st[1].partition(b"\r\n\r\n")
+                if not sep:
+                    continue
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                if m and len(body) < int(m.group(1)):
+                    continue
+                if int(head.split(None, 2)[1]) // 100 != 2:
+                    counts["non2xx"] += 1
+                counts["ok"] += 1
+                sel.unregister(s)
+                del state[s]
+                held.append(s)
+                return None
+        except ssl.SSLWantReadError:
+            sel.modify(s, selectors.EVENT_READ)
+        except ssl.SSLWantWriteError:
+            sel.modify(s, selectors.EVENT_WRITE)
+        except (OSError, ValueError, IndexError):
+            fail(s)
+        return None
+
+    while (started < count or state) and time.monotonic() < deadline:
+        while started < count and len(state) < 100:
+            start_one()
+            started += 1
+        for key, _ in sel.select(timeout=1.0):
+            step(key.fileobj)
+    counts["errors"] += len(state) + (count - started)
+    print(f"READY {counts['ok']} {counts['errors']} {counts['non2xx']}", flush=True)
+    sys.stdin.readline()
+    for s in held:
+        s.close()
+
+
+def client_newconn(host: str, port: int, rate: float, duration: float, path: str) -> dict:
+    """Open-loop with a new TLS connection (a full handshake) per request: request i is due
+    at t0 + i/rate and its latency counts from then, connect and handshake included."""
+    import asyncio
+
+    async def go() -> dict:
+        ctx = _client_ctx()
+        req = _request(path, keep_alive=False)
+        lat: list[float] = []
+        counts = {"errors": 0, "non2xx": 0}
+        total = int(rate * duration)
+
+        async def one(due: float) -> None:
+            writer = None
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, ssl=ctx, server_hostname="localhost"), 10)
+                writer.write(req)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                if m:
+                    await asyncio.wait_for(reader.readexactly(int(m.group(1))), 10)
+                lat.append(time.perf_counter() - due)
+                if int(head.split(None, 2)[1]) // 100 != 2:
+                    counts["non2xx"] += 1
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+                # OSError includes wait_for's TimeoutError
+                counts["errors"] += 1
+            finally:
+                if writer is not None:
+                    writer.close()
+
+        tasks = []
+        t0 = time.perf_counter()
+        for i in range(total):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(due)))
+        await asyncio.wait(tasks, timeout=15)
+        lat.sort()
+
+        def pct(p: float) -> float | None:
+            return 1000 * lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else None
+
+        return {"offered": total, "done": len(lat), "p50": pct(50), "p99": pct(99),
+                "max": 1000 * lat[-1] if lat else None, **counts}
+
+    return asyncio.run(go())
+
+
+def client_slowheaders(host: str, port: int, count: int, drip: float, ramp: float, path: str) -> None:
+    """The attacker: ``count`` TLS connections, each sending a request line and then one
+    header byte every ``drip`` seconds, never ending the header block; one the server
+    closes is reopened at once. They are opened evenly over ``ramp`` seconds (one header
+    timeout), so their expiries are as evenly spread as their opens. Prints ``RAMPED held``
+    after the ramp, then samples how many it holds (handshake done, dripping) every 0.1 s
+    until a line on stdin, and prints what it saw as JSON.
+
+    Non-blocking ``ssl`` sockets on a selector (see ``client_connections``); drips from a heap.
+    """
+    import heapq
+    import selectors
+
+    raise_fd_limit(count + 1000)
+    ctx = _client_ctx()
+    head = f"GET {path} HTTP/1.1\r\nHost: localhost\r\n".encode()
+    pattern = b"X-Slow: 1\r\n"
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    state: dict[ssl.SSLSocket, list] = {}   # sock -> [phase, bytes dripped]
+    drips: list[tuple[float, int, ssl.SSLSocket]] = []
+    reopen: list[float] = []                 # heap of times at which to open a connection
+    counts = {"opened": 0, "held": 0, "closed_by_server": 0, "responses_408": 0, "errors": 0}
+    samples: list[int] = []
+    seq = started = 0
+    t0 = time.monotonic()
+    ramped = False
+    next_sample = t0 + ramp
+
+    def open_one() -> None:
+        raw = socket.socket()
+        raw.setblocking(False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = ctx.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+        s.connect_ex((host, port))
+        state[s] = ["handshake", 0]
+        counts["opened"] += 1
+        sel.register(s, selectors.EVENT_WRITE)
+
+    def drop(s: ssl.SSLSocket, again: float) -> None:
+        if state.pop(s)[0] == "held":
+            counts["held"] -= 1
+        sel.unregister(s)
+        s.close()
+        heapq.heappush(reopen, time.monotonic() + again)
+
+    def step(s: ssl.SSLSocket) -> None:
+        nonlocal seq
+        st = state[s]
+        try:
+            if st[0] == "handshake":
+                s.do_handshake()
+                s.send(head)
+                st[0] = "held"
+                counts["held"] += 1
+                sel.modify(s, selectors.EVENT_READ)
+                seq += 1
+                heapq.heappush(drips, (time.monotonic() + drip, seq, s))
+                return
+            data = s.recv(65536)   # the server's 408, its close_notify, or EOF
+            if data.startswith(b"HTTP/1.1 408"):
+                counts["responses_408"] += 1
+            if not data:
+                counts["closed_by_server"] += 1
+                drop(s, 0.0)
+        except ssl.SSLWantReadError:
+            sel.modify(s, selectors.EVENT_READ)
+        except ssl.SSLWantWriteError:
+            sel.modify(s, selectors.EVENT_WRITE)
+        except ssl.SSLZeroReturnError:
+            counts["closed_by_server"] += 1
+            drop(s, 0.0)
+        except (OSError, ValueError):
+            if st[0] == "held":
+                counts["closed_by_server"] += 1
+                drop(s, 0.0)
+            else:
+                counts["errors"] += 1
+                drop(s, 0.1)   # refused or failed handshake: do not spin
+
+    while True:
+        now = time.monotonic()
+        while started < count and now >= t0 + started * ramp / count:
+            open_one()
+            started += 1
+        while reopen and reopen[0] <= now:
+            heapq.heappop(reopen)
+            open_one()
+        while drips and drips[0][0] <= now:
+            _, _, s = heapq.heappop(drips)
+            st = state.get(s)
+            if st is None or st[0] != "held":
+                continue
+            try:
+                s.send(pattern[st[1] % len(pattern):][:1])
+                st[1] += 1
+                seq += 1
+                heapq.heappush(drips, (now + drip, seq, s))
+            except (OSError, ValueError):
+                counts["closed_by_server"] += 1
+                drop(s, 0.0)
+        if now >= next_sample:
+            if not ramped:
+                ramped = True
+                print(f"RAMPED {counts['held']}", flush=True)
+            samples.append(counts["held"])
+            next_sample += 0.1
+        wake = [next_sample]
+        if drips:
+            wake.append(drips[0][0])
+        if reopen:
+            wake.append(reopen[0])
+        if started < count:
+            wake.append(t0 + started * ramp / count)
+        for key, _ in sel.select(timeout=max(0.0, min(wake) - time.monotonic())):
+            if key.fileobj is sys.stdin:
+                sys.stdin.readline()
+                print(json.dumps({"target": count, "held_min": min(samples, default=0),
+                                  "held_mean": statistics.fmean(samples) if samples else 0.0,
+                                  **counts}), flush=True)
+                for s in state:
+                    s.close()
+                return
+            if key.fileobj in state:
+                step(key.fileobj)
+
+
+def client_main(argv: list[str]) -> int:
+    kind, host, port, *rest = argv
+    if kind == "resume":
+        mode, duration, path = rest
+        print(json.dumps(client_resume(host, int(port), mode, float(duration), path)))
+    elif kind == "latency":
+        rate, duration, path, conns = rest
+        print(json.dumps(client_latency(host, int(port), float(rate), float(duration), path, int(conns))))
+    elif kind == "connections":
+        count, path = rest
+        client_connections(host, int(port), int(count), path)
+    elif kind == "newconn":
+        rate, duration, path = rest
+        print(json.dumps(client_newconn(host, int(port), float(rate), float(duration), path)))
+    elif kind == "slowheaders":
+        count, drip, ramp, path = rest
+        client_slowheaders(host, int(port), int(count), float(drip), float(ramp), path)
+    else:
+        print(f"unknown client {kind}", file=sys.stderr)
+        return 2
+    return 0
+
+

@@ -1,0 +1,537 @@
+"""The terminators under test: the settings they all get from one fastterm config, the config
+written for each (fastterm, nginx, HAProxy), starting them pinned, reading what they
+recorded (handshake kinds, non-2xx) and stopping them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from fastterm.bench.backends import BODY_1K, BULK_SIZE, PATHS, UPLOAD_SIZE
+from fastterm.bench.scenarios import BASELINE
+from fastterm.bench.system import (
+    BenchError,
+    children,
+    free_port,
+    pinned,
+    proc_cpu,
+    proc_rss_kib,
+    tail,
+    wait_port,
+    which,
+)
+
+
+@dataclass
+class Setup:
+    """What the fastterm config says, reduced to what every terminator can be given."""
+
+    source: str
+    tls: object                      # fastterm.config.model.TLSPolicy
+    certs: dict[str, tuple[str, str]]  # "ecdsa"/"rsa" -> (cert chain, key)
+    hsts: str | None
+    limits: object                   # Limits
+    sessions: object                 # Sessions
+    upstream_keepalive: int
+    workers: int
+    idle_connections: int = 10000
+
+
+def key_kind(cert_path: str) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    with open(cert_path, "rb") as f:
+        key = x509.load_pem_x509_certificate(f.read()).public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ecdsa"
+    if isinstance(key, rsa.RSAPublicKey):
+        return "rsa"
+    return type(key).__name__
+
+
+def load_setup(config_path: str | None, workdir: str, workers: int | None, cpus: list[int]) -> Setup:
+    from fastterm.config.toml import load_config
+
+    if config_path is None:
+        from fastterm.demo import make_demo_pki, write_demo_config
+
+        state = os.path.join(workdir, "demo")
+        make_demo_pki(state)
+        config_path = write_demo_config(state, free_port(), free_port(), free_port())
+        source = "the demo's settings (fastterm demo)"
+    else:
+        source = config_path
+    config = load_config(config_path)
+    if not config.servers:
+        raise BenchError(f"{config_path}: no [[server]] to take TLS settings from")
+    server = next((s for s in config.servers if s.default_server), config.servers[0])
+    certs: dict[str, tuple[str, str]] = {}
+    for c in server.certificates:
+        kind = key_kind(c.cert)
+        certs.setdefault(kind, (c.cert, c.key or c.cert))
+    if not certs:
+        raise BenchError(f"{config_path}: the server has no certificate")
+    upstream_keepalive = config.upstreams[0].keepalive if config.upstreams else 32
+    if workers is None:
+        workers = len(cpus)
+    return Setup(source, server.tls, certs, server.hsts, config.limits, config.sessions, upstream_keepalive,
+                 workers)
+
+
+NGINX_GROUP_NAMES = {"P-256": "prime256v1", "P-384": "secp384r1", "P-521": "secp521r1"}
+
+
+def nginx_groups(groups: str) -> str:
+    return ":".join(NGINX_GROUP_NAMES.get(g, g) for g in groups.split(":"))
+
+
+
+@dataclass
+class Peer:
+    """One terminator under test: its process, its ports and how to read what it did."""
+
+    name: str
+    ports: dict[str, int] = field(default_factory=dict)   # "main", "ecdsa", "rsa"
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen | None = None
+    log_path: str = ""
+    hs_log: str | None = None    # access log with "<resumed> <status>" per request (nginx, haproxy)
+    argv: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    env: dict | None = None
+
+    max_conns: int | None = None   # what it can hold open, when it has a fixed cap
+    stop_signal = signal.SIGTERM
+
+    def pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def cpu(self) -> float | None:
+        return sum(proc_cpu(p) for p in self.pids()) if self.proc else None
+
+    def rss_kib(self) -> int | None:
+        return sum(proc_rss_kib(p) for p in self.pids()) if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.cwd, env=self.env, start_new_session=True)
+        try:
+            for port in self.ports.values():
+                wait_port(port, self.proc)
+            self.ready()
+        except BenchError as exc:
+            self.stop()
+            raise BenchError(f"{self.name} did not start ({exc}); its log {self.log_path}:\n"
+                             f"{tail(self.log_path)}") from None
+
+    def ready(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    # What the server saw: {"full": n, "resumed": n, "non2xx": n} since the last mark.
+    def mark(self) -> object:
+        if self.hs_log:
+            try:
+                return os.path.getsize(self.hs_log)
+            except OSError:
+                return 0
+        return None
+
+    def seen_since(self, mark: object) -> dict | None:
+        if not self.hs_log or mark is None:
+            return None
+        time.sleep(0.05)   # HAProxy's log lines reach its stdout asynchronously
+        full = resumed = non2xx = 0
+        with open(self.hs_log, "rb") as f:
+            f.seek(mark)
+            for line in f:
+                parts = line.split()
+                if len(parts) < 2:
+                    continue
+                if parts[0] in (b"r", b"1"):
+                    resumed += 1
+                else:
+                    full += 1
+                if not parts[1].startswith(b"2"):
+                    non2xx += 1
+        return {"full": full, "resumed": resumed, "non2xx": non2xx}
+
+
+class FasttermPeer(Peer):
+    admin_port: int = 0
+    stop_signal = signal.SIGQUIT    # fast stop: nothing is left to drain between runs
+
+    def metrics(self) -> dict[str, int]:
+        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: fastterm\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        out: dict[str, int] = {}
+        for line in data.partition(b"\r\n\r\n")[2].decode().splitlines():
+            m = re.match(r'fastterm_(handshakes_total\{kind="(\w+)"\}|responses_total\{code="(\w+)"\})\s+(\d+)', line)
+            if m:
+                out[m.group(2) or m.group(3)] = int(m.group(4))
+        return out
+
+    def ready(self) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.metrics()
+                return
+            except OSError:
+                if time.monotonic() > deadline or not self.alive():
+                    raise BenchError("its admin endpoint did not answer") from None
+                time.sleep(0.1)
+
+    def mark(self) -> object:
+        try:
+            return self.metrics()
+        except OSError:
+            return None
+
+    def seen_since(self, mark: object) -> dict | None:
+        if mark is None:
+            return None
+        try:
+            now = self.metrics()
+        except OSError:
+            return None
+        d = {k: now.get(k, 0) - mark.get(k, 0) for k in now}
+        return {"full": d.get("full", 0), "resumed": d.get("resumed", 0),
+                "non2xx": sum(v for k, v in d.items() if k in ("1xx", "3xx", "4xx", "5xx"))}
+
+
+def fastterm_conf(setup: Setup, backend: str, ports: dict[str, int], admin_port: int,
+                  pid_file: str | None = None) -> str:
+    tls = setup.tls
+    limits = setup.limits
+
+    def q(s: str) -> str:
+        return json.dumps(s)
+
+    text = f"""\
+# Written by fastterm bench from {setup.source}
+workers = {setup.workers}
+log_level = "warning"
+admin = "127.0.0.1:{admin_port}"
+{f"pid_file = {q(pid_file)}" if pid_file else ""}
+
+[limits]
+client_max_body_size = {limits.client_max_body_size}
+client_header_timeout = {limits.client_header_timeout}
+keepalive_timeout = {limits.keepalive_timeout}
+backend_connect_timeout = {limits.backend_connect_timeout}
+backend_read_timeout = {limits.backend_read_timeout}
+drain_timeout = 1.0
+
+[sessions]
+cache_size = {setup.sessions.cache_size}
+
+[[upstream]]
+name = "backend"
+servers = [{q(backend)}]
+keepalive = {setup.upstream_keepalive}
+"""
+    for port_name, port in ports.items():
+        kinds = list(setup.certs) if port_name == "main" else [port_name]
+        text += f"""
+[[server]]
+listen = ["127.0.0.1:{port}"]
+server_names = ["localhost"]
+default_server = true
+{f"hsts = {q(setup.hsts)}" if setup.hsts else ""}
+
+[server.tls]
+protocols = {json.dumps(list(tls.protocols))}
+ciphers = {q(tls.ciphers)}
+ciphersuites = {q(tls.ciphersuites)}
+groups = {q(tls.groups)}
+prefer_server_ciphers = {str(tls.prefer_server_ciphers).lower()}
+session_cache = {str(tls.session_cache).lower()}
+session_timeout = {tls.session_timeout}
+session_tickets = {str(tls.session_tickets).lower()}
+alpn = {json.dumps(list(tls.alpn))}
+"""
+        for kind in kinds:
+            crt, key = setup.certs[kind]
+            text += f"""
+[[server.certificate]]
+cert = {q(crt)}
+key = {q(key)}
+"""
+        text += """
+[[server.route]]
+path = "/"
+upstream = "backend"
+"""
+    return text
+
+
+def nginx_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> str:
+    tls = setup.tls
+    limits = setup.limits
+    servers = []
+    for port_name, port in ports.items():
+        kinds = list(setup.certs) if port_name == "main" else [port_name]
+        certs = "\n".join(f"        ssl_certificate {setup.certs[k][0]};\n        ssl_certificate_key {setup.certs[k][1]};"
+                          for k in kinds)
+        log = "access_log off;" if port_name == "main" else f"access_log {d}/nginx-hs.log hs;"
+        servers.append(f"""\
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096;
+        server_name localhost;
+{certs}
+        {log}
+        {f'add_header Strict-Transport-Security "{setup.hsts}" always;' if setup.hsts else ""}
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;   # $http_host is empty for HTTP/1.0 without Host
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header X-Real-IP $remote_addr;
+        }}
+    }}""")
+    cache = (f"shared:SSL:{max(1, setup.sessions.cache_size // (1024 * 1024))}m"
+             if tls.session_cache else "off")
+    options = "ssl_conf_command Options PrioritizeChaCha;" if tls.prefer_server_ciphers else ""
+    server_blocks = "\n".join(servers)
+    return f"""\
+# Written by fastterm bench from {setup.source}
+daemon off;
+master_process on;
+worker_processes {setup.workers};
+worker_rlimit_nofile 40000;
+pid {d}/nginx.pid;
+error_log {d}/nginx.error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    log_format hs '$ssl_session_reused $status';
+    keepalive_requests 100000000;
+    keepalive_timeout {limits.keepalive_timeout:g}s;
+    client_max_body_size {limits.client_max_body_size};
+    client_header_timeout {limits.client_header_timeout:g}s;
+    proxy_request_buffering off;
+    proxy_max_temp_file_size 0;
+    proxy_connect_timeout {limits.backend_connect_timeout:g}s;
+    proxy_read_timeout {limits.backend_read_timeout:g}s;
+    ssl_protocols {" ".join(tls.protocols)};
+    ssl_ciphers {tls.ciphers};
+    ssl_prefer_server_ciphers {"on" if tls.prefer_server_ciphers else "off"};
+    ssl_ecdh_curve {nginx_groups(tls.groups)};
+    ssl_conf_command Ciphersuites {tls.ciphersuites};
+    {options}
+    ssl_session_cache {cache};
+    ssl_session_timeout {int(tls.session_timeout)}s;
+    ssl_session_tickets {"on" if tls.session_tickets else "off"};
+    upstream backend {{
+        server {backend};
+        keepalive {setup.upstream_keepalive};
+        keepalive_requests 100000000;
+    }}
+{server_blocks}
+}}
+"""
+
+
+def haproxy_maxconn(setup: Setup) -> int:
+    """HAProxy reserves two fds per connection (client + server) and will not start when
+    maxconn needs more than the hard RLIMIT_NOFILE it may not raise."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    want = max(20000, 2 * setup.idle_connections)
+    return want if hard == resource.RLIM_INFINITY else min(want, (hard - 200) // 2)
+
+
+def haproxy_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> str:
+    tls = setup.tls
+    limits = setup.limits
+    pems = {}
+    for kind, (crt, key) in setup.certs.items():
+        # HAProxy wants certificate and key in one file.
+        pem = os.path.join(d, f"haproxy-{kind}.pem")
+        with open(crt, "rb") as a, open(key, "rb") as b, open(pem, "wb") as out:
+            out.write(a.read().rstrip(b"\n") + b"\n" + b.read())
+        os.chmod(pem, 0o600)
+        pems[kind] = pem
+    # ~200 bytes per cached session in HAProxy's shared cache.
+    cachesize = max(1, setup.sessions.cache_size // 200) if tls.session_cache else 0
+    versions = sorted(tls.protocols)
+    bind_opts = (f"ssl-min-ver {versions[0]} ssl-max-ver {versions[-1]} ciphers {tls.ciphers} "
+                 f"ciphersuites {tls.ciphersuites} curves {tls.groups} alpn {','.join(tls.alpn)}")
+    if not tls.prefer_server_ciphers:
+        bind_opts += " prefer-client-ciphers"
+    if not tls.session_tickets:
+        bind_opts += " no-tls-tickets"
+    frontends = []
+    for port_name, port in ports.items():
+        kinds = list(setup.certs) if port_name == "main" else [port_name]
+        crts = " ".join(f"crt {pems[k]}" for k in kinds)
+        logging = ("    no log" if port_name == "main" else
+                   "    log global\n    log-format \"%[ssl_fc_is_resumed] %ST\"")
+        hsts = f'    http-response set-header Strict-Transport-Security "{setup.hsts}"\n' if setup.hsts else ""
+        frontends.append(f"""\
+frontend fe_{port_name}
+    bind 127.0.0.1:{port} ssl {crts} {bind_opts}
+{logging}
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Real-IP %[src]
+    option forwardfor
+{hsts}    default_backend be""")
+    blocks = "\n\n".join(frontends)
+    return f"""\
+# Written by fastterm bench from {setup.source}
+global
+    nbthread {setup.workers}
+    maxconn {haproxy_maxconn(setup)}
+    tune.ssl.cachesize {cachesize}
+    tune.ssl.lifetime {int(tls.session_timeout)}
+    log stdout format raw local0
+
+defaults
+    mode http
+    timeout connect {limits.backend_connect_timeout:g}s
+    timeout client {limits.keepalive_timeout:g}s
+    timeout http-request {limits.client_header_timeout:g}s
+    timeout server {limits.backend_read_timeout:g}s
+    timeout http-keep-alive {limits.keepalive_timeout:g}s
+    option http-keep-alive
+    http-reuse always
+
+{blocks}
+
+backend be
+    server s1 {backend} pool-max-conn {setup.upstream_keepalive}
+"""
+
+
+
+
+def served_kind(target: tuple[str, int]) -> str:
+    ctx = ssl._create_unverified_context()
+    with socket.create_connection(target, timeout=10) as raw, ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        der = s.getpeercert(binary_form=True)
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return "ecdsa" if isinstance(x509.load_der_x509_certificate(der).public_key(),
+                                 ec.EllipticCurvePublicKey) else "rsa"
+
+
+
+def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, env: dict,
+               repo_root: str, baseline: tuple[str, dict] | None = None) -> list[Peer]:
+    """fastterm, then (``baseline``: its tree and environment) fastterm-base right after it,
+    then the peers named; each with its config written into ``d``."""
+    def ports() -> dict[str, int]:
+        return {"main": free_port(), **{k: free_port() for k in setup.certs}}
+
+    def fastterm_peer(name: str, cwd: str, peer_env: dict) -> FasttermPeer:
+        ft = FasttermPeer(name, ports(), log_path=os.path.join(d, f"{name}.log"), cwd=cwd, env=peer_env)
+        ft.admin_port = free_port()
+        conf = os.path.join(d, f"{name}.toml")
+        with open(conf, "w") as f:
+            # Its own pid file: not the default one of a fastterm already serving on this machine.
+            f.write(fastterm_conf(setup, backend, ft.ports, ft.admin_port, os.path.join(d, f"{name}.pid")))
+        ft.argv = pinned(cpus, [sys.executable, "-m", "fastterm", "run", "-c", conf])
+        return ft
+
+    peers: list[Peer] = [fastterm_peer("fastterm", repo_root, env)]
+    if baseline is not None:
+        peers.append(fastterm_peer(BASELINE, *baseline))
+    if "nginx" in names:
+        p = Peer("nginx", ports(), log_path=os.path.join(d, "nginx.out"), hs_log=os.path.join(d, "nginx-hs.log"),
+                 cwd=d)
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write(nginx_conf(setup, d, backend, p.ports))
+        p.argv = pinned(cpus, [which("nginx"), "-p", d, "-c", f"{d}/nginx.conf", "-e", f"{d}/nginx.error.log"])
+        peers.append(p)
+    if "haproxy" in names:
+        p = Peer("haproxy", ports(), log_path=os.path.join(d, "haproxy.log"), cwd=d)
+        p.hs_log = p.log_path     # log-format "%[ssl_fc_is_resumed] %ST" on stdout
+        with open(os.path.join(d, "haproxy.cfg"), "w") as f:
+            f.write(haproxy_conf(setup, d, backend, p.ports))
+        p.argv = pinned(cpus, [which("haproxy"), "-f", f"{d}/haproxy.cfg", "-db"])
+        p.max_conns = haproxy_maxconn(setup)
+        peers.append(p)
+    return peers
+
+
+def baseline_env(tree: str, env: dict) -> dict:
+    """The environment that runs fastterm from ``tree`` with this python (``PYTHONPATH=tree``).
+    Refused unless fastterm and its extension both import from there: this tree's editable
+    install would otherwise lend its own extension to a tree that has none built."""
+    tree = os.path.realpath(tree)
+    base_env = dict(env, PYTHONPATH=tree)
+    probe = "import fastterm, fastterm._core; print(fastterm.__file__); print(fastterm._core.__file__)"
+    res = subprocess.run([sys.executable, "-c", probe], cwd=tree, env=base_env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    found = res.stdout.split()
+    if res.returncode != 0 or len(found) != 2 or \
+            not all(os.path.realpath(f).startswith(tree + os.sep) for f in found):
+        seen = ", ".join(found) if found else (res.stderr.strip().splitlines() or ["nothing"])[-1]
+        raise BenchError(f"--baseline {tree}: fastterm and its built extension must import from there "
+                         f"(found: {seen}); build it with:  cd {tree} && {sys.executable} setup.py build_ext "
+                         "--inplace -q")
+    return base_env
+
+
+def baseline_commit(tree: str) -> str:
+    """``git describe`` of the tree, for the report's header (its path when git cannot say)."""
+    try:
+        res = subprocess.run(["git", "-C", tree, "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=10, check=False)
+    except OSError:
+        return tree
+    return f"{tree} at {res.stdout.strip()}" if res.returncode == 0 else tree
+
+
+def check_responses(peer: Peer) -> list[str]:
+    """One request per path through the terminator: status and exact body size."""
+    import http.client
+
+    ctx = ssl._create_unverified_context()
+    problems = []
+    for method, path, body, size in (("GET", PATHS["small"], None, len(BODY_1K)),
+                                     ("GET", PATHS["bulk"], None, BULK_SIZE),
+                                     ("POST", PATHS["upload"], b"u" * UPLOAD_SIZE, None)):
+        try:
+            conn = http.client.HTTPSConnection(peer.host, peer.ports["main"], context=ctx, timeout=10)
+            conn.request(method, path, body=body, headers={"Host": "localhost"})
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+            if resp.status != 200 or (size is not None and len(data) != size):
+                problems.append(f"{peer.name} {method} {path}: status {resp.status}, {len(data)} bytes "
+                                f"(want 200{f', {size}' if size else ''})")
+        except (OSError, http.client.HTTPException) as exc:
+            problems.append(f"{peer.name} {method} {path}: {type(exc).__name__}: {exc}")
+    return problems
+

@@ -1,0 +1,80 @@
+"""What is measured: each ``--scenario`` names runs, each run yields figures, each figure has
+a unit and a direction; the client tool each run needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastterm.bench.system import BenchError
+
+REFERENCE = "nginx"
+BASELINE = "fastterm-base"   # --baseline TREE: fastterm from another checkout
+
+# figure -> (unit, higher is better, per CPU-second unit or None)
+FIGURES: dict[str, tuple[str, bool, str | None]] = {
+    "keepalive": ("req/s", True, "req/CPU-s"),
+    "handshake-ecdsa": ("hs/s", True, "hs/CPU-s"),
+    "handshake-rsa": ("hs/s", True, "hs/CPU-s"),
+    "resumed-id": ("hs/s", True, "hs/CPU-s"),
+    "resumed-ticket": ("hs/s", True, "hs/CPU-s"),
+    "bulk": ("MB/s", True, "MB/CPU-s"),
+    "upload": ("MB/s", True, "MB/CPU-s"),
+    "latency-p50": ("ms", False, None),
+    "latency-p99": ("ms", False, None),
+    "latency-p99.9": ("ms", False, None),
+    "connections": ("KiB/conn", False, None),
+    "slowheaders-p50": ("ms", False, None),
+    "slowheaders-p99": ("ms", False, None),
+    "slowheaders-attack-p50": ("ms", False, None),
+    "slowheaders-attack-p99": ("ms", False, None),
+    "slowheaders-p99-ratio": ("×", False, None),
+}
+# --scenario name -> the runs it makes; a run -> the figures it yields
+SCENARIOS = {
+    "keepalive": ["keepalive"],
+    "handshake": ["handshake-ecdsa", "handshake-rsa"],
+    "resumed": ["resumed-id", "resumed-ticket"],
+    "bulk": ["bulk"],
+    "upload": ["upload"],
+    "latency": ["latency"],
+    "connections": ["connections"],
+    "slowheaders": ["slowheaders"],
+}
+RUN_FIGURES = {run: [run] for runs in SCENARIOS.values() for run in runs}
+RUN_FIGURES["latency"] = ["latency-p50", "latency-p99", "latency-p99.9"]
+RUN_FIGURES["slowheaders"] = ["slowheaders-p50", "slowheaders-p99", "slowheaders-attack-p50",
+                              "slowheaders-attack-p99", "slowheaders-p99-ratio"]
+ALL_RUNS = [r for runs in SCENARIOS.values() for r in runs]
+# Which tool each run needs on the client side.
+RUN_TOOLS = {"keepalive": "wrk", "bulk": "wrk", "upload": "wrk", "handshake-ecdsa": "openssl",
+             "handshake-rsa": "openssl"}
+
+
+
+@dataclass
+class Run:
+    run: str          # "keepalive", "handshake-rsa", "latency", ...
+    peer: str
+    round: int
+    figures: dict[str, float] = field(default_factory=dict)
+    per_cpu: dict[str, float] = field(default_factory=dict)
+    cpu_s: float | None = None
+    wall_s: float = 0.0
+    invalid: list[str] = field(default_factory=list)
+    server: dict | None = None    # what the terminator recorded: full/resumed handshakes, non-2xx
+    raw: dict = field(default_factory=dict)
+    skipped: str | None = None    # not run here (a peer's fixed cap): neither a figure nor invalid
+
+
+def parse_scenarios(spec: str) -> list[str]:
+    runs: list[str] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if part in SCENARIOS:
+            runs += SCENARIOS[part]
+        elif part in ALL_RUNS:
+            runs.append(part)
+        else:
+            raise BenchError(f"unknown scenario {part!r}: choose from {', '.join(SCENARIOS)} "
+                             f"(or one of {', '.join(r for r in ALL_RUNS if r not in SCENARIOS)})")
+    return list(dict.fromkeys(runs))
+
