@@ -80,6 +80,7 @@ cdef class Exchange:
     cdef bint backend_reusable
     cdef str failure                # why a response was refused (for the log)
 
+    cdef void reset(self)
     cdef int advance(self, int event) except -1
     cdef int reject(self, int status) except -1
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,

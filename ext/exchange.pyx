@@ -144,6 +144,21 @@ cdef class Exchange:
         self.body_mode = BODY_NONE
         self.content_length = -1
 
+    cdef void reset(self):
+        """Back to X_NEW for the connection's next request: a keep-alive session reuses
+        one Exchange instead of allocating one per request."""
+        self.state = X_NEW
+        self.error_status = 0
+        self.server = None
+        self.pool = None
+        self.body_mode = BODY_NONE
+        self.content_length = -1
+        self.retryable = self.head_request = self.http10 = self.client_close = False
+        self.status = 0
+        self.response_mode = BODY_NONE
+        self.dechunk = self.backend_reusable = False
+        self.failure = None
+
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
         if nxt < 0:

@@ -12,6 +12,7 @@ cdef enum H1State:
 
 cdef class H1Session(Codec):
     cdef readonly H1Stream stream   # the current request's way to its backend
+    cdef Exchange spare             # the last request's Exchange, reset for the next one
     cdef int state
     cdef HeadBuffer head_buf        # only while a header block is incomplete
     cdef BodyFramer req_body

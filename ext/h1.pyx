@@ -156,8 +156,13 @@ cdef class H1Session(Codec):
         """A complete request header block: the Exchange decides, then dispatch."""
         cdef Worker w = self.worker
         cdef MessageHead head
-        cdef Exchange ex = Exchange(self.facts)
+        cdef Exchange ex = self.spare
         cdef int status
+        if ex is None:
+            ex = Exchange(self.facts)
+        else:
+            self.spare = None
+            ex.reset()
         self.stream.exchange = ex
         w.count(N_REQUESTS)
         status = parse_head(p, head_len, True, &head, w.slots, w.max_header_fields)
@@ -259,6 +264,7 @@ cdef class H1Session(Codec):
     cdef void _response_end(self, bint until_close):
         cdef Worker w = self.worker
         self.stream.request_head = None
+        self.spare = self.stream.exchange
         self.stream.exchange = None
         if until_close or not self.request_done:
             self.close_after = True   # ... or the backend answered before the body ended

@@ -287,9 +287,8 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
     head.head_len = n
     head.error = 0
 
-    if check_line_endings(p, 0, n):
-        head.error = bad
-        return bad
+    # Every CR and LF is checked where the grammar meets it (request line, status line,
+    # field lines), so no separate pass over the block is needed.
     if is_request:
         # method SP request-target SP HTTP-version CRLF
         while i < n and _TCHAR[<unsigned char>p[i]]:
@@ -342,7 +341,10 @@ cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
                 head.error = bad
                 return bad
             i += 1
-        i += 2   # check_line_endings: this CR is followed by its LF
+        if i + 1 >= n or p[i + 1] != b'\n':
+            head.error = bad   # a bare CR after the reason phrase
+            return bad
+        i += 2
     head.line_end = i
 
     while i < n - 2:

@@ -83,6 +83,7 @@ cdef class Worker:
     cdef bint release_scheduled
 
     cdef inline void count(self, int counter, long long n=*)
+    cdef inline void tick(self)
     cdef void count_status(self, int status)
     cdef int poll(self, int fd, unsigned int old_mask, unsigned int new_mask)
     cdef void pause_accepting(self)

@@ -173,7 +173,8 @@ cdef class Stream:
         another at once, or answer ``status``."""
         cdef UpstreamPool pool = self.exchange.pool
         self.connecting = False
-        pool.mark_failed(self.tried_server, self.worker.loop.time())
+        self.worker.tick()
+        pool.mark_failed(self.tried_server, self.worker.now)
         if self.attempts < min(pool.tries, len(pool.servers)):
             self.dispatch(True)
         else:
@@ -195,7 +196,8 @@ cdef class Stream:
         if fresh and not got_bytes:
             # A new connection reset before answering: the server is failing (a pooled one
             # may just have been closed by the backend's keep-alive timeout).
-            self.exchange.pool.mark_failed(server, w.loop.time())
+            w.tick()
+            self.exchange.pool.mark_failed(server, w.now)
         if self.exchange.may_retry(got_bytes, self.attempts):
             # A pooled keep-alive connection the backend had already closed: retry fresh.
             self.dispatch(True)
@@ -266,7 +268,7 @@ cdef class BackendConnection:
         return self.worker.backend_view
 
     def buffer_updated(self, Py_ssize_t n):
-        self.worker.now = self.worker.loop.time()   # the read deadline it sets counts from now
+        self.worker.tick()   # the read deadline it sets counts from now
         try:
             self._on_data(PyByteArray_AS_STRING(self.worker.backend_buf), n)
         except Exception:
