@@ -1,4 +1,4 @@
-"""Builds ext/ (one Cython module, ``fastterm._core``) against the system OpenSSL.
+"""Builds ext/ (one Cython module, ``fastterm._core``) against the system OpenSSL and libnghttp2.
 
 Like uvloop, ``ext/_core.pyx`` includes the per-topic .pyx files so cdef calls
 between the TLS engine, the HTTP framing and the proxy stay C calls.
@@ -16,14 +16,15 @@ from setuptools import Extension, setup
 
 def pkg_config(*args):
     try:
-        out = subprocess.run(["pkg-config", *args, "openssl"], check=True, capture_output=True, text=True)
+        out = subprocess.run(["pkg-config", *args, "openssl", "libnghttp2"], check=True, capture_output=True,
+                             text=True)
     except (OSError, subprocess.CalledProcessError):
         return None
     return shlex.split(out.stdout)
 
 
 cflags = pkg_config("--cflags") or []
-libs = pkg_config("--libs") or ["-lssl", "-lcrypto"]
+libs = pkg_config("--libs") or ["-lssl", "-lcrypto", "-lnghttp2"]
 extra_compile = ["-O2", "-Wno-unused-function", "-Wno-deprecated-declarations"] + cflags
 extra_link = list(libs)
 macros = [("OPENSSL_API_COMPAT", "0x30000000L"), ("OPENSSL_SUPPRESS_DEPRECATED", None)]

@@ -34,6 +34,7 @@ cdef class ServerPolicy:
     cdef list routes                # [(prefix bytes, UpstreamPool)], longest first
     cdef object trusted             # tuple of ip networks
     cdef bytes tls_policy           # its [server.tls], encoded: blocks that share it share connections
+    cdef readonly bytes hsts        # the Strict-Transport-Security value, or b""
     cdef UpstreamPool route(self, const char *path, int n)
     cdef bint is_trusted(self, str ip)
 
@@ -56,6 +57,7 @@ cdef class ClientFacts:
     cdef ServerPolicy last_server   # the last one a Host chose, and whether it trusts the peer
     cdef bint last_trusted
     cdef bytes last_host            # the Host that chose it (keep-alive requests repeat it)
+    cdef readonly bint http2        # the client speaks HTTP/2: bodies framed by DATA, no close rules
     cdef ServerPolicy server_for(self, const char *host, int n)
     cdef bint trusts(self, ServerPolicy server)
 
@@ -91,3 +93,4 @@ cdef class Exchange:
     cdef int response_end(self) except -1
     cdef bint may_retry(self, bint got_bytes, int attempts)
     cdef bytes error_response(self, int status)
+    cdef bytes error_body(self, int status)

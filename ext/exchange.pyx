@@ -54,7 +54,8 @@ cdef class ServerPolicy:
         self.name = name
         self.tls_policy = tls_policy
         self.routes = sorted(((p.encode(), pool) for p, pool in routes), key=lambda r: -len(r[0]))
-        self.hsts_line = b"Strict-Transport-Security: " + hsts.encode("latin-1") + b"\r\n" if hsts else b""
+        self.hsts = hsts.encode("latin-1") if hsts else b""
+        self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if hsts else b""
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
 
     cdef UpstreamPool route(self, const char *path, int n):
@@ -104,7 +105,8 @@ cdef class SiteTable:
 
 
 cdef class ClientFacts:
-    def __init__(self, str peer_ip, SiteTable sites not None, ServerPolicy tls_server=None):
+    def __init__(self, str peer_ip, SiteTable sites not None, ServerPolicy tls_server=None, bint http2=False):
+        self.http2 = http2
         self.peer_ip = peer_ip
         self.peer_ip_b = peer_ip.encode("ascii")
         self.sites = sites
@@ -184,7 +186,7 @@ cdef class Exchange:
         cdef bint trusted
         self.http10 = head.version == 10
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
-        self.client_close = head.conn_close or self.http10
+        self.client_close = (head.conn_close or self.http10) and not self.facts.http2
         if limits.max_body and head.content_length > limits.max_body:
             return self.reject(413)
         if target[0] != b'/':
@@ -280,8 +282,9 @@ cdef class Exchange:
         self.response_mode = response_body_mode(head, self.head_request)
         self.backend_reusable = head.version == 11 and not head.conn_close and \
             self.response_mode != BODY_UNTIL_CLOSE
-        self.dechunk = self.http10 and self.response_mode == BODY_CHUNKED
-        if self.response_mode == BODY_UNTIL_CLOSE or self.dechunk or close_client:
+        # HTTP/2 frames the body itself (DATA, END_STREAM): chunk data only, and no close rule.
+        self.dechunk = (self.http10 or self.facts.http2) and self.response_mode == BODY_CHUNKED
+        if not self.facts.http2 and (self.response_mode == BODY_UNTIL_CLOSE or self.dechunk or close_client):
             self.client_close = True   # an HTTP/1.0 client reads such a body until close
         out.len = 0
         out.put(p, head.line_end)
@@ -289,7 +292,7 @@ cdef class Exchange:
             kind = slots[j].kind
             if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
                     kind == H_PROXY_CONNECTION or kind == H_UPGRADE or (kind == H_HSTS and hsts) or \
-                    (kind == H_TRANSFER_ENCODING and self.dechunk):
+                    (kind == H_TRANSFER_ENCODING and (self.dechunk or self.facts.http2)):
                 continue
             out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
         if hsts:
@@ -314,11 +317,15 @@ cdef class Exchange:
         on a fresh connection is safe (RFC 9110 §9.2.2)."""
         return not got_bytes and self.retryable and attempts < self.pool.tries
 
+    cdef bytes error_body(self, int status):
+        reason = _REASONS.get(status, "Error")
+        return f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1>" \
+               f"<hr>fastterm</body></html>\r\n".encode()
+
     cdef bytes error_response(self, int status):
         """A response fastterm makes itself; HSTS on it too (nginx ``add_header ... always``)."""
         reason = _REASONS.get(status, "Error")
-        body = f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1>" \
-               f"<hr>fastterm</body></html>\r\n".encode()
+        body = self.error_body(status)
         hsts = self.server.hsts_line if self.server is not None else \
             self.facts.tls_server.hsts_line
         msg = (f"HTTP/1.1 {status} {reason}\r\nServer: fastterm\r\nContent-Type: text/html\r\n"

@@ -13,7 +13,6 @@ cdef class H2Session(Codec):
 
     cdef void flush(self)
     cdef void shutdown(self, unsigned int error_code)
-    cdef void drain(self)
     cdef void _dispatch_ready(self)
 
 
@@ -37,9 +36,12 @@ cdef class H2Stream(Stream):
     cdef bint deferred              # nghttp2 waits on us for DATA (resume it)
     cdef bint responded             # a final response was submitted
     cdef bint backend_full
+    cdef bint has_length            # the client sent content-length
+    cdef long long body_total
 
     cdef int on_header(self, const uint8_t *name, size_t namelen, const uint8_t *value, size_t valuelen)
     cdef void request_head_done(self)
+    cdef void forward(self)
     cdef void request_data(self, const uint8_t *data, size_t n)
     cdef void request_end(self)
     cdef void _send_body(self)

@@ -38,6 +38,11 @@ cdef enum:
     N_CIPHER_AES256GCM
     N_CIPHER_CHACHA20
     N_CIPHER_OTHER
+    N_H2_CONNECTIONS
+    N_H2_STREAMS
+    N_H2_RESETS
+    N_H2_GOAWAY
+    N_H2_FLOOD
     N_COUNTERS
 
 
@@ -125,6 +130,8 @@ cdef class Codec:
     cdef void expire(self)
     cdef void on_close(self)
     cdef void release(self)
+    cdef void start(self)
+    cdef void drain(self)
 
 
 cdef class ClientConnection:

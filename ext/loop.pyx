@@ -43,7 +43,8 @@ COUNTER_NAMES = _COUNTER_NAMES = ("connections_total", "connections_open", "hand
                   "handshake_failed_no_application_protocol", "handshake_failed_eof",
                   "handshake_failed_timeout", "handshake_failed_http_request", "handshake_failed_other",
                   "tls_version_TLSv1.2", "tls_version_TLSv1.3", "cipher_aes128gcm", "cipher_aes256gcm",
-                  "cipher_chacha20", "cipher_other")
+                  "cipher_chacha20", "cipher_other", "h2_connections", "h2_streams",
+                  "h2_resets_received", "h2_goaway_sent", "h2_flood_closed")
 # Failure kind (errors.pyx, by library and reason code) -> handshake failure counter.
 cdef dict _FAILURE_COUNTERS = {TLS_FAIL_PROTOCOL: N_HS_FAIL_PROTOCOL, TLS_FAIL_CIPHER: N_HS_FAIL_CIPHER,
                                TLS_FAIL_ALPN: N_HS_FAIL_ALPN, TLS_FAIL_HTTP: N_HS_FAIL_HTTP}
@@ -235,8 +236,14 @@ cdef class Worker:
         """Stop reusing client connections: each one's next response carries
         ``Connection: close`` and it closes after it. Idle ones are left open (the
         caller closes them at its drain deadline): closing an idle keep-alive at once
-        races with a request the client is sending, and that request would fail."""
+        races with a request the client is sending, and that request would fail. HTTP/2
+        sessions send GOAWAY: their streams finish, then they close."""
+        cdef ClientConnection conn
         self.draining = True
+        for obj in list(self.clients):
+            conn = <ClientConnection>obj
+            if conn.session is not None and conn.state == C_OPEN:
+                conn.session.drain()
 
     def close(self):
         if self.sweep_handle is not None:
@@ -411,6 +418,12 @@ cdef class Codec:
     cdef void release(self):
         self.conn = None
 
+    cdef void start(self):
+        pass
+
+    cdef void drain(self):
+        """The worker drains (reload, stop). HTTP/1.1: its next response says close."""
+
 
 cdef class ClientConnection:
     """One client TLS connection: the transport under its HTTP codec."""
@@ -489,14 +502,21 @@ cdef class ClientConnection:
         cdef Worker w = self.worker
         cdef int r = self.tls.handshake()
         cdef const char *name
+        cdef const unsigned char *alpn = NULL
+        cdef unsigned int alpn_len = 0
         cdef ServerPolicy tls_server
         if r == TLS_OK:
             self._want_write(False)
             self._count_handshake(r)
             name = SSL_get_servername(self.tls.ssl, TLSEXT_NAMETYPE_host_name)
             tls_server = self.sites.lookup(name, strlen(name)) if name != NULL else self.sites.default
-            self.session = H1Session(self, ClientFacts(self.peer_ip, self.sites, tls_server))
+            SSL_get0_alpn_selected(self.tls.ssl, &alpn, &alpn_len)
+            if alpn_len == 2 and memcmp(alpn, b"h2", 2) == 0:
+                self.session = H2Session(self, ClientFacts(self.peer_ip, self.sites, tls_server, True))
+            else:
+                self.session = H1Session(self, ClientFacts(self.peer_ip, self.sites, tls_server))
             self.state = C_OPEN
+            self.session.start()
             self._read_loop()
         elif r == TLS_WANT_READ:
             self._want_write(False)

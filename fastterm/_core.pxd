@@ -1,6 +1,7 @@
 # The headers of fastterm._core (uvloop's loop.pxd style): each ext/*.pxd in flow order.
 from includes.openssl cimport *
 from includes.system cimport *
+from includes.nghttp2 cimport *
 
 include "shm.pxd"
 include "tls.pxd"
@@ -9,3 +10,4 @@ include "exchange.pxd"
 include "upstream.pxd"
 include "loop.pxd"
 include "h1.pxd"
+include "h2.pxd"

@@ -4,6 +4,7 @@
 
 from includes.openssl cimport *
 from includes.system cimport *
+from includes.nghttp2 cimport *
 
 import os
 
@@ -15,3 +16,4 @@ include "exchange.pyx"
 include "upstream.pyx"
 include "loop.pyx"
 include "h1.pyx"
+include "h2.pyx"

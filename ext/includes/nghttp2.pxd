@@ -3,7 +3,6 @@
 # (nghttp2_session_mem_recv / mem_send), its callbacks, options and submit calls.
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
-from posix.types cimport ssize_t
 
 
 cdef extern from "<nghttp2/nghttp2.h>" nogil:
@@ -55,10 +54,32 @@ cdef extern from "<nghttp2/nghttp2.h>" nogil:
         int fd
         void *ptr
 
+
+
+# Callbacks run Python code (they hold the GIL): typedefs outside the nogil block.
+cdef extern from "<nghttp2/nghttp2.h>":
     ctypedef ssize_t (*nghttp2_data_source_read_callback)(
         nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
         uint32_t *data_flags, nghttp2_data_source *source, void *user_data) noexcept
 
+    ctypedef int (*nghttp2_on_frame_recv_callback)(
+        nghttp2_session *session, const nghttp2_frame *frame, void *user_data) noexcept
+    ctypedef int (*nghttp2_on_data_chunk_recv_callback)(
+        nghttp2_session *session, uint8_t flags, int32_t stream_id, const uint8_t *data,
+        size_t len, void *user_data) noexcept
+    ctypedef int (*nghttp2_on_stream_close_callback)(
+        nghttp2_session *session, int32_t stream_id, uint32_t error_code, void *user_data) noexcept
+    ctypedef int (*nghttp2_on_begin_headers_callback)(
+        nghttp2_session *session, const nghttp2_frame *frame, void *user_data) noexcept
+    ctypedef int (*nghttp2_on_header_callback)(
+        nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+        const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data) noexcept
+    ctypedef int (*nghttp2_on_invalid_frame_recv_callback)(
+        nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code, void *user_data) noexcept
+
+
+
+cdef extern from "<nghttp2/nghttp2.h>" nogil:
     ctypedef struct nghttp2_data_provider:
         nghttp2_data_source source
         nghttp2_data_source_read_callback read_callback
@@ -107,21 +128,6 @@ cdef extern from "<nghttp2/nghttp2.h>" nogil:
         NGHTTP2_ERR_FLOODED = -904
         NGHTTP2_ERR_TOO_MANY_CONTINUATIONS = -905
         NGHTTP2_ERR_BAD_CLIENT_MAGIC = -903
-
-    ctypedef int (*nghttp2_on_frame_recv_callback)(
-        nghttp2_session *session, const nghttp2_frame *frame, void *user_data) noexcept
-    ctypedef int (*nghttp2_on_data_chunk_recv_callback)(
-        nghttp2_session *session, uint8_t flags, int32_t stream_id, const uint8_t *data,
-        size_t len, void *user_data) noexcept
-    ctypedef int (*nghttp2_on_stream_close_callback)(
-        nghttp2_session *session, int32_t stream_id, uint32_t error_code, void *user_data) noexcept
-    ctypedef int (*nghttp2_on_begin_headers_callback)(
-        nghttp2_session *session, const nghttp2_frame *frame, void *user_data) noexcept
-    ctypedef int (*nghttp2_on_header_callback)(
-        nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
-        const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data) noexcept
-    ctypedef int (*nghttp2_on_invalid_frame_recv_callback)(
-        nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code, void *user_data) noexcept
 
     int nghttp2_session_callbacks_new(nghttp2_session_callbacks **callbacks_ptr)
     void nghttp2_session_callbacks_del(nghttp2_session_callbacks *callbacks)

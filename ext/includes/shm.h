@@ -12,7 +12,7 @@
 #define FT_MAGIC 0x66747368u          /* "ftsh" */
 #define FT_TICKET_KEYS 8
 #define FT_WORKER_SLOTS 512
-#define FT_COUNTERS 32
+#define FT_COUNTERS 48
 #define FT_SESSION_ID_MAX 32
 #define FT_SESSION_DER_MAX 1200
 #define FT_PROBE 8

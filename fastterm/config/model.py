@@ -42,7 +42,7 @@ class TLSPolicy(Struct):
     session_cache: bool = True
     session_timeout: float = 300.0
     session_tickets: bool = True
-    alpn: list[str] = msgspec.field(default_factory=lambda: ["http/1.1"])
+    alpn: list[str] = msgspec.field(default_factory=lambda: ["h2", "http/1.1"])
 
 
 class Certificate(Struct):

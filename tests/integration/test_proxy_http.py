@@ -338,12 +338,14 @@ def test_http_client_and_curl(ft):
         r = conn.getresponse()
         assert r.status == 200 and echo_json_body(r.read())["path"] == f"/hc/{i}"
     conn.close()
-    out = subprocess.run(["curl", "-sS", "--cacert", ft.ca_file, "--resolve", f"{NAME}:{ft.https_port}:{HOST}",
-                          "-D", "-", ft.url("/curl?x=1"), "--max-time", "10"],
-                         capture_output=True, text=True, timeout=15, check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("HTTP/1.1 200"), out.stdout
-    assert '"path": "/curl?x=1"' in out.stdout
+    for flag, status_line in (("--http1.1", "HTTP/1.1 200"), ("--http2", "HTTP/2 200")):
+        # ALPN offers h2 first (the default since HTTP/2 landed); --http1.1 keeps curl on 1.1.
+        out = subprocess.run(["curl", "-sS", flag, "--cacert", ft.ca_file, "--resolve",
+                              f"{NAME}:{ft.https_port}:{HOST}", "-D", "-", ft.url("/curl?x=1"), "--max-time", "10"],
+                             capture_output=True, text=True, timeout=15, check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(status_line), out.stdout
+        assert '"path": "/curl?x=1"' in out.stdout
 
 
 def echo_json_body(body: bytes) -> dict:

@@ -203,7 +203,14 @@ def test_ecdsa_only_server_refuses_rsa_only_client(ft):
 # ALPN
 
 
-def test_alpn_http11_selected_over_h2(ft):
+def test_alpn_server_order_puts_h2_first(ft):
+    """ALPN offers h2,http/1.1 by default, in the server's order (HAProxy's bind alpn)."""
+    with handshake(ft, alpn=["http/1.1", "h2"]) as sock:
+        assert sock.selected_alpn_protocol() == "h2"
+
+
+def test_alpn_http11_selected_over_h2_when_configured(fastterm, demo_backend):
+    ft = fastterm(demo_backend, tls={"alpn": ["http/1.1"]})
     with handshake(ft, alpn=["h2", "http/1.1"]) as sock:
         assert sock.selected_alpn_protocol() == "http/1.1"
 
@@ -215,11 +222,11 @@ def test_no_alpn_is_fine(ft):
         assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
 
 
-def test_alpn_h2_only_gets_no_application_protocol(ft):
+def test_alpn_unknown_only_gets_no_application_protocol(ft):
     with pytest.raises(ssl.SSLError) as info:
-        handshake(ft, alpn=["h2"])
+        handshake(ft, alpn=["spdy/3.1"])
     assert "no application protocol" in str(info.value), info.value
-    out = s_client(ft, "-alpn", "h2")
+    out = s_client(ft, "-alpn", "spdy/3.1")
     assert out.returncode != 0 and "no application protocol" in out.stderr, out.stderr
 
 
@@ -318,7 +325,7 @@ def test_no_resumption_when_disabled(fastterm, demo_backend):
 
 def test_handshake_failure_logged(ft):
     with pytest.raises(ssl.SSLError):
-        handshake(ft, alpn=["h2"])
+        handshake(ft, alpn=["spdy/3.1"])
     # DESIGN "Errors": a TLS failure gets the right alert and a log line; the worker goes on.
     from harness import wait_for
 

@@ -1,0 +1,602 @@
+# The HTTP/2 codec (RFC 9113) on libnghttp2: the client's bytes go through
+# nghttp2_session_mem_recv, the frames it answers come out of nghttp2_session_mem_send and
+# are written by the client transport; nothing is written to the socket by nghttp2 itself.
+#
+# Each stream's header fields are written down as an HTTP/1.1 request head, which the same
+# parser and Exchange as HTTP/1.1 judge (validation, routing, forwarded headers), so nothing
+# HTTP-semantic is written twice. The response head the Exchange rewrites is turned back
+# into HTTP/2 fields; the body (chunk data only) waits in the stream until nghttp2 pulls it.
+#
+# Bounds: a client may send per stream what our window allows (DATA is acknowledged by
+# WINDOW_UPDATE only once the backend took it), at most H2_MAX_STREAMS streams at once and
+# H2_STREAMS_PER_CONNECTION in all (then GOAWAY); a response's body is held up to
+# H2_OUT_MAX per stream (then its backend is paused); nghttp2 closes a session that floods
+# it with SETTINGS, PINGs, CONTINUATIONs or resets (CVE-2023-44487, CVE-2024-27316).
+# Streams are dispatched to backends after the read they arrived in: a stream opened and
+# reset in one read (Rapid Reset) never reaches a backend.
+
+from libc.stdint cimport int32_t, uint8_t, uint32_t
+
+cdef enum:
+    H2_MAX_STREAMS = 128                # SETTINGS_MAX_CONCURRENT_STREAMS (nginx's default)
+    H2_STREAMS_PER_CONNECTION = 10000   # then GOAWAY: the client opens another connection
+    H2_WINDOW = 65535                   # per-stream window we advertise (the RFC's default)
+    H2_OUT_MAX = 65536                  # response bytes held per stream before its backend pauses
+    H2_MAX_SETTINGS = 32                # entries in one SETTINGS frame
+    H2_MAX_OUTBOUND_ACK = 1000          # queued SETTINGS/PING ACKs (a client that never reads them)
+    H2_RESET_BURST = 1000               # RST_STREAMs tolerated at once ...
+    H2_RESET_RATE = 33                  # ... and per second after that
+    H2_MAX_CONTINUATIONS = 8            # CONTINUATION frames after one HEADERS
+
+cdef nghttp2_session_callbacks *_h2_callbacks = NULL
+
+
+cdef H2Stream _stream_of(nghttp2_session *ng, int32_t stream_id):
+    cdef void *p = nghttp2_session_get_stream_user_data(ng, stream_id)
+    return None if p == NULL else <H2Stream>p
+
+
+cdef int _on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data) noexcept:
+    cdef H2Session session = <H2Session>user_data
+    cdef H2Stream stream
+    if frame.hd.type != NGHTTP2_HEADERS or frame.headers.cat != NGHTTP2_HCAT_REQUEST:
+        return 0
+    try:
+        stream = H2Stream(session, frame.hd.stream_id)
+        session.streams[frame.hd.stream_id] = stream
+        nghttp2_session_set_stream_user_data(ng, frame.hd.stream_id, <void *>stream)
+        session.opened += 1
+        if session.opened >= H2_STREAMS_PER_CONNECTION and not session.goaway:
+            session.goaway = True   # this one is served; later ones go to a new connection
+            nghttp2_submit_goaway(ng, NGHTTP2_FLAG_NONE, frame.hd.stream_id, NGHTTP2_NO_ERROR, NULL, 0)
+            session.worker.count(N_H2_GOAWAY)
+    except BaseException as exc:
+        session.error = repr(exc)
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                    const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data) noexcept:
+    cdef H2Session session = <H2Session>user_data
+    cdef H2Stream stream = _stream_of(ng, frame.hd.stream_id)
+    if stream is None:
+        return 0
+    try:
+        return stream.on_header(name, namelen, value, valuelen)
+    except BaseException as exc:
+        session.error = repr(exc)
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+
+
+cdef int _on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data) noexcept:
+    cdef H2Session session = <H2Session>user_data
+    cdef H2Stream stream
+    cdef int kind = frame.hd.type
+    try:
+        if kind == NGHTTP2_RST_STREAM:
+            session.worker.count(N_H2_RESETS)
+            return 0
+        if kind != NGHTTP2_HEADERS and kind != NGHTTP2_DATA:
+            return 0
+        stream = _stream_of(ng, frame.hd.stream_id)
+        if stream is None:
+            return 0
+        if kind == NGHTTP2_HEADERS and frame.headers.cat == NGHTTP2_HCAT_REQUEST:
+            stream.end_stream = (frame.hd.flags & NGHTTP2_FLAG_END_STREAM) != 0
+            stream.request_head_done()
+        elif frame.hd.flags & NGHTTP2_FLAG_END_STREAM:
+            stream.request_end()   # the last DATA, or trailers (which are not forwarded)
+    except BaseException as exc:
+        session.error = repr(exc)
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                        size_t n, void *user_data) noexcept:
+    cdef H2Session session = <H2Session>user_data
+    cdef H2Stream stream = _stream_of(ng, stream_id)
+    if stream is None:
+        nghttp2_session_consume(ng, stream_id, n)   # a stream we reset: the window still counts
+        return 0
+    try:
+        stream.request_data(data, n)
+    except BaseException as exc:
+        session.error = repr(exc)
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t error_code, void *user_data) noexcept:
+    cdef H2Session session = <H2Session>user_data
+    cdef H2Stream stream
+    try:
+        stream = session.streams.pop(stream_id, None)
+        if stream is not None:
+            stream.closed(error_code)
+        if not session.streams:
+            session.deadline = session.worker.now + session.worker.keepalive_timeout
+    except BaseException as exc:
+        session.error = repr(exc)
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef ssize_t _read_body(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, size_t length,
+                        uint32_t *data_flags, nghttp2_data_source *source, void *user_data) noexcept:
+    """nghttp2 pulls the next DATA payload of a response: what the backend sent so far."""
+    cdef H2Stream stream = <H2Stream>source.ptr
+    cdef Py_ssize_t have = PyByteArray_GET_SIZE(stream.out)
+    cdef Py_ssize_t n = have if <size_t>have < length else <Py_ssize_t>length
+    if n == 0:
+        if stream.out_eof:
+            data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+            return 0
+        stream.deferred = True
+        return NGHTTP2_ERR_DEFERRED
+    memcpy(buf, PyByteArray_AS_STRING(stream.out), n)
+    try:
+        del stream.out[:n]
+    except BaseException:
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+    if stream.out_eof and n == have:
+        data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+    if stream.backend is not None and have - n < H2_OUT_MAX // 2:
+        stream.deadline = stream.worker.now + stream.worker.read_timeout
+        stream.backend.resume()
+    return n
+
+
+cdef void _init_callbacks() noexcept:
+    global _h2_callbacks
+    nghttp2_session_callbacks_new(&_h2_callbacks)
+    nghttp2_session_callbacks_set_on_begin_headers_callback(_h2_callbacks, _on_begin_headers)
+    nghttp2_session_callbacks_set_on_header_callback(_h2_callbacks, _on_header)
+    nghttp2_session_callbacks_set_on_frame_recv_callback(_h2_callbacks, _on_frame_recv)
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(_h2_callbacks, _on_data_chunk)
+    nghttp2_session_callbacks_set_on_stream_close_callback(_h2_callbacks, _on_stream_close)
+
+
+_init_callbacks()
+
+
+cdef class H2Session(Codec):
+    """One client connection's HTTP/2 streams, side by side."""
+
+    def __cinit__(self, ClientConnection conn not None, ClientFacts facts not None):
+        cdef nghttp2_option *opt = NULL
+        cdef nghttp2_settings_entry settings[4]
+        cdef int r
+        self.streams = {}
+        self.ready = []
+        if nghttp2_option_new(&opt) != 0:
+            raise MemoryError()
+        # WINDOW_UPDATE only once a backend took the bytes: an upload waits in the client.
+        nghttp2_option_set_no_auto_window_update(opt, 1)
+        nghttp2_option_set_max_settings(opt, H2_MAX_SETTINGS)
+        nghttp2_option_set_max_outbound_ack(opt, H2_MAX_OUTBOUND_ACK)
+        nghttp2_option_set_stream_reset_rate_limit(opt, H2_RESET_BURST, H2_RESET_RATE)
+        nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS)
+        r = nghttp2_session_server_new2(&self.ng, _h2_callbacks, <void *>self, opt)
+        nghttp2_option_del(opt)
+        if r != 0:
+            raise MemoryError(nghttp2_strerror(r).decode())
+        settings[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
+        settings[0].value = H2_MAX_STREAMS
+        settings[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
+        settings[1].value = H2_WINDOW
+        settings[2].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
+        settings[2].value = self.worker.header_buffer_size
+        settings[3].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH
+        settings[3].value = 0
+        nghttp2_submit_settings(self.ng, NGHTTP2_FLAG_NONE, settings, 4)
+        self.worker.count(N_H2_CONNECTIONS)
+        if self.worker.draining:
+            self.drain()
+
+    def __dealloc__(self):
+        if self.ng != NULL:
+            nghttp2_session_del(self.ng)
+            self.ng = NULL
+
+    # ---- From the transport ---------------------------------------------------------
+    cdef void start(self):
+        self.flush()   # our SETTINGS: the server connection preface
+
+    cdef bint accepting(self):
+        return not self.conn.output_blocked()
+
+    cdef void on_data(self, const char *p, Py_ssize_t n):
+        cdef ssize_t r
+        self.in_recv = True
+        r = nghttp2_session_mem_recv(self.ng, <const uint8_t *>p, n)
+        self.in_recv = False
+        if r < 0:
+            if r == NGHTTP2_ERR_FLOODED or r == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS or \
+                    r == NGHTTP2_ERR_CALLBACK_FAILURE:
+                self.worker.count(N_H2_FLOOD)
+            _log.info("HTTP/2 session from %s closed: %s%s", self.facts.peer_ip,
+                      nghttp2_strerror(<int>r).decode(), f" ({self.error})" if self.error else "")
+            self.flush()   # the GOAWAY nghttp2 queued says why
+            if self.conn is not None and self.conn.state == C_OPEN:
+                self.conn.finish()
+            return
+        self._dispatch_ready()
+        self.flush()
+
+    cdef bint on_eof(self):
+        return False
+
+    cdef void on_output_drained(self):
+        self.flush()
+        if self.conn is not None and self.conn.state == C_OPEN:
+            self.conn.resume_input()
+
+    cdef double next_deadline(self):
+        """The soonest of the streams' deadlines (connect, read, a client that takes no
+        DATA), or with no stream open the idle timeout."""
+        cdef double due = self.deadline if not self.streams else 1e300
+        for stream in self.streams.values():
+            if (<H2Stream>stream).deadline < due:
+                due = (<H2Stream>stream).deadline
+        return due
+
+    cdef void expire(self):
+        cdef double now = self.worker.now
+        for stream in list(self.streams.values()):
+            if (<H2Stream>stream).deadline <= now:
+                (<H2Stream>stream).expire()
+        if not self.streams and self.deadline <= now:
+            self.shutdown(NGHTTP2_NO_ERROR)   # idle: GOAWAY, then close
+        self.flush()
+
+    cdef void on_close(self):
+        for stream in list(self.streams.values()):
+            (<H2Stream>stream).drop_backend()
+            if (<H2Stream>stream).exchange is not None:
+                (<H2Stream>stream).exchange.advance(E_ABORT)
+
+    cdef void release(self):
+        """Called on the loop pass after the close: nghttp2 is not on the stack."""
+        for stream in self.streams.values():
+            (<H2Stream>stream).session = None
+        self.streams.clear()
+        self.ready = []
+        if self.ng != NULL:
+            nghttp2_session_del(self.ng)
+            self.ng = NULL
+        self.conn = None
+
+    # ---- Frames out -----------------------------------------------------------------
+    cdef void flush(self):
+        """Write what nghttp2 has to send, while the client takes it; close when the session
+        is over (GOAWAY sent and no stream left, or the client's GOAWAY)."""
+        cdef const uint8_t *data
+        cdef ssize_t n
+        if self.ng == NULL or self.in_recv or self.conn is None:
+            return
+        while self.conn.state == C_OPEN and not self.conn.output_blocked():
+            n = nghttp2_session_mem_send(self.ng, &data)
+            if n < 0:
+                _log.info("HTTP/2 session from %s failed: %s", self.facts.peer_ip,
+                          nghttp2_strerror(<int>n).decode())
+                self.conn.close()
+                return
+            if n == 0:
+                break
+            self.conn.send(<const char *>data, n)
+        if self.conn.state == C_OPEN and not self.conn.output_blocked() and \
+                not nghttp2_session_want_read(self.ng) and not nghttp2_session_want_write(self.ng):
+            self.conn.finish()
+
+    cdef void shutdown(self, unsigned int error_code):
+        if not self.goaway:
+            self.goaway = True
+            self.worker.count(N_H2_GOAWAY)
+        nghttp2_submit_goaway(self.ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(self.ng),
+                              error_code, NULL, 0)
+
+    cdef void drain(self):
+        """Reload or stop: GOAWAY with the last stream we took; those finish, then we close."""
+        if not self.goaway and self.ng != NULL:
+            self.shutdown(NGHTTP2_NO_ERROR)
+            self.flush()
+
+    cdef void _dispatch_ready(self):
+        cdef H2Stream stream
+        ready, self.ready = self.ready, []
+        for obj in ready:
+            stream = <H2Stream>obj
+            if stream.session is not None and self.streams.get(stream.id) is stream:
+                stream.forward()
+
+
+cdef class H2Stream(Stream):
+    """One HTTP/2 stream: its request head as HTTP/1.1, its body both ways."""
+
+    def __cinit__(self, H2Session session, int stream_id):
+        self.session = session
+        self.worker = session.worker
+        self.id = stream_id
+        self.head = bytearray()
+        self.out = bytearray()
+        self.deadline = session.worker.now + session.worker.header_timeout
+
+    cdef int on_header(self, const uint8_t *name, size_t namelen, const uint8_t *value, size_t valuelen):
+        """One field (nghttp2 has checked it: lowercase name, no CR/LF/NUL, pseudo-fields
+        first, no connection-specific fields, TE only "trailers"). The decoded list is
+        capped at header_buffer_size, as HPACK lets a few bytes expand to much."""
+        cdef const char *n = <const char *>name
+        cdef bytes v
+        self.header_bytes += namelen + valuelen + 32   # RFC 9113 §6.5.2's accounting
+        self.fields += 1
+        if self.refuse:
+            return 0
+        if self.header_bytes > self.worker.header_buffer_size or self.fields > self.worker.max_header_fields:
+            self.refuse = 431
+            return 0
+        v = PyBytes_FromStringAndSize(<const char *>value, valuelen)
+        if n[0] == b':':
+            if namelen == 7 and memcmp(n, b":method", 7) == 0:
+                self.method = v
+            elif namelen == 5 and memcmp(n, b":path", 5) == 0:
+                self.path = v
+            elif namelen == 10 and memcmp(n, b":authority", 10) == 0:
+                self.authority = v
+            return 0
+        if namelen == 6 and memcmp(n, b"cookie", 6) == 0:
+            # RFC 9113 §8.2.3: crumbs join with "; " into one field for HTTP/1.1.
+            self.cookie = v if self.cookie is None else self.cookie + b"; " + v
+            return 0
+        if namelen == 4 and memcmp(n, b"host", 4) == 0:
+            self.host = v
+            return 0
+        if namelen == 14 and memcmp(n, b"content-length", 14) == 0:
+            self.has_length = True
+        bytearray_extend(self.head, n, namelen)
+        bytearray_extend(self.head, b": ", 2)
+        bytearray_extend(self.head, <const char *>value, valuelen)
+        bytearray_extend(self.head, b"\r\n", 2)
+        return 0
+
+    cdef void request_head_done(self):
+        self.session.ready.append(self)
+
+    cdef void forward(self):
+        """After the read that brought the head: judge it as HTTP/1.1 and dispatch."""
+        cdef Worker w = self.worker
+        cdef MessageHead head
+        cdef Exchange ex = Exchange(self.session.facts)
+        cdef int status
+        cdef bytes raw
+        self.exchange = ex
+        w.count(N_REQUESTS)
+        w.count(N_H2_STREAMS)
+        if not self.refuse:
+            if self.method == b"CONNECT":
+                self.refuse = 405   # no tunnels (yet)
+            elif self.authority is not None and self.host is not None and self.host != self.authority:
+                self.refuse = 400   # RFC 9113 §8.3.1
+        if self.refuse:
+            self.answer_error(self.refuse)
+            return
+        raw = (self.method + b" " + self.path + b" HTTP/1.1\r\nhost: " +
+               (self.authority if self.authority is not None else self.host or b"") + b"\r\n" +
+               bytes(self.head) +
+               (b"cookie: " + self.cookie + b"\r\n" if self.cookie is not None else b"") +
+               # RFC 9113 §8.2.2: a body without content-length goes to HTTP/1.1 chunked.
+               (b"transfer-encoding: chunked\r\n" if not self.end_stream and not self.has_length else b"") +
+               b"\r\n")
+        self.head = None
+        status = parse_head(raw, len(raw), True, &head, w.slots, w.max_header_fields)
+        if status == 0:
+            status = ex.request(raw, &head, w.slots, w.writer, &w.request_limits, w.pathbuf)
+        if status:
+            self.answer_error(status)
+            return
+        self.request_head = w.writer.take()
+        self.deadline = w.now + w.read_timeout
+        self.request_done = False
+        self.dispatch(False)
+        if self.backend is not None:
+            self._send_body()
+
+    cdef void request_data(self, const uint8_t *data, size_t n):
+        cdef Worker w = self.worker
+        self.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
+        if self.body is None:
+            self.body = bytearray()
+        bytearray_extend(self.body, <const char *>data, n)
+        if w.client_max_body_size and self.body_total + n > w.client_max_body_size:
+            self.body = None
+            if self.exchange is None or self.exchange.state == X_FORWARDING:
+                self.answer_error(413)
+            else:
+                nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_CANCEL)
+            return
+        self.body_total += n
+        if self.backend is not None and not self.backend_full:
+            self._send_body()
+
+    cdef void request_end(self):
+        self.end_stream = True
+        if self.backend is not None and not self.backend_full:
+            self._send_body()
+
+    cdef void _send_body(self):
+        """What came of the request body goes to the backend (chunked when the client gave no
+        Content-Length); the client's window grows by as much."""
+        cdef Py_ssize_t n = PyByteArray_GET_SIZE(self.body) if self.body is not None else 0
+        if self.backend is None or self.exchange is None or self.session is None:
+            return
+        if n:
+            data = bytes(self.body)
+            self.body = None
+            if self.exchange.body_mode == BODY_CHUNKED:
+                data = b"%x\r\n" % n + data + b"\r\n"
+            self.backend.transport.write(data)
+            nghttp2_session_consume(self.session.ng, self.id, n)
+        if self.end_stream and not self.request_done:
+            if self.exchange.body_mode == BODY_CHUNKED:
+                self.backend.transport.write(b"0\r\n\r\n")
+            self.request_done = True
+
+    cdef void _submit(self, int status, list headers, bytes body):
+        """A final response: ``headers`` are (name, value) bytes with lowercase names; the
+        body is ``body``, or (None) what the backend sends, pulled by nghttp2 from ``out``."""
+        cdef nghttp2_nv *nva
+        cdef nghttp2_data_provider prd
+        cdef Py_ssize_t i, count = len(headers) + 1
+        cdef bytes code = str(status).encode()
+        cdef int r
+        nva = <nghttp2_nv *>malloc(sizeof(nghttp2_nv) * count)
+        if nva == NULL:
+            raise MemoryError()
+        nva[0].name = <uint8_t *>b":status"
+        nva[0].namelen = 7
+        nva[0].value = <uint8_t *>PyBytes_AS_STRING(code)
+        nva[0].valuelen = 3
+        nva[0].flags = NGHTTP2_NV_FLAG_NONE
+        for i in range(1, count):
+            name, value = headers[i - 1]
+            nva[i].name = <uint8_t *>PyBytes_AS_STRING(name)
+            nva[i].namelen = PyBytes_GET_SIZE(name)
+            nva[i].value = <uint8_t *>PyBytes_AS_STRING(value)
+            nva[i].valuelen = PyBytes_GET_SIZE(value)
+            nva[i].flags = NGHTTP2_NV_FLAG_NONE
+        if body is not None:
+            self.out = bytearray(body)
+            self.out_eof = True
+        prd.source.ptr = <void *>self
+        prd.read_callback = _read_body
+        has_body = body is not None and len(body) > 0 or \
+            body is None and self.exchange.response_mode != BODY_NONE
+        r = nghttp2_submit_response(self.session.ng, self.id, nva, count, &prd if has_body else NULL)
+        free(nva)   # nghttp2 copied the fields
+        self.responded = True
+        if r != 0:
+            _log.debug("HTTP/2 stream %d: cannot respond: %s", self.id, nghttp2_strerror(r).decode())
+
+    cdef void closed(self, unsigned int error_code):
+        """nghttp2 closed the stream: the response went out, or a reset (either side)."""
+        if self.exchange is not None and self.exchange.state != X_DONE and self.exchange.state != X_REJECTED:
+            self.exchange.advance(E_ABORT)
+        self.drop_backend()
+        self.session = None
+
+    cdef void expire(self):
+        if self.exchange is None:
+            nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_CANCEL)
+        elif self.connecting:
+            self.connect_timed_out()
+        elif self.exchange.state == X_FORWARDING:
+            self.answer_error(504)
+        else:
+            # A response the client takes nothing of (a zero window), or a stalled backend.
+            self.drop_backend()
+            nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_CANCEL)
+        self.deadline = 1e300
+
+    # ---- Stream hooks ---------------------------------------------------------------
+    cdef void backend_ready(self):
+        if self.session is not None:
+            self._send_body()
+            self.session.flush()
+
+    cdef bint closing(self):
+        return False
+
+    cdef bint request_sent(self):
+        return self.request_done
+
+    cdef void backend_writable(self, bint writable):
+        self.backend_full = not writable
+        if writable and self.session is not None:
+            self._send_body()
+            self.session.flush()
+
+    cdef void response_interim(self, const char *p, Py_ssize_t n):
+        cdef nghttp2_nv nv
+        cdef bytes code = PyBytes_FromStringAndSize(p + 9, 3)
+        if self.session is None:
+            return
+        nv.name = <uint8_t *>b":status"
+        nv.namelen = 7
+        nv.value = <uint8_t *>PyBytes_AS_STRING(code)
+        nv.valuelen = 3
+        nv.flags = NGHTTP2_NV_FLAG_NONE
+        nghttp2_submit_headers(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NULL, &nv, 1, NULL)
+        self.session.flush()
+
+    cdef Py_ssize_t response_head(self, HeadWriter head, const char *body, Py_ssize_t k):
+        """The head the Exchange rewrote, as HTTP/2 fields (names lowercased)."""
+        cdef MessageHead parsed
+        cdef HeaderSlot *slots = self.worker.slots
+        cdef int j
+        cdef list headers = []
+        if self.session is None:
+            return 0
+        parse_head(head.buf, <int>head.len, False, &parsed, slots, MAX_HEADER_SLOTS)
+        for j in range(parsed.nheaders):
+            headers.append((PyBytes_FromStringAndSize(head.buf + slots[j].line_start,
+                                                      slots[j].name_len).lower(),
+                            PyBytes_FromStringAndSize(head.buf + slots[j].value_start, slots[j].value_len)))
+        self._submit(parsed.status, headers, None)
+        if k:
+            bytearray_extend(self.out, body, k)
+        self.session.flush()
+        return k
+
+    cdef void response_data(self, const char *p, Py_ssize_t n):
+        if self.session is None:
+            return
+        bytearray_extend(self.out, p, n)
+        if PyByteArray_GET_SIZE(self.out) >= H2_OUT_MAX and self.backend is not None:
+            self.backend.pause()   # resumed as nghttp2 pulls the body (_read_body)
+            self.deadline = self.worker.now + self.worker.send_timeout
+        if self.deferred:
+            self.deferred = False
+            nghttp2_session_resume_data(self.session.ng, self.id)
+        self.session.flush()
+
+    cdef void response_end(self, bint until_close):
+        if self.session is None:
+            return
+        self.out_eof = True
+        self.request_head = None
+        if self.deferred:
+            self.deferred = False
+            nghttp2_session_resume_data(self.session.ng, self.id)
+        self.session.flush()
+
+    cdef void answer_error(self, int status):
+        cdef Exchange ex = self.exchange
+        cdef list headers
+        cdef bytes body
+        if self.session is None:
+            return
+        self.drop_backend()
+        if ex is None:
+            ex = self.exchange = Exchange(self.session.facts)
+        if ex.state == X_NEW or ex.state == X_FORWARDING:
+            ex.reject(status)
+        else:
+            ex.advance(E_ABORT)
+        if self.responded:
+            nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_INTERNAL_ERROR)
+        else:
+            self.worker.count_status(status)
+            body = ex.error_body(status)
+            server = ex.server if ex.server is not None else self.session.facts.tls_server
+            headers = [(b"server", b"fastterm"), (b"content-type", b"text/html"),
+                       (b"content-length", str(len(body)).encode())]
+            if (<ServerPolicy>server).hsts:
+                headers.append((b"strict-transport-security", (<ServerPolicy>server).hsts))
+            self._submit(status, headers, body if not ex.head_request else b"")
+        self.session.flush()
+
+    cdef void reset(self):
+        if self.session is not None:
+            nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_INTERNAL_ERROR)
+            self.session.flush()
