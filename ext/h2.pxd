@@ -37,6 +37,7 @@ cdef class H2Stream(Stream):
     cdef bint responded             # a final response was submitted
     cdef bint backend_full
     cdef bint has_length            # the client sent content-length
+    cdef list trailers              # the backend's trailer fields, sent after the last DATA
     cdef long long body_total
 
     cdef int on_header(self, const uint8_t *name, size_t namelen, const uint8_t *value, size_t valuelen)
@@ -46,5 +47,6 @@ cdef class H2Stream(Stream):
     cdef void request_end(self)
     cdef void _send_body(self)
     cdef void _submit(self, int status, list headers, bytes body)
+    cdef int submit_trailers(self)
     cdef void closed(self, unsigned int error_code)
     cdef void expire(self)

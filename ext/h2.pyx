@@ -29,6 +29,11 @@ cdef enum:
     H2_MAX_CONTINUATIONS = 8            # CONTINUATION frames after one HEADERS
 
 cdef nghttp2_session_callbacks *_h2_callbacks = NULL
+# Fields that can't be trailers (framing, routing, connection-specific: RFC 9110 §6.5.1,
+# RFC 9113 §8.2.2).
+_NOT_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host", b"connection", b"keep-alive",
+                           b"proxy-connection", b"te", b"upgrade", b"trailer", b"content-type",
+                           b"content-encoding", b"authorization", b"set-cookie", b"cache-control"))
 
 
 cdef H2Stream _stream_of(nghttp2_session *ng, int32_t stream_id):
@@ -132,6 +137,8 @@ cdef ssize_t _read_body(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, si
     if n == 0:
         if stream.out_eof:
             data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+            if stream.trailers and stream.submit_trailers() == 0:
+                data_flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM
             return 0
         stream.deferred = True
         return NGHTTP2_ERR_DEFERRED
@@ -142,6 +149,8 @@ cdef ssize_t _read_body(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, si
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
     if stream.out_eof and n == have:
         data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+        if stream.trailers and stream.submit_trailers() == 0:
+            data_flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM   # END_STREAM goes on the trailers
     if stream.backend is not None and have - n < H2_OUT_MAX // 2:
         stream.deadline = stream.worker.now + stream.worker.read_timeout
         stream.backend.resume()
@@ -336,8 +345,8 @@ cdef class H2Stream(Stream):
         if self.header_bytes > self.worker.header_buffer_size or self.fields > self.worker.max_header_fields:
             self.refuse = 431
             return 0
-        v = PyBytes_FromStringAndSize(<const char *>value, valuelen)
         if n[0] == b':':
+            v = PyBytes_FromStringAndSize(<const char *>value, valuelen)
             if namelen == 7 and memcmp(n, b":method", 7) == 0:
                 self.method = v
             elif namelen == 5 and memcmp(n, b":path", 5) == 0:
@@ -347,10 +356,11 @@ cdef class H2Stream(Stream):
             return 0
         if namelen == 6 and memcmp(n, b"cookie", 6) == 0:
             # RFC 9113 §8.2.3: crumbs join with "; " into one field for HTTP/1.1.
+            v = PyBytes_FromStringAndSize(<const char *>value, valuelen)
             self.cookie = v if self.cookie is None else self.cookie + b"; " + v
             return 0
         if namelen == 4 and memcmp(n, b"host", 4) == 0:
-            self.host = v
+            self.host = PyBytes_FromStringAndSize(<const char *>value, valuelen)
             return 0
         if namelen == 14 and memcmp(n, b"content-length", 14) == 0:
             self.has_length = True
@@ -478,6 +488,27 @@ cdef class H2Stream(Stream):
         if r != 0:
             _log.debug("HTTP/2 stream %d: cannot respond: %s", self.id, nghttp2_strerror(r).decode())
 
+    cdef int submit_trailers(self):
+        """The backend's trailers as a HEADERS frame ending the stream (from _read_body, at
+        the last DATA, which nghttp2 allows)."""
+        cdef list fields = self.trailers
+        cdef nghttp2_nv *nva = <nghttp2_nv *>malloc(sizeof(nghttp2_nv) * len(fields))
+        cdef Py_ssize_t i
+        cdef int r
+        if nva == NULL:
+            return -1
+        for i in range(len(fields)):
+            name, value = fields[i]
+            nva[i].name = <uint8_t *>PyBytes_AS_STRING(name)
+            nva[i].namelen = PyBytes_GET_SIZE(name)
+            nva[i].value = <uint8_t *>PyBytes_AS_STRING(value)
+            nva[i].valuelen = PyBytes_GET_SIZE(value)
+            nva[i].flags = NGHTTP2_NV_FLAG_NONE
+        r = nghttp2_submit_trailer(self.session.ng, self.id, nva, len(fields))
+        free(nva)
+        self.trailers = None
+        return r
+
     cdef void closed(self, unsigned int error_code):
         """nghttp2 closed the stream: the response went out, or a reset (either side)."""
         if self.exchange is not None and self.exchange.state != X_DONE and self.exchange.state != X_REJECTED:
@@ -559,6 +590,18 @@ cdef class H2Stream(Stream):
             self.deferred = False
             nghttp2_session_resume_data(self.session.ng, self.id)
         self.session.flush()
+
+    cdef void response_trailers(self, bytes section):
+        """Fields of the trailer section (the framer checked their grammar); the ones HTTP/2
+        forbids anywhere, and framing fields, are not passed on (RFC 9110 §6.5.1)."""
+        cdef list fields = []
+        for line in section.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            name = name.lower()
+            if not sep or name in _NOT_TRAILERS:
+                continue
+            fields.append((name, value.strip(b" \t")))
+        self.trailers = fields or None
 
     cdef void response_end(self, bint until_close):
         if self.session is None:

@@ -107,6 +107,8 @@ ctypedef struct BodyFramer:
     bint stop_at_data       # return after each run of chunk data (de-chunking)
     Py_ssize_t data_start   # with stop_at_data: where that run began in the last input
     Py_ssize_t data_len
+    Py_ssize_t trailer_at   # the trailer section's bytes in the last input (for de-chunking
+    Py_ssize_t trailer_n    # towards HTTP/2, where trailers become a HEADERS frame)
 
 cdef Py_ssize_t find_head_end(const char *p, Py_ssize_t n, Py_ssize_t scanned) noexcept nogil
 cdef int check_line_endings(const char *p, Py_ssize_t start, Py_ssize_t end) noexcept nogil

@@ -478,6 +478,7 @@ cdef void framer_init(BodyFramer *f, int mode, long long length) noexcept nogil:
     f.stop_at_data = False
     f.data_start = 0
     f.data_len = 0
+    f.trailer_n = 0
     f.done = mode == BODY_NONE
     f.error = False
 
@@ -559,6 +560,7 @@ cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept
     cdef int h
     cdef char c
     f.data_len = 0
+    f.trailer_n = 0
     if f.done:
         return 0
     if f.mode == BODY_UNTIL_CLOSE:
@@ -600,6 +602,9 @@ cdef Py_ssize_t framer_feed(BodyFramer *f, const char *p, Py_ssize_t n) noexcept
             if f.trailer_len > TRAILER_SECTION_MAX:
                 f.error = True
                 return -1
+            if f.trailer_n == 0:
+                f.trailer_at = i - 1
+            f.trailer_n = i - f.trailer_at
         if st == CH_SIZE:
             h = _hexval(c)
             if h >= 0:

@@ -64,6 +64,7 @@ cdef class Stream:
     cdef void response_interim(self, const char *p, Py_ssize_t n)
     cdef Py_ssize_t response_head(self, HeadWriter head, const char *body, Py_ssize_t k)
     cdef void response_data(self, const char *p, Py_ssize_t n)
+    cdef void response_trailers(self, bytes section)
     cdef void response_end(self, bint until_close)
     cdef void answer_error(self, int status)
     cdef void reset(self)
@@ -78,6 +79,7 @@ cdef class BackendConnection:
     cdef int state
     cdef HeadBuffer head_buf
     cdef BodyFramer body
+    cdef bytearray trailers         # a de-chunked response's trailer section, for HTTP/2
     cdef bint got_bytes
     cdef bint reading_paused
     cdef bint head_pending          # the rewritten head waits in worker.writer

@@ -240,6 +240,10 @@ cdef class Stream:
     cdef void response_data(self, const char *p, Py_ssize_t n):
         """Body bytes for the client (chunk data only when the exchange de-chunks)."""
 
+    cdef void response_trailers(self, bytes section):
+        """The trailer fields of a chunked response that was de-chunked (``name: value``
+        lines, CRLF each, the empty line last); HTTP/1.1 clients get them in the chunks."""
+
     cdef void response_end(self, bint until_close):
         """The response ended (with the backend's close, when ``until_close``)."""
 
@@ -394,6 +398,10 @@ cdef class BackendConnection:
                         stream.response_data(p + i + self.body.data_start, self.body.data_len)
                         if self.stream is None:
                             return
+                    if self.body.trailer_n and stream.exchange.facts.http2:
+                        if self.trailers is None:
+                            self.trailers = bytearray()
+                        bytearray_extend(self.trailers, p + i + self.body.trailer_at, self.body.trailer_n)
                     i += k
                 elif k:
                     stream.response_data(p + i, k)
@@ -403,6 +411,9 @@ cdef class BackendConnection:
                 if self.body.done:
                     if i < n:
                         stream.exchange.backend_reusable = False   # bytes past the response
+                    if self.trailers is not None:
+                        section, self.trailers = bytes(self.trailers), None
+                        stream.response_trailers(section)
                     self._done()
                     return
                 if i >= n:
