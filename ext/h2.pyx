@@ -8,8 +8,8 @@
 # into HTTP/2 fields; the body (chunk data only) waits in the stream until nghttp2 pulls it.
 #
 # Bounds: a client may send per stream what our window allows (DATA is acknowledged by
-# WINDOW_UPDATE only once the backend took it), at most H2_MAX_STREAMS streams at once and
-# H2_STREAMS_PER_CONNECTION in all (then GOAWAY); a response's body is held up to
+# WINDOW_UPDATE only once the backend took it), at most http2_max_concurrent_streams streams at
+# once and http2_max_requests in all (then GOAWAY); a response's body is held up to
 # H2_OUT_MAX per stream (then its backend is paused); nghttp2 closes a session that floods
 # it with SETTINGS, PINGs, CONTINUATIONs or resets (CVE-2023-44487, CVE-2024-27316).
 # Streams are dispatched to backends after the read they arrived in: a stream opened and
@@ -18,8 +18,6 @@
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 
 cdef enum:
-    H2_MAX_STREAMS = 128                # SETTINGS_MAX_CONCURRENT_STREAMS (nginx's default)
-    H2_STREAMS_PER_CONNECTION = 10000   # then GOAWAY: the client opens another connection
     H2_WINDOW = 65535                   # per-stream window we advertise (the RFC's default)
     H2_OUT_MAX = 65536                  # response bytes held per stream before its backend pauses
     H2_MAX_SETTINGS = 32                # entries in one SETTINGS frame
@@ -51,7 +49,7 @@ cdef int _on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void
         session.streams[frame.hd.stream_id] = stream
         nghttp2_session_set_stream_user_data(ng, frame.hd.stream_id, <void *>stream)
         session.opened += 1
-        if session.opened >= H2_STREAMS_PER_CONNECTION and not session.goaway:
+        if session.opened >= session.worker.h2_max_requests and not session.goaway:
             session.goaway = True   # this one is served; later ones go to a new connection
             nghttp2_submit_goaway(ng, NGHTTP2_FLAG_NONE, frame.hd.stream_id, NGHTTP2_NO_ERROR, NULL, 0)
             session.worker.count(N_H2_GOAWAY)
@@ -192,7 +190,7 @@ cdef class H2Session(Codec):
         if r != 0:
             raise MemoryError(nghttp2_strerror(r).decode())
         settings[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
-        settings[0].value = H2_MAX_STREAMS
+        settings[0].value = self.worker.h2_max_streams
         settings[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
         settings[1].value = H2_WINDOW
         settings[2].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE

@@ -72,6 +72,8 @@ cdef class Worker:
     cdef double connect_timeout
     cdef double read_timeout
     cdef double send_timeout
+    cdef int h2_max_streams
+    cdef int h2_max_requests
     # accept control
     cdef list listeners             # this worker's accepting Listeners, paused together
     cdef readonly int max_clients   # worker_connections

@@ -87,6 +87,8 @@ cdef class Worker:
         self.connect_timeout = limits.backend_connect_timeout
         self.read_timeout = limits.backend_read_timeout
         self.send_timeout = limits.send_timeout
+        self.h2_max_streams = limits.http2_max_concurrent_streams
+        self.h2_max_requests = limits.http2_max_requests
         self.sweep_handle = loop.call_later(1.0, self._sweep)
         self.by_fd = {}
         self.closed = []

@@ -98,6 +98,8 @@ class Limits(Struct):
     drain_timeout: float = 30.0
     send_timeout: float = 60.0  # nginx send_timeout: a client that takes no output for this long is closed
     worker_connections: int = 0  # client connections per worker; 0: 7/8 of RLIMIT_NOFILE
+    http2_max_concurrent_streams: int = 128  # nginx's default
+    http2_max_requests: int = 10000  # streams per HTTP/2 connection, then GOAWAY (a new connection)
     underscores_in_headers: bool = False  # nginx's default: request fields with "_" in the name are dropped
 
 
