@@ -3,7 +3,9 @@
 Like uvloop, ``ext/_core.pyx`` includes the per-topic .pyx files so cdef calls
 between the TLS engine, the HTTP framing and the proxy stay C calls.
 Switches (environment): FASTTERM_DEBUG=1 (asserts, -O0 -g), FASTTERM_ASAN=1,
-FASTTERM_ANNOTATE=1 (Cython HTML annotation).
+FASTTERM_ANNOTATE=1 (Cython HTML annotation), FASTTERM_FUZZ=1 (clang with libFuzzer's
+coverage instrumentation for atheris; built beside the normal extension with
+``build_ext -b DIR``, never in place: see bench/fuzz/build.sh).
 """
 
 import os
@@ -12,6 +14,7 @@ import subprocess
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 
 def pkg_config(*args):
@@ -33,6 +36,22 @@ if os.environ.get("FASTTERM_DEBUG"):
 if os.environ.get("FASTTERM_ASAN"):
     extra_compile += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
     extra_link += ["-fsanitize=address"]
+if os.environ.get("FASTTERM_FUZZ"):
+    # -fsanitize=fuzzer-no-link: sancov counters and comparison hooks that atheris's
+    # libFuzzer reads; libFuzzer itself comes at run time (LD_PRELOAD, bench/fuzz/run.py).
+    os.environ.setdefault("CC", "clang")
+    extra_compile += ["-fsanitize=fuzzer-no-link", "-fno-omit-frame-pointer", "-g"]
+    extra_link += ["-fsanitize=fuzzer-no-link"]
+
+
+class BuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        if os.environ.get("FASTTERM_FUZZ") and self.inplace:
+            # An instrumented fastterm/_core.so in place would break every normal import
+            # (its sancov symbols resolve only under libFuzzer).
+            raise SystemExit("FASTTERM_FUZZ=1: build with `build_ext -b DIR` (bench/fuzz/build.sh), not in place")
+
 
 ext = Extension(
     "fastterm._core",
@@ -44,6 +63,7 @@ ext = Extension(
 )
 
 setup(
+    cmdclass={"build_ext": BuildExt},
     ext_modules=cythonize(
         [ext],
         language_level=3,
