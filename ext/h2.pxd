@@ -8,12 +8,15 @@ cdef class H2Session(Codec):
     cdef list ready                 # streams whose request head arrived in this read
     cdef int opened                 # streams opened on this connection (a cap, then GOAWAY)
     cdef bint goaway                # GOAWAY submitted: no new streams, close when none are left
+    cdef bint notice                # the shutdown notice went first; the final GOAWAY follows its PING ACK
+    cdef bint flooded               # closed for flooding (counted once)
     cdef bint in_recv               # inside nghttp2_session_mem_recv: flush afterwards
     cdef str error                  # why the session failed (for the log)
 
     cdef void flush(self)
     cdef void shutdown(self, unsigned int error_code)
     cdef void _dispatch_ready(self)
+    cdef void count_flood(self)
 
 
 cdef class H2Stream(Stream):

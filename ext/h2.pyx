@@ -80,6 +80,11 @@ cdef int _on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *u
         if kind == NGHTTP2_RST_STREAM:
             session.worker.count(N_H2_RESETS)
             return 0
+        if kind == NGHTTP2_PING and frame.hd.flags & NGHTTP2_FLAG_ACK and session.notice and not session.goaway:
+            # A round trip after the shutdown notice: whatever the client opened before it read
+            # the notice has arrived, so the final GOAWAY names it (RFC 9113 §6.8).
+            session.shutdown(NGHTTP2_NO_ERROR)
+            return 0
         if kind != NGHTTP2_HEADERS and kind != NGHTTP2_DATA:
             return 0
         stream = _stream_of(ng, frame.hd.stream_id)
@@ -93,6 +98,15 @@ cdef int _on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *u
     except BaseException as exc:
         session.error = repr(exc)
         return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data) noexcept:
+    """nghttp2 ends a session it judged a flood (resets over the rate, SETTINGS or PING ACKs
+    piling up) with GOAWAY ENHANCE_YOUR_CALM, on its own: count it here."""
+    cdef H2Session session = <H2Session>user_data
+    if frame.hd.type == NGHTTP2_GOAWAY and frame.goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM:
+        session.count_flood()
     return 0
 
 
@@ -161,6 +175,7 @@ cdef void _init_callbacks() noexcept:
     nghttp2_session_callbacks_set_on_begin_headers_callback(_h2_callbacks, _on_begin_headers)
     nghttp2_session_callbacks_set_on_header_callback(_h2_callbacks, _on_header)
     nghttp2_session_callbacks_set_on_frame_recv_callback(_h2_callbacks, _on_frame_recv)
+    nghttp2_session_callbacks_set_on_frame_send_callback(_h2_callbacks, _on_frame_send)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(_h2_callbacks, _on_data_chunk)
     nghttp2_session_callbacks_set_on_stream_close_callback(_h2_callbacks, _on_stream_close)
 
@@ -221,8 +236,8 @@ cdef class H2Session(Codec):
         self.in_recv = False
         if r < 0:
             if r == NGHTTP2_ERR_FLOODED or r == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS or \
-                    r == NGHTTP2_ERR_CALLBACK_FAILURE:
-                self.worker.count(N_H2_FLOOD)
+                    r == NGHTTP2_ERR_TOO_MANY_SETTINGS:
+                self.count_flood()
             _log.info("HTTP/2 session from %s closed: %s%s", self.facts.peer_ip,
                       nghttp2_strerror(<int>r).decode(), f" ({self.error})" if self.error else "")
             self.flush()   # the GOAWAY nghttp2 queued says why
@@ -300,15 +315,28 @@ cdef class H2Session(Codec):
     cdef void shutdown(self, unsigned int error_code):
         if not self.goaway:
             self.goaway = True
-            self.worker.count(N_H2_GOAWAY)
+            if not self.notice:
+                self.worker.count(N_H2_GOAWAY)
         nghttp2_submit_goaway(self.ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(self.ng),
                               error_code, NULL, 0)
 
     cdef void drain(self):
-        """Reload or stop: GOAWAY with the last stream we took; those finish, then we close."""
-        if not self.goaway and self.ng != NULL:
-            self.shutdown(NGHTTP2_NO_ERROR)
+        """Reload or stop, gracefully (RFC 9113 §6.8): a GOAWAY notice (last stream 2^31-1)
+        and a PING; at its ACK the final GOAWAY names the last stream we took. Those finish,
+        then the connection closes (or at the drain deadline, if the client never answers)."""
+        cdef uint8_t opaque[8]
+        if not self.goaway and not self.notice and self.ng != NULL:
+            self.notice = True
+            self.worker.count(N_H2_GOAWAY)
+            nghttp2_submit_shutdown_notice(self.ng)
+            memset(opaque, 0, 8)
+            nghttp2_submit_ping(self.ng, NGHTTP2_FLAG_NONE, opaque)
             self.flush()
+
+    cdef void count_flood(self):
+        if not self.flooded:
+            self.flooded = True
+            self.worker.count(N_H2_FLOOD)
 
     cdef void _dispatch_ready(self):
         cdef H2Stream stream

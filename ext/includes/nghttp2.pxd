@@ -44,10 +44,15 @@ cdef extern from "<nghttp2/nghttp2.h>" nogil:
         int32_t last_stream_id
         uint32_t error_code
 
+    ctypedef struct nghttp2_ping:
+        nghttp2_frame_hd hd
+        uint8_t opaque_data[8]
+
     ctypedef union nghttp2_frame:
         nghttp2_frame_hd hd
         nghttp2_headers headers
         nghttp2_rst_stream rst_stream
+        nghttp2_ping ping
         nghttp2_goaway goaway
 
     ctypedef union nghttp2_data_source:
@@ -63,6 +68,8 @@ cdef extern from "<nghttp2/nghttp2.h>":
         uint32_t *data_flags, nghttp2_data_source *source, void *user_data) noexcept
 
     ctypedef int (*nghttp2_on_frame_recv_callback)(
+        nghttp2_session *session, const nghttp2_frame *frame, void *user_data) noexcept
+    ctypedef int (*nghttp2_on_frame_send_callback)(
         nghttp2_session *session, const nghttp2_frame *frame, void *user_data) noexcept
     ctypedef int (*nghttp2_on_data_chunk_recv_callback)(
         nghttp2_session *session, uint8_t flags, int32_t stream_id, const uint8_t *data,
@@ -98,6 +105,7 @@ cdef extern from "<nghttp2/nghttp2.h>" nogil:
         NGHTTP2_WINDOW_UPDATE = 8
 
         NGHTTP2_FLAG_NONE = 0
+        NGHTTP2_FLAG_ACK = 0x01
         NGHTTP2_FLAG_END_STREAM = 0x01
         NGHTTP2_FLAG_END_HEADERS = 0x04
 
@@ -128,11 +136,14 @@ cdef extern from "<nghttp2/nghttp2.h>" nogil:
         NGHTTP2_ERR_FLOODED = -904
         NGHTTP2_ERR_TOO_MANY_CONTINUATIONS = -905
         NGHTTP2_ERR_BAD_CLIENT_MAGIC = -903
+        NGHTTP2_ERR_TOO_MANY_SETTINGS = -537
 
     int nghttp2_session_callbacks_new(nghttp2_session_callbacks **callbacks_ptr)
     void nghttp2_session_callbacks_del(nghttp2_session_callbacks *callbacks)
     void nghttp2_session_callbacks_set_on_frame_recv_callback(
         nghttp2_session_callbacks *cbs, nghttp2_on_frame_recv_callback cb)
+    void nghttp2_session_callbacks_set_on_frame_send_callback(
+        nghttp2_session_callbacks *cbs, nghttp2_on_frame_send_callback cb)
     void nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
         nghttp2_session_callbacks *cbs, nghttp2_on_data_chunk_recv_callback cb)
     void nghttp2_session_callbacks_set_on_stream_close_callback(
@@ -181,4 +192,5 @@ cdef extern from "<nghttp2/nghttp2.h>" nogil:
     int nghttp2_submit_goaway(nghttp2_session *session, uint8_t flags, int32_t last_stream_id,
                               uint32_t error_code, const uint8_t *opaque_data, size_t opaque_data_len)
     int nghttp2_submit_shutdown_notice(nghttp2_session *session)
+    int nghttp2_submit_ping(nghttp2_session *session, uint8_t flags, const uint8_t *opaque_data)
     const char *nghttp2_strerror(int lib_error_code)
