@@ -72,7 +72,7 @@ class Stream:
     interim: list[list[tuple[str, str]]] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
     received: int = 0                                        # DATA bytes, kept or not
-    sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
+    sha256: hashlib._Hash = field(default_factory=hashlib.sha256, repr=False)
     trailers: list[tuple[str, str]] = field(default_factory=list)
     ended: bool = False
     reset: int | None = None   # the RST_STREAM error code fastterm sent
