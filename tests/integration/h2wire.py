@@ -298,7 +298,7 @@ class RawH2:
     (h2 takes no frame after a GOAWAY). The HPACK encoder and decoder keep their dynamic
     tables in step with fastterm's. What came back is in ``status`` (stream id -> final
     :status), ``ended``, ``rst`` (stream id -> error code) and ``goaway`` ((last stream id,
-    error code), the last one received)."""
+    error code), the last one received), ``settings`` and ``acks``."""
 
     def __init__(self, sock: ssl.SSLSocket, settings: list[tuple[int, int]] = (), window: int = MAX_WINDOW):
         """``window``: this client's stream and connection windows (the largest by default,
@@ -312,6 +312,8 @@ class RawH2:
         self.ended: set[int] = set()
         self.rst: dict[int, int] = {}
         self.goaway: tuple[int, int] | None = None
+        self.settings: dict[int, int] = {}   # fastterm's SETTINGS
+        self.acks = 0                        # SETTINGS and PING ACKs received
         self.closed = False
         grow = frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", window - 65535)) if window > 65535 else b""
         sock.sendall(PREFACE + frame(SETTINGS, 0, 0, settings_payload([(INITIAL_WINDOW_SIZE, window), *settings]))
@@ -375,6 +377,10 @@ class RawH2:
             self.rst[sid] = struct.unpack(">I", payload[:4])[0]
         elif kind == GOAWAY:
             self.goaway = struct.unpack(">II", payload[:8])
+        elif kind in (SETTINGS, PING) and flags & ACK:
+            self.acks += 1
+        elif kind == SETTINGS:
+            self.settings.update(struct.unpack(">HI", payload[i:i + 6]) for i in range(0, len(payload), 6))
         if kind in (HEADERS, DATA) and flags & END_STREAM:
             self.ended.add(sid)
 
