@@ -49,17 +49,19 @@ def settings_payload(entries: list[tuple[int, int]]) -> bytes:
     return b"".join(struct.pack(">HI", ident, value) for ident, value in entries)
 
 
-def connect_h2(ft, *, timeout: float = 5.0, rcvbuf: int | None = None) -> ssl.SSLSocket:
+def connect_h2(ft, *, timeout: float = 5.0, rcvbuf: int | None = None, ctx: ssl.SSLContext | None = None,
+               server_hostname: str = NAME) -> ssl.SSLSocket:
     """A TLS connection to fastterm that negotiated h2 by ALPN. ``rcvbuf``: a small kernel
-    receive buffer, for clients that stop reading."""
-    ctx = ft.client_context(alpn=["h2"])
+    receive buffer, for clients that stop reading; ``ctx``: its TLS settings (ALPN h2 is set)."""
+    ctx = ctx or ft.client_context()
+    ctx.set_alpn_protocols(["h2"])
     raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # as curl and browsers: no Nagle stall per window
     if rcvbuf is not None:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     raw.settimeout(timeout)
     raw.connect((HOST, ft.https_port))
-    sock = ctx.wrap_socket(raw, server_hostname=NAME)
+    sock = ctx.wrap_socket(raw, server_hostname=server_hostname)
     assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()
     return sock
 
@@ -274,10 +276,9 @@ class H2Client:
         self.close()
 
 
-def h2_client(ft, **kw) -> H2Client:
-    timeout = kw.pop("timeout", 5.0)
-    rcvbuf = kw.pop("rcvbuf", None)
-    return H2Client(connect_h2(ft, timeout=timeout, rcvbuf=rcvbuf), **kw)
+def h2_client(ft, *, timeout: float = 5.0, rcvbuf: int | None = None, ctx: ssl.SSLContext | None = None,
+              server_hostname: str = NAME, **kw) -> H2Client:
+    return H2Client(connect_h2(ft, timeout=timeout, rcvbuf=rcvbuf, ctx=ctx, server_hostname=server_hostname), **kw)
 
 
 def h2_request(ft, method: str = "GET", target: str = "/", *, host: str | None = NAME,

@@ -157,6 +157,21 @@ def test_httpx_http2(demo):
     assert {r.http_version for r in got} == {"HTTP/2"}
 
 
+def test_streams_of_one_connection_run_side_by_side(demo):
+    """Ten slow requests on one connection take as long as one: each stream has its own
+    backend connection, and a slow stream holds back no other."""
+    with h2_client(demo) as c:
+        t0 = time.monotonic()
+        slow = [c.request("GET", f"/delay/1?{i}") for i in range(10)]
+        fast = c.request("GET", "/fast")
+        assert c.wait(lambda: c.streams[fast].done, 5)
+        assert time.monotonic() - t0 < 0.9 and not any(c.streams[s].done for s in slow)
+        assert c.wait(lambda: all(c.streams[s].done for s in slow), 5)
+        elapsed = time.monotonic() - t0
+    assert [echo_json(c.streams[s].message())["path"] for s in slow] == [f"/delay/1?{i}" for i in range(10)]
+    assert elapsed < 2.5, f"ten 1 s requests on one connection took {elapsed:.1f} s"
+
+
 # ---------------------------------------------------------------------------------------
 # h2 -> h1 request rules
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import time
 
 import pytest
 from h2wire import h2_client, h2_request
-from harness import HSTS, NAME, echo_json, header_map, keepalive_handler, response_bytes
+from harness import HSTS, NAME, cert_entry, echo_json, header_map, keepalive_handler, response_bytes
 from httpwire import Reader, read_response, request_bytes
 from test_bodies import RssWatch
 from test_hardening_framing import CLIENT_IDENTITY
+from test_tls_scope import STRICT, TWIN, blocks
 
 MIB = 1024 * 1024
 
@@ -156,6 +158,53 @@ def test_dot_segments_do_not_reach_the_prefix_upstream(raw_backend, fastterm, pr
     assert send(ft, proto, "GET", target).status == 200
     assert not api.requests, f"{target} reached the /api/ upstream"
     assert [r.target for r in web.requests] == [target]
+
+
+def test_host_chooses_the_server_block_and_its_trust(fastterm, raw_backend, write, intermediate, ec_cert,
+                                                    other_leaf, proto):
+    """SNI names www (which trusts 127.0.0.1 as a proxy), the Host (HTTP/2: :authority)
+    names other.test (which trusts nobody): other.test's backend serves it, and the spoofed
+    X-Forwarded-For does not reach it."""
+    a, b = raw_backend(), raw_backend()
+    servers = [
+        {"server_names": [NAME], "default_server": True, "certificate": [ec_cert],
+         "trusted_proxies": ["127.0.0.1/32"], "route": [{"path": "/", "upstream": "a"}]},
+        {"server_names": ["other.test"], "certificate": [cert_entry(write, other_leaf, intermediate, "other")],
+         "route": [{"path": "/", "upstream": "b"}]},
+    ]
+    ft = fastterm(upstreams=[{"name": "a", "servers": [a.address]}, {"name": "b", "servers": [b.address]}],
+                  servers=servers)
+    spoof = [("X-Forwarded-For", "6.6.6.6"), ("Forwarded", "for=6.6.6.6")]
+    assert send(ft, proto, "GET", "/one", host="other.test", headers=spoof).status == 200
+    assert send(ft, proto, "GET", "/two", headers=[("X-Forwarded-For", "7.7.7.7")]).status == 200
+    (one,) = b.requests
+    assert one.target == "/one" and one.all("x-forwarded-for") == ["127.0.0.1"] and not one.has("forwarded")
+    (two,) = a.requests
+    assert two.all("x-forwarded-for") == ["7.7.7.7, 127.0.0.1"]
+
+
+def test_host_of_a_stricter_block_on_a_lax_connection_is_421(fastterm, raw_backend, write, intermediate, ec_cert,
+                                                             other_leaf, wildcard_leaf, proto):
+    """TLS 1.2 negotiated as www, then a request for other.test (TLS 1.3 only): 421
+    Misdirected Request (RFC 9110 §15.5.20; HTTP/2 clients coalesce connections across the
+    names a certificate covers), nothing forwarded; the twin block, same policy, is served."""
+    be = raw_backend()
+    ft = fastterm(be.address, servers=blocks(write, intermediate, ec_cert, other_leaf, wildcard_leaf))
+    ctx = ft.client_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if proto == "h2":
+        with h2_client(ft, ctx=ctx) as c:
+            assert c.get("GET", "/twin", authority=TWIN).status == 200
+            assert c.get("GET", "/strict", authority=STRICT).status == 421
+    else:
+        with ft.connect(ctx=ctx) as s:
+            rd = Reader(s)
+            s.sendall(request_bytes("GET", "/twin", TWIN))
+            assert read_response(rd).status == 200
+            s.sendall(request_bytes("GET", "/strict", STRICT))
+            assert read_response(rd).status == 421
+    settle()
+    assert [r.target for r in be.requests] == ["/twin"]
 
 
 # ---------------------------------------------------------------------------------------
