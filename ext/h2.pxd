@@ -32,6 +32,7 @@ cdef class H2Stream(Stream):
     cdef int fields
     cdef int refuse                 # a status to answer instead of forwarding (400, 431, 405)
     cdef bint end_stream            # the client sent END_STREAM
+    cdef bint bodiless              # ... on its HEADERS: no body at all
     cdef bint request_done          # ... and the backend has the whole body
     cdef bytearray body             # request body waiting for the backend (bounded by the window)
     cdef bytearray out              # response body waiting for nghttp2 to pull it
@@ -49,6 +50,7 @@ cdef class H2Stream(Stream):
     cdef void request_data(self, const uint8_t *data, size_t n)
     cdef void request_end(self)
     cdef void _send_body(self)
+    cdef void _await_client(self)
     cdef void _submit(self, int status, list headers, bytes body)
     cdef int submit_trailers(self)
     cdef void closed(self, unsigned int error_code)

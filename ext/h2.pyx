@@ -19,6 +19,7 @@ from libc.stdint cimport int32_t, uint8_t, uint32_t
 
 cdef enum:
     H2_WINDOW = 65535                   # per-stream window we advertise (the RFC's default)
+    H2_CONNECTION_WINDOW = 1048576      # the connection's: what all streams together may have in flight
     H2_OUT_MAX = 65536                  # response bytes held per stream before its backend pauses
     H2_MAX_SETTINGS = 32                # entries in one SETTINGS frame
     H2_MAX_OUTBOUND_ACK = 1000          # queued SETTINGS/PING ACKs (a client that never reads them)
@@ -65,6 +66,11 @@ cdef int _on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8
     cdef H2Stream stream = _stream_of(ng, frame.hd.stream_id)
     if stream is None:
         return 0
+    if frame.headers.cat != NGHTTP2_HCAT_REQUEST:
+        # Trailers, before or after the head went out: counted against the header cap (an
+        # HPACK bomb in trailers is as big), never forwarded and never read as fields.
+        stream.header_bytes += namelen + valuelen + 32
+        return 0
     try:
         return stream.on_header(name, namelen, value, valuelen)
     except BaseException as exc:
@@ -91,7 +97,7 @@ cdef int _on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *u
         if stream is None:
             return 0
         if kind == NGHTTP2_HEADERS and frame.headers.cat == NGHTTP2_HCAT_REQUEST:
-            stream.end_stream = (frame.hd.flags & NGHTTP2_FLAG_END_STREAM) != 0
+            stream.bodiless = stream.end_stream = (frame.hd.flags & NGHTTP2_FLAG_END_STREAM) != 0
             stream.request_head_done()
         elif frame.hd.flags & NGHTTP2_FLAG_END_STREAM:
             stream.request_end()   # the last DATA, or trailers (which are not forwarded)
@@ -163,8 +169,11 @@ cdef ssize_t _read_body(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, si
         data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
         if stream.trailers and stream.submit_trailers() == 0:
             data_flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM   # END_STREAM goes on the trailers
-    if stream.backend is not None and have - n < H2_OUT_MAX // 2:
+    if have - n:
+        stream.deadline = stream.worker.now + stream.worker.send_timeout   # progress
+    elif stream.backend is not None:
         stream.deadline = stream.worker.now + stream.worker.read_timeout
+    if stream.backend is not None and have - n < H2_OUT_MAX // 2:
         stream.backend.resume()
     return n
 
@@ -213,6 +222,8 @@ cdef class H2Session(Codec):
         settings[3].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH
         settings[3].value = 0
         nghttp2_submit_settings(self.ng, NGHTTP2_FLAG_NONE, settings, 4)
+        # 64 KiB for all streams would serialise concurrent uploads on one round trip each.
+        nghttp2_session_set_local_window_size(self.ng, NGHTTP2_FLAG_NONE, 0, H2_CONNECTION_WINDOW)
         self.worker.count(N_H2_CONNECTIONS)
         if self.worker.draining:
             self.drain()
@@ -365,7 +376,8 @@ cdef class H2Stream(Stream):
         cdef const char *n = <const char *>name
         cdef bytes v
         self.header_bytes += namelen + valuelen + 32   # RFC 9113 §6.5.2's accounting
-        self.fields += 1
+        if n[0] != b':':
+            self.fields += 1   # as HTTP/1.1 counts field lines: pseudo-fields are its request line
         if self.refuse:
             return 0
         if self.header_bytes > self.worker.header_buffer_size or self.fields > self.worker.max_header_fields:
@@ -406,6 +418,8 @@ cdef class H2Stream(Stream):
         cdef Exchange ex = Exchange(self.session.facts)
         cdef int status
         cdef bytes raw
+        if self.responded:
+            return   # answered while the head waited for its read to end (413 on the body)
         self.exchange = ex
         w.count(N_REQUESTS)
         w.count(N_H2_STREAMS)
@@ -417,13 +431,15 @@ cdef class H2Stream(Stream):
         if self.refuse:
             self.answer_error(self.refuse)
             return
+        # A body without content-length goes to the backend chunked (RFC 9113 §8.2.2), even
+        # when all of it came with the head: never unframed, or the backend would read the
+        # body as the next request.
+        framing = b"transfer-encoding: chunked\r\n" if not self.bodiless and not self.has_length else b""
         raw = (self.method + b" " + self.path + b" HTTP/1.1\r\nhost: " +
                (self.authority if self.authority is not None else self.host or b"") + b"\r\n" +
                bytes(self.head) +
                (b"cookie: " + self.cookie + b"\r\n" if self.cookie is not None else b"") +
-               # RFC 9113 §8.2.2: a body without content-length goes to HTTP/1.1 chunked.
-               (b"transfer-encoding: chunked\r\n" if not self.end_stream and not self.has_length else b"") +
-               b"\r\n")
+               framing + b"\r\n")
         self.head = None
         status = parse_head(raw, len(raw), True, &head, w.slots, w.max_header_fields)
         if status == 0:
@@ -440,6 +456,9 @@ cdef class H2Stream(Stream):
 
     cdef void request_data(self, const uint8_t *data, size_t n):
         cdef Worker w = self.worker
+        if self.responded and (self.exchange is None or self.exchange.state != X_FORWARDING):
+            nghttp2_session_consume(self.session.ng, self.id, n)   # answered already: discard
+            return
         self.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
         if self.body is None:
             self.body = bytearray()
@@ -603,6 +622,7 @@ cdef class H2Stream(Stream):
         if k:
             bytearray_extend(self.out, body, k)
         self.session.flush()
+        self._await_client()
         return k
 
     cdef void response_data(self, const char *p, Py_ssize_t n):
@@ -611,11 +631,17 @@ cdef class H2Stream(Stream):
         bytearray_extend(self.out, p, n)
         if PyByteArray_GET_SIZE(self.out) >= H2_OUT_MAX and self.backend is not None:
             self.backend.pause()   # resumed as nghttp2 pulls the body (_read_body)
-            self.deadline = self.worker.now + self.worker.send_timeout
         if self.deferred:
             self.deferred = False
             nghttp2_session_resume_data(self.session.ng, self.id)
         self.session.flush()
+        self._await_client()
+
+    cdef void _await_client(self):
+        """Body bytes the client's window (or socket) does not take yet: send_timeout runs
+        until it takes some (nginx resets a stream blocked on flow control that long)."""
+        if self.out is not None and PyByteArray_GET_SIZE(self.out):
+            self.deadline = self.worker.now + self.worker.send_timeout
 
     cdef void response_trailers(self, bytes section):
         """Fields of the trailer section (the framer checked their grammar); the ones HTTP/2
@@ -638,6 +664,7 @@ cdef class H2Stream(Stream):
             self.deferred = False
             nghttp2_session_resume_data(self.session.ng, self.id)
         self.session.flush()
+        self._await_client()
 
     cdef void answer_error(self, int status):
         cdef Exchange ex = self.exchange

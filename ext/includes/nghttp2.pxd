@@ -173,6 +173,8 @@ cdef extern from "<nghttp2/nghttp2.h>" nogil:
     int nghttp2_session_want_write(nghttp2_session *session)
     int nghttp2_session_resume_data(nghttp2_session *session, int32_t stream_id)
     int nghttp2_session_consume(nghttp2_session *session, int32_t stream_id, size_t size)
+    int nghttp2_session_set_local_window_size(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+                                              int32_t window_size)
     int nghttp2_session_set_stream_user_data(nghttp2_session *session, int32_t stream_id, void *data)
     void *nghttp2_session_get_stream_user_data(nghttp2_session *session, int32_t stream_id)
     int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session *session)

@@ -15,12 +15,13 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import time
 
 import httpx
 import pytest
-from h2wire import HEADERS, NO_ERROR, PROTOCOL_ERROR, Stream, h2_client, h2_request, raw_h2
+from h2wire import HEADERS, NO_ERROR, PING, PROTOCOL_ERROR, Stream, h2_client, h2_request, raw_h2
 from harness import HOST, HSTS, NAME, echo_json, header_map, keepalive_handler, response_bytes
 from httpwire import Reader, read_response, request_bytes
 
@@ -286,7 +287,7 @@ def test_malformed_request_refused_and_never_forwarded(ft, be, name):
 
 def test_body_without_content_length_goes_chunked(ft, be):
     """RFC 9113 §8.2.2 for an HTTP/1.1 hop: DATA without content-length is framed with
-    Transfer-Encoding: chunked. Here the body (an HTTP/1.1 request) comes in the same write
+    Transfer-Encoding: chunked (the issue: "a body without Content-Length goes upstream chunked"). Here the body (an HTTP/1.1 request) comes in the same write
     as the HEADERS and END_STREAM, as h2, curl and browsers send a small POST: forwarded
     without framing, the backend would take the body for a second request."""
     with h2_client(ft) as c:
@@ -425,15 +426,21 @@ def test_backend_close_mid_response_resets_the_stream(raw_backend, fastterm):
 
 
 def test_sigterm_sends_goaway_and_finishes_streams_in_flight(demo):
-    """Drain: GOAWAY (NO_ERROR) naming the last stream taken; that stream is answered; a
-    stream opened after the GOAWAY is not processed; then the connection closes and the
-    process exits 0."""
+    """Drain (RFC 9113 §6.8): a GOAWAY notice (last stream 2^31-1) and a PING; at the
+    client's PING ACK the final GOAWAY (NO_ERROR) names the last stream taken; that stream is
+    answered; a stream opened after the final GOAWAY is not processed; then the connection
+    closes and the process exits 0."""
     with raw_h2(demo) as c:
         first, f = c.headers("/delay/0.5")
         c.send(f)
         time.sleep(0.1)
         demo.proc.send_signal(signal.SIGTERM)
-        c.read(3, until=lambda: c.goaway is not None)
+        frames = c.read(3, until=lambda: c.goaway is not None)
+        assert c.goaway == (2**31 - 1, NO_ERROR), c.goaway
+        frames += c.read(1, until=lambda: any(k == PING and not fl & 1 for k, fl, _, _ in frames))
+        ping = next(p for k, fl, _, p in frames if k == PING and not fl & 1)
+        c.send(struct.pack(">I", 8)[1:] + bytes([PING, 1]) + bytes(4) + ping)   # the ACK
+        c.read(3, until=lambda: c.goaway[0] != 2**31 - 1)
         assert c.goaway == (first, NO_ERROR), c.goaway
         late, f = c.headers("/late")
         c.send(f)
