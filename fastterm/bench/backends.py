@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 from fastterm.bench.system import BenchError, free_port, pinned, tail, wait_port, which
 
@@ -109,3 +110,18 @@ def backend_counts(address: str) -> tuple[int, int] | None:
         return None
     m = re.search(rb"\r\n\r\nActive connections: \d+ \n.*\n (\d+) \d+ (\d+) \n", data)
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def quiet_backend_counts(address: str, timeout: float = 3.0) -> tuple[int, int] | None:
+    """``backend_counts`` once nothing but the probes reaches the backend (or after
+    ``timeout``): the previous run's terminator may still be forwarding the requests it had
+    in flight when its client stopped, and they would count towards the next one."""
+    last = backend_counts(address)
+    deadline = time.monotonic() + timeout
+    while last is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = backend_counts(address)
+        if now is None or now == (last[0] + 1, last[1] + 1):
+            return now
+        last = now
+    return last

@@ -17,7 +17,7 @@ import time
 
 import msgspec
 
-from fastterm.bench.backends import PATHS, UPLOAD_SIZE, backend_counts, start_backend
+from fastterm.bench.backends import PATHS, UPLOAD_SIZE, backend_counts, quiet_backend_counts, start_backend
 from fastterm.bench.loads import UPLOAD_LUA, client_argv, run_h2load, run_resume_clients, run_s_time, run_wrk
 from fastterm.bench.peers import (
     FasttermPeer,
@@ -71,8 +71,8 @@ class Bench:
             # the connections would fit in what the last one left and cost "nothing".
             peer.stop()
             peer.start()
+        counts0 = quiet_backend_counts(self.backend) if self.backend and name in H2_STREAMS else None
         mark = peer.mark()
-        counts0 = backend_counts(self.backend) if self.backend and name in H2_STREAMS else None
         cpu0, t0 = peer.cpu(), time.monotonic()
         amount = None
         if name == "keepalive":
