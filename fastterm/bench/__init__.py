@@ -82,7 +82,11 @@ Scenarios (``--scenario``, comma-separated)
   the backend connections opened per request forwarded (``-backend-connects``): fastterm's
   admin counters, the backend's ``stub_status`` for the others (nginx keeps ``keepalive``
   idle connections per worker, fewer than the streams in flight, and opens the rest anew);
-  unknown when the backend is not ours. A run that did not negotiate h2 is invalid.
+  unknown when the backend is not ours. A run that did not negotiate h2 is invalid. h2load
+  runs a request count (``-n``), not ``-D``: h2load 1.52 (Debian 12) sometimes never exits
+  once its duration is over. The count makes about ``--duration``: from a first unmeasured
+  run through that peer (which also fills its backend pool, as a server under steady load
+  has it), then from the previous round's rate.
 
 Rounds are interleaved (fastterm, nginx, haproxy, fastterm, nginx, ...); each figure is
 reported as median, min and max over the valid rounds, as a ratio to nginx, and per second

@@ -59,6 +59,7 @@ class Bench:
         self.client_cpus = client_cpus
         self.env = env
         self.backend = backend     # HOST:PORT, to count its accepted connections (h2 runs)
+        self.h2_requests: dict[tuple[str, str], int] = {}   # (peer, run) -> h2load -n
 
     def measure(self, peer: Peer, name: str, rnd: int) -> Run:
         a = self.args
@@ -71,6 +72,7 @@ class Bench:
             # the connections would fit in what the last one left and cost "nothing".
             peer.stop()
             peer.start()
+        h2_requests = self.h2_count(peer, name) if name in H2_STREAMS else 0
         counts0 = quiet_backend_counts(self.backend) if self.backend and name in H2_STREAMS else None
         mark = peer.mark()
         cpu0, t0 = peer.cpu(), time.monotonic()
@@ -97,8 +99,11 @@ class Bench:
             if raw.get("handshakes") and raw["reused"] < 0.9 * raw["handshakes"]:
                 run.invalid.append(f"the client resumed only {raw['reused']} of {raw['handshakes']} handshakes")
         elif name in H2_STREAMS:
-            raw = run_h2load(self.client_cpus, base + a.path, H2_CONNECTIONS, H2_STREAMS[name], a.duration)
+            raw = run_h2load(self.client_cpus, base + a.path, H2_CONNECTIONS, H2_STREAMS[name], h2_requests,
+                             10 * a.duration + 30)
             amount = raw.get("requests")
+            if amount and raw.get("elapsed"):   # the next round's count, from this one's rate
+                self.h2_requests[(peer.name, name)] = max(h2_requests // 4, int(amount / raw["elapsed"] * a.duration))
         elif name == "latency":
             raw = self.latency(peer)
         elif name == "slowheaders":
@@ -140,6 +145,19 @@ class Bench:
             if name in H2_STREAMS and (connects := self.backend_connects(run)) is not None:
                 run.figures[f"{name}-backend-connects"] = connects
         return run
+
+    def h2_count(self, peer: Peer, name: str) -> int:
+        """How many requests make an h2 run of about ``--duration`` through this peer: from
+        a first, unmeasured run of 4 per stream (which also warms its backend pool), then from
+        the last round's rate."""
+        key = (peer.name, name)
+        if key not in self.h2_requests:
+            streams = H2_CONNECTIONS * H2_STREAMS[name]
+            url = f"https://{peer.host}:{peer.ports['main']}{self.args.path}"
+            probe = run_h2load(self.client_cpus, url, H2_CONNECTIONS, H2_STREAMS[name], 4 * streams, 60)
+            rate = probe["requests"] / probe["elapsed"] if probe.get("requests") and probe.get("elapsed") else 0
+            self.h2_requests[key] = max(2 * streams, int(rate * self.args.duration))
+        return self.h2_requests[key]
 
     def backend_connects(self, run: Run) -> float | None:
         """Backend connections opened per request forwarded: fastterm's own counters when it
