@@ -100,8 +100,8 @@ when there is one.
 Files: ``scenarios`` (runs, figures, units), ``system`` (tools, ports, CPUs, /proc),
 ``backends`` (the plain-HTTP backend), ``peers`` (the terminators' configs, start, stop, what
 they recorded), ``loads`` (wrk, h2load, s_time and the Python clients, started pinned),
-``clients`` (the Python load generators), ``run`` (rounds, measurement, validity), ``report`` (tables,
-markdown, JSON, plot); this file is the command's entry.
+``clients`` (the Python load generators), ``run`` (rounds, measurement, validity),
+``report`` (tables, markdown, JSON, plot); this file is the command's entry.
 """
 
 from __future__ import annotations

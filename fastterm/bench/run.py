@@ -124,7 +124,8 @@ class Bench:
         run.server = peer.seen_since(mark)
         if counts0 is not None and (counts1 := backend_counts(self.backend)) is not None:
             # Less the second probe's own connection and request.
-            raw["backend_accepts"], raw["backend_requests"] = (b - a - 1 for a, b in zip(counts0, counts1))
+            raw["backend_accepts"], raw["backend_requests"] = (after - before - 1
+                                                               for before, after in zip(counts0, counts1))
         self.validate(peer, run)
         if not run.invalid:
             if name == "latency":
@@ -161,9 +162,8 @@ class Bench:
 
     def backend_connects(self, run: Run) -> float | None:
         """Backend connections opened per request forwarded: fastterm's own counters when it
-        is the peer, else what the backend counted during the run (requests still in flight
-        when the client stopped included, on both sides of the ratio); None when neither can
-        say."""
+        is the peer, else the connections and requests the backend counted during the run;
+        None when neither can say."""
         srv, raw = run.server, run.raw
         if srv is not None and "backend_connects" in srv and srv["requests"]:
             return srv["backend_connects"] / srv["requests"]
