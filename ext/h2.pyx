@@ -108,10 +108,12 @@ cdef int _on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *u
 
 
 cdef int _on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data) noexcept:
-    """nghttp2 ends a session it judged a flood (resets over the rate, SETTINGS or PING ACKs
-    piling up) with GOAWAY ENHANCE_YOUR_CALM, on its own: count it here."""
+    """nghttp2 ends a session it judged a flood on its own, with a GOAWAY of its choosing:
+    ENHANCE_YOUR_CALM (SETTINGS, PING ACKs piling up) or INTERNAL_ERROR (resets over the
+    rate, in 1.52's backport of the Rapid Reset fix). Ours carry NO_ERROR. Count it here."""
     cdef H2Session session = <H2Session>user_data
-    if frame.hd.type == NGHTTP2_GOAWAY and frame.goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM:
+    if frame.hd.type == NGHTTP2_GOAWAY and (frame.goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM or
+                                            frame.goaway.error_code == NGHTTP2_INTERNAL_ERROR):
         session.count_flood()
     return 0
 

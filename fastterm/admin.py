@@ -51,7 +51,6 @@ _METRICS = {
                         'kind="full"'),
     "handshakes_resumed": ("fastterm_handshakes_total", "counter", "TLS handshakes completed.",
                            'kind="resumed"'),
-    "requests_total": ("fastterm_requests_total", "counter", "HTTP requests received.", None),
     "backend_connects": ("fastterm_backend_connects_total", "counter", "Backend connections opened.", None),
     "backend_reused": ("fastterm_backend_reused_total", "counter",
                        "Requests sent on a pooled backend connection.", None),
@@ -59,7 +58,30 @@ _METRICS = {
                        "Backend connect failures, resets and early closes.", None),
     "bytes_in": ("fastterm_bytes_total", "counter", "Plaintext bytes.", 'direction="in"'),
     "bytes_out": ("fastterm_bytes_total", "counter", "Plaintext bytes.", 'direction="out"'),
+    "h2_connections": ("fastterm_h2_connections_total", "counter",
+                       "Client connections that negotiated HTTP/2 (ALPN h2).", None),
+    "h2_streams": ("fastterm_h2_streams_total", "counter", "HTTP/2 streams that carried a request.", None),
+    "h2_resets_received": ("fastterm_h2_resets_received_total", "counter",
+                           "RST_STREAM frames received from clients.", None),
+    "h2_goaway_sent": ("fastterm_h2_goaways_sent_total", "counter",
+                       "HTTP/2 sessions fastterm sent a GOAWAY on (drain, reload, idle, stream cap).", None),
+    "h2_flood_closed": ("fastterm_h2_flood_closed_total", "counter",
+                        "HTTP/2 sessions closed by a flood defence (resets, CONTINUATION, queued ACKs).", None),
 }
+
+
+def protocol_totals(totals: dict) -> dict[str, dict[str, int]]:
+    """Per protocol, for /status and /metrics: each HTTP/2 stream is a request, so HTTP/1.1's
+    requests are the rest of ``requests_total``."""
+    h2 = {"connections": totals.get("h2_connections", 0), "requests": totals.get("h2_streams", 0),
+          "streams": totals.get("h2_streams", 0), "resets_received": totals.get("h2_resets_received", 0),
+          "goaways_sent": totals.get("h2_goaway_sent", 0), "flood_closed": totals.get("h2_flood_closed", 0)}
+    return {"http/1.1": {"requests": totals.get("requests_total", 0) - h2["requests"]}, "h2": h2}
+
+
+def status_payload(master) -> dict:
+    """``master.status()`` with the per-protocol totals (each worker's counters are in it already)."""
+    return {**master.status(), "protocols": protocol_totals(master.metrics_totals())}
 
 
 def _prefixed(totals: dict, prefix: str):
@@ -77,6 +99,9 @@ def metrics_text(master) -> str:
     for key, (name, kind, help_text, labels) in _METRICS.items():
         if key in totals:
             add(name, kind, help_text, labels, totals[key])
+    for protocol, counts in protocol_totals(totals).items():
+        add("fastterm_requests_total", "counter", "HTTP requests received, by protocol.",
+            f'protocol="{protocol}"', counts["requests"])
     for cls in ("1xx", "2xx", "3xx", "4xx", "5xx"):
         add("fastterm_responses_total", "counter", "Responses sent, by status class.",
             f'code="{cls}"', totals.get(f"responses_{cls}", 0))
@@ -359,7 +384,7 @@ class AdminServer:
         master = self.master
         method, path = request.method, request.path
         if method == "GET" and path == "/status":
-            self._answer(conn, 200, json.dumps(master.status(), indent=1) + "\n")
+            self._answer(conn, 200, json.dumps(status_payload(master), indent=1) + "\n")
         elif method == "GET" and path == "/metrics":
             self._answer(conn, 200, metrics_text(master), "text/plain; version=0.0.4; charset=utf-8")
         elif method == "POST" and path == "/reload":

@@ -13,9 +13,11 @@ Set-up
   ``return 200`` did about 26,700 req/s where the built-in ``fastterm.backend`` (asyncio +
   httptools, Python per request) did about 12,600: the backend shares the client CPUs, so
   the faster one leaves more of them to the load generators and keeps the backend from
-  being the bottleneck of the terminators' figures. ``fastterm.backend`` is used only when
-  nginx is not installed; ``--backend HOST:PORT`` uses one that is already running (tests
-  point it at a closed port to make every request fail).
+  being the bottleneck of the terminators' figures. Its ``stub_status`` counts the
+  connections and requests it takes: how the h2 runs know nginx's and HAProxy's backend
+  connects. ``fastterm.backend`` is used only when nginx is not installed; ``--backend
+  HOST:PORT`` uses one that is already running (tests point it at a closed port to make
+  every request fail).
 - **Terminators**: fastterm (``python -m fastterm run``: master + ``--workers`` workers), and
   the peers found installed (``--peers nginx,haproxy``): nginx (master + workers) and HAProxy
   (one process, ``nbthread`` = workers). Each gets, from the same fastterm configuration:
@@ -23,11 +25,12 @@ Set-up
   certificates, session cache on/off and its size and timeout, tickets on/off, HSTS,
   keep-alive and body-size limits and the upstream keep-alive pool; the client header
   timeout is ``--header-timeout`` (default 2 s, in place of the config's: see
-  ``slowheaders``). Each listens on three ports: every certificate of the config
-  (keep-alive, bulk, upload, latency, connections, resumption, slowheaders), ECDSA only and
-  RSA only (full handshakes per key type). All terminators are
-  pinned with ``taskset`` to ``--cpus`` (default CPU 0); the load generators and the
-  backend run on the other CPUs.
+  ``slowheaders``); ALPN h2 when the config offers it (nginx 1.22 has no ALPN list:
+  ``listen ... ssl http2``; HAProxy ``alpn`` as the config's). Each listens on three
+  ports: every certificate of the config (keep-alive, bulk, upload, latency, connections,
+  resumption, slowheaders, h2), ECDSA only and RSA only (full handshakes per key type). All
+  terminators are pinned with ``taskset`` to ``--cpus`` (default CPU 0); the load
+  generators and the backend run on the other CPUs.
 - **Baseline** (``--baseline TREE``): fastterm from another checkout with its extension
   built (a ``git worktree`` of an earlier commit), run by this python with
   ``PYTHONPATH=TREE`` as peer ``fastterm-base``, right after fastterm in every round, from
@@ -72,7 +75,18 @@ Scenarios (``--scenario``, comma-separated)
   connections evenly over one header timeout before the measurement, so they time out and
   reopen during it as steadily as in a long attack; the 2 s ``--header-timeout`` keeps
   that ramp short (no other scenario leaves a header block unfinished). The run is invalid
-  when the attacker held under 90 % of its connections on average.
+  when the attacker held under 90 % of its connections on average;
+- ``h2``: HTTP/2 requests/s, 1 KiB bodies, ``h2load`` with 50 connections and 10
+  (``h2-m10``) or 100 (``h2-m100``) requests in flight on each: 500 or 5,000 streams that the
+  terminator forwards as HTTP/1.1, one request per backend connection at a time. Next to each,
+  the backend connections opened per request forwarded (``-backend-connects``): fastterm's
+  admin counters, the backend's ``stub_status`` for the others (nginx keeps ``keepalive``
+  idle connections per worker, fewer than the streams in flight, and opens the rest anew);
+  unknown when the backend is not ours. A run that did not negotiate h2 is invalid. h2load
+  runs a request count (``-n``), not ``-D``: h2load 1.52 (Debian 12) sometimes never exits
+  once its duration is over. The count makes about ``--duration``: from a first unmeasured
+  run through that peer (which also fills its backend pool, as a server under steady load
+  has it), then from the previous round's rate.
 
 Rounds are interleaved (fastterm, nginx, haproxy, fastterm, nginx, ...); each figure is
 reported as median, min and max over the valid rounds, as a ratio to nginx, and per second
@@ -85,9 +99,9 @@ when there is one.
 
 Files: ``scenarios`` (runs, figures, units), ``system`` (tools, ports, CPUs, /proc),
 ``backends`` (the plain-HTTP backend), ``peers`` (the terminators' configs, start, stop, what
-they recorded), ``loads`` (wrk, s_time and the Python clients, started pinned), ``clients``
-(the Python load generators), ``run`` (rounds, measurement, validity), ``report`` (tables,
-markdown, JSON, plot); this file is the command's entry.
+they recorded), ``loads`` (wrk, h2load, s_time and the Python clients, started pinned),
+``clients`` (the Python load generators), ``run`` (rounds, measurement, validity),
+``report`` (tables, markdown, JSON, plot); this file is the command's entry.
 """
 
 from __future__ import annotations

@@ -5,8 +5,11 @@ built-in Python backend on loopback, so the backend is not what is measured), or
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
 
 from fastterm.bench.system import BenchError, free_port, pinned, tail, wait_port, which
 
@@ -15,6 +18,9 @@ BULK_SIZE = 1 << 20
 UPLOAD_SIZE = 1 << 20
 # Backend paths: nginx's (see backend_conf); the built-in backend's replace them.
 PATHS = {"small": "/1k", "bulk": "/1m", "upload": "/upload"}
+# nginx stub_status: the connections and requests the backend took, so that the backend connects
+# per request of nginx and HAProxy are known (they say nothing of theirs).
+STATUS_PATH = "/backend-status"
 
 
 def backend_conf(d: str, port: int) -> str:
@@ -51,6 +57,7 @@ http {{
             proxy_set_header Connection "";
         }}
         location = /ok {{ return 200 "ok\\n"; }}
+        location = {STATUS_PATH} {{ stub_status; }}
     }}
     upstream self {{
         server 127.0.0.1:{port};
@@ -85,3 +92,36 @@ def start_backend(d: str, cpus: str, env: dict) -> tuple[str, subprocess.Popen]:
         raise BenchError(f"backend: {exc}: {tail(os.path.join(d, 'backend.error.log'))}") from None
     return f"127.0.0.1:{port}", proc
 
+
+def backend_counts(address: str) -> tuple[int, int] | None:
+    """(connections accepted, requests) so far by the backend, this probe's own included (so
+    between two probes the terminator made each difference less one); None when it cannot
+    say (the built-in backend, or a ``--backend`` that is not ours)."""
+    host, _, port = address.rpartition(":")
+    data = b""
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(f"GET {STATUS_PATH} HTTP/1.0\r\nHost: backend\r\n\r\n".encode())
+            while len(data) < 65536 and (chunk := s.recv(4096)):
+                data += chunk
+                if b"\r\n\r\n" in data and not data.startswith(b"HTTP/1.1 200"):
+                    return None
+    except (OSError, ValueError):
+        return None
+    m = re.search(rb"\r\n\r\nActive connections: \d+ \n.*\n (\d+) \d+ (\d+) \n", data)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def quiet_backend_counts(address: str, timeout: float = 3.0) -> tuple[int, int] | None:
+    """``backend_counts`` once nothing but the probes reaches the backend (or after
+    ``timeout``): the previous run's terminator may still be forwarding the requests it had
+    in flight when its client stopped, and they would count towards the next one."""
+    last = backend_counts(address)
+    deadline = time.monotonic() + timeout
+    while last is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = backend_counts(address)
+        if now is None or now == (last[0] + 1, last[1] + 1):
+            return now
+        last = now
+    return last

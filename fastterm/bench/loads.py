@@ -41,6 +41,37 @@ def run_wrk(cpus: str, url: str, conns: int, duration: float, script: str | None
             "socket_errors": sum(map(int, sock.groups())) if sock else 0}
 
 
+H2LOAD_IDLE = 5   # -N: seconds without activity after which h2load gives a connection up
+
+
+def run_h2load(cpus: str, url: str, conns: int, streams: int, requests: int, timeout: float) -> dict:
+    """``h2load -n``: ``requests`` over ``conns`` connections, ``streams`` in flight on each;
+    the ALPN protocol it negotiated, so a run that fell back to HTTP/1.1 is not taken for an
+    HTTP/2 one. Not ``-D``: h2load 1.52 (Debian 12) sometimes never exits once its duration
+    is over (nghttp2 fixed it in 1.69: "h2load does not stop early with -D option")."""
+    threads = max(1, min(len(cpu_list(cpus)), conns))
+    argv = ["h2load", f"-n{requests}", f"-c{conns}", f"-m{streams}", f"-t{threads}", f"-N{H2LOAD_IDLE}", url]
+    try:
+        res = subprocess.run(pinned(cpus, argv), check=False, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"h2load did not finish {requests} requests within {timeout:.0f} s"}
+    out = res.stdout + res.stderr
+    fin = re.search(r"finished in ([\d.]+)(\w+),", out)
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if res.returncode != 0 or not (fin and req and codes):
+        return {"error": f"h2load exit {res.returncode}: {out.strip()[-300:]}"}
+    proto = re.search(r"Application protocol: (\S+)", out)
+    _total, _started, _done, ok, failed, errored, timeouts = map(int, req.groups())
+    raw = {"requests": ok, "elapsed": float(fin.group(1)) * _TIME[fin.group(2)],
+           "non2xx": sum(map(int, codes.groups()[1:])), "errors": failed + errored + timeouts,
+           "protocol": proto.group(1) if proto else None}
+    if raw["protocol"] != "h2":
+        raw["error"] = f"h2load negotiated {raw['protocol'] or 'no application protocol'}, not h2"
+    return raw
+
+
 def run_s_time(cpus: str, host: str, port: int, clients: int, duration: float, path: str) -> dict:
     """Parallel ``openssl s_time -new``: every connection a full handshake and one request."""
     argv = ["openssl", "s_time", "-connect", f"{host}:{port}", "-new", "-time", str(max(1, round(duration))),

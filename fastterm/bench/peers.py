@@ -191,11 +191,15 @@ class FasttermPeer(Peer):
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
-        out: dict[str, int] = {}
+        out: dict[str, int] = {"requests": 0}
         for line in data.partition(b"\r\n\r\n")[2].decode().splitlines():
             m = re.match(r'fastterm_(handshakes_total\{kind="(\w+)"\}|responses_total\{code="(\w+)"\})\s+(\d+)', line)
             if m:
                 out[m.group(2) or m.group(3)] = int(m.group(4))
+            elif m := re.match(r"fastterm_(backend_connects)_total (\d+)", line):
+                out[m.group(1)] = int(m.group(2))
+            elif m := re.match(r"fastterm_requests_total(?:\{.*\})? (\d+)", line):
+                out["requests"] += int(m.group(1))   # summed over the protocols
         return out
 
     def ready(self) -> None:
@@ -224,7 +228,8 @@ class FasttermPeer(Peer):
             return None
         d = {k: now.get(k, 0) - mark.get(k, 0) for k in now}
         return {"full": d.get("full", 0), "resumed": d.get("resumed", 0),
-                "non2xx": sum(v for k, v in d.items() if k in ("1xx", "3xx", "4xx", "5xx"))}
+                "non2xx": sum(v for k, v in d.items() if k in ("1xx", "3xx", "4xx", "5xx")),
+                "requests": d.get("requests", 0), "backend_connects": d.get("backend_connects", 0)}
 
 
 def fastterm_conf(setup: Setup, backend: str, ports: dict[str, int], admin_port: int,
@@ -296,6 +301,8 @@ upstream = "backend"
 def nginx_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> str:
     tls = setup.tls
     limits = setup.limits
+    # nginx 1.22 (Debian 12) has no ALPN list: `http2` on a listener offers h2, then http/1.1.
+    http2 = " http2" if "h2" in tls.alpn else ""
     servers = []
     for port_name, port in ports.items():
         kinds = list(setup.certs) if port_name == "main" else [port_name]
@@ -304,7 +311,7 @@ def nginx_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> str
         log = "access_log off;" if port_name == "main" else f"access_log {d}/nginx-hs.log hs;"
         servers.append(f"""\
     server {{
-        listen 127.0.0.1:{port} ssl backlog=4096;
+        listen 127.0.0.1:{port} ssl{http2} backlog=4096;
         server_name localhost;
 {certs}
         {log}

@@ -16,6 +16,8 @@ from fastterm.bench.scenarios import BASELINE, FIGURES, REFERENCE, RUN_FIGURES, 
 def fmt(x: float | None) -> str:
     if x is None:
         return "n/a"
+    if 0 < abs(x) < 0.01:
+        return f"{x:.2g}"   # backend connects per request near 0: 0.0004, not 0.00
     if abs(x) >= 100:
         return f"{x:,.0f}"
     return f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"

@@ -17,8 +17,8 @@ import time
 
 import msgspec
 
-from fastterm.bench.backends import PATHS, UPLOAD_SIZE, start_backend
-from fastterm.bench.loads import UPLOAD_LUA, client_argv, run_resume_clients, run_s_time, run_wrk
+from fastterm.bench.backends import PATHS, UPLOAD_SIZE, backend_counts, quiet_backend_counts, start_backend
+from fastterm.bench.loads import UPLOAD_LUA, client_argv, run_h2load, run_resume_clients, run_s_time, run_wrk
 from fastterm.bench.peers import (
     FasttermPeer,
     Peer,
@@ -30,7 +30,15 @@ from fastterm.bench.peers import (
     served_kind,
 )
 from fastterm.bench.report import fmt, write_report
-from fastterm.bench.scenarios import BASELINE, FIGURES, RUN_TOOLS, Run, parse_scenarios
+from fastterm.bench.scenarios import (
+    BASELINE,
+    FIGURES,
+    H2_CONNECTIONS,
+    H2_STREAMS,
+    RUN_TOOLS,
+    Run,
+    parse_scenarios,
+)
 from fastterm.bench.system import (
     BenchError,
     cpu_list,
@@ -45,11 +53,13 @@ from fastterm.process import stop as stop_process
 
 
 class Bench:
-    def __init__(self, args, peers: list[Peer], client_cpus: str, env: dict):
+    def __init__(self, args, peers: list[Peer], client_cpus: str, env: dict, backend: str | None = None):
         self.args = args
         self.peers = peers
         self.client_cpus = client_cpus
         self.env = env
+        self.backend = backend     # HOST:PORT, to count its accepted connections (h2 runs)
+        self.h2_requests: dict[tuple[str, str], int] = {}   # (peer, run) -> h2load -n
 
     def measure(self, peer: Peer, name: str, rnd: int) -> Run:
         a = self.args
@@ -62,6 +72,8 @@ class Bench:
             # the connections would fit in what the last one left and cost "nothing".
             peer.stop()
             peer.start()
+        h2_requests = self.h2_count(peer, name) if name in H2_STREAMS else 0
+        counts0 = quiet_backend_counts(self.backend) if self.backend and name in H2_STREAMS else None
         mark = peer.mark()
         cpu0, t0 = peer.cpu(), time.monotonic()
         amount = None
@@ -86,6 +98,12 @@ class Bench:
             amount = raw.get("handshakes")
             if raw.get("handshakes") and raw["reused"] < 0.9 * raw["handshakes"]:
                 run.invalid.append(f"the client resumed only {raw['reused']} of {raw['handshakes']} handshakes")
+        elif name in H2_STREAMS:
+            raw = run_h2load(self.client_cpus, base + a.path, H2_CONNECTIONS, H2_STREAMS[name], h2_requests,
+                             10 * a.duration + 30)
+            amount = raw.get("requests")
+            if amount and raw.get("elapsed"):   # the next round's count, from this one's rate
+                self.h2_requests[(peer.name, name)] = max(h2_requests // 4, int(amount / raw["elapsed"] * a.duration))
         elif name == "latency":
             raw = self.latency(peer)
         elif name == "slowheaders":
@@ -104,6 +122,10 @@ class Bench:
         run.cpu_s = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
         run.raw = raw
         run.server = peer.seen_since(mark)
+        if counts0 is not None and (counts1 := backend_counts(self.backend)) is not None:
+            # Less the second probe's own connection and request.
+            raw["backend_accepts"], raw["backend_requests"] = (after - before - 1
+                                                               for before, after in zip(counts0, counts1))
         self.validate(peer, run)
         if not run.invalid:
             if name == "latency":
@@ -121,7 +143,33 @@ class Bench:
                 run.figures = {name: amount / elapsed}
                 if run.cpu_s:
                     run.per_cpu = {name: amount / run.cpu_s}
+            if name in H2_STREAMS and (connects := self.backend_connects(run)) is not None:
+                run.figures[f"{name}-backend-connects"] = connects
         return run
+
+    def h2_count(self, peer: Peer, name: str) -> int:
+        """How many requests make an h2 run of about ``--duration`` through this peer: from
+        a first, unmeasured run of 4 per stream (which also warms its backend pool), then from
+        the last round's rate."""
+        key = (peer.name, name)
+        if key not in self.h2_requests:
+            streams = H2_CONNECTIONS * H2_STREAMS[name]
+            url = f"https://{peer.host}:{peer.ports['main']}{self.args.path}"
+            probe = run_h2load(self.client_cpus, url, H2_CONNECTIONS, H2_STREAMS[name], 4 * streams, 60)
+            rate = probe["requests"] / probe["elapsed"] if probe.get("requests") and probe.get("elapsed") else 0
+            self.h2_requests[key] = max(2 * streams, int(rate * self.args.duration))
+        return self.h2_requests[key]
+
+    def backend_connects(self, run: Run) -> float | None:
+        """Backend connections opened per request forwarded: fastterm's own counters when it
+        is the peer, else the connections and requests the backend counted during the run;
+        None when neither can say."""
+        srv, raw = run.server, run.raw
+        if srv is not None and "backend_connects" in srv and srv["requests"]:
+            return srv["backend_connects"] / srv["requests"]
+        if raw.get("backend_requests"):
+            return raw["backend_accepts"] / raw["backend_requests"]
+        return None
 
     def validate(self, peer: Peer, run: Run) -> None:
         raw, name = run.raw, run.run
@@ -378,7 +426,7 @@ def run_bench(args: argparse.Namespace) -> int:
         for p in problems:
             say(f"[red]problem[/red]: {p}" if console else f"problem: {p}")
 
-        bench = Bench(args, peers, cpu_spec(client_cpus), env)
+        bench = Bench(args, peers, cpu_spec(client_cpus), env, None if target else backend)
         def wanted(name: str, rnd: int) -> bool:
             return name != "connections" or rnd <= args.connection_rounds
 

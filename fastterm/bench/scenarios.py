@@ -28,6 +28,10 @@ FIGURES: dict[str, tuple[str, bool, str | None]] = {
     "slowheaders-attack-p50": ("ms", False, None),
     "slowheaders-attack-p99": ("ms", False, None),
     "slowheaders-p99-ratio": ("×", False, None),
+    "h2-m10": ("req/s", True, "req/CPU-s"),
+    "h2-m10-backend-connects": ("conn/req", False, None),
+    "h2-m100": ("req/s", True, "req/CPU-s"),
+    "h2-m100-backend-connects": ("conn/req", False, None),
 }
 # --scenario name -> the runs it makes; a run -> the figures it yields
 SCENARIOS = {
@@ -39,16 +43,20 @@ SCENARIOS = {
     "latency": ["latency"],
     "connections": ["connections"],
     "slowheaders": ["slowheaders"],
+    "h2": ["h2-m10", "h2-m100"],
 }
 RUN_FIGURES = {run: [run] for runs in SCENARIOS.values() for run in runs}
 RUN_FIGURES["latency"] = ["latency-p50", "latency-p99", "latency-p99.9"]
 RUN_FIGURES["slowheaders"] = ["slowheaders-p50", "slowheaders-p99", "slowheaders-attack-p50",
                               "slowheaders-attack-p99", "slowheaders-p99-ratio"]
+RUN_FIGURES.update({run: [run, f"{run}-backend-connects"] for run in SCENARIOS["h2"]})
 ALL_RUNS = [r for runs in SCENARIOS.values() for r in runs]
 # Which tool each run needs on the client side.
 RUN_TOOLS = {"keepalive": "wrk", "bulk": "wrk", "upload": "wrk", "handshake-ecdsa": "openssl",
-             "handshake-rsa": "openssl"}
-
+             "handshake-rsa": "openssl", "h2-m10": "h2load", "h2-m100": "h2load"}
+# h2 runs: h2load's connections and the requests in flight on each (-c, -m).
+H2_CONNECTIONS = 50
+H2_STREAMS = {"h2-m10": 10, "h2-m100": 100}
 
 
 @dataclass

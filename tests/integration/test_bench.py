@@ -78,6 +78,31 @@ def test_slowheaders_has_both_phases_for_fastterm_and_nginx(tmp_path, subprocess
     assert "slowheaders-p99-ratio" in res.stdout
 
 
+@needs_tools
+@pytest.mark.skipif(not shutil.which("h2load"), reason="the h2 scenario needs h2load (apt-get install nghttp2-client)")
+def test_h2_has_figures_and_backend_connects_for_every_peer(tmp_path, subprocess_env):
+    """h2load -c 50 at -m 10 and -m 100 through fastterm, nginx (listen ... ssl http2) and
+    HAProxy when installed: every run negotiated h2, and each peer's backend connects per
+    request is known (fastterm from its counters, the others from the backend's count)."""
+    peers = ["nginx", "haproxy"] if which("haproxy") else ["nginx"]
+    res, data = run_bench(tmp_path, "--scenario", "h2", "--duration", "1", "--rounds", "1",
+                          "--peers", ",".join(peers), env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = {(r["run"], r["peer"]): r for r in data["runs"]}
+    assert set(runs) == {(run, peer) for run in ("h2-m10", "h2-m100") for peer in ["fastterm", *peers]}
+    for (name, peer), run in runs.items():
+        assert not run["invalid"], (name, peer, run["invalid"])
+        assert run["raw"]["protocol"] == "h2", (name, peer, run["raw"])
+        assert set(run["figures"]) == set(RUN_FIGURES[name]), (name, peer, run["figures"])
+        assert run["figures"][name] > 0 and run["per_cpu"][name] > 0, (name, peer, run)
+        assert run["raw"]["backend_requests"] >= run["raw"]["requests"], (name, peer, run["raw"])
+    fastterm = runs[("h2-m10", "fastterm")]
+    assert fastterm["server"]["backend_connects"] <= fastterm["server"]["requests"], fastterm["server"]
+    assert fastterm["figures"]["h2-m10-backend-connects"] == \
+        fastterm["server"]["backend_connects"] / fastterm["server"]["requests"]
+    assert "h2-m100-backend-connects" in res.stdout
+
+
 @pytest.mark.bench
 @pytest.mark.timeout(900)
 @needs_tools
@@ -251,9 +276,11 @@ def test_peer_configs_follow_the_fastterm_config(tmp_path):
     assert "ssl_ecdh_curve X25519:prime256v1:secp384r1;" in nginx
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in nginx and "ssl_session_tickets on;" in nginx
     assert "ssl_session_cache shared:SSL:10m;" in nginx and "Strict-Transport-Security" in nginx
+    assert nginx.count("ssl http2 backlog=4096;") == 3   # ALPN h2,http/1.1, as the config's
     haproxy = haproxy_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
     assert f"ciphers {INTERMEDIATE_CIPHERS}" in haproxy and "curves X25519:P-256:P-384" in haproxy
     assert "no-tls-tickets" not in haproxy and "nbthread 1" in haproxy
+    assert haproxy.count("alpn h2,http/1.1") == 3
     ft = fastterm_conf(setup, "127.0.0.1:9", ports, 4)
     assert ft.count("[[server]]") == 3 and 'admin = "127.0.0.1:4"' in ft
     # The same header timeout for everyone (the slowheaders scenario times out on it).

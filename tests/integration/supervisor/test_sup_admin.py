@@ -124,13 +124,15 @@ def test_metrics_count_exactly(supervised):
 
     def settled():
         fams = parse_prometheus(sup.metrics())
-        return fams if sample(fams, "fastterm_requests_total") >= n else None
+        return fams if sample(fams, "fastterm_requests_total", protocol="http/1.1") >= n else None
 
     fams = wait_until(settled, 3, 0.05, f"fastterm_requests_total to reach {n}")
     time.sleep(0.3)
     fams = parse_prometheus(sup.metrics())
     expected = {
-        ("fastterm_requests_total", ()): n,
+        ("fastterm_requests_total", (("protocol", "http/1.1"),)): n,
+        ("fastterm_requests_total", (("protocol", "h2"),)): 0,
+        ("fastterm_h2_connections_total", ()): 0,
         ("fastterm_connections_total", ()): m,
         ("fastterm_responses_total", (("code", "2xx"),)): n,
         ("fastterm_responses_total", (("code", "4xx"),)): 0,
@@ -160,7 +162,7 @@ def test_metrics_count_exactly(supervised):
     os.kill(sup.read_pid_file(), signal.SIGHUP)
     sup.wait_serving(2)
     fams = parse_prometheus(sup.metrics())
-    assert sample(fams, "fastterm_requests_total") == n
+    assert sample(fams, "fastterm_requests_total", protocol="http/1.1") == n
     assert sample(fams, "fastterm_connections_total") == m
     assert sample(fams, "fastterm_responses_total", code="2xx") == n
     assert sample(fams, "fastterm_connections_open") == 0
