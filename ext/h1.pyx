@@ -84,6 +84,8 @@ cdef class H1Session(Codec):
             self._refuse(408)
         elif (state == H1_BODY or state == H1_RESPONSE) and self.stream.connecting:
             self.stream.connect_timed_out()
+        elif (state == H1_BODY or state == H1_RESPONSE) and self.stream.queued:
+            self.stream.queue_timed_out()
         elif state == H1_BODY or state == H1_RESPONSE:
             if self.stream.exchange.state == X_FORWARDING:
                 self._refuse(504)

@@ -568,6 +568,8 @@ cdef class H2Stream(Stream):
             nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_CANCEL)
         elif self.connecting:
             self.connect_timed_out()
+        elif self.queued:
+            self.queue_timed_out()
         elif self.exchange.state == X_FORWARDING:
             self.answer_error(504)
         else:

@@ -28,6 +28,9 @@ cdef class UpstreamPool:
     cdef int[10] peaks              # ... in each of the last ten seconds
     cdef int peak_slot
     cdef int idle_cap               # per server: max(keepalive, recent peak), <= keepalive_max
+    cdef readonly int max_conns     # connections per server (busy, idle, connecting); 0: no cap
+    cdef list open                  # per server: connections open or being opened
+    cdef object waiting             # deque of Streams waiting for a connection (at max_conns)
 
     cdef BackendConnection take_idle(self, int server)
     cdef int next_server(self, double now)
@@ -35,6 +38,8 @@ cdef class UpstreamPool:
     cdef void release(self, BackendConnection conn, double now)
     cdef void tick(self, double now)
     cdef void note_demand(self)
+    cdef bint hand_over(self, BackendConnection conn, double now)
+    cdef void closed_one(self, int server)
 
 
 cdef class Stream:
@@ -44,6 +49,7 @@ cdef class Stream:
     cdef BackendConnection backend
     cdef object connect_fut
     cdef bint connecting
+    cdef bint queued                # waiting in the pool for a connection (max_conns reached)
     cdef int attempts
     cdef int tried_server
     cdef bytes request_head         # what every attempt sends first
@@ -54,6 +60,7 @@ cdef class Stream:
     cdef void _connect(self, int server)
     cdef void next_server_or(self, int status)
     cdef void connect_timed_out(self)
+    cdef void queue_timed_out(self)
     cdef void backend_failed(self, bint got_bytes, int server, bint fresh)
     cdef void drop_backend(self)
     # What the codec's stream implements

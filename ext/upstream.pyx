@@ -8,6 +8,7 @@
 # idle cap made 74% of requests pay a new backend connection at 1,000 clients.
 
 import asyncio
+import collections
 
 cdef enum:
     PEAK_SECONDS = 10
@@ -18,7 +19,7 @@ cdef class UpstreamPool:
     """Round-robin servers with passive ejection, each with a LIFO of idle connections."""
 
     def __init__(self, str name, servers, int keepalive=32, double fail_timeout=10.0, int tries=3,
-                 int keepalive_max=1024, double keepalive_timeout=60.0):
+                 int keepalive_max=1024, double keepalive_timeout=60.0, int max_conns=1024):
         self.name = name
         self.host_header = name.encode("ascii", "replace")   # nginx's $proxy_host
         self.servers = list(servers)
@@ -31,6 +32,11 @@ cdef class UpstreamPool:
         self.fail_timeout = fail_timeout
         self.tries = max(1, tries)
         self.idle_cap = keepalive
+        self.max_conns = max_conns
+        if max_conns:
+            self.keepalive_max = min(self.keepalive_max, max_conns)
+        self.open = [0] * len(self.servers)
+        self.waiting = collections.deque()
 
     cdef int next_server(self, double now):
         """Round robin over servers not ejected; when all are, the one back soonest
@@ -61,11 +67,42 @@ cdef class UpstreamPool:
             return idle.pop()
         return None
 
+    cdef bint hand_over(self, BackendConnection conn, double now):
+        """A connection free again goes to the first request waiting for one, if any."""
+        cdef Stream stream
+        while self.waiting:
+            stream = <Stream>self.waiting.popleft()
+            if not stream.queued:
+                continue   # gone meanwhile (answered, reset, closed)
+            stream.queued = False
+            stream.worker.count(N_BACKEND_REUSED)
+            conn.attach(stream)
+            conn.transport.write(stream.request_head)
+            stream.deadline = now + stream.worker.read_timeout
+            stream.backend_ready()
+            return True
+        return False
+
+    cdef void closed_one(self, int server):
+        """A connection of ``server`` closed (or a connect failed): a waiting request may
+        open the one that frees."""
+        cdef Stream stream
+        self.open[server] -= 1
+        while self.waiting:
+            stream = <Stream>self.waiting.popleft()
+            if stream.queued:
+                stream.queued = False
+                stream._connect(server)
+                return
+
     cdef void release(self, BackendConnection conn, double now):
-        """Back to the idle list after a complete exchange, or closed past the idle cap."""
+        """Back to the idle list after a complete exchange (or to a request waiting for a
+        connection), or closed past the idle cap."""
         cdef list idle = self.idle[conn.server]
         cdef int n = len(self.servers)
         conn.detach()
+        if self.waiting and self.hand_over(conn, now):
+            return
         # This second's peak counts at once: a burst keeps its connections before the tick.
         if len(idle) >= min(self.keepalive_max, max(self.idle_cap, (self.window_peak + n - 1) // n)):
             conn.abort()
@@ -98,8 +135,12 @@ cdef class UpstreamPool:
         if self.busy + self.connecting > self.window_peak:
             self.window_peak = self.busy + self.connecting
 
-    def _connect_done(self, fut):
+    def _connect_done(self, fut, int server):
+        """A connect that made no connection frees its place at once (one that did counts
+        until its BackendConnection closes)."""
         self.connecting -= 1
+        if fut.cancelled() or fut.exception() is not None:
+            self.closed_one(server)
 
     def idle_count(self):
         return sum(len(i) for i in self.idle)
@@ -121,6 +162,15 @@ cdef class Stream:
         if not fresh:
             conn = pool.take_idle(server)
         if conn is None:
+            if pool.max_conns and pool.open[server] >= pool.max_conns:
+                # The pool is at max_conns: wait for a connection to come free (HAProxy's queue)
+                # rather than open more; as long as a connect may take, then 503.
+                self.queued = True
+                self.tried_server = server
+                self.deadline = w.now + w.connect_timeout
+                pool.waiting.append(self)
+                pool.note_demand()
+                return
             self._connect(server)
             return
         w.count(N_BACKEND_REUSED)
@@ -137,9 +187,10 @@ cdef class Stream:
         w.count(N_BACKEND_CONNECTS)
         self.connect_fut = asyncio.ensure_future(w.loop.create_connection(
             lambda: _BackendProtocol(w, pool, server), host, port))
+        pool.open[server] += 1
         pool.connecting += 1
         pool.note_demand()
-        self.connect_fut.add_done_callback(pool._connect_done)
+        self.connect_fut.add_done_callback(lambda f: pool._connect_done(f, server))
         self.connect_fut.add_done_callback(self._on_connected)
 
     def _on_connected(self, fut):
@@ -188,6 +239,12 @@ cdef class Stream:
         _log.warning("upstream %s: connect to %s:%s timed out", pool.name, *pool.servers[self.tried_server])
         self.next_server_or(504)
 
+    cdef void queue_timed_out(self):
+        _log.warning("upstream %s: no connection free within %.0f s (max_conns %d)", self.exchange.pool.name,
+                     self.worker.connect_timeout, self.exchange.pool.max_conns)
+        self.queued = False
+        self.answer_error(503)
+
     cdef void backend_failed(self, bint got_bytes, int server, bint fresh):
         """The backend connection closed or reset before the response ended."""
         cdef Worker w = self.worker
@@ -215,6 +272,7 @@ cdef class Stream:
             self.connect_fut.cancel()
             self.connect_fut = None
         self.connecting = False
+        self.queued = False   # the pool's queue skips it
 
     # ---- What the codec's stream implements -----------------------------------------
     cdef void backend_ready(self):
@@ -317,6 +375,7 @@ cdef class BackendConnection:
             return
         self.detach()
         self.state = B_CLOSED
+        self.pool.closed_one(self.server)
         if self.transport is not None:
             self.transport.close()
         if state == B_IDLE:
@@ -508,7 +567,9 @@ cdef class BackendConnection:
             if self in idle:
                 idle.remove(self)
         self.detach()
-        self.state = B_CLOSED
+        if self.state != B_CLOSED:
+            self.state = B_CLOSED
+            self.pool.closed_one(self.server)
         if self.transport is not None:
             self.transport.abort()
 

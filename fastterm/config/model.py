@@ -62,6 +62,8 @@ class Upstream(Struct):
     servers: list[str]
     keepalive: int = 32  # idle backend connections always kept per server (and worker)
     keepalive_max: int = 1024  # ... at most, when recent load needed that many at once
+    max_conns: int = 1024  # connections per server (and worker); past them requests wait (503 after
+    # backend_connect_timeout); 0: no cap
     keepalive_timeout: float = 60.0  # an idle backend connection unused this long is closed (nginx)
     fail_timeout: float = 10.0  # a server that failed is skipped this long (nginx max_fails=1)
     tries: int = 3  # attempts per request on connect failure/reset (nginx proxy_next_upstream_tries)

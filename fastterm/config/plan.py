@@ -126,7 +126,7 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
     for up in config.upstreams:
         servers = [parse_address(s, default_host="127.0.0.1") for s in up.servers]
         plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
-                                           up.keepalive_max, up.keepalive_timeout)
+                                           up.keepalive_max, up.keepalive_timeout, up.max_conns)
     policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
     certificates = [[load_certificate(c.cert, c.key) for c in server.certificates] for server in config.servers]
     by_listen: dict[tuple[str, int], list[int]] = {}

@@ -71,3 +71,35 @@ def test_idle_backend_connections_closed_after_keepalive_timeout(fastterm, raw_b
     start = time.monotonic()
     assert wait_for(lambda: open_at_backend() == 0, timeout=8), f"{open_at_backend()} still open"
     assert time.monotonic() - start >= 0.5
+
+
+def test_max_conns_queues_requests_instead_of_opening_more(fastterm, raw_backend):
+    """Past max_conns a request waits for a connection to come free (HAProxy's queue), so a
+    burst of HTTP/2 streams or clients reuses connections instead of churning them."""
+    backend = raw_backend(_slow_answers)
+    ft = fastterm(upstreams=[{"name": "app", "servers": [backend.address], "max_conns": 3}])
+    results = []
+
+    def one(i):
+        results.append(ft.request("GET", f"/q{i}", timeout=10).status)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert results == [200] * 12
+    assert backend.accepts <= 3, f"{backend.accepts} backend connections with max_conns = 3"
+
+
+def test_request_waiting_past_the_connect_timeout_gets_503(fastterm, raw_backend):
+    backend = raw_backend(lambda conn: (conn.read_request(), conn.hang()))
+    ft = fastterm(upstreams=[{"name": "app", "servers": [backend.address], "max_conns": 1}],
+                  limits={"backend_read_timeout": 30})
+    first = threading.Thread(target=lambda: ft.request("GET", "/hangs", timeout=20))
+    first.start()
+    assert wait_for(lambda: backend.accepts == 1)
+    start = time.monotonic()
+    r = ft.request("GET", "/waits", timeout=10)
+    assert r.status == 503 and time.monotonic() - start < 5, r.start_line
+    assert backend.accepts == 1 and [q.target for q in backend.requests] == ["/hangs"]
