@@ -180,6 +180,21 @@ cdef ssize_t _read_body(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, si
     return n
 
 
+cdef int _fill_nv(nghttp2_nv *nva, list fields) except -1:
+    """(name, value) bytes pairs as nghttp2 fields, pointing into the bytes (nghttp2 copies
+    them at submit)."""
+    cdef Py_ssize_t i
+    cdef bytes name, value
+    for i in range(len(fields)):
+        name, value = fields[i]
+        nva[i].name = <uint8_t *>PyBytes_AS_STRING(name)
+        nva[i].namelen = PyBytes_GET_SIZE(name)
+        nva[i].value = <uint8_t *>PyBytes_AS_STRING(value)
+        nva[i].valuelen = PyBytes_GET_SIZE(value)
+        nva[i].flags = NGHTTP2_NV_FLAG_NONE
+    return 0
+
+
 cdef void _init_callbacks() noexcept:
     global _h2_callbacks
     nghttp2_session_callbacks_new(&_h2_callbacks)
@@ -504,33 +519,24 @@ cdef class H2Stream(Stream):
         body is ``body``, or (None) what the backend sends, pulled by nghttp2 from ``out``."""
         cdef nghttp2_nv *nva
         cdef nghttp2_data_provider prd
-        cdef Py_ssize_t i, count = len(headers) + 1
-        cdef bytes code = str(status).encode()
+        cdef list fields = [(b":status", str(status).encode())] + headers
+        cdef Py_ssize_t count = len(fields)
         cdef int r
         nva = <nghttp2_nv *>malloc(sizeof(nghttp2_nv) * count)
         if nva == NULL:
             raise MemoryError()
-        nva[0].name = <uint8_t *>b":status"
-        nva[0].namelen = 7
-        nva[0].value = <uint8_t *>PyBytes_AS_STRING(code)
-        nva[0].valuelen = 3
-        nva[0].flags = NGHTTP2_NV_FLAG_NONE
-        for i in range(1, count):
-            name, value = headers[i - 1]
-            nva[i].name = <uint8_t *>PyBytes_AS_STRING(name)
-            nva[i].namelen = PyBytes_GET_SIZE(name)
-            nva[i].value = <uint8_t *>PyBytes_AS_STRING(value)
-            nva[i].valuelen = PyBytes_GET_SIZE(value)
-            nva[i].flags = NGHTTP2_NV_FLAG_NONE
-        if body is not None:
-            self.out = bytearray(body)
-            self.out_eof = True
-        prd.source.ptr = <void *>self
-        prd.read_callback = _read_body
-        has_body = body is not None and len(body) > 0 or \
-            body is None and self.exchange.response_mode != BODY_NONE
-        r = nghttp2_submit_response(self.session.ng, self.id, nva, count, &prd if has_body else NULL)
-        free(nva)   # nghttp2 copied the fields
+        try:
+            _fill_nv(nva, fields)
+            if body is not None:
+                self.out = bytearray(body)
+                self.out_eof = True
+            prd.source.ptr = <void *>self
+            prd.read_callback = _read_body
+            has_body = body is not None and len(body) > 0 or \
+                body is None and self.exchange.response_mode != BODY_NONE
+            r = nghttp2_submit_response(self.session.ng, self.id, nva, count, &prd if has_body else NULL)
+        finally:
+            free(nva)   # nghttp2 copied the fields
         self.responded = True
         if r != 0:
             _log.debug("HTTP/2 stream %d: cannot respond: %s", self.id, nghttp2_strerror(r).decode())
@@ -540,20 +546,15 @@ cdef class H2Stream(Stream):
         the last DATA, which nghttp2 allows)."""
         cdef list fields = self.trailers
         cdef nghttp2_nv *nva = <nghttp2_nv *>malloc(sizeof(nghttp2_nv) * len(fields))
-        cdef Py_ssize_t i
         cdef int r
         if nva == NULL:
             return -1
-        for i in range(len(fields)):
-            name, value = fields[i]
-            nva[i].name = <uint8_t *>PyBytes_AS_STRING(name)
-            nva[i].namelen = PyBytes_GET_SIZE(name)
-            nva[i].value = <uint8_t *>PyBytes_AS_STRING(value)
-            nva[i].valuelen = PyBytes_GET_SIZE(value)
-            nva[i].flags = NGHTTP2_NV_FLAG_NONE
-        r = nghttp2_submit_trailer(self.session.ng, self.id, nva, len(fields))
-        free(nva)
-        self.trailers = None
+        try:
+            _fill_nv(nva, fields)
+            r = nghttp2_submit_trailer(self.session.ng, self.id, nva, len(fields))
+        finally:
+            free(nva)
+            self.trailers = None
         return r
 
     cdef void closed(self, unsigned int error_code):
