@@ -25,7 +25,8 @@ from fastterm.demo import Issued
 HOST = "127.0.0.1"
 NAME = "www.example.com"
 HSTS = "max-age=63072000"
-# Short limits so timeout tests take seconds (fastterm's sweep is 1 s coarse).
+# Short limits so timeout tests take seconds (deadlines are exact; a timeout under 1 s set between
+# two sweeps may fire up to 1 s late).
 TEST_LIMITS = {
     "client_header_timeout": 2,
     "keepalive_timeout": 10,
