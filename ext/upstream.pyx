@@ -214,6 +214,14 @@ cdef class Stream:
             self.next_server_or(502)
             return
         conn = fut.result()[1]
+        if conn.state == B_CLOSED:
+            # Accepted, then closed or reset before this callback ran (a backend whose
+            # listener is going away): nothing was sent, so this is a failed connect.
+            w.count(N_BACKEND_ERRORS)
+            host, port = self.exchange.pool.servers[self.tried_server]
+            _log.warning("upstream %s: %s:%s closed the connection at once", self.exchange.pool.name, host, port)
+            self.next_server_or(502)
+            return
         conn.attach(self)
         conn.transport.write(self.request_head)
         self.deadline = w.now + w.read_timeout

@@ -321,6 +321,16 @@ def test_reset_retried_for_idempotent_only(raw_backend, fastterm):
         assert ft.request("GET", f"/{i}").status == 200
 
 
+def test_backend_that_resets_on_accept_gets_502(raw_backend, fastterm):
+    """A backend that accepts and resets at once: the reset may reach the worker before the
+    connect's callback does; either way the client gets 502 and the worker logs no traceback."""
+    bad = raw_backend(lambda conn: conn.reset())
+    ft = fastterm(bad.address)
+    statuses = [ft.request("GET", f"/{i}").status for i in range(20)]
+    assert statuses == [502] * 20, statuses
+    assert bad.requests == []
+
+
 def test_failed_server_ejected_not_retried_per_request(raw_backend, fastterm):
     """nginx max_fails=1 fail_timeout=10s: a server that resets a new connection is skipped
     for a while, so a dead backend costs one failure, not one per request."""
