@@ -11,9 +11,11 @@ cdef class H2Session(Codec):
     cdef bint notice                # the shutdown notice went first; the final GOAWAY follows its PING ACK
     cdef bint flooded               # closed for flooding (counted once)
     cdef bint in_recv               # inside nghttp2_session_mem_recv: flush afterwards
+    cdef bint flush_scheduled       # a flush waits for the end of this loop pass
     cdef str error                  # why the session failed (for the log)
 
     cdef void flush(self)
+    cdef void flush_soon(self)
     cdef void shutdown(self, unsigned int error_code)
     cdef void _dispatch_ready(self)
     cdef void count_flood(self)

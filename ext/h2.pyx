@@ -319,23 +319,48 @@ cdef class H2Session(Codec):
         self.conn = None
 
     # ---- Frames out -----------------------------------------------------------------
+    cdef void flush_soon(self):
+        """Frames made by backend events go out at the end of this loop pass, together: the
+        responses of the streams answered in one pass share TLS records and a write."""
+        if not self.flush_scheduled and self.ng != NULL:
+            self.flush_scheduled = True
+            self.worker.loop.call_soon(self._flush_now)
+
+    def _flush_now(self):
+        self.flush_scheduled = False
+        try:
+            self.flush()
+        except Exception:
+            _log.exception("closing the HTTP/2 session from %s after an internal error", self.facts.peer_ip)
+            if self.conn is not None:
+                self.conn.close()
+
     cdef void flush(self):
-        """Write what nghttp2 has to send, while the client takes it; close when the session
+        """Write what nghttp2 has to send, while the client takes it, frames gathered into
+        one write of up to 64 KiB (nghttp2 hands them out one by one); close when the session
         is over (GOAWAY sent and no stream left, or the client's GOAWAY)."""
         cdef const uint8_t *data
         cdef ssize_t n
+        cdef HeadWriter out = self.worker.frames
         if self.ng == NULL or self.in_recv or self.conn is None:
             return
         while self.conn.state == C_OPEN and not self.conn.output_blocked():
-            n = nghttp2_session_mem_send(self.ng, &data)
-            if n < 0:
-                _log.info("HTTP/2 session from %s failed: %s", self.facts.peer_ip,
-                          nghttp2_strerror(<int>n).decode())
-                self.conn.close()
-                return
-            if n == 0:
+            out.len = 0
+            while out.len < 65536:
+                n = nghttp2_session_mem_send(self.ng, &data)
+                if n < 0:
+                    _log.info("HTTP/2 session from %s failed: %s", self.facts.peer_ip,
+                              nghttp2_strerror(<int>n).decode())
+                    self.conn.close()
+                    return
+                if n == 0:
+                    break
+                out.put(<const char *>data, n)
+            if out.len == 0:
                 break
-            self.conn.send(<const char *>data, n)
+            self.conn.send(out.buf, out.len)
+            if out.len < 65536:
+                break
         if self.conn.state == C_OPEN and not self.conn.output_blocked() and \
                 not nghttp2_session_want_read(self.ng) and not nghttp2_session_want_write(self.ng):
             self.conn.finish()
@@ -583,7 +608,7 @@ cdef class H2Stream(Stream):
     cdef void backend_ready(self):
         if self.session is not None:
             self._send_body()
-            self.session.flush()
+            self.session.flush_soon()
 
     cdef bint closing(self):
         return False
@@ -595,7 +620,7 @@ cdef class H2Stream(Stream):
         self.backend_full = not writable
         if writable and self.session is not None:
             self._send_body()
-            self.session.flush()
+            self.session.flush_soon()
 
     cdef void response_interim(self, const char *p, Py_ssize_t n):
         cdef nghttp2_nv nv
@@ -608,7 +633,7 @@ cdef class H2Stream(Stream):
         nv.valuelen = 3
         nv.flags = NGHTTP2_NV_FLAG_NONE
         nghttp2_submit_headers(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NULL, &nv, 1, NULL)
-        self.session.flush()
+        self.session.flush_soon()
 
     cdef Py_ssize_t response_head(self, HeadWriter head, const char *body, Py_ssize_t k):
         """The head the Exchange rewrote, as HTTP/2 fields (names lowercased)."""
@@ -626,7 +651,7 @@ cdef class H2Stream(Stream):
         self._submit(parsed.status, headers, None)
         if k:
             bytearray_extend(self.out, body, k)
-        self.session.flush()
+        self.session.flush_soon()
         self._await_client()
         return k
 
@@ -639,7 +664,7 @@ cdef class H2Stream(Stream):
         if self.deferred:
             self.deferred = False
             nghttp2_session_resume_data(self.session.ng, self.id)
-        self.session.flush()
+        self.session.flush_soon()
         self._await_client()
 
     cdef void _await_client(self):
@@ -668,7 +693,7 @@ cdef class H2Stream(Stream):
         if self.deferred:
             self.deferred = False
             nghttp2_session_resume_data(self.session.ng, self.id)
-        self.session.flush()
+        self.session.flush_soon()
         self._await_client()
 
     cdef void answer_error(self, int status):
@@ -695,9 +720,9 @@ cdef class H2Stream(Stream):
             if (<ServerPolicy>server).hsts:
                 headers.append((b"strict-transport-security", (<ServerPolicy>server).hsts))
             self._submit(status, headers, body if not ex.head_request else b"")
-        self.session.flush()
+        self.session.flush_soon()
 
     cdef void reset(self):
         if self.session is not None:
             nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_INTERNAL_ERROR)
-            self.session.flush()
+            self.session.flush_soon()

@@ -53,6 +53,7 @@ cdef class Worker:
     cdef bytearray backend_buf      # backend receive buffer, lent per event
     cdef object backend_view
     cdef HeadWriter writer          # one rewritten head at a time, filled and sent in one call
+    cdef HeadWriter frames          # HTTP/2 frames gathered for one write
     cdef HeaderSlot *slots
     cdef readonly set clients
     cdef list pools                 # UpstreamPools, ticked by the sweep

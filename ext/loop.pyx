@@ -73,6 +73,7 @@ cdef class Worker:
         self.backend_buf = bytearray(BACKEND_BUF_SIZE)
         self.backend_view = memoryview(self.backend_buf)
         self.writer = HeadWriter(32768)
+        self.frames = HeadWriter(65536 + 16384)
         self.clients = set()
         self.pools = list(pools)
         self.tick()
