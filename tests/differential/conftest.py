@@ -1,0 +1,122 @@
+"""Differential fixtures: one PKI, one set of echo backends, one nginx + fastterm pair at a time.
+
+Cases are collected in corpus order, so the pair for a config is started once, serves all of
+that config's cases, and is stopped when the first case of the next config asks for its own
+(``Pairs.get``). A pair that failed to start fails each of its cases with the same message.
+Everything runs under one ``/tmp`` directory (mode 0755: nginx runs as nobody when the
+suite runs as root), removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import diffharness as dh
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Pair:
+    config: dh.CorpusConfig
+    nginx: dh.Side | None = None
+    fastterm: dh.Side | None = None
+    nginx_error: str | None = None
+    fastterm_error: str | None = None
+
+    def stop(self) -> None:
+        for side in (self.nginx, self.fastterm):
+            if side is not None:
+                side.stop()
+
+    def crashed(self) -> str | None:
+        """fastterm's log when it shows a traceback (DESIGN "Errors": never a worker crash)."""
+        if self.fastterm is not None and "Traceback (most recent call last)" in self.fastterm.log():
+            return self.fastterm.log()
+        return None
+
+
+@dataclass
+class Session:
+    base: Path
+    pki: dh.PKI
+    backends: dh.Backends
+    current: Pair | None = None
+    compared: int = 0
+    configs: set[str] = field(default_factory=set)
+    allowed: dict[str, list[str]] = field(default_factory=dict)   # reason -> ["config / case / field"]
+    failed: list[str] = field(default_factory=list)
+
+    def get(self, config: dh.CorpusConfig, *, fastterm: bool = True) -> Pair:
+        if self.current is not None and self.current.config.name == config.name:
+            return self.current
+        if self.current is not None:
+            self.current.stop()
+        pair = self.current = Pair(config)
+        nginx_text = None
+        if config.nginx_config:
+            nginx_text = (dh.CONFIGS / config.nginx_config).read_text()
+        pair.nginx = dh.prepare("nginx", config, self.base, self.pki, self.backends, nginx_text)
+        try:
+            dh.start(pair.nginx)
+        except RuntimeError as exc:
+            pair.nginx_error = str(exc)
+        if fastterm and not config.unsupported and not dh.NGINX_ONLY:
+            pair.fastterm = dh.prepare("fastterm", config, self.base, self.pki, self.backends)
+            try:
+                dh.start(pair.fastterm)
+            except RuntimeError as exc:
+                pair.fastterm_error = str(exc)
+        return pair
+
+    def ctx(self, config: dh.CorpusConfig) -> dh.Ctx:
+        return dh.Ctx(self.pki, self.backends, config)
+
+
+@pytest.fixture(scope="session")
+def diff_session():
+    base = Path(tempfile.mkdtemp(prefix="fastterm-diff-"))
+    os.chmod(base, 0o755)   # nginx (as nobody) reads certificates and writes logs below it
+    pki = dh.make_pki(base / "certs")
+    backends = dh.Backends(pki)
+    session = Session(base, pki, backends)
+    try:
+        yield session
+    finally:
+        if session.current is not None:
+            session.current.stop()
+        backends.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.differential)
+
+
+_SESSION_REF: list[Session] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remember(diff_session):
+    _SESSION_REF.append(diff_session)
+    yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _SESSION_REF:
+        return
+    s = _SESSION_REF[0]
+    tr = terminalreporter
+    tr.section("differential: nginx vs fastterm")
+    tr.write_line(f"{len(s.configs)} configs, {s.compared} cases compared, "
+                  f"{sum(len(v) for v in s.allowed.values())} allow-listed differences, "
+                  f"{len(s.failed)} cases with differences not allowed")
+    for reason, where in sorted(s.allowed.items()):
+        tr.write_line(f"  allowed x{len(where)}: {reason}")
