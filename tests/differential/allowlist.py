@@ -6,8 +6,9 @@ the observation's field names, e.g. ``backend.header:connection``), optionally n
 to configs and cases (patterns over the config's file stem and the case id), to responses
 the proxy generated itself (``generated=True``: no backend saw a request, on either side),
 and to the exact values each side showed (``nginx=`` / ``fastterm=``; ``ANY`` matches
-anything, ``None`` means the field was absent). It must say why the difference is right,
-or which issue will remove it.
+anything, ``None`` means the field was absent, a function is a predicate over the value),
+and to observations that fit ``when(nginx_observation, fastterm_observation)``. It must say
+why the difference is right, or which issue will remove it.
 
 A difference that is a fastterm bug does not belong here: it stays a failing test.
 
@@ -19,6 +20,8 @@ the feature lands, and the config's ``# diff: unsupported`` line with it.
 from __future__ import annotations
 
 import fnmatch
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -34,33 +37,97 @@ ANY = _Any()
 class Allowed:
     field: str
     reason: str
-    config: str = "*"
+    config: str | tuple[str, ...] = "*"
     case: str = "*"
     generated: bool | None = None
     nginx: object = ANY
     fastterm: object = ANY
+    when: Callable[[dict, dict], bool] | None = None   # (nginx observation, fastterm observation)
 
-    def covers(self, config: str, case: str, field: str, nginx_value, fastterm_value,
-               generated: bool) -> bool:
-        if not (fnmatch.fnmatchcase(field, self.field) and fnmatch.fnmatchcase(config, self.config)
+    def covers(self, config: str, case: str, field: str, nginx_value, fastterm_value, generated: bool,
+               nginx_obs: dict, fastterm_obs: dict) -> bool:
+        configs = (self.config,) if isinstance(self.config, str) else self.config
+        if not (fnmatch.fnmatchcase(field, self.field) and any(fnmatch.fnmatchcase(config, c) for c in configs)
                 and fnmatch.fnmatchcase(case, self.case)):
             return False
         if self.generated is not None and self.generated != generated:
             return False
         for want, got in ((self.nginx, nginx_value), (self.fastterm, fastterm_value)):
-            if want is not ANY and want != got:
+            if want is ANY:
+                continue
+            if callable(want) and not isinstance(want, str):
+                if not want(got):
+                    return False
+            elif want != got:
                 return False
-        return True
+        return self.when is None or bool(self.when(nginx_obs, fastterm_obs))
 
+
+def _configs_without(directive: str) -> tuple[str, ...]:
+    """Corpus configs that never set ``directive`` (nginx's default applies)."""
+    from diffharness import load_corpus
+
+    return tuple(c.name for c in load_corpus() if not re.search(rf"^\s*{directive}\s", c.text, re.MULTILINE))
+
+
+def _refused_for_version(obs: dict) -> bool:
+    return "protocol version" in str(obs.get("tls.outcome", "")).lower().replace("_", " ")
+
+
+def _no_tls13_at_nginx(a: dict, b: dict) -> bool:
+    """nginx 1.22 offered no TLS 1.3 where fastterm did (or refused where only 1.3 would do)."""
+    return a.get("tls.version") != "TLSv1.3" and (b.get("tls.version") == "TLSv1.3" or _refused_for_version(a))
+
+
+NGINX_TLS_DEFAULTS = ("nginx.py, \"Deliberate choices\": without ssl_protocols fastterm offers TLSv1.2 TLSv1.3 "
+                      "(nginx >= 1.23.4's default); nginx 1.22's default has no TLS 1.3")
 
 ALLOWED: list[Allowed] = [
+    # -- identity of the product, not behaviour
+    Allowed("header:server", nginx="nginx", fastterm=lambda v: v in (None, "fastterm", "diff-backend"),
+            reason="Server: nginx names itself on every response (server_tokens); fastterm says `fastterm` on "
+                   "its own responses and passes a backend's Server through (none when the backend sends none): "
+                   "nginx.py, IGNORED server_tokens and RUNTIME_DIFFERENCES"),
+    Allowed("body", generated=True,
+            reason="pages the proxy makes itself (errors, redirects) are each product's own HTML "
+                   "(nginx's carry `<center>nginx</center>`, fastterm's say fastterm)"),
+    Allowed("header:content-length", generated=True,
+            reason="the length of the proxy's own page (see the body entry)"),
+    # -- TLS defaults fastterm chose on purpose where the config says nothing (nginx.py "Deliberate choices")
+    Allowed("tls.*", config=_configs_without("ssl_protocols"), when=_no_tls13_at_nginx, reason=NGINX_TLS_DEFAULTS),
+    Allowed("tls.outcome", case="tls * tls1.1", config=_configs_without("ssl_protocols"),
+            nginx="refused (TLSV1_ALERT_INTERNAL_ERROR)", fastterm="refused (TLSV1_ALERT_PROTOCOL_VERSION)",
+            reason="both refuse TLS 1.1; nginx 1.22's default ssl_protocols still enables TLSv1/TLSv1.1, which "
+                   "OpenSSL 3 at security level 1 cannot serve, so nginx fails the handshake with internal_error "
+                   "where fastterm (TLS 1.1 never enabled) answers protocol_version"),
+    Allowed("tls.*", case="tls * s_client-x448", config=_configs_without("ssl_ecdh_curve"),
+            when=lambda a, b: a.get("tls.group") == "X448" and str(b.get("tls.outcome")).startswith("refused"),
+            reason="nginx.py, \"Deliberate choices\": without ssl_ecdh_curve fastterm offers X25519:P-256:P-384 "
+                   "(Mozilla intermediate); nginx's `auto` is OpenSSL's list, which adds X448 and P-521"),
+    Allowed("tls.*", case="tls * tls1.2-cbc-sha", config=_configs_without("ssl_ciphers"),
+            when=lambda a, b: str(a.get("tls.cipher", "")).endswith("-SHA") and str(b.get("tls.outcome")).startswith(
+                "refused"),
+            reason="nginx.py, \"Deliberate choices\": without ssl_ciphers fastterm uses Mozilla intermediate; "
+                   "nginx's HIGH:!aNULL:!MD5 also takes CBC-SHA1 suites"),
+    Allowed("tls.cipher", case="tls *chacha*", when=lambda a, b: "CHACHA20" in str(b.get("tls.cipher")),
+            reason="a client that lists ChaCha20 first gets it: fastterm sets SSL_OP_PRIORITIZE_CHACHA with server "
+                   "order (DESIGN.md, Defaults; nginx.py RUNTIME_DIFFERENCES), nginx only the server order "
+                   "(`ssl_conf_command Options PrioritizeChaCha` gives nginx the same)"),
+    Allowed("tls.cipher", case="tls * tls1.2-client-order", when=lambda a, b: "CHACHA20" in str(b.get("tls.cipher")),
+            reason="a client that lists ChaCha20 first gets it: fastterm sets SSL_OP_PRIORITIZE_CHACHA with server "
+                   "order (DESIGN.md, Defaults; nginx.py RUNTIME_DIFFERENCES), nginx only the server order "
+                   "(`ssl_conf_command Options PrioritizeChaCha` gives nginx the same)"),
 ]
 
 
 # config stem -> directive -> why it is not supported yet (and where it lands).
+STAPLING = "OCSP stapling lands with the certificates issue (#11)"
+REENCRYPTION = "TLS to backends (re-encryption, client certificates) lands with the upstreams issue (#12)"
 UNSUPPORTED: dict[str, dict[str, str]] = {
-    "seed_api": {
-        "ssl_stapling": "OCSP stapling lands with the certificates issue (#11)",
-        "ssl_stapling_verify": "OCSP stapling lands with the certificates issue (#11)",
-    },
+    "seed_api": {"ssl_stapling": STAPLING, "ssl_stapling_verify": STAPLING},
+    "seed_reencrypt": {"proxy_ssl_certificate": REENCRYPTION, "proxy_ssl_certificate_key": REENCRYPTION,
+                       "proxy_ssl_verify": REENCRYPTION, "proxy_ssl_trusted_certificate": REENCRYPTION},
+    "seed_early_data": {"ssl_early_data": "TLS 1.3 0-RTT lands with the early-data issue (#13)"},
+    "upstream_least_conn": {"least_conn": "balancing policies land with the upstreams issue (#12)"},
+    "upstream_weights": {"server": "weights and backup servers land with the upstreams issue (#12)"},
 }

@@ -13,6 +13,7 @@ from diffharness import (
     S_CLIENT_OFFERS,
     Case,
     CorpusConfig,
+    Custom,
     Handshake,
     KeepAlive,
     Request,
@@ -94,9 +95,175 @@ def generic_cases(cfg: CorpusConfig) -> list[Case]:
     return out
 
 
+def upstream_connections(host: str, target: str, count: int = 3) -> Custom:
+    """How many backend connections ``count`` sequential requests (each on a fresh client
+    connection) opened: 1 with an upstream keepalive pool, ``count`` without."""
+
+    def run(side, ctx):
+        server = ctx.backends.servers["BACKEND"]
+        before = server.accepts
+        statuses = [Request(host, target).run(side, ctx).get("status") for _ in range(count)]
+        return {"statuses": statuses, "backend.connections": server.accepts - before}
+
+    return Custom(f"{count} requests: backend connections opened ({target})", run)
+
+
+API = "api.example.com"
+APP = "app.example.com"
+
 # config stem -> its own cases, after the generic ones.
 SPECIFIC: dict[str, list[Case]] = {
+    "seed_api_without_stapling": [
+        KeepAlive(API, count=3),
+        upstream_connections(API, "/pool"),
+    ],
+    "seed_sni": [
+        Request(APP, "/sni-api-host-app", sni=API, label="GET Host app.example.com over SNI api.example.com"),
+        Request(API, "/sni-app-host-api", sni=APP, label="GET Host api.example.com over SNI app.example.com"),
+        Request(APP, "/xff-app", headers=(("X-Forwarded-For", "203.0.113.9"),),
+                label="GET app.example.com $proxy_add_x_forwarded_for appends"),
+        Handshake(APP, "tls1.2-rsa-only"),
+        Handshake(APP, "tls1.2-ecdsa-only"),
+        Handshake(APP, "s_client-tls1.3-rsa"),
+        Handshake(APP, "s_client"),
+        Resume(APP, "tls1.2"),
+        Resume(APP, "tls1.3"),
+        Request(APP, "/", port="HTTP_PORT"),
+    ],
+    "sni_wildcards": [
+        Request("w.example.com", "/host-wild-over-sni-api", sni=API,
+                label="GET Host w.example.com over SNI api.example.com"),
+        Request("WWW.Other.Test", "/case", sni="www.other.test", label="GET Host in upper case"),
+        Request("api.example.com.", "/trailing-dot", sni=API, label="GET Host with a trailing dot"),
+        Handshake("deep.a.b.example.com", "default"),
+    ],
+    "default_server": [
+        Request("nomatch.test", "/x", sni=API, label="GET Host nomatch.test over SNI api.example.com"),
+        Request("_", "/underscore-host", sni=None, label="GET Host _ without SNI"),
+        Handshake("default.test", "tls1.2-rsa-only"),
+        Request("nomatch.test", "/plain", port="HTTP_PORT"),
+    ],
+    "http_level_tls": [
+        Handshake(APP, "tls1.3"),
+        Handshake(APP, "tls1.2-client-order"),
+        Handshake(APP, "tls1.2-rsa-only"),
+        Handshake(APP, "s_client"),
+        Request(APP, "/app-headers", label="GET app.example.com: its own add_header, no HSTS"),
+        Request(APP, "/app-404", respond=Respond(404, ()), label="GET app.example.com backend 404"),
+    ],
+    "tls12_only": [
+        Handshake(API, "s_client-tls1.3-rsa"),
+        Resume(API, "tls1.2"),
+    ],
+    "tls13_only": [
+        Handshake(API, "s_client-p384"),
+    ],
+    "nginx_defaults": [
+        Request(API, "/big", method="POST", body=b"b" * (1024 * 1024 + 1),
+                label="POST 1 MiB + 1 byte (nginx's default client_max_body_size)"),
+        Request(API, "/fits", method="POST", body=b"b" * (1024 * 1024), label="POST exactly 1 MiB"),
+        upstream_connections(API, "/pool"),
+    ],
+    "session_cache": [
+        Handshake(APP, "default", port="HTTPS_PORT2"),
+        Resume(APP, "tls1.2", port="HTTPS_PORT2"),
+        Resume(APP, "tls1.3", port="HTTPS_PORT2"),
+        Resume(APP, "tls1.2"),
+    ],
+    "session_none": [
+        Resume(API, "tls1.2"),
+        Resume(API, "tls1.3"),
+    ],
+    "add_header_inheritance": [
+        Request(API, "/framed/a", label="GET /framed/ (own add_header: no HSTS)"),
+        Request(API, "/framed/404", respond=Respond(404, ()), label="GET /framed/ backend 404"),
+        Request(API, "/quiet/a", label="GET /quiet/ (own add_header always)"),
+        Request(API, "/quiet/500", respond=Respond(500, ()), label="GET /quiet/ backend 500"),
+        Request(API, "/dup", respond=Respond(200, (("Strict-Transport-Security", "max-age=1"),
+                                                   ("X-Content-Type-Options", "nosniff"))),
+                label="GET backend sends HSTS and nosniff itself"),
+        Request(API, "/redirect", respond=Respond(301, (("Location", "https://elsewhere.test/"),)),
+                label="GET backend 301 (3xx gets non-always headers)"),
+    ],
+    "locations_two_upstreams": [
+        Request(API, "/static/a.css"),
+        Request(API, "/static/private/b"),
+        Request(API, "/staticx"),
+        Request(API, "/assets/x.php"),
+        Request(API, "/health"),
+        Request(API, "/health/"),
+        Request(API, "/index.php"),
+        Request(API, "/static/index.php"),
+        Request(API, "/IMG.JPG"),
+        Request(API, "/v1/users/a%20b?x=1"),
+        Request(API, "/v1/users/%2e%2e/admin"),
+        Request(API, "/v1"),
+        Request(API, "/legacy/page"),
+        Request(API, "/legacy"),
+        Request(API, "/static/../v1/x"),
+        Request(API, "/static/%2E%2E/private/x"),
+    ],
+    "upstream_several": [
+        Sequence(Request(API, "/rr"), count=6),
+        Sequence(Request(API, "/least/x"), count=4),
+    ],
+    "body_limits": [
+        Request(API, "/small", method="POST", body=b"s" * 1000),
+        Request(API, "/limit", method="POST", body=b"s" * 1024, label="POST exactly 1k"),
+        Request(API, "/over", method="POST", body=b"o" * 2000),
+        Request(API, "/over-chunked", method="POST", body=b"o" * 2000, chunked=True),
+        Request(API, "/over-expect", method="POST", body=b"o" * 2000, headers=(("Expect", "100-continue"),),
+                label="POST 2000 bytes with Expect: 100-continue"),
+        Request(API, "/upload/file", method="POST", body=b"u" * 5000),
+        Request(API, "/upload/chunked", method="POST", body=b"u" * 5000, chunked=True),
+        Request(API, "/stream/big", method="POST", body=b"u" * (2 * 1024 * 1024)),
+        Request(API, "/get-with-body", method="GET", body=b"g" * 2000),
+    ],
+    "large_headers": [
+        Request(API, "/line-1500", headers=(("X-Long", "a" * 1500),)),
+        Request(API, "/line-2500", headers=(("X-Long", "a" * 2500),)),
+        Request(API, "/cookie-3000", headers=(("Cookie", "c=" + "a" * 3000),)),
+        Request(API, "/" + "t" * 2500, label="GET request line of 2500 bytes"),
+        Request(API, "/" + "t" * 1500, label="GET request line of 1500 bytes"),
+        Request(API, "/many-big", headers=tuple((f"X-Big-{i}", "b" * 1000) for i in range(12)),
+                label="GET 12 fields of 1000 bytes (over 4 x 2k)"),
+        Request(API, "/many-small", headers=tuple((f"X-Small-{i}", str(i)) for i in range(150)),
+                label="GET 150 small fields"),
+    ],
+    "underscores": [
+        Request(API, "/under", headers=(("X_Under", "1"), ("x_lower_under", "2"), ("X-Fine", "3"))),
+    ],
+    "returns": [
+        Request(API, "/old/page?x=1"),
+        Request(API, "/perm"),
+        Request(API, "/gone"),
+        Request(API, "/forbidden"),
+        Request(API, "/forbidden", method="HEAD"),
+        Request(API, "/text?a=1&b=%20"),
+        Request(API, "/teapot"),
+        Request(API, "/nothing-here"),
+        Request(API + ":8443", "/", label="GET / with Host api.example.com:8443"),
+        Request(API, "/any/path?q=1", port="HTTP_PORT"),
+    ],
+    "keepalive": [
+        KeepAlive(API, count=4),
+        KeepAlive(API, count=1, idle=1.6),
+        upstream_connections(API, "/pool"),
+    ],
+    "proxy_headers": [
+        Request(API + ":9999", "/raw-host/x", label="GET /raw-host/ with Host api.example.com:9999"),
+        Request(API + ":9999", "/y", label="GET / with Host api.example.com:9999"),
+        Request(API, "/tls12", label="GET $ssl_protocol over TLS 1.2", client="wire"),
+    ],
+    "http2_listen": [
+        Request(API, "/h2-post", method="POST", body=BODY, client="httpx-h2"),
+        Request(API, "/h2-404", client="httpx-h2", respond=Respond(404, (("X-Backend", "b"),))),
+        Request(API, "/h2-curl-post", method="POST", body=b"curl body", client="curl-h2"),
+        Request(API, "/h2-headers", client="httpx-h2",
+                headers=(("X-Forwarded-For", "203.0.113.7"), ("Cookie", "a=1"), ("Cookie", "b=2"))),
+    ],
 }
+SPECIFIC["http2_on"] = SPECIFIC["http2_listen"]
 
 
 def cases_for(cfg: CorpusConfig) -> list[Case]:
@@ -110,4 +277,3 @@ def cases_for(cfg: CorpusConfig) -> list[Case]:
     return out
 
 
-__all__ = ["SPECIFIC", "KeepAlive", "Sequence", "cases_for"]

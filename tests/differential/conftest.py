@@ -50,7 +50,19 @@ class Session:
     compared: int = 0
     configs: set[str] = field(default_factory=set)
     allowed: dict[str, list[str]] = field(default_factory=dict)   # reason -> ["config / case / field"]
+    bugs: dict[str, int] = field(default_factory=dict)            # known bug -> differences it covered
     failed: list[str] = field(default_factory=list)
+
+    def record(self, config: str, case: str, diffs: list) -> None:
+        self.compared += 1
+        self.configs.add(config)
+        for d in diffs:
+            if d.allowed_by is not None:
+                self.allowed.setdefault(d.allowed_by.reason, []).append(f"{config} / {case} / {d.field}")
+            elif d.bug is not None:
+                self.bugs[d.bug.name] = self.bugs.get(d.bug.name, 0) + 1
+            else:
+                self.failed.append(f"{config}:{case}")
 
     def get(self, config: dh.CorpusConfig, *, fastterm: bool = True) -> Pair:
         if self.current is not None and self.current.config.name == config.name:
@@ -94,10 +106,31 @@ def diff_session():
         shutil.rmtree(base, ignore_errors=True)
 
 
+_ORDER = {"test_fastterm_starts": 0, "test_check_names_unsupported": 0, "test_case": 1, "test_known_bug": 2}
+
+
+def _sort_key(item):
+    """(corpus position of the item's config, kind): each config's tests together."""
+    import test_diff_corpus as t
+
+    params = getattr(item, "callspec", None)
+    params = params.params if params else {}
+    if "cfg" in params:
+        name = params["cfg"].name
+    elif "name" in params:
+        name = next(b.witness[0] for b in t.BUGS if b.name == params["name"])
+    else:
+        name = ""
+    names = [c.name for c in t.CORPUS]
+    return (names.index(name) if name in names else len(names), _ORDER.get(item.originalname, 3))
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if Path(str(item.fspath)).resolve().is_relative_to(HERE):
-            item.add_marker(pytest.mark.differential)
+    slots = [i for i, item in enumerate(items) if Path(str(item.fspath)).resolve().is_relative_to(HERE)]
+    ours = sorted((items[i] for i in slots), key=_sort_key)
+    for i, item in zip(slots, ours, strict=True):
+        item.add_marker(pytest.mark.differential)
+        items[i] = item
 
 
 _SESSION_REF: list[Session] = []
@@ -117,6 +150,9 @@ def pytest_terminal_summary(terminalreporter):
     tr.section("differential: nginx vs fastterm")
     tr.write_line(f"{len(s.configs)} configs, {s.compared} cases compared, "
                   f"{sum(len(v) for v in s.allowed.values())} allow-listed differences, "
-                  f"{len(s.failed)} cases with differences not allowed")
+                  f"{sum(s.bugs.values())} differences from known bugs, "
+                  f"{len(set(s.failed))} cases with other differences")
     for reason, where in sorted(s.allowed.items()):
         tr.write_line(f"  allowed x{len(where)}: {reason}")
+    for name, n in sorted(s.bugs.items()):
+        tr.write_line(f"  known bug x{n}: {name}")

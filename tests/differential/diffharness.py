@@ -582,29 +582,34 @@ class Difference:
     field: str
     nginx: object
     fastterm: object
-    allowed_by: object = None   # the allow-list entry, when one covers it
+    allowed_by: object = None   # the allow-list entry that covers it
+    bug: object = None          # or the known bug (known_bugs.py) that explains it
 
 
-def compare(config: str, case_id: str, a: Observation, b: Observation, allow: list) -> list[Difference]:
-    """Every field that differs, with the allow-list entry that covers it (or None)."""
+def compare(config: str, case_id: str, a: Observation, b: Observation, allow: list,
+            bugs: list = ()) -> list[Difference]:
+    """Every field that differs, with the allow-list entry or known bug that covers it."""
     generated = a.get("backend.count") == 0 and b.get("backend.count") == 0
     out = []
     for f in dict.fromkeys([*a, *b]):
         va, vb = a.get(f), b.get(f)
         if f.endswith("header-order") and isinstance(va, list) and isinstance(vb, list):
-            # order is compared on the names both sent; a name only one sent is its own field
-            common = set(va) & set(vb)
-            va, vb = [n for n in va if n in common], [n for n in vb if n in common]
+            # the order of first appearances of the names both sent (a name only one side sent,
+            # or sent more often, shows in its own header field)
+            va, vb = [n for n in dict.fromkeys(va) if n in vb], [n for n in dict.fromkeys(vb) if n in va]
         if va == vb:
             continue
-        entry = next((e for e in allow if e.covers(config, case_id, f, va, vb, generated)), None)
-        out.append(Difference(f, va, vb, entry))
+        d = Difference(f, va, vb)
+        d.allowed_by = next((e for e in allow if e.covers(config, case_id, f, va, vb, generated, a, b)), None)
+        if d.allowed_by is None:
+            d.bug = next((e for e in bugs if e.covers(config, case_id, f, va, vb, generated, a, b)), None)
+        out.append(d)
     return out
 
 
 def format_differences(config: str, case_id: str, diffs: list[Difference], a: Observation,
                        b: Observation) -> str:
-    lines = [f"{config} / {case_id}: {len(diffs)} difference(s) not in the allow-list"]
+    lines = [f"{config} / {case_id}: {len(diffs)} difference(s) neither allow-listed nor a known bug"]
     for d in diffs:
         lines.append(f"  {d.field}:\n      nginx:    {d.nginx!r}\n      fastterm: {d.fastterm!r}")
     lines.append("  (nginx observation: " + json.dumps(a, default=str)[:1500] + ")")
@@ -838,6 +843,10 @@ OFFERS: dict[str, dict] = {
                             "ciphers": "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
                                        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
                                        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"},
+    # no ChaCha20: the server's order shows without SSL_OP_PRIORITIZE_CHACHA in play
+    "tls1.2-aes256-first": {"maximum": ssl.TLSVersion.TLSv1_2,
+                            "ciphers": "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                       "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"},
     "tls1.2-rsa-only": {"maximum": ssl.TLSVersion.TLSv1_2, "ciphers": "ECDHE-RSA-AES128-GCM-SHA256"},
     "tls1.2-ecdsa-only": {"maximum": ssl.TLSVersion.TLSv1_2, "ciphers": "ECDHE-ECDSA-AES256-GCM-SHA384"},
     "tls1.2-cbc-sha": {"maximum": ssl.TLSVersion.TLSv1_2, "ciphers": "ECDHE-RSA-AES128-SHA:AES256-SHA"},
@@ -851,6 +860,7 @@ S_CLIENT_OFFERS: dict[str, list[str]] = {
     "s_client-tls1.3-rsa": ["-tls1_3", "-sigalgs", "rsa_pss_rsae_sha256:rsa_pss_rsae_sha384"],
     "s_client-tls1.3-chacha-first": ["-tls1_3", "-ciphersuites",
                                      "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"],
+    "s_client-tls1.3-aes256-first": ["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"],
     "s_client-x448": ["-groups", "X448"],
     "s_client-p384": ["-groups", "P-384"],
 }
@@ -887,23 +897,25 @@ class Resume(Case):
     sni: str
     version: str = "tls1.2"
     host: str | None = None
+    port: str = "HTTPS_PORT"
 
     @property
     def id(self) -> str:
-        return f"resume {self.sni} {self.version}"
+        p = "" if self.port == "HTTPS_PORT" else f"@{self.port}:"
+        return f"resume {p}{self.sni} {self.version}"
 
     def run(self, side: Side, ctx: Ctx) -> Observation:
         cctx = client_context(ctx.pki, **OFFERS[self.version])
         obs: Observation = {}
         try:
-            with tls_connect(side, "HTTPS_PORT", self.sni, cctx) as s:
+            with tls_connect(side, self.port, self.sni, cctx) as s:
                 # a request first: TLS 1.3 tickets arrive after the handshake
                 s.sendall(request_head("GET", "/", self.host or self.sni, (), "HTTP/1.1", b"", False))
                 read_reply(s, "GET")
                 sess = s.session
             obs["tls.ticket"] = sess.has_ticket
             obs["tls.ticket-lifetime"] = sess.ticket_lifetime_hint if sess.has_ticket else None
-            with tls_connect(side, "HTTPS_PORT", self.sni, cctx, session=sess) as s2:
+            with tls_connect(side, self.port, self.sni, cctx, session=sess) as s2:
                 obs["tls.resumed"] = s2.session_reused
         except (OSError, EOFError) as exc:
             obs["tls.outcome"] = tls_error(exc)
@@ -1036,7 +1048,9 @@ class KeepAlive(Case):
                 try:
                     sock.sendall(request_head("GET", self.target, self.host, (), "HTTP/1.1", b"", False))
                     msg = read_message(reader, method="GET")
-                    obs[f"response[{i}]"] = (msg.status, msg.header("connection"), msg.header("keep-alive"))
+                    conn = msg.header("connection")
+                    conn = None if conn and conn.lower() == "keep-alive" else conn   # the HTTP/1.1 default
+                    obs[f"response[{i}]"] = (msg.status, conn, msg.header("keep-alive"))
                 except (OSError, EOFError) as exc:
                     obs[f"response[{i}]"] = f"no response ({type(exc).__name__})"
                     return obs

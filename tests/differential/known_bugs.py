@@ -1,0 +1,122 @@
+"""Differences this suite found that are fastterm bugs: nginx semantics that issue 10 asks the
+nginx front-end to reproduce ("nginx semantics to reproduce", "The subset"), which fastterm
+does not yet. Several are listed in ``fastterm/config/nginx.py`` RUNTIME_DIFFERENCES: written
+down there, but not deliberate choices the issue accepts, so they are bugs here, not allow-list
+entries.
+
+Each name is one failing test, ``test_known_bug[NAME]``: it runs the name's witness case
+(config + case id) on both servers and fails while the entry's fields differ there. The same
+entries keep those differences from failing every other case they show up in, so that a new
+difference stands out as its own failure instead of drowning among hundreds. When the fix
+lands, ``test_known_bug[NAME]`` passes: delete the entries, and every case is compared on those
+fields again.
+
+Entries match like allow-list entries (``field``, ``config``, ``case``, ``nginx``,
+``fastterm``, ``when``); keep them as narrow as the bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from allowlist import Allowed
+
+
+@dataclass(frozen=True)
+class Bug(Allowed):
+    name: str = ""
+    witness: tuple[str, str] = ("", "")   # (config stem, case id)
+
+
+SEED = "seed_api_without_stapling"
+SEED_GET = "GET https api.example.com /notes/a%20b/../c?q=1&r=%2F"
+CLIENT_HEADERS = "GET api.example.com client forwarding and hop-by-hop headers"
+FORWARDING = ("x-forwarded-for", "x-forwarded-proto", "x-real-ip", "forwarded")
+
+
+def _http10(v) -> bool:
+    return isinstance(v, str) and v.endswith("HTTP/1.0")
+
+
+BUGS: list[Bug] = [
+    Bug(name="upstream_request_is_http10_connection_close", field="backend*.request-line",
+        nginx=_http10, fastterm=lambda v: isinstance(v, str) and v.endswith("HTTP/1.1"),
+        reason="without proxy_http_version 1.1 nginx sends HTTP/1.0 and Connection: close upstream; fastterm "
+               "sends HTTP/1.1 and keeps the connection", witness=(SEED, SEED_GET)),
+    Bug(name="upstream_request_is_http10_connection_close", field="backend*.header:connection",
+        nginx="close", fastterm=None, reason="(the Connection: close half)", witness=(SEED, SEED_GET)),
+    Bug(name="upstream_request_is_http10_connection_close", field="backend.connections",
+        when=lambda a, b: a.get("backend.connections") == len(a.get("statuses", ())),
+        reason="(a backend connection per request)", witness=(SEED, SEED_GET)),
+    Bug(name="upstream_host_is_proxy_host", field="backend*.header:host",
+        when=lambda a, b: a.get("backend.header:host") in ("notes", "app", "exact", "wild", "dot", "fallback",
+                                                           "pool", "least")
+        or str(a.get("backend.header:host", "")).startswith("127.0.0.1:"),
+        reason="without proxy_set_header Host nginx sends Host: $proxy_host (the upstream's name, or ip:port); "
+               "fastterm forwards the client's Host", witness=(SEED, SEED_GET)),
+    Bug(name="upstream_host_dollar_host_is_the_bare_name", field="backend*.header:host", config="proxy_headers",
+        reason="proxy_set_header Host $host: nginx sends the name without the port (lowercased); fastterm sends "
+               "the client's Host as it came", witness=("proxy_headers", "GET / with Host api.example.com:9999")),
+    *(Bug(name="forwarding_headers_only_when_the_config_sets_them", field=f"backend*.header:{header}", nginx=None,
+          reason="nginx sends X-Forwarded-For, X-Forwarded-Proto and X-Real-IP only where proxy_set_header says "
+                 "so; fastterm always adds them", witness=(SEED, SEED_GET))
+      for header in FORWARDING),
+    *(Bug(name="client_forwarding_headers_pass_untouched", field=f"backend*.header:{header}",
+          nginx=lambda v: v is not None,
+          reason="nginx passes a client's X-Forwarded-For, X-Real-IP, X-Forwarded-Proto and Forwarded as sent "
+                 "unless the config sets that header (repeated X-Forwarded-For joined); fastterm replaces or "
+                 "drops them (its trusted_proxies rule)", witness=(SEED, CLIENT_HEADERS))
+      for header in FORWARDING),
+    Bug(name="connection_listed_fields_are_forwarded", field="backend*.header:x-hop", nginx="h", fastterm=None,
+        reason="nginx forwards a field the client named in Connection (X-Hop); fastterm drops it (RFC 9110 "
+               "7.6.1 says a proxy removes them: make this an allow-list entry if fastterm keeps that on purpose)",
+        witness=(SEED, CLIENT_HEADERS)),
+    Bug(name="upstream_header_order", field="backend*.header-order",
+        reason="nginx's order upstream: the config's proxy_set_header lines, Host, Connection, Content-Length, "
+               "then the client's fields; fastterm: Host, the client's fields, then its own",
+        witness=(SEED, "GET https api.example.com /curl via curl")),
+    Bug(name="chunked_request_body_goes_upstream_with_content_length", field="backend*",
+        when=lambda a, b: a.get("backend.framing") == "content-length" and b.get("backend.framing") == "chunked",
+        reason="nginx (proxy_request_buffering on) reads a chunked body whole and sends it with Content-Length; "
+               "fastterm streams it chunked", witness=(SEED, "POST https api.example.com /chunked")),
+    Bug(name="proxy_redirect_default_rewrites_location", field="header:location",
+        nginx=lambda v: isinstance(v, str) and v.startswith("https://"),
+        fastterm=lambda v: isinstance(v, str) and v.startswith("http://notes/"),
+        reason="proxy_redirect default: nginx rewrites a backend's Location http://UPSTREAM/ to the client's "
+               "scheme, host and port; fastterm passes it unchanged",
+        witness=(SEED, "GET api.example.com backend 302 to its own name")),
+    Bug(name="redirect_server_keeps_the_connection", field="header:connection", nginx=None, fastterm="close",
+        case="* http *", reason="the port-80 server: nginx keeps the connection after its 301; fastterm's "
+                                "redirect listener answers Connection: close and closes",
+        witness=(SEED, "GET http api.example.com /path/x?y=1&z=%20")),
+    Bug(name="redirect_without_host_uses_server_name", field="header:location", case="*(no Host)*",
+        reason="a request without Host on port 80: nginx's $host is the server_name; fastterm puts the listen "
+               "address in the redirect", witness=(SEED, "GET http (no Host) HTTP/1.0 /old")),
+    Bug(name="no_host_picks_the_default_server", field="*", config="default_server",
+        case="GET api.example.com HTTP/1.0 without Host",
+        reason="a request without Host goes to the listener's default server in nginx, whatever the SNI; "
+               "fastterm uses the server the SNI picked",
+        witness=("default_server", "GET api.example.com HTTP/1.0 without Host")),
+    Bug(name="absolute_form_target_overrides_host", field="*", case="*absolute-form target*",
+        reason="GET https://NAME/path: nginx picks the server block by the target's host, not Host; fastterm "
+               "by Host", witness=("default_server", "GET api.example.com absolute-form target, Host unknown.test")),
+    Bug(name="wildcard_name_matches_deeper_labels", field="*", config="sni_wildcards",
+        case="* a.b.example.com *",
+        reason="server_name *.example.com also matches a.b.example.com in nginx (certificate and server block); "
+               "fastterm matches one label only", witness=("sni_wildcards", "GET https a.b.example.com /")),
+    Bug(name="wildcard_name_matches_deeper_labels", field="tls.certificate", config="sni_wildcards",
+        case="tls deep.a.b.example.com *", reason="(the certificate half)",
+        witness=("sni_wildcards", "GET https a.b.example.com /")),
+    Bug(name="keepalive_requests_closes_http11_connections", field="response[[]*", config="keepalive",
+        reason="keepalive_requests 3: nginx says Connection: close on the third response and closes; fastterm "
+               "applies keepalive_requests to HTTP/2 only", witness=("keepalive", "keep-alive 4 requests, idle 0s")),
+    Bug(name="header_buffers_limit_each_line_with_nginx_statuses", field="*", config="large_headers",
+        case="GET *", when=lambda a, b: a.get("status") in (400, 414) and b.get("status") in (200, 431),
+        reason="large_client_header_buffers 4 2k: nginx refuses a request line longer than 2k with 414 and a "
+               "header line longer than 2k, or a head over the buffers, with 400; fastterm checks the head's "
+               "total (4 x 2k) and answers 431",
+        witness=("large_headers", "GET https api.example.com /line-2500")),
+    Bug(name="no_header_field_count_limit", field="*", config="large_headers", case="GET 150 small fields",
+        reason="nginx has no limit on the number of header fields; fastterm answers 431 past 100",
+        witness=("large_headers", "GET 150 small fields")),
+]
