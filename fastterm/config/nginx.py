@@ -214,15 +214,35 @@ def read(path: str) -> list[Node]:
     if not os.path.isfile(path):
         reason = "Is a directory" if os.path.isdir(path) else "No such file or directory"
         raise ConfigError(f"cannot read configuration: {reason}", file=path)
+    # Contexts, argument counts and unknown directives are checked below, once each include is
+    # placed in the context it lands in (crossplane checks only from the top of each file).
     payload = crossplane.parse(path, catch_errors=True, strict=False, check_ctx=False, check_args=False)
     if payload["errors"]:
         raise _parse_error(payload["errors"][0], path)
     configs = payload["config"]
+    for conf in configs:
+        _check_terminators(conf["file"])
     top = {stmt["directive"] for stmt in configs[0]["parsed"]}
     # A conf.d file (server and upstream blocks at the top, no http block) is read as the
     # inside of http {}, as nginx.conf's "include conf.d/*.conf;" would.
     ctx: tuple[str, ...] = () if top & {"http", "events", "worker_processes", "user", "pid"} else ("http",)
     return _expand(configs, 0, ctx, (0,))
+
+
+def _check_terminators(fname: str) -> None:
+    """A directive must end with ";" or open a block: ``proxy_pass http://a }`` is a missing ";"
+    (crossplane's payload does not say how a directive ended, its token stream does)."""
+    start: tuple[str, int] | None = None
+    for token, line, quoted in crossplane.lex(fname):
+        if not quoted and token.startswith("#"):
+            continue
+        if not quoted and token in ("{", ";"):
+            start = None
+        elif not quoted and token == "}":
+            if start is not None:
+                raise ConfigError(f'"{start[0]}" directive is not terminated by ";"', file=fname, line=start[1])
+        elif start is None:
+            start = (token, line)
 
 
 def _expand(configs: list[dict], index: int, ctx: tuple[str, ...], stack: tuple[int, ...]) -> list[Node]:
@@ -1130,13 +1150,14 @@ class _Builder:
                 if "$" in n.args[1]:
                     raise n.unsupported("variables", "add_header Strict-Transport-Security")
                 value, where = n.args[1], n
-            values.append((value, where or scope.node))
+            values.append((value, where or scope.node, scope is not s.level and bool(scope.own("add_header"))))
         first = values[0][0]
-        for value, where in values[1:]:
-            if value != first:
-                raise (where or s.node).unsupported(
-                    "an HSTS value differing between the locations of one server: fastterm's hsts is per "
-                    "server block", "add_header")
+        if any(value != first for value, _, _ in values):
+            # Point at a location's own add_header: the line that broke the inheritance.
+            where = next((w for _, w, own in values if own), values[1][1])
+            raise (where or s.node).unsupported(
+                "an HSTS value differing between the locations of one server: fastterm's hsts is per "
+                "server block", "add_header")
         return first
 
     def proxy_headers(self, loc: Level) -> None:
