@@ -57,6 +57,41 @@ What maps (nginx -> model):
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
   ``keepalive_disable none``, ``chunked_transfer_encoding on``.
 
+What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``user``, ``pid``,
+``daemon``, ``master_process``, ``error_log``, ``worker_rlimit_nofile``, ``worker_cpu_affinity``,
+``load_module``, events' ``use``/``multi_accept``/``accept_mutex``), file serving (``root``,
+``index``, ``alias``, ``sendfile``, ``tcp_nopush``, ``aio``, ``open_file_cache*``, ``types``,
+``default_type``, ``etag``), buffers and temp files fastterm does not have because it streams
+(``proxy_buffering``, ``proxy_buffer_size``, ``proxy_buffers``, ``proxy_request_buffering``,
+``client_body_buffer_size``, ``client_header_buffer_size``, ``*_temp_path``), nginx's hash
+table sizes, what nginx itself calls obsolete (``http2_max_requests``, ``http2_max_field_size``,
+``http2_idle_timeout``, ...), ``access_log``/``log_format`` (until access logs land),
+``resolver``, ``resolver_timeout`` and ``ssl_trusted_certificate`` (used only for OCSP stapling
+and client certificates), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
+without effect (``deferred``, ``backlog=``). ``proxy_set_header Host $host`` is accepted with
+a warning saying how fastterm's forwarded Host differs.
+
+What is refused, (c): every other directive nginx knows, among them ``ssl_stapling on`` and its
+friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
+(client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
+``proxy_pass`` with a URI part or variables, ``location =``/``~``/``~*``/``@name`` and nested
+locations, regex and suffix-wildcard ``server_name``, ``error_page``, other ``return``s,
+``add_header`` other than HSTS ``always``, other ``proxy_set_header`` values,
+``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
+upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
+``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
+``allow``/``deny``, ``listen ... proxy_protocol``, ``ssl_dhparam``, and plain-HTTP proxying (a
+server without ``ssl`` may only redirect). Each has its reason in ``UNSUPPORTED`` or in the
+error. Bad input is an error at file:line too: unbalanced braces, a missing ``;``, an unknown
+directive, a directive out of its context or with the wrong argument count (crossplane's
+table), an unknown ``$variable``, an include loop, a missing include or certificate file.
+
+Paths: ``include`` globs and ``ssl_certificate`` paths are relative to the directory of the
+main file, nginx's conf prefix (``nginx -c FILE``), not to the including file: Debian's
+``sites-enabled/*`` say ``include snippets/x.conf;`` and mean ``/etc/nginx/snippets``. A file
+whose top level has server or upstream blocks but no ``http`` (a conf.d file) is read as the
+inside of ``http {}``.
+
 Deliberate choices where nginx's default is not what fastterm gives (documented, not hidden):
 ``ssl_protocols`` absent -> TLSv1.2 TLSv1.3 (nginx >= 1.23.4's default; 1.22's lacks TLSv1.3
 and offers TLSv1/1.1, which fastterm refuses); ``ssl_ciphers`` absent -> Mozilla intermediate
@@ -1164,6 +1199,10 @@ class _Builder:
         for n in loc.find_all("proxy_set_header"):
             name, value = n.args[0].lower(), n.args[1]
             accepted = _SAME_HEADERS.get(name, set())
+            if name == "host" and value == "$host":
+                self.warn(f'{n.where}: "proxy_set_header Host $host" is approximated: fastterm forwards the '
+                          "client's Host as sent (nginx's $host drops the port, lowercases, and takes the host "
+                          "of an absolute-form request target)")
             if value not in accepted:
                 raise n.unsupported(_HEADER_WHY.get(name, "fastterm sends X-Forwarded-For, X-Forwarded-Proto "
                                                           "and X-Real-IP, and the client's Host"),

@@ -711,3 +711,74 @@ def test_convert_round_trip(load, write, text):
     config = load(text).config
     toml_text = dump_config(config)
     assert load_toml(write("converted/fastterm.toml", toml_text)) == config
+
+
+# ---- more mapping details ---------------------------------------------------------------------------------
+
+def test_host_dollar_host_is_accepted_with_a_warning_naming_the_difference(load):
+    got = load(site(location="        proxy_set_header Host $host;"))
+    assert got.warned('"proxy_set_header Host $host" is approximated')
+    assert not load(site(location="        proxy_set_header Host $http_host;")).warnings
+
+
+def test_non_default_servers_session_cache_follows_the_default_as_in_nginx(load):
+    text = site(extra="""
+server {
+    listen 443 ssl;
+    server_name other.example.com;
+    ssl_certificate certs/ec.crt;
+    ssl_certificate_key certs/ec.key;
+    ssl_session_cache shared:SSL:1m;
+    location / { proxy_pass http://notes; }
+}
+""")
+    got = load(text)
+    assert [s.tls.session_cache for s in got.config.servers] == [False, False]
+    assert got.warned('"ssl_session_cache" of a server that is not the default of its address has no effect')
+
+
+def test_http2_on_one_of_two_addresses_of_a_server_is_not_supported(error):
+    text = site(server="    listen 8443 ssl http2;")
+    assert "with and without http2" in str(error(text, "listen 443 ssl"))
+
+
+def test_x_forwarded_for_remote_addr_with_trusted_proxies_is_not_supported(error):
+    text = site(server="    set_real_ip_from 10.0.0.0/8;\n    real_ip_header X-Forwarded-For;",
+                location="        proxy_set_header X-Forwarded-For $remote_addr;")
+    assert "is not supported yet" in str(error(text, "proxy_set_header"))
+
+
+def test_upstream_name_with_a_port(error):
+    text = site().replace("proxy_pass http://notes;", "proxy_pass http://notes:8080;")
+    assert 'upstream "notes" may not have port 8080' in str(error(text, "proxy_pass"))
+
+
+def test_proxy_pass_to_a_host_name(load, error):
+    got = load(site().replace("proxy_pass http://notes;", "proxy_pass http://localhost:8081;"))
+    assert got.server.routes[0].upstream == "localhost:8081"
+    text = site().replace("proxy_pass http://notes;", "proxy_pass http://no-such-host.invalid;")
+    assert 'host not found in upstream "no-such-host.invalid"' in str(error(text, "proxy_pass"))
+
+
+def test_streaming_directives_warn_with_the_semantics(load):
+    got = load(site(location="        proxy_buffering on;\n        proxy_request_buffering off;"))
+    assert got.warned('"proxy_buffering" is ignored: fastterm streams responses')
+    assert got.warned('"proxy_request_buffering" is ignored: fastterm streams request bodies')
+
+
+def test_redirect_server_directives_without_effect_warn(load):
+    text = SEED.replace("return 301 https://$host$request_uri;",
+                        "return 301 https://$host$request_uri;\nclient_max_body_size 5m;")
+    got = load(text)
+    assert got.warned('"client_max_body_size" has no effect on a server without "listen ... ssl"')
+    got = load('add_header Strict-Transport-Security "max-age=1" always;\n' + SEED)
+    assert got.warned('"add_header" has no effect on the redirect server')
+
+
+def test_workers_and_drain(load):
+    assert load("worker_processes 4;\nevents {}\nhttp {\n" + site() + "}\n").config.workers == 4
+
+
+def test_escapes_as_nginx_lexes_them(load):
+    got = load(site(server='    add_header Strict-Transport-Security "max-age=1; \\"x\\"" always;'))
+    assert got.server.hsts == 'max-age=1; "x"'
