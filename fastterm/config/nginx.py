@@ -120,7 +120,7 @@ from dataclasses import dataclass, field
 
 import crossplane
 from crossplane import analyzer as _cp
-from crossplane.errors import NgxParserDirectiveError
+from crossplane.errors import NgxParserDirectiveError, NgxParserSyntaxError
 
 from fastterm.certs.store import load_certificate
 from fastterm.config.model import (
@@ -206,7 +206,7 @@ class Node:
     block: list[Node] | None = None
 
     def error(self, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, line=self.line)
+        return ConfigError(_one_line(message), file=self.file, line=self.line)
 
     def unsupported(self, why: str = "", what: str | None = None) -> ConfigError:
         return self.error(f'"{what or self.name}" is not supported yet' + (f": {why}" if why else ""))
@@ -226,6 +226,11 @@ _ERRNO_RE = re.compile(r"^\[Errno \d+\] ([^:]+): '(.*)'$")
 _CP_WHERE_RE = re.compile(r" in [^ ]*?(:\d+)?$")
 
 
+def _one_line(message: str) -> str:
+    """Errors are one line, whatever a directive name holds (a backslash-newline, say)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _unescape(arg: str) -> str:
     """nginx's lexer turns ``\\"``, ``\\'``, ``\\\\``, ``\\t``, ``\\r``, ``\\n`` into characters and
     keeps other backslashes (regexes); crossplane keeps them all."""
@@ -234,13 +239,19 @@ def _unescape(arg: str) -> str:
 
 def _parse_error(err: dict, path: str) -> ConfigError:
     message = _CP_WHERE_RE.sub("", err["error"])
+    if not message:
+        # crossplane ran out of tokens inside a directive (its StopIteration has no text).
+        fname = err.get("file") or path
+        with open(fname, encoding="utf-8", errors="replace") as f:
+            lines = f.read().count("\n") + 1
+        return ConfigError('unexpected end of file, expecting ";" or "}"', file=fname, line=lines)
     errno = _ERRNO_RE.match(message)
     if errno:
         strerror, name = errno.groups()
         if err.get("line") is None and os.path.abspath(name) == os.path.abspath(path):
             return ConfigError(f"cannot read configuration: {strerror}", file=path)
         message = f'open() "{name}" failed ({strerror})'
-    return ConfigError(message, file=err.get("file") or path, line=err.get("line"))
+    return ConfigError(_one_line(message), file=err.get("file") or path, line=err.get("line"))
 
 
 def read(path: str) -> list[Node]:
@@ -257,16 +268,35 @@ def read(path: str) -> list[Node]:
     configs = payload["config"]
     for conf in configs:
         _check_terminators(conf["file"])
-    top = {stmt["directive"] for stmt in configs[0]["parsed"]}
-    # A conf.d file (server and upstream blocks at the top, no http block) is read as the
-    # inside of http {}, as nginx.conf's "include conf.d/*.conf;" would.
-    ctx: tuple[str, ...] = () if top & {"http", "events", "worker_processes", "user", "pid"} else ("http",)
+    ctx = ("http",) if is_conf_d({stmt["directive"] for stmt in configs[0]["parsed"]}) else ()
     return _expand(configs, 0, ctx, (0,))
+
+
+def is_conf_d(top: set[str]) -> bool:
+    """A conf.d file (server or upstream blocks at the top, no http block) is read as the inside
+    of http {}, as nginx.conf's "include conf.d/*.conf;" would."""
+    return bool(top & {"server", "upstream"}) and "http" not in top
 
 
 def _check_terminators(fname: str) -> None:
     """A directive must end with ";" or open a block: ``proxy_pass http://a }`` is a missing ";"
-    (crossplane's payload does not say how a directive ended, its token stream does)."""
+    (crossplane's payload does not say how a directive ended, its token stream does). The whole
+    stream is read, so braces are balanced too: crossplane's parser stops at a stray top-level
+    "}" and drops the rest of the file without a word."""
+    try:
+        _terminators(fname)
+    except NgxParserSyntaxError as exc:
+        raise ConfigError(exc.strerror, file=fname, line=exc.lineno) from None
+
+
+def _terminators(fname: str) -> None:
+    with open(fname, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    last = text.rstrip().rsplit("\n", 1)[-1].strip()
+    if text and not text[-1].isspace() and last[-1:] not in (";", "{", "}") and not last.startswith("#"):
+        # crossplane's lexer drops a last word that no whitespace follows.
+        raise ConfigError('unexpected end of file, expecting ";" or "}"', file=fname,
+                          line=text.count("\n") + 1)
     start: tuple[str, int] | None = None
     for token, line, quoted in crossplane.lex(fname):
         if not quoted and token.startswith("#"):
@@ -275,7 +305,8 @@ def _check_terminators(fname: str) -> None:
             start = None
         elif not quoted and token == "}":
             if start is not None:
-                raise ConfigError(f'"{start[0]}" directive is not terminated by ";"', file=fname, line=start[1])
+                raise ConfigError(_one_line(f'"{start[0]}" directive is not terminated by ";"'), file=fname,
+                                  line=start[1])
         elif start is None:
             start = (token, line)
 
@@ -293,7 +324,7 @@ def _node(configs: list[dict], fname: str, stmt: dict, ctx: tuple[str, ...], sta
     try:
         _cp.analyze(fname, stmt, term, ctx, strict=True, check_ctx=True, check_args=True)
     except NgxParserDirectiveError as exc:
-        raise ConfigError(exc.strerror, file=fname, line=exc.lineno) from None
+        raise ConfigError(_one_line(exc.strerror), file=fname, line=exc.lineno) from None
     if stmt["directive"] == "include":
         nodes = []
         for i in stmt.get("includes", []):
@@ -656,6 +687,8 @@ def parse_listen(node: Node, warn: Warn) -> Listen:
         host, _, port = address.rpartition(":")
     if host == "*":
         host = "0.0.0.0"
+    if not host or (":" in host and not address.startswith("[")):
+        raise node.error(f'invalid host in "{address}" of the "listen" directive')
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise node.error(f'invalid port in "{address}" of the "listen" directive')
     ssl = default = http2 = False
@@ -725,12 +758,12 @@ class _Builder:
         classify(nodes, self.warn, defined, set())
         main = Level(nodes)
         http_nodes = main.own("http")
-        if http_nodes:
-            http = Level(http_nodes[0].block or [], node=http_nodes[0])
-        elif "events" in main.by_name or "worker_processes" in main.by_name:
-            http = Level([])
-        else:
+        if is_conf_d(set(main.by_name)):
             main, http = Level([]), main
+        elif http_nodes:
+            http = Level(http_nodes[0].block or [], node=http_nodes[0])
+        else:
+            http = Level([])
         events = main.own("events")
         events_level = Level(events[0].block or []) if events else Level([])
 
@@ -835,7 +868,7 @@ class _Builder:
         except ValueError:
             try:
                 socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-            except OSError:
+            except (OSError, UnicodeError):
                 raise node.error(f'host not found in upstream "{address}"') from None
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -1281,6 +1314,9 @@ class _Builder:
                     raise node.error(f'the size {size} of shared memory zone "{name}" conflicts with already '
                                      f"declared size {other[0]}")
             keys = s.level.find_all("ssl_session_ticket_key")
+            for n in keys:
+                if not os.path.isfile(self.absolute(n.args[0])):
+                    raise n.error(f'open() "{self.absolute(n.args[0])}" failed (No such file or directory)')
             key_sets.append(([self.absolute(n.args[0]) for n in keys], keys[0] if keys else None))
         first = key_sets[0][0]
         for keys, node in key_sets[1:]:
@@ -1354,6 +1390,11 @@ def load_config(path: str, warn: Warn | None = None) -> Config:
     ``warn(message, level=...)`` hears each accepted-but-ignored directive once."""
     from fastterm.config.toml import KeyLines, _Checker
 
-    config = _Builder(path, warn or (lambda message, level="warn": None)).build(read(path))
+    try:
+        config = _Builder(path, warn or (lambda message, level="warn": None)).build(read(path))
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        # A shape of input this front-end did not foresee: an error for `check`, never a master
+        # that dies on reload. The exception says what to fix here.
+        raise ConfigError(f"cannot map this configuration ({type(exc).__name__}: {exc})", file=path) from exc
     # The TOML front-end's semantic checks on the same model: what `convert`'s output must pass.
     return _Checker(path, KeyLines("")).check(config)

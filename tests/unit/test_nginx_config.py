@@ -782,3 +782,17 @@ def test_workers_and_drain(load):
 def test_escapes_as_nginx_lexes_them(load):
     got = load(site(server='    add_header Strict-Transport-Security "max-age=1; \\"x\\"" always;'))
     assert got.server.hsts == 'max-age=1; "x"'
+
+
+def test_a_stray_brace_mid_file_is_an_error_not_the_end_of_the_file(error):
+    """crossplane's parser stops at a top-level "}" and drops what follows: not here."""
+    text = SEED.replace("server {\nlisten 80;", "}\nserver {\nlisten 80;")
+    err = error(text)
+    assert 'unexpected "}"' in str(err) and err.line == line_of(text, "listen 80;") - 2
+
+
+def test_end_of_file_inside_a_directive(error):
+    for text in (SEED + "worker_processes", SEED + "worker_processes\n"):
+        err = error(text)
+        assert 'unexpected end of file, expecting ";" or "}"' in str(err)
+        assert err.line == len(text.splitlines()) + text.endswith("\n")
