@@ -57,6 +57,41 @@ What maps (nginx -> model):
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
   ``keepalive_disable none``, ``chunked_transfer_encoding on``.
 
+What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``user``, ``pid``,
+``daemon``, ``master_process``, ``error_log``, ``worker_rlimit_nofile``, ``worker_cpu_affinity``,
+``load_module``, events' ``use``/``multi_accept``/``accept_mutex``), file serving (``root``,
+``index``, ``alias``, ``sendfile``, ``tcp_nopush``, ``aio``, ``open_file_cache*``, ``types``,
+``default_type``, ``etag``), buffers and temp files fastterm does not have because it streams
+(``proxy_buffering``, ``proxy_buffer_size``, ``proxy_buffers``, ``proxy_request_buffering``,
+``client_body_buffer_size``, ``client_header_buffer_size``, ``*_temp_path``), nginx's hash
+table sizes, what nginx itself calls obsolete (``http2_max_requests``, ``http2_max_field_size``,
+``http2_idle_timeout``, ...), ``access_log``/``log_format`` (until access logs land),
+``resolver``, ``resolver_timeout`` and ``ssl_trusted_certificate`` (used only for OCSP stapling
+and client certificates), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
+without effect (``deferred``, ``backlog=``). ``proxy_set_header Host $host`` is accepted with
+a warning saying how fastterm's forwarded Host differs.
+
+What is refused, (c): every other directive nginx knows, among them ``ssl_stapling on`` and its
+friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
+(client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
+``proxy_pass`` with a URI part or variables, ``location =``/``~``/``~*``/``@name`` and nested
+locations, regex and suffix-wildcard ``server_name``, ``error_page``, other ``return``s,
+``add_header`` other than HSTS ``always``, other ``proxy_set_header`` values,
+``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
+upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
+``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
+``allow``/``deny``, ``listen ... proxy_protocol``, ``ssl_dhparam``, and plain-HTTP proxying (a
+server without ``ssl`` may only redirect). Each has its reason in ``UNSUPPORTED`` or in the
+error. Bad input is an error at file:line too: unbalanced braces, a missing ``;``, an unknown
+directive, a directive out of its context or with the wrong argument count (crossplane's
+table), an unknown ``$variable``, an include loop, a missing include or certificate file.
+
+Paths: ``include`` globs and ``ssl_certificate`` paths are relative to the directory of the
+main file, nginx's conf prefix (``nginx -c FILE``), not to the including file: Debian's
+``sites-enabled/*`` say ``include snippets/x.conf;`` and mean ``/etc/nginx/snippets``. A file
+whose top level has server or upstream blocks but no ``http`` (a conf.d file) is read as the
+inside of ``http {}``.
+
 Deliberate choices where nginx's default is not what fastterm gives (documented, not hidden):
 ``ssl_protocols`` absent -> TLSv1.2 TLSv1.3 (nginx >= 1.23.4's default; 1.22's lacks TLSv1.3
 and offers TLSv1/1.1, which fastterm refuses); ``ssl_ciphers`` absent -> Mozilla intermediate
@@ -85,7 +120,7 @@ from dataclasses import dataclass, field
 
 import crossplane
 from crossplane import analyzer as _cp
-from crossplane.errors import NgxParserDirectiveError
+from crossplane.errors import NgxParserDirectiveError, NgxParserSyntaxError
 
 from fastterm.certs.store import load_certificate
 from fastterm.config.model import (
@@ -171,7 +206,7 @@ class Node:
     block: list[Node] | None = None
 
     def error(self, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, line=self.line)
+        return ConfigError(_one_line(message), file=self.file, line=self.line)
 
     def unsupported(self, why: str = "", what: str | None = None) -> ConfigError:
         return self.error(f'"{what or self.name}" is not supported yet' + (f": {why}" if why else ""))
@@ -191,6 +226,11 @@ _ERRNO_RE = re.compile(r"^\[Errno \d+\] ([^:]+): '(.*)'$")
 _CP_WHERE_RE = re.compile(r" in [^ ]*?(:\d+)?$")
 
 
+def _one_line(message: str) -> str:
+    """Errors are one line, whatever a directive name holds (a backslash-newline, say)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _unescape(arg: str) -> str:
     """nginx's lexer turns ``\\"``, ``\\'``, ``\\\\``, ``\\t``, ``\\r``, ``\\n`` into characters and
     keeps other backslashes (regexes); crossplane keeps them all."""
@@ -199,13 +239,19 @@ def _unescape(arg: str) -> str:
 
 def _parse_error(err: dict, path: str) -> ConfigError:
     message = _CP_WHERE_RE.sub("", err["error"])
+    if not message:
+        # crossplane ran out of tokens inside a directive (its StopIteration has no text).
+        fname = err.get("file") or path
+        with open(fname, encoding="utf-8", errors="replace") as f:
+            lines = f.read().count("\n") + 1
+        return ConfigError('unexpected end of file, expecting ";" or "}"', file=fname, line=lines)
     errno = _ERRNO_RE.match(message)
     if errno:
         strerror, name = errno.groups()
         if err.get("line") is None and os.path.abspath(name) == os.path.abspath(path):
             return ConfigError(f"cannot read configuration: {strerror}", file=path)
         message = f'open() "{name}" failed ({strerror})'
-    return ConfigError(message, file=err.get("file") or path, line=err.get("line"))
+    return ConfigError(_one_line(message), file=err.get("file") or path, line=err.get("line"))
 
 
 def read(path: str) -> list[Node]:
@@ -214,15 +260,55 @@ def read(path: str) -> list[Node]:
     if not os.path.isfile(path):
         reason = "Is a directory" if os.path.isdir(path) else "No such file or directory"
         raise ConfigError(f"cannot read configuration: {reason}", file=path)
+    # Contexts, argument counts and unknown directives are checked below, once each include is
+    # placed in the context it lands in (crossplane checks only from the top of each file).
     payload = crossplane.parse(path, catch_errors=True, strict=False, check_ctx=False, check_args=False)
     if payload["errors"]:
         raise _parse_error(payload["errors"][0], path)
     configs = payload["config"]
-    top = {stmt["directive"] for stmt in configs[0]["parsed"]}
-    # A conf.d file (server and upstream blocks at the top, no http block) is read as the
-    # inside of http {}, as nginx.conf's "include conf.d/*.conf;" would.
-    ctx: tuple[str, ...] = () if top & {"http", "events", "worker_processes", "user", "pid"} else ("http",)
+    for conf in configs:
+        _check_terminators(conf["file"])
+    ctx = ("http",) if is_conf_d({stmt["directive"] for stmt in configs[0]["parsed"]}) else ()
     return _expand(configs, 0, ctx, (0,))
+
+
+def is_conf_d(top: set[str]) -> bool:
+    """A conf.d file (server or upstream blocks at the top, no http block) is read as the inside
+    of http {}, as nginx.conf's "include conf.d/*.conf;" would."""
+    return bool(top & {"server", "upstream"}) and "http" not in top
+
+
+def _check_terminators(fname: str) -> None:
+    """A directive must end with ";" or open a block: ``proxy_pass http://a }`` is a missing ";"
+    (crossplane's payload does not say how a directive ended, its token stream does). The whole
+    stream is read, so braces are balanced too: crossplane's parser stops at a stray top-level
+    "}" and drops the rest of the file without a word."""
+    try:
+        _terminators(fname)
+    except NgxParserSyntaxError as exc:
+        raise ConfigError(exc.strerror, file=fname, line=exc.lineno) from None
+
+
+def _terminators(fname: str) -> None:
+    with open(fname, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    last = text.rstrip().rsplit("\n", 1)[-1].strip()
+    if text and not text[-1].isspace() and last[-1:] not in (";", "{", "}") and not last.startswith("#"):
+        # crossplane's lexer drops a last word that no whitespace follows.
+        raise ConfigError('unexpected end of file, expecting ";" or "}"', file=fname,
+                          line=text.count("\n") + 1)
+    start: tuple[str, int] | None = None
+    for token, line, quoted in crossplane.lex(fname):
+        if not quoted and token.startswith("#"):
+            continue
+        if not quoted and token in ("{", ";"):
+            start = None
+        elif not quoted and token == "}":
+            if start is not None:
+                raise ConfigError(_one_line(f'"{start[0]}" directive is not terminated by ";"'), file=fname,
+                                  line=start[1])
+        elif start is None:
+            start = (token, line)
 
 
 def _expand(configs: list[dict], index: int, ctx: tuple[str, ...], stack: tuple[int, ...]) -> list[Node]:
@@ -238,7 +324,7 @@ def _node(configs: list[dict], fname: str, stmt: dict, ctx: tuple[str, ...], sta
     try:
         _cp.analyze(fname, stmt, term, ctx, strict=True, check_ctx=True, check_args=True)
     except NgxParserDirectiveError as exc:
-        raise ConfigError(exc.strerror, file=fname, line=exc.lineno) from None
+        raise ConfigError(_one_line(exc.strerror), file=fname, line=exc.lineno) from None
     if stmt["directive"] == "include":
         nodes = []
         for i in stmt.get("includes", []):
@@ -601,6 +687,8 @@ def parse_listen(node: Node, warn: Warn) -> Listen:
         host, _, port = address.rpartition(":")
     if host == "*":
         host = "0.0.0.0"
+    if not host or (":" in host and not address.startswith("[")):
+        raise node.error(f'invalid host in "{address}" of the "listen" directive')
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise node.error(f'invalid port in "{address}" of the "listen" directive')
     ssl = default = http2 = False
@@ -670,12 +758,12 @@ class _Builder:
         classify(nodes, self.warn, defined, set())
         main = Level(nodes)
         http_nodes = main.own("http")
-        if http_nodes:
-            http = Level(http_nodes[0].block or [], node=http_nodes[0])
-        elif "events" in main.by_name or "worker_processes" in main.by_name:
-            http = Level([])
-        else:
+        if is_conf_d(set(main.by_name)):
             main, http = Level([]), main
+        elif http_nodes:
+            http = Level(http_nodes[0].block or [], node=http_nodes[0])
+        else:
+            http = Level([])
         events = main.own("events")
         events_level = Level(events[0].block or []) if events else Level([])
 
@@ -780,7 +868,7 @@ class _Builder:
         except ValueError:
             try:
                 socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-            except OSError:
+            except (OSError, UnicodeError):
                 raise node.error(f'host not found in upstream "{address}"') from None
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -1130,19 +1218,24 @@ class _Builder:
                 if "$" in n.args[1]:
                     raise n.unsupported("variables", "add_header Strict-Transport-Security")
                 value, where = n.args[1], n
-            values.append((value, where or scope.node))
+            values.append((value, where or scope.node, scope is not s.level and bool(scope.own("add_header"))))
         first = values[0][0]
-        for value, where in values[1:]:
-            if value != first:
-                raise (where or s.node).unsupported(
-                    "an HSTS value differing between the locations of one server: fastterm's hsts is per "
-                    "server block", "add_header")
+        if any(value != first for value, _, _ in values):
+            # Point at a location's own add_header: the line that broke the inheritance.
+            where = next((w for _, w, own in values if own), values[1][1])
+            raise (where or s.node).unsupported(
+                "an HSTS value differing between the locations of one server: fastterm's hsts is per "
+                "server block", "add_header")
         return first
 
     def proxy_headers(self, loc: Level) -> None:
         for n in loc.find_all("proxy_set_header"):
             name, value = n.args[0].lower(), n.args[1]
             accepted = _SAME_HEADERS.get(name, set())
+            if name == "host" and value == "$host":
+                self.warn(f'{n.where}: "proxy_set_header Host $host" is approximated: fastterm forwards the '
+                          "client's Host as sent (nginx's $host drops the port, lowercases, and takes the host "
+                          "of an absolute-form request target)")
             if value not in accepted:
                 raise n.unsupported(_HEADER_WHY.get(name, "fastterm sends X-Forwarded-For, X-Forwarded-Proto "
                                                           "and X-Real-IP, and the client's Host"),
@@ -1221,6 +1314,9 @@ class _Builder:
                     raise node.error(f'the size {size} of shared memory zone "{name}" conflicts with already '
                                      f"declared size {other[0]}")
             keys = s.level.find_all("ssl_session_ticket_key")
+            for n in keys:
+                if not os.path.isfile(self.absolute(n.args[0])):
+                    raise n.error(f'open() "{self.absolute(n.args[0])}" failed (No such file or directory)')
             key_sets.append(([self.absolute(n.args[0]) for n in keys], keys[0] if keys else None))
         first = key_sets[0][0]
         for keys, node in key_sets[1:]:
@@ -1294,6 +1390,11 @@ def load_config(path: str, warn: Warn | None = None) -> Config:
     ``warn(message, level=...)`` hears each accepted-but-ignored directive once."""
     from fastterm.config.toml import KeyLines, _Checker
 
-    config = _Builder(path, warn or (lambda message, level="warn": None)).build(read(path))
+    try:
+        config = _Builder(path, warn or (lambda message, level="warn": None)).build(read(path))
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        # A shape of input this front-end did not foresee: an error for `check`, never a master
+        # that dies on reload. The exception says what to fix here.
+        raise ConfigError(f"cannot map this configuration ({type(exc).__name__}: {exc})", file=path) from exc
     # The TOML front-end's semantic checks on the same model: what `convert`'s output must pass.
     return _Checker(path, KeyLines("")).check(config)
