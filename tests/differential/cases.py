@@ -8,6 +8,8 @@ name; on a plain-HTTP listener, the redirect (or whatever it answers) for a few 
 
 from __future__ import annotations
 
+import re
+
 from diffharness import (
     OFFERS,
     S_CLIENT_OFFERS,
@@ -108,12 +110,27 @@ def upstream_connections(host: str, target: str, count: int = 3) -> Custom:
     return Custom(f"{count} requests: backend connections opened ({target})", run)
 
 
+def resolver_not_contacted() -> Custom:
+    """The seed's ``resolver 8.8.8.8`` must not be used in tests (no network): neither log
+    mentions resolving (nginx resolves only for OCSP responders, and the test certificates
+    name none)."""
+
+    def run(side, ctx):
+        lines = [line for line in side.log().splitlines() if re.search(r"resolv|8\.8\.", line)
+                 and "is ignored" not in line and "[warn]" not in line]
+        return {"resolver log lines": lines}
+
+    return Custom("resolver not contacted", run)
+
+
 API = "api.example.com"
 APP = "app.example.com"
 
 # config stem -> its own cases, after the generic ones.
 SPECIFIC: dict[str, list[Case]] = {
+    "seed_api": [resolver_not_contacted()],
     "seed_api_without_stapling": [
+        resolver_not_contacted(),
         KeepAlive(API, count=3),
         upstream_connections(API, "/pool"),
     ],
@@ -202,6 +219,29 @@ SPECIFIC: dict[str, list[Case]] = {
         Request(API, "/legacy"),
         Request(API, "/static/../v1/x"),
         Request(API, "/static/%2E%2E/private/x"),
+    ],
+    "locations_prefix": [
+        Request(API, "/static/a.css"),
+        Request(API, "/static/private/b"),
+        Request(API, "/staticx"),
+        Request(API, "/static"),
+        Request(API, "/assets/x.php"),
+        Request(API, "/legacy/page"),
+        Request(API, "/legacy"),
+        Request(API, "/legacyx"),
+        Request(API, "/static/../api/x"),
+        Request(API, "/static/%2E%2E/private/x"),
+        Request(API, "/static//private/x"),
+        Request(API, "/STATIC/a"),
+    ],
+    "proxy_pass_uri": [
+        Request(API, "/v1/users/a%20b?x=1"),
+        Request(API, "/v1/users/%2e%2e/admin"),
+        Request(API, "/v1/caf%C3%A9"),
+        Request(API, "/v1"),
+        Request(API, "/legacy/page"),
+        Request(API, "/legacy"),
+        Request(API, "/legacyx?y=1"),
     ],
     "upstream_several": [
         Sequence(Request(API, "/rr"), count=6),

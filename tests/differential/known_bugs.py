@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from allowlist import Allowed
+from allowlist import Allowed, _configs_without
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,7 @@ BUGS: list[Bug] = [
         when=lambda a, b: a.get("backend.connections") == len(a.get("statuses", ())),
         reason="(a backend connection per request)", witness=(SEED, SEED_GET)),
     Bug(name="upstream_host_is_proxy_host", field="backend*.header:host",
-        when=lambda a, b: a.get("backend.header:host") in ("notes", "app", "exact", "wild", "dot", "fallback",
-                                                           "pool", "least")
-        or str(a.get("backend.header:host", "")).startswith("127.0.0.1:"),
+        config=_configs_without(r"proxy_set_header\s+Host"),
         reason="without proxy_set_header Host nginx sends Host: $proxy_host (the upstream's name, or ip:port); "
                "fastterm forwards the client's Host", witness=(SEED, SEED_GET)),
     Bug(name="upstream_host_dollar_host_is_the_bare_name", field="backend*.header:host", config="proxy_headers",
@@ -85,6 +83,12 @@ BUGS: list[Bug] = [
         reason="proxy_redirect default: nginx rewrites a backend's Location http://UPSTREAM/ to the client's "
                "scheme, host and port; fastterm passes it unchanged",
         witness=(SEED, "GET api.example.com backend 302 to its own name")),
+    Bug(name="location_prefix_slash_redirect", field="*",
+        when=lambda a, b: a.get("status") == 301 and a.get("backend.count") == 0
+        and str(a.get("header:location", "")).endswith("/") and b.get("status") != 301,
+        reason="location /dir/ with proxy_pass: nginx answers /dir with a 301 to https://HOST:PORT/dir/ "
+               "(absolute, with the listen port); fastterm proxies /dir by the / location",
+        witness=("locations_prefix", "GET https api.example.com /static")),
     Bug(name="redirect_server_keeps_the_connection", field="header:connection", nginx=None, fastterm="close",
         case="* http *", reason="the port-80 server: nginx keeps the connection after its 301; fastterm's "
                                 "redirect listener answers Connection: close and closes",
