@@ -187,6 +187,10 @@ SPECIFIC: dict[str, list[Case]] = {
         Resume(APP, "tls1.3", port="HTTPS_PORT2"),
         Resume(APP, "tls1.2"),
     ],
+    "session_ticket_key": [
+        Resume(API, "tls1.2"),
+        Resume(API, "tls1.3"),
+    ],
     "session_none": [
         Resume(API, "tls1.2"),
         Resume(API, "tls1.3"),
@@ -287,7 +291,7 @@ SPECIFIC: dict[str, list[Case]] = {
     ],
     "keepalive": [
         KeepAlive(API, count=4),
-        KeepAlive(API, count=1, idle=1.6),
+        KeepAlive(API, count=1, idle=2.0),
         upstream_connections(API, "/pool"),
     ],
     "proxy_headers": [

@@ -53,11 +53,14 @@ class Session:
     bugs: dict[str, int] = field(default_factory=dict)            # known bug -> differences it covered
     failed: list[str] = field(default_factory=list)
 
+    used: set[int] = field(default_factory=set)                   # id() of allow-list entries that matched
+
     def record(self, config: str, case: str, diffs: list) -> None:
         self.compared += 1
         self.configs.add(config)
         for d in diffs:
             if d.allowed_by is not None:
+                self.used.add(id(d.allowed_by))
                 self.allowed.setdefault(d.allowed_by.reason, []).append(f"{config} / {case} / {d.field}")
             elif d.bug is not None:
                 self.bugs[d.bug.name] = self.bugs.get(d.bug.name, 0) + 1
@@ -156,3 +159,10 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(f"  allowed x{len(where)}: {reason}")
     for name, n in sorted(s.bugs.items()):
         tr.write_line(f"  known bug x{n}: {name}")
+    from allowlist import ALLOWED
+
+    unused = [e for e in ALLOWED if id(e) not in s.used]
+    if unused and s.compared:
+        tr.write_line("  allow-list entries no compared case needed (stale, or outside this selection):")
+        for e in unused:
+            tr.write_line(f"    {e.field} [{e.config if isinstance(e.config, str) else 'configs...'} / {e.case}]")

@@ -282,6 +282,12 @@ def make_pki(directory: Path) -> PKI:
     (directory / "ca.crt").write_bytes(ca.cert_pem)
     (directory / "chain.pem").write_bytes(inter.cert_pem + ca.cert_pem)
     (directory / "dhparam.pem").write_text(FFDHE2048)
+    # ssl_session_ticket_key's 80-byte format; fastterm refuses a key file others can read, so 0600,
+    # owned by nobody when nginx runs as nobody (fastterm, as root, reads it anyway)
+    (directory / "ticket.key").write_bytes(os.urandom(80))
+    os.chmod(directory / "ticket.key", 0o600)
+    if os.geteuid() == 0:
+        os.chown(directory / "ticket.key", 65534, 65534)
     return PKI(directory, str(directory / "ca.crt"), labels)
 
 
