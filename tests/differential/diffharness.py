@@ -1012,7 +1012,8 @@ class Request(Case):
 
 @dataclass
 class Sequence(Case):
-    """``count`` requests, one per connection: which backend served each, in order."""
+    """``count`` requests, one per connection: how many each backend served, and in which
+    order (rotated to start at the smallest name: the starting point is not compared)."""
 
     request: Request
     count: int = 6
@@ -1029,7 +1030,10 @@ class Sequence(Case):
             names.append(obs.get("backend.name"))
             statuses.append(obs.get("status"))
         counts = {n: names.count(n) for n in sorted(set(names), key=str)}
-        return {"statuses": statuses, "backend.distribution": counts, "backend.sequence": names}
+        # round robin's order, not its starting point (that depends on the requests before)
+        start = min(range(len(names)), key=lambda i: (str(names[i]), i)) if names else 0
+        return {"statuses": statuses, "backend.distribution": counts,
+                "backend.rotation": names[start:] + names[:start]}
 
 
 @dataclass
