@@ -574,6 +574,28 @@ UNSUPPORTED = {
 }
 
 
+def _check_resolver(node: Node) -> None:
+    """``resolver ADDRESS ... [valid=TIME] [ipv4=on|off] [ipv6=on|off] [status_zone=NAME]``: parsed
+    as nginx would, though only OCSP stapling (not supported yet) would use it."""
+    for arg in node.args:
+        key, sep, value = arg.partition("=")
+        if sep and key == "valid":
+            parse_time(node, value)
+        elif sep and key in ("ipv4", "ipv6"):
+            if value not in ("on", "off"):
+                raise node.invalid(arg)
+        elif sep and key == "status_zone":
+            continue
+        elif sep or not arg or arg.startswith(":"):
+            raise node.error(f'invalid parameter "{arg}"')
+
+
+_ARGUMENT_CHECKS: dict[str, Callable[[Node], None]] = {
+    "resolver": _check_resolver,
+    "resolver_timeout": lambda node: parse_time(node) and None,
+}
+
+
 def classify(nodes: list[Node], warn: Warn, defined: set[str], warned: set[int]) -> None:
     """Sort every directive into (a), (b) or (c), in file order: warn for (b), raise for (c)."""
     for node in nodes:
@@ -589,6 +611,8 @@ def classify(nodes: list[Node], warn: Warn, defined: set[str], warned: set[int])
                 classify(node.block, warn, defined, warned)
             continue
         if name in IGNORED:
+            if name in _ARGUMENT_CHECKS:
+                _ARGUMENT_CHECKS[name](node)
             if id(node) not in warned:
                 warned.add(id(node))
                 warn(f'{node.where}: "{name}" is ignored: {IGNORED[name]}')
@@ -1392,7 +1416,7 @@ def load_config(path: str, warn: Warn | None = None) -> Config:
 
     try:
         config = _Builder(path, warn or (lambda message, level="warn": None)).build(read(path))
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         # A shape of input this front-end did not foresee: an error for `check`, never a master
         # that dies on reload. The exception says what to fix here.
         raise ConfigError(f"cannot map this configuration ({type(exc).__name__}: {exc})", file=path) from exc

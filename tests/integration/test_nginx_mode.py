@@ -160,7 +160,9 @@ def test_two_sni_servers_with_their_own_certificates(nginx_mode, demo_backend):
 
 
 def test_reload_rereads_the_nginx_file_and_a_broken_one_changes_nothing(nginx_mode, demo_backend, cli, tmp_path):
-    ft = nginx_mode(SEED, backend=demo_backend, hsts="max-age=1")
+    # worker_shutdown_timeout: the drain deadline, so the stop at the end takes a second.
+    main = "worker_shutdown_timeout 1s;\nevents {{}}\nhttp {{\n" + SEED + "}}\n"
+    ft = nginx_mode(main, backend=demo_backend, hsts="max-age=1")
     path = Path(ft.config_path)
     pid_file = str(tmp_path / "fastterm0.pid")
     path.write_text(path.read_text().replace("max-age=1", "max-age=2"))

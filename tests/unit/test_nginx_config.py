@@ -796,3 +796,7 @@ def test_end_of_file_inside_a_directive(error):
         err = error(text)
         assert 'unexpected end of file, expecting ";" or "}"' in str(err)
         assert err.line == len(text.splitlines()) + text.endswith("\n")
+
+
+def test_resolver_is_parsed(error):
+    assert 'invalid value "5x"' in str(error(site(server="    resolver 8.8.8.8 valid=5x;"), "resolver"))
