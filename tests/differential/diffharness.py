@@ -613,9 +613,9 @@ def compare(config: str, case_id: str, a: Observation, b: Observation, allow: li
     return out
 
 
-def format_differences(config: str, case_id: str, diffs: list[Difference], a: Observation,
-                       b: Observation) -> str:
-    lines = [f"{config} / {case_id}: {len(diffs)} difference(s) neither allow-listed nor a known bug"]
+def format_differences(config: str, case_id: str, diffs: list[Difference], a: Observation, b: Observation,
+                       what: str = "neither allow-listed nor a known bug") -> str:
+    lines = [f"{config} / {case_id}: {len(diffs)} difference(s) {what}"]
     for d in diffs:
         lines.append(f"  {d.field}:\n      nginx:    {d.nginx!r}\n      fastterm: {d.fastterm!r}")
     lines.append("  (nginx observation: " + json.dumps(a, default=str)[:1500] + ")")

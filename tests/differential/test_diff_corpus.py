@@ -88,8 +88,8 @@ def test_known_bug(diff_session, name: str):
     diffs, nginx_obs, fastterm_obs = _compared(diff_session, cfg, case, entries)
     still = [d for d in diffs if d.bug is not None]
     if still:
-        pytest.fail(f"{name}: {entries[0].reason}\n" + dh.format_differences(cfg.name, case.id, still, nginx_obs,
-                                                                            fastterm_obs), pytrace=False)
+        pytest.fail(f"{name}: {entries[0].reason}\n" + dh.format_differences(
+            cfg.name, case.id, still, nginx_obs, fastterm_obs, "from this bug"), pytrace=False)
 
 
 @pytest.mark.parametrize("cfg", [pytest.param(c, id=c.name) for c in CORPUS if c.unsupported])
