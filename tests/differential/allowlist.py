@@ -67,7 +67,8 @@ def _configs_without(directive: str) -> tuple[str, ...]:
     """Corpus configs that never set ``directive`` (a regex; nginx's default applies)."""
     from diffharness import load_corpus
 
-    return tuple(c.name for c in load_corpus() if not re.search(rf"^\s*{directive}[\s;]", c.text, re.MULTILINE))
+    return tuple(c.name for c in load_corpus()
+                 if not re.search(rf"^\s*{directive}[\s;]", c.scanned, re.MULTILINE | re.IGNORECASE))
 
 
 def _refused_for_version(obs: dict) -> bool:

@@ -124,26 +124,21 @@ class CorpusConfig:
     unsupported: list[str] = field(default_factory=list)
     nginx_config: str | None = None
     tls_matrix: bool = True
-
-    @property
-    def uses(self) -> set[str]:
-        return {p for p in (*PORT_NAMES, *BACKEND_NAMES) if f"@{p}@" in self.text}
+    scanned: str = ""     # the text and the files it includes (NAME.d/), for what the cases need
 
     @property
     def https_ports(self) -> list[str]:
-        out = []
-        for p in ("HTTPS_PORT", "HTTPS_PORT2"):
-            if re.search(rf"listen\s+\S*@{p}@[^;]*\bssl\b", self.text):
-                out.append(p)
-        return out
+        return [p for p in ("HTTPS_PORT", "HTTPS_PORT2")
+                if re.search(rf"listen\s+\S*@{p}@[^;]*\bssl\b", self.scanned)]
 
     @property
     def has_http(self) -> bool:
-        return "@HTTP_PORT@" in self.text
+        return "@HTTP_PORT@" in self.scanned
 
     def added_headers(self) -> list[str]:
         """Names given to ``add_header`` anywhere: compared on every response."""
-        return sorted({m.lower() for m in re.findall(r"^\s*add_header\s+\"?([A-Za-z0-9-]+)", self.text, re.MULTILINE)})
+        return sorted({m.lower() for m in re.findall(r"^\s*add_header\s+\"?([A-Za-z0-9-]+)", self.scanned,
+                                                     re.MULTILINE)})
 
 
 def _instances(server_name: str) -> list[str]:
@@ -162,6 +157,8 @@ def load_corpus() -> list[CorpusConfig]:
     out = []
     for path in sorted(CONFIGS.glob("*.conf")):
         text = path.read_text()
+        included = path.with_suffix(".d")
+        scanned = text + "".join(p.read_text() for p in sorted(included.iterdir())) if included.is_dir() else text
         meta: dict[str, list[str]] = {}
         for line in text.splitlines():
             m = re.match(r"\s*#\s*diff:\s*([a-z-]+)\s*(.*)$", line)
@@ -170,7 +167,7 @@ def load_corpus() -> list[CorpusConfig]:
         names = meta.get("names")
         if not names:
             names = []
-            for m in re.finditer(r"^\s*server_name\s+([^;]+);", text, re.MULTILINE):
+            for m in re.finditer(r"^\s*server_name\s+([^;]+);", scanned, re.MULTILINE):
                 for n in m.group(1).split():
                     for inst in _instances(n.strip('"')):
                         if inst not in names:
@@ -178,7 +175,7 @@ def load_corpus() -> list[CorpusConfig]:
         nginx_config = (meta.get("nginx-config") or [None])[0]
         out.append(CorpusConfig(path.stem, path, text, names or ["localhost"],
                                 meta.get("unsupported", []), nginx_config,
-                                "no-tls-matrix" not in meta))
+                                "no-tls-matrix" not in meta, scanned))
     return out
 
 
@@ -468,6 +465,15 @@ def prepare(kind: str, config: CorpusConfig, base: Path, pki: PKI, backends: Bac
     conf = run / "nginx.conf"
     snippet = config.text if text is None else text
     conf.write_text(render(config, snippet, run, ports, pki, backends))
+    # configs/NAME.d/*: files the config includes (relative paths resolve against the
+    # nginx.conf's directory), rendered with the same placeholders
+    source = CONFIGS / f"{config.name}.d"
+    if source.is_dir():
+        target = run / source.name
+        target.mkdir(exist_ok=True)
+        for path in sorted(source.iterdir()):
+            rendered = render(config, path.read_text(), run, ports, pki, backends)
+            (target / path.name).write_text(rendered.split("### snippet\n", 1)[1].rsplit("\n### end", 1)[0] + "\n")
     if kind == "nginx" and os.geteuid() == 0:
         for d in (run, run / "tmp"):
             os.chown(d, 65534, 65534)
@@ -489,9 +495,10 @@ def start(side: Side) -> None:
     with open(side.output, "wb") as out:
         side.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=fastterm_env(), cwd=side.run)
-    waiting = [p for p in PORT_NAMES if f"@{p}@" in side.snippet]
+    text = side.snippet + "".join(p.read_text() for p in side.run.glob("*.d/*"))
+    waiting = [p for p in PORT_NAMES if f"@{p}@" in text or str(side.ports[p]) in text]
     tls_ports = {p for p in ("HTTPS_PORT", "HTTPS_PORT2")
-                 if re.search(rf"listen\s+\S*@{p}@[^;]*\bssl\b", side.snippet)}
+                 if re.search(rf"listen\s+\S*(@{p}@|:{side.ports[p]})[^;]*\bssl\b", text)}
     deadline = time.monotonic() + START_TIMEOUT
     for name in waiting:
         while True:

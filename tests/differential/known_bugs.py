@@ -32,6 +32,8 @@ SEED = "seed_api_without_stapling"
 SEED_GET = "GET https api.example.com /notes/a%20b/../c?q=1&r=%2F"
 CLIENT_HEADERS = "GET api.example.com client forwarding and hop-by-hop headers"
 FORWARDING = ("x-forwarded-for", "x-forwarded-proto", "x-real-ip", "forwarded")
+# what cases.standard_requests' clients send in those fields, as nginx passes them on
+CLIENT_SENT = {"203.0.113.7", "203.0.113.7 | 203.0.113.8", "198.51.100.1", "http", "for=192.0.2.1"}
 
 
 def _http10(v) -> bool:
@@ -60,11 +62,17 @@ BUGS: list[Bug] = [
                  "so; fastterm always adds them", witness=(SEED, SEED_GET))
       for header in FORWARDING),
     *(Bug(name="client_forwarding_headers_pass_untouched", field=f"backend*.header:{header}",
-          nginx=lambda v: v is not None,
+          nginx=lambda v: v in CLIENT_SENT,
           reason="nginx passes a client's X-Forwarded-For, X-Real-IP, X-Forwarded-Proto and Forwarded as sent "
                  "unless the config sets that header (repeated X-Forwarded-For joined); fastterm replaces or "
                  "drops them (its trusted_proxies rule)", witness=(SEED, CLIENT_HEADERS))
       for header in FORWARDING),
+    *(Bug(name="real_ip_rewrites_remote_addr", field=f"backend*.header:{header}", config="real_ip",
+          reason="set_real_ip_from + real_ip_header X-Forwarded-For: nginx replaces $remote_addr with the "
+                 "address from the header (X-Real-IP and the appended X-Forwarded-For carry the client); "
+                 "fastterm keeps the peer's address in both",
+          witness=("real_ip", "GET api.example.com client forwarding and hop-by-hop headers"))
+      for header in ("x-real-ip", "x-forwarded-for")),
     Bug(name="connection_listed_fields_are_forwarded", field="backend*.header:x-hop", nginx="h", fastterm=None,
         reason="nginx forwards a field the client named in Connection (X-Hop); fastterm drops it (RFC 9110 "
                "7.6.1 says a proxy removes them: make this an allow-list entry if fastterm keeps that on purpose)",
