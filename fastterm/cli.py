@@ -1,7 +1,9 @@
-"""The ``fastterm`` command: ``check``, ``run`` and ``demo``.
+"""The ``fastterm`` command: ``check``, ``run``, ``convert``, ``demo`` and the control commands.
 
 Output follows ``nginx -t`` so that operators and scripts that know nginx read it as is:
 ``fastterm: [emerg] file:line: ...`` then ``configuration file X test failed``, exit 1.
+Every command that reads a configuration takes ``-c fastterm.toml`` or ``--nginx nginx.conf``
+(one of them); both become the same model (``fastterm.config.ConfigSource``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import sys
 import time
 
 from fastterm.certs.store import expiry_warnings, key_permission_warnings, load_certificate
+from fastterm.config import ConfigSource
 from fastterm.config.model import Config
-from fastterm.config.toml import load_config
 from fastterm.errors import FasttermError
 from fastterm.keys import read_key_files
 from fastterm.process import stop as stop_process
@@ -29,11 +31,16 @@ def _say(message: str, *, level: str | None = None, failed: bool = False) -> Non
     print(prefix + message, file=sys.stderr if level or failed else sys.stdout, flush=True)
 
 
-def validate(path: str, *, verbose: bool = False) -> Config:
+def _warn(message: str, level: str = "warn") -> None:
+    _say(message, level=level)
+
+
+def validate(source: ConfigSource | str, *, verbose: bool = False) -> Config:
     """Everything ``check`` and ``run`` verify before serving; warnings go to stderr."""
-    config = load_config(path)
+    source = source if isinstance(source, ConfigSource) else ConfigSource(source)
+    config = source.load(_warn)
     if verbose:
-        _say(f"the configuration file {path} syntax is ok")
+        _say(f"the configuration file {source.path} syntax is ok")
     for server in config.servers:
         for certificate in server.certificates:
             ck = load_certificate(certificate.cert, certificate.key)
@@ -45,22 +52,44 @@ def validate(path: str, *, verbose: bool = False) -> Config:
     except ImportError:
         # The Cython core is not built: the OpenSSL-level checks are skipped, not failed.
         return config
-    build(config, path)
+    build(config, source.toml_path)
     return config
 
 
+def _source(args: argparse.Namespace) -> ConfigSource:
+    if getattr(args, "nginx", None):
+        return ConfigSource(args.nginx, "nginx")
+    return ConfigSource(args.config)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    source = _source(args)
     try:
-        validate(args.config, verbose=True)
+        validate(source, verbose=True)
     except (FasttermError, OSError) as exc:
         _say(str(exc), level="emerg")
-        _say(f"configuration file {args.config} test failed", failed=True)
+        _say(f"configuration file {source.path} test failed", failed=True)
         return 1
-    _say(f"configuration file {args.config} test is successful")
+    _say(f"configuration file {source.path} test is successful")
     return 0
 
 
-def _serve(path: str, config: Config, single: bool = False) -> int:
+def cmd_convert(args: argparse.Namespace) -> int:
+    """The nginx configuration as the equivalent fastterm.toml, on stdout."""
+    from fastterm.config.toml import dump_config
+
+    source = _source(args)
+    try:
+        config = validate(source)
+    except (FasttermError, OSError) as exc:
+        _say(str(exc), level="emerg")
+        return 1
+    sys.stdout.write(f"# fastterm.toml converted from {os.path.abspath(source.path)} "
+                     f"(fastterm convert {source.flag})\n\n" + dump_config(config))
+    return 0
+
+
+def _serve(source: ConfigSource | str, config: Config, single: bool = False) -> int:
     """Serve until stopped: a master with workers, or (``--single``) this process alone."""
     try:
         if single:
@@ -71,7 +100,7 @@ def _serve(path: str, config: Config, single: bool = False) -> int:
             run(config)
         else:
             from fastterm.supervisor import run_master
-            return run_master(path, config)
+            return run_master(source, config)
     except ImportError as exc:
         _say(f"cannot start: the Cython core is unavailable ({exc}); "
              "build it with `pip install -e .` or ./bootstrap", level="emerg")
@@ -85,20 +114,25 @@ def _serve(path: str, config: Config, single: bool = False) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    source = _source(args)
     try:
-        config = validate(args.config)
+        config = _with_pid_file(validate(source), args)
     except (FasttermError, OSError) as exc:
         _say(str(exc), level="emerg")
         return 1
-    return _serve(args.config, config, args.single)
+    return _serve(source, config, args.single)
 
 
-def _control_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
+def _with_pid_file(config: Config, args: argparse.Namespace) -> Config:
+    """``--pid-file`` wins over the config's (an nginx.conf's ``pid`` is nginx's own file)."""
     if getattr(args, "pid_file", None):
         import msgspec
         config = msgspec.structs.replace(config, pid_file=os.path.abspath(args.pid_file))
     return config
+
+
+def _control_config(args: argparse.Namespace) -> Config:
+    return _with_pid_file(_source(args).load(), args)
 
 
 def _admin_credential(config: Config) -> str:
@@ -144,7 +178,7 @@ def _admin_request(config: Config, method: str, path: str) -> tuple[int, str]:
 def cmd_reload(args: argparse.Namespace) -> int:
     """Validate first (like ``nginx -t && nginx -s reload``), then ask the master."""
     try:
-        validate(args.config)
+        validate(_source(args))
         config = _control_config(args)
         if config.admin:
             status, body = _admin_request(config, "POST", "/reload")
@@ -257,7 +291,7 @@ fastterm demo: TLS on {https} -> backend http://127.0.0.1:{args.backend_port}
     openssl s_client -connect localhost:{args.https_port} -CAfile {pki['ca_cert']} -brief </dev/null
   Ctrl-C stops.
 """, flush=True)
-        return _serve(path, config)
+        return _serve(ConfigSource(path), config)
     finally:
         stop_process(backend)
 
@@ -274,14 +308,25 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_arguments(parser)
 
 
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("-c", "--config", metavar="FILE", help="a fastterm.toml")
+    which.add_argument("--nginx", metavar="FILE",
+                       help="an nginx.conf (or a conf.d file of server blocks), read as nginx would")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="TLS terminator and HTTP/1.1 reverse proxy")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate a configuration and its certificates, like nginx -t")
-    check.add_argument("-c", "--config", required=True, metavar="FILE")
+    _config_arguments(check)
     check.set_defaults(func=cmd_check)
+    convert = commands.add_parser("convert", help="print the fastterm.toml equivalent to an nginx configuration")
+    convert.add_argument("--nginx", required=True, metavar="FILE", help="the nginx.conf (or conf.d file) to convert")
+    convert.set_defaults(func=cmd_convert)
     run = commands.add_parser("run", help="validate then serve until SIGTERM/SIGINT")
-    run.add_argument("-c", "--config", required=True, metavar="FILE")
+    _config_arguments(run)
+    run.add_argument("--pid-file", metavar="FILE", help="override the config's pid_file")
     run.add_argument("--single", action="store_true",
                      help="serve in this one process, no master or workers (debugging)")
     run.set_defaults(func=cmd_run)
@@ -289,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ("stop", cmd_stop, "graceful stop (SIGTERM); --fast: SIGQUIT"),
                              ("status", cmd_status, "the master's status (admin endpoint or pid)")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("-c", "--config", required=True, metavar="FILE")
+        _config_arguments(sub)
         sub.add_argument("--pid-file", metavar="FILE", help="override the config's pid_file")
         if name == "stop":
             sub.add_argument("--fast", action="store_true")

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 
 from fastterm import worker as worker_mod
 from fastterm.admin import AdminServer
+from fastterm.config import ConfigSource
 from fastterm.config.model import Config
 from fastterm.config.plan import Plan, build
-from fastterm.config.toml import load_config
 from fastterm.errors import FasttermError
 from fastterm.files import is_private_dir, private_dir, write_atomic
 from fastterm.keys import TicketKeys
@@ -137,10 +137,12 @@ class Generation:
 
 
 class Master:
-    def __init__(self, config_path: str, config: Config):
+    def __init__(self, source: ConfigSource | str, config: Config):
         from fastterm._core import SharedState
 
-        self.config_path = config_path
+        # What a reload reads again, with the same front-end (fastterm.toml or nginx.conf).
+        self.source = source if isinstance(source, ConfigSource) else ConfigSource(source)
+        self.config_path = self.source.path
         self.shared = SharedState(config.sessions.cache_size)   # every SSL_CTX the plans build uses it
         self.keys = self._ticket_keys(config)
         self.sockets: dict[tuple[tuple[str, int], int], socket.socket] = {}
@@ -168,7 +170,7 @@ class Master:
         self.token_file = token_file_of(config)
         self.token: str | None = None
         self.generations_made = 0
-        self._commit(config, build(config, config_path, self.shared))
+        self._commit(config, build(config, self.source.toml_path, self.shared))
 
     def _ticket_keys(self, config: Config) -> TicketKeys:
         return TicketKeys(self.shared, rotation=config.sessions.ticket_key_rotation,
@@ -302,8 +304,8 @@ class Master:
         Never raises: a failure is counted, logged and kept in ``last_reload_error``."""
         previous = self.generation
         try:
-            config = load_config(self.config_path)
-            plan = build(config, self.config_path, self.shared)
+            config = self.source.load(_log_warning)
+            plan = build(config, self.source.toml_path, self.shared)
             self._check_room(worker_count(config))
             self._commit(config, plan)
         except (FasttermError, OSError) as exc:
@@ -426,6 +428,7 @@ class Master:
             "ticket_key_rotations": self.keys.rotations,
             "sessions": self.shared.session_stats(),
             "config": self.config_path,
+            "config_format": self.source.format,
         }
 
     def _slot_counters(self, counter_slot: int) -> dict:
@@ -558,10 +561,14 @@ class Master:
                 self._kill(proc.pid, signal.SIGUSR1)
 
 
-def run_master(config_path: str, config: Config) -> int:
+def _log_warning(message: str, level: str = "warn") -> None:
+    log.log(logging.INFO if level == "notice" else logging.WARNING, "%s", message)
+
+
+def run_master(source: ConfigSource | str, config: Config) -> int:
     worker_mod.setup_logging(config)
     raise_nofile_limit()
-    master = Master(config_path, config)
+    master = Master(source, config)
     return master.run()
 
 
@@ -586,4 +593,5 @@ def signal_master(config: Config, sig: int) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run_master(sys.argv[1], load_config(sys.argv[1])))
+    _source = ConfigSource(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "toml")
+    sys.exit(run_master(_source, _source.load()))

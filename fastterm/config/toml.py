@@ -8,6 +8,7 @@ where the key appears, so every error a user sees points into their file.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -349,3 +350,68 @@ def load_config(path: str) -> Config:
     except msgspec.ValidationError as exc:
         raise _schema_error(exc, path, keys) from None
     return checker.check(config)
+
+
+# ---- writing -----------------------------------------------------------------------------
+
+
+def _plain(value: object) -> object:
+    """A model value as TOML data: Structs as tables of their non-default keys, None left out."""
+    if isinstance(value, msgspec.Struct):
+        table = {}
+        for f in msgspec.structs.fields(value):
+            item = getattr(value, f.name)
+            if item is None:
+                continue
+            if f.default is not msgspec.NODEFAULT:
+                default = f.default
+            elif f.default_factory is not msgspec.NODEFAULT:
+                default = f.default_factory()
+            else:
+                default = msgspec.NODEFAULT
+            if default is not msgspec.NODEFAULT and type(item) is type(default) and item == default:
+                continue
+            table[f.encode_name] = _plain(item)
+        return table
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)     # JSON string escapes are TOML basic-string escapes
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _is_tables(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _emit(table: dict, prefix: str, out: list[str]) -> None:
+    for key, value in table.items():
+        if not isinstance(value, dict) and not _is_tables(value):
+            out.append(f"{key} = {_toml_value(value)}")
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.append(f"\n[{prefix}{key}]")
+            _emit(value, f"{prefix}{key}.", out)
+    for key, value in table.items():
+        if _is_tables(value):
+            for item in value:
+                out.append(f"\n[[{prefix}{key}]]")
+                _emit(item, f"{prefix}{key}.", out)
+
+
+def dump_config(config: Config) -> str:
+    """``Config`` -> fastterm.toml text that ``load_config`` reads back into an equal ``Config``
+    (keys at their default are left out; paths are absolute)."""
+    out: list[str] = []
+    _emit(_plain(config), "", out)
+    return "\n".join(out).lstrip("\n") + "\n"

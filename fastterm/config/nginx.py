@@ -1,0 +1,1424 @@
+"""nginx.conf -> ``Config``: the nginx front-end (``fastterm run|check|convert --nginx FILE``).
+
+The text is read by crossplane (nginxinc's parser: nginx's lexing, includes, file:line),
+then every directive is sorted into one of three kinds, and never silently dropped:
+
+(a) mapped with nginx's meaning onto the model (the same ``Config`` fastterm.toml gives;
+    nothing behind the model knows which front-end made it);
+(b) accepted with one warning, because it has no effect on a terminator that serves no
+    files or because fastterm does the job its own way (``IGNORED`` below says why for each);
+(c) refused: ``FILE:LINE: "directive" is not supported yet`` and exit 1, like an error of
+    ``nginx -t``. A mapped directive whose value fastterm cannot reproduce is refused the
+    same way (``proxy_set_header X-Foo bar``, ``add_header`` other than HSTS ``always``).
+
+What maps (nginx -> model):
+
+- ``worker_processes`` -> ``workers`` (absent: 1, nginx's default); ``worker_shutdown_timeout``
+  -> ``limits.drain_timeout``; ``events { worker_connections }`` -> ``limits.worker_connections``
+  (nginx counts backend connections in it too; fastterm counts clients; absent: fastterm's own
+  figure from RLIMIT_NOFILE rather than nginx's 512).
+- ``server`` with ``listen ... ssl`` -> ``[[server]]``: ``listen`` (``443 ssl``, ``[::]:443 ssl``,
+  ``default_server``, ``http2``, ``reuseport``, ``bind``, ``ipv6only=on``: fastterm always binds
+  each address with SO_REUSEPORT and IPv6-only sockets), ``http2 on|off``, ``server_name`` (exact,
+  ``*.example.com``, ``.example.com`` = both, ``_``), ``ssl_certificate``/``ssl_certificate_key``
+  (several; relative paths against the main file's directory, as nginx's conf prefix),
+  ``ssl_protocols`` (TLSv1/TLSv1.1/SSLv3 dropped with a warning: fastterm refuses them),
+  ``ssl_ciphers``, ``ssl_prefer_server_ciphers`` (default off, as nginx), ``ssl_conf_command
+  Ciphersuites``, ``ssl_ecdh_curve``, ``ssl_session_cache shared:NAME:SIZE|off|none`` (default
+  none: no session cache, as nginx), ``ssl_session_timeout``, ``ssl_session_tickets``,
+  ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``add_header
+  Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
+  ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header
+  X-Forwarded-For`` -> ``trusted_proxies``.
+- ``location /prefix`` and ``location ^~ /prefix`` -> routes (longest prefix wins, on the
+  normalised path, as nginx; with no regex locations ``^~`` means plain prefix) with
+  ``proxy_pass http://UPSTREAM`` or ``http://host:port`` (an implicit upstream named
+  ``host:port``, nginx's ``$proxy_host``).
+- ``upstream NAME { server host:port [weight=1] [max_fails=1] [fail_timeout=T]; keepalive N;
+  keepalive_timeout T; }`` -> ``[[upstream]]`` (``tries``: one per server, as nginx's
+  ``proxy_next_upstream_tries 0``; ``max_conns`` 0: nginx queues nothing and caps nothing).
+- ``server { listen 80; return 301 https://$host$request_uri; }`` (or ``https://$host:PORT``)
+  -> ``[[redirect]]``.
+- Limits are global in fastterm, so each must have one value over every server and location
+  (else "not supported yet"): ``client_max_body_size`` (nginx default 1m),
+  ``client_header_timeout`` (60s), ``keepalive_timeout`` (75s), ``send_timeout`` (60s),
+  ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``underscores_in_headers``,
+  ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE (4 8k),
+  ``http2_max_concurrent_streams`` (128), ``keepalive_requests`` -> ``http2_max_requests`` (1000).
+- ``proxy_set_header`` lines whose value is what fastterm sends anyway: ``X-Forwarded-Proto
+  $scheme|https``, ``X-Real-IP $remote_addr``, ``X-Forwarded-For $remote_addr`` (no trusted
+  proxies), ``X-Forwarded-For $proxy_add_x_forwarded_for`` (nginx appends to whatever the client
+  sent: mapped to trusting every peer, with a notice naming the safer setting), ``Host $http_host``,
+  ``Host $host`` (see below), ``Connection ""``; ``proxy_http_version 1.1``.
+- Values equal to fastterm's behaviour are accepted for: ``ssl_stapling off``, ``ssl_early_data
+  off``, ``ssl_verify_client off``, ``ssl_reject_handshake off``, ``proxy_redirect off``,
+  ``proxy_intercept_errors off``, ``merge_slashes on``, ``port_in_redirect on``,
+  ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
+  ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
+  ``keepalive_disable none``, ``chunked_transfer_encoding on``.
+
+What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``user``, ``pid``,
+``daemon``, ``master_process``, ``error_log``, ``worker_rlimit_nofile``, ``worker_cpu_affinity``,
+``load_module``, events' ``use``/``multi_accept``/``accept_mutex``), file serving (``root``,
+``index``, ``alias``, ``sendfile``, ``tcp_nopush``, ``aio``, ``open_file_cache*``, ``types``,
+``default_type``, ``etag``), buffers and temp files fastterm does not have because it streams
+(``proxy_buffering``, ``proxy_buffer_size``, ``proxy_buffers``, ``proxy_request_buffering``,
+``client_body_buffer_size``, ``client_header_buffer_size``, ``*_temp_path``), nginx's hash
+table sizes, what nginx itself calls obsolete (``http2_max_requests``, ``http2_max_field_size``,
+``http2_idle_timeout``, ...), ``access_log``/``log_format`` (until access logs land),
+``resolver``, ``resolver_timeout`` and ``ssl_trusted_certificate`` (used only for OCSP stapling
+and client certificates), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
+without effect (``deferred``, ``backlog=``). ``proxy_set_header Host $host`` is accepted with
+a warning saying how fastterm's forwarded Host differs.
+
+What is refused, (c): every other directive nginx knows, among them ``ssl_stapling on`` and its
+friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
+(client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
+``proxy_pass`` with a URI part or variables, ``location =``/``~``/``~*``/``@name`` and nested
+locations, regex and suffix-wildcard ``server_name``, ``error_page``, other ``return``s,
+``add_header`` other than HSTS ``always``, other ``proxy_set_header`` values,
+``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
+upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
+``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
+``allow``/``deny``, ``listen ... proxy_protocol``, ``ssl_dhparam``, and plain-HTTP proxying (a
+server without ``ssl`` may only redirect). Each has its reason in ``UNSUPPORTED`` or in the
+error. Bad input is an error at file:line too: unbalanced braces, a missing ``;``, an unknown
+directive, a directive out of its context or with the wrong argument count (crossplane's
+table), an unknown ``$variable``, an include loop, a missing include or certificate file.
+
+Paths: ``include`` globs and ``ssl_certificate`` paths are relative to the directory of the
+main file, nginx's conf prefix (``nginx -c FILE``), not to the including file: Debian's
+``sites-enabled/*`` say ``include snippets/x.conf;`` and mean ``/etc/nginx/snippets``. A file
+whose top level has server or upstream blocks but no ``http`` (a conf.d file) is read as the
+inside of ``http {}``.
+
+Deliberate choices where nginx's default is not what fastterm gives (documented, not hidden):
+``ssl_protocols`` absent -> TLSv1.2 TLSv1.3 (nginx >= 1.23.4's default; 1.22's lacks TLSv1.3
+and offers TLSv1/1.1, which fastterm refuses); ``ssl_ciphers`` absent -> Mozilla intermediate
+(nginx: ``HIGH:!aNULL:!MD5``, which adds CBC and non-forward-secret suites); ``ssl_ecdh_curve``
+absent or ``auto`` -> X25519:P-256:P-384 (OpenSSL's default adds X448 and P-521); TLS 1.3
+suites absent -> OpenSSL's default order, as nginx. Backend connections are pooled with
+fastterm's defaults and spoken as HTTP/1.1 whether or not the config has ``keepalive``.
+
+Where nginx applies a setting per listen address rather than per server block, so does this
+front-end: a non-default server's ``ssl_protocols`` and ``ssl_session_cache`` have no effect in
+nginx (OpenSSL has chosen the version and the session cache before SNI picks the server), so
+the default server's are used, with a warning.
+
+Known runtime differences for mapped directives (fastterm's engine, not this file; the
+differential tests allow-list them): see ``RUNTIME_DIFFERENCES``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import crossplane
+from crossplane import analyzer as _cp
+from crossplane.errors import NgxParserDirectiveError, NgxParserSyntaxError
+
+from fastterm.certs.store import load_certificate
+from fastterm.config.model import (
+    INTERMEDIATE_CIPHERS,
+    INTERMEDIATE_GROUPS,
+    Certificate,
+    Config,
+    Limits,
+    Redirect,
+    Route,
+    Server,
+    Sessions,
+    TLSPolicy,
+    Upstream,
+)
+from fastterm.errors import ConfigError
+
+Warn = Callable[..., None]   # warn(message, level="warn"|"notice")
+
+# OpenSSL 3's default TLS 1.3 suites, in its order: what nginx offers without ssl_conf_command.
+OPENSSL_CIPHERSUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
+TRUST_EVERY_PEER = ["0.0.0.0/0", "::/0"]
+REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
+
+RUNTIME_DIFFERENCES = """\
+- No proxy_set_header Host: nginx sends Host: $proxy_host; fastterm forwards the client's Host.
+- Host $host: nginx sends the name without port, lowercased; fastterm the client's Host as sent.
+- Upstream requests are HTTP/1.1 keep-alive (nginx without proxy_http_version 1.1: HTTP/1.0,
+  Connection: close); header order differs (nginx: the config's lines, Host, the client's).
+- fastterm always sets X-Forwarded-For, X-Forwarded-Proto, X-Real-IP and drops client-sent
+  look-alikes (X-Forwarded-Host, Forwarded, ...) unless trusted; nginx passes the client's
+  headers untouched unless the config sets them.
+- set_real_ip_from: nginx rewrites $remote_addr (X-Real-IP then carries the client from
+  X-Forwarded-For); fastterm keeps the peer address in X-Real-IP and appends to the chain.
+- HSTS: fastterm replaces a backend's Strict-Transport-Security; nginx's add_header adds a second.
+- Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
+  pages differ in body and Server header (fastterm vs nginx/1.x).
+- 431 for a request head past header_buffer_size or 100 fields (nginx: 400/414 per line,
+  no field count limit).
+- keepalive_requests caps HTTP/2 streams only; HTTP/1.1 connections have no request cap
+  (nginx: closes after keepalive_requests); keepalive_time (1h) is not applied.
+- server_name *.example.com matches one label only in fastterm (nginx: a.b.example.com too).
+- No matching location: fastterm 404s; nginx serves files from its root.
+- location /dir/ with proxy_pass: nginx redirects /dir to /dir/ (301); fastterm does not.
+- A Host naming a server block with other TLS settings than the connection's: fastterm 421.
+- Redirect (port 80): no Host -> fastterm uses the listen address (nginx: server_name);
+  the request-line host of an absolute-form target is not used; $host is not lowercased;
+  the 301 body differs; add_header lines are not applied to it.
+- ssl_prefer_server_ciphers on: fastterm also sets SSL_OP_PRIORITIZE_CHACHA.
+- ssl_session_cache none and off both turn the cache off (nginx none still hands out
+  session IDs that never resume).
+- Chunked request bodies are streamed chunked (nginx, proxy_request_buffering on: Content-Length).
+- A backend failing: fastterm retries resets before a response byte of idempotent requests;
+  nginx's proxy_next_upstream also retries on timeout; a single server is skipped for
+  fail_timeout in fastterm only when another is up.
+- Upstream host names are resolved per connection (nginx: once at start, every address).
+"""
+
+# ---- crossplane ---------------------------------------------------------------------------
+# crossplane 0.5.8 predates these; its analyzer then checks their context and arguments too.
+_HTTP_MS = _cp.NGX_HTTP_MAIN_CONF | _cp.NGX_HTTP_SRV_CONF
+for _name, _masks in {
+    "http2": [_HTTP_MS | _cp.NGX_CONF_FLAG],                                    # nginx 1.25.1
+    "ssl_conf_command": [_HTTP_MS | _cp.NGX_CONF_TAKE2],                        # 1.19.4
+    "ssl_reject_handshake": [_HTTP_MS | _cp.NGX_CONF_FLAG],                     # 1.19.4
+    "keepalive_time": [_HTTP_MS | _cp.NGX_HTTP_LOC_CONF | _cp.NGX_CONF_TAKE1],  # 1.19.10
+    "proxy_ssl_conf_command": [_HTTP_MS | _cp.NGX_HTTP_LOC_CONF | _cp.NGX_CONF_TAKE2],
+}.items():
+    _cp.DIRECTIVES.setdefault(_name, _masks)
+
+# Blocks whose lines are data, not directives.
+_OPAQUE_BLOCKS = {"types", "map", "geo", "split_clients", "match", "charset_map", "perl_set"}
+
+
+@dataclass
+class Node:
+    """One directive, includes expanded: where it is, its arguments (nginx's unescaping)."""
+
+    name: str
+    args: list[str]
+    file: str
+    line: int
+    block: list[Node] | None = None
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(_one_line(message), file=self.file, line=self.line)
+
+    def unsupported(self, why: str = "", what: str | None = None) -> ConfigError:
+        return self.error(f'"{what or self.name}" is not supported yet' + (f": {why}" if why else ""))
+
+    def invalid(self, value: str | None = None) -> ConfigError:
+        value = self.args[0] if value is None and self.args else value
+        return self.error(f'invalid value "{value}" in "{self.name}" directive')
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+_NGINX_ESCAPES = {'"': '"', "'": "'", "\\": "\\", "t": "\t", "r": "\r", "n": "\n"}
+_ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
+_ERRNO_RE = re.compile(r"^\[Errno \d+\] ([^:]+): '(.*)'$")
+_CP_WHERE_RE = re.compile(r" in [^ ]*?(:\d+)?$")
+
+
+def _one_line(message: str) -> str:
+    """Errors are one line, whatever a directive name holds (a backslash-newline, say)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _unescape(arg: str) -> str:
+    """nginx's lexer turns ``\\"``, ``\\'``, ``\\\\``, ``\\t``, ``\\r``, ``\\n`` into characters and
+    keeps other backslashes (regexes); crossplane keeps them all."""
+    return _ESCAPE_RE.sub(lambda m: _NGINX_ESCAPES.get(m[1], m[0]), arg)
+
+
+def _parse_error(err: dict, path: str) -> ConfigError:
+    message = _CP_WHERE_RE.sub("", err["error"])
+    if not message:
+        # crossplane ran out of tokens inside a directive (its StopIteration has no text).
+        fname = err.get("file") or path
+        with open(fname, encoding="utf-8", errors="replace") as f:
+            lines = f.read().count("\n") + 1
+        return ConfigError('unexpected end of file, expecting ";" or "}"', file=fname, line=lines)
+    errno = _ERRNO_RE.match(message)
+    if errno:
+        strerror, name = errno.groups()
+        if err.get("line") is None and os.path.abspath(name) == os.path.abspath(path):
+            return ConfigError(f"cannot read configuration: {strerror}", file=path)
+        message = f'open() "{name}" failed ({strerror})'
+    return ConfigError(_one_line(message), file=err.get("file") or path, line=err.get("line"))
+
+
+def read(path: str) -> list[Node]:
+    """The main file's directives, includes expanded, each checked by crossplane's analyzer for
+    context and argument count (nginx's directive table) in the context it lands in."""
+    if not os.path.isfile(path):
+        reason = "Is a directory" if os.path.isdir(path) else "No such file or directory"
+        raise ConfigError(f"cannot read configuration: {reason}", file=path)
+    # Contexts, argument counts and unknown directives are checked below, once each include is
+    # placed in the context it lands in (crossplane checks only from the top of each file).
+    payload = crossplane.parse(path, catch_errors=True, strict=False, check_ctx=False, check_args=False)
+    if payload["errors"]:
+        raise _parse_error(payload["errors"][0], path)
+    configs = payload["config"]
+    for conf in configs:
+        _check_terminators(conf["file"])
+    ctx = ("http",) if is_conf_d({stmt["directive"] for stmt in configs[0]["parsed"]}) else ()
+    return _expand(configs, 0, ctx, (0,))
+
+
+def is_conf_d(top: set[str]) -> bool:
+    """A conf.d file (server or upstream blocks at the top, no http block) is read as the inside
+    of http {}, as nginx.conf's "include conf.d/*.conf;" would."""
+    return bool(top & {"server", "upstream"}) and "http" not in top
+
+
+def _check_terminators(fname: str) -> None:
+    """A directive must end with ";" or open a block: ``proxy_pass http://a }`` is a missing ";"
+    (crossplane's payload does not say how a directive ended, its token stream does). The whole
+    stream is read, so braces are balanced too: crossplane's parser stops at a stray top-level
+    "}" and drops the rest of the file without a word."""
+    try:
+        _terminators(fname)
+    except NgxParserSyntaxError as exc:
+        raise ConfigError(exc.strerror, file=fname, line=exc.lineno) from None
+
+
+def _terminators(fname: str) -> None:
+    with open(fname, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    last = text.rstrip().rsplit("\n", 1)[-1].strip()
+    if text and not text[-1].isspace() and last[-1:] not in (";", "{", "}") and not last.startswith("#"):
+        # crossplane's lexer drops a last word that no whitespace follows.
+        raise ConfigError('unexpected end of file, expecting ";" or "}"', file=fname,
+                          line=text.count("\n") + 1)
+    start: tuple[str, int] | None = None
+    for token, line, quoted in crossplane.lex(fname):
+        if not quoted and token.startswith("#"):
+            continue
+        if not quoted and token in ("{", ";"):
+            start = None
+        elif not quoted and token == "}":
+            if start is not None:
+                raise ConfigError(_one_line(f'"{start[0]}" directive is not terminated by ";"'), file=fname,
+                                  line=start[1])
+        elif start is None:
+            start = (token, line)
+
+
+def _expand(configs: list[dict], index: int, ctx: tuple[str, ...], stack: tuple[int, ...]) -> list[Node]:
+    fname = configs[index]["file"]
+    nodes: list[Node] = []
+    for stmt in configs[index]["parsed"]:
+        nodes.extend(_node(configs, fname, stmt, ctx, stack))
+    return nodes
+
+
+def _node(configs: list[dict], fname: str, stmt: dict, ctx: tuple[str, ...], stack: tuple[int, ...]):
+    term = "{" if "block" in stmt else ";"
+    try:
+        _cp.analyze(fname, stmt, term, ctx, strict=True, check_ctx=True, check_args=True)
+    except NgxParserDirectiveError as exc:
+        raise ConfigError(_one_line(exc.strerror), file=fname, line=exc.lineno) from None
+    if stmt["directive"] == "include":
+        nodes = []
+        for i in stmt.get("includes", []):
+            if i in stack:
+                chain = " -> ".join(configs[j]["file"] for j in (*stack[stack.index(i):], i))
+                raise ConfigError(f"include loop: {chain}", file=fname, line=stmt["line"])
+            nodes.extend(_expand(configs, i, ctx, (*stack, i)))
+        return nodes
+    node = Node(stmt["directive"], [_unescape(a) for a in stmt["args"]], fname, stmt["line"])
+    if "block" in stmt:
+        if stmt["directive"] in _OPAQUE_BLOCKS:
+            node.block = [Node(s["directive"], s["args"], fname, s["line"]) for s in stmt["block"]]
+        else:
+            inner = _cp.enter_block_ctx(stmt, ctx)
+            node.block = [n for s in stmt["block"] for n in _node(configs, fname, s, inner, stack)]
+    return [node]
+
+
+# ---- values ----------------------------------------------------------------------------------
+_TIME_UNITS = {"y": 365 * 86400, "M": 30 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60,
+               "s": 1, "ms": 0.001}
+_TIME_ORDER = ["y", "M", "w", "d", "h", "m", "s", "ms"]
+_TIME_PART_RE = re.compile(r"(\d+)(ms|[yMwdhms]?)\s*")
+_SIZE_RE = re.compile(r"(\d+)([kKmMgG]?)")
+
+
+def parse_time(node: Node, text: str | None = None) -> float:
+    """nginx time syntax (ngx_parse_time): ``30``, ``300s``, ``10m``, ``1d``, ``500ms``,
+    ``1h 30m`` (units in decreasing order), -> seconds."""
+    text = node.args[0] if text is None else text
+    pos, total, last = 0, 0.0, -1
+    if not text:
+        raise node.invalid(text)
+    while pos < len(text):
+        m = _TIME_PART_RE.match(text, pos)
+        if not m:
+            raise node.invalid(text)
+        unit = m[2] or "s"
+        rank = _TIME_ORDER.index(unit)
+        if rank <= last or (not m[2] and m.end() != len(text)):
+            raise node.invalid(text)
+        last = rank
+        total += int(m[1]) * _TIME_UNITS[unit]
+        pos = m.end()
+    return float(total)
+
+
+def parse_size(node: Node, text: str | None = None) -> int:
+    """nginx size syntax (ngx_parse_offset): ``512``, ``8k``, ``10m``, ``1g`` -> bytes."""
+    text = node.args[0] if text is None else text
+    m = _SIZE_RE.fullmatch(text)
+    if not m:
+        raise node.invalid(text)
+    return int(m[1]) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m[2].lower()]
+
+
+def parse_flag(node: Node) -> bool:
+    value = node.args[0].lower()
+    if value not in ("on", "off"):
+        raise node.error(f'invalid value "{node.args[0]}" in "{node.name}" directive, it must be "on" or "off"')
+    return value == "on"
+
+
+def _number(node: Node, text: str) -> int:
+    if not text.isdigit():
+        raise node.invalid(text)
+    return int(text)
+
+
+# ---- variables -------------------------------------------------------------------------------
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# nginx's variables (http core, ssl, proxy, upstream, realip, http2 and the common modules):
+# a name outside these and the prefixes below is "unknown" to nginx -t too.
+KNOWN_VARIABLES = _words("""
+args binary_remote_addr body_bytes_sent bytes_sent connection connection_requests connection_time
+content_length content_type document_root document_uri host hostname https is_args limit_rate msec
+nginx_version pid pipe proxy_protocol_addr proxy_protocol_port proxy_protocol_server_addr
+proxy_protocol_server_port query_string realpath_root remote_addr remote_port remote_user request
+request_body request_body_file request_completion request_filename request_id request_length
+request_method request_time request_uri scheme server_addr server_name server_port server_protocol
+status time_iso8601 time_local tcpinfo_rtt tcpinfo_rttvar tcpinfo_snd_cwnd tcpinfo_rcv_space uri
+ssl_cipher ssl_ciphers ssl_client_escaped_cert ssl_client_cert ssl_client_fingerprint ssl_client_i_dn
+ssl_client_i_dn_legacy ssl_client_raw_cert ssl_client_s_dn ssl_client_s_dn_legacy ssl_client_serial
+ssl_client_v_end ssl_client_v_remain ssl_client_v_start ssl_client_verify ssl_curve ssl_curves
+ssl_early_data ssl_protocol ssl_server_name ssl_session_id ssl_session_reused ssl_alpn_protocol
+proxy_host proxy_port proxy_add_x_forwarded_for upstream_addr upstream_bytes_received
+upstream_bytes_sent upstream_cache_status upstream_connect_time upstream_header_time
+upstream_queue_time upstream_response_length upstream_response_time upstream_status
+realip_remote_addr realip_remote_port http2 gzip_ratio limit_conn_status limit_req_status
+connections_active connections_reading connections_writing connections_waiting invalid_referer
+secure_link secure_link_expires uid_got uid_reset uid_set msie modern_browser ancient_browser
+date_local date_gmt fastcgi_script_name fastcgi_path_info
+""")
+KNOWN_PREFIXES = ("http_", "sent_http_", "sent_trailer_", "cookie_", "arg_", "upstream_http_",
+                  "upstream_cookie_", "upstream_trailer_")
+_VARIABLE_RE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
+# Which arguments nginx compiles as complex values (where "$name" is a variable), by directive.
+_VARIABLE_ARGS: dict[str, slice] = {
+    "proxy_set_header": slice(1, 2), "add_header": slice(1, 2), "add_trailer": slice(1, 2),
+    "return": slice(-1, None), "proxy_pass": slice(0, 1), "log_format": slice(1, None),
+    "access_log": slice(0, 1), "ssl_certificate": slice(0, 1), "ssl_certificate_key": slice(0, 1),
+    "root": slice(0, 1), "alias": slice(0, 1), "proxy_redirect": slice(0, None), "set": slice(1, 2),
+    "try_files": slice(0, None), "error_page": slice(-1, None), "proxy_cookie_domain": slice(0, None),
+    "proxy_cookie_path": slice(0, None),
+}
+# Directives that define variables (their first variable-looking argument).
+_DEFINING = {"map": 1, "geo": -1, "split_clients": 1, "set": 0, "perl_set": 0, "js_set": 0}
+
+
+def _variables(nodes: list[Node], defined: set[str]) -> None:
+    for node in nodes:
+        if node.name in _DEFINING and node.args:
+            m = _VARIABLE_RE.fullmatch(node.args[_DEFINING[node.name]])
+            if m:
+                defined.add(m[1] or m[2])
+        if node.block and node.name not in _OPAQUE_BLOCKS:
+            _variables(node.block, defined)
+
+
+def check_variables(node: Node, defined: set[str]) -> None:
+    where = _VARIABLE_ARGS.get(node.name)
+    if where is None:
+        return
+    for arg in node.args[where]:
+        for m in _VARIABLE_RE.finditer(arg):
+            name = m[1] or m[2]
+            if name.isdigit() or name in KNOWN_VARIABLES or name in defined or \
+                    name.startswith(KNOWN_PREFIXES):
+                continue
+            raise node.error(f'unknown "{name}" variable')
+
+
+# ---- the directive table ------------------------------------------------------------------
+# (a) mapped: read by the builder below.
+MAPPED = {
+    "http", "server", "location", "upstream", "events",
+    "worker_processes", "worker_shutdown_timeout", "worker_connections",
+    "listen", "server_name", "return", "http2",
+    "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
+    "ssl_conf_command", "ssl_ecdh_curve", "ssl_session_cache", "ssl_session_timeout",
+    "ssl_session_tickets", "ssl_session_ticket_key", "add_header",
+    "proxy_pass", "proxy_set_header", "proxy_http_version",
+    "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
+    "proxy_connect_timeout", "proxy_read_timeout", "underscores_in_headers", "large_client_header_buffers",
+    "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header",
+    # upstream { }
+    "keepalive",
+}
+# Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
+EQUAL = {
+    "ssl_stapling": {"off"}, "ssl_early_data": {"off"}, "ssl_verify_client": {"off"},
+    "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off"}, "proxy_intercept_errors": {"off"},
+    "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
+    "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
+    "real_ip_recursive": {"off"}, "gzip": {"off"}, "access_log": {"off"}, "keepalive_disable": {"none"},
+    "chunked_transfer_encoding": {"on"}, "proxy_pass_request_headers": {"on"},
+    "proxy_pass_request_body": {"on"}, "proxy_ignore_client_abort": {"off"},
+}
+_FILES = "fastterm serves no files"
+_OBSOLETE = "obsolete since nginx 1.19.7 (nginx ignores it too)"
+# (b) accepted with a warning: directive -> why it has no effect on fastterm.
+IGNORED = {
+    "user": "fastterm runs as the user that starts it", "pid": "fastterm keeps its own pid file",
+    "daemon": "fastterm stays in the foreground (run it under systemd or a container runtime)",
+    "master_process": "fastterm always runs a master with workers (run --single for one process)",
+    "error_log": "fastterm logs to stderr (or fastterm.toml's error_log)",
+    "access_log": "access logs are not written yet", "log_format": "access logs are not written yet",
+    "open_log_file_cache": "access logs are not written yet",
+    "worker_rlimit_nofile": "fastterm raises RLIMIT_NOFILE to the hard limit itself",
+    "worker_cpu_affinity": "workers are not pinned", "worker_priority": "workers keep their priority",
+    "worker_rlimit_core": "no core file limit is set", "working_directory": "no working directory is set",
+    "pcre_jit": "fastterm has no regular expressions", "timer_resolution": "fastterm's timers are exact",
+    "load_module": "fastterm has its modules built in", "lock_file": "fastterm needs no accept lock",
+    "thread_pool": "fastterm reads no files", "env": "fastterm keeps its environment",
+    "use": "fastterm always uses epoll", "multi_accept": "each worker accepts what is queued",
+    "accept_mutex": "workers accept on their own SO_REUSEPORT sockets",
+    "accept_mutex_delay": "workers accept on their own SO_REUSEPORT sockets",
+    "worker_aio_requests": _FILES, "debug_connection": "no debug log per client",
+    "root": _FILES, "index": _FILES, "alias": _FILES, "sendfile": _FILES, "sendfile_max_chunk": _FILES,
+    "tcp_nopush": _FILES, "aio": _FILES, "aio_write": _FILES, "directio": _FILES, "read_ahead": _FILES,
+    "output_buffers": _FILES, "open_file_cache": _FILES, "open_file_cache_errors": _FILES,
+    "open_file_cache_min_uses": _FILES, "open_file_cache_valid": _FILES, "disable_symlinks": _FILES,
+    "log_not_found": _FILES, "log_subrequest": "no access log yet", "etag": _FILES,
+    "if_modified_since": _FILES, "default_type": _FILES, "types": _FILES, "autoindex": _FILES,
+    "client_body_temp_path": "fastterm streams bodies, it writes no temp files",
+    "proxy_temp_path": "fastterm streams bodies, it writes no temp files",
+    "fastcgi_temp_path": "fastterm speaks no FastCGI", "uwsgi_temp_path": "fastterm speaks no uwsgi",
+    "scgi_temp_path": "fastterm speaks no SCGI",
+    "proxy_max_temp_file_size": "fastterm streams bodies, it writes no temp files",
+    "proxy_temp_file_write_size": "fastterm streams bodies, it writes no temp files",
+    "client_body_buffer_size": "fastterm streams request bodies",
+    "client_body_in_file_only": "fastterm streams request bodies",
+    "client_body_in_single_buffer": "fastterm streams request bodies",
+    "client_header_buffer_size": "fastterm sizes its buffers itself (large_client_header_buffers "
+                                 "sets the limit)",
+    "connection_pool_size": "fastterm sizes its buffers itself",
+    "request_pool_size": "fastterm sizes its buffers itself",
+    "proxy_buffer_size": "fastterm streams responses (as proxy_buffering off)",
+    "proxy_buffers": "fastterm streams responses (as proxy_buffering off)",
+    "proxy_busy_buffers_size": "fastterm streams responses (as proxy_buffering off)",
+    "proxy_buffering": "fastterm streams responses (as proxy_buffering off)",
+    "proxy_request_buffering": "fastterm streams request bodies (as proxy_request_buffering off)",
+    "ssl_buffer_size": "fastterm sizes TLS records itself",
+    "http2_chunk_size": "fastterm sizes HTTP/2 frames itself",
+    "http2_body_preread_size": "fastterm's HTTP/2 windows follow the backend",
+    "http2_recv_buffer_size": "fastterm sizes its buffers itself",
+    "http2_streams_index_size": "fastterm sizes its tables itself",
+    "http2_max_requests": _OBSOLETE + "; use keepalive_requests", "http2_max_field_size": _OBSOLETE,
+    "http2_max_header_size": _OBSOLETE, "http2_idle_timeout": _OBSOLETE, "http2_recv_timeout": _OBSOLETE,
+    "types_hash_max_size": "an nginx hash table size", "types_hash_bucket_size": "an nginx hash table size",
+    "server_names_hash_max_size": "an nginx hash table size",
+    "server_names_hash_bucket_size": "an nginx hash table size",
+    "variables_hash_max_size": "an nginx hash table size",
+    "variables_hash_bucket_size": "an nginx hash table size",
+    "map_hash_max_size": "an nginx hash table size", "map_hash_bucket_size": "an nginx hash table size",
+    "proxy_headers_hash_max_size": "an nginx hash table size",
+    "proxy_headers_hash_bucket_size": "an nginx hash table size",
+    "server_tokens": "fastterm's own responses say Server: fastterm; a backend's Server passes through",
+    "lingering_close": "fastterm closes after the response", "lingering_time": "fastterm closes after the response",
+    "lingering_timeout": "fastterm closes after the response",
+    "reset_timedout_connection": "timed-out clients are closed",
+    "resolver": "used only for OCSP stapling, which is not supported yet",
+    "resolver_timeout": "used only for OCSP stapling, which is not supported yet",
+    "ssl_trusted_certificate": "used only for OCSP stapling and client certificates, not supported yet",
+    "zone": "backend state stays per worker, as nginx's without zone",
+}
+# (c) refused, with a reason where it helps; any other directive nginx knows is refused too.
+UNSUPPORTED = {
+    "ssl_stapling": "OCSP stapling", "ssl_stapling_verify": "OCSP stapling",
+    "ssl_stapling_file": "OCSP stapling", "ssl_stapling_responder": "OCSP stapling",
+    "ssl_early_data": "TLS 1.3 early data (0-RTT)", "ssl_verify_client": "client certificates",
+    "ssl_client_certificate": "client certificates", "ssl_verify_depth": "client certificates",
+    "ssl_crl": "client certificates", "ssl_dhparam": "DHE key exchange",
+    "ssl_password_file": "encrypted keys", "ssl": "removed in nginx 1.25.1: use \"listen ... ssl\"",
+    "ssl_reject_handshake": "refusing handshakes by SNI",
+    "proxy_send_timeout": "fastterm pauses a backend it cannot write to, with no deadline",
+    "keepalive_time": "a total lifetime for client connections",
+    "proxy_next_upstream": "fastterm retries connect failures and resets of idempotent requests",
+    "proxy_next_upstream_tries": "fastterm tries each server of an upstream once",
+    "error_page": "fastterm sends its own error pages", "gzip": "fastterm does not compress",
+    "proxy_redirect": "fastterm does not rewrite Location", "proxy_intercept_errors": "error pages",
+    "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
+    "try_files": _FILES, "keepalive_disable": "fastterm keeps every client alive",
+}
+
+
+def _check_resolver(node: Node) -> None:
+    """``resolver ADDRESS ... [valid=TIME] [ipv4=on|off] [ipv6=on|off] [status_zone=NAME]``: parsed
+    as nginx would, though only OCSP stapling (not supported yet) would use it."""
+    for arg in node.args:
+        key, sep, value = arg.partition("=")
+        if sep and key == "valid":
+            parse_time(node, value)
+        elif sep and key in ("ipv4", "ipv6"):
+            if value not in ("on", "off"):
+                raise node.invalid(arg)
+        elif sep and key == "status_zone":
+            continue
+        elif sep or not arg or arg.startswith(":"):
+            raise node.error(f'invalid parameter "{arg}"')
+
+
+_ARGUMENT_CHECKS: dict[str, Callable[[Node], None]] = {
+    "resolver": _check_resolver,
+    "resolver_timeout": lambda node: parse_time(node) and None,
+}
+
+
+def classify(nodes: list[Node], warn: Warn, defined: set[str], warned: set[int]) -> None:
+    """Sort every directive into (a), (b) or (c), in file order: warn for (b), raise for (c)."""
+    for node in nodes:
+        check_variables(node, defined)
+        name = node.name
+        if name in EQUAL and node.args:
+            if " ".join(node.args).lower() in EQUAL[name]:
+                continue
+            if name not in IGNORED:
+                raise node.unsupported(UNSUPPORTED.get(name, ""), f"{name} {' '.join(node.args)}")
+        if name in MAPPED:
+            if node.block is not None and name not in _OPAQUE_BLOCKS:
+                classify(node.block, warn, defined, warned)
+            continue
+        if name in IGNORED:
+            if name in _ARGUMENT_CHECKS:
+                _ARGUMENT_CHECKS[name](node)
+            if id(node) not in warned:
+                warned.add(id(node))
+                warn(f'{node.where}: "{name}" is ignored: {IGNORED[name]}')
+            continue
+        raise node.unsupported(UNSUPPORTED.get(name, ""))
+
+
+# ---- levels and inheritance ---------------------------------------------------------------
+# Directives that may appear more than once on one level (nginx arrays); any other repeated
+# directive is '"x" directive is duplicate', as nginx says.
+_REPEATABLE = {"listen", "server_name", "location", "server", "upstream", "proxy_set_header", "add_header",
+               "ssl_certificate", "ssl_certificate_key", "ssl_conf_command", "ssl_session_ticket_key",
+               "set_real_ip_from", "include", "types", "error_page", "access_log", "error_log",
+               "load_module", "env", "log_format", "map", "resolver", "allow", "deny", "zone", "return",
+               "if", "rewrite", "set"}
+
+
+class Level:
+    """One block (http, server, location, upstream): its directives by name, and its parent,
+    for nginx's inheritance (a level that sets a directive replaces the parent's value)."""
+
+    def __init__(self, nodes: list[Node], parent: Level | None = None, node: Node | None = None):
+        self.node = node
+        self.parent = parent
+        self.nodes = nodes
+        self.by_name: dict[str, list[Node]] = {}
+        for n in nodes:
+            same = self.by_name.setdefault(n.name, [])
+            if same and n.name not in _REPEATABLE:
+                raise n.error(f'"{n.name}" directive is duplicate')
+            same.append(n)
+
+    def own(self, name: str) -> list[Node]:
+        return self.by_name.get(name, [])
+
+    def find(self, name: str) -> Node | None:
+        """The directive as this level sees it: its own, else the nearest parent's."""
+        level: Level | None = self
+        while level is not None:
+            if name in level.by_name:
+                return level.by_name[name][-1]
+            level = level.parent
+        return None
+
+    def find_all(self, name: str) -> list[Node]:
+        """An array directive (add_header, proxy_set_header, ...): the nearest level that has any."""
+        level: Level | None = self
+        while level is not None:
+            if name in level.by_name:
+                return level.by_name[name]
+            level = level.parent
+        return []
+
+
+# ---- listen ---------------------------------------------------------------------------------
+@dataclass
+class Listen:
+    addr: tuple[str, int]
+    ssl: bool
+    default: bool
+    http2: bool
+    node: Node
+
+    @property
+    def text(self) -> str:
+        host, port = self.addr
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_LISTEN_ACCEPTED = {"reuseport": "", "bind": "", "ipv6only=on": "", "deferred": "TCP_DEFER_ACCEPT",
+                    "backlog": "fastterm's listen backlog is 1024", "rcvbuf": "kernel default buffers",
+                    "sndbuf": "kernel default buffers"}
+
+
+def parse_listen(node: Node, warn: Warn) -> Listen:
+    address = node.args[0]
+    if address.startswith("unix:"):
+        raise node.unsupported("unix sockets", f"listen {address}")
+    host, port = address, "80"
+    if address.startswith("["):
+        close = address.find("]")
+        if close < 0:
+            raise node.error(f'invalid host in "{address}" of the "listen" directive')
+        host, rest = address[1:close], address[close + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise node.error(f'invalid host in "{address}" of the "listen" directive')
+            port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise node.error(f'invalid host in "{address}" of the "listen" directive') from None
+    elif address.isdigit():
+        host, port = "0.0.0.0", address
+    elif ":" in address:
+        host, _, port = address.rpartition(":")
+    if host == "*":
+        host = "0.0.0.0"
+    if not host or (":" in host and not address.startswith("[")):
+        raise node.error(f'invalid host in "{address}" of the "listen" directive')
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise node.error(f'invalid port in "{address}" of the "listen" directive')
+    ssl = default = http2 = False
+    for param in node.args[1:]:
+        key = param.split("=", 1)[0]
+        if param == "ssl":
+            ssl = True
+        elif param in ("default_server", "default"):
+            default = True
+        elif param == "http2":
+            http2 = True
+        elif param in _LISTEN_ACCEPTED or key in ("backlog", "rcvbuf", "sndbuf"):
+            reason = _LISTEN_ACCEPTED.get(param) or _LISTEN_ACCEPTED.get(key)
+            if reason:
+                warn(f'{node.where}: "listen ... {param}" is ignored: {reason}')
+        elif key in ("proxy_protocol", "so_keepalive", "fastopen", "accept_filter", "setfib", "quic",
+                     "ipv6only", "http3"):
+            raise node.unsupported("", f"listen ... {param}")
+        else:
+            raise node.error(f'invalid parameter "{param}"')
+    return Listen((host, int(port)), ssl, default, http2, node)
+
+
+# ---- the builder ----------------------------------------------------------------------------
+@dataclass
+class _Location:
+    level: Level
+    path: str
+    node: Node
+
+
+@dataclass
+class _Server:
+    level: Level
+    node: Node
+    listens: list[Listen]
+    names: dict[str, Node]      # server name -> the server_name line it is on
+    locations: list[_Location] = field(default_factory=list)
+    tls: bool = False
+
+
+_PASS_RE = re.compile(r"(?i)(https?)://(\[[^\]]*\]|[^/:]+)(?::(\d+))?(/.*)?")
+_RETURN_RE = re.compile(r"https://\$host(?::(\d+))?\$request_uri")
+
+
+class _Builder:
+    def __init__(self, path: str, warn: Warn):
+        self.path = path
+        self.prefix = os.path.dirname(os.path.abspath(path))
+        self._warn = warn
+        self._said: set[str] = set()
+        self.upstream_blocks: dict[str, Upstream] = {}
+        self.upstreams: dict[str, Upstream] = {}
+
+    def warn(self, message: str, level: str = "warn") -> None:
+        if message not in self._said:
+            self._said.add(message)
+            self._warn(message, level=level)
+
+    def absolute(self, path: str) -> str:
+        return os.path.normpath(os.path.join(self.prefix, os.path.expanduser(path)))
+
+    # -- top level -----------------------------------------------------------------------
+    def build(self, nodes: list[Node]) -> Config:
+        defined: set[str] = set()
+        _variables(nodes, defined)
+        classify(nodes, self.warn, defined, set())
+        main = Level(nodes)
+        http_nodes = main.own("http")
+        if is_conf_d(set(main.by_name)):
+            main, http = Level([]), main
+        elif http_nodes:
+            http = Level(http_nodes[0].block or [], node=http_nodes[0])
+        else:
+            http = Level([])
+        events = main.own("events")
+        events_level = Level(events[0].block or []) if events else Level([])
+
+        for node in http.own("upstream"):
+            self.upstream_block(node)
+        servers = [self.server(node, http) for node in http.own("server")]
+        self.mark_tls(servers)
+        tls_servers = [s for s in servers if s.tls]
+        if not tls_servers:
+            where = http.node or (nodes[0] if nodes else None)
+            raise ConfigError('no server with "listen ... ssl" defined', file=where.file if where else self.path,
+                              line=where.line if where else None)
+        self.check_defaults(tls_servers)
+        redirects = self.redirects([s for s in servers if not s.tls])
+        model_servers = [self.tls_server(s, tls_servers) for s in tls_servers]
+        limits = self.limits(main, events_level, http, tls_servers, [s for s in servers if not s.tls])
+        sessions = self.sessions(tls_servers)
+        workers = self.workers(main)
+        upstreams = list(self.upstream_blocks.values()) + [u for n, u in self.upstreams.items()
+                                                            if n not in self.upstream_blocks]
+        return Config(servers=model_servers, upstreams=upstreams, redirects=redirects, limits=limits,
+                      sessions=sessions, workers=workers)
+
+    def workers(self, main: Level) -> int | str:
+        node = main.find("worker_processes")
+        if node is None:
+            return 1
+        if node.args[0] == "auto":
+            return "auto"
+        count = _number(node, node.args[0])
+        if not 1 <= count <= 256:
+            raise node.error(f'"worker_processes" {count} is not supported: fastterm runs 1 to 256 workers')
+        return count
+
+    # -- upstreams -----------------------------------------------------------------------
+    def upstream_block(self, node: Node) -> None:
+        name = node.args[0]
+        if name.lower() in {n.lower() for n in self.upstream_blocks}:
+            raise node.error(f'duplicate upstream "{name}"')
+        level = Level(node.block or [], node=node)
+        for n in level.nodes:
+            if n.name in MAPPED and n.name not in ("server", "keepalive", "keepalive_timeout"):
+                raise n.unsupported("", f"{n.name} (in upstream)")
+        servers, fail_timeouts = [], set()
+        for srv in level.own("server"):
+            address, fail_timeout = self.upstream_server(srv)
+            servers.append(address)
+            fail_timeouts.add((fail_timeout, srv.line))
+        if not servers:
+            raise node.error(f'no servers are inside upstream "{name}"')
+        values = {v for v, _ in fail_timeouts}
+        if len(values) > 1:
+            line = max(fail_timeouts, key=lambda t: t[1])[1]
+            raise ConfigError('"server ... fail_timeout=" differing between the servers of one upstream is '
+                              "not supported yet: fastterm's fail_timeout is per upstream",
+                              file=node.file, line=line)
+        options: dict = {"tries": len(servers), "max_conns": 0, "fail_timeout": values.pop()}
+        keepalive = level.find("keepalive")
+        if keepalive:
+            count = _number(keepalive, keepalive.args[0])
+            if count < 1:
+                raise keepalive.invalid()
+            options.update(keepalive=count, keepalive_max=count)
+        timeout = level.find("keepalive_timeout")
+        if timeout:
+            options["keepalive_timeout"] = parse_time(timeout)
+        self.upstream_blocks[name] = Upstream(name=name, servers=servers, **options)
+
+    def upstream_server(self, node: Node) -> tuple[str, float]:
+        address = node.args[0]
+        if address.startswith("unix:"):
+            raise node.unsupported("unix sockets", "server unix:")
+        text = self.host_port(node, address)
+        fail_timeout = 10.0
+        for param in node.args[1:]:
+            key, _, value = param.partition("=")
+            if key == "weight" and value == "1" or key == "max_fails" and value == "1":
+                continue
+            if key == "fail_timeout":
+                fail_timeout = parse_time(node, value)
+                continue
+            if key in ("weight", "max_fails", "max_conns", "backup", "down", "resolve", "service", "route",
+                       "slow_start", "drain"):
+                raise node.unsupported("", f"server ... {param}")
+            raise node.error(f'invalid parameter "{param}"')
+        return text, fail_timeout
+
+    def host_port(self, node: Node, address: str, default_port: int = 80) -> str:
+        """``host[:port]`` -> ``host:port`` / ``[v6]:port``; a name must resolve, as nginx checks."""
+        if address.startswith("["):
+            close = address.find("]")
+            host, rest = address[1:close], address[close + 1:]
+            port = rest[1:] if rest.startswith(":") else str(default_port)
+        else:
+            host, sep, port = address.rpartition(":")
+            if not sep:
+                host, port = address, str(default_port)
+        if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            raise node.error(f'invalid host or port in "{address}"')
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError):
+                raise node.error(f'host not found in upstream "{address}"') from None
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def proxy_pass(self, node: Node) -> str:
+        """The upstream a ``proxy_pass`` names: an upstream block, or an implicit one per host:port."""
+        url = node.args[0]
+        if "$" in url:
+            raise node.unsupported("variables in the URL", f"proxy_pass {url}")
+        m = _PASS_RE.fullmatch(url)
+        if not m:
+            if url.lower().startswith(("http://unix:", "https://unix:")):
+                raise node.unsupported("unix sockets", f"proxy_pass {url}")
+            raise node.error(f'invalid URL prefix in "{url}"')
+        scheme, host, port, uri = m.groups()
+        if scheme.lower() == "https":
+            raise node.unsupported("TLS to backends (re-encryption)", "proxy_pass https://")
+        if uri is not None:
+            raise node.unsupported("fastterm forwards the client's URI unchanged", f"proxy_pass {url}")
+        if port is None:
+            block = next((n for n in self.upstream_blocks if n.lower() == host.lower()), None)
+            if block is not None:
+                return block
+        elif host.lower() in {n.lower() for n in self.upstream_blocks}:
+            raise node.error(f'upstream "{host}" may not have port {port}')
+        address = self.host_port(node, host + (f":{port}" if port else ""))
+        name = address.removesuffix(":80")    # nginx's $proxy_host
+        if name not in self.upstreams:
+            self.upstreams[name] = Upstream(name=name, servers=[address], tries=1, max_conns=0)
+        return name
+
+    # -- servers -------------------------------------------------------------------------
+    def server(self, node: Node, http: Level) -> _Server:
+        level = Level(node.block or [], http, node)
+        listens = [parse_listen(n, self.warn) for n in level.own("listen")]
+        if not listens:
+            listens = [Listen(("0.0.0.0", 80), False, False, False, node)]    # nginx: listen *:80
+        names: dict[str, Node] = {}
+        for n in level.own("server_name"):
+            for name in n.args:
+                for one in self.server_name(n, name):
+                    names.setdefault(one, n)
+        server = _Server(level, node, listens, names)
+        for loc in level.own("location"):
+            server.locations.append(self.location(loc, level))
+        return server
+
+    def server_name(self, node: Node, name: str) -> list[str]:
+        name = name.lower()
+        if name.startswith("~"):
+            raise node.unsupported("regular expressions", f"server_name {name}")
+        if "$" in name:
+            raise node.unsupported("variables", f"server_name {name}")
+        if name.startswith("."):
+            return [name[1:], "*" + name]
+        if name.endswith(".*") or ("*" in name and not name.startswith("*.")) or name.count("*") > 1:
+            raise node.unsupported("wildcards other than a leading *.", f"server_name {name}")
+        return [name] if name else []
+
+    def location(self, node: Node, server: Level) -> _Location:
+        args = list(node.args)
+        for modifier in ("^~", "~*", "=", "~"):
+            if len(args) == 1 and args[0].startswith(modifier) and len(args[0]) > len(modifier):
+                args = [modifier, args[0][len(modifier):]]
+                break
+        if len(args) == 2 and args[0] == "^~":
+            path = args[1]
+        elif len(args) == 1 and not args[0].startswith("@"):
+            path = args[0]
+        elif len(args) == 2 and args[0] in ("=", "~", "~*"):
+            raise node.unsupported({"=": "exact match", "~": "regular expressions",
+                                    "~*": "regular expressions"}[args[0]], f"location {args[0]}")
+        elif len(args) == 1:
+            raise node.unsupported("named locations", f"location {args[0]}")
+        else:
+            raise node.error(f'invalid location modifier "{args[0]}"')
+        if not path.startswith("/"):
+            raise node.unsupported("prefixes that do not start with /", f"location {path}")
+        level = Level(node.block or [], server, node)
+        for inner in level.own("location"):
+            raise inner.unsupported("nested locations", "location")
+        return _Location(level, path, node)
+
+    def check_defaults(self, servers: list[_Server]) -> None:
+        """nginx: the default server of an address is its default_server, else the first; fastterm's
+        default_server flag is per server block, so it must pick the same."""
+        by_addr: dict[tuple[str, int], list[tuple[_Server, Listen]]] = {}
+        for server in servers:
+            for listen in server.listens:
+                by_addr.setdefault(listen.addr, []).append((server, listen))
+        for addr, entries in by_addr.items():
+            defaults = [(s, listen) for s, listen in entries if listen.default]
+            if len(defaults) > 1:
+                raise defaults[1][1].node.error(f"a duplicate default server for {defaults[1][1].text}")
+            nginx_default = defaults[0][0] if defaults else entries[0][0]
+            marked = [s for s, _ in entries if any(listen.default for listen in s.listens)]
+            ours = marked[0] if marked else entries[0][0]
+            if ours is not nginx_default:
+                listen = next(listen for listen in ours.listens if listen.default)
+                here = next(x for _, x in entries if x.addr == addr)
+                raise listen.node.unsupported(
+                    f"this server is default_server on {listen.text} but not on {here.text}, "
+                    "and fastterm's default_server applies to every address of a server block",
+                    "listen ... default_server")
+
+    def mark_tls(self, servers: list[_Server]) -> None:
+        ssl_addrs = {listen.addr for s in servers for listen in s.listens if listen.ssl}
+        for server in servers:
+            flags = {listen.addr in ssl_addrs for listen in server.listens}
+            if flags == {True, False}:
+                plain = next(listen for listen in server.listens if listen.addr not in ssl_addrs)
+                raise plain.node.unsupported(
+                    "a server block listening with and without ssl: fastterm serves plain HTTP only as "
+                    "the redirect to https", f"listen {plain.node.args[0]}")
+            server.tls = flags == {True}
+
+    # -- redirects -----------------------------------------------------------------------
+    def redirects(self, plain: list[_Server]) -> list[Redirect]:
+        by_addr: dict[tuple[str, int], tuple[int, Node]] = {}
+        for server in plain:
+            ret = self.redirect_return(server)
+            m = _RETURN_RE.fullmatch(ret.args[1]) if len(ret.args) == 2 and ret.args[0] == "301" else None
+            if not m or m[1] == "443":
+                raise ret.unsupported("a server without ssl may only redirect: "
+                                      "\"return 301 https://$host$request_uri;\" (or https://$host:PORT...)",
+                                      "return " + " ".join(ret.args))
+            port = int(m[1] or 443)
+            for listen in server.listens:
+                other = by_addr.setdefault(listen.addr, (port, ret))
+                if other[0] != port:
+                    raise ret.unsupported(f"another server on {listen.text} redirects to port {other[0]} "
+                                          f"({other[1].where}); fastterm's redirect is one per address",
+                                          "return")
+            for n in server.level.find_all("add_header"):
+                self.warn(f'{n.where}: "add_header" has no effect on the redirect server at '
+                          f"{server.node.where}: fastterm's redirect sends no extra headers")
+            for n in server.level.nodes:
+                if n.name in MAPPED - {"listen", "server_name", "return", "location", "client_header_timeout"}:
+                    self.warn(f'{n.where}: "{n.name}" has no effect on a server without "listen ... ssl" '
+                              "that only redirects")
+        ports: dict[int, list[str]] = {}
+        for addr, (port, _) in by_addr.items():
+            host, p = addr
+            ports.setdefault(port, []).append(f"[{host}]:{p}" if ":" in host else f"{host}:{p}")
+        return [Redirect(listen=listen, https_port=port) for port, listen in ports.items()]
+
+    def redirect_return(self, server: _Server) -> Node:
+        """The ``return`` of a plain server: on the server level, or in its one ``location /``."""
+        level = server.level
+        returns = level.own("return")
+        if returns and not server.locations:
+            return returns[0]
+        if not returns and len(server.locations) == 1 and server.locations[0].path == "/":
+            loc = server.locations[0].level
+            inner = loc.own("return")
+            others = [n for n in loc.nodes if n.name != "return" and n.name not in IGNORED]
+            if inner and not others:
+                return inner[0]
+        raise server.node.unsupported("a server without \"listen ... ssl\" is supported only as the redirect "
+                                      "\"return 301 https://$host$request_uri;\"", "server")
+
+    # -- TLS servers ---------------------------------------------------------------------
+    def tls_server(self, s: _Server, all_tls: list[_Server]) -> Server:
+        level = s.level
+        if level.own("return"):
+            raise level.own("return")[0].unsupported("fastterm's TLS servers proxy", "return")
+        if not s.locations:
+            raise s.node.unsupported('a server without a "location" that has "proxy_pass": ' + _FILES,
+                                     "server")
+        names = self.unique_names(s, all_tls)
+        routes, seen = [], {}
+        for loc in s.locations:
+            if loc.path in seen:
+                raise loc.node.error(f'duplicate location "{loc.path}"')
+            seen[loc.path] = loc
+            proxy = loc.level.own("proxy_pass")
+            if not proxy:
+                raise loc.node.unsupported('a location without "proxy_pass": ' + _FILES, "location")
+            for n in loc.level.own("return"):
+                raise n.unsupported("fastterm's locations proxy", "return")
+            self.proxy_headers(loc.level)
+            version = loc.level.find("proxy_http_version")
+            if version is not None and version.args[0] != "1.1":
+                raise version.unsupported("fastterm speaks HTTP/1.1 to backends",
+                                          f"proxy_http_version {version.args[0]}")
+            routes.append(Route(path=loc.path, upstream=self.proxy_pass(proxy[0])))
+        return Server(
+            listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
+            server_names=names, default_server=any(listen.default for listen in s.listens),
+            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes,
+            trusted_proxies=self.trusted_proxies(s))
+
+    def unique_names(self, s: _Server, servers: list[_Server]) -> list[str]:
+        """nginx warns 'conflicting server name ... ignored' and keeps the first server's."""
+        mine = {listen.addr for listen in s.listens}
+        taken: set[str] = set()
+        for other in servers:
+            if other is s:
+                break
+            if mine & {listen.addr for listen in other.listens}:
+                taken.update(other.names)
+        kept = []
+        for name, node in s.names.items():
+            if name in taken:
+                self.warn(f'{node.where}: conflicting server name "{name}", ignored')
+            else:
+                kept.append(name)
+        return kept
+
+    def certificates(self, s: _Server) -> list[Certificate]:
+        certs = s.level.find_all("ssl_certificate")
+        keys = s.level.find_all("ssl_certificate_key")
+        if not certs:
+            listen = next(listen for listen in s.listens if listen.ssl) if any(
+                listen.ssl for listen in s.listens) else s.listens[0]
+            raise listen.node.error(f'no "ssl_certificate" is defined for the "listen ... ssl" directive '
+                                    f"of the server at {s.node.where}")
+        result = []
+        for i, cert in enumerate(certs):
+            if i >= len(keys):
+                raise cert.error(f'no "ssl_certificate_key" is defined for certificate "{cert.args[0]}"')
+            key = keys[i]
+            for n in (cert, key):
+                if "$" in n.args[0] or n.args[0].startswith("data:"):
+                    raise n.unsupported("variables and data: values", n.name)
+            cert_path, key_path = self.absolute(cert.args[0]), self.absolute(key.args[0])
+            for n, p in ((cert, cert_path), (key, key_path)):
+                if not os.path.isfile(p):
+                    raise n.error(f'cannot load {"certificate" if n is cert else "certificate key"} "{p}": '
+                                  "No such file or directory")
+            try:
+                load_certificate(cert_path, key_path)
+            except ConfigError as exc:
+                raise cert.error(f'cannot load certificate "{cert_path}": {exc.message}') from None
+            result.append(Certificate(cert=cert_path, key=key_path))
+        return result
+
+    def protocols(self, s: _Server) -> tuple[list[str], Node | None]:
+        node = s.level.find("ssl_protocols")
+        if node is None:
+            return ["TLSv1.2", "TLSv1.3"], None
+        kept = []
+        for proto in node.args:
+            if proto in REFUSED_PROTOCOLS:
+                self.warn(f'{node.where}: "ssl_protocols {proto}" is ignored: fastterm refuses {proto}, '
+                          "deprecated by RFC 8996")
+            elif proto in ("TLSv1.2", "TLSv1.3"):
+                kept.append(proto)
+            else:
+                raise node.error(f'invalid value "{proto}" in "ssl_protocols" directive')
+        if not kept:
+            raise node.error('"ssl_protocols" leaves no protocol fastterm serves: add TLSv1.2 and/or TLSv1.3')
+        return list(dict.fromkeys(kept)), node
+
+    def session_cache(self, s: _Server) -> tuple[bool, dict[str, int], Node | None]:
+        node = s.level.find("ssl_session_cache")
+        if node is None:
+            return False, {}, None
+        zones: dict[str, int] = {}
+        for arg in node.args:
+            if arg in ("off", "none"):
+                if len(node.args) > 1:
+                    raise node.invalid(arg)
+                return False, {}, node
+            if arg.startswith("builtin"):
+                raise node.unsupported("fastterm's cache is shared by all workers: use shared:NAME:SIZE",
+                                       "ssl_session_cache builtin")
+            parts = arg.split(":")
+            if len(parts) != 3 or parts[0] != "shared" or not parts[1]:
+                raise node.invalid(arg)
+            zones[parts[1]] = parse_size(node, parts[2])
+        return True, zones, node
+
+    def alpn(self, s: _Server, all_tls: list[_Server]) -> list[str]:
+        h2_addrs = {listen.addr for t in all_tls for listen in t.listens if listen.http2}
+        flags = {listen.addr in h2_addrs for listen in s.listens}
+        if len(flags) > 1:
+            raise s.listens[0].node.unsupported(
+                "a server block on addresses with and without http2: fastterm's ALPN is per server block",
+                "listen ... http2")
+        node = s.level.find("http2")
+        h2 = flags == {True} or (node is not None and parse_flag(node))
+        return ["h2", "http/1.1"] if h2 else ["http/1.1"]
+
+    def tls_policy(self, s: _Server, all_tls: list[_Server]) -> TLSPolicy:
+        level = s.level
+        protocols, _ = self.protocols(s)
+        cache, _, _ = self.session_cache(s)
+        default = self.address_default(s, all_tls)
+        if default is not s:
+            for what, mine, theirs in (("ssl_protocols", protocols, self.protocols(default)[0]),
+                                       ("ssl_session_cache", cache, self.session_cache(default)[0])):
+                if mine != theirs:
+                    node = level.find(what) or s.node
+                    self.warn(f'{node.where}: "{what}" of a server that is not the default of its address '
+                              f"has no effect, as in nginx (OpenSSL applies the default server's, at "
+                              f"{default.node.where})")
+            protocols, cache = self.protocols(default)[0], self.session_cache(default)[0]
+        ciphers = level.find("ssl_ciphers")
+        prefer = level.find("ssl_prefer_server_ciphers")
+        curve = level.find("ssl_ecdh_curve")
+        timeout = level.find("ssl_session_timeout")
+        tickets = level.find("ssl_session_tickets")
+        suites = OPENSSL_CIPHERSUITES
+        for cmd in level.find_all("ssl_conf_command"):
+            if cmd.args[0].lower() != "ciphersuites":
+                raise cmd.unsupported("only Ciphersuites", f"ssl_conf_command {cmd.args[0]}")
+            suites = cmd.args[1]
+        return TLSPolicy(
+            protocols=protocols, ciphers=ciphers.args[0] if ciphers else INTERMEDIATE_CIPHERS,
+            ciphersuites=suites,
+            groups=curve.args[0] if curve and curve.args[0] != "auto" else INTERMEDIATE_GROUPS,
+            prefer_server_ciphers=parse_flag(prefer) if prefer else False, session_cache=cache,
+            session_timeout=parse_time(timeout) if timeout else 300.0,
+            session_tickets=parse_flag(tickets) if tickets else True, alpn=self.alpn(s, all_tls))
+
+    def address_default(self, s: _Server, all_tls: list[_Server]) -> _Server:
+        """The default server of ``s``'s addresses (one server for all of them, else refused)."""
+        found = set()
+        for listen in s.listens:
+            on_addr = [t for t in all_tls if any(x.addr == listen.addr for x in t.listens)]
+            marked = [t for t in on_addr if any(x.addr == listen.addr and x.default for x in t.listens)]
+            found.add(id((marked or on_addr)[0]))
+            default = (marked or on_addr)[0]
+        if len(found) > 1:
+            raise s.listens[0].node.unsupported("a server whose addresses have different default servers",
+                                                "listen")
+        return default
+
+    def hsts(self, s: _Server) -> str | None:
+        """add_header, with nginx's inheritance: a location with any add_header of its own
+        keeps only those. Every location must end up with the same HSTS (it is per server)."""
+        values: list[tuple[str | None, Node | None]] = []
+        scopes = [loc.level for loc in s.locations]
+        if not any(loc.path == "/" for loc in s.locations):
+            scopes.append(s.level)      # requests no location matches
+        for scope in scopes:
+            value, where = None, None
+            for n in scope.find_all("add_header"):
+                if n.args[0].lower() != "strict-transport-security":
+                    raise n.unsupported("only \"add_header Strict-Transport-Security VALUE always\"",
+                                        f"add_header {n.args[0]}")
+                if len(n.args) != 3 or n.args[2] != "always":
+                    raise n.unsupported("without \"always\" nginx adds it to some statuses only; fastterm "
+                                        "adds HSTS to every response", "add_header Strict-Transport-Security")
+                if value is not None:
+                    raise n.unsupported("two HSTS headers", "add_header Strict-Transport-Security")
+                if "$" in n.args[1]:
+                    raise n.unsupported("variables", "add_header Strict-Transport-Security")
+                value, where = n.args[1], n
+            values.append((value, where or scope.node, scope is not s.level and bool(scope.own("add_header"))))
+        first = values[0][0]
+        if any(value != first for value, _, _ in values):
+            # Point at a location's own add_header: the line that broke the inheritance.
+            where = next((w for _, w, own in values if own), values[1][1])
+            raise (where or s.node).unsupported(
+                "an HSTS value differing between the locations of one server: fastterm's hsts is per "
+                "server block", "add_header")
+        return first
+
+    def proxy_headers(self, loc: Level) -> None:
+        for n in loc.find_all("proxy_set_header"):
+            name, value = n.args[0].lower(), n.args[1]
+            accepted = _SAME_HEADERS.get(name, set())
+            if name == "host" and value == "$host":
+                self.warn(f'{n.where}: "proxy_set_header Host $host" is approximated: fastterm forwards the '
+                          "client's Host as sent (nginx's $host drops the port, lowercases, and takes the host "
+                          "of an absolute-form request target)")
+            if value not in accepted:
+                raise n.unsupported(_HEADER_WHY.get(name, "fastterm sends X-Forwarded-For, X-Forwarded-Proto "
+                                                          "and X-Real-IP, and the client's Host"),
+                                    f"proxy_set_header {n.args[0]} {value}")
+
+    def trusted_proxies(self, s: _Server) -> list[str]:
+        results: list[tuple[list[str], Node]] = []
+        for loc in s.locations:
+            trusted: list[str] = []
+            xff = next((n for n in loc.level.find_all("proxy_set_header")
+                        if n.args[0].lower() == "x-forwarded-for"), None)
+            real = loc.level.find_all("set_real_ip_from")
+            if real:
+                header = loc.level.find("real_ip_header")
+                if header is None or header.args[0].lower() != "x-forwarded-for":
+                    raise real[0].unsupported("real_ip_header X-Real-IP (nginx's default) or other: "
+                                              "fastterm's trusted_proxies read X-Forwarded-For", "set_real_ip_from")
+                for n in real:
+                    if n.args[0].startswith("unix:"):
+                        raise n.unsupported("unix sockets", "set_real_ip_from unix:")
+                    try:
+                        trusted.append(str(ipaddress.ip_network(n.args[0], strict=False)))
+                    except ValueError:
+                        raise n.invalid() from None
+            if xff is not None and xff.args[1] == "$proxy_add_x_forwarded_for":
+                self.warn(f"{xff.where}: nginx appends to the X-Forwarded-For a client sends, so any client can "
+                          "forge it; fastterm does the same here (every peer trusted); safer: remove this line "
+                          "and list your proxies in set_real_ip_from (fastterm's trusted_proxies)", "notice")
+                trusted = list(TRUST_EVERY_PEER)
+            elif xff is not None and real:
+                raise xff.unsupported("with set_real_ip_from: fastterm appends the peer to the trusted chain",
+                                      "proxy_set_header X-Forwarded-For $remote_addr")
+            results.append((list(dict.fromkeys(trusted)), xff or (real[0] if real else loc.node)))
+        first = results[0][0] if results else []
+        for trusted, where in results[1:]:
+            if set(trusted) != set(first):
+                raise where.unsupported("trusted proxies differing between the locations of one server: "
+                                        "fastterm's trusted_proxies are per server block", where.name)
+        return first
+
+    # -- global settings -----------------------------------------------------------------
+    def limits(self, main: Level, events: Level, http: Level, tls: list[_Server], plain: list[_Server]) -> Limits:
+        values: dict = {}
+        for spec in _LIMITS:
+            name, scope, default, parse, fld = spec
+            scopes = [loc.level for s in tls for loc in s.locations] if scope == "location" else \
+                [s.level for s in tls] + ([s.level for s in plain] if name == "client_header_timeout" else [])
+            seen: list[tuple[object, Node | None]] = []
+            for level in scopes:
+                node = level.find(name)
+                seen.append((default if node is None else parse(node), node))
+            first, first_node = seen[0]
+            for value, node in seen[1:]:
+                if value != first:
+                    where = node or first_node
+                    raise where.unsupported(
+                        f"a value differing between servers or locations ({first_node.where if first_node else 'default'}"
+                        f" vs {node.where if node else 'default'}): fastterm's limits are global", name)
+            values[fld] = first
+        connections = events.find("worker_connections")
+        if connections is not None:
+            values["worker_connections"] = _number(connections, connections.args[0])
+        drain = main.find("worker_shutdown_timeout")
+        if drain is not None:
+            values["drain_timeout"] = parse_time(drain)
+        return Limits(**values)
+
+    def sessions(self, tls: list[_Server]) -> Sessions:
+        zones: dict[str, tuple[int, Node]] = {}
+        key_sets: list[tuple[list[str], Node | None]] = []
+        for s in tls:
+            _, found, node = self.session_cache(s)
+            for name, size in found.items():
+                other = zones.setdefault(name, (size, node))
+                if other[0] != size:
+                    raise node.error(f'the size {size} of shared memory zone "{name}" conflicts with already '
+                                     f"declared size {other[0]}")
+            keys = s.level.find_all("ssl_session_ticket_key")
+            for n in keys:
+                if not os.path.isfile(self.absolute(n.args[0])):
+                    raise n.error(f'open() "{self.absolute(n.args[0])}" failed (No such file or directory)')
+            key_sets.append(([self.absolute(n.args[0]) for n in keys], keys[0] if keys else None))
+        first = key_sets[0][0]
+        for keys, node in key_sets[1:]:
+            if keys != first:
+                raise (node or key_sets[0][1]).unsupported(
+                    "ticket keys differing between servers: fastterm's ticket keys are shared by all",
+                    "ssl_session_ticket_key")
+        options: dict = {"ticket_key_file": first}
+        if zones:
+            options["cache_size"] = sum(size for size, _ in zones.values())
+        return Sessions(**options)
+
+
+def _keepalive_timeout(node: Node) -> float:
+    if len(node.args) > 1:
+        raise node.unsupported("the Keep-Alive: timeout= header", "keepalive_timeout ... header_timeout")
+    value = parse_time(node)
+    if value == 0:
+        raise node.unsupported("keep-alive off", "keepalive_timeout 0")
+    return value
+
+
+def _header_buffers(node: Node) -> int:
+    return _number(node, node.args[0]) * parse_size(node, node.args[1])
+
+
+def _positive(parse):
+    def check(node: Node):
+        value = parse(node)
+        if value <= 0:
+            raise node.invalid()
+        return value
+    return check
+
+
+# (directive, scope, nginx default, parser, Limits field): scope "location" means every location
+# of every TLS server sees one value; "server" every TLS server.
+_LIMITS = [
+    ("client_max_body_size", "location", 1 << 20, parse_size, "client_max_body_size"),
+    ("client_header_timeout", "server", 60.0, _positive(parse_time), "client_header_timeout"),
+    ("keepalive_timeout", "location", 75.0, _keepalive_timeout, "keepalive_timeout"),
+    ("send_timeout", "location", 60.0, _positive(parse_time), "send_timeout"),
+    ("proxy_connect_timeout", "location", 60.0, _positive(parse_time), "backend_connect_timeout"),
+    ("proxy_read_timeout", "location", 60.0, _positive(parse_time), "backend_read_timeout"),
+    ("underscores_in_headers", "server", False, parse_flag, "underscores_in_headers"),
+    ("large_client_header_buffers", "server", 4 * 8192, _header_buffers, "header_buffer_size"),
+    ("http2_max_concurrent_streams", "server", 128, lambda n: _number(n, n.args[0]),
+     "http2_max_concurrent_streams"),
+    ("keepalive_requests", "location", 1000, _positive(lambda n: _number(n, n.args[0])), "http2_max_requests"),
+]
+
+# proxy_set_header values equal to what fastterm sends (ext/exchange.pyx Exchange.request).
+_SAME_HEADERS = {
+    "x-forwarded-proto": {"$scheme", "https"},          # every proxied server is TLS
+    "x-real-ip": {"$remote_addr"},
+    "x-forwarded-for": {"$proxy_add_x_forwarded_for", "$remote_addr"},
+    "host": {"$http_host", "$host"},                    # fastterm forwards the client's Host
+    "connection": {""},                                 # fastterm sends none (HTTP/1.1 keep-alive)
+}
+_HEADER_WHY = {
+    "x-forwarded-proto": "fastterm sends X-Forwarded-Proto: https",
+    "x-real-ip": "fastterm sends X-Real-IP: the peer address",
+    "x-forwarded-for": "fastterm sends the peer address, appended to a trusted proxy's chain",
+    "host": "fastterm forwards the client's Host",
+    "connection": "fastterm keeps backend connections alive and does not pass upgrades",
+}
+
+
+def load_config(path: str, warn: Warn | None = None) -> Config:
+    """Read, map and validate an nginx configuration; raise ``ConfigError`` at file:line.
+    ``warn(message, level=...)`` hears each accepted-but-ignored directive once."""
+    from fastterm.config.toml import KeyLines, _Checker
+
+    try:
+        config = _Builder(path, warn or (lambda message, level="warn": None)).build(read(path))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        # A shape of input this front-end did not foresee: an error for `check`, never a master
+        # that dies on reload. The exception says what to fix here.
+        raise ConfigError(f"cannot map this configuration ({type(exc).__name__}: {exc})", file=path) from exc
+    # The TOML front-end's semantic checks on the same model: what `convert`'s output must pass.
+    return _Checker(path, KeyLines("")).check(config)

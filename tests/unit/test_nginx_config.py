@@ -1,0 +1,802 @@
+"""nginx.conf -> Config (fastterm/config/nginx.py): each mapped directive, inheritance, the
+warnings, every error kind with its file:line, includes, and the convert round trip."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fastterm.config import ConfigSource
+from fastterm.config.model import INTERMEDIATE_CIPHERS, INTERMEDIATE_GROUPS, Limits
+from fastterm.config.nginx import OPENSSL_CIPHERSUITES, Node, load_config, parse_size, parse_time
+from fastterm.config.toml import dump_config
+from fastterm.config.toml import load_config as load_toml
+from fastterm.errors import ConfigError
+
+
+def site(server: str = "", location: str = "", http: str = "", extra: str = "", listen: str = "443 ssl") -> str:
+    """One TLS server proxying / to upstream notes, with lines added at each level."""
+    return f"""\
+{http}
+upstream notes {{
+    server 127.0.0.1:8081;
+}}
+server {{
+    listen {listen};
+    server_name www.example.com;
+    ssl_certificate certs/ec.crt;
+    ssl_certificate_key certs/ec.key;
+{server}
+    location / {{
+        proxy_pass http://notes;
+{location}
+    }}
+}}
+{extra}
+"""
+
+
+def line_of(text: str, needle: str, occurrence: int = 1) -> int:
+    hits = [i for i, line in enumerate(text.splitlines(), start=1) if needle in line]
+    return hits[occurrence - 1]
+
+
+class Loaded:
+    def __init__(self, config, warnings):
+        self.config = config
+        self.warnings = warnings          # [(level, message)]
+        self.server = config.servers[0]
+
+    def warned(self, needle: str, level: str = "warn") -> bool:
+        return any(needle in m and lv == level for lv, m in self.warnings)
+
+
+@pytest.fixture
+def load(write, ec_files):
+    def _load(text: str, name: str = "nginx.conf") -> Loaded:
+        warnings: list[tuple[str, str]] = []
+        config = load_config(write(name, text), lambda m, level="warn": warnings.append((level, m)))
+        return Loaded(config, warnings)
+
+    return _load
+
+
+@pytest.fixture
+def error(write, ec_files, tmp_path):
+    """``error(text, needle)`` -> the ConfigError, checked to sit at the line holding ``needle``."""
+
+    def _error(text: str, needle: str | None = None, name: str = "nginx.conf", occurrence: int = 1) -> ConfigError:
+        path = write(name, text)
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        err = info.value
+        if needle is not None:
+            line = line_of(text, needle, occurrence)
+            assert (err.file, err.line) == (path, line), str(err)
+            assert str(err).startswith(f"{path}:{line}: "), str(err)
+        assert "\n" not in str(err)
+        return err
+
+    return _error
+
+
+# ---- the seed's shape --------------------------------------------------------------------------
+
+SEED = """\
+upstream notes {
+    server 127.0.0.1:8081;
+}
+server {
+listen 443 ssl;
+server_name api.example.com;
+ssl_certificate certs/ec.crt;
+ssl_certificate_key certs/ec.key;
+ssl_protocols TLSv1.2 TLSv1.3;
+ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES128-GCM-SHA256;
+ssl_prefer_server_ciphers off;
+ssl_session_timeout 1d;
+ssl_session_cache shared:SSL:10m;
+ssl_session_tickets off;
+add_header Strict-Transport-Security "max-age=63072000" always;
+location / {
+proxy_pass http://notes;
+proxy_set_header X-Forwarded-Proto $scheme;
+proxy_set_header X-Real-IP $remote_addr;
+}
+}
+server {
+listen 80;
+server_name api.example.com;
+return 301 https://$host$request_uri;
+}
+"""
+
+
+def test_seed_config_maps_onto_the_model(load, tmp_path):
+    got = load(SEED)
+    config, server = got.config, got.server
+    assert server.listen == ["0.0.0.0:443"]
+    assert server.server_names == ["api.example.com"]
+    assert [(c.cert, c.key) for c in server.certificates] == [
+        (str(tmp_path / "certs/ec.crt"), str(tmp_path / "certs/ec.key"))]
+    assert server.hsts == "max-age=63072000"
+    assert [(r.path, r.upstream) for r in server.routes] == [("/", "notes")]
+    assert server.trusted_proxies == []
+    tls = server.tls
+    assert tls.protocols == ["TLSv1.2", "TLSv1.3"]
+    assert tls.ciphers.endswith("DHE-RSA-AES128-GCM-SHA256")
+    assert tls.prefer_server_ciphers is False
+    assert tls.session_timeout == 86400.0
+    assert tls.session_cache is True and tls.session_tickets is False
+    assert tls.alpn == ["http/1.1"]
+    assert config.sessions.cache_size == 10 << 20
+    assert [(u.name, u.servers, u.tries, u.max_conns) for u in config.upstreams] == [
+        ("notes", ["127.0.0.1:8081"], 1, 0)]
+    assert [(r.listen, r.https_port) for r in config.redirects] == [(["0.0.0.0:80"], 443)]
+    assert config.workers == 1
+    assert got.warnings == []
+
+
+def test_nginx_defaults_where_the_config_says_nothing(load):
+    got = load(site())
+    tls = got.server.tls
+    assert tls.protocols == ["TLSv1.2", "TLSv1.3"]      # documented: not 1.22's TLSv1 TLSv1.1 TLSv1.2
+    assert tls.ciphers == INTERMEDIATE_CIPHERS           # documented: not HIGH:!aNULL:!MD5
+    assert tls.groups == INTERMEDIATE_GROUPS
+    assert tls.ciphersuites == OPENSSL_CIPHERSUITES      # nginx leaves OpenSSL's order
+    assert tls.prefer_server_ciphers is False            # nginx's default
+    assert tls.session_cache is False                    # ssl_session_cache none
+    assert tls.session_timeout == 300.0 and tls.session_tickets is True
+    assert got.server.hsts is None
+    limits = got.config.limits
+    assert limits.client_max_body_size == 1 << 20
+    assert limits.client_header_timeout == 60.0
+    assert limits.keepalive_timeout == 75.0
+    assert limits.send_timeout == 60.0
+    assert limits.backend_connect_timeout == 60.0 and limits.backend_read_timeout == 60.0
+    assert limits.header_buffer_size == 4 * 8192
+    assert limits.http2_max_concurrent_streams == 128 and limits.http2_max_requests == 1000
+    assert limits.underscores_in_headers is False
+    assert limits.worker_connections == Limits().worker_connections
+    assert limits.drain_timeout == Limits().drain_timeout
+
+
+# ---- TLS directives ---------------------------------------------------------------------------------
+
+def test_tls_directives(load, tmp_path, write):
+    write("keys/ticket.key", os.urandom(80))
+    got = load(site(server="""
+    ssl_protocols TLSv1.3;
+    ssl_ciphers ECDHE-ECDSA-AES256-GCM-SHA384;
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
+    ssl_ecdh_curve X25519:prime256v1;
+    ssl_session_cache shared:one:20m;
+    ssl_session_timeout 10m;
+    ssl_session_tickets on;
+    ssl_session_ticket_key keys/ticket.key;
+    http2 on;
+"""))
+    tls = got.server.tls
+    assert tls.protocols == ["TLSv1.3"]
+    assert tls.ciphers == "ECDHE-ECDSA-AES256-GCM-SHA384"
+    assert tls.prefer_server_ciphers is True
+    assert tls.ciphersuites == "TLS_AES_128_GCM_SHA256"
+    assert tls.groups == "X25519:prime256v1"
+    assert tls.session_cache is True and tls.session_timeout == 600.0 and tls.session_tickets is True
+    assert tls.alpn == ["h2", "http/1.1"]
+    assert got.config.sessions.cache_size == 20 << 20
+    assert got.config.sessions.ticket_key_file == [str(tmp_path / "keys/ticket.key")]
+
+
+def test_deprecated_protocols_are_dropped_with_a_warning(load):
+    got = load(site(server="    ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3;"))
+    assert got.server.tls.protocols == ["TLSv1.2", "TLSv1.3"]
+    assert got.warned('"ssl_protocols TLSv1" is ignored') and got.warned('"ssl_protocols TLSv1.1" is ignored')
+
+
+def test_protocols_leaving_nothing_is_an_error(error):
+    text = site(server="    ssl_protocols TLSv1 TLSv1.1;")
+    assert "no protocol fastterm serves" in str(error(text, "ssl_protocols"))
+
+
+@pytest.mark.parametrize("value, expected", [("off", False), ("none", False), ("shared:SSL:1m", True)])
+def test_session_cache_values(load, value, expected):
+    assert load(site(server=f"    ssl_session_cache {value};")).server.tls.session_cache is expected
+
+
+def test_auto_curve_and_http2_listen(load):
+    got = load(site(server="    ssl_ecdh_curve auto;", listen="443 ssl http2"))
+    assert got.server.tls.groups == INTERMEDIATE_GROUPS
+    assert got.server.tls.alpn == ["h2", "http/1.1"]
+
+
+def test_other_conf_commands_are_not_supported(error):
+    text = site(server="    ssl_conf_command Options PrioritizeChaCha;")
+    assert '"ssl_conf_command Options" is not supported yet' in str(error(text, "ssl_conf_command"))
+
+
+def test_several_certificates(load, write, rsa_www_leaf, intermediate, tmp_path):
+    write("certs/rsa.crt", rsa_www_leaf.cert_pem + intermediate.cert_pem)
+    write("certs/rsa.key", rsa_www_leaf.key_pem)
+    got = load(site(server="    ssl_certificate certs/rsa.crt;\n    ssl_certificate_key certs/rsa.key;"))
+    assert [os.path.basename(c.cert) for c in got.server.certificates] == ["ec.crt", "rsa.crt"]
+    assert [os.path.basename(c.key) for c in got.server.certificates] == ["ec.key", "rsa.key"]
+
+
+def test_certificates_inherit_from_http_unless_the_server_has_its_own(load):
+    text = """\
+http {
+    ssl_certificate certs/ec.crt;
+    ssl_certificate_key certs/ec.key;
+    ssl_protocols TLSv1.3;
+    server {
+        listen 443 ssl;
+        server_name a.example.com;
+        location / { proxy_pass http://127.0.0.1:8081; }
+    }
+    server {
+        listen 443 ssl;
+        server_name b.example.com;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / { proxy_pass http://127.0.0.1:8081; }
+    }
+}
+"""
+    got = load(text)
+    a, b = got.config.servers
+    assert a.certificates == b.certificates and len(a.certificates) == 1
+    assert a.tls.protocols == ["TLSv1.3"]
+    # b is not the default server of 0.0.0.0:443: in nginx its ssl_protocols have no effect.
+    assert b.tls.protocols == ["TLSv1.3"]
+    assert got.warned('"ssl_protocols" of a server that is not the default of its address has no effect')
+    assert [u.name for u in got.config.upstreams] == ["127.0.0.1:8081"]
+
+
+def test_missing_certificate_file_is_located(error, tmp_path):
+    text = site().replace("certs/ec.crt", "certs/absent.crt")
+    err = error(text, "certs/absent.crt")
+    assert "absent.crt" in str(err) and "No such file" in str(err)
+
+
+def test_mismatched_key_is_located(error, write, rsa_leaf):
+    write("certs/other.key", rsa_leaf.key_pem)
+    text = site().replace("certs/ec.key", "certs/other.key")
+    assert "does not match" in str(error(text, "ssl_certificate certs/ec.crt"))
+
+
+def test_server_without_certificate(error):
+    text = site().replace("    ssl_certificate certs/ec.crt;\n", "")
+    assert 'no "ssl_certificate" is defined' in str(error(text, "listen 443 ssl"))
+
+
+# ---- listen and server_name ---------------------------------------------------------------------------------
+
+def test_listen_forms(load):
+    text = site(server="""
+    listen [::]:443 ssl;
+    listen 127.0.0.1:8443 ssl default_server reuseport;
+    listen *:9443 ssl;
+""")
+    got = load(text)
+    assert got.server.listen == ["0.0.0.0:443", "[::]:443", "127.0.0.1:8443", "0.0.0.0:9443"]
+    assert got.server.default_server is True
+    assert got.warnings == []
+
+
+def test_listen_parameters_without_effect_warn_and_unknown_ones_fail(load, error):
+    assert load(site(listen="443 ssl deferred backlog=511")).warned('"listen ... deferred" is ignored')
+    assert '"listen ... proxy_protocol" is not supported yet' in str(
+        error(site(listen="443 ssl proxy_protocol"), "listen 443"))
+    assert 'invalid parameter "sll"' in str(error(site(listen="443 sll"), "listen 443"))
+
+
+def test_server_names(load):
+    got = load(site().replace("server_name www.example.com;",
+                              "server_name www.example.com *.api.example.com .example.org _;"))
+    assert got.server.server_names == ["www.example.com", "*.api.example.com", "example.org", "*.example.org", "_"]
+
+
+def test_regex_server_name_is_not_supported(error):
+    text = site().replace("server_name www.example.com;", r"server_name ~^www\d+\.example\.com$;")
+    assert "is not supported yet" in str(error(text, "server_name"))
+
+
+def test_conflicting_server_name_warns_and_keeps_the_first(load):
+    text = site(extra="""
+server {
+    listen 443 ssl;
+    server_name www.example.com other.example.com;
+    ssl_certificate certs/ec.crt;
+    ssl_certificate_key certs/ec.key;
+    location / { proxy_pass http://notes; }
+}
+""")
+    got = load(text)
+    assert got.config.servers[1].server_names == ["other.example.com"]
+    assert got.warned('conflicting server name "www.example.com", ignored')
+
+
+def test_duplicate_default_server(error):
+    text = site(listen="443 ssl default_server", extra="""
+server {
+    listen 443 ssl default_server;
+    server_name other.example.com;
+    ssl_certificate certs/ec.crt;
+    ssl_certificate_key certs/ec.key;
+    location / { proxy_pass http://notes; }
+}
+""")
+    assert "a duplicate default server for 0.0.0.0:443" in str(
+        error(text, "listen 443 ssl default_server", occurrence=2))
+
+
+# ---- locations, upstreams, proxy ---------------------------------------------------------------------------------
+
+def test_prefix_locations_and_implicit_upstreams(load):
+    text = site(server="""
+    location /api/ { proxy_pass http://127.0.0.1:9000; }
+    location ^~ /static/ { proxy_pass http://127.0.0.1:9001; }
+""")
+    got = load(text)
+    assert [(r.path, r.upstream) for r in got.server.routes] == [
+        ("/api/", "127.0.0.1:9000"), ("/static/", "127.0.0.1:9001"), ("/", "notes")]
+    implicit = {u.name: u for u in got.config.upstreams}["127.0.0.1:9000"]
+    assert implicit.servers == ["127.0.0.1:9000"] and implicit.tries == 1
+
+
+@pytest.mark.parametrize("location", ["= /exact", "~ ^/re", "~* ^/re", "@named"])
+def test_other_location_forms_are_not_supported(error, location):
+    text = site(server=f"    location {location} {{ proxy_pass http://notes; }}")
+    assert "is not supported yet" in str(error(text, f"location {location}"))
+
+
+def test_location_without_proxy_pass(error):
+    text = site(server="    location /files/ { root /srv; }")
+    err = error(text, "location /files/")
+    assert '"location" is not supported yet: a location without "proxy_pass"' in str(err)
+
+
+def test_duplicate_location(error):
+    text = site(server="    location / { proxy_pass http://notes; }")
+    assert 'duplicate location "/"' in str(error(text, "location / {", occurrence=2))
+
+
+def test_upstream_block(load):
+    text = site().replace("    server 127.0.0.1:8081;", """\
+    server 127.0.0.1:8081 max_fails=1 fail_timeout=30s weight=1;
+    server 127.0.0.1:8082 fail_timeout=30s;
+    keepalive 8;
+    keepalive_timeout 20s;
+    zone notes 64k;""")
+    got = load(text)
+    up = got.config.upstreams[0]
+    assert up.servers == ["127.0.0.1:8081", "127.0.0.1:8082"]
+    assert (up.fail_timeout, up.tries, up.keepalive, up.keepalive_max, up.keepalive_timeout) == (30.0, 2, 8, 8, 20.0)
+    assert got.warned('"zone" is ignored')
+
+
+@pytest.mark.parametrize("line", ["server 127.0.0.1:8082 weight=2;", "server 127.0.0.1:8082 backup;",
+                                  "least_conn;", "keepalive_requests 100;"])
+def test_upstream_features_not_supported_yet(error, line):
+    text = site().replace("    server 127.0.0.1:8081;", f"    server 127.0.0.1:8081;\n    {line}")
+    assert "is not supported yet" in str(error(text, line))
+
+
+@pytest.mark.parametrize("url, why", [("http://notes/", "URI unchanged"), ("https://notes", "TLS to backends"),
+                                      ("http://$host", "variables")])
+def test_proxy_pass_forms_not_supported(error, url, why):
+    text = site().replace("proxy_pass http://notes;", f"proxy_pass {url};")
+    err = error(text, "proxy_pass")
+    assert "is not supported yet" in str(err) and why in str(err)
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-Proto $scheme", "X-Forwarded-Proto https", "X-Real-IP $remote_addr",
+                                    "Host $host", "Host $http_host", 'Connection ""',
+                                    "X-Forwarded-For $remote_addr"])
+def test_proxy_set_header_values_fastterm_sends(load, header):
+    got = load(site(location=f"        proxy_set_header {header};\n        proxy_http_version 1.1;"))
+    assert got.server.trusted_proxies == []
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-Host $host", "X-Real-IP $http_x_real_ip", "Early-Data $ssl_early_data",
+                                    "Upgrade $http_upgrade", "Host backend.internal"])
+def test_other_proxy_set_header_values_are_not_supported(error, header):
+    text = site(location=f"        proxy_set_header {header};")
+    assert "is not supported yet" in str(error(text, "proxy_set_header"))
+
+
+def test_proxy_add_x_forwarded_for_trusts_every_peer_with_a_notice(load):
+    got = load(site(location="        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"))
+    assert got.server.trusted_proxies == ["0.0.0.0/0", "::/0"]
+    assert got.warned("set_real_ip_from", level="notice")
+
+
+def test_set_real_ip_from(load, error):
+    got = load(site(server="    set_real_ip_from 10.0.0.0/8;\n    set_real_ip_from 192.0.2.1;\n"
+                           "    real_ip_header X-Forwarded-For;"))
+    assert got.server.trusted_proxies == ["10.0.0.0/8", "192.0.2.1/32"]
+    text = site(server="    set_real_ip_from 10.0.0.0/8;")
+    assert "real_ip_header X-Real-IP" in str(error(text, "set_real_ip_from"))
+
+
+def test_proxy_http_version_1_0_is_not_supported(error):
+    assert "is not supported yet" in str(error(site(location="        proxy_http_version 1.0;"), "proxy_http_version"))
+
+
+# ---- add_header and its inheritance ---------------------------------------------------------------------------------
+
+def test_hsts_inherited_from_http(load):
+    got = load(site(http='add_header Strict-Transport-Security "max-age=300" always;'))
+    assert got.server.hsts == "max-age=300"
+
+
+def test_server_hsts_overrides_http(load):
+    got = load(site(http='add_header Strict-Transport-Security "max-age=300" always;',
+                    server='    add_header Strict-Transport-Security "max-age=600; includeSubDomains" always;'))
+    assert got.server.hsts == "max-age=600; includeSubDomains"
+
+
+def test_location_with_its_own_add_header_loses_the_servers(error):
+    text = site(server='    add_header Strict-Transport-Security "max-age=600" always;\n'
+                       "    location /api/ { proxy_pass http://notes; add_header X-Frame-Options DENY; }")
+    assert '"add_header X-Frame-Options" is not supported yet' in str(error(text, "X-Frame-Options"))
+
+
+def test_hsts_differing_between_locations(error):
+    text = site(server='    add_header Strict-Transport-Security "max-age=600" always;\n'
+                       '    location /api/ { proxy_pass http://notes; add_header Strict-Transport-Security "max-age=1" always; }')
+    assert "differing between the locations" in str(error(text, "max-age=1"))
+
+
+def test_hsts_without_always_is_not_supported(error):
+    text = site(server='    add_header Strict-Transport-Security "max-age=600";')
+    assert "always" in str(error(text, "add_header"))
+
+
+# ---- limits ---------------------------------------------------------------------------------
+
+def test_limits(load):
+    text = """\
+worker_processes auto;
+worker_shutdown_timeout 15s;
+events { worker_connections 4096; }
+http {
+    client_max_body_size 10m;
+    client_header_timeout 5s;
+    keepalive_timeout 65;
+    send_timeout 30s;
+    proxy_connect_timeout 3s;
+    proxy_read_timeout 2m;
+    underscores_in_headers on;
+    large_client_header_buffers 4 16k;
+    http2_max_concurrent_streams 64;
+    keepalive_requests 500;
+""" + site() + "}\n"
+    got = load(text)
+    limits = got.config.limits
+    assert limits.client_max_body_size == 10 << 20
+    assert limits.client_header_timeout == 5.0
+    assert limits.keepalive_timeout == 65.0
+    assert limits.send_timeout == 30.0
+    assert (limits.backend_connect_timeout, limits.backend_read_timeout) == (3.0, 120.0)
+    assert limits.underscores_in_headers is True
+    assert limits.header_buffer_size == 4 * 16384
+    assert (limits.http2_max_concurrent_streams, limits.http2_max_requests) == (64, 500)
+    assert (limits.worker_connections, limits.drain_timeout) == (4096, 15.0)
+    assert got.config.workers == "auto"
+
+
+def test_body_size_zero_is_unlimited(load):
+    assert load(site(location="        client_max_body_size 0;")).config.limits.client_max_body_size == 0
+
+
+def test_limits_differing_between_locations_are_not_supported(error):
+    text = site(server="    location /up/ { proxy_pass http://notes; client_max_body_size 100m; }")
+    err = error(text, "100m")
+    assert '"client_max_body_size" is not supported yet: a value differing' in str(err)
+
+
+def test_time_and_size_syntax():
+    node = Node("x", ["1"], "f", 1)
+    assert parse_time(node, "30") == 30.0
+    assert parse_time(node, "300s") == 300.0
+    assert parse_time(node, "10m") == 600.0
+    assert parse_time(node, "1d") == 86400.0
+    assert parse_time(node, "500ms") == 0.5
+    assert parse_time(node, "1h 30m") == 5400.0
+    assert parse_time(node, "1h30m") == 5400.0
+    for bad in ("", "10x", "30m 1h", "m", "-1"):
+        with pytest.raises(ConfigError):
+            parse_time(node, bad)
+    assert parse_size(node, "512") == 512
+    assert parse_size(node, "8k") == 8192 and parse_size(node, "8K") == 8192
+    assert parse_size(node, "10m") == 10 << 20 and parse_size(node, "1g") == 1 << 30
+    for bad in ("", "1.5m", "10mb", "k"):
+        with pytest.raises(ConfigError):
+            parse_size(node, bad)
+
+
+# ---- (b) warnings, (c) refusals ---------------------------------------------------------------------------------
+
+def test_directives_without_effect_warn_once_each(load):
+    text = """\
+user www-data;
+worker_processes 2;
+pid /run/nginx.pid;
+worker_rlimit_nofile 65535;
+events { worker_connections 768; multi_accept on; }
+http {
+    sendfile on;
+    include_types_here;
+    access_log /var/log/nginx/access.log;
+    error_log /var/log/nginx/error.log warn;
+    root /srv/www;
+""".replace("    include_types_here;\n", "    types { text/html html; }\n    default_type application/octet-stream;\n") \
+        + site() + "}\n"
+    got = load(text)
+    for name in ("user", "pid", "worker_rlimit_nofile", "multi_accept", "sendfile", "types", "default_type",
+                 "access_log", "error_log", "root"):
+        assert sum(f'"{name}" is ignored' in m for _, m in got.warnings) == 1, (name, got.warnings)
+    assert got.config.workers == 2 and got.config.limits.worker_connections == 768
+    assert all(m.startswith(got_path := m.split(":", 1)[0]) and got_path.endswith("nginx.conf")
+               for _, m in got.warnings)
+
+
+def test_values_equal_to_fastterm_are_accepted_silently(load):
+    got = load(site(server="    ssl_stapling off;\n    ssl_early_data off;\n    access_log off;\n    gzip off;\n"
+                           "    merge_slashes on;\n    server_name_in_redirect off;",
+                    location="        proxy_redirect off;\n        proxy_intercept_errors off;"))
+    assert got.warnings == []
+
+
+@pytest.mark.parametrize("line, name", [
+    ("ssl_stapling on;", '"ssl_stapling on" is not supported yet'),
+    ("ssl_early_data on;", '"ssl_early_data on" is not supported yet'),
+    ("ssl_verify_client on;", '"ssl_verify_client on" is not supported yet'),
+    ("ssl_dhparam /etc/ssl/dh.pem;", '"ssl_dhparam" is not supported yet'),
+    ("gzip on;", '"gzip on" is not supported yet'),
+    ("error_page 502 /50x.html;", '"error_page" is not supported yet'),
+    ("proxy_send_timeout 10s;", '"proxy_send_timeout" is not supported yet'),
+    ("if ($host = x) { return 404; }", '"if" is not supported yet'),
+    ("limit_req_zone $binary_remote_addr zone=one:10m rate=1r/s;", "not supported yet"),
+])
+def test_not_supported_yet(error, line, name):
+    where = "server" if not line.startswith("limit_req_zone") else "http"
+    text = site(server=f"    {line}") if where == "server" else site(http=line)
+    assert name in str(error(text, line.split()[0] + " "))
+
+
+def test_seed_with_stapling_is_not_supported_yet(error):
+    text = SEED.replace("ssl_session_tickets off;\n", "ssl_session_tickets off;\nssl_stapling on;\n"
+                        "ssl_stapling_verify on;\nresolver 8.8.8.8 8.8.4.4 valid=300s;\n")
+    assert '"ssl_stapling on" is not supported yet: OCSP stapling' in str(error(text, "ssl_stapling on"))
+
+
+def test_resolver_alone_is_accepted_with_a_warning(load):
+    got = load(site(server="    resolver 8.8.8.8 valid=300s;"))
+    assert got.warned('"resolver" is ignored: used only for OCSP stapling')
+
+
+# ---- syntax and structure errors, located ---------------------------------------------------------------------------------
+
+def test_unknown_directive(error):
+    assert 'unknown directive "proxy_passs"' in str(error(site(location="        proxy_passs x;"), "proxy_passs"))
+
+
+def test_wrong_argument_count(error):
+    err = error(site(location="        proxy_set_header X-Real-IP;"), "proxy_set_header")
+    assert 'invalid number of arguments in "proxy_set_header" directive' in str(err)
+
+
+def test_directive_not_allowed_here(error):
+    assert '"listen" directive is not allowed here' in str(error(site(location="        listen 8443;"), "listen 8443"))
+
+
+def test_missing_semicolon(error):
+    text = site().replace("proxy_pass http://notes;", "proxy_pass http://notes")
+    assert 'is not terminated by ";"' in str(error(text, "proxy_pass"))
+
+
+def test_unbalanced_braces(error, write, tmp_path):
+    extra = site() + "}\n"
+    err = error(extra)
+    assert 'unexpected "}"' in str(err) and err.line == len(extra.splitlines())
+    missing = site()[: site().rindex("}")]
+    err = error(missing)
+    assert 'unexpected end of file, expecting "}"' in str(err) and err.file.endswith("nginx.conf")
+
+
+def test_unknown_variable(error):
+    text = site(server='    add_header Strict-Transport-Security "max-age=$hsts_age" always;')
+    assert 'unknown "hsts_age" variable' in str(error(text, "add_header"))
+    text = SEED.replace("https://$host$request_uri", "https://$hots$request_uri")
+    assert 'unknown "hots" variable' in str(error(text, "return 301"))
+
+
+def test_duplicate_directive(error):
+    text = site(server="    ssl_session_timeout 1d;\n    ssl_session_timeout 2d;")
+    assert '"ssl_session_timeout" directive is duplicate' in str(error(text, "2d"))
+
+
+def test_invalid_values_are_located(error):
+    assert 'invalid value "1x"' in str(error(site(server="    ssl_session_timeout 1x;"), "1x"))
+    assert 'it must be "on" or "off"' in str(error(site(server="    ssl_session_tickets yes;"), "yes"))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path / "absent.conf"))
+    assert "cannot read configuration" in str(info.value) and "absent.conf" in str(info.value)
+
+
+# ---- includes ---------------------------------------------------------------------------------
+
+def test_includes_with_globs_relative_to_the_main_file(load, write):
+    write("conf.d/10-upstream.conf", "upstream notes { server 127.0.0.1:8081; }\n")
+    server = site()[site().index("server {"):].replace("proxy_pass http://notes;", "include snippets/proxy.conf;")
+    write("conf.d/20-site.conf", server)
+    write("snippets/proxy.conf", "proxy_pass http://notes;\nproxy_set_header X-Real-IP $remote_addr;\n")
+    write("conf.d/ignored.txt", "garbage here;\n")
+    got = load("events {}\nhttp {\n    include conf.d/*.conf;\n}\n")
+    assert [(r.path, r.upstream) for r in got.server.routes] == [("/", "notes")]
+
+
+def test_conf_d_file_alone(load, write):
+    """A conf.d file (server blocks at the top) runs by itself: its top level is http's inside."""
+    text = site().replace(" certs/", " ../certs/")    # relative to the file nginx -c would be given
+    assert load(text, name="conf.d/site.conf").server.server_names == ["www.example.com"]
+
+
+def test_include_loop(error, write, tmp_path):
+    write("a.conf", "include b.conf;\n")
+    write("b.conf", "\n\ninclude a.conf;\n")
+    err = error("http {\n    include a.conf;\n}\n")
+    assert "include loop" in str(err) and err.file == str(tmp_path / "b.conf") and err.line == 3
+
+
+def test_missing_include_file(error, tmp_path):
+    err = error("http {\n    include absent.conf;\n}\n", "include absent.conf")
+    assert "absent.conf" in str(err) and "No such file" in str(err)
+
+
+def test_error_inside_an_included_file_names_that_file(error, write, tmp_path):
+    write("conf.d/site.conf", site(server="    ssl_stapling on;"))
+    err = error("http {\n    include conf.d/*.conf;\n}\n")
+    assert err.file == str(tmp_path / "conf.d/site.conf")
+    assert err.line == line_of(site(server="    ssl_stapling on;"), "ssl_stapling")
+
+
+# ---- redirects ---------------------------------------------------------------------------------
+
+def test_redirect_to_another_https_port(load):
+    got = load(SEED.replace("https://$host$request_uri", "https://$host:8443$request_uri"))
+    assert [(r.listen, r.https_port) for r in got.config.redirects] == [(["0.0.0.0:80"], 8443)]
+
+
+def test_redirect_in_a_location(load):
+    got = load(SEED.replace("return 301 https://$host$request_uri;",
+                            "location / { return 301 https://$host$request_uri; }"))
+    assert got.config.redirects[0].https_port == 443
+
+
+@pytest.mark.parametrize("ret", ["return 302 https://$host$request_uri;",
+                                 "return 301 https://example.com$request_uri;",
+                                 "return 301 https://$server_name$request_uri;"])
+def test_other_redirects_are_not_supported(error, ret):
+    text = SEED.replace("return 301 https://$host$request_uri;", ret)
+    assert "is not supported yet" in str(error(text, ret.split()[0] + " " + ret.split()[1]))
+
+
+def test_plain_server_that_proxies_is_not_supported(error):
+    text = SEED.replace("return 301 https://$host$request_uri;", "location / { proxy_pass http://notes; }")
+    assert "is not supported yet" in str(error(text, "server {", occurrence=2))
+
+
+# ---- the loader entry point and convert ---------------------------------------------------------------------------------
+
+def test_config_source_loads_either_format(write, ec_files):
+    path = write("nginx.conf", SEED)
+    assert ConfigSource(path, "nginx").load() == load_config(path)
+    assert ConfigSource(path, "nginx").toml_path is None
+
+
+@pytest.mark.parametrize("text", [SEED, site(listen="443 ssl http2", http="""
+client_max_body_size 0;
+add_header Strict-Transport-Security "max-age=1" always;
+""", server="    set_real_ip_from 10.0.0.0/8;\n    real_ip_header X-Forwarded-For;\n    listen [::]:443 ssl http2;\n"
+            "    location /api/ { proxy_pass http://127.0.0.1:9000; }")])
+def test_convert_round_trip(load, write, text):
+    config = load(text).config
+    toml_text = dump_config(config)
+    assert load_toml(write("converted/fastterm.toml", toml_text)) == config
+
+
+# ---- more mapping details ---------------------------------------------------------------------------------
+
+def test_host_dollar_host_is_accepted_with_a_warning_naming_the_difference(load):
+    got = load(site(location="        proxy_set_header Host $host;"))
+    assert got.warned('"proxy_set_header Host $host" is approximated')
+    assert not load(site(location="        proxy_set_header Host $http_host;")).warnings
+
+
+def test_non_default_servers_session_cache_follows_the_default_as_in_nginx(load):
+    text = site(extra="""
+server {
+    listen 443 ssl;
+    server_name other.example.com;
+    ssl_certificate certs/ec.crt;
+    ssl_certificate_key certs/ec.key;
+    ssl_session_cache shared:SSL:1m;
+    location / { proxy_pass http://notes; }
+}
+""")
+    got = load(text)
+    assert [s.tls.session_cache for s in got.config.servers] == [False, False]
+    assert got.warned('"ssl_session_cache" of a server that is not the default of its address has no effect')
+
+
+def test_http2_on_one_of_two_addresses_of_a_server_is_not_supported(error):
+    text = site(server="    listen 8443 ssl http2;")
+    assert "with and without http2" in str(error(text, "listen 443 ssl"))
+
+
+def test_x_forwarded_for_remote_addr_with_trusted_proxies_is_not_supported(error):
+    text = site(server="    set_real_ip_from 10.0.0.0/8;\n    real_ip_header X-Forwarded-For;",
+                location="        proxy_set_header X-Forwarded-For $remote_addr;")
+    assert "is not supported yet" in str(error(text, "proxy_set_header"))
+
+
+def test_upstream_name_with_a_port(error):
+    text = site().replace("proxy_pass http://notes;", "proxy_pass http://notes:8080;")
+    assert 'upstream "notes" may not have port 8080' in str(error(text, "proxy_pass"))
+
+
+def test_proxy_pass_to_a_host_name(load, error):
+    got = load(site().replace("proxy_pass http://notes;", "proxy_pass http://localhost:8081;"))
+    assert got.server.routes[0].upstream == "localhost:8081"
+    text = site().replace("proxy_pass http://notes;", "proxy_pass http://no-such-host.invalid;")
+    assert 'host not found in upstream "no-such-host.invalid"' in str(error(text, "proxy_pass"))
+
+
+def test_streaming_directives_warn_with_the_semantics(load):
+    got = load(site(location="        proxy_buffering on;\n        proxy_request_buffering off;"))
+    assert got.warned('"proxy_buffering" is ignored: fastterm streams responses')
+    assert got.warned('"proxy_request_buffering" is ignored: fastterm streams request bodies')
+
+
+def test_redirect_server_directives_without_effect_warn(load):
+    text = SEED.replace("return 301 https://$host$request_uri;",
+                        "return 301 https://$host$request_uri;\nclient_max_body_size 5m;")
+    got = load(text)
+    assert got.warned('"client_max_body_size" has no effect on a server without "listen ... ssl"')
+    got = load('add_header Strict-Transport-Security "max-age=1" always;\n' + SEED)
+    assert got.warned('"add_header" has no effect on the redirect server')
+
+
+def test_workers_and_drain(load):
+    assert load("worker_processes 4;\nevents {}\nhttp {\n" + site() + "}\n").config.workers == 4
+
+
+def test_escapes_as_nginx_lexes_them(load):
+    got = load(site(server='    add_header Strict-Transport-Security "max-age=1; \\"x\\"" always;'))
+    assert got.server.hsts == 'max-age=1; "x"'
+
+
+def test_a_stray_brace_mid_file_is_an_error_not_the_end_of_the_file(error):
+    """crossplane's parser stops at a top-level "}" and drops what follows: not here."""
+    text = SEED.replace("server {\nlisten 80;", "}\nserver {\nlisten 80;")
+    err = error(text)
+    assert 'unexpected "}"' in str(err) and err.line == line_of(text, "listen 80;") - 2
+
+
+def test_end_of_file_inside_a_directive(error):
+    for text in (SEED + "worker_processes", SEED + "worker_processes\n"):
+        err = error(text)
+        assert 'unexpected end of file, expecting ";" or "}"' in str(err)
+        assert err.line == len(text.splitlines()) + text.endswith("\n")
+
+
+def test_resolver_is_parsed(error):
+    assert 'invalid value "5x"' in str(error(site(server="    resolver 8.8.8.8 valid=5x;"), "resolver"))
