@@ -63,7 +63,16 @@ def set_title(title: str) -> None:
 
 
 def worker_count(config: Config) -> int:
-    return (os.cpu_count() or 1) if config.workers == "auto" else int(config.workers)
+    """``auto``: one worker per CPU this process may run on (its affinity mask, as under
+    ``taskset`` or a container's cpuset), not every CPU of the machine."""
+    return usable_cpus() if config.workers == "auto" else int(config.workers)
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def raise_nofile_limit() -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import msgspec
 from forked import in_child
@@ -22,7 +24,17 @@ def test_worker_count_follows_the_workers_setting():
     n = (os.cpu_count() or 1) + 1   # never the CPU count, so "auto" cannot pass for it
     assert worker_count(_config(n)) == n
     assert worker_count(_config(1)) == 1
-    assert worker_count(_config("auto")) == (os.cpu_count() or 1)
+    assert worker_count(_config("auto")) == len(os.sched_getaffinity(0))
+
+
+def test_auto_workers_follow_the_affinity_mask():
+    """Under ``taskset -c 0`` (or a container's cpuset) ``auto`` is one worker, not one per CPU."""
+    code = ("from fastterm.config.model import Config\n"
+            "from fastterm.supervisor import worker_count\n"
+            "print(worker_count(Config(servers=[], workers='auto')))")
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert out.strip() == "1"
 
 
 def _config_file(tmp_path, ec_files, workers: int = 2) -> str:
