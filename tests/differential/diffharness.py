@@ -180,9 +180,10 @@ def load_corpus() -> list[CorpusConfig]:
 
 
 def directive_lines(text: str, directive: str) -> list[int]:
-    """1-based lines of ``text`` where ``directive`` starts a statement."""
+    """1-based lines of ``text`` where ``directive`` starts a statement (at the line's start,
+    or after a ``{`` or ``;`` on it: ``location /a/ { proxy_pass ...; }``)."""
     return [i for i, line in enumerate(text.splitlines(), 1)
-            if re.match(rf"\s*{re.escape(directive)}(\s|;)", line)]
+            if re.search(rf"(^|[{{;])\s*{re.escape(directive)}(\s|;)", line)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -78,8 +78,12 @@ def test_case(diff_session, cfg: dh.CorpusConfig, case: dh.Case):
 BUG_NAMES = list(dict.fromkeys(b.name for b in BUGS))
 
 
-@pytest.mark.parametrize("name", BUG_NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, reason="a known bug (known_bugs.py): nginx semantics issue 10 asks for, not built yet"))
+    for n in BUG_NAMES])
 def test_known_bug(diff_session, name: str):
+    """Fails while the bug is there (strict xfail: the day it passes, the suite says so and
+    its entries in known_bugs.py go)."""
     entries = [b for b in BUGS if b.name == name]
     witness_cfg, witness_case = entries[0].witness
     cfg = BY_NAME[witness_cfg]
