@@ -4,6 +4,8 @@
   ``python -m fastterm run -c FILE`` on free loopback ports; teardown sends SIGTERM,
   then SIGKILL, to that PID only.
 - ``demo_backend``: ``python -m fastterm.backend --port 0`` (JSON echo, /bytes, /chunked...).
+- ``be`` and ``ft``: a keep-alive raw backend and fastterm in front of it, the pair most
+  tests need (modules override either).
 - ``raw_backend(handler)``: an in-process threaded backend with plain sockets for what the
   demo cannot do (reset, close mid-response, hang, close-delimited, malformed); it
   records every byte it received and counts accepted connections.
@@ -179,6 +181,24 @@ def raw_backend():
     yield make
     for b in made:
         b.close()
+
+
+@pytest.fixture
+def be(raw_backend) -> RawBackend:
+    """A keep-alive raw backend; a module whose backend must behave otherwise overrides it."""
+    return raw_backend(keepalive_handler)
+
+
+@pytest.fixture
+def demo(fastterm, demo_backend) -> Fastterm:
+    """fastterm in front of the demo backend (JSON echo, /bytes, /chunked ...)."""
+    return fastterm(demo_backend)
+
+
+@pytest.fixture
+def ft(fastterm, be) -> Fastterm:
+    """fastterm in front of ``be`` (a module may override it, e.g. with the demo backend)."""
+    return fastterm(be.address)
 
 
 @pytest.fixture

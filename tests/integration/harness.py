@@ -303,6 +303,11 @@ class RawBackend:
             t.join(2)
 
 
+def settle() -> None:
+    """Let an in-flight backend connect or write land before asserting the backend saw nothing."""
+    time.sleep(0.2)
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,23 +10,8 @@ import socket
 import time
 
 import pytest
-from harness import HSTS, NAME, keepalive_handler, response_bytes
+from harness import HSTS, NAME, response_bytes, settle
 from httpwire import Reader, closed_by_peer, read_response, request_bytes
-
-
-@pytest.fixture
-def be(raw_backend):
-    return raw_backend(keepalive_handler)
-
-
-@pytest.fixture
-def ft(fastterm, be):
-    return fastterm(be.address)
-
-
-def settle() -> None:
-    """Let an in-flight backend connect or write land before asserting the backend saw nothing."""
-    time.sleep(0.2)
 
 
 def still_serves(ft, path: str = "/after") -> None:

@@ -22,31 +22,11 @@ import time
 import httpx
 import pytest
 from h2wire import HEADERS, NO_ERROR, PING, PROTOCOL_ERROR, Stream, h2_client, h2_request, raw_h2
-from harness import HOST, HSTS, NAME, echo_json, header_map, keepalive_handler, response_bytes
+from harness import HOST, HSTS, NAME, echo_json, header_map, response_bytes, settle
 from httpwire import Reader, read_response, request_bytes
 
 MIB = 1024 * 1024
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: www.example.com\r\n\r\n"
-
-
-@pytest.fixture
-def be(raw_backend):
-    return raw_backend(keepalive_handler)
-
-
-@pytest.fixture
-def ft(fastterm, be):
-    return fastterm(be.address)
-
-
-@pytest.fixture
-def demo(fastterm, demo_backend):
-    return fastterm(demo_backend)
-
-
-def settle() -> None:
-    """Let an in-flight backend connect or write land before asserting the backend saw nothing."""
-    time.sleep(0.2)
 
 
 def curl(ft, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:

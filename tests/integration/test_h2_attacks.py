@@ -60,11 +60,6 @@ def be(raw_backend):
     return raw_backend(answering)
 
 
-@pytest.fixture
-def ft(fastterm, be):
-    return fastterm(be.address)
-
-
 def still_serves(ft, pids: list[int], prefix: str = "") -> None:
     """The same worker (none crashed and was respawned) answers over HTTP/2 and HTTP/1.1."""
     assert ft.alive(), ft.log()

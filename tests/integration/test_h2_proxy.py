@@ -17,7 +17,7 @@ import time
 
 import pytest
 from h2wire import h2_client, h2_request
-from harness import HSTS, NAME, cert_entry, echo_json, header_map, keepalive_handler, response_bytes
+from harness import HSTS, NAME, cert_entry, echo_json, header_map, response_bytes, settle
 from httpwire import Reader, read_response, request_bytes
 from test_bodies import RssWatch
 from test_hardening_framing import CLIENT_IDENTITY
@@ -36,26 +36,6 @@ def send(ft, proto: str, method: str = "GET", target: str = "/", **kw):
     if proto == "h2":
         return h2_request(ft, method, target, **kw)
     return ft.request(method, target, **kw)
-
-
-@pytest.fixture
-def be(raw_backend):
-    return raw_backend(keepalive_handler)
-
-
-@pytest.fixture
-def ft(fastterm, be):
-    return fastterm(be.address)
-
-
-@pytest.fixture
-def demo(fastterm, demo_backend):
-    return fastterm(demo_backend)
-
-
-def settle() -> None:
-    """Let an in-flight backend connect or write land before asserting the backend saw nothing."""
-    time.sleep(0.2)
 
 
 def echo_headers(ft, proto, headers, **kw) -> dict[str, list[str]]:

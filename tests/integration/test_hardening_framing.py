@@ -6,10 +6,8 @@ what the recording backend (or, for backend responses, the client) received.
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from harness import keepalive_handler, wait_for
+from harness import settle, wait_for
 from httpwire import Reader, closed_by_peer, read_response, request_bytes
 
 MIB = 1024 * 1024
@@ -22,21 +20,6 @@ CLIENT_IDENTITY = ["X-Forwarded-Host", "x-forwarded-port", "X-FORWARDED-SERVER",
                    "X-Forwarded-Protocol", "X-Forwarded-Scheme", "X-Forwarded-Ssl", "X-Url-Scheme",
                    "Front-End-Https", "X-Original-Forwarded-For", "True-Client-IP", "x-client-ip",
                    "X-Cluster-Client-IP", "CF-Connecting-IP", "Fastly-Client-IP"]
-
-
-@pytest.fixture
-def be(raw_backend):
-    return raw_backend(keepalive_handler)
-
-
-@pytest.fixture
-def ft(fastterm, be):
-    return fastterm(be.address)
-
-
-def settle() -> None:
-    """Let an in-flight backend write land before asserting what the backend saw."""
-    time.sleep(0.2)
 
 
 def forwarded(ft, be, headers):
