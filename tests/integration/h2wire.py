@@ -66,6 +66,22 @@ def connect_h2(ft, *, timeout: float = 5.0, rcvbuf: int | None = None, ctx: ssl.
     return sock
 
 
+class _Socket:
+    """Both clients own one socket (``self.sock``): ``close()`` and ``with`` close it."""
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclass
 class Stream:
     """What came back on one stream."""
@@ -95,7 +111,7 @@ def _text(headers) -> list[tuple[str, str]]:
             for n, v in headers]
 
 
-class H2Client:
+class H2Client(_Socket):
     """One HTTP/2 connection driven by h2 as the client.
 
     ``window``: the stream window this client advertises (0: a client that takes no DATA);
@@ -263,17 +279,6 @@ class H2Client:
                 return True
         return self.closed
 
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def h2_client(ft, *, timeout: float = 5.0, rcvbuf: int | None = None, ctx: ssl.SSLContext | None = None,
@@ -293,7 +298,7 @@ def h2_request(ft, method: str = "GET", target: str = "/", *, host: str | None =
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-class RawH2:
+class RawH2(_Socket):
     """Hand-built frames on one h2 connection, for what h2 itself refuses to send (more
     streams than SETTINGS_MAX_CONCURRENT_STREAMS, CONTINUATION floods, bombs) or to read
     (h2 takes no frame after a GOAWAY). The HPACK encoder and decoder keep their dynamic
@@ -385,17 +390,6 @@ class RawH2:
         if kind in (HEADERS, DATA) and flags & END_STREAM:
             self.ended.add(sid)
 
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def raw_h2(ft, settings: list[tuple[int, int]] = (), window: int = MAX_WINDOW, **kw) -> RawH2:
