@@ -752,7 +752,19 @@ def test_config_source_loads_either_format(write, ec_files):
 client_max_body_size 0;
 add_header Strict-Transport-Security "max-age=1" always;
 """, server="    set_real_ip_from 10.0.0.0/8;\n    real_ip_header X-Forwarded-For;\n    listen [::]:443 ssl http2;\n"
-            "    location /api/ { proxy_pass http://127.0.0.1:9000; }")])
+            "    location /api/ { proxy_pass http://127.0.0.1:9000; }"), SEED + """
+server {
+    listen 80 default_server;
+    server_name _;
+    keepalive_timeout 5s;
+    return 404 "no such site $host\\n";
+}
+server {
+    listen 80;
+    server_name .example.org;
+    return 308 /moved$uri$is_args$args;
+}
+"""])
 def test_convert_round_trip(load, write, text):
     config = load(text).config
     toml_text = dump_config(config)
