@@ -41,6 +41,7 @@ VARIABLES = frozenset({"scheme", "host", "http_host", "server_name", "server_por
                        "args", "query_string", "is_args"})
 _ABSOLUTE_FORM_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
 _PERCENT_RE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_BAD_PERCENT_RE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
 class BadRequest(Exception):
@@ -85,6 +86,8 @@ def normalise_uri(path: str) -> str:
     the root is a bad request, as ngx_http_parse_complex_uri says)."""
     raw = path.encode("latin-1")
     if b"%" in raw:
+        if _BAD_PERCENT_RE.search(raw):
+            raise BadRequest(path)
         raw = _PERCENT_RE.sub(lambda m: bytes([int(m[1], 16)]), raw)
     if b"\x00" in raw:
         raise BadRequest(path)
@@ -353,7 +356,7 @@ class RedirectProtocol(asyncio.Protocol):
                   "uri": normalise_uri(path), "args": args, "query_string": args, "is_args": "?" if args else ""}
         self.served += 1
         if site.status == CLOSE_WITHOUT_RESPONSE:
-            return self._close(abort=True)
+            return self._close()
         keep = (self.served < site.keepalive_requests and not self.limits.draining
                 and not req["keep_alive_off"] and not req["expect_continue"]
                 and (req["version"] == "1.1" or self._asks_keep_alive(req)))

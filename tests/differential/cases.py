@@ -347,7 +347,14 @@ SPECIFIC: dict[str, list[Case]] = {
 SPECIFIC["redirect_variants"] = [
     *(Request(host, "/a/b?x=1&y=%20", port="HTTP_PORT")
       for host in ("app.example.com", "www.example.com", "temp.test", "see.test", "relative.test", "one.test",
-                   "text.test", "gone.test", "empty.test", "forbidden.test", "temp.test:8080")),
+                   "text.test", "gone.test", "empty.test", "forbidden.test", "temp.test:8080", "ok.test",
+                   "close.test", "a.wild.test", "a.b.wild.test", "wild.test")),
+    Request("text.test", "/bad%zz", port="HTTP_PORT", label="GET http text.test a bad %-escape"),
+    Request("text.test", "/a%2F..%2Fb%2e%2E/c%2F%2Fd", port="HTTP_PORT", label="GET http text.test escaped dots and slashes"),
+    Request("text.test", "/../x", port="HTTP_PORT", label="GET http text.test above the root"),
+    Request("text.test", "/a/..", port="HTTP_PORT", label="GET http text.test ending in .."),
+    Request("text.test", "*", method="OPTIONS", port="HTTP_PORT", label="OPTIONS http text.test *"),
+    Request("a..b.test", "/", port="HTTP_PORT", label="GET http Host with two dots in a row"),
     Request("see.test", "/a/../b%20c//d/./e?q=1", port="HTTP_PORT", label="GET http see.test $uri normalised"),
     Request("text.test", "/a/../b%41//c?q=1&r", port="HTTP_PORT", label="GET http text.test $uri and $args"),
     Request("APP.Example.COM:80", "/case", port="HTTP_PORT", label="GET http Host in upper case with port"),
