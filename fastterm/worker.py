@@ -107,7 +107,10 @@ class Serving:
         if graceful:
             self.worker.drain()
             deadline = self.loop.time() + self.config.limits.drain_timeout
-            while self.worker.clients and self.loop.time() < deadline:
+            # Port-80 keep-alive connections too: each closes after its next answer (draining),
+            # those still idle when the deadline comes with the process.
+            plain = self.redirect_limits
+            while (self.worker.clients or (plain is not None and plain.open)) and self.loop.time() < deadline:
                 await asyncio.sleep(0.05)
         self.worker.close()
         self.stopped.set()

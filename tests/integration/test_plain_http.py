@@ -6,12 +6,13 @@ test_proxy_http.py and test_hardening_proxy.py."""
 from __future__ import annotations
 
 import http.client
+import signal
 import socket
 import subprocess
 import time
 
 import pytest
-from harness import HOST
+from harness import HOST, wait_for
 from httpwire import Reader, closed_by_peer, read_response
 
 NGINX_LIKE = {"location": "https://$host$request_uri", "keepalive_requests": 1000}
@@ -148,3 +149,23 @@ def test_server_blocks_by_host_and_text_answers(plain):
         assert get("http://a.test/abs", "other.test")[:2] == (302, "https://a.test:8443/abs")
     finally:
         conn.close()
+
+
+def test_reload_answers_the_next_request_then_closes(plain):
+    """Draining (reload): a keep-alive connection's next answer says Connection: close and the
+    connection closes after it; a new connection goes to the new workers."""
+    ft = plain(limits={"drain_timeout": 10})
+    with socket.create_connection((HOST, ft.http_port), timeout=5) as s:
+        rd = Reader(s)
+        s.sendall(b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert read_response(rd).header("Connection") == "keep-alive"
+        ft.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reloaded: generation 2 serving" in ft.log(), timeout=10)
+        time.sleep(0.5)   # the old worker's SIGTERM handler runs
+        s.sendall(b"GET /2 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        r = read_response(rd)
+        assert (r.status, r.header("Connection")) == (301, "close")
+        assert rd.read_to_eof() == b""
+    with socket.create_connection((HOST, ft.http_port), timeout=5) as s:
+        s.sendall(b"GET /3 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert read_response(Reader(s)).header("Connection") == "keep-alive"
