@@ -169,3 +169,23 @@ def test_reload_answers_the_next_request_then_closes(plain):
     with socket.create_connection((HOST, ft.http_port), timeout=5) as s:
         s.sendall(b"GET /3 HTTP/1.1\r\nHost: a.test\r\n\r\n")
         assert read_response(Reader(s)).header("Connection") == "keep-alive"
+
+
+def test_many_pipelined_requests_in_one_write(plain):
+    """20,000 requests (1.2 MB) in one write, read while they are sent: all answered, in order."""
+    count = 20000
+    ft = plain([dict(NGINX_LIKE, keepalive_requests=count + 1)])
+    reqs = b"".join(b"GET /%d HTTP/1.1\r\nHost: a.test\r\n\r\n" % i for i in range(count))
+    start = time.monotonic()
+    with socket.create_connection((HOST, ft.http_port), timeout=10) as s:
+        import threading
+
+        sender = threading.Thread(target=s.sendall, args=(reqs,))
+        sender.start()
+        rd = Reader(s)
+        for i in range(count):
+            r = read_response(rd)
+            assert r.header("Location") == f"https://a.test/{i}"
+        sender.join(timeout=10)
+    assert time.monotonic() - start < 20
+    assert not sender.is_alive()
