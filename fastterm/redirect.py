@@ -281,8 +281,9 @@ class RedirectProtocol(asyncio.Protocol):
                 return
             try:
                 # At most one head's worth is looked at: many pipelined requests in one read cost
-                # linear time, not a copy of the whole buffer each.
-                req = parse_request_head(self.buf[:self.max_head + 4])
+                # linear time, not a copy of the whole buffer each (fastterm's own answer reads one
+                # request per connection, and takes a complete head of any size, as before).
+                req = parse_request_head(self.buf if self.table.legacy else self.buf[:self.max_head + 4])
             except ValueError as exc:
                 if exc.args[0] == "incomplete" and len(self.buf) <= self.max_head:
                     return

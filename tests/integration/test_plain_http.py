@@ -189,3 +189,12 @@ def test_many_pipelined_requests_in_one_write(plain):
         sender.join(timeout=10)
     assert time.monotonic() - start < 20
     assert not sender.is_alive()
+
+
+def test_a_head_over_the_limit_is_refused_even_in_one_write(plain):
+    ft = plain()
+    with socket.create_connection((HOST, ft.http_port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n")
+        rd = Reader(s)
+        assert read_response(rd).status == 431
+        assert rd.read_to_eof() == b""
