@@ -173,7 +173,8 @@ RUNTIME_DIFFERENCES = """\
 - A Host naming a server block with other TLS settings than the connection's: fastterm 421.
 - Port 80 (return): the status pages' bodies differ; add_header lines are not applied; a text
   body is text/plain whatever the URI's extension (nginx: its types, else default_type); a
-  request with Expect: 100-continue and a body is answered and closed (nginx reads the body).
+  request with Expect: 100-continue and a body is answered and closed (nginx reads the body);
+  a head over 16 KiB gets 431 (nginx: large_client_header_buffers, 400/414 per line).
 - ssl_prefer_server_ciphers on: fastterm also sets SSL_OP_PRIORITIZE_CHACHA.
 - ssl_session_cache none and off both turn the cache off (nginx none still hands out
   session IDs that never resume).
