@@ -1,7 +1,7 @@
 """One serving process: the ext objects from a Plan (``config/plan.py``) on a uvloop loop.
 
 All per-byte work happens in ``fastterm._core``; this module binds and starts listeners,
-the port-80 redirect, and stops them (drain).
+the port-80 listener (``fastterm/redirect.py``), and stops them (drain).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import socket
 from fastterm.config.model import Config
 from fastterm.config.plan import Plan, build
 from fastterm.errors import ConfigError
+from fastterm.redirect import RedirectLimits, RedirectProtocol
 
 log = logging.getLogger("fastterm.worker")
 
@@ -55,76 +56,6 @@ def bind(addr: tuple[str, int], *, reuse_port: bool = True, backlog: int = 1024)
     return sock
 
 
-class RedirectLimits:
-    """What every port-80 connection of a worker shares: its header timeout and a cap on how
-    many are open, a quarter of worker_connections, so idle plain-HTTP connections can never
-    take the file descriptors the TLS port needs."""
-
-    def __init__(self, header_timeout: float, max_open: int):
-        self.header_timeout = header_timeout
-        self.max_open = max_open
-        self.open = 0
-
-
-class RedirectProtocol(asyncio.Protocol):
-    """Port 80: ``301 https://$host$request_uri`` (the https port added when not 443)."""
-
-    def __init__(self, https_port: int, listen_host: str, limits: RedirectLimits, max_head: int = 16384):
-        self.https_port = https_port
-        self.listen_host = listen_host
-        self.limits = limits
-        self.max_head = max_head
-        self.buf = bytearray()
-        self.transport = None
-        self.timer = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-        if self.limits.open >= self.limits.max_open:
-            transport.abort()
-            return
-        self.limits.open += 1
-        # One deadline for the whole request head (client_header_timeout), not per read:
-        # a client dripping a byte a second is closed on time too.
-        self.timer = asyncio.get_running_loop().call_later(self.limits.header_timeout, transport.abort)
-
-    def connection_lost(self, exc):
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-            self.limits.open -= 1
-
-    def data_received(self, data):
-        from fastterm._core import parse_request_head
-
-        self.buf += data
-        try:
-            req = parse_request_head(self.buf)
-        except ValueError as exc:
-            if exc.args[0] == "incomplete" and len(self.buf) <= self.max_head:
-                return
-            status = 431 if exc.args[0] == "incomplete" else 400
-            return self._respond(status, {400: "Bad Request", 431: "Request Header Fields Too Large"}[status])
-        host = req["host"] or self.listen_host
-        if host.startswith("["):
-            host = host[: host.find("]") + 1]
-        else:
-            host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        port = "" if self.https_port == 443 else f":{self.https_port}"
-        target = req["target"] if req["target"].startswith("/") else "/"
-        self._respond(301, "Moved Permanently", f"https://{host}{port}{target}", req["method"] == "HEAD")
-
-    def _respond(self, status, reason, location=None, head=False):
-        body = f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1></body></html>\r\n"
-        lines = [f"HTTP/1.1 {status} {reason}", "Server: fastterm", "Content-Type: text/html",
-                 f"Content-Length: {len(body)}", "Connection: close"]
-        if location:
-            lines.append(f"Location: {location}")
-        out = ("\r\n".join(lines) + "\r\n\r\n" + ("" if head else body)).encode("latin-1")
-        self.transport.write(out)
-        self.transport.close()
-
-
 class Serving:
     """A running worker: listeners, redirect servers, the ext Worker, and its stop logic."""
 
@@ -137,6 +68,7 @@ class Serving:
         self.worker = Worker(loop, config.limits, self.plan.pools.values())
         self.listeners = []
         self.redirect_servers = []
+        self.redirect_limits = None
         self.stopping = False
         self.stopped = asyncio.Event()
         self.sockets = sockets or {}
@@ -150,12 +82,13 @@ class Serving:
             self.listeners.append(listener)
 
     async def start(self):
-        limits = RedirectLimits(self.config.limits.client_header_timeout,
-                                max(16, self.worker.max_clients // 4))
-        for addr, https_port in self.plan.redirects:
+        limits = self.redirect_limits = RedirectLimits(self.config.limits.client_header_timeout,
+                                                       max(16, self.worker.max_clients // 4),
+                                                       self.config.limits.send_timeout)
+        for addr, table in self.plan.redirects:
             sock = self.redirect_sockets.get(addr) or bind(addr)
             server = await self.loop.create_server(
-                lambda a=addr, p=https_port: RedirectProtocol(p, a[0], limits), sock=sock)
+                lambda a=addr, t=table: RedirectProtocol(t, a[0], limits), sock=sock)
             self.redirect_servers.append(server)
 
     async def stop(self, graceful: bool = True):
@@ -169,10 +102,15 @@ class Serving:
             listener.stop()
         for server in self.redirect_servers:
             server.close()
+        if self.redirect_limits is not None:
+            self.redirect_limits.draining = True
         if graceful:
             self.worker.drain()
             deadline = self.loop.time() + self.config.limits.drain_timeout
-            while self.worker.clients and self.loop.time() < deadline:
+            # Port-80 keep-alive connections too: each closes after its next answer (draining),
+            # those still idle when the deadline comes with the process.
+            plain = self.redirect_limits
+            while (self.worker.clients or (plain is not None and plain.open)) and self.loop.time() < deadline:
                 await asyncio.sleep(0.05)
         self.worker.close()
         self.stopped.set()

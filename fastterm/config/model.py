@@ -83,10 +83,20 @@ class Server(Struct):
 
 
 class Redirect(Struct):
-    """A plain-HTTP listener answering ``301 https://$host$request_uri``."""
+    """A plain-HTTP server block. With only ``listen`` and ``https_port``: fastterm's own
+    ``301 https://$host[:https_port]$request_uri`` and ``Connection: close``. With ``location``
+    or ``text`` (nginx's ``return``; what the nginx front-end maps): nginx's semantics, the
+    block chosen by host among those on its address (``fastterm/redirect.py``)."""
 
     listen: list[str]
     https_port: int = 443
+    server_names: list[str] = msgspec.field(default_factory=list)   # exact or "*.example.com"
+    default_server: bool = False     # the address's block for other hosts (else the first)
+    status: int = 301
+    location: str | None = None      # redirect target with nginx variables ($host, $request_uri, ...)
+    text: str | None = None          # the text/plain body of a status that is not a redirect
+    keepalive_requests: int = 0      # answers per connection; 0: close after each (fastterm's own)
+    keepalive_timeout: float | None = None   # idle between requests; None: limits.keepalive_timeout
 
 
 class Limits(Struct):

@@ -37,8 +37,12 @@ What maps (nginx -> model):
 - ``upstream NAME { server host:port [weight=1] [max_fails=1] [fail_timeout=T]; keepalive N;
   keepalive_timeout T; }`` -> ``[[upstream]]`` (``tries``: one per server, as nginx's
   ``proxy_next_upstream_tries 0``; ``max_conns`` 0: nginx queues nothing and caps nothing).
-- ``server { listen 80; return 301 https://$host$request_uri; }`` (or ``https://$host:PORT``)
-  -> ``[[redirect]]``.
+- ``server`` without ``ssl`` whose ``return`` (on the server or in its one ``location /``) is
+  ``CODE URL`` (301, 302, 303, 307, 308), ``URL`` (302), ``CODE "text"`` or ``CODE`` (2xx, 4xx,
+  5xx; 444 closes) -> a ``[[redirect]]`` each, with its ``server_name``s, ``default_server``,
+  ``keepalive_requests`` (1000) and ``keepalive_timeout`` (75s; 0: close): nginx's semantics
+  (``fastterm/redirect.py``; variables ``$scheme``, ``$host``, ``$http_host``, ``$server_name``,
+  ``$server_port``, ``$request_uri``, ``$uri``, ``$args``, ``$query_string``, ``$is_args``).
 - Limits are global in fastterm, so each must have one value over every server and location
   (else "not supported yet"): ``client_max_body_size`` (nginx default 1m),
   ``client_header_timeout`` (60s), ``keepalive_timeout`` (75s), ``send_timeout`` (60s),
@@ -75,13 +79,13 @@ What is refused, (c): every other directive nginx knows, among them ``ssl_stapli
 friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
 ``proxy_pass`` with a URI part or variables, ``location =``/``~``/``~*``/``@name`` and nested
-locations, regex and suffix-wildcard ``server_name``, ``error_page``, other ``return``s,
+locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, other ``proxy_set_header`` values,
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
 upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
 ``allow``/``deny``, ``listen ... proxy_protocol``, ``ssl_dhparam``, and plain-HTTP proxying (a
-server without ``ssl`` may only redirect). Each has its reason in ``UNSUPPORTED`` or in the
+server without ``ssl`` may only ``return``; other statuses, other variables in it). Each has its reason in ``UNSUPPORTED`` or in the
 error. Bad input is an error at file:line too: unbalanced braces, a missing ``;``, an unknown
 directive, a directive out of its context or with the wrong argument count (crossplane's
 table), an unknown ``$variable``, an include loop, a missing include or certificate file.
@@ -137,6 +141,7 @@ from fastterm.config.model import (
     Upstream,
 )
 from fastterm.errors import ConfigError
+from fastterm.redirect import CLOSE_WITHOUT_RESPONSE, REDIRECT_CODES, compile_template
 
 Warn = Callable[..., None]   # warn(message, level="warn"|"notice")
 
@@ -166,9 +171,10 @@ RUNTIME_DIFFERENCES = """\
 - No matching location: fastterm 404s; nginx serves files from its root.
 - location /dir/ with proxy_pass: nginx redirects /dir to /dir/ (301); fastterm does not.
 - A Host naming a server block with other TLS settings than the connection's: fastterm 421.
-- Redirect (port 80): no Host -> fastterm uses the listen address (nginx: server_name);
-  the request-line host of an absolute-form target is not used; $host is not lowercased;
-  the 301 body differs; add_header lines are not applied to it.
+- Port 80 (return): the status pages' bodies differ; add_header lines are not applied; a text
+  body is text/plain whatever the URI's extension (nginx: its types, else default_type); a
+  request with Expect: 100-continue and a body is answered and closed (nginx reads the body);
+  a head over 16 KiB gets 431 (nginx: large_client_header_buffers, 400/414 per line).
 - ssl_prefer_server_ciphers on: fastterm also sets SSL_OP_PRIORITIZE_CHACHA.
 - ssl_session_cache none and off both turn the cache off (nginx none still hands out
   session IDs that never resume).
@@ -755,7 +761,6 @@ class _Server:
 
 
 _PASS_RE = re.compile(r"(?i)(https?)://(\[[^\]]*\]|[^/:]+)(?::(\d+))?(/.*)?")
-_RETURN_RE = re.compile(r"https://\$host(?::(\d+))?\$request_uri")
 
 
 class _Builder:
@@ -1010,33 +1015,66 @@ class _Builder:
 
     # -- redirects -----------------------------------------------------------------------
     def redirects(self, plain: list[_Server]) -> list[Redirect]:
-        by_addr: dict[tuple[str, int], tuple[int, Node]] = {}
+        """Each server without ``ssl`` -> a ``[[redirect]]`` block answering its ``return`` with
+        nginx's semantics (``fastterm/redirect.py``); the Host picks among those of an address."""
+        self.check_defaults(plain)
+        out = []
         for server in plain:
             ret = self.redirect_return(server)
-            m = _RETURN_RE.fullmatch(ret.args[1]) if len(ret.args) == 2 and ret.args[0] == "301" else None
-            if not m or m[1] == "443":
-                raise ret.unsupported("a server without ssl may only redirect: "
-                                      "\"return 301 https://$host$request_uri;\" (or https://$host:PORT...)",
-                                      "return " + " ".join(ret.args))
-            port = int(m[1] or 443)
-            for listen in server.listens:
-                other = by_addr.setdefault(listen.addr, (port, ret))
-                if other[0] != port:
-                    raise ret.unsupported(f"another server on {listen.text} redirects to port {other[0]} "
-                                          f"({other[1].where}); fastterm's redirect is one per address",
-                                          "return")
+            status, location, text = self.return_answer(ret)
+            self.unique_names(server, plain)    # nginx's warning; the first server keeps the name
             for n in server.level.find_all("add_header"):
                 self.warn(f'{n.where}: "add_header" has no effect on the redirect server at '
                           f"{server.node.where}: fastterm's redirect sends no extra headers")
             for n in server.level.nodes:
-                if n.name in MAPPED - {"listen", "server_name", "return", "location", "client_header_timeout"}:
+                if n.name in MAPPED - {"listen", "server_name", "return", "location", "client_header_timeout",
+                                       "keepalive_timeout", "keepalive_requests"}:
                     self.warn(f'{n.where}: "{n.name}" has no effect on a server without "listen ... ssl" '
                               "that only redirects")
-        ports: dict[int, list[str]] = {}
-        for addr, (port, _) in by_addr.items():
-            host, p = addr
-            ports.setdefault(port, []).append(f"[{host}]:{p}" if ":" in host else f"{host}:{p}")
-        return [Redirect(listen=listen, https_port=port) for port, listen in ports.items()]
+            requests = server.level.find("keepalive_requests")
+            keepalive_requests = _positive(lambda n: _number(n, n.args[0]))(requests) if requests else 1000
+            idle = server.level.find("keepalive_timeout")
+            keepalive_timeout = 75.0
+            if idle is not None:
+                if len(idle.args) > 1:
+                    raise idle.unsupported("the Keep-Alive: timeout= header", "keepalive_timeout ... header_timeout")
+                keepalive_timeout = parse_time(idle)
+                if keepalive_timeout == 0:     # nginx: keep-alive off
+                    keepalive_requests, keepalive_timeout = 0, 75.0
+            out.append(Redirect(listen=[listen.text for listen in server.listens], server_names=list(server.names),
+                                default_server=any(listen.default for listen in server.listens), status=status,
+                                location=location, text=text, keepalive_requests=keepalive_requests,
+                                keepalive_timeout=keepalive_timeout))
+        return out
+
+    def return_answer(self, ret: Node) -> tuple[int, str | None, str | None]:
+        """``return CODE URL`` / ``return CODE [TEXT]`` / ``return URL`` (302), as
+        ngx_http_rewrite_return reads them -> (status, location, text)."""
+        args = ret.args
+        shown = "return " + " ".join(args)
+        if len(args) == 1 and args[0].startswith(("http://", "https://", "$scheme")):
+            status, value = 302, args[0]
+        else:
+            if not args[0].isdigit() or int(args[0]) > 999:
+                raise ret.error(f'invalid return code "{args[0]}"')
+            status, value = int(args[0]), (args[1] if len(args) > 1 else None)
+        if value is not None:
+            try:
+                compile_template(value)
+            except ValueError as exc:
+                raise ret.unsupported("variables other than $scheme, $host, $http_host, $server_name, "
+                                      "$server_port, $request_uri, $uri, $args, $query_string, $is_args",
+                                      f"return ... ${exc.args[0]}") from None
+        if status in REDIRECT_CODES:
+            if value is None:
+                raise ret.unsupported("a redirect without a URL", shown)
+            return status, value, None
+        if status == CLOSE_WITHOUT_RESPONSE:
+            return status, None, None
+        if 200 <= status < 300 or 400 <= status <= 599:
+            return status, None, value
+        raise ret.unsupported(f"status {status}: fastterm answers 2xx, 301, 302, 303, 307, 308, 4xx, 5xx",
+                              shown)
 
     def redirect_return(self, server: _Server) -> Node:
         """The ``return`` of a plain server: on the server level, or in its one ``location /``."""
@@ -1050,8 +1088,8 @@ class _Builder:
             others = [n for n in loc.nodes if n.name != "return" and n.name not in IGNORED]
             if inner and not others:
                 return inner[0]
-        raise server.node.unsupported("a server without \"listen ... ssl\" is supported only as the redirect "
-                                      "\"return 301 https://$host$request_uri;\"", "server")
+        raise server.node.unsupported("a server without \"listen ... ssl\" is supported only with a \"return\" "
+                                      "(on the server, or in its one \"location /\")", "server")
 
     # -- TLS servers ---------------------------------------------------------------------
     def tls_server(self, s: _Server, all_tls: list[_Server]) -> Server:

@@ -18,6 +18,7 @@ from fastterm.certs.store import load_certificate
 from fastterm.config.model import Config, Server
 from fastterm.config.toml import KeyLines, parse_address
 from fastterm.errors import ConfigError, TLSError
+from fastterm.redirect import RedirectTable
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Plan:
 
     listeners: list[tuple[tuple[str, int], object, object]] = field(default_factory=list)  # (addr, TLSContext, SiteTable)
     pools: dict[str, object] = field(default_factory=dict)
-    redirects: list[tuple[tuple[str, int], int]] = field(default_factory=list)  # (addr, https_port)
+    redirects: list[tuple[tuple[str, int], object]] = field(default_factory=list)  # (addr, RedirectTable)
 
 
 def _where(server: Server, index: int) -> str:
@@ -145,7 +146,12 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
                 sites.setdefault(name.lower(), policies[i])
         contexts[default].set_sni(names)
         plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default])))
+    by_address: dict[tuple[str, int], list] = {}
     for redirect in config.redirects:
         for listen in redirect.listen:
-            plan.redirects.append((parse_address(listen), redirect.https_port))
+            blocks = by_address.setdefault(parse_address(listen), [])
+            if not any(block is redirect for block in blocks):
+                blocks.append(redirect)
+    for addr, blocks in by_address.items():
+        plan.redirects.append((addr, RedirectTable.build(blocks, config.limits.keepalive_timeout)))
     return plan

@@ -194,6 +194,37 @@ class _Checker:
                     raise self.error(f"unknown protocol {proto!r}: use TLSv1.2 and/or TLSv1.3",
                                      "server", i, "tls", "protocols")
 
+    def _redirect_answer(self, redirect, i: int) -> None:
+        from fastterm.redirect import CLOSE_WITHOUT_RESPONSE, REDIRECT_CODES, compile_template
+
+        status = redirect.status
+        if not (200 <= status <= 599 and (status < 300 or status >= 400 or status in REDIRECT_CODES)):
+            raise self.error(f"status {status}: use 2xx, {', '.join(map(str, REDIRECT_CODES))}, 4xx or 5xx",
+                             "redirect", i, "status")
+        if redirect.location is not None and redirect.text is not None:
+            raise self.error("location and text: a redirect answers one of them", "redirect", i, "text")
+        if redirect.location is not None and status not in REDIRECT_CODES:
+            raise self.error(f"location with status {status}: a redirect status is one of "
+                             f"{', '.join(map(str, REDIRECT_CODES))}", "redirect", i, "location")
+        if redirect.text is not None and (status in REDIRECT_CODES or status == CLOSE_WITHOUT_RESPONSE):
+            raise self.error(f"text with status {status}", "redirect", i, "text")
+        for key in ("location", "text"):
+            value = getattr(redirect, key)
+            if value is not None:
+                try:
+                    compile_template(value)
+                except ValueError as exc:
+                    raise self.error(f"unknown variable ${exc.args[0]} (known: $scheme, $host, $http_host, "
+                                     "$server_name, $server_port, $request_uri, $uri, $args, $query_string, "
+                                     "$is_args)", "redirect", i, key) from None
+        if redirect.keepalive_requests < 0:
+            raise self.error("keepalive_requests must be 0 or more", "redirect", i, "keepalive_requests")
+        if redirect.keepalive_timeout is not None and redirect.keepalive_timeout <= 0:
+            raise self.error("keepalive_timeout must be positive", "redirect", i, "keepalive_timeout")
+        for name in redirect.server_names:
+            if not name or "*" in name.removeprefix("*.") or name.startswith("."):
+                raise self.error(f"server name {name!r}: exact names or *.suffix", "redirect", i, "server_names")
+
     def check(self, config: Config) -> Config:
         upstream_names: set[str] = set()
         for i, upstream in enumerate(config.upstreams):
@@ -211,6 +242,7 @@ class _Checker:
                 self._address(address, "redirect", i, "listen")
             if not 0 < redirect.https_port < 65536:
                 raise self.error(f"invalid port {redirect.https_port}", "redirect", i, "https_port")
+            self._redirect_answer(redirect, i)
         if not config.servers:
             raise self.error("no [[server]] defined", "server")
         names_by_listen: dict[tuple[str, int], dict[str, int]] = {}

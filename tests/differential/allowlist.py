@@ -139,7 +139,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     "locations_two_upstreams": {"location": f"exact locations (location =) {NOT_YET}"},
     "proxy_headers_variables": {"proxy_set_header": f"proxy_set_header with any variable {NOT_YET}"},
     "proxy_pass_uri": {"proxy_pass": f"proxy_pass with a URI part {NOT_YET}"},
-    "redirect_variants": {"return": f"return with other codes and variables {NOT_YET}"},
     "returns": {"location": f"locations that return instead of proxying {NOT_YET}"},
     "ssl_dhparam": {"ssl_dhparam": f"DHE key exchange {NOT_YET}"},
 }

@@ -9,8 +9,11 @@ name; on a plain-HTTP listener, the redirect (or whatever it answers) for a few 
 from __future__ import annotations
 
 import re
+import socket
 
 from diffharness import (
+    CLIENT_TIMEOUT,
+    HOST,
     OFFERS,
     S_CLIENT_OFFERS,
     Case,
@@ -18,10 +21,13 @@ from diffharness import (
     Custom,
     Handshake,
     KeepAlive,
+    Reader,
     Request,
     Respond,
     Resume,
     Sequence,
+    closed_after,
+    read_message,
 )
 
 BODY = b'{"note": "' + b"n" * 280 + b'"}'
@@ -108,6 +114,37 @@ def upstream_connections(host: str, target: str, count: int = 3) -> Custom:
         return {"statuses": statuses, "backend.connections": server.accepts - before}
 
     return Custom(f"{count} requests: backend connections opened ({target})", run)
+
+
+def plain_connection(label: str, requests: list[bytes], pipelined: bool = False, idle: float = 0.5) -> Custom:
+    """Several requests on one plain-HTTP connection (one after another, or all in one write):
+    each response's status, Location, Connection and body, then whether the server closed the
+    connection within ``idle`` seconds of the last."""
+
+    def run(side, ctx):
+        obs: dict = {}
+        with socket.create_connection((HOST, side.port("HTTP_PORT")), timeout=CLIENT_TIMEOUT) as sock:
+            reader = Reader(sock)
+            if pipelined:
+                sock.sendall(b"".join(requests))
+            for i, raw in enumerate(requests):
+                method = raw.split(b" ", 1)[0].decode()
+                try:
+                    if not pipelined:
+                        sock.sendall(raw)
+                    msg = read_message(reader, method=method)
+                except (OSError, EOFError, ValueError) as exc:
+                    obs[f"response[{i}]"] = f"no response ({type(exc).__name__})"
+                    return obs
+                conn = msg.header("connection")
+                conn = None if conn and conn.lower() == "keep-alive" else conn   # the HTTP/1.1 default
+                obs[f"response[{i}]"] = (msg.status, msg.header("location"), conn, msg.header("content-type"))
+                if msg.header("content-type") != "text/html":   # the pages are each product's own
+                    obs[f"response[{i}].body"] = msg.body.decode("latin-1")
+            obs["open-after-idle"] = not closed_after(sock, idle)
+        return obs
+
+    return Custom(label, run)
 
 
 def resolver_not_contacted() -> Custom:
@@ -307,6 +344,51 @@ SPECIFIC: dict[str, list[Case]] = {
                 headers=(("X-Forwarded-For", "203.0.113.7"), ("Cookie", "a=1"), ("Cookie", "b=2"))),
     ],
 }
+SPECIFIC["redirect_variants"] = [
+    *(Request(host, "/a/b?x=1&y=%20", port="HTTP_PORT")
+      for host in ("app.example.com", "www.example.com", "temp.test", "see.test", "relative.test", "one.test",
+                   "text.test", "gone.test", "empty.test", "forbidden.test", "temp.test:8080", "ok.test",
+                   "close.test", "a.wild.test", "a.b.wild.test", "wild.test")),
+    Request("text.test", "/bad%zz", port="HTTP_PORT", label="GET http text.test a bad %-escape"),
+    Request("text.test", "/a%2F..%2Fb%2e%2E/c%2F%2Fd", port="HTTP_PORT", label="GET http text.test escaped dots and slashes"),
+    Request("text.test", "/../x", port="HTTP_PORT", label="GET http text.test above the root"),
+    Request("text.test", "/a/..", port="HTTP_PORT", label="GET http text.test ending in .."),
+    Request("text.test", "*", method="OPTIONS", port="HTTP_PORT", label="OPTIONS http text.test *"),
+    Request("a..b.test", "/", port="HTTP_PORT", label="GET http Host with two dots in a row"),
+    Request("see.test", "/a/../b%20c//d/./e?q=1", port="HTTP_PORT", label="GET http see.test $uri normalised"),
+    Request("text.test", "/a/../b%41//c?q=1&r", port="HTTP_PORT", label="GET http text.test $uri and $args"),
+    Request("APP.Example.COM:80", "/case", port="HTTP_PORT", label="GET http Host in upper case with port"),
+    Request("api.example.com.", "/dot", port="HTTP_PORT", label="GET http Host with a trailing dot"),
+    Request("api.example.com", "http://app.example.com/abs?x=1", port="HTTP_PORT",
+            label="GET http target in absolute form app.example.com, Host api.example.com"),
+    Request("unknown.test", "http://Text.Test:81/abs", port="HTTP_PORT",
+            label="GET http target in absolute form text.test, Host unknown.test"),
+    Request(None, "/no-host", version="HTTP/1.0", port="HTTP_PORT", label="GET http (no Host) HTTP/1.0 to the default"),
+    Request("relative.test", "/rel", version="HTTP/1.0", port="HTTP_PORT", label="GET http relative.test HTTP/1.0"),
+    Request(None, "http://relative.test/abs-rel", version="HTTP/1.0", port="HTTP_PORT",
+            label="GET http (no Host) target in absolute form relative.test HTTP/1.0"),
+    Request("text.test", "/head", method="HEAD", port="HTTP_PORT"),
+    Request("text.test", "/post", method="POST", body=b"p" * 100, port="HTTP_PORT"),
+    Request("api.example.com", "/post", method="POST", body=b"p" * 100, chunked=True, port="HTTP_PORT"),
+    Request("api.example.com", "/close", headers=(("Connection", "close"),), port="HTTP_PORT",
+            label="GET http api.example.com Connection: close"),
+    Request("api.example.com", "/ka10", version="HTTP/1.0", headers=(("Connection", "keep-alive"),),
+            port="HTTP_PORT", label="GET http api.example.com HTTP/1.0 Connection: keep-alive"),
+    Request("bad host", "/", port="HTTP_PORT", label="GET http Host with a space"),
+    plain_connection("http keep-alive: three requests to three servers", [
+        b"GET /1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+        b"GET /2?q HTTP/1.1\r\nHost: text.test\r\n\r\n",
+        b"HEAD /3 HTTP/1.1\r\nHost: app.example.com\r\n\r\n"]),
+    plain_connection("http keep-alive: pipelined, a body, then close", [
+        b"GET /1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+        b"POST /2 HTTP/1.1\r\nHost: text.test\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /3 HTTP/1.1\r\nHost: one.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET /4 HTTP/1.1\r\nHost: gone.test\r\n\r\n",
+        b"GET /5 HTTP/1.1\r\nHost: see.test\r\nConnection: close\r\n\r\n"], pipelined=True),
+    plain_connection("http keep-alive: HTTP/1.0 closes", [
+        b"GET /1 HTTP/1.0\r\nHost: api.example.com\r\n\r\n",
+        b"GET /2 HTTP/1.0\r\nHost: api.example.com\r\n\r\n"]),
+]
 SPECIFIC["http2_on"] = SPECIFIC["http2_listen"]
 
 

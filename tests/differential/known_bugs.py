@@ -97,13 +97,6 @@ BUGS: list[Bug] = [
         reason="location /dir/ with proxy_pass: nginx answers /dir with a 301 to https://HOST:PORT/dir/ "
                "(absolute, with the listen port); fastterm proxies /dir by the / location",
         witness=("locations_prefix", "GET https api.example.com /static")),
-    Bug(name="redirect_server_keeps_the_connection", field="header:connection", nginx=None, fastterm="close",
-        case="* http *", reason="the port-80 server: nginx keeps the connection after its 301; fastterm's "
-                                "redirect listener answers Connection: close and closes",
-        witness=(SEED, "GET http api.example.com /path/x?y=1&z=%20")),
-    Bug(name="redirect_without_host_uses_server_name", field="header:location", case="*(no Host)*",
-        reason="a request without Host on port 80: nginx's $host is the server_name; fastterm puts the listen "
-               "address in the redirect", witness=(SEED, "GET http (no Host) HTTP/1.0 /old")),
     Bug(name="no_host_picks_the_default_server", field="*", config="default_server",
         case="GET api.example.com HTTP/1.0 without Host",
         reason="a request without Host goes to the listener's default server in nginx, whatever the SNI; "

@@ -58,7 +58,8 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
     Options: ``servers`` (full list of server tables; replaces the default one), or for the
     default server ``server_names``, ``certificates``, ``tls``, ``hsts``, ``routes``,
     ``trusted_proxies``; ``limits`` (merged over TEST_LIMITS), ``upstreams`` (full list),
-    ``keepalive`` (backend pool size), ``redirect`` (bool), ``https_port_in_redirect``, ``workers``
+    ``keepalive`` (backend pool size), ``redirect`` (bool), ``https_port_in_redirect``,
+    ``redirects`` (the [[redirect]] tables, each on the test's plain-HTTP port), ``workers``
     (1 by default: one backend pool, one process to watch), ``command_prefix`` (e.g. prlimit). Every server of ``servers``
     listens on the test port, then on the addresses of its own ``listen``.
     """
@@ -70,6 +71,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
               trusted_proxies: list[str] | None = None, limits: dict | None = None,
               upstreams: list[dict] | None = None, keepalive: int | None = None,
               redirect: bool = True, https_port_in_redirect: int | None = None,
+              redirects: list[dict] | None = None,
               log_level: str = "info", workers: int = 1, command_prefix: list[str] = ()) -> Fastterm:
         n = len(started)
         https_port = free_port()
@@ -103,8 +105,8 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
             "server": servers,
         }
         if redirect:
-            config["redirect"] = [{"listen": [f"{HOST}:{http_port}"],
-                                   "https_port": https_port_in_redirect or https_port}]
+            config["redirect"] = [dict(r, listen=[f"{HOST}:{http_port}"]) for r in redirects] if redirects else \
+                [{"listen": [f"{HOST}:{http_port}"], "https_port": https_port_in_redirect or https_port}]
         config_path = write(f"fastterm{n}.toml", to_toml(config) + "\n")
         output_file = str(tmp_path / f"fastterm{n}.out")
         with open(output_file, "wb") as out:

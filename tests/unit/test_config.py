@@ -250,3 +250,55 @@ listen = ["8443"]
     assert keys.line(("server", 0, "route", 0, "upstream")) == 10
     assert keys.line(("server", 1, "listen")) == 12
     assert keys.line(("upstream",)) is None
+
+
+# ---- [[redirect]] ------------------------------------------------------------------------
+
+REDIRECT = GOOD + """
+[[redirect]]
+listen = ["80"]
+"""
+
+
+def test_redirect_defaults_are_fastterms_own_answer(load):
+    redirect = load(REDIRECT).redirects[0]
+    assert (redirect.https_port, redirect.status, redirect.location, redirect.text, redirect.keepalive_requests,
+            redirect.server_names, redirect.default_server) == (443, 301, None, None, 0, [], False)
+
+
+def test_redirect_with_nginx_fields_round_trips(load, write):
+    from fastterm.config.toml import dump_config
+
+    text = REDIRECT + """server_names = ["example.com", "*.example.com"]
+status = 308
+location = "https://$host:8443$uri$is_args$args"
+keepalive_requests = 1000
+keepalive_timeout = 5
+
+[[redirect]]
+listen = ["80"]
+server_names = ["_"]
+default_server = true
+status = 404
+text = "no such site\\n"
+"""
+    config = load(text)
+    assert [(r.status, r.location, r.text) for r in config.redirects] == [
+        (308, "https://$host:8443$uri$is_args$args", None), (404, None, "no such site\n")]
+    assert load_config(write("dumped/fastterm.toml", dump_config(config))) == config
+
+
+@pytest.mark.parametrize(("lines", "key", "message"), [
+    ('status = 304', "status", "status 304"),
+    ('status = 404\nlocation = "https://x/"', "location", "location with status 404"),
+    ('text = "x"', "text", "text with status 301"),
+    ('location = "https://$remote_addr/"', "location", "unknown variable $remote_addr"),
+    ('keepalive_requests = -1', "keepalive_requests", "keepalive_requests must be 0 or more"),
+    ('keepalive_timeout = 0', "keepalive_timeout", "keepalive_timeout must be positive"),
+    ('server_names = ["www.*"]', "server_names", "exact names or *.suffix"),
+])
+def test_redirect_field_errors_name_the_key(load, lines, key, message):
+    text = REDIRECT + lines + "\n"
+    err = config_error(load, text)
+    assert message in str(err)
+    assert_located(err, line_of(text, lines.splitlines()[-1]), f"redirect.{key}")

@@ -133,7 +133,8 @@ def test_seed_config_maps_onto_the_model(load, tmp_path):
     assert config.sessions.cache_size == 10 << 20
     assert [(u.name, u.servers, u.tries, u.max_conns) for u in config.upstreams] == [
         ("notes", ["127.0.0.1:8081"], 1, 0)]
-    assert [(r.listen, r.https_port) for r in config.redirects] == [(["0.0.0.0:80"], 443)]
+    assert [(r.listen, r.server_names, r.status, r.location, r.keepalive_requests) for r in config.redirects] == [
+        (["0.0.0.0:80"], ["api.example.com"], 301, "https://$host$request_uri", 1000)]
     assert config.workers == 1
     assert got.warnings == []
 
@@ -672,21 +673,66 @@ def test_error_inside_an_included_file_names_that_file(error, write, tmp_path):
 
 def test_redirect_to_another_https_port(load):
     got = load(SEED.replace("https://$host$request_uri", "https://$host:8443$request_uri"))
-    assert [(r.listen, r.https_port) for r in got.config.redirects] == [(["0.0.0.0:80"], 8443)]
+    assert [(r.listen, r.location) for r in got.config.redirects] == [(["0.0.0.0:80"], "https://$host:8443$request_uri")]
 
 
 def test_redirect_in_a_location(load):
     got = load(SEED.replace("return 301 https://$host$request_uri;",
                             "location / { return 301 https://$host$request_uri; }"))
-    assert got.config.redirects[0].https_port == 443
+    assert got.config.redirects[0].location == "https://$host$request_uri"
 
 
-@pytest.mark.parametrize("ret", ["return 302 https://$host$request_uri;",
-                                 "return 301 https://example.com$request_uri;",
-                                 "return 301 https://$server_name$request_uri;"])
-def test_other_redirects_are_not_supported(error, ret):
+@pytest.mark.parametrize(("ret", "status", "location", "text"), [
+    ("return 302 https://$host$request_uri;", 302, "https://$host$request_uri", None),
+    ("return 301 https://example.com$request_uri;", 301, "https://example.com$request_uri", None),
+    ("return 308 https://$server_name:8443$uri$is_args$args;", 308, "https://$server_name:8443$uri$is_args$args",
+     None),
+    ("return 301 /moved$request_uri;", 301, "/moved$request_uri", None),
+    ("return https://$host$request_uri;", 302, "https://$host$request_uri", None),
+    ("return $scheme://$http_host/x;", 302, "$scheme://$http_host/x", None),
+    ('return 404 "no such site\\n";', 404, None, "no such site\n"),
+    ("return 403;", 403, None, None),
+    ("return 204;", 204, None, None),
+    ("return 444;", 444, None, None),
+])
+def test_plain_server_returns(load, ret, status, location, text):
+    redirect = load(SEED.replace("return 301 https://$host$request_uri;", ret)).config.redirects[0]
+    assert (redirect.status, redirect.location, redirect.text) == (status, location, text)
+
+
+@pytest.mark.parametrize(("ret", "needle"), [("return 301;", "return 301"), ("return 304 x;", "return 304 x"),
+                                             ("return 302 https://$remote_addr/;", "return ... $remote_addr"),
+                                             ("return 100;", "return 100")])
+def test_other_returns_are_not_supported(error, ret, needle):
     text = SEED.replace("return 301 https://$host$request_uri;", ret)
-    assert "is not supported yet" in str(error(text, ret.split()[0] + " " + ret.split()[1]))
+    assert f'"{needle}" is not supported yet' in str(error(text, "return"))
+
+
+def test_invalid_return_code(error):
+    text = SEED.replace("return 301 https://$host$request_uri;", "return moved;")
+    assert 'invalid return code "moved"' in str(error(text, "return"))
+
+
+def test_several_plain_servers_on_one_address(load):
+    text = SEED + """
+server {
+    listen 80 default_server;
+    server_name _;
+    keepalive_requests 5;
+    keepalive_timeout 10s;
+    return 404;
+}
+server {
+    listen 80;
+    server_name .example.org;
+    keepalive_timeout 0;
+    return 302 https://$host$request_uri;
+}
+"""
+    got = load(text).config.redirects
+    assert [(r.server_names, r.default_server, r.status, r.keepalive_requests, r.keepalive_timeout)
+            for r in got] == [(["api.example.com"], False, 301, 1000, 75.0), (["_"], True, 404, 5, 10.0),
+                              (["example.org", "*.example.org"], False, 302, 0, 75.0)]
 
 
 def test_plain_server_that_proxies_is_not_supported(error):
@@ -706,7 +752,19 @@ def test_config_source_loads_either_format(write, ec_files):
 client_max_body_size 0;
 add_header Strict-Transport-Security "max-age=1" always;
 """, server="    set_real_ip_from 10.0.0.0/8;\n    real_ip_header X-Forwarded-For;\n    listen [::]:443 ssl http2;\n"
-            "    location /api/ { proxy_pass http://127.0.0.1:9000; }")])
+            "    location /api/ { proxy_pass http://127.0.0.1:9000; }"), SEED + """
+server {
+    listen 80 default_server;
+    server_name _;
+    keepalive_timeout 5s;
+    return 404 "no such site $host\\n";
+}
+server {
+    listen 80;
+    server_name .example.org;
+    return 308 /moved$uri$is_args$args;
+}
+"""])
 def test_convert_round_trip(load, write, text):
     config = load(text).config
     toml_text = dump_config(config)
