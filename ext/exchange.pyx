@@ -93,9 +93,11 @@ cdef class SiteTable:
         cdef bytes key = PyBytes_FromStringAndSize(host, n).lower().rstrip(b".")
         found = self.exact.get(key)
         if found is None and self.wildcard:
+            # nginx: the longest matching "*.suffix" wins; *.example.com matches a.b.example.com
             dot = key.find(b".")
-            if dot > 0:
+            while found is None and dot > 0:
                 found = self.wildcard.get(key[dot:])
+                dot = key.find(b".", dot + 1)
         return self.default if found is None else found
 
     def select(self, str name):

@@ -331,14 +331,15 @@ cdef class TLSContext:
         cdef bytes raw = name
         host = raw.decode("ascii", "replace").lower().rstrip(".")
         found = self.sni.get(host)
-        if found is None:
-            dot = host.find(".")
-            if dot > 0:
-                found = self.sni.get("*" + host[dot:])
+        dot = host.find(".")
+        while found is None and dot > 0:
+            # nginx's server_name rule: the longest "*.suffix" wins, at any depth
+            found = self.sni.get("*" + host[dot:])
+            dot = host.find(".", dot + 1)
         return self if found is None else found
 
     def select(self, str name):
-        """The context SNI ``name`` selects (exact, then ``*.suffix``, then this one)."""
+        """The context SNI ``name`` selects (exact, then the longest ``*.suffix``, then this one)."""
         return self._select(name.encode())
 
     @property

@@ -167,7 +167,6 @@ RUNTIME_DIFFERENCES = """\
   no field count limit).
 - keepalive_requests caps HTTP/2 streams only; HTTP/1.1 connections have no request cap
   (nginx: closes after keepalive_requests); keepalive_time (1h) is not applied.
-- server_name *.example.com matches one label only in fastterm (nginx: a.b.example.com too).
 - No matching location: fastterm 404s; nginx serves files from its root.
 - location /dir/ with proxy_pass: nginx redirects /dir to /dir/ (301); fastterm does not.
 - A Host naming a server block with other TLS settings than the connection's: fastterm 421.

@@ -105,13 +105,6 @@ BUGS: list[Bug] = [
     Bug(name="absolute_form_target_overrides_host", field="*", case="*absolute-form target*",
         reason="GET https://NAME/path: nginx picks the server block by the target's host, not Host; fastterm "
                "by Host", witness=("default_server", "GET api.example.com absolute-form target, Host unknown.test")),
-    Bug(name="wildcard_name_matches_deeper_labels", field="*", config="sni_wildcards",
-        case="* a.b.example.com *",
-        reason="server_name *.example.com also matches a.b.example.com in nginx (certificate and server block); "
-               "fastterm matches one label only", witness=("sni_wildcards", "GET https a.b.example.com /")),
-    Bug(name="wildcard_name_matches_deeper_labels", field="tls.certificate", config="sni_wildcards",
-        case="tls deep.a.b.example.com *", reason="(the certificate half)",
-        witness=("sni_wildcards", "GET https a.b.example.com /")),
     Bug(name="keepalive_requests_closes_http11_connections", field="response[[]*", config="keepalive",
         reason="keepalive_requests 3: nginx says Connection: close on the third response and closes; fastterm "
                "applies keepalive_requests to HTTP/2 only", witness=("keepalive", "keep-alive 4 requests, idle 0s")),

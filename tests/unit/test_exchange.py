@@ -24,6 +24,21 @@ def sites(pools):
     return SiteTable({"www.example.com": www, "*.wild.test": other, "other.test": other}, www)
 
 
+def test_longest_wildcard_wins_at_any_depth(pools):
+    """nginx's server_name rule: ``*.example.com`` also names ``a.b.example.com``, and of two
+    wildcards that match, the longer suffix wins."""
+    outer = ServerPolicy("outer", [("/", pools["web"])])
+    inner = ServerPolicy("inner", [("/", pools["api"])])
+    default = ServerPolicy("default", [("/", pools["web"])])
+    sites = SiteTable({"*.example.com": outer, "*.b.example.com": inner}, default)
+    assert sites.select("a.example.com") is outer
+    assert sites.select("a.c.example.com") is outer
+    assert sites.select("a.b.example.com") is inner
+    assert sites.select("x.y.b.example.com") is inner
+    assert sites.select("b.example.com") is outer
+    assert sites.select("example.com") is default
+
+
 def exchange(sites, peer="192.0.2.7", sni=None) -> Exchange:
     return Exchange(ClientFacts(peer, sites, sites.select(sni) if sni else None))
 

@@ -454,11 +454,23 @@ def test_select_exact_wildcard_default(sni_server):
     assert default.select("a.wild.example.com") is wild_ctx
     assert default.select("A.Wild.Example.Com") is wild_ctx
     assert default.select("wild.example.com") is default      # "*." needs one more label
-    assert default.select("a.b.wild.example.com") is default  # and only one (RFC 6125 §6.4.3)
+    assert default.select("a.b.wild.example.com") is wild_ctx  # or more: nginx's server_name rule
     assert default.select("www.example.com") is default
     assert default.select("unknown.test") is default
     assert default.select("localhost") is default
     assert default.select("") is default
+
+
+def test_longest_sni_wildcard_wins(ec_leaf, wildcard_leaf, intermediate):
+    default = server_context(ec_leaf, intermediate=intermediate)
+    outer = server_context(wildcard_leaf, intermediate=intermediate)
+    inner = server_context(wildcard_leaf, intermediate=intermediate)
+    default.set_sni({"*.example.com": outer, "*.wild.example.com": inner})
+    assert default.select("a.example.com") is outer
+    assert default.select("a.b.example.com") is outer
+    assert default.select("a.wild.example.com") is inner
+    assert default.select("x.a.wild.example.com") is inner
+    assert default.select("example.com") is default
 
 
 @BYTE_SPLITS
