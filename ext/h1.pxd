@@ -21,6 +21,7 @@ cdef class H1Session(Codec):
     cdef bint request_done          # the whole request body went to the backend
     cdef bint dispatch_pending      # head accepted; its head waits in the writer for this read's body
     cdef bint backend_full          # the backend's socket buffer is full: stop reading the client
+    cdef int requests               # heads accepted on this connection (keepalive_requests)
 
     # Request flow
     cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n)

@@ -173,8 +173,9 @@ cdef class H1Session(Codec):
         if status:
             self._refuse(status)
             return -1
-        if ex.client_close or w.draining:
-            self.close_after = True
+        self.requests += 1
+        if ex.client_close or w.draining or (w.keepalive_requests and self.requests >= w.keepalive_requests):
+            self.close_after = True   # the response says Connection: close
         framer_init(&self.req_body, ex.body_mode, ex.content_length)
         self.request_done = self.req_body.done
         self.state = H1_RESPONSE if self.request_done else H1_BODY

@@ -112,6 +112,8 @@ class Limits(Struct):
     worker_connections: int = 0  # client connections per worker; 0: 7/8 of RLIMIT_NOFILE
     http2_max_concurrent_streams: int = 128  # nginx's default
     http2_max_requests: int = 10000  # streams per HTTP/2 connection, then GOAWAY (a new connection)
+    keepalive_requests: int = 0  # HTTP/1.1 requests per client connection, the last one answered with
+    # Connection: close (nginx keepalive_requests; its default 1000 comes with --nginx); 0: no cap
     underscores_in_headers: bool = False  # nginx's default: request fields with "_" in the name are dropped
 
 

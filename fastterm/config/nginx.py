@@ -48,7 +48,8 @@ What maps (nginx -> model):
   ``client_header_timeout`` (60s), ``keepalive_timeout`` (75s), ``send_timeout`` (60s),
   ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``underscores_in_headers``,
   ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE (4 8k),
-  ``http2_max_concurrent_streams`` (128), ``keepalive_requests`` -> ``http2_max_requests`` (1000).
+  ``http2_max_concurrent_streams`` (128), ``keepalive_requests`` (1000) -> requests per
+  HTTP/1.1 connection and streams per HTTP/2 connection.
 - ``proxy_set_header`` lines whose value is what fastterm sends anyway: ``X-Forwarded-Proto
   $scheme|https``, ``X-Real-IP $remote_addr``, ``X-Forwarded-For $remote_addr`` (no trusted
   proxies), ``X-Forwarded-For $proxy_add_x_forwarded_for`` (nginx appends to whatever the client
@@ -165,8 +166,7 @@ RUNTIME_DIFFERENCES = """\
   pages differ in body and Server header (fastterm vs nginx/1.x).
 - 431 for a request head past header_buffer_size or 100 fields (nginx: 400/414 per line,
   no field count limit).
-- keepalive_requests caps HTTP/2 streams only; HTTP/1.1 connections have no request cap
-  (nginx: closes after keepalive_requests); keepalive_time (1h) is not applied.
+- keepalive_time (1h) is not applied.
 - No matching location: fastterm 404s; nginx serves files from its root.
 - location /dir/ with proxy_pass: nginx redirects /dir to /dir/ (301); fastterm does not.
 - A Host naming a server block with other TLS settings than the connection's: fastterm 421.
@@ -1355,7 +1355,8 @@ class _Builder:
                     raise where.unsupported(
                         f"a value differing between servers or locations ({first_node.where if first_node else 'default'}"
                         f" vs {node.where if node else 'default'}): fastterm's limits are global", name)
-            values[fld] = first
+            for one in (fld,) if isinstance(fld, str) else fld:
+                values[one] = first
         connections = events.find("worker_connections")
         if connections is not None:
             values["worker_connections"] = _number(connections, connections.args[0])
@@ -1413,7 +1414,7 @@ def _positive(parse):
     return check
 
 
-# (directive, scope, nginx default, parser, Limits field): scope "location" means every location
+# (directive, scope, nginx default, parser, Limits field or fields): scope "location" means every location
 # of every TLS server sees one value; "server" every TLS server.
 _LIMITS = [
     ("client_max_body_size", "location", 1 << 20, parse_size, "client_max_body_size"),
@@ -1426,7 +1427,8 @@ _LIMITS = [
     ("large_client_header_buffers", "server", 4 * 8192, _header_buffers, "header_buffer_size"),
     ("http2_max_concurrent_streams", "server", 128, lambda n: _number(n, n.args[0]),
      "http2_max_concurrent_streams"),
-    ("keepalive_requests", "location", 1000, _positive(lambda n: _number(n, n.args[0])), "http2_max_requests"),
+    ("keepalive_requests", "location", 1000, _positive(lambda n: _number(n, n.args[0])),
+     ("keepalive_requests", "http2_max_requests")),
 ]
 
 # proxy_set_header values equal to what fastterm sends (ext/exchange.pyx Exchange.request).

@@ -105,9 +105,6 @@ BUGS: list[Bug] = [
     Bug(name="absolute_form_target_overrides_host", field="*", case="*absolute-form target*",
         reason="GET https://NAME/path: nginx picks the server block by the target's host, not Host; fastterm "
                "by Host", witness=("default_server", "GET api.example.com absolute-form target, Host unknown.test")),
-    Bug(name="keepalive_requests_closes_http11_connections", field="response[[]*", config="keepalive",
-        reason="keepalive_requests 3: nginx says Connection: close on the third response and closes; fastterm "
-               "applies keepalive_requests to HTTP/2 only", witness=("keepalive", "keep-alive 4 requests, idle 0s")),
     Bug(name="header_buffers_limit_each_line_with_nginx_statuses", field="*", config="large_headers",
         case="GET *", when=lambda a, b: a.get("status") in (400, 414) and b.get("status") in (200, 431),
         reason="large_client_header_buffers 4 2k: nginx refuses a request line longer than 2k with 414 and a "

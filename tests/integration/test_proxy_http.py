@@ -212,6 +212,19 @@ def test_keepalive_survives_short_idle(ft):
         assert read_response(rd).status == 200
 
 
+def test_keepalive_requests_closes_after_the_last_one(fastterm, demo_backend):
+    """nginx keepalive_requests: the 3rd response on a connection says Connection: close and
+    the connection ends there, pipelined requests after it unanswered."""
+    ft = fastterm(demo_backend, limits={"keepalive_requests": 3})
+    with ft.connect() as s:
+        rd = Reader(s)
+        s.sendall(b"".join(request_bytes("GET", f"/{i}") for i in range(5)))
+        answers = [read_response(rd) for _ in range(3)]
+        assert [echo_json(r)["path"] for r in answers] == ["/0", "/1", "/2"]
+        assert [r.header("connection") for r in answers] == [None, None, "close"]
+        assert closed_by_peer(s, timeout=4), "still open after the keepalive_requests-th response"
+
+
 # ---------------------------------------------------------------------------------------
 # message semantics
 
