@@ -94,6 +94,11 @@ ALLOWED: list[Allowed] = [
                    "(nginx's carry `<center>nginx</center>`, fastterm's say fastterm)"),
     Allowed("header:content-length", generated=True,
             reason="the length of the proxy's own page (see the body entry)"),
+    # -- safer on purpose
+    Allowed("backend*.header:x-hop", nginx="h", fastterm=None,
+            reason="a field the client names in Connection is hop-by-hop: fastterm removes it as RFC 9110 "
+                   "7.6.1 asks of a proxy, where nginx forwards it; a client cannot make a hop-by-hop field "
+                   "reach the backend"),
     # -- TLS defaults fastterm chose on purpose where the config says nothing (nginx.py "Deliberate choices")
     Allowed("tls.*", config=_configs_without("ssl_protocols"), when=_no_tls13_at_nginx, reason=NGINX_TLS_DEFAULTS),
     Allowed("tls.outcome", case="tls * tls1.1", config=_configs_without("ssl_protocols"),

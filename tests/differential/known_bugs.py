@@ -73,10 +73,6 @@ BUGS: list[Bug] = [
                  "fastterm keeps the peer's address in both",
           witness=("real_ip", "GET api.example.com client forwarding and hop-by-hop headers"))
       for header in ("x-real-ip", "x-forwarded-for")),
-    Bug(name="connection_listed_fields_are_forwarded", field="backend*.header:x-hop", nginx="h", fastterm=None,
-        reason="nginx forwards a field the client named in Connection (X-Hop); fastterm drops it (RFC 9110 "
-               "7.6.1 says a proxy removes them: make this an allow-list entry if fastterm keeps that on purpose)",
-        witness=(SEED, CLIENT_HEADERS)),
     Bug(name="upstream_header_order", field="backend*.header-order",
         reason="nginx's order upstream: the config's proxy_set_header lines, Host, Connection, Content-Length, "
                "then the client's fields; fastterm: Host, the client's fields, then its own",
