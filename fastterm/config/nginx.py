@@ -164,7 +164,7 @@ RUNTIME_DIFFERENCES = """\
 - HSTS: fastterm replaces a backend's Strict-Transport-Security; nginx's add_header adds a second.
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
   pages differ in body and Server header (fastterm vs nginx/1.x).
-- 431 for a request head past header_buffer_size or 100 fields (nginx: 400/414 per line,
+- 431 for a request head past header_buffer_size or 256 fields (nginx: 400/414 per line,
   no field count limit).
 - keepalive_time (1h) is not applied.
 - No matching location: fastterm 404s; nginx serves files from its root.
@@ -1363,6 +1363,9 @@ class _Builder:
         drain = main.find("worker_shutdown_timeout")
         if drain is not None:
             values["drain_timeout"] = parse_time(drain)
+        # nginx counts no header fields, only their bytes: fastterm's ceiling (ext/http.pxd
+        # MAX_HEADER_SLOTS) instead of its own default of 100.
+        values["max_header_fields"] = MAX_HEADER_FIELDS
         return Limits(**values)
 
     def sessions(self, tls: list[_Server]) -> Sessions:
@@ -1413,6 +1416,8 @@ def _positive(parse):
         return value
     return check
 
+
+MAX_HEADER_FIELDS = 256   # ext/http.pxd MAX_HEADER_SLOTS: the most fields fastterm parses in one head
 
 # (directive, scope, nginx default, parser, Limits field or fields): scope "location" means every location
 # of every TLS server sees one value; "server" every TLS server.

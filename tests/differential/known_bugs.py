@@ -107,7 +107,4 @@ BUGS: list[Bug] = [
                "header line longer than 2k, or a head over the buffers, with 400; fastterm checks the head's "
                "total (4 x 2k) and answers 431",
         witness=("large_headers", "GET https api.example.com /line-2500")),
-    Bug(name="no_header_field_count_limit", field="*", config="large_headers", case="GET 150 small fields",
-        reason="nginx has no limit on the number of header fields; fastterm answers 431 past 100",
-        witness=("large_headers", "GET 150 small fields")),
 ]

@@ -158,6 +158,8 @@ def test_nginx_defaults_where_the_config_says_nothing(load):
     assert limits.backend_connect_timeout == 60.0 and limits.backend_read_timeout == 60.0
     assert limits.header_buffer_size == 4 * 8192
     assert limits.http2_max_concurrent_streams == 128 and limits.http2_max_requests == 1000
+    assert limits.keepalive_requests == 1000      # HTTP/1.1 too
+    assert limits.max_header_fields == 256        # nginx counts bytes, not fields
     assert limits.underscores_in_headers is False
     assert limits.worker_connections == Limits().worker_connections
     assert limits.drain_timeout == Limits().drain_timeout
@@ -484,7 +486,7 @@ http {
     assert (limits.backend_connect_timeout, limits.backend_read_timeout) == (3.0, 120.0)
     assert limits.underscores_in_headers is True
     assert limits.header_buffer_size == 4 * 16384
-    assert (limits.http2_max_concurrent_streams, limits.http2_max_requests) == (64, 500)
+    assert (limits.http2_max_concurrent_streams, limits.http2_max_requests, limits.keepalive_requests) == (64, 500, 500)
     assert (limits.worker_connections, limits.drain_timeout) == (4096, 15.0)
     assert got.config.workers == "auto"
 
