@@ -16,6 +16,8 @@
 
 import ipaddress
 
+from libc.stdio cimport snprintf
+
 _REASONS = {400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout", 421: "Misdirected Request",
             413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
@@ -47,23 +49,95 @@ cdef void _table() noexcept:
 _table()
 
 
+VARIABLES = {"host": V_HOST, "remote_addr": V_REMOTE_ADDR, "remote_port": V_REMOTE_PORT,
+             "proxy_add_x_forwarded_for": V_PROXY_ADD_XFF, "request_uri": V_REQUEST_URI,
+             "request_method": V_REQUEST_METHOD, "server_addr": V_SERVER_ADDR, "server_port": V_SERVER_PORT,
+             "ssl_protocol": V_SSL_PROTOCOL, "ssl_cipher": V_SSL_CIPHER, "ssl_server_name": V_SSL_SERVER_NAME}
+LITERAL = V_LITERAL          # RequestRewrite template pieces that are not variables: text as it is,
+HTTP_FIELD = V_HTTP         # and $http_NAME (the piece holds NAME)
+"""nginx variables a RequestRewrite reads per request (fastterm/config/plan.py compiles the
+others: $scheme, $proxy_host, $server_name are constants of a route; $http_NAME is V_HTTP)."""
+
+
+cdef class RequestRewrite:
+    """The request head a route's backend gets, nginx's way: the request line in its HTTP
+    version, each template field (literal bytes and variable ids, so a request costs no
+    Python object), then the body's framing, then the client's fields that no template
+    names. Built once by fastterm/config/plan.py from a model.ProxyRequest."""
+
+    def __cinit__(self):
+        self.headers = NULL
+        self.pieces = NULL
+
+    def __init__(self, str http_version, headers, bytes host_fallback=b"", bint keepalive=False):
+        """``headers``: [(name, [(V_LITERAL, bytes) | (V_HTTP, lowercase name) | (V_*, b"")])]."""
+        cdef int i = 0, k = 0
+        text = bytearray()
+        pieces = [piece for _, parts in headers for piece in parts]
+        self.version_line = f" HTTP/{http_version}\r\n".encode("ascii")
+        self.host_fallback = host_fallback
+        self.keepalive = keepalive and http_version == "1.1"
+        self.headers = <HeaderTemplate *>malloc(max(1, len(headers)) * sizeof(HeaderTemplate))
+        self.pieces = <TemplatePiece *>malloc(max(1, len(pieces)) * sizeof(TemplatePiece))
+        if self.headers == NULL or self.pieces == NULL:
+            raise MemoryError()
+        for name, parts in headers:
+            raw = name.encode("latin-1")
+            self.headers[i].name_start = len(text)
+            self.headers[i].name_len = len(raw)
+            self.headers[i].first_piece = k
+            self.headers[i].npieces = len(parts)
+            text += raw
+            for var, data in parts:
+                if not 0 <= var < V_COUNT:
+                    raise ValueError(f"unknown variable id {var}")
+                self.pieces[k].var = var
+                self.pieces[k].start = len(text)
+                self.pieces[k].len = len(data)
+                text += data
+                k += 1
+            i += 1
+        self.nheaders = i
+        self.npieces = k
+        self.text = bytes(text)
+
+    def __dealloc__(self):
+        free(self.headers)
+        free(self.pieces)
+        self.headers = NULL
+        self.pieces = NULL
+
+    cdef bint names_field(self, const char *name, int n):
+        """Whether a template sets (or empties) the client field ``name``: then it is not passed."""
+        cdef int i
+        cdef const char *text = PyBytes_AS_STRING(self.text)
+        for i in range(self.nheaders):
+            if self.headers[i].name_len == n and strncasecmp(text + self.headers[i].name_start, name, n) == 0:
+                return True
+        return False
+
+
 cdef class ServerPolicy:
     """The HTTP side of one server block: routes, HSTS, trusted proxies."""
 
     def __init__(self, str name, routes, hsts=None, trusted_proxies=(), bytes tls_policy=b""):
+        """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)]."""
         self.name = name
         self.tls_policy = tls_policy
-        self.routes = sorted(((p.encode(), pool) for p, pool in routes), key=lambda r: -len(r[0]))
+        self.routes = sorted(((r[0].encode(), r[1], r[2] if len(r) > 2 else None) for r in routes),
+                             key=lambda r: -len(r[0]))
         self.hsts = hsts.encode("latin-1") if hsts else b""
         self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if hsts else b""
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
 
-    cdef UpstreamPool route(self, const char *path, int n):
+    cdef tuple route(self, const char *path, int n):
+        cdef tuple r
         cdef bytes prefix
-        for prefix, pool in self.routes:
+        for r in self.routes:
+            prefix = <bytes>r[0]
             if PyBytes_GET_SIZE(prefix) <= n and memcmp(path, PyBytes_AS_STRING(prefix),
                                                         PyBytes_GET_SIZE(prefix)) == 0:
-                return pool
+                return r
         return None
 
     cdef bint is_trusted(self, str ip):
@@ -82,6 +156,8 @@ cdef class SiteTable:
         self.exact = {}
         self.wildcard = {}
         self.default = default
+        for policy in (*names.values(), default):
+            self.connection_facts |= any(r[2] is not None for r in (<ServerPolicy>policy).routes)
         for name, policy in names.items():
             key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
             if key.startswith(b"*."):
@@ -111,6 +187,19 @@ cdef class ClientFacts:
         self.peer_ip_b = peer_ip.encode("ascii")
         self.sites = sites
         self.tls_server = tls_server if tls_server is not None else sites.default
+        self.peer_port_b = self.server_addr_b = self.server_port_b = b""
+        self.ssl_protocol_b = self.ssl_cipher_b = self.ssl_server_name_b = b""
+
+    def connection(self, int peer_port=0, str server_addr="", int server_port=0, str ssl_protocol="",
+                   str ssl_cipher="", str ssl_server_name=""):
+        """What nginx's $remote_port, $server_addr, $server_port and $ssl_* read (the transport
+        sets it where SiteTable.connection_facts; tests call this)."""
+        self.peer_port_b = str(peer_port).encode() if peer_port else b""
+        self.server_addr_b = server_addr.encode("ascii")
+        self.server_port_b = str(server_port).encode() if server_port else b""
+        self.ssl_protocol_b = ssl_protocol.encode("ascii")
+        self.ssl_cipher_b = ssl_cipher.encode("ascii")
+        self.ssl_server_name_b = ssl_server_name.encode("ascii", "replace")
 
     cdef ServerPolicy server_for(self, const char *host, int n):
         """nginx semantics: SNI picked the certificate, Host picks the server block."""
@@ -153,6 +242,7 @@ cdef class Exchange:
         self.error_status = 0
         self.server = None
         self.pool = None
+        self.rewrite = None
         self.body_mode = BODY_NONE
         self.content_length = -1
         self.retryable = self.head_request = self.http10 = self.client_close = False
@@ -181,8 +271,10 @@ cdef class Exchange:
         ``scratch`` holds a normalised path (as long as the head)."""
         cdef ServerPolicy server
         cdef UpstreamPool pool
+        cdef tuple route
         cdef const char *target = p + head.target_start
-        cdef int target_len = head.target_len, path, route_len, j, kind
+        cdef const char *abs_host = NULL   # an absolute-form target's host (nginx's $host first)
+        cdef int target_len = head.target_len, path, route_len, j, kind, abs_host_len = 0
         cdef bint trusted
         self.http10 = head.version == 10
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
@@ -197,6 +289,9 @@ cdef class Exchange:
                 path = _origin_form(target, target_len)
                 if path < 0:
                     return self.reject(400)
+                abs_host_len = 8 if target[4] == b's' or target[4] == b'S' else 7
+                abs_host = target + abs_host_len
+                abs_host_len = path - abs_host_len
                 target += path
                 target_len -= path
         if head.method_len == 5 and memcmp(p, b"TRACE", 5) == 0:
@@ -219,15 +314,22 @@ cdef class Exchange:
             route_len = _normalize_path(target, target_len, scratch)
             if route_len < 0:
                 return self.reject(400)
-            pool = server.route(scratch, route_len)
+            route = server.route(scratch, route_len)
         else:
-            pool = server.route(target, target_len)
-        if pool is None:
+            route = server.route(target, target_len)
+        if route is None:
             return self.reject(404)
+        pool = <UpstreamPool>route[1]
         self.pool = pool
         self.body_mode = request_body_mode(head)
         self.content_length = head.content_length
         self.retryable = self.body_mode == BODY_NONE and _idempotent(p, head.method_len)
+        if route[2] is not None:
+            self.rewrite = <RequestRewrite>route[2]
+            if abs_host == NULL and head.host_index >= 0:
+                abs_host = p + slots[head.host_index].value_start
+                abs_host_len = slots[head.host_index].value_len
+            return self._rewritten_head(p, head, slots, out, limits, target, target_len, abs_host, abs_host_len)
 
         # The request line in origin-form, always HTTP/1.1 to the backend (nginx's
         # proxy_http_version 1.1): an HTTP/1.0 client must not cost a backend connection per
@@ -263,6 +365,128 @@ cdef class Exchange:
         self.advance(E_REQUEST_OK)
         return 0
 
+    cdef int _rewritten_head(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
+                             RequestLimits *limits, const char *target, int target_len,
+                             const char *host, int host_len) except -1:
+        """The backend's head under the route's RequestRewrite (model.ProxyRequest says what
+        goes): nginx's proxy module, ngx_http_proxy_create_request. ``host``: where $host
+        comes from (the absolute-form target's host, else Host; NULL: the server's name)."""
+        cdef RequestRewrite rw = self.rewrite
+        cdef const char *text = PyBytes_AS_STRING(rw.text)
+        cdef HeaderTemplate *t
+        cdef int i, k, j, kind
+        cdef Py_ssize_t mark, value_at
+        cdef char number[24]
+        out.len = 0
+        out.put(p, head.target_start)   # the method and its space
+        out.put(target, target_len)
+        out.put_bytes(rw.version_line)
+        for i in range(rw.nheaders):
+            t = &rw.headers[i]
+            mark = out.len
+            out.put(text + t.name_start, t.name_len)
+            out.put(b": ", 2)
+            value_at = out.len
+            for k in range(t.first_piece, t.first_piece + t.npieces):
+                self._expand(&rw.pieces[k], p, head, slots, out, target, target_len, host, host_len)
+            if out.len == value_at:
+                out.len = mark   # nginx: a field whose value comes out empty is not sent
+                continue
+            out.put(b"\r\n", 2)
+            if out.len > PROXY_HEAD_MAX:
+                return self.reject(431)
+        if self.body_mode == BODY_LENGTH:
+            out.put(b"Content-Length: ", 16)
+            out.put(number, snprintf(number, sizeof(number), "%lld", head.content_length))
+            out.put(b"\r\n", 2)
+        elif self.body_mode == BODY_CHUNKED:
+            out.put(b"Transfer-Encoding: chunked\r\n", 28)
+        for j in range(head.nheaders):
+            kind = slots[j].kind
+            # nginx's own list (ngx_http_proxy_headers): Host, Connection, Keep-Alive, TE,
+            # Upgrade and the framing are its to write; a field named in Connection passes.
+            if kind == H_HOST or kind == H_CONNECTION or kind == H_KEEP_ALIVE or kind == H_TE or \
+                    kind == H_UPGRADE or kind == H_CONTENT_LENGTH or kind == H_TRANSFER_ENCODING or \
+                    (slots[j].underscore and not limits.underscores_in_headers) or \
+                    rw.names_field(p + slots[j].line_start, slots[j].name_len):
+                continue
+            out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
+        out.put(b"\r\n", 2)
+        if out.len > PROXY_HEAD_MAX:
+            return self.reject(431)
+        self.advance(E_REQUEST_OK)
+        return 0
+
+    cdef int _expand(self, TemplatePiece *piece, const char *p, MessageHead *head, HeaderSlot *slots,
+                     HeadWriter out, const char *target, int target_len, const char *host,
+                     int host_len) except -1:
+        cdef RequestRewrite rw = self.rewrite
+        cdef const char *text = PyBytes_AS_STRING(rw.text)
+        cdef ClientFacts facts = self.facts
+        cdef int var = piece.var, j, end, n = 0
+        cdef bint joined
+        if var == V_LITERAL:
+            out.put(text + piece.start, piece.len)
+        elif var == V_HOST:
+            if host == NULL or host_len == 0:
+                out.put_bytes(rw.host_fallback)
+                return 0
+            end = host_len
+            if host[0] == b'[':
+                while end > 0 and host[end - 1] != b']':
+                    end -= 1
+                if end == 0:
+                    end = host_len
+            else:
+                while end > 0 and host[end - 1] != b':':
+                    end -= 1
+                end = end - 1 if end > 0 else host_len
+            while end > 0 and host[end - 1] == b'.':
+                end -= 1
+            out.reserve(end)
+            for j in range(end):
+                out.buf[out.len + j] = _lower(host[j])
+            out.len += end
+        elif var == V_HTTP or var == V_PROXY_ADD_XFF:
+            # nginx 1.22: X-Forwarded-For and Cookie fields joined (", ", "; "), others the first
+            joined = var == V_PROXY_ADD_XFF or (piece.len == 15 and memcmp(text + piece.start, b"x_forwarded_for", 15) == 0) \
+                or (piece.len == 6 and memcmp(text + piece.start, b"cookie", 6) == 0)
+            for j in range(head.nheaders):
+                if var == V_PROXY_ADD_XFF:
+                    if slots[j].kind != H_X_FORWARDED_FOR:
+                        continue
+                elif not _http_name_is(p + slots[j].line_start, slots[j].name_len, text + piece.start, piece.len):
+                    continue
+                if n:
+                    out.put(b"; " if piece.len == 6 and var == V_HTTP else b", ", 2)
+                out.put(p + slots[j].value_start, slots[j].value_len)
+                n += 1
+                if not joined:
+                    break
+            if var == V_PROXY_ADD_XFF:
+                if n:
+                    out.put(b", ", 2)
+                out.put_bytes(facts.peer_ip_b)
+        elif var == V_REMOTE_ADDR:
+            out.put_bytes(facts.peer_ip_b)
+        elif var == V_REMOTE_PORT:
+            out.put_bytes(facts.peer_port_b)
+        elif var == V_REQUEST_URI:
+            out.put(target, target_len)
+        elif var == V_REQUEST_METHOD:
+            out.put(p + head.method_start, head.method_len)
+        elif var == V_SERVER_ADDR:
+            out.put_bytes(facts.server_addr_b)
+        elif var == V_SERVER_PORT:
+            out.put_bytes(facts.server_port_b)
+        elif var == V_SSL_PROTOCOL:
+            out.put_bytes(facts.ssl_protocol_b)
+        elif var == V_SSL_CIPHER:
+            out.put_bytes(facts.ssl_cipher_b)
+        elif var == V_SSL_SERVER_NAME:
+            out.put_bytes(facts.ssl_server_name_b)
+        return 0
+
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                       bint close_client) except -1:
         """A parsed response head: R_FINAL (the client's head is in ``out``), R_INTERIM (pass
@@ -281,7 +505,7 @@ cdef class Exchange:
         self.status = head.status
         self.response_mode = response_body_mode(head, self.head_request)
         self.backend_reusable = head.version == 11 and not head.conn_close and \
-            self.response_mode != BODY_UNTIL_CLOSE
+            self.response_mode != BODY_UNTIL_CLOSE and (self.rewrite is None or self.rewrite.keepalive)
         # HTTP/2 frames the body itself (DATA, END_STREAM): chunk data only, and no close rule.
         self.dechunk = (self.http10 or self.facts.http2) and self.response_mode == BODY_CHUNKED
         if not self.facts.http2 and (self.response_mode == BODY_UNTIL_CLOSE or self.dechunk or close_client):
@@ -379,6 +603,21 @@ cdef class Exchange:
                 "body_mode": ("none", "length", "chunked", "until-close")[self.body_mode],
                 "response_mode": ("none", "length", "chunked", "until-close")[self.response_mode],
                 "failure": self.failure}
+
+
+cdef bint _http_name_is(const char *field, int n, const char *var, int m) noexcept:
+    """Whether a field name is the one a $http_NAME variable names (lowercase, "-" as "_")."""
+    cdef int i
+    cdef char c
+    if n != m:
+        return False
+    for i in range(n):
+        c = _lower(field[i])
+        if c == b'-':
+            c = b'_'
+        if c != var[i]:
+            return False
+    return True
 
 
 cdef bint _idempotent(const char *m, int n) noexcept:

@@ -10,6 +10,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int accept4(int sockfd, sockaddr *addr, socklen_t *addrlen, int flags)
     int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
     int shutdown(int sockfd, int how)
+    int getsockname(int sockfd, sockaddr *addr, socklen_t *addrlen)
     ssize_t send(int sockfd, const void *buf, size_t len, int flags)
     ssize_t recv(int sockfd, void *buf, size_t len, int flags)
     enum:

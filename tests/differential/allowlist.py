@@ -96,6 +96,9 @@ ALLOWED: list[Allowed] = [
             reason="the length of the proxy's own page (see the body entry)"),
     # -- TLS defaults fastterm chose on purpose where the config says nothing (nginx.py "Deliberate choices")
     Allowed("tls.*", config=_configs_without("ssl_protocols"), when=_no_tls13_at_nginx, reason=NGINX_TLS_DEFAULTS),
+    Allowed("backend.header:x-tls", config=_configs_without("ssl_protocols"),
+            nginx=lambda v: str(v).startswith("TLSv1.2 "), fastterm=lambda v: str(v).startswith("TLSv1.3 "),
+            reason=NGINX_TLS_DEFAULTS + "; a proxy_set_header of $ssl_protocol and $ssl_cipher carries the version"),
     Allowed("tls.outcome", case="tls * tls1.1", config=_configs_without("ssl_protocols"),
             nginx="refused (TLSV1_ALERT_INTERNAL_ERROR)", fastterm="refused (TLSV1_ALERT_PROTOCOL_VERSION)",
             reason="both refuse TLS 1.1; nginx 1.22's default ssl_protocols still enables TLSv1/TLSv1.1, which "
@@ -137,7 +140,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     "body_limits_per_location": {"client_max_body_size": f"per-location limits {NOT_YET}"},
     "keepalive_header": {"keepalive_timeout": f"the Keep-Alive: timeout= header {NOT_YET}"},
     "locations_two_upstreams": {"location": f"exact locations (location =) {NOT_YET}"},
-    "proxy_headers_variables": {"proxy_set_header": f"proxy_set_header with any variable {NOT_YET}"},
     "proxy_pass_uri": {"proxy_pass": f"proxy_pass with a URI part {NOT_YET}"},
     "redirect_variants": {"return": f"return with other codes and variables {NOT_YET}"},
     "returns": {"location": f"locations that return instead of proxying {NOT_YET}"},
