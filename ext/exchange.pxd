@@ -67,6 +67,8 @@ cdef class RequestRewrite:
     cdef bytes version_line         # b" HTTP/1.0\r\n"
     cdef bytes host_fallback        # $host without a Host: the server block's first name
     cdef readonly bint keepalive    # the backend connection may be reused after the response
+    cdef object real_ip_from        # tuple of ip networks (nginx set_real_ip_from), or ()
+    cdef bytes real_ip_header       # lowercase; its address replaces $remote_addr from those peers
     cdef int nheaders
     cdef int npieces
     cdef HeaderTemplate *headers
@@ -102,6 +104,8 @@ cdef class ClientFacts:
     cdef SiteTable sites
     cdef ServerPolicy tls_server    # the server block SNI chose: requests without Host
     cdef ServerPolicy last_server   # the last one a Host chose, and whether it trusts the peer
+    cdef RequestRewrite last_rewrite  # the last one asked whether its real_ip_from holds the peer
+    cdef bint last_real_ip
     cdef bint last_trusted
     cdef bytes last_host            # the Host that chose it (keep-alive requests repeat it)
     cdef readonly bint http2        # the client speaks HTTP/2: bodies framed by DATA, no close rules
@@ -115,6 +119,7 @@ cdef class ClientFacts:
     cdef bytes ssl_server_name_b
     cdef ServerPolicy server_for(self, const char *host, int n)
     cdef bint trusts(self, ServerPolicy server)
+    cdef bint real_ip_from(self, RequestRewrite rewrite)
 
 
 cdef class Exchange:
@@ -125,6 +130,8 @@ cdef class Exchange:
     cdef ServerPolicy server
     cdef UpstreamPool pool
     cdef RequestRewrite rewrite     # the route's, or None: fastterm's own forwarding
+    cdef const char *remote         # while a RequestRewrite is applied: $remote_addr
+    cdef int remote_len
     cdef int body_mode              # request body framing towards the backend
     cdef long long content_length
     cdef bint retryable             # idempotent and bodiless: may be replayed on another connection

@@ -69,7 +69,8 @@ cdef class RequestRewrite:
         self.headers = NULL
         self.pieces = NULL
 
-    def __init__(self, str http_version, headers, bytes host_fallback=b"", bint keepalive=False):
+    def __init__(self, str http_version, headers, bytes host_fallback=b"", bint keepalive=False,
+                 real_ip_from=(), str real_ip_header="X-Real-IP"):
         """``headers``: [(name, [(V_LITERAL, bytes) | (V_HTTP, lowercase name) | (V_*, b"")])]."""
         cdef int i = 0, k = 0
         text = bytearray()
@@ -77,6 +78,8 @@ cdef class RequestRewrite:
         self.version_line = f" HTTP/{http_version}\r\n".encode("ascii")
         self.host_fallback = host_fallback
         self.keepalive = keepalive and http_version == "1.1"
+        self.real_ip_from = tuple(ipaddress.ip_network(n, strict=False) for n in real_ip_from)
+        self.real_ip_header = real_ip_header.lower().encode("ascii")
         self.headers = <HeaderTemplate *>malloc(max(1, len(headers)) * sizeof(HeaderTemplate))
         self.pieces = <TemplatePiece *>malloc(max(1, len(pieces)) * sizeof(TemplatePiece))
         if self.headers == NULL or self.pieces == NULL:
@@ -217,6 +220,18 @@ cdef class ClientFacts:
             return self.last_server
         self.last_host = PyBytes_FromStringAndSize(host, end)
         return self.sites.lookup(host, end)
+
+    cdef bint real_ip_from(self, RequestRewrite rewrite):
+        """Whether ``rewrite``'s real_ip_from holds the peer (nginx's realip module)."""
+        if rewrite is not self.last_rewrite:
+            self.last_rewrite = rewrite
+            try:
+                addr = ipaddress.ip_address(self.peer_ip)
+            except ValueError:
+                self.last_real_ip = False
+            else:
+                self.last_real_ip = any(addr in net for net in rewrite.real_ip_from)
+        return self.last_real_ip
 
     cdef bint trusts(self, ServerPolicy server):
         """Whether ``server``'s trusted_proxies hold the peer: its forwarded headers are kept."""
@@ -377,6 +392,10 @@ cdef class Exchange:
         cdef int i, k, j, kind
         cdef Py_ssize_t mark, value_at
         cdef char number[24]
+        self.remote = PyBytes_AS_STRING(self.facts.peer_ip_b)
+        self.remote_len = <int>PyBytes_GET_SIZE(self.facts.peer_ip_b)
+        if rw.real_ip_from and self.facts.real_ip_from(rw):
+            _real_ip(self, p, head, slots, rw.real_ip_header)
         out.len = 0
         out.put(p, head.target_start)   # the method and its space
         out.put(target, target_len)
@@ -466,9 +485,9 @@ cdef class Exchange:
             if var == V_PROXY_ADD_XFF:
                 if n:
                     out.put(b", ", 2)
-                out.put_bytes(facts.peer_ip_b)
+                out.put(self.remote, self.remote_len)
         elif var == V_REMOTE_ADDR:
-            out.put_bytes(facts.peer_ip_b)
+            out.put(self.remote, self.remote_len)
         elif var == V_REMOTE_PORT:
             out.put_bytes(facts.peer_port_b)
         elif var == V_REQUEST_URI:
@@ -603,6 +622,42 @@ cdef class Exchange:
                 "body_mode": ("none", "length", "chunked", "until-close")[self.body_mode],
                 "response_mode": ("none", "length", "chunked", "until-close")[self.response_mode],
                 "failure": self.failure}
+
+
+cdef void _real_ip(Exchange ex, const char *p, MessageHead *head, HeaderSlot *slots, bytes header) noexcept:
+    """nginx's realip module (real_ip_recursive off): $remote_addr becomes the address in the
+    request's ``header`` field, the last one of X-Forwarded-For (its fields joined); a value
+    that is no address leaves the peer's."""
+    cdef const char *name = PyBytes_AS_STRING(header)
+    cdef int n = <int>PyBytes_GET_SIZE(header), j, last = -1, start, end
+    cdef bint xff = n == 15 and memcmp(name, b"x-forwarded-for", 15) == 0
+    cdef char text[INET6_ADDRSTRLEN + 1]
+    cdef unsigned char binary[16]
+    for j in range(head.nheaders):
+        if slots[j].name_len == n and strncasecmp(p + slots[j].line_start, name, n) == 0:
+            last = j
+            if not xff:
+                break   # another field: its first (nginx's headers_in lookup)
+    if last < 0:
+        return
+    start = slots[last].value_start
+    end = start + slots[last].value_len
+    if xff:
+        while end > start and (p[end - 1] == b' ' or p[end - 1] == b','):
+            end -= 1
+        j = end
+        while j > start and p[j - 1] != b',':
+            j -= 1
+        start = j
+        while start < end and p[start] == b' ':
+            start += 1
+    if end - start <= 0 or end - start > INET6_ADDRSTRLEN:
+        return
+    memcpy(text, p + start, end - start)
+    text[end - start] = 0
+    if inet_pton(AF_INET, text, binary) == 1 or inet_pton(AF_INET6, text, binary) == 1:
+        ex.remote = p + start
+        ex.remote_len = end - start
 
 
 cdef bint _http_name_is(const char *field, int n, const char *var, int m) noexcept:

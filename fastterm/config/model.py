@@ -77,6 +77,9 @@ class ProxyRequest(Struct):
     http_version: Literal["1.0", "1.1"] = "1.0"
     headers: list[ProxyHeader] = msgspec.field(name="header", default_factory=list)
     keepalive: bool = False
+    real_ip_from: list[str] = msgspec.field(default_factory=list)  # nginx set_real_ip_from: from these
+    # peers, $remote_addr is the address real_ip_header carries (X-Forwarded-For: its last one)
+    real_ip_header: str = "X-Real-IP"
 
 
 class Route(Struct, kw_only=True):

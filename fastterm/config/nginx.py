@@ -28,8 +28,8 @@ What maps (nginx -> model):
   none: no session cache, as nginx), ``ssl_session_timeout``, ``ssl_session_tickets``,
   ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``add_header
   Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
-  ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header
-  X-Forwarded-For`` -> ``trusted_proxies``.
+  ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header``
+  -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's $remote_addr from those peers).
 - ``location /prefix`` and ``location ^~ /prefix`` -> routes (longest prefix wins, on the
   normalised path, as nginx; with no regex locations ``^~`` means plain prefix) with
   ``proxy_pass http://UPSTREAM`` or ``http://host:port`` (an implicit upstream named
@@ -151,8 +151,6 @@ REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
 
 RUNTIME_DIFFERENCES = """\
 - A client's Expect: 100-continue goes to the backend (nginx answers 100 itself and drops it).
-- set_real_ip_from: nginx rewrites $remote_addr (X-Real-IP then carries the client from
-  X-Forwarded-For); fastterm keeps the peer address in X-Real-IP and appends to the chain.
 - HSTS: fastterm replaces a backend's Strict-Transport-Security; nginx's add_header adds a second.
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
   pages differ in body and Server header (fastterm vs nginx/1.x).
@@ -1077,8 +1075,7 @@ class _Builder:
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
             server_names=names, default_server=any(listen.default for listen in s.listens),
-            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes,
-            trusted_proxies=self.trusted_proxies(s))
+            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes)
 
     def unique_names(self, s: _Server, servers: list[_Server]) -> list[str]:
         """nginx warns 'conflicting server name ... ignored' and keeps the first server's."""
@@ -1275,32 +1272,22 @@ class _Builder:
             if name.lower() not in named:
                 headers.append(ProxyHeader(name=name, value=value))
         keepalive = http_version == "1.1" and named.get("connection") == "" and upstream in self.keepalive_upstreams
-        return ProxyRequest(http_version=http_version, headers=headers, keepalive=keepalive)
-
-    def trusted_proxies(self, s: _Server) -> list[str]:
-        results: list[tuple[list[str], Node]] = []
-        for loc in s.locations:
-            trusted: list[str] = []
-            real = loc.level.find_all("set_real_ip_from")
-            if real:
-                header = loc.level.find("real_ip_header")
-                if header is None or header.args[0].lower() != "x-forwarded-for":
-                    raise real[0].unsupported("real_ip_header X-Real-IP (nginx's default) or other: "
-                                              "fastterm's trusted_proxies read X-Forwarded-For", "set_real_ip_from")
-                for n in real:
-                    if n.args[0].startswith("unix:"):
-                        raise n.unsupported("unix sockets", "set_real_ip_from unix:")
-                    try:
-                        trusted.append(str(ipaddress.ip_network(n.args[0], strict=False)))
-                    except ValueError:
-                        raise n.invalid() from None
-            results.append((list(dict.fromkeys(trusted)), real[0] if real else loc.node))
-        first = results[0][0] if results else []
-        for trusted, where in results[1:]:
-            if set(trusted) != set(first):
-                raise where.unsupported("trusted proxies differing between the locations of one server: "
-                                        "fastterm's trusted_proxies are per server block", where.name)
-        return first
+        real_ip: dict = {}
+        real = loc.find_all("set_real_ip_from")
+        if real:
+            for n in real:
+                if n.args[0].startswith("unix:"):
+                    raise n.unsupported("unix sockets", "set_real_ip_from unix:")
+                try:
+                    real_ip.setdefault("real_ip_from", []).append(str(ipaddress.ip_network(n.args[0], strict=False)))
+                except ValueError:
+                    raise n.invalid() from None
+            header = loc.find("real_ip_header")
+            if header is not None and header.args[0].lower() == "proxy_protocol":
+                raise header.unsupported("the PROXY protocol", "real_ip_header proxy_protocol")
+            real_ip["real_ip_from"] = list(dict.fromkeys(real_ip["real_ip_from"]))
+            real_ip["real_ip_header"] = header.args[0] if header is not None else "X-Real-IP"
+        return ProxyRequest(http_version=http_version, headers=headers, keepalive=keepalive, **real_ip)
 
     # -- global settings -----------------------------------------------------------------
     def limits(self, main: Level, events: Level, http: Level, tls: list[_Server], plain: list[_Server]) -> Limits:

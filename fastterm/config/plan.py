@@ -10,6 +10,7 @@ ConfigErrors naming the file, line and directive.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -73,6 +74,10 @@ def check_proxy_request(proxy: ProxyRequest) -> None:
         if any(c in header.value for c in "\r\n\0"):
             raise ValueError(f"{header.name}: a value with CR, LF or NUL")
         template_parts(header.value)
+    if not _FIELD_NAME.fullmatch(proxy.real_ip_header):
+        raise ValueError(f"invalid real_ip_header {proxy.real_ip_header!r}")
+    for network in proxy.real_ip_from:
+        ipaddress.ip_network(network, strict=False)   # ValueError names it
 
 
 def _rewrite(proxy: ProxyRequest, upstream: str, server: Server):
@@ -98,7 +103,7 @@ def _rewrite(proxy: ProxyRequest, upstream: str, server: Server):
                 compiled.append((HTTP_FIELD, var[5:].encode("ascii")))
         headers.append((header.name, compiled))
     return RequestRewrite(proxy.http_version, headers, name.lower().encode("idna" if not name.isascii() else "ascii"),
-                          proxy.keepalive)
+                          proxy.keepalive, proxy.real_ip_from, proxy.real_ip_header)
 
 
 def _server_policy(server: Server, pools: dict, index: int):

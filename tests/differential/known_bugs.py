@@ -32,12 +32,6 @@ SEED = "seed_api_without_stapling"
 
 
 BUGS: list[Bug] = [
-    *(Bug(name="real_ip_rewrites_remote_addr", field=f"backend*.header:{header}", config="real_ip",
-          reason="set_real_ip_from + real_ip_header X-Forwarded-For: nginx replaces $remote_addr with the "
-                 "address from the header (X-Real-IP and the appended X-Forwarded-For carry the client); "
-                 "fastterm keeps the peer's address in both",
-          witness=("real_ip", "GET api.example.com client forwarding and hop-by-hop headers"))
-      for header in ("x-real-ip", "x-forwarded-for")),
     Bug(name="chunked_request_body_goes_upstream_with_content_length", field="backend*",
         when=lambda a, b: a.get("backend.framing") == "content-length" and b.get("backend.framing") == "chunked",
         reason="nginx (proxy_request_buffering on) reads a chunked body whole and sends it with Content-Length; "

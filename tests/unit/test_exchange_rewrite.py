@@ -140,3 +140,15 @@ def test_toml_round_trip_and_check(tmp_path):
     path.write_text(dump_config(config).replace('"$host"', '"$request_id"'))
     with pytest.raises(ConfigError, match=r"request_id"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize("peer, fields, want", [
+    ("127.0.0.1", ("X-Forwarded-For: 203.0.113.7, 203.0.113.8", "X-Forwarded-For: 198.51.100.1 "), "198.51.100.1"),
+    ("127.0.0.1", ("X-Forwarded-For: not-an-address",), "127.0.0.1"),
+    ("192.0.2.7", ("X-Forwarded-For: 203.0.113.7",), "192.0.2.7"),     # not a trusted peer
+])
+def test_real_ip_from_rewrites_remote_addr(peer, fields, want):
+    rw = _rewrite(ProxyRequest(headers=[ProxyHeader(name="X-Real-IP", value="$remote_addr")],
+                               real_ip_from=["127.0.0.0/8"], real_ip_header="X-Forwarded-For"), "notes", SERVER)
+    _, got = sent(rw, head("GET / HTTP/1.1", "Host: a", *fields), peer=peer)
+    assert got[0] == ("X-Real-IP", want)

@@ -444,9 +444,13 @@ def test_backend_keepalive_needs_http11_an_empty_connection_and_upstream_keepali
 def test_set_real_ip_from(load, error):
     got = load(site(server="    set_real_ip_from 10.0.0.0/8;\n    set_real_ip_from 192.0.2.1;\n"
                            "    real_ip_header X-Forwarded-For;"))
-    assert got.server.trusted_proxies == ["10.0.0.0/8", "192.0.2.1/32"]
-    text = site(server="    set_real_ip_from 10.0.0.0/8;")
-    assert "real_ip_header X-Real-IP" in str(error(text, "set_real_ip_from"))
+    proxy = got.server.routes[0].proxy
+    assert (proxy.real_ip_from, proxy.real_ip_header) == (["10.0.0.0/8", "192.0.2.1/32"], "X-Forwarded-For")
+    assert got.server.trusted_proxies == []
+    default = load(site(server="    set_real_ip_from 10.0.0.0/8;")).server.routes[0].proxy
+    assert default.real_ip_header == "X-Real-IP"
+    text = site(server="    set_real_ip_from 10.0.0.0/8;\n    real_ip_header proxy_protocol;")
+    assert "is not supported yet" in str(error(text, "real_ip_header"))
 
 
 def test_proxy_http_version_is_1_0_or_1_1(load, error):
