@@ -49,14 +49,14 @@ cdef void _table() noexcept:
 _table()
 
 
+# nginx variables a RequestRewrite reads per request; fastterm/config/plan.py folds the others in
+# as literals ($scheme, $proxy_host, $server_name are constants of a route) or as HTTP_FIELD.
 VARIABLES = {"host": V_HOST, "remote_addr": V_REMOTE_ADDR, "remote_port": V_REMOTE_PORT,
              "proxy_add_x_forwarded_for": V_PROXY_ADD_XFF, "request_uri": V_REQUEST_URI,
              "request_method": V_REQUEST_METHOD, "server_addr": V_SERVER_ADDR, "server_port": V_SERVER_PORT,
              "ssl_protocol": V_SSL_PROTOCOL, "ssl_cipher": V_SSL_CIPHER, "ssl_server_name": V_SSL_SERVER_NAME}
 LITERAL = V_LITERAL          # RequestRewrite template pieces that are not variables: text as it is,
 HTTP_FIELD = V_HTTP         # and $http_NAME (the piece holds NAME)
-"""nginx variables a RequestRewrite reads per request (fastterm/config/plan.py compiles the
-others: $scheme, $proxy_host, $server_name are constants of a route; $http_NAME is V_HTTP)."""
 
 
 cdef class RequestRewrite:
@@ -73,6 +73,8 @@ cdef class RequestRewrite:
                  real_ip_from=(), str real_ip_header="X-Real-IP"):
         """``headers``: [(name, [(V_LITERAL, bytes) | (V_HTTP, lowercase name) | (V_*, b"")])]."""
         cdef int i = 0, k = 0
+        if self.headers != NULL:
+            raise RuntimeError("RequestRewrite is initialised once")
         text = bytearray()
         pieces = [piece for _, parts in headers for piece in parts]
         self.version_line = f" HTTP/{http_version}\r\n".encode("ascii")
