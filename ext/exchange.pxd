@@ -138,6 +138,7 @@ cdef class Exchange:
     cdef bint head_request
     cdef bint http10
     cdef bint client_close          # the client asked for close (or is HTTP/1.0), or we decided to
+    cdef readonly bint continue_client  # the codec answers the client's Expect: 100-continue itself
     # response verdict
     cdef int status
     cdef int response_mode          # response body framing as the backend sends it

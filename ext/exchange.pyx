@@ -262,7 +262,7 @@ cdef class Exchange:
         self.rewrite = None
         self.body_mode = BODY_NONE
         self.content_length = -1
-        self.retryable = self.head_request = self.http10 = self.client_close = False
+        self.retryable = self.head_request = self.http10 = self.client_close = self.continue_client = False
         self.status = 0
         self.response_mode = BODY_NONE
         self.dechunk = self.backend_reusable = False
@@ -394,6 +394,10 @@ cdef class Exchange:
         cdef int i, k, j, kind
         cdef Py_ssize_t mark, value_at
         cdef char number[24]
+        # nginx answers Expect: 100-continue itself and does not forward it (HTTP/1.1 clients;
+        # an HTTP/2 client's goes to the backend, whose 100 comes back as interim HEADERS)
+        self.continue_client = head.expect_continue and not self.http10 and not self.facts.http2 and \
+            self.body_mode != BODY_NONE
         self.remote = PyBytes_AS_STRING(self.facts.peer_ip_b)
         self.remote_len = <int>PyBytes_GET_SIZE(self.facts.peer_ip_b)
         if rw.real_ip_from and self.facts.real_ip_from(rw):
@@ -428,6 +432,7 @@ cdef class Exchange:
             # Upgrade and the framing are its to write; a field named in Connection passes.
             if kind == H_HOST or kind == H_CONNECTION or kind == H_KEEP_ALIVE or kind == H_TE or \
                     kind == H_UPGRADE or kind == H_CONTENT_LENGTH or kind == H_TRANSFER_ENCODING or \
+                    (kind == H_EXPECT and self.continue_client) or \
                     (slots[j].underscore and not limits.underscores_in_headers) or \
                     rw.names_field(p + slots[j].line_start, slots[j].name_len):
                 continue

@@ -150,7 +150,7 @@ OPENSSL_CIPHERSUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_
 REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
 
 RUNTIME_DIFFERENCES = """\
-- A client's Expect: 100-continue goes to the backend (nginx answers 100 itself and drops it).
+- An HTTP/2 client's Expect: 100-continue goes to the backend (nginx answers 100 itself).
 - HSTS: fastterm replaces a backend's Strict-Transport-Security; nginx's add_header adds a second.
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
   pages differ in body and Server header (fastterm vs nginx/1.x).

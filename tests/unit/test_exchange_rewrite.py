@@ -152,3 +152,19 @@ def test_real_ip_from_rewrites_remote_addr(peer, fields, want):
                                real_ip_from=["127.0.0.0/8"], real_ip_header="X-Forwarded-For"), "notes", SERVER)
     _, got = sent(rw, head("GET / HTTP/1.1", "Host: a", *fields), peer=peer)
     assert got[0] == ("X-Real-IP", want)
+
+
+def test_expect_100_continue_is_answered_by_fastterm_not_forwarded():
+    ex = exchange(rewrite(*NGINX_DEFAULTS))
+    status, out = ex.feed_request(head("POST / HTTP/1.1", "Host: a", "Expect: 100-continue", "Content-Length: 3"))
+    assert status == 0 and b"expect" not in out.lower()
+    assert ex.continue_client
+    h2 = Exchange(ClientFacts("192.0.2.7", ex_sites(), None, True))
+    status, out = h2.feed_request(head("POST / HTTP/1.1", "Host: a", "Expect: 100-continue", "Content-Length: 3"))
+    assert b"Expect: 100-continue" in out and not h2.continue_client
+
+
+def ex_sites():
+    pool = UpstreamPool("notes", [("127.0.0.1", 1)])
+    policy = ServerPolicy("api", [("/", pool, rewrite(*NGINX_DEFAULTS))])
+    return SiteTable({}, policy)
