@@ -414,12 +414,12 @@ cdef class Exchange:
             value_at = out.len
             for k in range(t.first_piece, t.first_piece + t.npieces):
                 self._expand(&rw.pieces[k], p, head, slots, out, target, target_len, host, host_len)
+                if out.len > PROXY_HEAD_MAX:
+                    return self.reject(431)   # a piece is at most the client's head: the writer stays bounded
             if out.len == value_at:
                 out.len = mark   # nginx: a field whose value comes out empty is not sent
                 continue
             out.put(b"\r\n", 2)
-            if out.len > PROXY_HEAD_MAX:
-                return self.reject(431)
         if self.body_mode == BODY_LENGTH:
             out.put(b"Content-Length: ", 16)
             out.put(number, snprintf(number, sizeof(number), "%lld", head.content_length))
