@@ -50,6 +50,8 @@ def template_parts(value: str) -> list[tuple[str, str]]:
     parts: list[tuple[str, str]] = []
     at = 0
     for m in _VARIABLE.finditer(value):
+        if "$" in value[at:m.start()]:
+            raise ValueError(f"invalid variable in {value!r}")
         if m.start() > at:
             parts.append(("", value[at:m.start()]))
         name = (m.group(1) or m.group(2)).lower()
@@ -64,6 +66,14 @@ def template_parts(value: str) -> list[tuple[str, str]]:
     return parts
 
 
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_proxy_request(proxy: ProxyRequest) -> None:
     """ValueError for what a RequestRewrite cannot send (a bad field name, an unknown variable)."""
     for header in proxy.headers:
@@ -71,8 +81,8 @@ def check_proxy_request(proxy: ProxyRequest) -> None:
             raise ValueError(f"invalid field name {header.name!r}")
         if header.name.lower() in ("content-length", "transfer-encoding"):
             raise ValueError(f"{header.name}: the body's framing is fastterm's to write")
-        if any(c in header.value for c in "\r\n\0"):
-            raise ValueError(f"{header.name}: a value with CR, LF or NUL")
+        if any(c in header.value for c in "\r\n\0") or not header.value.isascii() and not _latin1(header.value):
+            raise ValueError(f"{header.name}: a value with CR, LF, NUL or a character past Latin-1")
         template_parts(header.value)
     if not _FIELD_NAME.fullmatch(proxy.real_ip_header):
         raise ValueError(f"invalid real_ip_header {proxy.real_ip_header!r}")

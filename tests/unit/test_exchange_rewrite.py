@@ -118,7 +118,7 @@ def test_template_parts(value, parts):
 
 
 @pytest.mark.parametrize("name, value", [("X-Id", "$request_id"), ("Bad Name", "x"), ("Content-Length", "1"),
-                                         ("X-Lone", "$")])
+                                         ("X-Lone", "$"), ("X-Lone", "a $ b $host"), ("X-Wide", "\u20ac")])
 def test_what_a_rewrite_refuses(name, value):
     with pytest.raises(ValueError):
         check_proxy_request(ProxyRequest(headers=[ProxyHeader(name=name, value=value)]))
