@@ -28,6 +28,54 @@ ctypedef struct RequestLimits:
     bint underscores_in_headers     # keep request fields with "_" in the name (nginx: off)
 
 
+cdef enum:
+    # what a RequestRewrite template piece stands for (VARIABLES in exchange.pyx names them)
+    V_LITERAL
+    V_HOST              # $host: the target's or Host's name, lowercased, no port; else server_name
+    V_HTTP              # $http_NAME: the client's first NAME field (X-Forwarded-For, Cookie: all, joined)
+    V_REMOTE_ADDR
+    V_REMOTE_PORT
+    V_PROXY_ADD_XFF     # the client's X-Forwarded-For fields joined, then ", " and $remote_addr
+    V_REQUEST_URI
+    V_REQUEST_METHOD
+    V_SERVER_ADDR
+    V_SERVER_PORT
+    V_SSL_PROTOCOL
+    V_SSL_CIPHER
+    V_SSL_SERVER_NAME
+    V_COUNT
+    # the most a rewritten request head may take (it is bounded by the client's head and
+    # the templates, which may repeat a field): past it the request is refused with 431
+    PROXY_HEAD_MAX = 65536
+
+
+ctypedef struct TemplatePiece:
+    int var                         # V_*
+    int start                       # V_LITERAL: its bytes in RequestRewrite.text; V_HTTP: the field
+    int len                         # name, lowercase with "_" for "-" (nginx's $http_ spelling)
+
+ctypedef struct HeaderTemplate:
+    int name_start                  # the field name as the config writes it, in text
+    int name_len
+    int first_piece
+    int npieces
+
+
+cdef class RequestRewrite:
+    """A route's request head for its backend, nginx's way (model.ProxyRequest), compiled."""
+    cdef bytes text                 # every literal and field name, once
+    cdef bytes version_line         # b" HTTP/1.0\r\n"
+    cdef bytes host_fallback        # $host without a Host: the server block's first name
+    cdef readonly bint keepalive    # the backend connection may be reused after the response
+    cdef object real_ip_from        # tuple of ip networks (nginx set_real_ip_from), or ()
+    cdef bytes real_ip_header       # lowercase; its address replaces $remote_addr from those peers
+    cdef int nheaders
+    cdef int npieces
+    cdef HeaderTemplate *headers
+    cdef TemplatePiece *pieces
+    cdef bint names_field(self, const char *name, int n)
+
+
 cdef class ServerPolicy:
     cdef readonly str name
     cdef bytes hsts_line
@@ -35,7 +83,7 @@ cdef class ServerPolicy:
     cdef object trusted             # tuple of ip networks
     cdef bytes tls_policy           # its [server.tls], encoded: blocks that share it share connections
     cdef readonly bytes hsts        # the Strict-Transport-Security value, or b""
-    cdef UpstreamPool route(self, const char *path, int n)
+    cdef tuple route(self, const char *path, int n)    # (prefix, UpstreamPool, RequestRewrite or None)
     cdef bint is_trusted(self, str ip)
 
 
@@ -44,6 +92,7 @@ cdef class SiteTable:
     cdef dict exact                 # lower-case name (bytes) -> ServerPolicy
     cdef dict wildcard              # ".suffix" (bytes) -> ServerPolicy
     cdef readonly ServerPolicy default
+    cdef public bint connection_facts   # a route has a RequestRewrite: ClientFacts want the connection's
     cdef ServerPolicy lookup(self, const char *host, int n)
 
 
@@ -55,11 +104,22 @@ cdef class ClientFacts:
     cdef SiteTable sites
     cdef ServerPolicy tls_server    # the server block SNI chose: requests without Host
     cdef ServerPolicy last_server   # the last one a Host chose, and whether it trusts the peer
+    cdef RequestRewrite last_rewrite  # the last one asked whether its real_ip_from holds the peer
+    cdef bint last_real_ip
     cdef bint last_trusted
     cdef bytes last_host            # the Host that chose it (keep-alive requests repeat it)
     cdef readonly bint http2        # the client speaks HTTP/2: bodies framed by DATA, no close rules
+    # what nginx's variables read from the connection ($remote_port, $server_addr, $ssl_*): set
+    # by the transport only where a route's RequestRewrite may ask (SiteTable.connection_facts)
+    cdef bytes peer_port_b
+    cdef bytes server_addr_b
+    cdef bytes server_port_b
+    cdef bytes ssl_protocol_b
+    cdef bytes ssl_cipher_b
+    cdef bytes ssl_server_name_b
     cdef ServerPolicy server_for(self, const char *host, int n)
     cdef bint trusts(self, ServerPolicy server)
+    cdef bint real_ip_from(self, RequestRewrite rewrite)
 
 
 cdef class Exchange:
@@ -69,12 +129,16 @@ cdef class Exchange:
     cdef readonly int error_status  # X_REJECTED / X_FAILED: the status to answer with
     cdef ServerPolicy server
     cdef UpstreamPool pool
+    cdef RequestRewrite rewrite     # the route's, or None: fastterm's own forwarding
+    cdef const char *remote         # while a RequestRewrite is applied: $remote_addr
+    cdef int remote_len
     cdef int body_mode              # request body framing towards the backend
     cdef long long content_length
     cdef bint retryable             # idempotent and bodiless: may be replayed on another connection
     cdef bint head_request
     cdef bint http10
     cdef bint client_close          # the client asked for close (or is HTTP/1.0), or we decided to
+    cdef readonly bint continue_client  # the codec answers the client's Expect: 100-continue itself
     # response verdict
     cdef int status
     cdef int response_mode          # response body framing as the backend sends it
@@ -87,6 +151,11 @@ cdef class Exchange:
     cdef int reject(self, int status) except -1
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                      RequestLimits *limits, char *scratch) except -1
+    cdef int _rewritten_head(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
+                             RequestLimits *limits, const char *target, int target_len,
+                             const char *host, int host_len) except -1
+    cdef int _expand(self, TemplatePiece *piece, const char *p, MessageHead *head, HeaderSlot *slots,
+                     HeadWriter out, const char *target, int target_len, const char *host, int host_len) except -1
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                       bint close_client) except -1
     cdef int _bad(self, str why) except -1

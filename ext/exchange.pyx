@@ -16,6 +16,8 @@
 
 import ipaddress
 
+from libc.stdio cimport snprintf
+
 _REASONS = {400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout", 421: "Misdirected Request",
             413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
@@ -47,23 +49,100 @@ cdef void _table() noexcept:
 _table()
 
 
+# nginx variables a RequestRewrite reads per request; fastterm/config/plan.py folds the others in
+# as literals ($scheme, $proxy_host, $server_name are constants of a route) or as HTTP_FIELD.
+VARIABLES = {"host": V_HOST, "remote_addr": V_REMOTE_ADDR, "remote_port": V_REMOTE_PORT,
+             "proxy_add_x_forwarded_for": V_PROXY_ADD_XFF, "request_uri": V_REQUEST_URI,
+             "request_method": V_REQUEST_METHOD, "server_addr": V_SERVER_ADDR, "server_port": V_SERVER_PORT,
+             "ssl_protocol": V_SSL_PROTOCOL, "ssl_cipher": V_SSL_CIPHER, "ssl_server_name": V_SSL_SERVER_NAME}
+LITERAL = V_LITERAL          # RequestRewrite template pieces that are not variables: text as it is,
+HTTP_FIELD = V_HTTP         # and $http_NAME (the piece holds NAME)
+
+
+cdef class RequestRewrite:
+    """The request head a route's backend gets, nginx's way: the request line in its HTTP
+    version, each template field (literal bytes and variable ids, so a request costs no
+    Python object), then the body's framing, then the client's fields that no template
+    names. Built once by fastterm/config/plan.py from a model.ProxyRequest."""
+
+    def __cinit__(self):
+        self.headers = NULL
+        self.pieces = NULL
+
+    def __init__(self, str http_version, headers, bytes host_fallback=b"", bint keepalive=False,
+                 real_ip_from=(), str real_ip_header="X-Real-IP"):
+        """``headers``: [(name, [(V_LITERAL, bytes) | (V_HTTP, lowercase name) | (V_*, b"")])]."""
+        cdef int i = 0, k = 0
+        if self.headers != NULL:
+            raise RuntimeError("RequestRewrite is initialised once")
+        text = bytearray()
+        pieces = [piece for _, parts in headers for piece in parts]
+        self.version_line = f" HTTP/{http_version}\r\n".encode("ascii")
+        self.host_fallback = host_fallback
+        self.keepalive = keepalive and http_version == "1.1"
+        self.real_ip_from = tuple(ipaddress.ip_network(n, strict=False) for n in real_ip_from)
+        self.real_ip_header = real_ip_header.lower().encode("ascii")
+        self.headers = <HeaderTemplate *>malloc(max(1, len(headers)) * sizeof(HeaderTemplate))
+        self.pieces = <TemplatePiece *>malloc(max(1, len(pieces)) * sizeof(TemplatePiece))
+        if self.headers == NULL or self.pieces == NULL:
+            raise MemoryError()
+        for name, parts in headers:
+            raw = name.encode("latin-1")
+            self.headers[i].name_start = len(text)
+            self.headers[i].name_len = len(raw)
+            self.headers[i].first_piece = k
+            self.headers[i].npieces = len(parts)
+            text += raw
+            for var, data in parts:
+                if not 0 <= var < V_COUNT:
+                    raise ValueError(f"unknown variable id {var}")
+                self.pieces[k].var = var
+                self.pieces[k].start = len(text)
+                self.pieces[k].len = len(data)
+                text += data
+                k += 1
+            i += 1
+        self.nheaders = i
+        self.npieces = k
+        self.text = bytes(text)
+
+    def __dealloc__(self):
+        free(self.headers)
+        free(self.pieces)
+        self.headers = NULL
+        self.pieces = NULL
+
+    cdef bint names_field(self, const char *name, int n):
+        """Whether a template sets (or empties) the client field ``name``: then it is not passed."""
+        cdef int i
+        cdef const char *text = PyBytes_AS_STRING(self.text)
+        for i in range(self.nheaders):
+            if self.headers[i].name_len == n and strncasecmp(text + self.headers[i].name_start, name, n) == 0:
+                return True
+        return False
+
+
 cdef class ServerPolicy:
     """The HTTP side of one server block: routes, HSTS, trusted proxies."""
 
     def __init__(self, str name, routes, hsts=None, trusted_proxies=(), bytes tls_policy=b""):
+        """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)]."""
         self.name = name
         self.tls_policy = tls_policy
-        self.routes = sorted(((p.encode(), pool) for p, pool in routes), key=lambda r: -len(r[0]))
+        self.routes = sorted(((r[0].encode(), r[1], r[2] if len(r) > 2 else None) for r in routes),
+                             key=lambda r: -len(r[0]))
         self.hsts = hsts.encode("latin-1") if hsts else b""
         self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if hsts else b""
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
 
-    cdef UpstreamPool route(self, const char *path, int n):
+    cdef tuple route(self, const char *path, int n):
+        cdef tuple r
         cdef bytes prefix
-        for prefix, pool in self.routes:
+        for r in self.routes:
+            prefix = <bytes>r[0]
             if PyBytes_GET_SIZE(prefix) <= n and memcmp(path, PyBytes_AS_STRING(prefix),
                                                         PyBytes_GET_SIZE(prefix)) == 0:
-                return pool
+                return r
         return None
 
     cdef bint is_trusted(self, str ip):
@@ -82,6 +161,8 @@ cdef class SiteTable:
         self.exact = {}
         self.wildcard = {}
         self.default = default
+        for policy in (*names.values(), default):
+            self.connection_facts |= any(r[2] is not None for r in (<ServerPolicy>policy).routes)
         for name, policy in names.items():
             key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
             if key.startswith(b"*."):
@@ -113,6 +194,19 @@ cdef class ClientFacts:
         self.peer_ip_b = peer_ip.encode("ascii")
         self.sites = sites
         self.tls_server = tls_server if tls_server is not None else sites.default
+        self.peer_port_b = self.server_addr_b = self.server_port_b = b""
+        self.ssl_protocol_b = self.ssl_cipher_b = self.ssl_server_name_b = b""
+
+    def connection(self, int peer_port=0, str server_addr="", int server_port=0, str ssl_protocol="",
+                   str ssl_cipher="", str ssl_server_name=""):
+        """What nginx's $remote_port, $server_addr, $server_port and $ssl_* read (the transport
+        sets it where SiteTable.connection_facts; tests call this)."""
+        self.peer_port_b = str(peer_port).encode() if peer_port else b""
+        self.server_addr_b = server_addr.encode("ascii")
+        self.server_port_b = str(server_port).encode() if server_port else b""
+        self.ssl_protocol_b = ssl_protocol.encode("ascii")
+        self.ssl_cipher_b = ssl_cipher.encode("ascii")
+        self.ssl_server_name_b = ssl_server_name.encode("ascii", "replace")
 
     cdef ServerPolicy server_for(self, const char *host, int n):
         """nginx semantics: SNI picked the certificate, Host picks the server block."""
@@ -130,6 +224,18 @@ cdef class ClientFacts:
             return self.last_server
         self.last_host = PyBytes_FromStringAndSize(host, end)
         return self.sites.lookup(host, end)
+
+    cdef bint real_ip_from(self, RequestRewrite rewrite):
+        """Whether ``rewrite``'s real_ip_from holds the peer (nginx's realip module)."""
+        if rewrite is not self.last_rewrite:
+            self.last_rewrite = rewrite
+            try:
+                addr = ipaddress.ip_address(self.peer_ip)
+            except ValueError:
+                self.last_real_ip = False
+            else:
+                self.last_real_ip = any(addr in net for net in rewrite.real_ip_from)
+        return self.last_real_ip
 
     cdef bint trusts(self, ServerPolicy server):
         """Whether ``server``'s trusted_proxies hold the peer: its forwarded headers are kept."""
@@ -155,9 +261,10 @@ cdef class Exchange:
         self.error_status = 0
         self.server = None
         self.pool = None
+        self.rewrite = None
         self.body_mode = BODY_NONE
         self.content_length = -1
-        self.retryable = self.head_request = self.http10 = self.client_close = False
+        self.retryable = self.head_request = self.http10 = self.client_close = self.continue_client = False
         self.status = 0
         self.response_mode = BODY_NONE
         self.dechunk = self.backend_reusable = False
@@ -183,8 +290,10 @@ cdef class Exchange:
         ``scratch`` holds a normalised path (as long as the head)."""
         cdef ServerPolicy server
         cdef UpstreamPool pool
+        cdef tuple route
         cdef const char *target = p + head.target_start
-        cdef int target_len = head.target_len, path, route_len, j, kind
+        cdef const char *abs_host = NULL   # an absolute-form target's host (nginx's $host first)
+        cdef int target_len = head.target_len, path, route_len, j, kind, abs_host_len = 0
         cdef bint trusted
         self.http10 = head.version == 10
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
@@ -199,6 +308,9 @@ cdef class Exchange:
                 path = _origin_form(target, target_len)
                 if path < 0:
                     return self.reject(400)
+                abs_host_len = 8 if target[4] == b's' or target[4] == b'S' else 7
+                abs_host = target + abs_host_len
+                abs_host_len = path - abs_host_len
                 target += path
                 target_len -= path
         if head.method_len == 5 and memcmp(p, b"TRACE", 5) == 0:
@@ -221,15 +333,22 @@ cdef class Exchange:
             route_len = _normalize_path(target, target_len, scratch)
             if route_len < 0:
                 return self.reject(400)
-            pool = server.route(scratch, route_len)
+            route = server.route(scratch, route_len)
         else:
-            pool = server.route(target, target_len)
-        if pool is None:
+            route = server.route(target, target_len)
+        if route is None:
             return self.reject(404)
+        pool = <UpstreamPool>route[1]
         self.pool = pool
         self.body_mode = request_body_mode(head)
         self.content_length = head.content_length
         self.retryable = self.body_mode == BODY_NONE and _idempotent(p, head.method_len)
+        if route[2] is not None:
+            self.rewrite = <RequestRewrite>route[2]
+            if abs_host == NULL and head.host_index >= 0:
+                abs_host = p + slots[head.host_index].value_start
+                abs_host_len = slots[head.host_index].value_len
+            return self._rewritten_head(p, head, slots, out, limits, target, target_len, abs_host, abs_host_len)
 
         # The request line in origin-form, always HTTP/1.1 to the backend (nginx's
         # proxy_http_version 1.1): an HTTP/1.0 client must not cost a backend connection per
@@ -265,6 +384,137 @@ cdef class Exchange:
         self.advance(E_REQUEST_OK)
         return 0
 
+    cdef int _rewritten_head(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
+                             RequestLimits *limits, const char *target, int target_len,
+                             const char *host, int host_len) except -1:
+        """The backend's head under the route's RequestRewrite (model.ProxyRequest says what
+        goes): nginx's proxy module, ngx_http_proxy_create_request. ``host``: where $host
+        comes from (the absolute-form target's host, else Host; NULL: the server's name)."""
+        cdef RequestRewrite rw = self.rewrite
+        cdef const char *text = PyBytes_AS_STRING(rw.text)
+        cdef HeaderTemplate *t
+        cdef int i, k, j, kind
+        cdef Py_ssize_t mark, value_at
+        cdef char number[24]
+        # nginx answers Expect: 100-continue itself and does not forward it (HTTP/1.1 clients;
+        # an HTTP/2 client's goes to the backend, whose 100 comes back as interim HEADERS)
+        self.continue_client = head.expect_continue and not self.http10 and not self.facts.http2 and \
+            self.body_mode != BODY_NONE
+        self.remote = PyBytes_AS_STRING(self.facts.peer_ip_b)
+        self.remote_len = <int>PyBytes_GET_SIZE(self.facts.peer_ip_b)
+        if rw.real_ip_from and self.facts.real_ip_from(rw):
+            _real_ip(self, p, head, slots, rw.real_ip_header)
+        out.len = 0
+        out.put(p, head.target_start)   # the method and its space
+        out.put(target, target_len)
+        out.put_bytes(rw.version_line)
+        for i in range(rw.nheaders):
+            t = &rw.headers[i]
+            mark = out.len
+            out.put(text + t.name_start, t.name_len)
+            out.put(b": ", 2)
+            value_at = out.len
+            for k in range(t.first_piece, t.first_piece + t.npieces):
+                self._expand(&rw.pieces[k], p, head, slots, out, target, target_len, host, host_len)
+                if out.len > PROXY_HEAD_MAX:
+                    return self.reject(431)   # a piece is at most the client's head: the writer stays bounded
+            if out.len == value_at:
+                out.len = mark   # nginx: a field whose value comes out empty is not sent
+                continue
+            out.put(b"\r\n", 2)
+        if self.body_mode == BODY_LENGTH:
+            out.put(b"Content-Length: ", 16)
+            out.put(number, snprintf(number, sizeof(number), "%lld", head.content_length))
+            out.put(b"\r\n", 2)
+        elif self.body_mode == BODY_CHUNKED:
+            out.put(b"Transfer-Encoding: chunked\r\n", 28)
+        for j in range(head.nheaders):
+            kind = slots[j].kind
+            # nginx's own list (ngx_http_proxy_headers): Host, Connection, Keep-Alive, TE,
+            # Upgrade and the framing are its to write; a field named in Connection passes.
+            if kind == H_HOST or kind == H_CONNECTION or kind == H_KEEP_ALIVE or kind == H_TE or \
+                    kind == H_UPGRADE or kind == H_CONTENT_LENGTH or kind == H_TRANSFER_ENCODING or \
+                    (kind == H_EXPECT and self.continue_client) or \
+                    (slots[j].underscore and not limits.underscores_in_headers) or \
+                    rw.names_field(p + slots[j].line_start, slots[j].name_len):
+                continue
+            out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
+        out.put(b"\r\n", 2)
+        if out.len > PROXY_HEAD_MAX:
+            return self.reject(431)
+        self.advance(E_REQUEST_OK)
+        return 0
+
+    cdef int _expand(self, TemplatePiece *piece, const char *p, MessageHead *head, HeaderSlot *slots,
+                     HeadWriter out, const char *target, int target_len, const char *host,
+                     int host_len) except -1:
+        cdef RequestRewrite rw = self.rewrite
+        cdef const char *text = PyBytes_AS_STRING(rw.text)
+        cdef ClientFacts facts = self.facts
+        cdef int var = piece.var, j, end, n = 0
+        cdef bint joined
+        if var == V_LITERAL:
+            out.put(text + piece.start, piece.len)
+        elif var == V_HOST:
+            if host == NULL or host_len == 0:
+                out.put_bytes(rw.host_fallback)
+                return 0
+            end = host_len
+            if host[0] == b'[':
+                while end > 0 and host[end - 1] != b']':
+                    end -= 1
+                if end == 0:
+                    end = host_len
+            else:
+                while end > 0 and host[end - 1] != b':':
+                    end -= 1
+                end = end - 1 if end > 0 else host_len
+            while end > 0 and host[end - 1] == b'.':
+                end -= 1
+            out.reserve(end)
+            for j in range(end):
+                out.buf[out.len + j] = _lower(host[j])
+            out.len += end
+        elif var == V_HTTP or var == V_PROXY_ADD_XFF:
+            # nginx 1.22: X-Forwarded-For and Cookie fields joined (", ", "; "), others the first
+            joined = var == V_PROXY_ADD_XFF or (piece.len == 15 and memcmp(text + piece.start, b"x_forwarded_for", 15) == 0) \
+                or (piece.len == 6 and memcmp(text + piece.start, b"cookie", 6) == 0)
+            for j in range(head.nheaders):
+                if var == V_PROXY_ADD_XFF:
+                    if slots[j].kind != H_X_FORWARDED_FOR:
+                        continue
+                elif not _http_name_is(p + slots[j].line_start, slots[j].name_len, text + piece.start, piece.len):
+                    continue
+                if n:
+                    out.put(b"; " if piece.len == 6 and var == V_HTTP else b", ", 2)
+                out.put(p + slots[j].value_start, slots[j].value_len)
+                n += 1
+                if not joined:
+                    break
+            if var == V_PROXY_ADD_XFF:
+                if n:
+                    out.put(b", ", 2)
+                out.put(self.remote, self.remote_len)
+        elif var == V_REMOTE_ADDR:
+            out.put(self.remote, self.remote_len)
+        elif var == V_REMOTE_PORT:
+            out.put_bytes(facts.peer_port_b)
+        elif var == V_REQUEST_URI:
+            out.put(target, target_len)
+        elif var == V_REQUEST_METHOD:
+            out.put(p + head.method_start, head.method_len)
+        elif var == V_SERVER_ADDR:
+            out.put_bytes(facts.server_addr_b)
+        elif var == V_SERVER_PORT:
+            out.put_bytes(facts.server_port_b)
+        elif var == V_SSL_PROTOCOL:
+            out.put_bytes(facts.ssl_protocol_b)
+        elif var == V_SSL_CIPHER:
+            out.put_bytes(facts.ssl_cipher_b)
+        elif var == V_SSL_SERVER_NAME:
+            out.put_bytes(facts.ssl_server_name_b)
+        return 0
+
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                       bint close_client) except -1:
         """A parsed response head: R_FINAL (the client's head is in ``out``), R_INTERIM (pass
@@ -283,7 +533,7 @@ cdef class Exchange:
         self.status = head.status
         self.response_mode = response_body_mode(head, self.head_request)
         self.backend_reusable = head.version == 11 and not head.conn_close and \
-            self.response_mode != BODY_UNTIL_CLOSE
+            self.response_mode != BODY_UNTIL_CLOSE and (self.rewrite is None or self.rewrite.keepalive)
         # HTTP/2 frames the body itself (DATA, END_STREAM): chunk data only, and no close rule.
         self.dechunk = (self.http10 or self.facts.http2) and self.response_mode == BODY_CHUNKED
         if not self.facts.http2 and (self.response_mode == BODY_UNTIL_CLOSE or self.dechunk or close_client):
@@ -381,6 +631,57 @@ cdef class Exchange:
                 "body_mode": ("none", "length", "chunked", "until-close")[self.body_mode],
                 "response_mode": ("none", "length", "chunked", "until-close")[self.response_mode],
                 "failure": self.failure}
+
+
+cdef void _real_ip(Exchange ex, const char *p, MessageHead *head, HeaderSlot *slots, bytes header) noexcept:
+    """nginx's realip module (real_ip_recursive off): $remote_addr becomes the address in the
+    request's ``header`` field, the last one of X-Forwarded-For (its fields joined); a value
+    that is no address leaves the peer's."""
+    cdef const char *name = PyBytes_AS_STRING(header)
+    cdef int n = <int>PyBytes_GET_SIZE(header), j, last = -1, start, end
+    cdef bint xff = n == 15 and memcmp(name, b"x-forwarded-for", 15) == 0
+    cdef char text[INET6_ADDRSTRLEN + 1]
+    cdef unsigned char binary[16]
+    for j in range(head.nheaders):
+        if slots[j].name_len == n and strncasecmp(p + slots[j].line_start, name, n) == 0:
+            last = j
+            if not xff:
+                break   # another field: its first (nginx's headers_in lookup)
+    if last < 0:
+        return
+    start = slots[last].value_start
+    end = start + slots[last].value_len
+    if xff:
+        while end > start and (p[end - 1] == b' ' or p[end - 1] == b','):
+            end -= 1
+        j = end
+        while j > start and p[j - 1] != b',':
+            j -= 1
+        start = j
+        while start < end and p[start] == b' ':
+            start += 1
+    if end - start <= 0 or end - start > INET6_ADDRSTRLEN:
+        return
+    memcpy(text, p + start, end - start)
+    text[end - start] = 0
+    if inet_pton(AF_INET, text, binary) == 1 or inet_pton(AF_INET6, text, binary) == 1:
+        ex.remote = p + start
+        ex.remote_len = end - start
+
+
+cdef bint _http_name_is(const char *field, int n, const char *var, int m) noexcept:
+    """Whether a field name is the one a $http_NAME variable names (lowercase, "-" as "_")."""
+    cdef int i
+    cdef char c
+    if n != m:
+        return False
+    for i in range(n):
+        c = _lower(field[i])
+        if c == b'-':
+            c = b'_'
+        if c != var[i]:
+            return False
+    return True
 
 
 cdef bint _idempotent(const char *m, int n) noexcept:

@@ -178,6 +178,8 @@ cdef class H1Session(Codec):
             self.close_after = True   # the response says Connection: close
         framer_init(&self.req_body, ex.body_mode, ex.content_length)
         self.request_done = self.req_body.done
+        if ex.continue_client and not self.request_done:
+            self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", 25)
         self.state = H1_RESPONSE if self.request_done else H1_BODY
         self.stream.attempts = 0
         self.stream.deadline = w.now + w.read_timeout

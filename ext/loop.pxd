@@ -145,6 +145,7 @@ cdef class ClientConnection:
     cdef TLSContext context
     cdef SiteTable sites
     cdef str peer_ip
+    cdef int peer_port
     cdef readonly int state
     cdef readonly Codec session     # the codec ALPN chose, once the handshake is done
     cdef bytearray pending_out      # plaintext SSL_write could not take yet (at most about
@@ -161,6 +162,7 @@ cdef class ClientConnection:
     cdef void _interest(self, bint reading, bint writing)
     cdef void _want_write(self, bint on)
     cdef void _want_read(self, bint on)
+    cdef ClientFacts _facts(self, ServerPolicy tls_server, bint http2, const char *sni)
     cdef double next_deadline(self)
     cdef void expire(self)
     # Handshake flow

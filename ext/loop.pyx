@@ -347,7 +347,7 @@ cdef class Listener:
     cdef void on_readable(self):
         cdef sockaddr_storage addr
         cdef socklen_t alen
-        cdef int fd, one = 1, i
+        cdef int fd, one = 1, i, port
         cdef char text[INET6_ADDRSTRLEN + 1]
         cdef const void *src
         cdef ClientConnection conn
@@ -371,8 +371,10 @@ cdef class Listener:
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
             if addr.ss_family == AF_INET6:
                 src = &(<sockaddr_in6 *>&addr).sin6_addr
+                port = ntohs((<sockaddr_in6 *>&addr).sin6_port)
             else:
                 src = &(<sockaddr_in *>&addr).sin_addr
+                port = ntohs((<sockaddr_in *>&addr).sin_port)
             if inet_ntop(addr.ss_family, src, text, sizeof(text)) == NULL:
                 text[0] = 0
             conn = ClientConnection.__new__(ClientConnection)
@@ -381,6 +383,7 @@ cdef class Listener:
             conn.context = self.context
             conn.sites = self.sites
             conn.peer_ip = (<bytes>text).decode("ascii")
+            conn.peer_port = port
             try:
                 conn.start()
             except Exception:
@@ -502,6 +505,34 @@ cdef class ClientConnection:
             self.close()
 
     # ---- Handshake flow -------------------------------------------------------------
+    cdef ClientFacts _facts(self, ServerPolicy tls_server, bint http2, const char *sni):
+        """The connection as its exchanges see it; what nginx's $server_addr, $ssl_* ... read only
+        where a route rewrites heads nginx's way (a getsockname and a few bytes per connection)."""
+        cdef ClientFacts facts = ClientFacts(self.peer_ip, self.sites, tls_server, http2)
+        cdef sockaddr_storage addr
+        cdef socklen_t alen = sizeof(addr)
+        cdef char text[INET6_ADDRSTRLEN + 1]
+        cdef int port = 0
+        cdef const char *version
+        cdef const SSL_CIPHER *cipher
+        if not self.sites.connection_facts:
+            return facts
+        text[0] = 0
+        if getsockname(self.fd, <sockaddr *>&addr, &alen) == 0:
+            if addr.ss_family == AF_INET6:
+                inet_ntop(AF_INET6, &(<sockaddr_in6 *>&addr).sin6_addr, text, sizeof(text))
+                port = ntohs((<sockaddr_in6 *>&addr).sin6_port)
+            else:
+                inet_ntop(AF_INET, &(<sockaddr_in *>&addr).sin_addr, text, sizeof(text))
+                port = ntohs((<sockaddr_in *>&addr).sin_port)
+        version = SSL_get_version(self.tls.ssl)
+        cipher = SSL_get_current_cipher(self.tls.ssl)
+        facts.connection(self.peer_port, (<bytes>text).decode("ascii"), port,
+                         (<bytes>version).decode("ascii") if version != NULL else "",
+                         (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else "",
+                         (<bytes>sni).decode("ascii", "replace") if sni != NULL else "")
+        return facts
+
     cdef void _handshake(self):
         cdef Worker w = self.worker
         cdef int r = self.tls.handshake()
@@ -516,9 +547,9 @@ cdef class ClientConnection:
             tls_server = self.sites.lookup(name, strlen(name)) if name != NULL else self.sites.default
             SSL_get0_alpn_selected(self.tls.ssl, &alpn, &alpn_len)
             if alpn_len == 2 and memcmp(alpn, b"h2", 2) == 0:
-                self.session = H2Session(self, ClientFacts(self.peer_ip, self.sites, tls_server, True))
+                self.session = H2Session(self, self._facts(tls_server, True, name))
             else:
-                self.session = H1Session(self, ClientFacts(self.peer_ip, self.sites, tls_server))
+                self.session = H1Session(self, self._facts(tls_server, False, name))
             self.state = C_OPEN
             self.session.start()
             self._read_loop()

@@ -10,6 +10,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int accept4(int sockfd, sockaddr *addr, socklen_t *addrlen, int flags)
     int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
     int shutdown(int sockfd, int how)
+    int getsockname(int sockfd, sockaddr *addr, socklen_t *addrlen)
     ssize_t send(int sockfd, const void *buf, size_t len, int flags)
     ssize_t recv(int sockfd, void *buf, size_t len, int flags)
     enum:
@@ -45,6 +46,7 @@ cdef extern from "<netinet/tcp.h>" nogil:
 
 cdef extern from "<arpa/inet.h>" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+    int inet_pton(int af, const char *src, void *dst)
     enum:
         INET6_ADDRSTRLEN
 

@@ -52,9 +52,40 @@ class Certificate(Struct):
     key: str | None = None
 
 
+class ProxyHeader(Struct):
+    """One request field a route sends its backend (nginx ``proxy_set_header NAME VALUE``)."""
+
+    name: str
+    value: str  # literal text and $variables (nginx syntax: $host, ${http_x_id}, ...); "" or a value
+    # that comes out empty at request time: the field is not sent
+
+
+class ProxyRequest(Struct):
+    """How a route rewrites the request head for its backend, nginx's way.
+
+    The backend gets the request line in ``http_version``, then ``headers`` in order, then
+    the body's Content-Length or Transfer-Encoding, then the client's fields except those
+    named in ``headers`` (set or emptied), Host, Connection, Keep-Alive, TE, Upgrade, Expect
+    and names with "_" (unless ``underscores_in_headers``). Nothing else is added or removed:
+    no X-Forwarded-* unless ``headers`` say so (nginx passes the client's own untouched).
+    ``keepalive``: the backend connection goes back to its pool after the response (nginx:
+    ``proxy_http_version 1.1``, ``Connection ""`` and ``keepalive N`` in the upstream); else it
+    is closed. The nginx front-end writes the whole list, nginx's implicit ``Host $proxy_host``
+    and ``Connection close`` included.
+    """
+
+    http_version: Literal["1.0", "1.1"] = "1.0"
+    headers: list[ProxyHeader] = msgspec.field(name="header", default_factory=list)
+    keepalive: bool = False
+    real_ip_from: list[str] = msgspec.field(default_factory=list)  # nginx set_real_ip_from: from these
+    # peers, $remote_addr is the address real_ip_header carries (X-Forwarded-For: its last one)
+    real_ip_header: str = "X-Real-IP"
+
+
 class Route(Struct, kw_only=True):
     path: str = "/"
     upstream: str
+    proxy: ProxyRequest | None = None  # None: fastterm's own forwarding (DESIGN.md, "Forwarded headers")
 
 
 class Upstream(Struct):

@@ -28,8 +28,8 @@ What maps (nginx -> model):
   none: no session cache, as nginx), ``ssl_session_timeout``, ``ssl_session_tickets``,
   ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``add_header
   Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
-  ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header
-  X-Forwarded-For`` -> ``trusted_proxies``.
+  ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header``
+  -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's $remote_addr from those peers).
 - ``location /prefix`` and ``location ^~ /prefix`` -> routes (longest prefix wins, on the
   normalised path, as nginx; with no regex locations ``^~`` means plain prefix) with
   ``proxy_pass http://UPSTREAM`` or ``http://host:port`` (an implicit upstream named
@@ -50,11 +50,16 @@ What maps (nginx -> model):
   ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE (4 8k),
   ``http2_max_concurrent_streams`` (128), ``keepalive_requests`` (1000) -> requests per
   HTTP/1.1 connection and streams per HTTP/2 connection.
-- ``proxy_set_header`` lines whose value is what fastterm sends anyway: ``X-Forwarded-Proto
-  $scheme|https``, ``X-Real-IP $remote_addr``, ``X-Forwarded-For $remote_addr`` (no trusted
-  proxies), ``X-Forwarded-For $proxy_add_x_forwarded_for`` (nginx appends to whatever the client
-  sent: mapped to trusting every peer, with a notice naming the safer setting), ``Host $http_host``,
-  ``Host $host`` (see below), ``Connection ""``; ``proxy_http_version 1.1``.
+- ``proxy_set_header`` and ``proxy_http_version`` -> each route's ``proxy`` (model.ProxyRequest),
+  nginx's upstream request exactly: HTTP/1.0 unless ``proxy_http_version 1.1``; the level's
+  ``proxy_set_header`` lines in order (a level with any does not inherit its parent's), then
+  nginx's implicit ``Host $proxy_host`` and ``Connection close`` unless set; the client's fields
+  pass as nginx passes them (no X-Forwarded-* added, the client's own kept); a value that comes
+  out empty is not sent; the backend connection is reused only with ``proxy_http_version 1.1``,
+  ``Connection ""`` and ``keepalive N`` in the upstream. Values: literals and ``$scheme``,
+  ``$host``, ``$http_NAME``, ``$remote_addr``, ``$remote_port``, ``$proxy_add_x_forwarded_for``,
+  ``$request_uri``, ``$request_method``, ``$server_addr``, ``$server_port``, ``$server_name``,
+  ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$proxy_host``.
 - Values equal to fastterm's behaviour are accepted for: ``ssl_stapling off``, ``ssl_early_data
   off``, ``ssl_verify_client off``, ``ssl_reject_handshake off``, ``proxy_redirect off``,
   ``proxy_intercept_errors off``, ``merge_slashes on``, ``port_in_redirect on``,
@@ -73,15 +78,14 @@ table sizes, what nginx itself calls obsolete (``http2_max_requests``, ``http2_m
 ``http2_idle_timeout``, ...), ``access_log``/``log_format`` (until access logs land),
 ``resolver``, ``resolver_timeout`` and ``ssl_trusted_certificate`` (used only for OCSP stapling
 and client certificates), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
-without effect (``deferred``, ``backlog=``). ``proxy_set_header Host $host`` is accepted with
-a warning saying how fastterm's forwarded Host differs.
+without effect (``deferred``, ``backlog=``).
 
 What is refused, (c): every other directive nginx knows, among them ``ssl_stapling on`` and its
 friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
 ``proxy_pass`` with a URI part or variables, ``location =``/``~``/``~*``/``@name`` and nested
 locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return`` in TLS servers,
-``add_header`` other than HSTS ``always``, other ``proxy_set_header`` values,
+``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
 upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
@@ -102,8 +106,7 @@ Deliberate choices where nginx's default is not what fastterm gives (documented,
 and offers TLSv1/1.1, which fastterm refuses); ``ssl_ciphers`` absent -> Mozilla intermediate
 (nginx: ``HIGH:!aNULL:!MD5``, which adds CBC and non-forward-secret suites); ``ssl_ecdh_curve``
 absent or ``auto`` -> X25519:P-256:P-384 (OpenSSL's default adds X448 and P-521); TLS 1.3
-suites absent -> OpenSSL's default order, as nginx. Backend connections are pooled with
-fastterm's defaults and spoken as HTTP/1.1 whether or not the config has ``keepalive``.
+suites absent -> OpenSSL's default order, as nginx.
 
 Where nginx applies a setting per listen address rather than per server block, so does this
 front-end: a non-default server's ``ssl_protocols`` and ``ssl_session_cache`` have no effect in
@@ -134,6 +137,8 @@ from fastterm.config.model import (
     Certificate,
     Config,
     Limits,
+    ProxyHeader,
+    ProxyRequest,
     Redirect,
     Route,
     Server,
@@ -148,19 +153,10 @@ Warn = Callable[..., None]   # warn(message, level="warn"|"notice")
 
 # OpenSSL 3's default TLS 1.3 suites, in its order: what nginx offers without ssl_conf_command.
 OPENSSL_CIPHERSUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
-TRUST_EVERY_PEER = ["0.0.0.0/0", "::/0"]
 REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
 
 RUNTIME_DIFFERENCES = """\
-- No proxy_set_header Host: nginx sends Host: $proxy_host; fastterm forwards the client's Host.
-- Host $host: nginx sends the name without port, lowercased; fastterm the client's Host as sent.
-- Upstream requests are HTTP/1.1 keep-alive (nginx without proxy_http_version 1.1: HTTP/1.0,
-  Connection: close); header order differs (nginx: the config's lines, Host, the client's).
-- fastterm always sets X-Forwarded-For, X-Forwarded-Proto, X-Real-IP and drops client-sent
-  look-alikes (X-Forwarded-Host, Forwarded, ...) unless trusted; nginx passes the client's
-  headers untouched unless the config sets them.
-- set_real_ip_from: nginx rewrites $remote_addr (X-Real-IP then carries the client from
-  X-Forwarded-For); fastterm keeps the peer address in X-Real-IP and appends to the chain.
+- An HTTP/2 client's Expect: 100-continue goes to the backend (nginx answers 100 itself).
 - HSTS: fastterm replaces a backend's Strict-Transport-Security; nginx's add_header adds a second.
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
   pages differ in body and Server header (fastterm vs nginx/1.x).
@@ -770,6 +766,7 @@ class _Builder:
         self._said: set[str] = set()
         self.upstream_blocks: dict[str, Upstream] = {}
         self.upstreams: dict[str, Upstream] = {}
+        self.keepalive_upstreams: set[str] = set()   # the blocks with "keepalive N"
 
     def warn(self, message: str, level: str = "warn") -> None:
         if message not in self._said:
@@ -855,6 +852,7 @@ class _Builder:
             if count < 1:
                 raise keepalive.invalid()
             options.update(keepalive=count, keepalive_max=count)
+            self.keepalive_upstreams.add(name)
         timeout = level.find("keepalive_timeout")
         if timeout:
             options["keepalive_timeout"] = parse_time(timeout)
@@ -1109,17 +1107,12 @@ class _Builder:
                 raise loc.node.unsupported('a location without "proxy_pass": ' + _FILES, "location")
             for n in loc.level.own("return"):
                 raise n.unsupported("fastterm's locations proxy", "return")
-            self.proxy_headers(loc.level)
-            version = loc.level.find("proxy_http_version")
-            if version is not None and version.args[0] != "1.1":
-                raise version.unsupported("fastterm speaks HTTP/1.1 to backends",
-                                          f"proxy_http_version {version.args[0]}")
-            routes.append(Route(path=loc.path, upstream=self.proxy_pass(proxy[0])))
+            upstream = self.proxy_pass(proxy[0])
+            routes.append(Route(path=loc.path, upstream=upstream, proxy=self.proxy_request(loc.level, upstream)))
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
             server_names=names, default_server=any(listen.default for listen in s.listens),
-            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes,
-            trusted_proxies=self.trusted_proxies(s))
+            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes)
 
     def unique_names(self, s: _Server, servers: list[_Server]) -> list[str]:
         """nginx warns 'conflicting server name ... ignored' and keeps the first server's."""
@@ -1289,53 +1282,49 @@ class _Builder:
                 "server block", "add_header")
         return first
 
-    def proxy_headers(self, loc: Level) -> None:
-        for n in loc.find_all("proxy_set_header"):
-            name, value = n.args[0].lower(), n.args[1]
-            accepted = _SAME_HEADERS.get(name, set())
-            if name == "host" and value == "$host":
-                self.warn(f'{n.where}: "proxy_set_header Host $host" is approximated: fastterm forwards the '
-                          "client's Host as sent (nginx's $host drops the port, lowercases, and takes the host "
-                          "of an absolute-form request target)")
-            if value not in accepted:
-                raise n.unsupported(_HEADER_WHY.get(name, "fastterm sends X-Forwarded-For, X-Forwarded-Proto "
-                                                          "and X-Real-IP, and the client's Host"),
-                                    f"proxy_set_header {n.args[0]} {value}")
+    def proxy_request(self, loc: Level, upstream: str) -> ProxyRequest:
+        """nginx's upstream request (ngx_http_proxy_merge_headers): the level's proxy_set_header
+        lines (a level with any does not inherit its parent's), then nginx's implicit ``Host
+        $proxy_host`` and ``Connection close`` unless set; the backend connection is kept only
+        with proxy_http_version 1.1, ``Connection ""`` and an upstream with ``keepalive``."""
+        from fastterm.config.plan import template_parts
 
-    def trusted_proxies(self, s: _Server) -> list[str]:
-        results: list[tuple[list[str], Node]] = []
-        for loc in s.locations:
-            trusted: list[str] = []
-            xff = next((n for n in loc.level.find_all("proxy_set_header")
-                        if n.args[0].lower() == "x-forwarded-for"), None)
-            real = loc.level.find_all("set_real_ip_from")
-            if real:
-                header = loc.level.find("real_ip_header")
-                if header is None or header.args[0].lower() != "x-forwarded-for":
-                    raise real[0].unsupported("real_ip_header X-Real-IP (nginx's default) or other: "
-                                              "fastterm's trusted_proxies read X-Forwarded-For", "set_real_ip_from")
-                for n in real:
-                    if n.args[0].startswith("unix:"):
-                        raise n.unsupported("unix sockets", "set_real_ip_from unix:")
-                    try:
-                        trusted.append(str(ipaddress.ip_network(n.args[0], strict=False)))
-                    except ValueError:
-                        raise n.invalid() from None
-            if xff is not None and xff.args[1] == "$proxy_add_x_forwarded_for":
-                self.warn(f"{xff.where}: nginx appends to the X-Forwarded-For a client sends, so any client can "
-                          "forge it; fastterm does the same here (every peer trusted); safer: remove this line "
-                          "and list your proxies in set_real_ip_from (fastterm's trusted_proxies)", "notice")
-                trusted = list(TRUST_EVERY_PEER)
-            elif xff is not None and real:
-                raise xff.unsupported("with set_real_ip_from: fastterm appends the peer to the trusted chain",
-                                      "proxy_set_header X-Forwarded-For $remote_addr")
-            results.append((list(dict.fromkeys(trusted)), xff or (real[0] if real else loc.node)))
-        first = results[0][0] if results else []
-        for trusted, where in results[1:]:
-            if set(trusted) != set(first):
-                raise where.unsupported("trusted proxies differing between the locations of one server: "
-                                        "fastterm's trusted_proxies are per server block", where.name)
-        return first
+        version = loc.find("proxy_http_version")
+        http_version = version.args[0] if version is not None else "1.0"
+        if http_version not in ("1.0", "1.1"):
+            raise version.error(f'invalid value "{http_version}" in "proxy_http_version" directive, it must '
+                                'be "1.0" or "1.1"')
+        headers: list[ProxyHeader] = []
+        for n in loc.find_all("proxy_set_header"):
+            name, value = n.args[0], n.args[1]
+            if name.lower() in ("content-length", "transfer-encoding"):
+                raise n.unsupported("fastterm frames the request body itself", f"proxy_set_header {name}")
+            try:
+                template_parts(value)
+            except ValueError as exc:
+                raise n.unsupported(str(exc), f"proxy_set_header {name} {value}") from None
+            headers.append(ProxyHeader(name=name, value=value))
+        named = {h.name.lower(): h.value for h in headers}
+        for name, value in (("Host", "$proxy_host"), ("Connection", "close")):
+            if name.lower() not in named:
+                headers.append(ProxyHeader(name=name, value=value))
+        keepalive = http_version == "1.1" and named.get("connection") == "" and upstream in self.keepalive_upstreams
+        real_ip: dict = {}
+        real = loc.find_all("set_real_ip_from")
+        if real:
+            for n in real:
+                if n.args[0].startswith("unix:"):
+                    raise n.unsupported("unix sockets", "set_real_ip_from unix:")
+                try:
+                    real_ip.setdefault("real_ip_from", []).append(str(ipaddress.ip_network(n.args[0], strict=False)))
+                except ValueError:
+                    raise n.invalid() from None
+            header = loc.find("real_ip_header")
+            if header is not None and header.args[0].lower() == "proxy_protocol":
+                raise header.unsupported("the PROXY protocol", "real_ip_header proxy_protocol")
+            real_ip["real_ip_from"] = list(dict.fromkeys(real_ip["real_ip_from"]))
+            real_ip["real_ip_header"] = header.args[0] if header is not None else "X-Real-IP"
+        return ProxyRequest(http_version=http_version, headers=headers, keepalive=keepalive, **real_ip)
 
     # -- global settings -----------------------------------------------------------------
     def limits(self, main: Level, events: Level, http: Level, tls: list[_Server], plain: list[_Server]) -> Limits:
@@ -1435,23 +1424,6 @@ _LIMITS = [
     ("keepalive_requests", "location", 1000, _positive(lambda n: _number(n, n.args[0])),
      ("keepalive_requests", "http2_max_requests")),
 ]
-
-# proxy_set_header values equal to what fastterm sends (ext/exchange.pyx Exchange.request).
-_SAME_HEADERS = {
-    "x-forwarded-proto": {"$scheme", "https"},          # every proxied server is TLS
-    "x-real-ip": {"$remote_addr"},
-    "x-forwarded-for": {"$proxy_add_x_forwarded_for", "$remote_addr"},
-    "host": {"$http_host", "$host"},                    # fastterm forwards the client's Host
-    "connection": {""},                                 # fastterm sends none (HTTP/1.1 keep-alive)
-}
-_HEADER_WHY = {
-    "x-forwarded-proto": "fastterm sends X-Forwarded-Proto: https",
-    "x-real-ip": "fastterm sends X-Real-IP: the peer address",
-    "x-forwarded-for": "fastterm sends the peer address, appended to a trusted proxy's chain",
-    "host": "fastterm forwards the client's Host",
-    "connection": "fastterm keeps backend connections alive and does not pass upgrades",
-}
-
 
 def load_config(path: str, warn: Warn | None = None) -> Config:
     """Read, map and validate an nginx configuration; raise ``ConfigError`` at file:line.

@@ -10,12 +10,14 @@ ConfigErrors naming the file, line and directive.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 from dataclasses import dataclass, field
 
 import msgspec
 
 from fastterm.certs.store import load_certificate
-from fastterm.config.model import Config, Server
+from fastterm.config.model import Config, ProxyRequest, Server
 from fastterm.config.toml import KeyLines, parse_address
 from fastterm.errors import ConfigError, TLSError
 from fastterm.redirect import RedirectTable
@@ -34,16 +36,104 @@ def _where(server: Server, index: int) -> str:
     return f"server[{index}] ({', '.join(server.server_names) or 'no server_names'})"
 
 
+# nginx's variable syntax: $name or ${name} (ngx_http_script_compile)
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
+# what a route's variables that do not change per request stand for
+_CONSTANT = ("scheme", "proxy_host", "server_name")
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")   # RFC 9110 §5.6.2 token
+
+
+def template_parts(value: str) -> list[tuple[str, str]]:
+    """A ``proxy_set_header`` value -> [("", literal) | (variable name, "")]; ValueError names an
+    unknown or unsupported variable."""
+    from fastterm._core import VARIABLES
+
+    parts: list[tuple[str, str]] = []
+    at = 0
+    for m in _VARIABLE.finditer(value):
+        if "$" in value[at:m.start()]:
+            raise ValueError(f"invalid variable in {value!r}")
+        if m.start() > at:
+            parts.append(("", value[at:m.start()]))
+        name = (m.group(1) or m.group(2)).lower()
+        if name not in VARIABLES and name not in _CONSTANT and not (name.startswith("http_") and len(name) > 5):
+            raise ValueError(f"the variable ${name} is not supported in a request field")
+        parts.append((name, ""))
+        at = m.end()
+    if "$" in value[at:]:
+        raise ValueError(f"invalid variable in {value!r}")
+    if at < len(value):
+        parts.append(("", value[at:]))
+    return parts
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_proxy_request(proxy: ProxyRequest) -> None:
+    """ValueError for what a RequestRewrite cannot send (a bad field name, an unknown variable)."""
+    for header in proxy.headers:
+        if not _FIELD_NAME.fullmatch(header.name):
+            raise ValueError(f"invalid field name {header.name!r}")
+        if header.name.lower() in ("content-length", "transfer-encoding"):
+            raise ValueError(f"{header.name}: the body's framing is fastterm's to write")
+        if any(c in header.value for c in "\r\n\0") or not header.value.isascii() and not _latin1(header.value):
+            raise ValueError(f"{header.name}: a value with CR, LF, NUL or a character past Latin-1")
+        template_parts(header.value)
+    if not _FIELD_NAME.fullmatch(proxy.real_ip_header):
+        raise ValueError(f"invalid real_ip_header {proxy.real_ip_header!r}")
+    for network in proxy.real_ip_from:
+        ipaddress.ip_network(network, strict=False)   # ValueError names it
+
+
+def _rewrite(proxy: ProxyRequest, upstream: str, server: Server):
+    """model.ProxyRequest -> the RequestRewrite the exchange applies: literal bytes and
+    variable ids; the constants of the route ($scheme, $proxy_host, $server_name) folded in."""
+    from fastterm._core import HTTP_FIELD, LITERAL, VARIABLES, RequestRewrite
+
+    name = server.server_names[0] if server.server_names else ""
+    constants = {"scheme": "https", "proxy_host": upstream, "server_name": name}
+    headers = []
+    for header in proxy.headers:
+        compiled: list[tuple[int, bytes]] = []
+        for var, literal in template_parts(header.value):
+            if not var or var in constants:
+                text = (literal or constants[var]).encode("latin-1")
+                if text and compiled and compiled[-1][0] == LITERAL:
+                    compiled[-1] = (LITERAL, compiled[-1][1] + text)
+                elif text:
+                    compiled.append((LITERAL, text))
+            elif var in VARIABLES:
+                compiled.append((VARIABLES[var], b""))
+            else:
+                compiled.append((HTTP_FIELD, var[5:].encode("ascii")))
+        headers.append((header.name, compiled))
+    return RequestRewrite(proxy.http_version, headers, name.lower().encode("idna" if not name.isascii() else "ascii"),
+                          proxy.keepalive, proxy.real_ip_from, proxy.real_ip_header)
+
+
 def _server_policy(server: Server, pools: dict, index: int):
     """What the Host header selects: routes, HSTS, trusted proxies (one per server block),
     and its TLS policy, which a connection must have been negotiated under (else 421)."""
     from fastterm._core import ServerPolicy
 
     routes = []
-    for route in server.routes:
+    for j, route in enumerate(server.routes):
         if route.upstream not in pools:
             raise ConfigError(f"unknown upstream {route.upstream!r}", directive=f"{_where(server, index)} route")
-        routes.append((route.path, pools[route.upstream]))
+        rewrite = None
+        if route.proxy is not None:
+            try:
+                check_proxy_request(route.proxy)
+            except ValueError as exc:
+                raise ConfigError(str(exc), directive=f"{_where(server, index)} route[{j}] proxy") from None
+            rewrite = _rewrite(route.proxy, route.upstream, server)
+        routes.append((route.path, pools[route.upstream], rewrite))
     return ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
                         server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls))
 

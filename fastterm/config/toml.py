@@ -276,6 +276,13 @@ class _Checker:
                 if not route.path.startswith("/"):
                     raise self.error(f"route path {route.path!r} must start with '/'", "server", i,
                                      "route", j, "path")
+                if route.proxy is not None:
+                    from fastterm.config.plan import check_proxy_request
+
+                    try:
+                        check_proxy_request(route.proxy)
+                    except ValueError as exc:
+                        raise self.error(str(exc), "server", i, "route", j, "proxy") from None
             servers.append(self._with_defaults(server, i, config))
         if config.workers != "auto" and not 1 <= config.workers <= 256:
             raise self.error("workers must be \"auto\" or 1..256", "workers")

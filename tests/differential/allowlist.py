@@ -94,13 +94,11 @@ ALLOWED: list[Allowed] = [
                    "(nginx's carry `<center>nginx</center>`, fastterm's say fastterm)"),
     Allowed("header:content-length", generated=True,
             reason="the length of the proxy's own page (see the body entry)"),
-    # -- safer on purpose
-    Allowed("backend*.header:x-hop", nginx="h", fastterm=None,
-            reason="a field the client names in Connection is hop-by-hop: fastterm removes it as RFC 9110 "
-                   "7.6.1 asks of a proxy, where nginx forwards it; a client cannot make a hop-by-hop field "
-                   "reach the backend"),
     # -- TLS defaults fastterm chose on purpose where the config says nothing (nginx.py "Deliberate choices")
     Allowed("tls.*", config=_configs_without("ssl_protocols"), when=_no_tls13_at_nginx, reason=NGINX_TLS_DEFAULTS),
+    Allowed("backend.header:x-tls", config=_configs_without("ssl_protocols"),
+            nginx=lambda v: str(v).startswith("TLSv1.2 "), fastterm=lambda v: str(v).startswith("TLSv1.3 "),
+            reason=NGINX_TLS_DEFAULTS + "; a proxy_set_header of $ssl_protocol and $ssl_cipher carries the version"),
     Allowed("tls.outcome", case="tls * tls1.1", config=_configs_without("ssl_protocols"),
             nginx="refused (TLSV1_ALERT_INTERNAL_ERROR)", fastterm="refused (TLSV1_ALERT_PROTOCOL_VERSION)",
             reason="both refuse TLS 1.1; nginx 1.22's default ssl_protocols still enables TLSv1/TLSv1.1, which "
@@ -142,7 +140,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     "body_limits_per_location": {"client_max_body_size": f"per-location limits {NOT_YET}"},
     "keepalive_header": {"keepalive_timeout": f"the Keep-Alive: timeout= header {NOT_YET}"},
     "locations_two_upstreams": {"location": f"exact locations (location =) {NOT_YET}"},
-    "proxy_headers_variables": {"proxy_set_header": f"proxy_set_header with any variable {NOT_YET}"},
     "proxy_pass_uri": {"proxy_pass": f"proxy_pass with a URI part {NOT_YET}"},
     "returns": {"location": f"locations that return instead of proxying {NOT_YET}"},
     "ssl_dhparam": {"ssl_dhparam": f"DHE key exchange {NOT_YET}"},

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from allowlist import Allowed, _configs_without
+from allowlist import Allowed
 
 
 @dataclass(frozen=True)
@@ -29,54 +29,9 @@ class Bug(Allowed):
 
 
 SEED = "seed_api_without_stapling"
-SEED_GET = "GET https api.example.com /notes/a%20b/../c?q=1&r=%2F"
-CLIENT_HEADERS = "GET api.example.com client forwarding and hop-by-hop headers"
-FORWARDING = ("x-forwarded-for", "x-forwarded-proto", "x-real-ip", "forwarded")
-# what cases.standard_requests' clients send in those fields, as nginx passes them on
-CLIENT_SENT = {"203.0.113.7", "203.0.113.7 | 203.0.113.8", "198.51.100.1", "http", "for=192.0.2.1"}
-
-
-def _http10(v) -> bool:
-    return isinstance(v, str) and v.endswith("HTTP/1.0")
 
 
 BUGS: list[Bug] = [
-    Bug(name="upstream_request_is_http10_connection_close", field="backend*.request-line",
-        nginx=_http10, fastterm=lambda v: isinstance(v, str) and v.endswith("HTTP/1.1"),
-        reason="without proxy_http_version 1.1 nginx sends HTTP/1.0 and Connection: close upstream; fastterm "
-               "sends HTTP/1.1 and keeps the connection", witness=(SEED, SEED_GET)),
-    Bug(name="upstream_request_is_http10_connection_close", field="backend*.header:connection",
-        nginx="close", fastterm=None, reason="(the Connection: close half)", witness=(SEED, SEED_GET)),
-    Bug(name="upstream_request_is_http10_connection_close", field="backend.connections",
-        when=lambda a, b: a.get("backend.connections") == len(a.get("statuses", ())),
-        reason="(a backend connection per request)", witness=(SEED, SEED_GET)),
-    Bug(name="upstream_host_is_proxy_host", field="backend*.header:host",
-        config=_configs_without(r"proxy_set_header\s+Host"),
-        reason="without proxy_set_header Host nginx sends Host: $proxy_host (the upstream's name, or ip:port); "
-               "fastterm forwards the client's Host", witness=(SEED, SEED_GET)),
-    Bug(name="upstream_host_dollar_host_is_the_bare_name", field="backend*.header:host", config="proxy_headers",
-        reason="proxy_set_header Host $host: nginx sends the name without the port (lowercased); fastterm sends "
-               "the client's Host as it came", witness=("proxy_headers", "GET / with Host api.example.com:9999")),
-    *(Bug(name="forwarding_headers_only_when_the_config_sets_them", field=f"backend*.header:{header}", nginx=None,
-          reason="nginx sends X-Forwarded-For, X-Forwarded-Proto and X-Real-IP only where proxy_set_header says "
-                 "so; fastterm always adds them", witness=(SEED, SEED_GET))
-      for header in FORWARDING),
-    *(Bug(name="client_forwarding_headers_pass_untouched", field=f"backend*.header:{header}",
-          nginx=lambda v: v in CLIENT_SENT,
-          reason="nginx passes a client's X-Forwarded-For, X-Real-IP, X-Forwarded-Proto and Forwarded as sent "
-                 "unless the config sets that header (repeated X-Forwarded-For joined); fastterm replaces or "
-                 "drops them (its trusted_proxies rule)", witness=(SEED, CLIENT_HEADERS))
-      for header in FORWARDING),
-    *(Bug(name="real_ip_rewrites_remote_addr", field=f"backend*.header:{header}", config="real_ip",
-          reason="set_real_ip_from + real_ip_header X-Forwarded-For: nginx replaces $remote_addr with the "
-                 "address from the header (X-Real-IP and the appended X-Forwarded-For carry the client); "
-                 "fastterm keeps the peer's address in both",
-          witness=("real_ip", "GET api.example.com client forwarding and hop-by-hop headers"))
-      for header in ("x-real-ip", "x-forwarded-for")),
-    Bug(name="upstream_header_order", field="backend*.header-order",
-        reason="nginx's order upstream: the config's proxy_set_header lines, Host, Connection, Content-Length, "
-               "then the client's fields; fastterm: Host, the client's fields, then its own",
-        witness=(SEED, "GET https api.example.com /curl via curl")),
     Bug(name="chunked_request_body_goes_upstream_with_content_length", field="backend*",
         when=lambda a, b: a.get("backend.framing") == "content-length" and b.get("backend.framing") == "chunked",
         reason="nginx (proxy_request_buffering on) reads a chunked body whole and sends it with Content-Length; "

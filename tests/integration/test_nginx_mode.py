@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from h2wire import h2_request
 from harness import HOST, Fastterm, echo_json, free_port, header_map, wait_for
 from httpwire import Reader, read_response, request_bytes
 
@@ -64,6 +65,26 @@ server {{
     ssl_certificate_key certs/other.key;
     add_header Strict-Transport-Security "max-age=2" always;
     location / {{ proxy_pass http://app; }}
+}}
+"""
+
+
+PROXY_HEADERS = """\
+upstream app {{ server {backend}; keepalive 4; }}
+server {{
+    listen {host}:{https} ssl http2;
+    server_name www.example.com;
+    ssl_certificate certs/www.crt;
+    ssl_certificate_key certs/www.key;
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Conn "$server_port $ssl_protocol $request_method $request_uri";
+    location / {{ proxy_pass http://app; }}
+    location /kept/ {{
+        proxy_pass http://app;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+    }}
 }}
 """
 
@@ -230,3 +251,23 @@ def test_convert_prints_a_toml_that_checks(cli, write, certs, demo_backend):
     toml = write("converted.toml", result.stdout)
     checked = cli("check", "-c", toml)
     assert checked.returncode == 0, checked.stderr + result.stdout
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+def test_upstream_request_is_nginx_s(nginx_mode, demo_backend, client):
+    """nginx's proxy module: HTTP/1.0 and Connection: close unless proxy_http_version 1.1 and
+    Connection ""; the config's fields in order, then the client's; no X-Forwarded-* of ours."""
+    ft = nginx_mode(PROXY_HEADERS, backend=demo_backend)
+    fields = [("X-Forwarded-For", "203.0.113.7"), ("X-Custom", "kept")]
+    if client == "h1":
+        response, _ = get(ft, "/echo?q=1", host="WWW.Example.com:8443", headers=fields)
+    else:
+        response = h2_request(ft, "GET", "/echo?q=1", host="WWW.Example.com:8443", headers=fields)
+    echo = echo_json(response)
+    assert echo["version"] == "1.0"
+    assert [(n.lower(), v) for n, v in echo["headers"]] == [
+        ("host", "www.example.com"), ("x-forwarded-for", "203.0.113.7, 127.0.0.1"),
+        ("x-conn", f"{ft.https_port} TLSv1.3 GET /echo?q=1"), ("connection", "close"), ("x-custom", "kept")]
+    kept = echo_json(get(ft, "/kept/echo")[0])
+    assert kept["version"] == "1.1"
+    assert "connection" not in header_map(kept) and "x-real-ip" not in header_map(kept)

@@ -395,37 +395,70 @@ def test_proxy_pass_forms_not_supported(error, url, why):
     assert "is not supported yet" in str(err) and why in str(err)
 
 
-@pytest.mark.parametrize("header", ["X-Forwarded-Proto $scheme", "X-Forwarded-Proto https", "X-Real-IP $remote_addr",
-                                    "Host $host", "Host $http_host", 'Connection ""',
-                                    "X-Forwarded-For $remote_addr"])
-def test_proxy_set_header_values_fastterm_sends(load, header):
-    got = load(site(location=f"        proxy_set_header {header};\n        proxy_http_version 1.1;"))
+def test_proxy_set_header_lines_then_nginx_implicit_host_and_connection(load):
+    got = load(site(location="        proxy_set_header X-Forwarded-Proto $scheme;\n"
+                             "        proxy_set_header X-Real-IP $remote_addr;"))
+    proxy = got.server.routes[0].proxy
+    assert [(h.name, h.value) for h in proxy.headers] == [
+        ("X-Forwarded-Proto", "$scheme"), ("X-Real-IP", "$remote_addr"), ("Host", "$proxy_host"),
+        ("Connection", "close")]
+    assert proxy.http_version == "1.0" and not proxy.keepalive
     assert got.server.trusted_proxies == []
 
 
-@pytest.mark.parametrize("header", ["X-Forwarded-Host $host", "X-Real-IP $http_x_real_ip", "Early-Data $ssl_early_data",
-                                    "Upgrade $http_upgrade", "Host backend.internal"])
+def test_a_level_with_proxy_set_header_does_not_inherit_the_parents(load):
+    got = load(site(server="    proxy_set_header X-From server;",
+                    location="        proxy_set_header Host $host;\n        proxy_set_header Connection \"\";"))
+    assert [(h.name, h.value) for h in got.server.routes[0].proxy.headers] == [("Host", "$host"), ("Connection", "")]
+    inherited = load(site(server="    proxy_set_header X-From server;"))
+    assert [h.name for h in inherited.server.routes[0].proxy.headers] == ["X-From", "Host", "Connection"]
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-Host $host", "X-Real-IP $http_x_real_ip", "Upgrade $http_upgrade",
+                                    "Host backend.internal", "X-TLS \"$ssl_protocol $ssl_cipher\"",
+                                    "X-Port ${server_port}", "X-Forwarded-For $proxy_add_x_forwarded_for"])
+def test_proxy_set_header_values_with_the_supported_variables(load, header):
+    name = header.split()[0]
+    proxy = load(site(location=f"        proxy_set_header {header};")).server.routes[0].proxy
+    assert proxy.headers[0].name == name
+
+
+@pytest.mark.parametrize("header", ["Early-Data $ssl_early_data", "X-Id $request_id", "Content-Length 5"])
 def test_other_proxy_set_header_values_are_not_supported(error, header):
     text = site(location=f"        proxy_set_header {header};")
     assert "is not supported yet" in str(error(text, "proxy_set_header"))
 
 
-def test_proxy_add_x_forwarded_for_trusts_every_peer_with_a_notice(load):
-    got = load(site(location="        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"))
-    assert got.server.trusted_proxies == ["0.0.0.0/0", "::/0"]
-    assert got.warned("set_real_ip_from", level="notice")
+def test_backend_keepalive_needs_http11_an_empty_connection_and_upstream_keepalive(load):
+    def proxy(location, upstream=""):
+        text = site(location=location)
+        if upstream:
+            text = text.replace("server 127.0.0.1:8081;", "server 127.0.0.1:8081;\n    " + upstream)
+        return load(text).server.routes[0].proxy
+    one_one = "        proxy_http_version 1.1;\n"
+    empty = '        proxy_set_header Connection "";\n'
+    assert proxy(one_one + empty, "keepalive 8;").keepalive
+    assert proxy(one_one + empty, "keepalive 8;").http_version == "1.1"
+    assert not proxy(one_one + empty).keepalive
+    assert not proxy(one_one, "keepalive 8;").keepalive
+    assert not proxy(empty, "keepalive 8;").keepalive
 
 
 def test_set_real_ip_from(load, error):
     got = load(site(server="    set_real_ip_from 10.0.0.0/8;\n    set_real_ip_from 192.0.2.1;\n"
                            "    real_ip_header X-Forwarded-For;"))
-    assert got.server.trusted_proxies == ["10.0.0.0/8", "192.0.2.1/32"]
-    text = site(server="    set_real_ip_from 10.0.0.0/8;")
-    assert "real_ip_header X-Real-IP" in str(error(text, "set_real_ip_from"))
+    proxy = got.server.routes[0].proxy
+    assert (proxy.real_ip_from, proxy.real_ip_header) == (["10.0.0.0/8", "192.0.2.1/32"], "X-Forwarded-For")
+    assert got.server.trusted_proxies == []
+    default = load(site(server="    set_real_ip_from 10.0.0.0/8;")).server.routes[0].proxy
+    assert default.real_ip_header == "X-Real-IP"
+    text = site(server="    set_real_ip_from 10.0.0.0/8;\n    real_ip_header proxy_protocol;")
+    assert "is not supported yet" in str(error(text, "real_ip_header"))
 
 
-def test_proxy_http_version_1_0_is_not_supported(error):
-    assert "is not supported yet" in str(error(site(location="        proxy_http_version 1.0;"), "proxy_http_version"))
+def test_proxy_http_version_is_1_0_or_1_1(load, error):
+    assert load(site(location="        proxy_http_version 1.0;")).server.routes[0].proxy.http_version == "1.0"
+    assert 'must be "1.0" or "1.1"' in str(error(site(location="        proxy_http_version 2.0;"), "proxy_http_version"))
 
 
 # ---- add_header and its inheritance ---------------------------------------------------------------------------------
@@ -775,9 +808,8 @@ def test_convert_round_trip(load, write, text):
 
 # ---- more mapping details ---------------------------------------------------------------------------------
 
-def test_host_dollar_host_is_accepted_with_a_warning_naming_the_difference(load):
-    got = load(site(location="        proxy_set_header Host $host;"))
-    assert got.warned('"proxy_set_header Host $host" is approximated')
+def test_host_dollar_host_is_mapped_without_a_warning(load):
+    assert not load(site(location="        proxy_set_header Host $host;")).warnings
     assert not load(site(location="        proxy_set_header Host $http_host;")).warnings
 
 
@@ -802,10 +834,10 @@ def test_http2_on_one_of_two_addresses_of_a_server_is_not_supported(error):
     assert "with and without http2" in str(error(text, "listen 443 ssl"))
 
 
-def test_x_forwarded_for_remote_addr_with_trusted_proxies_is_not_supported(error):
+def test_x_forwarded_for_remote_addr_with_trusted_proxies(load):
     text = site(server="    set_real_ip_from 10.0.0.0/8;\n    real_ip_header X-Forwarded-For;",
                 location="        proxy_set_header X-Forwarded-For $remote_addr;")
-    assert "is not supported yet" in str(error(text, "proxy_set_header"))
+    assert load(text).server.routes[0].proxy.headers[0].value == "$remote_addr"
 
 
 def test_upstream_name_with_a_port(error):
