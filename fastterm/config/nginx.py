@@ -47,7 +47,10 @@ What maps (nginx -> model):
   (else "not supported yet"): ``client_max_body_size`` (nginx default 1m),
   ``client_header_timeout`` (60s), ``keepalive_timeout`` (75s), ``send_timeout`` (60s),
   ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``underscores_in_headers``,
-  ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE (4 8k),
+  ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE and
+  ``header_line_size`` = SIZE (4 8k; nginx's statuses: a request line longer than SIZE 414, a
+  field line longer than SIZE or a head past N x SIZE 400; nginx packs whole lines into its
+  buffers after the first client_header_buffer_size, so its head limit is within a line of N x SIZE),
   ``http2_max_concurrent_streams`` (128), ``keepalive_requests`` (1000) -> requests per
   HTTP/1.1 connection and streams per HTTP/2 connection.
 - ``proxy_set_header`` and ``proxy_http_version`` -> each route's ``proxy`` (model.ProxyRequest),
@@ -160,8 +163,12 @@ RUNTIME_DIFFERENCES = """\
 - HSTS: fastterm replaces a backend's Strict-Transport-Security; nginx's add_header adds a second.
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
   pages differ in body and Server header (fastterm vs nginx/1.x).
-- 431 for a request head past header_buffer_size or 256 fields (nginx: 400/414 per line,
-  no field count limit).
+- A request head over 256 fields: 431 (nginx counts no fields). Over N x SIZE of
+  large_client_header_buffers: 400 (nginx too, but it packs whole lines into its buffers after
+  the first client_header_buffer_size one, so its limit is within a line of N x SIZE).
+- HTTP/2: nginx ends the connection (GOAWAY ENHANCE_YOUR_CALM) for a field whose HPACK-encoded
+  name or value is longer than large_client_header_buffers' SIZE; fastterm (nghttp2 gives it
+  decoded fields) answers the stream 431 when its decoded list passes N x SIZE.
 - keepalive_time (1h) is not applied.
 - No matching location: fastterm 404s; nginx serves files from its root.
 - location /dir/ with proxy_pass: nginx redirects /dir to /dir/ (301); fastterm does not.
@@ -1344,8 +1351,11 @@ class _Builder:
                     raise where.unsupported(
                         f"a value differing between servers or locations ({first_node.where if first_node else 'default'}"
                         f" vs {node.where if node else 'default'}): fastterm's limits are global", name)
-            for one in (fld,) if isinstance(fld, str) else fld:
-                values[one] = first
+            if isinstance(first, tuple):    # one field each
+                values.update(zip(fld, first))
+            else:
+                for one in (fld,) if isinstance(fld, str) else fld:
+                    values[one] = first
         connections = events.find("worker_connections")
         if connections is not None:
             values["worker_connections"] = _number(connections, connections.args[0])
@@ -1393,8 +1403,12 @@ def _keepalive_timeout(node: Node) -> float:
     return value
 
 
-def _header_buffers(node: Node) -> int:
-    return _number(node, node.args[0]) * parse_size(node, node.args[1])
+def _header_buffers(node: Node) -> tuple[int, int]:
+    """(N x SIZE, SIZE): the head's total and the longest line (nginx: one buffer)."""
+    number, size = _number(node, node.args[0]), parse_size(node, node.args[1])
+    if number <= 0 or size <= 0:
+        raise node.invalid()
+    return number * size, size
 
 
 def _positive(parse):
@@ -1418,7 +1432,8 @@ _LIMITS = [
     ("proxy_connect_timeout", "location", 60.0, _positive(parse_time), "backend_connect_timeout"),
     ("proxy_read_timeout", "location", 60.0, _positive(parse_time), "backend_read_timeout"),
     ("underscores_in_headers", "server", False, parse_flag, "underscores_in_headers"),
-    ("large_client_header_buffers", "server", 4 * 8192, _header_buffers, "header_buffer_size"),
+    ("large_client_header_buffers", "server", (4 * 8192, 8192), _header_buffers,
+     ("header_buffer_size", "header_line_size")),
     ("http2_max_concurrent_streams", "server", 128, lambda n: _number(n, n.args[0]),
      "http2_max_concurrent_streams"),
     ("keepalive_requests", "location", 1000, _positive(lambda n: _number(n, n.args[0])),

@@ -284,6 +284,9 @@ class _Checker:
                     except ValueError as exc:
                         raise self.error(str(exc), "server", i, "route", j, "proxy") from None
             servers.append(self._with_defaults(server, i, config))
+        if not 0 <= config.limits.header_line_size <= config.limits.header_buffer_size:
+            raise self.error("header_line_size must be 0 (no line limit) up to header_buffer_size",
+                             "limits", "header_line_size")
         if config.workers != "auto" and not 1 <= config.workers <= 256:
             raise self.error("workers must be \"auto\" or 1..256", "workers")
         if config.admin and not config.admin.startswith("unix:"):

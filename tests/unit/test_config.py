@@ -302,3 +302,13 @@ def test_redirect_field_errors_name_the_key(load, lines, key, message):
     err = config_error(load, text)
     assert message in str(err)
     assert_located(err, line_of(text, lines.splitlines()[-1]), f"redirect.{key}")
+
+
+def test_header_line_size_defaults_off_and_is_checked(load):
+    assert load(GOOD).limits.header_line_size == 0   # TOML: no line limit, 431 for a head too large
+    assert load(GOOD + "\n[limits]\nheader_line_size = 2048\n").limits.header_line_size == 2048
+    for value in ("-1", "20000"):
+        text = GOOD + f"\n[limits]\nheader_line_size = {value}\n"
+        err = config_error(load, text)
+        assert "header_line_size must be 0" in str(err)
+        assert_located(err, line_of(text, "header_line_size"), "limits.header_line_size")

@@ -156,7 +156,7 @@ def test_nginx_defaults_where_the_config_says_nothing(load):
     assert limits.keepalive_timeout == 75.0
     assert limits.send_timeout == 60.0
     assert limits.backend_connect_timeout == 60.0 and limits.backend_read_timeout == 60.0
-    assert limits.header_buffer_size == 4 * 8192
+    assert (limits.header_buffer_size, limits.header_line_size) == (4 * 8192, 8192)   # nginx's statuses
     assert limits.http2_max_concurrent_streams == 128 and limits.http2_max_requests == 1000
     assert limits.keepalive_requests == 1000      # HTTP/1.1 too
     assert limits.max_header_fields == 256        # nginx counts bytes, not fields
@@ -518,7 +518,7 @@ http {
     assert limits.send_timeout == 30.0
     assert (limits.backend_connect_timeout, limits.backend_read_timeout) == (3.0, 120.0)
     assert limits.underscores_in_headers is True
-    assert limits.header_buffer_size == 4 * 16384
+    assert (limits.header_buffer_size, limits.header_line_size) == (4 * 16384, 16384)
     assert (limits.http2_max_concurrent_streams, limits.http2_max_requests, limits.keepalive_requests) == (64, 500, 500)
     assert (limits.worker_connections, limits.drain_timeout) == (4096, 15.0)
     assert got.config.workers == "auto"
