@@ -43,6 +43,8 @@ class TLSPolicy(Struct):
     session_timeout: float = 300.0
     session_tickets: bool = True
     alpn: list[str] = msgspec.field(default_factory=lambda: ["h2", "http/1.1"])
+    dhparam: str | None = None  # PEM DH parameters file (nginx ssl_dhparam) for the TLS 1.2 DHE
+    # suites; None: no DHE suite is negotiated, whatever ``ciphers`` lists (as nginx)
 
 
 class Certificate(Struct):

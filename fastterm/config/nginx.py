@@ -24,7 +24,9 @@ What maps (nginx -> model):
   (several; relative paths against the main file's directory, as nginx's conf prefix),
   ``ssl_protocols`` (TLSv1/TLSv1.1/SSLv3 dropped with a warning: fastterm refuses them),
   ``ssl_ciphers``, ``ssl_prefer_server_ciphers`` (default off, as nginx), ``ssl_conf_command
-  Ciphersuites``, ``ssl_ecdh_curve``, ``ssl_session_cache shared:NAME:SIZE|off|none`` (default
+  Ciphersuites``, ``ssl_ecdh_curve``, ``ssl_dhparam FILE`` (-> ``tls.dhparam``: the TLS 1.2 DHE
+  suites; without it none is negotiated whatever ``ssl_ciphers`` lists, as nginx; a missing or
+  bad file is an error at its line), ``ssl_session_cache shared:NAME:SIZE|off|none`` (default
   none: no session cache, as nginx), ``ssl_session_timeout``, ``ssl_session_tickets``,
   ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``add_header
   Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
@@ -92,7 +94,7 @@ locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return``
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
 upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
-``allow``/``deny``, ``listen ... proxy_protocol``, ``ssl_dhparam``, and plain-HTTP proxying (a
+``allow``/``deny``, ``listen ... proxy_protocol``, and plain-HTTP proxying (a
 server without ``ssl`` may only ``return``; other statuses, other variables in it). Each has its reason in ``UNSUPPORTED`` or in the
 error. Bad input is an error at file:line too: unbalanced braces, a missing ``;``, an unknown
 directive, a directive out of its context or with the wrong argument count (crossplane's
@@ -475,7 +477,7 @@ MAPPED = {
     "worker_processes", "worker_shutdown_timeout", "worker_connections",
     "listen", "server_name", "return", "http2",
     "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
-    "ssl_conf_command", "ssl_ecdh_curve", "ssl_session_cache", "ssl_session_timeout",
+    "ssl_conf_command", "ssl_ecdh_curve", "ssl_dhparam", "ssl_session_cache", "ssl_session_timeout",
     "ssl_session_tickets", "ssl_session_ticket_key", "add_header",
     "proxy_pass", "proxy_set_header", "proxy_http_version",
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
@@ -568,7 +570,7 @@ UNSUPPORTED = {
     "ssl_stapling_file": "OCSP stapling", "ssl_stapling_responder": "OCSP stapling",
     "ssl_early_data": "TLS 1.3 early data (0-RTT)", "ssl_verify_client": "client certificates",
     "ssl_client_certificate": "client certificates", "ssl_verify_depth": "client certificates",
-    "ssl_crl": "client certificates", "ssl_dhparam": "DHE key exchange",
+    "ssl_crl": "client certificates",
     "ssl_password_file": "encrypted keys", "ssl": "removed in nginx 1.25.1: use \"listen ... ssl\"",
     "ssl_reject_handshake": "refusing handshakes by SNI",
     "proxy_send_timeout": "fastterm pauses a backend it cannot write to, with no deadline",
@@ -1232,6 +1234,16 @@ class _Builder:
         curve = level.find("ssl_ecdh_curve")
         timeout = level.find("ssl_session_timeout")
         tickets = level.find("ssl_session_tickets")
+        dhparam = level.find("ssl_dhparam")
+        dhparam_path = None
+        if dhparam is not None:
+            from fastterm.config.plan import read_dhparam
+
+            dhparam_path = self.absolute(dhparam.args[0])
+            try:
+                read_dhparam(dhparam_path)
+            except ValueError as exc:
+                raise dhparam.error(str(exc)) from None
         suites = OPENSSL_CIPHERSUITES
         for cmd in level.find_all("ssl_conf_command"):
             if cmd.args[0].lower() != "ciphersuites":
@@ -1243,7 +1255,8 @@ class _Builder:
             groups=curve.args[0] if curve and curve.args[0] != "auto" else INTERMEDIATE_GROUPS,
             prefer_server_ciphers=parse_flag(prefer) if prefer else False, session_cache=cache,
             session_timeout=parse_time(timeout) if timeout else 300.0,
-            session_tickets=parse_flag(tickets) if tickets else True, alpn=self.alpn(s, all_tls))
+            session_tickets=parse_flag(tickets) if tickets else True, alpn=self.alpn(s, all_tls),
+            dhparam=dhparam_path)
 
     def address_default(self, s: _Server, all_tls: list[_Server]) -> _Server:
         """The default server of ``s``'s addresses (one server for all of them, else refused)."""

@@ -318,7 +318,16 @@ class _Checker:
                                     key=None if c.key is None else _absolute(c.key, base))
             for c in server.certificates
         ]
-        return msgspec.structs.replace(server, routes=routes, certificates=certificates)
+        tls = server.tls
+        if tls.dhparam is not None:
+            from fastterm.config.plan import read_dhparam
+
+            tls = msgspec.structs.replace(tls, dhparam=_absolute(tls.dhparam, base))
+            try:
+                read_dhparam(tls.dhparam)
+            except ValueError as exc:
+                raise self.error(str(exc), "server", i, "tls", "dhparam") from None
+        return msgspec.structs.replace(server, routes=routes, certificates=certificates, tls=tls)
 
     def _address(self, address: str, *where: str | int, default_host: str = "0.0.0.0") -> tuple[str, int]:
         try:

@@ -312,3 +312,17 @@ def test_header_line_size_defaults_off_and_is_checked(load):
         err = config_error(load, text)
         assert "header_line_size must be 0" in str(err)
         assert_located(err, line_of(text, "header_line_size"), "limits.header_line_size")
+
+
+def test_dhparam_is_made_absolute_and_checked(load, write, tmp_path, dhparam_pem):
+    write("dh/params.pem", dhparam_pem)
+    assert load(GOOD).servers[0].tls.dhparam is None
+    text = GOOD + 'dhparam = "dh/params.pem"\n'
+    assert load(text).servers[0].tls.dhparam == str(tmp_path / "dh/params.pem")
+    for name, content, reason in (("absent.pem", None, "No such file"), ("bad.pem", b"junk", "no DH parameters")):
+        if content is not None:
+            write(name, content)
+        bad = GOOD + f'dhparam = "{name}"\n'
+        err = config_error(load, bad)
+        assert reason in str(err) and name in str(err)
+        assert_located(err, line_of(bad, "dhparam"), "server.tls.dhparam")
