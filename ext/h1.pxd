@@ -22,9 +22,11 @@ cdef class H1Session(Codec):
     cdef bint dispatch_pending      # head accepted; its head waits in the writer for this read's body
     cdef bint backend_full          # the backend's socket buffer is full: stop reading the client
     cdef int requests               # heads accepted on this connection (keepalive_requests)
+    cdef Py_ssize_t head_line_start # where the head's line being received began (header_line_size)
 
     # Request flow
     cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n)
+    cdef int _check_head_size(self, const char *p, Py_ssize_t n)
     cdef int _on_head(self, const char *p, int head_len)
     cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n)
     cdef void _stash(self, const char *p, Py_ssize_t n)

@@ -110,15 +110,18 @@ cdef class H1Session(Codec):
         cdef Worker w = self.worker
         cdef Py_ssize_t end, have, start
         cdef const char *q
+        cdef int status
         if self.head_buf is None:
             # Fast path: the whole block is in this read (RFC 9112 §2.2: skip leading CRLFs).
             start = 0
             while start + 1 < n and p[start] == b'\r' and p[start + 1] == b'\n' and self.state == H1_IDLE:
                 start += 2
             end = find_head_end(p + start, n - start, 0)
+            self.head_line_start = 0
             if end > 0:
-                if end > w.header_buffer_size:
-                    self._refuse(431)
+                status = self._check_head_size(p + start, end)
+                if status:
+                    self._refuse(status)
                     return -1
                 if self._on_head(p + start, <int>end) < 0:
                     return -1
@@ -126,8 +129,9 @@ cdef class H1Session(Codec):
             if check_line_endings(p, start, n):
                 self._refuse(400)
                 return -1
-            if n - start > w.header_buffer_size:
-                self._refuse(431)
+            status = self._check_head_size(p + start, n - start)
+            if status:
+                self._refuse(status)
                 return -1
             self.head_buf = HeadBuffer()
             self.head_buf.add(p + start, n - start)
@@ -141,18 +145,34 @@ cdef class H1Session(Codec):
             if check_line_endings(q, have - 1 if have > 0 else 0, have + n):
                 self._refuse(400)
                 return -1
-            if have + n > w.header_buffer_size:
-                self._refuse(431)
-                return -1
-            return n
-        if end > w.header_buffer_size:
-            self._refuse(431)
+            status = self._check_head_size(q, have + n)
+        else:
+            status = self._check_head_size(q, end)
+        if status:
+            self._refuse(status)
             return -1
+        if end < 0:
+            return n
         buf = self.head_buf   # keep alive while parsing
         self.head_buf = None
         if self._on_head(q, <int>end) < 0:
             return -1
         return end - have
+
+    cdef int _check_head_size(self, const char *p, Py_ssize_t n):
+        """The status refusing a head (complete or not) of ``n`` bytes so far, or 0.
+        Without a line limit: 431 past header_buffer_size (RFC 6585 §5). With one (nginx's
+        large_client_header_buffers SIZE): nginx's statuses, 414 for a request line longer
+        than it, 400 for a field line longer or for a head past all the buffers; the lines
+        are scanned with memchr from where the last call stopped (head_line_start)."""
+        cdef Worker w = self.worker
+        cdef int status
+        if w.header_line_size:
+            status = check_line_sizes(p, &self.head_line_start, n, w.header_line_size)
+            if status:
+                return status
+            return 400 if n > w.header_buffer_size else 0
+        return 431 if n > w.header_buffer_size else 0
 
     cdef int _on_head(self, const char *p, int head_len):
         """A complete request header block: the Exchange decides, then dispatch."""

@@ -112,6 +112,8 @@ ctypedef struct BodyFramer:
 
 cdef Py_ssize_t find_head_end(const char *p, Py_ssize_t n, Py_ssize_t scanned) noexcept nogil
 cdef int check_line_endings(const char *p, Py_ssize_t start, Py_ssize_t end) noexcept nogil
+cdef int check_line_sizes(const char *p, Py_ssize_t *line_start, Py_ssize_t end,
+                          Py_ssize_t line_max) noexcept nogil
 cdef int parse_head(const char *p, int n, bint is_request, MessageHead *head,
                     HeaderSlot *slots, int max_slots) noexcept nogil
 cdef void framer_init(BodyFramer *f, int mode, long long length) noexcept nogil

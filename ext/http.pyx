@@ -177,6 +177,30 @@ cdef int check_line_endings(const char *p, Py_ssize_t start, Py_ssize_t end) noe
     return 0
 
 
+cdef int check_line_sizes(const char *p, Py_ssize_t *line_start, Py_ssize_t end,
+                          Py_ssize_t line_max) noexcept nogil:
+    """nginx's large_client_header_buffers rule per line (ngx_http_alloc_large_header_buffer:
+    a line must fit in one buffer of SIZE bytes): 414 when the request line, with its CRLF,
+    is longer than ``line_max``, 400 for a field line, else 0. Scans the lines of
+    ``p[*line_start:end]``, ``*line_start`` being where a line begins (offset 0: the request
+    line); on return it is where the last, incomplete line began, so a head that arrives in
+    pieces is scanned once. An incomplete line judged already too long counts too."""
+    cdef const char *q = p + line_start[0]
+    cdef const char *stop = p + end
+    cdef const char *lf
+    while q < stop:
+        lf = <const char *>memchr(q, 10, stop - q)
+        if lf == NULL:
+            break
+        if lf + 1 - q > line_max:
+            return 414 if q == p else 400
+        q = lf + 1
+    line_start[0] = q - p
+    if stop - q >= line_max:   # no LF yet: the line will be longer than line_max
+        return 414 if q == p else 400
+    return 0
+
+
 cdef bint[256] _HOST_CHAR     # reg-name / IP-literal / port bytes
 
 cdef void _init_host_table():
@@ -777,6 +801,13 @@ cdef class HeadBuffer:
 def parse_request_head(data, int max_headers=100):
     """Parse one complete request header block; returns a dict or raises ValueError(status)."""
     return _parse_py(data, True, max_headers)
+
+
+def check_head_line_sizes(data, Py_ssize_t line_max):
+    """``check_line_sizes`` over ``data`` from its start: 0, 400 or 414 (for tests)."""
+    cdef bytes raw = bytes(data)
+    cdef Py_ssize_t start = 0
+    return check_line_sizes(PyBytes_AS_STRING(raw), &start, len(raw), line_max)
 
 
 def parse_response_head(data):

@@ -65,6 +65,7 @@ cdef class Worker:
     cdef object sweep_handle
     # limits
     cdef int header_buffer_size
+    cdef int header_line_size       # nginx large_client_header_buffers SIZE (0: no line limit)
     cdef int max_header_fields
     cdef long long client_max_body_size
     cdef RequestLimits request_limits

@@ -79,6 +79,7 @@ cdef class Worker:
         self.tick()
         self.draining = False
         self.header_buffer_size = limits.header_buffer_size
+        self.header_line_size = limits.header_line_size
         self.max_header_fields = min(limits.max_header_fields, MAX_HEADER_SLOTS)
         self.client_max_body_size = limits.client_max_body_size
         self.request_limits.max_body = limits.client_max_body_size

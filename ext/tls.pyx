@@ -127,6 +127,42 @@ cdef int _alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *out
     return SSL_TLSEXT_ERR_OK
 
 
+cdef EVP_PKEY *_read_dhparam(bytes pem) except NULL:
+    """PEM "DH PARAMETERS" (nginx ssl_dhparam, openssl dhparam) -> a new EVP_PKEY the caller
+    owns; TLSError with OpenSSL's reason otherwise."""
+    cdef BIO *bio
+    cdef EVP_PKEY *pkey
+    ERR_clear_error()
+    bio = BIO_new_mem_buf(PyBytes_AS_STRING(pem), len(pem))
+    if bio == NULL:
+        raise_tls_error("BIO_new_mem_buf failed")
+    pkey = PEM_read_bio_Parameters(bio, NULL)
+    BIO_free(bio)
+    if pkey == NULL:
+        raise_tls_error("no DH parameters in PEM data")
+    if not EVP_PKEY_is_a(pkey, b"DH"):
+        EVP_PKEY_free(pkey)
+        ERR_clear_error()
+        raise TLSError("the PEM parameters are not DH parameters", ())
+    return pkey
+
+
+def check_dhparam(bytes pem not None):
+    """Raise TLSError unless ``pem`` holds DH parameters a context accepts (``fastterm
+    check``: the size against OpenSSL's security level too)."""
+    cdef SSL_CTX *ctx
+    cdef EVP_PKEY *pkey = _read_dhparam(pem)
+    ctx = SSL_CTX_new(TLS_server_method())
+    if ctx == NULL:
+        EVP_PKEY_free(pkey)
+        raise_tls_error("SSL_CTX_new failed")
+    if not SSL_CTX_set0_tmp_dh_pkey(ctx, pkey):
+        EVP_PKEY_free(pkey)
+        SSL_CTX_free(ctx)
+        raise_tls_error("DH parameters refused")
+    SSL_CTX_free(ctx)   # frees pkey, which it owns now
+
+
 cdef class TLSContext:
     """One SSL_CTX: certificates, protocol floor/ceiling, ciphers, ALPN, SNI, sessions.
 
@@ -147,10 +183,14 @@ cdef class TLSContext:
                  str ciphers=None, str ciphersuites=None, str groups=None,
                  bint prefer_server_ciphers=True, bint session_cache=True,
                  double session_timeout=300.0, bint session_tickets=True, alpn=("http/1.1",),
-                 str cafile=None, bytes session_id_context=None, SharedState shared=None):
+                 str cafile=None, bytes session_id_context=None, SharedState shared=None,
+                 bytes dhparam=None):
         """``shared``: the session cache and ticket keys the workers share (the master's
-        SharedState), or None for this process's own cache and per-context ticket keys."""
+        SharedState), or None for this process's own cache and per-context ticket keys.
+        ``dhparam``: PEM DH parameters for the TLS 1.2 DHE suites (nginx ssl_dhparam);
+        without them OpenSSL offers no DHE suite whatever ``ciphers`` lists, as nginx."""
         cdef long options
+        cdef EVP_PKEY *dh
         self.server_side = server_side
         for proto in protocols:
             if proto in _REFUSED_PROTOCOLS:
@@ -199,6 +239,11 @@ cdef class TLSContext:
             self.groups = groups.encode()
             if not SSL_CTX_set1_groups_list(self.ctx, self.groups):
                 raise_tls_error(f"invalid key-exchange groups {groups!r}")
+        if dhparam is not None:
+            dh = _read_dhparam(dhparam)
+            if not SSL_CTX_set0_tmp_dh_pkey(self.ctx, dh):   # the SSL_CTX owns dh from here
+                EVP_PKEY_free(dh)
+                raise_tls_error("DH parameters refused")
         self.options = SSL_CTX_get_options(self.ctx)
         self.session_timeout = <long>session_timeout
 

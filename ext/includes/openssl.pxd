@@ -106,6 +106,7 @@ cdef extern from "compat.h" nogil:
     int SSL_CTX_set_cipher_list(SSL_CTX *ctx, const char *s)
     int SSL_CTX_set_ciphersuites(SSL_CTX *ctx, const char *s)
     int SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *s)
+    int SSL_CTX_set0_tmp_dh_pkey(SSL_CTX *ctx, EVP_PKEY *dhpkey)   # takes the key on success only
     int SSL_CTX_use_certificate(SSL_CTX *ctx, X509 *x)
     int SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *x)
     int SSL_CTX_use_PrivateKey(SSL_CTX *ctx, EVP_PKEY *pkey)
@@ -185,6 +186,8 @@ cdef extern from "compat.h" nogil:
     X509 *PEM_read_bio_X509(BIO *bp, X509 **x, void *cb, void *u)
     X509 *PEM_read_bio_X509_AUX(BIO *bp, X509 **x, void *cb, void *u)
     EVP_PKEY *PEM_read_bio_PrivateKey(BIO *bp, EVP_PKEY **x, void *cb, void *u)
+    EVP_PKEY *PEM_read_bio_Parameters(BIO *bp, EVP_PKEY **x)
+    int EVP_PKEY_is_a(const EVP_PKEY *pkey, const char *name)
     void X509_free(X509 *a)
     int X509_check_private_key(const X509 *x, const EVP_PKEY *k)
     void EVP_PKEY_free(EVP_PKEY *pkey)

@@ -43,6 +43,8 @@ class TLSPolicy(Struct):
     session_timeout: float = 300.0
     session_tickets: bool = True
     alpn: list[str] = msgspec.field(default_factory=lambda: ["h2", "http/1.1"])
+    dhparam: str | None = None  # PEM DH parameters file (nginx ssl_dhparam) for the TLS 1.2 DHE
+    # suites; None: no DHE suite is negotiated, whatever ``ciphers`` lists (as nginx)
 
 
 class Certificate(Struct):
@@ -131,7 +133,10 @@ class Redirect(Struct):
 
 
 class Limits(Struct):
-    header_buffer_size: int = 16384
+    header_buffer_size: int = 16384  # a request head past it: 431 (400 with header_line_size)
+    header_line_size: int = 0  # nginx large_client_header_buffers SIZE, and nginx's statuses (HTTP/1.1): a
+    # request line longer than it (CRLF counted) 414, a field line longer 400, a head past
+    # header_buffer_size 400; 0: no line limit, 431 for a head past header_buffer_size
     max_header_fields: int = 100
     client_max_body_size: int = 0  # 0: unlimited (streamed)
     client_header_timeout: float = 10.0

@@ -24,7 +24,9 @@ What maps (nginx -> model):
   (several; relative paths against the main file's directory, as nginx's conf prefix),
   ``ssl_protocols`` (TLSv1/TLSv1.1/SSLv3 dropped with a warning: fastterm refuses them),
   ``ssl_ciphers``, ``ssl_prefer_server_ciphers`` (default off, as nginx), ``ssl_conf_command
-  Ciphersuites``, ``ssl_ecdh_curve``, ``ssl_session_cache shared:NAME:SIZE|off|none`` (default
+  Ciphersuites``, ``ssl_ecdh_curve``, ``ssl_dhparam FILE`` (-> ``tls.dhparam``: the TLS 1.2 DHE
+  suites; without it none is negotiated whatever ``ssl_ciphers`` lists, as nginx; a missing or
+  bad file is an error at its line), ``ssl_session_cache shared:NAME:SIZE|off|none`` (default
   none: no session cache, as nginx), ``ssl_session_timeout``, ``ssl_session_tickets``,
   ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``add_header
   Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
@@ -47,7 +49,10 @@ What maps (nginx -> model):
   (else "not supported yet"): ``client_max_body_size`` (nginx default 1m),
   ``client_header_timeout`` (60s), ``keepalive_timeout`` (75s), ``send_timeout`` (60s),
   ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``underscores_in_headers``,
-  ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE (4 8k),
+  ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE and
+  ``header_line_size`` = SIZE (4 8k; nginx's statuses: a request line longer than SIZE 414, a
+  field line longer than SIZE or a head past N x SIZE 400; nginx packs whole lines into its
+  buffers after the first client_header_buffer_size, so its head limit is within a line of N x SIZE),
   ``http2_max_concurrent_streams`` (128), ``keepalive_requests`` (1000) -> requests per
   HTTP/1.1 connection and streams per HTTP/2 connection.
 - ``proxy_set_header`` and ``proxy_http_version`` -> each route's ``proxy`` (model.ProxyRequest),
@@ -89,7 +94,7 @@ locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return``
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
 upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
-``allow``/``deny``, ``listen ... proxy_protocol``, ``ssl_dhparam``, and plain-HTTP proxying (a
+``allow``/``deny``, ``listen ... proxy_protocol``, and plain-HTTP proxying (a
 server without ``ssl`` may only ``return``; other statuses, other variables in it). Each has its reason in ``UNSUPPORTED`` or in the
 error. Bad input is an error at file:line too: unbalanced braces, a missing ``;``, an unknown
 directive, a directive out of its context or with the wrong argument count (crossplane's
@@ -160,8 +165,12 @@ RUNTIME_DIFFERENCES = """\
 - HSTS: fastterm replaces a backend's Strict-Transport-Security; nginx's add_header adds a second.
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
   pages differ in body and Server header (fastterm vs nginx/1.x).
-- 431 for a request head past header_buffer_size or 256 fields (nginx: 400/414 per line,
-  no field count limit).
+- A request head over 256 fields: 431 (nginx counts no fields). Over N x SIZE of
+  large_client_header_buffers: 400 (nginx too, but it packs whole lines into its buffers after
+  the first client_header_buffer_size one, so its limit is within a line of N x SIZE).
+- HTTP/2: nginx ends the connection (GOAWAY ENHANCE_YOUR_CALM) for a field whose HPACK-encoded
+  name or value is longer than large_client_header_buffers' SIZE; fastterm (nghttp2 gives it
+  decoded fields) answers the stream 431 when its decoded list passes N x SIZE.
 - keepalive_time (1h) is not applied.
 - No matching location: fastterm 404s; nginx serves files from its root.
 - location /dir/ with proxy_pass: nginx redirects /dir to /dir/ (301); fastterm does not.
@@ -468,7 +477,7 @@ MAPPED = {
     "worker_processes", "worker_shutdown_timeout", "worker_connections",
     "listen", "server_name", "return", "http2",
     "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
-    "ssl_conf_command", "ssl_ecdh_curve", "ssl_session_cache", "ssl_session_timeout",
+    "ssl_conf_command", "ssl_ecdh_curve", "ssl_dhparam", "ssl_session_cache", "ssl_session_timeout",
     "ssl_session_tickets", "ssl_session_ticket_key", "add_header",
     "proxy_pass", "proxy_set_header", "proxy_http_version",
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
@@ -561,7 +570,7 @@ UNSUPPORTED = {
     "ssl_stapling_file": "OCSP stapling", "ssl_stapling_responder": "OCSP stapling",
     "ssl_early_data": "TLS 1.3 early data (0-RTT)", "ssl_verify_client": "client certificates",
     "ssl_client_certificate": "client certificates", "ssl_verify_depth": "client certificates",
-    "ssl_crl": "client certificates", "ssl_dhparam": "DHE key exchange",
+    "ssl_crl": "client certificates",
     "ssl_password_file": "encrypted keys", "ssl": "removed in nginx 1.25.1: use \"listen ... ssl\"",
     "ssl_reject_handshake": "refusing handshakes by SNI",
     "proxy_send_timeout": "fastterm pauses a backend it cannot write to, with no deadline",
@@ -1225,6 +1234,16 @@ class _Builder:
         curve = level.find("ssl_ecdh_curve")
         timeout = level.find("ssl_session_timeout")
         tickets = level.find("ssl_session_tickets")
+        dhparam = level.find("ssl_dhparam")
+        dhparam_path = None
+        if dhparam is not None:
+            from fastterm.config.plan import read_dhparam
+
+            dhparam_path = self.absolute(dhparam.args[0])
+            try:
+                read_dhparam(dhparam_path)
+            except ValueError as exc:
+                raise dhparam.error(str(exc)) from None
         suites = OPENSSL_CIPHERSUITES
         for cmd in level.find_all("ssl_conf_command"):
             if cmd.args[0].lower() != "ciphersuites":
@@ -1236,7 +1255,8 @@ class _Builder:
             groups=curve.args[0] if curve and curve.args[0] != "auto" else INTERMEDIATE_GROUPS,
             prefer_server_ciphers=parse_flag(prefer) if prefer else False, session_cache=cache,
             session_timeout=parse_time(timeout) if timeout else 300.0,
-            session_tickets=parse_flag(tickets) if tickets else True, alpn=self.alpn(s, all_tls))
+            session_tickets=parse_flag(tickets) if tickets else True, alpn=self.alpn(s, all_tls),
+            dhparam=dhparam_path)
 
     def address_default(self, s: _Server, all_tls: list[_Server]) -> _Server:
         """The default server of ``s``'s addresses (one server for all of them, else refused)."""
@@ -1344,8 +1364,11 @@ class _Builder:
                     raise where.unsupported(
                         f"a value differing between servers or locations ({first_node.where if first_node else 'default'}"
                         f" vs {node.where if node else 'default'}): fastterm's limits are global", name)
-            for one in (fld,) if isinstance(fld, str) else fld:
-                values[one] = first
+            if isinstance(first, tuple):    # one field each
+                values.update(zip(fld, first))
+            else:
+                for one in (fld,) if isinstance(fld, str) else fld:
+                    values[one] = first
         connections = events.find("worker_connections")
         if connections is not None:
             values["worker_connections"] = _number(connections, connections.args[0])
@@ -1393,8 +1416,12 @@ def _keepalive_timeout(node: Node) -> float:
     return value
 
 
-def _header_buffers(node: Node) -> int:
-    return _number(node, node.args[0]) * parse_size(node, node.args[1])
+def _header_buffers(node: Node) -> tuple[int, int]:
+    """(N x SIZE, SIZE): the head's total and the longest line (nginx: one buffer)."""
+    number, size = _number(node, node.args[0]), parse_size(node, node.args[1])
+    if number <= 0 or size <= 0:
+        raise node.invalid()
+    return number * size, size
 
 
 def _positive(parse):
@@ -1418,7 +1445,8 @@ _LIMITS = [
     ("proxy_connect_timeout", "location", 60.0, _positive(parse_time), "backend_connect_timeout"),
     ("proxy_read_timeout", "location", 60.0, _positive(parse_time), "backend_read_timeout"),
     ("underscores_in_headers", "server", False, parse_flag, "underscores_in_headers"),
-    ("large_client_header_buffers", "server", 4 * 8192, _header_buffers, "header_buffer_size"),
+    ("large_client_header_buffers", "server", (4 * 8192, 8192), _header_buffers,
+     ("header_buffer_size", "header_line_size")),
     ("http2_max_concurrent_streams", "server", 128, lambda n: _number(n, n.args[0]),
      "http2_max_concurrent_streams"),
     ("keepalive_requests", "location", 1000, _positive(lambda n: _number(n, n.args[0])),

@@ -154,17 +154,41 @@ def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:
     return hashlib.sha256(msgspec.json.encode([index, names, ports.index(addr[1]), server.tls])).digest()
 
 
+def read_dhparam(path: str) -> bytes:
+    """The PEM DH parameters of ``path`` (``tls.dhparam``, nginx ``ssl_dhparam``), checked as
+    a context will load them; ValueError with the reason (OpenSSL's) otherwise."""
+    from fastterm._core import check_dhparam
+
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read DH parameters {path!r}: {exc.strerror}") from None
+    try:
+        check_dhparam(pem)
+    except TLSError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return pem
+
+
 def _server_context(server: Server, index: int, certificates: list, scope: bytes, shared):
     from fastterm._core import TLSContext
 
     tls = server.tls
     where = _where(server, index)
+    dhparam = None
+    if tls.dhparam is not None:
+        try:
+            dhparam = read_dhparam(tls.dhparam)
+        except ValueError as exc:
+            raise ConfigError(str(exc), directive=f"{where} tls.dhparam") from None
     try:
         ctx = TLSContext(
             protocols=tls.protocols, ciphers=tls.ciphers, ciphersuites=tls.ciphersuites,
             groups=tls.groups, prefer_server_ciphers=tls.prefer_server_ciphers,
             session_cache=tls.session_cache, session_timeout=tls.session_timeout,
             session_tickets=tls.session_tickets, alpn=tls.alpn, session_id_context=scope, shared=shared,
+            dhparam=dhparam,
         )
     except TLSError as exc:
         raise ConfigError(str(exc), directive=f"{where} tls") from None

@@ -284,6 +284,9 @@ class _Checker:
                     except ValueError as exc:
                         raise self.error(str(exc), "server", i, "route", j, "proxy") from None
             servers.append(self._with_defaults(server, i, config))
+        if not 0 <= config.limits.header_line_size <= config.limits.header_buffer_size:
+            raise self.error("header_line_size must be 0 (no line limit) up to header_buffer_size",
+                             "limits", "header_line_size")
         if config.workers != "auto" and not 1 <= config.workers <= 256:
             raise self.error("workers must be \"auto\" or 1..256", "workers")
         if config.admin and not config.admin.startswith("unix:"):
@@ -315,7 +318,16 @@ class _Checker:
                                     key=None if c.key is None else _absolute(c.key, base))
             for c in server.certificates
         ]
-        return msgspec.structs.replace(server, routes=routes, certificates=certificates)
+        tls = server.tls
+        if tls.dhparam is not None:
+            from fastterm.config.plan import read_dhparam
+
+            tls = msgspec.structs.replace(tls, dhparam=_absolute(tls.dhparam, base))
+            try:
+                read_dhparam(tls.dhparam)
+            except ValueError as exc:
+                raise self.error(str(exc), "server", i, "tls", "dhparam") from None
+        return msgspec.structs.replace(server, routes=routes, certificates=certificates, tls=tls)
 
     def _address(self, address: str, *where: str | int, default_host: str = "0.0.0.0") -> tuple[str, int]:
         try:

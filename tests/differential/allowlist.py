@@ -142,5 +142,4 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     "locations_two_upstreams": {"location": f"exact locations (location =) {NOT_YET}"},
     "proxy_pass_uri": {"proxy_pass": f"proxy_pass with a URI part {NOT_YET}"},
     "returns": {"location": f"locations that return instead of proxying {NOT_YET}"},
-    "ssl_dhparam": {"ssl_dhparam": f"DHE key exchange {NOT_YET}"},
 }

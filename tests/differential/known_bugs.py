@@ -56,10 +56,4 @@ BUGS: list[Bug] = [
     Bug(name="absolute_form_target_overrides_host", field="*", case="*absolute-form target*",
         reason="GET https://NAME/path: nginx picks the server block by the target's host, not Host; fastterm "
                "by Host", witness=("default_server", "GET api.example.com absolute-form target, Host unknown.test")),
-    Bug(name="header_buffers_limit_each_line_with_nginx_statuses", field="*", config="large_headers",
-        case="GET *", when=lambda a, b: a.get("status") in (400, 414) and b.get("status") in (200, 431),
-        reason="large_client_header_buffers 4 2k: nginx refuses a request line longer than 2k with 414 and a "
-               "header line longer than 2k, or a head over the buffers, with 400; fastterm checks the head's "
-               "total (4 x 2k) and answers 431",
-        witness=("large_headers", "GET https api.example.com /line-2500")),
 ]

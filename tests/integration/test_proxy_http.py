@@ -225,6 +225,35 @@ def test_keepalive_requests_closes_after_the_last_one(fastterm, demo_backend):
         assert closed_by_peer(s, timeout=4), "still open after the keepalive_requests-th response"
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-write", "byte-chunks"])
+def test_header_line_size_gives_nginx_statuses(fastterm, demo_backend, split):
+    """nginx large_client_header_buffers 4 2k: a request line longer than 2k is 414, a field
+    line longer than 2k 400, a head past 4 x 2k 400; a head sent in small pieces is judged
+    the same (the line scan resumes where it stopped)."""
+    ft = fastterm(demo_backend, limits={"header_buffer_size": 8192, "header_line_size": 2048,
+                                              "max_header_fields": 256})
+    cases = [
+        (request_bytes("GET", "/" + "t" * 1500), 200),
+        (request_bytes("GET", "/" + "t" * 2500), 414),
+        (request_bytes("GET", "/f", headers=[("X-Long", "a" * 1500)]), 200),
+        (request_bytes("GET", "/f", headers=[("X-Long", "a" * 2500)]), 400),
+        (request_bytes("GET", "/f", headers=[(f"X-Big-{i}", "b" * 1000) for i in range(12)]), 400),
+        (request_bytes("GET", "/f", headers=[(f"X-Small-{i}", str(i)) for i in range(150)]), 200),
+    ]
+    for data, status in cases:
+        with ft.connect() as s:
+            rd = Reader(s)
+            if split:
+                for i in range(0, len(data), 700):
+                    s.sendall(data[i:i + 700])
+            else:
+                s.sendall(data)
+            r = read_response(rd)
+            assert r.status == status, (data[:60], r.start_line)
+            if status != 200:
+                assert closed_by_peer(s, timeout=4)
+
+
 # ---------------------------------------------------------------------------------------
 # message semantics
 

@@ -302,3 +302,27 @@ def test_redirect_field_errors_name_the_key(load, lines, key, message):
     err = config_error(load, text)
     assert message in str(err)
     assert_located(err, line_of(text, lines.splitlines()[-1]), f"redirect.{key}")
+
+
+def test_header_line_size_defaults_off_and_is_checked(load):
+    assert load(GOOD).limits.header_line_size == 0   # TOML: no line limit, 431 for a head too large
+    assert load(GOOD + "\n[limits]\nheader_line_size = 2048\n").limits.header_line_size == 2048
+    for value in ("-1", "20000"):
+        text = GOOD + f"\n[limits]\nheader_line_size = {value}\n"
+        err = config_error(load, text)
+        assert "header_line_size must be 0" in str(err)
+        assert_located(err, line_of(text, "header_line_size"), "limits.header_line_size")
+
+
+def test_dhparam_is_made_absolute_and_checked(load, write, tmp_path, dhparam_pem):
+    write("dh/params.pem", dhparam_pem)
+    assert load(GOOD).servers[0].tls.dhparam is None
+    text = GOOD + 'dhparam = "dh/params.pem"\n'
+    assert load(text).servers[0].tls.dhparam == str(tmp_path / "dh/params.pem")
+    for name, content, reason in (("absent.pem", None, "No such file"), ("bad.pem", b"junk", "no DH parameters")):
+        if content is not None:
+            write(name, content)
+        bad = GOOD + f'dhparam = "{name}"\n'
+        err = config_error(load, bad)
+        assert reason in str(err) and name in str(err)
+        assert_located(err, line_of(bad, "dhparam"), "server.tls.dhparam")

@@ -13,7 +13,7 @@ import re
 
 import httptools
 import pytest
-from fastterm._core import ChunkedDecoder, parse_request_head, parse_response_head
+from fastterm._core import ChunkedDecoder, check_head_line_sizes, parse_request_head, parse_response_head
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -920,3 +920,21 @@ def test_fuzz_framed_bodies_are_well_formed():
             continue
         if dec.done:
             assert STRICT_CHUNKED.fullmatch(body[:n]), body[:n]
+
+
+# ---- nginx's per-line limit (large_client_header_buffers SIZE) ---------------------
+
+@pytest.mark.parametrize(("data", "status"), [
+    (req("Host: h"), 0),
+    (req("Host: h", start=b"GET /" + b"t" * 33 + b" HTTP/1.1"), 0),     # 49 bytes with its CRLF
+    (req("Host: h", start=b"GET /" + b"t" * 34 + b" HTTP/1.1"), 0),     # exactly 50
+    (req("Host: h", start=b"GET /" + b"t" * 35 + b" HTTP/1.1"), 414),   # 51: the request line
+    (req("X: " + "a" * 45), 0),                                          # 50 with its CRLF
+    (req("X: " + "a" * 46), 400),                                        # a field line
+    (req("A: 1", "X: " + "a" * 46, "B: 2"), 400),
+    (b"GET / HTTP/1.1\r\nX: " + b"a" * 40, 0),                        # incomplete, 45 so far
+    (b"GET / HTTP/1.1\r\nX: " + b"a" * 47, 400),                      # incomplete, already 50: too long
+    (b"GET /" + b"t" * 60, 414),
+])
+def test_line_sizes(data, status):
+    assert check_head_line_sizes(data, 50) == status

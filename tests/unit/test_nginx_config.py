@@ -156,7 +156,7 @@ def test_nginx_defaults_where_the_config_says_nothing(load):
     assert limits.keepalive_timeout == 75.0
     assert limits.send_timeout == 60.0
     assert limits.backend_connect_timeout == 60.0 and limits.backend_read_timeout == 60.0
-    assert limits.header_buffer_size == 4 * 8192
+    assert (limits.header_buffer_size, limits.header_line_size) == (4 * 8192, 8192)   # nginx's statuses
     assert limits.http2_max_concurrent_streams == 128 and limits.http2_max_requests == 1000
     assert limits.keepalive_requests == 1000      # HTTP/1.1 too
     assert limits.max_header_fields == 256        # nginx counts bytes, not fields
@@ -261,6 +261,23 @@ def test_missing_certificate_file_is_located(error, tmp_path):
     text = site().replace("certs/ec.crt", "certs/absent.crt")
     err = error(text, "certs/absent.crt")
     assert "absent.crt" in str(err) and "No such file" in str(err)
+
+
+def test_ssl_dhparam_maps_to_the_policy(load, write, tmp_path, dhparam_pem):
+    write("dhparam.pem", dhparam_pem)
+    got = load(site(http="ssl_dhparam dhparam.pem;"))
+    assert got.server.tls.dhparam == str(tmp_path / "dhparam.pem")   # against the conf prefix
+    assert load(site()).server.tls.dhparam is None   # nginx: no DHE suites then
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (None, "No such file"), (b"not parameters", "no DH parameters"),
+], ids=["missing", "bad"])
+def test_bad_ssl_dhparam_is_located(error, write, content, reason):
+    if content is not None:
+        write("dhparam.pem", content)
+    err = error(site(server="    ssl_dhparam dhparam.pem;"), "ssl_dhparam")
+    assert "dhparam.pem" in str(err) and reason in str(err)
 
 
 def test_mismatched_key_is_located(error, write, rsa_leaf):
@@ -518,7 +535,7 @@ http {
     assert limits.send_timeout == 30.0
     assert (limits.backend_connect_timeout, limits.backend_read_timeout) == (3.0, 120.0)
     assert limits.underscores_in_headers is True
-    assert limits.header_buffer_size == 4 * 16384
+    assert (limits.header_buffer_size, limits.header_line_size) == (4 * 16384, 16384)
     assert (limits.http2_max_concurrent_streams, limits.http2_max_requests, limits.keepalive_requests) == (64, 500, 500)
     assert (limits.worker_connections, limits.drain_timeout) == (4096, 15.0)
     assert got.config.workers == "auto"
@@ -591,7 +608,6 @@ def test_values_equal_to_fastterm_are_accepted_silently(load):
     ("ssl_stapling on;", '"ssl_stapling on" is not supported yet'),
     ("ssl_early_data on;", '"ssl_early_data on" is not supported yet'),
     ("ssl_verify_client on;", '"ssl_verify_client on" is not supported yet'),
-    ("ssl_dhparam /etc/ssl/dh.pem;", '"ssl_dhparam" is not supported yet'),
     ("gzip on;", '"gzip on" is not supported yet'),
     ("error_page 502 /50x.html;", '"error_page" is not supported yet'),
     ("proxy_send_timeout 10s;", '"proxy_send_timeout" is not supported yet'),
@@ -804,6 +820,13 @@ def test_convert_round_trip(load, write, text):
     config = load(text).config
     toml_text = dump_config(config)
     assert load_toml(write("converted/fastterm.toml", toml_text)) == config
+
+
+def test_convert_round_trip_dhparam_and_header_buffers(load, write, dhparam_pem):
+    write("dhparam.pem", dhparam_pem)
+    config = load(site(http="ssl_dhparam dhparam.pem;\nlarge_client_header_buffers 4 2k;")).config
+    assert (config.limits.header_buffer_size, config.limits.header_line_size) == (8192, 2048)
+    assert load_toml(write("converted/fastterm.toml", dump_config(config))) == config
 
 
 # ---- more mapping details ---------------------------------------------------------------------------------

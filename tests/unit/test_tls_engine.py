@@ -17,7 +17,16 @@ import warnings
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fastterm._core import CLOSED, EOF, FAILED, WANT_READ, TLSConnection, TLSContext
+from fastterm._core import (
+    CLOSED,
+    EOF,
+    FAILED,
+    WANT_READ,
+    TLSConnection,
+    TLSContext,
+    check_dhparam,
+    live_objects,
+)
 
 from fastterm import ConfigError, TLSError
 from fastterm.demo import issue_cert, make_ca
@@ -363,6 +372,56 @@ def test_old_protocol_client_refused(ec_server, maximum):
     assert not pair.server.handshake_done
     assert pair.server.version is None
     assert isinstance(pair.client_error, ssl.SSLError)   # it got the protocol_version alert
+
+
+# ---- DHE (tls.dhparam, nginx ssl_dhparam) -----------------------------------
+
+DHE_OFFER = "DHE-RSA-AES128-GCM-SHA256"
+WITH_DHE = "ECDHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256"
+
+
+def test_dhe_not_negotiated_without_dhparam(rsa_leaf):
+    """As nginx: DHE suites in the cipher list are not offered without DH parameters."""
+    ctx = server_context(rsa_leaf, ciphers=WITH_DHE)
+    pair = PyClientPair(ctx, client_context(maximum=ssl.TLSVersion.TLSv1_2, ciphers=DHE_OFFER))
+    assert pair.handshake() == FAILED
+    assert "no shared cipher" in pair.server.error, pair.server.error
+    assert handshake(ctx, client_context(maximum=ssl.TLSVersion.TLSv1_2)).server.cipher.startswith("ECDHE-")
+
+
+@BYTE_SPLITS
+def test_dhe_negotiated_with_dhparam(rsa_leaf, dhparam_pem, one_byte):
+    ctx = server_context(rsa_leaf, ciphers=WITH_DHE, dhparam=dhparam_pem)
+    pair = handshake(ctx, client_context(maximum=ssl.TLSVersion.TLSv1_2, ciphers=DHE_OFFER), one_byte)
+    assert pair.server.cipher == DHE_OFFER == pair.client.cipher()[0]
+    assert pair.server.version == "TLSv1.2"
+    # server order: ECDHE first still, DHE only for clients without it
+    assert handshake(ctx, client_context(maximum=ssl.TLSVersion.TLSv1_2)).server.cipher.startswith("ECDHE-")
+
+
+def test_dhparam_of_the_sni_context_applies(ec_leaf, rsa_leaf, dhparam_pem):
+    default = server_context(ec_leaf)
+    default.set_sni({"rsa.example.com": server_context(rsa_leaf, ciphers=WITH_DHE, dhparam=dhparam_pem)})
+    client = client_context(maximum=ssl.TLSVersion.TLSv1_2, ciphers=DHE_OFFER)
+    assert handshake(default, client, server_hostname="rsa.example.com").server.cipher == DHE_OFFER
+
+
+@pytest.mark.parametrize(("pem", "reason"), [
+    (b"", "no DH parameters"),
+    (b"-----BEGIN DH PARAMETERS-----\nnot base64\n-----END DH PARAMETERS-----\n", "no DH parameters"),
+    (b"-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n", "not DH parameters"),
+], ids=["empty", "garbage", "ec-parameters"])
+def test_bad_dhparam_is_a_tls_error(rsa_leaf, pem, reason):
+    base = live_objects()["SSL_CTX"]
+    with pytest.raises(TLSError, match=reason):
+        check_dhparam(pem)
+    with pytest.raises(TLSError, match=reason):
+        server_context(rsa_leaf, dhparam=pem)
+    assert live_objects()["SSL_CTX"] == base
+
+
+def test_check_dhparam_accepts_ffdhe2048(dhparam_pem):
+    check_dhparam(dhparam_pem)
 
 
 # ---- Certificate choice: RSA vs ECDSA ---------------------------------------
