@@ -82,6 +82,7 @@ cdef class ServerPolicy:
     cdef list routes                # [(prefix bytes, UpstreamPool)], longest first
     cdef object trusted             # tuple of ip networks
     cdef bytes tls_policy           # its [server.tls], encoded: blocks that share it share connections
+    cdef bint misdirected           # 421 for it on a connection under another tls_policy (not nginx)
     cdef readonly bytes hsts        # the Strict-Transport-Security value, or b""
     cdef tuple route(self, const char *path, int n)    # (prefix, UpstreamPool, RequestRewrite or None)
     cdef bint is_trusted(self, str ip)
@@ -92,6 +93,7 @@ cdef class SiteTable:
     cdef dict exact                 # lower-case name (bytes) -> ServerPolicy
     cdef dict wildcard              # ".suffix" (bytes) -> ServerPolicy
     cdef readonly ServerPolicy default
+    cdef readonly bint no_host_default  # a request naming no host goes to default, not SNI's (nginx)
     cdef public bint connection_facts   # a route has a RequestRewrite: ClientFacts want the connection's
     cdef ServerPolicy lookup(self, const char *host, int n)
 

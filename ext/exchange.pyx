@@ -125,10 +125,14 @@ cdef class RequestRewrite:
 cdef class ServerPolicy:
     """The HTTP side of one server block: routes, HSTS, trusted proxies."""
 
-    def __init__(self, str name, routes, hsts=None, trusted_proxies=(), bytes tls_policy=b""):
-        """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)]."""
+    def __init__(self, str name, routes, hsts=None, trusted_proxies=(), bytes tls_policy=b"",
+                 bint misdirected=True):
+        """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)].
+        ``misdirected``: a request for this block on a connection negotiated under another
+        block's TLS policy is answered 421 (model.Server.misdirected_request)."""
         self.name = name
         self.tls_policy = tls_policy
+        self.misdirected = misdirected
         self.routes = sorted(((r[0].encode(), r[1], r[2] if len(r) > 2 else None) for r in routes),
                              key=lambda r: -len(r[0]))
         self.hsts = hsts.encode("latin-1") if hsts else b""
@@ -156,11 +160,14 @@ cdef class ServerPolicy:
 
 
 cdef class SiteTable:
-    def __init__(self, dict names not None, ServerPolicy default not None):
-        """``names``: server name -> ServerPolicy (``*.example.com`` for a wildcard)."""
+    def __init__(self, dict names not None, ServerPolicy default not None, bint no_host_default=False):
+        """``names``: server name -> ServerPolicy (``*.example.com`` for a wildcard).
+        ``no_host_default``: a request that names no host goes to ``default``, not to the
+        block SNI chose (nginx; model.Server.no_host)."""
         self.exact = {}
         self.wildcard = {}
         self.default = default
+        self.no_host_default = no_host_default
         for policy in (*names.values(), default):
             self.connection_facts |= any(r[2] is not None for r in (<ServerPolicy>policy).routes)
         for name, policy in names.items():
@@ -311,19 +318,29 @@ cdef class Exchange:
                 abs_host_len = 8 if target[4] == b's' or target[4] == b'S' else 7
                 abs_host = target + abs_host_len
                 abs_host_len = path - abs_host_len
+                if abs_host_len == 0:
+                    return self.reject(400)   # RFC 3986 §3.2.2: an http(s) URI has a host
                 target += path
                 target_len -= path
         if head.method_len == 5 and memcmp(p, b"TRACE", 5) == 0:
             return self.reject(405)   # as nginx: TRACE would echo credentials back (XST)
-        if head.host_index >= 0:
+        if abs_host != NULL:
+            # RFC 9112 §3.2.2: an absolute-form target's host is the request's, whatever Host says
+            # (nginx too: it picks the server block and $host).
+            server = self.facts.server_for(abs_host, abs_host_len)
+        elif head.host_index >= 0:
             server = self.facts.server_for(p + slots[head.host_index].value_start,
                                            slots[head.host_index].value_len)
+        elif self.facts.sites.no_host_default:
+            server = self.facts.sites.default   # nginx: no Host (HTTP/1.0), the address's default server
         else:
             server = self.facts.tls_server
-        if server is not self.facts.tls_server and server.tls_policy != self.facts.tls_server.tls_policy:
+        if server is not self.facts.tls_server and server.misdirected and \
+                server.tls_policy != self.facts.tls_server.tls_policy:
             # The connection was negotiated under another block's TLS policy (say TLS 1.2
             # where this block wants 1.3 only): RFC 9110 §15.5.20, the client retries on a
-            # connection of its own. Blocks with the same policy share connections.
+            # connection of its own. Blocks with the same policy share connections. (nginx
+            # serves the request by the Host's block whatever the TLS: misdirected off.)
             return self.reject(421)
         self.server = server
         trusted = self.facts.trusts(server)   # whose trusted_proxies: the Host-chosen block's
@@ -357,14 +374,19 @@ cdef class Exchange:
         out.put(p, head.target_start)
         out.put(target, target_len)
         out.put(b" HTTP/1.1\r\n", 11)
-        if head.host_index < 0:
+        if abs_host != NULL:
+            # RFC 9112 §3.2.2: a proxy sends the absolute-form target's host as Host, not the client's
+            out.put(b"Host: ", 6)
+            out.put(abs_host, abs_host_len)
+            out.put(b"\r\n", 2)
+        elif head.host_index < 0:
             out.put(b"Host: ", 6)
             out.put_bytes(pool.host_header)
             out.put(b"\r\n", 2)
         for j in range(head.nheaders):
             kind = slots[j].kind
-            if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
-                    kind == H_PROXY_CONNECTION or kind == H_TE or kind == H_UPGRADE or \
+            if slots[j].drop or (kind == H_HOST and abs_host != NULL) or kind == H_CONNECTION or \
+                    kind == H_KEEP_ALIVE or kind == H_PROXY_CONNECTION or kind == H_TE or kind == H_UPGRADE or \
                     kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO or kind == H_X_FORWARDED_FOR or \
                     ((kind == H_FORWARDED or kind == H_CLIENT_IDENTITY) and not trusted) or \
                     (slots[j].underscore and not limits.underscores_in_headers):

@@ -111,6 +111,13 @@ class Server(Struct):
     hsts: str | None = None  # value of Strict-Transport-Security, added to every response
     routes: list[Route] = msgspec.field(name="route", default_factory=list)
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    # Which block answers a request that names no host (HTTP/1.0 without Host): "sni", the one
+    # the handshake's SNI chose (fastterm); "default", the listener's default server (nginx).
+    # Read from the listener's default server.
+    no_host: Literal["sni", "default"] = "sni"
+    # A request whose Host names this block on a connection negotiated under another block's
+    # TLS policy is answered 421 (RFC 9110 §15.5.20); off: served by this block (nginx).
+    misdirected_request: bool = True
 
 
 class Redirect(Struct):

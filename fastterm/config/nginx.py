@@ -165,7 +165,6 @@ RUNTIME_DIFFERENCES = """\
 - keepalive_time (1h) is not applied.
 - No matching location: fastterm 404s; nginx serves files from its root.
 - location /dir/ with proxy_pass: nginx redirects /dir to /dir/ (301); fastterm does not.
-- A Host naming a server block with other TLS settings than the connection's: fastterm 421.
 - Port 80 (return): the status pages' bodies differ; add_header lines are not applied; a text
   body is text/plain whatever the URI's extension (nginx: its types, else default_type); a
   request with Expect: 100-continue and a body is answered and closed (nginx reads the body);
@@ -1112,7 +1111,8 @@ class _Builder:
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
             server_names=names, default_server=any(listen.default for listen in s.listens),
-            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes)
+            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes,
+            no_host="default", misdirected_request=False)
 
     def unique_names(self, s: _Server, servers: list[_Server]) -> list[str]:
         """nginx warns 'conflicting server name ... ignored' and keeps the first server's."""

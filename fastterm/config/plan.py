@@ -135,7 +135,8 @@ def _server_policy(server: Server, pools: dict, index: int):
             rewrite = _rewrite(route.proxy, route.upstream, server)
         routes.append((route.path, pools[route.upstream], rewrite))
     return ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
-                        server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls))
+                        server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
+                        server.misdirected_request)
 
 
 def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:
@@ -235,7 +236,8 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
                 names.setdefault(name.lower(), contexts[i])
                 sites.setdefault(name.lower(), policies[i])
         contexts[default].set_sni(names)
-        plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default])))
+        no_host_default = config.servers[default].no_host == "default"
+        plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default], no_host_default)))
     by_address: dict[tuple[str, int], list] = {}
     for redirect in config.redirects:
         for listen in redirect.listen:

@@ -48,14 +48,6 @@ BUGS: list[Bug] = [
         reason="location /dir/ with proxy_pass: nginx answers /dir with a 301 to https://HOST:PORT/dir/ "
                "(absolute, with the listen port); fastterm proxies /dir by the / location",
         witness=("locations_prefix", "GET https api.example.com /static")),
-    Bug(name="no_host_picks_the_default_server", field="*", config="default_server",
-        case="GET api.example.com HTTP/1.0 without Host",
-        reason="a request without Host goes to the listener's default server in nginx, whatever the SNI; "
-               "fastterm uses the server the SNI picked",
-        witness=("default_server", "GET api.example.com HTTP/1.0 without Host")),
-    Bug(name="absolute_form_target_overrides_host", field="*", case="*absolute-form target*",
-        reason="GET https://NAME/path: nginx picks the server block by the target's host, not Host; fastterm "
-               "by Host", witness=("default_server", "GET api.example.com absolute-form target, Host unknown.test")),
     Bug(name="header_buffers_limit_each_line_with_nginx_statuses", field="*", config="large_headers",
         case="GET *", when=lambda a, b: a.get("status") in (400, 414) and b.get("status") in (200, 431),
         reason="large_client_header_buffers 4 2k: nginx refuses a request line longer than 2k with 414 and a "

@@ -271,3 +271,25 @@ def test_upstream_request_is_nginx_s(nginx_mode, demo_backend, client):
     kept = echo_json(get(ft, "/kept/echo")[0])
     assert kept["version"] == "1.1"
     assert "connection" not in header_map(kept) and "x-real-ip" not in header_map(kept)
+
+
+def send(ft: Fastterm, raw: bytes, sni: str = "www.example.com"):
+    with ft.connect(server_hostname=sni) as sock:
+        sock.sendall(raw)
+        return read_response(Reader(sock))
+
+
+def test_server_block_by_host_nginx_s_way(nginx_mode, demo_backend):
+    """nginx's server selection: no Host (HTTP/1.0) -> the address's default server whatever the
+    SNI; an absolute-form target's host beats Host; a Host naming a block with other TLS
+    settings is served by it (no 421). The HSTS value says which block answered."""
+    ft = nginx_mode(TWO_SNI.replace("server_name other.test;",
+                                    "server_name other.test;\n    ssl_ciphers ECDHE-ECDSA-AES256-GCM-SHA384;"),
+                    backend=demo_backend)
+    no_host = send(ft, request_bytes("GET", "/echo", None, version="HTTP/1.0"), sni="other.test")
+    assert no_host.status == 200 and no_host.header("Strict-Transport-Security") == "max-age=1"
+    absolute = send(ft, request_bytes("GET", "https://other.test/echo", "www.example.com"))
+    assert absolute.status == 200 and absolute.header("Strict-Transport-Security") == "max-age=2"
+    assert echo_json(absolute)["path"] == "/echo"
+    other = send(ft, request_bytes("GET", "/echo", "other.test"))
+    assert other.status == 200 and other.header("Strict-Transport-Security") == "max-age=2"

@@ -228,3 +228,38 @@ def test_host_of_a_block_with_another_tls_policy_is_421(pools):
     assert ex.feed_request(head("GET / HTTP/1.1", "Host: strict.test"))[0] == 421
     ex = Exchange(ClientFacts("192.0.2.7", sites, lax))
     assert ex.feed_request(head("GET / HTTP/1.1", "Host: twin.test"))[0] == 0
+
+
+def test_absolute_form_target_host_picks_the_block_and_is_sent_as_host(sites):
+    """RFC 9112 §3.2.2: the target's host overrides Host, for the block and upstream (nginx
+    picks the block by it too); a proxy generates Host from it rather than forwarding the client's."""
+    ex = exchange(sites)
+    status, up = ex.feed_request(head("GET https://other.test:443/x HTTP/1.1", "Host: www.example.com"))
+    assert status == 0 and ex.verdict["server"] == "other"
+    assert ("Host", "other.test:443") in headers_of(up) and ("Host", "www.example.com") not in headers_of(up)
+    assert len([h for h in headers_of(up) if h[0].lower() == "host"]) == 1
+    ex = exchange(sites, sni="other.test")
+    assert ex.feed_request(head("GET http://unknown.test/x HTTP/1.0"))[0] == 0
+    assert ex.verdict["server"] == "www"   # the default, as a Host unknown.test would
+    assert exchange(sites).feed_request(head("GET http:///x HTTP/1.1", "Host: www.example.com"))[0] == 400
+
+
+def test_no_host_goes_to_the_default_server_where_the_table_says(pools):
+    """nginx (model.Server.no_host = "default"): an HTTP/1.0 request without Host is the
+    listener's default server's, whatever the SNI chose; fastterm's own tables keep SNI's."""
+    www = ServerPolicy("www", [("/", pools["web"])])
+    other = ServerPolicy("other", [("/", pools["api"])])
+    for no_host_default, server in ((True, "www"), (False, "other")):
+        sites = SiteTable({"other.test": other}, www, no_host_default)
+        ex = Exchange(ClientFacts("192.0.2.7", sites, other))
+        assert ex.feed_request(head("GET /x HTTP/1.0"))[0] == 0
+        assert ex.verdict["server"] == server
+
+
+def test_misdirected_off_serves_the_host_block_whatever_the_tls(pools):
+    """nginx: Host picks the server block, no 421 when the connection's TLS policy is another's."""
+    lax = ServerPolicy("lax", [("/", pools["web"])], tls_policy=b"tls1.2+", misdirected=False)
+    strict = ServerPolicy("strict", [("/", pools["api"])], tls_policy=b"tls1.3", misdirected=False)
+    ex = Exchange(ClientFacts("192.0.2.7", SiteTable({"lax.test": lax, "strict.test": strict}, lax, True), lax))
+    assert ex.feed_request(head("GET / HTTP/1.1", "Host: strict.test"))[0] == 0
+    assert ex.verdict["server"] == "strict"
