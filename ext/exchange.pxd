@@ -80,6 +80,7 @@ cdef class ServerPolicy:
     cdef readonly str name
     cdef bytes hsts_line
     cdef list routes                # [(prefix bytes, UpstreamPool)], longest first
+    cdef list slash_redirects       # prefixes without their "/" that redirect to it (nginx), or []
     cdef object trusted             # tuple of ip networks
     cdef bytes tls_policy           # its [server.tls], encoded: blocks that share it share connections
     cdef bint misdirected           # 421 for it on a connection under another tls_policy (not nginx)
@@ -147,12 +148,16 @@ cdef class Exchange:
     cdef bint dechunk               # the client gets chunk data only (HTTP/1.0 client)
     cdef bint backend_reusable
     cdef str failure                # why a response was refused (for the log)
+    cdef readonly bytes location    # a 301 of our own (nginx's /dir -> /dir/): its Location
 
     cdef void reset(self)
     cdef int advance(self, int event) except -1
     cdef int reject(self, int status) except -1
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                      RequestLimits *limits, char *scratch) except -1
+    cdef int _slash_location(self, bytes prefix, tuple route, const char *target, int target_len,
+                             const char *p, MessageHead *head, HeaderSlot *slots, const char *host,
+                             int host_len) except -1
     cdef int _rewritten_head(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                              RequestLimits *limits, const char *target, int target_len,
                              const char *host, int host_len) except -1

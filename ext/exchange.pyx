@@ -18,7 +18,7 @@ import ipaddress
 
 from libc.stdio cimport snprintf
 
-_REASONS = {400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout", 421: "Misdirected Request",
+_REASONS = {301: "Moved Permanently", 400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout", 421: "Misdirected Request",
             413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
@@ -127,7 +127,8 @@ cdef class ServerPolicy:
 
     def __init__(self, str name, routes, hsts=None, trusted_proxies=(), bytes tls_policy=b"",
                  bint misdirected=True):
-        """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)].
+        """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)],
+        a fourth element True: the prefix without its trailing "/" is redirected to it (nginx).
         ``misdirected``: a request for this block on a connection negotiated under another
         block's TLS policy is answered 421 (model.Server.misdirected_request)."""
         self.name = name
@@ -135,6 +136,8 @@ cdef class ServerPolicy:
         self.misdirected = misdirected
         self.routes = sorted(((r[0].encode(), r[1], r[2] if len(r) > 2 else None) for r in routes),
                              key=lambda r: -len(r[0]))
+        self.slash_redirects = [r[0].encode()[:len(r[0].encode()) - 1] for r in routes
+                                if len(r) > 3 and r[3] and len(r[0]) > 1 and r[0].endswith("/")]
         self.hsts = hsts.encode("latin-1") if hsts else b""
         self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if hsts else b""
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
@@ -169,7 +172,9 @@ cdef class SiteTable:
         self.default = default
         self.no_host_default = no_host_default
         for policy in (*names.values(), default):
-            self.connection_facts |= any(r[2] is not None for r in (<ServerPolicy>policy).routes)
+            # a RequestRewrite's variables and a slash redirect's port read the connection
+            self.connection_facts |= any(r[2] is not None for r in (<ServerPolicy>policy).routes) or \
+                bool((<ServerPolicy>policy).slash_redirects)
         for name, policy in names.items():
             key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
             if key.startswith(b"*."):
@@ -276,6 +281,7 @@ cdef class Exchange:
         self.response_mode = BODY_NONE
         self.dechunk = self.backend_reusable = False
         self.failure = None
+        self.location = None
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
@@ -301,6 +307,7 @@ cdef class Exchange:
         cdef const char *target = p + head.target_start
         cdef const char *abs_host = NULL   # an absolute-form target's host (nginx's $host first)
         cdef int target_len = head.target_len, path, route_len, j, kind, abs_host_len = 0
+        cdef const char *path_at
         cdef bint trusted
         self.http10 = head.version == 10
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
@@ -351,8 +358,25 @@ cdef class Exchange:
             if route_len < 0:
                 return self.reject(400)
             route = server.route(scratch, route_len)
+            path_at = scratch
         else:
             route = server.route(target, target_len)
+            path_at = target
+            route_len = -1
+        if server.slash_redirects:
+            if route_len < 0:
+                route_len = 0
+                while route_len < target_len and target[route_len] != b'?':
+                    route_len += 1
+        if server.slash_redirects and (route is None or PyBytes_GET_SIZE(<bytes>route[0]) < route_len):
+            # nginx (auto_redirect): a location /dir/ that proxies answers exactly /dir, which
+            # no location names, with 301 to /dir/ (ngx_http_core_find_static_location)
+            for prefix in server.slash_redirects:
+                if PyBytes_GET_SIZE(<bytes>prefix) == route_len and \
+                        memcmp(PyBytes_AS_STRING(<bytes>prefix), path_at, route_len) == 0:
+                    self._slash_location(<bytes>prefix, route, target, target_len, p, head, slots,
+                                         abs_host, abs_host_len)
+                    return self.reject(301)
         if route is None:
             return self.reject(404)
         pool = <UpstreamPool>route[1]
@@ -404,6 +428,32 @@ cdef class Exchange:
         out.put_bytes(self.facts.peer_ip_b)
         out.put(b"\r\n\r\n", 4)
         self.advance(E_REQUEST_OK)
+        return 0
+
+    cdef int _slash_location(self, bytes prefix, tuple route, const char *target, int target_len,
+                             const char *p, MessageHead *head, HeaderSlot *slots, const char *host,
+                             int host_len) except -1:
+        """``location`` for nginx's /dir -> /dir/ redirect: absolute, as nginx's header filter
+        makes it (https://$host, the listen port unless 443, the location's name, ?args).
+        Python bytes: a rare answer, off the proxying path; as long as the head at most."""
+        cdef int end, q = 0
+        cdef bytes port = self.facts.server_port_b
+        if host == NULL and head.host_index >= 0:
+            host = p + slots[head.host_index].value_start
+            host_len = slots[head.host_index].value_len
+        if host != NULL and host_len > 0:
+            end = _host_end(host, host_len)
+            name = PyBytes_FromStringAndSize(host, end).lower()
+        elif route is not None and route[2] is not None:
+            name = (<RequestRewrite>route[2]).host_fallback
+        else:
+            name = self.server.name.split(",")[0].encode("idna" if not self.server.name.isascii() else "ascii")
+        while q < target_len and target[q] != b'?':
+            q += 1
+        location = b"https://" + name + (b":" + port if port and port != b"443" else b"") + prefix + b"/"
+        if target_len - q > 1:
+            location += PyBytes_FromStringAndSize(target + q, target_len - q)
+        self.location = location
         return 0
 
     cdef int _rewritten_head(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
@@ -481,18 +531,7 @@ cdef class Exchange:
             if host == NULL or host_len == 0:
                 out.put_bytes(rw.host_fallback)
                 return 0
-            end = host_len
-            if host[0] == b'[':
-                while end > 0 and host[end - 1] != b']':
-                    end -= 1
-                if end == 0:
-                    end = host_len
-            else:
-                while end > 0 and host[end - 1] != b':':
-                    end -= 1
-                end = end - 1 if end > 0 else host_len
-            while end > 0 and host[end - 1] == b'.':
-                end -= 1
+            end = _host_end(host, host_len)
             out.reserve(end)
             for j in range(end):
                 out.buf[out.len + j] = _lower(host[j])
@@ -603,7 +642,10 @@ cdef class Exchange:
         hsts = self.server.hsts_line if self.server is not None else \
             self.facts.tls_server.hsts_line
         msg = (f"HTTP/1.1 {status} {reason}\r\nServer: fastterm\r\nContent-Type: text/html\r\n"
-               f"Content-Length: {len(body)}\r\n").encode() + hsts + b"Connection: close\r\n\r\n"
+               f"Content-Length: {len(body)}\r\n").encode() + hsts
+        if self.location is not None and status == 301:
+            msg += b"Location: " + self.location + b"\r\n"
+        msg += b"Connection: close\r\n\r\n"
         return msg if self.head_request else msg + body
 
     # ---- Python face, for the unit tests ------------------------------------------------
@@ -689,6 +731,23 @@ cdef void _real_ip(Exchange ex, const char *p, MessageHead *head, HeaderSlot *sl
     if inet_pton(AF_INET, text, binary) == 1 or inet_pton(AF_INET6, text, binary) == 1:
         ex.remote = p + start
         ex.remote_len = end - start
+
+
+cdef int _host_end(const char *host, int host_len) noexcept:
+    """The length of a Host value's name: its :port and trailing dots off (nginx's $host)."""
+    cdef int end = host_len
+    if host[0] == b'[':
+        while end > 0 and host[end - 1] != b']':
+            end -= 1
+        if end == 0:
+            end = host_len
+    else:
+        while end > 0 and host[end - 1] != b':':
+            end -= 1
+        end = end - 1 if end > 0 else host_len
+    while end > 0 and host[end - 1] == b'.':
+        end -= 1
+    return end
 
 
 cdef bint _http_name_is(const char *field, int n, const char *var, int m) noexcept:

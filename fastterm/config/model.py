@@ -86,6 +86,8 @@ class Route(Struct, kw_only=True):
     path: str = "/"
     upstream: str
     proxy: ProxyRequest | None = None  # None: fastterm's own forwarding (DESIGN.md, "Forwarded headers")
+    slash_redirect: bool = False  # a path ending in "/": a request for it without that "/" (which no
+    # route names) is answered 301 to https://$host[:port]PATH[?args] (nginx's location /dir/ + proxy_pass)
 
 
 class Upstream(Struct):

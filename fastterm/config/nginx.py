@@ -164,7 +164,8 @@ RUNTIME_DIFFERENCES = """\
   no field count limit).
 - keepalive_time (1h) is not applied.
 - No matching location: fastterm 404s; nginx serves files from its root.
-- location /dir/ with proxy_pass: nginx redirects /dir to /dir/ (301); fastterm does not.
+- The 301 from /dir to /dir/ (location /dir/ with proxy_pass) closes an HTTP/1.1 connection, as
+  every answer of fastterm's own does (nginx keeps it).
 - Port 80 (return): the status pages' bodies differ; add_header lines are not applied; a text
   body is text/plain whatever the URI's extension (nginx: its types, else default_type); a
   request with Expect: 100-continue and a body is answered and closed (nginx reads the body);
@@ -1107,7 +1108,9 @@ class _Builder:
             for n in loc.level.own("return"):
                 raise n.unsupported("fastterm's locations proxy", "return")
             upstream = self.proxy_pass(proxy[0])
-            routes.append(Route(path=loc.path, upstream=upstream, proxy=self.proxy_request(loc.level, upstream)))
+            # nginx's auto_redirect (ngx_http_proxy_pass): /dir answered 301 to /dir/
+            routes.append(Route(path=loc.path, upstream=upstream, proxy=self.proxy_request(loc.level, upstream),
+                                slash_redirect=len(loc.path) > 1 and loc.path.endswith("/")))
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
             server_names=names, default_server=any(listen.default for listen in s.listens),

@@ -133,7 +133,7 @@ def _server_policy(server: Server, pools: dict, index: int):
             except ValueError as exc:
                 raise ConfigError(str(exc), directive=f"{_where(server, index)} route[{j}] proxy") from None
             rewrite = _rewrite(route.proxy, route.upstream, server)
-        routes.append((route.path, pools[route.upstream], rewrite))
+        routes.append((route.path, pools[route.upstream], rewrite, route.slash_redirect))
     return ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
                         server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
                         server.misdirected_request)

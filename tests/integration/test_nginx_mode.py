@@ -293,3 +293,31 @@ def test_server_block_by_host_nginx_s_way(nginx_mode, demo_backend):
     assert echo_json(absolute)["path"] == "/echo"
     other = send(ft, request_bytes("GET", "/echo", "other.test"))
     assert other.status == 200 and other.header("Strict-Transport-Security") == "max-age=2"
+
+
+SLASH = """\
+upstream app {{ server {backend}; }}
+server {{
+    listen {host}:{https} ssl http2;
+    server_name www.example.com;
+    ssl_certificate certs/www.crt;
+    ssl_certificate_key certs/www.key;
+    add_header Strict-Transport-Security "max-age=1" always;
+    location / {{ proxy_pass http://app; }}
+    location /dir/ {{ proxy_pass http://app; }}
+}}
+"""
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+def test_location_dir_redirects_dir_to_dir_slash(nginx_mode, demo_backend, client):
+    """nginx's automatic redirect: /dir -> 301 https://HOST:PORT/dir/?args, HSTS on it."""
+    ft = nginx_mode(SLASH, backend=demo_backend)
+    if client == "h1":
+        response, _ = get(ft, "/dir?q=1", host="WWW.example.com")
+    else:
+        response = h2_request(ft, "GET", "/dir?q=1", host="WWW.example.com")
+    assert response.status == 301
+    assert response.header("Location") == f"https://www.example.com:{ft.https_port}/dir/?q=1"
+    assert response.header("Strict-Transport-Security") == "max-age=1"
+    assert echo_json(get(ft, "/dir/echo")[0])["path"] == "/dir/echo"

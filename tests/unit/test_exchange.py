@@ -263,3 +263,47 @@ def test_misdirected_off_serves_the_host_block_whatever_the_tls(pools):
     ex = Exchange(ClientFacts("192.0.2.7", SiteTable({"lax.test": lax, "strict.test": strict}, lax, True), lax))
     assert ex.feed_request(head("GET / HTTP/1.1", "Host: strict.test"))[0] == 0
     assert ex.verdict["server"] == "strict"
+
+
+@pytest.fixture
+def slash_sites(pools):
+    policy = ServerPolicy("api.test,other.test", [("/", pools["web"]), ("/static/", pools["api"], None, True),
+                                                  ("/exact", pools["api"]), ("/exact/", pools["api"], None, True)])
+    return SiteTable({"api.test": policy}, policy)
+
+
+@pytest.mark.parametrize(("target", "host", "port", "location"), [
+    ("/static", "API.test:8443", 8443, "https://api.test:8443/static/"),
+    ("/static?a=1&b", "api.test", 8443, "https://api.test:8443/static/?a=1&b"),
+    ("/st%61tic?", "api.test.", 443, "https://api.test/static/"),           # $uri matched; no empty ?
+    ("https://other.test/static", "api.test", 0, "https://other.test/static/"),
+    ("/static", None, 8443, "https://api.test:8443/static/"),               # HTTP/1.0: the server's name
+])
+def test_location_dir_redirects_dir_to_dir_slash(slash_sites, target, host, port, location):
+    """nginx's auto_redirect: /dir, which no route names, gets 301 to the absolute /dir/ (the
+    listen port unless 443, ?args kept); nothing reaches a backend."""
+    facts = ClientFacts("192.0.2.7", slash_sites)
+    facts.connection(server_port=port)
+    ex = Exchange(facts)
+    raw = head(f"GET {target} HTTP/1.1", f"Host: {host}") if host else head(f"GET {target} HTTP/1.0")
+    assert ex.feed_request(raw) == (301, None)
+    assert ex.location == location.encode()
+    assert f"\r\nLocation: {location}\r\n".encode() in ex.error_page(301)
+
+
+@pytest.mark.parametrize("target", ["/static/", "/static/x", "/staticx", "/exact", "/exact?x", "/"])
+def test_no_slash_redirect_where_a_route_names_the_path(slash_sites, target):
+    ex = exchange(slash_sites)
+    assert ex.feed_request(head(f"GET {target} HTTP/1.1", "Host: api.test"))[0] == 0
+    assert ex.location is None
+
+
+def test_slash_redirect_without_a_root_route_and_long_values(pools):
+    """No route matches /dir at all (would be 404): still the redirect; a long Host and query
+    make a long Location, as long as the head (Python bytes, no fixed buffer)."""
+    policy = ServerPolicy("a.test", [("/dir/", pools["api"], None, True)])
+    ex = Exchange(ClientFacts("192.0.2.7", SiteTable({}, policy)))
+    query = "q=" + "x" * 20000
+    assert ex.feed_request(head(f"GET /dir?{query} HTTP/1.1", "Host: " + "h" * 5000))[0] == 301
+    assert ex.location == ("https://" + "h" * 5000 + "/dir/?" + query).encode()
+    assert exchange(SiteTable({}, policy)).feed_request(head("GET /other HTTP/1.1", "Host: a.test"))[0] == 404
