@@ -149,6 +149,9 @@ cdef class Exchange:
     cdef bint backend_reusable
     cdef str failure                # why a response was refused (for the log)
     cdef readonly bytes location    # a 301 of our own (nginx's /dir -> /dir/): its Location
+    cdef bytes redirect_from        # the route's proxy_redirect: a Location starting with it ...
+    cdef bytes redirect_to          # ... gets this instead (nginx; None: passed as it is)
+    cdef bytes host_name            # $host for it: ClientFacts.last_host, or None (the server's name)
 
     cdef void reset(self)
     cdef int advance(self, int event) except -1
@@ -165,6 +168,7 @@ cdef class Exchange:
                      HeadWriter out, const char *target, int target_len, const char *host, int host_len) except -1
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                       bint close_client) except -1
+    cdef int _redirected(self, const char *rest, int n, HeadWriter out) except -1
     cdef int _bad(self, str why) except -1
     cdef int response_end(self) except -1
     cdef bint may_retry(self, bint got_bytes, int attempts)

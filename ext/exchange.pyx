@@ -128,13 +128,17 @@ cdef class ServerPolicy:
     def __init__(self, str name, routes, hsts=None, trusted_proxies=(), bytes tls_policy=b"",
                  bint misdirected=True):
         """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)],
-        a fourth element True: the prefix without its trailing "/" is redirected to it (nginx).
+        a fourth element True: the prefix without its trailing "/" is redirected to it (nginx);
+        a fifth and sixth: a backend Location starting with the fifth gets the sixth instead
+        (nginx proxy_redirect; "" none), made absolute when it starts with "/".
         ``misdirected``: a request for this block on a connection negotiated under another
         block's TLS policy is answered 421 (model.Server.misdirected_request)."""
         self.name = name
         self.tls_policy = tls_policy
         self.misdirected = misdirected
-        self.routes = sorted(((r[0].encode(), r[1], r[2] if len(r) > 2 else None) for r in routes),
+        self.routes = sorted(((r[0].encode(), r[1], r[2] if len(r) > 2 else None,
+                               r[4].encode("latin-1") if len(r) > 4 else b"",
+                               r[5].encode("latin-1") if len(r) > 5 else b"") for r in routes),
                              key=lambda r: -len(r[0]))
         self.slash_redirects = [r[0].encode()[:len(r[0].encode()) - 1] for r in routes
                                 if len(r) > 3 and r[3] and len(r[0]) > 1 and r[0].endswith("/")]
@@ -282,6 +286,7 @@ cdef class Exchange:
         self.dechunk = self.backend_reusable = False
         self.failure = None
         self.location = None
+        self.redirect_from = self.redirect_to = self.host_name = None
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
@@ -384,6 +389,19 @@ cdef class Exchange:
         self.body_mode = request_body_mode(head)
         self.content_length = head.content_length
         self.retryable = self.body_mode == BODY_NONE and _idempotent(p, head.method_len)
+        if PyBytes_GET_SIZE(<bytes>route[3]):
+            # proxy_redirect: the response's Location may want $host. A reference to the
+            # name server_for keeps (keep-alive requests repeat it), not a copy.
+            self.redirect_from = <bytes>route[3]
+            self.redirect_to = <bytes>route[4]
+            if abs_host != NULL and abs_host_len and abs_host[0] == b'[':
+                self.host_name = PyBytes_FromStringAndSize(abs_host, _host_end(abs_host, abs_host_len))
+            elif abs_host == NULL and head.host_index >= 0 and slots[head.host_index].value_len and \
+                    p[slots[head.host_index].value_start] == b'[':
+                self.host_name = PyBytes_FromStringAndSize(p + slots[head.host_index].value_start, _host_end(
+                    p + slots[head.host_index].value_start, slots[head.host_index].value_len))
+            elif abs_host != NULL or head.host_index >= 0:
+                self.host_name = self.facts.last_host
         if route[2] is not None:
             self.rewrite = <RequestRewrite>route[2]
             if abs_host == NULL and head.host_index >= 0:
@@ -583,6 +601,9 @@ cdef class Exchange:
         codec closes the client connection after this response (drain, pipelining rules)."""
         cdef int j, kind
         cdef bytes hsts = self.server.hsts_line
+        cdef bytes rf = self.redirect_from
+        cdef Py_ssize_t rf_len = PyBytes_GET_SIZE(rf) if rf is not None else 0
+        cdef bint rewrote = False
         if head.status == 101:
             return self._bad("unexpected 101 Switching Protocols")
         if head.status < 200:
@@ -607,7 +628,15 @@ cdef class Exchange:
                     kind == H_PROXY_CONNECTION or kind == H_UPGRADE or (kind == H_HSTS and hsts) or \
                     (kind == H_TRANSFER_ENCODING and (self.dechunk or self.facts.http2)):
                 continue
+            if rf_len and slots[j].name_len == 8 and strncasecmp(p + slots[j].line_start, b"location", 8) == 0 \
+                    and slots[j].value_len >= rf_len and \
+                    memcmp(p + slots[j].value_start, PyBytes_AS_STRING(rf), rf_len) == 0:
+                self._redirected(p + slots[j].value_start + rf_len, slots[j].value_len - <int>rf_len, out)
+                rewrote = True
+                continue
             out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
+        if rewrote and out.len > PROXY_HEAD_MAX:
+            return self._bad("the rewritten response head is too large")
         if hsts:
             out.put_bytes(hsts)
         if self.client_close:
@@ -615,6 +644,35 @@ cdef class Exchange:
         out.put(b"\r\n", 2)
         self.advance(E_RESPONSE_OK)
         return R_FINAL
+
+    cdef int _redirected(self, const char *rest, int n, HeadWriter out) except -1:
+        """nginx's proxy_redirect (ngx_http_proxy_rewrite): Location is redirect_to and the
+        rest of the backend's value; one starting with "/" made absolute as nginx's header
+        filter does (https://$host, the listen port unless 443)."""
+        cdef bytes to = self.redirect_to, name = self.host_name, port = self.facts.server_port_b
+        cdef int j, end
+        cdef const char *h
+        out.put(b"Location: ", 10)
+        if PyBytes_GET_SIZE(to) and PyBytes_AS_STRING(to)[0] == b'/':
+            if name is None or PyBytes_GET_SIZE(name) == 0:
+                name = self.rewrite.host_fallback if self.rewrite is not None else \
+                    self.server.name.split(",")[0].encode("idna" if not self.server.name.isascii() else "ascii")
+            h = PyBytes_AS_STRING(name)
+            end = <int>PyBytes_GET_SIZE(name)
+            while end > 0 and h[end - 1] == b'.':
+                end -= 1
+            out.put(b"https://", 8)
+            out.reserve(end)
+            for j in range(end):
+                out.buf[out.len + j] = _lower(h[j])
+            out.len += end
+            if PyBytes_GET_SIZE(port) and port != b"443":
+                out.put(b":", 1)
+                out.put_bytes(port)
+        out.put_bytes(to)
+        out.put(rest, n)
+        out.put(b"\r\n", 2)
+        return 0
 
     cdef int _bad(self, str why) except -1:
         self.advance(E_RESPONSE_BAD)

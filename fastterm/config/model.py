@@ -88,6 +88,9 @@ class Route(Struct, kw_only=True):
     proxy: ProxyRequest | None = None  # None: fastterm's own forwarding (DESIGN.md, "Forwarded headers")
     slash_redirect: bool = False  # a path ending in "/": a request for it without that "/" (which no
     # route names) is answered 301 to https://$host[:port]PATH[?args] (nginx's location /dir/ + proxy_pass)
+    redirect_from: str = ""  # a backend's Location that starts with this gets redirect_to in its place
+    redirect_to: str = "/"   # (nginx proxy_redirect); one that then starts with "/" is made absolute
+    # on the client's side: https://$host[:port] (the listen port unless 443). "": passed unchanged
 
 
 class Upstream(Struct):

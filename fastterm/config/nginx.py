@@ -50,6 +50,9 @@ What maps (nginx -> model):
   ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE (4 8k),
   ``http2_max_concurrent_streams`` (128), ``keepalive_requests`` (1000) -> requests per
   HTTP/1.1 connection and streams per HTTP/2 connection.
+- ``proxy_redirect default`` (also nginx's default) and ``off`` -> each route's ``redirect_from``
+  (``http://UPSTREAM/`` as proxy_pass writes it, or "") and ``redirect_to`` ``/``: a backend's
+  Location under proxy_pass's URL comes back on the client's https://$host[:port].
 - ``proxy_set_header`` and ``proxy_http_version`` -> each route's ``proxy`` (model.ProxyRequest),
   nginx's upstream request exactly: HTTP/1.0 unless ``proxy_http_version 1.1``; the level's
   ``proxy_set_header`` lines in order (a level with any does not inherit its parent's), then
@@ -61,7 +64,7 @@ What maps (nginx -> model):
   ``$request_uri``, ``$request_method``, ``$server_addr``, ``$server_port``, ``$server_name``,
   ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$proxy_host``.
 - Values equal to fastterm's behaviour are accepted for: ``ssl_stapling off``, ``ssl_early_data
-  off``, ``ssl_verify_client off``, ``ssl_reject_handshake off``, ``proxy_redirect off``,
+  off``, ``ssl_verify_client off``, ``ssl_reject_handshake off``,
   ``proxy_intercept_errors off``, ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
@@ -163,6 +166,7 @@ RUNTIME_DIFFERENCES = """\
 - 431 for a request head past header_buffer_size or 256 fields (nginx: 400/414 per line,
   no field count limit).
 - keepalive_time (1h) is not applied.
+- proxy_redirect rewrites Location only (nginx also rewrites Refresh).
 - No matching location: fastterm 404s; nginx serves files from its root.
 - The 301 from /dir to /dir/ (location /dir/ with proxy_pass) closes an HTTP/1.1 connection, as
   every answer of fastterm's own does (nginx keeps it).
@@ -480,7 +484,7 @@ MAPPED = {
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
     "ssl_stapling": {"off"}, "ssl_early_data": {"off"}, "ssl_verify_client": {"off"},
-    "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off"}, "proxy_intercept_errors": {"off"},
+    "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"}, "proxy_intercept_errors": {"off"},
     "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
     "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
     "real_ip_recursive": {"off"}, "gzip": {"off"}, "access_log": {"off"}, "keepalive_disable": {"none"},
@@ -569,7 +573,7 @@ UNSUPPORTED = {
     "proxy_next_upstream": "fastterm retries connect failures and resets of idempotent requests",
     "proxy_next_upstream_tries": "fastterm tries each server of an upstream once",
     "error_page": "fastterm sends its own error pages", "gzip": "fastterm does not compress",
-    "proxy_redirect": "fastterm does not rewrite Location", "proxy_intercept_errors": "error pages",
+    "proxy_redirect": "proxy_redirect other than default and off", "proxy_intercept_errors": "error pages",
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
     "try_files": _FILES, "keepalive_disable": "fastterm keeps every client alive",
 }
@@ -1108,9 +1112,14 @@ class _Builder:
             for n in loc.level.own("return"):
                 raise n.unsupported("fastterm's locations proxy", "return")
             upstream = self.proxy_pass(proxy[0])
+            # proxy_redirect default (nginx's default): for a proxy_pass without a URI part, the
+            # pattern is its URL and "/", the replacement "/" (ngx_http_proxy_merge_loc_conf)
+            redirect = loc.level.find("proxy_redirect")
+            off = redirect is not None and redirect.args[0].lower() == "off"
             # nginx's auto_redirect (ngx_http_proxy_pass): /dir answered 301 to /dir/
             routes.append(Route(path=loc.path, upstream=upstream, proxy=self.proxy_request(loc.level, upstream),
-                                slash_redirect=len(loc.path) > 1 and loc.path.endswith("/")))
+                                slash_redirect=len(loc.path) > 1 and loc.path.endswith("/"),
+                                redirect_from="" if off else proxy[0].args[0] + "/", redirect_to="/"))
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
             server_names=names, default_server=any(listen.default for listen in s.listens),

@@ -133,7 +133,12 @@ def _server_policy(server: Server, pools: dict, index: int):
             except ValueError as exc:
                 raise ConfigError(str(exc), directive=f"{_where(server, index)} route[{j}] proxy") from None
             rewrite = _rewrite(route.proxy, route.upstream, server)
-        routes.append((route.path, pools[route.upstream], rewrite, route.slash_redirect))
+        for value in (route.redirect_from, route.redirect_to):
+            if any(c in value for c in "\r\n\0") or not _latin1(value):
+                raise ConfigError(f"{value!r}: CR, LF, NUL or a character past Latin-1",
+                                  directive=f"{_where(server, index)} route[{j}] redirect")
+        routes.append((route.path, pools[route.upstream], rewrite, route.slash_redirect,
+                       route.redirect_from, route.redirect_to))
     return ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
                         server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
                         server.misdirected_request)

@@ -36,12 +36,6 @@ BUGS: list[Bug] = [
         when=lambda a, b: a.get("backend.framing") == "content-length" and b.get("backend.framing") == "chunked",
         reason="nginx (proxy_request_buffering on) reads a chunked body whole and sends it with Content-Length; "
                "fastterm streams it chunked", witness=(SEED, "POST https api.example.com /chunked")),
-    Bug(name="proxy_redirect_default_rewrites_location", field="header:location",
-        nginx=lambda v: isinstance(v, str) and v.startswith("https://"),
-        fastterm=lambda v: isinstance(v, str) and v.startswith("http://notes/"),
-        reason="proxy_redirect default: nginx rewrites a backend's Location http://UPSTREAM/ to the client's "
-               "scheme, host and port; fastterm passes it unchanged",
-        witness=(SEED, "GET api.example.com backend 302 to its own name")),
     Bug(name="own_redirect_closes_http11_connection", field="header:connection", generated=True,
         nginx=None, fastterm="close", when=lambda a, b: a.get("status") == 301 and b.get("status") == 301,
         reason="the 301 from /dir to /dir/ (location /dir/ with proxy_pass): nginx keeps the HTTP/1.1 "

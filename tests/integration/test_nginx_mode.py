@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from h2wire import h2_request
-from harness import HOST, Fastterm, echo_json, free_port, header_map, wait_for
+from harness import HOST, Fastterm, echo_json, free_port, header_map, response_bytes, wait_for
 from httpwire import Reader, read_response, request_bytes
 
 SEED = """\
@@ -321,3 +321,45 @@ def test_location_dir_redirects_dir_to_dir_slash(nginx_mode, demo_backend, clien
     assert response.header("Location") == f"https://www.example.com:{ft.https_port}/dir/?q=1"
     assert response.header("Strict-Transport-Security") == "max-age=1"
     assert echo_json(get(ft, "/dir/echo")[0])["path"] == "/dir/echo"
+
+
+REDIRECTS = """\
+upstream app {{ server {backend}; }}
+server {{
+    listen {host}:{https} ssl http2;
+    server_name www.example.com;
+    ssl_certificate certs/www.crt;
+    ssl_certificate_key certs/www.key;
+    location / {{ proxy_pass http://app; }}
+    location /off/ {{ proxy_pass http://app; proxy_redirect off; }}
+    location /direct/ {{ proxy_pass http://{backend}; proxy_redirect default; }}
+}}
+"""
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+def test_proxy_redirect_default_rewrites_the_backend_s_location(nginx_mode, raw_backend, client):
+    """proxy_redirect default (nginx's default): a Location under proxy_pass's URL comes back on
+    the client's https://host:port; off passes it; other URLs pass."""
+    def handler(conn):
+        req = conn.read_request()
+        if req is not None:
+            target = "http://other.test/x" if req.target.endswith("/other") else \
+                f"http://{be.address}/there" if req.target.startswith("/direct/") else "http://app/elsewhere?a=1"
+            conn.send(response_bytes(302, b"", [("Location", target)]))
+
+    be = raw_backend(handler)
+    ft = nginx_mode(REDIRECTS, backend=be.address)
+
+    def location(target: str) -> str | None:
+        if client == "h1":
+            response, _ = get(ft, target, host="WWW.example.com")
+        else:
+            response = h2_request(ft, "GET", target, host="WWW.example.com")
+        assert response.status == 302
+        return response.header("Location")
+
+    assert location("/a") == f"https://www.example.com:{ft.https_port}/elsewhere?a=1"
+    assert location("/direct/a") == f"https://www.example.com:{ft.https_port}/there"
+    assert location("/off/a") == "http://app/elsewhere?a=1"
+    assert location("/a/other") == "http://other.test/x"

@@ -307,3 +307,46 @@ def test_slash_redirect_without_a_root_route_and_long_values(pools):
     assert ex.feed_request(head(f"GET /dir?{query} HTTP/1.1", "Host: " + "h" * 5000))[0] == 301
     assert ex.location == ("https://" + "h" * 5000 + "/dir/?" + query).encode()
     assert exchange(SiteTable({}, policy)).feed_request(head("GET /other HTTP/1.1", "Host: a.test"))[0] == 404
+
+
+@pytest.fixture
+def redirect_sites(pools):
+    policy = ServerPolicy("api.test", [("/", pools["web"], None, False, "http://notes/", "/"),
+                                       ("/off/", pools["web"])])
+    return SiteTable({"api.test": policy}, policy)
+
+
+@pytest.mark.parametrize(("location", "host", "port", "client_sees"), [
+    ("http://notes/elsewhere?a=b", "API.test.:8443", 8443, "https://api.test:8443/elsewhere?a=b"),
+    ("http://notes/", "api.test", 443, "https://api.test/"),
+    ("http://notes/x", None, 8443, "https://api.test:8443/x"),           # HTTP/1.0: the server's name
+    ("http://notesx/x", "api.test", 443, "http://notesx/x"),             # not under the URL
+    ("http://NOTES/x", "api.test", 443, "http://NOTES/x"),               # nginx compares case-sensitively
+    ("/relative", "api.test", 443, "/relative"),
+])
+def test_proxy_redirect_default_rewrites_location(redirect_sites, location, host, port, client_sees):
+    """nginx's proxy_redirect default: Location under proxy_pass's URL comes back as the location
+    prefix on https://$host[:port]; anything else passes as it is."""
+    facts = ClientFacts("192.0.2.7", redirect_sites)
+    facts.connection(server_port=port)
+    ex = Exchange(facts)
+    raw = head("GET /a HTTP/1.1", f"Host: {host}") if host else head("GET /a HTTP/1.0")
+    assert ex.feed_request(raw)[0] == 0
+    r, out = ex.feed_response(head("HTTP/1.1 302 Found", f"Location: {location}", "Content-Length: 0"))
+    assert r == R_FINAL and ("Location", client_sees) in headers_of(out)
+
+
+def test_proxy_redirect_off_and_long_values(redirect_sites):
+    ex = exchange(redirect_sites)
+    ex.feed_request(head("GET /off/a HTTP/1.1", "Host: api.test"))
+    assert ("Location", "http://notes/x") in headers_of(ex.feed_response(
+        head("HTTP/1.1 302 Found", "Location: http://notes/x", "Content-Length: 0"))[1])
+    # a rewritten head past PROXY_HEAD_MAX is a 502, never an overrun: a long Host and a long Location
+    ex = exchange(redirect_sites)
+    assert ex.feed_request(head("GET /a HTTP/1.1", "Host: " + "h" * 30000))[0] == 0
+    r, out = ex.feed_response(head("HTTP/1.1 302 Found", "Location: http://notes/" + "x" * 40000))
+    assert r == R_BAD and out is None and ex.error_status == 502
+    ex = exchange(redirect_sites)
+    assert ex.feed_request(head("GET /a HTTP/1.1", "Host: " + "h" * 3000))[0] == 0
+    r, out = ex.feed_response(head("HTTP/1.1 302 Found", "Location: http://notes/" + "x" * 3000))
+    assert r == R_FINAL and ("Location", "https://" + "h" * 3000 + "/" + "x" * 3000) in headers_of(out)
