@@ -106,7 +106,8 @@ cdef class ClientFacts:
     cdef bytes peer_ip_b
     cdef SiteTable sites
     cdef ServerPolicy tls_server    # the server block SNI chose: requests without Host
-    cdef ServerPolicy last_server   # the last one a Host chose, and whether it trusts the peer
+    cdef ServerPolicy last_server   # the last one a Host chose (for last_host)
+    cdef ServerPolicy trust_server  # the last one asked whether it trusts the peer (last_trusted)
     cdef RequestRewrite last_rewrite  # the last one asked whether its real_ip_from holds the peer
     cdef bint last_real_ip
     cdef bint last_trusted

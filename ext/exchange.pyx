@@ -239,7 +239,8 @@ cdef class ClientFacts:
                 memcmp(PyBytes_AS_STRING(self.last_host), host, end) == 0:
             return self.last_server
         self.last_host = PyBytes_FromStringAndSize(host, end)
-        return self.sites.lookup(host, end)
+        self.last_server = self.sites.lookup(host, end)
+        return self.last_server
 
     cdef bint real_ip_from(self, RequestRewrite rewrite):
         """Whether ``rewrite``'s real_ip_from holds the peer (nginx's realip module)."""
@@ -255,8 +256,8 @@ cdef class ClientFacts:
 
     cdef bint trusts(self, ServerPolicy server):
         """Whether ``server``'s trusted_proxies hold the peer: its forwarded headers are kept."""
-        if server is not self.last_server:
-            self.last_server = server
+        if server is not self.trust_server:
+            self.trust_server = server
             self.last_trusted = server.is_trusted(self.peer_ip)
         return self.last_trusted
 

@@ -350,3 +350,20 @@ def test_proxy_redirect_off_and_long_values(redirect_sites):
     assert ex.feed_request(head("GET /a HTTP/1.1", "Host: " + "h" * 3000))[0] == 0
     r, out = ex.feed_response(head("HTTP/1.1 302 Found", "Location: http://notes/" + "x" * 3000))
     assert r == R_FINAL and ("Location", "https://" + "h" * 3000 + "/" + "x" * 3000) in headers_of(out)
+
+
+def test_the_host_cache_follows_the_host_not_the_last_server(pools):
+    """One connection's exchanges (HTTP/2 streams, keep-alive): a request that names no host
+    (the default server), or one refused with 421, leaves the next Host's block its own."""
+    www = ServerPolicy("www", [("/", pools["web"])], tls_policy=b"a")
+    other = ServerPolicy("other", [("/", pools["api"])], tls_policy=b"a")
+    strict = ServerPolicy("strict", [("/", pools["api"])], tls_policy=b"b")
+    facts = ClientFacts("192.0.2.7", SiteTable({"other.test": other, "strict.test": strict}, www, True), www)
+    seen = []
+    for raw in (head("GET / HTTP/1.1", "Host: other.test"), head("GET / HTTP/1.0"),
+                head("GET / HTTP/1.1", "Host: other.test"), head("GET / HTTP/1.1", "Host: strict.test"),
+                head("GET / HTTP/1.1", "Host: strict.test")):
+        ex = Exchange(facts)
+        status = ex.feed_request(raw)[0]
+        seen.append(ex.verdict["server"] if status == 0 else status)
+    assert seen == ["other", "www", "other", 421, 421]
