@@ -81,11 +81,13 @@ cdef class ServerPolicy:
     cdef bytes hsts_line
     cdef list routes                # [(prefix bytes, UpstreamPool)], longest first
     cdef list slash_redirects       # prefixes without their "/" that redirect to it (nginx), or []
+    cdef list exact_routes          # [route tuple] matched by the whole path only (nginx location =)
     cdef object trusted             # tuple of ip networks
     cdef bytes tls_policy           # its [server.tls], encoded: blocks that share it share connections
     cdef bint misdirected           # 421 for it on a connection under another tls_policy (not nginx)
     cdef readonly bytes hsts        # the Strict-Transport-Security value, or b""
     cdef tuple route(self, const char *path, int n)    # (prefix, UpstreamPool, RequestRewrite or None)
+    cdef tuple exact(self, const char *path, int n)
     cdef bint is_trusted(self, str ip)
 
 

@@ -130,16 +130,18 @@ cdef class ServerPolicy:
         """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)],
         a fourth element True: the prefix without its trailing "/" is redirected to it (nginx);
         a fifth and sixth: a backend Location starting with the fifth gets the sixth instead
-        (nginx proxy_redirect; "" none), made absolute when it starts with "/".
+        (nginx proxy_redirect; "" none), made absolute when it starts with "/"; a seventh True:
+        the path matches only itself (nginx location =), before any prefix.
         ``misdirected``: a request for this block on a connection negotiated under another
         block's TLS policy is answered 421 (model.Server.misdirected_request)."""
         self.name = name
         self.tls_policy = tls_policy
         self.misdirected = misdirected
-        self.routes = sorted(((r[0].encode(), r[1], r[2] if len(r) > 2 else None,
-                               r[4].encode("latin-1") if len(r) > 4 else b"",
-                               r[5].encode("latin-1") if len(r) > 5 else b"") for r in routes),
-                             key=lambda r: -len(r[0]))
+        compiled = [((r[0].encode(), r[1], r[2] if len(r) > 2 else None,
+                      r[4].encode("latin-1") if len(r) > 4 else b"",
+                      r[5].encode("latin-1") if len(r) > 5 else b""), len(r) > 6 and r[6]) for r in routes]
+        self.routes = sorted((c for c, exact in compiled if not exact), key=lambda r: -len(r[0]))
+        self.exact_routes = [c for c, exact in compiled if exact]
         self.slash_redirects = [r[0].encode()[:len(r[0].encode()) - 1] for r in routes
                                 if len(r) > 3 and r[3] and len(r[0]) > 1 and r[0].endswith("/")]
         self.hsts = hsts.encode("latin-1") if hsts else b""
@@ -153,6 +155,15 @@ cdef class ServerPolicy:
             prefix = <bytes>r[0]
             if PyBytes_GET_SIZE(prefix) <= n and memcmp(path, PyBytes_AS_STRING(prefix),
                                                         PyBytes_GET_SIZE(prefix)) == 0:
+                return r
+        return None
+
+    cdef tuple exact(self, const char *path, int n):
+        cdef tuple r
+        cdef bytes name
+        for r in self.exact_routes:
+            name = <bytes>r[0]
+            if PyBytes_GET_SIZE(name) == n and memcmp(path, PyBytes_AS_STRING(name), n) == 0:
                 return r
         return None
 
@@ -178,6 +189,7 @@ cdef class SiteTable:
         for policy in (*names.values(), default):
             # a RequestRewrite's variables and a slash redirect's port read the connection
             self.connection_facts |= any(r[2] is not None for r in (<ServerPolicy>policy).routes) or \
+                any(r[2] is not None for r in (<ServerPolicy>policy).exact_routes) or \
                 bool((<ServerPolicy>policy).slash_redirects)
         for name, policy in names.items():
             key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
@@ -314,6 +326,7 @@ cdef class Exchange:
         cdef const char *abs_host = NULL   # an absolute-form target's host (nginx's $host first)
         cdef int target_len = head.target_len, path, route_len, j, kind, abs_host_len = 0
         cdef const char *path_at
+        cdef bint exact
         cdef bint trusted
         self.http10 = head.version == 10
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
@@ -363,18 +376,21 @@ cdef class Exchange:
             route_len = _normalize_path(target, target_len, scratch)
             if route_len < 0:
                 return self.reject(400)
-            route = server.route(scratch, route_len)
             path_at = scratch
         else:
-            route = server.route(target, target_len)
             path_at = target
             route_len = -1
-        if server.slash_redirects:
-            if route_len < 0:
+            if server.exact_routes or server.slash_redirects:
                 route_len = 0
                 while route_len < target_len and target[route_len] != b'?':
                     route_len += 1
-        if server.slash_redirects and (route is None or PyBytes_GET_SIZE(<bytes>route[0]) < route_len):
+        # nginx: an exact location (location = /path) wins over every prefix, on $uri
+        route = server.exact(path_at, route_len) if server.exact_routes else None
+        exact = route is not None
+        if not exact:
+            route = server.route(path_at, route_len) if path_at == scratch else server.route(target, target_len)
+        if server.slash_redirects and not exact and \
+                (route is None or PyBytes_GET_SIZE(<bytes>route[0]) < route_len):
             # nginx (auto_redirect): a location /dir/ that proxies answers exactly /dir, which
             # no location names, with 301 to /dir/ (ngx_http_core_find_static_location)
             for prefix in server.slash_redirects:

@@ -85,6 +85,7 @@ class ProxyRequest(Struct):
 class Route(Struct, kw_only=True):
     path: str = "/"
     upstream: str
+    exact: bool = False  # the path matches only itself (query aside), before any prefix (nginx location =)
     proxy: ProxyRequest | None = None  # None: fastterm's own forwarding (DESIGN.md, "Forwarded headers")
     slash_redirect: bool = False  # a path ending in "/": a request for it without that "/" (which no
     # route names) is answered 301 to https://$host[:port]PATH[?args] (nginx's location /dir/ + proxy_pass)

@@ -30,6 +30,7 @@ What maps (nginx -> model):
   Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
   ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header``
   -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's $remote_addr from those peers).
+- ``location = /path`` -> an exact route (it wins over every prefix, on the normalised path).
 - ``location /prefix`` and ``location ^~ /prefix`` -> routes (longest prefix wins, on the
   normalised path, as nginx; with no regex locations ``^~`` means plain prefix) with
   ``proxy_pass http://UPSTREAM`` or ``http://host:port`` (an implicit upstream named
@@ -86,7 +87,7 @@ without effect (``deferred``, ``backlog=``).
 What is refused, (c): every other directive nginx knows, among them ``ssl_stapling on`` and its
 friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
-``proxy_pass`` with a URI part or variables, ``location =``/``~``/``~*``/``@name`` and nested
+``proxy_pass`` with a URI part or variables, ``location ~``/``~*``/``@name`` and nested
 locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
@@ -747,6 +748,7 @@ class _Location:
     level: Level
     path: str
     node: Node
+    exact: bool = False     # location = PATH
 
 
 @dataclass
@@ -963,13 +965,13 @@ class _Builder:
             if len(args) == 1 and args[0].startswith(modifier) and len(args[0]) > len(modifier):
                 args = [modifier, args[0][len(modifier):]]
                 break
-        if len(args) == 2 and args[0] == "^~":
+        exact = len(args) == 2 and args[0] == "="
+        if len(args) == 2 and args[0] in ("^~", "="):
             path = args[1]
         elif len(args) == 1 and not args[0].startswith("@"):
             path = args[0]
-        elif len(args) == 2 and args[0] in ("=", "~", "~*"):
-            raise node.unsupported({"=": "exact match", "~": "regular expressions",
-                                    "~*": "regular expressions"}[args[0]], f"location {args[0]}")
+        elif len(args) == 2 and args[0] in ("~", "~*"):
+            raise node.unsupported("regular expressions", f"location {args[0]}")
         elif len(args) == 1:
             raise node.unsupported("named locations", f"location {args[0]}")
         else:
@@ -979,7 +981,7 @@ class _Builder:
         level = Level(node.block or [], server, node)
         for inner in level.own("location"):
             raise inner.unsupported("nested locations", "location")
-        return _Location(level, path, node)
+        return _Location(level, path, node, exact)
 
     def check_defaults(self, servers: list[_Server]) -> None:
         """nginx: the default server of an address is its default_server, else the first; fastterm's
@@ -1103,9 +1105,9 @@ class _Builder:
         names = self.unique_names(s, all_tls)
         routes, seen = [], {}
         for loc in s.locations:
-            if loc.path in seen:
+            if (loc.exact, loc.path) in seen:
                 raise loc.node.error(f'duplicate location "{loc.path}"')
-            seen[loc.path] = loc
+            seen[(loc.exact, loc.path)] = loc
             proxy = loc.level.own("proxy_pass")
             if not proxy:
                 raise loc.node.unsupported('a location without "proxy_pass": ' + _FILES, "location")
@@ -1119,7 +1121,8 @@ class _Builder:
             # nginx's auto_redirect (ngx_http_proxy_pass): /dir answered 301 to /dir/
             routes.append(Route(path=loc.path, upstream=upstream, proxy=self.proxy_request(loc.level, upstream),
                                 slash_redirect=len(loc.path) > 1 and loc.path.endswith("/"),
-                                redirect_from="" if off else proxy[0].args[0] + "/", redirect_to="/"))
+                                redirect_from="" if off else proxy[0].args[0] + "/", redirect_to="/",
+                                exact=loc.exact))
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
             server_names=names, default_server=any(listen.default for listen in s.listens),

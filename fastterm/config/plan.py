@@ -138,7 +138,7 @@ def _server_policy(server: Server, pools: dict, index: int):
                 raise ConfigError(f"{value!r}: CR, LF, NUL or a character past Latin-1",
                                   directive=f"{_where(server, index)} route[{j}] redirect")
         routes.append((route.path, pools[route.upstream], rewrite, route.slash_redirect,
-                       route.redirect_from, route.redirect_to))
+                       route.redirect_from, route.redirect_to, route.exact))
     return ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
                         server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
                         server.misdirected_request)

@@ -363,3 +363,31 @@ def test_proxy_redirect_default_rewrites_the_backend_s_location(nginx_mode, raw_
     assert location("/direct/a") == f"https://www.example.com:{ft.https_port}/there"
     assert location("/off/a") == "http://app/elsewhere?a=1"
     assert location("/a/other") == "http://other.test/x"
+
+
+EXACT = """\
+upstream app {{ server {backend}; }}
+server {{
+    listen {host}:{https} ssl http2;
+    server_name www.example.com;
+    ssl_certificate certs/www.crt;
+    ssl_certificate_key certs/www.key;
+    location / {{ proxy_pass http://app; }}
+    location = /exact {{ proxy_pass http://app; proxy_set_header X-Route exact; }}
+}}
+"""
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+def test_exact_location_wins_over_the_prefix(nginx_mode, demo_backend, client):
+    ft = nginx_mode(EXACT, backend=demo_backend)
+
+    def route(target: str) -> list[str]:
+        if client == "h1":
+            response, _ = get(ft, target)
+        else:
+            response = h2_request(ft, "GET", target, host="www.example.com")
+        return header_map(echo_json(response)).get("x-route", [])
+
+    assert route("/exact?q=1") == ["exact"]
+    assert route("/exact/") == [] and route("/exactly") == []

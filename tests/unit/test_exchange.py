@@ -367,3 +367,22 @@ def test_the_host_cache_follows_the_host_not_the_last_server(pools):
         status = ex.feed_request(raw)[0]
         seen.append(ex.verdict["server"] if status == 0 else status)
     assert seen == ["other", "www", "other", 421, 421]
+
+
+@pytest.mark.parametrize(("target", "upstream"), [
+    ("/health", "api"), ("/health?x", "api"), ("/%68ealth", "api"), ("/x/../health", "api"),
+    ("/health/", "web"), ("/healthx", "web"), ("/", "api"), ("/?q", "api"), ("/a", "web")])
+def test_exact_routes_win_over_prefixes_on_the_normalised_path(pools, target, upstream):
+    """nginx's location = PATH: the whole $uri (query aside) or nothing, before any prefix."""
+    policy = ServerPolicy("a.test", [("/", pools["web"]), ("/health", pools["api"], None, False, "", "", True),
+                                     ("/health", pools["web"]), ("/", pools["api"], None, False, "", "", True)])
+    ex = exchange(SiteTable({}, policy))
+    assert ex.feed_request(head(f"GET {target} HTTP/1.1", "Host: a.test"))[0] == 0
+    assert ex.verdict["upstream"] == upstream
+
+
+def test_only_exact_routes_is_404_elsewhere(pools):
+    policy = ServerPolicy("a.test", [("/only/", pools["api"], None, True, "", "", True)])
+    assert exchange(SiteTable({}, policy)).feed_request(head("GET /only/x HTTP/1.1", "Host: a.test"))[0] == 404
+    ex = exchange(SiteTable({}, policy))
+    assert ex.feed_request(head("GET /only HTTP/1.1", "Host: a.test"))[0] == 301   # auto_redirect, as nginx
