@@ -80,10 +80,14 @@ cdef class ServerPolicy:
     cdef readonly str name
     cdef bytes hsts_line
     cdef list routes                # [(prefix bytes, UpstreamPool)], longest first
+    cdef list slash_redirects       # prefixes without their "/" that redirect to it (nginx), or []
+    cdef list exact_routes          # [route tuple] matched by the whole path only (nginx location =)
     cdef object trusted             # tuple of ip networks
     cdef bytes tls_policy           # its [server.tls], encoded: blocks that share it share connections
+    cdef bint misdirected           # 421 for it on a connection under another tls_policy (not nginx)
     cdef readonly bytes hsts        # the Strict-Transport-Security value, or b""
     cdef tuple route(self, const char *path, int n)    # (prefix, UpstreamPool, RequestRewrite or None)
+    cdef tuple exact(self, const char *path, int n)
     cdef bint is_trusted(self, str ip)
 
 
@@ -92,6 +96,7 @@ cdef class SiteTable:
     cdef dict exact                 # lower-case name (bytes) -> ServerPolicy
     cdef dict wildcard              # ".suffix" (bytes) -> ServerPolicy
     cdef readonly ServerPolicy default
+    cdef readonly bint no_host_default  # a request naming no host goes to default, not SNI's (nginx)
     cdef public bint connection_facts   # a route has a RequestRewrite: ClientFacts want the connection's
     cdef ServerPolicy lookup(self, const char *host, int n)
 
@@ -103,7 +108,8 @@ cdef class ClientFacts:
     cdef bytes peer_ip_b
     cdef SiteTable sites
     cdef ServerPolicy tls_server    # the server block SNI chose: requests without Host
-    cdef ServerPolicy last_server   # the last one a Host chose, and whether it trusts the peer
+    cdef ServerPolicy last_server   # the last one a Host chose (for last_host)
+    cdef ServerPolicy trust_server  # the last one asked whether it trusts the peer (last_trusted)
     cdef RequestRewrite last_rewrite  # the last one asked whether its real_ip_from holds the peer
     cdef bint last_real_ip
     cdef bint last_trusted
@@ -145,12 +151,19 @@ cdef class Exchange:
     cdef bint dechunk               # the client gets chunk data only (HTTP/1.0 client)
     cdef bint backend_reusable
     cdef str failure                # why a response was refused (for the log)
+    cdef readonly bytes location    # a 301 of our own (nginx's /dir -> /dir/): its Location
+    cdef bytes redirect_from        # the route's proxy_redirect: a Location starting with it ...
+    cdef bytes redirect_to          # ... gets this instead (nginx; None: passed as it is)
+    cdef bytes host_name            # $host for it: ClientFacts.last_host, or None (the server's name)
 
     cdef void reset(self)
     cdef int advance(self, int event) except -1
     cdef int reject(self, int status) except -1
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                      RequestLimits *limits, char *scratch) except -1
+    cdef int _slash_location(self, bytes prefix, tuple route, const char *target, int target_len,
+                             const char *p, MessageHead *head, HeaderSlot *slots, const char *host,
+                             int host_len) except -1
     cdef int _rewritten_head(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                              RequestLimits *limits, const char *target, int target_len,
                              const char *host, int host_len) except -1
@@ -158,6 +171,7 @@ cdef class Exchange:
                      HeadWriter out, const char *target, int target_len, const char *host, int host_len) except -1
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                       bint close_client) except -1
+    cdef int _redirected(self, const char *rest, int n, HeadWriter out) except -1
     cdef int _bad(self, str why) except -1
     cdef int response_end(self) except -1
     cdef bint may_retry(self, bint got_bytes, int attempts)

@@ -18,7 +18,7 @@ import ipaddress
 
 from libc.stdio cimport snprintf
 
-_REASONS = {400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout", 421: "Misdirected Request",
+_REASONS = {301: "Moved Permanently", 400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout", 421: "Misdirected Request",
             413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
@@ -125,12 +125,25 @@ cdef class RequestRewrite:
 cdef class ServerPolicy:
     """The HTTP side of one server block: routes, HSTS, trusted proxies."""
 
-    def __init__(self, str name, routes, hsts=None, trusted_proxies=(), bytes tls_policy=b""):
-        """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)]."""
+    def __init__(self, str name, routes, hsts=None, trusted_proxies=(), bytes tls_policy=b"",
+                 bint misdirected=True):
+        """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)],
+        a fourth element True: the prefix without its trailing "/" is redirected to it (nginx);
+        a fifth and sixth: a backend Location starting with the fifth gets the sixth instead
+        (nginx proxy_redirect; "" none), made absolute when it starts with "/"; a seventh True:
+        the path matches only itself (nginx location =), before any prefix.
+        ``misdirected``: a request for this block on a connection negotiated under another
+        block's TLS policy is answered 421 (model.Server.misdirected_request)."""
         self.name = name
         self.tls_policy = tls_policy
-        self.routes = sorted(((r[0].encode(), r[1], r[2] if len(r) > 2 else None) for r in routes),
-                             key=lambda r: -len(r[0]))
+        self.misdirected = misdirected
+        compiled = [((r[0].encode(), r[1], r[2] if len(r) > 2 else None,
+                      r[4].encode("latin-1") if len(r) > 4 else b"",
+                      r[5].encode("latin-1") if len(r) > 5 else b""), len(r) > 6 and r[6]) for r in routes]
+        self.routes = sorted((c for c, exact in compiled if not exact), key=lambda r: -len(r[0]))
+        self.exact_routes = [c for c, exact in compiled if exact]
+        self.slash_redirects = [r[0].encode()[:len(r[0].encode()) - 1] for r in routes
+                                if len(r) > 3 and r[3] and len(r[0]) > 1 and r[0].endswith("/")]
         self.hsts = hsts.encode("latin-1") if hsts else b""
         self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if hsts else b""
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
@@ -145,6 +158,15 @@ cdef class ServerPolicy:
                 return r
         return None
 
+    cdef tuple exact(self, const char *path, int n):
+        cdef tuple r
+        cdef bytes name
+        for r in self.exact_routes:
+            name = <bytes>r[0]
+            if PyBytes_GET_SIZE(name) == n and memcmp(path, PyBytes_AS_STRING(name), n) == 0:
+                return r
+        return None
+
     cdef bint is_trusted(self, str ip):
         if not self.trusted:
             return False
@@ -156,13 +178,19 @@ cdef class ServerPolicy:
 
 
 cdef class SiteTable:
-    def __init__(self, dict names not None, ServerPolicy default not None):
-        """``names``: server name -> ServerPolicy (``*.example.com`` for a wildcard)."""
+    def __init__(self, dict names not None, ServerPolicy default not None, bint no_host_default=False):
+        """``names``: server name -> ServerPolicy (``*.example.com`` for a wildcard).
+        ``no_host_default``: a request that names no host goes to ``default``, not to the
+        block SNI chose (nginx; model.Server.no_host)."""
         self.exact = {}
         self.wildcard = {}
         self.default = default
+        self.no_host_default = no_host_default
         for policy in (*names.values(), default):
-            self.connection_facts |= any(r[2] is not None for r in (<ServerPolicy>policy).routes)
+            # a RequestRewrite's variables and a slash redirect's port read the connection
+            self.connection_facts |= any(r[2] is not None for r in (<ServerPolicy>policy).routes) or \
+                any(r[2] is not None for r in (<ServerPolicy>policy).exact_routes) or \
+                bool((<ServerPolicy>policy).slash_redirects)
         for name, policy in names.items():
             key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
             if key.startswith(b"*."):
@@ -223,7 +251,8 @@ cdef class ClientFacts:
                 memcmp(PyBytes_AS_STRING(self.last_host), host, end) == 0:
             return self.last_server
         self.last_host = PyBytes_FromStringAndSize(host, end)
-        return self.sites.lookup(host, end)
+        self.last_server = self.sites.lookup(host, end)
+        return self.last_server
 
     cdef bint real_ip_from(self, RequestRewrite rewrite):
         """Whether ``rewrite``'s real_ip_from holds the peer (nginx's realip module)."""
@@ -239,8 +268,8 @@ cdef class ClientFacts:
 
     cdef bint trusts(self, ServerPolicy server):
         """Whether ``server``'s trusted_proxies hold the peer: its forwarded headers are kept."""
-        if server is not self.last_server:
-            self.last_server = server
+        if server is not self.trust_server:
+            self.trust_server = server
             self.last_trusted = server.is_trusted(self.peer_ip)
         return self.last_trusted
 
@@ -269,6 +298,8 @@ cdef class Exchange:
         self.response_mode = BODY_NONE
         self.dechunk = self.backend_reusable = False
         self.failure = None
+        self.location = None
+        self.redirect_from = self.redirect_to = self.host_name = None
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
@@ -294,6 +325,8 @@ cdef class Exchange:
         cdef const char *target = p + head.target_start
         cdef const char *abs_host = NULL   # an absolute-form target's host (nginx's $host first)
         cdef int target_len = head.target_len, path, route_len, j, kind, abs_host_len = 0
+        cdef const char *path_at
+        cdef bint exact
         cdef bint trusted
         self.http10 = head.version == 10
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
@@ -311,19 +344,29 @@ cdef class Exchange:
                 abs_host_len = 8 if target[4] == b's' or target[4] == b'S' else 7
                 abs_host = target + abs_host_len
                 abs_host_len = path - abs_host_len
+                if abs_host_len == 0:
+                    return self.reject(400)   # RFC 3986 §3.2.2: an http(s) URI has a host
                 target += path
                 target_len -= path
         if head.method_len == 5 and memcmp(p, b"TRACE", 5) == 0:
             return self.reject(405)   # as nginx: TRACE would echo credentials back (XST)
-        if head.host_index >= 0:
+        if abs_host != NULL:
+            # RFC 9112 §3.2.2: an absolute-form target's host is the request's, whatever Host says
+            # (nginx too: it picks the server block and $host).
+            server = self.facts.server_for(abs_host, abs_host_len)
+        elif head.host_index >= 0:
             server = self.facts.server_for(p + slots[head.host_index].value_start,
                                            slots[head.host_index].value_len)
+        elif self.facts.sites.no_host_default:
+            server = self.facts.sites.default   # nginx: no Host (HTTP/1.0), the address's default server
         else:
             server = self.facts.tls_server
-        if server is not self.facts.tls_server and server.tls_policy != self.facts.tls_server.tls_policy:
+        if server is not self.facts.tls_server and server.misdirected and \
+                server.tls_policy != self.facts.tls_server.tls_policy:
             # The connection was negotiated under another block's TLS policy (say TLS 1.2
             # where this block wants 1.3 only): RFC 9110 §15.5.20, the client retries on a
-            # connection of its own. Blocks with the same policy share connections.
+            # connection of its own. Blocks with the same policy share connections. (nginx
+            # serves the request by the Host's block whatever the TLS: misdirected off.)
             return self.reject(421)
         self.server = server
         trusted = self.facts.trusts(server)   # whose trusted_proxies: the Host-chosen block's
@@ -333,9 +376,29 @@ cdef class Exchange:
             route_len = _normalize_path(target, target_len, scratch)
             if route_len < 0:
                 return self.reject(400)
-            route = server.route(scratch, route_len)
+            path_at = scratch
         else:
-            route = server.route(target, target_len)
+            path_at = target
+            route_len = -1
+            if server.exact_routes or server.slash_redirects:
+                route_len = 0
+                while route_len < target_len and target[route_len] != b'?':
+                    route_len += 1
+        # nginx: an exact location (location = /path) wins over every prefix, on $uri
+        route = server.exact(path_at, route_len) if server.exact_routes else None
+        exact = route is not None
+        if not exact:
+            route = server.route(path_at, route_len) if path_at == scratch else server.route(target, target_len)
+        if server.slash_redirects and not exact and \
+                (route is None or PyBytes_GET_SIZE(<bytes>route[0]) < route_len):
+            # nginx (auto_redirect): a location /dir/ that proxies answers exactly /dir, which
+            # no location names, with 301 to /dir/ (ngx_http_core_find_static_location)
+            for prefix in server.slash_redirects:
+                if PyBytes_GET_SIZE(<bytes>prefix) == route_len and \
+                        memcmp(PyBytes_AS_STRING(<bytes>prefix), path_at, route_len) == 0:
+                    self._slash_location(<bytes>prefix, route, target, target_len, p, head, slots,
+                                         abs_host, abs_host_len)
+                    return self.reject(301)
         if route is None:
             return self.reject(404)
         pool = <UpstreamPool>route[1]
@@ -343,6 +406,19 @@ cdef class Exchange:
         self.body_mode = request_body_mode(head)
         self.content_length = head.content_length
         self.retryable = self.body_mode == BODY_NONE and _idempotent(p, head.method_len)
+        if PyBytes_GET_SIZE(<bytes>route[3]):
+            # proxy_redirect: the response's Location may want $host. A reference to the
+            # name server_for keeps (keep-alive requests repeat it), not a copy.
+            self.redirect_from = <bytes>route[3]
+            self.redirect_to = <bytes>route[4]
+            if abs_host != NULL and abs_host_len and abs_host[0] == b'[':
+                self.host_name = PyBytes_FromStringAndSize(abs_host, _host_end(abs_host, abs_host_len))
+            elif abs_host == NULL and head.host_index >= 0 and slots[head.host_index].value_len and \
+                    p[slots[head.host_index].value_start] == b'[':
+                self.host_name = PyBytes_FromStringAndSize(p + slots[head.host_index].value_start, _host_end(
+                    p + slots[head.host_index].value_start, slots[head.host_index].value_len))
+            elif abs_host != NULL or head.host_index >= 0:
+                self.host_name = self.facts.last_host
         if route[2] is not None:
             self.rewrite = <RequestRewrite>route[2]
             if abs_host == NULL and head.host_index >= 0:
@@ -357,14 +433,19 @@ cdef class Exchange:
         out.put(p, head.target_start)
         out.put(target, target_len)
         out.put(b" HTTP/1.1\r\n", 11)
-        if head.host_index < 0:
+        if abs_host != NULL:
+            # RFC 9112 §3.2.2: a proxy sends the absolute-form target's host as Host, not the client's
+            out.put(b"Host: ", 6)
+            out.put(abs_host, abs_host_len)
+            out.put(b"\r\n", 2)
+        elif head.host_index < 0:
             out.put(b"Host: ", 6)
             out.put_bytes(pool.host_header)
             out.put(b"\r\n", 2)
         for j in range(head.nheaders):
             kind = slots[j].kind
-            if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
-                    kind == H_PROXY_CONNECTION or kind == H_TE or kind == H_UPGRADE or \
+            if slots[j].drop or (kind == H_HOST and abs_host != NULL) or kind == H_CONNECTION or \
+                    kind == H_KEEP_ALIVE or kind == H_PROXY_CONNECTION or kind == H_TE or kind == H_UPGRADE or \
                     kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO or kind == H_X_FORWARDED_FOR or \
                     ((kind == H_FORWARDED or kind == H_CLIENT_IDENTITY) and not trusted) or \
                     (slots[j].underscore and not limits.underscores_in_headers):
@@ -382,6 +463,32 @@ cdef class Exchange:
         out.put_bytes(self.facts.peer_ip_b)
         out.put(b"\r\n\r\n", 4)
         self.advance(E_REQUEST_OK)
+        return 0
+
+    cdef int _slash_location(self, bytes prefix, tuple route, const char *target, int target_len,
+                             const char *p, MessageHead *head, HeaderSlot *slots, const char *host,
+                             int host_len) except -1:
+        """``location`` for nginx's /dir -> /dir/ redirect: absolute, as nginx's header filter
+        makes it (https://$host, the listen port unless 443, the location's name, ?args).
+        Python bytes: a rare answer, off the proxying path; as long as the head at most."""
+        cdef int end, q = 0
+        cdef bytes port = self.facts.server_port_b
+        if host == NULL and head.host_index >= 0:
+            host = p + slots[head.host_index].value_start
+            host_len = slots[head.host_index].value_len
+        if host != NULL and host_len > 0:
+            end = _host_end(host, host_len)
+            name = PyBytes_FromStringAndSize(host, end).lower()
+        elif route is not None and route[2] is not None:
+            name = (<RequestRewrite>route[2]).host_fallback
+        else:
+            name = self.server.name.split(",")[0].encode("idna" if not self.server.name.isascii() else "ascii")
+        while q < target_len and target[q] != b'?':
+            q += 1
+        location = b"https://" + name + (b":" + port if port and port != b"443" else b"") + prefix + b"/"
+        if target_len - q > 1:
+            location += PyBytes_FromStringAndSize(target + q, target_len - q)
+        self.location = location
         return 0
 
     cdef int _rewritten_head(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
@@ -459,18 +566,7 @@ cdef class Exchange:
             if host == NULL or host_len == 0:
                 out.put_bytes(rw.host_fallback)
                 return 0
-            end = host_len
-            if host[0] == b'[':
-                while end > 0 and host[end - 1] != b']':
-                    end -= 1
-                if end == 0:
-                    end = host_len
-            else:
-                while end > 0 and host[end - 1] != b':':
-                    end -= 1
-                end = end - 1 if end > 0 else host_len
-            while end > 0 and host[end - 1] == b'.':
-                end -= 1
+            end = _host_end(host, host_len)
             out.reserve(end)
             for j in range(end):
                 out.buf[out.len + j] = _lower(host[j])
@@ -522,6 +618,9 @@ cdef class Exchange:
         codec closes the client connection after this response (drain, pipelining rules)."""
         cdef int j, kind
         cdef bytes hsts = self.server.hsts_line
+        cdef bytes rf = self.redirect_from
+        cdef Py_ssize_t rf_len = PyBytes_GET_SIZE(rf) if rf is not None else 0
+        cdef bint rewrote = False
         if head.status == 101:
             return self._bad("unexpected 101 Switching Protocols")
         if head.status < 200:
@@ -546,7 +645,15 @@ cdef class Exchange:
                     kind == H_PROXY_CONNECTION or kind == H_UPGRADE or (kind == H_HSTS and hsts) or \
                     (kind == H_TRANSFER_ENCODING and (self.dechunk or self.facts.http2)):
                 continue
+            if rf_len and slots[j].name_len == 8 and strncasecmp(p + slots[j].line_start, b"location", 8) == 0 \
+                    and slots[j].value_len >= rf_len and \
+                    memcmp(p + slots[j].value_start, PyBytes_AS_STRING(rf), rf_len) == 0:
+                self._redirected(p + slots[j].value_start + rf_len, slots[j].value_len - <int>rf_len, out)
+                rewrote = True
+                continue
             out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
+        if rewrote and out.len > PROXY_HEAD_MAX:
+            return self._bad("the rewritten response head is too large")
         if hsts:
             out.put_bytes(hsts)
         if self.client_close:
@@ -554,6 +661,35 @@ cdef class Exchange:
         out.put(b"\r\n", 2)
         self.advance(E_RESPONSE_OK)
         return R_FINAL
+
+    cdef int _redirected(self, const char *rest, int n, HeadWriter out) except -1:
+        """nginx's proxy_redirect (ngx_http_proxy_rewrite): Location is redirect_to and the
+        rest of the backend's value; one starting with "/" made absolute as nginx's header
+        filter does (https://$host, the listen port unless 443)."""
+        cdef bytes to = self.redirect_to, name = self.host_name, port = self.facts.server_port_b
+        cdef int j, end
+        cdef const char *h
+        out.put(b"Location: ", 10)
+        if PyBytes_GET_SIZE(to) and PyBytes_AS_STRING(to)[0] == b'/':
+            if name is None or PyBytes_GET_SIZE(name) == 0:
+                name = self.rewrite.host_fallback if self.rewrite is not None else \
+                    self.server.name.split(",")[0].encode("idna" if not self.server.name.isascii() else "ascii")
+            h = PyBytes_AS_STRING(name)
+            end = <int>PyBytes_GET_SIZE(name)
+            while end > 0 and h[end - 1] == b'.':
+                end -= 1
+            out.put(b"https://", 8)
+            out.reserve(end)
+            for j in range(end):
+                out.buf[out.len + j] = _lower(h[j])
+            out.len += end
+            if PyBytes_GET_SIZE(port) and port != b"443":
+                out.put(b":", 1)
+                out.put_bytes(port)
+        out.put_bytes(to)
+        out.put(rest, n)
+        out.put(b"\r\n", 2)
+        return 0
 
     cdef int _bad(self, str why) except -1:
         self.advance(E_RESPONSE_BAD)
@@ -581,7 +717,10 @@ cdef class Exchange:
         hsts = self.server.hsts_line if self.server is not None else \
             self.facts.tls_server.hsts_line
         msg = (f"HTTP/1.1 {status} {reason}\r\nServer: fastterm\r\nContent-Type: text/html\r\n"
-               f"Content-Length: {len(body)}\r\n").encode() + hsts + b"Connection: close\r\n\r\n"
+               f"Content-Length: {len(body)}\r\n").encode() + hsts
+        if self.location is not None and status == 301:
+            msg += b"Location: " + self.location + b"\r\n"
+        msg += b"Connection: close\r\n\r\n"
         return msg if self.head_request else msg + body
 
     # ---- Python face, for the unit tests ------------------------------------------------
@@ -667,6 +806,23 @@ cdef void _real_ip(Exchange ex, const char *p, MessageHead *head, HeaderSlot *sl
     if inet_pton(AF_INET, text, binary) == 1 or inet_pton(AF_INET6, text, binary) == 1:
         ex.remote = p + start
         ex.remote_len = end - start
+
+
+cdef int _host_end(const char *host, int host_len) noexcept:
+    """The length of a Host value's name: its :port and trailing dots off (nginx's $host)."""
+    cdef int end = host_len
+    if host[0] == b'[':
+        while end > 0 and host[end - 1] != b']':
+            end -= 1
+        if end == 0:
+            end = host_len
+    else:
+        while end > 0 and host[end - 1] != b':':
+            end -= 1
+        end = end - 1 if end > 0 else host_len
+    while end > 0 and host[end - 1] == b'.':
+        end -= 1
+    return end
 
 
 cdef bint _http_name_is(const char *field, int n, const char *var, int m) noexcept:

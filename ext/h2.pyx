@@ -719,6 +719,8 @@ cdef class H2Stream(Stream):
                        (b"content-length", str(len(body)).encode())]
             if (<ServerPolicy>server).hsts:
                 headers.append((b"strict-transport-security", (<ServerPolicy>server).hsts))
+            if ex.location is not None and status == 301:
+                headers.append((b"location", ex.location))
             self._submit(status, headers, body if not ex.head_request else b"")
         self.session.flush_soon()
 

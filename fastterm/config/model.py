@@ -87,7 +87,13 @@ class ProxyRequest(Struct):
 class Route(Struct, kw_only=True):
     path: str = "/"
     upstream: str
+    exact: bool = False  # the path matches only itself (query aside), before any prefix (nginx location =)
     proxy: ProxyRequest | None = None  # None: fastterm's own forwarding (DESIGN.md, "Forwarded headers")
+    slash_redirect: bool = False  # a path ending in "/": a request for it without that "/" (which no
+    # route names) is answered 301 to https://$host[:port]PATH[?args] (nginx's location /dir/ + proxy_pass)
+    redirect_from: str = ""  # a backend's Location that starts with this gets redirect_to in its place
+    redirect_to: str = "/"   # (nginx proxy_redirect); one that then starts with "/" is made absolute
+    # on the client's side: https://$host[:port] (the listen port unless 443). "": passed unchanged
 
 
 class Upstream(Struct):
@@ -113,6 +119,13 @@ class Server(Struct):
     hsts: str | None = None  # value of Strict-Transport-Security, added to every response
     routes: list[Route] = msgspec.field(name="route", default_factory=list)
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    # Which block answers a request that names no host (HTTP/1.0 without Host): "sni", the one
+    # the handshake's SNI chose (fastterm); "default", the listener's default server (nginx).
+    # Read from the listener's default server.
+    no_host: Literal["sni", "default"] = "sni"
+    # A request whose Host names this block on a connection negotiated under another block's
+    # TLS policy is answered 421 (RFC 9110 §15.5.20); off: served by this block (nginx).
+    misdirected_request: bool = True
 
 
 class Redirect(Struct):

@@ -32,6 +32,7 @@ What maps (nginx -> model):
   Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
   ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header``
   -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's $remote_addr from those peers).
+- ``location = /path`` -> an exact route (it wins over every prefix, on the normalised path).
 - ``location /prefix`` and ``location ^~ /prefix`` -> routes (longest prefix wins, on the
   normalised path, as nginx; with no regex locations ``^~`` means plain prefix) with
   ``proxy_pass http://UPSTREAM`` or ``http://host:port`` (an implicit upstream named
@@ -55,6 +56,9 @@ What maps (nginx -> model):
   buffers after the first client_header_buffer_size, so its head limit is within a line of N x SIZE),
   ``http2_max_concurrent_streams`` (128), ``keepalive_requests`` (1000) -> requests per
   HTTP/1.1 connection and streams per HTTP/2 connection.
+- ``proxy_redirect default`` (also nginx's default) and ``off`` -> each route's ``redirect_from``
+  (``http://UPSTREAM/`` as proxy_pass writes it, or "") and ``redirect_to`` ``/``: a backend's
+  Location under proxy_pass's URL comes back on the client's https://$host[:port].
 - ``proxy_set_header`` and ``proxy_http_version`` -> each route's ``proxy`` (model.ProxyRequest),
   nginx's upstream request exactly: HTTP/1.0 unless ``proxy_http_version 1.1``; the level's
   ``proxy_set_header`` lines in order (a level with any does not inherit its parent's), then
@@ -66,7 +70,7 @@ What maps (nginx -> model):
   ``$request_uri``, ``$request_method``, ``$server_addr``, ``$server_port``, ``$server_name``,
   ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$proxy_host``.
 - Values equal to fastterm's behaviour are accepted for: ``ssl_stapling off``, ``ssl_early_data
-  off``, ``ssl_verify_client off``, ``ssl_reject_handshake off``, ``proxy_redirect off``,
+  off``, ``ssl_verify_client off``, ``ssl_reject_handshake off``,
   ``proxy_intercept_errors off``, ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
@@ -88,7 +92,7 @@ without effect (``deferred``, ``backlog=``).
 What is refused, (c): every other directive nginx knows, among them ``ssl_stapling on`` and its
 friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
-``proxy_pass`` with a URI part or variables, ``location =``/``~``/``~*``/``@name`` and nested
+``proxy_pass`` with a URI part or variables, ``location ~``/``~*``/``@name`` and nested
 locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
@@ -172,9 +176,10 @@ RUNTIME_DIFFERENCES = """\
   name or value is longer than large_client_header_buffers' SIZE; fastterm (nghttp2 gives it
   decoded fields) answers the stream 431 when its decoded list passes N x SIZE.
 - keepalive_time (1h) is not applied.
+- proxy_redirect rewrites Location only (nginx also rewrites Refresh).
 - No matching location: fastterm 404s; nginx serves files from its root.
-- location /dir/ with proxy_pass: nginx redirects /dir to /dir/ (301); fastterm does not.
-- A Host naming a server block with other TLS settings than the connection's: fastterm 421.
+- The 301 from /dir to /dir/ (location /dir/ with proxy_pass) closes an HTTP/1.1 connection, as
+  every answer of fastterm's own does (nginx keeps it).
 - Port 80 (return): the status pages' bodies differ; add_header lines are not applied; a text
   body is text/plain whatever the URI's extension (nginx: its types, else default_type); a
   request with Expect: 100-continue and a body is answered and closed (nginx reads the body);
@@ -489,7 +494,7 @@ MAPPED = {
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
     "ssl_stapling": {"off"}, "ssl_early_data": {"off"}, "ssl_verify_client": {"off"},
-    "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off"}, "proxy_intercept_errors": {"off"},
+    "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"}, "proxy_intercept_errors": {"off"},
     "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
     "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
     "real_ip_recursive": {"off"}, "gzip": {"off"}, "access_log": {"off"}, "keepalive_disable": {"none"},
@@ -578,7 +583,7 @@ UNSUPPORTED = {
     "proxy_next_upstream": "fastterm retries connect failures and resets of idempotent requests",
     "proxy_next_upstream_tries": "fastterm tries each server of an upstream once",
     "error_page": "fastterm sends its own error pages", "gzip": "fastterm does not compress",
-    "proxy_redirect": "fastterm does not rewrite Location", "proxy_intercept_errors": "error pages",
+    "proxy_redirect": "proxy_redirect other than default and off", "proxy_intercept_errors": "error pages",
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
     "try_files": _FILES, "keepalive_disable": "fastterm keeps every client alive",
 }
@@ -752,6 +757,7 @@ class _Location:
     level: Level
     path: str
     node: Node
+    exact: bool = False     # location = PATH
 
 
 @dataclass
@@ -968,13 +974,13 @@ class _Builder:
             if len(args) == 1 and args[0].startswith(modifier) and len(args[0]) > len(modifier):
                 args = [modifier, args[0][len(modifier):]]
                 break
-        if len(args) == 2 and args[0] == "^~":
+        exact = len(args) == 2 and args[0] == "="
+        if len(args) == 2 and args[0] in ("^~", "="):
             path = args[1]
         elif len(args) == 1 and not args[0].startswith("@"):
             path = args[0]
-        elif len(args) == 2 and args[0] in ("=", "~", "~*"):
-            raise node.unsupported({"=": "exact match", "~": "regular expressions",
-                                    "~*": "regular expressions"}[args[0]], f"location {args[0]}")
+        elif len(args) == 2 and args[0] in ("~", "~*"):
+            raise node.unsupported("regular expressions", f"location {args[0]}")
         elif len(args) == 1:
             raise node.unsupported("named locations", f"location {args[0]}")
         else:
@@ -984,7 +990,7 @@ class _Builder:
         level = Level(node.block or [], server, node)
         for inner in level.own("location"):
             raise inner.unsupported("nested locations", "location")
-        return _Location(level, path, node)
+        return _Location(level, path, node, exact)
 
     def check_defaults(self, servers: list[_Server]) -> None:
         """nginx: the default server of an address is its default_server, else the first; fastterm's
@@ -1108,20 +1114,29 @@ class _Builder:
         names = self.unique_names(s, all_tls)
         routes, seen = [], {}
         for loc in s.locations:
-            if loc.path in seen:
+            if (loc.exact, loc.path) in seen:
                 raise loc.node.error(f'duplicate location "{loc.path}"')
-            seen[loc.path] = loc
+            seen[(loc.exact, loc.path)] = loc
             proxy = loc.level.own("proxy_pass")
             if not proxy:
                 raise loc.node.unsupported('a location without "proxy_pass": ' + _FILES, "location")
             for n in loc.level.own("return"):
                 raise n.unsupported("fastterm's locations proxy", "return")
             upstream = self.proxy_pass(proxy[0])
-            routes.append(Route(path=loc.path, upstream=upstream, proxy=self.proxy_request(loc.level, upstream)))
+            # proxy_redirect default (nginx's default): for a proxy_pass without a URI part, the
+            # pattern is its URL and "/", the replacement "/" (ngx_http_proxy_merge_loc_conf)
+            redirect = loc.level.find("proxy_redirect")
+            off = redirect is not None and redirect.args[0].lower() == "off"
+            # nginx's auto_redirect (ngx_http_proxy_pass): /dir answered 301 to /dir/
+            routes.append(Route(path=loc.path, upstream=upstream, proxy=self.proxy_request(loc.level, upstream),
+                                slash_redirect=len(loc.path) > 1 and loc.path.endswith("/"),
+                                redirect_from="" if off else proxy[0].args[0] + "/", redirect_to="/",
+                                exact=loc.exact))
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
             server_names=names, default_server=any(listen.default for listen in s.listens),
-            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes)
+            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes,
+            no_host="default", misdirected_request=False)
 
     def unique_names(self, s: _Server, servers: list[_Server]) -> list[str]:
         """nginx warns 'conflicting server name ... ignored' and keeps the first server's."""

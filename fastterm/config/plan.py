@@ -133,9 +133,15 @@ def _server_policy(server: Server, pools: dict, index: int):
             except ValueError as exc:
                 raise ConfigError(str(exc), directive=f"{_where(server, index)} route[{j}] proxy") from None
             rewrite = _rewrite(route.proxy, route.upstream, server)
-        routes.append((route.path, pools[route.upstream], rewrite))
+        for value in (route.redirect_from, route.redirect_to):
+            if any(c in value for c in "\r\n\0") or not _latin1(value):
+                raise ConfigError(f"{value!r}: CR, LF, NUL or a character past Latin-1",
+                                  directive=f"{_where(server, index)} route[{j}] redirect")
+        routes.append((route.path, pools[route.upstream], rewrite, route.slash_redirect,
+                       route.redirect_from, route.redirect_to, route.exact))
     return ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
-                        server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls))
+                        server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
+                        server.misdirected_request)
 
 
 def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:
@@ -259,7 +265,8 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
                 names.setdefault(name.lower(), contexts[i])
                 sites.setdefault(name.lower(), policies[i])
         contexts[default].set_sni(names)
-        plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default])))
+        no_host_default = config.servers[default].no_host == "default"
+        plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default], no_host_default)))
     by_address: dict[tuple[str, int], list] = {}
     for redirect in config.redirects:
         for listen in redirect.listen:

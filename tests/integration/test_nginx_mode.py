@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from h2wire import h2_request
-from harness import HOST, Fastterm, echo_json, free_port, header_map, wait_for
+from harness import HOST, Fastterm, echo_json, free_port, header_map, response_bytes, wait_for
 from httpwire import Reader, read_response, request_bytes
 
 SEED = """\
@@ -271,3 +271,123 @@ def test_upstream_request_is_nginx_s(nginx_mode, demo_backend, client):
     kept = echo_json(get(ft, "/kept/echo")[0])
     assert kept["version"] == "1.1"
     assert "connection" not in header_map(kept) and "x-real-ip" not in header_map(kept)
+
+
+def send(ft: Fastterm, raw: bytes, sni: str = "www.example.com"):
+    with ft.connect(server_hostname=sni) as sock:
+        sock.sendall(raw)
+        return read_response(Reader(sock))
+
+
+def test_server_block_by_host_nginx_s_way(nginx_mode, demo_backend):
+    """nginx's server selection: no Host (HTTP/1.0) -> the address's default server whatever the
+    SNI; an absolute-form target's host beats Host; a Host naming a block with other TLS
+    settings is served by it (no 421). The HSTS value says which block answered."""
+    ft = nginx_mode(TWO_SNI.replace("server_name other.test;",
+                                    "server_name other.test;\n    ssl_ciphers ECDHE-ECDSA-AES256-GCM-SHA384;"),
+                    backend=demo_backend)
+    no_host = send(ft, request_bytes("GET", "/echo", None, version="HTTP/1.0"), sni="other.test")
+    assert no_host.status == 200 and no_host.header("Strict-Transport-Security") == "max-age=1"
+    absolute = send(ft, request_bytes("GET", "https://other.test/echo", "www.example.com"))
+    assert absolute.status == 200 and absolute.header("Strict-Transport-Security") == "max-age=2"
+    assert echo_json(absolute)["path"] == "/echo"
+    other = send(ft, request_bytes("GET", "/echo", "other.test"))
+    assert other.status == 200 and other.header("Strict-Transport-Security") == "max-age=2"
+
+
+SLASH = """\
+upstream app {{ server {backend}; }}
+server {{
+    listen {host}:{https} ssl http2;
+    server_name www.example.com;
+    ssl_certificate certs/www.crt;
+    ssl_certificate_key certs/www.key;
+    add_header Strict-Transport-Security "max-age=1" always;
+    location / {{ proxy_pass http://app; }}
+    location /dir/ {{ proxy_pass http://app; }}
+}}
+"""
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+def test_location_dir_redirects_dir_to_dir_slash(nginx_mode, demo_backend, client):
+    """nginx's automatic redirect: /dir -> 301 https://HOST:PORT/dir/?args, HSTS on it."""
+    ft = nginx_mode(SLASH, backend=demo_backend)
+    if client == "h1":
+        response, _ = get(ft, "/dir?q=1", host="WWW.example.com")
+    else:
+        response = h2_request(ft, "GET", "/dir?q=1", host="WWW.example.com")
+    assert response.status == 301
+    assert response.header("Location") == f"https://www.example.com:{ft.https_port}/dir/?q=1"
+    assert response.header("Strict-Transport-Security") == "max-age=1"
+    assert echo_json(get(ft, "/dir/echo")[0])["path"] == "/dir/echo"
+
+
+REDIRECTS = """\
+upstream app {{ server {backend}; }}
+server {{
+    listen {host}:{https} ssl http2;
+    server_name www.example.com;
+    ssl_certificate certs/www.crt;
+    ssl_certificate_key certs/www.key;
+    location / {{ proxy_pass http://app; }}
+    location /off/ {{ proxy_pass http://app; proxy_redirect off; }}
+    location /direct/ {{ proxy_pass http://{backend}; proxy_redirect default; }}
+}}
+"""
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+def test_proxy_redirect_default_rewrites_the_backend_s_location(nginx_mode, raw_backend, client):
+    """proxy_redirect default (nginx's default): a Location under proxy_pass's URL comes back on
+    the client's https://host:port; off passes it; other URLs pass."""
+    def handler(conn):
+        req = conn.read_request()
+        if req is not None:
+            target = "http://other.test/x" if req.target.endswith("/other") else \
+                f"http://{be.address}/there" if req.target.startswith("/direct/") else "http://app/elsewhere?a=1"
+            conn.send(response_bytes(302, b"", [("Location", target)]))
+
+    be = raw_backend(handler)
+    ft = nginx_mode(REDIRECTS, backend=be.address)
+
+    def location(target: str) -> str | None:
+        if client == "h1":
+            response, _ = get(ft, target, host="WWW.example.com")
+        else:
+            response = h2_request(ft, "GET", target, host="WWW.example.com")
+        assert response.status == 302
+        return response.header("Location")
+
+    assert location("/a") == f"https://www.example.com:{ft.https_port}/elsewhere?a=1"
+    assert location("/direct/a") == f"https://www.example.com:{ft.https_port}/there"
+    assert location("/off/a") == "http://app/elsewhere?a=1"
+    assert location("/a/other") == "http://other.test/x"
+
+
+EXACT = """\
+upstream app {{ server {backend}; }}
+server {{
+    listen {host}:{https} ssl http2;
+    server_name www.example.com;
+    ssl_certificate certs/www.crt;
+    ssl_certificate_key certs/www.key;
+    location / {{ proxy_pass http://app; }}
+    location = /exact {{ proxy_pass http://app; proxy_set_header X-Route exact; }}
+}}
+"""
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+def test_exact_location_wins_over_the_prefix(nginx_mode, demo_backend, client):
+    ft = nginx_mode(EXACT, backend=demo_backend)
+
+    def route(target: str) -> list[str]:
+        if client == "h1":
+            response, _ = get(ft, target)
+        else:
+            response = h2_request(ft, "GET", target, host="www.example.com")
+        return header_map(echo_json(response)).get("x-route", [])
+
+    assert route("/exact?q=1") == ["exact"]
+    assert route("/exact/") == [] and route("/exactly") == []

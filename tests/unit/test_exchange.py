@@ -228,3 +228,161 @@ def test_host_of_a_block_with_another_tls_policy_is_421(pools):
     assert ex.feed_request(head("GET / HTTP/1.1", "Host: strict.test"))[0] == 421
     ex = Exchange(ClientFacts("192.0.2.7", sites, lax))
     assert ex.feed_request(head("GET / HTTP/1.1", "Host: twin.test"))[0] == 0
+
+
+def test_absolute_form_target_host_picks_the_block_and_is_sent_as_host(sites):
+    """RFC 9112 §3.2.2: the target's host overrides Host, for the block and upstream (nginx
+    picks the block by it too); a proxy generates Host from it rather than forwarding the client's."""
+    ex = exchange(sites)
+    status, up = ex.feed_request(head("GET https://other.test:443/x HTTP/1.1", "Host: www.example.com"))
+    assert status == 0 and ex.verdict["server"] == "other"
+    assert ("Host", "other.test:443") in headers_of(up) and ("Host", "www.example.com") not in headers_of(up)
+    assert len([h for h in headers_of(up) if h[0].lower() == "host"]) == 1
+    ex = exchange(sites, sni="other.test")
+    assert ex.feed_request(head("GET http://unknown.test/x HTTP/1.0"))[0] == 0
+    assert ex.verdict["server"] == "www"   # the default, as a Host unknown.test would
+    assert exchange(sites).feed_request(head("GET http:///x HTTP/1.1", "Host: www.example.com"))[0] == 400
+
+
+def test_no_host_goes_to_the_default_server_where_the_table_says(pools):
+    """nginx (model.Server.no_host = "default"): an HTTP/1.0 request without Host is the
+    listener's default server's, whatever the SNI chose; fastterm's own tables keep SNI's."""
+    www = ServerPolicy("www", [("/", pools["web"])])
+    other = ServerPolicy("other", [("/", pools["api"])])
+    for no_host_default, server in ((True, "www"), (False, "other")):
+        sites = SiteTable({"other.test": other}, www, no_host_default)
+        ex = Exchange(ClientFacts("192.0.2.7", sites, other))
+        assert ex.feed_request(head("GET /x HTTP/1.0"))[0] == 0
+        assert ex.verdict["server"] == server
+
+
+def test_misdirected_off_serves_the_host_block_whatever_the_tls(pools):
+    """nginx: Host picks the server block, no 421 when the connection's TLS policy is another's."""
+    lax = ServerPolicy("lax", [("/", pools["web"])], tls_policy=b"tls1.2+", misdirected=False)
+    strict = ServerPolicy("strict", [("/", pools["api"])], tls_policy=b"tls1.3", misdirected=False)
+    ex = Exchange(ClientFacts("192.0.2.7", SiteTable({"lax.test": lax, "strict.test": strict}, lax, True), lax))
+    assert ex.feed_request(head("GET / HTTP/1.1", "Host: strict.test"))[0] == 0
+    assert ex.verdict["server"] == "strict"
+
+
+@pytest.fixture
+def slash_sites(pools):
+    policy = ServerPolicy("api.test,other.test", [("/", pools["web"]), ("/static/", pools["api"], None, True),
+                                                  ("/exact", pools["api"]), ("/exact/", pools["api"], None, True)])
+    return SiteTable({"api.test": policy}, policy)
+
+
+@pytest.mark.parametrize(("target", "host", "port", "location"), [
+    ("/static", "API.test:8443", 8443, "https://api.test:8443/static/"),
+    ("/static?a=1&b", "api.test", 8443, "https://api.test:8443/static/?a=1&b"),
+    ("/st%61tic?", "api.test.", 443, "https://api.test/static/"),           # $uri matched; no empty ?
+    ("https://other.test/static", "api.test", 0, "https://other.test/static/"),
+    ("/static", None, 8443, "https://api.test:8443/static/"),               # HTTP/1.0: the server's name
+])
+def test_location_dir_redirects_dir_to_dir_slash(slash_sites, target, host, port, location):
+    """nginx's auto_redirect: /dir, which no route names, gets 301 to the absolute /dir/ (the
+    listen port unless 443, ?args kept); nothing reaches a backend."""
+    facts = ClientFacts("192.0.2.7", slash_sites)
+    facts.connection(server_port=port)
+    ex = Exchange(facts)
+    raw = head(f"GET {target} HTTP/1.1", f"Host: {host}") if host else head(f"GET {target} HTTP/1.0")
+    assert ex.feed_request(raw) == (301, None)
+    assert ex.location == location.encode()
+    assert f"\r\nLocation: {location}\r\n".encode() in ex.error_page(301)
+
+
+@pytest.mark.parametrize("target", ["/static/", "/static/x", "/staticx", "/exact", "/exact?x", "/"])
+def test_no_slash_redirect_where_a_route_names_the_path(slash_sites, target):
+    ex = exchange(slash_sites)
+    assert ex.feed_request(head(f"GET {target} HTTP/1.1", "Host: api.test"))[0] == 0
+    assert ex.location is None
+
+
+def test_slash_redirect_without_a_root_route_and_long_values(pools):
+    """No route matches /dir at all (would be 404): still the redirect; a long Host and query
+    make a long Location, as long as the head (Python bytes, no fixed buffer)."""
+    policy = ServerPolicy("a.test", [("/dir/", pools["api"], None, True)])
+    ex = Exchange(ClientFacts("192.0.2.7", SiteTable({}, policy)))
+    query = "q=" + "x" * 20000
+    assert ex.feed_request(head(f"GET /dir?{query} HTTP/1.1", "Host: " + "h" * 5000))[0] == 301
+    assert ex.location == ("https://" + "h" * 5000 + "/dir/?" + query).encode()
+    assert exchange(SiteTable({}, policy)).feed_request(head("GET /other HTTP/1.1", "Host: a.test"))[0] == 404
+
+
+@pytest.fixture
+def redirect_sites(pools):
+    policy = ServerPolicy("api.test", [("/", pools["web"], None, False, "http://notes/", "/"),
+                                       ("/off/", pools["web"])])
+    return SiteTable({"api.test": policy}, policy)
+
+
+@pytest.mark.parametrize(("location", "host", "port", "client_sees"), [
+    ("http://notes/elsewhere?a=b", "API.test.:8443", 8443, "https://api.test:8443/elsewhere?a=b"),
+    ("http://notes/", "api.test", 443, "https://api.test/"),
+    ("http://notes/x", None, 8443, "https://api.test:8443/x"),           # HTTP/1.0: the server's name
+    ("http://notesx/x", "api.test", 443, "http://notesx/x"),             # not under the URL
+    ("http://NOTES/x", "api.test", 443, "http://NOTES/x"),               # nginx compares case-sensitively
+    ("/relative", "api.test", 443, "/relative"),
+])
+def test_proxy_redirect_default_rewrites_location(redirect_sites, location, host, port, client_sees):
+    """nginx's proxy_redirect default: Location under proxy_pass's URL comes back as the location
+    prefix on https://$host[:port]; anything else passes as it is."""
+    facts = ClientFacts("192.0.2.7", redirect_sites)
+    facts.connection(server_port=port)
+    ex = Exchange(facts)
+    raw = head("GET /a HTTP/1.1", f"Host: {host}") if host else head("GET /a HTTP/1.0")
+    assert ex.feed_request(raw)[0] == 0
+    r, out = ex.feed_response(head("HTTP/1.1 302 Found", f"Location: {location}", "Content-Length: 0"))
+    assert r == R_FINAL and ("Location", client_sees) in headers_of(out)
+
+
+def test_proxy_redirect_off_and_long_values(redirect_sites):
+    ex = exchange(redirect_sites)
+    ex.feed_request(head("GET /off/a HTTP/1.1", "Host: api.test"))
+    assert ("Location", "http://notes/x") in headers_of(ex.feed_response(
+        head("HTTP/1.1 302 Found", "Location: http://notes/x", "Content-Length: 0"))[1])
+    # a rewritten head past PROXY_HEAD_MAX is a 502, never an overrun: a long Host and a long Location
+    ex = exchange(redirect_sites)
+    assert ex.feed_request(head("GET /a HTTP/1.1", "Host: " + "h" * 30000))[0] == 0
+    r, out = ex.feed_response(head("HTTP/1.1 302 Found", "Location: http://notes/" + "x" * 40000))
+    assert r == R_BAD and out is None and ex.error_status == 502
+    ex = exchange(redirect_sites)
+    assert ex.feed_request(head("GET /a HTTP/1.1", "Host: " + "h" * 3000))[0] == 0
+    r, out = ex.feed_response(head("HTTP/1.1 302 Found", "Location: http://notes/" + "x" * 3000))
+    assert r == R_FINAL and ("Location", "https://" + "h" * 3000 + "/" + "x" * 3000) in headers_of(out)
+
+
+def test_the_host_cache_follows_the_host_not_the_last_server(pools):
+    """One connection's exchanges (HTTP/2 streams, keep-alive): a request that names no host
+    (the default server), or one refused with 421, leaves the next Host's block its own."""
+    www = ServerPolicy("www", [("/", pools["web"])], tls_policy=b"a")
+    other = ServerPolicy("other", [("/", pools["api"])], tls_policy=b"a")
+    strict = ServerPolicy("strict", [("/", pools["api"])], tls_policy=b"b")
+    facts = ClientFacts("192.0.2.7", SiteTable({"other.test": other, "strict.test": strict}, www, True), www)
+    seen = []
+    for raw in (head("GET / HTTP/1.1", "Host: other.test"), head("GET / HTTP/1.0"),
+                head("GET / HTTP/1.1", "Host: other.test"), head("GET / HTTP/1.1", "Host: strict.test"),
+                head("GET / HTTP/1.1", "Host: strict.test")):
+        ex = Exchange(facts)
+        status = ex.feed_request(raw)[0]
+        seen.append(ex.verdict["server"] if status == 0 else status)
+    assert seen == ["other", "www", "other", 421, 421]
+
+
+@pytest.mark.parametrize(("target", "upstream"), [
+    ("/health", "api"), ("/health?x", "api"), ("/%68ealth", "api"), ("/x/../health", "api"),
+    ("/health/", "web"), ("/healthx", "web"), ("/", "api"), ("/?q", "api"), ("/a", "web")])
+def test_exact_routes_win_over_prefixes_on_the_normalised_path(pools, target, upstream):
+    """nginx's location = PATH: the whole $uri (query aside) or nothing, before any prefix."""
+    policy = ServerPolicy("a.test", [("/", pools["web"]), ("/health", pools["api"], None, False, "", "", True),
+                                     ("/health", pools["web"]), ("/", pools["api"], None, False, "", "", True)])
+    ex = exchange(SiteTable({}, policy))
+    assert ex.feed_request(head(f"GET {target} HTTP/1.1", "Host: a.test"))[0] == 0
+    assert ex.verdict["upstream"] == upstream
+
+
+def test_only_exact_routes_is_404_elsewhere(pools):
+    policy = ServerPolicy("a.test", [("/only/", pools["api"], None, True, "", "", True)])
+    assert exchange(SiteTable({}, policy)).feed_request(head("GET /only/x HTTP/1.1", "Host: a.test"))[0] == 404
+    ex = exchange(SiteTable({}, policy))
+    assert ex.feed_request(head("GET /only HTTP/1.1", "Host: a.test"))[0] == 301   # auto_redirect, as nginx

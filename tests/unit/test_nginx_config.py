@@ -366,7 +366,21 @@ def test_prefix_locations_and_implicit_upstreams(load):
     assert implicit.servers == ["127.0.0.1:9000"] and implicit.tries == 1
 
 
-@pytest.mark.parametrize("location", ["= /exact", "~ ^/re", "~* ^/re", "@named"])
+def test_exact_locations_and_proxy_redirect(load):
+    """location = PATH -> an exact route (beside a prefix of the same path); proxy_redirect
+    default (also when absent) -> redirect_from proxy_pass's URL + "/", off -> ""; /dir/ -> slash_redirect."""
+    text = site(server="""
+    location = /exact { proxy_pass http://notes; }
+    location /exact { proxy_pass http://127.0.0.1:9000; proxy_redirect off; }
+    location = /dir/ { proxy_pass http://127.0.0.1:9001; proxy_redirect default; }
+""")
+    got = load(text)
+    assert [(r.path, r.exact, r.upstream, r.redirect_from, r.slash_redirect) for r in got.server.routes] == [
+        ("/exact", True, "notes", "http://notes/", False), ("/exact", False, "127.0.0.1:9000", "", False),
+        ("/dir/", True, "127.0.0.1:9001", "http://127.0.0.1:9001/", True), ("/", False, "notes", "http://notes/", False)]
+
+
+@pytest.mark.parametrize("location", ["~ ^/re", "~* ^/re", "@named"])
 def test_other_location_forms_are_not_supported(error, location):
     text = site(server=f"    location {location} {{ proxy_pass http://notes; }}")
     assert "is not supported yet" in str(error(text, f"location {location}"))
