@@ -89,16 +89,7 @@ def other_leaf(intermediate: Issued) -> Issued:
 
 
 # RFC 7919 ffdhe2048 (a published group, not a secret: generating DH parameters takes seconds).
-FFDHE2048_PEM = b"""\
------BEGIN DH PARAMETERS-----
-MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
-+8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
-87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
-YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
-7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
-ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
------END DH PARAMETERS-----
-"""
+FFDHE2048_PEM = (Path(__file__).parent / "ffdhe2048.pem").read_bytes()
 
 
 @pytest.fixture(scope="session")

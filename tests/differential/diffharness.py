@@ -220,16 +220,7 @@ LEAVES = {
 
 # RFC 7919 ffdhe2048, the group ``ssl_dhparam`` configs point at (generating DH parameters
 # takes seconds to minutes; a named group is what Mozilla's guidelines recommend anyway).
-FFDHE2048 = """\
------BEGIN DH PARAMETERS-----
-MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
-+8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
-87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
-YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
-7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
-ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
------END DH PARAMETERS-----
-"""
+FFDHE2048 = (REPO_ROOT / "tests" / "ffdhe2048.pem").read_text()
 
 
 def _client_cert(issuer):
