@@ -175,5 +175,5 @@ cdef class Exchange:
     cdef int _bad(self, str why) except -1
     cdef int response_end(self) except -1
     cdef bint may_retry(self, bint got_bytes, int attempts)
-    cdef bytes error_response(self, int status)
+    cdef bytes error_response(self, int status, bint keep_alive=*)
     cdef bytes error_body(self, int status)

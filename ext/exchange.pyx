@@ -398,6 +398,7 @@ cdef class Exchange:
                         memcmp(PyBytes_AS_STRING(<bytes>prefix), path_at, route_len) == 0:
                     self._slash_location(<bytes>prefix, route, target, target_len, p, head, slots,
                                          abs_host, abs_host_len)
+                    self.body_mode = request_body_mode(head)   # none: the connection may go on
                     return self.reject(301)
         if route is None:
             return self.reject(404)
@@ -710,8 +711,9 @@ cdef class Exchange:
         return f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1>" \
                f"<hr>fastterm</body></html>\r\n".encode()
 
-    cdef bytes error_response(self, int status):
-        """A response fastterm makes itself; HSTS on it too (nginx ``add_header ... always``)."""
+    cdef bytes error_response(self, int status, bint keep_alive=False):
+        """A response fastterm makes itself; HSTS on it too (nginx ``add_header ... always``).
+        ``keep_alive``: the connection goes on after it (a redirect of a request with no body)."""
         reason = _REASONS.get(status, "Error")
         body = self.error_body(status)
         hsts = self.server.hsts_line if self.server is not None else \
@@ -720,7 +722,7 @@ cdef class Exchange:
                f"Content-Length: {len(body)}\r\n").encode() + hsts
         if self.location is not None and status == 301:
             msg += b"Location: " + self.location + b"\r\n"
-        msg += b"Connection: close\r\n\r\n"
+        msg += b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
         return msg if self.head_request else msg + body
 
     # ---- Python face, for the unit tests ------------------------------------------------
@@ -753,8 +755,8 @@ cdef class Exchange:
     def end(self):
         self.response_end()
 
-    def error_page(self, int status):
-        return self.error_response(status)
+    def error_page(self, int status, bint keep_alive=False):
+        return self.error_response(status, keep_alive)
 
     def abort(self):
         self.advance(E_ABORT)

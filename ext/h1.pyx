@@ -30,6 +30,11 @@ cdef class H1Session(Codec):
         cdef Py_ssize_t i = 0, k
         cdef Worker w = self.worker
         while i < n and self.conn.state == C_OPEN and self.state != H1_CLOSING:
+            if self.state == H1_IDLE and i > 0 and self.conn.output_blocked():
+                # Answers of our own (redirects) filled the client's output: the rest of
+                # this read waits until it drains, so pipelining cannot grow the output.
+                self._stash(p + i, n - i)
+                break
             if self.state == H1_IDLE or self.state == H1_HEAD:
                 k = self._feed_head(p + i, n - i)
             elif self.state == H1_BODY and (self.stream.backend is not None or self.dispatch_pending):
@@ -190,12 +195,15 @@ cdef class H1Session(Codec):
         status = parse_head(p, head_len, True, &head, w.slots, w.max_header_fields)
         if status == 0:
             status = ex.request(p, &head, w.slots, w.writer, &w.request_limits, w.pathbuf)
-        if status:
-            self._refuse(status)
-            return -1
         self.requests += 1
         if ex.client_close or w.draining or (w.keepalive_requests and self.requests >= w.keepalive_requests):
             self.close_after = True   # the response says Connection: close
+        if status:
+            if status == 301 and ex.location is not None and ex.body_mode == BODY_NONE and not self.close_after:
+                self._redirect(ex)   # nginx keeps the connection after its own redirect
+                return 0 if self.conn.state == C_OPEN else -1
+            self._refuse(status)
+            return -1
         framer_init(&self.req_body, ex.body_mode, ex.content_length)
         self.request_done = self.req_body.done
         if ex.continue_client and not self.request_done:
@@ -263,6 +271,18 @@ cdef class H1Session(Codec):
             self.on_data(PyBytes_AS_STRING(held), PyBytes_GET_SIZE(held))
         if self.conn.state == C_OPEN and self.accepting():
             self.conn.resume_input()
+
+    cdef void _redirect(self, Exchange ex):
+        """Our own 301 to a request without a body; the next request may follow on this
+        connection (pipelined ones wait while the client has output pending, see on_data)."""
+        cdef Worker w = self.worker
+        w.count_status(301)
+        msg = ex.error_response(301, True)
+        self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
+        self.spare = ex
+        self.stream.exchange = None
+        self.state = H1_IDLE
+        self.deadline = w.now + w.keepalive_timeout
 
     cdef void _refuse(self, int status):
         """An answer of our own (error page, HSTS on it too); the connection closes after."""

@@ -36,9 +36,4 @@ BUGS: list[Bug] = [
         when=lambda a, b: a.get("backend.framing") == "content-length" and b.get("backend.framing") == "chunked",
         reason="nginx (proxy_request_buffering on) reads a chunked body whole and sends it with Content-Length; "
                "fastterm streams it chunked", witness=(SEED, "POST https api.example.com /chunked")),
-    Bug(name="own_redirect_closes_http11_connection", field="header:connection", generated=True,
-        nginx=None, fastterm="close", when=lambda a, b: a.get("status") == 301 and b.get("status") == 301,
-        reason="the 301 from /dir to /dir/ (location /dir/ with proxy_pass): nginx keeps the HTTP/1.1 "
-               "connection; fastterm closes it after, as after every answer of its own (ext/h1.pyx _refuse)",
-        witness=("locations_prefix", "GET https api.example.com /static")),
 ]

@@ -323,6 +323,22 @@ def test_location_dir_redirects_dir_to_dir_slash(nginx_mode, demo_backend, clien
     assert echo_json(get(ft, "/dir/echo")[0])["path"] == "/dir/echo"
 
 
+def test_dir_redirect_keeps_the_connection_and_pipelining(nginx_mode, demo_backend):
+    """As nginx: the 301 says nothing of Connection and the connection goes on; pipelined
+    requests behind redirects are answered in order, the proxied one by the backend."""
+    ft = nginx_mode(SLASH, backend=demo_backend)
+    with ft.connect() as s:
+        rd = Reader(s)
+        s.sendall(b"".join(request_bytes("GET", "/dir", "www.example.com") for _ in range(50))
+                  + request_bytes("GET", "/dir/echo", "www.example.com"))
+        redirects = [read_response(rd) for _ in range(50)]
+        assert {(r.status, r.header("Connection")) for r in redirects} == {(301, None)}
+        assert echo_json(read_response(rd))["path"] == "/dir/echo"
+        s.sendall(request_bytes("GET", "/dir", "www.example.com", [("Connection", "close")]))
+        last = read_response(rd)
+        assert last.status == 301 and last.header("Connection") == "close"
+
+
 REDIRECTS = """\
 upstream app {{ server {backend}; }}
 server {{
