@@ -192,6 +192,22 @@ def be(raw_backend) -> RawBackend:
 
 
 @pytest.fixture
+def trust_split(fastterm, raw_backend, write, intermediate, ec_cert, other_leaf):
+    """Two server blocks, two backends: www (the default) trusts 127.0.0.1 as a proxy,
+    other.test trusts nobody -> (fastterm, www's backend, other.test's backend)."""
+    a, b = raw_backend(), raw_backend()
+    servers = [
+        {"server_names": [NAME], "default_server": True, "certificate": [ec_cert],
+         "trusted_proxies": ["127.0.0.1/32"], "route": [{"path": "/", "upstream": "a"}]},
+        {"server_names": ["other.test"], "certificate": [cert_entry(write, other_leaf, intermediate, "other")],
+         "route": [{"path": "/", "upstream": "b"}]},
+    ]
+    ft = fastterm(upstreams=[{"name": "a", "servers": [a.address]}, {"name": "b", "servers": [b.address]}],
+                  servers=servers)
+    return ft, a, b
+
+
+@pytest.fixture
 def demo(fastterm, demo_backend) -> Fastterm:
     """fastterm in front of the demo backend (JSON echo, /bytes, /chunked ...)."""
     return fastterm(demo_backend)

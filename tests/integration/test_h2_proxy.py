@@ -17,7 +17,7 @@ import time
 
 import pytest
 from h2wire import h2_client, h2_request
-from harness import HSTS, NAME, cert_entry, echo_json, header_map, response_bytes, settle
+from harness import HSTS, NAME, echo_json, header_map, response_bytes, settle
 from httpwire import Reader, read_response, request_bytes
 from test_bodies import RssWatch
 from test_hardening_framing import CLIENT_IDENTITY
@@ -140,20 +140,11 @@ def test_dot_segments_do_not_reach_the_prefix_upstream(raw_backend, fastterm, pr
     assert [r.target for r in web.requests] == [target]
 
 
-def test_host_chooses_the_server_block_and_its_trust(fastterm, raw_backend, write, intermediate, ec_cert,
-                                                    other_leaf, proto):
+def test_host_chooses_the_server_block_and_its_trust(trust_split, proto):
     """SNI names www (which trusts 127.0.0.1 as a proxy), the Host (HTTP/2: :authority)
     names other.test (which trusts nobody): other.test's backend serves it, and the spoofed
     X-Forwarded-For does not reach it."""
-    a, b = raw_backend(), raw_backend()
-    servers = [
-        {"server_names": [NAME], "default_server": True, "certificate": [ec_cert],
-         "trusted_proxies": ["127.0.0.1/32"], "route": [{"path": "/", "upstream": "a"}]},
-        {"server_names": ["other.test"], "certificate": [cert_entry(write, other_leaf, intermediate, "other")],
-         "route": [{"path": "/", "upstream": "b"}]},
-    ]
-    ft = fastterm(upstreams=[{"name": "a", "servers": [a.address]}, {"name": "b", "servers": [b.address]}],
-                  servers=servers)
+    ft, a, b = trust_split
     spoof = [("X-Forwarded-For", "6.6.6.6"), ("Forwarded", "for=6.6.6.6")]
     assert send(ft, proto, "GET", "/one", host="other.test", headers=spoof).status == 200
     assert send(ft, proto, "GET", "/two", headers=[("X-Forwarded-For", "7.7.7.7")]).status == 200

@@ -12,7 +12,7 @@ import socket
 import time
 
 import pytest
-from harness import HOST, NAME, cert_entry, wait_for
+from harness import HOST, NAME, wait_for
 from httpwire import Reader, closed_by_peer, read_response, request_bytes
 
 
@@ -54,21 +54,6 @@ def test_trace_is_405_and_not_forwarded(raw_backend, fastterm):
     r = ft.request("TRACE", "/", headers=[("Cookie", "secret=1")])
     assert r.status == 405
     assert be.accepts == 0
-
-
-@pytest.fixture
-def trust_split(fastterm, raw_backend, write, intermediate, ec_cert, other_leaf):
-    """www trusts 127.0.0.1 as a proxy; other.test trusts nobody."""
-    a, b = raw_backend(), raw_backend()
-    servers = [
-        {"server_names": [NAME], "default_server": True, "certificate": [ec_cert],
-         "trusted_proxies": ["127.0.0.1/32"], "route": [{"path": "/", "upstream": "a"}]},
-        {"server_names": ["other.test"], "certificate": [cert_entry(write, other_leaf, intermediate, "other")],
-         "route": [{"path": "/", "upstream": "b"}]},
-    ]
-    ft = fastterm(upstreams=[{"name": "a", "servers": [a.address]}, {"name": "b", "servers": [b.address]}],
-                  servers=servers)
-    return ft, a, b
 
 
 def test_forwarded_trust_follows_the_host_chosen_server(trust_split):
