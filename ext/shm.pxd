@@ -13,6 +13,8 @@ cdef extern from "includes/shm.h" nogil:
         FT_SESSION_DER_MAX
         FT_PROBE
         FT_SEQLOCK_RETRIES
+        FT_OCSP_SLOTS
+        FT_OCSP_DER_MAX
     ctypedef struct ft_ticket_key:
         unsigned char name[16]
         unsigned char hmac[32]
@@ -32,6 +34,11 @@ cdef extern from "includes/shm.h" nogil:
         unsigned int id_len
         unsigned char id[FT_SESSION_ID_MAX]
         unsigned char der[FT_SESSION_DER_MAX]
+    ctypedef struct ft_ocsp:
+        uint64_t seq
+        int64_t expires
+        unsigned int der_len
+        unsigned char der[FT_OCSP_DER_MAX]
     ctypedef struct ft_shared:
         unsigned int magic
         unsigned int nsessions
@@ -40,6 +47,7 @@ cdef extern from "includes/shm.h" nogil:
         ft_ticket_keys tickets
         int64_t retired[FT_COUNTERS]
         ft_worker_slot workers[FT_WORKER_SLOTS]
+        ft_ocsp ocsp[FT_OCSP_SLOTS]
         ft_session sessions[1]
     uint64_t ft_load_acquire(const uint64_t *p)
     void ft_store_release(uint64_t *p, uint64_t v)
@@ -67,3 +75,4 @@ cdef class SharedState:
     cdef void remove_session(self, const unsigned char *sid, unsigned int sid_len) noexcept nogil
     cdef bint refresh_ticket_keys(self) noexcept nogil
     cdef int read_ticket_key(self, const unsigned char *name, ft_ticket_key *out) noexcept nogil
+    cdef int copy_ocsp(self, int slot, unsigned char *der) noexcept nogil

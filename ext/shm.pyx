@@ -14,6 +14,12 @@
 # load per ticket callback, no lock on the resumption path. The refresh gives up after
 # FT_SEQLOCK_RETRIES reads: a master killed mid-write leaves the sequence odd for
 # good, and the workers then keep the keys they last saw.
+#
+# OCSP responses: one slot per stapled certificate, written by the master only under a
+# seqlock like the ticket keys; the status callback copies a slot out (one consistent
+# read per handshake that asked for a staple) and staples it only before its nextUpdate,
+# so a response the master could not refresh stops being stapled when it expires even
+# if nobody clears it.
 
 from libc.string cimport memcpy, memset, memcmp
 
@@ -250,6 +256,62 @@ cdef class SharedState:
             wanted = name
         index = self.read_ticket_key(wanted, &key)
         return None if index < 0 else (index, (<char *>&key)[:sizeof(ft_ticket_key)])
+
+    # ---- OCSP responses -------------------------------------------------
+    def set_ocsp(self, int slot, bytes der, long long expires):
+        """Master only: ``der`` is stapled from ``slot`` until ``expires`` (unix seconds);
+        None (or ``expires`` 0) stops stapling it."""
+        cdef ft_ocsp *o
+        cdef uint64_t seq
+        if not 0 <= slot < FT_OCSP_SLOTS:
+            raise ValueError(f"OCSP slot {slot} out of range (0..{FT_OCSP_SLOTS - 1})")
+        if der is not None and len(der) > FT_OCSP_DER_MAX:
+            raise ValueError(f"OCSP response of {len(der)} bytes: at most {FT_OCSP_DER_MAX} are shared")
+        o = &self.region.ocsp[slot]
+        seq = ft_load_acquire(&o.seq)
+        ft_store_release(&o.seq, seq + 1)
+        ft_fence()
+        if der is None or expires <= 0:
+            o.der_len = 0
+            o.expires = 0
+        else:
+            memcpy(o.der, <const char *>der, len(der))
+            o.der_len = len(der)
+            o.expires = expires
+        ft_fence()
+        ft_store_release(&o.seq, seq + 2)
+
+    cdef int copy_ocsp(self, int slot, unsigned char *der) noexcept nogil:
+        """The response of ``slot`` copied into ``der`` (FT_OCSP_DER_MAX bytes) while it is
+        unexpired: its length, else 0 (none, expired, or no consistent read)."""
+        cdef ft_ocsp *o
+        cdef uint64_t seq
+        cdef unsigned int n
+        cdef long long expires
+        cdef int attempt
+        if slot < 0 or slot >= FT_OCSP_SLOTS:
+            return 0
+        o = &self.region.ocsp[slot]
+        for attempt in range(FT_SEQLOCK_RETRIES):
+            seq = ft_load_acquire(&o.seq)
+            if seq & 1:
+                continue
+            n = o.der_len
+            expires = o.expires
+            if n > FT_OCSP_DER_MAX:
+                n = 0
+            if n:
+                memcpy(der, o.der, n)
+            ft_fence()
+            if ft_load_acquire(&o.seq) == seq:
+                return <int>n if n and expires > time(NULL) else 0
+        return 0
+
+    def ocsp(self, int slot):
+        """What the status callback would staple from ``slot`` now, or None."""
+        cdef unsigned char der[FT_OCSP_DER_MAX]
+        cdef int n = self.copy_ocsp(slot, der)
+        return (<char *>der)[:n] if n else None
 
     # ---- counters -------------------------------------------------------
     def claim_slot(self, int pid, int generation):

@@ -34,6 +34,9 @@ cdef class TLSContext:
     cdef unsigned long long options
     cdef bytes groups               # None: OpenSSL's default (or the listener's, once moved)
     cdef long session_timeout       # seconds; OpenSSL takes it from the listener's context
+    # OCSP stapling flow
+    cdef list leaves                # the X509 address of each certificate added, in order
+    cdef dict ocsp_slots            # X509 address -> its response's slot in shared memory
 
     # SNI flow
     cdef TLSContext _select(self, const char *name)

@@ -127,6 +127,125 @@ cdef int _alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *out
     return SSL_TLSEXT_ERR_OK
 
 
+cdef int _status_cb(SSL *ssl, void *arg) noexcept:
+    """Staple the response of the certificate OpenSSL chose for this client (RSA or ECDSA:
+    SSL_get_certificate(3) is that one in the status callback). Runs only when the client
+    sent status_request; reads shared memory, never the network. Nothing unexpired to
+    staple: no staple, the handshake goes on."""
+    cdef TLSContext ctx = <TLSContext>arg
+    cdef unsigned char der[FT_OCSP_DER_MAX]
+    cdef unsigned char *copy
+    cdef int n
+    slot = ctx.ocsp_slots.get(<size_t>SSL_get_certificate(ssl))
+    if slot is None or ctx.shared is None:
+        return SSL_TLSEXT_ERR_NOACK
+    n = ctx.shared.copy_ocsp(<int>slot, der)
+    if n <= 0:
+        return SSL_TLSEXT_ERR_NOACK
+    copy = <unsigned char *>OPENSSL_malloc(n)
+    if copy == NULL:
+        return SSL_TLSEXT_ERR_NOACK
+    memcpy(copy, der, n)
+    if not SSL_set_tlsext_status_ocsp_resp(ssl, copy, n):   # the SSL frees copy from here
+        return SSL_TLSEXT_ERR_NOACK
+    return SSL_TLSEXT_ERR_OK
+
+
+cdef X509 *_x509_from_der(bytes der) except NULL:
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(der)
+    cdef X509 *cert = d2i_X509(NULL, &p, len(der))
+    if cert == NULL:
+        raise_tls_error("invalid DER certificate")
+    return cert
+
+
+_OCSP_STATUS = {V_OCSP_CERTSTATUS_GOOD: "good", V_OCSP_CERTSTATUS_REVOKED: "revoked",
+                V_OCSP_CERTSTATUS_UNKNOWN: "unknown"}
+
+
+def verify_ocsp_response(bytes response not None, bytes leaf not None, bytes issuer not None,
+                         trusted=(), bint verify=True, long clock_skew=300):
+    """Check an OCSP response (DER) for ``leaf`` issued by ``issuer`` (DER certificates), as
+    OCSP_basic_verify(3) and OCSP_check_validity(3) do; ``(status, this_update,
+    next_update)``: "good", "revoked" or "unknown", unix seconds (next_update 0: none).
+    TLSError with the reason when it must not be stapled.
+
+    ``verify``: the signature must be the issuer's or a delegated responder's (a
+    certificate the issuer gave the OCSP-signing purpose), its chain ending at the issuer
+    or one of ``trusted`` (DER; nginx ssl_trusted_certificate). Off (nginx
+    ``ssl_stapling_verify off``): the response is only parsed and checked against its own
+    signer's key (OCSP_NOVERIFY, as nginx). The certificate ID, the status and the
+    thisUpdate/nextUpdate window (``clock_skew`` seconds of leeway) are always checked."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(response)
+    cdef OCSP_RESPONSE *resp = NULL
+    cdef OCSP_BASICRESP *basic = NULL
+    cdef OCSP_CERTID *cid = NULL
+    cdef X509 *leaf_x = NULL
+    cdef X509 *issuer_x = NULL
+    cdef X509 *extra = NULL
+    cdef X509_STORE *store = NULL
+    cdef stack_st_X509 *certs = NULL
+    cdef ASN1_GENERALIZEDTIME *this_update = NULL
+    cdef ASN1_GENERALIZEDTIME *next_update = NULL
+    cdef ASN1_GENERALIZEDTIME *revoked_at = NULL
+    cdef int status = -1, reason = -1, code
+    ERR_clear_error()
+    try:
+        resp = d2i_OCSP_RESPONSE(NULL, &p, len(response))
+        if resp == NULL:
+            raise_tls_error("not a DER OCSP response")
+        code = OCSP_response_status(resp)
+        if code != OCSP_RESPONSE_STATUS_SUCCESSFUL:
+            raise TLSError(f"the responder answered status {code} (not successful)", ())
+        basic = OCSP_response_get1_basic(resp)
+        if basic == NULL:
+            raise_tls_error("no basic OCSP response")
+        leaf_x = _x509_from_der(leaf)
+        issuer_x = _x509_from_der(issuer)
+        store = X509_STORE_new()
+        certs = sk_X509_new_null()
+        if store == NULL or certs == NULL:
+            raise_tls_error("out of memory")
+        # PARTIAL_CHAIN: the issuer is usually an intermediate, trusted here as the anchor.
+        X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN)
+        if not X509_STORE_add_cert(store, issuer_x) or not sk_X509_push(certs, issuer_x):
+            raise_tls_error("cannot add the issuer")
+        for der in trusted:
+            extra = _x509_from_der(der)
+            code = X509_STORE_add_cert(store, extra)
+            X509_free(extra)   # the store holds its own reference
+            if not code:
+                raise_tls_error("cannot add a trusted certificate")
+        if OCSP_basic_verify(basic, certs, store, 0 if verify else OCSP_NOVERIFY) != 1:
+            raise_tls_error("the response's signature does not verify")
+        cid = OCSP_cert_to_id(NULL, leaf_x, issuer_x)
+        if cid == NULL:
+            raise_tls_error("cannot make the certificate ID")
+        if not OCSP_resp_find_status(basic, cid, &status, &reason, &revoked_at, &this_update, &next_update):
+            raise TLSError("the response is not about this certificate (certificate ID differs)",
+                           drain_errors())
+        if not OCSP_check_validity(this_update, next_update, clock_skew, -1):
+            raise_tls_error("the response is outside its thisUpdate..nextUpdate window")
+        return (_OCSP_STATUS.get(status, "unknown"), ft_asn1_time_unix(this_update),
+                ft_asn1_time_unix(next_update))
+    finally:
+        if cid != NULL:
+            OCSP_CERTID_free(cid)
+        if certs != NULL:
+            sk_X509_free(certs)      # the certificates are freed below
+        if store != NULL:
+            X509_STORE_free(store)
+        if issuer_x != NULL:
+            X509_free(issuer_x)
+        if leaf_x != NULL:
+            X509_free(leaf_x)
+        if basic != NULL:
+            OCSP_BASICRESP_free(basic)
+        if resp != NULL:
+            OCSP_RESPONSE_free(resp)
+        ERR_clear_error()
+
+
 cdef EVP_PKEY *_read_dhparam(bytes pem) except NULL:
     """PEM "DH PARAMETERS" (nginx ssl_dhparam, openssl dhparam) -> a new EVP_PKEY the caller
     owns; TLSError with OpenSSL's reason otherwise."""
@@ -178,6 +297,8 @@ cdef class TLSContext:
         self.key_types = []
         self.alpn_wire = b""
         self.groups = None
+        self.leaves = []
+        self.ocsp_slots = {}
 
     def __init__(self, *, bint server_side=True, protocols=("TLSv1.2", "TLSv1.3"),
                  str ciphers=None, str ciphersuites=None, str groups=None,
@@ -321,6 +442,9 @@ cdef class TLSContext:
                 raise_tls_error("private key does not match the certificate")
             if not SSL_CTX_use_certificate(self.ctx, leaf) or not SSL_CTX_use_PrivateKey(self.ctx, pkey):
                 raise_tls_error("cannot use the certificate and key")
+            # The SSL_CTX holds leaf now, and every SSL made from it the same pointer:
+            # SSL_get_certificate in the status callback names it.
+            self.leaves.append(<size_t>leaf)
             while True:  # the chain attaches to the certificate just made current
                 cert = PEM_read_bio_X509(chain_bio, NULL, NULL, NULL)
                 if cert == NULL:
@@ -343,6 +467,17 @@ cdef class TLSContext:
                 BIO_free(key_bio)
         self.key_types.append("RSA" if key_id == EVP_PKEY_RSA else "EC" if key_id == EVP_PKEY_EC
                               else OBJ_nid2sn(key_id).decode())
+
+    def staple(self, int position, int slot):
+        """Staple the OCSP response the master keeps in shared ``slot`` for the
+        ``position``-th certificate added, when a client asks (status_request)."""
+        if self.shared is None:
+            raise ValueError("OCSP stapling needs the workers' shared memory")
+        if not 0 <= slot < FT_OCSP_SLOTS:
+            raise ValueError(f"OCSP slot {slot} out of range")
+        self.ocsp_slots[self.leaves[position]] = slot
+        SSL_CTX_set_tlsext_status_cb(self.ctx, _status_cb)
+        SSL_CTX_set_tlsext_status_arg(self.ctx, <void *>self)
 
     def set_sni(self, dict names not None):
         """``{"example.com": ctx, "*.example.com": ctx2}``; unknown names keep this (default) context.

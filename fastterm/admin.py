@@ -130,6 +130,16 @@ def metrics_text(master) -> str:
     add("fastterm_worker_restarts_total", "counter", "Workers replaced after dying.", None, master.restarts)
     add("fastterm_ticket_key_rotations_total", "counter", "Ticket-key rotations.", None, master.keys.rotations)
     add("fastterm_workers", "gauge", "Worker processes running.", None, len(master.procs))
+    for staple in master.ocsp.report():
+        cert = staple["certificate"].replace("\\", "\\\\").replace('"', '\\"')
+        add("fastterm_ocsp_status", "gauge", "OCSP status stapled per certificate (good, revoked; error: "
+            "nothing valid to staple).", f'certificate="{cert}",status="{staple["status"]}"', 1)
+        if staple["age"] is not None:
+            add("fastterm_ocsp_response_age_seconds", "gauge", "Seconds since the stapled response's thisUpdate.",
+                f'certificate="{cert}"', staple["age"])
+        if staple["next_refresh"] is not None:
+            add("fastterm_ocsp_next_refresh_seconds", "gauge", "Seconds until the response is fetched again.",
+                f'certificate="{cert}"', staple["next_refresh"])
     add("fastterm_generation", "gauge", "Current worker generation.", None, master.generation.number)
     lines = []
     for name, (kind, help_text, samples) in families.items():

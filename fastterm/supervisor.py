@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from fastterm import worker as worker_mod
 from fastterm.admin import AdminServer
+from fastterm.certs.ocsp import Stapler
 from fastterm.config import ConfigSource
 from fastterm.config.model import Config
 from fastterm.config.plan import Plan, build
@@ -164,6 +165,7 @@ class Master:
         self.stopping = False
         self.stop_deadline = 0.0
         self.selector = selectors.DefaultSelector()
+        self.ocsp = Stapler(self.shared, self.selector)
         self.signals: list[int] = []
         self.admin: AdminServer | None = None
         self.pid_file = pid_file_of(config)
@@ -207,6 +209,7 @@ class Master:
     def _commit(self, config: Config, plan: Plan) -> None:
         workers = worker_count(config)
         self._bind_all(config, plan, workers)
+        self.ocsp.attach(plan)          # before fork: the contexts learn their OCSP slots
         self.generations_made += 1
         old = self.generation
         self.generation = Generation(self.generations_made, config, plan, workers)
@@ -256,6 +259,7 @@ class Master:
                 sock.close()
         if self.admin is not None:
             self.admin.close_in_child()
+        self.ocsp.close_in_child()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
                     signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
@@ -336,6 +340,7 @@ class Master:
         previous one stays current."""
         failed = self.generation
         self.generation = previous
+        self.ocsp.attach(previous.plan)
         self.old_generations.remove(previous.number)
         self.old_generations.append(failed.number)
         self._stop_generation(failed.number, signal.SIGQUIT)
@@ -426,6 +431,7 @@ class Master:
             "last_reload_error": self.last_reload_error,
             "worker_restarts": self.restarts,
             "ticket_key_rotations": self.keys.rotations,
+            "ocsp": self.ocsp.report(),
             "sessions": self.shared.session_stats(),
             "config": self.config_path,
             "config_format": self.source.format,
@@ -507,6 +513,7 @@ class Master:
         if self.generation.config.admin:
             self._open_admin(self.generation.config.admin)
         self._write_pid_file()
+        self.ocsp.start()
         self._spawn_generation()
         addrs = ", ".join(f"{h}:{p}" for (h, p), *_ in self.generation.plan.listeners)
         log.info("master %d: %d workers serving https on %s", os.getpid(), self.generation.workers, addrs)
@@ -530,6 +537,7 @@ class Master:
                 self._reload_due()
                 self._prune_generations()
                 self.keys.tick()
+                self.ocsp.tick()
         finally:
             self._remove_pid_file()
             self._close_admin()

@@ -9,6 +9,8 @@
 #include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/rand.h>
+#include <openssl/ocsp.h>
+#include <time.h>
 #include "shm.h"
 
 /* SSL_OP_PRIORITIZE_CHACHA exists in both, but guard builds against forks. */
@@ -20,5 +22,15 @@
 #ifndef SSL_OP_NO_ANTI_REPLAY
 #define SSL_OP_NO_ANTI_REPLAY 0
 #endif
+
+/* An OCSP thisUpdate/nextUpdate as unix seconds (ASN1_TIME_to_tm gives UTC fields; timegm
+ * reads them as UTC): the master compares it with time(), the workers with a staple's expiry. */
+static inline long long ft_asn1_time_unix(const ASN1_GENERALIZEDTIME *t)
+{
+    struct tm tm;
+    if (t == NULL || !ASN1_TIME_to_tm(t, &tm))
+        return 0;
+    return (long long)timegm(&tm);
+}
 
 #endif

@@ -256,3 +256,49 @@ cdef extern from "compat.h" nogil:
     int SSL_set1_groups_list(SSL *s, const char *groups)
     SSL_SESSION *SSL_get_session(const SSL *ssl)
     long SSL_SESSION_set_timeout(SSL_SESSION *s, long t)
+
+
+# ---- OCSP stapling: verifying a response (master) and stapling it (status callback) ---
+cdef extern from "compat.h":
+    ctypedef int (*status_cb_func)(SSL *s, void *arg) noexcept
+
+cdef extern from "compat.h" nogil:
+    ctypedef struct OCSP_RESPONSE
+    ctypedef struct OCSP_BASICRESP
+    ctypedef struct OCSP_CERTID
+    ctypedef struct X509_STORE
+    ctypedef struct EVP_MD
+    ctypedef struct ASN1_GENERALIZEDTIME
+    struct stack_st_X509                     # STACK_OF(X509)
+    enum:
+        OCSP_RESPONSE_STATUS_SUCCESSFUL
+        V_OCSP_CERTSTATUS_GOOD
+        V_OCSP_CERTSTATUS_REVOKED
+        V_OCSP_CERTSTATUS_UNKNOWN
+        OCSP_NOVERIFY
+        X509_V_FLAG_PARTIAL_CHAIN
+    OCSP_RESPONSE *d2i_OCSP_RESPONSE(OCSP_RESPONSE **a, const unsigned char **pp, long length)
+    void OCSP_RESPONSE_free(OCSP_RESPONSE *r)
+    int OCSP_response_status(OCSP_RESPONSE *resp)
+    OCSP_BASICRESP *OCSP_response_get1_basic(OCSP_RESPONSE *resp)
+    void OCSP_BASICRESP_free(OCSP_BASICRESP *b)
+    int OCSP_basic_verify(OCSP_BASICRESP *bs, stack_st_X509 *certs, X509_STORE *st, unsigned long flags)
+    OCSP_CERTID *OCSP_cert_to_id(const EVP_MD *dgst, const X509 *subject, const X509 *issuer)
+    void OCSP_CERTID_free(OCSP_CERTID *id)
+    int OCSP_resp_find_status(OCSP_BASICRESP *bs, OCSP_CERTID *id, int *status, int *reason,
+                              ASN1_GENERALIZEDTIME **revtime, ASN1_GENERALIZEDTIME **thisupd,
+                              ASN1_GENERALIZEDTIME **nextupd)
+    int OCSP_check_validity(ASN1_GENERALIZEDTIME *thisupd, ASN1_GENERALIZEDTIME *nextupd, long sec, long maxsec)
+    long long ft_asn1_time_unix(const ASN1_GENERALIZEDTIME *t)    # compat.h; 0: none or bad
+    X509 *d2i_X509(X509 **a, const unsigned char **pp, long length)
+    X509_STORE *X509_STORE_new()
+    void X509_STORE_free(X509_STORE *st)
+    int X509_STORE_add_cert(X509_STORE *st, X509 *x)
+    int X509_STORE_set_flags(X509_STORE *st, unsigned long flags)
+    stack_st_X509 *sk_X509_new_null()
+    int sk_X509_push(stack_st_X509 *sk, X509 *x)
+    void sk_X509_free(stack_st_X509 *sk)
+    long SSL_CTX_set_tlsext_status_cb(SSL_CTX *ctx, status_cb_func cb)
+    long SSL_CTX_set_tlsext_status_arg(SSL_CTX *ctx, void *arg)
+    long SSL_set_tlsext_status_ocsp_resp(SSL *s, unsigned char *resp, long len)   # takes resp
+    void *OPENSSL_malloc(size_t num)

@@ -16,6 +16,8 @@
 #define FT_SESSION_ID_MAX 32
 #define FT_SESSION_DER_MAX 1200
 #define FT_PROBE 8
+#define FT_OCSP_SLOTS 256               /* stapled certificates; 1 MiB */
+#define FT_OCSP_DER_MAX 4096          /* a response with its responder's certificate: ~1.5-2.5 KiB */
 #define FT_SEQLOCK_RETRIES 1000       /* a write is a 640-byte memcpy: far fewer reads than this */
 
 typedef struct {
@@ -50,6 +52,14 @@ typedef struct {
 } ft_session;
 
 typedef struct {
+    uint64_t seq;                     /* seqlock: odd while the master writes */
+    int64_t expires;                  /* the response's nextUpdate, unix seconds; 0: nothing to staple */
+    uint32_t der_len;
+    uint32_t pad;
+    unsigned char der[FT_OCSP_DER_MAX];
+} ft_ocsp;                            /* one certificate's OCSP response, written by the master only */
+
+typedef struct {
     uint32_t magic;
     uint32_t nsessions;
     pthread_mutex_t lock;             /* process-shared, robust: a killed worker can't wedge it */
@@ -57,6 +67,7 @@ typedef struct {
     ft_ticket_keys tickets;
     int64_t retired[FT_COUNTERS];     /* counters of workers that have exited */
     ft_worker_slot workers[FT_WORKER_SLOTS];
+    ft_ocsp ocsp[FT_OCSP_SLOTS];
     ft_session sessions[];
 } ft_shared;
 

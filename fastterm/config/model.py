@@ -45,6 +45,14 @@ class TLSPolicy(Struct):
     alpn: list[str] = msgspec.field(default_factory=lambda: ["h2", "http/1.1"])
     dhparam: str | None = None  # PEM DH parameters file (nginx ssl_dhparam) for the TLS 1.2 DHE
     # suites; None: no DHE suite is negotiated, whatever ``ciphers`` lists (as nginx)
+    # OCSP stapling (fastterm/certs/ocsp.py): the master fetches and verifies each certificate's
+    # response, the workers staple it for clients that ask (nginx ssl_stapling*)
+    stapling: bool = True  # staple where a certificate names a responder (AIA) or has an ocsp_file
+    stapling_verify: bool = True  # false: staple responses whoever signed them, with a warning
+    stapling_responder: str | None = None  # "http://host[:port]/path": asked instead of the AIA URL
+    stapling_timeout: float = 5.0  # seconds a responder has to answer (nginx: resolver_timeout)
+    trusted_certificate: str | None = None  # PEM certificates where a leaf's issuer is looked for
+    # when its chain lacks it, and that a responder's certificate may chain to
 
 
 class Certificate(Struct):
@@ -52,6 +60,8 @@ class Certificate(Struct):
 
     cert: str
     key: str | None = None
+    ocsp_file: str | None = None  # a DER OCSP response stapled instead of fetching one (nginx
+    # ssl_stapling_file); unset: CERT.ocsp beside ``cert`` when it exists (HAProxy's convention)
 
 
 class ProxyHeader(Struct):

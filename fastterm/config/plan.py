@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from fastterm.certs.ocsp import stapling_sites
 from fastterm.certs.store import load_certificate
 from fastterm.config.model import Config, ProxyRequest, Server
 from fastterm.config.toml import KeyLines, parse_address
@@ -30,6 +31,7 @@ class Plan:
     listeners: list[tuple[tuple[str, int], object, object]] = field(default_factory=list)  # (addr, TLSContext, SiteTable)
     pools: dict[str, object] = field(default_factory=dict)
     redirects: list[tuple[tuple[str, int], object]] = field(default_factory=list)  # (addr, RedirectTable)
+    staples: list = field(default_factory=list)  # certs/ocsp.StapleSite: what the master staples for
 
 
 def _where(server: Server, index: int) -> str:
@@ -265,6 +267,9 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
                 names.setdefault(name.lower(), contexts[i])
                 sites.setdefault(name.lower(), policies[i])
         contexts[default].set_sni(names)
+        for i in indexes:
+            plan.staples += stapling_sites(contexts[i], certificates[i], config.servers[i].certificates,
+                                           config.servers[i].tls, _where(config.servers[i], i))
         no_host_default = config.servers[default].no_host == "default"
         plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default], no_host_default)))
     by_address: dict[tuple[str, int], list] = {}

@@ -315,7 +315,8 @@ class _Checker:
         base = os.path.dirname(os.path.abspath(self.path))
         certificates = [
             msgspec.structs.replace(c, cert=_absolute(c.cert, base),
-                                    key=None if c.key is None else _absolute(c.key, base))
+                                    key=None if c.key is None else _absolute(c.key, base),
+                                    ocsp_file=None if c.ocsp_file is None else _absolute(c.ocsp_file, base))
             for c in server.certificates
         ]
         tls = server.tls
@@ -327,6 +328,8 @@ class _Checker:
                 read_dhparam(tls.dhparam)
             except ValueError as exc:
                 raise self.error(str(exc), "server", i, "tls", "dhparam") from None
+        if tls.trusted_certificate is not None:
+            tls = msgspec.structs.replace(tls, trusted_certificate=_absolute(tls.trusted_certificate, base))
         return msgspec.structs.replace(server, routes=routes, certificates=certificates, tls=tls)
 
     def _address(self, address: str, *where: str | int, default_host: str = "0.0.0.0") -> tuple[str, int]:
