@@ -45,11 +45,12 @@ def with_aia(ca: Issued, names: list[str], url: str | None, key_type: str = "EC"
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
 
 
-def pki(url: str | None) -> dict[str, Issued]:
+def pki(url: str | None, issuer: Issued | None = None, root: Issued | None = None) -> dict[str, Issued]:
     """root -> intermediate (the issuer) -> leaf (AIA ``url``); a delegated responder of the
-    intermediate; another CA with its own responder-looking certificate (the forger)."""
-    root = make_ca("ocsp test root")
-    issuer = issue_cert(root, ["ocsp test intermediate"], "EC", is_ca=True)
+    intermediate; another CA with its own responder-looking certificate (the forger).
+    ``issuer`` and ``root``: the tests' session CA instead of new ones."""
+    root = root or make_ca("ocsp test root")
+    issuer = issuer or issue_cert(root, ["ocsp test intermediate"], "EC", is_ca=True)
     other = make_ca("ocsp forger CA")
     return {
         "root": root,
