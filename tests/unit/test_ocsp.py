@@ -7,9 +7,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastterm._core import SharedState, verify_ocsp_response
 from ocsp_pki import der, pki, response, with_aia
 
-from fastterm._core import SharedState, verify_ocsp_response
 from fastterm.certs.ocsp import build_request, find_issuer, parse_http_response, responder_url
 from fastterm.errors import TLSError
 
