@@ -69,7 +69,17 @@ What maps (nginx -> model):
   ``$host``, ``$http_NAME``, ``$remote_addr``, ``$remote_port``, ``$proxy_add_x_forwarded_for``,
   ``$request_uri``, ``$request_method``, ``$server_addr``, ``$server_port``, ``$server_name``,
   ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$proxy_host``.
-- Values equal to fastterm's behaviour are accepted for: ``ssl_stapling off``, ``ssl_early_data
+- OCSP stapling (fastterm/certs/ocsp.py): ``ssl_stapling on|off`` -> ``tls.stapling`` (default
+  off, as nginx), ``ssl_stapling_verify`` -> ``tls.stapling_verify`` (default off, as nginx: a
+  warning says responses are stapled unchecked), ``ssl_stapling_responder http://...`` ->
+  ``tls.stapling_responder`` (instead of the certificate's AIA URL), ``ssl_stapling_file`` -> each
+  certificate's ``ocsp_file`` (read only with ``ssl_stapling on``, as nginx; a missing file is an
+  error at its line), ``ssl_trusted_certificate`` -> ``tls.trusted_certificate`` (where a leaf's
+  issuer and a responder's chain are looked for; always read, a missing file is an error);
+  responders get nginx's 60 s. Differences: fastterm fetches at start-up rather than on the first
+  handshake, staples a "revoked" response (nginx staples only "good" ones), and checks an
+  ``ssl_stapling_file`` response's certificate ID and nextUpdate (nginx staples it as is).
+- Values equal to fastterm's behaviour are accepted for: ``ssl_early_data
   off``, ``ssl_verify_client off``, ``ssl_reject_handshake off``,
   ``proxy_intercept_errors off``, ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
@@ -85,12 +95,12 @@ What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``
 ``client_body_buffer_size``, ``client_header_buffer_size``, ``*_temp_path``), nginx's hash
 table sizes, what nginx itself calls obsolete (``http2_max_requests``, ``http2_max_field_size``,
 ``http2_idle_timeout``, ...), ``access_log``/``log_format`` (until access logs land),
-``resolver``, ``resolver_timeout`` and ``ssl_trusted_certificate`` (used only for OCSP stapling
-and client certificates), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
+``resolver`` and ``resolver_timeout`` (parsed as nginx does; nginx uses them only to look up OCSP
+responders, which fastterm does with the system resolver, getaddrinfo, at each fetch: an IP
+address needs no lookup, and tests name only 127.0.0.1), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
 without effect (``deferred``, ``backlog=``).
 
-What is refused, (c): every other directive nginx knows, among them ``ssl_stapling on`` and its
-friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
+What is refused, (c): every other directive nginx knows, among them ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
 ``proxy_pass`` with a URI part or variables, ``location ~``/``~*``/``@name`` and nested
 locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return`` in TLS servers,
@@ -484,6 +494,7 @@ MAPPED = {
     "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
     "ssl_conf_command", "ssl_ecdh_curve", "ssl_dhparam", "ssl_session_cache", "ssl_session_timeout",
     "ssl_session_tickets", "ssl_session_ticket_key", "add_header",
+    "ssl_stapling", "ssl_stapling_verify", "ssl_stapling_file", "ssl_stapling_responder", "ssl_trusted_certificate",
     "proxy_pass", "proxy_set_header", "proxy_http_version",
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
     "proxy_connect_timeout", "proxy_read_timeout", "underscores_in_headers", "large_client_header_buffers",
@@ -493,7 +504,7 @@ MAPPED = {
 }
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
-    "ssl_stapling": {"off"}, "ssl_early_data": {"off"}, "ssl_verify_client": {"off"},
+    "ssl_early_data": {"off"}, "ssl_verify_client": {"off"},
     "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"}, "proxy_intercept_errors": {"off"},
     "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
     "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
@@ -564,15 +575,12 @@ IGNORED = {
     "lingering_close": "fastterm closes after the response", "lingering_time": "fastterm closes after the response",
     "lingering_timeout": "fastterm closes after the response",
     "reset_timedout_connection": "timed-out clients are closed",
-    "resolver": "used only for OCSP stapling, which is not supported yet",
-    "resolver_timeout": "used only for OCSP stapling, which is not supported yet",
-    "ssl_trusted_certificate": "used only for OCSP stapling and client certificates, not supported yet",
+    "resolver": "fastterm looks OCSP responders up with the system resolver (an IP address needs none)",
+    "resolver_timeout": "fastterm looks OCSP responders up with the system resolver (an IP address needs none)",
     "zone": "backend state stays per worker, as nginx's without zone",
 }
 # (c) refused, with a reason where it helps; any other directive nginx knows is refused too.
 UNSUPPORTED = {
-    "ssl_stapling": "OCSP stapling", "ssl_stapling_verify": "OCSP stapling",
-    "ssl_stapling_file": "OCSP stapling", "ssl_stapling_responder": "OCSP stapling",
     "ssl_early_data": "TLS 1.3 early data (0-RTT)", "ssl_verify_client": "client certificates",
     "ssl_client_certificate": "client certificates", "ssl_verify_depth": "client certificates",
     "ssl_crl": "client certificates",
@@ -591,7 +599,8 @@ UNSUPPORTED = {
 
 def _check_resolver(node: Node) -> None:
     """``resolver ADDRESS ... [valid=TIME] [ipv4=on|off] [ipv6=on|off] [status_zone=NAME]``: parsed
-    as nginx would, though only OCSP stapling (not supported yet) would use it."""
+    as nginx would; nginx uses it only for OCSP responders, which fastterm looks up with the system
+    resolver."""
     for arg in node.args:
         key, sep, value = arg.partition("=")
         if sep and key == "valid":
@@ -1180,8 +1189,47 @@ class _Builder:
                 load_certificate(cert_path, key_path)
             except ConfigError as exc:
                 raise cert.error(f'cannot load certificate "{cert_path}": {exc.message}') from None
-            result.append(Certificate(cert=cert_path, key=key_path))
+            result.append(Certificate(cert=cert_path, key=key_path, ocsp_file=self.stapling_file(s)))
         return result
+
+    def stapling_file(self, s: _Server) -> str | None:
+        """``ssl_stapling_file`` (read by nginx only with ``ssl_stapling on``): every certificate
+        of the server staples it."""
+        node = s.level.find("ssl_stapling_file")
+        stapling = s.level.find("ssl_stapling")
+        if node is None or stapling is None or not parse_flag(stapling):
+            return None
+        path = self.absolute(node.args[0])
+        if not os.path.isfile(path):
+            raise node.error(f'BIO_new_file("{path}") failed (No such file or directory)')
+        return path
+
+    def stapling(self, s: _Server) -> dict:
+        """The ``tls.stapling*`` and ``trusted_certificate`` of a server, nginx's defaults
+        (``ssl_stapling off``, ``ssl_stapling_verify off``, a 60 s responder timeout)."""
+        level = s.level
+        stapling, verify = level.find("ssl_stapling"), level.find("ssl_stapling_verify")
+        responder, trusted = level.find("ssl_stapling_responder"), level.find("ssl_trusted_certificate")
+        trusted_path = None
+        if trusted is not None:
+            from fastterm.certs.ocsp import read_trusted
+
+            trusted_path = self.absolute(trusted.args[0])
+            try:
+                read_trusted(trusted_path)
+            except ConfigError as exc:
+                raise trusted.error(f'cannot load "{trusted_path}": {exc.message}') from None
+        url = None
+        if responder is not None:
+            url = responder.args[0]
+            if url.lower().startswith("https://"):
+                raise responder.unsupported("https:// OCSP responders (nginx refuses them too)",
+                                            f"ssl_stapling_responder {url}")
+            if not url.lower().startswith("http://") or len(url) <= len("http://"):
+                raise responder.error(f'invalid URL prefix in "{url}"')
+        return {"stapling": parse_flag(stapling) if stapling else False,
+                "stapling_verify": parse_flag(verify) if verify else False,
+                "stapling_responder": url, "stapling_timeout": 60.0, "trusted_certificate": trusted_path}
 
     def protocols(self, s: _Server) -> tuple[list[str], Node | None]:
         node = s.level.find("ssl_protocols")
@@ -1271,7 +1319,7 @@ class _Builder:
             prefer_server_ciphers=parse_flag(prefer) if prefer else False, session_cache=cache,
             session_timeout=parse_time(timeout) if timeout else 300.0,
             session_tickets=parse_flag(tickets) if tickets else True, alpn=self.alpn(s, all_tls),
-            dhparam=dhparam_path)
+            dhparam=dhparam_path, **self.stapling(s))
 
     def address_default(self, s: _Server, all_tls: list[_Server]) -> _Server:
         """The default server of ``s``'s addresses (one server for all of them, else refused)."""

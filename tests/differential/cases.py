@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 
 from diffharness import (
     CLIENT_TIMEOUT,
@@ -160,12 +161,27 @@ def resolver_not_contacted() -> Custom:
     return Custom("resolver not contacted", run)
 
 
+def stapled_response(host: str) -> Custom:
+    """What ``openssl s_client -status`` is stapled: the test certificates name no OCSP
+    responder, so with ``ssl_stapling on`` neither side staples anything (nginx warns that it
+    ignores stapling for them, fastterm says so in an info line)."""
+
+    def run(side, ctx):
+        out = subprocess.run(["openssl", "s_client", "-connect", f"{HOST}:{side.port()}", "-servername", host,
+                              "-status", "-CAfile", ctx.pki.ca_file], input=b"", capture_output=True,
+                             timeout=CLIENT_TIMEOUT, check=False).stdout.decode(errors="replace")
+        lines = [line.strip() for line in out.splitlines() if line.strip().startswith(("OCSP response", "OCSP Resp"))]
+        return {"s_client -status": lines, "verified": "Verify return code: 0 (ok)" in out}
+
+    return Custom(f"openssl s_client -status ({host})", run)
+
+
 API = "api.example.com"
 APP = "app.example.com"
 
 # config stem -> its own cases, after the generic ones.
 SPECIFIC: dict[str, list[Case]] = {
-    "seed_api": [resolver_not_contacted()],
+    "seed_api": [resolver_not_contacted(), stapled_response("api.example.com")],
     "seed_api_without_stapling": [
         resolver_not_contacted(),
         KeepAlive(API, count=3),

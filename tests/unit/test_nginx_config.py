@@ -619,7 +619,6 @@ def test_values_equal_to_fastterm_are_accepted_silently(load):
 
 
 @pytest.mark.parametrize("line, name", [
-    ("ssl_stapling on;", '"ssl_stapling on" is not supported yet'),
     ("ssl_early_data on;", '"ssl_early_data on" is not supported yet'),
     ("ssl_verify_client on;", '"ssl_verify_client on" is not supported yet'),
     ("gzip on;", '"gzip on" is not supported yet'),
@@ -634,15 +633,59 @@ def test_not_supported_yet(error, line, name):
     assert name in str(error(text, line.split()[0] + " "))
 
 
-def test_seed_with_stapling_is_not_supported_yet(error):
+def test_seed_with_stapling_maps_onto_the_tls_policy(load, write, tmp_path, intermediate):
+    write("certs/chain.pem", intermediate.cert_pem)
     text = SEED.replace("ssl_session_tickets off;\n", "ssl_session_tickets off;\nssl_stapling on;\n"
-                        "ssl_stapling_verify on;\nresolver 8.8.8.8 8.8.4.4 valid=300s;\n")
-    assert '"ssl_stapling on" is not supported yet: OCSP stapling' in str(error(text, "ssl_stapling on"))
+                        "ssl_stapling_verify on;\nssl_trusted_certificate certs/chain.pem;\n"
+                        "resolver 8.8.8.8 8.8.4.4 valid=300s;\n")
+    got = load(text)
+    tls = got.server.tls
+    assert (tls.stapling, tls.stapling_verify, tls.stapling_responder) == (True, True, None)
+    assert tls.trusted_certificate == str(tmp_path / "certs/chain.pem")
+    assert tls.stapling_timeout == 60.0
+    assert got.server.certificates[0].ocsp_file is None
+    assert [m for _, m in got.warnings if "resolver" not in m] == []
+
+
+def test_stapling_defaults_are_nginx_s(load):
+    tls = load(site()).server.tls
+    assert (tls.stapling, tls.stapling_verify, tls.trusted_certificate) == (False, False, None)
+    assert load(site(server="    ssl_stapling on;")).server.tls.stapling_verify is False
+
+
+def test_stapling_file_and_responder(load, write, tmp_path):
+    write("certs/ec.ocsp", b"\x30")
+    got = load(site(http="ssl_stapling on;", server="    ssl_stapling_file certs/ec.ocsp;\n"
+                    "    ssl_stapling_responder http://127.0.0.1:9/ocsp;"))
+    assert got.server.certificates[0].ocsp_file == str(tmp_path / "certs/ec.ocsp")
+    assert got.server.tls.stapling_responder == "http://127.0.0.1:9/ocsp"
+    # without ssl_stapling on nginx reads neither
+    got = load(site(server="    ssl_stapling_file certs/absent.ocsp;"))
+    assert got.server.certificates[0].ocsp_file is None
+
+
+def test_stapling_file_missing(error):
+    text = site(server="    ssl_stapling on;\n    ssl_stapling_file certs/absent.ocsp;")
+    assert "absent.ocsp" in str(error(text, "ssl_stapling_file"))
+
+
+def test_trusted_certificate_missing_or_bad(error, write):
+    assert "No such file" in str(error(site(server="    ssl_trusted_certificate certs/absent.pem;"),
+                                       "ssl_trusted_certificate"))
+    write("certs/bad.pem", "not a certificate\n")
+    assert "invalid trusted certificates" in str(error(site(server="    ssl_trusted_certificate certs/bad.pem;"),
+                                                       "ssl_trusted_certificate"))
+
+
+@pytest.mark.parametrize("url, message", [("https://ocsp.example.com/", "not supported yet"),
+                                          ("ocsp.example.com", "invalid URL prefix")])
+def test_stapling_responder_must_be_http(error, url, message):
+    assert message in str(error(site(server=f"    ssl_stapling_responder {url};"), "ssl_stapling_responder"))
 
 
 def test_resolver_alone_is_accepted_with_a_warning(load):
     got = load(site(server="    resolver 8.8.8.8 valid=300s;"))
-    assert got.warned('"resolver" is ignored: used only for OCSP stapling')
+    assert got.warned('"resolver" is ignored: fastterm looks OCSP responders up with the system resolver')
 
 
 # ---- syntax and structure errors, located ---------------------------------------------------------------------------------
@@ -728,10 +771,10 @@ def test_missing_include_file(error, tmp_path):
 
 
 def test_error_inside_an_included_file_names_that_file(error, write, tmp_path):
-    write("conf.d/site.conf", site(server="    ssl_stapling on;"))
+    write("conf.d/site.conf", site(server="    ssl_verify_client on;"))
     err = error("http {\n    include conf.d/*.conf;\n}\n")
     assert err.file == str(tmp_path / "conf.d/site.conf")
-    assert err.line == line_of(site(server="    ssl_stapling on;"), "ssl_stapling")
+    assert err.line == line_of(site(server="    ssl_verify_client on;"), "ssl_verify_client")
 
 
 # ---- redirects ---------------------------------------------------------------------------------
