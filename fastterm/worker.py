@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 
+from fastterm.certs.ocsp import wants_stapling
 from fastterm.config.model import Config
 from fastterm.config.plan import Plan, build
 from fastterm.errors import ConfigError
@@ -181,6 +182,8 @@ def run(config: Config) -> None:
 
     setup_logging(config)
     plan = build(config)
+    if wants_stapling(plan):
+        log.warning("--single: no OCSP response is stapled (the master process fetches them; run without --single)")
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
 

@@ -43,7 +43,7 @@ import os
 import selectors
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -285,7 +285,6 @@ class Staple:
     retry: float = 0.0
     fetch: Fetch | None = None
     file_stamp: tuple | None = None
-    contexts: list = field(default_factory=list)   # (TLSContext, position) that staple it
 
     @property
     def leaf_der(self) -> bytes:
@@ -294,6 +293,11 @@ class Staple:
 
 def _fingerprint(leaf: x509.Certificate, policy: tuple) -> bytes:
     return hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER) + repr(policy).encode()).digest()
+
+
+def wants_stapling(plan) -> bool:
+    """Whether any certificate of ``plan`` has something to staple (a responder or a file)."""
+    return any(site.ocsp_file or site.responder or responder_url(site.leaf) for site in plan.staples)
 
 
 def _stamp(path: str):
@@ -327,12 +331,8 @@ class Stapler:
                 staple = self._new_staple(site)
                 if staple is None:
                     continue
-            if key not in current:
-                staple.contexts = []
             current[key] = staple
-            staple.contexts.append((site.context, site.position))
-            if staple.slot >= 0:
-                site.context.staple(site.position, staple.slot)
+            site.context.staple(site.position, staple.slot)
         for key, staple in self.staples.items():
             if key not in current:
                 if staple.fetch is not None:
@@ -345,8 +345,7 @@ class Stapler:
         leaf = site.leaf
         name = ", ".join(site.names) or leaf.subject.rfc4514_string()
         url = site.responder or responder_url(leaf)
-        trusted = [c for c in site.trusted]
-        issuer = find_issuer(leaf, site.chain[1:] + trusted)
+        issuer = find_issuer(leaf, site.chain[1:] + site.trusted)
         if site.ocsp_file is None and url is None:
             log.info("certificate %s (%s) names no OCSP responder: nothing to staple", name, site.source)
             return None
@@ -355,7 +354,7 @@ class Stapler:
             log.warning("certificate %s: no OCSP slot left (%d in use): not stapled", name, SLOTS)
             return None
         staple = Staple(name, leaf, issuer, url, site.ocsp_file, site.verify,
-                        tuple(c.public_bytes(serialization.Encoding.DER) for c in trusted), site.timeout,
+                        tuple(c.public_bytes(serialization.Encoding.DER) for c in site.trusted), site.timeout,
                         slot=slot)
         self.shared.set_ocsp(slot, None, 0)
         if issuer is None:

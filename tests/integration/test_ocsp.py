@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import os
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -267,6 +268,33 @@ def test_responder_down_keeps_the_cached_response_until_it_expires(fastterm, wri
     assert wait_for(lambda: not pyopenssl_staple(ft.https_port), timeout=10), "stapled past nextUpdate"
     assert datetime.now(UTC) >= last.next_update_utc - timedelta(seconds=1)
     assert "stays" in ft.log()
+
+
+def test_garbage_from_the_responder_is_never_stapled(fastterm, write, ocsp_pki, responders):
+    leaf = ocsp_pki["leaf"]
+    responder = responders(lambda _request: b"\x30\x82garbage")
+    ft = fastterm(certificates=[cert_entry(write, leaf, ocsp_pki["issuer"], "ocsp-leaf")],
+                  tls={"stapling_responder": responder.url})
+    assert wait_for(lambda: "OCSP for www.example.com, example.com failed" in ft.log(), timeout=5), ft.log()
+    assert "nothing stapled" in ft.log()
+    assert pyopenssl_staple(ft.https_port) == b""
+    assert ft.alive()
+
+
+def test_reload_keeps_the_response_without_fetching_again(fastterm, write, ocsp_pki, responders):
+    """A new generation's workers staple the response already in shared memory."""
+    leaf = ocsp_pki["leaf"]
+    responder = responders(short_lived_answer(leaf, ocsp_pki["issuer"], ocsp_pki["responder"], 3600))
+    ft = fastterm(certificates=[cert_entry(write, leaf, ocsp_pki["issuer"], "ocsp-leaf")],
+                  tls={"stapling_responder": responder.url})
+    first = wait_staple(ft.https_port)
+    assert first, ft.log()
+    old_workers = ft.serving_pids()
+    ft.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "reloaded: generation 2 serving" in ft.log(), timeout=10), ft.log()
+    assert wait_for(lambda: not set(ft.serving_pids()) & set(old_workers), timeout=10)
+    assert pyopenssl_staple(ft.https_port) == first
+    assert responder.requests == 1
 
 
 def test_forged_static_response_is_never_stapled(fastterm, write, ocsp_pki, ca_file):
