@@ -36,7 +36,8 @@ cdef class TLSContext:
     cdef long session_timeout       # seconds; OpenSSL takes it from the listener's context
     # OCSP stapling flow
     cdef list leaves                # the X509 address of each certificate added, in order
-    cdef dict ocsp_slots            # X509 address -> its response's slot in shared memory
+    cdef dict ocsp_slots            # X509 address -> its response's slot in ocsp_store
+    cdef SharedState ocsp_store     # where the master (or --single's own loop) keeps responses
 
     # SNI flow
     cdef TLSContext _select(self, const char *name)

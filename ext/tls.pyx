@@ -137,9 +137,9 @@ cdef int _status_cb(SSL *ssl, void *arg) noexcept:
     cdef unsigned char *copy
     cdef int n
     slot = ctx.ocsp_slots.get(<size_t>SSL_get_certificate(ssl))
-    if slot is None or ctx.shared is None:
+    if slot is None or ctx.ocsp_store is None:
         return SSL_TLSEXT_ERR_NOACK
-    n = ctx.shared.copy_ocsp(<int>slot, der)
+    n = ctx.ocsp_store.copy_ocsp(<int>slot, der)
     if n <= 0:
         return SSL_TLSEXT_ERR_NOACK
     copy = <unsigned char *>OPENSSL_malloc(n)
@@ -468,13 +468,14 @@ cdef class TLSContext:
         self.key_types.append("RSA" if key_id == EVP_PKEY_RSA else "EC" if key_id == EVP_PKEY_EC
                               else OBJ_nid2sn(key_id).decode())
 
-    def staple(self, int position, int slot):
-        """Staple the OCSP response the master keeps in shared ``slot`` for the
-        ``position``-th certificate added, when a client asks (status_request)."""
-        if self.shared is None:
-            raise ValueError("OCSP stapling needs the workers' shared memory")
+    def staple(self, int position, int slot, SharedState store not None):
+        """Staple the OCSP response kept in ``slot`` of ``store`` (the master's shared memory)
+        for the ``position``-th certificate added, when a client asks (status_request)."""
         if not 0 <= slot < FT_OCSP_SLOTS:
             raise ValueError(f"OCSP slot {slot} out of range")
+        if self.ocsp_store is not None and self.ocsp_store is not store:
+            raise ValueError("a context staples from one shared region")
+        self.ocsp_store = store
         self.ocsp_slots[self.leaves[position]] = slot
         SSL_CTX_set_tlsext_status_cb(self.ctx, _status_cb)
         SSL_CTX_set_tlsext_status_arg(self.ctx, <void *>self)

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 
-from fastterm.certs.ocsp import wants_stapling
+from fastterm.certs.ocsp import STARTUP_WAIT, LoopSelector, Stapler
 from fastterm.config.model import Config
 from fastterm.config.plan import Plan, build
 from fastterm.errors import ConfigError
@@ -176,18 +176,39 @@ def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: di
         loop.close()
 
 
+async def staple_alone(plan: Plan, loop) -> None:
+    """``run --single``: this process fetches and shares OCSP responses itself, in its own
+    loop (certs/ocsp.py); the first fetches may delay serving by STARTUP_WAIT at most."""
+    from fastterm._core import SharedState
+
+    if not plan.staples:
+        return
+    stapler = Stapler(SharedState(0), LoopSelector(loop))   # no session cache: its OCSP slots only
+    stapler.attach(plan)
+    stapler.tick()
+    deadline = loop.time() + STARTUP_WAIT
+    while stapler.fetching() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+        stapler.tick()
+
+    def tick():
+        stapler.tick()
+        loop.call_later(0.2, tick)
+
+    loop.call_later(0.2, tick)
+
+
 def run(config: Config) -> None:
     """Serve ``config`` in this process until SIGTERM/SIGINT (graceful) or SIGQUIT (fast)."""
     import uvloop
 
     setup_logging(config)
     plan = build(config)
-    if wants_stapling(plan):
-        log.warning("--single: no OCSP response is stapled (the master process fetches them; run without --single)")
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
 
     async def main():
+        await staple_alone(plan, loop)
         serving = Serving(config, loop, plan)
         await serving.start()
         settle_heap()

@@ -259,6 +259,28 @@ class Fetch:
             self.sock = None
 
 
+class LoopSelector:
+    """The part of the selectors API a Fetch uses, on an asyncio loop (``run --single``, where
+    the one process serving also fetches)."""
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def register(self, sock, events: int, callback) -> None:
+        if events & selectors.EVENT_READ:
+            self.loop.add_reader(sock, callback, selectors.EVENT_READ)
+        if events & selectors.EVENT_WRITE:
+            self.loop.add_writer(sock, callback, selectors.EVENT_WRITE)
+
+    def modify(self, sock, events: int, callback) -> None:
+        self.unregister(sock)
+        self.register(sock, events, callback)
+
+    def unregister(self, sock) -> None:
+        self.loop.remove_reader(sock)
+        self.loop.remove_writer(sock)
+
+
 # ---- one certificate --------------------------------------------------------------------------
 
 @dataclass
@@ -295,11 +317,6 @@ def _fingerprint(leaf: x509.Certificate, policy: tuple) -> bytes:
     return hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER) + repr(policy).encode()).digest()
 
 
-def wants_stapling(plan) -> bool:
-    """Whether any certificate of ``plan`` has something to staple (a responder or a file)."""
-    return any(site.ocsp_file or site.responder or responder_url(site.leaf) for site in plan.staples)
-
-
 def _stamp(path: str):
     try:
         st = os.stat(path)
@@ -332,7 +349,7 @@ class Stapler:
                 if staple is None:
                     continue
             current[key] = staple
-            site.context.staple(site.position, staple.slot)
+            site.context.staple(site.position, staple.slot, self.shared)
         for key, staple in self.staples.items():
             if key not in current:
                 if staple.fetch is not None:
@@ -383,10 +400,13 @@ class Stapler:
         the first workers staple from their first handshake."""
         self.tick()
         deadline = time.monotonic() + STARTUP_WAIT
-        while any(s.fetch is not None for s in self.staples.values()) and time.monotonic() < deadline:
+        while self.fetching() and time.monotonic() < deadline:
             for key, events in self.selector.select(timeout=0.05):
                 key.data(events)
             self.tick()
+
+    def fetching(self) -> bool:
+        return any(s.fetch is not None for s in self.staples.values())
 
     def tick(self) -> None:
         """Called by the master about five times a second: timeouts, refreshes, changed

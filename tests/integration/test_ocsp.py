@@ -5,14 +5,18 @@ index, or a small one of ours that signs short-lived responses), real clients
 
 from __future__ import annotations
 
+import base64
 import http.server
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import urllib.parse
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -36,7 +40,7 @@ def _index_line(issued, status: str) -> str:
 
 
 class Responder:
-    """An HTTP OCSP responder on loopback (RFC 6960 appendix A, POST): ``answer`` turns each
+    """An HTTP OCSP responder on loopback (RFC 6960 appendix A, POST or GET): ``answer`` turns each
     DER request into the DER response; ``stop`` makes it unreachable."""
 
     def __init__(self, answer):
@@ -45,7 +49,14 @@ class Responder:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
-                request = self.rfile.read(int(self.headers["Content-Length"]))
+                self.answer(self.rfile.read(int(self.headers["Content-Length"])))
+
+            def do_GET(self):
+                # RFC 6960 A.1: GET {url}/{url-encoded base64 of the DER request} (nginx asks so)
+                encoded = self.path.removeprefix("/ocsp").lstrip("/")
+                self.answer(base64.b64decode(urllib.parse.unquote(encoded)))
+
+            def answer(self, request: bytes):
                 outer.requests += 1
                 body = answer(request)
                 self.send_response(200)
@@ -372,3 +383,128 @@ def test_check_refuses_a_missing_ocsp_file(write, ocsp_pki, python, subprocess_e
                          env=subprocess_env, timeout=30, check=False)
     assert out.returncode == 1
     assert "missing.ocsp" in out.stderr and "cannot read OCSP response file" in out.stderr
+
+
+# ---- nginx mode, beside nginx itself -------------------------------------------------------------
+
+NGINX_CONF = """\
+worker_processes 1;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path tmp/body;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
+    upstream app {{ server 127.0.0.1:1; }}
+    server {{
+        listen {host}:{port} ssl;
+        server_name www.example.com;
+        ssl_certificate leaf.crt;
+        ssl_certificate_key leaf.key;
+        ssl_stapling on;
+        ssl_stapling_verify on;
+        ssl_stapling_responder {responder};
+        ssl_trusted_certificate trusted.pem;
+        resolver 127.0.0.1 valid=300s;
+        resolver_timeout 2s;
+        location / {{ proxy_pass http://app; }}
+    }}
+}}
+"""
+
+
+def s_client_cert_status(port: int, ca_file: str) -> str | None:
+    """The "Cert Status:" line s_client prints for the stapled response, or None."""
+    text = s_client_status(port, ca_file)
+    assert "Verify return code: 0 (ok)" in text, text
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if "Cert Status:" in line), None)
+
+
+@pytest.fixture
+def nginx_dir():
+    """A directory nginx's unprivileged processes can read (pytest's tmp_path is root's 0700)."""
+    path = tempfile.mkdtemp(prefix="fastterm-ocsp-nginx-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+@pytest.mark.parametrize("single", [False, True], ids=["master", "single"])
+def test_nginx_config_staples_as_nginx_does(nginx_dir, ocsp_pki, openssl_responder, ca, ca_file, python,
+                                            subprocess_env, single):
+    """The same nginx.conf under nginx 1.22 and ``fastterm run --nginx``: both staple the
+    responder's verified "good" response; nginx from its second handshake on (it fetches on
+    the first), fastterm from the first."""
+    leaf, issuer = ocsp_pki["leaf"], ocsp_pki["issuer"]
+    responder = openssl_responder([(leaf, "V")])
+    files = {"leaf.crt": leaf.cert_pem + issuer.cert_pem, "leaf.key": leaf.key_pem,
+             "trusted.pem": issuer.cert_pem + ca.cert_pem}
+    for name, data in files.items():
+        with open(os.path.join(nginx_dir, name), "wb") as f:
+            f.write(data)
+    os.chmod(os.path.join(nginx_dir, "leaf.key"), 0o600)
+    confs = {}
+    for side in ("nginx", "fastterm"):
+        port = free_port()
+        conf = os.path.join(nginx_dir, f"{side}.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(host=HOST, port=port, responder=responder.url))
+        confs[side] = (conf, port)
+    for sub in ("logs", "tmp"):
+        os.makedirs(os.path.join(nginx_dir, sub), exist_ok=True)
+    if os.geteuid() == 0:
+        for root, dirs, names in os.walk(nginx_dir):
+            for name in [*dirs, *names, "."]:
+                os.chown(os.path.join(root, name), 65534, 65534)
+    nginx_argv = ["nginx", "-p", nginx_dir, "-c", confs["nginx"][0], "-e", os.path.join(nginx_dir, "error.log"),
+                  "-g", f"daemon off; pid {nginx_dir}/nginx.pid;"]
+    if os.geteuid() == 0:
+        nginx_argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *nginx_argv]
+    fastterm_argv = [python, "-m", "fastterm", "run", "--nginx", confs["fastterm"][0],
+                     "--pid-file", os.path.join(nginx_dir, "fastterm.pid"), *(["--single"] if single else [])]
+    with open(os.path.join(nginx_dir, "fastterm.out"), "wb") as out:
+        procs = [subprocess.Popen(nginx_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL),
+                 subprocess.Popen(fastterm_argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  env=subprocess_env, cwd=nginx_dir)]
+    try:
+        for _conf, port in confs.values():
+            assert wait_for(lambda p=port: _listening(p), timeout=15), _logs(nginx_dir)
+        # fastterm fetched before serving: its first handshake is stapled
+        assert s_client_cert_status(confs["fastterm"][1], ca_file) == "good", _logs(nginx_dir)
+        # nginx fetches on its first handshake, staples from a later one
+        statuses = []
+        assert wait_for(lambda: statuses.append(s_client_cert_status(confs["nginx"][1], ca_file)) or
+                        statuses[-1] == "good", timeout=10, step=0.2), _logs(nginx_dir)
+        assert statuses[0] is None
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+    assert "Traceback" not in _logs(nginx_dir)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _logs(directory: str) -> str:
+    text = ""
+    for name in ("error.log", "fastterm.out"):
+        try:
+            with open(os.path.join(directory, name), errors="replace") as f:
+                text += f"--- {name}\n{f.read()}"
+        except OSError:
+            pass
+    return text
