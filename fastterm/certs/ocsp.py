@@ -62,6 +62,7 @@ REFRESH_MIN = 1.0               # never refetch more often, however short the va
 NO_NEXT_UPDATE = 3600.0         # a response without nextUpdate: refreshed hourly, stapled 2 h
 MAX_RESPONSE = 64 * 1024        # bytes read from a responder at most
 SLOTS = 256                     # FT_OCSP_SLOTS in ext/includes/shm.h
+FILE_CHECK_INTERVAL = 1.0       # seconds between stat()s of the static response files
 
 
 # ---- reading certificates -------------------------------------------------------------------
@@ -335,6 +336,7 @@ class Stapler:
         self.staples: dict[bytes, Staple] = {}      # of the current plan
         self.retired: dict[bytes, Staple] = {}      # of older plans: slot kept, not refreshed
         self.free = list(range(SLOTS))
+        self.next_file_check = 0.0
 
     # ---- plans -------------------------------------------------------------------------------
     def attach(self, plan) -> None:
@@ -376,7 +378,7 @@ class Stapler:
         self.shared.set_ocsp(slot, None, 0)
         if issuer is None:
             self._fail(staple, "its issuer certificate is neither in the chain nor in trusted_certificate")
-            staple.next_refresh = 0.0
+            staple.file_stamp = None if staple.file is None else _stamp(staple.file)
         elif staple.file is not None:
             self._load_file(staple)
         else:
@@ -409,15 +411,18 @@ class Stapler:
         return any(s.fetch is not None for s in self.staples.values())
 
     def tick(self) -> None:
-        """Called by the master about five times a second: timeouts, refreshes, changed
-        files, expiry."""
+        """Called by the master about five times a second: timeouts, refreshes, expiry, and
+        once a second changed files."""
         now = self.clock()
         mono = time.monotonic()
+        check_files = mono >= self.next_file_check
+        if check_files:
+            self.next_file_check = mono + FILE_CHECK_INTERVAL
         for staple in self.staples.values():
             if staple.fetch is not None:
                 staple.fetch.expire(mono)
             elif staple.file is not None:
-                if _stamp(staple.file) != staple.file_stamp:
+                if check_files and _stamp(staple.file) != staple.file_stamp:
                     self._load_file(staple)
             elif staple.next_refresh and now >= staple.next_refresh:
                 self._fetch(staple)

@@ -173,6 +173,12 @@ UNUSED_URL = f"http://{HOST}:9/"
 
 
 @pytest.fixture
+def ca_file(write, ca, intermediate) -> str:
+    """The root and the intermediate: a server whose chain lacks the intermediate still verifies."""
+    return write("certs/ca.crt", ca.cert_pem + intermediate.cert_pem)
+
+
+@pytest.fixture
 def ocsp_pki(ca, intermediate):
     return pki(UNUSED_URL, issuer=intermediate, root=ca)
 
@@ -306,6 +312,24 @@ def test_reload_keeps_the_response_without_fetching_again(fastterm, write, ocsp_
     assert wait_for(lambda: not set(ft.serving_pids()) & set(old_workers), timeout=10)
     assert pyopenssl_staple(ft.https_port) == first
     assert responder.requests == 1
+
+
+def test_issuer_from_trusted_certificate(fastterm, write, ocsp_pki, responders, intermediate):
+    """A chain without its intermediate: no issuer, nothing stapled (one error line); with the
+    intermediate in trusted_certificate the response is requested and verified against it.
+    (The clients find the intermediate in ca_file: this module's holds both CAs.)"""
+    leaf, issuer = ocsp_pki["leaf"], ocsp_pki["issuer"]
+    responder = responders(short_lived_answer(leaf, issuer, ocsp_pki["responder"], 3600))
+    bare = {"cert": write("certs/bare.crt", leaf.cert_pem), "key": write("certs/bare.key", leaf.key_pem)}
+    ft = fastterm(certificates=[bare], tls={"stapling_responder": responder.url})
+    assert wait_for(lambda: "issuer certificate is neither in the chain nor in trusted_certificate" in ft.log(),
+                    timeout=5), ft.log()
+    assert responder.requests == 0
+    assert pyopenssl_staple(ft.https_port) == b""
+    trusted = write("certs/issuers.pem", intermediate.cert_pem)
+    ft2 = fastterm(certificates=[bare], tls={"stapling_responder": responder.url, "trusted_certificate": trusted})
+    staple = wait_staple(ft2.https_port)
+    assert staple and cert_status(staple) == ocsp.OCSPCertStatus.GOOD, ft2.log()
 
 
 def test_forged_static_response_is_never_stapled(fastterm, write, ocsp_pki, ca_file):
