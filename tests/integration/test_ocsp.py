@@ -71,7 +71,7 @@ class Responder:
         self.server = http.server.HTTPServer((HOST, 0), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://{HOST}:{self.port}/ocsp"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
