@@ -182,11 +182,22 @@ class _Wire:
         return io.BytesIO(self.data)
 
 
-def parse_http_response(raw: bytes) -> bytes:
-    """The body of a complete HTTP/1.x response (http.client's parser); ValueError unless 200."""
+def parse_http_response(raw: bytes, closed: bool = True) -> bytes | None:
+    """The body of an HTTP/1.x response (http.client's parser); ValueError unless 200.
+    ``closed`` false (the responder has not closed yet): None until the head and all the
+    Content-Length bytes are in (a responder that ignores ``Connection: close`` is not waited for)."""
+    if not closed and b"\r\n\r\n" not in raw:
+        return None
     response = http.client.HTTPResponse(_Wire(raw))
     response.begin()
-    body = response.read()
+    if not closed and response.length is None:
+        return None
+    try:
+        body = response.read()
+    except http.client.IncompleteRead:
+        if not closed:
+            return None
+        raise
     if response.status != 200:
         raise ValueError(f"the responder answered HTTP {response.status} {response.reason}")
     return body
@@ -233,6 +244,9 @@ class Fetch:
                 self.received += data
                 if len(self.received) > MAX_RESPONSE:
                     raise ValueError(f"the responder sent more than {MAX_RESPONSE} bytes")
+                body = parse_http_response(bytes(self.received), closed=False)
+                if body is not None:
+                    self._finish(body)
                 return
             self._finish(parse_http_response(bytes(self.received)))
         except (BlockingIOError, InterruptedError):

@@ -3,6 +3,7 @@ slots the status callback staples from. Responses are real, signed by keys made 
 
 from __future__ import annotations
 
+import http.client
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -125,6 +126,14 @@ def test_helpers(p):
     assert body == b"abc"
     with pytest.raises(ValueError, match="HTTP 500"):
         parse_http_response(b"HTTP/1.0 500 Oops\r\nContent-Length: 0\r\n\r\n")
+    # still open: complete only once Content-Length bytes are in
+    assert parse_http_response(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nab", closed=False) is None
+    assert parse_http_response(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc", closed=False) == b"abc"
+    assert parse_http_response(b"HTTP/1.0 200 OK\r\n\r\nabc", closed=False) is None
+    assert parse_http_response(b"HTTP/1.0 200 OK\r\nContent-", closed=False) is None
+    assert parse_http_response(b"HTTP/1.0 200 OK\r\n\r\nabc") == b"abc"
+    with pytest.raises(http.client.IncompleteRead):
+        parse_http_response(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nab")
 
 
 def test_shared_slots(p):
