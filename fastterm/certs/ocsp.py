@@ -103,6 +103,11 @@ def responder_url(leaf: x509.Certificate) -> str | None:
     return None
 
 
+def _http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and bool(parts.hostname)
+
+
 def find_issuer(leaf: x509.Certificate, candidates: list[x509.Certificate]) -> x509.Certificate | None:
     """The candidate whose key signed ``leaf``."""
     for cert in candidates:
@@ -146,6 +151,10 @@ def stapling_sites(context, certificates: list, models: list, tls, where: str) -
     ``trusted_certificate`` or ``ocsp_file``."""
     if not tls.stapling:
         return []
+    if tls.stapling_responder is not None and not _http_url(tls.stapling_responder):
+        raise ConfigError(f"{tls.stapling_responder!r}: only http:// responders are supported (RFC 6960 "
+                          "appendix A; responses are signed, so TLS adds nothing)",
+                          directive=f"{where} tls.stapling_responder")
     trusted: list[x509.Certificate] = []
     if tls.trusted_certificate is not None:
         try:
@@ -381,6 +390,10 @@ class Stapler:
         issuer = find_issuer(leaf, site.chain[1:] + site.trusted)
         if site.ocsp_file is None and url is None:
             log.info("certificate %s (%s) names no OCSP responder: nothing to staple", name, site.source)
+            return None
+        if site.ocsp_file is None and not _http_url(url):
+            log.warning("certificate %s (%s) names the OCSP responder %s: only http:// ones are asked, "
+                        "nothing stapled (set tls.stapling_responder)", name, site.source, url)
             return None
         slot = self._claim_slot()
         if slot < 0:

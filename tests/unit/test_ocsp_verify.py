@@ -136,6 +136,16 @@ def test_helpers(p):
         parse_http_response(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nab")
 
 
+def test_stapling_responder_must_be_http(p, tmp_path):
+    from fastterm.certs.ocsp import stapling_sites
+    from fastterm.config.model import TLSPolicy
+    from fastterm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="only http:// responders"):
+        stapling_sites(None, [], [], TLSPolicy(stapling_responder="https://ocsp.example.com/"), "server[0]")
+    assert stapling_sites(None, [], [], TLSPolicy(stapling_responder="http://127.0.0.1:9/"), "server[0]") == []
+
+
 def test_shared_slots(p):
     shared = SharedState(1 << 16)
     data = response(p["leaf"], p["issuer"], p["issuer"])
