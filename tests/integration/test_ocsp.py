@@ -209,10 +209,14 @@ def test_good_response_is_stapled(fastterm, write, ocsp_pki, openssl_responder, 
     leaf = ocsp_pki["leaf"]
     responder = openssl_responder([(leaf, "V")])
     ft = fastterm(certificates=[cert_entry(write, leaf, ocsp_pki["issuer"], "ocsp-leaf")],
-                  tls={"stapling_responder": responder.url, "stapling_timeout": 2})
+                  tls={"stapling_responder": responder.url, "stapling_timeout": 2}, workers=2)
     staple = wait_staple(ft.https_port)
     assert staple, ft.log()
     assert cert_status(staple) == ocsp.OCSPCertStatus.GOOD
+    # both workers read the master's one copy (SO_REUSEPORT spreads the connections)
+    assert len(ft.serving_pids()) == 2
+    assert all(pyopenssl_staple(ft.https_port) == staple for _ in range(8))
+    assert responder.requests == 1
     text = s_client_status(ft.https_port, ca_file)
     assert "OCSP Response Status: successful" in text
     assert "Cert Status: good" in text
