@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from fastterm.certs.store import expiry_warnings, key_permission_warnings, load_certificate
+from fastterm.certs.store import expiry_warnings, key_permission_warnings, load_server_certificates
 from fastterm.config import ConfigSource
 from fastterm.config.model import Config
 from fastterm.errors import FasttermError
@@ -42,8 +42,8 @@ def validate(source: ConfigSource | str, *, verbose: bool = False) -> Config:
     if verbose:
         _say(f"the configuration file {source.path} syntax is ok")
     for server in config.servers:
-        for certificate in server.certificates:
-            ck = load_certificate(certificate.cert, certificate.key)
+        found = load_server_certificates(server.certificates)
+        for ck in [*found.own, *found.files.values()]:
             for warning in expiry_warnings(ck) + key_permission_warnings(ck):
                 _say(warning, level="warn")
     read_key_files(config.sessions.ticket_key_file)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from fastterm.certs.store import load_certificate
+from fastterm.certs.store import ServerCertificates, files_signature, load_server_certificates
 from fastterm.config.model import Config, ProxyRequest, Server
 from fastterm.config.toml import KeyLines, parse_address
 from fastterm.errors import ConfigError, TLSError
@@ -30,6 +30,24 @@ class Plan:
     listeners: list[tuple[tuple[str, int], object, object]] = field(default_factory=list)  # (addr, TLSContext, SiteTable)
     pools: dict[str, object] = field(default_factory=dict)
     redirects: list[tuple[tuple[str, int], object]] = field(default_factory=list)  # (addr, RedirectTable)
+    tls: list[TLSListener] = field(default_factory=list)  # per listener, in the order of ``listeners``
+    certificates: list[ServerCertificates] = field(default_factory=list)  # per server block
+    policies: list[object] = field(default_factory=list)  # per server block: its ServerPolicy
+    signatures: list[tuple] = field(default_factory=list)  # per server block: its files when read
+
+
+@dataclass
+class TLSListener:
+    """One listener's TLS side: a context per server block and certificate identity, the
+    SNI map on the default one, the Host map; rebuilt in part when a certificate changes
+    (``certs/watch.py``) without touching established connections."""
+
+    addr: tuple[str, int]
+    indexes: list[int]
+    default: int
+    contexts: dict[int, dict[str, object]]   # server -> identity key -> TLSContext
+    default_context: object = None
+    sites: object = None
 
 
 def _where(server: Server, index: int) -> str:
@@ -234,6 +252,48 @@ def _check_listener_settings(config: Config, addr: tuple[str, int], indexes: lis
             file=source, line=line, directive="server.tls.session_cache")
 
 
+def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
+    """(Re)make ``tl``'s SNI and Host maps from its contexts. First every block's
+    server_names (nginx: they select the block's own certificates, or its first directory
+    file when it has none), then the names in the certificates of directory files
+    (HAProxy ``crt DIR``); the first block to claim a name keeps it."""
+    from fastterm._core import SiteTable
+
+    names, sites = {}, {}
+    for i in tl.indexes:
+        contexts = tl.contexts[i]
+        mine = contexts.get("") or next(iter(contexts.values()))
+        for name in config.servers[i].server_names:
+            names.setdefault(name.lower(), mine)
+            sites.setdefault(name.lower(), plan.policies[i])
+    for i in tl.indexes:
+        files = plan.certificates[i].files
+        for key, ctx in tl.contexts[i].items():
+            for name in files[key].names if key else ():
+                names.setdefault(name, ctx)
+                sites.setdefault(name, plan.policies[i])
+    tl.default_context = next(iter(tl.contexts[tl.default].values()))
+    tl.default_context.set_sni(names)
+    no_host_default = config.servers[tl.default].no_host == "default"
+    tl.sites = SiteTable(sites, plan.policies[tl.default], no_host_default)
+
+
+def server_contexts(config: Config, i: int, addr: tuple[str, int], found: ServerCertificates, shared,
+                    before: ServerCertificates | None = None, reuse: dict | None = None) -> dict[str, object]:
+    """One context per identity of server block ``i`` on ``addr``; ``reuse`` holds the
+    contexts made from ``before``, kept for the identities whose chains did not change."""
+    server = config.servers[i]
+    scope = _session_scope(addr, server, i)
+    unchanged = before.identities() if before is not None else {}
+    made = {}
+    for key, certs in found.identities().items():
+        if reuse is not None and key in reuse and unchanged.get(key) == certs:
+            made[key] = reuse[key]
+        else:
+            made[key] = _server_context(server, i, certs, scope, shared)
+    return made
+
+
 def build(config: Config, source: str | None = None, shared=None) -> Plan:
     """Build every SSL_CTX and upstream pool; raises ConfigError naming what is wrong
     (located in ``source``, the configuration file, when given).
@@ -241,15 +301,16 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
     One TLS context per server block and listener: each its own session scope, all on
     ``shared`` (the master's SharedState: session cache and ticket keys) when given.
     """
-    from fastterm._core import SiteTable, UpstreamPool
+    from fastterm._core import UpstreamPool
 
     plan = Plan()
     for up in config.upstreams:
         servers = [parse_address(s, default_host="127.0.0.1") for s in up.servers]
         plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
                                            up.keepalive_max, up.keepalive_timeout, up.max_conns)
-    policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
-    certificates = [[load_certificate(c.cert, c.key) for c in server.certificates] for server in config.servers]
+    plan.policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
+    plan.signatures = [files_signature(server.certificates) for server in config.servers]   # before reading
+    plan.certificates = [load_server_certificates(server.certificates) for server in config.servers]
     by_listen: dict[tuple[str, int], list[int]] = {}
     for i, server in enumerate(config.servers):
         for listen in server.listen:
@@ -257,16 +318,11 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
     for addr, indexes in by_listen.items():
         default = next((i for i in indexes if config.servers[i].default_server), indexes[0])
         _check_listener_settings(config, addr, indexes, default, source)
-        contexts = {i: _server_context(config.servers[i], i, certificates[i],
-                                       _session_scope(addr, config.servers[i], i), shared) for i in indexes}
-        names, sites = {}, {}
-        for i in indexes:
-            for name in config.servers[i].server_names:
-                names.setdefault(name.lower(), contexts[i])
-                sites.setdefault(name.lower(), policies[i])
-        contexts[default].set_sni(names)
-        no_host_default = config.servers[default].no_host == "default"
-        plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default], no_host_default)))
+        contexts = {i: server_contexts(config, i, addr, plan.certificates[i], shared) for i in indexes}
+        tl = TLSListener(addr, indexes, default, contexts)
+        refresh_listener(config, plan, tl)
+        plan.tls.append(tl)
+        plan.listeners.append((addr, tl.default_context, tl.sites))
     by_address: dict[tuple[str, int], list] = {}
     for redirect in config.redirects:
         for listen in redirect.listen:
