@@ -249,6 +249,43 @@ def load_server_certificates(certificates) -> ServerCertificates:
     return ServerCertificates(own, files, directories)
 
 
+def inventory(servers, now: datetime | None = None) -> list[dict]:
+    """Every certificate the server blocks (model ``Server``s) name, as ``fastterm certs``
+    lists it: one entry per file, with the problem instead of the details where it fails."""
+    now = now or datetime.now(UTC)
+    found: dict[str, dict] = {}
+    for i, server in enumerate(servers):
+        block = ", ".join(server.server_names) or f"server[{i}]"
+        for c in server.certificates:
+            if c.key is None and is_pem_directory(c.cert):
+                try:
+                    paths = [(p, p + ".key" if os.path.exists(p + ".key") else None)
+                             for p in directory_entries(c.cert)]
+                except ConfigError as exc:
+                    paths = [(c.cert, None)]
+                    found.setdefault(c.cert, {"source": c.cert, "error": str(exc), "servers": []})
+            else:
+                paths = [(c.cert, c.key)]
+            for cert, key in paths:
+                entry = found.get(cert)
+                if entry is None:
+                    entry = found[cert] = {"source": cert, "servers": []}
+                    try:
+                        ck = load_certificate(cert, key)
+                    except ConfigError as exc:
+                        entry["error"] = str(exc)
+                    else:
+                        left = ck.not_after - now
+                        entry.update(names=list(ck.names), key=f"{ck.key_type} {ck.key_bits}", issuer=ck.issuer,
+                                     serial=f"{ck.serial:x}", not_after=ck.not_after.isoformat(),
+                                     days_left=left.days if left.total_seconds() > 0 else -1,
+                                     source=ck.source,
+                                     warnings=expiry_warnings(ck, now) + key_permission_warnings(ck))
+                if block not in entry["servers"]:
+                    entry["servers"].append(block)
+    return list(found.values())
+
+
 def expiry_warnings(ck: CertKey, now: datetime | None = None) -> list[str]:
     """Warn for an expired certificate, or one inside the renewal window (14 days)."""
     now = now or datetime.now(UTC)
