@@ -19,6 +19,7 @@ the scale of a certificate directory.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 from fastterm.certs.store import CertKey, ServerCertificates, files_signature, load_server_certificates
@@ -27,6 +28,7 @@ from fastterm.config.plan import Plan, refresh_listener, server_contexts
 from fastterm.errors import ConfigError
 
 log = logging.getLogger("fastterm.certs")
+RETIRE_AFTER = 120.0   # seconds: past any handshake timeout
 
 
 def _covers(names: tuple[str, ...], wanted: str) -> bool:
@@ -69,10 +71,19 @@ class CertWatcher:
         self.shared = shared
         self.seen = list(plan.signatures)
         self.refused: list[tuple | None] = [None] * len(config.servers)
+        self.retired: list[tuple[float, object]] = []   # (when, a listener's former default context)
+
+    def _retire(self, now: float) -> None:
+        """Empty the SNI map of a listener's former default context once no handshake that
+        started on it can still need it: the map holds Identities that point back at the
+        context, a cycle the frozen heap (worker.settle_heap) would never collect."""
+        while self.retired and self.retired[0][0] <= now:
+            self.retired.pop(0)[1].set_sni({})
 
     def poll(self) -> list[int]:
         """Look at every block's files once; returns the blocks whose new certificates serve now."""
         served = []
+        self._retire(time.monotonic())
         for i, server in enumerate(self.config.servers):
             now = files_signature(server.certificates)
             if now == self.seen[i] or now == self.refused[i]:
@@ -99,9 +110,12 @@ class CertWatcher:
         self.plan.certificates[i] = after   # from here on nothing can fail
         for tl in self.plan.tls:
             if i in tl.indexes:
+                former = tl.default_context
                 tl.contexts[i] = made[id(tl)]
                 refresh_listener(self.config, self.plan, tl)
                 self.listeners[tl.addr].serve(tl.default_context, tl.sites)
+                if tl.default_context is not former:
+                    self.retired.append((time.monotonic() + RETIRE_AFTER, former))
         for ck in [*after.own, *after.files.values()]:
             if ck not in before.own and ck not in before.files.values():
                 log.info("certificate %s (serial %x, until %s) serves new handshakes: %s", ", ".join(ck.names),

@@ -280,17 +280,31 @@ def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
 
 def server_contexts(config: Config, i: int, addr: tuple[str, int], found: ServerCertificates, shared,
                     before: ServerCertificates | None = None, reuse: dict | None = None) -> dict[str, object]:
-    """One context per identity of server block ``i`` on ``addr``; ``reuse`` holds the
-    contexts made from ``before``, kept for the identities whose chains did not change."""
+    """Server block ``i``'s certificates on ``addr``, by identity key: first one context with
+    the block's settings and its own chains (else its first directory file's), then an
+    Identity on that context for each other directory file (``ext/tls.pyx``: a few KiB each,
+    not an SSL_CTX). ``reuse``: what was made from ``before``, kept where nothing changed."""
+    from fastterm._core import Identity
+
     server = config.servers[i]
-    scope = _session_scope(addr, server, i)
-    unchanged = before.identities() if before is not None else {}
-    made = {}
-    for key, certs in found.identities().items():
-        if reuse is not None and key in reuse and unchanged.get(key) == certs:
+    identities = found.identities()
+    old = before.identities() if before is not None and reuse else {}
+    base_key = next(iter(identities))
+    unchanged = lambda key: key in reuse and old.get(key) == identities[key]
+    if old and next(iter(reuse)) == base_key and unchanged(base_key):
+        base = reuse[base_key]
+    else:
+        base = _server_context(server, i, identities[base_key], _session_scope(addr, server, i), shared)
+        old = {}   # a new context: every identity on it is made anew
+    made: dict[str, object] = {base_key: base}
+    for key, certs in list(identities.items())[1:]:
+        if old and unchanged(key):
             made[key] = reuse[key]
-        else:
-            made[key] = _server_context(server, i, certs, scope, shared)
+            continue
+        try:
+            made[key] = Identity(base, [(ck.chain_pem, ck.key_pem) for ck in certs])
+        except TLSError as exc:
+            raise ConfigError(f"{certs[0].source}: {exc}", directive=f"{_where(server, i)} certificate") from None
     return made
 
 
