@@ -252,26 +252,42 @@ def _check_listener_settings(config: Config, addr: tuple[str, int], indexes: lis
             file=source, line=line, directive="server.tls.session_cache")
 
 
+def _covering(names: dict[str, object], name: str):
+    """What ``names`` (certificate names -> context) has for ``name``: exact, then ``*.``
+    one label up (RFC 6125)."""
+    found = names.get(name)
+    if found is None and "." in name:
+        found = names.get("*." + name.split(".", 1)[1])
+    return found
+
+
 def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
-    """(Re)make ``tl``'s SNI and Host maps from its contexts. First every block's
-    server_names (nginx: they select the block's own certificates, or its first directory
-    file when it has none), then the names in the certificates of directory files
-    (HAProxy ``crt DIR``); the first block to claim a name keeps it."""
+    """(Re)make ``tl``'s SNI and Host maps from its contexts. A name in server_names belongs
+    to the first block that lists it (nginx), for the Host and for SNI: its own certificates,
+    or, in a block that has only a PEM directory, the file whose certificate covers the
+    name, else its first file. Names in the certificates of directory files (HAProxy ``crt
+    DIR``) that no server_names list come next, for their own block."""
     from fastterm._core import SiteTable
 
     names, sites = {}, {}
-    for i in tl.indexes:
-        contexts = tl.contexts[i]
-        mine = contexts.get("") or next(iter(contexts.values()))
-        for name in config.servers[i].server_names:
-            names.setdefault(name.lower(), mine)
-            sites.setdefault(name.lower(), plan.policies[i])
+    in_files = {i: {} for i in tl.indexes}   # block -> certificate name -> its Identity
     for i in tl.indexes:
         files = plan.certificates[i].files
         for key, ctx in tl.contexts[i].items():
             for name in files[key].names if key else ():
-                names.setdefault(name, ctx)
-                sites.setdefault(name, plan.policies[i])
+                in_files[i].setdefault(name, ctx)
+    for i in tl.indexes:
+        contexts = tl.contexts[i]
+        own = contexts.get("")
+        first = next(iter(contexts.values()))
+        for name in (n.lower() for n in config.servers[i].server_names):
+            if name not in sites:
+                sites[name] = plan.policies[i]
+                names[name] = own or _covering(in_files[i], name.lstrip(".")) or first
+    for i in tl.indexes:
+        for name, ctx in in_files[i].items():
+            names.setdefault(name, ctx)
+            sites.setdefault(name, plan.policies[i])
     tl.default_context = next(iter(tl.contexts[tl.default].values()))
     tl.default_context.set_sni(names)
     no_host_default = config.servers[tl.default].no_host == "default"
