@@ -43,6 +43,8 @@ cdef enum:
     N_H2_RESETS
     N_H2_GOAWAY
     N_H2_FLOOD
+    N_CERT_RELOADS
+    N_CERT_RELOAD_FAILURES
     N_COUNTERS
 
 

@@ -44,7 +44,8 @@ COUNTER_NAMES = _COUNTER_NAMES = ("connections_total", "connections_open", "hand
                   "handshake_failed_timeout", "handshake_failed_http_request", "handshake_failed_other",
                   "tls_version_TLSv1.2", "tls_version_TLSv1.3", "cipher_aes128gcm", "cipher_aes256gcm",
                   "cipher_chacha20", "cipher_other", "h2_connections", "h2_streams",
-                  "h2_resets_received", "h2_goaway_sent", "h2_flood_closed")
+                  "h2_resets_received", "h2_goaway_sent", "h2_flood_closed",
+                  "certificate_reloads", "certificate_reload_failures")
 # Failure kind (errors.pyx, by library and reason code) -> handshake failure counter.
 cdef dict _FAILURE_COUNTERS = {TLS_FAIL_PROTOCOL: N_HS_FAIL_PROTOCOL, TLS_FAIL_CIPHER: N_HS_FAIL_CIPHER,
                                TLS_FAIL_ALPN: N_HS_FAIL_ALPN, TLS_FAIL_HTTP: N_HS_FAIL_HTTP}
@@ -234,6 +235,10 @@ cdef class Worker:
         for i in range(<int>N_COUNTERS):
             self.counters[i] += self.own_counters[i]
 
+    def count_certificate_reload(self, bint ok):
+        """A certificate that changed on disk was served (``ok``) or refused (certs/watch.py)."""
+        self.count(N_CERT_RELOADS if ok else N_CERT_RELOAD_FAILURES)
+
     def stats(self):
         return {name: self.counters[i] for i, name in enumerate(_COUNTER_NAMES)}
 
@@ -332,6 +337,12 @@ cdef class Listener:
         self.worker.listeners.append(self)
         self.active = True
         self.watch(not self.worker.accept_paused)
+
+    def serve(self, TLSContext context not None, SiteTable sites not None):
+        """New connections from now on: a certificate changed (fastterm/certs/watch.py).
+        Those accepted before keep the context and server blocks they started with."""
+        self.context = context
+        self.sites = sites
 
     def stop(self):
         if self.active:

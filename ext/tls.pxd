@@ -25,7 +25,7 @@ cdef class TLSContext:
     cdef bint server_side
     cdef readonly bint verify       # client mode: peer certificate and name checked
     cdef bytes alpn_wire            # our ALPN list in wire format, preference order
-    cdef dict sni                   # lowercased name or "*.suffix" -> TLSContext
+    cdef dict sni                   # lowercased name or "*.suffix" -> TLSContext or Identity
     cdef readonly list key_types    # "RSA", "EC", ... one per certificate added
     cdef SharedState shared         # the workers' session cache and ticket keys, or None
     # What SSL_new copies from the SSL_CTX, re-applied when SNI moves a connection here.
@@ -40,8 +40,23 @@ cdef class TLSContext:
     cdef SharedState ocsp_store     # where the master (or --single's own loop) keeps responses
 
     # SNI flow
-    cdef TLSContext _select(self, const char *name)
+    cdef object _select(self, const char *name)
     cdef bint _take_over(self, SSL *ssl, TLSContext current) noexcept
+
+
+cdef class Identity:
+    cdef readonly TLSContext context    # the settings it is served under
+    cdef X509 *leaves[2]
+    cdef EVP_PKEY *keys[2]
+    cdef stack_st_X509 *chains[2]
+    cdef int count
+    cdef readonly list key_types
+    cdef list pems                  # [(chain_pem, key_pem)] until parsed, then None
+    cdef list slots                 # per chain: its OCSP slot in context.ocsp_store, or -1
+
+    cdef void _free(self) noexcept
+    cdef void _register_staples(self)
+    cdef bint apply(self, SSL *ssl) noexcept
 
 
 cdef class TLSConnection:

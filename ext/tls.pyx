@@ -14,6 +14,11 @@
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
+import logging
+import sys
+
+_tls_log = logging.getLogger("fastterm.tls")
+
 _PROTOCOL_VERSIONS = {"TLSv1.2": TLS1_2_VERSION, "TLSv1.3": TLS1_3_VERSION}
 _REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
 
@@ -80,16 +85,26 @@ cdef int _client_hello_cb(SSL *ssl, int *alert, void *arg) noexcept:
     """
     cdef TLSContext current = <TLSContext>arg
     cdef TLSContext chosen
+    cdef Identity identity = None
     cdef const unsigned char *name
     cdef size_t name_len
     if not current.sni or not _client_hello_name(ssl, &name, &name_len):
         return SSL_CLIENT_HELLO_SUCCESS
     try:
-        chosen = current._select(PyBytes_FromStringAndSize(<const char *>name, name_len))
+        found = current._select(PyBytes_FromStringAndSize(<const char *>name, name_len))
     except BaseException:
         return SSL_CLIENT_HELLO_SUCCESS
+    if type(found) is Identity:
+        identity = <Identity>found
+        chosen = identity.context
+    else:
+        chosen = <TLSContext>found
+    # Fail closed: the connection would otherwise run under another server's settings
+    # or certificate.
     if chosen is not current and not chosen._take_over(ssl, current):
-        # Fail closed: the connection would otherwise run under another server's settings.
+        alert[0] = SSL_AD_INTERNAL_ERROR
+        return SSL_CLIENT_HELLO_ERROR
+    if identity is not None and not identity.apply(ssl):
         alert[0] = SSL_AD_INTERNAL_ERROR
         return SSL_CLIENT_HELLO_ERROR
     return SSL_CLIENT_HELLO_SUCCESS
@@ -473,10 +488,14 @@ cdef class TLSContext:
         for the ``position``-th certificate added, when a client asks (status_request)."""
         if not 0 <= slot < FT_OCSP_SLOTS:
             raise ValueError(f"OCSP slot {slot} out of range")
+        self.staple_from(store)
+        self.ocsp_slots[self.leaves[position]] = slot
+
+    def staple_from(self, SharedState store not None):
+        """Answer status_request from ``store``'s OCSP slots (one shared region per context)."""
         if self.ocsp_store is not None and self.ocsp_store is not store:
             raise ValueError("a context staples from one shared region")
         self.ocsp_store = store
-        self.ocsp_slots[self.leaves[position]] = slot
         SSL_CTX_set_tlsext_status_cb(self.ctx, _status_cb)
         SSL_CTX_set_tlsext_status_arg(self.ctx, <void *>self)
 
@@ -508,7 +527,7 @@ cdef class TLSContext:
             return False
         return True
 
-    cdef TLSContext _select(self, const char *name):
+    cdef object _select(self, const char *name):
         cdef bytes raw = name
         host = raw.decode("ascii", "replace").lower().rstrip(".")
         found = self.sni.get(host)
@@ -519,13 +538,155 @@ cdef class TLSContext:
             dot = host.find(".", dot + 1)
         return self if found is None else found
 
+    def sni_entries(self):
+        """What the SNI map can select (contexts and Identities), for tools and benchmarks."""
+        return list(self.sni.values())
+
     def select(self, str name):
-        """The context SNI ``name`` selects (exact, then the longest ``*.suffix``, then this one)."""
+        """The context (or Identity) SNI ``name`` selects: exact, then the longest ``*.suffix``,
+        then this one."""
         return self._select(name.encode())
 
     @property
     def sessions_cached(self):
         return SSL_CTX_sess_number(self.ctx)
+
+
+cdef class Identity:
+    """A certificate a context serves to some names without owning it: SNI picks it, the
+    ClientHello callback puts its chain and key on the connection (SSL_use_cert_and_key).
+
+    A file of a PEM directory costs its PEM text until a client first names it, then its
+    X509, key and chain (a few KiB), never an SSL_CTX of its own (~20 KiB). Parsing waits
+    for that first handshake because OpenSSL 3.0 takes ~2 ms to decode a certificate and
+    key (its decoder framework), which made 10,000 of them a 20 s start; the files were
+    checked when the plan was built (certs/store.py). Up to two chains, one per key type
+    (RSA, ECDSA), as a context holds.
+    """
+
+    def __cinit__(self):
+        self.count = 0
+        self.key_types = []
+
+    def __init__(self, TLSContext context not None, list chains not None):
+        """``chains``: ``[(chain_pem, key_pem), ...]``, leaf first in each chain."""
+        if not 1 <= len(chains) <= 2:
+            raise ValueError("an identity holds one or two chains (RSA, ECDSA)")
+        self.context = context
+        self.pems = list(chains)
+        self.slots = [-1] * len(chains)
+
+    def __dealloc__(self):
+        self._free()
+
+    def staple(self, int position, int slot, SharedState store not None):
+        """Staple the OCSP response in ``slot`` of ``store`` for the ``position``-th chain
+        (certs/ocsp.py), as TLSContext.staple does for its own certificates: the context's
+        status callback finds it by the leaf this identity put on the connection."""
+        if not 0 <= slot < FT_OCSP_SLOTS:
+            raise ValueError(f"OCSP slot {slot} out of range")
+        self.context.staple_from(store)
+        self.slots[position] = slot
+        if self.pems is None:
+            self._register_staples()
+
+    cdef void _register_staples(self):
+        cdef int i
+        for i in range(self.count):
+            if self.slots[i] >= 0:
+                self.context.ocsp_slots[<size_t>self.leaves[i]] = self.slots[i]
+
+    cdef void _free(self) noexcept:
+        cdef int i
+        if self.context is not None and self.context.ocsp_slots:
+            # a freed X509's address may be another's next: its slot must not stay behind
+            for i in range(self.count):
+                self.context.ocsp_slots.pop(<size_t>self.leaves[i], None)
+        for i in range(self.count):
+            if self.leaves[i] != NULL:
+                X509_free(self.leaves[i])
+            if self.keys[i] != NULL:
+                EVP_PKEY_free(self.keys[i])
+            if self.chains[i] != NULL:
+                sk_X509_pop_free(self.chains[i], X509_free)
+        self.count = 0
+
+    def load(self):
+        """Parse the chains now (the first handshake does it otherwise); TLSError says why not."""
+        cdef BIO *bio = NULL
+        cdef X509 *cert = NULL
+        cdef int key_id, i
+        if self.pems is None:
+            return
+        ERR_clear_error()
+        try:
+            for chain_pem, key_pem in self.pems:
+                i = self.count
+                self.leaves[i] = NULL
+                self.keys[i] = NULL
+                self.chains[i] = sk_X509_new_null()
+                self.count += 1     # from here _free() frees slot i, whatever is in it
+                if self.chains[i] == NULL:
+                    raise_tls_error("sk_X509_new_null failed")
+                bio = BIO_new_mem_buf(PyBytes_AS_STRING(key_pem), len(key_pem))
+                if bio == NULL:
+                    raise_tls_error("BIO_new_mem_buf failed")
+                self.keys[i] = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)
+                BIO_free(bio)
+                if self.keys[i] == NULL:
+                    raise_tls_error("no private key in PEM data")
+                bio = BIO_new_mem_buf(PyBytes_AS_STRING(chain_pem), len(chain_pem))
+                if bio == NULL:
+                    raise_tls_error("BIO_new_mem_buf failed")
+                try:
+                    self.leaves[i] = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL)
+                    if self.leaves[i] == NULL:
+                        raise_tls_error("no certificate in PEM data")
+                    if not X509_check_private_key(self.leaves[i], self.keys[i]):
+                        raise_tls_error("private key does not match the certificate")
+                    while True:
+                        cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)
+                        if cert == NULL:
+                            break
+                        if not sk_X509_push(self.chains[i], cert):
+                            X509_free(cert)
+                            raise_tls_error("sk_X509_push failed")
+                    ERR_clear_error()  # the chain loop ends on "no start line"
+                finally:
+                    BIO_free(bio)
+                key_id = EVP_PKEY_get_base_id(self.keys[i])
+                self.key_types.append("RSA" if key_id == EVP_PKEY_RSA else "EC" if key_id == EVP_PKEY_EC
+                                      else OBJ_nid2sn(key_id).decode())
+        except BaseException:
+            self._free()
+            self.key_types = []
+            raise
+        self.pems = None
+        self._register_staples()
+
+    cdef bint apply(self, SSL *ssl) noexcept:
+        """Serve this identity's chains on ``ssl``, and no other certificate (the context's
+        own would still answer a client that cannot take this one's key type)."""
+        cdef int i
+        if self.pems is not None:
+            try:
+                self.load()
+            except BaseException:
+                _log_identity_failure(self)
+                return False
+        SSL_certs_clear(ssl)
+        for i in range(self.count):
+            if SSL_use_cert_and_key(ssl, self.leaves[i], self.keys[i], self.chains[i], 1) != 1:
+                return False
+        return True
+
+
+cdef void _log_identity_failure(Identity identity) noexcept:
+    """Called inside ``except``: the parse error of a certificate that passed store.py's checks."""
+    try:
+        _tls_log.error("certificate refused by OpenSSL, handshake failed: %s", sys.exc_info()[1])
+    except BaseException:
+        pass
 
 
 cdef class TLSConnection:

@@ -65,6 +65,11 @@ _METRICS = {
                            "RST_STREAM frames received from clients.", None),
     "h2_goaway_sent": ("fastterm_h2_goaways_sent_total", "counter",
                        "HTTP/2 sessions fastterm sent a GOAWAY on (drain, reload, idle, stream cap).", None),
+    "certificate_reloads": ("fastterm_certificate_reloads_total", "counter",
+                            "Certificates that changed on disk and now serve new handshakes (per worker).", None),
+    "certificate_reload_failures": ("fastterm_certificate_reload_failures_total", "counter",
+                                    "Changed certificate files refused, the previous ones serving (per worker).",
+                                    None),
     "h2_flood_closed": ("fastterm_h2_flood_closed_total", "counter",
                         "HTTP/2 sessions closed by a flood defence (resets, CONTINUATION, queued ACKs).", None),
 }

@@ -9,13 +9,14 @@ Every command that reads a configuration takes ``-c fastterm.toml`` or ``--nginx
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 
-from fastterm.certs.store import expiry_warnings, key_permission_warnings, load_certificate
+from fastterm.certs.store import expiry_warnings, inventory, key_permission_warnings, load_server_certificates
 from fastterm.config import ConfigSource
 from fastterm.config.model import Config
 from fastterm.errors import FasttermError
@@ -42,8 +43,8 @@ def validate(source: ConfigSource | str, *, verbose: bool = False) -> Config:
     if verbose:
         _say(f"the configuration file {source.path} syntax is ok")
     for server in config.servers:
-        for certificate in server.certificates:
-            ck = load_certificate(certificate.cert, certificate.key)
+        found = load_server_certificates(server.certificates)
+        for ck in [*found.own, *found.files.values()]:
             for warning in expiry_warnings(ck) + key_permission_warnings(ck):
                 _say(warning, level="warn")
     read_key_files(config.sessions.ticket_key_file)
@@ -54,6 +55,32 @@ def validate(source: ConfigSource | str, *, verbose: bool = False) -> Config:
         return config
     build(config, source.toml_path)
     return config
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    """List every certificate of a configuration: names, key, issuer, expiry, source, users."""
+    source = _source(args)
+    try:
+        config = source.load(_warn)
+    except (FasttermError, OSError) as exc:
+        _say(str(exc), level="emerg")
+        return 1
+    entries = inventory(config.servers)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 1 if any("error" in e for e in entries) else 0
+    for e in entries:
+        if "error" in e:
+            print(f"{e['source']}\n  ERROR      {e['error']}\n  servers    {', '.join(e['servers'])}")
+            continue
+        left = "EXPIRED" if e["days_left"] < 0 else f"{e['days_left']} days left"
+        print(f"{', '.join(e['names']) or '(no name)'}\n"
+              f"  key        {e['key']}\n  issuer     {e['issuer']}\n  serial     {e['serial']}\n"
+              f"  not after  {e['not_after']} ({left})\n  source     {e['source']}\n"
+              f"  servers    {', '.join(e['servers'])}")
+        for warning in e["warnings"]:
+            print(f"  warning    {warning}")
+    return 1 if any("error" in e for e in entries) else 0
 
 
 def _source(args: argparse.Namespace) -> ConfigSource:
@@ -340,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--fast", action="store_true")
             sub.add_argument("--wait", action="store_true", help="wait until the master has exited")
         sub.set_defaults(func=func)
+    certs = commands.add_parser("certs", help="list the certificates a configuration serves, with expiry")
+    _config_arguments(certs)
+    certs.add_argument("--json", action="store_true", help="one JSON list instead of text")
+    certs.set_defaults(func=cmd_certs)
     keys = commands.add_parser("keys", help="session ticket keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     new_key = key_commands.add_parser("new", help="write a fresh 80-byte key (nginx ssl_session_ticket_key format)")

@@ -14,6 +14,7 @@ import signal
 import socket
 
 from fastterm.certs.ocsp import STARTUP_WAIT, LoopSelector, Stapler
+from fastterm.certs.watch import CertWatcher
 from fastterm.config.model import Config
 from fastterm.config.plan import Plan, build
 from fastterm.errors import ConfigError
@@ -60,7 +61,8 @@ def bind(addr: tuple[str, int], *, reuse_port: bool = True, backlog: int = 1024)
 class Serving:
     """A running worker: listeners, redirect servers, the ext Worker, and its stop logic."""
 
-    def __init__(self, config: Config, loop, plan: Plan | None = None, sockets=None, redirect_sockets=None):
+    def __init__(self, config: Config, loop, plan: Plan | None = None, sockets=None, redirect_sockets=None,
+                 shared=None):
         from fastterm._core import Listener, Worker
 
         self.config = config
@@ -81,8 +83,23 @@ class Serving:
             listener = Listener(self.worker, self.sockets.get(addr) or bind(addr), ctx, sites)
             listener.start()
             self.listeners.append(listener)
+        self.certificates = CertWatcher(config, self.plan, {tl.addr: listener for tl, listener
+                                                            in zip(self.plan.tls, self.listeners)},
+                                        self.worker, shared)
+
+    def watch_certificates(self):
+        """Poll the certificate files; a changed one serves new handshakes (certs/watch.py)."""
+        if self.stopping:
+            return
+        try:
+            self.certificates.poll()
+        except Exception:
+            log.exception("certificate poll failed")
+        self.loop.call_later(self.config.certificate_check_interval, self.watch_certificates)
 
     async def start(self):
+        if self.config.certificate_check_interval > 0:
+            self.loop.call_later(self.config.certificate_check_interval, self.watch_certificates)
         limits = self.redirect_limits = RedirectLimits(self.config.limits.client_header_timeout,
                                                        max(16, self.worker.max_clients // 4),
                                                        self.config.limits.send_timeout)
@@ -149,7 +166,7 @@ def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: di
     asyncio.set_event_loop(loop)
 
     async def main():
-        serving = Serving(config, loop, plan, sockets=sockets, redirect_sockets=redirect_sockets)
+        serving = Serving(config, loop, plan, sockets=sockets, redirect_sockets=redirect_sockets, shared=shared)
         serving.worker.use_counter_slot(shared, counter_slot)
         await serving.start()
         settle_heap()

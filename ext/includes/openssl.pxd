@@ -189,6 +189,12 @@ cdef extern from "compat.h" nogil:
     EVP_PKEY *PEM_read_bio_Parameters(BIO *bp, EVP_PKEY **x)
     int EVP_PKEY_is_a(const EVP_PKEY *pkey, const char *name)
     void X509_free(X509 *a)
+    cdef struct stack_st_X509
+    stack_st_X509 *sk_X509_new_null()
+    int sk_X509_push(stack_st_X509 *sk, X509 *x)
+    void sk_X509_pop_free(stack_st_X509 *sk, void (*free_func)(X509 *))
+    int SSL_use_cert_and_key(SSL *ssl, X509 *x509, EVP_PKEY *privatekey, stack_st_X509 *chain, int override)
+    void SSL_certs_clear(SSL *s)
     int X509_check_private_key(const X509 *x, const EVP_PKEY *k)
     void EVP_PKEY_free(EVP_PKEY *pkey)
     int EVP_PKEY_get_base_id(const EVP_PKEY *pkey)

@@ -28,6 +28,7 @@ _KEY_LABELS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
 _ENCRYPTED_KEY_LABEL = b"ENCRYPTED PRIVATE KEY"
 _CERT_LABEL = b"CERTIFICATE"
 _LE_CHAIN, _LE_KEY = "fullchain.pem", "privkey.pem"
+_COMPANIONS = (".key", ".ocsp", ".issuer", ".sctl")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class CertKey:
     not_after: datetime
     source: str
     key_file: str
+    key_bits: int = 0
+    issuer: str = ""
+    serial: int = 0
 
 
 def _read(path: str) -> bytes:
@@ -65,6 +69,56 @@ def _resolve_paths(cert: str, key: str | None) -> tuple[str, str | None]:
     raise ConfigError(
         f"is a directory without {_LE_CHAIN} (not a Let's Encrypt live/ directory): "
         "name one PEM file per certificate", file=cert)
+
+
+def is_pem_directory(cert: str) -> bool:
+    """A directory of PEM files (HAProxy ``crt /etc/haproxy/ssl/``), not a Let's Encrypt live/ one."""
+    return os.path.isdir(cert) and not os.path.exists(os.path.join(cert, _LE_CHAIN))
+
+
+def directory_entries(directory: str) -> list[str]:
+    """The certificate files of a PEM directory, sorted. HAProxy's rule: every file but dot
+    files and the companions it reads beside a certificate (``.key``, ``.ocsp``, ``.issuer``,
+    ``.sctl``)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise ConfigError(f"cannot list: {exc.strerror}", file=directory) from None
+    return [os.path.join(directory, n) for n in names
+            if not n.startswith(".") and not n.endswith(_COMPANIONS)
+            and os.path.isfile(os.path.join(directory, n))]
+
+
+def load_directory_entry(path: str) -> CertKey:
+    """One file of a PEM directory: chain and key together, or the key in ``FILE.key`` beside it."""
+    key = path + ".key"
+    return load_certificate(path, key if os.path.exists(key) else None)
+
+
+def _stat(path: str | None):
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def files_signature(certificates) -> tuple:
+    """What the files behind a server block's certificates (model ``Certificate``s) look like
+    now: equal tuples, same files (``certs/watch.py``)."""
+    parts = []
+    for c in certificates:
+        try:
+            if c.key is None and is_pem_directory(c.cert):
+                parts.append(tuple((p, _stat(p), _stat(p + ".key")) for p in directory_entries(c.cert)))
+            else:
+                cert, key = _resolve_paths(c.cert, c.key)
+                parts.append((_stat(cert), _stat(key)))
+        except ConfigError:
+            parts.append(None)   # unreadable now: a change, refused when read
+    return tuple(parts)
 
 
 def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -156,7 +210,80 @@ def load_certificate(cert: str, key: str | None = None) -> CertKey:
         not_after=leaf.not_valid_after_utc,
         source=cert_path if key_path is None else f"{cert_path} + {key_path}",
         key_file=key_path or cert_path,
+        key_bits=private_key.key_size,
+        issuer=leaf.issuer.rfc4514_string(),
+        serial=leaf.serial_number,
     )
+
+
+@dataclass
+class ServerCertificates:
+    """What one server block serves: its own chain(s) (``own``: RSA and ECDSA for the same
+    names, in one context) and each file of its PEM directories (``files``: path -> chain,
+    one context each, selected by the names in the certificate, HAProxy's ``crt DIR``)."""
+
+    own: list[CertKey]
+    files: dict[str, CertKey]
+    directories: list[str]
+
+    def identities(self) -> dict[str, list[CertKey]]:
+        """Context key -> its chains: "" for the block's own, a file's path for the others."""
+        found = {"": self.own} if self.own else {}
+        found.update((path, [ck]) for path, ck in self.files.items())
+        return found
+
+
+def load_server_certificates(certificates) -> ServerCertificates:
+    """Read and check every certificate of a server block (its model ``Certificate``s);
+    ``ConfigError`` on the first problem, naming the file."""
+    own, files, directories = [], {}, []
+    for c in certificates:
+        if c.key is None and is_pem_directory(c.cert):
+            directories.append(c.cert)
+            entries = directory_entries(c.cert)
+            if not entries:
+                raise ConfigError("directory holds no certificate file", file=c.cert)
+            files.update((path, load_directory_entry(path)) for path in entries)
+        else:
+            own.append(load_certificate(c.cert, c.key))
+    return ServerCertificates(own, files, directories)
+
+
+def inventory(servers, now: datetime | None = None) -> list[dict]:
+    """Every certificate the server blocks (model ``Server``s) name, as ``fastterm certs``
+    lists it: one entry per file, with the problem instead of the details where it fails."""
+    now = now or datetime.now(UTC)
+    found: dict[str, dict] = {}
+    for i, server in enumerate(servers):
+        block = ", ".join(server.server_names) or f"server[{i}]"
+        for c in server.certificates:
+            if c.key is None and is_pem_directory(c.cert):
+                try:
+                    paths = [(p, p + ".key" if os.path.exists(p + ".key") else None)
+                             for p in directory_entries(c.cert)]
+                except ConfigError as exc:
+                    paths = [(c.cert, None)]
+                    found.setdefault(c.cert, {"source": c.cert, "error": str(exc), "servers": []})
+            else:
+                paths = [(c.cert, c.key)]
+            for cert, key in paths:
+                entry = found.get(cert)
+                if entry is None:
+                    entry = found[cert] = {"source": cert, "servers": []}
+                    try:
+                        ck = load_certificate(cert, key)
+                    except ConfigError as exc:
+                        entry["error"] = str(exc)
+                    else:
+                        left = ck.not_after - now
+                        entry.update(names=list(ck.names), key=f"{ck.key_type} {ck.key_bits}", issuer=ck.issuer,
+                                     serial=f"{ck.serial:x}", not_after=ck.not_after.isoformat(),
+                                     days_left=left.days if left.total_seconds() > 0 else -1,
+                                     source=ck.source,
+                                     warnings=expiry_warnings(ck, now) + key_permission_warnings(ck))
+                if block not in entry["servers"]:
+                    entry["servers"].append(block)
+    return list(found.values())
 
 
 def expiry_warnings(ck: CertKey, now: datetime | None = None) -> list[str]:

@@ -198,4 +198,6 @@ class Config(Struct):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     error_log: str | None = None
     access_log: str | None = None
+    certificate_check_interval: float = 1.0  # seconds between looks at the certificate files (0: never);
+    # a changed certificate serves new handshakes without a reload (fastterm/certs/watch.py)
     admin_allow_remote: bool = False  # admin on a non-loopback TCP address (plain HTTP; GETs need no token)

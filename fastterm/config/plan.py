@@ -17,8 +17,13 @@ from dataclasses import dataclass, field
 import msgspec
 
 from fastterm.certs.ocsp import stapling_sites
-from fastterm.certs.store import load_certificate
-from fastterm.config.model import Config, ProxyRequest, Server
+from fastterm.certs.store import (
+    ServerCertificates,
+    files_signature,
+    is_pem_directory,
+    load_server_certificates,
+)
+from fastterm.config.model import Certificate, Config, ProxyRequest, Server
 from fastterm.config.toml import KeyLines, parse_address
 from fastterm.errors import ConfigError, TLSError
 from fastterm.redirect import RedirectTable
@@ -32,6 +37,24 @@ class Plan:
     pools: dict[str, object] = field(default_factory=dict)
     redirects: list[tuple[tuple[str, int], object]] = field(default_factory=list)  # (addr, RedirectTable)
     staples: list = field(default_factory=list)  # certs/ocsp.StapleSite: what the master staples for
+    tls: list[TLSListener] = field(default_factory=list)  # per listener, in the order of ``listeners``
+    certificates: list[ServerCertificates] = field(default_factory=list)  # per server block
+    policies: list[object] = field(default_factory=list)  # per server block: its ServerPolicy
+    signatures: list[tuple] = field(default_factory=list)  # per server block: its files when read
+
+
+@dataclass
+class TLSListener:
+    """One listener's TLS side: a context per server block and certificate identity, the
+    SNI map on the default one, the Host map; rebuilt in part when a certificate changes
+    (``certs/watch.py``) without touching established connections."""
+
+    addr: tuple[str, int]
+    indexes: list[int]
+    default: int
+    contexts: dict[int, dict[str, object]]   # server -> identity key -> TLSContext
+    default_context: object = None
+    sites: object = None
 
 
 def _where(server: Server, index: int) -> str:
@@ -236,6 +259,90 @@ def _check_listener_settings(config: Config, addr: tuple[str, int], indexes: lis
             file=source, line=line, directive="server.tls.session_cache")
 
 
+def _covering(names: dict[str, object], name: str):
+    """What ``names`` (certificate names -> context) has for ``name``: exact, then ``*.``
+    one label up (RFC 6125)."""
+    found = names.get(name)
+    if found is None and "." in name:
+        found = names.get("*." + name.split(".", 1)[1])
+    return found
+
+
+def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
+    """(Re)make ``tl``'s SNI and Host maps from its contexts. A name in server_names belongs
+    to the first block that lists it (nginx), for the Host and for SNI: its own certificates,
+    or, in a block that has only a PEM directory, the file whose certificate covers the
+    name, else its first file. Names in the certificates of directory files (HAProxy ``crt
+    DIR``) that no server_names list come next, for their own block."""
+    from fastterm._core import SiteTable
+
+    names, sites = {}, {}
+    in_files = {i: {} for i in tl.indexes}   # block -> certificate name -> its Identity
+    for i in tl.indexes:
+        files = plan.certificates[i].files
+        for key, ctx in tl.contexts[i].items():
+            for name in files[key].names if key else ():
+                in_files[i].setdefault(name, ctx)
+    for i in tl.indexes:
+        contexts = tl.contexts[i]
+        own = contexts.get("")
+        first = next(iter(contexts.values()))
+        for name in (n.lower() for n in config.servers[i].server_names):
+            if name not in sites:
+                sites[name] = plan.policies[i]
+                names[name] = own or _covering(in_files[i], name.lstrip(".")) or first
+    for i in tl.indexes:
+        for name, ctx in in_files[i].items():
+            names.setdefault(name, ctx)
+            sites.setdefault(name, plan.policies[i])
+    tl.default_context = next(iter(tl.contexts[tl.default].values()))
+    tl.default_context.set_sni(names)
+    no_host_default = config.servers[tl.default].no_host == "default"
+    tl.sites = SiteTable(sites, plan.policies[tl.default], no_host_default)
+
+
+def server_contexts(config: Config, i: int, addr: tuple[str, int], found: ServerCertificates, shared,
+                    before: ServerCertificates | None = None, reuse: dict | None = None) -> dict[str, object]:
+    """Server block ``i``'s certificates on ``addr``, by identity key: first one context with
+    the block's settings and its own chains (else its first directory file's), then an
+    Identity on that context for each other directory file (``ext/tls.pyx``: a few KiB each,
+    not an SSL_CTX). ``reuse``: what was made from ``before``, kept where nothing changed."""
+    from fastterm._core import Identity
+
+    server = config.servers[i]
+    identities = found.identities()
+    old = before.identities() if before is not None and reuse else {}
+    base_key = next(iter(identities))
+    unchanged = lambda key: key in reuse and old.get(key) == identities[key]
+    if old and next(iter(reuse)) == base_key and unchanged(base_key):
+        base = reuse[base_key]
+    else:
+        base = _server_context(server, i, identities[base_key], _session_scope(addr, server, i), shared)
+        old = {}   # a new context: every identity on it is made anew
+    made: dict[str, object] = {base_key: base}
+    for key, certs in list(identities.items())[1:]:
+        if old and unchanged(key):
+            made[key] = reuse[key]
+            continue
+        try:
+            made[key] = Identity(base, [(ck.chain_pem, ck.key_pem) for ck in certs])
+        except TLSError as exc:
+            raise ConfigError(f"{certs[0].source}: {exc}", directive=f"{_where(server, i)} certificate") from None
+    return made
+
+
+def server_staples(server: Server, i: int, found: ServerCertificates, contexts: dict[str, object]) -> list:
+    """What the master staples for (certs/ocsp.py) in server block ``i``'s contexts and
+    Identities; a directory file's ``FILE.ocsp`` beside it counts as its ``ocsp_file``."""
+    own = [c for c in server.certificates if not (c.key is None and is_pem_directory(c.cert))]
+    identities = found.identities()
+    sites = []
+    for key, target in contexts.items():
+        models = own if key == "" else [Certificate(cert=key)]
+        sites += stapling_sites(target, identities[key], models, server.tls, _where(server, i))
+    return sites
+
+
 def build(config: Config, source: str | None = None, shared=None) -> Plan:
     """Build every SSL_CTX and upstream pool; raises ConfigError naming what is wrong
     (located in ``source``, the configuration file, when given).
@@ -243,15 +350,16 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
     One TLS context per server block and listener: each its own session scope, all on
     ``shared`` (the master's SharedState: session cache and ticket keys) when given.
     """
-    from fastterm._core import SiteTable, UpstreamPool
+    from fastterm._core import UpstreamPool
 
     plan = Plan()
     for up in config.upstreams:
         servers = [parse_address(s, default_host="127.0.0.1") for s in up.servers]
         plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
                                            up.keepalive_max, up.keepalive_timeout, up.max_conns)
-    policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
-    certificates = [[load_certificate(c.cert, c.key) for c in server.certificates] for server in config.servers]
+    plan.policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
+    plan.signatures = [files_signature(server.certificates) for server in config.servers]   # before reading
+    plan.certificates = [load_server_certificates(server.certificates) for server in config.servers]
     by_listen: dict[tuple[str, int], list[int]] = {}
     for i, server in enumerate(config.servers):
         for listen in server.listen:
@@ -259,19 +367,13 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
     for addr, indexes in by_listen.items():
         default = next((i for i in indexes if config.servers[i].default_server), indexes[0])
         _check_listener_settings(config, addr, indexes, default, source)
-        contexts = {i: _server_context(config.servers[i], i, certificates[i],
-                                       _session_scope(addr, config.servers[i], i), shared) for i in indexes}
-        names, sites = {}, {}
+        contexts = {i: server_contexts(config, i, addr, plan.certificates[i], shared) for i in indexes}
+        tl = TLSListener(addr, indexes, default, contexts)
+        refresh_listener(config, plan, tl)
         for i in indexes:
-            for name in config.servers[i].server_names:
-                names.setdefault(name.lower(), contexts[i])
-                sites.setdefault(name.lower(), policies[i])
-        contexts[default].set_sni(names)
-        for i in indexes:
-            plan.staples += stapling_sites(contexts[i], certificates[i], config.servers[i].certificates,
-                                           config.servers[i].tls, _where(config.servers[i], i))
-        no_host_default = config.servers[default].no_host == "default"
-        plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default], no_host_default)))
+            plan.staples += server_staples(config.servers[i], i, plan.certificates[i], contexts[i])
+        plan.tls.append(tl)
+        plan.listeners.append((addr, tl.default_context, tl.sites))
     by_address: dict[tuple[str, int], list] = {}
     for redirect in config.redirects:
         for listen in redirect.listen:

@@ -289,6 +289,9 @@ class _Checker:
                              "limits", "header_line_size")
         if config.workers != "auto" and not 1 <= config.workers <= 256:
             raise self.error("workers must be \"auto\" or 1..256", "workers")
+        if config.certificate_check_interval < 0:
+            raise self.error("certificate_check_interval must be 0 (never) or more seconds",
+                             "certificate_check_interval")
         if config.admin and not config.admin.startswith("unix:"):
             host, _port = self._address(config.admin, "admin", default_host="127.0.0.1")
             if not (config.admin_allow_remote or _is_loopback(host)):

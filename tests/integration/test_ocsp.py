@@ -536,3 +536,19 @@ def _logs(directory: str) -> str:
         except OSError:
             pass
     return text
+
+
+def test_directory_file_staples_its_ocsp_file(fastterm, write, ocsp_pki, other_leaf, intermediate, tmp_path):
+    """A PEM directory (HAProxy crt DIR): the file SNI picks is served on the directory's
+    first file's context (an Identity), and staples its own FILE.ocsp."""
+    leaf, issuer = ocsp_pki["leaf"], ocsp_pki["issuer"]
+    directory = tmp_path / "crt-dir"
+    directory.mkdir()
+    (directory / "00-other.pem").write_bytes(other_leaf.cert_pem + intermediate.cert_pem + other_leaf.key_pem)
+    (directory / "www.pem").write_bytes(leaf.cert_pem + issuer.cert_pem + leaf.key_pem)
+    staple = response(leaf, issuer, issuer)
+    (directory / "www.pem.ocsp").write_bytes(staple)
+    ft = fastterm(certificates=[{"cert": str(directory)}])
+    assert wait_staple(ft.https_port) == staple, ft.log()
+    text = s_client_status(ft.https_port, ft.ca_file)
+    assert "Cert Status: good" in text

@@ -22,6 +22,7 @@ from fastterm._core import (
     EOF,
     FAILED,
     WANT_READ,
+    Identity,
     TLSConnection,
     TLSContext,
     check_dhparam,
@@ -572,6 +573,73 @@ def test_sni_choice_travels_with_the_connection(sni_server):
     default, rsa_ctx, _ = sni_server
     pair = handshake(default, client_context(), server_hostname="rsa.example.com")
     assert pair.server.selected_context is rsa_ctx
+
+
+# ---- Identities: a certificate served by another context (PEM directories) --------------
+
+@pytest.fixture
+def identity_server(ec_leaf, rsa_leaf, other_leaf, intermediate):
+    """The default context serves ec_leaf; rsa.example.com and other.example.org get Identities
+    on it (one chain each) and www.two.test one with both key types (other.test + RSA)."""
+    default = server_context(ec_leaf, intermediate=intermediate)
+    chain = lambda leaf: (leaf.cert_pem + intermediate.cert_pem, leaf.key_pem)
+    rsa = Identity(default, [chain(rsa_leaf)])
+    other = Identity(default, [chain(other_leaf)])
+    both = Identity(default, [chain(other_leaf), chain(rsa_leaf)])
+    default.set_sni({"rsa.example.com": rsa, "other.example.org": other, "www.two.test": both})
+    return default, rsa, other, both
+
+
+@BYTE_SPLITS
+def test_identity_serves_its_chain_on_the_same_context(identity_server, ca_file, one_byte):
+    default, rsa, other, _ = identity_server
+    assert default.select("rsa.example.com") is rsa and rsa.context is default
+    for name, want in (("rsa.example.com", "rsa.example.com"), ("www.example.com", "www.example.com")):
+        pair = handshake(default, client_context(ca_file), one_byte, server_hostname=name)
+        assert want in sans(peer_cert(pair.client))
+        assert pair.server.selected_context is default
+    assert rsa.key_types == ["RSA"]   # parsed by the first handshake that named it
+    assert other.key_types == []      # never named: still PEM text
+
+
+def test_identity_replaces_every_certificate_of_the_context(ec_leaf, rsa_leaf, intermediate):
+    """A client that takes only RSA, naming an ECDSA-only identity on a context that has an
+    RSA certificate of its own, must not get the context's: the handshake fails instead."""
+    default = server_context(ec_leaf, rsa_leaf, intermediate=intermediate)
+    ec_only = Identity(default, [(ec_leaf.cert_pem + intermediate.cert_pem, ec_leaf.key_pem)])
+    default.set_sni({"ec.only.test": ec_only})
+    client = client_context(maximum=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-RSA-AES128-GCM-SHA256")
+    pair = PyClientPair(default, client, server_hostname="ec.only.test")
+    assert pair.handshake() == FAILED
+    pair = handshake(default, client, server_hostname="www.example.com")   # the context's own RSA
+    assert "rsa.example.com" in sans(peer_cert(pair.client))
+
+
+def test_identity_with_both_key_types_gives_each_client_its_own(identity_server, ca_file):
+    default, _, _, both = identity_server
+    rsa_client = client_context(ca_file, maximum=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-RSA-AES128-GCM-SHA256")
+    rsa_client.check_hostname = False
+    pair = handshake(default, rsa_client, server_hostname="www.two.test")
+    assert "rsa.example.com" in sans(peer_cert(pair.client))
+    ec_client = client_context(ca_file)
+    ec_client.check_hostname = False
+    pair = handshake(default, ec_client, server_hostname="www.two.test")
+    assert "other.test" in sans(peer_cert(pair.client))
+    assert both.key_types == ["EC", "RSA"]
+
+
+def test_identity_that_openssl_refuses_fails_its_handshake_only(ec_leaf, rsa_leaf, intermediate, ca_file):
+    default = server_context(ec_leaf, intermediate=intermediate)
+    broken = Identity(default, [(ec_leaf.cert_pem, rsa_leaf.key_pem)])   # key of another certificate
+    with pytest.raises(TLSError, match="does not match"):
+        broken.load()
+    broken = Identity(default, [(ec_leaf.cert_pem, rsa_leaf.key_pem)])
+    default.set_sni({"broken.test": broken})
+    pair = PyClientPair(default, client_context(), server_hostname="broken.test")
+    assert pair.handshake() == FAILED
+    assert "www.example.com" in sans(peer_cert(handshake(default, client_context()).client))
+    with pytest.raises(ValueError):
+        Identity(default, [])
 
 
 # ---- Session resumption -----------------------------------------------------
