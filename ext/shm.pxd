@@ -15,6 +15,7 @@ cdef extern from "includes/shm.h" nogil:
         FT_SEQLOCK_RETRIES
         FT_OCSP_SLOTS
         FT_OCSP_DER_MAX
+        FT_OCSP_KEY_LEN
     ctypedef struct ft_ticket_key:
         unsigned char name[16]
         unsigned char hmac[32]
@@ -38,6 +39,7 @@ cdef extern from "includes/shm.h" nogil:
         uint64_t seq
         int64_t expires
         unsigned int der_len
+        unsigned char key[FT_OCSP_KEY_LEN]
         unsigned char der[FT_OCSP_DER_MAX]
     ctypedef struct ft_shared:
         unsigned int magic

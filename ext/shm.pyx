@@ -281,6 +281,48 @@ cdef class SharedState:
         ft_fence()
         ft_store_release(&o.seq, seq + 2)
 
+    def set_ocsp_key(self, int slot, bytes key):
+        """Master only: ``slot`` is for the certificate ``key`` names (certs/ocsp.py
+        fingerprint, 32 bytes; b"": for none), so a worker that loaded that certificate
+        anew (certs/watch.py) finds its slot (``find_ocsp_slot``)."""
+        cdef ft_ocsp *o
+        cdef uint64_t seq
+        if not 0 <= slot < FT_OCSP_SLOTS:
+            raise ValueError(f"OCSP slot {slot} out of range (0..{FT_OCSP_SLOTS - 1})")
+        if len(key) not in (0, FT_OCSP_KEY_LEN):
+            raise ValueError(f"an OCSP slot key is {FT_OCSP_KEY_LEN} bytes")
+        o = &self.region.ocsp[slot]
+        seq = ft_load_acquire(&o.seq)
+        ft_store_release(&o.seq, seq + 1)
+        ft_fence()
+        memset(o.key, 0, FT_OCSP_KEY_LEN)
+        if key:
+            memcpy(o.key, <const char *>key, FT_OCSP_KEY_LEN)
+        ft_fence()
+        ft_store_release(&o.seq, seq + 2)
+
+    def find_ocsp_slot(self, bytes key not None):
+        """The slot the master keeps for certificate ``key``, or -1 (not yet, or never)."""
+        cdef ft_ocsp *o
+        cdef uint64_t seq
+        cdef int slot, attempt
+        cdef bint same
+        if len(key) != FT_OCSP_KEY_LEN:
+            return -1
+        for slot in range(FT_OCSP_SLOTS):
+            o = &self.region.ocsp[slot]
+            for attempt in range(FT_SEQLOCK_RETRIES):
+                seq = ft_load_acquire(&o.seq)
+                if seq & 1:
+                    continue
+                same = memcmp(o.key, <const char *>key, FT_OCSP_KEY_LEN) == 0
+                ft_fence()
+                if ft_load_acquire(&o.seq) == seq:
+                    if same:
+                        return slot
+                    break
+        return -1
+
     cdef int copy_ocsp(self, int slot, unsigned char *der) noexcept nogil:
         """The response of ``slot`` copied into ``der`` (FT_OCSP_DER_MAX bytes) while it is
         unexpired: its length, else 0 (none, expired, or no consistent read)."""

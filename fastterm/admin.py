@@ -93,6 +93,11 @@ def _prefixed(totals: dict, prefix: str):
     return {k[len(prefix):]: v for k, v in totals.items() if k.startswith(prefix)}
 
 
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def metrics_text(master) -> str:
     totals = master.metrics_totals()
     families: dict[str, tuple[str, str, list[str]]] = {}
@@ -135,8 +140,13 @@ def metrics_text(master) -> str:
     add("fastterm_worker_restarts_total", "counter", "Workers replaced after dying.", None, master.restarts)
     add("fastterm_ticket_key_rotations_total", "counter", "Ticket-key rotations.", None, master.keys.rotations)
     add("fastterm_workers", "gauge", "Worker processes running.", None, len(master.procs))
+    for entry in master.certificate_report():
+        cert, source = _label(entry["certificate"]), _label(entry["source"])
+        add("fastterm_certificate_expiry_seconds", "gauge",
+            "Seconds until the certificate's notAfter (negative: expired), as the workers serve it now.",
+            f'certificate="{cert}",source="{source}"', entry["expires_in"])
     for staple in master.ocsp.report():
-        cert = staple["certificate"].replace("\\", "\\\\").replace('"', '\\"')
+        cert = _label(staple["certificate"])
         add("fastterm_ocsp_status", "gauge", "OCSP status stapled per certificate (good, revoked; error: "
             "nothing valid to staple).", f'certificate="{cert}",status="{staple["status"]}"', 1)
         if staple["age"] is not None:

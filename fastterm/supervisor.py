@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from fastterm import worker as worker_mod
 from fastterm.admin import AdminServer
 from fastterm.certs.ocsp import Stapler
+from fastterm.certs.watch import StapleFollower
 from fastterm.config import ConfigSource
 from fastterm.config.model import Config
 from fastterm.config.plan import Plan, build
@@ -167,6 +168,7 @@ class Master:
         self.stop_deadline = 0.0
         self.selector = selectors.DefaultSelector()
         self.ocsp = Stapler(self.shared, self.selector)
+        self.next_certificate_check = 0.0
         self.signals: list[int] = []
         self.admin: AdminServer | None = None
         self.pid_file = pid_file_of(config)
@@ -210,7 +212,8 @@ class Master:
     def _commit(self, config: Config, plan: Plan) -> None:
         workers = worker_count(config)
         self._bind_all(config, plan, workers)
-        self.ocsp.attach(plan)          # before fork: the contexts learn their OCSP slots
+        self.ocsp.attach(plan.staples)          # before fork: the contexts learn their OCSP slots
+        self.certificates = StapleFollower(config, plan, self.ocsp)
         self.generations_made += 1
         old = self.generation
         self.generation = Generation(self.generations_made, config, plan, workers)
@@ -341,7 +344,8 @@ class Master:
         previous one stays current."""
         failed = self.generation
         self.generation = previous
-        self.ocsp.attach(previous.plan)
+        self.ocsp.attach(previous.plan.staples)
+        self.certificates = StapleFollower(previous.config, previous.plan, self.ocsp)
         self.old_generations.remove(previous.number)
         self.old_generations.append(failed.number)
         self._stop_generation(failed.number, signal.SIGQUIT)
@@ -433,6 +437,7 @@ class Master:
             "worker_restarts": self.restarts,
             "ticket_key_rotations": self.keys.rotations,
             "ocsp": self.ocsp.report(),
+            "certificates": self.certificate_report(),
             "sessions": self.shared.session_stats(),
             "config": self.config_path,
             "config_format": self.source.format,
@@ -538,12 +543,29 @@ class Master:
                 self._reload_due()
                 self._prune_generations()
                 self.keys.tick()
+                self._follow_certificates()
                 self.ocsp.tick()
         finally:
             self._remove_pid_file()
             self._close_admin()
         log.info("master %d exiting", os.getpid())
         return 0
+
+    def _follow_certificates(self) -> None:
+        """What the workers serve after a certificate file changed (certs/watch.py): the
+        Stapler's list, and the expiry /metrics shows."""
+        interval = self.generation.config.certificate_check_interval
+        now = time.monotonic()
+        if interval > 0 and now >= self.next_certificate_check:
+            self.next_certificate_check = now + interval
+            self.certificates.poll()
+
+    def certificate_report(self) -> list[dict]:
+        """Each certificate served now: names, source, seconds to its notAfter."""
+        now = time.time()
+        return [{"certificate": ", ".join(ck.names) or ck.source, "source": ck.source,
+                 "not_after": ck.not_after.isoformat(), "expires_in": round(ck.not_after.timestamp() - now)}
+                for found in self.certificates.certificates for ck in [*found.own, *found.files.values()]]
 
     def _handle_signal(self, sig: int) -> None:
         if sig == signal.SIGCHLD:

@@ -62,7 +62,7 @@ class Serving:
     """A running worker: listeners, redirect servers, the ext Worker, and its stop logic."""
 
     def __init__(self, config: Config, loop, plan: Plan | None = None, sockets=None, redirect_sockets=None,
-                 shared=None):
+                 shared=None, stapler=None):
         from fastterm._core import Listener, Worker
 
         self.config = config
@@ -85,7 +85,7 @@ class Serving:
             self.listeners.append(listener)
         self.certificates = CertWatcher(config, self.plan, {tl.addr: listener for tl, listener
                                                             in zip(self.plan.tls, self.listeners)},
-                                        self.worker, shared)
+                                        self.worker, shared, stapler)
 
     def watch_certificates(self):
         """Poll the certificate files; a changed one serves new handshakes (certs/watch.py)."""
@@ -193,15 +193,13 @@ def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: di
         loop.close()
 
 
-async def staple_alone(plan: Plan, loop) -> None:
+async def staple_alone(plan: Plan, loop) -> Stapler:
     """``run --single``: this process fetches and shares OCSP responses itself, in its own
     loop (certs/ocsp.py); the first fetches may delay serving by STARTUP_WAIT at most."""
     from fastterm._core import SharedState
 
-    if not plan.staples:
-        return
     stapler = Stapler(SharedState(0), LoopSelector(loop))   # no session cache: its OCSP slots only
-    stapler.attach(plan)
+    stapler.attach(plan.staples)
     stapler.tick()
     deadline = loop.time() + STARTUP_WAIT
     while stapler.fetching() and loop.time() < deadline:
@@ -213,6 +211,7 @@ async def staple_alone(plan: Plan, loop) -> None:
         loop.call_later(0.2, tick)
 
     loop.call_later(0.2, tick)
+    return stapler
 
 
 def run(config: Config) -> None:
@@ -225,8 +224,8 @@ def run(config: Config) -> None:
     asyncio.set_event_loop(loop)
 
     async def main():
-        await staple_alone(plan, loop)
-        serving = Serving(config, loop, plan)
+        stapler = await staple_alone(plan, loop)
+        serving = Serving(config, loop, plan, stapler=stapler)
         await serving.start()
         settle_heap()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,6 +17,7 @@
 #define FT_SESSION_DER_MAX 1200
 #define FT_PROBE 8
 #define FT_OCSP_SLOTS 256               /* stapled certificates; 1 MiB */
+#define FT_OCSP_KEY_LEN 32            /* certs/ocsp.py fingerprint(): SHA-256 */
 #define FT_OCSP_DER_MAX 4096          /* a response with its responder's certificate: ~1.5-2.5 KiB */
 #define FT_SEQLOCK_RETRIES 1000       /* a write is a 640-byte memcpy: far fewer reads than this */
 
@@ -56,6 +57,7 @@ typedef struct {
     int64_t expires;                  /* the response's nextUpdate, unix seconds; 0: nothing to staple */
     uint32_t der_len;
     uint32_t pad;
+    unsigned char key[FT_OCSP_KEY_LEN]; /* which certificate (and stapling policy) the slot is for */
     unsigned char der[FT_OCSP_DER_MAX];
 } ft_ocsp;                            /* one certificate's OCSP response, written by the master only */
 

@@ -143,6 +143,11 @@ class StapleSite:
     trusted: list[x509.Certificate]
     timeout: float
     policy: tuple                       # what makes it another staple when changed
+    server: int = -1                    # the server block's index (plan.server_staples)
+
+    @property
+    def key(self) -> bytes:
+        return fingerprint(self.leaf, self.policy)
 
 
 def stapling_sites(context, certificates: list, models: list, tls, where: str) -> list[StapleSite]:
@@ -337,7 +342,10 @@ class Staple:
         return self.leaf.public_bytes(serialization.Encoding.DER)
 
 
-def _fingerprint(leaf: x509.Certificate, policy: tuple) -> bytes:
+def fingerprint(leaf: x509.Certificate, policy: tuple) -> bytes:
+    """A staple's identity: the certificate and what decides how it is stapled. The key of
+    its shared slot (SharedState.set_ocsp_key), by which a worker that loaded the
+    certificate anew finds the slot."""
     return hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER) + repr(policy).encode()).digest()
 
 
@@ -362,19 +370,22 @@ class Stapler:
         self.next_file_check = 0.0
 
     # ---- plans -------------------------------------------------------------------------------
-    def attach(self, plan) -> None:
-        """Give every certificate of ``plan`` its slot and wire its contexts to it (before the
-        plan's workers fork). A certificate already known keeps its slot and response."""
+    def attach(self, sites: list) -> None:
+        """Give every certificate of ``sites`` (a plan's ``staples``) its slot and wire their
+        contexts to it (before the plan's workers fork; a site without a context is one a
+        worker loaded anew and finds by its key). A certificate already known keeps its slot
+        and response."""
         current: dict[bytes, Staple] = {}
-        for site in plan.staples:
-            key = _fingerprint(site.leaf, site.policy)
+        for site in sites:
+            key = site.key
             staple = current.get(key) or self.staples.get(key) or self.retired.pop(key, None)
             if staple is None:
-                staple = self._new_staple(site)
+                staple = self._new_staple(site, key)
                 if staple is None:
                     continue
             current[key] = staple
-            site.context.staple(site.position, staple.slot, self.shared)
+            if site.context is not None:
+                site.context.staple(site.position, staple.slot, self.shared)
         for key, staple in self.staples.items():
             if key not in current:
                 if staple.fetch is not None:
@@ -383,7 +394,7 @@ class Stapler:
                 self.retired[key] = staple
         self.staples = current
 
-    def _new_staple(self, site) -> Staple | None:
+    def _new_staple(self, site, key: bytes) -> Staple | None:
         leaf = site.leaf
         name = ", ".join(site.names) or leaf.subject.rfc4514_string()
         url = site.responder or responder_url(leaf)
@@ -403,6 +414,7 @@ class Stapler:
                         tuple(c.public_bytes(serialization.Encoding.DER) for c in site.trusted), site.timeout,
                         slot=slot)
         self.shared.set_ocsp(slot, None, 0)
+        self.shared.set_ocsp_key(slot, key)
         if issuer is None:
             self._fail(staple, "its issuer certificate is neither in the chain nor in trusted_certificate")
             staple.file_stamp = None if staple.file is None else _stamp(staple.file)
@@ -420,6 +432,7 @@ class Stapler:
             oldest = next(iter(self.retired))
             old = self.retired.pop(oldest)
             self.shared.set_ocsp(old.slot, None, 0)
+            self.shared.set_ocsp_key(old.slot, b"")
             self.free.append(old.slot)
         return self.free.pop(0) if self.free else -1
 

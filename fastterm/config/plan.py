@@ -333,13 +333,16 @@ def server_contexts(config: Config, i: int, addr: tuple[str, int], found: Server
 
 def server_staples(server: Server, i: int, found: ServerCertificates, contexts: dict[str, object]) -> list:
     """What the master staples for (certs/ocsp.py) in server block ``i``'s contexts and
-    Identities; a directory file's ``FILE.ocsp`` beside it counts as its ``ocsp_file``."""
+    Identities (None for each: the master's StapleFollower, which makes none); a directory
+    file's ``FILE.ocsp`` beside it counts as its ``ocsp_file``."""
     own = [c for c in server.certificates if not (c.key is None and is_pem_directory(c.cert))]
     identities = found.identities()
     sites = []
     for key, target in contexts.items():
         models = own if key == "" else [Certificate(cert=key)]
-        sites += stapling_sites(target, identities[key], models, server.tls, _where(server, i))
+        for site in stapling_sites(target, identities[key], models, server.tls, _where(server, i)):
+            site.server = i
+            sites.append(site)
     return sites
 
 

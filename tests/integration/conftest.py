@@ -60,7 +60,8 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
     ``trusted_proxies``; ``limits`` (merged over TEST_LIMITS), ``upstreams`` (full list),
     ``keepalive`` (backend pool size), ``redirect`` (bool), ``https_port_in_redirect``,
     ``redirects`` (the [[redirect]] tables, each on the test's plain-HTTP port), ``workers``
-    (1 by default: one backend pool, one process to watch), ``command_prefix`` (e.g. prlimit),
+    (1 by default: one backend pool, one process to watch), ``single`` (``run --single``: no
+    master), ``command_prefix`` (e.g. prlimit),
     ``admin`` (its address; the pid and token files then go in tmp_path). Every server of ``servers``
     listens on the test port, then on the addresses of its own ``listen``.
     """
@@ -73,7 +74,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
               upstreams: list[dict] | None = None, keepalive: int | None = None,
               redirect: bool = True, https_port_in_redirect: int | None = None,
               redirects: list[dict] | None = None,
-              log_level: str = "info", workers: int = 1, command_prefix: list[str] = (),
+              log_level: str = "info", workers: int = 1, command_prefix: list[str] = (), single: bool = False,
               admin: str | None = None) -> Fastterm:
         n = len(started)
         https_port = free_port()
@@ -115,7 +116,8 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
         config_path = write(f"fastterm{n}.toml", to_toml(config) + "\n")
         output_file = str(tmp_path / f"fastterm{n}.out")
         with open(output_file, "wb") as out:
-            proc = subprocess.Popen([*command_prefix, python, "-m", "fastterm", "run", "-c", config_path],
+            proc = subprocess.Popen([*command_prefix, python, "-m", "fastterm", "run", "-c", config_path,
+                                     *(["--single"] if single else [])],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=subprocess_env, cwd=tmp_path)
         ft = Fastterm(proc, https_port, http_port, ca_file, config["error_log"], output_file,

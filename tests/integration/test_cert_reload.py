@@ -235,3 +235,36 @@ def test_directory_of_1000_certificates_changes_under_load_without_a_failed_requ
     assert failures == []
     # removed: the directory's default now, its first file by name
     assert _serial(ft, names[950]) == added["new0.example.test"]
+
+
+def test_metrics_follow_a_renewal(fastterm, be, renewable, intermediate):
+    """/metrics: the expiry of the certificate served now (the master follows the files too)
+    and each worker's reloads and refusals."""
+    import re
+    import urllib.request
+
+    from harness import free_port
+
+    entry, first = renewable
+    port = free_port()
+    ft = fastterm(be.address, certificates=[entry], workers=2, admin=f"{HOST}:{port}")
+
+    def metrics() -> str:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def expiry() -> float:
+        found = re.search(r'^fastterm_certificate_expiry_seconds\{certificate="www.example.com, example.com",'
+                          r'source="[^"]+"\} (\S+)$', metrics(), re.MULTILINE)
+        return float(found.group(1)) if found else -1
+
+    now = datetime.now(UTC)
+    assert abs(expiry() - (first.cert.not_valid_after_utc - now).total_seconds()) < 60
+    later = issue_cert(intermediate, [NAME, "example.com"], "EC", not_after=now + timedelta(days=30))
+    _replace(entry["key"], later.key_pem)
+    _replace(entry["cert"], later.cert_pem + intermediate.cert_pem)
+    assert wait_for(lambda: abs(expiry() - 30 * 86400) < 60, timeout=10), metrics()
+    assert wait_for(lambda: "fastterm_certificate_reloads_total 2" in metrics(), timeout=10), metrics()
+    _replace(entry["cert"], b"truncated")
+    assert wait_for(lambda: "fastterm_certificate_reload_failures_total 2" in metrics(), timeout=10)
+    assert abs(expiry() - 30 * 86400) < 60    # the one still served

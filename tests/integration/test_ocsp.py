@@ -552,3 +552,31 @@ def test_directory_file_staples_its_ocsp_file(fastterm, write, ocsp_pki, other_l
     assert wait_staple(ft.https_port) == staple, ft.log()
     text = s_client_status(ft.https_port, ft.ca_file)
     assert "Cert Status: good" in text
+
+
+@pytest.mark.parametrize("single", [False, True], ids=["master-workers", "single"])
+def test_renewed_certificate_gets_its_own_staple_without_a_reload(fastterm, write, ocsp_pki, openssl_responder,
+                                                                  single):
+    """certs/watch.py: the workers serve the renewed file, the master (StapleFollower) fetches
+    its response into a new slot, and the workers find that slot by the certificate."""
+    leaf, issuer = ocsp_pki["leaf"], ocsp_pki["issuer"]
+    renewed = with_aia(issuer, ["example.com", "www.example.com"], UNUSED_URL)   # its own subject: the index wants one each
+    responder = openssl_responder([(leaf, "V"), (renewed, "V")])
+    entry = cert_entry(write, leaf, issuer, "ocsp-leaf")
+    ft = fastterm(certificates=[entry], tls={"stapling_responder": responder.url, "stapling_timeout": 2},
+                  workers=1 if single else 2, single=single)
+    first = wait_staple(ft.https_port)
+    assert ocsp.load_der_ocsp_response(first).serial_number == leaf.cert.serial_number, ft.log()
+    for path, data in ((entry["key"], renewed.key_pem), (entry["cert"], renewed.cert_pem + issuer.cert_pem)):
+        with open(path + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(path + ".tmp", path)
+
+    def renewed_staple() -> bool:
+        der = pyopenssl_staple(ft.https_port)   # asserts the staple is for the certificate served
+        return bool(der) and ocsp.load_der_ocsp_response(der).serial_number == renewed.cert.serial_number
+
+    assert wait_for(renewed_staple, timeout=10, step=0.2), ft.log()
+    if not single:   # every worker: each found the master's slot
+        assert all(renewed_staple() for _ in range(10)), ft.log()
+    assert responder.requests == 2

@@ -77,11 +77,6 @@ def refused_url() -> str:
     return f"http://127.0.0.1:{port}/"
 
 
-class Plan:
-    def __init__(self, sites):
-        self.staples = sites
-
-
 def make(p, url, clock):
     leaf, issuer = p["leaf"], p["issuer"]
     ctx = TLSContext()
@@ -91,7 +86,7 @@ def make(p, url, clock):
     shared = SharedState(0)
     selector = selectors.DefaultSelector()
     stapler = Stapler(shared, selector, clock=clock)
-    stapler.attach(Plan([site]))
+    stapler.attach([site])
     return stapler, shared, next(iter(stapler.staples.values()))
 
 
@@ -177,11 +172,11 @@ def test_a_certificate_keeps_its_slot_across_plans(p, responder):
     ctx.add_certificate(p["leaf"].cert_pem + p["issuer"].cert_pem, p["leaf"].key_pem)
     site = StapleSite(ctx, 0, p["leaf"].cert, [p["leaf"].cert, p["issuer"].cert], ("www.example.com",), "test",
                       responder.url, None, True, [], 2.0, (responder.url,))
-    stapler.attach(Plan([site]))
+    stapler.attach([site])
     again = next(iter(stapler.staples.values()))
     assert again is staple and again.slot == staple.slot and shared.ocsp(staple.slot) is not None
     assert responder.requests == 1
-    stapler.attach(Plan([]))                        # retired: slot and response kept for draining workers
+    stapler.attach([])   # retired: slot and response kept for draining workers
     assert stapler.staples == {} and shared.ocsp(staple.slot) is not None
 
 
@@ -194,7 +189,7 @@ def test_no_responder_url_is_one_info_line(p, caplog):
     site = StapleSite(ctx, 0, p["leaf"].cert, [p["leaf"].cert], ("www.example.com",), "test", None, None,
                       True, [], 2.0, ())
     stapler = Stapler(SharedState(0), selectors.DefaultSelector(), clock=clock)
-    stapler.attach(Plan([site]))
+    stapler.attach([site])
     assert stapler.staples == {}
     assert [r.levelname for r in caplog.records] == ["INFO"]
     assert "names no OCSP responder" in caplog.records[0].message
