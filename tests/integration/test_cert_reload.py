@@ -247,7 +247,7 @@ def test_metrics_follow_a_renewal(fastterm, be, renewable, intermediate):
 
     entry, first = renewable
     port = free_port()
-    ft = fastterm(be.address, certificates=[entry], workers=2, admin=f"{HOST}:{port}")
+    fastterm(be.address, certificates=[entry], workers=2, admin=f"{HOST}:{port}")
 
     def metrics() -> str:
         with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as r:
