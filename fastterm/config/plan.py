@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from fastterm.certs.store import load_certificate
-from fastterm.config.model import Config, ProxyRequest, Server
+from fastterm.config.model import Config, ProxyRequest, Route, Server
 from fastterm.config.toml import KeyLines, parse_address
 from fastterm.errors import ConfigError, TLSError
 from fastterm.redirect import RedirectTable
@@ -117,6 +117,99 @@ def _rewrite(proxy: ProxyRequest, upstream: str, server: Server):
                           proxy.keepalive, proxy.real_ip_from, proxy.real_ip_header)
 
 
+# PCRE escapes Python re reads otherwise or not at all: refused by name, never guessed at
+_PCRE_ESCAPES = {
+    "Z": "\\Z (PCRE: the end or before a final newline; Python: the end)",
+    "h": "\\h (horizontal space)", "H": "\\H", "v": "\\v (PCRE: vertical space; Python: a VT)", "V": "\\V",
+    "R": "\\R (a newline sequence)", "K": "\\K (reset the match start)", "Q": "\\Q...\\E quoting",
+    "E": "\\E", "G": "\\G", "p": "\\p{...} (Unicode properties)", "P": "\\P{...}", "X": "\\X",
+    "C": "\\C", "e": "\\e", "c": "\\cX (control characters)", "g": "\\g (backreferences)",
+    "k": "\\k<name> (named backreferences)", "N": "\\N", "o": "\\o{...}",
+}
+
+
+def pcre_to_python(pattern: str) -> str:
+    """A PCRE pattern (nginx's regex locations and server names) as Python re reads it, the
+    same meaning: ``(?<name>`` becomes ``(?P<name>``, ``\\z`` ``\\Z``; ValueError names a
+    construct the two do not share (possessive quantifiers and atomic groups they share)."""
+    out, i, in_class, n = [], 0, False, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            e = pattern[i + 1]
+            if e in _PCRE_ESCAPES:
+                raise ValueError(f"the PCRE escape {_PCRE_ESCAPES[e]}")
+            if e == "x" and pattern.startswith("{", i + 2):
+                raise ValueError("the PCRE escape \\x{...}")
+            out.append("\\Z" if e == "z" else c + e)
+            i += 2
+            continue
+        if in_class:
+            if c == "[" and pattern.startswith((":", "=", "."), i + 1):
+                raise ValueError("POSIX classes ([:alpha:] ...)")
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+            out.append(c)
+            i += 1
+            if pattern.startswith("^", i):
+                out.append("^")
+                i += 1
+            if pattern.startswith("]", i):   # a leading "]" is a member
+                out.append("]")
+                i += 1
+            continue
+        elif c == "{" and pattern.startswith(",", i + 1):
+            raise ValueError("{,n} (PCRE 10.42: literal text; Python: a quantifier)")
+        elif c == "(" and pattern.startswith("*", i + 1):
+            raise ValueError("PCRE verbs (*...)")
+        elif c == "(" and pattern.startswith("?", i + 1):
+            rest = pattern[i + 2:]
+            if rest[:1] == "<" and rest[1:2] not in ("=", "!"):
+                out.append("(?P<")
+                i += 3
+                continue
+            if rest[:1] in ("'", "|", "(", "R", "&", "+") or rest[:1].isdigit() or \
+                    rest[:1] == "-" and rest[1:2].isdigit() or rest[:2] == "P>":
+                raise ValueError(f"the PCRE group (?{rest[:1]}... (named with quotes, branch reset, "
+                                 "conditions, recursion)")
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def location_regex(pattern: str, caseless: bool) -> re.Pattern[bytes]:
+    """nginx's ``location ~ RE`` / ``~* RE`` compiled: searched (unanchored) in the decoded,
+    normalised path as bytes, PCRE without UTF (``\\w`` and caseless ASCII only), as nginx.
+    ValueError says what is refused or why it does not compile."""
+    python = pcre_to_python(pattern)
+    try:
+        return re.compile(python.encode("utf-8"), re.IGNORECASE if caseless else 0)
+    except re.error as exc:
+        raise ValueError(f"the regular expression {pattern!r} does not compile: {exc}") from None
+
+
+def check_route(route: Route) -> None:
+    """ValueError for a route whose matching or target rewrite cannot work."""
+    if route.regex:
+        if route.exact or route.no_regex:
+            raise ValueError("a regex route is neither exact nor no_regex")
+        if route.upstream_path is not None:
+            # nginx: "proxy_pass" cannot have URI part in location given by regular expression
+            raise ValueError("a regex route cannot have an upstream_path (which part would it replace?)")
+        location_regex(route.path, route.regex == "~*")
+    elif not route.path.startswith("/"):
+        raise ValueError(f"route path {route.path!r} must start with '/'")
+    if route.upstream_path is not None and (not route.upstream_path.startswith("/") or
+                                            any(c in route.upstream_path for c in " ?#\r\n\0")
+                                            or not route.upstream_path.isascii()):
+        raise ValueError(f"upstream_path {route.upstream_path!r}: a path from '/', without spaces, "
+                         "'?', '#' or characters past ASCII")
+    if route.client_max_body_size is not None and route.client_max_body_size < 0:
+        raise ValueError("client_max_body_size is 0 (no limit) or more")
+
+
 def _server_policy(server: Server, pools: dict, index: int):
     """What the Host header selects: routes, HSTS, trusted proxies (one per server block),
     and its TLS policy, which a connection must have been negotiated under (else 421)."""
@@ -137,11 +230,25 @@ def _server_policy(server: Server, pools: dict, index: int):
             if any(c in value for c in "\r\n\0") or not _latin1(value):
                 raise ConfigError(f"{value!r}: CR, LF, NUL or a character past Latin-1",
                                   directive=f"{_where(server, index)} route[{j}] redirect")
+        try:
+            check_route(route)
+        except ValueError as exc:
+            raise ConfigError(str(exc), directive=f"{_where(server, index)} route[{j}]") from None
         routes.append((route.path, pools[route.upstream], rewrite, route.slash_redirect,
-                       route.redirect_from, route.redirect_to, route.exact))
-    return ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
-                        server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
-                        server.misdirected_request)
+                       route.redirect_from, route.redirect_to, route.exact, _matching(route, server)))
+    policy = ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
+                          server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
+                          server.misdirected_request)
+    policy.max_body = -1 if server.client_max_body_size is None else server.client_max_body_size
+    return policy
+
+
+def _matching(route: Route, server: Server) -> dict:
+    """What ServerPolicy takes past a route's seventh element: regex, ^~, URI part, body limit."""
+    limit = route.client_max_body_size if route.client_max_body_size is not None else server.client_max_body_size
+    return {"regex": location_regex(route.path, route.regex == "~*") if route.regex else None,
+            "no_regex": route.no_regex, "upstream_path": route.upstream_path,
+            "max_body": -1 if limit is None else limit}
 
 
 def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:

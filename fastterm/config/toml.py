@@ -273,9 +273,12 @@ class _Checker:
                 if route.upstream not in upstream_names:
                     raise self.error(f"unknown upstream {route.upstream!r}", "server", i, "route", j,
                                      "upstream")
-                if not route.path.startswith("/"):
-                    raise self.error(f"route path {route.path!r} must start with '/'", "server", i,
-                                     "route", j, "path")
+                from fastterm.config.plan import check_route
+
+                try:
+                    check_route(route)
+                except ValueError as exc:
+                    raise self.error(str(exc), "server", i, "route", j, "path") from None
                 if route.proxy is not None:
                     from fastterm.config.plan import check_proxy_request
 
