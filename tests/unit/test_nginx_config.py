@@ -883,6 +883,17 @@ def test_convert_round_trip(load, write, text):
     assert load_toml(write("converted/fastterm.toml", toml_text)) == config
 
 
+def test_convert_round_trip_regex_locations_uri_parts_and_body_limits(load, write):
+    text = site(server="    client_max_body_size 1k;\n"
+                       "    location ~* \\.(?<ext>jpg|png)$ { proxy_pass http://notes; client_max_body_size 0; }\n"
+                       "    location ^~ /assets/ { proxy_pass http://notes; }\n"
+                       "    location /v1/ { proxy_pass http://notes/api/v1/; }")
+    config = load(text).config
+    toml_text = dump_config(config)
+    assert 'regex = "~*"' in toml_text and 'upstream_path = "/api/v1/"' in toml_text
+    assert load_toml(write("converted/fastterm.toml", toml_text)) == config
+
+
 def test_convert_round_trip_dhparam_and_header_buffers(load, write, dhparam_pem):
     write("dhparam.pem", dhparam_pem)
     config = load(site(http="ssl_dhparam dhparam.pem;\nlarge_client_header_buffers 4 2k;")).config
