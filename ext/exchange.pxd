@@ -97,9 +97,12 @@ cdef class ServerPolicy:
 
 
 cdef class SiteTable:
-    """One listener's server blocks by name: exact names, then *.suffix, then the default."""
+    """One listener's server blocks by name, nginx's order: exact names, the longest *.suffix,
+    the longest prefix.*, the regexes in order, then the default."""
     cdef dict exact                 # lower-case name (bytes) -> ServerPolicy
     cdef dict wildcard              # ".suffix" (bytes) -> ServerPolicy
+    cdef dict tail                  # "prefix." (bytes) -> ServerPolicy (nginx www.example.*)
+    cdef list regex                 # [(compiled bytes pattern, ServerPolicy)] (nginx server_name ~RE)
     cdef readonly ServerPolicy default
     cdef readonly bint no_host_default  # a request naming no host goes to default, not SNI's (nginx)
     cdef public bint connection_facts   # a route has a RequestRewrite: ClientFacts want the connection's

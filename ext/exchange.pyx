@@ -205,12 +205,16 @@ def _matching(tuple r):
 
 
 cdef class SiteTable:
-    def __init__(self, dict names not None, ServerPolicy default not None, bint no_host_default=False):
-        """``names``: server name -> ServerPolicy (``*.example.com`` for a wildcard).
+    def __init__(self, dict names not None, ServerPolicy default not None, bint no_host_default=False,
+                 regex=()):
+        """``names``: server name -> ServerPolicy (``*.example.com`` and ``www.example.*`` for
+        wildcards); ``regex``: [(compiled bytes pattern, ServerPolicy)], tried in order after them.
         ``no_host_default``: a request that names no host goes to ``default``, not to the
         block SNI chose (nginx; model.Server.no_host)."""
         self.exact = {}
         self.wildcard = {}
+        self.tail = {}
+        self.regex = list(regex)
         self.default = default
         self.no_host_default = no_host_default
         for policy in (*names.values(), default):
@@ -222,6 +226,8 @@ cdef class SiteTable:
             key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
             if key.startswith(b"*."):
                 self.wildcard.setdefault(key[1:], policy)
+            elif key.endswith(b".*"):
+                self.tail.setdefault(key[:len(key) - 1], policy)
             else:
                 self.exact.setdefault(key, policy)
 
@@ -234,6 +240,8 @@ cdef class SiteTable:
             while found is None and dot > 0:
                 found = self.wildcard.get(key[dot:])
                 dot = key.find(b".", dot + 1)
+        if found is None and (self.tail or self.regex):
+            found = _tail_or_regex(key, self.tail, self.regex)
         return self.default if found is None else found
 
     def select(self, str name):

@@ -20,7 +20,10 @@ What maps (nginx -> model):
 - ``server`` with ``listen ... ssl`` -> ``[[server]]``: ``listen`` (``443 ssl``, ``[::]:443 ssl``,
   ``default_server``, ``http2``, ``reuseport``, ``bind``, ``ipv6only=on``: fastterm always binds
   each address with SO_REUSEPORT and IPv6-only sockets), ``http2 on|off``, ``server_name`` (exact,
-  ``*.example.com``, ``.example.com`` = both, ``_``), ``ssl_certificate``/``ssl_certificate_key``
+  ``*.example.com``, ``.example.com`` = both, ``www.example.*``, ``~regex``, ``_``; nginx's order for
+  the Host's block and the SNI certificate alike: exact, the longest ``*.suffix``, the longest
+  ``prefix.*``, the regexes in config order, caseless when the pattern has an upper-case letter;
+  their captures as variables are refused), ``ssl_certificate``/``ssl_certificate_key``
   (several; relative paths against the main file's directory, as nginx's conf prefix),
   ``ssl_protocols`` (TLSv1/TLSv1.1/SSLv3 dropped with a warning: fastterm refuses them),
   ``ssl_ciphers``, ``ssl_prefer_server_ciphers`` (default off, as nginx), ``ssl_conf_command
@@ -104,7 +107,7 @@ What is refused, (c): every other directive nginx knows, among them ``ssl_stapli
 friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
 ``proxy_pass`` with variables or a query in its URI part, ``location @name`` and nested
-locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return`` in TLS servers,
+locations, regex and suffix-wildcard ``server_name`` on a server without ``ssl``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
 upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
@@ -463,12 +466,20 @@ _VARIABLE_ARGS: dict[str, slice] = {
 _DEFINING = {"map": 1, "geo": -1, "split_clients": 1, "set": 0, "perl_set": 0, "js_set": 0}
 
 
+# a named group of a regex location or server name: nginx defines a variable of that name
+_NAMED_GROUP_RE = re.compile(r"\(\?P?<([A-Za-z_][A-Za-z0-9_]*)>|\(\?'([A-Za-z_][A-Za-z0-9_]*)'")
+
+
 def _variables(nodes: list[Node], defined: set[str]) -> None:
     for node in nodes:
         if node.name in _DEFINING and node.args:
             m = _VARIABLE_RE.fullmatch(node.args[_DEFINING[node.name]])
             if m:
                 defined.add(m[1] or m[2])
+        if node.name in ("location", "server_name"):
+            for arg in node.args:
+                if node.name == "location" or arg.startswith("~"):
+                    defined.update(m[1] or m[2] for m in _NAMED_GROUP_RE.finditer(arg))
         if node.block and node.name not in _OPAQUE_BLOCKS:
             _variables(node.block, defined)
 
@@ -976,15 +987,28 @@ class _Builder:
         return server
 
     def server_name(self, node: Node, name: str) -> list[str]:
-        name = name.lower()
+        """nginx's forms: exact, ``*.suffix``, ``.suffix`` (both), ``prefix.*``, ``~regex`` (kept
+        as written: caseless when it has an upper-case letter, as nginx compiles it)."""
         if name.startswith("~"):
-            raise node.unsupported("regular expressions", f"server_name {name}")
+            from fastterm.config.plan import pcre_to_python, server_name_regex
+
+            try:
+                pcre_to_python(name[1:])
+            except ValueError as exc:
+                raise node.unsupported(str(exc), f"server_name {name}") from None
+            try:
+                server_name_regex(name)
+            except ValueError as exc:
+                raise node.error(f'"server_name": {exc}') from None
+            return [name]
+        name = name.lower()
         if "$" in name:
             raise node.unsupported("variables", f"server_name {name}")
         if name.startswith("."):
             return [name[1:], "*" + name]
-        if name.endswith(".*") or ("*" in name and not name.startswith("*.")) or name.count("*") > 1:
-            raise node.unsupported("wildcards other than a leading *.", f"server_name {name}")
+        if "*" in name and not (name.startswith("*.") or name.endswith(".*")) or name.count("*") > 1 or \
+                name in ("*.", ".*"):
+            raise node.error(f'invalid server name or wildcard "{name}"')
         return [name] if name else []
 
     def location(self, node: Node, server: Level) -> _Location:
@@ -1073,6 +1097,10 @@ class _Builder:
             ret = self.redirect_return(server)
             status, location, text = self.return_answer(ret)
             self.unique_names(server, plain)    # nginx's warning; the first server keeps the name
+            for name, node in server.names.items():
+                if name.startswith("~") or name.endswith(".*"):
+                    raise node.unsupported("on a server without \"listen ... ssl\" (its return picks by exact "
+                                           "and *.suffix names)", f"server_name {name}")
             for n in server.level.find_all("add_header"):
                 self.warn(f'{n.where}: "add_header" has no effect on the redirect server at '
                           f"{server.node.where}: fastterm's redirect sends no extra headers")

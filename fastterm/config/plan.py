@@ -190,6 +190,22 @@ def location_regex(pattern: str, caseless: bool) -> re.Pattern[bytes]:
         raise ValueError(f"the regular expression {pattern!r} does not compile: {exc}") from None
 
 
+def server_name_regex(name: str) -> re.Pattern[bytes]:
+    """nginx's ``server_name ~RE``: searched in the lowercase host (and SNI name), caseless
+    when the pattern has an upper-case letter (ngx_http_core_server_name does so)."""
+    return location_regex(name[1:], any("A" <= c <= "Z" for c in name[1:]))
+
+
+def check_server_name(name: str) -> None:
+    """ValueError for a server name that is none of nginx's forms: exact, ``*.suffix``,
+    ``prefix.*`` or ``~regex``."""
+    if name.startswith("~"):
+        server_name_regex(name)
+    elif not name or "*" in name.strip("*") or name.count("*") > 1 or \
+            ("*" in name and not (name.startswith("*.") or name.endswith(".*"))) or name in ("*.", ".*"):
+        raise ValueError(f"server name {name!r}: exact, *.suffix, prefix.* or ~regex")
+
+
 def check_route(route: Route) -> None:
     """ValueError for a route whose matching or target rewrite cannot work."""
     if route.regex:
@@ -356,6 +372,15 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
         plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
                                            up.keepalive_max, up.keepalive_timeout, up.max_conns)
     policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
+    regex_names = {}
+    for i, server in enumerate(config.servers):
+        for name in server.server_names:
+            try:
+                check_server_name(name)
+                if name.startswith("~"):
+                    regex_names[name] = server_name_regex(name)
+            except ValueError as exc:
+                raise ConfigError(str(exc), directive=f"{_where(server, i)} server_names") from None
     certificates = [[load_certificate(c.cert, c.key) for c in server.certificates] for server in config.servers]
     by_listen: dict[tuple[str, int], list[int]] = {}
     for i, server in enumerate(config.servers):
@@ -366,14 +391,20 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
         _check_listener_settings(config, addr, indexes, default, source)
         contexts = {i: _server_context(config.servers[i], i, certificates[i],
                                        _session_scope(addr, config.servers[i], i), shared) for i in indexes}
-        names, sites = {}, {}
+        names, sites, sni_regex, host_regex = {}, {}, [], []
         for i in indexes:
             for name in config.servers[i].server_names:
+                if name.startswith("~"):
+                    pattern = regex_names[name]
+                    sni_regex.append((pattern, contexts[i]))
+                    host_regex.append((pattern, policies[i]))
+                    continue
                 names.setdefault(name.lower(), contexts[i])
                 sites.setdefault(name.lower(), policies[i])
-        contexts[default].set_sni(names)
+        contexts[default].set_sni(names, sni_regex)
         no_host_default = config.servers[default].no_host == "default"
-        plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default], no_host_default)))
+        plan.listeners.append((addr, contexts[default], SiteTable(sites, policies[default], no_host_default,
+                                                                  host_regex)))
     by_address: dict[tuple[str, int], list] = {}
     for redirect in config.redirects:
         for listen in redirect.listen:

@@ -255,6 +255,13 @@ class _Checker:
                 raise self.error("server has no certificate: add a [[server.certificate]]",
                                  "server", i, "certificate")
             listens = [self._address(a, "server", i, "listen") for a in server.listen]
+            for name in server.server_names:
+                from fastterm.config.plan import check_server_name
+
+                try:
+                    check_server_name(name)
+                except ValueError as exc:
+                    raise self.error(str(exc), "server", i, "server_names") from None
             for listen in listens:
                 seen = names_by_listen.setdefault(listen, {})
                 for name in server.server_names:

@@ -191,6 +191,15 @@ SPECIFIC: dict[str, list[Case]] = {
         Request("api.example.com.", "/trailing-dot", sni=API, label="GET Host with a trailing dot"),
         Handshake("deep.a.b.example.com", "default"),
     ],
+    "server_name_regex": [
+        *(Request(host, "/block", sni=sni, label=f"GET Host {host} over SNI {sni}") for host, sni in (
+            ("foo.example.com", API), ("app.example.com", API), ("app.example.org", API), ("app7.x.test", API),
+            ("www.example.com", API), ("www.other.test", API), ("app.b.example.com", API), ("API.EXAMPLE.COM", API),
+            ("thing.upper.test", API), ("nomatch.test", API), ("app.example", API), ("app.example.com.", API),
+            ("api.example.com", "app.b.example.com"), ("foo.example.com:8443", API))),
+        *(Handshake(sni) for sni in ("app7.x.test", "app.example", "THING.UPPER.TEST", "nomatch.test",
+                                      "app.example.com.au", "www.example.com")),
+    ],
     "default_server": [
         Request("nomatch.test", "/x", sni=API, label="GET Host nomatch.test over SNI api.example.com"),
         Request("_", "/underscore-host", sni=None, label="GET Host _ without SNI"),

@@ -153,6 +153,19 @@ def test_bad_routes_are_located(load, route, needle, why):
     assert why in str(err)
 
 
+@pytest.mark.parametrize("names", ['["www.*.com"]', '["~^(a"]', '["~a\\\\Qb"]'])
+def test_bad_server_names_are_located(load, names):
+    text = GOOD.replace('server_names = ["example.com", "www.example.com"]', f"server_names = {names}")
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "server_names ="), "server.server_names")
+
+
+def test_server_name_forms_load(load):
+    text = GOOD.replace('server_names = ["example.com", "www.example.com"]',
+                        'server_names = ["www.example.*", "~^(?<sub>\\\\w+)\\\\.example\\\\.com$", "*.example.org"]')
+    assert load(text).servers[0].server_names == ["www.example.*", r"~^(?<sub>\w+)\.example\.com$", "*.example.org"]
+
+
 def test_regex_route_upstream_path_and_body_limit_load(load):
     text = GOOD.replace('hsts = "max-age=63072000"\n', 'hsts = "max-age=63072000"\nclient_max_body_size = 1024\n') + (
         '\n[[server.route]]\npath = "\\\\.php$"\nregex = "~"\nupstream = "app"\nclient_max_body_size = 0\n'

@@ -197,3 +197,35 @@ def test_routes_plan_refuses(pools, route, why):
     with pytest.raises(ConfigError) as info:
         table(pools, [route])
     assert why in str(info.value)
+
+
+def test_server_names_in_nginx_order(pools):
+    """server_name_regex.conf's blocks: exact, the longest *.suffix, the longest prefix.*, then
+    the regexes in config order; a regex with an upper-case letter is caseless (as nginx)."""
+    def block(name):
+        return plan._server_policy(Server(listen=["443"], certificates=[Certificate(cert="x")], server_names=[name],
+                                          routes=[Route(path="/", upstream="api")]), pools, 0)
+
+    exact, regex, tail, tail_long, head, upper = (block(n) for n in ("exact", "regex", "tail", "tail2", "head", "up"))
+    names = {"api.example.com": exact, "app.example.*": tail, "app.example.co.*": tail_long, "*.b.example.com": head}
+    patterns = [(plan.server_name_regex(r"~^(?<sub>[a-z]+)\.example\.com$"), regex),
+                (plan.server_name_regex(r"~^app\d*\."), regex), (plan.server_name_regex(r"~^www\."), tail),
+                (plan.server_name_regex(r"~UPPER\.test$"), upper)]
+    sites = SiteTable(names, exact, False, patterns)
+    for host, chosen in (("foo.example.com", regex), ("app.example.com", tail), ("app.example.org", tail),
+                         ("app.example.co.uk", tail_long), ("app.example.co", tail), ("app7.x.test", regex),
+                         ("www.example.com", regex), ("www.other.test", tail), ("app.b.example.com", head),
+                         ("API.EXAMPLE.COM", exact), ("thing.upper.test", upper), ("nomatch.test", exact),
+                         ("app.example", regex), ("app.example.com.", tail), ("example", exact)):
+        assert sites.select(host) is chosen, host
+
+
+@pytest.mark.parametrize("name, ok", [("www.example.*", True), ("*.example.com", True), ("~^a", True),
+                                      ("a.*.com", False), ("*", False), ("*.", False), ("w*.example.com", False),
+                                      ("~^(a", False), ("~a\\Rb", False), ("", False)])
+def test_server_name_forms(name, ok):
+    if ok:
+        plan.check_server_name(name)
+    else:
+        with pytest.raises(ValueError):
+            plan.check_server_name(name)

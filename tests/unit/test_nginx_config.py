@@ -318,9 +318,29 @@ def test_server_names(load):
     assert got.server.server_names == ["www.example.com", "*.api.example.com", "example.org", "*.example.org", "_"]
 
 
-def test_regex_server_name_is_not_supported(error):
-    text = site().replace("server_name www.example.com;", r"server_name ~^www\d+\.example\.com$;")
-    assert "is not supported yet" in str(error(text, "server_name"))
+def test_regex_and_suffix_wildcard_server_names_map_as_written(load):
+    text = site().replace("server_name www.example.com;", r"server_name ~^(?<n>WWW\d+)\.example\.com$ www.example.*;")
+    assert load(text).server.server_names == [r"~^(?<n>WWW\d+)\.example\.com$", "www.example.*"]
+
+
+@pytest.mark.parametrize("name, why", [(r"~^www\R", "is not supported yet"), ("~^(www", "does not compile"),
+                                       ("www.*.com", "invalid server name or wildcard"),
+                                       ("*.example.*", "invalid server name or wildcard")])
+def test_bad_server_names(error, name, why):
+    text = site().replace("server_name www.example.com;", f"server_name {name};")
+    assert why in str(error(text, "server_name"))
+
+
+def test_a_regex_capture_in_proxy_set_header_is_not_supported(error):
+    text = site(location="        proxy_set_header X-Sub $sub;").replace(
+        "server_name www.example.com;", r"server_name ~^(?<sub>\w+)\.example\.com$;")
+    err = str(error(text, "X-Sub"))
+    assert "is not supported yet" in err and "$sub" in err
+
+
+def test_regex_server_name_on_a_plain_server_is_not_supported(error):
+    text = site(extra="server {\n    listen 80;\n    server_name ~^www\\.;\n    return 301 https://$host;\n}\n")
+    assert "is not supported yet" in str(error(text, "server_name ~^www"))
 
 
 def test_conflicting_server_name_warns_and_keeps_the_first(load):
