@@ -143,12 +143,13 @@ cdef class ServerPolicy:
         self.misdirected = misdirected
         compiled = [((r[0].encode(), r[1], r[2] if len(r) > 2 else None,
                       r[4].encode("latin-1") if len(r) > 4 else b"",
-                      r[5].encode("latin-1") if len(r) > 5 else b"", *_matching(r)), len(r) > 6 and r[6])
+                      r[5].encode("latin-1") if len(r) > 5 else b"", *_route_options(r)), len(r) > 6 and r[6])
                     for r in routes]
         self.regex_routes = [(r[7]["regex"], c) for r, (c, _) in zip(routes, compiled)
                              if len(r) > 7 and r[7].get("regex") is not None]
-        regex = {id(c) for _, c in self.regex_routes}
-        self.routes = sorted((c for c, exact in compiled if not exact and id(c) not in regex), key=lambda r: -len(r[0]))
+        by_regex = {id(c) for _, c in self.regex_routes}
+        self.routes = sorted((c for c, exact in compiled if not exact and id(c) not in by_regex),
+                             key=lambda r: -len(r[0]))
         self.exact_routes = [c for c, exact in compiled if exact]
         self.max_body = -1
         self.rewrites_path = any(c[5] is not None for c, _ in compiled)
@@ -195,7 +196,7 @@ cdef class ServerPolicy:
         return any(addr in net for net in self.trusted)
 
 
-def _matching(tuple r):
+def _route_options(tuple r):
     """A route's eighth element (fastterm/config/plan.py _matching) -> the compiled tuple's
     tail: (upstream_path bytes or None, max_body, no_regex)."""
     options = r[7] if len(r) > 7 else {}
@@ -221,6 +222,7 @@ cdef class SiteTable:
             # a RequestRewrite's variables and a slash redirect's port read the connection
             self.connection_facts |= any(r[2] is not None for r in (<ServerPolicy>policy).routes) or \
                 any(r[2] is not None for r in (<ServerPolicy>policy).exact_routes) or \
+                any(r[2] is not None for _, r in (<ServerPolicy>policy).regex_routes) or \
                 bool((<ServerPolicy>policy).slash_redirects)
         for name, policy in names.items():
             key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
@@ -946,7 +948,8 @@ cdef bytes _upstream_target(bytes upstream_path, Py_ssize_t loc_len, const char 
                             const char *target, int target_len):
     """nginx's proxy_pass with a URI part (ngx_http_proxy_create_request): the URI part, then
     what follows the location's name in the normalised path, escaped as ngx_escape_uri's
-    NGX_ESCAPE_URI when the client's path had a %-escape (else as it is), then ?args."""
+    NGX_ESCAPE_URI (controls, space, non-ASCII and "#%<>?\\^`{|}) when the client's path had a
+    %-escape (else as it is), then ?args."""
     cdef int i = 0, q = 0
     cdef bint quoted = False
     cdef unsigned char c
@@ -957,7 +960,7 @@ cdef bytes _upstream_target(bytes upstream_path, Py_ssize_t loc_len, const char 
         q += 1
     for i in range(<int>loc_len, path_len):
         c = <unsigned char>path[i]
-        if quoted and (c <= 0x20 or c >= 0x7f or c == b'#' or c == b'%' or c == b'?'):
+        if quoted and (c <= 0x20 or c >= 0x7f or memchr(b'"#%<>?\\^`{|}', c, 12) != NULL):
             out += b"%%%02X" % c
         else:
             out.append(c)

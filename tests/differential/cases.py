@@ -323,6 +323,7 @@ SPECIFIC: dict[str, list[Case]] = {
         Request(API, "/v1//double/./x/"),
         Request(API, "/v1/x?"),
         Request(API, "/v1/ctl%01%7F%FF"),
+        Request(API, "/v1/%22%3C%3E%7B%7D%7C%5C%5E%60%27%3B%3D%26%2C%40%21%24%2A%28%29%5B%5D"),
         Request(API, "/root/a%20b/../c"),
         Request(API, "/root/plain"),
         Request(API, "/exact%20x"),

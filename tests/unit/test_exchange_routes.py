@@ -96,6 +96,8 @@ def test_slash_redirect_wins_over_regexes(pools):
     ("/v1/a%2Fb%3Fc%23d%25e", "/api/v1/a/b%3Fc%23d%25e"),    # %2F decoded stays "/"
     ("/v1/%7Euser/%41%2b", "/api/v1/~user/A+"),             # unreserved characters unescaped
     ("/v1/ctl%01%7F%FF", "/api/v1/ctl%01%7F%FF"),
+    ("/v1/%22%3C%3E%7B%7D%7C%5C%5E%60%27%3B%3D%26%2C%40%21%24%2A%28%29%5B%5D",
+     "/api/v1/%22%3C%3E%7B%7D%7C%5C%5E%60';=&,@!$*()[]"),  # nginx 1.22's NGX_ESCAPE_URI table
     ("/v1/a.b%20c", "/api/v1/a.b%20c"),
     ('/v1/a"b<c>', '/api/v1/a"b<c>'),                        # no %-escape: the path as it came
     ("/v1/x/../y/./z", "/api/v1/y/z"),                      # ... normalised
@@ -229,3 +231,13 @@ def test_server_name_forms(name, ok):
     else:
         with pytest.raises(ValueError):
             plan.check_server_name(name)
+
+
+def test_a_regex_route_with_a_rewrite_asks_for_the_connections_facts(pools):
+    """$server_port and friends read the connection: a server whose only proxying route is a
+    regex one must have them set."""
+    from fastterm.config.model import ProxyHeader, ProxyRequest
+
+    proxy = ProxyRequest(headers=[ProxyHeader(name="X-Port", value="$server_port")])
+    assert table(pools, [Route(path=r"^/", upstream="api", regex="~", proxy=proxy)]).connection_facts
+    assert not table(pools, [Route(path=r"^/", upstream="api", regex="~")]).connection_facts
