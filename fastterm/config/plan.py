@@ -128,6 +128,9 @@ _PCRE_ESCAPES = {
 }
 
 
+_INLINE_FLAGS = re.compile(r"([A-Za-z-]+)([:)])")   # after "(?": (?i) or (?i:...)
+
+
 def pcre_to_python(pattern: str) -> str:
     """A PCRE pattern (nginx's regex locations and server names) as Python re reads it, the
     same meaning: ``(?<name>`` becomes ``(?P<name>``, ``\\z`` ``\\Z``; ValueError names a
@@ -174,6 +177,10 @@ def pcre_to_python(pattern: str) -> str:
                     rest[:1] == "-" and rest[1:2].isdigit() or rest[:2] == "P>":
                 raise ValueError(f"the PCRE group (?{rest[:1]}... (named with quotes, branch reset, "
                                  "conditions, recursion)")
+            flags = _INLINE_FLAGS.match(rest)
+            if flags and (set(flags[1]) - set("imsx-") or flags[2] == ")" and (i > 0 or "-" in flags[1])):
+                raise ValueError(f"the inline flags (?{flags[1]}{flags[2]} (PCRE: imsx anywhere, to the group's "
+                                 "end; Python: global ones only at the start, no unsetting)")
         out.append(c)
         i += 1
     return "".join(out)

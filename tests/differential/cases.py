@@ -275,7 +275,7 @@ SPECIFIC: dict[str, list[Case]] = {
             "/x.php", "/static/a.php", "/static/deep/a.php", "/assets/a.php", "/assets/IMG.PNG", "/IMG.PnG",
             "/img.PHP", "/health", "/health.php", "/a%2Ephp", "/x.php/../y.png", "/x.php?y.png", "/x.ph%70?q",
             "/static/a.css", "/static//deep/x", "/other", "/v2/items/42", "/v2/items/4", "/v10/items/123?x",
-            "/V2/items/42", "/static", "/static/%2e%2e/b.JPG", "/a.php%0A")),
+            "/V2/items/42", "/static", "/static/%2e%2e/b.JPG", "/a.php%0A", "/CaseLess/abab", "/caseless/abc")),
         Request(API, "/x.php", client="httpx-h2", label="GET /x.php over HTTP/2 (regex)"),
     ],
     "locations_exact": [

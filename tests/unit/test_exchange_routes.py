@@ -172,7 +172,8 @@ def test_the_routes_limit_is_what_a_chunked_body_is_counted_against(pools):
 
 @pytest.mark.parametrize("pattern, python", [
     (r"^/(?<id>\d+)$", r"^/(?P<id>\d+)$"), (r"a\z", r"a\Z"), (r"(?<=x)y(?<!z)", r"(?<=x)y(?<!z)"),
-    (r"[]a]+", r"[]a]+"), (r"[\]\\]", r"[\]\\]"), (r"a++b(?>c)", r"a++b(?>c)")])
+    (r"[]a]+", r"[]a]+"), (r"[\]\\]", r"[\]\\]"), (r"a++b(?>c)", r"a++b(?>c)"), ("(?i)^/a", "(?i)^/a"),
+    ("(?s-i:a.)b", "(?s-i:a.)b")])
 def test_pcre_patterns_python_reads_the_same(pattern, python):
     assert plan.pcre_to_python(pattern) == python
     plan.location_regex(pattern, False)

@@ -418,7 +418,8 @@ def test_regex_and_no_regex_locations_map_in_order(load):
 @pytest.mark.parametrize("pattern, construct", [
     ("\\.php\\Z", "\\Z"), ("[[:alpha:]]+", "POSIX classes"), ("(?|a|b)", "branch reset"),
     ("a\\hb", "\\h"), ("x\\vy", "\\v"), ("(*UCP)a", "PCRE verbs"), ("a{,3}", "{,n}"),
-    ("\\p{L}", "\\p"), ("(?R)", "recursion"), ("\\x{41}", "\\x{")])
+    ("\\p{L}", "\\p"), ("(?R)", "recursion"), ("\\x{41}", "\\x{"), ("^/a(?i)b", "inline flags"),
+    ("(?U)a+", "inline flags")])
 def test_pcre_constructs_python_reads_otherwise_are_refused_by_name(error, pattern, construct):
     text = site(server=f'    location ~ "{pattern}" {{ proxy_pass http://notes; }}')
     err = str(error(text, f'location ~ "{pattern}"'))
