@@ -990,14 +990,14 @@ class _Builder:
         """nginx's forms: exact, ``*.suffix``, ``.suffix`` (both), ``prefix.*``, ``~regex`` (kept
         as written: caseless when it has an upper-case letter, as nginx compiles it)."""
         if name.startswith("~"):
-            from fastterm.config.plan import pcre_to_python, server_name_regex
+            from fastterm.config.plan import check_server_name, pcre_to_python
 
             try:
                 pcre_to_python(name[1:])
             except ValueError as exc:
                 raise node.unsupported(str(exc), f"server_name {name}") from None
             try:
-                server_name_regex(name)
+                check_server_name(name)
             except ValueError as exc:
                 raise node.error(f'"server_name": {exc}') from None
             return [name]

@@ -207,6 +207,8 @@ def check_server_name(name: str) -> None:
     """ValueError for a server name that is none of nginx's forms: exact, ``*.suffix``,
     ``prefix.*`` or ``~regex``."""
     if name.startswith("~"):
+        if not name.isascii():
+            raise ValueError(f"server name {name!r}: a regex in ASCII (host names are)")
         server_name_regex(name)
     elif not name or "*" in name.strip("*") or name.count("*") > 1 or \
             ("*" in name and not (name.startswith("*.") or name.endswith(".*"))) or name in ("*.", ".*"):

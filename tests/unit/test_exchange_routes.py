@@ -225,7 +225,7 @@ def test_server_names_in_nginx_order(pools):
 
 @pytest.mark.parametrize("name, ok", [("www.example.*", True), ("*.example.com", True), ("~^a", True),
                                       ("a.*.com", False), ("*", False), ("*.", False), ("w*.example.com", False),
-                                      ("~^(a", False), ("~a\\Rb", False), ("", False)])
+                                      ("~^(a", False), ("~a\\Rb", False), ("", False), ("~^é", False)])
 def test_server_name_forms(name, ok):
     if ok:
         plan.check_server_name(name)
