@@ -123,7 +123,9 @@ class Server(Struct):
 
     listen: list[str]
     certificates: list[Certificate] = msgspec.field(name="certificate")
-    server_names: list[str] = msgspec.field(default_factory=list)
+    server_names: list[str] = msgspec.field(default_factory=list)  # exact, "*.example.com", "www.example.*"
+    # or "~REGEX"; a Host and an SNI name choose in nginx's order: exact, the longest *.suffix, the
+    # longest prefix.*, the regexes in order (caseless when it has an upper-case letter)
     default_server: bool = False
     tls: TLSPolicy = msgspec.field(default_factory=TLSPolicy)
     hsts: str | None = None  # value of Strict-Transport-Security, added to every response
