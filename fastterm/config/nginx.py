@@ -1182,7 +1182,8 @@ class _Builder:
         for loc in s.locations:
             if not loc.regex and (loc.exact, loc.path) in seen:
                 raise loc.node.error(f'duplicate location "{loc.path}"')
-            seen[(loc.exact, loc.path)] = loc
+            if not loc.regex:
+                seen[(loc.exact, loc.path)] = loc
             proxy = loc.level.own("proxy_pass")
             if not proxy:
                 raise loc.node.unsupported('a location without "proxy_pass": ' + _FILES, "location")

@@ -426,6 +426,11 @@ def test_pcre_constructs_python_reads_otherwise_are_refused_by_name(error, patte
     assert "is not supported yet" in err and construct in err
 
 
+def test_a_regex_location_is_no_duplicate_of_a_prefix_with_its_text(load):
+    got = load(site(server="    location ~ /a { proxy_pass http://notes; }\n    location /a { proxy_pass http://notes; }"))
+    assert [(r.path, r.regex) for r in got.server.routes] == [("/a", "~"), ("/a", ""), ("/", "")]
+
+
 def test_a_regex_that_does_not_compile_is_an_error(error):
     text = site(server="    location ~ ^/(a { proxy_pass http://notes; }")
     err = str(error(text, "location ~ ^/(a"))
