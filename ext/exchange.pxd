@@ -79,22 +79,30 @@ cdef class RequestRewrite:
 cdef class ServerPolicy:
     cdef readonly str name
     cdef bytes hsts_line
-    cdef list routes                # [(prefix bytes, UpstreamPool)], longest first
+    cdef list routes                # [(prefix bytes, UpstreamPool, RequestRewrite, redirect_from, redirect_to,
+    #                                 upstream_path, max_body, no_regex)], longest first
     cdef list slash_redirects       # prefixes without their "/" that redirect to it (nginx), or []
     cdef list exact_routes          # [route tuple] matched by the whole path only (nginx location =)
+    cdef list regex_routes          # [(compiled bytes pattern, route tuple)] in config order (nginx location ~)
+    cdef bint rewrites_path         # a route has an upstream_path (its target wants the route's length)
+    cdef public long long max_body  # client_max_body_size of the block for routes that set none; -1: limits'
     cdef object trusted             # tuple of ip networks
     cdef bytes tls_policy           # its [server.tls], encoded: blocks that share it share connections
     cdef bint misdirected           # 421 for it on a connection under another tls_policy (not nginx)
     cdef readonly bytes hsts        # the Strict-Transport-Security value, or b""
     cdef tuple route(self, const char *path, int n)    # (prefix, UpstreamPool, RequestRewrite or None)
     cdef tuple exact(self, const char *path, int n)
+    cdef tuple regex(self, const char *path, int n)
     cdef bint is_trusted(self, str ip)
 
 
 cdef class SiteTable:
-    """One listener's server blocks by name: exact names, then *.suffix, then the default."""
+    """One listener's server blocks by name, nginx's order: exact names, the longest *.suffix,
+    the longest prefix.*, the regexes in order, then the default."""
     cdef dict exact                 # lower-case name (bytes) -> ServerPolicy
     cdef dict wildcard              # ".suffix" (bytes) -> ServerPolicy
+    cdef dict tail                  # "prefix." (bytes) -> ServerPolicy (nginx www.example.*)
+    cdef list regex                 # [(compiled bytes pattern, ServerPolicy)] (nginx server_name ~RE)
     cdef readonly ServerPolicy default
     cdef readonly bint no_host_default  # a request naming no host goes to default, not SNI's (nginx)
     cdef public bint connection_facts   # a route has a RequestRewrite: ClientFacts want the connection's
@@ -155,6 +163,9 @@ cdef class Exchange:
     cdef bytes redirect_from        # the route's proxy_redirect: a Location starting with it ...
     cdef bytes redirect_to          # ... gets this instead (nginx; None: passed as it is)
     cdef bytes host_name            # $host for it: ClientFacts.last_host, or None (the server's name)
+    cdef readonly long long max_body  # the answering route's client_max_body_size, 0: none (codecs count chunks)
+    cdef bytes upstream_target      # the route's upstream_path applied (nginx proxy_pass URI), or None
+    cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head)
 
     cdef void reset(self)
     cdef int advance(self, int event) except -1

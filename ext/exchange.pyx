@@ -131,7 +131,11 @@ cdef class ServerPolicy:
         a fourth element True: the prefix without its trailing "/" is redirected to it (nginx);
         a fifth and sixth: a backend Location starting with the fifth gets the sixth instead
         (nginx proxy_redirect; "" none), made absolute when it starts with "/"; a seventh True:
-        the path matches only itself (nginx location =), before any prefix.
+        the path matches only itself (nginx location =), before any prefix; an eighth, a dict
+        (fastterm/config/plan.py _matching): ``regex`` (a compiled bytes pattern: tried in order
+        after the longest prefix unless that one has ``no_regex``), ``upstream_path`` (replaces
+        the matched prefix upstream) and ``max_body`` (-1: the server's ``max_body``, then the
+        limits').
         ``misdirected``: a request for this block on a connection negotiated under another
         block's TLS policy is answered 421 (model.Server.misdirected_request)."""
         self.name = name
@@ -139,9 +143,16 @@ cdef class ServerPolicy:
         self.misdirected = misdirected
         compiled = [((r[0].encode(), r[1], r[2] if len(r) > 2 else None,
                       r[4].encode("latin-1") if len(r) > 4 else b"",
-                      r[5].encode("latin-1") if len(r) > 5 else b""), len(r) > 6 and r[6]) for r in routes]
-        self.routes = sorted((c for c, exact in compiled if not exact), key=lambda r: -len(r[0]))
+                      r[5].encode("latin-1") if len(r) > 5 else b"", *_route_options(r)), len(r) > 6 and r[6])
+                    for r in routes]
+        self.regex_routes = [(r[7]["regex"], c) for r, (c, _) in zip(routes, compiled)
+                             if len(r) > 7 and r[7].get("regex") is not None]
+        by_regex = {id(c) for _, c in self.regex_routes}
+        self.routes = sorted((c for c, exact in compiled if not exact and id(c) not in by_regex),
+                             key=lambda r: -len(r[0]))
         self.exact_routes = [c for c, exact in compiled if exact]
+        self.max_body = -1
+        self.rewrites_path = any(c[5] is not None for c, _ in compiled)
         self.slash_redirects = [r[0].encode()[:len(r[0].encode()) - 1] for r in routes
                                 if len(r) > 3 and r[3] and len(r[0]) > 1 and r[0].endswith("/")]
         self.hsts = hsts.encode("latin-1") if hsts else b""
@@ -155,6 +166,14 @@ cdef class ServerPolicy:
             prefix = <bytes>r[0]
             if PyBytes_GET_SIZE(prefix) <= n and memcmp(path, PyBytes_AS_STRING(prefix),
                                                         PyBytes_GET_SIZE(prefix)) == 0:
+                return r
+        return None
+
+    cdef tuple regex(self, const char *path, int n):
+        """The first regex route whose pattern is found in the normalised path (nginx)."""
+        cdef bytes subject = PyBytes_FromStringAndSize(path, n)
+        for pattern, r in self.regex_routes:
+            if pattern.search(subject) is not None:
                 return r
         return None
 
@@ -177,24 +196,40 @@ cdef class ServerPolicy:
         return any(addr in net for net in self.trusted)
 
 
+def _route_options(tuple r):
+    """A route's eighth element (fastterm/config/plan.py _matching) -> the compiled tuple's
+    tail: (upstream_path bytes or None, max_body, no_regex)."""
+    options = r[7] if len(r) > 7 else {}
+    upstream_path = options.get("upstream_path")
+    return (upstream_path.encode("ascii") if upstream_path is not None else None,
+            options.get("max_body", -1), bool(options.get("no_regex", False)))
+
+
 cdef class SiteTable:
-    def __init__(self, dict names not None, ServerPolicy default not None, bint no_host_default=False):
-        """``names``: server name -> ServerPolicy (``*.example.com`` for a wildcard).
+    def __init__(self, dict names not None, ServerPolicy default not None, bint no_host_default=False,
+                 regex=()):
+        """``names``: server name -> ServerPolicy (``*.example.com`` and ``www.example.*`` for
+        wildcards); ``regex``: [(compiled bytes pattern, ServerPolicy)], tried in order after them.
         ``no_host_default``: a request that names no host goes to ``default``, not to the
         block SNI chose (nginx; model.Server.no_host)."""
         self.exact = {}
         self.wildcard = {}
+        self.tail = {}
+        self.regex = list(regex)
         self.default = default
         self.no_host_default = no_host_default
         for policy in (*names.values(), default):
             # a RequestRewrite's variables and a slash redirect's port read the connection
             self.connection_facts |= any(r[2] is not None for r in (<ServerPolicy>policy).routes) or \
                 any(r[2] is not None for r in (<ServerPolicy>policy).exact_routes) or \
+                any(r[2] is not None for _, r in (<ServerPolicy>policy).regex_routes) or \
                 bool((<ServerPolicy>policy).slash_redirects)
         for name, policy in names.items():
             key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
             if key.startswith(b"*."):
                 self.wildcard.setdefault(key[1:], policy)
+            elif key.endswith(b".*"):
+                self.tail.setdefault(key[:len(key) - 1], policy)
             else:
                 self.exact.setdefault(key, policy)
 
@@ -207,6 +242,8 @@ cdef class SiteTable:
             while found is None and dot > 0:
                 found = self.wildcard.get(key[dot:])
                 dot = key.find(b".", dot + 1)
+        if found is None and (self.tail or self.regex):
+            found = _tail_or_regex(key, self.tail, self.regex)
         return self.default if found is None else found
 
     def select(self, str name):
@@ -300,6 +337,7 @@ cdef class Exchange:
         self.failure = None
         self.location = None
         self.redirect_from = self.redirect_to = self.host_name = None
+        self.upstream_target = None
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
@@ -331,8 +369,8 @@ cdef class Exchange:
         self.http10 = head.version == 10
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
         self.client_close = (head.conn_close or self.http10) and not self.facts.http2
-        if limits.max_body and head.content_length > limits.max_body:
-            return self.reject(413)
+        self.max_body = limits.max_body
+        self.upstream_target = None
         if target[0] != b'/':
             if target[0] == b'*' and target_len == 1:
                 target, target_len = b"/", 1
@@ -380,7 +418,7 @@ cdef class Exchange:
         else:
             path_at = target
             route_len = -1
-            if server.exact_routes or server.slash_redirects:
+            if server.exact_routes or server.slash_redirects or server.regex_routes or server.rewrites_path:
                 route_len = 0
                 while route_len < target_len and target[route_len] != b'?':
                     route_len += 1
@@ -389,6 +427,7 @@ cdef class Exchange:
         exact = route is not None
         if not exact:
             route = server.route(path_at, route_len) if path_at == scratch else server.route(target, target_len)
+        slash = None
         if server.slash_redirects and not exact and \
                 (route is None or PyBytes_GET_SIZE(<bytes>route[0]) < route_len):
             # nginx (auto_redirect): a location /dir/ that proxies answers exactly /dir, which
@@ -396,12 +435,22 @@ cdef class Exchange:
             for prefix in server.slash_redirects:
                 if PyBytes_GET_SIZE(<bytes>prefix) == route_len and \
                         memcmp(PyBytes_AS_STRING(<bytes>prefix), path_at, route_len) == 0:
-                    self._slash_location(<bytes>prefix, route, target, target_len, p, head, slots,
-                                         abs_host, abs_host_len)
-                    self.body_mode = request_body_mode(head)   # none: the connection may go on
-                    return self.reject(301)
+                    slash = <bytes>prefix
+                    break
+        if slash is None and not exact and server.regex_routes and (route is None or not route[7]):
+            # nginx: regex locations in config order, unless the longest prefix is ^~
+            route = server.regex(path_at, route_len) or route
+        if self._over_limit(server, route, slash, head):
+            return self.reject(413)   # nginx checks the location's limit before its auto redirect
+        if slash is not None:
+            self._slash_location(slash, route, target, target_len, p, head, slots, abs_host, abs_host_len)
+            self.body_mode = request_body_mode(head)   # none: the connection may go on
+            return self.reject(301)
         if route is None:
             return self.reject(404)
+        if route[5] is not None:
+            self.upstream_target = _upstream_target(<bytes>route[5], PyBytes_GET_SIZE(<bytes>route[0]),
+                                                    path_at, route_len, target, target_len)
         pool = <UpstreamPool>route[1]
         self.pool = pool
         self.body_mode = request_body_mode(head)
@@ -432,7 +481,10 @@ cdef class Exchange:
         # request; its response is de-chunked if need be and its connection closed.
         out.len = 0
         out.put(p, head.target_start)
-        out.put(target, target_len)
+        if self.upstream_target is not None:
+            out.put_bytes(self.upstream_target)
+        else:
+            out.put(target, target_len)
         out.put(b" HTTP/1.1\r\n", 11)
         if abs_host != NULL:
             # RFC 9112 §3.2.2: a proxy sends the absolute-form target's host as Host, not the client's
@@ -465,6 +517,26 @@ cdef class Exchange:
         out.put(b"\r\n\r\n", 4)
         self.advance(E_REQUEST_OK)
         return 0
+
+    cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head):
+        """Whether a Content-Length is past the limit of the route that answers (nginx's
+        client_max_body_size of the location, else the server's, else the global one); the
+        limit stays in ``max_body`` for a chunked body (the codec counts it as it grows)."""
+        cdef long long limit = -1
+        cdef tuple r
+        if slash is not None:
+            for r in server.routes:   # the /dir/ location answers the redirect
+                if PyBytes_GET_SIZE(<bytes>r[0]) == PyBytes_GET_SIZE(slash) + 1 and \
+                        memcmp(PyBytes_AS_STRING(<bytes>r[0]), PyBytes_AS_STRING(slash), PyBytes_GET_SIZE(slash)) == 0:
+                    limit = r[6]
+                    break
+        elif route is not None:
+            limit = route[6]
+        if limit < 0:
+            limit = server.max_body
+        if limit >= 0:
+            self.max_body = limit
+        return self.max_body > 0 and head.content_length > self.max_body
 
     cdef int _slash_location(self, bytes prefix, tuple route, const char *target, int target_len,
                              const char *p, MessageHead *head, HeaderSlot *slots, const char *host,
@@ -514,7 +586,10 @@ cdef class Exchange:
             _real_ip(self, p, head, slots, rw.real_ip_header)
         out.len = 0
         out.put(p, head.target_start)   # the method and its space
-        out.put(target, target_len)
+        if self.upstream_target is not None:
+            out.put_bytes(self.upstream_target)   # $request_uri below stays the client's
+        else:
+            out.put(target, target_len)
         out.put_bytes(rw.version_line)
         for i in range(rw.nheaders):
             t = &rw.headers[i]
@@ -867,6 +942,31 @@ cdef int _origin_form(const char *t, int n) noexcept:
     if i >= n or t[i] != b'/':
         return -1
     return i
+
+
+cdef bytes _upstream_target(bytes upstream_path, Py_ssize_t loc_len, const char *path, int path_len,
+                            const char *target, int target_len):
+    """nginx's proxy_pass with a URI part (ngx_http_proxy_create_request): the URI part, then
+    what follows the location's name in the normalised path, escaped as ngx_escape_uri's
+    NGX_ESCAPE_URI (controls, space, non-ASCII and "#%<>?\\^`{|}) when the client's path had a
+    %-escape (else as it is), then ?args."""
+    cdef int i = 0, q = 0
+    cdef bint quoted = False
+    cdef unsigned char c
+    out = bytearray(upstream_path)
+    while q < target_len and target[q] != b'?':
+        if target[q] == b'%':
+            quoted = True
+        q += 1
+    for i in range(<int>loc_len, path_len):
+        c = <unsigned char>path[i]
+        if quoted and (c <= 0x20 or c >= 0x7f or memchr(b'"#%<>?\\^`{|}', c, 12) != NULL):
+            out += b"%%%02X" % c
+        else:
+            out.append(c)
+    if target_len - q > 1:
+        out += PyBytes_FromStringAndSize(target + q, target_len - q)
+    return bytes(out)
 
 
 cdef bint _needs_normalizing(const char *t, int n) noexcept:

@@ -223,9 +223,11 @@ cdef class H1Session(Codec):
     cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n):
         cdef Worker w = self.worker
         cdef Py_ssize_t k
+        cdef long long limit
         self.stream.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
         k = framer_feed(&self.req_body, p, n)
-        if k < 0 or (w.client_max_body_size and self.req_body.total > w.client_max_body_size):
+        limit = self.stream.exchange.max_body   # the answering location's (nginx), else the global one
+        if k < 0 or (limit and self.req_body.total > limit):
             # Malformed chunked body (400) or one past client_max_body_size (413, as nginx
             # answers a chunked body that grows over the limit). When it came with its
             # head, the backend never hears of this request.

@@ -486,6 +486,8 @@ cdef class H2Stream(Stream):
         status = parse_head(raw, len(raw), True, &head, w.slots, w.max_header_fields)
         if status == 0:
             status = ex.request(raw, &head, w.slots, w.writer, &w.request_limits, w.pathbuf)
+        if status == 0 and ex.max_body and self.body_total > ex.max_body:
+            status = 413   # the body that came with the head is already past the route's limit
         if status:
             self.answer_error(status)
             return
@@ -498,6 +500,7 @@ cdef class H2Stream(Stream):
 
     cdef void request_data(self, const uint8_t *data, size_t n):
         cdef Worker w = self.worker
+        cdef long long limit
         if self.responded and (self.exchange is None or self.exchange.state != X_FORWARDING):
             nghttp2_session_consume(self.session.ng, self.id, n)   # answered already: discard
             return
@@ -505,7 +508,10 @@ cdef class H2Stream(Stream):
         if self.body is None:
             self.body = bytearray()
         bytearray_extend(self.body, <const char *>data, n)
-        if w.client_max_body_size and self.body_total + n > w.client_max_body_size:
+        # the answering location's limit (nginx); before the head is routed (data of the same
+        # read, bounded by the stream's window) forward() checks what came
+        limit = self.exchange.max_body if self.exchange is not None else 0
+        if limit and self.body_total + <long long>n > limit:
             self.body = None
             if self.exchange is None or self.exchange.state == X_FORWARDING:
                 self.answer_error(413)

@@ -26,6 +26,8 @@ cdef class TLSContext:
     cdef readonly bint verify       # client mode: peer certificate and name checked
     cdef bytes alpn_wire            # our ALPN list in wire format, preference order
     cdef dict sni                   # lowercased name or "*.suffix" -> TLSContext or Identity
+    cdef dict sni_tail              # b"prefix." -> TLSContext or Identity (nginx server_name www.example.*)
+    cdef list sni_regex             # [(compiled bytes pattern, TLSContext or Identity)] in order (server_name ~RE)
     cdef readonly list key_types    # "RSA", "EC", ... one per certificate added
     cdef SharedState shared         # the workers' session cache and ticket keys, or None
     # What SSL_new copies from the SSL_CTX, re-applied when SNI moves a connection here.

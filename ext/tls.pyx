@@ -75,6 +75,22 @@ cdef bint _client_hello_name(SSL *ssl, const unsigned char **name, size_t *name_
     return True
 
 
+cdef object _tail_or_regex(bytes key, dict tail, list regex):
+    """nginx's server_name after the exact and *.suffix names (ngx_http_find_virtual_server):
+    the longest "prefix.*" (one label at least after its dot), then the first regex found in
+    the name; None when neither matches. Host (ext/exchange.pyx SiteTable) and SNI alike."""
+    cdef Py_ssize_t dot = key.rfind(b".", 0, len(key) - 1) if len(key) > 1 else -1
+    while dot > 0 and tail:
+        found = tail.get(key[:dot + 1])
+        if found is not None:
+            return found
+        dot = key.rfind(b".", 0, dot)
+    for pattern, value in regex:
+        if pattern.search(key) is not None:
+            return value
+    return None
+
+
 cdef int _client_hello_cb(SSL *ssl, int *alert, void *arg) noexcept:
     """SNI: move the connection to the server block the client names (the default otherwise).
 
@@ -309,6 +325,8 @@ cdef class TLSContext:
     def __cinit__(self):
         self.ctx = NULL
         self.sni = {}
+        self.sni_tail = {}
+        self.sni_regex = []
         self.key_types = []
         self.alpn_wire = b""
         self.groups = None
@@ -499,15 +517,20 @@ cdef class TLSContext:
         SSL_CTX_set_tlsext_status_cb(self.ctx, _status_cb)
         SSL_CTX_set_tlsext_status_arg(self.ctx, <void *>self)
 
-    def set_sni(self, dict names not None):
-        """``{"example.com": ctx, "*.example.com": ctx2}``; unknown names keep this (default) context.
+    def set_sni(self, dict names not None, regex=()):
+        """``{"example.com": ctx, "*.example.com": ctx2, "www.example.*": ctx3}`` and ``regex``,
+        [(compiled bytes pattern, ctx)] tried in order after them (nginx's server_name order);
+        unknown names keep this (default) context.
 
         A named context's certificates, protocols, ciphers, TLS 1.3 suites, groups (unset:
         this context's), options (server order, tickets), session lifetime and ALPN apply
         to its connections. The session cache is this context's for all of them: OpenSSL
         keeps it on the context a connection started on.
         """
-        self.sni = {k.lower(): v for k, v in names.items()}
+        self.sni = {k.lower(): v for k, v in names.items() if not k.endswith(".*")}
+        self.sni_tail = {k.lower()[:len(k) - 1].encode("idna" if not k.isascii() else "ascii"): v
+                         for k, v in names.items() if k.endswith(".*")}
+        self.sni_regex = list(regex)
 
     cdef bint _take_over(self, SSL *ssl, TLSContext current) noexcept:
         """Move ``ssl`` from ``current`` to this context. SSL_set_SSL_CTX(3) brings the
@@ -536,6 +559,8 @@ cdef class TLSContext:
             # nginx's server_name rule: the longest "*.suffix" wins, at any depth
             found = self.sni.get("*" + host[dot:])
             dot = host.find(".", dot + 1)
+        if found is None and (self.sni_tail or self.sni_regex):
+            found = _tail_or_regex(raw.lower().rstrip(b"."), self.sni_tail, self.sni_regex)
         return self if found is None else found
 
     def sni_entries(self):
@@ -543,8 +568,8 @@ cdef class TLSContext:
         return list(self.sni.values())
 
     def select(self, str name):
-        """The context (or Identity) SNI ``name`` selects: exact, then the longest ``*.suffix``,
-        then this one."""
+        """The context (or Identity) SNI ``name`` selects: exact, the longest ``*.suffix``, the
+        longest ``prefix.*``, the first regex, then this one."""
         return self._select(name.encode())
 
     @property
@@ -909,6 +934,12 @@ cdef TLSContext _context_of(SSL *ssl, TLSContext fallback):
     if current == fallback.ctx:
         return fallback
     for ctx in fallback.sni.values():
+        if (<TLSContext>ctx).ctx == current:
+            return ctx
+    for ctx in fallback.sni_tail.values():
+        if (<TLSContext>ctx).ctx == current:
+            return ctx
+    for _, ctx in fallback.sni_regex:
         if (<TLSContext>ctx).ctx == current:
             return ctx
     return fallback

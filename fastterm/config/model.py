@@ -104,6 +104,16 @@ class Route(Struct, kw_only=True):
     redirect_from: str = ""  # a backend's Location that starts with this gets redirect_to in its place
     redirect_to: str = "/"   # (nginx proxy_redirect); one that then starts with "/" is made absolute
     # on the client's side: https://$host[:port] (the listen port unless 443). "": passed unchanged
+    regex: Literal["", "~", "~*"] = ""  # "~": ``path`` is a regular expression (Python re on bytes,
+    # unanchored) searched in the normalised path; "~*" the same, ASCII case-insensitive. Regex
+    # routes are tried in order after the longest prefix, the first match wins (nginx location ~)
+    no_regex: bool = False  # this prefix, when it is the longest match, wins over every regex route
+    # (nginx location ^~)
+    upstream_path: str | None = None  # the backend's target: this in place of the matched ``path``,
+    # then the rest of the normalised path (re-escaped when the client's had %-escapes) and the
+    # query (nginx proxy_pass http://up/URI); None: the client's target as it came
+    client_max_body_size: int | None = None  # a larger body is answered 413 before the backend hears
+    # of it; 0: no limit; None: the server's, else limits.client_max_body_size (nginx's inheritance)
 
 
 class Upstream(Struct):
@@ -123,7 +133,9 @@ class Server(Struct):
 
     listen: list[str]
     certificates: list[Certificate] = msgspec.field(name="certificate")
-    server_names: list[str] = msgspec.field(default_factory=list)
+    server_names: list[str] = msgspec.field(default_factory=list)  # exact, "*.example.com", "www.example.*"
+    # or "~REGEX"; a Host and an SNI name choose in nginx's order: exact, the longest *.suffix, the
+    # longest prefix.*, the regexes in order (caseless when it has an upper-case letter)
     default_server: bool = False
     tls: TLSPolicy = msgspec.field(default_factory=TLSPolicy)
     hsts: str | None = None  # value of Strict-Transport-Security, added to every response
@@ -136,6 +148,8 @@ class Server(Struct):
     # A request whose Host names this block on a connection negotiated under another block's
     # TLS policy is answered 421 (RFC 9110 §15.5.20); off: served by this block (nginx).
     misdirected_request: bool = True
+    client_max_body_size: int | None = None  # for its routes that set none, and requests no route
+    # matches; None: limits.client_max_body_size
 
 
 class Redirect(Struct):

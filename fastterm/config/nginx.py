@@ -20,7 +20,10 @@ What maps (nginx -> model):
 - ``server`` with ``listen ... ssl`` -> ``[[server]]``: ``listen`` (``443 ssl``, ``[::]:443 ssl``,
   ``default_server``, ``http2``, ``reuseport``, ``bind``, ``ipv6only=on``: fastterm always binds
   each address with SO_REUSEPORT and IPv6-only sockets), ``http2 on|off``, ``server_name`` (exact,
-  ``*.example.com``, ``.example.com`` = both, ``_``), ``ssl_certificate``/``ssl_certificate_key``
+  ``*.example.com``, ``.example.com`` = both, ``www.example.*``, ``~regex``, ``_``; nginx's order for
+  the Host's block and the SNI certificate alike: exact, the longest ``*.suffix``, the longest
+  ``prefix.*``, the regexes in config order, caseless when the pattern has an upper-case letter;
+  their captures as variables are refused), ``ssl_certificate``/``ssl_certificate_key``
   (several; relative paths against the main file's directory, as nginx's conf prefix),
   ``ssl_protocols`` (TLSv1/TLSv1.1/SSLv3 dropped with a warning: fastterm refuses them),
   ``ssl_ciphers``, ``ssl_prefer_server_ciphers`` (default off, as nginx), ``ssl_conf_command
@@ -34,9 +37,21 @@ What maps (nginx -> model):
   -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's $remote_addr from those peers).
 - ``location = /path`` -> an exact route (it wins over every prefix, on the normalised path).
 - ``location /prefix`` and ``location ^~ /prefix`` -> routes (longest prefix wins, on the
-  normalised path, as nginx; with no regex locations ``^~`` means plain prefix) with
-  ``proxy_pass http://UPSTREAM`` or ``http://host:port`` (an implicit upstream named
-  ``host:port``, nginx's ``$proxy_host``).
+  normalised path, as nginx; ``^~`` -> ``no_regex``: as the longest prefix it is not overridden
+  by a regex) with ``proxy_pass http://UPSTREAM`` or ``http://host:port`` (an implicit upstream
+  named ``host:port``, nginx's ``$proxy_host``), with or without a URI part (``proxy_pass
+  http://up/api/`` -> ``upstream_path``: the matched prefix replaced, the rest of the decoded,
+  normalised path re-escaped when the client's had %-escapes, nginx's ngx_escape_uri; proxy_redirect
+  default then maps the URL back to the location's name).
+- ``location ~ RE`` / ``location ~* RE`` -> regex routes (``regex``), tried in config order
+  after the longest prefix, first match wins, on the decoded, normalised path, as nginx: Python
+  ``re`` on bytes (PCRE without UTF; ``(?<name>`` read as ``(?P<name>``); PCRE constructs that
+  Python reads otherwise or not at all are refused by name (``\\Z``, ``\\h``, ``\\v``, ``\\R``,
+  ``\\K``, ``\\Q``, ``\\p``, ``\\x{}``, POSIX classes, ``(?|``, recursion, verbs, ``{,n}``); a
+  URI part in their ``proxy_pass`` is nginx's error ("cannot have URI part").
+- ``client_max_body_size`` -> per route and per server (nginx's inheritance: a location's own,
+  else its server's, else http's, else 1m; 0: no limit): a larger Content-Length, or a chunked or
+  HTTP/2 body growing past it, is answered 413 before the backend hears of it.
 - ``upstream NAME { server host:port [weight=1] [max_fails=1] [fail_timeout=T]; keepalive N;
   keepalive_timeout T; }`` -> ``[[upstream]]`` (``tries``: one per server, as nginx's
   ``proxy_next_upstream_tries 0``; ``max_conns`` 0: nginx queues nothing and caps nothing).
@@ -47,8 +62,7 @@ What maps (nginx -> model):
   (``fastterm/redirect.py``; variables ``$scheme``, ``$host``, ``$http_host``, ``$server_name``,
   ``$server_port``, ``$request_uri``, ``$uri``, ``$args``, ``$query_string``, ``$is_args``).
 - Limits are global in fastterm, so each must have one value over every server and location
-  (else "not supported yet"): ``client_max_body_size`` (nginx default 1m),
-  ``client_header_timeout`` (60s), ``keepalive_timeout`` (75s), ``send_timeout`` (60s),
+  (else "not supported yet"): ``client_header_timeout`` (60s), ``keepalive_timeout`` (75s), ``send_timeout`` (60s),
   ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``underscores_in_headers``,
   ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE and
   ``header_line_size`` = SIZE (4 8k; nginx's statuses: a request line longer than SIZE 414, a
@@ -102,8 +116,8 @@ without effect (``deferred``, ``backlog=``).
 
 What is refused, (c): every other directive nginx knows, among them ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
-``proxy_pass`` with a URI part or variables, ``location ~``/``~*``/``@name`` and nested
-locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return`` in TLS servers,
+``proxy_pass`` with variables or a query in its URI part, ``location @name`` and nested
+locations, regex and suffix-wildcard ``server_name`` on a server without ``ssl``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
 upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
@@ -188,8 +202,8 @@ RUNTIME_DIFFERENCES = """\
 - keepalive_time (1h) is not applied.
 - proxy_redirect rewrites Location only (nginx also rewrites Refresh).
 - No matching location: fastterm 404s; nginx serves files from its root.
-- The 301 from /dir to /dir/ (location /dir/ with proxy_pass) closes an HTTP/1.1 connection, as
-  every answer of fastterm's own does (nginx keeps it).
+- The 301 from /dir to /dir/ (location /dir/ with proxy_pass) of a request with a body closes an
+  HTTP/1.1 connection (nginx reads and discards the body and keeps it).
 - Port 80 (return): the status pages' bodies differ; add_header lines are not applied; a text
   body is text/plain whatever the URI's extension (nginx: its types, else default_type); a
   request with Expect: 100-continue and a body is answered and closed (nginx reads the body);
@@ -462,12 +476,20 @@ _VARIABLE_ARGS: dict[str, slice] = {
 _DEFINING = {"map": 1, "geo": -1, "split_clients": 1, "set": 0, "perl_set": 0, "js_set": 0}
 
 
+# a named group of a regex location or server name: nginx defines a variable of that name
+_NAMED_GROUP_RE = re.compile(r"\(\?P?<([A-Za-z_][A-Za-z0-9_]*)>|\(\?'([A-Za-z_][A-Za-z0-9_]*)'")
+
+
 def _variables(nodes: list[Node], defined: set[str]) -> None:
     for node in nodes:
         if node.name in _DEFINING and node.args:
             m = _VARIABLE_RE.fullmatch(node.args[_DEFINING[node.name]])
             if m:
                 defined.add(m[1] or m[2])
+        if node.name in ("location", "server_name"):
+            for arg in node.args:
+                if node.name == "location" or arg.startswith("~"):
+                    defined.update(m[1] or m[2] for m in _NAMED_GROUP_RE.finditer(arg))
         if node.block and node.name not in _OPAQUE_BLOCKS:
             _variables(node.block, defined)
 
@@ -767,6 +789,8 @@ class _Location:
     path: str
     node: Node
     exact: bool = False     # location = PATH
+    regex: str = ""         # location ~ RE / ~* RE: "~" or "~*"
+    no_regex: bool = False  # location ^~ PATH
 
 
 @dataclass
@@ -922,8 +946,9 @@ class _Builder:
                 raise node.error(f'host not found in upstream "{address}"') from None
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def proxy_pass(self, node: Node) -> str:
-        """The upstream a ``proxy_pass`` names: an upstream block, or an implicit one per host:port."""
+    def proxy_pass(self, node: Node, regex: bool = False) -> tuple[str, str | None]:
+        """The upstream a ``proxy_pass`` names (an upstream block, or an implicit one per
+        host:port) and its URI part (None: the client's URI goes as it came)."""
         url = node.args[0]
         if "$" in url:
             raise node.unsupported("variables in the URL", f"proxy_pass {url}")
@@ -935,19 +960,24 @@ class _Builder:
         scheme, host, port, uri = m.groups()
         if scheme.lower() == "https":
             raise node.unsupported("TLS to backends (re-encryption)", "proxy_pass https://")
-        if uri is not None:
-            raise node.unsupported("fastterm forwards the client's URI unchanged", f"proxy_pass {url}")
+        if uri is not None and regex:
+            raise node.error('"proxy_pass" cannot have URI part in location given by regular expression, '
+                             'or inside named location, or inside "if" statement, or inside "limit_except" block')
+        if uri is not None and (not uri.isascii() or any(c in uri for c in " #\r\n\0")):
+            raise node.unsupported("a URI part with spaces, '#' or characters past ASCII", f"proxy_pass {url}")
+        if uri is not None and "?" in uri:
+            raise node.unsupported("a URI part with a query", f"proxy_pass {url}")
         if port is None:
             block = next((n for n in self.upstream_blocks if n.lower() == host.lower()), None)
             if block is not None:
-                return block
+                return block, uri
         elif host.lower() in {n.lower() for n in self.upstream_blocks}:
             raise node.error(f'upstream "{host}" may not have port {port}')
         address = self.host_port(node, host + (f":{port}" if port else ""))
         name = address.removesuffix(":80")    # nginx's $proxy_host
         if name not in self.upstreams:
             self.upstreams[name] = Upstream(name=name, servers=[address], tries=1, max_conns=0)
-        return name
+        return name, uri
 
     # -- servers -------------------------------------------------------------------------
     def server(self, node: Node, http: Level) -> _Server:
@@ -966,15 +996,28 @@ class _Builder:
         return server
 
     def server_name(self, node: Node, name: str) -> list[str]:
-        name = name.lower()
+        """nginx's forms: exact, ``*.suffix``, ``.suffix`` (both), ``prefix.*``, ``~regex`` (kept
+        as written: caseless when it has an upper-case letter, as nginx compiles it)."""
         if name.startswith("~"):
-            raise node.unsupported("regular expressions", f"server_name {name}")
+            from fastterm.config.plan import check_server_name, pcre_to_python
+
+            try:
+                pcre_to_python(name[1:])
+            except ValueError as exc:
+                raise node.unsupported(str(exc), f"server_name {name}") from None
+            try:
+                check_server_name(name)
+            except ValueError as exc:
+                raise node.error(f'"server_name": {exc}') from None
+            return [name]
+        name = name.lower()
         if "$" in name:
             raise node.unsupported("variables", f"server_name {name}")
         if name.startswith("."):
             return [name[1:], "*" + name]
-        if name.endswith(".*") or ("*" in name and not name.startswith("*.")) or name.count("*") > 1:
-            raise node.unsupported("wildcards other than a leading *.", f"server_name {name}")
+        if "*" in name and not (name.startswith("*.") or name.endswith(".*")) or name.count("*") > 1 or \
+                name in ("*.", ".*"):
+            raise node.error(f'invalid server name or wildcard "{name}"')
         return [name] if name else []
 
     def location(self, node: Node, server: Level) -> _Location:
@@ -989,7 +1032,7 @@ class _Builder:
         elif len(args) == 1 and not args[0].startswith("@"):
             path = args[0]
         elif len(args) == 2 and args[0] in ("~", "~*"):
-            raise node.unsupported("regular expressions", f"location {args[0]}")
+            return self.regex_location(node, server, args[0], args[1])
         elif len(args) == 1:
             raise node.unsupported("named locations", f"location {args[0]}")
         else:
@@ -999,7 +1042,26 @@ class _Builder:
         level = Level(node.block or [], server, node)
         for inner in level.own("location"):
             raise inner.unsupported("nested locations", "location")
-        return _Location(level, path, node, exact)
+        return _Location(level, path, node, exact, no_regex=args[0] == "^~")
+
+    def regex_location(self, node: Node, server: Level, modifier: str, pattern: str) -> _Location:
+        """``location ~ RE`` / ``~* RE``: Python re where it reads the PCRE pattern the same way;
+        a construct it does not share is refused by name, one that does not compile is nginx's
+        error (``pcre2_compile() failed``)."""
+        from fastterm.config.plan import location_regex, pcre_to_python
+
+        try:
+            pcre_to_python(pattern)
+        except ValueError as exc:
+            raise node.unsupported(str(exc), f"location {modifier} {pattern}") from None
+        try:
+            location_regex(pattern, modifier == "~*")
+        except ValueError as exc:
+            raise node.error(f'"location {modifier}": {exc}') from None
+        level = Level(node.block or [], server, node)
+        for inner in level.own("location"):
+            raise inner.unsupported("nested locations", "location")
+        return _Location(level, pattern, node, regex=modifier)
 
     def check_defaults(self, servers: list[_Server]) -> None:
         """nginx: the default server of an address is its default_server, else the first; fastterm's
@@ -1044,6 +1106,10 @@ class _Builder:
             ret = self.redirect_return(server)
             status, location, text = self.return_answer(ret)
             self.unique_names(server, plain)    # nginx's warning; the first server keeps the name
+            for name, node in server.names.items():
+                if name.startswith("~") or name.endswith(".*"):
+                    raise node.unsupported("on a server without \"listen ... ssl\" (its return picks by exact "
+                                           "and *.suffix names)", f"server_name {name}")
             for n in server.level.find_all("add_header"):
                 self.warn(f'{n.where}: "add_header" has no effect on the redirect server at '
                           f"{server.node.where}: fastterm's redirect sends no extra headers")
@@ -1123,29 +1189,33 @@ class _Builder:
         names = self.unique_names(s, all_tls)
         routes, seen = [], {}
         for loc in s.locations:
-            if (loc.exact, loc.path) in seen:
+            if not loc.regex and (loc.exact, loc.path) in seen:
                 raise loc.node.error(f'duplicate location "{loc.path}"')
-            seen[(loc.exact, loc.path)] = loc
+            if not loc.regex:
+                seen[(loc.exact, loc.path)] = loc
             proxy = loc.level.own("proxy_pass")
             if not proxy:
                 raise loc.node.unsupported('a location without "proxy_pass": ' + _FILES, "location")
             for n in loc.level.own("return"):
                 raise n.unsupported("fastterm's locations proxy", "return")
-            upstream = self.proxy_pass(proxy[0])
+            upstream, uri = self.proxy_pass(proxy[0], regex=bool(loc.regex))
             # proxy_redirect default (nginx's default): for a proxy_pass without a URI part, the
-            # pattern is its URL and "/", the replacement "/" (ngx_http_proxy_merge_loc_conf)
+            # pattern is its URL and "/", the replacement "/"; with one, the URL and the
+            # location's name (ngx_http_proxy_merge_loc_conf)
             redirect = loc.level.find("proxy_redirect")
             off = redirect is not None and redirect.args[0].lower() == "off"
+            redirect_from, redirect_to = (proxy[0].args[0] + "/", "/") if uri is None else (proxy[0].args[0], loc.path)
             # nginx's auto_redirect (ngx_http_proxy_pass): /dir answered 301 to /dir/
             routes.append(Route(path=loc.path, upstream=upstream, proxy=self.proxy_request(loc.level, upstream),
-                                slash_redirect=len(loc.path) > 1 and loc.path.endswith("/"),
-                                redirect_from="" if off else proxy[0].args[0] + "/", redirect_to="/",
-                                exact=loc.exact))
+                                slash_redirect=not loc.regex and len(loc.path) > 1 and loc.path.endswith("/"),
+                                redirect_from="" if off else redirect_from, redirect_to=redirect_to,
+                                exact=loc.exact, regex=loc.regex, no_regex=loc.no_regex, upstream_path=uri,
+                                client_max_body_size=_body_limit(loc.level)))
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
             server_names=names, default_server=any(listen.default for listen in s.listens),
             tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes,
-            no_host="default", misdirected_request=False)
+            no_host="default", misdirected_request=False, client_max_body_size=_body_limit(level))
 
     def unique_names(self, s: _Server, servers: list[_Server]) -> list[str]:
         """nginx warns 'conflicting server name ... ignored' and keeps the first server's."""
@@ -1441,6 +1511,8 @@ class _Builder:
         # nginx counts no header fields, only their bytes: fastterm's ceiling (ext/http.pxd
         # MAX_HEADER_SLOTS) instead of its own default of 100.
         values["max_header_fields"] = MAX_HEADER_FIELDS
+        # per route and server in the model; the http level's for what a TOML reader sees
+        values["client_max_body_size"] = _body_limit(http)
         return Limits(**values)
 
     def sessions(self, tls: list[_Server]) -> Sessions:
@@ -1468,6 +1540,13 @@ class _Builder:
         if zones:
             options["cache_size"] = sum(size for size, _ in zones.values())
         return Sessions(**options)
+
+
+def _body_limit(level: Level) -> int:
+    """client_max_body_size as a server or location sees it (its own, else inherited; nginx's
+    default 1m); 0: no limit."""
+    node = level.find("client_max_body_size")
+    return 1 << 20 if node is None else parse_size(node)
 
 
 def _keepalive_timeout(node: Node) -> float:
@@ -1501,7 +1580,6 @@ MAX_HEADER_FIELDS = 256   # ext/http.pxd MAX_HEADER_SLOTS: the most fields fastt
 # (directive, scope, nginx default, parser, Limits field or fields): scope "location" means every location
 # of every TLS server sees one value; "server" every TLS server.
 _LIMITS = [
-    ("client_max_body_size", "location", 1 << 20, parse_size, "client_max_body_size"),
     ("client_header_timeout", "server", 60.0, _positive(parse_time), "client_header_timeout"),
     ("keepalive_timeout", "location", 75.0, _keepalive_timeout, "keepalive_timeout"),
     ("send_timeout", "location", 60.0, _positive(parse_time), "send_timeout"),

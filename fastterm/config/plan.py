@@ -23,7 +23,7 @@ from fastterm.certs.store import (
     is_pem_directory,
     load_server_certificates,
 )
-from fastterm.config.model import Certificate, Config, ProxyRequest, Server
+from fastterm.config.model import Certificate, Config, ProxyRequest, Route, Server
 from fastterm.config.toml import KeyLines, parse_address
 from fastterm.errors import ConfigError, TLSError
 from fastterm.redirect import RedirectTable
@@ -40,6 +40,7 @@ class Plan:
     tls: list[TLSListener] = field(default_factory=list)  # per listener, in the order of ``listeners``
     certificates: list[ServerCertificates] = field(default_factory=list)  # per server block
     policies: list[object] = field(default_factory=list)  # per server block: its ServerPolicy
+    regex_names: dict[str, object] = field(default_factory=dict)  # server_name "~RE" -> compiled bytes pattern
     signatures: list[tuple] = field(default_factory=list)  # per server block: its files when read
 
 
@@ -142,6 +143,124 @@ def _rewrite(proxy: ProxyRequest, upstream: str, server: Server):
                           proxy.keepalive, proxy.real_ip_from, proxy.real_ip_header)
 
 
+# PCRE escapes Python re reads otherwise or not at all: refused by name, never guessed at
+_PCRE_ESCAPES = {
+    "Z": "\\Z (PCRE: the end or before a final newline; Python: the end)",
+    "h": "\\h (horizontal space)", "H": "\\H", "v": "\\v (PCRE: vertical space; Python: a VT)", "V": "\\V",
+    "R": "\\R (a newline sequence)", "K": "\\K (reset the match start)", "Q": "\\Q...\\E quoting",
+    "E": "\\E", "G": "\\G", "p": "\\p{...} (Unicode properties)", "P": "\\P{...}", "X": "\\X",
+    "C": "\\C", "e": "\\e", "c": "\\cX (control characters)", "g": "\\g (backreferences)",
+    "k": "\\k<name> (named backreferences)", "N": "\\N", "o": "\\o{...}",
+}
+
+
+_INLINE_FLAGS = re.compile(r"([A-Za-z-]+)([:)])")   # after "(?": (?i) or (?i:...)
+
+
+def pcre_to_python(pattern: str) -> str:
+    """A PCRE pattern (nginx's regex locations and server names) as Python re reads it, the
+    same meaning: ``(?<name>`` becomes ``(?P<name>``, ``\\z`` ``\\Z``; ValueError names a
+    construct the two do not share (possessive quantifiers and atomic groups they share)."""
+    out, i, in_class, n = [], 0, False, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            e = pattern[i + 1]
+            if e in _PCRE_ESCAPES:
+                raise ValueError(f"the PCRE escape {_PCRE_ESCAPES[e]}")
+            if e == "x" and pattern.startswith("{", i + 2):
+                raise ValueError("the PCRE escape \\x{...}")
+            out.append("\\Z" if e == "z" else c + e)
+            i += 2
+            continue
+        if in_class:
+            if c == "[" and pattern.startswith((":", "=", "."), i + 1):
+                raise ValueError("POSIX classes ([:alpha:] ...)")
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+            out.append(c)
+            i += 1
+            if pattern.startswith("^", i):
+                out.append("^")
+                i += 1
+            if pattern.startswith("]", i):   # a leading "]" is a member
+                out.append("]")
+                i += 1
+            continue
+        elif c == "{" and pattern.startswith(",", i + 1):
+            raise ValueError("{,n} (PCRE 10.42: literal text; Python: a quantifier)")
+        elif c == "(" and pattern.startswith("*", i + 1):
+            raise ValueError("PCRE verbs (*...)")
+        elif c == "(" and pattern.startswith("?", i + 1):
+            rest = pattern[i + 2:]
+            if rest[:1] == "<" and rest[1:2] not in ("=", "!"):
+                out.append("(?P<")
+                i += 3
+                continue
+            if rest[:1] in ("'", "|", "(", "R", "&", "+") or rest[:1].isdigit() or \
+                    rest[:1] == "-" and rest[1:2].isdigit() or rest[:2] == "P>":
+                raise ValueError(f"the PCRE group (?{rest[:1]}... (named with quotes, branch reset, "
+                                 "conditions, recursion)")
+            flags = _INLINE_FLAGS.match(rest)
+            if flags and (set(flags[1]) - set("imsx-") or flags[2] == ")" and (i > 0 or "-" in flags[1])):
+                raise ValueError(f"the inline flags (?{flags[1]}{flags[2]} (PCRE: imsx anywhere, to the group's "
+                                 "end; Python: global ones only at the start, no unsetting)")
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def location_regex(pattern: str, caseless: bool) -> re.Pattern[bytes]:
+    """nginx's ``location ~ RE`` / ``~* RE`` compiled: searched (unanchored) in the decoded,
+    normalised path as bytes, PCRE without UTF (``\\w`` and caseless ASCII only), as nginx.
+    ValueError says what is refused or why it does not compile."""
+    python = pcre_to_python(pattern)
+    try:
+        return re.compile(python.encode("utf-8"), re.IGNORECASE if caseless else 0)
+    except re.error as exc:
+        raise ValueError(f"the regular expression {pattern!r} does not compile: {exc}") from None
+
+
+def server_name_regex(name: str) -> re.Pattern[bytes]:
+    """nginx's ``server_name ~RE``: searched in the lowercase host (and SNI name), caseless
+    when the pattern has an upper-case letter (ngx_http_core_server_name does so)."""
+    return location_regex(name[1:], any("A" <= c <= "Z" for c in name[1:]))
+
+
+def check_server_name(name: str) -> None:
+    """ValueError for a server name that is none of nginx's forms: exact, ``*.suffix``,
+    ``prefix.*`` or ``~regex``."""
+    if name.startswith("~"):
+        if not name.isascii():
+            raise ValueError(f"server name {name!r}: a regex in ASCII (host names are)")
+        server_name_regex(name)
+    elif not name or "*" in name.strip("*") or name.count("*") > 1 or \
+            ("*" in name and not (name.startswith("*.") or name.endswith(".*"))) or name in ("*.", ".*"):
+        raise ValueError(f"server name {name!r}: exact, *.suffix, prefix.* or ~regex")
+
+
+def check_route(route: Route) -> None:
+    """ValueError for a route whose matching or target rewrite cannot work."""
+    if route.regex:
+        if route.exact or route.no_regex:
+            raise ValueError("a regex route is neither exact nor no_regex")
+        if route.upstream_path is not None:
+            # nginx: "proxy_pass" cannot have URI part in location given by regular expression
+            raise ValueError("a regex route cannot have an upstream_path (which part would it replace?)")
+        location_regex(route.path, route.regex == "~*")
+    elif not route.path.startswith("/"):
+        raise ValueError(f"route path {route.path!r} must start with '/'")
+    if route.upstream_path is not None and (not route.upstream_path.startswith("/") or
+                                            any(c in route.upstream_path for c in " ?#\r\n\0")
+                                            or not route.upstream_path.isascii()):
+        raise ValueError(f"upstream_path {route.upstream_path!r}: a path from '/', without spaces, "
+                         "'?', '#' or characters past ASCII")
+    if route.client_max_body_size is not None and route.client_max_body_size < 0:
+        raise ValueError("client_max_body_size is 0 (no limit) or more")
+
+
 def _server_policy(server: Server, pools: dict, index: int):
     """What the Host header selects: routes, HSTS, trusted proxies (one per server block),
     and its TLS policy, which a connection must have been negotiated under (else 421)."""
@@ -162,11 +281,25 @@ def _server_policy(server: Server, pools: dict, index: int):
             if any(c in value for c in "\r\n\0") or not _latin1(value):
                 raise ConfigError(f"{value!r}: CR, LF, NUL or a character past Latin-1",
                                   directive=f"{_where(server, index)} route[{j}] redirect")
+        try:
+            check_route(route)
+        except ValueError as exc:
+            raise ConfigError(str(exc), directive=f"{_where(server, index)} route[{j}]") from None
         routes.append((route.path, pools[route.upstream], rewrite, route.slash_redirect,
-                       route.redirect_from, route.redirect_to, route.exact))
-    return ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
-                        server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
-                        server.misdirected_request)
+                       route.redirect_from, route.redirect_to, route.exact, _matching(route, server)))
+    policy = ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
+                          server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
+                          server.misdirected_request)
+    policy.max_body = -1 if server.client_max_body_size is None else server.client_max_body_size
+    return policy
+
+
+def _matching(route: Route, server: Server) -> dict:
+    """What ServerPolicy takes past a route's seventh element: regex, ^~, URI part, body limit."""
+    limit = route.client_max_body_size if route.client_max_body_size is not None else server.client_max_body_size
+    return {"regex": location_regex(route.path, route.regex == "~*") if route.regex else None,
+            "no_regex": route.no_regex, "upstream_path": route.upstream_path,
+            "max_body": -1 if limit is None else limit}
 
 
 def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:
@@ -276,7 +409,7 @@ def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
     DIR``) that no server_names list come next, for their own block."""
     from fastterm._core import SiteTable
 
-    names, sites = {}, {}
+    names, sites, sni_regex, host_regex = {}, {}, [], []
     in_files = {i: {} for i in tl.indexes}   # block -> certificate name -> its Identity
     for i in tl.indexes:
         files = plan.certificates[i].files
@@ -287,7 +420,12 @@ def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
         contexts = tl.contexts[i]
         own = contexts.get("")
         first = next(iter(contexts.values()))
-        for name in (n.lower() for n in config.servers[i].server_names):
+        for name in config.servers[i].server_names:
+            if name.startswith("~"):   # after every exact and wildcard name, in config order
+                sni_regex.append((plan.regex_names[name], own or first))
+                host_regex.append((plan.regex_names[name], plan.policies[i]))
+                continue
+            name = name.lower()
             if name not in sites:
                 sites[name] = plan.policies[i]
                 names[name] = own or _covering(in_files[i], name.lstrip(".")) or first
@@ -296,9 +434,9 @@ def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
             names.setdefault(name, ctx)
             sites.setdefault(name, plan.policies[i])
     tl.default_context = next(iter(tl.contexts[tl.default].values()))
-    tl.default_context.set_sni(names)
+    tl.default_context.set_sni(names, sni_regex)
     no_host_default = config.servers[tl.default].no_host == "default"
-    tl.sites = SiteTable(sites, plan.policies[tl.default], no_host_default)
+    tl.sites = SiteTable(sites, plan.policies[tl.default], no_host_default, host_regex)
 
 
 def server_contexts(config: Config, i: int, addr: tuple[str, int], found: ServerCertificates, shared,
@@ -361,6 +499,14 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
         plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
                                            up.keepalive_max, up.keepalive_timeout, up.max_conns)
     plan.policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
+    for i, server in enumerate(config.servers):
+        for name in server.server_names:
+            try:
+                check_server_name(name)
+                if name.startswith("~"):
+                    plan.regex_names[name] = server_name_regex(name)
+            except ValueError as exc:
+                raise ConfigError(str(exc), directive=f"{_where(server, i)} server_names") from None
     plan.signatures = [files_signature(server.certificates) for server in config.servers]   # before reading
     plan.certificates = [load_server_certificates(server.certificates) for server in config.servers]
     by_listen: dict[tuple[str, int], list[int]] = {}

@@ -255,6 +255,13 @@ class _Checker:
                 raise self.error("server has no certificate: add a [[server.certificate]]",
                                  "server", i, "certificate")
             listens = [self._address(a, "server", i, "listen") for a in server.listen]
+            for name in server.server_names:
+                from fastterm.config.plan import check_server_name
+
+                try:
+                    check_server_name(name)
+                except ValueError as exc:
+                    raise self.error(str(exc), "server", i, "server_names") from None
             for listen in listens:
                 seen = names_by_listen.setdefault(listen, {})
                 for name in server.server_names:
@@ -273,9 +280,12 @@ class _Checker:
                 if route.upstream not in upstream_names:
                     raise self.error(f"unknown upstream {route.upstream!r}", "server", i, "route", j,
                                      "upstream")
-                if not route.path.startswith("/"):
-                    raise self.error(f"route path {route.path!r} must start with '/'", "server", i,
-                                     "route", j, "path")
+                from fastterm.config.plan import check_route
+
+                try:
+                    check_route(route)
+                except ValueError as exc:
+                    raise self.error(str(exc), "server", i, "route", j, "path") from None
                 if route.proxy is not None:
                     from fastterm.config.plan import check_proxy_request
 

@@ -135,9 +135,7 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     "upstream_weights": {"server": "weights and backup servers land with the upstreams issue (#12)"},
     # Part of issue 10 itself, not built yet: the front-end refuses them by name today.
     "add_header_inheritance": {"add_header": f"add_header other than HSTS {NOT_YET}"},
-    "body_limits_per_location": {"client_max_body_size": f"per-location limits {NOT_YET}"},
     "keepalive_header": {"keepalive_timeout": f"the Keep-Alive: timeout= header {NOT_YET}"},
-    "locations_two_upstreams": {"location": f"regular-expression locations (location ~) {NOT_YET}"},
-    "proxy_pass_uri": {"proxy_pass": f"proxy_pass with a URI part {NOT_YET}"},
+    "locations_two_upstreams": {"location": f"locations that return instead of proxying {NOT_YET}"},
     "returns": {"location": f"locations that return instead of proxying {NOT_YET}"},
 }

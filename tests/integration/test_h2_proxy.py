@@ -255,6 +255,38 @@ def test_413_body_without_length_over_limit_never_forwarded(fastterm, be, proto)
     assert [q.target for q in be.requests] == ["/warm"], be.received()
 
 
+def test_body_limits_per_route_and_regex_routes_with_upstream_path(fastterm, be, proto):
+    """client_max_body_size of the route that answers (nginx's per location): the server's
+    100 bytes, 0 (none) on /up/, 3000 on a regex route; a body without a length past it is
+    413 and never forwarded, one within it goes whole. The /v1/ route's backend gets
+    /api/ in place of /v1/ (nginx proxy_pass with a URI part)."""
+    routes = [{"path": "/", "upstream": "app"},
+              {"path": "/up/", "upstream": "app", "client_max_body_size": 0},
+              {"path": r"\.bin$", "upstream": "app", "regex": "~", "client_max_body_size": 3000},
+              {"path": "/v1/", "upstream": "app", "upstream_path": "/api/"}]
+    ft = fastterm(be.address, routes=routes, limits={"client_max_body_size": 1 << 20})
+    ft_small = fastterm(be.address, routes=routes, limits={"client_max_body_size": 100})
+
+    def post(server, target, body):
+        if proto == "h2":
+            with h2_client(server) as c:
+                return c.get("POST", target, body=body, length=False)
+        with server.connect() as s:
+            s.sendall(request_bytes("POST", target, headers=[("Transfer-Encoding", "chunked")]) +
+                      b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            return read_response(Reader(s))
+
+    assert post(ft_small, "/x", b"a" * 101).status == 413
+    assert post(ft_small, "/up/big", b"b" * 200_000).status == 200
+    assert post(ft_small, "/up/a.bin", b"c" * 3001).status == 413   # the regex route answers /up/a.bin
+    assert post(ft_small, "/a.bin", b"d" * 3000).status == 200
+    assert post(ft_small, "/v1/a%20b?q=1", b"e").status == 200
+    settle()
+    assert [(q.target, len(q.body)) for q in be.requests] == [
+        ("/up/big", 200_000), ("/a.bin", 3000), ("/api/a%20b?q=1", 1)], be.received()
+    assert post(ft, "/x", b"f" * 5000).status == 200   # the global limit where no route sets one
+
+
 def test_431_header_block_over_limit(ft, be, proto):
     r = send(ft, proto, "GET", "/", headers=[("X-Big", "a" * 17 * 1024)])
     assert r.status == 431 and r.all("strict-transport-security") == [HSTS]

@@ -140,6 +140,42 @@ def test_route_to_unknown_upstream(load):
     assert "'missing'" in str(err)
 
 
+@pytest.mark.parametrize("route, needle, why", [
+    ('path = "^/(a"\nregex = "~"', 'path = "^/(a"', "does not compile"),
+    ('path = "^/a"\nregex = "~"\nupstream_path = "/b/"', 'path = "^/a"', "cannot have an upstream_path"),
+    ('path = "\\\\.php\\\\Z"\nregex = "~"', 'path = "\\\\.php', "\\Z"),
+    ('path = "/a"\nupstream_path = "b"', 'path = "/a"', "upstream_path"),
+])
+def test_bad_routes_are_located(load, route, needle, why):
+    text = GOOD + f'\n[[server.route]]\n{route}\nupstream = "app"\n'
+    err = config_error(load, text)
+    assert_located(err, line_of(text, needle), "server.route.path")
+    assert why in str(err)
+
+
+@pytest.mark.parametrize("names", ['["www.*.com"]', '["~^(a"]', '["~a\\\\Qb"]'])
+def test_bad_server_names_are_located(load, names):
+    text = GOOD.replace('server_names = ["example.com", "www.example.com"]', f"server_names = {names}")
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "server_names ="), "server.server_names")
+
+
+def test_server_name_forms_load(load):
+    text = GOOD.replace('server_names = ["example.com", "www.example.com"]',
+                        'server_names = ["www.example.*", "~^(?<sub>\\\\w+)\\\\.example\\\\.com$", "*.example.org"]')
+    assert load(text).servers[0].server_names == ["www.example.*", r"~^(?<sub>\w+)\.example\.com$", "*.example.org"]
+
+
+def test_regex_route_upstream_path_and_body_limit_load(load):
+    text = GOOD.replace('hsts = "max-age=63072000"\n', 'hsts = "max-age=63072000"\nclient_max_body_size = 1024\n') + (
+        '\n[[server.route]]\npath = "\\\\.php$"\nregex = "~"\nupstream = "app"\nclient_max_body_size = 0\n'
+        '\n[[server.route]]\npath = "/v1/"\nupstream = "app"\nupstream_path = "/api/"\nno_regex = true\n')
+    server = load(text).servers[0]
+    assert [(r.path, r.regex, r.no_regex, r.upstream_path, r.client_max_body_size) for r in server.routes] == [
+        ("\\.php$", "~", False, None, 0), ("/v1/", "", True, "/api/", None)]
+    assert server.client_max_body_size == 1024
+
+
 def test_server_needs_a_certificate(load):
     text = GOOD.replace('[[server.certificate]]\ncert = "certs/ec.crt"\nkey = "certs/ec.key"\n',
                         "certificate = []\n")

@@ -318,9 +318,29 @@ def test_server_names(load):
     assert got.server.server_names == ["www.example.com", "*.api.example.com", "example.org", "*.example.org", "_"]
 
 
-def test_regex_server_name_is_not_supported(error):
-    text = site().replace("server_name www.example.com;", r"server_name ~^www\d+\.example\.com$;")
-    assert "is not supported yet" in str(error(text, "server_name"))
+def test_regex_and_suffix_wildcard_server_names_map_as_written(load):
+    text = site().replace("server_name www.example.com;", r"server_name ~^(?<n>WWW\d+)\.example\.com$ www.example.*;")
+    assert load(text).server.server_names == [r"~^(?<n>WWW\d+)\.example\.com$", "www.example.*"]
+
+
+@pytest.mark.parametrize("name, why", [(r"~^www\R", "is not supported yet"), ("~^(www", "does not compile"),
+                                       ("www.*.com", "invalid server name or wildcard"),
+                                       ("*.example.*", "invalid server name or wildcard")])
+def test_bad_server_names(error, name, why):
+    text = site().replace("server_name www.example.com;", f"server_name {name};")
+    assert why in str(error(text, "server_name"))
+
+
+def test_a_regex_capture_in_proxy_set_header_is_not_supported(error):
+    text = site(location="        proxy_set_header X-Sub $sub;").replace(
+        "server_name www.example.com;", r"server_name ~^(?<sub>\w+)\.example\.com$;")
+    err = str(error(text, "X-Sub"))
+    assert "is not supported yet" in err and "$sub" in err
+
+
+def test_regex_server_name_on_a_plain_server_is_not_supported(error):
+    text = site(extra="server {\n    listen 80;\n    server_name ~^www\\.;\n    return 301 https://$host;\n}\n")
+    assert "is not supported yet" in str(error(text, "server_name ~^www"))
 
 
 def test_conflicting_server_name_warns_and_keeps_the_first(load):
@@ -380,10 +400,56 @@ def test_exact_locations_and_proxy_redirect(load):
         ("/dir/", True, "127.0.0.1:9001", "http://127.0.0.1:9001/", True), ("/", False, "notes", "http://notes/", False)]
 
 
-@pytest.mark.parametrize("location", ["~ ^/re", "~* ^/re", "@named"])
+@pytest.mark.parametrize("location", ["@named"])
 def test_other_location_forms_are_not_supported(error, location):
     text = site(server=f"    location {location} {{ proxy_pass http://notes; }}")
     assert "is not supported yet" in str(error(text, f"location {location}"))
+
+
+def test_regex_and_no_regex_locations_map_in_order(load):
+    got = load(site(server="    location ~ \\.php$ { proxy_pass http://notes; }\n"
+                           "    location ^~ /assets/ { proxy_pass http://notes; }\n"
+                           "    location ~*\\.(?<ext>jpg|png)$ { proxy_pass http://127.0.0.1:9000; }"))
+    routes = [(r.path, r.regex, r.no_regex, r.slash_redirect) for r in got.server.routes]
+    assert routes == [("\\.php$", "~", False, False), ("/assets/", "", True, True),
+                      ("\\.(?<ext>jpg|png)$", "~*", False, False), ("/", "", False, False)]
+
+
+@pytest.mark.parametrize("pattern, construct", [
+    ("\\.php\\Z", "\\Z"), ("[[:alpha:]]+", "POSIX classes"), ("(?|a|b)", "branch reset"),
+    ("a\\hb", "\\h"), ("x\\vy", "\\v"), ("(*UCP)a", "PCRE verbs"), ("a{,3}", "{,n}"),
+    ("\\p{L}", "\\p"), ("(?R)", "recursion"), ("\\x{41}", "\\x{"), ("^/a(?i)b", "inline flags"),
+    ("(?U)a+", "inline flags")])
+def test_pcre_constructs_python_reads_otherwise_are_refused_by_name(error, pattern, construct):
+    text = site(server=f'    location ~ "{pattern}" {{ proxy_pass http://notes; }}')
+    err = str(error(text, f'location ~ "{pattern}"'))
+    assert "is not supported yet" in err and construct in err
+
+
+def test_a_regex_location_is_no_duplicate_of_a_prefix_with_its_text(load):
+    got = load(site(server="    location ~ /a { proxy_pass http://notes; }\n    location /a { proxy_pass http://notes; }"))
+    assert [(r.path, r.regex) for r in got.server.routes] == [("/a", "~"), ("/a", ""), ("/", "")]
+
+
+def test_a_regex_that_does_not_compile_is_an_error(error):
+    text = site(server="    location ~ ^/(a { proxy_pass http://notes; }")
+    err = str(error(text, "location ~ ^/(a"))
+    assert "does not compile" in err and "not supported" not in err
+
+
+def test_proxy_pass_uri_part_in_a_regex_location_is_nginxs_error(error):
+    text = site(server="    location ~ ^/api { proxy_pass http://notes/v2/; }")
+    err = str(error(text, "proxy_pass http://notes/v2/"))
+    assert '"proxy_pass" cannot have URI part in location given by regular expression' in err
+
+
+def test_proxy_pass_uri_part_maps_to_upstream_path_and_proxy_redirect(load):
+    got = load(site(server="    location /v1/ { proxy_pass http://notes/api/v1/; }\n"
+                           "    location = /x { proxy_pass http://127.0.0.1:9000/y; }"))
+    routes = {r.path: (r.upstream, r.upstream_path, r.redirect_from, r.redirect_to) for r in got.server.routes}
+    assert routes == {"/v1/": ("notes", "/api/v1/", "http://notes/api/v1/", "/v1/"),
+                      "/x": ("127.0.0.1:9000", "/y", "http://127.0.0.1:9000/y", "/x"),
+                      "/": ("notes", None, "http://notes/", "/")}
 
 
 def test_location_without_proxy_pass(error):
@@ -418,7 +484,7 @@ def test_upstream_features_not_supported_yet(error, line):
     assert "is not supported yet" in str(error(text, line))
 
 
-@pytest.mark.parametrize("url, why", [("http://notes/", "URI unchanged"), ("https://notes", "TLS to backends"),
+@pytest.mark.parametrize("url, why", [("http://notes/a?b", "a query"), ("https://notes", "TLS to backends"),
                                       ("http://$host", "variables")])
 def test_proxy_pass_forms_not_supported(error, url, why):
     text = site().replace("proxy_pass http://notes;", f"proxy_pass {url};")
@@ -556,13 +622,20 @@ http {
 
 
 def test_body_size_zero_is_unlimited(load):
-    assert load(site(location="        client_max_body_size 0;")).config.limits.client_max_body_size == 0
+    assert load(site(location="        client_max_body_size 0;")).server.routes[0].client_max_body_size == 0
 
 
-def test_limits_differing_between_locations_are_not_supported(error):
-    text = site(server="    location /up/ { proxy_pass http://notes; client_max_body_size 100m; }")
-    err = error(text, "100m")
-    assert '"client_max_body_size" is not supported yet: a value differing' in str(err)
+def test_body_size_per_location_inherits_as_nginx(load):
+    """A location's own value, else its server's, else http's, else 1m (nginx's default)."""
+    text = "http {\n    client_max_body_size 2m;\n" + site(
+        server="    client_max_body_size 1k;\n    location /up/ { proxy_pass http://notes; client_max_body_size 100m; }"
+    ) + site().replace("www.example.com", "two.example.com").replace("upstream notes", "upstream notes2") + "}\n"
+    got = load(text)
+    first, second = got.config.servers
+    assert {r.path: r.client_max_body_size for r in first.routes} == {"/up/": 100 << 20, "/": 1024}
+    assert first.client_max_body_size == 1024
+    assert second.client_max_body_size == 2 << 20 and second.routes[0].client_max_body_size == 2 << 20
+    assert got.config.limits.client_max_body_size == 2 << 20
 
 
 def test_time_and_size_syntax():
@@ -876,6 +949,17 @@ server {
 def test_convert_round_trip(load, write, text):
     config = load(text).config
     toml_text = dump_config(config)
+    assert load_toml(write("converted/fastterm.toml", toml_text)) == config
+
+
+def test_convert_round_trip_regex_locations_uri_parts_and_body_limits(load, write):
+    text = site(server="    client_max_body_size 1k;\n"
+                       "    location ~* \\.(?<ext>jpg|png)$ { proxy_pass http://notes; client_max_body_size 0; }\n"
+                       "    location ^~ /assets/ { proxy_pass http://notes; }\n"
+                       "    location /v1/ { proxy_pass http://notes/api/v1/; }")
+    config = load(text).config
+    toml_text = dump_config(config)
+    assert 'regex = "~*"' in toml_text and 'upstream_path = "/api/v1/"' in toml_text
     assert load_toml(write("converted/fastterm.toml", toml_text)) == config
 
 

@@ -533,6 +533,24 @@ def test_longest_sni_wildcard_wins(ec_leaf, wildcard_leaf, intermediate):
     assert default.select("example.com") is default
 
 
+def test_sni_suffix_wildcard_and_regex_names_in_nginx_order(ec_leaf, rsa_leaf, wildcard_leaf, intermediate):
+    """After the exact and *.suffix names: the longest prefix.*, then the regexes in order; a
+    handshake moves to the chosen context (its certificate), selected_context finds it."""
+    from fastterm.config.plan import server_name_regex
+
+    default, tail, regex, head = (server_context(leaf, intermediate=intermediate)
+                                  for leaf in (ec_leaf, rsa_leaf, wildcard_leaf, wildcard_leaf))
+    default.set_sni({"app.example.*": tail, "*.b.example.com": head},
+                    [(server_name_regex(r"~^app\d*\."), regex), (server_name_regex(r"~^WWW\."), tail)])
+    for name, chosen in (("app.example.org", tail), ("APP.example.co.uk.", tail), ("app7.x.test", regex),
+                         ("app.b.example.com", head), ("www.other.test", tail), ("app.example", regex),
+                         ("other.test", default)):
+        assert default.select(name) is chosen, name
+    pair = handshake(default, client_context(), False, server_hostname="app7.x.test")
+    assert pair.server.selected_context is regex
+    assert "*.wild.example.com" in sans(peer_cert(pair.client))
+
+
 @BYTE_SPLITS
 @pytest.mark.parametrize("name, which, expected_san", [
     ("rsa.example.com", 1, "rsa.example.com"),
