@@ -40,6 +40,11 @@ cdef class TLSContext:
     cdef bint _take_over(self, SSL *ssl, TLSContext current) noexcept
 
 
+cdef class TLSSession:
+    """A client-side SSL_SESSION kept to resume the next connection to the same server."""
+    cdef SSL_SESSION *session
+
+
 cdef class TLSConnection:
     cdef SSL *ssl
     cdef BIO *rbio                  # memory mode only; owned by ssl
@@ -49,6 +54,7 @@ cdef class TLSConnection:
     cdef public str error           # why the last TLS_FAILED happened
     cdef readonly int failure       # ... as a TLS_FAIL_* kind
     cdef bint fatal                 # a protocol error: the session must not be reused
+    cdef SSL_SESSION *fresh_session # client mode: the server's newest session (ticket), owned
 
     # Handshake flow
     cdef int handshake(self)
@@ -61,5 +67,9 @@ cdef class TLSConnection:
     cdef int feed_ciphertext(self, const char *buf, int size) except -1
     cdef size_t ciphertext_pending(self)
     cdef int take_ciphertext(self, char *buf, int size)
+
+    # Client sessions (resuming a backend)
+    cdef TLSSession take_session(self)
+    cdef int resume(self, TLSSession session)
 
     cdef int _status(self, int ret)

@@ -31,6 +31,12 @@ cdef class UpstreamPool:
     cdef readonly int max_conns     # connections per server (busy, idle, connecting); 0: no cap
     cdef list open                  # per server: connections open or being opened
     cdef object waiting             # deque of Streams waiting for a connection (at max_conns)
+    # TLS to the servers (re-encryption); tls None: plain TCP
+    cdef readonly TLSContext tls
+    cdef list tls_sni               # per server: the SNI name, or None
+    cdef list tls_names             # per server: the name the certificate must match
+    cdef bint tls_reuse             # resume each server's last session
+    cdef list tls_sessions          # per server: its last TLSSession, or None
 
     cdef BackendConnection take_idle(self, int server)
     cdef int next_server(self, double now)

@@ -38,6 +38,15 @@ cdef class UpstreamPool:
         self.open = [0] * len(self.servers)
         self.waiting = collections.deque()
 
+    def set_tls(self, TLSContext context not None, names, sni, bint session_reuse=True):
+        """Connect to every server with TLS: ``names`` (one per server) checked against its
+        certificate when ``context`` verifies, ``sni`` (one per server, None: no SNI) sent."""
+        self.tls = context
+        self.tls_names = list(names)
+        self.tls_sni = list(sni)
+        self.tls_reuse = session_reuse
+        self.tls_sessions = [None] * len(self.servers)
+
     cdef int next_server(self, double now):
         """Round robin over servers not ejected; when all are, the one back soonest
         (nginx max_fails=1 fail_timeout=10s: a dead server costs one failed connect,
@@ -185,8 +194,11 @@ cdef class Stream:
         self.tried_server = server
         self.deadline = w.now + w.connect_timeout
         w.count(N_BACKEND_CONNECTS)
-        self.connect_fut = asyncio.ensure_future(w.loop.create_connection(
-            lambda: _BackendProtocol(w, pool, server), host, port))
+        if pool.tls is not None:
+            self.connect_fut = asyncio.ensure_future(_tls_connect(w, pool, server))
+        else:
+            self.connect_fut = asyncio.ensure_future(w.loop.create_connection(
+                lambda: _BackendProtocol(w, pool, server), host, port))
         pool.open[server] += 1
         pool.connecting += 1
         pool.note_demand()

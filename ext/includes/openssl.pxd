@@ -256,3 +256,18 @@ cdef extern from "compat.h" nogil:
     int SSL_set1_groups_list(SSL *s, const char *groups)
     SSL_SESSION *SSL_get_session(const SSL *ssl)
     long SSL_SESSION_set_timeout(SSL_SESSION *s, long t)
+
+
+# ---- client mode: verifying a backend, resuming its sessions --------------
+cdef extern from "compat.h" nogil:
+    ctypedef struct X509_VERIFY_PARAM
+    enum:
+        X509_V_OK
+    const char *X509_verify_cert_error_string(long n)
+    int X509_VERIFY_PARAM_set1_ip_asc(X509_VERIFY_PARAM *param, const char *ipasc)
+
+cdef extern from "compat.h" nogil:
+    int SSL_CTX_set_default_verify_paths(SSL_CTX *ctx)
+    void SSL_CTX_set_verify_depth(SSL_CTX *ctx, int depth)
+    X509_VERIFY_PARAM *SSL_get0_param(SSL *ssl)
+    int SSL_SESSION_is_resumable(const SSL_SESSION *s)
