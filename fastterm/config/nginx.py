@@ -136,6 +136,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import crossplane
+import msgspec
 from crossplane import analyzer as _cp
 from crossplane.errors import NgxParserDirectiveError, NgxParserSyntaxError
 
@@ -154,6 +155,7 @@ from fastterm.config.model import (
     Sessions,
     TLSPolicy,
     Upstream,
+    UpstreamTLS,
 )
 from fastterm.errors import ConfigError
 from fastterm.redirect import CLOSE_WITHOUT_RESPONSE, REDIRECT_CODES, compile_template
@@ -488,6 +490,9 @@ MAPPED = {
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
     "proxy_connect_timeout", "proxy_read_timeout", "underscores_in_headers", "large_client_header_buffers",
     "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header",
+    "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_verify", "proxy_ssl_trusted_certificate",
+    "proxy_ssl_verify_depth", "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_session_reuse",
+    "proxy_ssl_protocols", "proxy_ssl_ciphers",
     # upstream { }
     "keepalive",
 }
@@ -587,6 +592,13 @@ UNSUPPORTED = {
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
     "try_files": _FILES, "keepalive_disable": "fastterm keeps every client alive",
 }
+
+
+def _strip_port(name: str) -> str:
+    """The TLS name without a port, as ngx_http_upstream_ssl_name cuts it ("[::1]:8443" -> "::1")."""
+    if name.startswith("[") and "]" in name:
+        return name[1:name.index("]")]
+    return name.partition(":")[0]
 
 
 def _check_resolver(node: Node) -> None:
@@ -782,6 +794,8 @@ class _Builder:
         self.upstream_blocks: dict[str, Upstream] = {}
         self.upstreams: dict[str, Upstream] = {}
         self.keepalive_upstreams: set[str] = set()   # the blocks with "keepalive N"
+        # upstream -> (its TLS settings or None, the first proxy_pass naming it)
+        self.upstream_tls: dict[str, tuple[UpstreamTLS | None, Node]] = {}
 
     def warn(self, message: str, level: str = "warn") -> None:
         if message not in self._said:
@@ -824,6 +838,8 @@ class _Builder:
         workers = self.workers(main)
         upstreams = list(self.upstream_blocks.values()) + [u for n, u in self.upstreams.items()
                                                             if n not in self.upstream_blocks]
+        upstreams = [msgspec.structs.replace(u, tls=self.upstream_tls[u.name][0]) if u.name in self.upstream_tls
+                     else u for u in upstreams]
         return Config(servers=model_servers, upstreams=upstreams, redirects=redirects, limits=limits,
                       sessions=sessions, workers=workers)
 
@@ -924,8 +940,7 @@ class _Builder:
                 raise node.unsupported("unix sockets", f"proxy_pass {url}")
             raise node.error(f'invalid URL prefix in "{url}"')
         scheme, host, port, uri = m.groups()
-        if scheme.lower() == "https":
-            raise node.unsupported("TLS to backends (re-encryption)", "proxy_pass https://")
+        https = scheme.lower() == "https"
         if uri is not None:
             raise node.unsupported("fastterm forwards the client's URI unchanged", f"proxy_pass {url}")
         if port is None:
@@ -934,11 +949,84 @@ class _Builder:
                 return block
         elif host.lower() in {n.lower() for n in self.upstream_blocks}:
             raise node.error(f'upstream "{host}" may not have port {port}')
-        address = self.host_port(node, host + (f":{port}" if port else ""))
-        name = address.removesuffix(":80")    # nginx's $proxy_host
+        address = self.host_port(node, host + (f":{port}" if port else ""), 443 if https else 80)
+        name = address.removesuffix(":443" if https else ":80")    # nginx's $proxy_host
         if name not in self.upstreams:
             self.upstreams[name] = Upstream(name=name, servers=[address], tries=1, max_conns=0)
         return name
+
+    def proxy_tls(self, level: Level, upstream: str, node: Node) -> None:
+        """``proxy_pass https://`` -> the upstream's TLS settings from the ``proxy_ssl_*`` the
+        location sees. fastterm keeps them per upstream: two locations that reach one upstream
+        with different ones are refused."""
+        tls = self.proxy_ssl(level, upstream, node) if node.args[0].lower().startswith("https://") else None
+        seen = self.upstream_tls.setdefault(upstream, (tls, node))
+        if seen[0] != tls:
+            raise node.unsupported(f'upstream "{upstream}" is reached at {seen[1].where} with other TLS settings '
+                                   "(scheme or proxy_ssl_*): fastterm keeps TLS settings per upstream", "proxy_pass")
+
+    def proxy_ssl(self, level: Level, upstream: str, node: Node) -> UpstreamTLS:
+        """nginx's proxy_ssl_* with nginx's defaults: no verification, no SNI, the name
+        $proxy_host without its port, session reuse on."""
+        def flag(name: str, default: bool) -> bool:
+            n = level.find(name)
+            return default if n is None else n.args[0].lower() == "on"
+
+        verify = flag("proxy_ssl_verify", False)
+        trusted = level.find("proxy_ssl_trusted_certificate")
+        ca_file = None
+        if verify:
+            if trusted is None:
+                where = level.find("proxy_ssl_verify")
+                raise where.error('no "proxy_ssl_trusted_certificate" for "proxy_ssl_verify"')
+            ca_file = self.absolute(trusted.args[0])
+            if not os.access(ca_file, os.R_OK):
+                raise trusted.error(f'cannot read "{ca_file}" (proxy_ssl_trusted_certificate)')
+        else:
+            self.warn(f'{node.where}: "proxy_pass https://" without "proxy_ssl_verify on": the backend\'s '
+                      'certificate is not checked (nginx\'s default); the safer setting is "proxy_ssl_verify on" '
+                      'with "proxy_ssl_trusted_certificate"')
+        depth = level.find("proxy_ssl_verify_depth")
+        cert, key = level.find("proxy_ssl_certificate"), level.find("proxy_ssl_certificate_key")
+        cert_path = key_path = None
+        if cert is not None:
+            if key is None:
+                raise cert.error(f'no "proxy_ssl_certificate_key" is defined for certificate "{cert.args[0]}"')
+            cert_path, key_path = self.absolute(cert.args[0]), self.absolute(key.args[0])
+            try:
+                load_certificate(cert_path, key_path)
+            except ConfigError as exc:
+                raise cert.error(f'cannot load certificate "{cert_path}": {exc.message}') from None
+        name_node = level.find("proxy_ssl_name")
+        name = upstream if name_node is None else name_node.args[0]
+        if "$" in name and name != "$proxy_host":
+            raise name_node.unsupported("variables other than $proxy_host", f"proxy_ssl_name {name}")
+        if name == "$proxy_host":
+            name = upstream
+        name = _strip_port(name)
+        protocols = ["TLSv1.2", "TLSv1.3"]
+        proto_node = level.find("proxy_ssl_protocols")
+        if proto_node is not None:
+            protocols = []
+            for proto in proto_node.args:
+                if proto in REFUSED_PROTOCOLS:
+                    self.warn(f'{proto_node.where}: "proxy_ssl_protocols {proto}" is ignored: fastterm refuses '
+                              f"{proto}, deprecated by RFC 8996")
+                elif proto in ("TLSv1.2", "TLSv1.3"):
+                    protocols.append(proto)
+                else:
+                    raise proto_node.error(f'invalid value "{proto}" in "proxy_ssl_protocols" directive')
+            if not protocols:
+                raise proto_node.error('"proxy_ssl_protocols" leaves no protocol fastterm speaks: add TLSv1.2 '
+                                       "and/or TLSv1.3")
+        ciphers = level.find("proxy_ssl_ciphers")
+        return UpstreamTLS(
+            verify="required" if verify else "none", ca_file=ca_file,
+            verify_depth=(_number(depth, depth.args[0]) if depth is not None else 1) if verify else None,
+            server_name=name, sni=flag("proxy_ssl_server_name", False), cert=cert_path, key=key_path,
+            protocols=list(dict.fromkeys(protocols)),
+            ciphers=None if ciphers is None or ciphers.args[0] == "DEFAULT" else ciphers.args[0],
+            session_reuse=flag("proxy_ssl_session_reuse", True))
 
     # -- servers -------------------------------------------------------------------------
     def server(self, node: Node, http: Level) -> _Server:
@@ -1123,6 +1211,7 @@ class _Builder:
             for n in loc.level.own("return"):
                 raise n.unsupported("fastterm's locations proxy", "return")
             upstream = self.proxy_pass(proxy[0])
+            self.proxy_tls(loc.level, upstream, proxy[0])
             # proxy_redirect default (nginx's default): for a proxy_pass without a URI part, the
             # pattern is its URL and "/", the replacement "/" (ngx_http_proxy_merge_loc_conf)
             redirect = loc.level.find("proxy_redirect")

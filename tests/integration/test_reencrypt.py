@@ -40,6 +40,8 @@ class TLSBackend(RawBackend):
             return
         with self.lock:
             self.handshakes.append(tls.session_reused)
+            # close() shuts the sockets down: the raw one is detached now
+            self.conns = [tls if c is sock else c for c in self.conns]
         super()._serve(tls, record)
 
 
