@@ -20,8 +20,20 @@ cdef class UpstreamPool:
     cdef int keepalive_max          # ... and at most, however busy recent load was
     cdef double keepalive_timeout   # an idle connection unused this long is closed
     cdef readonly int tries         # attempts per request (nginx proxy_next_upstream_tries)
-    cdef list down_until            # per server: ejected until (loop time) after a failure
+    cdef list down_until            # per server: ejected until (loop time) after max_fails failures
     cdef double fail_timeout
+    # Balancing (nginx's round robin and least_conn, per server): smooth weighted round robin
+    cdef bint least_conn
+    cdef list weight
+    cdef list effective             # effective_weight: lowered by failures, regained per pick
+    cdef list current               # current_weight of the smooth round robin
+    cdef list backup                # used only when no primary server is up
+    cdef list max_fails             # failures within fail_timeout that take a server out; 0: never
+    cdef list fail_timeouts
+    cdef list fails
+    cdef list checked               # when a failure was counted, or the server tried again
+    cdef list accessed              # when the last failure was counted
+    cdef list active                # requests on a connection of the server, or connecting to it
     cdef int busy                   # connections serving a request now
     cdef int connecting             # connects in flight (each for a request waiting on it)
     cdef int window_peak            # the most busy + connecting at once in this second
@@ -39,8 +51,11 @@ cdef class UpstreamPool:
     cdef list tls_sessions          # per server: its last TLSSession, or None
 
     cdef BackendConnection take_idle(self, int server)
-    cdef int next_server(self, double now)
+    cdef int next_server(self, double now, unsigned long long tried=*)
+    cdef int _pick(self, double now, unsigned long long tried, bint backup)
+    cdef bint _usable(self, int server, double now, unsigned long long tried)
     cdef void mark_failed(self, int server, double now)
+    cdef void note_success(self, int server)
     cdef void release(self, BackendConnection conn, double now)
     cdef void tick(self, double now)
     cdef void note_demand(self)
@@ -58,6 +73,7 @@ cdef class Stream:
     cdef bint queued                # waiting in the pool for a connection (max_conns reached)
     cdef int attempts
     cdef int tried_server
+    cdef unsigned long long tried   # servers this request tried (bit server % 64)
     cdef bytes request_head         # what every attempt sends first
     cdef double deadline            # connect, then read: the codec's sweep checks it
 

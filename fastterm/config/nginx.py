@@ -494,7 +494,7 @@ MAPPED = {
     "proxy_ssl_verify_depth", "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_session_reuse",
     "proxy_ssl_protocols", "proxy_ssl_ciphers",
     # upstream { }
-    "keepalive",
+    "keepalive", "least_conn",
 }
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
@@ -861,22 +861,21 @@ class _Builder:
             raise node.error(f'duplicate upstream "{name}"')
         level = Level(node.block or [], node=node)
         for n in level.nodes:
-            if n.name in MAPPED and n.name not in ("server", "keepalive", "keepalive_timeout"):
+            if n.name in MAPPED and n.name not in ("server", "keepalive", "keepalive_timeout", "least_conn"):
                 raise n.unsupported("", f"{n.name} (in upstream)")
-        servers, fail_timeouts = [], set()
-        for srv in level.own("server"):
-            address, fail_timeout = self.upstream_server(srv)
-            servers.append(address)
-            fail_timeouts.add((fail_timeout, srv.line))
+        servers = [self.upstream_server(srv) for srv in level.own("server")]
         if not servers:
             raise node.error(f'no servers are inside upstream "{name}"')
-        values = {v for v, _ in fail_timeouts}
-        if len(values) > 1:
-            line = max(fail_timeouts, key=lambda t: t[1])[1]
-            raise ConfigError('"server ... fail_timeout=" differing between the servers of one upstream is '
-                              "not supported yet: fastterm's fail_timeout is per upstream",
-                              file=node.file, line=line)
-        options: dict = {"tries": len(servers), "max_conns": 0, "fail_timeout": values.pop()}
+        if all("backup" in s.split()[1:] for s in servers):
+            raise node.error(f'no servers in upstream "{name}"')   # nginx counts the primary ones
+        options: dict = {"tries": len(servers), "max_conns": 0}
+        timeouts = {w for s in servers for w in s.split()[1:] if w.startswith("fail_timeout=")}
+        if len(timeouts) == 1 and all(next(iter(timeouts)) in s.split() for s in servers):
+            # one value for all: the upstream's (nginx's default is 10s)
+            options["fail_timeout"] = float(next(iter(timeouts)).partition("=")[2])
+            servers = [" ".join(w for w in s.split() if not w.startswith("fail_timeout=")) for s in servers]
+        if level.own("least_conn"):
+            options["balance"] = "least_conn"
         keepalive = level.find("keepalive")
         if keepalive:
             count = _number(keepalive, keepalive.args[0])
@@ -889,24 +888,32 @@ class _Builder:
             options["keepalive_timeout"] = parse_time(timeout)
         self.upstream_blocks[name] = Upstream(name=name, servers=servers, **options)
 
-    def upstream_server(self, node: Node) -> tuple[str, float]:
+    def upstream_server(self, node: Node) -> str:
+        """``server ADDRESS [weight=N] [max_fails=N] [fail_timeout=T] [backup]`` -> the model's
+        server string (the same parameters, fail_timeout in seconds)."""
         address = node.args[0]
         if address.startswith("unix:"):
             raise node.unsupported("unix sockets", "server unix:")
         text = self.host_port(node, address)
-        fail_timeout = 10.0
+        params = []
         for param in node.args[1:]:
-            key, _, value = param.partition("=")
-            if key == "weight" and value == "1" or key == "max_fails" and value == "1":
-                continue
-            if key == "fail_timeout":
-                fail_timeout = parse_time(node, value)
-                continue
-            if key in ("weight", "max_fails", "max_conns", "backup", "down", "resolve", "service", "route",
-                       "slow_start", "drain"):
+            key, eq, value = param.partition("=")
+            if key in ("weight", "max_fails") and eq:
+                if not value.isdigit() or key == "weight" and int(value) == 0:
+                    raise node.error(f'invalid parameter "{param}"')
+                if key == "weight" and int(value) > 1000:
+                    raise node.unsupported("weights up to 1000", f"server ... {param}")
+                if int(value) != 1:   # both default to 1
+                    params.append(f"{key}={int(value)}")
+            elif key == "fail_timeout" and eq:
+                params.append(f"fail_timeout={parse_time(node, value):g}")
+            elif param == "backup":
+                params.append("backup")
+            elif key in ("max_conns", "down", "resolve", "service", "route", "slow_start", "drain"):
                 raise node.unsupported("", f"server ... {param}")
-            raise node.error(f'invalid parameter "{param}"')
-        return text, fail_timeout
+            else:
+                raise node.error(f'invalid parameter "{param}"')
+        return " ".join([text, *params])
 
     def host_port(self, node: Node, address: str, default_port: int = 80) -> str:
         """``host[:port]`` -> ``host:port`` / ``[v6]:port``; a name must resolve, as nginx checks."""

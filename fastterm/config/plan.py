@@ -276,6 +276,9 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
         servers = [(s.host, s.port) for s in specs]
         plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
                                            up.keepalive_max, up.keepalive_timeout, up.max_conns)
+        plan.pools[up.name].set_balancing([s.weight for s in specs], [s.backup for s in specs],
+                                          [s.max_fails for s in specs], [s.fail_timeout for s in specs],
+                                          up.balance == "least_conn")
         if up.tls is not None:
             _upstream_tls(plan.pools[up.name], up.tls, specs, source)
     policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]

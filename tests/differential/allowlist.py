@@ -130,8 +130,6 @@ NOT_YET = "is part of issue 10 and not built yet"
 UNSUPPORTED: dict[str, dict[str, str]] = {
     "seed_api": {"ssl_stapling": STAPLING, "ssl_stapling_verify": STAPLING},
     "seed_early_data": {"ssl_early_data": "TLS 1.3 0-RTT lands with the early-data issue (#13)"},
-    "upstream_least_conn": {"least_conn": "balancing policies land with the upstreams issue (#12)"},
-    "upstream_weights": {"server": "weights and backup servers land with the upstreams issue (#12)"},
     # Part of issue 10 itself, not built yet: the front-end refuses them by name today.
     "add_header_inheritance": {"add_header": f"add_header other than HSTS {NOT_YET}"},
     "body_limits_per_location": {"client_max_body_size": f"per-location limits {NOT_YET}"},
