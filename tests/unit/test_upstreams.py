@@ -6,6 +6,7 @@ both from fastterm.toml and nginx.conf."""
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import pytest
 from fastterm._core import CLOSED, FAILED, WANT_READ, TLSConnection, TLSContext, UpstreamPool
@@ -40,11 +41,11 @@ def test_weights_split_exactly():
 
 def test_backup_serves_only_while_every_primary_is_out():
     p = pool(3, backup=[False, False, True], fail_timeout=10.0)
-    assert set(p.choose(0.0) for _ in range(20)) == {0, 1}
+    assert {p.choose(0.0) for _ in range(20)} == {0, 1}
     p.failed(0, 1.0)
-    assert set(p.choose(1.5) for _ in range(10)) == {1}
+    assert {p.choose(1.5) for _ in range(10)} == {1}
     p.failed(1, 2.0)
-    assert set(p.choose(2.5) for _ in range(10)) == {2}
+    assert {p.choose(2.5) for _ in range(10)} == {2}
     # fail_timeout later, the primaries are tried again
     assert p.choose(11.5) in (0, 1)
 
@@ -182,7 +183,7 @@ server {{
 
 
 def test_proxy_ssl_directives_map(write, ec_files, tmp_path):
-    ca = write("certs/chain.pem", open(ec_files[0], "rb").read())
+    ca = write("certs/chain.pem", Path(ec_files[0]).read_bytes())
     text = nginx_site(f"""
         proxy_ssl_certificate certs/ec.crt;
         proxy_ssl_certificate_key certs/ec.key;
