@@ -85,22 +85,36 @@ cdef class BackendTLSTransport:
         self.worker.tick()
         if self.closed:
             return
-        if self.handshaking:
-            self._step_handshake()
-        elif self.protocol is not None:
-            self._read_loop()
+        try:
+            if self.handshaking:
+                self._step_handshake()
+            elif self.protocol is not None:
+                self._read_loop()
+        except Exception:
+            self._internal_error()
 
     def _on_writable(self):
         self.worker.tick()
         if self.closed:
             return
-        if self.handshaking:
-            self._step_handshake()
-            return
-        self._flush()
-        if self.read_wants_write and not self.closed:
-            self.read_wants_write = False
-            self._read_loop()
+        try:
+            if self.handshaking:
+                self._step_handshake()
+                return
+            self._flush()
+            if self.read_wants_write and not self.closed:
+                self.read_wants_write = False
+                self._read_loop()
+        except Exception:
+            self._internal_error()
+
+    def _internal_error(self):
+        """A bug met on this connection closes it (and fails its request), never the worker."""
+        _log.exception("upstream %s: closing a TLS backend connection after an internal error", self.pool.name)
+        self._shutdown(False)
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(ConnectionError("internal error"))
+        self._lost("internal error")
 
     # ---- Handshake flow -------------------------------------------------------------
     cdef void _step_handshake(self):
@@ -226,7 +240,7 @@ cdef class BackendTLSTransport:
 
     def _lost(self, why):
         if self.protocol is not None:
-            self.protocol.connection_lost(ConnectionError(why))
+            self.protocol.connection_lost(None if why is None else ConnectionError(why))
 
     cdef void _failed(self, str why):
         host, port = self.pool.servers[self.server]
@@ -264,10 +278,14 @@ cdef class BackendTLSTransport:
         self.pending_out = None
 
     def close(self):
+        """As a uvloop transport: the protocol hears connection_lost from the loop (a
+        BackendConnection that closed it itself ignores it; one nobody attached counts it)."""
+        if not self.closed and self.protocol is not None:
+            self.loop.call_soon(self._lost, None)
         self._shutdown(True)
 
     def abort(self):
-        self._shutdown(True)
+        self.close()
 
     def is_closing(self):
         return self.closed

@@ -37,9 +37,20 @@ What maps (nginx -> model):
   normalised path, as nginx; with no regex locations ``^~`` means plain prefix) with
   ``proxy_pass http://UPSTREAM`` or ``http://host:port`` (an implicit upstream named
   ``host:port``, nginx's ``$proxy_host``).
-- ``upstream NAME { server host:port [weight=1] [max_fails=1] [fail_timeout=T]; keepalive N;
-  keepalive_timeout T; }`` -> ``[[upstream]]`` (``tries``: one per server, as nginx's
-  ``proxy_next_upstream_tries 0``; ``max_conns`` 0: nginx queues nothing and caps nothing).
+- ``upstream NAME { [least_conn;] server host:port [weight=N] [max_fails=N] [fail_timeout=T]
+  [backup]; keepalive N; keepalive_timeout T; }`` -> ``[[upstream]]`` (``tries``: one per
+  server, as nginx's ``proxy_next_upstream_tries 0``; ``max_conns`` 0: nginx queues nothing and
+  caps nothing; nginx's smooth weighted round robin, least_conn, backup servers only while
+  every other one is out, max_fails failures within fail_timeout take a server out).
+- ``proxy_pass https://UPSTREAM`` or ``https://host[:port]`` (TLS to the backend) with
+  ``proxy_ssl_verify`` (default off, as nginx; ``check`` names the safer setting),
+  ``proxy_ssl_trusted_certificate`` (required by verify on), ``proxy_ssl_verify_depth`` (1),
+  ``proxy_ssl_server_name`` (off: no SNI), ``proxy_ssl_name`` (``$proxy_host`` without its
+  port), ``proxy_ssl_certificate`` + ``proxy_ssl_certificate_key`` (mTLS),
+  ``proxy_ssl_session_reuse`` (on), ``proxy_ssl_protocols`` (TLSv1/TLSv1.1 dropped with a
+  warning; absent: TLSv1.2 TLSv1.3), ``proxy_ssl_ciphers`` -> the upstream's ``tls`` table. The
+  settings belong to the upstream in fastterm: two locations that reach one upstream with
+  different ones are refused.
 - ``server`` without ``ssl`` whose ``return`` (on the server or in its one ``location /``) is
   ``CODE URL`` (301, 302, 303, 307, 308), ``URL`` (302), ``CODE "text"`` or ``CODE`` (2xx, 4xx,
   5xx; 444 closes) -> a ``[[redirect]]`` each, with its ``server_name``s, ``default_server``,
@@ -91,12 +102,13 @@ without effect (``deferred``, ``backlog=``).
 
 What is refused, (c): every other directive nginx knows, among them ``ssl_stapling on`` and its
 friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
-(client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
+(client certificates), ``proxy_ssl_crl``, ``proxy_ssl_password_file``,
+``proxy_ssl_conf_command``, ``proxy_ssl_name`` with variables other than ``$proxy_host``,
 ``proxy_pass`` with a URI part or variables, ``location ~``/``~*``/``@name`` and nested
 locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
-upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
+upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
 ``allow``/``deny``, ``listen ... proxy_protocol``, and plain-HTTP proxying (a
 server without ``ssl`` may only ``return``; other statuses, other variables in it). Each has its reason in ``UNSUPPORTED`` or in the
@@ -112,7 +124,7 @@ inside of ``http {}``.
 
 Deliberate choices where nginx's default is not what fastterm gives (documented, not hidden):
 ``ssl_protocols`` absent -> TLSv1.2 TLSv1.3 (nginx >= 1.23.4's default; 1.22's lacks TLSv1.3
-and offers TLSv1/1.1, which fastterm refuses); ``ssl_ciphers`` absent -> Mozilla intermediate
+and offers TLSv1/1.1, which fastterm refuses; ``proxy_ssl_protocols`` absent likewise); ``ssl_ciphers`` absent -> Mozilla intermediate
 (nginx: ``HIGH:!aNULL:!MD5``, which adds CBC and non-forward-secret suites); ``ssl_ecdh_curve``
 absent or ``auto`` -> X25519:P-256:P-384 (OpenSSL's default adds X448 and P-521); TLS 1.3
 suites absent -> OpenSSL's default order, as nginx.
@@ -194,6 +206,11 @@ RUNTIME_DIFFERENCES = """\
   nginx's proxy_next_upstream also retries on timeout; a single server is skipped for
   fail_timeout in fastterm only when another is up.
 - Upstream host names are resolved per connection (nginx: once at start, every address).
+- Every server of an upstream out (max_fails): fastterm tries the one back soonest; nginx answers
+  502 at once and marks them all up again.
+- proxy_ssl_verify on: fastterm fails the handshake itself; nginx completes it, then checks the
+  result and closes (both: the next server, then 502). An IP address as proxy_ssl_name is
+  checked against the certificate's IP addresses (nginx: as a DNS name).
 """
 
 # ---- crossplane ---------------------------------------------------------------------------
