@@ -15,13 +15,11 @@ cdef class UpstreamPool:
     cdef bytes host_header          # Host for requests that came without one (HTTP/1.0)
     cdef list servers               # [(host, port)]
     cdef list idle                  # per server: [BackendConnection], oldest first
-    cdef int rr
     cdef int keepalive              # idle connections always kept per server
     cdef int keepalive_max          # ... and at most, however busy recent load was
     cdef double keepalive_timeout   # an idle connection unused this long is closed
     cdef readonly int tries         # attempts per request (nginx proxy_next_upstream_tries)
     cdef list down_until            # per server: ejected until (loop time) after max_fails failures
-    cdef double fail_timeout
     # Balancing (nginx's round robin and least_conn, per server): smooth weighted round robin
     cdef bint least_conn
     cdef list weight

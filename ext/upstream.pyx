@@ -25,11 +25,9 @@ cdef class UpstreamPool:
         self.servers = list(servers)
         self.idle = [[] for _ in self.servers]
         self.down_until = [0.0] * len(self.servers)
-        self.rr = 0
         self.keepalive = keepalive
         self.keepalive_max = max(keepalive, keepalive_max)
         self.keepalive_timeout = keepalive_timeout
-        self.fail_timeout = fail_timeout
         self.tries = max(1, tries)
         self.idle_cap = keepalive
         self.max_conns = max_conns

@@ -379,6 +379,10 @@ class _Checker:
             tls, ca_file=None if tls.ca_file is None else _absolute(tls.ca_file, base),
             cert=None if tls.cert is None else _absolute(tls.cert, base),
             key=None if tls.key is None else _absolute(tls.key, base))
+        for key in ("ca_file", "cert", "key"):
+            path = getattr(tls, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise self.error(f"cannot read {path}", "upstream", i, "tls", key)
         return msgspec.structs.replace(upstream, tls=tls)
 
     def _with_defaults(self, server: Server, i: int, config: Config) -> Server:

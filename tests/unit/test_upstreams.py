@@ -145,6 +145,8 @@ def test_https_servers_verify_by_default(write, ec_files):
 
 
 def test_tls_table_paths_are_absolute(write, ec_files, tmp_path):
+    write("ca.pem", b"")
+    write("client.pem", b"")
     text = toml_config(ec_files, 'servers = ["10.0.0.10:3000 weight=2", "10.0.0.11:3000 backup"]\n'
                                  'balance = "least_conn"\n[upstream.tls]\nca_file = "ca.pem"\n'
                                  'cert = "client.pem"\nserver_name = "notes"')
@@ -159,6 +161,7 @@ def test_tls_table_paths_are_absolute(write, ec_files, tmp_path):
     ('servers = ["a:1 weight=x"]', "invalid server parameter"),
     ('servers = ["a:1"]\n[upstream.tls]\nkey = "k.pem"', "tls.key without tls.cert"),
     ('servers = ["a:1"]\n[upstream.tls]\nverify = "optional"', "verify"),
+    ('servers = ["a:1"]\n[upstream.tls]\nca_file = "missing.pem"', "cannot read .*missing.pem"),
 ])
 def test_bad_upstream_tables(write, ec_files, upstream, message):
     with pytest.raises(ConfigError, match=message):
