@@ -8,9 +8,10 @@ import shutil
 import ssl
 import subprocess
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from harness import HOST, NAME, RawBackend, cert_entry, response_bytes
+from harness import HOST, NAME, RawBackend, cert_entry, response_bytes, wait_for
 from httpwire import Reader, read_response, request_bytes
 
 from fastterm.demo import Issued, issue_cert, make_ca, new_key
@@ -32,7 +33,8 @@ class TLSBackend(RawBackend):
 
     def _serve(self, sock, record) -> None:
         try:
-            tls = self.ctx.wrap_socket(sock, server_side=True)
+            # ragged EOFs raise SSLEOFError: a close without close_notify is seen as one
+            tls = self.ctx.wrap_socket(sock, server_side=True, suppress_ragged_eofs=False)
         except (ssl.SSLError, OSError) as exc:
             with self.lock:
                 self.rejected.append(exc)
@@ -96,6 +98,10 @@ def pki(write, ca, intermediate, client_ca):
     return {
         "backend": cert_entry(write, backend, intermediate, "backend"),
         "wrong_name": cert_entry(write, issue_cert(intermediate, ["other.test"], "EC"), intermediate, "wrong"),
+        "expired": cert_entry(write, issue_cert(intermediate, BACKEND_NAMES, "EC",
+                                                not_before=datetime.now(UTC) - timedelta(days=30),
+                                                not_after=datetime.now(UTC) - timedelta(days=1)),
+                              intermediate, "expired"),
         "ca": write("certs/backend-ca.pem", ca.cert_pem),
         "client_ca": write("certs/client-ca.pem", client_ca.cert_pem),
         "client": {"cert": write("certs/client.crt", client.cert_pem), "key": write("certs/client.key", client.key_pem)},
@@ -162,12 +168,39 @@ def test_backend_refusing_the_client_certificate_is_502(fastterm, tls_backend, p
     assert not backend.requests
 
 
-def test_wrong_name_is_502_with_the_reason(fastterm, tls_backend, pki):
-    backend = tls_backend("wrong_name")
+@pytest.mark.parametrize("cert, reason", [("wrong_name", "hostname mismatch"), ("expired", "certificate has expired")])
+def test_bad_backend_certificate_is_502_with_the_reason(fastterm, tls_backend, pki, cert, reason):
+    backend = tls_backend(cert)
     ft = _start(fastterm, backend, {"ca_file": pki["ca"], "server_name": "backend.test", **pki["client"]})
     assert _get(ft).status == 502
-    assert "certificate verify failed: hostname mismatch" in ft.log()
+    assert f"connect to {HOST}:{backend.port} failed: TLS handshake: certificate verify failed: {reason}" in ft.log()
     assert not backend.requests
+
+
+def test_idle_connections_close_with_close_notify(fastterm, pki):
+    """An idle pooled connection past keepalive_timeout ends with close_notify (the backend
+    reads a clean end of stream, not a truncation)."""
+    endings: list[str] = []
+
+    def handler(conn) -> None:
+        try:
+            while conn.read_request() is not None:
+                conn.send(response_bytes(200, b"ok"))
+            endings.append("close_notify")
+        except ssl.SSLEOFError:
+            endings.append("truncated")
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki["backend"]["cert"], pki["backend"]["key"])
+    backend = TLSBackend(ctx, handler)
+    try:
+        ft = fastterm(upstreams=[{"name": "app", "servers": [f"https://{HOST}:{backend.port}"], "keepalive_timeout": 1,
+                                  "tls": {"ca_file": pki["ca"], "server_name": "backend.test"}}])
+        assert _get(ft).status == 200
+        assert wait_for(lambda: endings, timeout=5)
+        assert endings == ["close_notify"]
+    finally:
+        backend.close()
 
 
 def test_wrong_name_passes_only_with_verify_none(fastterm, tls_backend, pki):
