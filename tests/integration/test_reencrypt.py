@@ -316,3 +316,13 @@ def test_concurrent_clients(fastterm, tls_backend, pki):
         t.join(30)
     assert not errors, errors[:3]
     assert len(backend.requests) == 80
+
+
+def test_backend_that_never_handshakes_is_a_connect_timeout(fastterm, raw_backend, pki):
+    """TCP accepted, no ServerHello: backend_connect_timeout covers the handshake (nginx's
+    proxy_connect_timeout too): 504, not a hang."""
+    silent = raw_backend(lambda conn: conn.hang())
+    ft = fastterm(upstreams=[{"name": "app", "servers": [f"https://{HOST}:{silent.port}"],
+                              "tls": {"ca_file": pki["ca"], "server_name": "backend.test"}}])
+    assert ft.request("GET", "/", timeout=10).status == 504
+    assert f"connect to {HOST}:{silent.port} timed out" in ft.log()
