@@ -59,6 +59,9 @@ cdef class Identity:
     cdef void _free(self) noexcept
     cdef void _register_staples(self)
     cdef bint apply(self, SSL *ssl) noexcept
+cdef class TLSSession:
+    """A client-side SSL_SESSION kept to resume the next connection to the same server."""
+    cdef SSL_SESSION *session
 
 
 cdef class TLSConnection:
@@ -70,6 +73,7 @@ cdef class TLSConnection:
     cdef public str error           # why the last TLS_FAILED happened
     cdef readonly int failure       # ... as a TLS_FAIL_* kind
     cdef bint fatal                 # a protocol error: the session must not be reused
+    cdef SSL_SESSION *fresh_session # client mode: the server's newest session (ticket), owned
 
     # Handshake flow
     cdef int handshake(self)
@@ -82,5 +86,9 @@ cdef class TLSConnection:
     cdef int feed_ciphertext(self, const char *buf, int size) except -1
     cdef size_t ciphertext_pending(self)
     cdef int take_ciphertext(self, char *buf, int size)
+
+    # Client sessions (resuming a backend)
+    cdef TLSSession take_session(self)
+    cdef int resume(self, TLSSession session)
 
     cdef int _status(self, int ret)

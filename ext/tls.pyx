@@ -11,6 +11,8 @@
 # settings before OpenSSL negotiates anything or looks a session up; each
 # context's session ID context keeps its sessions from resuming anywhere else.
 
+import socket
+
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
@@ -338,11 +340,14 @@ cdef class TLSContext:
                  bint prefer_server_ciphers=True, bint session_cache=True,
                  double session_timeout=300.0, bint session_tickets=True, alpn=("http/1.1",),
                  str cafile=None, bytes session_id_context=None, SharedState shared=None,
-                 bytes dhparam=None):
+                 bytes dhparam=None, verify=None, int verify_depth=-1):
         """``shared``: the session cache and ticket keys the workers share (the master's
         SharedState), or None for this process's own cache and per-context ticket keys.
         ``dhparam``: PEM DH parameters for the TLS 1.2 DHE suites (nginx ssl_dhparam);
-        without them OpenSSL offers no DHE suite whatever ``ciphers`` lists, as nginx."""
+        without them OpenSSL offers no DHE suite whatever ``ciphers`` lists, as nginx.
+        Client mode: ``verify`` True checks the server's chain (against ``cafile``, else the
+        system trust store) and name, False checks nothing, None (the default) verifies when
+        ``cafile`` is given; ``verify_depth`` >= 0 limits the chain (nginx proxy_ssl_verify_depth)."""
         cdef long options
         cdef EVP_PKEY *dh
         self.server_side = server_side
@@ -433,11 +438,21 @@ cdef class TLSContext:
                     self.ctx, <const unsigned char *>PyBytes_AS_STRING(self.alpn_wire),
                     len(self.alpn_wire)) != 0:
                 raise_tls_error("cannot set ALPN protocols")
-            if cafile is not None:
-                if not SSL_CTX_load_verify_locations(self.ctx, cafile.encode(), NULL):
-                    raise_tls_error(f"cannot load CA file {cafile!r}")
+            if verify is None:
+                verify = cafile is not None
+            if verify:
+                if cafile is not None:
+                    if not SSL_CTX_load_verify_locations(self.ctx, cafile.encode(), NULL):
+                        raise_tls_error(f"cannot load CA file {cafile!r}")
+                elif not SSL_CTX_set_default_verify_paths(self.ctx):
+                    raise_tls_error("cannot load the system trust store")
                 SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER, NULL)
+                if verify_depth >= 0:
+                    SSL_CTX_set_verify_depth(self.ctx, verify_depth)
                 self.verify = True
+            # Each new session (a TLS 1.3 ticket arrives after the handshake) is kept by its
+            # connection for the caller to resume the next one with (TLSConnection.take_session).
+            SSL_CTX_sess_set_new_cb(self.ctx, _client_new_session_cb)
         ERR_clear_error()
 
     def __dealloc__(self):
@@ -712,6 +727,38 @@ cdef void _log_identity_failure(Identity identity) noexcept:
         _tls_log.error("certificate refused by OpenSSL, handshake failed: %s", sys.exc_info()[1])
     except BaseException:
         pass
+cdef int _client_new_session_cb(SSL *ssl, SSL_SESSION *session) noexcept:
+    """Client mode: the connection keeps the newest resumable session (returning 1 takes
+    OpenSSL's reference, SSL_CTX_sess_set_new_cb(3)); the SSL's ex_data 0 is its owner."""
+    cdef void *owner = SSL_get_ex_data(ssl, 0)
+    cdef TLSConnection conn
+    if owner == NULL or not SSL_SESSION_is_resumable(session):
+        return 0
+    conn = <TLSConnection>owner
+    if conn.fresh_session != NULL:
+        SSL_SESSION_free(conn.fresh_session)
+    conn.fresh_session = session
+    return 1
+
+
+cdef bint _is_ip_literal(str name):
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in name else socket.AF_INET, name)
+    except OSError:
+        return False
+    return True
+
+
+cdef class TLSSession:
+    """Owns one SSL_SESSION reference (freed once, in __dealloc__)."""
+
+    def __cinit__(self):
+        self.session = NULL
+
+    def __dealloc__(self):
+        if self.session != NULL:
+            SSL_SESSION_free(self.session)
+            self.session = NULL
 
 
 cdef class TLSConnection:
@@ -726,8 +773,13 @@ cdef class TLSConnection:
         self.rbio = NULL
         self.wbio = NULL
         self.error = None
+        self.fresh_session = NULL
 
-    def __init__(self, TLSContext context not None, int fd=-1, str server_hostname=None):
+    def __init__(self, TLSContext context not None, int fd=-1, str server_hostname=None,
+                 str check_name=None):
+        """Client mode: ``server_hostname`` is sent as SNI and, when the context verifies,
+        checked against the certificate, unless ``check_name`` names another (an IP address
+        is checked as one); ``server_hostname`` None sends no SNI."""
         self.context = context
         ERR_clear_error()
         self.ssl = SSL_new(context.ctx)
@@ -758,14 +810,23 @@ cdef class TLSConnection:
         if context.server_side:
             SSL_set_accept_state(self.ssl)
         else:
+            SSL_set_ex_data(self.ssl, 0, <void *>self)   # borrowed: this object owns the SSL
             if server_hostname is not None:
                 SSL_set_tlsext_host_name(self.ssl, server_hostname.encode())
-                if context.verify and not SSL_set1_host(self.ssl, server_hostname.encode()):
+            name = check_name if check_name is not None else server_hostname
+            if context.verify and name is not None:
+                if _is_ip_literal(name):
+                    if not X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(self.ssl), name.encode()):
+                        raise_tls_error("X509_VERIFY_PARAM_set1_ip_asc failed")
+                elif not SSL_set1_host(self.ssl, name.encode()):
                     raise_tls_error("SSL_set1_host failed")
             SSL_set_connect_state(self.ssl)
 
     def __dealloc__(self):
         global _live_ssl
+        if self.fresh_session != NULL:
+            SSL_SESSION_free(self.fresh_session)
+            self.fresh_session = NULL
         if self.ssl != NULL:
             if not self.fatal:
                 # Without this SSL_free() treats the session as bad and drops it from
@@ -797,6 +858,21 @@ cdef class TLSConnection:
             return n
         return self._status(n)
 
+    # ---- Client sessions ------------------------------------------------
+    cdef TLSSession take_session(self):
+        """The session the server gave since the last call (None if none): its owner now."""
+        cdef TLSSession out
+        if self.fresh_session == NULL:
+            return None
+        out = TLSSession.__new__(TLSSession)
+        out.session = self.fresh_session
+        self.fresh_session = NULL
+        return out
+
+    cdef int resume(self, TLSSession session):
+        """Offer ``session`` in the ClientHello (before the handshake); 0 if refused."""
+        return SSL_set_session(self.ssl, session.session)
+
     cdef int _status(self, int ret):
         cdef int err = SSL_get_error(self.ssl, ret)
         if err == SSL_ERROR_NONE:
@@ -822,6 +898,10 @@ cdef class TLSConnection:
         self.failure = failure_kind(ERR_peek_error())
         text = error_text()
         self.error = text or f"SSL error {err}"
+        if not self.context.server_side and SSL_get_verify_result(self.ssl) != X509_V_OK:
+            # "certificate verify failed" alone does not say what: X509_V_ERR_* does.
+            self.error = "certificate verify failed: " + \
+                X509_verify_cert_error_string(SSL_get_verify_result(self.ssl)).decode("latin-1")
         if self.failure == TLS_FAIL_EOF:
             return TLS_EOF
         self.fatal = True
@@ -918,6 +998,13 @@ cdef class TLSConnection:
     def server_name(self):
         cdef const char *name = SSL_get_servername(self.ssl, TLSEXT_NAMETYPE_host_name)
         return name.decode("ascii", "replace") if name != NULL else None
+
+    def take_client_session(self):
+        """Python API of take_session (tests)."""
+        return self.take_session()
+
+    def resume_session(self, TLSSession session not None):
+        return bool(self.resume(session))
 
     @property
     def session_reused(self):

@@ -15,13 +15,23 @@ cdef class UpstreamPool:
     cdef bytes host_header          # Host for requests that came without one (HTTP/1.0)
     cdef list servers               # [(host, port)]
     cdef list idle                  # per server: [BackendConnection], oldest first
-    cdef int rr
     cdef int keepalive              # idle connections always kept per server
     cdef int keepalive_max          # ... and at most, however busy recent load was
     cdef double keepalive_timeout   # an idle connection unused this long is closed
     cdef readonly int tries         # attempts per request (nginx proxy_next_upstream_tries)
-    cdef list down_until            # per server: ejected until (loop time) after a failure
-    cdef double fail_timeout
+    cdef list down_until            # per server: ejected until (loop time) after max_fails failures
+    # Balancing (nginx's round robin and least_conn, per server): smooth weighted round robin
+    cdef bint least_conn
+    cdef list weight
+    cdef list effective             # effective_weight: lowered by failures, regained per pick
+    cdef list current               # current_weight of the smooth round robin
+    cdef list backup                # used only when no primary server is up
+    cdef list max_fails             # failures within fail_timeout that take a server out; 0: never
+    cdef list fail_timeouts
+    cdef list fails
+    cdef list checked               # when a failure was counted, or the server tried again
+    cdef list accessed              # when the last failure was counted
+    cdef list active                # requests on a connection of the server, or connecting to it
     cdef int busy                   # connections serving a request now
     cdef int connecting             # connects in flight (each for a request waiting on it)
     cdef int window_peak            # the most busy + connecting at once in this second
@@ -31,10 +41,19 @@ cdef class UpstreamPool:
     cdef readonly int max_conns     # connections per server (busy, idle, connecting); 0: no cap
     cdef list open                  # per server: connections open or being opened
     cdef object waiting             # deque of Streams waiting for a connection (at max_conns)
+    # TLS to the servers (re-encryption); tls None: plain TCP
+    cdef readonly TLSContext tls
+    cdef list tls_sni               # per server: the SNI name, or None
+    cdef list tls_names             # per server: the name the certificate must match
+    cdef bint tls_reuse             # resume each server's last session
+    cdef list tls_sessions          # per server: its last TLSSession, or None
 
     cdef BackendConnection take_idle(self, int server)
-    cdef int next_server(self, double now)
+    cdef int next_server(self, double now, unsigned long long tried=*)
+    cdef int _pick(self, double now, unsigned long long tried, bint backup)
+    cdef bint _usable(self, int server, double now, unsigned long long tried)
     cdef void mark_failed(self, int server, double now)
+    cdef void note_success(self, int server)
     cdef void release(self, BackendConnection conn, double now)
     cdef void tick(self, double now)
     cdef void note_demand(self)
@@ -52,6 +71,7 @@ cdef class Stream:
     cdef bint queued                # waiting in the pool for a connection (max_conns reached)
     cdef int attempts
     cdef int tried_server
+    cdef unsigned long long tried   # servers this request tried (bit server % 64)
     cdef bytes request_head         # what every attempt sends first
     cdef double deadline            # connect, then read: the codec's sweep checks it
 

@@ -25,11 +25,9 @@ cdef class UpstreamPool:
         self.servers = list(servers)
         self.idle = [[] for _ in self.servers]
         self.down_until = [0.0] * len(self.servers)
-        self.rr = 0
         self.keepalive = keepalive
         self.keepalive_max = max(keepalive, keepalive_max)
         self.keepalive_timeout = keepalive_timeout
-        self.fail_timeout = fail_timeout
         self.tries = max(1, tries)
         self.idle_cap = keepalive
         self.max_conns = max_conns
@@ -37,26 +35,130 @@ cdef class UpstreamPool:
             self.keepalive_max = min(self.keepalive_max, max_conns)
         self.open = [0] * len(self.servers)
         self.waiting = collections.deque()
+        self.set_balancing([1] * len(self.servers), [False] * len(self.servers), [1] * len(self.servers),
+                           [fail_timeout] * len(self.servers), False)
 
-    cdef int next_server(self, double now):
-        """Round robin over servers not ejected; when all are, the one back soonest
-        (nginx max_fails=1 fail_timeout=10s: a dead server costs one failed connect,
-        not one per request)."""
-        cdef int n = len(self.servers), k, s, best = -1
-        for k in range(n):
-            s = (self.rr + k) % n
-            if self.down_until[s] <= now:
-                self.rr = (s + 1) % n
-                return s
-            if best < 0 or self.down_until[s] < self.down_until[best]:
+    def set_balancing(self, weights, backup, max_fails, fail_timeouts, bint least_conn):
+        """Per server: weight, backup, max_fails, fail_timeout (nginx's ``server`` parameters);
+        ``least_conn``: the server with the fewest active requests per weight first."""
+        n = len(self.servers)
+        self.weight = [max(1, int(w)) for w in weights]
+        self.effective = list(self.weight)
+        self.current = [0] * n
+        self.backup = [bool(b) for b in backup]
+        self.max_fails = [max(0, int(m)) for m in max_fails]
+        self.fail_timeouts = [float(t) for t in fail_timeouts]
+        self.fails = [0] * n
+        self.checked = [0.0] * n
+        self.accessed = [0.0] * n
+        self.active = [0] * n
+        self.least_conn = least_conn
+
+    def set_tls(self, TLSContext context not None, names, sni, bint session_reuse=True):
+        """Connect to every server with TLS: ``names`` (one per server) checked against its
+        certificate when ``context`` verifies, ``sni`` (one per server, None: no SNI) sent."""
+        self.tls = context
+        self.tls_names = list(names)
+        self.tls_sni = list(sni)
+        self.tls_reuse = session_reuse
+        self.tls_sessions = [None] * len(self.servers)
+
+    cdef bint _usable(self, int server, double now, unsigned long long tried):
+        """Not tried by this request, and not out after max_fails failures within fail_timeout."""
+        cdef int max_fails = self.max_fails[server]
+        if tried & (1ULL << (server & 63)):
+            return False
+        return not (max_fails and <int>self.fails[server] >= max_fails and
+                    now - <double>self.checked[server] <= <double>self.fail_timeouts[server])
+
+    cdef int _pick(self, double now, unsigned long long tried, bint backup):
+        """nginx's peer choice among the primary (or the backup) servers: smooth weighted
+        round robin (ngx_http_upstream_get_peer); least_conn first keeps those with the fewest
+        active requests per weight (ngx_http_upstream_get_least_conn_peer). -1: none usable."""
+        cdef int n = len(self.servers), s, best = -1, total = 0, fewest = -1, ties = 0
+        cdef int eff
+        if self.least_conn:
+            for s in range(n):
+                if self.backup[s] != backup or not self._usable(s, now, tried):
+                    continue
+                if fewest < 0 or <int>self.active[s] * <int>self.weight[fewest] < \
+                        <int>self.active[fewest] * <int>self.weight[s]:
+                    fewest, ties = s, 1
+                elif <int>self.active[s] * <int>self.weight[fewest] == <int>self.active[fewest] * <int>self.weight[s]:
+                    ties += 1
+            if ties == 1:
+                best = fewest
+        if best < 0:
+            for s in range(n):
+                if self.backup[s] != backup or not self._usable(s, now, tried):
+                    continue
+                if fewest >= 0 and <int>self.active[s] * <int>self.weight[fewest] != \
+                        <int>self.active[fewest] * <int>self.weight[s]:
+                    continue   # least_conn: not among the fewest
+                eff = self.effective[s]
+                self.current[s] = <int>self.current[s] + eff
+                total += eff
+                if eff < <int>self.weight[s]:
+                    self.effective[s] = eff + 1
+                if best < 0 or <int>self.current[s] > <int>self.current[best]:
+                    best = s
+            if best < 0:
+                return -1
+            self.current[best] = <int>self.current[best] - total
+        if now - <double>self.checked[best] > <double>self.fail_timeouts[best]:
+            self.checked[best] = now   # a failed server back after fail_timeout: its success clears it
+        return best
+
+    cdef int next_server(self, double now, unsigned long long tried=0):
+        """A primary server, else a backup one (only when no primary is usable); when none is,
+        the one back soonest (nginx max_fails=1 fail_timeout=10s: a dead server costs one
+        failed connect, not one per request)."""
+        cdef int n = len(self.servers), s, best
+        best = self._pick(now, tried, False)
+        if best < 0:
+            best = self._pick(now, tried, True)
+        if best >= 0:
+            return best
+        for s in range(n):
+            if not tried & (1ULL << (s & 63)) and (best < 0 or self.down_until[s] < self.down_until[best]):
                 best = s
-        self.rr = (best + 1) % n
+        if best < 0:   # every server tried by this request
+            for s in range(n):
+                if best < 0 or self.down_until[s] < self.down_until[best]:
+                    best = s
         return best
 
     cdef void mark_failed(self, int server, double now):
-        self.down_until[server] = now + self.fail_timeout
-        for conn in list(self.idle[server]):
-            (<BackendConnection>conn).abort()
+        """nginx's failure accounting (ngx_http_upstream_free_round_robin_peer): counted,
+        the weight lowered; out for fail_timeout at max_fails, its idle connections closed."""
+        cdef int max_fails = self.max_fails[server]
+        self.fails[server] = <int>self.fails[server] + 1
+        self.checked[server] = now
+        self.accessed[server] = now
+        if max_fails:
+            self.effective[server] = max(0, <int>self.effective[server] - <int>self.weight[server] // max_fails)
+            if <int>self.fails[server] >= max_fails:
+                self.down_until[server] = now + <double>self.fail_timeouts[server]
+                for conn in list(self.idle[server]):
+                    (<BackendConnection>conn).abort()
+
+    cdef void note_success(self, int server):
+        """A response came whole: failures counted before a retry after fail_timeout are cleared."""
+        if <double>self.accessed[server] < <double>self.checked[server]:
+            self.fails[server] = 0
+
+    # Python API of the balancing (unit tests)
+    def choose(self, double now, unsigned long long tried=0):
+        return self.next_server(now, tried)
+
+    def failed(self, int server, double now):
+        self.mark_failed(server, now)
+
+    def succeeded(self, int server):
+        self.note_success(server)
+
+    def set_active(self, int server, int n):
+        self.active[server] = n
 
     def ejected(self, double now):
         return [self.servers[i] for i in range(len(self.servers)) if self.down_until[i] > now]
@@ -139,6 +241,7 @@ cdef class UpstreamPool:
         """A connect that made no connection frees its place at once (one that did counts
         until its BackendConnection closes)."""
         self.connecting -= 1
+        self.active[server] = <int>self.active[server] - 1
         if fut.cancelled() or fut.exception() is not None:
             self.closed_one(server)
 
@@ -156,8 +259,12 @@ cdef class Stream:
         """Send the request head to a pooled backend connection, or connect one."""
         cdef Worker w = self.worker
         cdef UpstreamPool pool = self.exchange.pool
-        cdef int server = pool.next_server(w.now)
+        cdef int server
         cdef BackendConnection conn = None
+        if self.attempts == 0:
+            self.tried = 0
+        server = pool.next_server(w.now, self.tried)
+        self.tried |= 1ULL << (server & 63)
         self.attempts += 1
         if not fresh:
             conn = pool.take_idle(server)
@@ -185,10 +292,14 @@ cdef class Stream:
         self.tried_server = server
         self.deadline = w.now + w.connect_timeout
         w.count(N_BACKEND_CONNECTS)
-        self.connect_fut = asyncio.ensure_future(w.loop.create_connection(
-            lambda: _BackendProtocol(w, pool, server), host, port))
+        if pool.tls is not None:
+            self.connect_fut = asyncio.ensure_future(_tls_connect(w, pool, server))
+        else:
+            self.connect_fut = asyncio.ensure_future(w.loop.create_connection(
+                lambda: _BackendProtocol(w, pool, server), host, port))
         pool.open[server] += 1
         pool.connecting += 1
+        pool.active[server] = <int>pool.active[server] + 1
         pool.note_demand()
         self.connect_fut.add_done_callback(lambda f: pool._connect_done(f, server))
         self.connect_fut.add_done_callback(self._on_connected)
@@ -409,6 +520,7 @@ cdef class BackendConnection:
         self.got_bytes = False
         self.attached = True
         self.pool.busy += 1
+        self.pool.active[self.server] = <int>self.pool.active[self.server] + 1
         self.pool.note_demand()
 
     cdef void detach(self):
@@ -416,6 +528,7 @@ cdef class BackendConnection:
         if self.attached:
             self.attached = False
             self.pool.busy -= 1
+            self.pool.active[self.server] = <int>self.pool.active[self.server] - 1
 
     cdef void _on_data(self, const char *p, Py_ssize_t n):
         cdef Py_ssize_t i = 0, k, used
@@ -551,6 +664,7 @@ cdef class BackendConnection:
             return
         stream.exchange.response_end()
         stream.backend = None
+        self.pool.note_success(self.server)
         if stream.exchange.backend_reusable and stream.request_sent() and self.state != B_CLOSED:
             self.resume()   # an idle connection must see the backend close it
             self.pool.release(self, self.worker.now)

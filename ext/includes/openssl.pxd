@@ -308,3 +308,16 @@ cdef extern from "compat.h" nogil:
     long SSL_CTX_set_tlsext_status_arg(SSL_CTX *ctx, void *arg)
     long SSL_set_tlsext_status_ocsp_resp(SSL *s, unsigned char *resp, long len)   # takes resp
     void *OPENSSL_malloc(size_t num)
+# ---- client mode: verifying a backend, resuming its sessions --------------
+cdef extern from "compat.h" nogil:
+    ctypedef struct X509_VERIFY_PARAM
+    enum:
+        X509_V_OK
+    const char *X509_verify_cert_error_string(long n)
+    int X509_VERIFY_PARAM_set1_ip_asc(X509_VERIFY_PARAM *param, const char *ipasc)
+
+cdef extern from "compat.h" nogil:
+    int SSL_CTX_set_default_verify_paths(SSL_CTX *ctx)
+    void SSL_CTX_set_verify_depth(SSL_CTX *ctx, int depth)
+    X509_VERIFY_PARAM *SSL_get0_param(SSL *ssl)
+    int SSL_SESSION_is_resumable(const SSL_SESSION *s)

@@ -116,15 +116,34 @@ class Route(Struct, kw_only=True):
     # of it; 0: no limit; None: the server's, else limits.client_max_body_size (nginx's inheritance)
 
 
+class UpstreamTLS(Struct):
+    """TLS from fastterm to an upstream's servers (re-encryption; HAProxy ``server ... ssl``,
+    nginx ``proxy_pass https://`` + ``proxy_ssl_*``)."""
+
+    verify: Literal["required", "none"] = "required"  # HAProxy verify; "none": nothing checked
+    ca_file: str | None = None  # trusted CAs (PEM); None: the system trust store
+    verify_depth: int | None = None  # chain length limit (nginx proxy_ssl_verify_depth); None: OpenSSL's
+    server_name: str | None = None  # checked against the certificate, and the SNI; None: each server's host
+    sni: bool = True  # send server_name as SNI (nginx proxy_ssl_server_name)
+    cert: str | None = None  # client certificate (mTLS), a combined PEM when ``key`` is unset
+    key: str | None = None
+    protocols: list[Protocol] = msgspec.field(default_factory=lambda: ["TLSv1.2", "TLSv1.3"])
+    ciphers: str | None = None  # TLS 1.2 cipher list; None: OpenSSL's default
+    session_reuse: bool = True  # resume each server's last session on a new connection
+
+
 class Upstream(Struct):
     name: str
-    servers: list[str]
+    servers: list[str]  # "host:port" or "https://host:port", then nginx-style parameters:
+    # "weight=N", "backup", "max_fails=N", "fail_timeout=SECONDS"
+    tls: UpstreamTLS | None = None  # set (or https:// servers): TLS to every server
+    balance: Literal["round_robin", "least_conn"] = "round_robin"  # smooth weighted round robin (nginx)
     keepalive: int = 32  # idle backend connections always kept per server (and worker)
     keepalive_max: int = 1024  # ... at most, when recent load needed that many at once
     max_conns: int = 1024  # connections per server (and worker); past them requests wait (503 after
     # backend_connect_timeout); 0: no cap
     keepalive_timeout: float = 60.0  # an idle backend connection unused this long is closed (nginx)
-    fail_timeout: float = 10.0  # a server that failed is skipped this long (nginx max_fails=1)
+    fail_timeout: float = 10.0  # a server that failed max_fails times is skipped this long (nginx)
     tries: int = 3  # attempts per request on connect failure/reset (nginx proxy_next_upstream_tries)
 
 

@@ -52,9 +52,20 @@ What maps (nginx -> model):
 - ``client_max_body_size`` -> per route and per server (nginx's inheritance: a location's own,
   else its server's, else http's, else 1m; 0: no limit): a larger Content-Length, or a chunked or
   HTTP/2 body growing past it, is answered 413 before the backend hears of it.
-- ``upstream NAME { server host:port [weight=1] [max_fails=1] [fail_timeout=T]; keepalive N;
-  keepalive_timeout T; }`` -> ``[[upstream]]`` (``tries``: one per server, as nginx's
-  ``proxy_next_upstream_tries 0``; ``max_conns`` 0: nginx queues nothing and caps nothing).
+- ``upstream NAME { [least_conn;] server host:port [weight=N] [max_fails=N] [fail_timeout=T]
+  [backup]; keepalive N; keepalive_timeout T; }`` -> ``[[upstream]]`` (``tries``: one per
+  server, as nginx's ``proxy_next_upstream_tries 0``; ``max_conns`` 0: nginx queues nothing and
+  caps nothing; nginx's smooth weighted round robin, least_conn, backup servers only while
+  every other one is out, max_fails failures within fail_timeout take a server out).
+- ``proxy_pass https://UPSTREAM`` or ``https://host[:port]`` (TLS to the backend) with
+  ``proxy_ssl_verify`` (default off, as nginx; ``check`` names the safer setting),
+  ``proxy_ssl_trusted_certificate`` (required by verify on), ``proxy_ssl_verify_depth`` (1),
+  ``proxy_ssl_server_name`` (off: no SNI), ``proxy_ssl_name`` (``$proxy_host`` without its
+  port), ``proxy_ssl_certificate`` + ``proxy_ssl_certificate_key`` (mTLS),
+  ``proxy_ssl_session_reuse`` (on), ``proxy_ssl_protocols`` (TLSv1/TLSv1.1 dropped with a
+  warning; absent: TLSv1.2 TLSv1.3), ``proxy_ssl_ciphers`` -> the upstream's ``tls`` table. The
+  settings belong to the upstream in fastterm: two locations that reach one upstream with
+  different ones are refused.
 - ``server`` without ``ssl`` whose ``return`` (on the server or in its one ``location /``) is
   ``CODE URL`` (301, 302, 303, 307, 308), ``URL`` (302), ``CODE "text"`` or ``CODE`` (2xx, 4xx,
   5xx; 444 closes) -> a ``[[redirect]]`` each, with its ``server_name``s, ``default_server``,
@@ -115,12 +126,13 @@ address needs no lookup, and tests name only 127.0.0.1), ``zone``, ``server_toke
 without effect (``deferred``, ``backlog=``).
 
 What is refused, (c): every other directive nginx knows, among them ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
-(client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
+(client certificates), ``proxy_ssl_crl``, ``proxy_ssl_password_file``,
+``proxy_ssl_conf_command``, ``proxy_ssl_name`` with variables other than ``$proxy_host``,
 ``proxy_pass`` with variables or a query in its URI part, ``location @name`` and nested
 locations, regex and suffix-wildcard ``server_name`` on a server without ``ssl``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
-upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
+upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
 ``allow``/``deny``, ``listen ... proxy_protocol``, and plain-HTTP proxying (a
 server without ``ssl`` may only ``return``; other statuses, other variables in it). Each has its reason in ``UNSUPPORTED`` or in the
@@ -136,7 +148,7 @@ inside of ``http {}``.
 
 Deliberate choices where nginx's default is not what fastterm gives (documented, not hidden):
 ``ssl_protocols`` absent -> TLSv1.2 TLSv1.3 (nginx >= 1.23.4's default; 1.22's lacks TLSv1.3
-and offers TLSv1/1.1, which fastterm refuses); ``ssl_ciphers`` absent -> Mozilla intermediate
+and offers TLSv1/1.1, which fastterm refuses; ``proxy_ssl_protocols`` absent likewise); ``ssl_ciphers`` absent -> Mozilla intermediate
 (nginx: ``HIGH:!aNULL:!MD5``, which adds CBC and non-forward-secret suites); ``ssl_ecdh_curve``
 absent or ``auto`` -> X25519:P-256:P-384 (OpenSSL's default adds X448 and P-521); TLS 1.3
 suites absent -> OpenSSL's default order, as nginx.
@@ -160,6 +172,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import crossplane
+import msgspec
 from crossplane import analyzer as _cp
 from crossplane.errors import NgxParserDirectiveError, NgxParserSyntaxError
 
@@ -178,6 +191,7 @@ from fastterm.config.model import (
     Sessions,
     TLSPolicy,
     Upstream,
+    UpstreamTLS,
 )
 from fastterm.errors import ConfigError
 from fastterm.redirect import CLOSE_WITHOUT_RESPONSE, REDIRECT_CODES, compile_template
@@ -216,6 +230,11 @@ RUNTIME_DIFFERENCES = """\
   nginx's proxy_next_upstream also retries on timeout; a single server is skipped for
   fail_timeout in fastterm only when another is up.
 - Upstream host names are resolved per connection (nginx: once at start, every address).
+- Every server of an upstream out (max_fails): fastterm tries the one back soonest; nginx answers
+  502 at once and marks them all up again.
+- proxy_ssl_verify on: fastterm fails the handshake itself; nginx completes it, then checks the
+  result and closes (both: the next server, then 502). An IP address as proxy_ssl_name is
+  checked against the certificate's IP addresses (nginx: as a DNS name).
 """
 
 # ---- crossplane ---------------------------------------------------------------------------
@@ -521,8 +540,11 @@ MAPPED = {
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
     "proxy_connect_timeout", "proxy_read_timeout", "underscores_in_headers", "large_client_header_buffers",
     "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header",
+    "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_verify", "proxy_ssl_trusted_certificate",
+    "proxy_ssl_verify_depth", "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_session_reuse",
+    "proxy_ssl_protocols", "proxy_ssl_ciphers",
     # upstream { }
-    "keepalive",
+    "keepalive", "least_conn",
 }
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
@@ -617,6 +639,13 @@ UNSUPPORTED = {
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
     "try_files": _FILES, "keepalive_disable": "fastterm keeps every client alive",
 }
+
+
+def _strip_port(name: str) -> str:
+    """The TLS name without a port, as ngx_http_upstream_ssl_name cuts it ("[::1]:8443" -> "::1")."""
+    if name.startswith("[") and "]" in name:
+        return name[1:name.index("]")]
+    return name.partition(":")[0]
 
 
 def _check_resolver(node: Node) -> None:
@@ -815,6 +844,8 @@ class _Builder:
         self.upstream_blocks: dict[str, Upstream] = {}
         self.upstreams: dict[str, Upstream] = {}
         self.keepalive_upstreams: set[str] = set()   # the blocks with "keepalive N"
+        # upstream -> (its TLS settings or None, the first proxy_pass naming it)
+        self.upstream_tls: dict[str, tuple[UpstreamTLS | None, Node]] = {}
 
     def warn(self, message: str, level: str = "warn") -> None:
         if message not in self._said:
@@ -857,6 +888,8 @@ class _Builder:
         workers = self.workers(main)
         upstreams = list(self.upstream_blocks.values()) + [u for n, u in self.upstreams.items()
                                                             if n not in self.upstream_blocks]
+        upstreams = [msgspec.structs.replace(u, tls=self.upstream_tls[u.name][0]) if u.name in self.upstream_tls
+                     else u for u in upstreams]
         return Config(servers=model_servers, upstreams=upstreams, redirects=redirects, limits=limits,
                       sessions=sessions, workers=workers)
 
@@ -878,22 +911,21 @@ class _Builder:
             raise node.error(f'duplicate upstream "{name}"')
         level = Level(node.block or [], node=node)
         for n in level.nodes:
-            if n.name in MAPPED and n.name not in ("server", "keepalive", "keepalive_timeout"):
+            if n.name in MAPPED and n.name not in ("server", "keepalive", "keepalive_timeout", "least_conn"):
                 raise n.unsupported("", f"{n.name} (in upstream)")
-        servers, fail_timeouts = [], set()
-        for srv in level.own("server"):
-            address, fail_timeout = self.upstream_server(srv)
-            servers.append(address)
-            fail_timeouts.add((fail_timeout, srv.line))
+        servers = [self.upstream_server(srv) for srv in level.own("server")]
         if not servers:
             raise node.error(f'no servers are inside upstream "{name}"')
-        values = {v for v, _ in fail_timeouts}
-        if len(values) > 1:
-            line = max(fail_timeouts, key=lambda t: t[1])[1]
-            raise ConfigError('"server ... fail_timeout=" differing between the servers of one upstream is '
-                              "not supported yet: fastterm's fail_timeout is per upstream",
-                              file=node.file, line=line)
-        options: dict = {"tries": len(servers), "max_conns": 0, "fail_timeout": values.pop()}
+        if all("backup" in s.split()[1:] for s in servers):
+            raise node.error(f'no servers in upstream "{name}"')   # nginx counts the primary ones
+        options: dict = {"tries": len(servers), "max_conns": 0}
+        timeouts = {w for s in servers for w in s.split()[1:] if w.startswith("fail_timeout=")}
+        if len(timeouts) == 1 and all(next(iter(timeouts)) in s.split() for s in servers):
+            # one value for all: the upstream's (nginx's default is 10s)
+            options["fail_timeout"] = float(next(iter(timeouts)).partition("=")[2])
+            servers = [" ".join(w for w in s.split() if not w.startswith("fail_timeout=")) for s in servers]
+        if level.own("least_conn"):
+            options["balance"] = "least_conn"
         keepalive = level.find("keepalive")
         if keepalive:
             count = _number(keepalive, keepalive.args[0])
@@ -906,24 +938,32 @@ class _Builder:
             options["keepalive_timeout"] = parse_time(timeout)
         self.upstream_blocks[name] = Upstream(name=name, servers=servers, **options)
 
-    def upstream_server(self, node: Node) -> tuple[str, float]:
+    def upstream_server(self, node: Node) -> str:
+        """``server ADDRESS [weight=N] [max_fails=N] [fail_timeout=T] [backup]`` -> the model's
+        server string (the same parameters, fail_timeout in seconds)."""
         address = node.args[0]
         if address.startswith("unix:"):
             raise node.unsupported("unix sockets", "server unix:")
         text = self.host_port(node, address)
-        fail_timeout = 10.0
+        params = []
         for param in node.args[1:]:
-            key, _, value = param.partition("=")
-            if key == "weight" and value == "1" or key == "max_fails" and value == "1":
-                continue
-            if key == "fail_timeout":
-                fail_timeout = parse_time(node, value)
-                continue
-            if key in ("weight", "max_fails", "max_conns", "backup", "down", "resolve", "service", "route",
-                       "slow_start", "drain"):
+            key, eq, value = param.partition("=")
+            if key in ("weight", "max_fails") and eq:
+                if not value.isdigit() or key == "weight" and int(value) == 0:
+                    raise node.error(f'invalid parameter "{param}"')
+                if key == "weight" and int(value) > 1000:
+                    raise node.unsupported("weights up to 1000", f"server ... {param}")
+                if int(value) != 1:   # both default to 1
+                    params.append(f"{key}={int(value)}")
+            elif key == "fail_timeout" and eq:
+                params.append(f"fail_timeout={parse_time(node, value):g}")
+            elif param == "backup":
+                params.append("backup")
+            elif key in ("max_conns", "down", "resolve", "service", "route", "slow_start", "drain"):
                 raise node.unsupported("", f"server ... {param}")
-            raise node.error(f'invalid parameter "{param}"')
-        return text, fail_timeout
+            else:
+                raise node.error(f'invalid parameter "{param}"')
+        return " ".join([text, *params])
 
     def host_port(self, node: Node, address: str, default_port: int = 80) -> str:
         """``host[:port]`` -> ``host:port`` / ``[v6]:port``; a name must resolve, as nginx checks."""
@@ -958,8 +998,7 @@ class _Builder:
                 raise node.unsupported("unix sockets", f"proxy_pass {url}")
             raise node.error(f'invalid URL prefix in "{url}"')
         scheme, host, port, uri = m.groups()
-        if scheme.lower() == "https":
-            raise node.unsupported("TLS to backends (re-encryption)", "proxy_pass https://")
+        https = scheme.lower() == "https"
         if uri is not None and regex:
             raise node.error('"proxy_pass" cannot have URI part in location given by regular expression, '
                              'or inside named location, or inside "if" statement, or inside "limit_except" block')
@@ -973,11 +1012,84 @@ class _Builder:
                 return block, uri
         elif host.lower() in {n.lower() for n in self.upstream_blocks}:
             raise node.error(f'upstream "{host}" may not have port {port}')
-        address = self.host_port(node, host + (f":{port}" if port else ""))
-        name = address.removesuffix(":80")    # nginx's $proxy_host
+        address = self.host_port(node, host + (f":{port}" if port else ""), 443 if https else 80)
+        name = address.removesuffix(":443" if https else ":80")    # nginx's $proxy_host
         if name not in self.upstreams:
             self.upstreams[name] = Upstream(name=name, servers=[address], tries=1, max_conns=0)
         return name, uri
+
+    def proxy_tls(self, level: Level, upstream: str, node: Node) -> None:
+        """``proxy_pass https://`` -> the upstream's TLS settings from the ``proxy_ssl_*`` the
+        location sees. fastterm keeps them per upstream: two locations that reach one upstream
+        with different ones are refused."""
+        tls = self.proxy_ssl(level, upstream, node) if node.args[0].lower().startswith("https://") else None
+        seen = self.upstream_tls.setdefault(upstream, (tls, node))
+        if seen[0] != tls:
+            raise node.unsupported(f'upstream "{upstream}" is reached at {seen[1].where} with other TLS settings '
+                                   "(scheme or proxy_ssl_*): fastterm keeps TLS settings per upstream", "proxy_pass")
+
+    def proxy_ssl(self, level: Level, upstream: str, node: Node) -> UpstreamTLS:
+        """nginx's proxy_ssl_* with nginx's defaults: no verification, no SNI, the name
+        $proxy_host without its port, session reuse on."""
+        def flag(name: str, default: bool) -> bool:
+            n = level.find(name)
+            return default if n is None else n.args[0].lower() == "on"
+
+        verify = flag("proxy_ssl_verify", False)
+        trusted = level.find("proxy_ssl_trusted_certificate")
+        ca_file = None
+        if verify:
+            if trusted is None:
+                where = level.find("proxy_ssl_verify")
+                raise where.error('no "proxy_ssl_trusted_certificate" for "proxy_ssl_verify"')
+            ca_file = self.absolute(trusted.args[0])
+            if not os.access(ca_file, os.R_OK):
+                raise trusted.error(f'cannot read "{ca_file}" (proxy_ssl_trusted_certificate)')
+        else:
+            self.warn(f'{node.where}: "proxy_pass https://" without "proxy_ssl_verify on": the backend\'s '
+                      'certificate is not checked (nginx\'s default); the safer setting is "proxy_ssl_verify on" '
+                      'with "proxy_ssl_trusted_certificate"')
+        depth = level.find("proxy_ssl_verify_depth")
+        cert, key = level.find("proxy_ssl_certificate"), level.find("proxy_ssl_certificate_key")
+        cert_path = key_path = None
+        if cert is not None:
+            if key is None:
+                raise cert.error(f'no "proxy_ssl_certificate_key" is defined for certificate "{cert.args[0]}"')
+            cert_path, key_path = self.absolute(cert.args[0]), self.absolute(key.args[0])
+            try:
+                load_certificate(cert_path, key_path)
+            except ConfigError as exc:
+                raise cert.error(f'cannot load certificate "{cert_path}": {exc.message}') from None
+        name_node = level.find("proxy_ssl_name")
+        name = upstream if name_node is None else name_node.args[0]
+        if "$" in name and name != "$proxy_host":
+            raise name_node.unsupported("variables other than $proxy_host", f"proxy_ssl_name {name}")
+        if name == "$proxy_host":
+            name = upstream
+        name = _strip_port(name)
+        protocols = ["TLSv1.2", "TLSv1.3"]
+        proto_node = level.find("proxy_ssl_protocols")
+        if proto_node is not None:
+            protocols = []
+            for proto in proto_node.args:
+                if proto in REFUSED_PROTOCOLS:
+                    self.warn(f'{proto_node.where}: "proxy_ssl_protocols {proto}" is ignored: fastterm refuses '
+                              f"{proto}, deprecated by RFC 8996")
+                elif proto in ("TLSv1.2", "TLSv1.3"):
+                    protocols.append(proto)
+                else:
+                    raise proto_node.error(f'invalid value "{proto}" in "proxy_ssl_protocols" directive')
+            if not protocols:
+                raise proto_node.error('"proxy_ssl_protocols" leaves no protocol fastterm speaks: add TLSv1.2 '
+                                       "and/or TLSv1.3")
+        ciphers = level.find("proxy_ssl_ciphers")
+        return UpstreamTLS(
+            verify="required" if verify else "none", ca_file=ca_file,
+            verify_depth=(_number(depth, depth.args[0]) if depth is not None else 1) if verify else None,
+            server_name=name, sni=flag("proxy_ssl_server_name", False), cert=cert_path, key=key_path,
+            protocols=list(dict.fromkeys(protocols)),
+            ciphers=None if ciphers is None or ciphers.args[0] == "DEFAULT" else ciphers.args[0],
+            session_reuse=flag("proxy_ssl_session_reuse", True))
 
     # -- servers -------------------------------------------------------------------------
     def server(self, node: Node, http: Level) -> _Server:
@@ -1199,6 +1311,7 @@ class _Builder:
             for n in loc.level.own("return"):
                 raise n.unsupported("fastterm's locations proxy", "return")
             upstream, uri = self.proxy_pass(proxy[0], regex=bool(loc.regex))
+            self.proxy_tls(loc.level, upstream, proxy[0])
             # proxy_redirect default (nginx's default): for a proxy_pass without a URI part, the
             # pattern is its URL and "/", the replacement "/"; with one, the URL and the
             # location's name (ngx_http_proxy_merge_loc_conf)

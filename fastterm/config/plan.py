@@ -21,10 +21,11 @@ from fastterm.certs.store import (
     ServerCertificates,
     files_signature,
     is_pem_directory,
+    load_certificate,
     load_server_certificates,
 )
-from fastterm.config.model import Certificate, Config, ProxyRequest, Route, Server
-from fastterm.config.toml import KeyLines, parse_address
+from fastterm.config.model import Certificate, Config, ProxyRequest, Route, Server, UpstreamTLS
+from fastterm.config.toml import KeyLines, parse_address, parse_upstream_server
 from fastterm.errors import ConfigError, TLSError
 from fastterm.redirect import RedirectTable
 
@@ -484,6 +485,33 @@ def server_staples(server: Server, i: int, found: ServerCertificates, contexts: 
     return sites
 
 
+def _upstream_tls(pool, tls: UpstreamTLS, specs: list, source: str | None) -> None:
+    """The client TLSContext of an upstream (re-encryption): verification, client certificate,
+    protocols; the name each server's certificate must carry and the SNI it is sent."""
+    from fastterm._core import TLSContext
+
+    try:
+        ctx = TLSContext(server_side=False, protocols=tls.protocols, ciphers=tls.ciphers, alpn=(),
+                         cafile=tls.ca_file, verify=tls.verify == "required",
+                         verify_depth=-1 if tls.verify_depth is None else tls.verify_depth)
+        if tls.cert is not None:
+            ck = load_certificate(tls.cert, tls.key)
+            ctx.add_certificate(ck.chain_pem, ck.key_pem)
+    except TLSError as exc:
+        raise ConfigError(f"upstream {pool.name}: {exc}", file=source) from None
+    names = [tls.server_name or s.host for s in specs]
+    sni = [name if tls.sni and not _is_ip(name) else None for name in names]   # RFC 6066 §3: no IP
+    pool.set_tls(ctx, names, sni, tls.session_reuse)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def build(config: Config, source: str | None = None, shared=None) -> Plan:
     """Build every SSL_CTX and upstream pool; raises ConfigError naming what is wrong
     (located in ``source``, the configuration file, when given).
@@ -495,9 +523,15 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
 
     plan = Plan()
     for up in config.upstreams:
-        servers = [parse_address(s, default_host="127.0.0.1") for s in up.servers]
+        specs = [parse_upstream_server(s, fail_timeout=up.fail_timeout) for s in up.servers]
+        servers = [(s.host, s.port) for s in specs]
         plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
                                            up.keepalive_max, up.keepalive_timeout, up.max_conns)
+        plan.pools[up.name].set_balancing([s.weight for s in specs], [s.backup for s in specs],
+                                          [s.max_fails for s in specs], [s.fail_timeout for s in specs],
+                                          up.balance == "least_conn")
+        if up.tls is not None:
+            _upstream_tls(plan.pools[up.name], up.tls, specs, source)
     plan.policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
     for i, server in enumerate(config.servers):
         for name in server.server_names:

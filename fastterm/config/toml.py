@@ -13,10 +13,11 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import msgspec
 
-from fastterm.config.model import Config, Route, Server
+from fastterm.config.model import Config, Route, Server, Upstream, UpstreamTLS
 from fastterm.errors import ConfigError
 
 Path = tuple[str | int, ...]
@@ -169,6 +170,54 @@ def parse_address(address: str, *, default_host: str = "0.0.0.0") -> tuple[str, 
     return host, int(port_text)
 
 
+@dataclass(frozen=True)
+class UpstreamServer:
+    """One entry of ``[[upstream]] servers``: ``[https://]host:port`` then nginx's parameters."""
+
+    host: str
+    port: int
+    tls: bool          # https://
+    weight: int = 1
+    backup: bool = False
+    max_fails: int = 1         # failures within fail_timeout that take it out; 0: never
+    fail_timeout: float = 10.0
+
+
+def parse_upstream_server(spec: str, *, fail_timeout: float = 10.0) -> UpstreamServer:
+    """``"https://10.0.0.10:443 weight=2 max_fails=3 fail_timeout=5"``, ``"b:80 backup"``
+    -> UpstreamServer; ValueError says what is wrong."""
+    words = str(spec).split()
+    if not words:
+        raise ValueError("empty server")
+    address, tls = words[0], False
+    scheme, sep, rest = address.partition("://")
+    if sep:
+        if scheme.lower() not in ("http", "https"):
+            raise ValueError(f"unknown scheme {scheme!r} in {address!r} (expected http:// or https://)")
+        tls, address = scheme.lower() == "https", rest.rstrip("/")
+        if address.isdigit():
+            raise ValueError(f"invalid address {words[0]!r}: expected {scheme}://host:port")
+    host, port = parse_address(address, default_host="127.0.0.1")
+    options: dict = {"fail_timeout": fail_timeout}
+    for word in words[1:]:
+        key, eq, value = word.partition("=")
+        if key == "backup" and not eq:
+            options["backup"] = True
+        elif key in ("weight", "max_fails") and eq and value.isdigit():
+            options[key] = int(value)
+            if key == "weight" and not 1 <= options[key] <= 1000:
+                raise ValueError(f"weight must be 1..1000 in {spec!r}")
+        elif key == "fail_timeout" and eq:
+            try:
+                options[key] = float(value.removesuffix("s"))
+            except ValueError:
+                raise ValueError(f"invalid fail_timeout {value!r} in {spec!r} (seconds)") from None
+        else:
+            raise ValueError(f"invalid server parameter {word!r} in {spec!r} (known: weight=N, backup, "
+                             "max_fails=N, fail_timeout=SECONDS)")
+    return UpstreamServer(host, port, tls, **options)
+
+
 class _Checker:
     """Semantic checks on a decoded ``Config``; each error carries its file:line."""
 
@@ -227,14 +276,14 @@ class _Checker:
 
     def check(self, config: Config) -> Config:
         upstream_names: set[str] = set()
+        upstreams = []
         for i, upstream in enumerate(config.upstreams):
             if upstream.name in upstream_names:
                 raise self.error(f"duplicate upstream {upstream.name!r}", "upstream", i, "name")
             upstream_names.add(upstream.name)
             if not upstream.servers:
                 raise self.error(f"upstream {upstream.name!r} has no servers", "upstream", i, "servers")
-            for address in upstream.servers:
-                self._address(address, "upstream", i, "servers", default_host="127.0.0.1")
+            upstreams.append(self._upstream(upstream, i))
         for i, redirect in enumerate(config.redirects):
             if not redirect.listen:
                 raise self.error("redirect has no listen address", "redirect", i, "listen")
@@ -312,9 +361,42 @@ class _Checker:
         sessions = msgspec.structs.replace(
             config.sessions, ticket_key_file=[_absolute(f, base) for f in config.sessions.ticket_key_file])
         return msgspec.structs.replace(
-            config, servers=servers, sessions=sessions,
+            config, servers=servers, sessions=sessions, upstreams=upstreams,
             pid_file=_absolute(config.pid_file, base) if config.pid_file else None,
             error_log=_absolute(config.error_log, base) if config.error_log else None)
+
+    def _upstream(self, upstream: Upstream, i: int) -> Upstream:
+        """Check the servers; ``https://`` ones give the upstream a TLS table (defaults: verified
+        against the system trust store, the URL's host as name and SNI); TLS paths made absolute."""
+        specs = []
+        for address in upstream.servers:
+            try:
+                specs.append(parse_upstream_server(address, fail_timeout=upstream.fail_timeout))
+            except ValueError as exc:
+                raise self.error(str(exc), "upstream", i, "servers") from None
+        if len({s.tls for s in specs}) > 1:
+            raise self.error(f"upstream {upstream.name!r} mixes https:// and plain servers", "upstream", i, "servers")
+        if all(s.backup for s in specs):
+            raise self.error(f"upstream {upstream.name!r} has only backup servers", "upstream", i, "servers")
+        tls = upstream.tls
+        if tls is None and specs[0].tls:
+            tls = UpstreamTLS()
+        if tls is None:
+            return upstream
+        base = os.path.dirname(os.path.abspath(self.path))
+        if tls.key is not None and tls.cert is None:
+            raise self.error("tls.key without tls.cert", "upstream", i, "tls", "key")
+        if tls.verify_depth is not None and tls.verify_depth < 0:
+            raise self.error("verify_depth must be 0 or more", "upstream", i, "tls", "verify_depth")
+        tls = msgspec.structs.replace(
+            tls, ca_file=None if tls.ca_file is None else _absolute(tls.ca_file, base),
+            cert=None if tls.cert is None else _absolute(tls.cert, base),
+            key=None if tls.key is None else _absolute(tls.key, base))
+        for key in ("ca_file", "cert", "key"):
+            path = getattr(tls, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise self.error(f"cannot read {path}", "upstream", i, "tls", key)
+        return msgspec.structs.replace(upstream, tls=tls)
 
     def _with_defaults(self, server: Server, i: int, config: Config) -> Server:
         """Give a route-less server the only upstream; make certificate paths absolute."""

@@ -125,14 +125,9 @@ ALLOWED: list[Allowed] = [
 
 
 # config stem -> directive -> why it is not supported yet (and where it lands).
-REENCRYPTION = "TLS to backends (re-encryption, client certificates) lands with the upstreams issue (#12)"
 NOT_YET = "is part of issue 10 and not built yet"
 UNSUPPORTED: dict[str, dict[str, str]] = {
-    "seed_reencrypt": {"proxy_ssl_certificate": REENCRYPTION, "proxy_ssl_certificate_key": REENCRYPTION,
-                       "proxy_ssl_verify": REENCRYPTION, "proxy_ssl_trusted_certificate": REENCRYPTION},
     "seed_early_data": {"ssl_early_data": "TLS 1.3 0-RTT lands with the early-data issue (#13)"},
-    "upstream_least_conn": {"least_conn": "balancing policies land with the upstreams issue (#12)"},
-    "upstream_weights": {"server": "weights and backup servers land with the upstreams issue (#12)"},
     # Part of issue 10 itself, not built yet: the front-end refuses them by name today.
     "add_header_inheritance": {"add_header": f"add_header other than HSTS {NOT_YET}"},
     "keepalive_header": {"keepalive_timeout": f"the Keep-Alive: timeout= header {NOT_YET}"},

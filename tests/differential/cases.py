@@ -351,6 +351,10 @@ SPECIFIC: dict[str, list[Case]] = {
         Sequence(Request(API, "/rr"), count=6),
         Sequence(Request(API, "/least/x"), count=4),
     ],
+    # smooth weighted round robin, weights 1 and 2 (the backup never serves while both are up)
+    "upstream_weights": [Sequence(Request(API, "/weighted"), count=9)],
+    # least_conn with every server idle: round robin among the tied ones
+    "upstream_least_conn": [Sequence(Request(API, "/least"), count=6)],
     "body_limits": [
         Request(API, "/small", method="POST", body=b"s" * 1000),
         Request(API, "/limit", method="POST", body=b"s" * 1024, label="POST exactly 1k"),

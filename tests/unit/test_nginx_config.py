@@ -477,15 +477,40 @@ def test_upstream_block(load):
     assert got.warned('"zone" is ignored')
 
 
-@pytest.mark.parametrize("line", ["server 127.0.0.1:8082 weight=2;", "server 127.0.0.1:8082 backup;",
-                                  "least_conn;", "keepalive_requests 100;"])
+def test_upstream_balancing(load):
+    text = site().replace("    server 127.0.0.1:8081;", """\
+    least_conn;
+    server 127.0.0.1:8081 weight=3 max_fails=2 fail_timeout=5s;
+    server 127.0.0.1:8082 max_fails=0;
+    server 127.0.0.1:8083 backup;""")
+    up = load(text).config.upstreams[0]
+    assert up.balance == "least_conn"
+    assert up.servers == ["127.0.0.1:8081 weight=3 max_fails=2 fail_timeout=5", "127.0.0.1:8082 max_fails=0",
+                          "127.0.0.1:8083 backup"]
+    assert (up.fail_timeout, up.tries) == (10.0, 3)
+
+
+@pytest.mark.parametrize("line, message", [("server 127.0.0.1:8082 weight=0;", 'invalid parameter "weight=0"'),
+                                           ("server 127.0.0.1:8082 max_fails=x;", 'invalid parameter "max_fails=x"'),
+                                           ("server 127.0.0.1:8082 bogus;", 'invalid parameter "bogus"')])
+def test_upstream_server_bad_parameters(error, line, message):
+    text = site().replace("    server 127.0.0.1:8081;", f"    server 127.0.0.1:8081;\n    {line}")
+    assert message in str(error(text, line))
+
+
+def test_upstream_of_backup_servers_only(error):
+    text = site().replace("    server 127.0.0.1:8081;", "    server 127.0.0.1:8081 backup;")
+    assert 'no servers in upstream "notes"' in str(error(text, "upstream notes"))
+
+
+@pytest.mark.parametrize("line", ["server 127.0.0.1:8082 down;", "server 127.0.0.1:8082 max_conns=5;",
+                                  "keepalive_requests 100;", "hash $remote_addr;"])
 def test_upstream_features_not_supported_yet(error, line):
     text = site().replace("    server 127.0.0.1:8081;", f"    server 127.0.0.1:8081;\n    {line}")
     assert "is not supported yet" in str(error(text, line))
 
 
-@pytest.mark.parametrize("url, why", [("http://notes/a?b", "a query"), ("https://notes", "TLS to backends"),
-                                      ("http://$host", "variables")])
+@pytest.mark.parametrize("url, why", [("http://notes/a?b", "a query"), ("http://$host", "variables")])
 def test_proxy_pass_forms_not_supported(error, url, why):
     text = site().replace("proxy_pass http://notes;", f"proxy_pass {url};")
     err = error(text, "proxy_pass")
