@@ -43,6 +43,7 @@ cdef enum:
     V_SSL_PROTOCOL
     V_SSL_CIPHER
     V_SSL_SERVER_NAME
+    V_SSL_EARLY_DATA    # "1" while the handshake is not complete (the request came in 0-RTT data)
     V_COUNT
     # the most a rewritten request head may take (it is bounded by the client's head and
     # the templates, which may repeat a field): past it the request is refused with 431
@@ -155,6 +156,7 @@ cdef class Exchange:
     cdef bytes redirect_from        # the route's proxy_redirect: a Location starting with it ...
     cdef bytes redirect_to          # ... gets this instead (nginx; None: passed as it is)
     cdef bytes host_name            # $host for it: ClientFacts.last_host, or None (the server's name)
+    cdef public bint early          # the request arrived in TLS 1.3 early data (set by the codec)
 
     cdef void reset(self)
     cdef int advance(self, int event) except -1

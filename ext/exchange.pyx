@@ -54,7 +54,8 @@ _table()
 VARIABLES = {"host": V_HOST, "remote_addr": V_REMOTE_ADDR, "remote_port": V_REMOTE_PORT,
              "proxy_add_x_forwarded_for": V_PROXY_ADD_XFF, "request_uri": V_REQUEST_URI,
              "request_method": V_REQUEST_METHOD, "server_addr": V_SERVER_ADDR, "server_port": V_SERVER_PORT,
-             "ssl_protocol": V_SSL_PROTOCOL, "ssl_cipher": V_SSL_CIPHER, "ssl_server_name": V_SSL_SERVER_NAME}
+             "ssl_protocol": V_SSL_PROTOCOL, "ssl_cipher": V_SSL_CIPHER, "ssl_server_name": V_SSL_SERVER_NAME,
+             "ssl_early_data": V_SSL_EARLY_DATA}
 LITERAL = V_LITERAL          # RequestRewrite template pieces that are not variables: text as it is,
 HTTP_FIELD = V_HTTP         # and $http_NAME (the piece holds NAME)
 
@@ -300,6 +301,7 @@ cdef class Exchange:
         self.failure = None
         self.location = None
         self.redirect_from = self.redirect_to = self.host_name = None
+        self.early = False
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
@@ -462,6 +464,10 @@ cdef class Exchange:
         out.put_bytes(self.facts.peer_ip_b)
         out.put(b"\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ", 39)
         out.put_bytes(self.facts.peer_ip_b)
+        if self.early and not _has_kind(head, slots, H_EARLY_DATA):
+            # RFC 8470 §5.1: a request received in early data is forwarded with Early-Data: 1
+            # (a client's own field already says so: it is passed as it is)
+            out.put(b"\r\nEarly-Data: 1", 15)
         out.put(b"\r\n\r\n", 4)
         self.advance(E_REQUEST_OK)
         return 0
@@ -610,6 +616,8 @@ cdef class Exchange:
             out.put_bytes(facts.ssl_cipher_b)
         elif var == V_SSL_SERVER_NAME:
             out.put_bytes(facts.ssl_server_name_b)
+        elif var == V_SSL_EARLY_DATA and self.early:
+            out.put(b"1", 1)   # nginx: "1" while SSL_is_init_finished() is false, else ""
         return 0
 
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
@@ -840,6 +848,21 @@ cdef bint _http_name_is(const char *field, int n, const char *var, int m) noexce
         if c != var[i]:
             return False
     return True
+
+
+cdef bint _has_kind(MessageHead *head, HeaderSlot *slots, int kind) noexcept:
+    cdef int j
+    for j in range(head.nheaders):
+        if slots[j].kind == kind:
+            return True
+    return False
+
+
+cdef bint early_safe(const char *m, Py_ssize_t n) noexcept:
+    """Whether a request line starting at ``m`` has a method RFC 8470 §3 lets through before
+    the handshake completes: safe ones (GET, HEAD, OPTIONS; TRACE is refused anyway)."""
+    return (n >= 4 and memcmp(m, b"GET ", 4) == 0) or (n >= 5 and memcmp(m, b"HEAD ", 5) == 0) or \
+        (n >= 8 and memcmp(m, b"OPTIONS ", 8) == 0)
 
 
 cdef bint _idempotent(const char *m, int n) noexcept:

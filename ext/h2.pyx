@@ -218,6 +218,7 @@ cdef class H2Session(Codec):
         cdef int r
         self.streams = {}
         self.ready = []
+        self.early_held = []
         if nghttp2_option_new(&opt) != 0:
             raise MemoryError()
         # WINDOW_UPDATE only once a backend took the bytes: an upload waits in the client.
@@ -277,6 +278,15 @@ cdef class H2Session(Codec):
 
     cdef bint on_eof(self):
         return False
+
+    cdef void on_handshake_done(self):
+        cdef H2Stream stream
+        held, self.early_held = self.early_held, []
+        for obj in held:
+            stream = <H2Stream>obj
+            if stream.session is not None and self.streams.get(stream.id) is stream:
+                stream.forward()
+        self.flush()
 
     cdef void on_output_drained(self):
         self.flush()
@@ -462,7 +472,13 @@ cdef class H2Stream(Stream):
         cdef bytes raw
         if self.responded:
             return   # answered while the head waited for its read to end (413 on the body)
+        if self.session.conn.early and not self.refuse and self.method is not None and \
+                not early_safe(self.method + b" ", len(self.method) + 1):
+            self.session.early_held.append(self)   # its body waits in self.body meanwhile
+            w.count(N_EARLY_HELD)
+            return
         self.exchange = ex
+        ex.early = self.session.conn.early
         w.count(N_REQUESTS)
         w.count(N_H2_STREAMS)
         if not self.refuse:

@@ -45,6 +45,10 @@ class TLSPolicy(Struct):
     alpn: list[str] = msgspec.field(default_factory=lambda: ["h2", "http/1.1"])
     dhparam: str | None = None  # PEM DH parameters file (nginx ssl_dhparam) for the TLS 1.2 DHE
     # suites; None: no DHE suite is negotiated, whatever ``ciphers`` lists (as nginx)
+    early_data: bool = False  # TLS 1.3 0-RTT (nginx ssl_early_data): each ClientHello's early data
+    # accepted once (a shared replay table), on this node's tickets only; requests in it reach the
+    # backend with Early-Data: 1, unsafe methods only after the handshake (RFC 8470)
+    max_early_data: int = 16384  # bytes of early data a client may send (1 .. 512 KiB)
 
 
 class Certificate(Struct):

@@ -28,7 +28,9 @@ What maps (nginx -> model):
   suites; without it none is negotiated whatever ``ssl_ciphers`` lists, as nginx; a missing or
   bad file is an error at its line), ``ssl_session_cache shared:NAME:SIZE|off|none`` (default
   none: no session cache, as nginx), ``ssl_session_timeout``, ``ssl_session_tickets``,
-  ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``add_header
+  ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``ssl_early_data`` (-> ``tls.early_data``,
+  16 KiB as nginx; the address's default server's applies, as in nginx; fastterm adds replay
+  protection nginx lacks and holds unsafe methods until the handshake completes), ``add_header
   Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
   ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header``
   -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's $remote_addr from those peers).
@@ -68,9 +70,10 @@ What maps (nginx -> model):
   ``Connection ""`` and ``keepalive N`` in the upstream. Values: literals and ``$scheme``,
   ``$host``, ``$http_NAME``, ``$remote_addr``, ``$remote_port``, ``$proxy_add_x_forwarded_for``,
   ``$request_uri``, ``$request_method``, ``$server_addr``, ``$server_port``, ``$server_name``,
-  ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$proxy_host``.
-- Values equal to fastterm's behaviour are accepted for: ``ssl_stapling off``, ``ssl_early_data
-  off``, ``ssl_verify_client off``, ``ssl_reject_handshake off``,
+  ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$ssl_early_data`` ("1" while the
+  handshake is not complete, i.e. for a request that came in 0-RTT data, else ""), ``$proxy_host``.
+- Values equal to fastterm's behaviour are accepted for: ``ssl_stapling off``,
+  ``ssl_verify_client off``, ``ssl_reject_handshake off``,
   ``proxy_intercept_errors off``, ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
@@ -90,7 +93,7 @@ and client certificates), ``zone``, ``server_tokens``, ``lingering_*``, and ``li
 without effect (``deferred``, ``backlog=``).
 
 What is refused, (c): every other directive nginx knows, among them ``ssl_stapling on`` and its
-friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
+friends (OCSP), ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
 ``proxy_pass`` with a URI part or variables, ``location ~``/``~*``/``@name`` and nested
 locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return`` in TLS servers,
@@ -483,7 +486,7 @@ MAPPED = {
     "listen", "server_name", "return", "http2",
     "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
     "ssl_conf_command", "ssl_ecdh_curve", "ssl_dhparam", "ssl_session_cache", "ssl_session_timeout",
-    "ssl_session_tickets", "ssl_session_ticket_key", "add_header",
+    "ssl_session_tickets", "ssl_session_ticket_key", "ssl_early_data", "add_header",
     "proxy_pass", "proxy_set_header", "proxy_http_version",
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
     "proxy_connect_timeout", "proxy_read_timeout", "underscores_in_headers", "large_client_header_buffers",
@@ -493,7 +496,7 @@ MAPPED = {
 }
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
-    "ssl_stapling": {"off"}, "ssl_early_data": {"off"}, "ssl_verify_client": {"off"},
+    "ssl_stapling": {"off"}, "ssl_verify_client": {"off"},
     "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"}, "proxy_intercept_errors": {"off"},
     "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
     "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
@@ -573,7 +576,7 @@ IGNORED = {
 UNSUPPORTED = {
     "ssl_stapling": "OCSP stapling", "ssl_stapling_verify": "OCSP stapling",
     "ssl_stapling_file": "OCSP stapling", "ssl_stapling_responder": "OCSP stapling",
-    "ssl_early_data": "TLS 1.3 early data (0-RTT)", "ssl_verify_client": "client certificates",
+    "ssl_verify_client": "client certificates",
     "ssl_client_certificate": "client certificates", "ssl_verify_depth": "client certificates",
     "ssl_crl": "client certificates",
     "ssl_password_file": "encrypted keys", "ssl": "removed in nginx 1.25.1: use \"listen ... ssl\"",
@@ -1237,7 +1240,8 @@ class _Builder:
         default = self.address_default(s, all_tls)
         if default is not s:
             for what, mine, theirs in (("ssl_protocols", protocols, self.protocols(default)[0]),
-                                       ("ssl_session_cache", cache, self.session_cache(default)[0])):
+                                       ("ssl_session_cache", cache, self.session_cache(default)[0]),
+                                       ("ssl_early_data", self.early_data(s), self.early_data(default))):
                 if mine != theirs:
                     node = level.find(what) or s.node
                     self.warn(f'{node.where}: "{what}" of a server that is not the default of its address '
@@ -1271,7 +1275,13 @@ class _Builder:
             prefer_server_ciphers=parse_flag(prefer) if prefer else False, session_cache=cache,
             session_timeout=parse_time(timeout) if timeout else 300.0,
             session_tickets=parse_flag(tickets) if tickets else True, alpn=self.alpn(s, all_tls),
-            dhparam=dhparam_path)
+            dhparam=dhparam_path, early_data=self.early_data(default))
+
+    def early_data(self, s: _Server) -> bool:
+        """``ssl_early_data`` (off by default). Like ssl_protocols it is the address's default
+        server's: OpenSSL copies max_early_data into the connection before SNI switches it."""
+        node = s.level.find("ssl_early_data")
+        return parse_flag(node) if node is not None else False
 
     def address_default(self, s: _Server, all_tls: list[_Server]) -> _Server:
         """The default server of ``s``'s addresses (one server for all of them, else refused)."""

@@ -194,7 +194,7 @@ def _server_context(server: Server, index: int, certificates: list, scope: bytes
             groups=tls.groups, prefer_server_ciphers=tls.prefer_server_ciphers,
             session_cache=tls.session_cache, session_timeout=tls.session_timeout,
             session_tickets=tls.session_tickets, alpn=tls.alpn, session_id_context=scope, shared=shared,
-            dhparam=dhparam,
+            dhparam=dhparam, early_data=tls.early_data, max_early_data=tls.max_early_data,
         )
     except TLSError as exc:
         raise ConfigError(str(exc), directive=f"{where} tls") from None

@@ -132,7 +132,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     "seed_api": {"ssl_stapling": STAPLING, "ssl_stapling_verify": STAPLING},
     "seed_reencrypt": {"proxy_ssl_certificate": REENCRYPTION, "proxy_ssl_certificate_key": REENCRYPTION,
                        "proxy_ssl_verify": REENCRYPTION, "proxy_ssl_trusted_certificate": REENCRYPTION},
-    "seed_early_data": {"ssl_early_data": "TLS 1.3 0-RTT lands with the early-data issue (#13)"},
     "upstream_least_conn": {"least_conn": "balancing policies land with the upstreams issue (#12)"},
     "upstream_weights": {"server": "weights and backup servers land with the upstreams issue (#12)"},
     # Part of issue 10 itself, not built yet: the front-end refuses them by name today.

@@ -60,7 +60,8 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
     ``trusted_proxies``; ``limits`` (merged over TEST_LIMITS), ``upstreams`` (full list),
     ``keepalive`` (backend pool size), ``redirect`` (bool), ``https_port_in_redirect``,
     ``redirects`` (the [[redirect]] tables, each on the test's plain-HTTP port), ``workers``
-    (1 by default: one backend pool, one process to watch), ``command_prefix`` (e.g. prlimit). Every server of ``servers``
+    (1 by default: one backend pool, one process to watch), ``command_prefix`` (e.g. prlimit), ``top``
+    (more top-level keys: ``admin``, ``sessions``). Every server of ``servers``
     listens on the test port, then on the addresses of its own ``listen``.
     """
     started: list[Fastterm] = []
@@ -72,7 +73,8 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
               upstreams: list[dict] | None = None, keepalive: int | None = None,
               redirect: bool = True, https_port_in_redirect: int | None = None,
               redirects: list[dict] | None = None,
-              log_level: str = "info", workers: int = 1, command_prefix: list[str] = ()) -> Fastterm:
+              log_level: str = "info", workers: int = 1, command_prefix: list[str] = (),
+              top: dict | None = None) -> Fastterm:
         n = len(started)
         https_port = free_port()
         http_port = free_port() if redirect else None
@@ -103,6 +105,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
             "limits": dict(TEST_LIMITS, **(limits or {})),
             "upstream": upstreams,
             "server": servers,
+            **(top or {}),
         }
         if redirect:
             config["redirect"] = [dict(r, listen=[f"{HOST}:{http_port}"]) for r in redirects] if redirects else \
