@@ -164,6 +164,7 @@ cdef class ClientConnection:
     cdef bint read_wants_write
     cdef readonly bint early        # the codec runs on 0-RTT data: the handshake is not complete
     cdef bint in_early_read         # inside _read_early (the codec's calls back must not recurse)
+    cdef bint early_counted         # its early-data verdict is counted (once, when known)
 
     cdef void start(self)
     cdef void on_readable(self)

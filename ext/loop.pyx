@@ -574,12 +574,14 @@ cdef class ClientConnection:
                     w.count(N_BYTES_IN, n)
                     if self.session is None:
                         self.early = True
+                        self._count_early_data()
                         self._open_session()
                     if self.state == C_OPEN:
                         self.session.on_data(w.rbuf, n)
                     if self.state != C_OPEN:
                         return TLS_CLOSED   # the codec answered and closed (a bad request)
                 if not self.tls.early_reading:
+                    self._count_early_data()
                     return TLS_OK
             return TLS_WANT_READ
         finally:
@@ -646,6 +648,7 @@ cdef class ClientConnection:
                 w.count(N_CIPHER_OTHER)
             return
         w.count(N_HANDSHAKES_FAILED)
+        self._count_early_data()   # decided with the ClientHello: a replay fails at the client's Finished
         if result == TLS_EOF or result == TLS_CLOSED:
             w.count(N_HS_FAIL_EOF)
         elif result == TLS_WANT_READ:
@@ -654,10 +657,13 @@ cdef class ClientConnection:
             w.count(_FAILURE_COUNTERS.get(self.tls.failure, N_HS_FAIL_OTHER))
 
     cdef void _count_early_data(self):
+        """Once per connection, as soon as OpenSSL has decided (with the ClientHello): an
+        answer in 0.5-RTT data may end the connection before the handshake does."""
         cdef Worker w = self.worker
         cdef int status = SSL_get_early_data_status(self.tls.ssl)
-        if status == SSL_EARLY_DATA_NOT_SENT:
+        if self.early_counted or status == SSL_EARLY_DATA_NOT_SENT:
             return
+        self.early_counted = True
         w.count(N_EARLY_OFFERED)
         if status == SSL_EARLY_DATA_ACCEPTED:
             w.count(N_EARLY_ACCEPTED)

@@ -153,11 +153,14 @@ def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:
     fleet share (DESIGN.md "Scaling past one machine"): the block (position, names, TLS
     policy) and the listener as the position of its port among the block's, not its
     address, so nodes on other addresses, and both address families of a port, share
-    sessions. A changed policy starts afresh.
+    sessions. A changed policy starts afresh, except for early data: turning it on or off
+    keeps the sessions (a ticket made with it off carries none; one made with it on, offered
+    where it is off, resumes and its early data is refused).
     """
     ports = list(dict.fromkeys(parse_address(listen)[1] for listen in server.listen))
     names = sorted(name.lower() for name in server.server_names)
-    return hashlib.sha256(msgspec.json.encode([index, names, ports.index(addr[1]), server.tls])).digest()
+    tls = msgspec.structs.replace(server.tls, early_data=False, max_early_data=0)
+    return hashlib.sha256(msgspec.json.encode([index, names, ports.index(addr[1]), tls])).digest()
 
 
 def read_dhparam(path: str) -> bytes:

@@ -10,6 +10,7 @@ is made with a recording TCP relay on loopback: it captures every byte the clien
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -35,8 +36,9 @@ def _request(method: str = "GET", target: str = "/", body: bytes = b"") -> bytes
 
 def s_client(port: int, ca_file: str, *, sess_out: str | None = None, sess_in: str | None = None,
              early: str | None = None, request: bytes = b"", alpn: str = "http/1.1",
-             timeout: float = 10.0) -> str:
-    """One s_client run (TLS 1.3, SNI www.example.com); its stdout and stderr together."""
+             timeout: float = 10.0, until: bytes | None = None) -> str:
+    """One s_client run (TLS 1.3, SNI www.example.com) until the server closes, or with
+    ``until`` until its output has that (HTTP/2 keeps the connection); stdout and stderr."""
     cmd = ["openssl", "s_client", "-connect", f"{HOST}:{port}", "-servername", NAME, "-CAfile", ca_file,
            "-tls1_3", "-alpn", alpn, "-ign_eof"]
     if sess_out:
@@ -45,8 +47,23 @@ def s_client(port: int, ca_file: str, *, sess_out: str | None = None, sess_in: s
         cmd += ["-sess_in", sess_in]
     if early:
         cmd += ["-early_data", early]
-    r = subprocess.run(cmd, input=request, capture_output=True, timeout=timeout, check=False)
-    return (r.stdout + r.stderr).decode("latin-1")
+    if until is None:
+        r = subprocess.run(cmd, input=request, capture_output=True, timeout=timeout, check=False)
+        return (r.stdout + r.stderr).decode("latin-1")
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = bytearray()
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        while until not in out and (chunk := proc.stdout.read1(65536)):
+            out += chunk
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait(5)
+        proc.stdin.close()
+        proc.stdout.close()
+    return out.decode("latin-1")
 
 
 def new_session(port: int, ca_file: str, path: str) -> None:
@@ -100,17 +117,15 @@ class Relay:
 
 
 def replay(port: int, flight: bytes, timeout: float = 5.0) -> bytes:
-    """Send a recorded client flight, as it was, on a new connection; what came back."""
-    got = bytearray()
+    """Send a recorded client flight, as it was, on a new connection; close once the server
+    answered (its ServerHello: it has judged the ClientHello), as an attacker without the
+    keys can do no more. What came back first."""
     with socket.create_connection((HOST, port), timeout=timeout) as sock:
         sock.sendall(flight)
-        deadline = time.monotonic() + timeout
         try:
-            while time.monotonic() < deadline and (data := sock.recv(65536)):
-                got += data
+            return sock.recv(65536)
         except OSError:
-            pass
-    return bytes(got)
+            return b""
 
 
 def counting_backend(raw_backend):
@@ -153,3 +168,140 @@ def test_early_data_accepted_and_marked(fastterm, raw_backend, tmp_path, write):
     m = _metrics(admin)
     assert m["fastterm_early_data_total{result=\"offered\"}"] == 1
     assert m["fastterm_early_data_total{result=\"accepted\"}"] == 1
+
+
+def _replayed(fastterm, raw_backend, tmp_path, write, workers: int):
+    """A 0-RTT GET through the recording relay, then its bytes again on new connections (to
+    every worker, by trying until the other pid has seen one): (backend, admin port, ft)."""
+    be = counting_backend(raw_backend)
+    admin = free_port()
+    ft = fastterm(be.address, tls=EARLY, workers=workers, top={"admin": f"{HOST}:{admin}"})
+    sess = str(tmp_path / "sess.pem")
+    new_session(ft.https_port, ft.ca_file, sess)
+    early = write("early.txt", _request(target="/once").decode())
+    relay = Relay(ft.https_port)
+    out = s_client(relay.port, ft.ca_file, sess_in=sess, early=early)
+    relay.close()
+    assert ACCEPTED in out and "early=1 GET /once" in out, out[-3000:]
+    flight = bytes(relay.sent)
+    assert flight
+    return be, admin, ft, flight
+
+
+def test_replay_same_worker_refused(fastterm, raw_backend, tmp_path, write):
+    be, admin, ft, flight = _replayed(fastterm, raw_backend, tmp_path, write, workers=1)
+    for _ in range(3):
+        replay(ft.https_port, flight)
+    assert wait_for(lambda: _metrics(admin)['fastterm_early_data_total{result="rejected_replay"}'] == 3)
+    time.sleep(0.3)
+    assert [r.target for r in be.requests] == ["/", "/once"], "a replayed early request reached the backend"
+    m = _metrics(admin)
+    assert m['fastterm_early_data_total{result="accepted"}'] == 1
+    assert m['fastterm_early_data_total{result="offered"}'] == 4
+
+
+def test_replay_other_worker_refused(fastterm, raw_backend, tmp_path, write):
+    """SO_REUSEPORT spreads new connections over both workers: with 8 replays both see some
+    (a 1 in 128 chance that one worker gets them all; each replay is refused wherever it lands)."""
+    be, admin, ft, flight = _replayed(fastterm, raw_backend, tmp_path, write, workers=2)
+    for _ in range(8):
+        replay(ft.https_port, flight)
+    assert wait_for(lambda: _metrics(admin)['fastterm_early_data_total{result="rejected_replay"}'] == 8)
+    time.sleep(0.3)
+    assert [r.target for r in be.requests] == ["/", "/once"], "a replayed early request reached the backend"
+    per_worker = _worker_counters(admin)
+    assert len(per_worker) == 2
+    assert all(c["early_data_offered"] > 0 for c in per_worker), per_worker
+    assert sum(c["early_data_accepted"] for c in per_worker) == 1
+
+
+def _worker_counters(admin_port: int) -> list[dict]:
+    import json
+
+    with socket.create_connection((HOST, admin_port), timeout=5) as sock:
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return [w["counters"] for w in json.loads(data.partition(b"\r\n\r\n")[2])["workers"]]
+
+
+def test_post_in_early_data_waits_for_handshake(fastterm, raw_backend, tmp_path, write):
+    be = counting_backend(raw_backend)
+    admin = free_port()
+    ft = fastterm(be.address, tls=EARLY, top={"admin": f"{HOST}:{admin}"})
+    sess = str(tmp_path / "sess.pem")
+    new_session(ft.https_port, ft.ca_file, sess)
+    early = write("early.txt", _request("POST", "/submit", b"a=1").decode())
+    out = s_client(ft.https_port, ft.ca_file, sess_in=sess, early=early)
+    assert ACCEPTED in out, out[-3000:]
+    assert "early=- POST /submit" in out, out[-3000:]
+    post = be.requests[-1]
+    assert post.method == "POST" and post.body == b"a=1" and not post.has("early-data")
+    assert _metrics(admin)["fastterm_early_data_requests_held_total"] == 1
+
+
+def _fleet(fastterm, tmp_path, python, subprocess_env, backend, *tls):
+    """Instances sharing one ticket-key file (a fleet), one per ``tls`` table."""
+    key = tmp_path / "fleet.key"
+    r = subprocess.run([python, "-m", "fastterm", "keys", "new", str(key)], capture_output=True, text=True,
+                       env=subprocess_env, timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
+    return [fastterm(backend.address, tls=t, top={"sessions": {"ticket_key_file": [str(key)]}}) for t in tls]
+
+
+def test_early_data_off_refuses_it(fastterm, raw_backend, tmp_path, write, python, subprocess_env):
+    """A ticket that allows early data (from a node with it on) offered where it is off: the
+    session resumes, the early data is refused, the request sent after the handshake works."""
+    be = counting_backend(raw_backend)
+    on, off = _fleet(fastterm, tmp_path, python, subprocess_env, be, EARLY, {"early_data": False})
+    sess = str(tmp_path / "sess.pem")
+    new_session(on.https_port, on.ca_file, sess)
+    early = write("early.txt", _request(target="/early").decode())
+    out = s_client(off.https_port, off.ca_file, sess_in=sess, early=early, request=_request(target="/late"))
+    assert "Reused, TLSv1.3" in out and REJECTED in out, out[-3000:]
+    assert "early=- GET /late" in out, out[-3000:]
+    assert "/early" not in [r.target for r in be.requests]
+
+
+def test_other_node_resumes_without_early_data(fastterm, raw_backend, tmp_path, write, python,
+                                               subprocess_env):
+    be = counting_backend(raw_backend)
+    a, b = _fleet(fastterm, tmp_path, python, subprocess_env, be, EARLY, EARLY)
+    sess = str(tmp_path / "from_a.pem")
+    new_session(a.https_port, a.ca_file, sess)
+    early = write("early.txt", _request(target="/fleet").decode())
+    out = s_client(b.https_port, b.ca_file, sess_in=sess, early=early, request=_request(target="/after"))
+    assert "Reused, TLSv1.3" in out, out[-3000:]
+    assert REJECTED in out, out[-3000:]
+    assert "early=- GET /after" in out, out[-3000:]
+    assert "/fleet" not in [r.target for r in be.requests]
+    # ... and A, which issued it, takes it
+    out = s_client(a.https_port, a.ca_file, sess_in=sess, early=early)
+    assert ACCEPTED in out and "early=1 GET /fleet" in out, out[-3000:]
+
+
+def test_h2_early_data(fastterm, raw_backend, tmp_path, write):
+    """An HTTP/2 client's preface, SETTINGS and a GET in early data (ALPN is in the session)."""
+    pytest.importorskip("h2")
+    import h2.config
+    import h2.connection
+
+    be = counting_backend(raw_backend)
+    ft = fastterm(be.address, tls=EARLY)
+    sess = str(tmp_path / "sess.pem")
+    out = s_client(ft.https_port, ft.ca_file, sess_out=sess, alpn="h2", until=b"New Session Ticket arrived")
+    assert "ALPN protocol: h2" in out, out[-3000:]
+    assert wait_for(lambda: os.path.exists(sess)), out[-3000:]
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/h2"), (":scheme", "https"),
+                          (":authority", NAME)], end_stream=True)
+    early = write("early.bin", "")
+    with open(early, "wb") as f:
+        f.write(conn.data_to_send())
+    out = s_client(ft.https_port, ft.ca_file, sess_in=sess, early=early, alpn="h2", until=b"early=1 GET /h2")
+    assert "early=1 GET /h2" in out, out[-3000:]
+    assert wait_for(lambda: any(r.target == "/h2" for r in be.requests))
+    req = next(r for r in be.requests if r.target == "/h2")
+    assert req.header("early-data") == "1"
