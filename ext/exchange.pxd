@@ -157,6 +157,7 @@ cdef class Exchange:
     cdef bytes redirect_to          # ... gets this instead (nginx; None: passed as it is)
     cdef bytes host_name            # $host for it: ClientFacts.last_host, or None (the server's name)
     cdef public bint early          # the request arrived in TLS 1.3 early data (set by the codec)
+    cdef bint early_marked          # ... and we added Early-Data: 1 (the last field of the head)
 
     cdef void reset(self)
     cdef int advance(self, int event) except -1

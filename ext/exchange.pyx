@@ -26,6 +26,8 @@ cdef enum:
     R_FINAL = 0       # response(): a final head, rewritten into the writer
     R_INTERIM = 1     # a 1xx to pass on as it came (HTTP/1.1 clients)
     R_BAD = 2         # refused: answer 502
+    R_TOO_EARLY = 3   # 425 to a request we sent in early data: send it again once the handshake
+                      # is complete, without Early-Data (RFC 8470 §5.2), instead of passing it on
 
 cdef signed char _NEXT[<int>X_STATES][<int>X_EVENTS]
 
@@ -301,7 +303,7 @@ cdef class Exchange:
         self.failure = None
         self.location = None
         self.redirect_from = self.redirect_to = self.host_name = None
-        self.early = False
+        self.early = self.early_marked = False
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
@@ -468,6 +470,7 @@ cdef class Exchange:
             # RFC 8470 §5.1: a request received in early data is forwarded with Early-Data: 1
             # (a client's own field already says so: it is passed as it is)
             out.put(b"\r\nEarly-Data: 1", 15)
+            self.early_marked = True
         out.put(b"\r\n\r\n", 4)
         self.advance(E_REQUEST_OK)
         return 0
@@ -638,6 +641,11 @@ cdef class Exchange:
         if head.te_present and head.cl_seen:
             # RFC 9112 §6.3: a response splitting attempt, or a broken backend.
             return self._bad("both Content-Length and Transfer-Encoding")
+        if head.status == 425 and self.early_marked and self.retryable:
+            # Once: the retry goes without Early-Data. (nginx routes, which write their own
+            # fields, pass the 425 on, as nginx does.)
+            self.early = self.early_marked = False
+            return R_TOO_EARLY
         self.status = head.status
         self.response_mode = response_body_mode(head, self.head_request)
         self.backend_reusable = head.version == 11 and not head.conn_close and \

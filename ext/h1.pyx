@@ -69,6 +69,10 @@ cdef class H1Session(Codec):
             self.stream.backend.pause()
 
     cdef void on_handshake_done(self):
+        if self.early_retry:
+            self.early_retry = False
+            if self.stream.exchange is not None and self.stream.exchange.state == X_FORWARDING:
+                self.stream.dispatch(True)
         if self.early_wait:
             self.early_wait = False
             self._resume()
@@ -344,6 +348,12 @@ cdef class H1Session(Codec):
 
 cdef class H1Stream(Stream):
     """The backend side of an HTTP/1.1 session's current request."""
+
+    cdef bint wait_for_handshake(self):
+        if self.session is not None and self.session.conn is not None and self.session.conn.early:
+            self.session.early_retry = True
+            return True
+        return False
 
     cdef void backend_ready(self):
         self.session._resume()

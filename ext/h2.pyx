@@ -284,8 +284,12 @@ cdef class H2Session(Codec):
         held, self.early_held = self.early_held, []
         for obj in held:
             stream = <H2Stream>obj
-            if stream.session is not None and self.streams.get(stream.id) is stream:
+            if stream.session is None or self.streams.get(stream.id) is not stream:
+                continue
+            if stream.exchange is None:
                 stream.forward()
+            elif stream.exchange.state == X_FORWARDING:
+                stream.dispatch(True)   # a 425 to it in early data (Stream.too_early)
         self.flush()
 
     cdef void on_output_drained(self):
@@ -412,6 +416,12 @@ cdef class H2Session(Codec):
 
 cdef class H2Stream(Stream):
     """One HTTP/2 stream: its request head as HTTP/1.1, its body both ways."""
+
+    cdef bint wait_for_handshake(self):
+        if self.session.conn is not None and self.session.conn.early:
+            self.session.early_held.append(self)
+            return True
+        return False
 
     def __cinit__(self, H2Session session, int stream_id):
         self.session = session

@@ -305,3 +305,25 @@ def test_h2_early_data(fastterm, raw_backend, tmp_path, write):
     assert wait_for(lambda: any(r.target == "/h2" for r in be.requests))
     req = next(r for r in be.requests if r.target == "/h2")
     assert req.header("early-data") == "1"
+
+
+def test_backend_425_is_retried_once_after_the_handshake(fastterm, raw_backend, tmp_path, write):
+    """RFC 8470 §5.2: the backend refuses the early request (425 Too Early); fastterm sends it
+    again without Early-Data once the handshake is complete, and the client gets that answer."""
+    def handler(conn):
+        while (req := conn.read_request()) is not None:
+            if req.has("early-data"):
+                conn.send(response_bytes(425, b"too early", reason="Too Early"))
+                continue
+            conn.send(response_bytes(200, f"late {req.target}".encode(), headers=[("Connection", "close")]))
+            return
+    be = raw_backend(handler)
+    ft = fastterm(be.address, tls=EARLY)
+    sess = str(tmp_path / "sess.pem")
+    new_session(ft.https_port, ft.ca_file, sess)
+    early = write("early.txt", _request(target="/careful").decode())
+    out = s_client(ft.https_port, ft.ca_file, sess_in=sess, early=early)
+    assert ACCEPTED in out, out[-3000:]
+    assert "HTTP/1.1 200" in out and "late /careful" in out and "425" not in out, out[-3000:]
+    careful = [r for r in be.requests if r.target == "/careful"]
+    assert [r.header("early-data") for r in careful] == ["1", None]
