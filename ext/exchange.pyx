@@ -758,7 +758,8 @@ cdef class Exchange:
         return status, (out.take() if status == 0 else None)
 
     def feed_response(self, bytes raw, bint close_client=False):
-        """(R_FINAL, client head) / (R_INTERIM, None) / (R_BAD, None) for one complete head."""
+        """(R_FINAL, client head) / (R_INTERIM, None) / (R_BAD, None) / (R_TOO_EARLY, None) for
+        one complete head."""
         cdef MessageHead head
         cdef HeaderSlot slots[MAX_HEADER_SLOTS]
         cdef HeadWriter out = HeadWriter(4096)

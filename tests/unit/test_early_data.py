@@ -204,3 +204,37 @@ def test_nginx_ssl_early_data(write, ec_files, directive, on):
     server = config.servers[0]
     assert server.tls.early_data is on
     assert ProxyHeader(name="Early-Data", value="$ssl_early_data") in server.routes[0].proxy.headers
+
+
+R_FINAL, R_TOO_EARLY = 0, 3
+TOO_EARLY = b"HTTP/1.1 425 Too Early\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_a_425_to_an_early_request_is_retried_once():
+    """RFC 8470 §5.2: the first 425 asks for the retry (without Early-Data); a 425 to that
+    retry goes to the client."""
+    ex = _exchange()
+    ex.early = True
+    assert ex.feed_request(GET)[0] == 0
+    assert ex.feed_response(TOO_EARLY)[0] == R_TOO_EARLY
+    assert ex.early is False
+    r, head = ex.feed_response(TOO_EARLY)
+    assert r == R_FINAL and head.startswith(b"HTTP/1.1 425")
+
+
+@pytest.mark.parametrize("early, raw", [
+    (False, GET),                                                              # not early
+    (True, b"GET / HTTP/1.1\r\nHost: www.example.com\r\nEarly-Data: 1\r\n\r\n"),  # a proxy's field: its 425
+])
+def test_other_425s_go_to_the_client(early, raw):
+    ex = _exchange()
+    ex.early = early
+    assert ex.feed_request(raw)[0] == 0
+    assert ex.feed_response(TOO_EARLY)[0] == R_FINAL
+
+
+def test_nginx_routes_pass_the_425_on():
+    ex = _exchange(_nginx_rewrite())
+    ex.early = True
+    assert ex.feed_request(GET)[0] == 0
+    assert ex.feed_response(TOO_EARLY)[0] == R_FINAL
