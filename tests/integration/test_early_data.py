@@ -327,3 +327,42 @@ def test_backend_425_is_retried_once_after_the_handshake(fastterm, raw_backend, 
     assert "HTTP/1.1 200" in out and "late /careful" in out and "425" not in out, out[-3000:]
     careful = [r for r in be.requests if r.target == "/careful"]
     assert [r.header("early-data") for r in careful] == ["1", None]
+
+
+def test_h2_post_in_early_data_waits_for_handshake(fastterm, raw_backend, tmp_path, write):
+    pytest.importorskip("h2")
+    import h2.config
+    import h2.connection
+
+    be = counting_backend(raw_backend)
+    ft = fastterm(be.address, tls=EARLY)
+    sess = str(tmp_path / "sess.pem")
+    s_client(ft.https_port, ft.ca_file, sess_out=sess, alpn="h2", until=b"New Session Ticket arrived")
+    assert wait_for(lambda: os.path.exists(sess))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":path", "/h2post"), (":scheme", "https"),
+                          (":authority", NAME), ("content-length", "3")])
+    conn.send_data(1, b"a=1", end_stream=True)
+    early = write("early.bin", conn.data_to_send())
+    out = s_client(ft.https_port, ft.ca_file, sess_in=sess, early=early, alpn="h2", until=b"POST /h2post")
+    assert "early=- POST /h2post" in out, out[-3000:]
+    post = next(r for r in be.requests if r.target == "/h2post")
+    assert post.body == b"a=1" and not post.has("early-data")
+
+
+def test_tls12_clients_unaffected(fastterm, raw_backend):
+    """SSL_read_early_data comes first on every connection: a TLS 1.2 handshake goes through it."""
+    import ssl
+
+    be = counting_backend(raw_backend)
+    ft = fastterm(be.address, tls=EARLY)
+    ctx = ft.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    from httpwire import Reader, read_response, request_bytes
+
+    for _ in range(2):
+        with ft.connect(ctx=ctx) as sock:
+            assert sock.version() == "TLSv1.2"
+            sock.sendall(request_bytes("GET", "/v12", NAME, [("Connection", "close")]))
+            resp = read_response(Reader(sock), "GET")
+            assert resp.status == 200 and resp.body == b"early=- GET /v12"
