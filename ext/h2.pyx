@@ -327,6 +327,7 @@ cdef class H2Session(Codec):
             (<H2Stream>stream).session = None
         self.streams.clear()
         self.ready = []
+        self.early_held = []
         if self.ng != NULL:
             nghttp2_session_del(self.ng)
             self.ng = NULL

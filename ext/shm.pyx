@@ -88,14 +88,17 @@ cdef class ReplayTable:
         cdef ft_replay_entry *e
         cdef ft_replay_entry *free_slot = NULL
         cdef long long now = _monotonic()
-        cdef int verdict = REPLAY_FULL
+        cdef int verdict = REPLAY_FULL, r
         for i in range(16):
             h = (h ^ self.table.node_id[i]) * 16777619u
         for i in range(FT_CLIENT_RANDOM):
             h = (h ^ random[i]) * 16777619u
         base = h % self.table.nentries
-        if pthread_mutex_lock(&self.table.lock) == EOWNERDEAD:
-            pthread_mutex_consistent(&self.table.lock)
+        r = pthread_mutex_lock(&self.table.lock)
+        if r == EOWNERDEAD:
+            pthread_mutex_consistent(&self.table.lock)   # a worker killed holding it
+        elif r != 0:
+            return REPLAY_FULL   # not recorded, so not accepted
         for i in range(FT_REPLAY_PROBE):
             e = &self.table.entries[(base + i) % self.table.nentries]
             if e.expires > now:
