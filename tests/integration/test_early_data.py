@@ -242,19 +242,24 @@ def test_post_in_early_data_waits_for_handshake(fastterm, raw_backend, tmp_path,
 
 
 def _fleet(fastterm, tmp_path, python, subprocess_env, backend, *tls):
-    """Instances sharing one ticket-key file (a fleet), one per ``tls`` table."""
+    """Instances sharing one ticket-key file (a fleet), one per ``tls`` table: (instance, admin port)."""
     key = tmp_path / "fleet.key"
     r = subprocess.run([python, "-m", "fastterm", "keys", "new", str(key)], capture_output=True, text=True,
                        env=subprocess_env, timeout=30, check=False)
     assert r.returncode == 0, r.stderr
-    return [fastterm(backend.address, tls=t, top={"sessions": {"ticket_key_file": [str(key)]}}) for t in tls]
+    nodes = []
+    for t in tls:
+        admin = free_port()
+        nodes.append((fastterm(backend.address, tls=t, top={"sessions": {"ticket_key_file": [str(key)]},
+                                                            "admin": f"{HOST}:{admin}"}), admin))
+    return nodes
 
 
 def test_early_data_off_refuses_it(fastterm, raw_backend, tmp_path, write, python, subprocess_env):
     """A ticket that allows early data (from a node with it on) offered where it is off: the
     session resumes, the early data is refused, the request sent after the handshake works."""
     be = counting_backend(raw_backend)
-    on, off = _fleet(fastterm, tmp_path, python, subprocess_env, be, EARLY, {"early_data": False})
+    (on, _), (off, _) = _fleet(fastterm, tmp_path, python, subprocess_env, be, EARLY, {"early_data": False})
     sess = str(tmp_path / "sess.pem")
     new_session(on.https_port, on.ca_file, sess)
     early = write("early.txt", _request(target="/early").decode())
@@ -267,7 +272,7 @@ def test_early_data_off_refuses_it(fastterm, raw_backend, tmp_path, write, pytho
 def test_other_node_resumes_without_early_data(fastterm, raw_backend, tmp_path, write, python,
                                                subprocess_env):
     be = counting_backend(raw_backend)
-    a, b = _fleet(fastterm, tmp_path, python, subprocess_env, be, EARLY, EARLY)
+    (a, _), (b, b_admin) = _fleet(fastterm, tmp_path, python, subprocess_env, be, EARLY, EARLY)
     sess = str(tmp_path / "from_a.pem")
     new_session(a.https_port, a.ca_file, sess)
     early = write("early.txt", _request(target="/fleet").decode())
@@ -276,6 +281,9 @@ def test_other_node_resumes_without_early_data(fastterm, raw_backend, tmp_path, 
     assert REJECTED in out, out[-3000:]
     assert "early=- GET /after" in out, out[-3000:]
     assert "/fleet" not in [r.target for r in be.requests]
+    m = _metrics(b_admin)
+    assert m['fastterm_early_data_total{result="rejected_other"}'] == 1   # not B's ticket
+    assert m['fastterm_early_data_total{result="rejected_replay"}'] == 0
     # ... and A, which issued it, takes it
     out = s_client(a.https_port, a.ca_file, sess_in=sess, early=early)
     assert ACCEPTED in out and "early=1 GET /fleet" in out, out[-3000:]
