@@ -374,3 +374,21 @@ def test_tls12_clients_unaffected(fastterm, raw_backend):
             sock.sendall(request_bytes("GET", "/v12", NAME, [("Connection", "close")]))
             resp = read_response(Reader(sock), "GET")
             assert resp.status == 200 and resp.body == b"early=- GET /v12"
+
+
+def test_keepalive_after_early_data(fastterm, raw_backend, tmp_path, write):
+    """A keep-alive GET in early data, then a request after the handshake on the same
+    connection: the first carries Early-Data: 1, the second does not."""
+    def handler(conn):
+        while (req := conn.read_request()) is not None:
+            early = req.header("early-data") or "-"
+            conn.send(response_bytes(200, f"early={early} {req.target}".encode()))
+    be = raw_backend(handler)
+    ft = fastterm(be.address, tls=EARLY)
+    sess = str(tmp_path / "sess.pem")
+    new_session(ft.https_port, ft.ca_file, sess)
+    first = f"GET /first HTTP/1.1\r\nHost: {NAME}\r\n\r\n"
+    early = write("early.txt", first)
+    out = s_client(ft.https_port, ft.ca_file, sess_in=sess, early=early, request=_request(target="/second"))
+    assert ACCEPTED in out, out[-3000:]
+    assert out.index("early=1 /first") < out.index("early=- /second"), out[-3000:]
