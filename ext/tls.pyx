@@ -396,15 +396,6 @@ cdef class TLSContext:
         if self.groups is not None and self.groups != current.groups and \
                 not SSL_set1_groups_list(ssl, self.groups):
             return False
-        if self.max_early_data != current.max_early_data:
-            # SSL_new copied the listener default's; early data is decided after this callback
-            if not SSL_set_max_early_data(ssl, self.max_early_data) or \
-                    not SSL_set_recv_max_early_data(ssl, self.max_early_data):
-                return False
-            if self.max_early_data:
-                SSL_set_allow_early_data_cb(ssl, _allow_early_data_cb, <void *>self)
-            else:
-                SSL_set_allow_early_data_cb(ssl, NULL, NULL)
         return True
 
     cdef TLSContext _select(self, const char *name):

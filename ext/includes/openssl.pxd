@@ -292,13 +292,10 @@ cdef extern from "compat.h" nogil:
         SSL_TICKET_RETURN_USE_RENEW
     int SSL_CTX_set_max_early_data(SSL_CTX *ctx, uint32_t max_early_data)
     int SSL_CTX_set_recv_max_early_data(SSL_CTX *ctx, uint32_t recv_max_early_data)
-    int SSL_set_max_early_data(SSL *s, uint32_t max_early_data)
-    int SSL_set_recv_max_early_data(SSL *s, uint32_t recv_max_early_data)
     int SSL_read_early_data(SSL *s, void *buf, size_t num, size_t *readbytes)
     int SSL_write_early_data(SSL *s, const void *buf, size_t num, size_t *written)
     int SSL_get_early_data_status(const SSL *s)
     void SSL_CTX_set_allow_early_data_cb(SSL_CTX *ctx, allow_early_data_cb_func cb, void *arg)
-    void SSL_set_allow_early_data_cb(SSL *s, allow_early_data_cb_func cb, void *arg)
     int SSL_CTX_set_session_ticket_cb(SSL_CTX *ctx, gen_ticket_cb_func gen_cb, dec_ticket_cb_func dec_cb,
                                       void *arg)
     int SSL_SESSION_set1_ticket_appdata(SSL_SESSION *ss, const void *data, size_t len)

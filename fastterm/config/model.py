@@ -47,7 +47,8 @@ class TLSPolicy(Struct):
     # suites; None: no DHE suite is negotiated, whatever ``ciphers`` lists (as nginx)
     early_data: bool = False  # TLS 1.3 0-RTT (nginx ssl_early_data): each ClientHello's early data
     # accepted once (a shared replay table), on this node's tickets only; requests in it reach the
-    # backend with Early-Data: 1, unsafe methods only after the handshake (RFC 8470)
+    # backend with Early-Data: 1, unsafe methods only after the handshake (RFC 8470). Per listener:
+    # the servers sharing an address must agree (as session_cache)
     max_early_data: int = 16384  # bytes of early data a client may send (1 .. 512 KiB)
 
 

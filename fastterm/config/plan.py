@@ -215,26 +215,33 @@ def _check_listener_settings(config: Config, addr: tuple[str, int], indexes: lis
 
     The session cache lives on the context every connection starts on, the listener's
     default server's (SSL_new's session_ctx, which SSL_set_SSL_CTX keeps), so a server
-    block cannot turn it on or off for itself. Everything else in ``[server.tls]`` is
-    applied by the ClientHello and servername callbacks (ext/tls.pyx).
+    block cannot turn it on or off for itself. Early data is the listener's too: OpenSSL
+    3.0 refuses 0-RTT on a connection SNI moved to another block when the listener's
+    default had it off, whatever that block sets (nginx applies the default server's
+    ssl_early_data as well). Everything else in ``[server.tls]`` is applied by the
+    ClientHello and servername callbacks (ext/tls.pyx).
     """
-    want = config.servers[default].tls.session_cache
-    for i in indexes:
-        server = config.servers[i]
-        if server.tls.session_cache == want:
-            continue
-        host, port = addr
-        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        line = None
-        if source:
-            with open(source, encoding="utf-8") as f:
-                line = KeyLines(f.read()).line(("server", i, "tls", "session_cache"))
-        raise ConfigError(
-            f"server {', '.join(server.server_names) or i}: session_cache = "
-            f"{str(server.tls.session_cache).lower()} differs from the default server "
-            f"({', '.join(config.servers[default].server_names) or default}) on {listen}; OpenSSL applies "
-            "the listener's (one session cache per listener): set the same value on both",
-            file=source, line=line, directive="server.tls.session_cache")
+    for key, why in (("session_cache", "one session cache per listener"),
+                     ("early_data", "0-RTT is decided per listener"),
+                     ("max_early_data", "0-RTT is decided per listener")):
+        want = getattr(config.servers[default].tls, key)
+        for i in indexes:
+            server = config.servers[i]
+            mine = getattr(server.tls, key)
+            if mine == want:
+                continue
+            host, port = addr
+            listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            line = None
+            if source:
+                with open(source, encoding="utf-8") as f:
+                    line = KeyLines(f.read()).line(("server", i, "tls", key))
+            value = str(mine).lower() if isinstance(mine, bool) else mine
+            raise ConfigError(
+                f"server {', '.join(server.server_names) or i}: {key} = {value} differs from the default "
+                f"server ({', '.join(config.servers[default].server_names) or default}) on {listen}; OpenSSL "
+                f"applies the listener's ({why}): set the same value on both",
+                file=source, line=line, directive=f"server.tls.{key}")
 
 
 def build(config: Config, source: str | None = None, shared=None) -> Plan:

@@ -238,3 +238,43 @@ def test_nginx_routes_pass_the_425_on():
     ex.early = True
     assert ex.feed_request(GET)[0] == 0
     assert ex.feed_response(TOO_EARLY)[0] == R_FINAL
+
+
+TWO_BLOCKS = """
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:8080"]
+
+[[server]]
+listen = ["127.0.0.1:8443"]
+server_names = ["www.example.com"]
+default_server = true
+[[server.certificate]]
+cert = "certs/ec.crt"
+key = "certs/ec.key"
+[server.tls]
+early_data = false
+
+[[server]]
+listen = ["127.0.0.1:8443"]
+server_names = ["api.example.com"]
+[[server.certificate]]
+cert = "certs/ec.crt"
+key = "certs/ec.key"
+[server.tls]
+early_data = true
+"""
+
+
+def test_early_data_is_the_listeners_setting(write, ec_files):
+    """OpenSSL decides 0-RTT on the context a connection started on (the listener default's):
+    a block on the same address that differs is refused at its line, as session_cache is."""
+    from fastterm.config.plan import build
+
+    path = write("fastterm.toml", TWO_BLOCKS)
+    with pytest.raises(ConfigError) as info:
+        build(load_toml(path), path)
+    line = [i for i, ln in enumerate(TWO_BLOCKS.splitlines(), 1) if ln.startswith("early_data")][1]
+    assert info.value.line == line, str(info.value)
+    assert "early_data = true differs from the default server (www.example.com)" in str(info.value)
+    build(load_toml(write("fastterm.toml", TWO_BLOCKS.replace("early_data = false", "early_data = true"))))
