@@ -654,22 +654,6 @@ cdef class TLSConnection:
     def session_reused(self):
         return bool(SSL_session_reused(self.ssl))
 
-    def read_early_data(self, int size=65536):
-        """Early data bytes, b"" (none now, or early data over: see ``early_reading``), or an
-        int code (WANT_READ, FAILED ...): the server's first reads when early data is on."""
-        buf = PyBytes_FromStringAndSize(NULL, size)
-        cdef int n = self.read_early(PyBytes_AS_STRING(buf), size)
-        if n >= 0:
-            return buf[:n]
-        return n
-
-    @property
-    def early_data_status(self):
-        """"accepted", "rejected" or "not sent" (SSL_get_early_data_status)."""
-        cdef int status = SSL_get_early_data_status(self.ssl)
-        return ("accepted" if status == SSL_EARLY_DATA_ACCEPTED else
-                "rejected" if status == SSL_EARLY_DATA_REJECTED else "not sent")
-
     @property
     def selected_context(self):
         """The TLSContext SNI chose (the one whose ``server`` policy applies)."""

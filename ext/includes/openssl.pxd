@@ -301,4 +301,3 @@ cdef extern from "compat.h" nogil:
     int SSL_SESSION_set1_ticket_appdata(SSL_SESSION *ss, const void *data, size_t len)
     int SSL_SESSION_get0_ticket_appdata(SSL_SESSION *ss, void **data, size_t *len)
     size_t SSL_get_client_random(const SSL *ssl, unsigned char *out, size_t outlen)
-    int SSL_in_init(const SSL *s)
