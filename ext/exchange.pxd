@@ -43,6 +43,7 @@ cdef enum:
     V_SSL_PROTOCOL
     V_SSL_CIPHER
     V_SSL_SERVER_NAME
+    V_SSL_EARLY_DATA    # "1" while the handshake is not complete (the request came in 0-RTT data)
     V_COUNT
     # the most a rewritten request head may take (it is bounded by the client's head and
     # the templates, which may repeat a field): past it the request is refused with 431
@@ -166,6 +167,8 @@ cdef class Exchange:
     cdef readonly long long max_body  # the answering route's client_max_body_size, 0: none (codecs count chunks)
     cdef bytes upstream_target      # the route's upstream_path applied (nginx proxy_pass URI), or None
     cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head)
+    cdef public bint early          # the request arrived in TLS 1.3 early data (set by the codec)
+    cdef bint early_marked          # ... and we added Early-Data: 1 (the last field of the head)
 
     cdef void reset(self)
     cdef int advance(self, int event) except -1

@@ -26,6 +26,8 @@ cdef enum:
     R_FINAL = 0       # response(): a final head, rewritten into the writer
     R_INTERIM = 1     # a 1xx to pass on as it came (HTTP/1.1 clients)
     R_BAD = 2         # refused: answer 502
+    R_TOO_EARLY = 3   # 425 to a request we sent in early data: send it again once the handshake
+                      # is complete, without Early-Data (RFC 8470 §5.2), instead of passing it on
 
 cdef signed char _NEXT[<int>X_STATES][<int>X_EVENTS]
 
@@ -54,7 +56,8 @@ _table()
 VARIABLES = {"host": V_HOST, "remote_addr": V_REMOTE_ADDR, "remote_port": V_REMOTE_PORT,
              "proxy_add_x_forwarded_for": V_PROXY_ADD_XFF, "request_uri": V_REQUEST_URI,
              "request_method": V_REQUEST_METHOD, "server_addr": V_SERVER_ADDR, "server_port": V_SERVER_PORT,
-             "ssl_protocol": V_SSL_PROTOCOL, "ssl_cipher": V_SSL_CIPHER, "ssl_server_name": V_SSL_SERVER_NAME}
+             "ssl_protocol": V_SSL_PROTOCOL, "ssl_cipher": V_SSL_CIPHER, "ssl_server_name": V_SSL_SERVER_NAME,
+             "ssl_early_data": V_SSL_EARLY_DATA}
 LITERAL = V_LITERAL          # RequestRewrite template pieces that are not variables: text as it is,
 HTTP_FIELD = V_HTTP         # and $http_NAME (the piece holds NAME)
 
@@ -338,6 +341,7 @@ cdef class Exchange:
         self.location = None
         self.redirect_from = self.redirect_to = self.host_name = None
         self.upstream_target = None
+        self.early = self.early_marked = False
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
@@ -514,6 +518,11 @@ cdef class Exchange:
         out.put_bytes(self.facts.peer_ip_b)
         out.put(b"\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ", 39)
         out.put_bytes(self.facts.peer_ip_b)
+        if self.early and not _has_kind(head, slots, H_EARLY_DATA):
+            # RFC 8470 §5.1: a request received in early data is forwarded with Early-Data: 1
+            # (a client's own field already says so: it is passed as it is)
+            out.put(b"\r\nEarly-Data: 1", 15)
+            self.early_marked = True
         out.put(b"\r\n\r\n", 4)
         self.advance(E_REQUEST_OK)
         return 0
@@ -685,6 +694,8 @@ cdef class Exchange:
             out.put_bytes(facts.ssl_cipher_b)
         elif var == V_SSL_SERVER_NAME:
             out.put_bytes(facts.ssl_server_name_b)
+        elif var == V_SSL_EARLY_DATA and self.early:
+            out.put(b"1", 1)   # nginx: "1" while SSL_is_init_finished() is false, else ""
         return 0
 
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
@@ -705,6 +716,11 @@ cdef class Exchange:
         if head.te_present and head.cl_seen:
             # RFC 9112 §6.3: a response splitting attempt, or a broken backend.
             return self._bad("both Content-Length and Transfer-Encoding")
+        if head.status == 425 and self.early_marked and self.retryable:
+            # Once: the retry goes without Early-Data. (nginx routes, which write their own
+            # fields, pass the 425 on, as nginx does.)
+            self.early = self.early_marked = False
+            return R_TOO_EARLY
         self.status = head.status
         self.response_mode = response_body_mode(head, self.head_request)
         self.backend_reusable = head.version == 11 and not head.conn_close and \
@@ -817,7 +833,8 @@ cdef class Exchange:
         return status, (out.take() if status == 0 else None)
 
     def feed_response(self, bytes raw, bint close_client=False):
-        """(R_FINAL, client head) / (R_INTERIM, None) / (R_BAD, None) for one complete head."""
+        """(R_FINAL, client head) / (R_INTERIM, None) / (R_BAD, None) / (R_TOO_EARLY, None) for
+        one complete head."""
         cdef MessageHead head
         cdef HeaderSlot slots[MAX_HEADER_SLOTS]
         cdef HeadWriter out = HeadWriter(4096)
@@ -915,6 +932,21 @@ cdef bint _http_name_is(const char *field, int n, const char *var, int m) noexce
         if c != var[i]:
             return False
     return True
+
+
+cdef bint _has_kind(MessageHead *head, HeaderSlot *slots, int kind) noexcept:
+    cdef int j
+    for j in range(head.nheaders):
+        if slots[j].kind == kind:
+            return True
+    return False
+
+
+cdef bint early_safe(const char *m, Py_ssize_t n) noexcept:
+    """Whether a request line starting at ``m`` has a method RFC 8470 §3 lets through before
+    the handshake completes: safe ones (GET, HEAD, OPTIONS; TRACE is refused anyway)."""
+    return (n >= 4 and memcmp(m, b"GET ", 4) == 0) or (n >= 5 and memcmp(m, b"HEAD ", 5) == 0) or \
+        (n >= 8 and memcmp(m, b"OPTIONS ", 8) == 0)
 
 
 cdef bint _idempotent(const char *m, int n) noexcept:

@@ -47,6 +47,9 @@ cdef class H1Session(Codec):
             if k < 0:
                 return
             i += k
+            if self.early_wait:
+                self._stash(p + i, n - i)   # behind the held request, in order
+                break
         if self.dispatch_pending and self.conn.state == C_OPEN:
             # The head and this read's validated body bytes leave in one write.
             self.dispatch_pending = False
@@ -64,6 +67,15 @@ cdef class H1Session(Codec):
     cdef void on_output_blocked(self):
         if self.stream.backend is not None:
             self.stream.backend.pause()
+
+    cdef void on_handshake_done(self):
+        if self.early_retry:
+            self.early_retry = False
+            if self.stream.exchange is not None and self.stream.exchange.state == X_FORWARDING:
+                self.stream.dispatch(True)
+        if self.early_wait:
+            self.early_wait = False
+            self._resume()
 
     cdef void on_output_drained(self):
         """The client took everything: what waited for that goes on, with fresh deadlines
@@ -185,6 +197,14 @@ cdef class H1Session(Codec):
         cdef MessageHead head
         cdef Exchange ex = self.spare
         cdef int status
+        if self.conn.early and not early_safe(p, head_len):
+            # Not forwarded before the handshake completes: a replayed flight could not make
+            # it run twice, and it goes without Early-Data then (parsed again from held).
+            self._stash(p, head_len)
+            self.early_wait = True
+            self.state = H1_IDLE
+            w.count(N_EARLY_HELD)
+            return 0
         if ex is None:
             ex = Exchange(self.facts)
         else:
@@ -192,6 +212,7 @@ cdef class H1Session(Codec):
             ex.reset()
         self.stream.exchange = ex
         w.count(N_REQUESTS)
+        ex.early = self.conn.early
         status = parse_head(p, head_len, True, &head, w.slots, w.max_header_fields)
         if status == 0:
             status = ex.request(p, &head, w.slots, w.writer, &w.request_limits, w.pathbuf)
@@ -329,6 +350,12 @@ cdef class H1Session(Codec):
 
 cdef class H1Stream(Stream):
     """The backend side of an HTTP/1.1 session's current request."""
+
+    cdef bint wait_for_handshake(self):
+        if self.session is not None and self.session.conn is not None and self.session.conn.early:
+            self.session.early_retry = True
+            return True
+        return False
 
     cdef void backend_ready(self):
         self.session._resume()

@@ -6,6 +6,8 @@ cdef class H2Session(Codec):
     cdef nghttp2_session *ng
     cdef dict streams               # stream id -> H2Stream: owns them while nghttp2 points at them
     cdef list ready                 # streams whose request head arrived in this read
+    cdef list early_held            # streams in early data with unsafe methods: forwarded once
+                                    # the handshake completes (RFC 8470 §3)
     cdef int opened                 # streams opened on this connection (a cap, then GOAWAY)
     cdef bint goaway                # GOAWAY submitted: no new streams, close when none are left
     cdef bint notice                # the shutdown notice went first; the final GOAWAY follows its PING ACK

@@ -218,6 +218,7 @@ cdef class H2Session(Codec):
         cdef int r
         self.streams = {}
         self.ready = []
+        self.early_held = []
         if nghttp2_option_new(&opt) != 0:
             raise MemoryError()
         # WINDOW_UPDATE only once a backend took the bytes: an upload waits in the client.
@@ -278,6 +279,19 @@ cdef class H2Session(Codec):
     cdef bint on_eof(self):
         return False
 
+    cdef void on_handshake_done(self):
+        cdef H2Stream stream
+        held, self.early_held = self.early_held, []
+        for obj in held:
+            stream = <H2Stream>obj
+            if stream.session is None or self.streams.get(stream.id) is not stream:
+                continue
+            if stream.exchange is None:
+                stream.forward()
+            elif stream.exchange.state == X_FORWARDING:
+                stream.dispatch(True)   # a 425 to it in early data (Stream.too_early)
+        self.flush()
+
     cdef void on_output_drained(self):
         self.flush()
         if self.conn is not None and self.conn.state == C_OPEN:
@@ -313,6 +327,7 @@ cdef class H2Session(Codec):
             (<H2Stream>stream).session = None
         self.streams.clear()
         self.ready = []
+        self.early_held = []
         if self.ng != NULL:
             nghttp2_session_del(self.ng)
             self.ng = NULL
@@ -403,6 +418,12 @@ cdef class H2Session(Codec):
 cdef class H2Stream(Stream):
     """One HTTP/2 stream: its request head as HTTP/1.1, its body both ways."""
 
+    cdef bint wait_for_handshake(self):
+        if self.session.conn is not None and self.session.conn.early:
+            self.session.early_held.append(self)
+            return True
+        return False
+
     def __cinit__(self, H2Session session, int stream_id):
         self.session = session
         self.worker = session.worker
@@ -462,7 +483,13 @@ cdef class H2Stream(Stream):
         cdef bytes raw
         if self.responded:
             return   # answered while the head waited for its read to end (413 on the body)
+        if self.session.conn.early and not self.refuse and self.method is not None and \
+                not early_safe(self.method + b" ", len(self.method) + 1):
+            self.session.early_held.append(self)   # its body waits in self.body meanwhile
+            w.count(N_EARLY_HELD)
+            return
         self.exchange = ex
+        ex.early = self.session.conn.early
         w.count(N_REQUESTS)
         w.count(N_H2_STREAMS)
         if not self.refuse:

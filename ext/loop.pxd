@@ -45,6 +45,11 @@ cdef enum:
     N_H2_FLOOD
     N_CERT_RELOADS
     N_CERT_RELOAD_FAILURES
+    N_EARLY_OFFERED         # 0-RTT: handshakes whose client sent early data
+    N_EARLY_ACCEPTED
+    N_EARLY_REPLAY          # refused: the ClientHello was seen before (replay table)
+    N_EARLY_REJECTED        # refused for any other reason (foreign ticket, table full, OpenSSL's checks)
+    N_EARLY_HELD            # requests in early data held until the handshake completed (unsafe methods)
     N_COUNTERS
 
 
@@ -139,6 +144,7 @@ cdef class Codec:
     cdef void release(self)
     cdef void start(self)
     cdef void drain(self)
+    cdef void on_handshake_done(self)
 
 
 cdef class ClientConnection:
@@ -158,6 +164,9 @@ cdef class ClientConnection:
     cdef readonly bint reading      # reader registered with the loop
     cdef bint writing               # writer registered with the loop
     cdef bint read_wants_write
+    cdef readonly bint early        # the codec runs on 0-RTT data: the handshake is not complete
+    cdef bint in_early_read         # inside _read_early (the codec's calls back must not recurse)
+    cdef bint early_counted         # its early-data verdict is counted (once, when known)
 
     cdef void start(self)
     cdef void on_readable(self)
@@ -171,6 +180,9 @@ cdef class ClientConnection:
     # Handshake flow
     cdef void _handshake(self)
     cdef void _count_handshake(self, int result)
+    cdef int _read_early(self)
+    cdef void _count_early_data(self)
+    cdef void _open_session(self)
     # Input flow
     cdef void _read_loop(self)
     cdef void resume_input(self)

@@ -45,7 +45,9 @@ COUNTER_NAMES = _COUNTER_NAMES = ("connections_total", "connections_open", "hand
                   "tls_version_TLSv1.2", "tls_version_TLSv1.3", "cipher_aes128gcm", "cipher_aes256gcm",
                   "cipher_chacha20", "cipher_other", "h2_connections", "h2_streams",
                   "h2_resets_received", "h2_goaway_sent", "h2_flood_closed",
-                  "certificate_reloads", "certificate_reload_failures")
+                  "certificate_reloads", "certificate_reload_failures",
+                  "early_data_offered", "early_data_accepted", "early_data_rejected_replay",
+                  "early_data_rejected_other", "early_data_requests_held")
 # Failure kind (errors.pyx, by library and reason code) -> handshake failure counter.
 cdef dict _FAILURE_COUNTERS = {TLS_FAIL_PROTOCOL: N_HS_FAIL_PROTOCOL, TLS_FAIL_CIPHER: N_HS_FAIL_CIPHER,
                                TLS_FAIL_ALPN: N_HS_FAIL_ALPN, TLS_FAIL_HTTP: N_HS_FAIL_HTTP}
@@ -443,6 +445,10 @@ cdef class Codec:
     cdef void drain(self):
         """The worker drains (reload, stop). HTTP/1.1: its next response says close."""
 
+    cdef void on_handshake_done(self):
+        """The codec started on 0-RTT data and the handshake has now completed: what it held
+        for that (requests with unsafe methods, RFC 8470 §3) goes on."""
+
 
 cdef class ClientConnection:
     """One client TLS connection: the transport under its HTTP codec."""
@@ -545,29 +551,80 @@ cdef class ClientConnection:
                          (<bytes>sni).decode("ascii", "replace") if sni != NULL else "")
         return facts
 
-    cdef void _handshake(self):
-        cdef Worker w = self.worker
-        cdef int r = self.tls.handshake()
-        cdef const char *name
+    cdef void _open_session(self):
+        """The codec ALPN chose, on the server block SNI chose (both known once the
+        ClientHello is processed: before the handshake ends when early data is accepted)."""
+        cdef const char *name = SSL_get_servername(self.tls.ssl, TLSEXT_NAMETYPE_host_name)
         cdef const unsigned char *alpn = NULL
         cdef unsigned int alpn_len = 0
         cdef ServerPolicy tls_server
+        tls_server = self.sites.lookup(name, strlen(name)) if name != NULL else self.sites.default
+        SSL_get0_alpn_selected(self.tls.ssl, &alpn, &alpn_len)
+        if alpn_len == 2 and memcmp(alpn, b"h2", 2) == 0:
+            self.session = H2Session(self, self._facts(tls_server, True, name))
+        else:
+            self.session = H1Session(self, self._facts(tls_server, False, name))
+        self.state = C_OPEN
+        self.session.start()
+
+    cdef int _read_early(self):
+        """0-RTT: SSL_read_early_data comes before the handshake (SSL_read_early_data(3)). The
+        first accepted bytes open the codec, which sees them at once (its requests carry
+        Early-Data: 1, unsafe methods wait for the handshake); max_early_data bounds them,
+        so they are taken whether or not the codec is accepting. TLS_OK when early data is
+        over (the handshake goes on), else a TLS_* code to wait on."""
+        cdef Worker w = self.worker
+        cdef int n, i
+        self.in_early_read = True
+        try:
+            for i in range(256):   # a record (<= 16 KiB) or a handshake step a call; bounded
+                n = self.tls.read_early(w.rbuf, RBUF_SIZE)
+                if n < 0:
+                    return n
+                if n > 0:
+                    w.count(N_BYTES_IN, n)
+                    if self.session is None:
+                        self.early = True
+                        self._count_early_data()
+                        self._open_session()
+                    if self.state == C_OPEN:
+                        self.session.on_data(w.rbuf, n)
+                    if self.state != C_OPEN:
+                        return TLS_CLOSED   # the codec answered and closed (a bad request)
+                if not self.tls.early_reading:
+                    self._count_early_data()
+                    return TLS_OK
+            return TLS_WANT_READ
+        finally:
+            self.in_early_read = False
+
+    cdef void _handshake(self):
+        cdef Worker w = self.worker
+        cdef int r = TLS_OK
+        if self.tls.early_reading:
+            r = self._read_early()
+            if self.state != C_HANDSHAKE and self.state != C_OPEN:
+                return
         if r == TLS_OK:
-            self._want_write(False)
+            r = self.tls.handshake()
+        if r == TLS_OK:
+            self._want_write(self.pending_out is not None)   # 0.5-RTT output may still wait
             self._count_handshake(r)
-            name = SSL_get_servername(self.tls.ssl, TLSEXT_NAMETYPE_host_name)
-            tls_server = self.sites.lookup(name, strlen(name)) if name != NULL else self.sites.default
-            SSL_get0_alpn_selected(self.tls.ssl, &alpn, &alpn_len)
-            if alpn_len == 2 and memcmp(alpn, b"h2", 2) == 0:
-                self.session = H2Session(self, self._facts(tls_server, True, name))
+            if self.session is None:
+                self._open_session()
             else:
-                self.session = H1Session(self, self._facts(tls_server, False, name))
-            self.state = C_OPEN
-            self.session.start()
-            self._read_loop()
+                self.early = False
+                if self.pending_out is not None:
+                    self._flush()
+                if self.state == C_OPEN:
+                    self.session.on_handshake_done()
+            if self.state == C_OPEN:
+                self._read_loop()
         elif r == TLS_WANT_READ:
-            self._want_write(False)
+            self._want_write(self.pending_out is not None)
         elif r == TLS_WANT_WRITE:
+            if self.state == C_OPEN:
+                self.read_wants_write = True   # on_writable flushes, then comes back here
             self._want_write(True)
         else:
             self._count_handshake(r)
@@ -589,6 +646,7 @@ cdef class ClientConnection:
         cdef const char *name
         if result == TLS_OK:
             w.count(N_HANDSHAKES_RESUMED if SSL_session_reused(self.tls.ssl) else N_HANDSHAKES_FULL)
+            self._count_early_data()
             w.count(N_TLS13 if SSL_version(self.tls.ssl) == TLS1_3_VERSION else N_TLS12)
             name = SSL_CIPHER_get_name(SSL_get_current_cipher(self.tls.ssl))
             if strstr(name, "CHACHA20") != NULL:
@@ -601,6 +659,7 @@ cdef class ClientConnection:
                 w.count(N_CIPHER_OTHER)
             return
         w.count(N_HANDSHAKES_FAILED)
+        self._count_early_data()   # decided with the ClientHello: a replay fails at the client's Finished
         if result == TLS_EOF or result == TLS_CLOSED:
             w.count(N_HS_FAIL_EOF)
         elif result == TLS_WANT_READ:
@@ -608,10 +667,31 @@ cdef class ClientConnection:
         else:
             w.count(_FAILURE_COUNTERS.get(self.tls.failure, N_HS_FAIL_OTHER))
 
+    cdef void _count_early_data(self):
+        """Once per connection, as soon as OpenSSL has decided (with the ClientHello): an
+        answer in 0.5-RTT data may end the connection before the handshake does."""
+        cdef Worker w = self.worker
+        cdef int status = SSL_get_early_data_status(self.tls.ssl)
+        if self.early_counted or status == SSL_EARLY_DATA_NOT_SENT:
+            return
+        self.early_counted = True
+        w.count(N_EARLY_OFFERED)
+        if status == SSL_EARLY_DATA_ACCEPTED:
+            w.count(N_EARLY_ACCEPTED)
+        elif self.tls.early_verdict == EARLY_REPLAY:
+            w.count(N_EARLY_REPLAY)
+        else:
+            w.count(N_EARLY_REJECTED)
+
     # ---- Input flow -----------------------------------------------------------------
     cdef void _read_loop(self):
         cdef Worker w = self.worker
         cdef int n
+        if self.early:
+            # The codec runs on early data; the handshake has to complete before SSL_read.
+            if not self.in_early_read:
+                self._handshake()
+            return
         while self.state == C_OPEN:
             if not self.session.accepting():
                 self._want_read(False)   # resumed by resume_input(); the kernel buffers meanwhile

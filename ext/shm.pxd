@@ -51,6 +51,20 @@ cdef extern from "includes/shm.h" nogil:
         ft_worker_slot workers[FT_WORKER_SLOTS]
         ft_ocsp ocsp[FT_OCSP_SLOTS]
         ft_session sessions[1]
+    enum:
+        FT_REPLAY_MAGIC
+        FT_REPLAY_PROBE
+        FT_CLIENT_RANDOM
+    ctypedef struct ft_replay_entry:
+        int64_t expires
+        unsigned char random[FT_CLIENT_RANDOM]
+    ctypedef struct ft_replay:
+        unsigned int magic
+        unsigned int nentries
+        pthread_mutex_t lock
+        unsigned char node_id[16]
+        int64_t stats[3]
+        ft_replay_entry entries[1]
     uint64_t ft_load_acquire(const uint64_t *p)
     void ft_store_release(uint64_t *p, uint64_t v)
     void ft_fence()
@@ -61,7 +75,24 @@ cdef extern from "includes/shm.h" nogil:
                               const unsigned char *hmac, const unsigned char *iv, int enc)
 
 
+cdef enum:
+    # ReplayTable.record(): what a ClientHello random's sighting means
+    REPLAY_FRESH = 0        # first sighting, now recorded: its early data may be accepted
+    REPLAY_SEEN = 1         # recorded before and not expired: a replay
+    REPLAY_FULL = 2         # no free slot for it: early data is refused (the safe default)
+
+
+cdef class ReplayTable:
+    cdef ft_replay *table
+    cdef size_t size
+    cdef readonly double ttl         # seconds an entry is kept
+
+    cdef int record(self, const unsigned char *random) noexcept nogil
+    cdef bint issued_here(self, const unsigned char *node_id, size_t n) noexcept nogil
+
+
 cdef class SharedState:
+    cdef readonly ReplayTable replay  # the 0-RTT replay table every worker shares
     cdef ft_shared *region
     cdef size_t size
     cdef int owner_pid

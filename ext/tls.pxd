@@ -19,6 +19,14 @@ cdef enum:
     TLS_FAIL_EOF         # the peer closed mid-record
     TLS_FAIL_OTHER
 
+cdef enum:
+    # What the allow-early-data callback decided for a connection's 0-RTT data.
+    EARLY_NONE           # not asked: no early data offered, or OpenSSL refused it first
+    EARLY_ALLOWED        # first sighting of this ClientHello, ticket issued by this node
+    EARLY_REPLAY         # the ClientHello was seen before (RFC 8446 §8): 1-RTT instead
+    EARLY_FOREIGN        # a ticket from another node (the shared ticket-key file) or none
+    EARLY_TABLE_FULL     # no room to record it: refused rather than unprotected
+
 
 cdef class TLSContext:
     cdef SSL_CTX *ctx
@@ -40,7 +48,11 @@ cdef class TLSContext:
     cdef list leaves                # the X509 address of each certificate added, in order
     cdef dict ocsp_slots            # X509 address -> its response's slot in ocsp_store
     cdef SharedState ocsp_store     # where the master (or --single's own loop) keeps responses
+    cdef readonly unsigned int max_early_data   # 0: early data off
+    cdef ReplayTable replay         # the ClientHellos seen with early data; its node id marks tickets
 
+    cdef int _setup_early_data(self, SharedState shared, bint early_data,
+                               unsigned int max_early_data) except -1
     # SNI flow
     cdef object _select(self, const char *name)
     cdef bint _take_over(self, SSL *ssl, TLSContext current) noexcept
@@ -74,9 +86,14 @@ cdef class TLSConnection:
     cdef readonly int failure       # ... as a TLS_FAIL_* kind
     cdef bint fatal                 # a protocol error: the session must not be reused
     cdef SSL_SESSION *fresh_session # client mode: the server's newest session (ticket), owned
+    cdef readonly int early_verdict # EARLY_*: the allow-early-data callback's decision
+    cdef readonly bint early_reading    # SSL_read_early_data still comes before the handshake
+    cdef bint early_accepted        # early data was accepted: writes before the handshake ends
+                                    # go out as 0.5-RTT data (SSL_write_early_data)
 
     # Handshake flow
     cdef int handshake(self)
+    cdef int read_early(self, char *buf, int size)
     # Data flow
     cdef int read_into(self, char *buf, int size)
     cdef int write_from(self, const char *buf, int size)

@@ -340,14 +340,17 @@ cdef class TLSContext:
                  bint prefer_server_ciphers=True, bint session_cache=True,
                  double session_timeout=300.0, bint session_tickets=True, alpn=("http/1.1",),
                  str cafile=None, bytes session_id_context=None, SharedState shared=None,
-                 bytes dhparam=None, verify=None, int verify_depth=-1):
+                 bytes dhparam=None, verify=None, int verify_depth=-1, bint early_data=False,
+                 unsigned int max_early_data=16384):
         """``shared``: the session cache and ticket keys the workers share (the master's
         SharedState), or None for this process's own cache and per-context ticket keys.
         ``dhparam``: PEM DH parameters for the TLS 1.2 DHE suites (nginx ssl_dhparam);
         without them OpenSSL offers no DHE suite whatever ``ciphers`` lists, as nginx.
         Client mode: ``verify`` True checks the server's chain (against ``cafile``, else the
         system trust store) and name, False checks nothing, None (the default) verifies when
-        ``cafile`` is given; ``verify_depth`` >= 0 limits the chain (nginx proxy_ssl_verify_depth)."""
+        ``cafile`` is given; ``verify_depth`` >= 0 limits the chain (nginx proxy_ssl_verify_depth).
+        ``early_data``: TLS 1.3 0-RTT, up to ``max_early_data`` bytes, accepted once per
+        ClientHello (the replay table) and only on tickets this node issued."""
         cdef long options
         cdef EVP_PKEY *dh
         self.server_side = server_side
@@ -383,6 +386,11 @@ cdef class TLSContext:
             # protects the data); without this OpenSSL 3 sends a fatal alert and drops
             # the session from the cache.
             options |= SSL_OP_IGNORE_UNEXPECTED_EOF
+        if server_side and early_data:
+            # OpenSSL's own anti-replay makes tickets stateful and single-use in this
+            # process's cache, so a ticket would not resume on another worker or node
+            # (nginx and HAProxy switch it off too). Ours is the shared replay table.
+            options |= SSL_OP_NO_ANTI_REPLAY
         SSL_CTX_set_options(self.ctx, options)
         # RELEASE_BUFFERS: an idle connection gives its 34 KiB of record buffers back.
         # PARTIAL_WRITE + MOVING_WRITE_BUFFER: a short socket write returns a count, and the
@@ -424,6 +432,7 @@ cdef class TLSContext:
             SSL_CTX_set_alpn_select_cb(self.ctx, _alpn_select_cb, <void *>self)
             SSL_CTX_set_tlsext_servername_callback(self.ctx, _servername_cb)
             SSL_CTX_set_tlsext_servername_arg(self.ctx, <void *>self)
+            self._setup_early_data(shared, early_data, max_early_data)
             # Under the supervisor: the cache and ticket keys live in shared memory. The
             # ticket keys go on every context: a server block with tickets on behind a
             # default without them still encrypts under the default's (OpenSSL uses the
@@ -546,6 +555,24 @@ cdef class TLSContext:
         self.sni_tail = {k.lower()[:len(k) - 1].encode("idna" if not k.isascii() else "ascii"): v
                          for k, v in names.items() if k.endswith(".*")}
         self.sni_regex = list(regex)
+
+    cdef int _setup_early_data(self, SharedState shared, bint early_data,
+                               unsigned int max_early_data) except -1:
+        """Every ticket names the node that issued it (SSL_SESSION_set1_ticket_appdata, the
+        listener default's callback: OpenSSL calls the session_ctx's); with ``early_data``
+        this context accepts 0-RTT, each ClientHello once."""
+        self.replay = shared.replay if shared is not None else process_replay_table()
+        SSL_CTX_set_session_ticket_cb(self.ctx, _gen_ticket_cb, _dec_ticket_cb, <void *>self)
+        if not early_data:
+            return 0
+        self.max_early_data = max_early_data
+        # recv_max: what OpenSSL reads before it fails the connection; the same figure, so a
+        # client never sends more than we take (RFC 8446 §4.2.10).
+        if not SSL_CTX_set_max_early_data(self.ctx, max_early_data) or \
+                not SSL_CTX_set_recv_max_early_data(self.ctx, max_early_data):
+            raise_tls_error("cannot set max_early_data")
+        SSL_CTX_set_allow_early_data_cb(self.ctx, _allow_early_data_cb, <void *>self)
+        return 0
 
     cdef bint _take_over(self, SSL *ssl, TLSContext current) noexcept:
         """Move ``ssl`` from ``current`` to this context. SSL_set_SSL_CTX(3) brings the
@@ -809,6 +836,9 @@ cdef class TLSConnection:
             SSL_set_bio(self.ssl, self.rbio, self.wbio)  # ssl owns both from here
         if context.server_side:
             SSL_set_accept_state(self.ssl)
+            # The allow-early-data callback's way back to this object (borrowed: we own the SSL).
+            SSL_set_ex_data(self.ssl, 0, <void *>self)
+            self.early_reading = context.max_early_data > 0
         else:
             SSL_set_ex_data(self.ssl, 0, <void *>self)   # borrowed: this object owns the SSL
             if server_hostname is not None:
@@ -841,6 +871,23 @@ cdef class TLSConnection:
         ERR_clear_error()
         return self._status(SSL_do_handshake(self.ssl))
 
+    cdef int read_early(self, char *buf, int size):
+        """SSL_read_early_data(3), the first reads of a server with early data on: bytes of
+        0-RTT data (> 0), 0 (none now; ``early_reading`` False once early data is over, then
+        handshake() goes on), or a TLS_* code. OpenSSL runs the handshake as far as it can
+        meanwhile (its flight to the client goes out on the first call)."""
+        cdef size_t n = 0
+        cdef int r
+        ERR_clear_error()
+        r = SSL_read_early_data(self.ssl, buf, size, &n)
+        if r == SSL_READ_EARLY_DATA_SUCCESS:
+            self.early_accepted = True
+            return <int>n
+        if r == SSL_READ_EARLY_DATA_FINISH:
+            self.early_reading = False
+            return <int>n
+        return self._status(0)
+
     # ---- Data flow ------------------------------------------------------
     cdef int read_into(self, char *buf, int size):
         cdef int n
@@ -852,7 +899,14 @@ cdef class TLSConnection:
 
     cdef int write_from(self, const char *buf, int size):
         cdef int n
+        cdef size_t written = 0
         ERR_clear_error()
+        if self.early_accepted and not SSL_is_init_finished(self.ssl):
+            # 0.5-RTT (RFC 8446 §2.3): an answer to early data before the client's Finished;
+            # SSL_write would try to finish the handshake first and fail.
+            if SSL_write_early_data(self.ssl, buf, size, &written):
+                return <int>written
+            return self._status(0)
         n = SSL_write(self.ssl, buf, size)
         if n > 0:
             return n
@@ -1014,6 +1068,58 @@ cdef class TLSConnection:
     def selected_context(self):
         """The TLSContext SNI chose (the one whose ``server`` policy applies)."""
         return _context_of(self.ssl, self.context)
+
+
+# ---- 0-RTT: the early-data decision and the node mark on tickets ----------------------
+
+cdef int _allow_early_data_cb(SSL *ssl, void *arg) noexcept:
+    """OpenSSL has resumed a session, verified the PSK binder and found the ticket age,
+    ALPN, SNI and cipher fit for early data; we add: the ticket is this node's, and this
+    ClientHello (its client random, under the binder) has not been seen before. 0 refuses
+    early data only: the client sends it again after a 1-RTT handshake."""
+    cdef TLSContext ctx = <TLSContext>arg
+    cdef void *owner = SSL_get_ex_data(ssl, 0)
+    cdef SSL_SESSION *session = SSL_get_session(ssl)
+    cdef void *appdata = NULL
+    cdef size_t appdata_len = 0
+    cdef unsigned char random[FT_CLIENT_RANDOM]
+    cdef int verdict = EARLY_FOREIGN, seen
+    if ctx.replay is not None and session != NULL and \
+            SSL_SESSION_get0_ticket_appdata(session, &appdata, &appdata_len) and \
+            ctx.replay.issued_here(<const unsigned char *>appdata, appdata_len) and \
+            SSL_get_client_random(ssl, random, FT_CLIENT_RANDOM) == FT_CLIENT_RANDOM:
+        seen = ctx.replay.record(random)
+        verdict = EARLY_ALLOWED if seen == REPLAY_FRESH else EARLY_REPLAY if seen == REPLAY_SEEN \
+            else EARLY_TABLE_FULL
+    if owner != NULL:
+        (<TLSConnection>owner).early_verdict = verdict
+    return 1 if verdict == EARLY_ALLOWED else 0
+
+
+cdef int _gen_ticket_cb(SSL *ssl, void *arg) noexcept:
+    """A new ticket (or cached session) carries this node's id: early data on it is
+    accepted here only, so a flight replayed to another node of the fleet, which resumes
+    it through the shared ticket-key file, degrades to 1-RTT there."""
+    cdef TLSContext ctx = <TLSContext>arg
+    cdef SSL_SESSION *session = SSL_get_session(ssl)
+    if session == NULL or ctx.replay is None:
+        return 1
+    SSL_SESSION_set1_ticket_appdata(session, ctx.replay.table.node_id, 16)
+    return 1
+
+
+cdef SSL_TICKET_RETURN _dec_ticket_cb(SSL *ssl, SSL_SESSION *session, const unsigned char *keyname,
+                                      size_t keyname_length, SSL_TICKET_STATUS status,
+                                      void *arg) noexcept:
+    """OpenSSL's own choices (SSL_CTX_set_session_ticket_cb(3)); the callback exists for the
+    generating half."""
+    if status == SSL_TICKET_SUCCESS:
+        return SSL_TICKET_RETURN_USE
+    if status == SSL_TICKET_SUCCESS_RENEW:
+        return SSL_TICKET_RETURN_USE_RENEW
+    if status == SSL_TICKET_FATAL_ERR_MALLOC or status == SSL_TICKET_FATAL_ERR_OTHER:
+        return SSL_TICKET_RETURN_ABORT
+    return SSL_TICKET_RETURN_IGNORE_RENEW
 
 
 cdef TLSContext _context_of(SSL *ssl, TLSContext fallback):

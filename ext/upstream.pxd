@@ -83,7 +83,9 @@ cdef class Stream:
     cdef void queue_timed_out(self)
     cdef void backend_failed(self, bint got_bytes, int server, bint fresh)
     cdef void drop_backend(self)
+    cdef void too_early(self)
     # What the codec's stream implements
+    cdef bint wait_for_handshake(self)
     cdef void backend_ready(self)
     cdef bint closing(self)         # the client connection closes after this response
     cdef bint request_sent(self)    # the whole request body went to the backend

@@ -393,7 +393,21 @@ cdef class Stream:
         self.connecting = False
         self.queued = False   # the pool's queue skips it
 
+    cdef void too_early(self):
+        """The backend answered 425 to this request sent in early data: the same head
+        without its last field (Early-Data: 1) on a new connection, once the client's
+        handshake is complete (RFC 8470 §5.2)."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.request_head)
+        self.request_head = self.request_head[:n - 17] + b"\r\n"   # drop "Early-Data: 1\r\n"
+        if not self.wait_for_handshake():
+            self.dispatch(True)
+
     # ---- What the codec's stream implements -----------------------------------------
+    cdef bint wait_for_handshake(self):
+        """True when the client's handshake is not complete yet: the codec dispatches this
+        stream again once it is (on_handshake_done)."""
+        return False
+
     cdef void backend_ready(self):
         """A connect completed and the request head went out."""
 
@@ -651,6 +665,11 @@ cdef class BackendConnection:
             return 0
         if r == R_BAD:
             self._bad_response(ex.failure)
+            return -1
+        if r == R_TOO_EARLY:
+            self.abort()   # its body is not wanted: the connection can't be reused
+            stream.backend = None
+            stream.too_early()
             return -1
         framer_init(&self.body, ex.response_mode, head.content_length)
         self.body.stop_at_data = ex.dechunk

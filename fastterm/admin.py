@@ -124,6 +124,14 @@ def metrics_text(master) -> str:
     for cipher, value in _prefixed(totals, "cipher_").items():
         add("fastterm_tls_cipher_total", "counter", "Handshakes by negotiated cipher family.",
             f'cipher="{cipher}"', value)
+    for result in ("offered", "accepted", "rejected_replay", "rejected_other"):
+        add("fastterm_early_data_total", "counter",
+            "TLS 1.3 early data: handshakes that offered it, accepted it, refused a replay of it "
+            "(the replay table), refused it otherwise (another node's ticket, table full, OpenSSL's checks).",
+            f'result="{result}"', totals.get(f"early_data_{result}", 0))
+    add("fastterm_early_data_requests_held_total", "counter",
+        "Requests in early data with unsafe methods, forwarded only after the handshake.", None,
+        totals.get("early_data_requests_held", 0))
     sessions = master.shared.session_stats()
     for key in ("stores", "hits", "misses", "evictions"):
         add("fastterm_session_cache_total", "counter", "Shared session cache operations.",

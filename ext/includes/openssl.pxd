@@ -2,6 +2,8 @@
 # Functions that are macros in one OpenSSL version and functions in another
 # go through compat.h.
 
+from libc.stdint cimport uint32_t
+
 cdef extern from "compat.h":
     # Callback types hold the GIL: our callbacks touch Python objects.
     ctypedef struct SSL
@@ -321,3 +323,46 @@ cdef extern from "compat.h" nogil:
     void SSL_CTX_set_verify_depth(SSL_CTX *ctx, int depth)
     X509_VERIFY_PARAM *SSL_get0_param(SSL *ssl)
     int SSL_SESSION_is_resumable(const SSL_SESSION *s)
+
+
+# ---- TLS 1.3 early data (0-RTT) and ticket app data ------------------------
+cdef extern from "compat.h":
+    ctypedef int (*allow_early_data_cb_func)(SSL *s, void *arg) noexcept
+    ctypedef int SSL_TICKET_STATUS
+    ctypedef int SSL_TICKET_RETURN
+    ctypedef int (*gen_ticket_cb_func)(SSL *s, void *arg) noexcept
+    ctypedef SSL_TICKET_RETURN (*dec_ticket_cb_func)(SSL *s, SSL_SESSION *ss, const unsigned char *keyname,
+                                                     size_t keyname_length, SSL_TICKET_STATUS status,
+                                                     void *arg) noexcept
+
+cdef extern from "compat.h" nogil:
+    enum:
+        SSL_READ_EARLY_DATA_ERROR
+        SSL_READ_EARLY_DATA_SUCCESS
+        SSL_READ_EARLY_DATA_FINISH
+        SSL_EARLY_DATA_NOT_SENT
+        SSL_EARLY_DATA_REJECTED
+        SSL_EARLY_DATA_ACCEPTED
+        SSL_TICKET_FATAL_ERR_MALLOC
+        SSL_TICKET_FATAL_ERR_OTHER
+        SSL_TICKET_NONE
+        SSL_TICKET_EMPTY
+        SSL_TICKET_NO_DECRYPT
+        SSL_TICKET_SUCCESS
+        SSL_TICKET_SUCCESS_RENEW
+        SSL_TICKET_RETURN_ABORT
+        SSL_TICKET_RETURN_IGNORE
+        SSL_TICKET_RETURN_IGNORE_RENEW
+        SSL_TICKET_RETURN_USE
+        SSL_TICKET_RETURN_USE_RENEW
+    int SSL_CTX_set_max_early_data(SSL_CTX *ctx, uint32_t max_early_data)
+    int SSL_CTX_set_recv_max_early_data(SSL_CTX *ctx, uint32_t recv_max_early_data)
+    int SSL_read_early_data(SSL *s, void *buf, size_t num, size_t *readbytes)
+    int SSL_write_early_data(SSL *s, const void *buf, size_t num, size_t *written)
+    int SSL_get_early_data_status(const SSL *s)
+    void SSL_CTX_set_allow_early_data_cb(SSL_CTX *ctx, allow_early_data_cb_func cb, void *arg)
+    int SSL_CTX_set_session_ticket_cb(SSL_CTX *ctx, gen_ticket_cb_func gen_cb, dec_ticket_cb_func dec_cb,
+                                      void *arg)
+    int SSL_SESSION_set1_ticket_appdata(SSL_SESSION *ss, const void *data, size_t len)
+    int SSL_SESSION_get0_ticket_appdata(SSL_SESSION *ss, void **data, size_t *len)
+    size_t SSL_get_client_random(const SSL *ssl, unsigned char *out, size_t outlen)

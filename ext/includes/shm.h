@@ -73,6 +73,27 @@ typedef struct {
     ft_session sessions[];
 } ft_shared;
 
+/* The 0-RTT replay table (RFC 8446 §8): each ClientHello random whose early data was
+ * accepted, kept until it is past OpenSSL's ticket-age window; a second sighting is a
+ * replay. Its own mapping and lock: the session cache's lock is not held on this path. */
+#define FT_REPLAY_MAGIC 0x66747270u   /* "ftrp" */
+#define FT_REPLAY_PROBE 16
+#define FT_CLIENT_RANDOM 32
+
+typedef struct {
+    int64_t expires;                  /* CLOCK_MONOTONIC seconds (one clock for all processes) */
+    unsigned char random[FT_CLIENT_RANDOM];
+} ft_replay_entry;                    /* 40 bytes */
+
+typedef struct {
+    uint32_t magic;
+    uint32_t nentries;
+    pthread_mutex_t lock;             /* process-shared, robust */
+    unsigned char node_id[16];        /* this node's tickets carry it (ticket app data) */
+    int64_t stats[3];                 /* recorded, replays, full */
+    ft_replay_entry entries[];
+} ft_replay;
+
 static inline uint64_t ft_load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void ft_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void ft_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }

@@ -53,6 +53,11 @@ class TLSPolicy(Struct):
     stapling_timeout: float = 5.0  # seconds a responder has to answer (nginx: resolver_timeout)
     trusted_certificate: str | None = None  # PEM certificates where a leaf's issuer is looked for
     # when its chain lacks it, and that a responder's certificate may chain to
+    early_data: bool = False  # TLS 1.3 0-RTT (nginx ssl_early_data): each ClientHello's early data
+    # accepted once (a shared replay table), on this node's tickets only; requests in it reach the
+    # backend with Early-Data: 1, unsafe methods only after the handshake (RFC 8470). Per listener:
+    # the servers sharing an address must agree (as session_cache)
+    max_early_data: int = 16384  # bytes of early data a client may send (1 .. 512 KiB)
 
 
 class Certificate(Struct):

@@ -31,7 +31,9 @@ What maps (nginx -> model):
   suites; without it none is negotiated whatever ``ssl_ciphers`` lists, as nginx; a missing or
   bad file is an error at its line), ``ssl_session_cache shared:NAME:SIZE|off|none`` (default
   none: no session cache, as nginx), ``ssl_session_timeout``, ``ssl_session_tickets``,
-  ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``add_header
+  ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``ssl_early_data`` (-> ``tls.early_data``,
+  16 KiB as nginx; the address's default server's applies, as in nginx; fastterm adds replay
+  protection nginx lacks and holds unsafe methods until the handshake completes), ``add_header
   Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
   ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header``
   -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's $remote_addr from those peers).
@@ -93,7 +95,8 @@ What maps (nginx -> model):
   ``Connection ""`` and ``keepalive N`` in the upstream. Values: literals and ``$scheme``,
   ``$host``, ``$http_NAME``, ``$remote_addr``, ``$remote_port``, ``$proxy_add_x_forwarded_for``,
   ``$request_uri``, ``$request_method``, ``$server_addr``, ``$server_port``, ``$server_name``,
-  ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$proxy_host``.
+  ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$ssl_early_data`` ("1" while the
+  handshake is not complete, i.e. for a request that came in 0-RTT data, else ""), ``$proxy_host``.
 - OCSP stapling (fastterm/certs/ocsp.py): ``ssl_stapling on|off`` -> ``tls.stapling`` (default
   off, as nginx), ``ssl_stapling_verify`` -> ``tls.stapling_verify`` (default off, as nginx: a
   warning says responses are stapled unchecked), ``ssl_stapling_responder http://...`` ->
@@ -104,8 +107,8 @@ What maps (nginx -> model):
   responders get nginx's 60 s. Differences: fastterm fetches at start-up rather than on the first
   handshake, staples a "revoked" response (nginx staples only "good" ones), and checks an
   ``ssl_stapling_file`` response's certificate ID and nextUpdate (nginx staples it as is).
-- Values equal to fastterm's behaviour are accepted for: ``ssl_early_data
-  off``, ``ssl_verify_client off``, ``ssl_reject_handshake off``,
+- Values equal to fastterm's behaviour are accepted for: ``ssl_verify_client off``,
+  ``ssl_reject_handshake off``,
   ``proxy_intercept_errors off``, ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
@@ -125,7 +128,7 @@ responders, which fastterm does with the system resolver, getaddrinfo, at each f
 address needs no lookup, and tests name only 127.0.0.1), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
 without effect (``deferred``, ``backlog=``).
 
-What is refused, (c): every other directive nginx knows, among them ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
+What is refused, (c): every other directive nginx knows, among them ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_ssl_crl``, ``proxy_ssl_password_file``,
 ``proxy_ssl_conf_command``, ``proxy_ssl_name`` with variables other than ``$proxy_host``,
 ``proxy_pass`` with variables or a query in its URI part, ``location @name`` and nested
@@ -534,7 +537,7 @@ MAPPED = {
     "listen", "server_name", "return", "http2",
     "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
     "ssl_conf_command", "ssl_ecdh_curve", "ssl_dhparam", "ssl_session_cache", "ssl_session_timeout",
-    "ssl_session_tickets", "ssl_session_ticket_key", "add_header",
+    "ssl_session_tickets", "ssl_session_ticket_key", "ssl_early_data", "add_header",
     "ssl_stapling", "ssl_stapling_verify", "ssl_stapling_file", "ssl_stapling_responder", "ssl_trusted_certificate",
     "proxy_pass", "proxy_set_header", "proxy_http_version",
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
@@ -548,7 +551,7 @@ MAPPED = {
 }
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
-    "ssl_early_data": {"off"}, "ssl_verify_client": {"off"},
+    "ssl_verify_client": {"off"},
     "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"}, "proxy_intercept_errors": {"off"},
     "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
     "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
@@ -625,7 +628,7 @@ IGNORED = {
 }
 # (c) refused, with a reason where it helps; any other directive nginx knows is refused too.
 UNSUPPORTED = {
-    "ssl_early_data": "TLS 1.3 early data (0-RTT)", "ssl_verify_client": "client certificates",
+    "ssl_verify_client": "client certificates",
     "ssl_client_certificate": "client certificates", "ssl_verify_depth": "client certificates",
     "ssl_crl": "client certificates",
     "ssl_password_file": "encrypted keys", "ssl": "removed in nginx 1.25.1: use \"listen ... ssl\"",
@@ -1468,7 +1471,8 @@ class _Builder:
         default = self.address_default(s, all_tls)
         if default is not s:
             for what, mine, theirs in (("ssl_protocols", protocols, self.protocols(default)[0]),
-                                       ("ssl_session_cache", cache, self.session_cache(default)[0])):
+                                       ("ssl_session_cache", cache, self.session_cache(default)[0]),
+                                       ("ssl_early_data", self.early_data(s), self.early_data(default))):
                 if mine != theirs:
                     node = level.find(what) or s.node
                     self.warn(f'{node.where}: "{what}" of a server that is not the default of its address '
@@ -1502,7 +1506,13 @@ class _Builder:
             prefer_server_ciphers=parse_flag(prefer) if prefer else False, session_cache=cache,
             session_timeout=parse_time(timeout) if timeout else 300.0,
             session_tickets=parse_flag(tickets) if tickets else True, alpn=self.alpn(s, all_tls),
-            dhparam=dhparam_path, **self.stapling(s))
+            dhparam=dhparam_path, **self.stapling(s), early_data=self.early_data(default))
+
+    def early_data(self, s: _Server) -> bool:
+        """``ssl_early_data`` (off by default). Like ssl_protocols it is the address's default
+        server's: OpenSSL copies max_early_data into the connection before SNI switches it."""
+        node = s.level.find("ssl_early_data")
+        return parse_flag(node) if node is not None else False
 
     def address_default(self, s: _Server, all_tls: list[_Server]) -> _Server:
         """The default server of ``s``'s addresses (one server for all of them, else refused)."""

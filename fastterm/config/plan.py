@@ -312,11 +312,14 @@ def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:
     fleet share (DESIGN.md "Scaling past one machine"): the block (position, names, TLS
     policy) and the listener as the position of its port among the block's, not its
     address, so nodes on other addresses, and both address families of a port, share
-    sessions. A changed policy starts afresh.
+    sessions. A changed policy starts afresh, except for early data: turning it on or off
+    keeps the sessions (a ticket made with it off carries none; one made with it on, offered
+    where it is off, resumes and its early data is refused).
     """
     ports = list(dict.fromkeys(parse_address(listen)[1] for listen in server.listen))
     names = sorted(name.lower() for name in server.server_names)
-    return hashlib.sha256(msgspec.json.encode([index, names, ports.index(addr[1]), server.tls])).digest()
+    tls = msgspec.structs.replace(server.tls, early_data=False, max_early_data=0)
+    return hashlib.sha256(msgspec.json.encode([index, names, ports.index(addr[1]), tls])).digest()
 
 
 def read_dhparam(path: str) -> bytes:
@@ -353,7 +356,7 @@ def _server_context(server: Server, index: int, certificates: list, scope: bytes
             groups=tls.groups, prefer_server_ciphers=tls.prefer_server_ciphers,
             session_cache=tls.session_cache, session_timeout=tls.session_timeout,
             session_tickets=tls.session_tickets, alpn=tls.alpn, session_id_context=scope, shared=shared,
-            dhparam=dhparam,
+            dhparam=dhparam, early_data=tls.early_data, max_early_data=tls.max_early_data,
         )
     except TLSError as exc:
         raise ConfigError(str(exc), directive=f"{where} tls") from None
@@ -371,26 +374,33 @@ def _check_listener_settings(config: Config, addr: tuple[str, int], indexes: lis
 
     The session cache lives on the context every connection starts on, the listener's
     default server's (SSL_new's session_ctx, which SSL_set_SSL_CTX keeps), so a server
-    block cannot turn it on or off for itself. Everything else in ``[server.tls]`` is
-    applied by the ClientHello and servername callbacks (ext/tls.pyx).
+    block cannot turn it on or off for itself. Early data is the listener's too: OpenSSL
+    3.0 refuses 0-RTT on a connection SNI moved to another block when the listener's
+    default had it off, whatever that block sets (nginx applies the default server's
+    ssl_early_data as well). Everything else in ``[server.tls]`` is applied by the
+    ClientHello and servername callbacks (ext/tls.pyx).
     """
-    want = config.servers[default].tls.session_cache
-    for i in indexes:
-        server = config.servers[i]
-        if server.tls.session_cache == want:
-            continue
-        host, port = addr
-        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        line = None
-        if source:
-            with open(source, encoding="utf-8") as f:
-                line = KeyLines(f.read()).line(("server", i, "tls", "session_cache"))
-        raise ConfigError(
-            f"server {', '.join(server.server_names) or i}: session_cache = "
-            f"{str(server.tls.session_cache).lower()} differs from the default server "
-            f"({', '.join(config.servers[default].server_names) or default}) on {listen}; OpenSSL applies "
-            "the listener's (one session cache per listener): set the same value on both",
-            file=source, line=line, directive="server.tls.session_cache")
+    for key, why in (("session_cache", "one session cache per listener"),
+                     ("early_data", "0-RTT is decided per listener"),
+                     ("max_early_data", "0-RTT is decided per listener")):
+        want = getattr(config.servers[default].tls, key)
+        for i in indexes:
+            server = config.servers[i]
+            mine = getattr(server.tls, key)
+            if mine == want:
+                continue
+            host, port = addr
+            listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            line = None
+            if source:
+                with open(source, encoding="utf-8") as f:
+                    line = KeyLines(f.read()).line(("server", i, "tls", key))
+            value = str(mine).lower() if isinstance(mine, bool) else mine
+            raise ConfigError(
+                f"server {', '.join(server.server_names) or i}: {key} = {value} differs from the default "
+                f"server ({', '.join(config.servers[default].server_names) or default}) on {listen}; OpenSSL "
+                f"applies the listener's ({why}): set the same value on both",
+                file=source, line=line, directive=f"server.tls.{key}")
 
 
 def _covering(names: dict[str, object], name: str):

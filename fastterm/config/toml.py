@@ -30,6 +30,9 @@ _SEGMENT_RE = re.compile(_KEY)
 _MSGSPEC_PATH_RE = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]")
 _TOML_LINE_RE = re.compile(r"\(at line (\d+), column \d+\)")
 
+# The most early data a client may send: what a 0-RTT flight is for (a request head or a small
+# body) fits many times over; it bounds what a connection buffers before its handshake ends.
+MAX_EARLY_DATA = 512 * 1024
 REFUSED_PROTOCOLS = {"SSLv2", "SSLv3", "TLSv1", "TLSv1.0", "TLSv1.1"}
 
 
@@ -415,6 +418,12 @@ class _Checker:
             for c in server.certificates
         ]
         tls = server.tls
+        if not 1 <= tls.max_early_data <= MAX_EARLY_DATA:
+            raise self.error(f"max_early_data must be 1 .. {MAX_EARLY_DATA} bytes", "server", i, "tls",
+                             "max_early_data")
+        if tls.early_data and "TLSv1.3" not in tls.protocols:
+            raise self.error("early_data needs TLSv1.3 in protocols (0-RTT is TLS 1.3's)", "server", i,
+                             "tls", "early_data")
         if tls.dhparam is not None:
             from fastterm.config.plan import read_dhparam
 

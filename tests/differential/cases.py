@@ -11,11 +11,14 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import threading
+import time
 
 from diffharness import (
     CLIENT_TIMEOUT,
     HOST,
     OFFERS,
+    OPENSSL,
     S_CLIENT_OFFERS,
     Case,
     CorpusConfig,
@@ -176,11 +179,93 @@ def stapled_response(host: str) -> Custom:
     return Custom(f"openssl s_client -status ({host})", run)
 
 
+def _s_client_early(port: int, ctx, host: str, args: list[str], request: bytes) -> str:
+    argv = [OPENSSL, "s_client", "-connect", f"{HOST}:{port}", "-servername", host, "-CAfile",
+            ctx.pki.ca_file, "-tls1_3", "-ign_eof", *args]
+    try:
+        res = subprocess.run(argv, input=request, capture_output=True, timeout=10, check=False)
+    except subprocess.TimeoutExpired:
+        return "s_client timed out"
+    return (res.stdout + res.stderr).decode("latin-1")
+
+
+def early_data_get(host: str, target: str, replays: int = 0) -> Custom:
+    """TLS 1.3 0-RTT with ``openssl s_client``: a ticket from a full handshake, then a GET sent
+    as early data (``-early_data``) through a recording relay; what s_client reports, the
+    response status and what the backend got (Early-Data: ``proxy_set_header Early-Data
+    $ssl_early_data``). With ``replays``, the recorded client bytes are sent again that many
+    times on new connections, and the backend's requests after them are observed too."""
+
+    def run(side, ctx):
+        sess, early = side.run / "early.sess", side.run / "early.req"
+        head = f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+        _s_client_early(side.port(), ctx, host, ["-sess_out", str(sess)],
+                        head.replace(target.encode(), b"/ticket", 1))
+        early.write_bytes(head)
+        relay = socket.create_server((HOST, 0))
+        relay.settimeout(10)
+        sent = bytearray()
+
+        def pump():
+            client, _ = relay.accept()
+            server = socket.create_connection((HOST, side.port()), timeout=10)
+            back = threading.Thread(target=lambda: _copy(server, client, None), daemon=True)
+            back.start()
+            _copy(client, server, sent)
+            back.join(10)
+            client.close()
+            server.close()
+
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        mark = ctx.backends.mark()
+        argv = ["-sess_in", str(sess), "-early_data", str(early)]
+        out = _s_client_early(relay.getsockname()[1], ctx, host, argv, b"")
+        t.join(10)
+        relay.close()
+        got = ctx.backends.since(mark)
+        status = re.search(r"^HTTP/1\.1 (\d+)", out, re.MULTILINE)
+        verdict = re.search(r"Early data was (\w+)", out)
+        obs = {"tls.early_data": verdict.group(1) if verdict else "not reported",
+               "status": int(status.group(1)) if status else None,
+               "backend.requests": [(r.msg.method, r.msg.target, r.msg.header("early-data")) for r in got]}
+        if replays:
+            mark = ctx.backends.mark()
+            for _ in range(replays):
+                with socket.create_connection((HOST, side.port()), timeout=CLIENT_TIMEOUT) as sock:
+                    sock.sendall(bytes(sent))
+                    try:
+                        while sock.recv(65536):
+                            pass
+                    except OSError:
+                        pass
+            time.sleep(0.3)
+            obs["backend.requests after replays"] = [(r.msg.method, r.msg.target) for r in ctx.backends.since(mark)]
+        return obs
+
+    return Custom(f"0-RTT GET {target}" + (f" replayed {replays} times" if replays else ""), run)
+
+
+def _copy(src, dst, record) -> None:
+    try:
+        while data := src.recv(65536):
+            if record is not None:
+                record += data
+            dst.sendall(data)
+    except OSError:
+        pass
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 API = "api.example.com"
 APP = "app.example.com"
 
 # config stem -> its own cases, after the generic ones.
 SPECIFIC: dict[str, list[Case]] = {
+    "seed_early_data": [early_data_get(API, "/early"), early_data_get(API, "/replayed", replays=2)],
     "seed_api": [resolver_not_contacted(), stapled_response("api.example.com")],
     "seed_api_without_stapling": [
         resolver_not_contacted(),

@@ -61,8 +61,8 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
     ``keepalive`` (backend pool size), ``redirect`` (bool), ``https_port_in_redirect``,
     ``redirects`` (the [[redirect]] tables, each on the test's plain-HTTP port), ``workers``
     (1 by default: one backend pool, one process to watch), ``single`` (``run --single``: no
-    master), ``command_prefix`` (e.g. prlimit),
-    ``admin`` (its address; the pid and token files then go in tmp_path). Every server of ``servers``
+    master), ``command_prefix`` (e.g. prlimit), ``admin`` (its address; the pid and token files
+    then go in tmp_path), ``top`` (more top-level keys: ``sessions``, ...). Every server of ``servers``
     listens on the test port, then on the addresses of its own ``listen``.
     """
     started: list[Fastterm] = []
@@ -75,7 +75,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
               redirect: bool = True, https_port_in_redirect: int | None = None,
               redirects: list[dict] | None = None,
               log_level: str = "info", workers: int = 1, command_prefix: list[str] = (), single: bool = False,
-              admin: str | None = None) -> Fastterm:
+              admin: str | None = None, top: dict | None = None) -> Fastterm:
         n = len(started)
         https_port = free_port()
         http_port = free_port() if redirect else None
@@ -106,6 +106,7 @@ def fastterm(tmp_path: Path, write, ca_file: str, ec_cert: dict, subprocess_env,
             "limits": dict(TEST_LIMITS, **(limits or {})),
             "upstream": upstreams,
             "server": servers,
+            **(top or {}),
         }
         if admin:
             config["admin"] = admin
