@@ -31,7 +31,7 @@ cdef class H1Session(Codec):
     cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n)
     cdef void _stash(self, const char *p, Py_ssize_t n)
     cdef void _resume(self)
-    cdef void _redirect(self, Exchange ex)
+    cdef void _redirect(self, Exchange ex, int status)
     cdef void _refuse(self, int status)
     cdef void _response_end(self, bint until_close)
     cdef void release(self)

@@ -199,8 +199,9 @@ cdef class H1Session(Codec):
         if ex.client_close or w.draining or (w.keepalive_requests and self.requests >= w.keepalive_requests):
             self.close_after = True   # the response says Connection: close
         if status:
-            if status == 301 and ex.location is not None and ex.body_mode == BODY_NONE and not self.close_after:
-                self._redirect(ex)   # nginx keeps the connection after its own redirect
+            if (status == 301 and ex.location is not None or ex.answering and status != CLOSE_STATUS) and \
+                    ex.body_mode == BODY_NONE and not self.close_after:
+                self._redirect(ex, status)   # nginx keeps the connection after its own redirect, a return
                 return 0 if self.conn.state == C_OPEN else -1
             self._refuse(status)
             return -1
@@ -272,12 +273,13 @@ cdef class H1Session(Codec):
         if self.conn.state == C_OPEN and self.accepting():
             self.conn.resume_input()
 
-    cdef void _redirect(self, Exchange ex):
-        """Our own 301 to a request without a body; the next request may follow on this
-        connection (pipelined ones wait while the client has output pending, see on_data)."""
+    cdef void _redirect(self, Exchange ex, int status):
+        """Our own 301 (or a return's answer) to a request without a body; the next request may
+        follow on this connection (pipelined ones wait while the client has output pending, see
+        on_data)."""
         cdef Worker w = self.worker
-        w.count_status(301)
-        msg = ex.error_response(301, True)
+        w.count_status(status)
+        msg = ex.error_response(status, True)
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
         self.spare = ex
         self.stream.exchange = None
@@ -299,6 +301,9 @@ cdef class H1Session(Codec):
         self.held = None
         self.state = H1_CLOSING
         msg = ex.error_response(status)
+        if not msg:
+            self.conn.close()   # nginx's 444
+            return
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
         self.conn.finish()
 

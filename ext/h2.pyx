@@ -713,15 +713,12 @@ cdef class H2Stream(Stream):
             nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_INTERNAL_ERROR)
         else:
             self.worker.count_status(status)
-            body = ex.error_body(status)
-            server = ex.server if ex.server is not None else self.session.facts.tls_server
-            headers = [(b"server", b"fastterm"), (b"content-type", b"text/html"),
-                       (b"content-length", str(len(body)).encode())]
-            if (<ServerPolicy>server).hsts:
-                headers.append((b"strict-transport-security", (<ServerPolicy>server).hsts))
-            if ex.location is not None and status == 301:
-                headers.append((b"location", ex.location))
-            self._submit(status, headers, body if not ex.head_request else b"")
+            status, fields, body = ex.own_answer(status)
+            if status == 0:   # nginx's 444: nothing sent
+                nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_INTERNAL_ERROR)
+            else:
+                headers = [(name.lower(), value) for name, value in fields]
+                self._submit(status, headers, body if not ex.head_request else b"")
         self.session.flush_soon()
 
     cdef void reset(self):

@@ -136,6 +136,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import crossplane
+import msgspec
 from crossplane import analyzer as _cp
 from crossplane.errors import NgxParserDirectiveError, NgxParserSyntaxError
 
@@ -143,8 +144,11 @@ from fastterm.certs.store import load_certificate
 from fastterm.config.model import (
     INTERMEDIATE_CIPHERS,
     INTERMEDIATE_GROUPS,
+    AddHeader,
+    Answer,
     Certificate,
     Config,
+    ErrorPage,
     Limits,
     ProxyHeader,
     ProxyRequest,
@@ -166,7 +170,11 @@ REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
 
 RUNTIME_DIFFERENCES = """\
 - An HTTP/2 client's Expect: 100-continue goes to the backend (nginx answers 100 itself).
-- HSTS: fastterm replaces a backend's Strict-Transport-Security; nginx's add_header adds a second.
+- An answer of fastterm's own (an error, a return, a redirect) to a request with a body closes
+  the connection (nginx reads and discards the body and keeps the connection).
+- add_header values with variables are not expanded on answers to requests refused before a
+  server block is chosen (a malformed head); a location /dir/'s add_header is not on its
+  /dir -> /dir/ redirect (the server's is).
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
   pages differ in body and Server header (fastterm vs nginx/1.x).
 - A request head over 256 fields: 431 (nginx counts no fields). Over N x SIZE of
@@ -484,7 +492,7 @@ MAPPED = {
     "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
     "ssl_conf_command", "ssl_ecdh_curve", "ssl_dhparam", "ssl_session_cache", "ssl_session_timeout",
     "ssl_session_tickets", "ssl_session_ticket_key", "add_header",
-    "proxy_pass", "proxy_set_header", "proxy_http_version",
+    "proxy_pass", "proxy_set_header", "proxy_http_version", "error_page", "proxy_intercept_errors",
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
     "proxy_connect_timeout", "proxy_read_timeout", "underscores_in_headers", "large_client_header_buffers",
     "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header",
@@ -494,7 +502,7 @@ MAPPED = {
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
     "ssl_stapling": {"off"}, "ssl_early_data": {"off"}, "ssl_verify_client": {"off"},
-    "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"}, "proxy_intercept_errors": {"off"},
+    "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"},
     "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
     "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
     "real_ip_recursive": {"off"}, "gzip": {"off"}, "access_log": {"off"}, "keepalive_disable": {"none"},
@@ -582,8 +590,8 @@ UNSUPPORTED = {
     "keepalive_time": "a total lifetime for client connections",
     "proxy_next_upstream": "fastterm retries connect failures and resets of idempotent requests",
     "proxy_next_upstream_tries": "fastterm tries each server of an upstream once",
-    "error_page": "fastterm sends its own error pages", "gzip": "fastterm does not compress",
-    "proxy_redirect": "proxy_redirect other than default and off", "proxy_intercept_errors": "error pages",
+    "gzip": "fastterm does not compress",
+    "proxy_redirect": "proxy_redirect other than default and off",
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
     "try_files": _FILES, "keepalive_disable": "fastterm keeps every client alive",
 }
@@ -768,6 +776,7 @@ class _Server:
     names: dict[str, Node]      # server name -> the server_name line it is on
     locations: list[_Location] = field(default_factory=list)
     tls: bool = False
+    named: dict[str, Level] = field(default_factory=dict)   # location @name
 
 
 _PASS_RE = re.compile(r"(?i)(https?)://(\[[^\]]*\]|[^/:]+)(?::(\d+))?(/.*)?")
@@ -953,6 +962,9 @@ class _Builder:
                     names.setdefault(one, n)
         server = _Server(level, node, listens, names)
         for loc in level.own("location"):
+            if len(loc.args) == 1 and loc.args[0].startswith("@"):
+                server.named[loc.args[0][1:]] = self.named_location(loc, level)
+                continue
             server.locations.append(self.location(loc, level))
         return server
 
@@ -967,6 +979,15 @@ class _Builder:
         if name.endswith(".*") or ("*" in name and not name.startswith("*.")) or name.count("*") > 1:
             raise node.unsupported("wildcards other than a leading *.", f"server_name {name}")
         return [name] if name else []
+
+    def named_location(self, node: Node, server: Level) -> Level:
+        """``location @name``: what error_page may send a request to; fastterm answers its
+        ``return`` (with its add_header), nothing else."""
+        level = Level(node.block or [], server, node)
+        for n in level.nodes:
+            if n.name not in ("return", "add_header") and n.name not in IGNORED:
+                raise n.unsupported("a named location only returns", f"{n.name} (in location {node.args[0]})")
+        return level
 
     def location(self, node: Node, server: Level) -> _Location:
         args = list(node.args)
@@ -1106,9 +1127,8 @@ class _Builder:
     # -- TLS servers ---------------------------------------------------------------------
     def tls_server(self, s: _Server, all_tls: list[_Server]) -> Server:
         level = s.level
-        if level.own("return"):
-            raise level.own("return")[0].unsupported("fastterm's TLS servers proxy", "return")
-        if not s.locations:
+        answer = self.answer(level.own("return")[0]) if level.own("return") else None
+        if not s.locations and answer is None:
             raise s.node.unsupported('a server without a "location" that has "proxy_pass": ' + _FILES,
                                      "server")
         names = self.unique_names(s, all_tls)
@@ -1118,10 +1138,11 @@ class _Builder:
                 raise loc.node.error(f'duplicate location "{loc.path}"')
             seen[(loc.exact, loc.path)] = loc
             proxy = loc.level.own("proxy_pass")
+            if loc.level.own("return"):
+                routes.append(self.answer_route(loc, s))
+                continue
             if not proxy:
-                raise loc.node.unsupported('a location without "proxy_pass": ' + _FILES, "location")
-            for n in loc.level.own("return"):
-                raise n.unsupported("fastterm's locations proxy", "return")
+                raise loc.node.unsupported('a location without "proxy_pass" or "return": ' + _FILES, "location")
             upstream = self.proxy_pass(proxy[0])
             # proxy_redirect default (nginx's default): for a proxy_pass without a URI part, the
             # pattern is its URL and "/", the replacement "/" (ngx_http_proxy_merge_loc_conf)
@@ -1131,12 +1152,33 @@ class _Builder:
             routes.append(Route(path=loc.path, upstream=upstream, proxy=self.proxy_request(loc.level, upstream),
                                 slash_redirect=len(loc.path) > 1 and loc.path.endswith("/"),
                                 redirect_from="" if off else proxy[0].args[0] + "/", redirect_to="/",
-                                exact=loc.exact))
+                                exact=loc.exact, **self.route_responses(loc, s)))
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
             server_names=names, default_server=any(listen.default for listen in s.listens),
-            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes,
+            tls=self.tls_policy(s, all_tls), routes=routes,
+            add_headers=self.add_headers(level), error_pages=self.error_pages(level, s), answer=answer,
             no_host="default", misdirected_request=False)
+
+    def route_responses(self, loc: _Location, s: _Server) -> dict:
+        """A location's add_header, error_page and proxy_intercept_errors where they differ from
+        its server's (nginx's inheritance: a level with any add_header or error_page keeps only
+        its own)."""
+        options: dict = {}
+        if loc.level.own("add_header"):
+            options["add_headers"] = self.add_headers(loc.level)
+        if loc.level.own("error_page"):
+            options["error_pages"] = self.error_pages(loc.level, s)
+        intercept = loc.level.find("proxy_intercept_errors")
+        if intercept is not None and parse_flag(intercept):
+            options["intercept_errors"] = True
+        return options
+
+    def answer_route(self, loc: _Location, s: _Server) -> Route:
+        """A location that returns (nginx's rewrite phase runs before proxy_pass would)."""
+        options = self.route_responses(loc, s)
+        options.pop("intercept_errors", None)
+        return Route(path=loc.path, exact=loc.exact, answer=self.answer(loc.level.own("return")[0]), **options)
 
     def unique_names(self, s: _Server, servers: list[_Server]) -> list[str]:
         """nginx warns 'conflicting server name ... ignored' and keeps the first server's."""
@@ -1286,36 +1328,100 @@ class _Builder:
                                                 "listen")
         return default
 
-    def hsts(self, s: _Server) -> str | None:
-        """add_header, with nginx's inheritance: a location with any add_header of its own
-        keeps only those. Every location must end up with the same HSTS (it is per server)."""
-        values: list[tuple[str | None, Node | None]] = []
-        scopes = [loc.level for loc in s.locations]
-        if not any(loc.path == "/" for loc in s.locations):
-            scopes.append(s.level)      # requests no location matches
-        for scope in scopes:
-            value, where = None, None
-            for n in scope.find_all("add_header"):
-                if n.args[0].lower() != "strict-transport-security":
-                    raise n.unsupported("only \"add_header Strict-Transport-Security VALUE always\"",
-                                        f"add_header {n.args[0]}")
-                if len(n.args) != 3 or n.args[2] != "always":
-                    raise n.unsupported("without \"always\" nginx adds it to some statuses only; fastterm "
-                                        "adds HSTS to every response", "add_header Strict-Transport-Security")
-                if value is not None:
-                    raise n.unsupported("two HSTS headers", "add_header Strict-Transport-Security")
-                if "$" in n.args[1]:
-                    raise n.unsupported("variables", "add_header Strict-Transport-Security")
-                value, where = n.args[1], n
-            values.append((value, where or scope.node, scope is not s.level and bool(scope.own("add_header"))))
-        first = values[0][0]
-        if any(value != first for value, _, _ in values):
-            # Point at a location's own add_header: the line that broke the inheritance.
-            where = next((w for _, w, own in values if own), values[1][1])
-            raise (where or s.node).unsupported(
-                "an HSTS value differing between the locations of one server: fastterm's hsts is per "
-                "server block", "add_header")
-        return first
+    def add_headers(self, level: Level) -> list[AddHeader]:
+        """``add_header NAME VALUE [always]`` as a level sees them: its own, else its nearest
+        parent's (nginx merges the array only into levels that define none)."""
+        from fastterm.config.plan import check_add_headers
+
+        headers = []
+        for n in level.find_all("add_header"):
+            if len(n.args) == 3 and n.args[2] != "always":
+                raise n.error(f'invalid parameter "{n.args[2]}"')
+            if len(n.args) not in (2, 3):
+                raise n.error('invalid number of arguments in "add_header" directive')
+            name = n.args[0]
+            if name.lower() in ("last-modified", "etag"):
+                raise n.unsupported("nginx replaces the backend's field", f"add_header {name}")
+            header = AddHeader(name=name, value=n.args[1], always=len(n.args) == 3)
+            try:
+                check_add_headers([header])
+            except ValueError as exc:
+                raise n.unsupported(str(exc), f"add_header {name} {n.args[1]}") from None
+            headers.append(header)
+        return headers
+
+    def answer(self, ret: Node, named: bool = False) -> Answer:
+        """``return CODE [URL|TEXT]`` / ``return URL`` in a TLS server or location, as
+        ngx_http_rewrite_return reads it. ``named``: in a named location (static values only)."""
+        from fastterm.config.plan import check_answer
+
+        args = ret.args
+        shown = "return " + " ".join(args)
+        if len(args) == 1 and args[0].startswith(("http://", "https://", "$scheme")):
+            status, value = 302, args[0]
+        else:
+            if not args[0].isdigit() or int(args[0]) > 999:
+                raise ret.error(f'invalid return code "{args[0]}"')
+            status, value = int(args[0]), (args[1] if len(args) > 1 else None)
+        if status in REDIRECT_CODES:
+            if value is None:
+                raise ret.unsupported("a redirect without a URL", shown)
+            answer = Answer(status=status, location=value)
+        elif status == CLOSE_WITHOUT_RESPONSE or 200 <= status < 300 or 400 <= status <= 599:
+            answer = Answer(status=status, text=value if status != CLOSE_WITHOUT_RESPONSE else None)
+        else:
+            raise ret.unsupported(f"status {status}: fastterm answers 2xx, 301, 302, 303, 307, 308, 4xx, 5xx",
+                                  shown)
+        if named and value is not None and "$" in value:
+            raise ret.unsupported("variables in a named location's return", shown)
+        try:
+            check_answer(answer)
+        except ValueError as exc:
+            raise ret.unsupported(str(exc), shown) from None
+        return answer
+
+    def error_pages(self, level: Level, s: _Server) -> list[ErrorPage]:
+        """``error_page CODE... [=[RESPONSE]] URL|@named`` as a level sees them (nginx's array
+        rule): an absolute URL is a redirect, ``@named`` a named location that returns; a local
+        URI would serve a file (refused)."""
+        pages = []
+        for n in level.find_all("error_page"):
+            args = list(n.args)
+            target = args.pop()
+            status = None
+            if args and args[-1].startswith("="):
+                given = args.pop()[1:]
+                if given and not given.isdigit():
+                    raise n.error(f'invalid value "={given}"')
+                status = int(given) if given else 0
+            if not args:
+                raise n.error('invalid number of arguments in "error_page" directive')
+            codes = []
+            for code in args:
+                if not code.isdigit() or not 300 <= int(code) <= 599:
+                    raise n.error(f'value "{code}" must be between 300 and 599')
+                codes.append(int(code))
+            if "$" in target:
+                raise n.unsupported("variables", f"error_page ... {target}")
+            if target.startswith("@"):
+                loc = s.named.get(target[1:])
+                if loc is None:
+                    raise n.error(f'could not find named location "{target}"')
+                returns = loc.own("return")
+                if not returns:
+                    raise n.unsupported("a named location that does not return", f"location {target}")
+                answer = self.answer(returns[0], named=True)
+                own = loc.own("add_header")
+                headers = self.add_headers(loc) if own else None
+                if any("$" in h.value for h in headers or ()):
+                    raise own[0].unsupported("variables in a named location", "add_header")
+                pages.append(ErrorPage(codes=codes, status=status,
+                                       answer=msgspec.structs.replace(answer, add_headers=headers)))
+            elif target.lower().startswith(("http://", "https://")):
+                pages.append(ErrorPage(codes=codes, status=status, redirect=target))
+            else:
+                raise n.unsupported(_FILES + " (error_page to a local URI serves files)", f"error_page ... {target}")
+        return pages
 
     def proxy_request(self, loc: Level, upstream: str) -> ProxyRequest:
         """nginx's upstream request (ngx_http_proxy_merge_headers): the level's proxy_set_header
@@ -1422,13 +1528,13 @@ class _Builder:
         return Sessions(**options)
 
 
-def _keepalive_timeout(node: Node) -> float:
-    if len(node.args) > 1:
-        raise node.unsupported("the Keep-Alive: timeout= header", "keepalive_timeout ... header_timeout")
+def _keepalive_timeout(node: Node) -> tuple[float, int]:
+    """(idle timeout, the Keep-Alive: timeout=N header's N or 0): nginx's two values."""
     value = parse_time(node)
     if value == 0:
         raise node.unsupported("keep-alive off", "keepalive_timeout 0")
-    return value
+    header = int(parse_time(node, node.args[1])) if len(node.args) > 1 else 0
+    return value, header
 
 
 def _header_buffers(node: Node) -> tuple[int, int]:
@@ -1455,7 +1561,7 @@ MAX_HEADER_FIELDS = 256   # ext/http.pxd MAX_HEADER_SLOTS: the most fields fastt
 _LIMITS = [
     ("client_max_body_size", "location", 1 << 20, parse_size, "client_max_body_size"),
     ("client_header_timeout", "server", 60.0, _positive(parse_time), "client_header_timeout"),
-    ("keepalive_timeout", "location", 75.0, _keepalive_timeout, "keepalive_timeout"),
+    ("keepalive_timeout", "location", (75.0, 0), _keepalive_timeout, ("keepalive_timeout", "keepalive_header")),
     ("send_timeout", "location", 60.0, _positive(parse_time), "send_timeout"),
     ("proxy_connect_timeout", "location", 60.0, _positive(parse_time), "backend_connect_timeout"),
     ("proxy_read_timeout", "location", 60.0, _positive(parse_time), "backend_read_timeout"),
