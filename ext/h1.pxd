@@ -32,6 +32,7 @@ cdef class H1Session(Codec):
     cdef void _stash(self, const char *p, Py_ssize_t n)
     cdef void _resume(self)
     cdef void _redirect(self, Exchange ex, int status)
+    cdef void _answer_error(self, int status)
     cdef void _refuse(self, int status)
     cdef void _response_end(self, bint until_close)
     cdef void release(self)

@@ -93,7 +93,7 @@ cdef class H1Session(Codec):
             self.stream.queue_timed_out()
         elif state == H1_BODY or state == H1_RESPONSE:
             if self.stream.exchange.state == X_FORWARDING:
-                self._refuse(504)
+                self._answer_error(504)
             else:
                 self.conn.close()
         elif state == H1_IDLE and self.held is None:
@@ -307,6 +307,38 @@ cdef class H1Session(Codec):
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
         self.conn.finish()
 
+    cdef void _answer_error(self, int status):
+        """An error answered in place of the backend's response (502, 503, 504, an intercepted
+        status). As nginx, the connection goes on when the request was read whole, unless the
+        status is one nginx closes after (ngx_http_special_response_handler: 400, 413, 414,
+        500, 501); else, and for an answer that closes (444), _refuse."""
+        cdef Worker w = self.worker
+        cdef Exchange ex = self.stream.exchange
+        cdef bytes msg
+        if ex is None or not self.request_done or self.close_after or w.draining or \
+                status == 400 or status == 413 or status == 414 or status == 500 or status == 501 or \
+                not (ex.state == X_FORWARDING or ex.state == X_FAILED):
+            self._refuse(status)
+            return
+        if ex.state == X_FORWARDING:
+            ex.reject(status)
+        msg = ex.error_response(status, True)
+        if not msg:
+            self._refuse(status)
+            return
+        self.stream.drop_backend()
+        w.count_status(status)
+        self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
+        self.stream.request_head = None
+        self.spare = ex
+        self.stream.exchange = None
+        self.state = H1_IDLE
+        self.deadline = w.now + w.keepalive_timeout
+        if self.conn.output_blocked():
+            return   # on_output_drained() goes on with the next request
+        if self.held is not None or not self.conn.reading:
+            self._resume()
+
     cdef void release(self):
         self.stream.session = None
         self.conn = None
@@ -370,7 +402,7 @@ cdef class H1Stream(Stream):
         self.session._response_end(until_close)
 
     cdef void answer_error(self, int status):
-        self.session._refuse(status)
+        self.session._answer_error(status)
 
     cdef void reset(self):
         self.session.conn.close()
