@@ -9,7 +9,7 @@ then every directive is sorted into one of three kinds, and never silently dropp
     files or because fastterm does the job its own way (``IGNORED`` below says why for each);
 (c) refused: ``FILE:LINE: "directive" is not supported yet`` and exit 1, like an error of
     ``nginx -t``. A mapped directive whose value fastterm cannot reproduce is refused the
-    same way (``proxy_set_header X-Foo bar``, ``add_header`` other than HSTS ``always``).
+    same way (``proxy_set_header X-Foo $uri``, ``error_page 502 /50x.html``).
 
 What maps (nginx -> model):
 
@@ -28,10 +28,30 @@ What maps (nginx -> model):
   suites; without it none is negotiated whatever ``ssl_ciphers`` lists, as nginx; a missing or
   bad file is an error at its line), ``ssl_session_cache shared:NAME:SIZE|off|none`` (default
   none: no session cache, as nginx), ``ssl_session_timeout``, ``ssl_session_tickets``,
-  ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``add_header
-  Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
-  ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header``
-  -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's $remote_addr from those peers).
+  ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``set_real_ip_from`` +
+  ``real_ip_header`` -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's
+  $remote_addr from those peers).
+- ``add_header NAME VALUE [always]`` (http, server, location) -> ``add_headers`` of the server
+  and of each location that has its own (nginx's rule: a level with any ``add_header`` inherits
+  none of its parent's): after the backend's fields (one of the same name is kept, both go),
+  on fastterm's own answers too, without ``always`` only on 200, 201, 204, 206, 301, 302, 303,
+  304, 307, 308; values with the variables of ``proxy_set_header`` below; an empty value adds
+  nothing. ``Strict-Transport-Security`` is one of them (not ``hsts``, which replaces a
+  backend's). ``ETag``/``Last-Modified`` (nginx replaces those) are refused.
+- ``return`` in a TLS server (-> ``answer``: every request, before any location) or location
+  (-> a route with ``answer``): ``CODE URL`` (301, 302, 303, 307, 308; a target starting with
+  ``/`` made absolute as ``https://$host[:listen port unless 443]``), ``URL`` (302), ``CODE
+  "text"`` (text/plain) and ``CODE`` (nginx's page, or an empty body where nginx has none;
+  444 closes), values with the variables of ``proxy_set_header``; the connection goes on.
+- ``error_page CODE... [=[RESPONSE]] URL|@name`` (http, server, location; a level with any
+  replaces its parent's) -> ``error_pages``: fastterm's own answers (502/503/504 of a failing
+  backend, 4xx of validation, a return) with one of the codes become a redirect to the
+  absolute URL (302, or ``=301``/``=303``/``=307``/``=308``), or the ``return`` of the named
+  location ``location @name { return ...; add_header ...; }`` (its add_header, else the
+  server's), with the error's status, ``=CODE``'s, or (``=``) the named return's own; no
+  variables in them. ``proxy_intercept_errors on`` -> the route's ``intercept_errors``: a
+  backend status with an error_page is answered by it. A local URI (``error_page 502
+  /50x.html``) would serve a file: refused.
 - ``location = /path`` -> an exact route (it wins over every prefix, on the normalised path).
 - ``location /prefix`` and ``location ^~ /prefix`` -> routes (longest prefix wins, on the
   normalised path, as nginx; with no regex locations ``^~`` means plain prefix) with
@@ -48,7 +68,9 @@ What maps (nginx -> model):
   ``$server_port``, ``$request_uri``, ``$uri``, ``$args``, ``$query_string``, ``$is_args``).
 - Limits are global in fastterm, so each must have one value over every server and location
   (else "not supported yet"): ``client_max_body_size`` (nginx default 1m),
-  ``client_header_timeout`` (60s), ``keepalive_timeout`` (75s), ``send_timeout`` (60s),
+  ``client_header_timeout`` (60s), ``keepalive_timeout TIMEOUT [HEADER_TIMEOUT]`` (75s; the
+  second -> ``keepalive_header``: ``Keep-Alive: timeout=N`` on HTTP/1.1 responses that keep
+  the connection), ``send_timeout`` (60s),
   ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``underscores_in_headers``,
   ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE and
   ``header_line_size`` = SIZE (4 8k; nginx's statuses: a request line longer than SIZE 414, a
@@ -71,7 +93,7 @@ What maps (nginx -> model):
   ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$proxy_host``.
 - Values equal to fastterm's behaviour are accepted for: ``ssl_stapling off``, ``ssl_early_data
   off``, ``ssl_verify_client off``, ``ssl_reject_handshake off``,
-  ``proxy_intercept_errors off``, ``merge_slashes on``, ``port_in_redirect on``,
+  ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
   ``keepalive_disable none``, ``chunked_transfer_encoding on``.
@@ -92,9 +114,9 @@ without effect (``deferred``, ``backlog=``).
 What is refused, (c): every other directive nginx knows, among them ``ssl_stapling on`` and its
 friends (OCSP), ``ssl_early_data on`` (0-RTT), ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_pass https://`` and ``proxy_ssl_*`` (re-encryption),
-``proxy_pass`` with a URI part or variables, ``location ~``/``~*``/``@name`` and nested
-locations, regex and suffix-wildcard ``server_name``, ``error_page``, ``return`` in TLS servers,
-``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
+``proxy_pass`` with a URI part or variables, ``location ~``/``~*`` and nested locations, named
+locations that do more than ``return``, regex and suffix-wildcard ``server_name``,
+``error_page`` to a local URI or with variables, ``proxy_set_header`` with other variables,
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
 upstream ``weight``/``backup``/``down``/``max_conns``/``least_conn``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
