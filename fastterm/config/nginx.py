@@ -1078,6 +1078,10 @@ class _Builder:
             ret = self.redirect_return(server)
             status, location, text = self.return_answer(ret)
             self.unique_names(server, plain)    # nginx's warning; the first server keeps the name
+            for n in server.level.find_all("error_page"):
+                if str(status) in n.args[:-1]:
+                    raise n.unsupported("on a server without \"listen ... ssl\" (its return's status)",
+                                        "error_page")
             for n in server.level.find_all("add_header"):
                 self.warn(f'{n.where}: "add_header" has no effect on the redirect server at '
                           f"{server.node.where}: fastterm's redirect sends no extra headers")

@@ -599,6 +599,11 @@ def test_named_location_only_returns(error):
     assert "a named location only returns" in str(error(text, "location @x"))
 
 
+def test_error_page_for_a_plain_servers_return_is_refused(error):
+    text = site(extra="server {\n    listen 80;\n    error_page 404 https://x.example/;\n    return 404;\n}")
+    assert '"error_page" is not supported yet' in str(error(text, "error_page 404"))
+
+
 def test_keepalive_timeout_header(load):
     limits = load(site(server="    keepalive_timeout 30s 25;")).config.limits
     assert (limits.keepalive_timeout, limits.keepalive_header) == (30.0, 25)
