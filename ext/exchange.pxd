@@ -181,6 +181,8 @@ cdef class Exchange:
     cdef bytes answer_value         # its return's location (made absolute) or text, expanded
     cdef readonly bint answering    # the request is answered by a return, not proxied
     cdef int keepalive_header       # RequestLimits.keepalive_header, for its response
+    cdef readonly bint buffer_body  # a chunked body the codec reads whole, then sends with Content-Length
+    cdef Py_ssize_t framing_at      # where in the backend head that Content-Length goes
 
     cdef void reset(self)
     cdef int advance(self, int event) except -1
@@ -193,6 +195,7 @@ cdef class Exchange:
     cdef int _response_values(self, const char *p, MessageHead *head, HeaderSlot *slots) except -1
     cdef bytes _absolute(self, bytes location)
     cdef tuple own_answer(self, int status)
+    cdef bytes buffered_head(self, bytes head, long long length)
     cdef int _slash_location(self, bytes prefix, tuple route, const char *target, int target_len,
                              const char *p, MessageHead *head, HeaderSlot *slots, const char *host,
                              int host_len) except -1

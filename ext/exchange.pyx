@@ -364,6 +364,7 @@ cdef class Exchange:
         self.resp = None
         self.added_always = self.added_success = self.answer_value = None
         self.answering = False
+        self.buffer_body = False
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
@@ -618,6 +619,12 @@ cdef class Exchange:
             out.put(b"Content-Length: ", 16)
             out.put(number, snprintf(number, sizeof(number), "%lld", head.content_length))
             out.put(b"\r\n", 2)
+        elif self.body_mode == BODY_CHUNKED and limits.max_body:
+            # nginx (proxy_request_buffering on) reads a chunked body whole and sends it with
+            # Content-Length (an HTTP/1.0 backend knows no chunks): the codec buffers it, in
+            # memory, up to client_max_body_size (nginx: a temp file past client_body_buffer_size)
+            self.buffer_body = True
+            self.framing_at = out.len
         elif self.body_mode == BODY_CHUNKED:
             out.put(b"Transfer-Encoding: chunked\r\n", 28)
         for j in range(head.nheaders):
@@ -798,6 +805,13 @@ cdef class Exchange:
         self.failure = why
         self.error_status = 502
         return R_BAD
+
+    cdef bytes buffered_head(self, bytes head, long long length):
+        """The backend head for a body read whole (``buffer_body``): its Content-Length where
+        the framing goes; the body is then sent as BODY_LENGTH."""
+        self.body_mode = BODY_LENGTH
+        self.content_length = length
+        return head[:self.framing_at] + b"Content-Length: %d\r\n" % length + head[self.framing_at:]
 
     cdef bint _safe_status(self, int status):
         """The statuses nginx's add_header without ``always`` applies to (ngx_http_headers_filter)."""

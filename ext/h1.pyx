@@ -23,7 +23,8 @@ cdef class H1Session(Codec):
             # requests wait in the kernel, and their responses can't pile up here.
             return self.held is None and not self.conn.output_blocked()
         if self.state == H1_BODY:
-            return self.stream.backend is not None and not self.backend_full and self.held is None
+            return (self.buffered is not None or self.stream.backend is not None and not self.backend_full) and \
+                self.held is None
         return False
 
     cdef void on_data(self, const char *p, Py_ssize_t n):
@@ -37,7 +38,8 @@ cdef class H1Session(Codec):
                 break
             if self.state == H1_IDLE or self.state == H1_HEAD:
                 k = self._feed_head(p + i, n - i)
-            elif self.state == H1_BODY and (self.stream.backend is not None or self.dispatch_pending):
+            elif self.state == H1_BODY and (self.stream.backend is not None or self.dispatch_pending or
+                                            self.buffered is not None):
                 k = self._feed_body(p + i, n - i)
             else:
                 # Not ours to process yet: a pipelined request, or body bytes while the
@@ -91,6 +93,8 @@ cdef class H1Session(Codec):
             self.stream.connect_timed_out()
         elif (state == H1_BODY or state == H1_RESPONSE) and self.stream.queued:
             self.stream.queue_timed_out()
+        elif state == H1_BODY and self.buffered is not None:
+            self._refuse(408)   # the client stopped sending the body it is read for (nginx client_body_timeout)
         elif state == H1_BODY or state == H1_RESPONSE:
             if self.stream.exchange.state == X_FORWARDING:
                 self._answer_error(504)
@@ -105,6 +109,7 @@ cdef class H1Session(Codec):
     cdef void on_close(self):
         self.stream.drop_backend()
         self.held = None
+        self.buffered = None
         self.head_buf = None
         if self.stream.exchange is not None:
             self.stream.exchange.advance(E_ABORT)
@@ -207,6 +212,16 @@ cdef class H1Session(Codec):
             return -1
         framer_init(&self.req_body, ex.body_mode, ex.content_length)
         self.request_done = self.req_body.done
+        if ex.buffer_body:
+            self.req_body.stop_at_data = True
+            self.buffered = bytearray()
+            self.buffered_head = w.writer.take()
+            if ex.continue_client:
+                self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", 25)
+            self.state = H1_BODY
+            self.stream.attempts = 0
+            self.stream.deadline = w.now + w.read_timeout
+            return 0 if self.conn.state == C_OPEN else -1
         if ex.continue_client and not self.request_done:
             self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", 25)
         self.state = H1_RESPONSE if self.request_done else H1_BODY
@@ -232,11 +247,24 @@ cdef class H1Session(Codec):
             # head, the backend never hears of this request.
             self.close_after = True
             self.dispatch_pending = False
+            self.buffered = None
             if self.stream.exchange.state == X_FORWARDING:
                 self._refuse(400 if k < 0 else 413)
             else:
                 self.conn.close()
             return -1
+        if self.buffered is not None:
+            if self.req_body.data_len:
+                bytearray_extend(self.buffered, p + self.req_body.data_start, self.req_body.data_len)
+            if self.req_body.done:
+                self.request_done = True
+                self.state = H1_RESPONSE
+                self.stream.request_head = self.stream.exchange.buffered_head(
+                    self.buffered_head, PyByteArray_GET_SIZE(self.buffered)) + bytes(self.buffered)
+                self.buffered = None
+                self.buffered_head = None
+                self.stream.dispatch(False)
+            return k
         if k:
             if self.dispatch_pending:
                 w.writer.put(p, k)
@@ -264,7 +292,8 @@ cdef class H1Session(Codec):
         if self.state == H1_IDLE or self.state == H1_HEAD:
             if self.conn.output_blocked():
                 return
-        elif not (self.state == H1_BODY and self.stream.backend is not None and not self.backend_full):
+        elif not (self.state == H1_BODY and (self.buffered is not None or
+                                             self.stream.backend is not None and not self.backend_full)):
             return
         if self.held is not None:
             held = self.held
@@ -299,6 +328,7 @@ cdef class H1Session(Codec):
         self.worker.count_status(status)
         self.close_after = True
         self.held = None
+        self.buffered = None
         self.state = H1_CLOSING
         msg = ex.error_response(status)
         if not msg:

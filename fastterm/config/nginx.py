@@ -217,7 +217,10 @@ RUNTIME_DIFFERENCES = """\
 - ssl_prefer_server_ciphers on: fastterm also sets SSL_OP_PRIORITIZE_CHACHA.
 - ssl_session_cache none and off both turn the cache off (nginx none still hands out
   session IDs that never resume).
-- Chunked request bodies are streamed chunked (nginx, proxy_request_buffering on: Content-Length).
+- A chunked request body (an HTTP/2 one without content-length) is read whole and sent with
+  Content-Length, as nginx (proxy_request_buffering on), but in memory up to
+  client_max_body_size (nginx: a temp file past client_body_buffer_size); with
+  client_max_body_size 0 (no limit) it is streamed chunked instead.
 - A backend failing: fastterm retries resets before a response byte of idempotent requests;
   nginx's proxy_next_upstream also retries on timeout; a single server is skipped for
   fail_timeout in fastterm only when another is up.
@@ -563,7 +566,8 @@ IGNORED = {
     "scgi_temp_path": "fastterm speaks no SCGI",
     "proxy_max_temp_file_size": "fastterm streams bodies, it writes no temp files",
     "proxy_temp_file_write_size": "fastterm streams bodies, it writes no temp files",
-    "client_body_buffer_size": "fastterm streams request bodies",
+    "client_body_buffer_size": "fastterm streams request bodies with a length and reads a chunked one "
+                               "whole in memory, up to client_max_body_size",
     "client_body_in_file_only": "fastterm streams request bodies",
     "client_body_in_single_buffer": "fastterm streams request bodies",
     "client_header_buffer_size": "fastterm sizes its buffers itself (large_client_header_buffers "
@@ -574,7 +578,8 @@ IGNORED = {
     "proxy_buffers": "fastterm streams responses (as proxy_buffering off)",
     "proxy_busy_buffers_size": "fastterm streams responses (as proxy_buffering off)",
     "proxy_buffering": "fastterm streams responses (as proxy_buffering off)",
-    "proxy_request_buffering": "fastterm streams request bodies (as proxy_request_buffering off)",
+    "proxy_request_buffering": "fastterm streams request bodies with a length (as proxy_request_buffering "
+                               "off) and reads a chunked one whole, sent with Content-Length (as on)",
     "ssl_buffer_size": "fastterm sizes TLS records itself",
     "http2_chunk_size": "fastterm sizes HTTP/2 frames itself",
     "http2_body_preread_size": "fastterm's HTTP/2 windows follow the backend",

@@ -28,12 +28,4 @@ class Bug(Allowed):
     witness: tuple[str, str] = ("", "")   # (config stem, case id)
 
 
-SEED = "seed_api_without_stapling"
-
-
-BUGS: list[Bug] = [
-    Bug(name="chunked_request_body_goes_upstream_with_content_length", field="backend*",
-        when=lambda a, b: a.get("backend.framing") == "content-length" and b.get("backend.framing") == "chunked",
-        reason="nginx (proxy_request_buffering on) reads a chunked body whole and sends it with Content-Length; "
-               "fastterm streams it chunked", witness=(SEED, "POST https api.example.com /chunked")),
-]
+BUGS: list[Bug] = []

@@ -217,3 +217,20 @@ def test_toml_round_trip_and_errors_at_their_line(tmp_path):
         with pytest.raises(ConfigError, match=why) as info:
             load_config(str(path))
         assert info.value.line is not None
+
+
+def test_a_chunked_body_is_read_whole_under_nginx_s_rewrite_when_bounded():
+    """nginx's proxy_request_buffering: the codec buffers the body (up to client_max_body_size)
+    and the head gets its Content-Length then; with no limit it goes chunked."""
+    from fastterm.config.model import ProxyRequest
+
+    model = server(routes=[Route(path="/", upstream="notes", proxy=ProxyRequest())])
+    raw = head("POST / HTTP/1.1", "Host: api.example.com", "Transfer-Encoding: chunked", "X-A: 1")
+    ex = exchange(model)
+    status, up = ex.feed_request(raw, max_body=1024)
+    assert status == 0 and ex.buffer_body
+    assert "Transfer-Encoding" not in [n for n, _ in fields(up)]
+    ex = exchange(model)
+    status, up = ex.feed_request(raw)
+    assert status == 0 and not ex.buffer_body
+    assert ("Transfer-Encoding", "chunked") in fields(up)
