@@ -863,8 +863,9 @@ cdef class Exchange:
                 value_at = w.len
                 for k in range(t.first_piece, t.first_piece + t.npieces):
                     self._expand(rw, &rw.pieces[k], p, head, slots, w, target, head.target_len, host, host_len)
-                    if w.len > PROXY_HEAD_MAX:
-                        return self.reject(431) if self.state == X_NEW else 0
+                    if w.len - mark > PROXY_HEAD_MAX:
+                        w.len = value_at   # a value past any head's size (a huge $http_ field): left out
+                        break
                 if i >= resp.nadd:
                     value = PyBytes_FromStringAndSize(w.buf + value_at, w.len - value_at)
                 elif w.len > value_at:   # nginx: an empty value adds no field

@@ -66,7 +66,8 @@ class ProxyRequest(Struct):
     """How a route rewrites the request head for its backend, nginx's way.
 
     The backend gets the request line in ``http_version``, then ``headers`` in order, then
-    the body's Content-Length or Transfer-Encoding, then the client's fields except those
+    the body's Content-Length or Transfer-Encoding (a chunked body is read whole and sent with
+    Content-Length, as nginx, when limits.client_max_body_size bounds it), then the client's fields except those
     named in ``headers`` (set or emptied), Host, Connection, Keep-Alive, TE, Upgrade, Expect
     and names with "_" (unless ``underscores_in_headers``). Nothing else is added or removed:
     no X-Forwarded-* unless ``headers`` say so (nginx passes the client's own untouched).
