@@ -187,6 +187,7 @@ class Redirect(Struct):
     text: str | None = None          # the text/plain body of a status that is not a redirect
     keepalive_requests: int = 0      # answers per connection; 0: close after each (fastterm's own)
     keepalive_timeout: float | None = None   # idle between requests; None: limits.keepalive_timeout
+    keepalive_header: int = 0        # "Keep-Alive: timeout=N" on answers that keep the connection (nginx)
 
 
 class Limits(Struct):

@@ -63,7 +63,8 @@ What maps (nginx -> model):
 - ``server`` without ``ssl`` whose ``return`` (on the server or in its one ``location /``) is
   ``CODE URL`` (301, 302, 303, 307, 308), ``URL`` (302), ``CODE "text"`` or ``CODE`` (2xx, 4xx,
   5xx; 444 closes) -> a ``[[redirect]]`` each, with its ``server_name``s, ``default_server``,
-  ``keepalive_requests`` (1000) and ``keepalive_timeout`` (75s; 0: close): nginx's semantics
+  ``keepalive_requests`` (1000) and ``keepalive_timeout`` (75s; 0: close; a second value: the
+  ``Keep-Alive: timeout=N`` header): nginx's semantics
   (``fastterm/redirect.py``; variables ``$scheme``, ``$host``, ``$http_host``, ``$server_name``,
   ``$server_port``, ``$request_uri``, ``$uri``, ``$args``, ``$query_string``, ``$is_args``).
 - Limits are global in fastterm, so each must have one value over every server and location
@@ -1098,17 +1099,17 @@ class _Builder:
             requests = server.level.find("keepalive_requests")
             keepalive_requests = _positive(lambda n: _number(n, n.args[0]))(requests) if requests else 1000
             idle = server.level.find("keepalive_timeout")
-            keepalive_timeout = 75.0
+            keepalive_timeout, keepalive_header = 75.0, 0
             if idle is not None:
-                if len(idle.args) > 1:
-                    raise idle.unsupported("the Keep-Alive: timeout= header", "keepalive_timeout ... header_timeout")
                 keepalive_timeout = parse_time(idle)
+                if len(idle.args) > 1:
+                    keepalive_header = int(parse_time(idle, idle.args[1]))
                 if keepalive_timeout == 0:     # nginx: keep-alive off
                     keepalive_requests, keepalive_timeout = 0, 75.0
             out.append(Redirect(listen=[listen.text for listen in server.listens], server_names=list(server.names),
                                 default_server=any(listen.default for listen in server.listens), status=status,
                                 location=location, text=text, keepalive_requests=keepalive_requests,
-                                keepalive_timeout=keepalive_timeout))
+                                keepalive_timeout=keepalive_timeout, keepalive_header=keepalive_header))
         return out
 
     def return_answer(self, ret: Node) -> tuple[int, str | None, str | None]:

@@ -608,6 +608,8 @@ def test_keepalive_timeout_header(load):
     limits = load(site(server="    keepalive_timeout 30s 25;")).config.limits
     assert (limits.keepalive_timeout, limits.keepalive_header) == (30.0, 25)
     assert load(site()).config.limits.keepalive_header == 0
+    plain = "server {\n    listen 80;\n    keepalive_timeout 10 5;\n    return 301 https://$host$request_uri;\n}"
+    assert load(site(extra=plain)).config.redirects[0].keepalive_header == 5
 
 
 # ---- limits ---------------------------------------------------------------------------------
