@@ -478,6 +478,11 @@ cdef class Exchange:
                     self._slash_location(<bytes>prefix, route, target, target_len, p, head, slots,
                                          abs_host, abs_host_len)
                     self.body_mode = request_body_mode(head)   # none: the connection may go on
+                    # nginx answers it in the /dir/ location's context: its add_header, error_page
+                    for r in server.routes:
+                        if r[0] == <bytes>prefix + b"/":
+                            self.resp = r[5]
+                            break
                     return self.reject(301)
         if route is None:
             self.answering = True   # as nginx's 404 (no file): the connection may go on

@@ -196,8 +196,7 @@ RUNTIME_DIFFERENCES = """\
 - An answer of fastterm's own (an error, a return, a redirect) to a request with a body closes
   the connection (nginx reads and discards the body and keeps the connection).
 - add_header values with variables are not expanded on answers to requests refused before a
-  server block is chosen (a malformed head); a location /dir/'s add_header is not on its
-  /dir -> /dir/ redirect (the server's is).
+  server block is chosen (a malformed head).
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
   pages differ in body and Server header (fastterm vs nginx/1.x).
 - A request head over 256 fields: 431 (nginx counts no fields). Over N x SIZE of

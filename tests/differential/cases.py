@@ -235,6 +235,7 @@ SPECIFIC: dict[str, list[Case]] = {
     "add_header_inheritance": [
         Request(API, "/framed/a", label="GET /framed/ (own add_header: no HSTS)"),
         Request(API, "/framed/404", respond=Respond(404, ()), label="GET /framed/ backend 404"),
+        Request(API, "/framed", label="GET /framed: the /dir -> /dir/ 301 with /framed/'s add_header"),
         Request(API, "/quiet/a", label="GET /quiet/ (own add_header always)"),
         Request(API, "/quiet/500", respond=Respond(500, ()), label="GET /quiet/ backend 500"),
         Request(API, "/dup", respond=Respond(200, (("Strict-Transport-Security", "max-age=1"),
