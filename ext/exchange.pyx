@@ -167,7 +167,7 @@ cdef class ResponsePolicy:
             value = b"".join(data for _, data in parts)
             if i >= self.nadd:
                 self.answer_static = value
-            elif value:
+            elif value and all(var == V_LITERAL for var, _ in parts):   # else only as a request expands it
                 (always_lines if self.always[i] else success_lines).append(name.encode("latin-1") + b": " + value +
                                                                            b"\r\n")
         self.always_lines = b"".join(always_lines)

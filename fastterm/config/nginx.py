@@ -195,8 +195,8 @@ RUNTIME_DIFFERENCES = """\
 - An HTTP/2 client's Expect: 100-continue goes to the backend (nginx answers 100 itself).
 - An answer of fastterm's own (an error, a return, a redirect) to a request with a body closes
   the connection (nginx reads and discards the body and keeps the connection).
-- add_header values with variables are not expanded on answers to requests refused before a
-  server block is chosen (a malformed head).
+- add_header lines whose values have variables are left out of answers to requests refused
+  before a server block is chosen (a malformed head, a body over client_max_body_size).
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
   pages differ in body and Server header (fastterm vs nginx/1.x).
 - A request head over 256 fields: 431 (nginx counts no fields). Over N x SIZE of
