@@ -652,6 +652,12 @@ cdef class BackendConnection:
         if r == R_BAD:
             self._bad_response(ex.failure)
             return -1
+        if r == R_INTERCEPT:
+            self.abort()   # its body is not wanted: the connection cannot be reused
+            if stream is not None:
+                stream.backend = None
+                stream.answer_error(ex.error_status)
+            return -1
         framer_init(&self.body, ex.response_mode, head.content_length)
         self.body.stop_at_data = ex.dechunk
         self.state = B_BODY
