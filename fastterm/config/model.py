@@ -77,7 +77,8 @@ class ProxyRequest(Struct):
 
     The backend gets the request line in ``http_version``, then ``headers`` in order, then
     the body's Content-Length or Transfer-Encoding (a chunked body is read whole and sent with
-    Content-Length, as nginx, when limits.client_max_body_size bounds it), then the client's fields except those
+    Content-Length, as nginx, when the client_max_body_size that applies to the route, its own,
+    else its server's, else limits', bounds it), then the client's fields except those
     named in ``headers`` (set or emptied), Host, Connection, Keep-Alive, TE, Upgrade, Expect
     and names with "_" (unless ``underscores_in_headers``). Nothing else is added or removed:
     no X-Forwarded-* unless ``headers`` say so (nginx passes the client's own untouched).

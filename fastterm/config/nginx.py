@@ -230,8 +230,9 @@ REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
 
 RUNTIME_DIFFERENCES = """\
 - An HTTP/2 client's Expect: 100-continue goes to the backend (nginx answers 100 itself).
-- An answer of fastterm's own (an error, a return, a redirect) to a request with a body closes
-  the connection (nginx reads and discards the body and keeps the connection).
+- An answer of fastterm's own (an error, a return, a redirect, the 301 from /dir to /dir/) to
+  a request with a body closes the connection (nginx reads and discards the body and keeps the
+  connection).
 - add_header lines whose values have variables are left out of answers to requests refused
   before a server block is chosen (a malformed head).
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
@@ -245,8 +246,6 @@ RUNTIME_DIFFERENCES = """\
 - keepalive_time (1h) is not applied.
 - proxy_redirect rewrites Location only (nginx also rewrites Refresh).
 - No matching location: fastterm 404s; nginx serves files from its root.
-- The 301 from /dir to /dir/ (location /dir/ with proxy_pass) of a request with a body closes an
-  HTTP/1.1 connection (nginx reads and discards the body and keeps it).
 - Port 80 (return): the status pages' bodies differ; add_header lines are not applied; a text
   body is text/plain whatever the URI's extension (nginx: its types, else default_type); a
   request with Expect: 100-continue and a body is answered and closed (nginx reads the body);
@@ -255,9 +254,9 @@ RUNTIME_DIFFERENCES = """\
 - ssl_session_cache none and off both turn the cache off (nginx none still hands out
   session IDs that never resume).
 - A chunked request body (an HTTP/2 one without content-length) is read whole and sent with
-  Content-Length, as nginx (proxy_request_buffering on), but in memory up to
-  client_max_body_size (nginx: a temp file past client_body_buffer_size); with
-  client_max_body_size 0 (no limit) it is streamed chunked instead.
+  Content-Length, as nginx (proxy_request_buffering on), but in memory up to the location's
+  client_max_body_size (nginx: a temp file past client_body_buffer_size); where that is 0 (no
+  limit) it is streamed chunked instead.
 - A backend failing: fastterm retries resets before a response byte of idempotent requests;
   nginx's proxy_next_upstream also retries on timeout; a single server is skipped for
   fail_timeout in fastterm only when another is up.

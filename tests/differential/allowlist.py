@@ -100,6 +100,11 @@ ALLOWED: list[Allowed] = [
     Allowed("header:connection", generated=True, nginx=None, fastterm="close", case="P* *",
             reason="an answer of fastterm's own (an error, a return) to a request with a body closes the "
                    "connection; nginx reads and discards the body and keeps it (nginx.py RUNTIME_DIFFERENCES)"),
+    Allowed("backend.*", config="body_limits_per_location", case="POST * /stream/chunked",
+            when=lambda a, b: a.get("backend.framing") == "content-length" and b.get("backend.framing") == "chunked",
+            reason="client_max_body_size 0 (no limit): fastterm streams a chunked body upstream chunked rather than "
+                   "hold an unbounded body in memory; nginx buffers it to a temp file and sends Content-Length "
+                   "(nginx.py RUNTIME_DIFFERENCES)"),
     # -- TLS defaults fastterm chose on purpose where the config says nothing (nginx.py "Deliberate choices")
     Allowed("tls.*", config=_configs_without("ssl_protocols"), when=_no_tls13_at_nginx, reason=NGINX_TLS_DEFAULTS),
     Allowed("backend.header:x-tls", config=_configs_without("ssl_protocols"),

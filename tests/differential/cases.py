@@ -286,6 +286,10 @@ SPECIFIC: dict[str, list[Case]] = {
         Request(API, "/legacy"),
         Request(API, "/static/../v1/x"),
         Request(API, "/static/%2E%2E/private/x"),
+        Request(API, "/index.php", client="httpx-h2", label="GET /index.php over HTTP/2 (a regex location's return)"),
+        Request(API, "/health", method="HEAD", label="HEAD /health (an exact location's return)"),
+        Request(API, "/a/b.php", method="POST", body=b"p" * 100, label="POST to a regex location that returns"),
+        Request(API, "/assets/IMG.PNG", label="GET /assets/IMG.PNG (^~ wins over the ~* regex)"),
     ],
     "locations_regex": [
         *(Request(API, target) for target in (
@@ -386,6 +390,8 @@ SPECIFIC: dict[str, list[Case]] = {
         Request(API, "/regex/x.bin", method="POST", body=b"r" * 3000, label="POST to a regex location with 4k"),
         Request(API, "/regex/x.bin", method="POST", body=b"r" * 5000, chunked=True,
                 label="POST chunked past a regex location's 4k"),
+        Request(API, "/regex/y.bin", method="POST", body=b"r" * 3000, chunked=True,
+                label="POST chunked within a regex location's 4k (read whole, sent with Content-Length)"),
     ],
     "large_headers": [
         Request(API, "/line-1500", headers=(("X-Long", "a" * 1500),)),

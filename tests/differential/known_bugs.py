@@ -28,10 +28,4 @@ class Bug(Allowed):
     witness: tuple[str, str] = ("", "")   # (config stem, case id)
 
 
-BUGS: list[Bug] = [
-    Bug(name="own_redirect_with_a_body_closes_the_connection", field="header:connection", nginx=None,
-        fastterm="close", config="body_limits_per_location", case="POST /upload (*",
-        reason="nginx reads and discards the body of a request it answers itself (the /dir -> /dir/ 301) and "
-               "keeps the connection; fastterm closes it rather than read a body nobody wants",
-        witness=("body_limits_per_location", "POST /upload (the /upload/ location's 10m: 301)")),
-]
+BUGS: list[Bug] = []
