@@ -441,6 +441,13 @@ SPECIFIC: dict[str, list[Case]] = {
         Request(API, "/returns-404", label="GET return 404 through error_page URL"),
         Request(API, "/returns-502", label="GET return 502 through error_page @down"),
         Request(API, "/upload", method="POST", body=b"u" * 2000, label="POST over client_max_body_size: =413 @big"),
+        Request(API, "/small-upload/x", method="POST", body=b"u" * 200,
+                label="POST over a location's own limit: its own error_page 413 URL"),
+        Request(API, "/small-upload/y", method="POST", body=b"u" * 50, label="POST within a location's own limit"),
+        Request(API, "/a/x.cgi", label="GET a regex location's return 403 with its add_header"),
+        Request(API, "/dead/x.cgi", label="GET /dead/x.cgi: the regex beats the /dead/ prefix"),
+        Request(API, "/small-upload/x.cgi", method="POST", body=b"u" * 200,
+                label="POST over the prefix location's limit: the regex location's (1k) answers"),
     ],
     "keepalive": [
         KeepAlive(API, count=4),
