@@ -26,6 +26,7 @@ cdef enum:
 ctypedef struct RequestLimits:
     long long max_body              # client_max_body_size, 0: none
     bint underscores_in_headers     # keep request fields with "_" in the name (nginx: off)
+    int keepalive_header            # "Keep-Alive: timeout=N" on HTTP/1.1 responses that keep the connection
 
 
 cdef enum:
@@ -77,11 +78,30 @@ cdef class RequestRewrite:
     cdef bint names_field(self, const char *name, int n)
 
 
+cdef class ResponsePolicy:
+    """What one route or server block adds to responses and answers itself (nginx add_header,
+    return, error_page, proxy_intercept_errors), compiled (model.AddHeader, Answer, ErrorPage)."""
+    cdef RequestRewrite fields      # the add_header values, then the answer's location or text
+    cdef int nadd                   # how many of fields are add_header lines
+    cdef tuple always               # per add_header line: added whatever the status
+    cdef readonly bint variables    # a value reads the request: expanded per request
+    cdef bytes always_lines         # without variables: the "Name: value\r\n" lines with always ...
+    cdef bytes success_lines        # ... and without (200, 201, 204, 206, 301, 302, 303, 304, 307, 308)
+    cdef readonly int answer_status # a return: its status; 0: proxied
+    cdef bint answer_location       # the answer value is a redirect target (else a text body, or none)
+    cdef bint answer_has_value
+    cdef bytes answer_static        # the answer value without variables
+    cdef dict error_pages           # status -> (overwrite: -1 none, 0 "=", N; redirect URL or None;
+    #                                 ResponsePolicy of the answer or None)
+    cdef bint intercept             # a backend status error_pages names is answered by them
+
+
 cdef class ServerPolicy:
     cdef readonly str name
+    cdef ResponsePolicy resp        # the server level's (routes without their own, no route), or None
     cdef bytes hsts_line
     cdef list routes                # [(prefix bytes, UpstreamPool, RequestRewrite, redirect_from, redirect_to,
-    #                                 upstream_path, max_body, no_regex)], longest first
+    #                                 upstream_path, max_body, no_regex, ResponsePolicy)], longest first
     cdef list slash_redirects       # prefixes without their "/" that redirect to it (nginx), or []
     cdef list exact_routes          # [route tuple] matched by the whole path only (nginx location =)
     cdef list regex_routes          # [(compiled bytes pattern, route tuple)] in config order (nginx location ~)
@@ -169,24 +189,40 @@ cdef class Exchange:
     cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head)
     cdef public bint early          # the request arrived in TLS 1.3 early data (set by the codec)
     cdef bint early_marked          # ... and we added Early-Data: 1 (the last field of the head)
+    cdef ResponsePolicy resp        # the route's (or server block's) response policy, or None
+    cdef bytes added_always         # its add_header lines as this request expands them, or None: static
+    cdef bytes added_success
+    cdef bytes answer_value         # its return's location (made absolute) or text, expanded
+    cdef readonly bint answering    # the request is answered by a return, not proxied
+    cdef int keepalive_header       # RequestLimits.keepalive_header, for its response
+    cdef readonly bint buffer_body  # a chunked body the codec reads whole, then sends with Content-Length
+    cdef Py_ssize_t framing_at      # where in the backend head that Content-Length goes
 
     cdef void reset(self)
     cdef int advance(self, int event) except -1
     cdef int reject(self, int status) except -1
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                      RequestLimits *limits, char *scratch) except -1
+    cdef int _request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
+                      RequestLimits *limits, char *scratch) except -1
+    cdef int _answer(self, ResponsePolicy resp, MessageHead *head) except -1
+    cdef int _response_values(self, const char *p, MessageHead *head, HeaderSlot *slots) except -1
+    cdef bytes _absolute(self, bytes location)
+    cdef tuple own_answer(self, int status)
+    cdef bytes buffered_head(self, bytes head, long long length)
     cdef int _slash_location(self, bytes prefix, tuple route, const char *target, int target_len,
                              const char *p, MessageHead *head, HeaderSlot *slots, const char *host,
                              int host_len) except -1
     cdef int _rewritten_head(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                              RequestLimits *limits, const char *target, int target_len,
                              const char *host, int host_len) except -1
-    cdef int _expand(self, TemplatePiece *piece, const char *p, MessageHead *head, HeaderSlot *slots,
+    cdef int _expand(self, RequestRewrite rw, TemplatePiece *piece, const char *p, MessageHead *head, HeaderSlot *slots,
                      HeadWriter out, const char *target, int target_len, const char *host, int host_len) except -1
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                       bint close_client) except -1
     cdef int _redirected(self, const char *rest, int n, HeadWriter out) except -1
     cdef int _bad(self, str why) except -1
+    cdef bint _safe_status(self, int status)
     cdef int response_end(self) except -1
     cdef bint may_retry(self, bint got_bytes, int attempts)
     cdef bytes error_response(self, int status, bint keep_alive=*)

@@ -15,10 +15,27 @@
 # (backend_reusable, client_close). Terminal states take abort again and stay.
 
 import ipaddress
+from http import HTTPStatus
 
 from libc.stdio cimport snprintf
 
-_REASONS = {301: "Moved Permanently", 400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout", 421: "Misdirected Request",
+CLOSE_STATUS = 444   # nginx's "return 444": the connection is closed, nothing sent
+
+
+# the statuses nginx has a page for (ngx_http_special_response.c); a return of another one
+# without text answers an empty body
+_NGINX_PAGES = frozenset((301, 302, 303, 307, 308, *range(400, 417), 421, 429, *range(494, 498),
+                          *range(500, 506), 507))
+
+
+def _reason(int status):
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+_REASONS = {301: "Moved Permanently", 302: "Moved Temporarily", 400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout", 421: "Misdirected Request",
             413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
@@ -28,6 +45,8 @@ cdef enum:
     R_BAD = 2         # refused: answer 502
     R_TOO_EARLY = 3   # 425 to a request we sent in early data: send it again once the handshake
                       # is complete, without Early-Data (RFC 8470 §5.2), instead of passing it on
+    R_INTERCEPT = 4   # an error status the route's error_pages answer (proxy_intercept_errors):
+    #                   answer error_status, the backend's body is not read
 
 cdef signed char _NEXT[<int>X_STATES][<int>X_EVENTS]
 
@@ -125,11 +144,44 @@ cdef class RequestRewrite:
         return False
 
 
+cdef class ResponsePolicy:
+    """What a route or server block adds to its responses and answers itself, nginx's way:
+    add_header (ngx_http_headers_filter_module), return (ngx_http_rewrite_module), error_page
+    and proxy_intercept_errors (ngx_http_special_response.c). Built by fastterm/config/plan.py."""
+
+    def __init__(self, fields, always, int answer_status=0, bint answer_location=False,
+                 bint answer_has_value=False, error_pages=None, bint intercept=False,
+                 bytes host_fallback=b""):
+        """``fields``: [(name, pieces)] as RequestRewrite takes them, the add_header lines (one
+        ``always`` flag each) and then, with ``answer_has_value``, the answer's location or text.
+        ``error_pages``: {status: (overwrite, redirect bytes or None, ResponsePolicy or None)}."""
+        cdef int i
+        self.fields = RequestRewrite("1.1", fields, host_fallback)
+        self.nadd = len(always)
+        self.always = tuple(bool(a) for a in always)
+        self.variables = any(var != V_LITERAL for _, parts in fields for var, _ in parts)
+        self.answer_status = answer_status
+        self.answer_location = answer_location
+        self.answer_has_value = answer_has_value
+        self.error_pages = dict(error_pages or {})
+        self.intercept = intercept
+        always_lines, success_lines = [], []
+        for i, (name, parts) in enumerate(fields):
+            value = b"".join(data for _, data in parts)
+            if i >= self.nadd:
+                self.answer_static = value
+            elif value and all(var == V_LITERAL for var, _ in parts):   # else only as a request expands it
+                (always_lines if self.always[i] else success_lines).append(name.encode("latin-1") + b": " + value +
+                                                                           b"\r\n")
+        self.always_lines = b"".join(always_lines)
+        self.success_lines = b"".join(success_lines)
+
+
 cdef class ServerPolicy:
     """The HTTP side of one server block: routes, HSTS, trusted proxies."""
 
     def __init__(self, str name, routes, hsts=None, trusted_proxies=(), bytes tls_policy=b"",
-                 bint misdirected=True):
+                 bint misdirected=True, ResponsePolicy resp=None):
         """``routes``: [(prefix, UpstreamPool)] or [(prefix, UpstreamPool, RequestRewrite or None)],
         a fourth element True: the prefix without its trailing "/" is redirected to it (nginx);
         a fifth and sixth: a backend Location starting with the fifth gets the sixth instead
@@ -137,8 +189,9 @@ cdef class ServerPolicy:
         the path matches only itself (nginx location =), before any prefix; an eighth, a dict
         (fastterm/config/plan.py _matching): ``regex`` (a compiled bytes pattern: tried in order
         after the longest prefix unless that one has ``no_regex``), ``upstream_path`` (replaces
-        the matched prefix upstream) and ``max_body`` (-1: the server's ``max_body``, then the
-        limits').
+        the matched prefix upstream), ``max_body`` (-1: the server's ``max_body``, then the
+        limits') and ``response``, the route's ResponsePolicy (None: ``resp``, the server
+        level's; a route that answers has no pool).
         ``misdirected``: a request for this block on a connection negotiated under another
         block's TLS policy is answered 421 (model.Server.misdirected_request)."""
         self.name = name
@@ -146,7 +199,7 @@ cdef class ServerPolicy:
         self.misdirected = misdirected
         compiled = [((r[0].encode(), r[1], r[2] if len(r) > 2 else None,
                       r[4].encode("latin-1") if len(r) > 4 else b"",
-                      r[5].encode("latin-1") if len(r) > 5 else b"", *_route_options(r)), len(r) > 6 and r[6])
+                      r[5].encode("latin-1") if len(r) > 5 else b"", *_route_options(r, resp)), len(r) > 6 and r[6])
                     for r in routes]
         self.regex_routes = [(r[7]["regex"], c) for r, (c, _) in zip(routes, compiled)
                              if len(r) > 7 and r[7].get("regex") is not None]
@@ -161,6 +214,7 @@ cdef class ServerPolicy:
         self.hsts = hsts.encode("latin-1") if hsts else b""
         self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if hsts else b""
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
+        self.resp = resp
 
     cdef tuple route(self, const char *path, int n):
         cdef tuple r
@@ -199,13 +253,16 @@ cdef class ServerPolicy:
         return any(addr in net for net in self.trusted)
 
 
-def _route_options(tuple r):
+def _route_options(tuple r, ResponsePolicy resp):
     """A route's eighth element (fastterm/config/plan.py _matching) -> the compiled tuple's
-    tail: (upstream_path bytes or None, max_body, no_regex)."""
+    tail: (upstream_path bytes or None, max_body, no_regex, ResponsePolicy: the route's, else
+    the server level's ``resp``)."""
     options = r[7] if len(r) > 7 else {}
     upstream_path = options.get("upstream_path")
+    response = options.get("response")
     return (upstream_path.encode("ascii") if upstream_path is not None else None,
-            options.get("max_body", -1), bool(options.get("no_regex", False)))
+            options.get("max_body", -1), bool(options.get("no_regex", False)),
+            response if response is not None else resp)
 
 
 cdef class SiteTable:
@@ -227,6 +284,13 @@ cdef class SiteTable:
                 any(r[2] is not None for r in (<ServerPolicy>policy).exact_routes) or \
                 any(r[2] is not None for _, r in (<ServerPolicy>policy).regex_routes) or \
                 bool((<ServerPolicy>policy).slash_redirects)
+            # a return's relative target and $server_port read the listen port
+            self.connection_facts |= any(r[8] is not None and ((<ResponsePolicy>r[8]).variables or
+                                                               (<ResponsePolicy>r[8]).answer_status)
+                                         for r in (*(<ServerPolicy>policy).routes,
+                                                   *(<ServerPolicy>policy).exact_routes,
+                                                   *(r for _, r in (<ServerPolicy>policy).regex_routes))) or \
+                ((<ServerPolicy>policy).resp is not None and (<ServerPolicy>policy).resp.answer_status != 0)
         for name, policy in names.items():
             key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
             if key.startswith(b"*."):
@@ -342,6 +406,10 @@ cdef class Exchange:
         self.redirect_from = self.redirect_to = self.host_name = None
         self.upstream_target = None
         self.early = self.early_marked = False
+        self.resp = None
+        self.added_always = self.added_success = self.answer_value = None
+        self.answering = False
+        self.buffer_body = False
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
@@ -358,6 +426,17 @@ cdef class Exchange:
 
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                      RequestLimits *limits, char *scratch) except -1:
+        """Validate and route a parsed request head (``_request``), then expand what its response
+        policy reads from the request while the head is still at hand: add_header values with
+        variables, a return's location or text."""
+        cdef int status = self._request(p, head, slots, out, limits, scratch)
+        self.keepalive_header = limits.keepalive_header
+        if self.resp is not None and (self.resp.variables or self.answering):
+            self._response_values(p, head, slots)
+        return status
+
+    cdef int _request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
+                      RequestLimits *limits, char *scratch) except -1:
         """Validate and route a parsed request head; on 0 the head the backend gets is in
         ``out``, else the return is the status to answer (nothing reaches a backend).
         ``scratch`` holds a normalised path (as long as the head)."""
@@ -411,6 +490,9 @@ cdef class Exchange:
             # serves the request by the Host's block whatever the TLS: misdirected off.)
             return self.reject(421)
         self.server = server
+        self.resp = server.resp
+        if server.resp is not None and server.resp.answer_status:
+            return self._answer(server.resp, head)   # nginx: a server-level return, before any location
         trusted = self.facts.trusts(server)   # whose trusted_proxies: the Host-chosen block's
         if _needs_normalizing(target, target_len):
             # Route on the normalised path (as nginx matches locations on $uri), so
@@ -444,14 +526,27 @@ cdef class Exchange:
         if slash is None and not exact and server.regex_routes and (route is None or not route[7]):
             # nginx: regex locations in config order, unless the longest prefix is ^~
             route = server.regex(path_at, route_len) or route
+        if slash is not None:
+            # nginx answers the redirect in the /dir/ location's context: its add_header, error_page
+            for r in server.routes:
+                if PyBytes_GET_SIZE(<bytes>r[0]) == PyBytes_GET_SIZE(slash) + 1 and \
+                        memcmp(PyBytes_AS_STRING(<bytes>r[0]), PyBytes_AS_STRING(slash), PyBytes_GET_SIZE(slash)) == 0:
+                    self.resp = r[8]
+                    break
+        elif route is not None:
+            self.resp = route[8]   # a 413 below is answered in the location's context too (nginx)
         if self._over_limit(server, route, slash, head):
-            return self.reject(413)   # nginx checks the location's limit before its auto redirect
+            return self.reject(413)   # nginx checks the location's limit before its auto redirect, its return
         if slash is not None:
             self._slash_location(slash, route, target, target_len, p, head, slots, abs_host, abs_host_len)
             self.body_mode = request_body_mode(head)   # none: the connection may go on
             return self.reject(301)
         if route is None:
+            self.answering = True   # as nginx's 404 (no file): the connection may go on
+            self.body_mode = request_body_mode(head)
             return self.reject(404)
+        if self.resp is not None and self.resp.answer_status:
+            return self._answer(self.resp, head)   # the location's return (nginx's rewrite phase)
         if route[5] is not None:
             self.upstream_target = _upstream_target(<bytes>route[5], PyBytes_GET_SIZE(<bytes>route[0]),
                                                     path_at, route_len, target, target_len)
@@ -607,7 +702,7 @@ cdef class Exchange:
             out.put(b": ", 2)
             value_at = out.len
             for k in range(t.first_piece, t.first_piece + t.npieces):
-                self._expand(&rw.pieces[k], p, head, slots, out, target, target_len, host, host_len)
+                self._expand(rw, &rw.pieces[k], p, head, slots, out, target, target_len, host, host_len)
                 if out.len > PROXY_HEAD_MAX:
                     return self.reject(431)   # a piece is at most the client's head: the writer stays bounded
             if out.len == value_at:
@@ -618,6 +713,13 @@ cdef class Exchange:
             out.put(b"Content-Length: ", 16)
             out.put(number, snprintf(number, sizeof(number), "%lld", head.content_length))
             out.put(b"\r\n", 2)
+        elif self.body_mode == BODY_CHUNKED and self.max_body:
+            # nginx (proxy_request_buffering on) reads a chunked body whole and sends it with
+            # Content-Length (an HTTP/1.0 backend knows no chunks): the codec buffers it, in
+            # memory, up to the answering route's client_max_body_size (``max_body``; nginx: a
+            # temp file past client_body_buffer_size)
+            self.buffer_body = True
+            self.framing_at = out.len
         elif self.body_mode == BODY_CHUNKED:
             out.put(b"Transfer-Encoding: chunked\r\n", 28)
         for j in range(head.nheaders):
@@ -637,10 +739,9 @@ cdef class Exchange:
         self.advance(E_REQUEST_OK)
         return 0
 
-    cdef int _expand(self, TemplatePiece *piece, const char *p, MessageHead *head, HeaderSlot *slots,
-                     HeadWriter out, const char *target, int target_len, const char *host,
+    cdef int _expand(self, RequestRewrite rw, TemplatePiece *piece, const char *p, MessageHead *head,
+                     HeaderSlot *slots, HeadWriter out, const char *target, int target_len, const char *host,
                      int host_len) except -1:
-        cdef RequestRewrite rw = self.rewrite
         cdef const char *text = PyBytes_AS_STRING(rw.text)
         cdef ClientFacts facts = self.facts
         cdef int var = piece.var, j, end, n = 0
@@ -708,6 +809,7 @@ cdef class Exchange:
         cdef bytes rf = self.redirect_from
         cdef Py_ssize_t rf_len = PyBytes_GET_SIZE(rf) if rf is not None else 0
         cdef bint rewrote = False
+        cdef char number[24]
         if head.status == 101:
             return self._bad("unexpected 101 Switching Protocols")
         if head.status < 200:
@@ -722,6 +824,13 @@ cdef class Exchange:
             self.early = self.early_marked = False
             return R_TOO_EARLY
         self.status = head.status
+        if self.resp is not None and self.resp.intercept and head.status >= 300 and \
+                head.status in self.resp.error_pages:
+            # nginx's proxy_intercept_errors: the error_page answers instead of the backend
+            self.advance(E_RESPONSE_BAD)
+            self.failure = "intercepted"
+            self.error_status = head.status
+            return R_INTERCEPT
         self.response_mode = response_body_mode(head, self.head_request)
         self.backend_reusable = head.version == 11 and not head.conn_close and \
             self.response_mode != BODY_UNTIL_CLOSE and (self.rewrite is None or self.rewrite.keepalive)
@@ -748,8 +857,18 @@ cdef class Exchange:
             return self._bad("the rewritten response head is too large")
         if hsts:
             out.put_bytes(hsts)
+        if self.resp is not None:
+            # nginx's add_header: after the backend's fields, a field of the same name kept too
+            out.put_bytes(self.added_always if self.added_always is not None else self.resp.always_lines)
+            if self._safe_status(head.status):
+                out.put_bytes(self.added_success if self.added_success is not None else self.resp.success_lines)
         if self.client_close:
             out.put(b"Connection: close\r\n", 19)
+        elif self.keepalive_header and not self.facts.http2:
+            # nginx keepalive_timeout's second value (ngx_http_header_filter)
+            out.put(b"Keep-Alive: timeout=", 20)
+            out.put(number, snprintf(number, sizeof(number), "%d", self.keepalive_header))
+            out.put(b"\r\n", 2)
         out.put(b"\r\n", 2)
         self.advance(E_RESPONSE_OK)
         return R_FINAL
@@ -789,6 +908,156 @@ cdef class Exchange:
         self.error_status = 502
         return R_BAD
 
+    cdef bytes buffered_head(self, bytes head, long long length):
+        """The backend head for a body read whole (``buffer_body``): its Content-Length where
+        the framing goes; the body is then sent as BODY_LENGTH."""
+        self.body_mode = BODY_LENGTH
+        self.content_length = length
+        return head[:self.framing_at] + b"Content-Length: %d\r\n" % length + head[self.framing_at:]
+
+    cdef bint _safe_status(self, int status):
+        """The statuses nginx's add_header without ``always`` applies to (ngx_http_headers_filter)."""
+        return status == 200 or status == 201 or status == 204 or status == 206 or status == 301 or \
+            status == 302 or status == 303 or status == 304 or status == 307 or status == 308
+
+    cdef int _answer(self, ResponsePolicy resp, MessageHead *head) except -1:
+        """A return: the request is answered by its status (request() expands its value)."""
+        self.resp = resp
+        self.answering = True
+        self.body_mode = request_body_mode(head)   # none: the connection may go on
+        return self.reject(resp.answer_status)
+
+    cdef int _response_values(self, const char *p, MessageHead *head, HeaderSlot *slots) except -1:
+        """The add_header lines and the return value of ``resp`` for this request: $host from the
+        absolute-form target or Host, $request_uri the target as sent. Python bytes: only for
+        policies with variables, or a return (an answer of our own)."""
+        cdef ResponsePolicy resp = self.resp
+        cdef RequestRewrite rw = resp.fields
+        cdef HeaderTemplate *t
+        cdef HeadWriter w
+        cdef const char *target = p + head.target_start
+        cdef const char *host = NULL
+        cdef const char *text = PyBytes_AS_STRING(rw.text)
+        cdef int host_len = 0, path, i, k
+        cdef Py_ssize_t mark, value_at
+        if not resp.variables:
+            value = resp.answer_static
+        else:
+            if target[0] != b'/' and head.target_len > 1:
+                path = _origin_form(target, head.target_len)
+                if path > 0:
+                    host = target + (8 if target[4] == b's' or target[4] == b'S' else 7)
+                    host_len = <int>(target + path - host)
+            if host == NULL and head.host_index >= 0:
+                host = p + slots[head.host_index].value_start
+                host_len = slots[head.host_index].value_len
+            if self.rewrite is None or self.state != X_FORWARDING:
+                self.remote = PyBytes_AS_STRING(self.facts.peer_ip_b)   # else the rewrite's (realip)
+                self.remote_len = <int>PyBytes_GET_SIZE(self.facts.peer_ip_b)
+            w = HeadWriter(256)
+            always, success, value = [], [], None
+            for i in range(rw.nheaders):
+                t = &rw.headers[i]
+                mark = w.len
+                if i < resp.nadd:
+                    w.put(text + t.name_start, t.name_len)
+                    w.put(b": ", 2)
+                value_at = w.len
+                for k in range(t.first_piece, t.first_piece + t.npieces):
+                    self._expand(rw, &rw.pieces[k], p, head, slots, w, target, head.target_len, host, host_len)
+                    if w.len - mark > PROXY_HEAD_MAX:
+                        w.len = value_at   # a value past any head's size (a huge $http_ field): left out
+                        break
+                if i >= resp.nadd:
+                    value = PyBytes_FromStringAndSize(w.buf + value_at, w.len - value_at)
+                elif w.len > value_at:   # nginx: an empty value adds no field
+                    w.put(b"\r\n", 2)
+                    (always if resp.always[i] else success).append(PyBytes_FromStringAndSize(w.buf + mark,
+                                                                                              w.len - mark))
+                w.len = mark
+            self.added_always = b"".join(always)
+            self.added_success = b"".join(success)
+        if self.answering:
+            if resp.answer_location and value is not None and value.startswith(b"/"):
+                if head.host_index >= 0 and slots[head.host_index].value_len:
+                    host = p + slots[head.host_index].value_start
+                    self.host_name = PyBytes_FromStringAndSize(host, _host_end(host, slots[head.host_index].value_len))
+                value = self._absolute(value)
+            self.answer_value = value
+        return 0
+
+    cdef bytes _absolute(self, bytes location):
+        """A relative redirect target made absolute as nginx's header filter does: https://$host
+        (the server's first name without a Host), the listen port unless 443."""
+        cdef bytes name = self.host_name, port = self.facts.server_port_b
+        if name is None or not name:
+            name = self.server.name.split(",")[0].encode("idna" if not self.server.name.isascii() else "ascii") \
+                if self.server is not None else b""
+        return b"https://" + name.lower().rstrip(b".") + (b":" + port if port and port != b"443" else b"") + location
+
+    cdef tuple own_answer(self, int status):
+        """(status, [(name, value)], body) of an answer fastterm makes itself (an error, a
+        redirect, a return), after error_page and with add_header, as nginx's
+        ngx_http_special_response_handler and headers filter: status 0 closes the connection
+        without an answer (nginx's 444)."""
+        cdef ServerPolicy server = self.server if self.server is not None else self.facts.tls_server
+        cdef ResponsePolicy resp = self.resp if self.resp is not None else server.resp
+        cdef ResponsePolicy page_resp = None
+        location = self.location if status == 301 else None
+        text = None
+        always, success = None, None
+        if resp is not None:
+            always = self.added_always if self.added_always is not None else resp.always_lines
+            success = self.added_success if self.added_success is not None else resp.success_lines
+            if self.answering and self.answer_value is not None:
+                if resp.answer_location:
+                    location = self.answer_value
+                else:
+                    text = self.answer_value
+            page = resp.error_pages.get(status) if resp.error_pages else None
+            if page is not None:
+                overwrite, redirect, page_resp = page
+                if redirect is not None:
+                    status = overwrite if overwrite in (301, 303, 307, 308) else 302
+                    location, text = redirect, None
+                else:
+                    # nginx: the named location answers; its status unless "=" left it the error's
+                    status = page_resp.answer_status if overwrite == 0 else status if overwrite < 0 else overwrite
+                    location = text = None
+                    if page_resp.answer_has_value:
+                        if page_resp.answer_location:
+                            location = self._absolute(page_resp.answer_static) \
+                                if page_resp.answer_static.startswith(b"/") else page_resp.answer_static
+                        else:
+                            text = page_resp.answer_static
+                    always, success = page_resp.always_lines, page_resp.success_lines
+                    if page_resp.answer_status == CLOSE_STATUS:
+                        return 0, None, None
+        if status == CLOSE_STATUS:
+            return 0, None, None
+        if text is not None:
+            body, ctype = text, b"text/plain"
+        elif 200 <= status < 300:
+            body, ctype = b"", b"text/plain"   # nginx: "return 200;" sends no body
+        elif (self.answering or page_resp is not None) and status not in _NGINX_PAGES:
+            body, ctype = b"", None   # nginx has no page for it (ngx_http_error_pages): nothing
+        else:
+            body, ctype = self.error_body(status), b"text/html"
+        fields = [(b"Server", b"fastterm")]
+        if ctype is not None:
+            fields.append((b"Content-Type", ctype))
+        fields.append((b"Content-Length", str(len(body)).encode()))
+        if location is not None and (300 <= status < 400 or status == 201):
+            fields.append((b"Location", location))
+        if server.hsts:
+            fields.append((b"Strict-Transport-Security", server.hsts))
+        for lines in (always, success if self._safe_status(status) else None):
+            if lines:
+                for line in lines.split(b"\r\n")[:-1]:
+                    name, _, value = line.partition(b": ")
+                    fields.append((name, value))
+        return status, fields, body
+
     cdef int response_end(self) except -1:
         return self.advance(E_RESPONSE_END)
 
@@ -798,26 +1067,28 @@ cdef class Exchange:
         return not got_bytes and self.retryable and attempts < self.pool.tries
 
     cdef bytes error_body(self, int status):
-        reason = _REASONS.get(status, "Error")
+        reason = _REASONS.get(status) or _reason(status)
         return f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1>" \
                f"<hr>fastterm</body></html>\r\n".encode()
 
     cdef bytes error_response(self, int status, bint keep_alive=False):
-        """A response fastterm makes itself; HSTS on it too (nginx ``add_header ... always``).
-        ``keep_alive``: the connection goes on after it (a redirect of a request with no body)."""
-        reason = _REASONS.get(status, "Error")
-        body = self.error_body(status)
-        hsts = self.server.hsts_line if self.server is not None else \
-            self.facts.tls_server.hsts_line
-        msg = (f"HTTP/1.1 {status} {reason}\r\nServer: fastterm\r\nContent-Type: text/html\r\n"
-               f"Content-Length: {len(body)}\r\n").encode() + hsts
-        if self.location is not None and status == 301:
-            msg += b"Location: " + self.location + b"\r\n"
+        """A response fastterm makes itself, as HTTP/1.1 bytes (own_answer says what); b"": close
+        without one. ``keep_alive``: the connection goes on after it (an answer to a request
+        with no body)."""
+        status, fields, body = self.own_answer(status)
+        if status == 0:
+            return b""
+        reason = _REASONS.get(status) or _reason(status)
+        msg = f"HTTP/1.1 {status} {reason}\r\n".encode() + b"".join(name + b": " + value + b"\r\n"
+                                                                  for name, value in fields)
+        if keep_alive and self.keepalive_header:
+            msg += b"Keep-Alive: timeout=%d\r\n" % self.keepalive_header
         msg += b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
         return msg if self.head_request else msg + body
 
     # ---- Python face, for the unit tests ------------------------------------------------
-    def feed_request(self, bytes raw, long long max_body=0, int max_headers=100, bint underscores=False):
+    def feed_request(self, bytes raw, long long max_body=0, int max_headers=100, bint underscores=False,
+                     int keepalive_header=0):
         """Parse ``raw`` (one complete head) and decide: (0, upstream head) or (status, None)."""
         cdef RequestLimits limits
         cdef MessageHead head
@@ -829,6 +1100,7 @@ cdef class Exchange:
             return self.reject(status), None
         limits.max_body = max_body
         limits.underscores_in_headers = underscores
+        limits.keepalive_header = keepalive_header
         status = self.request(raw, &head, slots, out, &limits, <char *>PyBytes_AS_STRING(scratch))
         return status, (out.take() if status == 0 else None)
 

@@ -20,6 +20,8 @@ cdef class H1Session(Codec):
     cdef bint close_after           # close the connection after this response
     cdef bint request_done          # the whole request body went to the backend
     cdef bint dispatch_pending      # head accepted; its head waits in the writer for this read's body
+    cdef bytearray buffered         # a chunked body read whole before dispatch (Exchange.buffer_body)
+    cdef bytes buffered_head        # ... and the head that waits for it
     cdef bint backend_full          # the backend's socket buffer is full: stop reading the client
     cdef int requests               # heads accepted on this connection (keepalive_requests)
     cdef Py_ssize_t head_line_start # where the head's line being received began (header_line_size)
@@ -34,7 +36,8 @@ cdef class H1Session(Codec):
     cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n)
     cdef void _stash(self, const char *p, Py_ssize_t n)
     cdef void _resume(self)
-    cdef void _redirect(self, Exchange ex)
+    cdef void _redirect(self, Exchange ex, int status)
+    cdef void _answer_error(self, int status)
     cdef void _refuse(self, int status)
     cdef void _response_end(self, bint until_close)
     cdef void release(self)

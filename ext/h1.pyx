@@ -23,7 +23,8 @@ cdef class H1Session(Codec):
             # requests wait in the kernel, and their responses can't pile up here.
             return self.held is None and not self.conn.output_blocked()
         if self.state == H1_BODY:
-            return self.stream.backend is not None and not self.backend_full and self.held is None
+            return (self.buffered is not None or self.stream.backend is not None and not self.backend_full) and \
+                self.held is None
         return False
 
     cdef void on_data(self, const char *p, Py_ssize_t n):
@@ -37,7 +38,8 @@ cdef class H1Session(Codec):
                 break
             if self.state == H1_IDLE or self.state == H1_HEAD:
                 k = self._feed_head(p + i, n - i)
-            elif self.state == H1_BODY and (self.stream.backend is not None or self.dispatch_pending):
+            elif self.state == H1_BODY and (self.stream.backend is not None or self.dispatch_pending or
+                                            self.buffered is not None):
                 k = self._feed_body(p + i, n - i)
             else:
                 # Not ours to process yet: a pipelined request, or body bytes while the
@@ -103,9 +105,11 @@ cdef class H1Session(Codec):
             self.stream.connect_timed_out()
         elif (state == H1_BODY or state == H1_RESPONSE) and self.stream.queued:
             self.stream.queue_timed_out()
+        elif state == H1_BODY and self.buffered is not None:
+            self._refuse(408)   # the client stopped sending the body it is read for (nginx client_body_timeout)
         elif state == H1_BODY or state == H1_RESPONSE:
             if self.stream.exchange.state == X_FORWARDING:
-                self._refuse(504)
+                self._answer_error(504)
             else:
                 self.conn.close()
         elif state == H1_IDLE and self.held is None:
@@ -117,6 +121,7 @@ cdef class H1Session(Codec):
     cdef void on_close(self):
         self.stream.drop_backend()
         self.held = None
+        self.buffered = None
         self.head_buf = None
         if self.stream.exchange is not None:
             self.stream.exchange.advance(E_ABORT)
@@ -220,13 +225,24 @@ cdef class H1Session(Codec):
         if ex.client_close or w.draining or (w.keepalive_requests and self.requests >= w.keepalive_requests):
             self.close_after = True   # the response says Connection: close
         if status:
-            if status == 301 and ex.location is not None and ex.body_mode == BODY_NONE and not self.close_after:
-                self._redirect(ex)   # nginx keeps the connection after its own redirect
+            if (status == 301 and ex.location is not None or ex.answering and status != CLOSE_STATUS) and \
+                    ex.body_mode == BODY_NONE and not self.close_after:
+                self._redirect(ex, status)   # nginx keeps the connection after its own redirect, a return
                 return 0 if self.conn.state == C_OPEN else -1
             self._refuse(status)
             return -1
         framer_init(&self.req_body, ex.body_mode, ex.content_length)
         self.request_done = self.req_body.done
+        if ex.buffer_body:
+            self.req_body.stop_at_data = True
+            self.buffered = bytearray()
+            self.buffered_head = w.writer.take()
+            if ex.continue_client:
+                self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", 25)
+            self.state = H1_BODY
+            self.stream.attempts = 0
+            self.stream.deadline = w.now + w.read_timeout
+            return 0 if self.conn.state == C_OPEN else -1
         if ex.continue_client and not self.request_done:
             self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", 25)
         self.state = H1_RESPONSE if self.request_done else H1_BODY
@@ -254,11 +270,24 @@ cdef class H1Session(Codec):
             # head, the backend never hears of this request.
             self.close_after = True
             self.dispatch_pending = False
+            self.buffered = None
             if self.stream.exchange.state == X_FORWARDING:
                 self._refuse(400 if k < 0 else 413)
             else:
                 self.conn.close()
             return -1
+        if self.buffered is not None:
+            if self.req_body.data_len:
+                bytearray_extend(self.buffered, p + self.req_body.data_start, self.req_body.data_len)
+            if self.req_body.done:
+                self.request_done = True
+                self.state = H1_RESPONSE
+                self.stream.request_head = self.stream.exchange.buffered_head(
+                    self.buffered_head, PyByteArray_GET_SIZE(self.buffered)) + bytes(self.buffered)
+                self.buffered = None
+                self.buffered_head = None
+                self.stream.dispatch(False)
+            return k
         if k:
             if self.dispatch_pending:
                 w.writer.put(p, k)
@@ -286,7 +315,8 @@ cdef class H1Session(Codec):
         if self.state == H1_IDLE or self.state == H1_HEAD:
             if self.conn.output_blocked():
                 return
-        elif not (self.state == H1_BODY and self.stream.backend is not None and not self.backend_full):
+        elif not (self.state == H1_BODY and (self.buffered is not None or
+                                             self.stream.backend is not None and not self.backend_full)):
             return
         if self.held is not None:
             held = self.held
@@ -295,12 +325,13 @@ cdef class H1Session(Codec):
         if self.conn.state == C_OPEN and self.accepting():
             self.conn.resume_input()
 
-    cdef void _redirect(self, Exchange ex):
-        """Our own 301 to a request without a body; the next request may follow on this
-        connection (pipelined ones wait while the client has output pending, see on_data)."""
+    cdef void _redirect(self, Exchange ex, int status):
+        """Our own 301 (or a return's answer) to a request without a body; the next request may
+        follow on this connection (pipelined ones wait while the client has output pending, see
+        on_data)."""
         cdef Worker w = self.worker
-        w.count_status(301)
-        msg = ex.error_response(301, True)
+        w.count_status(status)
+        msg = ex.error_response(status, True)
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
         self.spare = ex
         self.stream.exchange = None
@@ -320,10 +351,46 @@ cdef class H1Session(Codec):
         self.worker.count_status(status)
         self.close_after = True
         self.held = None
+        self.buffered = None
         self.state = H1_CLOSING
         msg = ex.error_response(status)
+        if not msg:
+            self.conn.close()   # nginx's 444
+            return
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
         self.conn.finish()
+
+    cdef void _answer_error(self, int status):
+        """An error answered in place of the backend's response (502, 503, 504, an intercepted
+        status). As nginx, the connection goes on when the request was read whole, unless the
+        status is one nginx closes after (ngx_http_special_response_handler: 400, 413, 414,
+        500, 501); else, and for an answer that closes (444), _refuse."""
+        cdef Worker w = self.worker
+        cdef Exchange ex = self.stream.exchange
+        cdef bytes msg
+        if ex is None or not self.request_done or self.close_after or w.draining or \
+                status == 400 or status == 413 or status == 414 or status == 500 or status == 501 or \
+                not (ex.state == X_FORWARDING or ex.state == X_FAILED):
+            self._refuse(status)
+            return
+        if ex.state == X_FORWARDING:
+            ex.reject(status)
+        msg = ex.error_response(status, True)
+        if not msg:
+            self._refuse(status)
+            return
+        self.stream.drop_backend()
+        w.count_status(status)
+        self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
+        self.stream.request_head = None
+        self.spare = ex
+        self.stream.exchange = None
+        self.state = H1_IDLE
+        self.deadline = w.now + w.keepalive_timeout
+        if self.conn.output_blocked():
+            return   # on_output_drained() goes on with the next request
+        if self.held is not None or not self.conn.reading:
+            self._resume()
 
     cdef void release(self):
         self.stream.session = None
@@ -394,7 +461,7 @@ cdef class H1Stream(Stream):
         self.session._response_end(until_close)
 
     cdef void answer_error(self, int status):
-        self.session._refuse(status)
+        self.session._answer_error(status)
 
     cdef void reset(self):
         self.session.conn.close()

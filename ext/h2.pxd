@@ -45,6 +45,7 @@ cdef class H2Stream(Stream):
     cdef bint responded             # a final response was submitted
     cdef bint backend_full
     cdef bint has_length            # the client sent content-length
+    cdef bint buffering             # the body is read whole before dispatch (Exchange.buffer_body)
     cdef list trailers              # the backend's trailer fields, sent after the last DATA
     cdef long long body_total
 
@@ -54,6 +55,7 @@ cdef class H2Stream(Stream):
     cdef void request_data(self, const uint8_t *data, size_t n)
     cdef void request_end(self)
     cdef void _send_body(self)
+    cdef void _dispatch_buffered(self)
     cdef void _await_client(self)
     cdef void _submit(self, int status, list headers, bytes body)
     cdef int submit_trailers(self)

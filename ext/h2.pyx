@@ -521,6 +521,13 @@ cdef class H2Stream(Stream):
         self.request_head = w.writer.take()
         self.deadline = w.now + w.read_timeout
         self.request_done = False
+        if ex.buffer_body:
+            self.buffering = True
+            if self.body is not None:   # what came with the head: its window opens again
+                nghttp2_session_consume(self.session.ng, self.id, PyByteArray_GET_SIZE(self.body))
+            if self.end_stream:
+                self._dispatch_buffered()
+            return
         self.dispatch(False)
         if self.backend is not None:
             self._send_body()
@@ -546,13 +553,27 @@ cdef class H2Stream(Stream):
                 nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_CANCEL)
             return
         self.body_total += n
-        if self.backend is not None and not self.backend_full:
+        if self.buffering:
+            nghttp2_session_consume(self.session.ng, self.id, n)   # bounded by client_max_body_size
+        elif self.backend is not None and not self.backend_full:
             self._send_body()
 
     cdef void request_end(self):
         self.end_stream = True
-        if self.backend is not None and not self.backend_full:
+        if self.buffering:
+            self._dispatch_buffered()
+        elif self.backend is not None and not self.backend_full:
             self._send_body()
+
+    cdef void _dispatch_buffered(self):
+        """The whole body came (Exchange.buffer_body): head with its Content-Length, and body, in
+        one write to the backend, as nginx sends a body it read whole."""
+        cdef bytes data = bytes(self.body) if self.body is not None else b""
+        self.buffering = False
+        self.body = None
+        self.request_head = self.exchange.buffered_head(self.request_head, len(data)) + data
+        self.request_done = True
+        self.dispatch(False)
 
     cdef void _send_body(self):
         """What came of the request body goes to the backend (chunked when the client gave no
@@ -629,6 +650,9 @@ cdef class H2Stream(Stream):
             self.connect_timed_out()
         elif self.queued:
             self.queue_timed_out()
+        elif self.buffering:
+            self.buffering = False
+            self.answer_error(408)   # the body it is read for stopped coming (nginx client_body_timeout)
         elif self.exchange.state == X_FORWARDING:
             self.answer_error(504)
         else:
@@ -735,6 +759,7 @@ cdef class H2Stream(Stream):
         cdef bytes body
         if self.session is None:
             return
+        self.buffering = False
         self.drop_backend()
         if ex is None:
             ex = self.exchange = Exchange(self.session.facts)
@@ -746,15 +771,12 @@ cdef class H2Stream(Stream):
             nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_INTERNAL_ERROR)
         else:
             self.worker.count_status(status)
-            body = ex.error_body(status)
-            server = ex.server if ex.server is not None else self.session.facts.tls_server
-            headers = [(b"server", b"fastterm"), (b"content-type", b"text/html"),
-                       (b"content-length", str(len(body)).encode())]
-            if (<ServerPolicy>server).hsts:
-                headers.append((b"strict-transport-security", (<ServerPolicy>server).hsts))
-            if ex.location is not None and status == 301:
-                headers.append((b"location", ex.location))
-            self._submit(status, headers, body if not ex.head_request else b"")
+            status, fields, body = ex.own_answer(status)
+            if status == 0:   # nginx's 444: nothing sent
+                nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_INTERNAL_ERROR)
+            else:
+                headers = [(name.lower(), value) for name, value in fields]
+                self._submit(status, headers, body if not ex.head_request else b"")
         self.session.flush_soon()
 
     cdef void reset(self):

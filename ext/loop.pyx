@@ -87,6 +87,7 @@ cdef class Worker:
         self.client_max_body_size = limits.client_max_body_size
         self.request_limits.max_body = limits.client_max_body_size
         self.request_limits.underscores_in_headers = limits.underscores_in_headers
+        self.request_limits.keepalive_header = limits.keepalive_header
         self.header_timeout = limits.client_header_timeout
         self.keepalive_timeout = limits.keepalive_timeout
         self.connect_timeout = limits.backend_connect_timeout

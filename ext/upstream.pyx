@@ -671,6 +671,12 @@ cdef class BackendConnection:
             stream.backend = None
             stream.too_early()
             return -1
+        if r == R_INTERCEPT:
+            self.abort()   # its body is not wanted: the connection cannot be reused
+            if stream is not None:
+                stream.backend = None
+                stream.answer_error(ex.error_status)
+            return -1
         framer_init(&self.body, ex.response_mode, head.content_length)
         self.body.stop_at_data = ex.dechunk
         self.state = B_BODY

@@ -125,6 +125,7 @@ class PlainSite:
         self.location = compile_template(location) if location is not None else None
         self.text = compile_template(redirect.text) if redirect.text is not None else None
         self.keepalive_requests = redirect.keepalive_requests
+        self.keepalive_header = redirect.keepalive_header
         self.keepalive_timeout = (redirect.keepalive_timeout if redirect.keepalive_timeout is not None
                                   else default_keepalive_timeout)
 
@@ -387,6 +388,8 @@ class RedirectProtocol(asyncio.Protocol):
         if status != 204:
             lines += [b"Content-Type: " + content_type, b"Content-Length: %d" % len(body)]
         lines.append(b"Connection: keep-alive" if keep else b"Connection: close")
+        if keep and site.keepalive_header:
+            lines.append(b"Keep-Alive: timeout=%d" % site.keepalive_header)   # keepalive_timeout's second value
         out = b"\r\n".join(lines) + b"\r\n\r\n"
         self.site_timeout = site.keepalive_timeout
         self.transport.write(out if req["method"] == "HEAD" or status == 204 else out + body)

@@ -81,7 +81,9 @@ class ProxyRequest(Struct):
     """How a route rewrites the request head for its backend, nginx's way.
 
     The backend gets the request line in ``http_version``, then ``headers`` in order, then
-    the body's Content-Length or Transfer-Encoding, then the client's fields except those
+    the body's Content-Length or Transfer-Encoding (a chunked body is read whole and sent with
+    Content-Length, as nginx, when the client_max_body_size that applies to the route, its own,
+    else its server's, else limits', bounds it), then the client's fields except those
     named in ``headers`` (set or emptied), Host, Connection, Keep-Alive, TE, Upgrade, Expect
     and names with "_" (unless ``underscores_in_headers``). Nothing else is added or removed:
     no X-Forwarded-* unless ``headers`` say so (nginx passes the client's own untouched).
@@ -99,9 +101,47 @@ class ProxyRequest(Struct):
     real_ip_header: str = "X-Real-IP"
 
 
+class AddHeader(Struct):
+    """One response field a server block or route adds (nginx ``add_header NAME VALUE [always]``):
+    after the backend's own fields (one of the same name is kept: both go), and on fastterm's own
+    answers."""
+
+    name: str
+    value: str  # literal text and $variables, as ProxyHeader's; a value that comes out empty: not sent
+    always: bool = False  # on every status; else only on 200, 201, 204, 206, 301, 302, 303, 304, 307, 308
+
+
+class Answer(Struct):
+    """A response fastterm makes itself instead of proxying (nginx ``return``)."""
+
+    status: int
+    location: str | None = None  # 301, 302, 303, 307, 308: the target ($variables; "/..." made absolute
+    # with https://$host and the listen port unless 443, as nginx's header filter does)
+    text: str | None = None      # other statuses: the text/plain body ($variables); None: the status page
+    # (444: the connection is closed, nothing sent)
+    add_headers: list[AddHeader] | None = msgspec.field(name="add_header", default=None)  # an error_page
+    # answer's own (nginx: the named location's); None: the server block's
+
+
+class ErrorPage(Struct):
+    """nginx ``error_page CODE... [=[RESPONSE]] URL|@named``: an answer of one of ``codes`` (fastterm's
+    own, and a backend's where the route has ``intercept_errors``) becomes a redirect to ``redirect``
+    (status 302 unless ``status``) or ``answer`` (with ``status`` in place of its own when set)."""
+
+    codes: list[int]
+    status: int | None = None
+    redirect: str | None = None   # an absolute URL (http:// or https://)
+    answer: Answer | None = None
+
+
 class Route(Struct, kw_only=True):
     path: str = "/"
-    upstream: str
+    upstream: str = ""   # "" only with ``answer``
+    answer: Answer | None = msgspec.field(name="return", default=None)  # answered, not proxied (nginx return)
+    add_headers: list[AddHeader] | None = msgspec.field(name="add_header", default=None)  # None: the server's
+    error_pages: list[ErrorPage] | None = msgspec.field(name="error_page", default=None)  # None: the server's
+    intercept_errors: bool = False  # a backend status error_pages name is answered by them (nginx
+    # proxy_intercept_errors on)
     exact: bool = False  # the path matches only itself (query aside), before any prefix (nginx location =)
     proxy: ProxyRequest | None = None  # None: fastterm's own forwarding (DESIGN.md, "Forwarded headers")
     slash_redirect: bool = False  # a path ending in "/": a request for it without that "/" (which no
@@ -162,7 +202,12 @@ class Server(Struct):
     # longest prefix.*, the regexes in order (caseless when it has an upper-case letter)
     default_server: bool = False
     tls: TLSPolicy = msgspec.field(default_factory=TLSPolicy)
-    hsts: str | None = None  # value of Strict-Transport-Security, added to every response
+    hsts: str | None = None  # value of Strict-Transport-Security, added to every response (a backend's replaced)
+    add_headers: list[AddHeader] = msgspec.field(name="add_header", default_factory=list)  # routes without
+    # their own, and answers no route gives (nginx add_header on the server level)
+    error_pages: list[ErrorPage] = msgspec.field(name="error_page", default_factory=list)
+    answer: Answer | None = msgspec.field(name="return", default=None)  # every request answered so,
+    # before any route (nginx's return on the server level)
     routes: list[Route] = msgspec.field(name="route", default_factory=list)
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     # Which block answers a request that names no host (HTTP/1.0 without Host): "sni", the one
@@ -191,6 +236,7 @@ class Redirect(Struct):
     text: str | None = None          # the text/plain body of a status that is not a redirect
     keepalive_requests: int = 0      # answers per connection; 0: close after each (fastterm's own)
     keepalive_timeout: float | None = None   # idle between requests; None: limits.keepalive_timeout
+    keepalive_header: int = 0        # "Keep-Alive: timeout=N" on answers that keep the connection (nginx)
 
 
 class Limits(Struct):
@@ -202,6 +248,8 @@ class Limits(Struct):
     client_max_body_size: int = 0  # 0: unlimited (streamed)
     client_header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
+    keepalive_header: int = 0  # HTTP/1.1 responses carry "Keep-Alive: timeout=N" (nginx keepalive_timeout's
+    # second value); 0: not sent
     backend_connect_timeout: float = 5.0
     backend_read_timeout: float = 60.0
     drain_timeout: float = 30.0

@@ -9,7 +9,7 @@ then every directive is sorted into one of three kinds, and never silently dropp
     files or because fastterm does the job its own way (``IGNORED`` below says why for each);
 (c) refused: ``FILE:LINE: "directive" is not supported yet`` and exit 1, like an error of
     ``nginx -t``. A mapped directive whose value fastterm cannot reproduce is refused the
-    same way (``proxy_set_header X-Foo bar``, ``add_header`` other than HSTS ``always``).
+    same way (``proxy_set_header X-Foo $uri``, ``error_page 502 /50x.html``).
 
 What maps (nginx -> model):
 
@@ -33,10 +33,30 @@ What maps (nginx -> model):
   none: no session cache, as nginx), ``ssl_session_timeout``, ``ssl_session_tickets``,
   ``ssl_session_ticket_key`` (-> ``sessions.ticket_key_file``), ``ssl_early_data`` (-> ``tls.early_data``,
   16 KiB as nginx; the address's default server's applies, as in nginx; fastterm adds replay
-  protection nginx lacks and holds unsafe methods until the handshake completes), ``add_header
-  Strict-Transport-Security VALUE always`` -> ``hsts`` (nginx's rule: a level with its own
-  ``add_header`` does not inherit its parent's), ``set_real_ip_from`` + ``real_ip_header``
-  -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's $remote_addr from those peers).
+  protection nginx lacks and holds unsafe methods until the handshake completes), ``set_real_ip_from`` +
+  ``real_ip_header`` -> each route's ``proxy.real_ip_from``/``real_ip_header`` (nginx's
+  $remote_addr from those peers).
+- ``add_header NAME VALUE [always]`` (http, server, location) -> ``add_headers`` of the server
+  and of each location that has its own (nginx's rule: a level with any ``add_header`` inherits
+  none of its parent's): after the backend's fields (one of the same name is kept, both go),
+  on fastterm's own answers too, without ``always`` only on 200, 201, 204, 206, 301, 302, 303,
+  304, 307, 308; values with the variables of ``proxy_set_header`` below; an empty value adds
+  nothing. ``Strict-Transport-Security`` is one of them (not ``hsts``, which replaces a
+  backend's). ``ETag``/``Last-Modified`` (nginx replaces those) are refused.
+- ``return`` in a TLS server (-> ``answer``: every request, before any location) or location
+  (-> a route with ``answer``): ``CODE URL`` (301, 302, 303, 307, 308; a target starting with
+  ``/`` made absolute as ``https://$host[:listen port unless 443]``), ``URL`` (302), ``CODE
+  "text"`` (text/plain) and ``CODE`` (nginx's page, or an empty body where nginx has none;
+  444 closes), values with the variables of ``proxy_set_header``; the connection goes on.
+- ``error_page CODE... [=[RESPONSE]] URL|@name`` (http, server, location; a level with any
+  replaces its parent's) -> ``error_pages``: fastterm's own answers (502/503/504 of a failing
+  backend, 4xx of validation, a return) with one of the codes become a redirect to the
+  absolute URL (302, or ``=301``/``=303``/``=307``/``=308``), or the ``return`` of the named
+  location ``location @name { return ...; add_header ...; }`` (its add_header, else the
+  server's), with the error's status, ``=CODE``'s, or (``=``) the named return's own; no
+  variables in them. ``proxy_intercept_errors on`` -> the route's ``intercept_errors``: a
+  backend status with an error_page is answered by it. A local URI (``error_page 502
+  /50x.html``) would serve a file: refused.
 - ``location = /path`` -> an exact route (it wins over every prefix, on the normalised path).
 - ``location /prefix`` and ``location ^~ /prefix`` -> routes (longest prefix wins, on the
   normalised path, as nginx; ``^~`` -> ``no_regex``: as the longest prefix it is not overridden
@@ -71,11 +91,14 @@ What maps (nginx -> model):
 - ``server`` without ``ssl`` whose ``return`` (on the server or in its one ``location /``) is
   ``CODE URL`` (301, 302, 303, 307, 308), ``URL`` (302), ``CODE "text"`` or ``CODE`` (2xx, 4xx,
   5xx; 444 closes) -> a ``[[redirect]]`` each, with its ``server_name``s, ``default_server``,
-  ``keepalive_requests`` (1000) and ``keepalive_timeout`` (75s; 0: close): nginx's semantics
+  ``keepalive_requests`` (1000) and ``keepalive_timeout`` (75s; 0: close; a second value: the
+  ``Keep-Alive: timeout=N`` header): nginx's semantics
   (``fastterm/redirect.py``; variables ``$scheme``, ``$host``, ``$http_host``, ``$server_name``,
   ``$server_port``, ``$request_uri``, ``$uri``, ``$args``, ``$query_string``, ``$is_args``).
 - Limits are global in fastterm, so each must have one value over every server and location
-  (else "not supported yet"): ``client_header_timeout`` (60s), ``keepalive_timeout`` (75s), ``send_timeout`` (60s),
+  (else "not supported yet"): ``client_header_timeout`` (60s), ``keepalive_timeout TIMEOUT
+  [HEADER_TIMEOUT]`` (75s; the second -> ``keepalive_header``: ``Keep-Alive: timeout=N`` on
+  HTTP/1.1 responses that keep the connection), ``send_timeout`` (60s),
   ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``underscores_in_headers``,
   ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE and
   ``header_line_size`` = SIZE (4 8k; nginx's statuses: a request line longer than SIZE 414, a
@@ -108,8 +131,7 @@ What maps (nginx -> model):
   handshake, staples a "revoked" response (nginx staples only "good" ones), and checks an
   ``ssl_stapling_file`` response's certificate ID and nextUpdate (nginx staples it as is).
 - Values equal to fastterm's behaviour are accepted for: ``ssl_verify_client off``,
-  ``ssl_reject_handshake off``,
-  ``proxy_intercept_errors off``, ``merge_slashes on``, ``port_in_redirect on``,
+  ``ssl_reject_handshake off``, ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
   ``keepalive_disable none``, ``chunked_transfer_encoding on``.
@@ -131,9 +153,9 @@ without effect (``deferred``, ``backlog=``).
 What is refused, (c): every other directive nginx knows, among them ``ssl_verify_client``/``ssl_client_certificate``
 (client certificates), ``proxy_ssl_crl``, ``proxy_ssl_password_file``,
 ``proxy_ssl_conf_command``, ``proxy_ssl_name`` with variables other than ``$proxy_host``,
-``proxy_pass`` with variables or a query in its URI part, ``location @name`` and nested
-locations, regex and suffix-wildcard ``server_name`` on a server without ``ssl``, ``error_page``, ``return`` in TLS servers,
-``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
+``proxy_pass`` with variables or a query in its URI part, nested locations, named locations
+that do more than ``return``, regex and suffix-wildcard ``server_name`` on a server without
+``ssl``, ``error_page`` to a local URI or with variables, ``proxy_set_header`` with other variables,
 ``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
 upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
@@ -183,8 +205,11 @@ from fastterm.certs.store import load_certificate
 from fastterm.config.model import (
     INTERMEDIATE_CIPHERS,
     INTERMEDIATE_GROUPS,
+    AddHeader,
+    Answer,
     Certificate,
     Config,
+    ErrorPage,
     Limits,
     ProxyHeader,
     ProxyRequest,
@@ -207,7 +232,11 @@ REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
 
 RUNTIME_DIFFERENCES = """\
 - An HTTP/2 client's Expect: 100-continue goes to the backend (nginx answers 100 itself).
-- HSTS: fastterm replaces a backend's Strict-Transport-Security; nginx's add_header adds a second.
+- An answer of fastterm's own (an error, a return, a redirect, the 301 from /dir to /dir/) to
+  a request with a body closes the connection (nginx reads and discards the body and keeps the
+  connection).
+- add_header lines whose values have variables are left out of answers to requests refused
+  before a server block is chosen (a malformed head).
 - Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
   pages differ in body and Server header (fastterm vs nginx/1.x).
 - A request head over 256 fields: 431 (nginx counts no fields). Over N x SIZE of
@@ -219,8 +248,6 @@ RUNTIME_DIFFERENCES = """\
 - keepalive_time (1h) is not applied.
 - proxy_redirect rewrites Location only (nginx also rewrites Refresh).
 - No matching location: fastterm 404s; nginx serves files from its root.
-- The 301 from /dir to /dir/ (location /dir/ with proxy_pass) of a request with a body closes an
-  HTTP/1.1 connection (nginx reads and discards the body and keeps it).
 - Port 80 (return): the status pages' bodies differ; add_header lines are not applied; a text
   body is text/plain whatever the URI's extension (nginx: its types, else default_type); a
   request with Expect: 100-continue and a body is answered and closed (nginx reads the body);
@@ -228,7 +255,10 @@ RUNTIME_DIFFERENCES = """\
 - ssl_prefer_server_ciphers on: fastterm also sets SSL_OP_PRIORITIZE_CHACHA.
 - ssl_session_cache none and off both turn the cache off (nginx none still hands out
   session IDs that never resume).
-- Chunked request bodies are streamed chunked (nginx, proxy_request_buffering on: Content-Length).
+- A chunked request body (an HTTP/2 one without content-length) is read whole and sent with
+  Content-Length, as nginx (proxy_request_buffering on), but in memory up to the location's
+  client_max_body_size (nginx: a temp file past client_body_buffer_size); where that is 0 (no
+  limit) it is streamed chunked instead.
 - A backend failing: fastterm retries resets before a response byte of idempotent requests;
   nginx's proxy_next_upstream also retries on timeout; a single server is skipped for
   fail_timeout in fastterm only when another is up.
@@ -539,7 +569,7 @@ MAPPED = {
     "ssl_conf_command", "ssl_ecdh_curve", "ssl_dhparam", "ssl_session_cache", "ssl_session_timeout",
     "ssl_session_tickets", "ssl_session_ticket_key", "ssl_early_data", "add_header",
     "ssl_stapling", "ssl_stapling_verify", "ssl_stapling_file", "ssl_stapling_responder", "ssl_trusted_certificate",
-    "proxy_pass", "proxy_set_header", "proxy_http_version",
+    "proxy_pass", "proxy_set_header", "proxy_http_version", "error_page", "proxy_intercept_errors",
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
     "proxy_connect_timeout", "proxy_read_timeout", "underscores_in_headers", "large_client_header_buffers",
     "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header",
@@ -552,7 +582,7 @@ MAPPED = {
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
     "ssl_verify_client": {"off"},
-    "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"}, "proxy_intercept_errors": {"off"},
+    "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"},
     "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
     "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
     "real_ip_recursive": {"off"}, "gzip": {"off"}, "access_log": {"off"}, "keepalive_disable": {"none"},
@@ -591,7 +621,8 @@ IGNORED = {
     "scgi_temp_path": "fastterm speaks no SCGI",
     "proxy_max_temp_file_size": "fastterm streams bodies, it writes no temp files",
     "proxy_temp_file_write_size": "fastterm streams bodies, it writes no temp files",
-    "client_body_buffer_size": "fastterm streams request bodies",
+    "client_body_buffer_size": "fastterm streams request bodies with a length and reads a chunked one "
+                               "whole in memory, up to client_max_body_size",
     "client_body_in_file_only": "fastterm streams request bodies",
     "client_body_in_single_buffer": "fastterm streams request bodies",
     "client_header_buffer_size": "fastterm sizes its buffers itself (large_client_header_buffers "
@@ -602,7 +633,8 @@ IGNORED = {
     "proxy_buffers": "fastterm streams responses (as proxy_buffering off)",
     "proxy_busy_buffers_size": "fastterm streams responses (as proxy_buffering off)",
     "proxy_buffering": "fastterm streams responses (as proxy_buffering off)",
-    "proxy_request_buffering": "fastterm streams request bodies (as proxy_request_buffering off)",
+    "proxy_request_buffering": "fastterm streams request bodies with a length (as proxy_request_buffering "
+                               "off) and reads a chunked one whole, sent with Content-Length (as on)",
     "ssl_buffer_size": "fastterm sizes TLS records itself",
     "http2_chunk_size": "fastterm sizes HTTP/2 frames itself",
     "http2_body_preread_size": "fastterm's HTTP/2 windows follow the backend",
@@ -637,8 +669,8 @@ UNSUPPORTED = {
     "keepalive_time": "a total lifetime for client connections",
     "proxy_next_upstream": "fastterm retries connect failures and resets of idempotent requests",
     "proxy_next_upstream_tries": "fastterm tries each server of an upstream once",
-    "error_page": "fastterm sends its own error pages", "gzip": "fastterm does not compress",
-    "proxy_redirect": "proxy_redirect other than default and off", "proxy_intercept_errors": "error pages",
+    "gzip": "fastterm does not compress",
+    "proxy_redirect": "proxy_redirect other than default and off",
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
     "try_files": _FILES, "keepalive_disable": "fastterm keeps every client alive",
 }
@@ -833,6 +865,7 @@ class _Server:
     names: dict[str, Node]      # server name -> the server_name line it is on
     locations: list[_Location] = field(default_factory=list)
     tls: bool = False
+    named: dict[str, Level] = field(default_factory=dict)   # location @name
 
 
 _PASS_RE = re.compile(r"(?i)(https?)://(\[[^\]]*\]|[^/:]+)(?::(\d+))?(/.*)?")
@@ -1107,6 +1140,9 @@ class _Builder:
                     names.setdefault(one, n)
         server = _Server(level, node, listens, names)
         for loc in level.own("location"):
+            if len(loc.args) == 1 and loc.args[0].startswith("@"):
+                server.named[loc.args[0][1:]] = self.named_location(loc, level)
+                continue
             server.locations.append(self.location(loc, level))
         return server
 
@@ -1134,6 +1170,15 @@ class _Builder:
                 name in ("*.", ".*"):
             raise node.error(f'invalid server name or wildcard "{name}"')
         return [name] if name else []
+
+    def named_location(self, node: Node, server: Level) -> Level:
+        """``location @name``: what error_page may send a request to; fastterm answers its
+        ``return`` (with its add_header), nothing else."""
+        level = Level(node.block or [], server, node)
+        for n in level.nodes:
+            if n.name not in ("return", "add_header") and n.name not in IGNORED:
+                raise n.unsupported("a named location only returns", f"{n.name} (in location {node.args[0]})")
+        return level
 
     def location(self, node: Node, server: Level) -> _Location:
         args = list(node.args)
@@ -1225,6 +1270,10 @@ class _Builder:
                 if name.startswith("~") or name.endswith(".*"):
                     raise node.unsupported("on a server without \"listen ... ssl\" (its return picks by exact "
                                            "and *.suffix names)", f"server_name {name}")
+            for n in server.level.find_all("error_page"):
+                if str(status) in n.args[:-1]:
+                    raise n.unsupported("on a server without \"listen ... ssl\" (its return's status)",
+                                        "error_page")
             for n in server.level.find_all("add_header"):
                 self.warn(f'{n.where}: "add_header" has no effect on the redirect server at '
                           f"{server.node.where}: fastterm's redirect sends no extra headers")
@@ -1236,17 +1285,17 @@ class _Builder:
             requests = server.level.find("keepalive_requests")
             keepalive_requests = _positive(lambda n: _number(n, n.args[0]))(requests) if requests else 1000
             idle = server.level.find("keepalive_timeout")
-            keepalive_timeout = 75.0
+            keepalive_timeout, keepalive_header = 75.0, 0
             if idle is not None:
-                if len(idle.args) > 1:
-                    raise idle.unsupported("the Keep-Alive: timeout= header", "keepalive_timeout ... header_timeout")
                 keepalive_timeout = parse_time(idle)
+                if len(idle.args) > 1:
+                    keepalive_header = int(parse_time(idle, idle.args[1]))
                 if keepalive_timeout == 0:     # nginx: keep-alive off
                     keepalive_requests, keepalive_timeout = 0, 75.0
             out.append(Redirect(listen=[listen.text for listen in server.listens], server_names=list(server.names),
                                 default_server=any(listen.default for listen in server.listens), status=status,
                                 location=location, text=text, keepalive_requests=keepalive_requests,
-                                keepalive_timeout=keepalive_timeout))
+                                keepalive_timeout=keepalive_timeout, keepalive_header=keepalive_header))
         return out
 
     def return_answer(self, ret: Node) -> tuple[int, str | None, str | None]:
@@ -1296,9 +1345,8 @@ class _Builder:
     # -- TLS servers ---------------------------------------------------------------------
     def tls_server(self, s: _Server, all_tls: list[_Server]) -> Server:
         level = s.level
-        if level.own("return"):
-            raise level.own("return")[0].unsupported("fastterm's TLS servers proxy", "return")
-        if not s.locations:
+        answer = self.answer(level.own("return")[0]) if level.own("return") else None
+        if not s.locations and answer is None:
             raise s.node.unsupported('a server without a "location" that has "proxy_pass": ' + _FILES,
                                      "server")
         names = self.unique_names(s, all_tls)
@@ -1309,10 +1357,11 @@ class _Builder:
             if not loc.regex:
                 seen[(loc.exact, loc.path)] = loc
             proxy = loc.level.own("proxy_pass")
+            if loc.level.own("return"):
+                routes.append(self.answer_route(loc, s))
+                continue
             if not proxy:
-                raise loc.node.unsupported('a location without "proxy_pass": ' + _FILES, "location")
-            for n in loc.level.own("return"):
-                raise n.unsupported("fastterm's locations proxy", "return")
+                raise loc.node.unsupported('a location without "proxy_pass" or "return": ' + _FILES, "location")
             upstream, uri = self.proxy_pass(proxy[0], regex=bool(loc.regex))
             self.proxy_tls(loc.level, upstream, proxy[0])
             # proxy_redirect default (nginx's default): for a proxy_pass without a URI part, the
@@ -1326,12 +1375,35 @@ class _Builder:
                                 slash_redirect=not loc.regex and len(loc.path) > 1 and loc.path.endswith("/"),
                                 redirect_from="" if off else redirect_from, redirect_to=redirect_to,
                                 exact=loc.exact, regex=loc.regex, no_regex=loc.no_regex, upstream_path=uri,
-                                client_max_body_size=_body_limit(loc.level)))
+                                client_max_body_size=_body_limit(loc.level), **self.route_responses(loc, s)))
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
             server_names=names, default_server=any(listen.default for listen in s.listens),
-            tls=self.tls_policy(s, all_tls), hsts=self.hsts(s), routes=routes,
+            tls=self.tls_policy(s, all_tls), routes=routes,
+            add_headers=self.add_headers(level), error_pages=self.error_pages(level, s), answer=answer,
             no_host="default", misdirected_request=False, client_max_body_size=_body_limit(level))
+
+    def route_responses(self, loc: _Location, s: _Server) -> dict:
+        """A location's add_header, error_page and proxy_intercept_errors where they differ from
+        its server's (nginx's inheritance: a level with any add_header or error_page keeps only
+        its own)."""
+        options: dict = {}
+        if loc.level.own("add_header"):
+            options["add_headers"] = self.add_headers(loc.level)
+        if loc.level.own("error_page"):
+            options["error_pages"] = self.error_pages(loc.level, s)
+        intercept = loc.level.find("proxy_intercept_errors")
+        if intercept is not None and parse_flag(intercept):
+            options["intercept_errors"] = True
+        return options
+
+    def answer_route(self, loc: _Location, s: _Server) -> Route:
+        """A location that returns (nginx's rewrite phase runs before proxy_pass would)."""
+        options = self.route_responses(loc, s)
+        options.pop("intercept_errors", None)
+        return Route(path=loc.path, exact=loc.exact, regex=loc.regex, no_regex=loc.no_regex,
+                     client_max_body_size=_body_limit(loc.level), answer=self.answer(loc.level.own("return")[0]),
+                     **options)
 
     def unique_names(self, s: _Server, servers: list[_Server]) -> list[str]:
         """nginx warns 'conflicting server name ... ignored' and keeps the first server's."""
@@ -1527,36 +1599,100 @@ class _Builder:
                                                 "listen")
         return default
 
-    def hsts(self, s: _Server) -> str | None:
-        """add_header, with nginx's inheritance: a location with any add_header of its own
-        keeps only those. Every location must end up with the same HSTS (it is per server)."""
-        values: list[tuple[str | None, Node | None]] = []
-        scopes = [loc.level for loc in s.locations]
-        if not any(loc.path == "/" for loc in s.locations):
-            scopes.append(s.level)      # requests no location matches
-        for scope in scopes:
-            value, where = None, None
-            for n in scope.find_all("add_header"):
-                if n.args[0].lower() != "strict-transport-security":
-                    raise n.unsupported("only \"add_header Strict-Transport-Security VALUE always\"",
-                                        f"add_header {n.args[0]}")
-                if len(n.args) != 3 or n.args[2] != "always":
-                    raise n.unsupported("without \"always\" nginx adds it to some statuses only; fastterm "
-                                        "adds HSTS to every response", "add_header Strict-Transport-Security")
-                if value is not None:
-                    raise n.unsupported("two HSTS headers", "add_header Strict-Transport-Security")
-                if "$" in n.args[1]:
-                    raise n.unsupported("variables", "add_header Strict-Transport-Security")
-                value, where = n.args[1], n
-            values.append((value, where or scope.node, scope is not s.level and bool(scope.own("add_header"))))
-        first = values[0][0]
-        if any(value != first for value, _, _ in values):
-            # Point at a location's own add_header: the line that broke the inheritance.
-            where = next((w for _, w, own in values if own), values[1][1])
-            raise (where or s.node).unsupported(
-                "an HSTS value differing between the locations of one server: fastterm's hsts is per "
-                "server block", "add_header")
-        return first
+    def add_headers(self, level: Level) -> list[AddHeader]:
+        """``add_header NAME VALUE [always]`` as a level sees them: its own, else its nearest
+        parent's (nginx merges the array only into levels that define none)."""
+        from fastterm.config.plan import check_add_headers
+
+        headers = []
+        for n in level.find_all("add_header"):
+            if len(n.args) == 3 and n.args[2] != "always":
+                raise n.error(f'invalid parameter "{n.args[2]}"')
+            if len(n.args) not in (2, 3):
+                raise n.error('invalid number of arguments in "add_header" directive')
+            name = n.args[0]
+            if name.lower() in ("last-modified", "etag"):
+                raise n.unsupported("nginx replaces the backend's field", f"add_header {name}")
+            header = AddHeader(name=name, value=n.args[1], always=len(n.args) == 3)
+            try:
+                check_add_headers([header])
+            except ValueError as exc:
+                raise n.unsupported(str(exc), f"add_header {name} {n.args[1]}") from None
+            headers.append(header)
+        return headers
+
+    def answer(self, ret: Node, named: bool = False) -> Answer:
+        """``return CODE [URL|TEXT]`` / ``return URL`` in a TLS server or location, as
+        ngx_http_rewrite_return reads it. ``named``: in a named location (static values only)."""
+        from fastterm.config.plan import check_answer
+
+        args = ret.args
+        shown = "return " + " ".join(args)
+        if len(args) == 1 and args[0].startswith(("http://", "https://", "$scheme")):
+            status, value = 302, args[0]
+        else:
+            if not args[0].isdigit() or int(args[0]) > 999:
+                raise ret.error(f'invalid return code "{args[0]}"')
+            status, value = int(args[0]), (args[1] if len(args) > 1 else None)
+        if status in REDIRECT_CODES:
+            if value is None:
+                raise ret.unsupported("a redirect without a URL", shown)
+            answer = Answer(status=status, location=value)
+        elif status == CLOSE_WITHOUT_RESPONSE or 200 <= status < 300 or 400 <= status <= 599:
+            answer = Answer(status=status, text=value if status != CLOSE_WITHOUT_RESPONSE else None)
+        else:
+            raise ret.unsupported(f"status {status}: fastterm answers 2xx, 301, 302, 303, 307, 308, 4xx, 5xx",
+                                  shown)
+        if named and value is not None and "$" in value:
+            raise ret.unsupported("variables in a named location's return", shown)
+        try:
+            check_answer(answer)
+        except ValueError as exc:
+            raise ret.unsupported(str(exc), shown) from None
+        return answer
+
+    def error_pages(self, level: Level, s: _Server) -> list[ErrorPage]:
+        """``error_page CODE... [=[RESPONSE]] URL|@named`` as a level sees them (nginx's array
+        rule): an absolute URL is a redirect, ``@named`` a named location that returns; a local
+        URI would serve a file (refused)."""
+        pages = []
+        for n in level.find_all("error_page"):
+            args = list(n.args)
+            target = args.pop()
+            status = None
+            if args and args[-1].startswith("="):
+                given = args.pop()[1:]
+                if given and not given.isdigit():
+                    raise n.error(f'invalid value "={given}"')
+                status = int(given) if given else 0
+            if not args:
+                raise n.error('invalid number of arguments in "error_page" directive')
+            codes = []
+            for code in args:
+                if not code.isdigit() or not 300 <= int(code) <= 599:
+                    raise n.error(f'value "{code}" must be between 300 and 599')
+                codes.append(int(code))
+            if "$" in target:
+                raise n.unsupported("variables", f"error_page ... {target}")
+            if target.startswith("@"):
+                loc = s.named.get(target[1:])
+                if loc is None:
+                    raise n.error(f'could not find named location "{target}"')
+                returns = loc.own("return")
+                if not returns:
+                    raise n.unsupported("a named location that does not return", f"location {target}")
+                answer = self.answer(returns[0], named=True)
+                own = loc.own("add_header")
+                headers = self.add_headers(loc) if own else None
+                if any("$" in h.value for h in headers or ()):
+                    raise own[0].unsupported("variables in a named location", "add_header")
+                pages.append(ErrorPage(codes=codes, status=status,
+                                       answer=msgspec.structs.replace(answer, add_headers=headers)))
+            elif target.lower().startswith(("http://", "https://")):
+                pages.append(ErrorPage(codes=codes, status=status, redirect=target))
+            else:
+                raise n.unsupported(_FILES + " (error_page to a local URI serves files)", f"error_page ... {target}")
+        return pages
 
     def proxy_request(self, loc: Level, upstream: str) -> ProxyRequest:
         """nginx's upstream request (ngx_http_proxy_merge_headers): the level's proxy_set_header
@@ -1672,13 +1808,13 @@ def _body_limit(level: Level) -> int:
     return 1 << 20 if node is None else parse_size(node)
 
 
-def _keepalive_timeout(node: Node) -> float:
-    if len(node.args) > 1:
-        raise node.unsupported("the Keep-Alive: timeout= header", "keepalive_timeout ... header_timeout")
+def _keepalive_timeout(node: Node) -> tuple[float, int]:
+    """(idle timeout, the Keep-Alive: timeout=N header's N or 0): nginx's two values."""
     value = parse_time(node)
     if value == 0:
         raise node.unsupported("keep-alive off", "keepalive_timeout 0")
-    return value
+    header = int(parse_time(node, node.args[1])) if len(node.args) > 1 else 0
+    return value, header
 
 
 def _header_buffers(node: Node) -> tuple[int, int]:
@@ -1704,7 +1840,7 @@ MAX_HEADER_FIELDS = 256   # ext/http.pxd MAX_HEADER_SLOTS: the most fields fastt
 # of every TLS server sees one value; "server" every TLS server.
 _LIMITS = [
     ("client_header_timeout", "server", 60.0, _positive(parse_time), "client_header_timeout"),
-    ("keepalive_timeout", "location", 75.0, _keepalive_timeout, "keepalive_timeout"),
+    ("keepalive_timeout", "location", (75.0, 0), _keepalive_timeout, ("keepalive_timeout", "keepalive_header")),
     ("send_timeout", "location", 60.0, _positive(parse_time), "send_timeout"),
     ("proxy_connect_timeout", "location", 60.0, _positive(parse_time), "backend_connect_timeout"),
     ("proxy_read_timeout", "location", 60.0, _positive(parse_time), "backend_read_timeout"),

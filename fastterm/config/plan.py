@@ -24,7 +24,17 @@ from fastterm.certs.store import (
     load_certificate,
     load_server_certificates,
 )
-from fastterm.config.model import Certificate, Config, ProxyRequest, Route, Server, UpstreamTLS
+from fastterm.config.model import (
+    AddHeader,
+    Answer,
+    Certificate,
+    Config,
+    ErrorPage,
+    ProxyRequest,
+    Route,
+    Server,
+    UpstreamTLS,
+)
 from fastterm.config.toml import KeyLines, parse_address, parse_upstream_server
 from fastterm.errors import ConfigError, TLSError
 from fastterm.redirect import RedirectTable
@@ -118,28 +128,35 @@ def check_proxy_request(proxy: ProxyRequest) -> None:
         ipaddress.ip_network(network, strict=False)   # ValueError names it
 
 
+def _pieces(value: str, constants: dict[str, str]) -> list[tuple[int, bytes]]:
+    """A template value -> the pieces a RequestRewrite takes: literal bytes and variable ids, the
+    constants of the route folded in."""
+    from fastterm._core import HTTP_FIELD, LITERAL, VARIABLES
+
+    compiled: list[tuple[int, bytes]] = []
+    for var, literal in template_parts(value):
+        if not var or var in constants:
+            text = (literal or constants[var]).encode("latin-1")
+            if text and compiled and compiled[-1][0] == LITERAL:
+                compiled[-1] = (LITERAL, compiled[-1][1] + text)
+            elif text:
+                compiled.append((LITERAL, text))
+        elif var in VARIABLES:
+            compiled.append((VARIABLES[var], b""))
+        else:
+            compiled.append((HTTP_FIELD, var[5:].encode("ascii")))
+    return compiled
+
+
 def _rewrite(proxy: ProxyRequest, upstream: str, server: Server):
     """model.ProxyRequest -> the RequestRewrite the exchange applies: literal bytes and
     variable ids; the constants of the route ($scheme, $proxy_host, $server_name) folded in."""
-    from fastterm._core import HTTP_FIELD, LITERAL, VARIABLES, RequestRewrite
+
+    from fastterm._core import RequestRewrite
 
     name = server.server_names[0] if server.server_names else ""
     constants = {"scheme": "https", "proxy_host": upstream, "server_name": name}
-    headers = []
-    for header in proxy.headers:
-        compiled: list[tuple[int, bytes]] = []
-        for var, literal in template_parts(header.value):
-            if not var or var in constants:
-                text = (literal or constants[var]).encode("latin-1")
-                if text and compiled and compiled[-1][0] == LITERAL:
-                    compiled[-1] = (LITERAL, compiled[-1][1] + text)
-                elif text:
-                    compiled.append((LITERAL, text))
-            elif var in VARIABLES:
-                compiled.append((VARIABLES[var], b""))
-            else:
-                compiled.append((HTTP_FIELD, var[5:].encode("ascii")))
-        headers.append((header.name, compiled))
+    headers = [(header.name, _pieces(header.value, constants)) for header in proxy.headers]
     return RequestRewrite(proxy.http_version, headers, name.lower().encode("idna" if not name.isascii() else "ascii"),
                           proxy.keepalive, proxy.real_ip_from, proxy.real_ip_header)
 
@@ -262,13 +279,153 @@ def check_route(route: Route) -> None:
         raise ValueError("client_max_body_size is 0 (no limit) or more")
 
 
+_REDIRECTS = (301, 302, 303, 307, 308)
+_CLOSE = 444   # nginx's "return 444": close the connection, send nothing
+
+
+def _check_value(value: str, what: str) -> None:
+    if any(c in value for c in "\r\n\0") or not _latin1(value):
+        raise ValueError(f"{what}: a value with CR, LF, NUL or a character past Latin-1")
+    template_parts(value)
+
+
+def check_add_headers(headers: list[AddHeader]) -> None:
+    """ValueError for an add_header fastterm cannot send (a bad name, a framing field, a variable)."""
+    for header in headers:
+        if not _FIELD_NAME.fullmatch(header.name):
+            raise ValueError(f"invalid field name {header.name!r}")
+        if header.name.lower() in ("content-length", "transfer-encoding", "connection", "content-type"):
+            raise ValueError(f"{header.name}: fastterm writes this field itself")
+        _check_value(header.value, header.name)
+
+
+def check_answer(answer: Answer) -> None:
+    """ValueError for a return fastterm cannot answer (nginx's ngx_http_rewrite_return rules)."""
+    status = answer.status
+    if not (200 <= status <= 599 and (status < 300 or status >= 400 or status in _REDIRECTS)):
+        raise ValueError(f"status {status}: use 2xx, {', '.join(map(str, _REDIRECTS))}, 4xx or 5xx (444 closes)")
+    if status in _REDIRECTS:
+        if answer.location is None or answer.text is not None:
+            raise ValueError(f"status {status} answers a location (and no text)")
+        _check_value(answer.location, "location")
+    elif answer.location is not None:
+        raise ValueError(f"location with status {status}: a redirect status is one of "
+                         f"{', '.join(map(str, _REDIRECTS))}")
+    elif answer.text is not None:
+        if status == _CLOSE:
+            raise ValueError("text with status 444 (the connection is closed, nothing sent)")
+        if "\0" in answer.text or not _latin1(answer.text):
+            raise ValueError("text: a NUL or a character past Latin-1")
+        template_parts(answer.text)
+    if answer.add_headers is not None:
+        check_add_headers(answer.add_headers)
+
+
+def check_error_pages(pages: list[ErrorPage]) -> None:
+    """ValueError for an error_page fastterm cannot apply."""
+    for page in pages:
+        for code in page.codes:
+            if not 300 <= code <= 599:
+                raise ValueError(f"error page code {code}: it must be between 300 and 599")
+        if (page.redirect is None) == (page.answer is None):
+            raise ValueError("an error page has a redirect or an answer (one of them)")
+        if page.status is not None and not (page.status == 0 or 200 <= page.status <= 599):
+            raise ValueError(f"error page status {page.status}")
+        if page.redirect is not None:
+            if not page.redirect.lower().startswith(("http://", "https://")):
+                raise ValueError(f"error page redirect {page.redirect!r}: an absolute http:// or https:// URL "
+                                 "(a local URI would serve a file)")
+            if "$" in page.redirect:
+                raise ValueError(f"error page redirect {page.redirect!r}: variables are not supported")
+            _check_value(page.redirect, "redirect")
+        else:
+            check_answer(page.answer)
+            for value in (page.answer.location, page.answer.text,
+                          *(h.value for h in page.answer.add_headers or ())):
+                if value is not None and "$" in value:
+                    raise ValueError(f"error page answer {value!r}: variables are not supported")
+
+
+def _response_policy(server: Server, add_headers: list[AddHeader], error_pages: list[ErrorPage],
+                     answer: Answer | None, intercept: bool, upstream: str = ""):
+    """model -> the ResponsePolicy the exchange applies (None: nothing to add or answer)."""
+    from fastterm._core import ResponsePolicy
+
+    if not add_headers and not error_pages and answer is None:
+        return None
+    name = server.server_names[0] if server.server_names else ""
+    constants = {"scheme": "https", "proxy_host": upstream, "server_name": name}
+    fields = [(h.name, _pieces(h.value, constants)) for h in add_headers]
+    value = None if answer is None else answer.location if answer.location is not None else answer.text
+    if value is not None:
+        fields.append(("", _pieces(value, constants)))
+    pages = {}
+    for page in error_pages:
+        if page.redirect is not None:
+            target = (page.status if page.status is not None else -1, page.redirect.encode("latin-1"), None)
+        else:
+            own = page.answer.add_headers if page.answer.add_headers is not None else server.add_headers
+            target = (page.status if page.status is not None else -1, None,
+                      _response_policy(server, own, [], page.answer, False, upstream))
+        for code in page.codes:
+            pages.setdefault(code, target)   # nginx: the first error_page naming a code
+    host = name.lower().encode("idna" if not name.isascii() else "ascii")
+    return ResponsePolicy(fields, [h.always for h in add_headers], answer.status if answer else 0,
+                          answer is not None and answer.location is not None, value is not None, pages,
+                          intercept, host)
+
+
+def _route_policy(server: Server, route: Route):
+    """A route's ResponsePolicy, or None where it has nothing of its own (the server's applies)."""
+    if route.add_headers is None and route.error_pages is None and route.answer is None and not route.intercept_errors:
+        return None
+    return _response_policy(server, route.add_headers if route.add_headers is not None else server.add_headers,
+                            route.error_pages if route.error_pages is not None else server.error_pages,
+                            route.answer, route.intercept_errors, route.upstream)
+
+
+def check_responses(server: Server) -> list[tuple[str, str]]:
+    """(where, why) of each add_header, return and error_page of ``server`` fastterm cannot
+    apply; [] when all can."""
+    problems = []
+    for where, check, value in (("add_header", check_add_headers, server.add_headers),
+                                ("error_page", check_error_pages, server.error_pages),
+                                ("return", check_answer, server.answer)):
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                problems.append((where, str(exc)))
+    for j, route in enumerate(server.routes):
+        for where, check, value in (("add_header", check_add_headers, route.add_headers),
+                                    ("error_page", check_error_pages, route.error_pages),
+                                    ("return", check_answer, route.answer)):
+            if value is not None:
+                try:
+                    check(value)
+                except ValueError as exc:
+                    problems.append((f"route[{j}] {where}", str(exc)))
+        if not route.upstream and route.answer is None:
+            problems.append((f"route[{j}]", "a route has an upstream or a return"))
+    return problems
+
+
 def _server_policy(server: Server, pools: dict, index: int):
     """What the Host header selects: routes, HSTS, trusted proxies (one per server block),
     and its TLS policy, which a connection must have been negotiated under (else 421)."""
     from fastterm._core import ServerPolicy
 
+    for where, why in check_responses(server):
+        raise ConfigError(why, directive=f"{_where(server, index)} {where}")
     routes = []
     for j, route in enumerate(server.routes):
+        try:
+            check_route(route)
+        except ValueError as exc:
+            raise ConfigError(str(exc), directive=f"{_where(server, index)} route[{j}]") from None
+        if route.answer is not None and not route.upstream:
+            routes.append((route.path, None, None, False, "", "/", route.exact, _matching(route, server)))
+            continue
         if route.upstream not in pools:
             raise ConfigError(f"unknown upstream {route.upstream!r}", directive=f"{_where(server, index)} route")
         rewrite = None
@@ -282,25 +439,23 @@ def _server_policy(server: Server, pools: dict, index: int):
             if any(c in value for c in "\r\n\0") or not _latin1(value):
                 raise ConfigError(f"{value!r}: CR, LF, NUL or a character past Latin-1",
                                   directive=f"{_where(server, index)} route[{j}] redirect")
-        try:
-            check_route(route)
-        except ValueError as exc:
-            raise ConfigError(str(exc), directive=f"{_where(server, index)} route[{j}]") from None
         routes.append((route.path, pools[route.upstream], rewrite, route.slash_redirect,
                        route.redirect_from, route.redirect_to, route.exact, _matching(route, server)))
     policy = ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
                           server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
-                          server.misdirected_request)
+                          server.misdirected_request,
+                          _response_policy(server, server.add_headers, server.error_pages, server.answer, False))
     policy.max_body = -1 if server.client_max_body_size is None else server.client_max_body_size
     return policy
 
 
 def _matching(route: Route, server: Server) -> dict:
-    """What ServerPolicy takes past a route's seventh element: regex, ^~, URI part, body limit."""
+    """What ServerPolicy takes past a route's seventh element: regex, ^~, URI part, body limit,
+    and the route's ResponsePolicy (add_header, return, error_page)."""
     limit = route.client_max_body_size if route.client_max_body_size is not None else server.client_max_body_size
     return {"regex": location_regex(route.path, route.regex == "~*") if route.regex else None,
             "no_regex": route.no_regex, "upstream_path": route.upstream_path,
-            "max_body": -1 if limit is None else limit}
+            "max_body": -1 if limit is None else limit, "response": _route_policy(server, route)}
 
 
 def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:

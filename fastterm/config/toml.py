@@ -328,7 +328,15 @@ class _Checker:
                         raise self.error(
                             f"a default server for {_show(listen)} is already defined at line "
                             f"{self.keys.line(('server', other))}", "server", i, "default_server")
+            from fastterm.config.plan import check_responses
+
+            for where, why in check_responses(server):
+                raise self.error(why, "server", i, *(("route", int(where[6:where.index("]")]),
+                                                      *where.split(" ")[1:]) if where.startswith("route[")
+                                                     else (where,)))
             for j, route in enumerate(server.routes):
+                if route.answer is not None and not route.upstream:
+                    continue
                 if route.upstream not in upstream_names:
                     raise self.error(f"unknown upstream {route.upstream!r}", "server", i, "route", j,
                                      "upstream")

@@ -121,7 +121,7 @@ def _sort_key(item):
     if "cfg" in params:
         name = params["cfg"].name
     elif "name" in params:
-        name = next(b.witness[0] for b in t.BUGS if b.name == params["name"])
+        name = next((b.witness[0] for b in t.BUGS if b.name == params["name"]), "")   # none: pytest's empty set
     else:
         name = ""
     names = [c.name for c in t.CORPUS]

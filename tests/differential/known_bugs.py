@@ -28,17 +28,4 @@ class Bug(Allowed):
     witness: tuple[str, str] = ("", "")   # (config stem, case id)
 
 
-SEED = "seed_api_without_stapling"
-
-
-BUGS: list[Bug] = [
-    Bug(name="chunked_request_body_goes_upstream_with_content_length", field="backend*",
-        when=lambda a, b: a.get("backend.framing") == "content-length" and b.get("backend.framing") == "chunked",
-        reason="nginx (proxy_request_buffering on) reads a chunked body whole and sends it with Content-Length; "
-               "fastterm streams it chunked", witness=(SEED, "POST https api.example.com /chunked")),
-    Bug(name="own_redirect_with_a_body_closes_the_connection", field="header:connection", nginx=None,
-        fastterm="close", config="body_limits_per_location", case="POST /upload (*",
-        reason="nginx reads and discards the body of a request it answers itself (the /dir -> /dir/ 301) and "
-               "keeps the connection; fastterm closes it rather than read a body nobody wants",
-        witness=("body_limits_per_location", "POST /upload (the /upload/ location's 10m: 301)")),
-]
+BUGS: list[Bug] = []

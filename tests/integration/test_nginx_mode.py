@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from h2wire import h2_request
+from h2wire import h2_client, h2_request
 from harness import HOST, Fastterm, echo_json, free_port, header_map, response_bytes, wait_for
 from httpwire import Reader, read_response, request_bytes
 
@@ -409,3 +409,54 @@ def test_exact_location_wins_over_the_prefix(nginx_mode, demo_backend, client):
 
     assert route("/exact?q=1") == ["exact"]
     assert route("/exact/") == [] and route("/exactly") == []
+
+
+BUFFERED = """\
+upstream app {{ server {backend}; }}
+server {{
+    listen {host}:{https} ssl http2;
+    server_name www.example.com;
+    ssl_certificate certs/www.crt;
+    ssl_certificate_key certs/www.key;
+    client_max_body_size 300k;
+    location / {{ proxy_pass http://app; }}
+}}
+"""
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
+                    for i in range(0, len(body), size)) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+def test_chunked_body_goes_upstream_whole_with_content_length(nginx_mode, demo_backend, client):
+    """nginx (proxy_request_buffering on) reads a body without a length whole and sends it to its
+    HTTP/1.0 upstream with Content-Length; fastterm the same, within client_max_body_size (past
+    it: 413, the backend hears nothing). 200 KiB: more than an HTTP/2 window, so the client's
+    window must reopen while the body is held."""
+    import hashlib
+
+    ft = nginx_mode(BUFFERED, backend=demo_backend)
+    body = bytes(range(256)) * 800
+    if client == "h1":
+        raw = request_bytes("POST", "/echo", "www.example.com", [("Transfer-Encoding", "chunked")]) + \
+            chunked(body, 7000)
+        response = send(ft, raw)
+    else:
+        with h2_client(ft, timeout=10) as c:
+            response = c.get("POST", "/echo", body=body, length=False)
+    echo = echo_json(response)
+    assert echo["version"] == "1.0"
+    assert header_map(echo)["content-length"] == [str(len(body))]
+    assert "transfer-encoding" not in header_map(echo)
+    assert (echo["body_length"], echo["body_sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+    big = bytes(300 * 1024 + 1)
+    if client == "h1":
+        raw = request_bytes("POST", "/echo", "www.example.com", [("Transfer-Encoding", "chunked")]) + \
+            chunked(big, 8192)
+        assert send(ft, raw).status == 413
+    else:
+        with h2_client(ft, timeout=10) as c:
+            sid = c.request("POST", "/echo", body=big, length=False)
+            assert c.response(sid, 10).message().status == 413

@@ -10,7 +10,7 @@ import pytest
 from fastterm._core import ClientFacts, Exchange, SiteTable, UpstreamPool
 
 from fastterm.config import plan
-from fastterm.config.model import Certificate, Route, Server
+from fastterm.config.model import Answer, Certificate, ProxyRequest, Route, Server
 from fastterm.errors import ConfigError
 
 NAMES = ("api", "static", "php", "images", "exact")
@@ -168,6 +168,42 @@ def test_the_routes_limit_is_what_a_chunked_body_is_counted_against(pools):
         raw = f"POST {target} HTTP/1.1\r\nHost: api.example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
         assert ex.feed_request(raw.encode(), max_body=1 << 20)[0] == 0
         assert ex.max_body == limit
+
+
+def test_the_routes_limit_decides_whether_a_chunked_body_is_read_whole(pools):
+    """nginx's proxy_request_buffering in memory: bounded by the answering route's limit (its
+    own, a regex route's too, else the server's), streamed chunked where that limit is 0."""
+    proxy = ProxyRequest()
+    sites = table(pools, [Route(path="/", upstream="api", proxy=proxy),
+                          Route(path="/up/", upstream="api", proxy=proxy, client_max_body_size=0),
+                          Route(path=r"\.bin$", upstream="api", proxy=proxy, regex="~", client_max_body_size=4096)],
+                  client_max_body_size=0)
+    for target, buffered, limit in (("/x", False, 0), ("/up/x", False, 0), ("/up/a.bin", True, 4096)):
+        ex = Exchange(ClientFacts("192.0.2.7", sites))
+        raw = f"POST {target} HTTP/1.1\r\nHost: api.example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+        status, up = ex.feed_request(raw.encode(), max_body=1 << 20)
+        assert (status, ex.buffer_body, ex.max_body) == (0, buffered, limit), target
+        assert (b"Transfer-Encoding: chunked" in up) != buffered
+
+
+def test_returns_in_regex_and_exact_routes_keep_nginx_s_location_order(pools):
+    """A route that answers (nginx location { return }) is matched as any other: exact, the
+    longest prefix (^~ stopping the regexes), the regexes in order; its client_max_body_size
+    is checked before its return (nginx's find-config phase runs before the rewrite phase)."""
+    sites = table(pools, [Route(path="/", upstream="api"),
+                          Route(path="/assets/", upstream="static", no_regex=True),
+                          Route(path="/health", exact=True, answer=Answer(status=200, text="healthy\n")),
+                          Route(path=r"\.php$", regex="~", answer=Answer(status=403), client_max_body_size=10),
+                          Route(path=r"\.(jpg|png)$", upstream="images", regex="~*")],
+                  client_max_body_size=0)
+    for target, length, status, upstream in (
+            ("/index.php", 0, 403, None), ("/a/b.php", 10, 403, None), ("/a/b.php", 11, 413, None),
+            ("/assets/x.php", 0, 0, "static"), ("/health", 0, 200, None), ("/health.php", 0, 403, None),
+            ("/IMG.JPG", 0, 0, "images"), ("/x.phpx", 0, 0, "api")):
+        ex = Exchange(ClientFacts("192.0.2.7", sites))
+        raw = f"POST {target} HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: {length}\r\n\r\n"
+        got, _ = ex.feed_request(raw.encode())
+        assert (got, ex.verdict["upstream"], ex.answering) == (status, upstream, status in (200, 403)), target
 
 
 @pytest.mark.parametrize("pattern, python", [

@@ -8,7 +8,14 @@ import os
 import pytest
 
 from fastterm.config import ConfigSource
-from fastterm.config.model import INTERMEDIATE_CIPHERS, INTERMEDIATE_GROUPS, Limits
+from fastterm.config.model import (
+    INTERMEDIATE_CIPHERS,
+    INTERMEDIATE_GROUPS,
+    AddHeader,
+    Answer,
+    ErrorPage,
+    Limits,
+)
 from fastterm.config.nginx import OPENSSL_CIPHERSUITES, Node, load_config, parse_size, parse_time
 from fastterm.config.toml import dump_config
 from fastterm.config.toml import load_config as load_toml
@@ -120,8 +127,9 @@ def test_seed_config_maps_onto_the_model(load, tmp_path):
     assert server.server_names == ["api.example.com"]
     assert [(c.cert, c.key) for c in server.certificates] == [
         (str(tmp_path / "certs/ec.crt"), str(tmp_path / "certs/ec.key"))]
-    assert server.hsts == "max-age=63072000"
-    assert [(r.path, r.upstream) for r in server.routes] == [("/", "notes")]
+    assert server.hsts is None
+    assert server.add_headers == [AddHeader(name="Strict-Transport-Security", value="max-age=63072000", always=True)]
+    assert [(r.path, r.upstream, r.add_headers) for r in server.routes] == [("/", "notes", None)]
     assert server.trusted_proxies == []
     tls = server.tls
     assert tls.protocols == ["TLSv1.2", "TLSv1.3"]
@@ -149,7 +157,7 @@ def test_nginx_defaults_where_the_config_says_nothing(load):
     assert tls.prefer_server_ciphers is False            # nginx's default
     assert tls.session_cache is False                    # ssl_session_cache none
     assert tls.session_timeout == 300.0 and tls.session_tickets is True
-    assert got.server.hsts is None
+    assert got.server.hsts is None and got.server.add_headers == []
     limits = got.config.limits
     assert limits.client_max_body_size == 1 << 20
     assert limits.client_header_timeout == 60.0
@@ -588,30 +596,112 @@ def test_proxy_http_version_is_1_0_or_1_1(load, error):
 
 def test_hsts_inherited_from_http(load):
     got = load(site(http='add_header Strict-Transport-Security "max-age=300" always;'))
-    assert got.server.hsts == "max-age=300"
+    assert got.server.add_headers == [AddHeader(name="Strict-Transport-Security", value="max-age=300", always=True)]
+    assert got.server.hsts is None   # nginx duplicates a backend's: not fastterm's replacing hsts
 
 
-def test_server_hsts_overrides_http(load):
+def test_server_add_header_replaces_the_http_levels(load):
     got = load(site(http='add_header Strict-Transport-Security "max-age=300" always;',
-                    server='    add_header Strict-Transport-Security "max-age=600; includeSubDomains" always;'))
-    assert got.server.hsts == "max-age=600; includeSubDomains"
+                    server='    add_header Strict-Transport-Security "max-age=600; includeSubDomains" always;\n'
+                           "    add_header X-Content-Type-Options nosniff;"))
+    assert [(h.name, h.value, h.always) for h in got.server.add_headers] == [
+        ("Strict-Transport-Security", "max-age=600; includeSubDomains", True),
+        ("X-Content-Type-Options", "nosniff", False)]
 
 
-def test_location_with_its_own_add_header_loses_the_servers(error):
+def test_location_with_its_own_add_header_loses_the_servers(load):
     text = site(server='    add_header Strict-Transport-Security "max-age=600" always;\n'
                        "    location /api/ { proxy_pass http://notes; add_header X-Frame-Options DENY; }")
-    assert '"add_header X-Frame-Options" is not supported yet' in str(error(text, "X-Frame-Options"))
+    routes = {r.path: r for r in load(text).server.routes}
+    assert routes["/"].add_headers is None     # inherits the server's
+    assert routes["/api/"].add_headers == [AddHeader(name="X-Frame-Options", value="DENY")]
 
 
-def test_hsts_differing_between_locations(error):
-    text = site(server='    add_header Strict-Transport-Security "max-age=600" always;\n'
-                       '    location /api/ { proxy_pass http://notes; add_header Strict-Transport-Security "max-age=1" always; }')
-    assert "differing between the locations" in str(error(text, "max-age=1"))
+def test_add_header_with_variables(load, error):
+    got = load(site(location='        add_header X-Host "$host:$server_port $request_uri" always;'))
+    assert got.server.routes[0].add_headers[0].value == "$host:$server_port $request_uri"
+    text = site(location="        add_header X-Uri $uri;")
+    assert "$uri is not supported" in str(error(text, "X-Uri"))
 
 
-def test_hsts_without_always_is_not_supported(error):
-    text = site(server='    add_header Strict-Transport-Security "max-age=600";')
-    assert "always" in str(error(text, "add_header"))
+@pytest.mark.parametrize("line, why", [
+    ("add_header X-A b never;", 'invalid parameter "never"'),
+    ("add_header ETag x;", '"add_header ETag" is not supported yet'),
+    ("add_header Content-Length 5;", "fastterm writes this field itself"),
+    ('add_header "X A" b;', "invalid field name"),
+])
+def test_add_header_refused(error, line, why):
+    assert why in str(error(site(server=f"    {line}"), "add_header"))
+
+
+# ---- return, error_page, keepalive_timeout's header ---------------------------------------------------------------
+
+def test_returns_in_tls_servers_and_locations(load):
+    text = site(server='    location /old/ { return 301 https://$host/new$request_uri; }\n'
+                       '    location = /text { return 200 "host=$host\\n"; add_header X-A b; }\n'
+                       "    location /signin { return 302 /login; }\n"
+                       "    location /drop { return 444; }\n"
+                       "    location /teapot { return 418; }")
+    routes = {r.path: r for r in load(text).server.routes}
+    assert routes["/old/"].answer == Answer(status=301, location="https://$host/new$request_uri")
+    assert routes["/old/"].upstream == ""
+    assert routes["/text"].answer == Answer(status=200, text="host=$host\n") and routes["/text"].exact
+    assert routes["/text"].add_headers == [AddHeader(name="X-A", value="b")]
+    assert routes["/signin"].answer == Answer(status=302, location="/login")
+    assert routes["/drop"].answer == Answer(status=444)
+    assert routes["/teapot"].answer == Answer(status=418)
+
+
+def test_return_on_the_server_level(load):
+    got = load(site(server="    return 503;"))
+    assert got.server.answer == Answer(status=503)
+
+
+def test_relative_return_without_code_is_invalid(error):
+    assert 'invalid return code "/login"' in str(error(site(server="    location /a { return /login; }"), "return"))
+
+
+def test_error_pages(load):
+    text = site(server="    error_page 502 503 =200 @down;\n"
+                       "    error_page 504 https://status.example.com/;\n"
+                       "    error_page 404 =301 https://www.example.com/;\n"
+                       '    location @down { add_header Retry-After 30 always; return 503 "down\\n"; }',
+                location="        proxy_intercept_errors on;")
+    server = load(text).server
+    assert server.error_pages == [
+        ErrorPage(codes=[502, 503], status=200, answer=Answer(
+            status=503, text="down\n", add_headers=[AddHeader(name="Retry-After", value="30", always=True)])),
+        ErrorPage(codes=[504], redirect="https://status.example.com/"),
+        ErrorPage(codes=[404], status=301, redirect="https://www.example.com/")]
+    assert server.routes[0].intercept_errors and server.routes[0].error_pages is None
+
+
+@pytest.mark.parametrize("line, why", [
+    ("error_page 502 /50x.html;", "serves files"),
+    ("error_page 502 @nowhere;", 'could not find named location "@nowhere"'),
+    ("error_page 200 https://x.example/;", 'value "200" must be between 300 and 599'),
+    ("error_page 502 https://x.example/$host;", "variables"),
+])
+def test_error_page_refused(error, line, why):
+    assert why in str(error(site(server=f"    {line}"), "error_page"))
+
+
+def test_named_location_only_returns(error):
+    text = site(server="    error_page 502 @x;\n    location @x { proxy_pass http://notes; }")
+    assert "a named location only returns" in str(error(text, "location @x"))
+
+
+def test_error_page_for_a_plain_servers_return_is_refused(error):
+    text = site(extra="server {\n    listen 80;\n    error_page 404 https://x.example/;\n    return 404;\n}")
+    assert '"error_page" is not supported yet' in str(error(text, "error_page 404"))
+
+
+def test_keepalive_timeout_header(load):
+    limits = load(site(server="    keepalive_timeout 30s 25;")).config.limits
+    assert (limits.keepalive_timeout, limits.keepalive_header) == (30.0, 25)
+    assert load(site()).config.limits.keepalive_header == 0
+    plain = "server {\n    listen 80;\n    keepalive_timeout 10 5;\n    return 301 https://$host$request_uri;\n}"
+    assert load(site(extra=plain)).config.redirects[0].keepalive_header == 5
 
 
 # ---- limits ---------------------------------------------------------------------------------
@@ -720,7 +810,6 @@ def test_values_equal_to_fastterm_are_accepted_silently(load):
 @pytest.mark.parametrize("line, name", [
     ("ssl_verify_client on;", '"ssl_verify_client on" is not supported yet'),
     ("gzip on;", '"gzip on" is not supported yet'),
-    ("error_page 502 /50x.html;", '"error_page" is not supported yet'),
     ("proxy_send_timeout 10s;", '"proxy_send_timeout" is not supported yet'),
     ("if ($host = x) { return 404; }", '"if" is not supported yet'),
     ("limit_req_zone $binary_remote_addr zone=one:10m rate=1r/s;", "not supported yet"),
@@ -1062,7 +1151,7 @@ def test_workers_and_drain(load):
 
 def test_escapes_as_nginx_lexes_them(load):
     got = load(site(server='    add_header Strict-Transport-Security "max-age=1; \\"x\\"" always;'))
-    assert got.server.hsts == 'max-age=1; "x"'
+    assert got.server.add_headers[0].value == 'max-age=1; "x"'
 
 
 def test_a_stray_brace_mid_file_is_an_error_not_the_end_of_the_file(error):
