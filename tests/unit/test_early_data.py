@@ -19,7 +19,7 @@ from fastterm._core import (
 )
 from forked import in_child
 
-from fastterm.config.model import Certificate, ProxyHeader, ProxyRequest, Server
+from fastterm.config.model import Certificate, ProxyHeader, ProxyRequest, Server, TLSPolicy
 from fastterm.config.nginx import load_config as load_nginx
 from fastterm.config.plan import _rewrite
 from fastterm.config.toml import load_config as load_toml
@@ -329,6 +329,6 @@ def test_changing_early_data_unsafe_keeps_the_sessions():
     from fastterm.config.plan import _session_scope
 
     wait = Server(listen=["443"], server_names=["www.example.com"], certificates=[Certificate(cert="c")])
-    reject = Server(listen=["443"], server_names=["www.example.com"], certificates=[Certificate(cert="c")])
-    reject.tls.early_data_unsafe = "reject"
+    reject = Server(listen=["443"], server_names=["www.example.com"], certificates=[Certificate(cert="c")],
+                    tls=TLSPolicy(early_data_unsafe="reject"))
     assert _session_scope(("0.0.0.0", 443), wait, 0) == _session_scope(("0.0.0.0", 443), reject, 0)
