@@ -571,6 +571,9 @@ def client_zerortt(host: str, port: int, count: int, delay: float, path: str, bu
         if samples:
             raw[f"{mode}_p50"] = statistics.median(samples)
             raw[f"{mode}_p90"] = samples[min(len(samples) - 1, int(0.9 * len(samples)))]
+    done = len(raw["ttfb_0rtt"]) + len(raw["ttfb_1rtt"])
+    if raw["reused"] < 0.9 * done:
+        raw.setdefault("error", f"resumed {raw['reused']} of {done} connections (session tickets off?)")
     if raw["ttfb_0rtt"] and raw["accepted"] < 0.9 * len(raw["ttfb_0rtt"]):
         raw.setdefault("error", f"early data accepted on {raw['accepted']} of {len(raw['ttfb_0rtt'])} "
                                 "connections (0-RTT off?)")

@@ -192,7 +192,10 @@ class Bench:
             if name.startswith("handshake-") and srv["resumed"]:
                 run.invalid.append(f"wrong handshake kind: {srv['resumed']} of {srv['full'] + srv['resumed']} "
                                    "handshakes resumed in a full-handshake run")
-            if name.startswith("resumed-") and srv["resumed"] < 0.9 * (srv["full"] + srv["resumed"]):
+            # resumed-0rtt: the client checks that it resumed; the server may answer and close
+            # before the client's Finished (a 0-RTT GET with Connection: close), uncounted then
+            if name.startswith("resumed-") and name != "resumed-0rtt" and \
+                    srv["resumed"] < 0.9 * (srv["full"] + srv["resumed"]):
                 run.invalid.append(f"wrong handshake kind: only {srv['resumed']} of {srv['full'] + srv['resumed']} "
                                    "handshakes resumed (session cache or tickets off?)")
             if name.startswith(("handshake-", "resumed-")) and srv["full"] + srv["resumed"] == 0:
