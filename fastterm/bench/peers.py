@@ -465,7 +465,10 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
                 **({"early": free_port()} if setup.early_data else {})}
 
     def fastterm_peer(name: str, cwd: str, peer_env: dict) -> FasttermPeer:
-        ft = FasttermPeer(name, ports(), log_path=os.path.join(d, f"{name}.log"), cwd=cwd, env=peer_env)
+        own = ports()
+        if not knows_early_data(cwd):
+            own.pop("early", None)   # a baseline from before 0-RTT: its resumed-0rtt run is skipped
+        ft = FasttermPeer(name, own, log_path=os.path.join(d, f"{name}.log"), cwd=cwd, env=peer_env)
         ft.admin_port = free_port()
         conf = os.path.join(d, f"{name}.toml")
         with open(conf, "w") as f:
@@ -493,6 +496,16 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
         p.max_conns = haproxy_maxconn(setup)
         peers.append(p)
     return peers
+
+
+def knows_early_data(tree: str) -> bool:
+    """Whether the fastterm checkout at ``tree`` has ``[server.tls] early_data`` (a baseline
+    from before it would refuse the resumed-0rtt run's port)."""
+    try:
+        with open(os.path.join(tree, "fastterm", "config", "model.py"), encoding="utf-8") as f:
+            return "early_data:" in f.read()
+    except OSError:
+        return False
 
 
 def baseline_env(tree: str, env: dict) -> dict:

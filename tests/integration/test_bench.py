@@ -357,3 +357,17 @@ def test_target_mode_loads_a_running_fastterm(tmp_path, subprocess_env):
     assert res.returncode == 0, res.stdout + res.stderr
     figures = {r["figure"] for r in data["summary"] if r["peer"] == "target" and r["median"]}
     assert "keepalive" in figures and "handshake-ecdsa" in figures
+
+
+def test_baseline_from_before_0rtt_gets_no_early_port(tmp_path):
+    """A --baseline checkout without ``[server.tls] early_data`` would refuse the resumed-0rtt
+    port's config: it gets none (its run is skipped); fastterm itself does."""
+    old = tmp_path / "old"
+    (old / "fastterm" / "config").mkdir(parents=True)
+    (old / "fastterm" / "config" / "model.py").write_text("class TLSPolicy:\n    session_tickets: bool = True\n")
+    setup = load_setup(None, str(tmp_path), None, [0])
+    setup.early_data = True
+    peers = make_peers(setup, str(tmp_path), "127.0.0.1:9", [], "0", {}, str(REPO_ROOT), (str(old), {}))
+    assert ["early" in p.ports for p in peers] == [True, False]
+    assert "early_data = true" in (tmp_path / "fastterm.toml").read_text()
+    assert "early_data" not in (tmp_path / "fastterm-base.toml").read_text()
