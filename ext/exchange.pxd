@@ -127,6 +127,7 @@ cdef class SiteTable:
     cdef readonly ServerPolicy default
     cdef readonly bint no_host_default  # a request naming no host goes to default, not SNI's (nginx)
     cdef public bint connection_facts   # a route has a RequestRewrite: ClientFacts want the connection's
+    cdef public bint early_reject       # an unsafe method in early data gets 425 (tls.early_data_unsafe)
     cdef ServerPolicy lookup(self, const char *host, int n)
 
 

@@ -36,7 +36,7 @@ def _reason(int status):
 
 
 _REASONS = {301: "Moved Permanently", 302: "Moved Temporarily", 400: "Bad Request", 404: "Not Found", 405: "Not Allowed", 408: "Request Timeout", 421: "Misdirected Request",
-            413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            413: "Content Too Large", 425: "Too Early", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 cdef enum:

@@ -202,6 +202,10 @@ cdef class H1Session(Codec):
         cdef MessageHead head
         cdef Exchange ex = self.spare
         cdef int status
+        if self.conn.early and not early_safe(p, head_len) and self.conn.sites.early_reject:
+            w.count(N_REQUESTS)
+            self._refuse(425)   # RFC 8470 §5.2: never forwarded; the client sends it again
+            return -1
         if self.conn.early and not early_safe(p, head_len):
             # Not forwarded before the handshake completes: a replayed flight could not make
             # it run twice, and it goes without Early-Data then (parsed again from held).

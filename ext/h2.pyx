@@ -485,6 +485,10 @@ cdef class H2Stream(Stream):
             return   # answered while the head waited for its read to end (413 on the body)
         if self.session.conn.early and not self.refuse and self.method is not None and \
                 not early_safe(self.method + b" ", len(self.method) + 1):
+            if self.session.conn.sites.early_reject:
+                w.count(N_REQUESTS)
+                self.answer_error(425)   # RFC 8470 §5.2: never forwarded; the client sends it again
+                return
             self.session.early_held.append(self)   # its body waits in self.body meanwhile
             w.count(N_EARLY_HELD)
             return

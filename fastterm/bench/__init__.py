@@ -52,6 +52,12 @@ Scenarios (``--scenario``, comma-separated)
   ``resumed-id`` is TLS 1.2 with session IDs (the client refuses tickets: the server's
   session cache), ``resumed-ticket`` is TLS 1.3 with tickets; invalid when under 90 % of the
   server's handshakes resumed (the session cache or tickets are off in the config, say);
+  ``resumed-0rtt`` is time to first response byte (median and p90, ms) of resumed TLS 1.3
+  connections with the request in early data ("TTFB 0-RTT") and sent after the handshake
+  ("TTFB 1-RTT resumed"), ``openssl s_client`` through a loopback relay adding
+  ``--zerortt-delay`` ms each way, ``--zerortt-count`` of each, alternating, on a port of
+  each peer with 0-RTT on (nginx ``ssl_early_data on``, HAProxy ``allow-0rtt``); invalid when
+  under 90 % of the early data was accepted;
 - ``bulk``: 1 MiB downloads, MB/s (10^6 B/s), ``wrk`` with 4 connections;
 - ``upload``: 1 MiB request bodies, MB/s, ``wrk`` with a Lua body, 4 connections;
 - ``latency``: p50/p99/p99.9 in ms at a fixed offered rate (``--rate``, default 1,000 req/s,
@@ -145,6 +151,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="slowheaders: seconds between two header bytes on each (default 0.5)")
     p.add_argument("--slow-rate", type=int, default=100,
                    help="slowheaders: measured new-connection requests/s (default 100)")
+    p.add_argument("--zerortt-count", type=int, default=20,
+                   help="resumed-0rtt: connections per mode, with and without early data (default 20)")
+    p.add_argument("--zerortt-delay", type=float, default=10.0,
+                   help="resumed-0rtt: milliseconds the relay adds each way (default 10)")
     p.add_argument("--hs-clients", type=int, default=8, help="parallel handshake client processes (default 8)")
     p.add_argument("--path", default=None, help="request path of the small requests (default /1k)")
     p.add_argument("--backend", metavar="HOST:PORT",

@@ -6,11 +6,17 @@ attacker."""
 from __future__ import annotations
 
 import json
+import os
+import queue
 import re
+import shutil
 import socket
 import ssl
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 from fastterm.bench.system import raise_fd_limit
@@ -408,6 +414,172 @@ def client_slowheaders(host: str, port: int, count: int, drip: float, ramp: floa
                 step(key.fileobj)
 
 
+class DelayRelay:
+    """A TCP relay on loopback that holds every chunk ``delay`` seconds each way, so that a
+    round trip costs 2 x ``delay`` where loopback's own is microseconds. ``accepted`` gets
+    the monotonic time of each client connection."""
+
+    def __init__(self, host: str, port: int, delay: float):
+        self.target = (host, port)
+        self.delay = delay
+        self.accepted: queue.Queue = queue.Queue()
+        self.sock = socket.create_server((host, 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.put(time.monotonic())
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            client.close()
+            return
+        server.settimeout(None)
+        for s in (client, server):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pumps = [threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                 for a, b in ((client, server), (server, client))]
+        for t in pumps:
+            t.start()
+        for t in pumps:
+            t.join(60)
+        client.close()
+        server.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        """Read ``src`` as it comes; a writer sends each chunk (and the EOF) ``delay`` later."""
+        chunks: queue.Queue = queue.Queue()
+
+        def writer() -> None:
+            while True:
+                t, data = chunks.get()
+                wait = t + self.delay - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                try:
+                    if not data:
+                        dst.shutdown(socket.SHUT_WR)
+                        return
+                    dst.sendall(data)
+                except OSError:
+                    return
+
+        w = threading.Thread(target=writer, daemon=True)
+        w.start()
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            chunks.put((time.monotonic(), data))
+            if not data:
+                break
+        w.join(60)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _s_client(port: int, host: str, sess_in: str | None, sess_out: str | None, early: str | None,
+              request: bytes, deadline: float) -> tuple[float | None, str]:
+    """One ``openssl s_client`` connection (TLS 1.3, HTTP/1.1, the request on stdin or in
+    early data): when the response's first byte came out of it, and all it printed."""
+    argv = ["openssl", "s_client", "-connect", f"{host}:{port}", "-servername", "localhost", "-tls1_3",
+            "-alpn", "http/1.1", "-ign_eof"]
+    argv += ["-sess_in", sess_in] if sess_in else []
+    argv += ["-sess_out", sess_out] if sess_out else []
+    argv += ["-early_data", early] if early else []
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    timer = threading.Timer(max(0.1, deadline - time.monotonic()), proc.kill)
+    timer.start()
+    out = bytearray()
+    first = None
+    try:
+        proc.stdin.write(request)
+        proc.stdin.close()
+        while chunk := proc.stdout.read1(65536):
+            out += chunk
+            if first is None and b"HTTP/1.1 " in out:
+                first = time.monotonic()
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait(5)
+        proc.stdout.close()
+    return first, out.decode("latin-1")
+
+
+def client_zerortt(host: str, port: int, count: int, delay: float, path: str, budget: float) -> dict:
+    """Time to first response byte of resumed TLS 1.3 connections with the request in early
+    data (0-RTT) and sent after the handshake (1-RTT), alternating, one at a time, through a
+    relay adding ``delay`` seconds each way: from the relay's accept to the response's first
+    byte out of ``openssl s_client`` (Python's ssl cannot send early data). One ticket, from
+    a first full handshake, resumed by every connection."""
+    if shutil.which("openssl") is None:
+        return {"error": "openssl not found"}
+    d = tempfile.mkdtemp(prefix="fastterm-0rtt-")
+    sess = os.path.join(d, "sess.pem")
+    early = os.path.join(d, "request.txt")
+    request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    with open(early, "wb") as f:
+        f.write(request)
+    deadline = time.monotonic() + budget
+    raw: dict = {"delay_ms": delay * 1000, "ttfb_0rtt": [], "ttfb_1rtt": [], "reused": 0, "accepted": 0,
+                 "errors": 0, "non2xx": 0}
+    relay = DelayRelay(host, port, delay)
+    try:
+        _, out = _s_client(port, host, None, sess, None, request, deadline)
+        if "HTTP/1.1 " not in out or not os.path.exists(sess) or not os.path.getsize(sess):
+            raw["error"] = f"no session ticket from the first connection: {out[-300:]}"
+            return raw
+        for i in range(2 * count):
+            if time.monotonic() > deadline:
+                raw["error"] = f"out of time ({budget:g} s) after {i} connections"
+                break
+            zero = i % 2 == 0
+            while not relay.accepted.empty():
+                relay.accepted.get_nowait()
+            first, out = _s_client(relay.port, host, sess, None, early if zero else None,
+                                   b"" if zero else request, deadline)
+            try:
+                start = relay.accepted.get(timeout=1)
+            except queue.Empty:
+                start = None
+            m = re.search(r"HTTP/1\.1 (\d{3})", out)
+            if first is None or start is None or m is None:
+                raw["errors"] += 1
+                continue
+            if not m.group(1).startswith("2"):
+                raw["non2xx"] += 1
+            raw["reused"] += "Reused, TLSv1.3" in out
+            if zero:
+                raw["accepted"] += "Early data was accepted" in out
+            raw["ttfb_0rtt" if zero else "ttfb_1rtt"].append((first - start) * 1000)
+    finally:
+        relay.close()
+        shutil.rmtree(d, ignore_errors=True)
+    for mode in ("0rtt", "1rtt"):
+        samples = sorted(raw[f"ttfb_{mode}"])
+        if samples:
+            raw[f"{mode}_p50"] = statistics.median(samples)
+            raw[f"{mode}_p90"] = samples[min(len(samples) - 1, int(0.9 * len(samples)))]
+    done = len(raw["ttfb_0rtt"]) + len(raw["ttfb_1rtt"])
+    if raw["reused"] < 0.9 * done:
+        raw.setdefault("error", f"resumed {raw['reused']} of {done} connections (session tickets off?)")
+    if raw["ttfb_0rtt"] and raw["accepted"] < 0.9 * len(raw["ttfb_0rtt"]):
+        raw.setdefault("error", f"early data accepted on {raw['accepted']} of {len(raw['ttfb_0rtt'])} "
+                                "connections (0-RTT off?)")
+    return raw
+
+
 def client_main(argv: list[str]) -> int:
     kind, host, port, *rest = argv
     if kind == "resume":
@@ -422,6 +594,9 @@ def client_main(argv: list[str]) -> int:
     elif kind == "newconn":
         rate, duration, path = rest
         print(json.dumps(client_newconn(host, int(port), float(rate), float(duration), path)))
+    elif kind == "zerortt":
+        count, delay, path, budget = rest
+        print(json.dumps(client_zerortt(host, int(port), int(count), float(delay), path, float(budget))))
     elif kind == "slowheaders":
         count, drip, ramp, path = rest
         client_slowheaders(host, int(port), int(count), float(drip), float(ramp), path)

@@ -44,6 +44,7 @@ class Setup:
     upstream_keepalive: int
     workers: int
     idle_connections: int = 10000
+    early_data: bool = False         # an "early" port with TLS 1.3 0-RTT on (the resumed-0rtt run)
 
 
 def key_kind(cert_path: str) -> str:
@@ -264,7 +265,7 @@ servers = [{q(backend)}]
 keepalive = {setup.upstream_keepalive}
 """
     for port_name, port in ports.items():
-        kinds = list(setup.certs) if port_name == "main" else [port_name]
+        kinds = list(setup.certs) if port_name in ("main", "early") else [port_name]
         text += f"""
 [[server]]
 listen = ["127.0.0.1:{port}"]
@@ -282,6 +283,7 @@ session_cache = {str(tls.session_cache).lower()}
 session_timeout = {tls.session_timeout}
 session_tickets = {str(tls.session_tickets).lower()}
 alpn = {json.dumps(list(tls.alpn))}
+{"early_data = true" if port_name == "early" else ""}
 """
         for kind in kinds:
             crt, key = setup.certs[kind]
@@ -305,7 +307,7 @@ def nginx_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> str
     http2 = " http2" if "h2" in tls.alpn else ""
     servers = []
     for port_name, port in ports.items():
-        kinds = list(setup.certs) if port_name == "main" else [port_name]
+        kinds = list(setup.certs) if port_name in ("main", "early") else [port_name]
         certs = "\n".join(f"        ssl_certificate {setup.certs[k][0]};\n        ssl_certificate_key {setup.certs[k][1]};"
                           for k in kinds)
         log = "access_log off;" if port_name == "main" else f"access_log {d}/nginx-hs.log hs;"
@@ -315,6 +317,7 @@ def nginx_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> str
         server_name localhost;
 {certs}
         {log}
+        {"ssl_early_data on;" if port_name == "early" else ""}
         {f'add_header Strict-Transport-Security "{setup.hsts}" always;' if setup.hsts else ""}
         location / {{
             proxy_pass http://backend;
@@ -399,8 +402,8 @@ def haproxy_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> s
         bind_opts += " no-tls-tickets"
     frontends = []
     for port_name, port in ports.items():
-        kinds = list(setup.certs) if port_name == "main" else [port_name]
-        crts = " ".join(f"crt {pems[k]}" for k in kinds)
+        kinds = list(setup.certs) if port_name in ("main", "early") else [port_name]
+        crts = " ".join(f"crt {pems[k]}" for k in kinds) + (" allow-0rtt" if port_name == "early" else "")
         logging = ("    no log" if port_name == "main" else
                    "    log global\n    log-format \"%[ssl_fc_is_resumed] %ST\"")
         hsts = f'    http-response set-header Strict-Transport-Security "{setup.hsts}"\n' if setup.hsts else ""
@@ -458,10 +461,14 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
     """fastterm, then (``baseline``: its tree and environment) fastterm-base right after it,
     then the peers named; each with its config written into ``d``."""
     def ports() -> dict[str, int]:
-        return {"main": free_port(), **{k: free_port() for k in setup.certs}}
+        return {"main": free_port(), **{k: free_port() for k in setup.certs},
+                **({"early": free_port()} if setup.early_data else {})}
 
     def fastterm_peer(name: str, cwd: str, peer_env: dict) -> FasttermPeer:
-        ft = FasttermPeer(name, ports(), log_path=os.path.join(d, f"{name}.log"), cwd=cwd, env=peer_env)
+        own = ports()
+        if not knows_early_data(cwd):
+            own.pop("early", None)   # a baseline from before 0-RTT: its resumed-0rtt run is skipped
+        ft = FasttermPeer(name, own, log_path=os.path.join(d, f"{name}.log"), cwd=cwd, env=peer_env)
         ft.admin_port = free_port()
         conf = os.path.join(d, f"{name}.toml")
         with open(conf, "w") as f:
@@ -489,6 +496,16 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
         p.max_conns = haproxy_maxconn(setup)
         peers.append(p)
     return peers
+
+
+def knows_early_data(tree: str) -> bool:
+    """Whether the fastterm checkout at ``tree`` has ``[server.tls] early_data`` (a baseline
+    from before it would refuse the resumed-0rtt run's port)."""
+    try:
+        with open(os.path.join(tree, "fastterm", "config", "model.py"), encoding="utf-8") as f:
+            return "early_data:" in f.read()
+    except OSError:
+        return False
 
 
 def baseline_env(tree: str, env: dict) -> dict:

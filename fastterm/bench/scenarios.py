@@ -17,6 +17,11 @@ FIGURES: dict[str, tuple[str, bool, str | None]] = {
     "handshake-rsa": ("hs/s", True, "hs/CPU-s"),
     "resumed-id": ("hs/s", True, "hs/CPU-s"),
     "resumed-ticket": ("hs/s", True, "hs/CPU-s"),
+    # resumed-0rtt: time to first response byte through a relay adding --zerortt-delay each way
+    "TTFB 1-RTT resumed p50": ("ms", False, None),
+    "TTFB 1-RTT resumed p90": ("ms", False, None),
+    "TTFB 0-RTT p50": ("ms", False, None),
+    "TTFB 0-RTT p90": ("ms", False, None),
     "bulk": ("MB/s", True, "MB/CPU-s"),
     "upload": ("MB/s", True, "MB/CPU-s"),
     "latency-p50": ("ms", False, None),
@@ -37,7 +42,7 @@ FIGURES: dict[str, tuple[str, bool, str | None]] = {
 SCENARIOS = {
     "keepalive": ["keepalive"],
     "handshake": ["handshake-ecdsa", "handshake-rsa"],
-    "resumed": ["resumed-id", "resumed-ticket"],
+    "resumed": ["resumed-id", "resumed-ticket", "resumed-0rtt"],
     "bulk": ["bulk"],
     "upload": ["upload"],
     "latency": ["latency"],
@@ -46,6 +51,8 @@ SCENARIOS = {
     "h2": ["h2-m10", "h2-m100"],
 }
 RUN_FIGURES = {run: [run] for runs in SCENARIOS.values() for run in runs}
+RUN_FIGURES["resumed-0rtt"] = ["TTFB 1-RTT resumed p50", "TTFB 1-RTT resumed p90", "TTFB 0-RTT p50",
+                               "TTFB 0-RTT p90"]
 RUN_FIGURES["latency"] = ["latency-p50", "latency-p99", "latency-p99.9"]
 RUN_FIGURES["slowheaders"] = ["slowheaders-p50", "slowheaders-p99", "slowheaders-attack-p50",
                               "slowheaders-attack-p99", "slowheaders-p99-ratio"]
@@ -53,7 +60,7 @@ RUN_FIGURES.update({run: [run, f"{run}-backend-connects"] for run in SCENARIOS["
 ALL_RUNS = [r for runs in SCENARIOS.values() for r in runs]
 # Which tool each run needs on the client side.
 RUN_TOOLS = {"keepalive": "wrk", "bulk": "wrk", "upload": "wrk", "handshake-ecdsa": "openssl",
-             "handshake-rsa": "openssl", "h2-m10": "h2load", "h2-m100": "h2load"}
+             "handshake-rsa": "openssl", "resumed-0rtt": "openssl", "h2-m10": "h2load", "h2-m100": "h2load"}
 # h2 runs: h2load's connections and the requests in flight on each (-c, -m).
 H2_CONNECTIONS = 50
 H2_STREAMS = {"h2-m10": 10, "h2-m100": 100}

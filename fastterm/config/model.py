@@ -58,6 +58,9 @@ class TLSPolicy(Struct):
     # backend with Early-Data: 1, unsafe methods only after the handshake (RFC 8470). Per listener:
     # the servers sharing an address must agree (as session_cache)
     max_early_data: int = 16384  # bytes of early data a client may send (1 .. 512 KiB)
+    early_data_unsafe: Literal["wait", "reject"] = "wait"  # an unsafe method (not GET, HEAD,
+    # OPTIONS) in early data: "wait" forwards it once the handshake completes, "reject" answers
+    # 425 Too Early at once (RFC 8470 §5.2) and the client sends it again. Per listener
 
 
 class Certificate(Struct):

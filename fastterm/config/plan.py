@@ -473,7 +473,7 @@ def _session_scope(addr: tuple[str, int], server: Server, index: int) -> bytes:
     """
     ports = list(dict.fromkeys(parse_address(listen)[1] for listen in server.listen))
     names = sorted(name.lower() for name in server.server_names)
-    tls = msgspec.structs.replace(server.tls, early_data=False, max_early_data=0)
+    tls = msgspec.structs.replace(server.tls, early_data=False, max_early_data=0, early_data_unsafe="wait")
     return hashlib.sha256(msgspec.json.encode([index, names, ports.index(addr[1]), tls])).digest()
 
 
@@ -537,7 +537,8 @@ def _check_listener_settings(config: Config, addr: tuple[str, int], indexes: lis
     """
     for key, why in (("session_cache", "one session cache per listener"),
                      ("early_data", "0-RTT is decided per listener"),
-                     ("max_early_data", "0-RTT is decided per listener")):
+                     ("max_early_data", "0-RTT is decided per listener"),
+                     ("early_data_unsafe", "0-RTT is decided per listener")):
         want = getattr(config.servers[default].tls, key)
         for i in indexes:
             server = config.servers[i]
@@ -603,6 +604,7 @@ def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
     tl.default_context.set_sni(names, sni_regex)
     no_host_default = config.servers[tl.default].no_host == "default"
     tl.sites = SiteTable(sites, plan.policies[tl.default], no_host_default, host_regex)
+    tl.sites.early_reject = config.servers[tl.default].tls.early_data_unsafe == "reject"
 
 
 def server_contexts(config: Config, i: int, addr: tuple[str, int], found: ServerCertificates, shared,

@@ -236,6 +236,37 @@ def test_failing_backend_makes_runs_invalid(tmp_path, subprocess_env, failure):
 
 
 @needs_tools
+def test_resumed_0rtt_has_ttfb_with_and_without_early_data(tmp_path, subprocess_env):
+    """3 resumed connections each way through the 10 ms relay: every peer accepted the early
+    data, both modes resumed, and each TTFB is at least the relayed round trip (20 ms)."""
+    res, data = run_bench(tmp_path, "--scenario", "resumed-0rtt", "--rounds", "1", "--zerortt-count", "3",
+                          "--peers", "nginx", env=subprocess_env, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = {r["peer"]: r for r in data["runs"]}
+    assert set(runs) == {"fastterm", "nginx"}
+    for peer, run in runs.items():
+        assert not run["invalid"], (peer, run["invalid"])
+        assert set(run["figures"]) == set(RUN_FIGURES["resumed-0rtt"]), run["figures"]
+        raw = run["raw"]
+        assert raw["accepted"] == 3 and raw["reused"] == 6, (peer, raw)
+        assert min(raw["ttfb_0rtt"] + raw["ttfb_1rtt"]) >= 20, (peer, raw)
+    assert "TTFB 0-RTT p50" in res.stdout and "TTFB 1-RTT resumed p50" in res.stdout
+
+
+def test_early_port_has_0rtt_on_for_every_peer(tmp_path):
+    """The resumed-0rtt run's port: early data on in each peer's config, on that port only."""
+    setup = load_setup(None, str(tmp_path), None, [0])
+    setup.early_data = True
+    ports = {"main": 1, "ecdsa": 2, "rsa": 3, "early": 4}
+    nginx = nginx_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
+    assert nginx.count("ssl_early_data on;") == 1
+    assert nginx.index("listen 127.0.0.1:4 ") < nginx.index("ssl_early_data on;")
+    haproxy = haproxy_conf(setup, str(tmp_path), "127.0.0.1:9", ports)
+    assert haproxy.count("allow-0rtt") == 1 and "bind 127.0.0.1:4 ssl" in haproxy
+    ft = fastterm_conf(setup, "127.0.0.1:9", ports, 5)
+    assert ft.count("early_data = true") == 1 and ft.count("[[server]]") == 4
+
+@needs_tools
 def test_resumed_handshakes_in_a_full_handshake_run_are_invalid(tmp_path):
     """The wrong handshake kind: the server's own counters decide, not the client's intent."""
     peer = Peer("x")
@@ -326,3 +357,17 @@ def test_target_mode_loads_a_running_fastterm(tmp_path, subprocess_env):
     assert res.returncode == 0, res.stdout + res.stderr
     figures = {r["figure"] for r in data["summary"] if r["peer"] == "target" and r["median"]}
     assert "keepalive" in figures and "handshake-ecdsa" in figures
+
+
+def test_baseline_from_before_0rtt_gets_no_early_port(tmp_path):
+    """A --baseline checkout without ``[server.tls] early_data`` would refuse the resumed-0rtt
+    port's config: it gets none (its run is skipped); fastterm itself does."""
+    old = tmp_path / "old"
+    (old / "fastterm" / "config").mkdir(parents=True)
+    (old / "fastterm" / "config" / "model.py").write_text("class TLSPolicy:\n    session_tickets: bool = True\n")
+    setup = load_setup(None, str(tmp_path), None, [0])
+    setup.early_data = True
+    peers = make_peers(setup, str(tmp_path), "127.0.0.1:9", [], "0", {}, str(REPO_ROOT), (str(old), {}))
+    assert ["early" in p.ports for p in peers] == [True, False]
+    assert "early_data = true" in (tmp_path / "fastterm.toml").read_text()
+    assert "early_data" not in (tmp_path / "fastterm-base.toml").read_text()

@@ -392,3 +392,61 @@ def test_keepalive_after_early_data(fastterm, raw_backend, tmp_path, write):
     out = s_client(ft.https_port, ft.ca_file, sess_in=sess, early=early, request=_request(target="/second"))
     assert ACCEPTED in out, out[-3000:]
     assert out.index("early=1 /first") < out.index("early=- /second"), out[-3000:]
+
+
+REJECT = {"early_data": True, "early_data_unsafe": "reject"}
+
+
+def test_post_in_early_data_rejected_with_425(fastterm, raw_backend, tmp_path, write):
+    """``early_data_unsafe = "reject"``: the POST in early data is answered 425 Too Early
+    (RFC 8470 §5.2) before the handshake completes, and never reaches the backend; a GET in
+    early data still goes through."""
+    be = counting_backend(raw_backend)
+    ft = fastterm(be.address, tls=REJECT)
+    sess = str(tmp_path / "sess.pem")
+    new_session(ft.https_port, ft.ca_file, sess)
+    early = write("early.txt", _request("POST", "/submit", b"a=1").decode())
+    out = s_client(ft.https_port, ft.ca_file, sess_in=sess, early=early)
+    assert ACCEPTED in out, out[-3000:]
+    assert "HTTP/1.1 425 Too Early" in out, out[-3000:]
+    time.sleep(0.3)
+    assert [r.target for r in be.requests] == ["/"], "a rejected early POST reached the backend"
+    get = write("get.txt", _request(target="/safe").decode())
+    out = s_client(ft.https_port, ft.ca_file, sess_in=sess, early=get)
+    assert ACCEPTED in out and "early=1 GET /safe" in out, out[-3000:]
+
+
+def test_post_after_the_handshake_not_rejected(fastterm, raw_backend, tmp_path, write):
+    """Only early data is refused: the same POST sent after the handshake is forwarded."""
+    be = counting_backend(raw_backend)
+    ft = fastterm(be.address, tls=REJECT)
+    sess = str(tmp_path / "sess.pem")
+    new_session(ft.https_port, ft.ca_file, sess)
+    out = s_client(ft.https_port, ft.ca_file, sess_in=sess, request=_request("POST", "/late", b"a=1"))
+    assert "Reused, TLSv1.3" in out and "early=- POST /late" in out, out[-3000:]
+    assert be.requests[-1].body == b"a=1"
+
+
+def test_h2_post_in_early_data_rejected_with_425(fastterm, raw_backend, tmp_path, write):
+    pytest.importorskip("h2")
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    be = counting_backend(raw_backend)
+    ft = fastterm(be.address, tls=REJECT)
+    sess = str(tmp_path / "sess.pem")
+    s_client(ft.https_port, ft.ca_file, sess_out=sess, alpn="h2", until=b"New Session Ticket arrived")
+    assert wait_for(lambda: os.path.exists(sess))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":path", "/h2post"), (":scheme", "https"),
+                          (":authority", NAME), ("content-length", "3")])
+    conn.send_data(1, b"a=1", end_stream=True)
+    early = write("early.bin", "")
+    with open(early, "wb") as f:
+        f.write(conn.data_to_send())
+    out = s_client(ft.https_port, ft.ca_file, sess_in=sess, early=early, alpn="h2", until=b"Too Early")
+    assert "Too Early" in out, out[-3000:]   # the 425 page's body (HPACK hides the status)
+    time.sleep(0.3)
+    assert not any(r.target == "/h2post" for r in be.requests), "a rejected early POST reached the backend"

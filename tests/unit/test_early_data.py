@@ -19,7 +19,7 @@ from fastterm._core import (
 )
 from forked import in_child
 
-from fastterm.config.model import Certificate, ProxyHeader, ProxyRequest, Server
+from fastterm.config.model import Certificate, ProxyHeader, ProxyRequest, Server, TLSPolicy
 from fastterm.config.nginx import load_config as load_nginx
 from fastterm.config.plan import _rewrite
 from fastterm.config.toml import load_config as load_toml
@@ -278,3 +278,57 @@ def test_early_data_is_the_listeners_setting(write, ec_files):
     assert info.value.line == line, str(info.value)
     assert "early_data = true differs from the default server (www.example.com)" in str(info.value)
     build(load_toml(write("fastterm.toml", TWO_BLOCKS.replace("early_data = false", "early_data = true"))))
+
+
+def test_toml_early_data_unsafe_defaults_to_wait(write, ec_files):
+    from fastterm.config.plan import build
+
+    path = write("fastterm.toml", TOML.format(tls="early_data = true"))
+    config = load_toml(path)
+    assert config.servers[0].tls.early_data_unsafe == "wait"
+    (_, _, sites), = build(config, path).listeners
+    assert sites.early_reject is False
+
+
+def test_toml_early_data_unsafe_reject_reaches_the_listener(write, ec_files):
+    """"reject": the listener's SiteTable tells the codecs to answer 425 (ext/h1.pyx, ext/h2.pyx)."""
+    from fastterm.config.plan import build
+
+    path = write("fastterm.toml", TOML.format(tls='early_data = true\nearly_data_unsafe = "reject"'))
+    config = load_toml(path)
+    assert config.servers[0].tls.early_data_unsafe == "reject"
+    (_, _, sites), = build(config, path).listeners
+    assert sites.early_reject is True
+
+
+def test_toml_early_data_unsafe_bad_value_is_located(write, ec_files):
+    text = TOML.format(tls='early_data = true\nearly_data_unsafe = "drop"')
+    with pytest.raises(ConfigError) as info:
+        load_toml(write("fastterm.toml", text))
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith("early_data_unsafe"))
+    assert info.value.line == line, str(info.value)
+    assert "early_data_unsafe" in str(info.value)
+
+
+def test_early_data_unsafe_is_the_listeners_setting(write, ec_files):
+    """Both blocks of one address answer from the same codec decision: a block that differs
+    from the default server is refused at its line."""
+    from fastterm.config.plan import build
+
+    text = TWO_BLOCKS.replace("early_data = false", "early_data = true") + 'early_data_unsafe = "reject"\n'
+    path = write("fastterm.toml", text)
+    with pytest.raises(ConfigError) as info:
+        build(load_toml(path), path)
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith("early_data_unsafe"))
+    assert info.value.line == line, str(info.value)
+    assert "early_data_unsafe = reject differs from the default server (www.example.com)" in str(info.value)
+
+
+def test_changing_early_data_unsafe_keeps_the_sessions():
+    """A reload that switches wait/reject keeps the session ID context: tickets still resume."""
+    from fastterm.config.plan import _session_scope
+
+    wait = Server(listen=["443"], server_names=["www.example.com"], certificates=[Certificate(cert="c")])
+    reject = Server(listen=["443"], server_names=["www.example.com"], certificates=[Certificate(cert="c")],
+                    tls=TLSPolicy(early_data_unsafe="reject"))
+    assert _session_scope(("0.0.0.0", 443), wait, 0) == _session_scope(("0.0.0.0", 443), reject, 0)
