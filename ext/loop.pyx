@@ -833,6 +833,10 @@ cdef class ClientConnection:
         if self.session is not None:
             self.session.on_close()
             w.release_later(self)
+        if self.early and self.tls is not None:
+            # answered in 0.5-RTT data and closed before the client's Finished came: OpenSSL took
+            # the PSK and sent its Finished, so this is the resumed handshake it would complete
+            self._count_handshake(TLS_OK)
         self.tls = None       # SSL_free
         if self.fd >= 0:
             if w.by_fd.get(self.fd) is self:

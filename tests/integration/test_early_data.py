@@ -147,7 +147,7 @@ def _metrics(admin_port: int) -> dict[str, int]:
             data += chunk
     out = {}
     for line in data.partition(b"\r\n\r\n")[2].decode().splitlines():
-        if line.startswith("fastterm_early_data"):
+        if line.startswith(("fastterm_early_data", "fastterm_handshakes_total")):
             name, value = line.rsplit(" ", 1)
             out[name] = int(value)
     return out
@@ -450,3 +450,29 @@ def test_h2_post_in_early_data_rejected_with_425(fastterm, raw_backend, tmp_path
     assert "Too Early" in out, out[-3000:]   # the 425 page's body (HPACK hides the status)
     time.sleep(0.3)
     assert not any(r.target == "/h2post" for r in be.requests), "a rejected early POST reached the backend"
+
+
+def test_answered_before_the_clients_finished_counts_as_resumed(fastterm, raw_backend, tmp_path, write):
+    """A 0-RTT GET with Connection: close, 20 ms round trip: the answer goes out in 0.5-RTT data
+    and the connection closes before the client's Finished arrives; the handshake still counts
+    (resumed), once."""
+    from fastterm.bench.clients import DelayRelay
+
+    be = counting_backend(raw_backend)
+    admin = free_port()
+    ft = fastterm(be.address, tls=EARLY, top={"admin": f"{HOST}:{admin}"})
+    sess = str(tmp_path / "sess.pem")
+    new_session(ft.https_port, ft.ca_file, sess)
+    early = write("early.txt", _request(target="/early").decode())
+    relay = DelayRelay(HOST, ft.https_port, 0.01)
+    for _ in range(3):
+        out = s_client(relay.port, ft.ca_file, sess_in=sess, early=early)
+        assert ACCEPTED in out and "early=1 GET /early" in out, out[-3000:]
+    relay.sock.close()
+
+    def counted() -> bool:
+        m = _metrics(admin)
+        # full: the fixture's start-up probe and the ticket's handshake
+        return m['fastterm_handshakes_total{kind="resumed"}'] == 3 and m['fastterm_handshakes_total{kind="full"}'] == 2
+
+    assert wait_for(counted, timeout=5), _metrics(admin)
