@@ -533,6 +533,8 @@ cdef class ClientConnection:
         cdef int port = 0
         cdef const char *version
         cdef const SSL_CIPHER *cipher
+        if self.sites.client_certs or self.sites.connection_facts:
+            facts.client_certificate(client_certificate(self.tls.ssl))
         if not self.sites.connection_facts:
             return facts
         text[0] = 0

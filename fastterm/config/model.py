@@ -58,6 +58,14 @@ class TLSPolicy(Struct):
     # backend with Early-Data: 1, unsafe methods only after the handshake (RFC 8470). Per listener:
     # the servers sharing an address must agree (as session_cache)
     max_early_data: int = 16384  # bytes of early data a client may send (1 .. 512 KiB)
+    # Client certificates (nginx ssl_verify_client): "on" answers 400 to a request without a
+    # valid one, "optional" to one with an invalid one, "optional_no_ca" takes unknown issuers too.
+    # The backend gets X-SSL-Client-Verify (SUCCESS, FAILED:reason, NONE), -S-DN, -I-DN, -Serial
+    # and -Fingerprint (nginx's $ssl_client_* formats); a client's own X-SSL-Client-* never passes
+    verify_client: Literal["off", "on", "optional", "optional_no_ca"] = "off"
+    client_ca: str | None = None  # PEM CAs whose clients are accepted, named in the CertificateRequest
+    # (nginx ssl_client_certificate); chains are completed from trusted_certificate as well
+    verify_depth: int = 1  # CA certificates a client chain may have above the leaf (nginx ssl_verify_depth)
 
 
 class Certificate(Struct):

@@ -434,7 +434,21 @@ class _Checker:
                 raise self.error(str(exc), "server", i, "tls", "dhparam") from None
         if tls.trusted_certificate is not None:
             tls = msgspec.structs.replace(tls, trusted_certificate=_absolute(tls.trusted_certificate, base))
+        tls = self._client_verify(tls, i, base)
         return msgspec.structs.replace(server, routes=routes, certificates=certificates, tls=tls)
+
+    def _client_verify(self, tls, i: int, base: str):
+        """``client_ca`` made absolute and readable; ``on``/``optional`` need it (as nginx)."""
+        if tls.client_ca is not None:
+            tls = msgspec.structs.replace(tls, client_ca=_absolute(tls.client_ca, base))
+            if not os.access(tls.client_ca, os.R_OK):
+                raise self.error(f"cannot read {tls.client_ca}", "server", i, "tls", "client_ca")
+        if tls.verify_client in ("on", "optional") and tls.client_ca is None:
+            raise self.error(f'verify_client = "{tls.verify_client}" needs client_ca (the CAs clients '
+                             f'are checked against)', "server", i, "tls", "verify_client")
+        if tls.verify_depth < 0:
+            raise self.error("verify_depth must be 0 or more", "server", i, "tls", "verify_depth")
+        return tls
 
     def _address(self, address: str, *where: str | int, default_host: str = "0.0.0.0") -> tuple[str, int]:
         try:
