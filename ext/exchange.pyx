@@ -434,8 +434,14 @@ cdef class Exchange:
             # serves the request by the Host's block whatever the TLS: misdirected off.)
             return self.reject(421)
         self.server = server
-        if server.verify_client != VERIFY_CLIENT_OFF and self._client_refused(server):
-            return self.reject(400)
+        if server.verify_client != VERIFY_CLIENT_OFF:
+            if abs_host == NULL and head.host_index >= 0:
+                if _sni_differs(self.facts, p + slots[head.host_index].value_start, slots[head.host_index].value_len):
+                    return self.reject(421)
+            elif _sni_differs(self.facts, abs_host, abs_host_len):
+                return self.reject(421)
+            if self._client_refused(server):
+                return self.reject(400)
         trusted = self.facts.trusts(server)   # whose trusted_proxies: the Host-chosen block's
         if _needs_normalizing(target, target_len):
             # Route on the normalised path (as nginx matches locations on $uri), so
@@ -570,17 +576,17 @@ cdef class Exchange:
         """X-SSL-Client-*: the client certificate as nginx's variables give it (fastterm's own
         forwarding, on a block that verifies clients)."""
         cdef ClientFacts facts = self.facts
-        out.put(b"\r\nX-SSL-Client-Verify: ", 23)
+        out.put_bytes(b"\r\nX-SSL-Client-Verify: ")
         out.put_bytes(facts.client_verify_b)
         if not facts.client_cert:
             return 0
-        out.put(b"\r\nX-SSL-Client-S-DN: ", 22)
+        out.put_bytes(b"\r\nX-SSL-Client-S-DN: ")
         out.put_bytes(facts.client_s_dn_b)
-        out.put(b"\r\nX-SSL-Client-I-DN: ", 22)
+        out.put_bytes(b"\r\nX-SSL-Client-I-DN: ")
         out.put_bytes(facts.client_i_dn_b)
-        out.put(b"\r\nX-SSL-Client-Serial: ", 24)
+        out.put_bytes(b"\r\nX-SSL-Client-Serial: ")
         out.put_bytes(facts.client_serial_b)
-        out.put(b"\r\nX-SSL-Client-Fingerprint: ", 29)
+        out.put_bytes(b"\r\nX-SSL-Client-Fingerprint: ")
         out.put_bytes(facts.client_fingerprint_b)
         return 0
 
@@ -929,6 +935,20 @@ cdef class Exchange:
                 "body_mode": ("none", "length", "chunked", "until-close")[self.body_mode],
                 "response_mode": ("none", "length", "chunked", "until-close")[self.response_mode],
                 "failure": self.failure}
+
+
+cdef bint _sni_differs(ClientFacts facts, const char *host, int n) noexcept:
+    """nginx's ngx_http_set_virtual_server: on a block that verifies clients, a request whose
+    host (none: "") is not the name the client sent in SNI is answered 421 (the certificate
+    was checked for that name's block)."""
+    cdef Py_ssize_t sni_len = PyBytes_GET_SIZE(facts.ssl_server_name_b)
+    if sni_len == 0:
+        return False
+    if host != NULL and n > 0:
+        n = _host_end(host, n)
+    else:
+        n = 0
+    return n != sni_len or strncasecmp(host, PyBytes_AS_STRING(facts.ssl_server_name_b), n) != 0
 
 
 cdef int _client_variable(ClientFacts facts, int var, HeadWriter out) except -1:
