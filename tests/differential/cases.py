@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -30,8 +31,15 @@ from diffharness import (
     Respond,
     Resume,
     Sequence,
+    backend_fields,
+    client_context,
     closed_after,
+    curl,
     read_message,
+    read_reply,
+    request_head,
+    response_fields,
+    tls_connect,
 )
 
 BODY = b'{"note": "' + b"n" * 280 + b'"}'
@@ -616,9 +624,6 @@ def client_cert_request(host: str, target: str, cert: str | None, http2: bool = 
     "stranger": a self-signed one, None: none) over Python ``ssl`` (``http2``: curl --http2
     --cert), with a client-sent X-Client-DN; ``resumed``: the request goes on a second
     connection that resumes the first's session (TLS 1.2, session IDs)."""
-    from diffharness import backend_fields, client_context, curl, read_reply, request_head, response_fields, \
-        tls_connect
-
     def run(side, ctx):
         pair = (str(ctx.pki.directory / "client.crt"), str(ctx.pki.directory / "client.key")) if cert == "client" \
             else _stranger_cert(ctx.pki.directory) if cert == "stranger" else None
@@ -632,8 +637,6 @@ def client_cert_request(host: str, target: str, cert: str | None, http2: bool = 
         else:
             tls = client_context(ctx.pki)
             if resumed:
-                import ssl
-
                 tls.maximum_version = ssl.TLSVersion.TLSv1_2
             if pair:
                 tls.load_cert_chain(*pair)

@@ -204,3 +204,42 @@ def test_off_strips_client_sent_headers_and_asks_for_nothing(fastterm, demo_back
     ft = fastterm(demo_backend)
     msg, _, _ = _get(ft, _ctx(ft, client_pki, "alice"), headers=[("X-SSL-Client-Verify", "SUCCESS")])
     assert _client_headers(msg) == {}
+
+
+def test_sni_applies_each_blocks_verify_mode(fastterm, demo_backend, client_pki, write, intermediate, ec_cert,
+                                             other_leaf):
+    """The default block asks for nothing, other.test requires a certificate: the ClientHello
+    callback moves the connection's verify mode with it (SSL_set_SSL_CTX does not)."""
+    from harness import cert_entry
+
+    servers = [
+        {"server_names": [NAME], "default_server": True, "certificate": [ec_cert],
+         "route": [{"path": "/", "upstream": "app"}]},
+        {"server_names": ["other.test"], "certificate": [cert_entry(write, other_leaf, intermediate, "other")],
+         "tls": {"verify_client": "on", "client_ca": str(client_pki["ca"])}, "route": [{"path": "/", "upstream": "app"}]},
+    ]
+    ft = fastterm(demo_backend, servers=servers)
+
+    def get(name: str, who: str | None):
+        ctx = _ctx(ft, client_pki, who)
+        raw = socket.create_connection((HOST, ft.https_port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname=name) as sock:
+            sock.sendall(request_bytes("GET", "/", name, None, b""))
+            return read_response(Reader(sock), "GET")
+
+    def asked(name: str) -> bool:
+        """Whether the server sent a CertificateRequest (s_client lists its CA names)."""
+        out = subprocess.run(["openssl", "s_client", "-connect", f"{HOST}:{ft.https_port}", "-servername", name],
+                             input=b"", capture_output=True, timeout=10, check=False).stdout
+        return b"Acceptable client certificate CA names" in out
+
+    assert _client_headers(get(NAME, "alice")) == {}
+    assert get("other.test", None).status == 400
+    assert _client_headers(get("other.test", "alice")) == _expected(client_pki["alice"])
+    assert not asked(NAME) and asked("other.test")
+    # and back: a default that verifies, a named block that does not
+    servers[0]["tls"], servers[1]["tls"] = servers[1]["tls"], {}
+    ft = fastterm(demo_backend, servers=servers)
+    assert asked(NAME) and not asked("other.test")
+    assert get("other.test", None).status == 200
+    assert get(NAME, None).status == 400
