@@ -61,7 +61,8 @@ class TLSPolicy(Struct):
     # Client certificates (nginx ssl_verify_client): "on" answers 400 to a request without a
     # valid one, "optional" to one with an invalid one, "optional_no_ca" takes unknown issuers too.
     # The backend gets X-SSL-Client-Verify (SUCCESS, FAILED:reason, NONE), -S-DN, -I-DN, -Serial
-    # and -Fingerprint (nginx's $ssl_client_* formats); a client's own X-SSL-Client-* never passes
+    # and -Fingerprint (nginx's $ssl_client_* formats); a client's own X-SSL-Client-* never passes.
+    # A route with ``proxy`` sends what its headers say instead (nginx's way: $ssl_client_* there)
     verify_client: Literal["off", "on", "optional", "optional_no_ca"] = "off"
     client_ca: str | None = None  # PEM CAs whose clients are accepted, named in the CertificateRequest
     # (nginx ssl_client_certificate); chains are completed from trusted_certificate as well

@@ -1527,9 +1527,12 @@ class _Builder:
             return {"verify_depth": verify_depth}
         ca_path = None
         if ca is not None:
+            from fastterm.config.toml import client_ca_problem
+
             ca_path = self.absolute(ca.args[0])
-            if not os.access(ca_path, os.R_OK):
-                raise ca.error(f'SSL_CTX_load_verify_locations("{ca_path}") failed (No such file or directory)')
+            problem = client_ca_problem(ca_path)
+            if problem:
+                raise ca.error(f'SSL_CTX_load_verify_locations("{ca_path}") failed ({problem})')
         elif mode != "optional_no_ca":
             raise node.error('no ssl_client_certificate for ssl_verify_client')
         return {"verify_client": mode, "client_ca": ca_path, "verify_depth": verify_depth}

@@ -441,8 +441,10 @@ class _Checker:
         """``client_ca`` made absolute and readable; ``on``/``optional`` need it (as nginx)."""
         if tls.client_ca is not None:
             tls = msgspec.structs.replace(tls, client_ca=_absolute(tls.client_ca, base))
-            if not os.access(tls.client_ca, os.R_OK):
-                raise self.error(f"cannot read {tls.client_ca}", "server", i, "tls", "client_ca")
+            problem = client_ca_problem(tls.client_ca)
+            if problem:
+                raise self.error(f"cannot load client CA file {tls.client_ca}: {problem}", "server", i, "tls",
+                                 "client_ca")
         if tls.verify_client in ("on", "optional") and tls.client_ca is None:
             raise self.error(f'verify_client = "{tls.verify_client}" needs client_ca (the CAs clients '
                              f'are checked against)', "server", i, "tls", "verify_client")
@@ -455,6 +457,19 @@ class _Checker:
             return parse_address(address, default_host=default_host)
         except ValueError as exc:
             raise self.error(str(exc), *where) from None
+
+
+def client_ca_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a client CA file (unreadable, no PEM certificate), or None."""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        return str(exc.reason or "no PEM certificate").lower().replace("_", " ")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _is_loopback(host: str) -> bool:

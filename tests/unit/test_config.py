@@ -367,8 +367,8 @@ def test_dhparam_is_made_absolute_and_checked(load, write, tmp_path, dhparam_pem
 CLIENT_CA = GOOD + 'verify_client = "{mode}"\n{extra}'
 
 
-def test_client_verification_keys(load, write, tmp_path):
-    write("clients.pem", b"")
+def test_client_verification_keys(load, write, tmp_path, ca):
+    write("clients.pem", ca.cert_pem)
     tls = load(CLIENT_CA.format(mode="on", extra='client_ca = "clients.pem"\nverify_depth = 2\n')).servers[0].tls
     assert (tls.verify_client, tls.client_ca, tls.verify_depth) == ("on", str(tmp_path / "clients.pem"), 2)
     assert load(GOOD).servers[0].tls.verify_client == "off"
@@ -382,10 +382,14 @@ def test_verify_client_needs_client_ca(load, mode):
     assert "needs client_ca" in str(err)
 
 
-def test_unreadable_client_ca_is_located(load):
-    text = CLIENT_CA.format(mode="optional_no_ca", extra='client_ca = "absent.pem"\n')
+@pytest.mark.parametrize("content, reason", [(None, "No such file"), (b"junk\n", "no certificate")])
+def test_bad_client_ca_is_located(load, write, content, reason):
+    if content is not None:
+        write("clients.pem", content)
+    text = CLIENT_CA.format(mode="optional_no_ca", extra='client_ca = "clients.pem"\n')
     err = config_error(load, text)
     assert_located(err, line_of(text, "client_ca"), "client_ca")
+    assert reason in str(err)
 
 
 def test_unknown_verify_client_mode(load):

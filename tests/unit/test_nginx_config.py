@@ -1096,11 +1096,14 @@ def test_client_certificate_directives_map_to_the_policy(load, tmp_path, write, 
     assert (plain.verify_client, plain.client_ca, plain.verify_depth) == ("off", None, 1)   # nginx's defaults
 
 
-def test_ssl_client_certificate_is_read_only_when_verifying(load, error):
+def test_ssl_client_certificate_is_read_only_when_verifying(load, error, write):
     assert load(site(server="    ssl_client_certificate absent.pem;")).server.tls.client_ca is None   # as nginx
     err = error(site(server="    ssl_client_certificate absent.pem;\n    ssl_verify_client on;"),
                 "ssl_client_certificate")
     assert "absent.pem" in str(err)
+    write("junk.pem", b"junk\n")
+    err = error(site(server="    ssl_client_certificate junk.pem;\n    ssl_verify_client on;"), "ssl_client_certificate")
+    assert "junk.pem" in str(err) and "no certificate" in str(err)
 
 
 @pytest.mark.parametrize("mode", ["on", "optional"])
