@@ -23,6 +23,12 @@ cdef enum:
     X_EVENTS
 
 
+cdef enum:
+    # Exchange.cert_failure: why a request is answered 400 for its client certificate (nginx's pages)
+    CERT_NONE_SENT = 1              # ssl_verify_client on, and none came
+    CERT_INVALID = 2                # one came and did not verify
+
+
 ctypedef struct RequestLimits:
     long long max_body              # client_max_body_size, 0: none
     bint underscores_in_headers     # keep request fields with "_" in the name (nginx: off)
@@ -45,6 +51,13 @@ cdef enum:
     V_SSL_CIPHER
     V_SSL_SERVER_NAME
     V_SSL_EARLY_DATA    # "1" while the handshake is not complete (the request came in 0-RTT data)
+    V_SSL_CLIENT_VERIFY         # the client certificate, nginx's $ssl_client_*: SUCCESS, FAILED:why, NONE
+    V_SSL_CLIENT_S_DN           # subject and issuer, RFC 2253
+    V_SSL_CLIENT_I_DN
+    V_SSL_CLIENT_SERIAL
+    V_SSL_CLIENT_FINGERPRINT    # SHA-1, lowercase hex
+    V_SSL_CLIENT_ESCAPED_CERT   # PEM, %-escaped
+    V_SSL_CLIENT_CERT           # PEM, a tab after each inner newline (nginx's deprecated form)
     V_COUNT
     # the most a rewritten request head may take (it is bounded by the client's head and
     # the templates, which may repeat a field): past it the request is refused with 431
@@ -110,6 +123,8 @@ cdef class ServerPolicy:
     cdef object trusted             # tuple of ip networks
     cdef bytes tls_policy           # its [server.tls], encoded: blocks that share it share connections
     cdef bint misdirected           # 421 for it on a connection under another tls_policy (not nginx)
+    cdef public int verify_client   # VERIFY_CLIENT_*: 400 without the certificate it wants (nginx);
+    cdef public bint client_headers  # and X-SSL-Client-* to the backend (fastterm's own forwarding)
     cdef readonly bytes hsts        # the Strict-Transport-Security value, or b""
     cdef tuple route(self, const char *path, int n)    # (prefix, UpstreamPool, RequestRewrite or None)
     cdef tuple exact(self, const char *path, int n)
@@ -128,6 +143,7 @@ cdef class SiteTable:
     cdef readonly bint no_host_default  # a request naming no host goes to default, not SNI's (nginx)
     cdef public bint connection_facts   # a route has a RequestRewrite: ClientFacts want the connection's
     cdef public bint early_reject       # an unsafe method in early data gets 425 (tls.early_data_unsafe)
+    cdef public bint client_certs       # a block verifies clients: ClientFacts want the certificate
     cdef ServerPolicy lookup(self, const char *host, int n)
 
 
@@ -153,6 +169,15 @@ cdef class ClientFacts:
     cdef bytes ssl_protocol_b
     cdef bytes ssl_cipher_b
     cdef bytes ssl_server_name_b
+    # the client's certificate (set where SiteTable.connection_facts or client_certs)
+    cdef bint client_cert           # the client sent one (this handshake or the resumed session's)
+    cdef long client_verify_result  # SSL_get_verify_result: X509_V_OK or the X509_V_ERR_*
+    cdef bytes client_verify_b      # nginx's $ssl_client_verify
+    cdef bytes client_s_dn_b
+    cdef bytes client_i_dn_b
+    cdef bytes client_serial_b
+    cdef bytes client_fingerprint_b
+    cdef bytes client_pem_b
     cdef ServerPolicy server_for(self, const char *host, int n)
     cdef bint trusts(self, ServerPolicy server)
     cdef bint real_ip_from(self, RequestRewrite rewrite)
@@ -189,6 +214,9 @@ cdef class Exchange:
     cdef bytes upstream_target      # the route's upstream_path applied (nginx proxy_pass URI), or None
     cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head)
     cdef public bint early          # the request arrived in TLS 1.3 early data (set by the codec)
+    cdef int cert_failure           # 400 for the client certificate: CERT_NONE_SENT or CERT_INVALID (its page)
+    cdef bint _client_refused(self, ServerPolicy server)
+    cdef int _client_headers(self, HeadWriter out) except -1
     cdef bint early_marked          # ... and we added Early-Data: 1 (the last field of the head)
     cdef ResponsePolicy resp        # the route's (or server block's) response policy, or None
     cdef bytes added_always         # its add_header lines as this request expands them, or None: static

@@ -16,6 +16,7 @@
 
 import ipaddress
 from http import HTTPStatus
+from urllib.parse import quote as _quote
 
 from libc.stdio cimport snprintf
 
@@ -77,6 +78,10 @@ VARIABLES = {"host": V_HOST, "remote_addr": V_REMOTE_ADDR, "remote_port": V_REMO
              "request_method": V_REQUEST_METHOD, "server_addr": V_SERVER_ADDR, "server_port": V_SERVER_PORT,
              "ssl_protocol": V_SSL_PROTOCOL, "ssl_cipher": V_SSL_CIPHER, "ssl_server_name": V_SSL_SERVER_NAME,
              "ssl_early_data": V_SSL_EARLY_DATA}
+VARIABLES.update({"ssl_client_verify": V_SSL_CLIENT_VERIFY, "ssl_client_s_dn": V_SSL_CLIENT_S_DN,
+                  "ssl_client_i_dn": V_SSL_CLIENT_I_DN, "ssl_client_serial": V_SSL_CLIENT_SERIAL,
+                  "ssl_client_fingerprint": V_SSL_CLIENT_FINGERPRINT,
+                  "ssl_client_escaped_cert": V_SSL_CLIENT_ESCAPED_CERT, "ssl_client_cert": V_SSL_CLIENT_CERT})
 LITERAL = V_LITERAL          # RequestRewrite template pieces that are not variables: text as it is,
 HTTP_FIELD = V_HTTP         # and $http_NAME (the piece holds NAME)
 
@@ -291,6 +296,7 @@ cdef class SiteTable:
                                                    *(<ServerPolicy>policy).exact_routes,
                                                    *(r for _, r in (<ServerPolicy>policy).regex_routes))) or \
                 ((<ServerPolicy>policy).resp is not None and (<ServerPolicy>policy).resp.answer_status != 0)
+            self.client_certs |= (<ServerPolicy>policy).verify_client != VERIFY_CLIENT_OFF
         for name, policy in names.items():
             key = name.lower().rstrip(".").encode("idna" if not name.isascii() else "ascii")
             if key.startswith(b"*."):
@@ -328,6 +334,7 @@ cdef class ClientFacts:
         self.tls_server = tls_server if tls_server is not None else sites.default
         self.peer_port_b = self.server_addr_b = self.server_port_b = b""
         self.ssl_protocol_b = self.ssl_cipher_b = self.ssl_server_name_b = b""
+        self.client_certificate(None)
 
     def connection(self, int peer_port=0, str server_addr="", int server_port=0, str ssl_protocol="",
                    str ssl_cipher="", str ssl_server_name=""):
@@ -339,6 +346,21 @@ cdef class ClientFacts:
         self.ssl_protocol_b = ssl_protocol.encode("ascii")
         self.ssl_cipher_b = ssl_cipher.encode("ascii")
         self.ssl_server_name_b = ssl_server_name.encode("ascii", "replace")
+
+    def client_certificate(self, tuple cert):
+        """The client's certificate as ext/tls.pyx client_certificate gives it (None: none
+        sent): what nginx's $ssl_client_* read and ssl_verify_client judges."""
+        self.client_cert = cert is not None
+        if cert is None:
+            self.client_verify_result = 0
+            self.client_verify_b = b"NONE"
+            self.client_s_dn_b = self.client_i_dn_b = self.client_serial_b = b""
+            self.client_fingerprint_b = self.client_pem_b = b""
+            return
+        self.client_verify_result, self.client_s_dn_b, self.client_i_dn_b, self.client_serial_b, \
+            self.client_fingerprint_b, self.client_pem_b = cert
+        self.client_verify_b = b"SUCCESS" if self.client_verify_result == X509_V_OK else \
+            b"FAILED:" + X509_verify_cert_error_string(self.client_verify_result)
 
     cdef ServerPolicy server_for(self, const char *host, int n):
         """nginx semantics: SNI picked the certificate, Host picks the server block."""
@@ -410,6 +432,7 @@ cdef class Exchange:
         self.added_always = self.added_success = self.answer_value = None
         self.answering = False
         self.buffer_body = False
+        self.cert_failure = 0
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]
@@ -491,6 +514,15 @@ cdef class Exchange:
             return self.reject(421)
         self.server = server
         self.resp = server.resp
+        # nginx checks the client certificate before any rewrite phase (a return too)
+        if server.verify_client != VERIFY_CLIENT_OFF:
+            if abs_host == NULL and head.host_index >= 0:
+                if _sni_differs(self.facts, p + slots[head.host_index].value_start, slots[head.host_index].value_len):
+                    return self.reject(421)
+            elif _sni_differs(self.facts, abs_host, abs_host_len):
+                return self.reject(421)
+            if self._client_refused(server):
+                return self.reject(400)
         if server.resp is not None and server.resp.answer_status:
             return self._answer(server.resp, head)   # nginx: a server-level return, before any location
         trusted = self.facts.trusts(server)   # whose trusted_proxies: the Host-chosen block's
@@ -600,8 +632,9 @@ cdef class Exchange:
                     kind == H_KEEP_ALIVE or kind == H_PROXY_CONNECTION or kind == H_TE or kind == H_UPGRADE or \
                     kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO or kind == H_X_FORWARDED_FOR or \
                     ((kind == H_FORWARDED or kind == H_CLIENT_IDENTITY) and not trusted) or \
-                    (slots[j].underscore and not limits.underscores_in_headers):
-                continue
+                    (slots[j].underscore and not limits.underscores_in_headers) or \
+                    (slots[j].name_len > 13 and strncasecmp(p + slots[j].line_start, b"x-ssl-client-", 13) == 0):
+                continue   # X-SSL-Client-*: ours alone, whoever the peer
             out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
         # One X-Forwarded-For: a trusted proxy's chain (every field, in order), then the peer.
         out.put(b"X-Forwarded-For: ", 17)
@@ -613,6 +646,8 @@ cdef class Exchange:
         out.put_bytes(self.facts.peer_ip_b)
         out.put(b"\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ", 39)
         out.put_bytes(self.facts.peer_ip_b)
+        if self.server.client_headers:
+            self._client_headers(out)
         if self.early and not _has_kind(head, slots, H_EARLY_DATA):
             # RFC 8470 §5.1: a request received in early data is forwarded with Early-Data: 1
             # (a client's own field already says so: it is passed as it is)
@@ -620,6 +655,35 @@ cdef class Exchange:
             self.early_marked = True
         out.put(b"\r\n\r\n", 4)
         self.advance(E_REQUEST_OK)
+        return 0
+
+    cdef bint _client_refused(self, ServerPolicy server):
+        """nginx's ngx_http_process_request: a certificate that did not verify (optional_no_ca:
+        but for an unknown issuer), or none where ssl_verify_client is on."""
+        cdef ClientFacts facts = self.facts
+        if facts.client_verify_result != X509_V_OK and (server.verify_client != VERIFY_CLIENT_OPTIONAL_NO_CA or
+                                                        not verify_error_optional(facts.client_verify_result)):
+            self.cert_failure = CERT_INVALID
+        elif server.verify_client == VERIFY_CLIENT_ON and not facts.client_cert:
+            self.cert_failure = CERT_NONE_SENT
+        return self.cert_failure != 0
+
+    cdef int _client_headers(self, HeadWriter out) except -1:
+        """X-SSL-Client-*: the client certificate as nginx's variables give it (fastterm's own
+        forwarding, on a block that verifies clients)."""
+        cdef ClientFacts facts = self.facts
+        out.put_bytes(b"\r\nX-SSL-Client-Verify: ")
+        out.put_bytes(facts.client_verify_b)
+        if not facts.client_cert:
+            return 0
+        out.put_bytes(b"\r\nX-SSL-Client-S-DN: ")
+        out.put_bytes(facts.client_s_dn_b)
+        out.put_bytes(b"\r\nX-SSL-Client-I-DN: ")
+        out.put_bytes(facts.client_i_dn_b)
+        out.put_bytes(b"\r\nX-SSL-Client-Serial: ")
+        out.put_bytes(facts.client_serial_b)
+        out.put_bytes(b"\r\nX-SSL-Client-Fingerprint: ")
+        out.put_bytes(facts.client_fingerprint_b)
         return 0
 
     cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head):
@@ -797,6 +861,8 @@ cdef class Exchange:
             out.put_bytes(facts.ssl_server_name_b)
         elif var == V_SSL_EARLY_DATA and self.early:
             out.put(b"1", 1)   # nginx: "1" while SSL_is_init_finished() is false, else ""
+        elif var >= V_SSL_CLIENT_VERIFY:
+            _client_variable(facts, var, out)
         return 0
 
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
@@ -1068,6 +1134,12 @@ cdef class Exchange:
 
     cdef bytes error_body(self, int status):
         reason = _REASONS.get(status) or _reason(status)
+        if self.cert_failure:
+            # nginx's pages for its internal 496 / 495 (sent as 400)
+            why = "No required SSL certificate was sent" if self.cert_failure == CERT_NONE_SENT else \
+                "The SSL certificate error"
+            return f"<html><head><title>400 {why}</title></head><body><h1>400 Bad Request</h1>{why}" \
+                   f"<hr>fastterm</body></html>\r\n".encode()
         return f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1>" \
                f"<hr>fastterm</body></html>\r\n".encode()
 
@@ -1136,6 +1208,41 @@ cdef class Exchange:
                 "body_mode": ("none", "length", "chunked", "until-close")[self.body_mode],
                 "response_mode": ("none", "length", "chunked", "until-close")[self.response_mode],
                 "failure": self.failure}
+
+
+cdef bint _sni_differs(ClientFacts facts, const char *host, int n) noexcept:
+    """nginx's ngx_http_set_virtual_server: on a block that verifies clients, a request whose
+    host (none: "") is not the name the client sent in SNI is answered 421 (the certificate
+    was checked for that name's block)."""
+    cdef Py_ssize_t sni_len = PyBytes_GET_SIZE(facts.ssl_server_name_b)
+    if sni_len == 0:
+        return False
+    if host != NULL and n > 0:
+        n = _host_end(host, n)
+    else:
+        n = 0
+    return n != sni_len or strncasecmp(host, PyBytes_AS_STRING(facts.ssl_server_name_b), n) != 0
+
+
+cdef int _client_variable(ClientFacts facts, int var, HeadWriter out) except -1:
+    """$ssl_client_*: empty without a certificate but $ssl_client_verify (NONE)."""
+    if var == V_SSL_CLIENT_VERIFY:
+        out.put_bytes(facts.client_verify_b)
+    elif var == V_SSL_CLIENT_S_DN:
+        out.put_bytes(facts.client_s_dn_b)
+    elif var == V_SSL_CLIENT_I_DN:
+        out.put_bytes(facts.client_i_dn_b)
+    elif var == V_SSL_CLIENT_SERIAL:
+        out.put_bytes(facts.client_serial_b)
+    elif var == V_SSL_CLIENT_FINGERPRINT:
+        out.put_bytes(facts.client_fingerprint_b)
+    elif var == V_SSL_CLIENT_ESCAPED_CERT:
+        # ngx_escape_uri(NGX_ESCAPE_URI_COMPONENT): all but letters, digits and -._~
+        out.put_bytes(_quote(facts.client_pem_b, safe=b"-._~").encode("ascii"))
+    elif var == V_SSL_CLIENT_CERT and facts.client_pem_b:
+        # ngx_ssl_get_certificate: the PEM without its last newline, a tab after each other one
+        out.put_bytes(facts.client_pem_b[:-1].replace(b"\n", b"\n\t"))
+    return 0
 
 
 cdef void _real_ip(Exchange ex, const char *p, MessageHead *head, HeaderSlot *slots, bytes header) noexcept:

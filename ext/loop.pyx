@@ -534,6 +534,10 @@ cdef class ClientConnection:
         cdef int port = 0
         cdef const char *version
         cdef const SSL_CIPHER *cipher
+        if self.sites.client_certs or self.sites.connection_facts:
+            facts.client_certificate(client_certificate(self.tls.ssl))
+            if sni != NULL:
+                facts.ssl_server_name_b = (<bytes>sni).rstrip(b".")   # the 421 rule of verifying blocks
         if not self.sites.connection_facts:
             return facts
         text[0] = 0

@@ -27,11 +27,22 @@ cdef enum:
     EARLY_FOREIGN        # a ticket from another node (the shared ticket-key file) or none
     EARLY_TABLE_FULL     # no room to record it: refused rather than unprotected
 
+cdef enum:
+    # nginx ssl_verify_client: what a request on a server block needs from the client's certificate
+    VERIFY_CLIENT_OFF             # none asked for
+    VERIFY_CLIENT_ON              # a valid one, else 400
+    VERIFY_CLIENT_OPTIONAL        # none, or a valid one
+    VERIFY_CLIENT_OPTIONAL_NO_CA  # none, or any, an unknown issuer included (verify_error_optional)
+
+cdef tuple client_certificate(SSL *ssl)
+cdef bint verify_error_optional(long result) noexcept
+
 
 cdef class TLSContext:
     cdef SSL_CTX *ctx
     cdef bint server_side
     cdef readonly bint verify       # client mode: peer certificate and name checked
+    cdef readonly int verify_client  # server mode: VERIFY_CLIENT_* (nginx ssl_verify_client)
     cdef bytes alpn_wire            # our ALPN list in wire format, preference order
     cdef dict sni                   # lowercased name or "*.suffix" -> TLSContext or Identity
     cdef dict sni_tail              # b"prefix." -> TLSContext or Identity (nginx server_name www.example.*)
@@ -51,6 +62,7 @@ cdef class TLSContext:
     cdef readonly unsigned int max_early_data   # 0: early data off
     cdef ReplayTable replay         # the ClientHellos seen with early data; its node id marks tickets
 
+    cdef int _setup_client_verify(self, int mode, str client_ca, str trusted, int depth) except -1
     cdef int _setup_early_data(self, SharedState shared, bint early_data,
                                unsigned int max_early_data) except -1
     # SNI flow

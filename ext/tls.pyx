@@ -341,7 +341,8 @@ cdef class TLSContext:
                  double session_timeout=300.0, bint session_tickets=True, alpn=("http/1.1",),
                  str cafile=None, bytes session_id_context=None, SharedState shared=None,
                  bytes dhparam=None, verify=None, int verify_depth=-1, bint early_data=False,
-                 unsigned int max_early_data=16384):
+                 unsigned int max_early_data=16384, int verify_client=VERIFY_CLIENT_OFF, str client_ca=None,
+                 str trusted_certificate=None):
         """``shared``: the session cache and ticket keys the workers share (the master's
         SharedState), or None for this process's own cache and per-context ticket keys.
         ``dhparam``: PEM DH parameters for the TLS 1.2 DHE suites (nginx ssl_dhparam);
@@ -350,7 +351,10 @@ cdef class TLSContext:
         system trust store) and name, False checks nothing, None (the default) verifies when
         ``cafile`` is given; ``verify_depth`` >= 0 limits the chain (nginx proxy_ssl_verify_depth).
         ``early_data``: TLS 1.3 0-RTT, up to ``max_early_data`` bytes, accepted once per
-        ClientHello (the replay table) and only on tickets this node issued."""
+        ClientHello (the replay table) and only on tickets this node issued.
+        Server mode: ``verify_client`` asks clients for a certificate (nginx ssl_verify_client),
+        accepted from ``client_ca``'s CAs (their names go in the CertificateRequest), chains
+        completed from ``trusted_certificate``, at most ``verify_depth`` deep (nginx: 1)."""
         cdef long options
         cdef EVP_PKEY *dh
         self.server_side = server_side
@@ -433,6 +437,7 @@ cdef class TLSContext:
             SSL_CTX_set_tlsext_servername_callback(self.ctx, _servername_cb)
             SSL_CTX_set_tlsext_servername_arg(self.ctx, <void *>self)
             self._setup_early_data(shared, early_data, max_early_data)
+            self._setup_client_verify(verify_client, client_ca, trusted_certificate, verify_depth)
             # Under the supervisor: the cache and ticket keys live in shared memory. The
             # ticket keys go on every context: a server block with tickets on behind a
             # default without them still encrypts under the default's (OpenSSL uses the
@@ -574,6 +579,29 @@ cdef class TLSContext:
         SSL_CTX_set_allow_early_data_cb(self.ctx, _allow_early_data_cb, <void *>self)
         return 0
 
+    cdef int _setup_client_verify(self, int mode, str client_ca, str trusted, int depth) except -1:
+        """nginx's ngx_ssl_client_certificate: SSL_VERIFY_PEER without FAIL_IF_NO_PEER_CERT
+        and a callback that accepts every chain, so the handshake completes and the request
+        is answered 400 when the block wants a (valid) certificate."""
+        cdef stack_st_X509_NAME *names
+        if mode == VERIFY_CLIENT_OFF:
+            return 0
+        if mode not in (VERIFY_CLIENT_ON, VERIFY_CLIENT_OPTIONAL, VERIFY_CLIENT_OPTIONAL_NO_CA):
+            raise ConfigError(f"unknown verify_client mode {mode}")
+        self.verify_client = mode
+        if client_ca is not None:
+            if not SSL_CTX_load_verify_locations(self.ctx, client_ca.encode(), NULL):
+                raise_tls_error(f"cannot load client CA file {client_ca!r}")
+            names = SSL_load_client_CA_file(client_ca.encode())
+            if names == NULL:
+                raise_tls_error(f"no certificate in client CA file {client_ca!r}")
+            SSL_CTX_set_client_CA_list(self.ctx, names)   # the SSL_CTX owns names from here
+        if trusted is not None and not SSL_CTX_load_verify_locations(self.ctx, trusted.encode(), NULL):
+            raise_tls_error(f"cannot load trusted certificates {trusted!r}")
+        SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER, <void *>_client_verify_cb)
+        SSL_CTX_set_verify_depth(self.ctx, depth if depth >= 0 else 1)
+        return 0
+
     cdef bint _take_over(self, SSL *ssl, TLSContext current) noexcept:
         """Move ``ssl`` from ``current`` to this context. SSL_set_SSL_CTX(3) brings the
         certificates and the session ID context, and an SSL reads its cipher lists from
@@ -590,6 +618,9 @@ cdef class TLSContext:
         if self.groups is not None and self.groups != current.groups and \
                 not SSL_set1_groups_list(ssl, self.groups):
             return False
+        # SSL_new copied the verify mode and depth too (nginx's servername callback sets them)
+        SSL_set_verify(ssl, SSL_CTX_get_verify_mode(self.ctx), <void *>SSL_CTX_get_verify_callback(self.ctx))
+        SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(self.ctx))
         return True
 
     cdef object _select(self, const char *name):
@@ -1120,6 +1151,66 @@ cdef SSL_TICKET_RETURN _dec_ticket_cb(SSL *ssl, SSL_SESSION *session, const unsi
     if status == SSL_TICKET_FATAL_ERR_MALLOC or status == SSL_TICKET_FATAL_ERR_OTHER:
         return SSL_TICKET_RETURN_ABORT
     return SSL_TICKET_RETURN_IGNORE_RENEW
+
+
+# ---- client certificates on the front (nginx ssl_verify_client, $ssl_client_*) ----------
+
+VERIFY_CLIENT_MODES = {"off": VERIFY_CLIENT_OFF, "on": VERIFY_CLIENT_ON, "optional": VERIFY_CLIENT_OPTIONAL,
+                       "optional_no_ca": VERIFY_CLIENT_OPTIONAL_NO_CA}
+
+
+cdef int _client_verify_cb(int preverify_ok, X509_STORE_CTX *store) noexcept:
+    """Every chain passes the handshake (nginx's ngx_ssl_verify_callback); the error stays in
+    SSL_get_verify_result for the request to be judged by."""
+    return 1
+
+
+cdef bint verify_error_optional(long result) noexcept:
+    """The errors ssl_verify_client optional_no_ca lets through (ngx_ssl_verify_error_optional)."""
+    return result == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT or result == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN \
+        or result == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT or result == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY \
+        or result == X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+
+
+cdef bytes _bio_text(BIO *bio):
+    cdef char *data = NULL
+    cdef long n = BIO_get_mem_data(bio, &data)
+    return PyBytes_FromStringAndSize(data, n) if n > 0 else b""
+
+
+cdef tuple client_certificate(SSL *ssl):
+    """(verify result, subject DN, issuer DN, serial, SHA-1 fingerprint, PEM) of the client's
+    certificate, in nginx's formats (ngx_ssl_get_subject_dn & co.: RFC 2253 names, the serial in
+    i2a_ASN1_INTEGER's hex, the fingerprint lowercase hex); None without one. A resumed session
+    brings the certificate and the result it had."""
+    cdef X509 *cert = SSL_get0_peer_certificate(ssl)
+    cdef BIO *bio
+    cdef unsigned char md[20]
+    cdef unsigned int md_len = 0
+    if cert == NULL:
+        return None
+    out = [SSL_get_verify_result(ssl)]
+    for part in range(4):
+        bio = BIO_new(BIO_s_mem())
+        if bio == NULL:
+            raise MemoryError()
+        try:
+            if part == 0:
+                X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253)
+            elif part == 1:
+                X509_NAME_print_ex(bio, X509_get_issuer_name(cert), 0, XN_FLAG_RFC2253)
+            elif part == 2:
+                i2a_ASN1_INTEGER(bio, X509_get_serialNumber(cert))
+            else:
+                PEM_write_bio_X509(bio, cert)
+            out.append(_bio_text(bio))
+        finally:
+            BIO_free(bio)
+    if not X509_digest(cert, EVP_sha1(), md, &md_len):
+        raise_tls_error("cannot digest the client certificate")
+    out.insert(4, PyBytes_FromStringAndSize(<const char *>md, md_len).hex().encode("ascii"))
+    ERR_clear_error()
+    return tuple(out)
 
 
 cdef TLSContext _context_of(SSL *ssl, TLSContext fallback):

@@ -366,3 +366,35 @@ cdef extern from "compat.h" nogil:
     int SSL_SESSION_set1_ticket_appdata(SSL_SESSION *ss, const void *data, size_t len)
     int SSL_SESSION_get0_ticket_appdata(SSL_SESSION *ss, void **data, size_t *len)
     size_t SSL_get_client_random(const SSL *ssl, unsigned char *out, size_t outlen)
+
+
+# ---- client certificates on the front (nginx ssl_verify_client, $ssl_client_*) ------------
+cdef extern from "compat.h" nogil:
+    ctypedef struct X509_NAME
+    ctypedef struct X509_STORE_CTX
+    ctypedef struct ASN1_INTEGER
+    cdef struct stack_st_X509_NAME
+    ctypedef int (*verify_cb_func)(int preverify_ok, X509_STORE_CTX *store) noexcept
+    enum:
+        XN_FLAG_RFC2253
+        X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+        X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+        X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+        X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+        X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    stack_st_X509_NAME *SSL_load_client_CA_file(const char *file)
+    void SSL_CTX_set_client_CA_list(SSL_CTX *ctx, stack_st_X509_NAME *name_list)
+    int SSL_CTX_get_verify_mode(const SSL_CTX *ctx)
+    int SSL_CTX_get_verify_depth(const SSL_CTX *ctx)
+    verify_cb_func SSL_CTX_get_verify_callback(const SSL_CTX *ctx)
+    void SSL_set_verify_depth(SSL *s, int depth)
+    int SSL_get_verify_mode(const SSL *s)
+    X509_NAME *X509_get_subject_name(const X509 *x)
+    X509_NAME *X509_get_issuer_name(const X509 *x)
+    ASN1_INTEGER *X509_get_serialNumber(X509 *x)
+    int X509_NAME_print_ex(BIO *out, const X509_NAME *nm, int indent, unsigned long flags)
+    int i2a_ASN1_INTEGER(BIO *bp, const ASN1_INTEGER *a)
+    int PEM_write_bio_X509(BIO *bp, X509 *x)
+    int X509_digest(const X509 *data, const EVP_MD *type, unsigned char *md, unsigned int *len)
+    const EVP_MD *EVP_sha1()
+    long BIO_get_mem_data(BIO *b, char **pp)

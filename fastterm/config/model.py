@@ -61,6 +61,15 @@ class TLSPolicy(Struct):
     early_data_unsafe: Literal["wait", "reject"] = "wait"  # an unsafe method (not GET, HEAD,
     # OPTIONS) in early data: "wait" forwards it once the handshake completes, "reject" answers
     # 425 Too Early at once (RFC 8470 §5.2) and the client sends it again. Per listener
+    # Client certificates (nginx ssl_verify_client): "on" answers 400 to a request without a
+    # valid one, "optional" to one with an invalid one, "optional_no_ca" takes unknown issuers too.
+    # The backend gets X-SSL-Client-Verify (SUCCESS, FAILED:reason, NONE), -S-DN, -I-DN, -Serial
+    # and -Fingerprint (nginx's $ssl_client_* formats); a client's own X-SSL-Client-* never passes.
+    # A route with ``proxy`` sends what its headers say instead (nginx's way: $ssl_client_* there)
+    verify_client: Literal["off", "on", "optional", "optional_no_ca"] = "off"
+    client_ca: str | None = None  # PEM CAs whose clients are accepted, named in the CertificateRequest
+    # (nginx ssl_client_certificate); chains are completed from trusted_certificate as well
+    verify_depth: int = 1  # CA certificates a client chain may have above the leaf (nginx ssl_verify_depth)
 
 
 class Certificate(Struct):

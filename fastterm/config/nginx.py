@@ -130,8 +130,15 @@ What maps (nginx -> model):
   responders get nginx's 60 s. Differences: fastterm fetches at start-up rather than on the first
   handshake, staples a "revoked" response (nginx staples only "good" ones), and checks an
   ``ssl_stapling_file`` response's certificate ID and nextUpdate (nginx staples it as is).
-- Values equal to fastterm's behaviour are accepted for: ``ssl_verify_client off``,
-  ``ssl_reject_handshake off``, ``merge_slashes on``, ``port_in_redirect on``,
+- Client certificates: ``ssl_verify_client on|off|optional|optional_no_ca`` -> ``tls.verify_client``
+  (the handshake completes, a request without the certificate it wants is answered 400 with
+  nginx's text), ``ssl_client_certificate`` -> ``tls.client_ca``, ``ssl_verify_depth`` (1) ->
+  ``tls.verify_depth``, ``ssl_trusted_certificate`` completes client chains too; the variables
+  ``$ssl_client_verify``, ``$ssl_client_s_dn``, ``$ssl_client_i_dn``, ``$ssl_client_serial``,
+  ``$ssl_client_fingerprint``, ``$ssl_client_escaped_cert`` and ``$ssl_client_cert`` in
+  ``proxy_set_header``, in nginx's formats. No X-SSL-Client-* field is added (nginx adds none).
+- Values equal to fastterm's behaviour are accepted for: ``ssl_reject_handshake off``,
+  ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
   ``keepalive_disable none``, ``chunked_transfer_encoding on``.
@@ -150,8 +157,7 @@ responders, which fastterm does with the system resolver, getaddrinfo, at each f
 address needs no lookup, and tests name only 127.0.0.1), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
 without effect (``deferred``, ``backlog=``).
 
-What is refused, (c): every other directive nginx knows, among them ``ssl_verify_client``/``ssl_client_certificate``
-(client certificates), ``proxy_ssl_crl``, ``proxy_ssl_password_file``,
+What is refused, (c): every other directive nginx knows, among them ``ssl_crl``, ``proxy_ssl_crl``, ``proxy_ssl_password_file``,
 ``proxy_ssl_conf_command``, ``proxy_ssl_name`` with variables other than ``$proxy_host``,
 ``proxy_pass`` with variables or a query in its URI part, nested locations, named locations
 that do more than ``return``, regex and suffix-wildcard ``server_name`` on a server without
@@ -576,12 +582,12 @@ MAPPED = {
     "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_verify", "proxy_ssl_trusted_certificate",
     "proxy_ssl_verify_depth", "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_session_reuse",
     "proxy_ssl_protocols", "proxy_ssl_ciphers",
+    "ssl_verify_client", "ssl_client_certificate", "ssl_verify_depth",
     # upstream { }
     "keepalive", "least_conn",
 }
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
-    "ssl_verify_client": {"off"},
     "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"},
     "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
     "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
@@ -660,9 +666,7 @@ IGNORED = {
 }
 # (c) refused, with a reason where it helps; any other directive nginx knows is refused too.
 UNSUPPORTED = {
-    "ssl_verify_client": "client certificates",
-    "ssl_client_certificate": "client certificates", "ssl_verify_depth": "client certificates",
-    "ssl_crl": "client certificates",
+    "ssl_crl": "client certificates (certificate revocation lists)",
     "ssl_password_file": "encrypted keys", "ssl": "removed in nginx 1.25.1: use \"listen ... ssl\"",
     "ssl_reject_handshake": "refusing handshakes by SNI",
     "proxy_send_timeout": "fastterm pauses a backend it cannot write to, with no deadline",
@@ -1578,7 +1582,33 @@ class _Builder:
             prefer_server_ciphers=parse_flag(prefer) if prefer else False, session_cache=cache,
             session_timeout=parse_time(timeout) if timeout else 300.0,
             session_tickets=parse_flag(tickets) if tickets else True, alpn=self.alpn(s, all_tls),
-            dhparam=dhparam_path, **self.stapling(s), early_data=self.early_data(default))
+            dhparam=dhparam_path, **self.stapling(s), early_data=self.early_data(default),
+            **self.client_verify(s))
+
+    def client_verify(self, s: _Server) -> dict:
+        """``ssl_verify_client`` (off), ``ssl_client_certificate`` (read only when verifying, as
+        nginx; needed but for optional_no_ca) and ``ssl_verify_depth`` (1)."""
+        level = s.level
+        node, ca, depth = level.find("ssl_verify_client"), level.find("ssl_client_certificate"), \
+            level.find("ssl_verify_depth")
+        mode = node.args[0] if node is not None else "off"
+        if mode not in ("on", "off", "optional", "optional_no_ca"):
+            raise node.error(f'invalid value "{mode}" in "ssl_verify_client" directive, it must be "on", '
+                             f'"off", "optional" or "optional_no_ca"')
+        verify_depth = _number(depth, depth.args[0]) if depth is not None else 1
+        if mode == "off":
+            return {"verify_depth": verify_depth}
+        ca_path = None
+        if ca is not None:
+            from fastterm.config.toml import client_ca_problem
+
+            ca_path = self.absolute(ca.args[0])
+            problem = client_ca_problem(ca_path)
+            if problem:
+                raise ca.error(f'SSL_CTX_load_verify_locations("{ca_path}") failed ({problem})')
+        elif mode != "optional_no_ca":
+            raise node.error('no ssl_client_certificate for ssl_verify_client')
+        return {"verify_client": mode, "client_ca": ca_path, "verify_depth": verify_depth}
 
     def early_data(self, s: _Server) -> bool:
         """``ssl_early_data`` (off by default). Like ssl_protocols it is the address's default

@@ -413,7 +413,7 @@ def check_responses(server: Server) -> list[tuple[str, str]]:
 def _server_policy(server: Server, pools: dict, index: int):
     """What the Host header selects: routes, HSTS, trusted proxies (one per server block),
     and its TLS policy, which a connection must have been negotiated under (else 421)."""
-    from fastterm._core import ServerPolicy
+    from fastterm._core import VERIFY_CLIENT_MODES, ServerPolicy
 
     for where, why in check_responses(server):
         raise ConfigError(why, directive=f"{_where(server, index)} {where}")
@@ -446,6 +446,8 @@ def _server_policy(server: Server, pools: dict, index: int):
                           server.misdirected_request,
                           _response_policy(server, server.add_headers, server.error_pages, server.answer, False))
     policy.max_body = -1 if server.client_max_body_size is None else server.client_max_body_size
+    policy.verify_client = VERIFY_CLIENT_MODES[server.tls.verify_client]
+    policy.client_headers = server.tls.verify_client != "off"
     return policy
 
 
@@ -495,7 +497,7 @@ def read_dhparam(path: str) -> bytes:
 
 
 def _server_context(server: Server, index: int, certificates: list, scope: bytes, shared):
-    from fastterm._core import TLSContext
+    from fastterm._core import VERIFY_CLIENT_MODES, TLSContext
 
     tls = server.tls
     where = _where(server, index)
@@ -512,6 +514,8 @@ def _server_context(server: Server, index: int, certificates: list, scope: bytes
             session_cache=tls.session_cache, session_timeout=tls.session_timeout,
             session_tickets=tls.session_tickets, alpn=tls.alpn, session_id_context=scope, shared=shared,
             dhparam=dhparam, early_data=tls.early_data, max_early_data=tls.max_early_data,
+            verify_client=VERIFY_CLIENT_MODES[tls.verify_client], client_ca=tls.client_ca,
+            trusted_certificate=tls.trusted_certificate, verify_depth=tls.verify_depth,
         )
     except TLSError as exc:
         raise ConfigError(str(exc), directive=f"{where} tls") from None

@@ -442,13 +442,42 @@ class _Checker:
                 raise self.error(str(exc), "server", i, "tls", "dhparam") from None
         if tls.trusted_certificate is not None:
             tls = msgspec.structs.replace(tls, trusted_certificate=_absolute(tls.trusted_certificate, base))
+        tls = self._client_verify(tls, i, base)
         return msgspec.structs.replace(server, routes=routes, certificates=certificates, tls=tls)
+
+    def _client_verify(self, tls, i: int, base: str):
+        """``client_ca`` made absolute and readable; ``on``/``optional`` need it (as nginx)."""
+        if tls.client_ca is not None:
+            tls = msgspec.structs.replace(tls, client_ca=_absolute(tls.client_ca, base))
+            problem = client_ca_problem(tls.client_ca)
+            if problem:
+                raise self.error(f"cannot load client CA file {tls.client_ca}: {problem}", "server", i, "tls",
+                                 "client_ca")
+        if tls.verify_client in ("on", "optional") and tls.client_ca is None:
+            raise self.error(f'verify_client = "{tls.verify_client}" needs client_ca (the CAs clients '
+                             f'are checked against)', "server", i, "tls", "verify_client")
+        if tls.verify_depth < 0:
+            raise self.error("verify_depth must be 0 or more", "server", i, "tls", "verify_depth")
+        return tls
 
     def _address(self, address: str, *where: str | int, default_host: str = "0.0.0.0") -> tuple[str, int]:
         try:
             return parse_address(address, default_host=default_host)
         except ValueError as exc:
             raise self.error(str(exc), *where) from None
+
+
+def client_ca_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a client CA file (unreadable, no PEM certificate), or None."""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        return str(exc.reason or "no PEM certificate").lower().replace("_", " ")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _is_loopback(host: str) -> bool:

@@ -90,6 +90,11 @@ ALLOWED: list[Allowed] = [
                    "own) accepts its early data each time and the backend runs the request again; fastterm's "
                    "replay table refuses early data from a ClientHello it has seen (ext/shm.pyx ReplayTable), "
                    "so nothing runs twice"),
+    # -- client certificates
+    Allowed("status", config="client_certs", case="GET * HTTP/1.1 without Host", nginx=421, fastterm=400,
+            reason="an HTTP/1.1 request without Host on a block with ssl_verify_client: nginx runs its SNI "
+                   "check (ngx_http_set_virtual_server, 421) before the missing-Host check (400); fastterm's "
+                   "parser refuses the head first. Either way the request is refused before any backend"),
     # -- identity of the product, not behaviour
     Allowed("header:server", nginx="nginx", fastterm=lambda v: v in (None, "fastterm", "diff-backend"),
             reason="Server: nginx names itself on every response (server_tokens); fastterm says `fastterm` on "

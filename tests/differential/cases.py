@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -30,8 +31,15 @@ from diffharness import (
     Respond,
     Resume,
     Sequence,
+    backend_fields,
+    client_context,
     closed_after,
+    curl,
     read_message,
+    read_reply,
+    request_head,
+    response_fields,
+    tls_connect,
 )
 
 BODY = b'{"note": "' + b"n" * 280 + b'"}'
@@ -611,3 +619,95 @@ def cases_for(cfg: CorpusConfig) -> list[Case]:
     return out
 
 
+
+
+# ---- client certificates (configs/client_certs.conf) --------------------------------------
+
+_STRANGER: dict[str, str] = {}
+
+
+def _stranger_cert(directory) -> tuple[str, str]:
+    """A self-signed client certificate no CA of the PKI issued, made once per session and
+    shown to both sides (so its DN and fingerprint compare)."""
+    if not _STRANGER:
+        from datetime import UTC, datetime, timedelta
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509.oid import NameOID
+
+        from fastterm.demo import new_key
+
+        key = new_key("EC")
+        # a name that shows RFC 2253's escapes and order: a multi-valued RDN, a comma, UTF-8
+        name = x509.Name([x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COUNTRY_NAME, "DE")]),
+                          x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Nobody, Inc."),
+                                                          x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "ops")]),
+                          x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, "strängér+1")])])
+        now = datetime.now(UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(0x00ABCDEF0123).not_valid_before(now - timedelta(minutes=5))
+                .not_valid_after(now + timedelta(days=30)).sign(key, hashes.SHA256()))
+        (directory / "stranger.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (directory / "stranger.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        _STRANGER.update(cert=str(directory / "stranger.crt"), key=str(directory / "stranger.key"))
+    return _STRANGER["cert"], _STRANGER["key"]
+
+
+def client_cert_request(host: str, target: str, cert: str | None, http2: bool = False,
+                        resumed: bool = False) -> Custom:
+    """A GET from a client that shows ``cert`` ("client": the PKI's client certificate,
+    "stranger": a self-signed one, None: none) over Python ``ssl`` (``http2``: curl --http2
+    --cert), with a client-sent X-Client-DN; ``resumed``: the request goes on a second
+    connection that resumes the first's session (TLS 1.2, session IDs)."""
+    def run(side, ctx):
+        pair = (str(ctx.pki.directory / "client.crt"), str(ctx.pki.directory / "client.key")) if cert == "client" \
+            else _stranger_cert(ctx.pki.directory) if cert == "stranger" else None
+        mark = ctx.backends.mark()
+        head = request_head("GET", target, host, (("X-Client-DN", "forged"),), "HTTP/1.1", b"", False)
+        if http2:
+            args = ["--http2"] + (["--cert", pair[0], "--key", pair[1]] if pair else [])
+            status, version, headers, body = curl(side, "HTTPS_PORT", host, target, ctx.pki, args,
+                                                  (("X-Client-DN", "forged"),))
+            obs = response_fields(status, version, headers, body, None, [])
+        else:
+            tls = client_context(ctx.pki)
+            if resumed:
+                tls.maximum_version = ssl.TLSVersion.TLSv1_2
+            if pair:
+                tls.load_cert_chain(*pair)
+            session = None
+            if resumed:
+                with tls_connect(side, "HTTPS_PORT", host, tls) as first:
+                    first.sendall(head)
+                    read_reply(first, "GET")
+                    session = first.session
+                mark = ctx.backends.mark()
+            try:
+                with tls_connect(side, "HTTPS_PORT", host, tls, session) as sock:
+                    reused = sock.session_reused
+                    sock.sendall(head)
+                    msg = read_reply(sock, "GET")
+                obs = response_fields(msg.status, msg.version, msg.headers, msg.body, None, [])
+                if resumed:
+                    obs["tls.session_reused"] = reused
+            except (OSError, EOFError, ValueError) as exc:
+                obs = {"status": f"no response ({type(exc).__name__})"}
+        obs.update(backend_fields(ctx.backends.since(mark)))
+        return obs
+
+    label = {"client": "client certificate", "stranger": "self-signed certificate", None: "no certificate"}[cert]
+    return Custom(f"GET {host}{target} with {label}" + (" over h2" if http2 else "") +
+                  (" resumed" if resumed else ""), run)
+
+
+SPECIFIC["client_certs"] = [
+    client_cert_request(host, "/", cert) for host in ("api.example.com", "app.example.com", "default.test")
+    for cert in ("client", "stranger", None)
+] + [
+    client_cert_request("api.example.com", "/", "client", resumed=True),
+    client_cert_request("api.example.com", "/", "client", http2=True),
+    client_cert_request("app.example.com", "/", None, http2=True),
+    Request("app.example.com", "/", label="GET app.example.com without a certificate (wire)"),
+]

@@ -191,10 +191,10 @@ def test_reload_rereads_the_nginx_file_and_a_broken_one_changes_nothing(nginx_mo
     assert wait_for(lambda: get(ft)[0].header("Strict-Transport-Security") == "max-age=2", timeout=10)
 
     path.write_text(path.read_text().replace("ssl_session_tickets off;",
-                                             "ssl_session_tickets off;\nssl_verify_client on;"))
+                                             "ssl_session_tickets off;\nssl_crl crl.pem;"))
     refused = cli("reload", "--nginx", str(path), "--pid-file", pid_file)
     assert refused.returncode == 1
-    assert f'{path}:{line_of(path, "ssl_verify_client on")}: "ssl_verify_client on" is not supported yet' \
+    assert f'{path}:{line_of(path, "ssl_crl crl.pem")}: "ssl_crl" is not supported yet' \
         in refused.stderr
     ft.proc.send_signal(signal.SIGHUP)        # the master validates it too, and keeps serving
     assert wait_for(lambda: "reload failed" in ft.log(), timeout=10), ft.log()
@@ -202,7 +202,7 @@ def test_reload_rereads_the_nginx_file_and_a_broken_one_changes_nothing(nginx_mo
     assert ft.alive()
 
     # Like nginx -s, the control commands read the configuration (a broken one is refused).
-    path.write_text(path.read_text().replace("ssl_verify_client on;", ""))
+    path.write_text(path.read_text().replace("ssl_crl crl.pem;", ""))
     status = cli("status", "--nginx", str(path), "--pid-file", pid_file)
     assert status.returncode == 0 and f"master {ft.pid} running" in status.stdout
     assert cli("stop", "--nginx", str(path), "--pid-file", pid_file, "--wait").returncode == 0
@@ -231,10 +231,9 @@ def test_check_exit_codes(cli, write, certs, demo_backend):
     assert f"fastterm: configuration file {broken} test failed" in result.stderr
     assert "Traceback" not in result.stderr
 
-    unsupported = write("verify_client.conf", Path(good).read_text().replace("ssl_session_tickets off;",
-                                                                             "ssl_verify_client on;"))
+    unsupported = write("crl.conf", Path(good).read_text().replace("ssl_session_tickets off;", "ssl_crl crl.pem;"))
     result = cli("check", "--nginx", unsupported)
-    assert result.returncode == 1 and '"ssl_verify_client on" is not supported yet' in result.stderr
+    assert result.returncode == 1 and '"ssl_crl" is not supported yet' in result.stderr
 
     with_warning = write("warn.conf", "worker_processes 1;\nuser nobody;\nevents {}\nhttp {\n"
                          + Path(good).read_text() + "}\n")

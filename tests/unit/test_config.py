@@ -362,3 +362,36 @@ def test_dhparam_is_made_absolute_and_checked(load, write, tmp_path, dhparam_pem
         err = config_error(load, bad)
         assert reason in str(err) and name in str(err)
         assert_located(err, line_of(bad, "dhparam"), "server.tls.dhparam")
+
+
+CLIENT_CA = GOOD + 'verify_client = "{mode}"\n{extra}'
+
+
+def test_client_verification_keys(load, write, tmp_path, ca):
+    write("clients.pem", ca.cert_pem)
+    tls = load(CLIENT_CA.format(mode="on", extra='client_ca = "clients.pem"\nverify_depth = 2\n')).servers[0].tls
+    assert (tls.verify_client, tls.client_ca, tls.verify_depth) == ("on", str(tmp_path / "clients.pem"), 2)
+    assert load(GOOD).servers[0].tls.verify_client == "off"
+
+
+@pytest.mark.parametrize("mode", ["on", "optional"])
+def test_verify_client_needs_client_ca(load, mode):
+    text = CLIENT_CA.format(mode=mode, extra="")
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "verify_client"), "verify_client")
+    assert "needs client_ca" in str(err)
+
+
+@pytest.mark.parametrize("content, reason", [(None, "No such file"), (b"junk\n", "no certificate")])
+def test_bad_client_ca_is_located(load, write, content, reason):
+    if content is not None:
+        write("clients.pem", content)
+    text = CLIENT_CA.format(mode="optional_no_ca", extra='client_ca = "clients.pem"\n')
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "client_ca"), "client_ca")
+    assert reason in str(err)
+
+
+def test_unknown_verify_client_mode(load):
+    text = CLIENT_CA.format(mode="maybe", extra="")
+    assert_located(config_error(load, text), line_of(text, "verify_client"), "verify_client")

@@ -386,3 +386,63 @@ def test_only_exact_routes_is_404_elsewhere(pools):
     assert exchange(SiteTable({}, policy)).feed_request(head("GET /only/x HTTP/1.1", "Host: a.test"))[0] == 404
     ex = exchange(SiteTable({}, policy))
     assert ex.feed_request(head("GET /only HTTP/1.1", "Host: a.test"))[0] == 301   # auto_redirect, as nginx
+
+
+# ---- client certificates (nginx ssl_verify_client; the facts come from ext/tls.pyx) -------------
+
+VERIFY_OFF, VERIFY_ON, VERIFY_OPTIONAL, VERIFY_OPTIONAL_NO_CA = range(4)
+X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_CERT_HAS_EXPIRED = 18, 10
+ALICE = (0, b"CN=alice,O=Example\\, Inc.", b"CN=root", b"0A1B", b"ab" * 20, b"-----BEGIN CERTIFICATE-----\nMII\n")
+
+
+def verifying(pools, mode: int) -> SiteTable:
+    www = ServerPolicy("www", [("/", pools["web"])])
+    www.verify_client = mode
+    www.client_headers = True
+    return SiteTable({"www.example.com": www}, www)
+
+
+def cert_exchange(sites, cert, sni="www.example.com") -> Exchange:
+    facts = ClientFacts("192.0.2.7", sites, sites.select(sni))
+    facts.connection(ssl_server_name=sni)
+    facts.client_certificate(cert)
+    return Exchange(facts)
+
+
+def test_client_certificate_fields_reach_the_backend_and_forged_ones_do_not(pools):
+    assert verifying(pools, VERIFY_ON).client_certs
+    ex = cert_exchange(verifying(pools, VERIFY_ON), ALICE)
+    status, up = ex.feed_request(head("GET / HTTP/1.1", "Host: www.example.com", "X-SSL-Client-S-DN: CN=forged",
+                                      "x-ssl-client-verify: SUCCESS"))
+    assert status == 0
+    got = [(n, v) for n, v in headers_of(up) if n.lower().startswith("x-ssl-client-")]
+    assert got == [("X-SSL-Client-Verify", "SUCCESS"), ("X-SSL-Client-S-DN", "CN=alice,O=Example\\, Inc."),
+                   ("X-SSL-Client-I-DN", "CN=root"), ("X-SSL-Client-Serial", "0A1B"),
+                   ("X-SSL-Client-Fingerprint", "ab" * 20)]
+
+
+@pytest.mark.parametrize("mode, cert, status, page", [
+    (VERIFY_ON, None, 400, b"No required SSL certificate was sent"),
+    (VERIFY_OPTIONAL, None, 0, None),
+    (VERIFY_OPTIONAL, (X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, *ALICE[1:]), 400, b"The SSL certificate error"),
+    (VERIFY_OPTIONAL_NO_CA, (X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, *ALICE[1:]), 0, None),
+    (VERIFY_OPTIONAL_NO_CA, (X509_V_ERR_CERT_HAS_EXPIRED, *ALICE[1:]), 400, b"The SSL certificate error"),
+])
+def test_verify_client_verdicts_are_nginx_s(pools, mode, cert, status, page):
+    ex = cert_exchange(verifying(pools, mode), cert)
+    got, up = ex.feed_request(head("GET / HTTP/1.1", "Host: www.example.com"))
+    assert got == status
+    if page is not None:
+        assert page in ex.error_page(400)
+    else:
+        verify = dict(headers_of(up))["X-SSL-Client-Verify"]
+        assert verify == ("NONE" if cert is None else "FAILED:self-signed certificate")
+
+
+@pytest.mark.parametrize("host, status", [("www.example.com", 0), ("WWW.example.com.:443", 0),
+                                          ("other.example.com", 421), (None, 421)])
+def test_a_host_other_than_sni_on_a_verifying_block_is_421(pools, host, status):
+    """nginx's ngx_http_set_virtual_server: the certificate was asked for SNI's name."""
+    ex = cert_exchange(verifying(pools, VERIFY_OPTIONAL), ALICE)
+    lines = ["GET / HTTP/1.0"] + ([f"Host: {host}"] if host else [])
+    assert ex.feed_request(head(*lines))[0] == status

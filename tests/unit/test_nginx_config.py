@@ -808,7 +808,7 @@ def test_values_equal_to_fastterm_are_accepted_silently(load):
 
 
 @pytest.mark.parametrize("line, name", [
-    ("ssl_verify_client on;", '"ssl_verify_client on" is not supported yet'),
+    ("ssl_crl crl.pem;", '"ssl_crl" is not supported yet'),
     ("gzip on;", '"gzip on" is not supported yet'),
     ("proxy_send_timeout 10s;", '"proxy_send_timeout" is not supported yet'),
     ("if ($host = x) { return 404; }", '"if" is not supported yet'),
@@ -958,10 +958,10 @@ def test_missing_include_file(error, tmp_path):
 
 
 def test_error_inside_an_included_file_names_that_file(error, write, tmp_path):
-    write("conf.d/site.conf", site(server="    ssl_verify_client on;"))
+    write("conf.d/site.conf", site(server="    ssl_crl crl.pem;"))
     err = error("http {\n    include conf.d/*.conf;\n}\n")
     assert err.file == str(tmp_path / "conf.d/site.conf")
-    assert err.line == line_of(site(server="    ssl_verify_client on;"), "ssl_verify_client")
+    assert err.line == line_of(site(server="    ssl_crl crl.pem;"), "ssl_crl")
 
 
 # ---- redirects ---------------------------------------------------------------------------------
@@ -1170,3 +1170,48 @@ def test_end_of_file_inside_a_directive(error):
 
 def test_resolver_is_parsed(error):
     assert 'invalid value "5x"' in str(error(site(server="    resolver 8.8.8.8 valid=5x;"), "resolver"))
+
+
+# ---- client certificates ------------------------------------------------------------------------
+
+def test_client_certificate_directives_map_to_the_policy(load, tmp_path, write, ca):
+    write("clients.pem", ca.cert_pem)
+    got = load(site(http="ssl_verify_depth 3;", server="    ssl_client_certificate clients.pem;\n"
+                                                       "    ssl_verify_client optional;"))
+    tls = got.server.tls
+    assert (tls.verify_client, tls.client_ca, tls.verify_depth) == ("optional", str(tmp_path / "clients.pem"), 3)
+    assert got.warnings == []
+    plain = load(site()).server.tls
+    assert (plain.verify_client, plain.client_ca, plain.verify_depth) == ("off", None, 1)   # nginx's defaults
+
+
+def test_ssl_client_certificate_is_read_only_when_verifying(load, error, write):
+    assert load(site(server="    ssl_client_certificate absent.pem;")).server.tls.client_ca is None   # as nginx
+    err = error(site(server="    ssl_client_certificate absent.pem;\n    ssl_verify_client on;"),
+                "ssl_client_certificate")
+    assert "absent.pem" in str(err)
+    write("junk.pem", b"junk\n")
+    err = error(site(server="    ssl_client_certificate junk.pem;\n    ssl_verify_client on;"), "ssl_client_certificate")
+    assert "junk.pem" in str(err) and "no certificate" in str(err)
+
+
+@pytest.mark.parametrize("mode", ["on", "optional"])
+def test_verify_client_needs_a_client_certificate(error, mode):
+    err = error(site(server=f"    ssl_verify_client {mode};"), "ssl_verify_client")
+    assert "no ssl_client_certificate for ssl_verify_client" in str(err)
+
+
+def test_optional_no_ca_needs_no_client_certificate(load):
+    assert load(site(server="    ssl_verify_client optional_no_ca;")).server.tls.verify_client == "optional_no_ca"
+
+
+def test_bad_verify_client_value_is_located(error):
+    err = error(site(server="    ssl_verify_client maybe;"), "ssl_verify_client")
+    assert 'invalid value "maybe" in "ssl_verify_client" directive' in str(err)
+
+
+def test_ssl_client_variables_in_proxy_set_header(load):
+    names = ["verify", "s_dn", "i_dn", "serial", "fingerprint", "escaped_cert", "cert"]
+    got = load(site(location="\n".join(f"        proxy_set_header X-{n} $ssl_client_{n};" for n in names)))
+    headers = {h.name: h.value for h in got.server.routes[0].proxy.headers}
+    assert all(headers[f"X-{n}"] == f"$ssl_client_{n}" for n in names)
