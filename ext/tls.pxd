@@ -43,6 +43,7 @@ cdef class TLSContext:
     cdef bint server_side
     cdef readonly bint verify       # client mode: peer certificate and name checked
     cdef readonly int verify_client  # server mode: VERIFY_CLIENT_* (nginx ssl_verify_client)
+    cdef public bint reject_handshake  # handshakes that end up here fail: unrecognized_name
     cdef bytes alpn_wire            # our ALPN list in wire format, preference order
     cdef dict sni                   # lowercased name or "*.suffix" -> TLSContext or Identity
     cdef dict sni_tail              # b"prefix." -> TLSContext or Identity (nginx server_name www.example.*)

@@ -107,6 +107,9 @@ cdef int _client_hello_cb(SSL *ssl, int *alert, void *arg) noexcept:
     cdef const unsigned char *name
     cdef size_t name_len
     if not current.sni or not _client_hello_name(ssl, &name, &name_len):
+        if current.reject_handshake:
+            alert[0] = SSL_AD_UNRECOGNIZED_NAME
+            return SSL_CLIENT_HELLO_ERROR
         return SSL_CLIENT_HELLO_SUCCESS
     try:
         found = current._select(PyBytes_FromStringAndSize(<const char *>name, name_len))
@@ -117,6 +120,11 @@ cdef int _client_hello_cb(SSL *ssl, int *alert, void *arg) noexcept:
         chosen = identity.context
     else:
         chosen = <TLSContext>found
+    if chosen.reject_handshake:
+        # a block with no certificate to give (nginx ssl_reject_handshake on): the name is
+        # unknown here, or no name was sent to the default of such a block (RFC 6066 §3)
+        alert[0] = SSL_AD_UNRECOGNIZED_NAME
+        return SSL_CLIENT_HELLO_ERROR
     # Fail closed: the connection would otherwise run under another server's settings
     # or certificate.
     if chosen is not current and not chosen._take_over(ssl, current):

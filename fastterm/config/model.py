@@ -208,7 +208,7 @@ class Server(Struct):
     """One TLS virtual server (an nginx ``server { listen 443 ssl; }`` block)."""
 
     listen: list[str]
-    certificates: list[Certificate] = msgspec.field(name="certificate")
+    certificates: list[Certificate] = msgspec.field(name="certificate", default_factory=list)
     server_names: list[str] = msgspec.field(default_factory=list)  # exact, "*.example.com", "www.example.*"
     # or "~REGEX"; a Host and an SNI name choose in nginx's order: exact, the longest *.suffix, the
     # longest prefix.*, the regexes in order (caseless when it has an upper-case letter)
@@ -226,6 +226,9 @@ class Server(Struct):
     # the handshake's SNI chose (fastterm); "default", the listener's default server (nginx).
     # Read from the listener's default server.
     no_host: Literal["sni", "default"] = "sni"
+    reject_handshake: bool = False  # handshakes this block would serve fail with unrecognized_name
+    # (nginx ssl_reject_handshake on): a default server with it refuses names no block has, and
+    # clients that send none; it needs no certificate
     # A request whose Host names this block on a connection negotiated under another block's
     # TLS policy is answered 421 (RFC 9110 §15.5.20); off: served by this block (nginx).
     misdirected_request: bool = True

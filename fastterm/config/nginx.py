@@ -137,8 +137,10 @@ What maps (nginx -> model):
   ``$ssl_client_verify``, ``$ssl_client_s_dn``, ``$ssl_client_i_dn``, ``$ssl_client_serial``,
   ``$ssl_client_fingerprint``, ``$ssl_client_escaped_cert`` and ``$ssl_client_cert`` in
   ``proxy_set_header``, in nginx's formats. No X-SSL-Client-* field is added (nginx adds none).
-- Values equal to fastterm's behaviour are accepted for: ``ssl_reject_handshake off``,
-  ``merge_slashes on``, ``port_in_redirect on``,
+- ``ssl_reject_handshake on|off`` -> ``reject_handshake``: a handshake this server would take
+  fails with unrecognized_name (a default server with it refuses unknown names and clients
+  that send none); such a server needs no ``ssl_certificate`` nor locations.
+- Values equal to fastterm's behaviour are accepted for: ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
   ``keepalive_disable none``, ``chunked_transfer_encoding on``.
@@ -573,7 +575,7 @@ MAPPED = {
     "listen", "server_name", "return", "http2",
     "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
     "ssl_conf_command", "ssl_ecdh_curve", "ssl_dhparam", "ssl_session_cache", "ssl_session_timeout",
-    "ssl_session_tickets", "ssl_session_ticket_key", "ssl_early_data", "add_header",
+    "ssl_session_tickets", "ssl_session_ticket_key", "ssl_early_data", "ssl_reject_handshake", "add_header",
     "ssl_stapling", "ssl_stapling_verify", "ssl_stapling_file", "ssl_stapling_responder", "ssl_trusted_certificate",
     "proxy_pass", "proxy_set_header", "proxy_http_version", "error_page", "proxy_intercept_errors",
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
@@ -588,7 +590,7 @@ MAPPED = {
 }
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
-    "ssl_reject_handshake": {"off"}, "proxy_redirect": {"off", "default"},
+    "proxy_redirect": {"off", "default"},
     "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
     "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
     "real_ip_recursive": {"off"}, "gzip": {"off"}, "access_log": {"off"}, "keepalive_disable": {"none"},
@@ -668,7 +670,6 @@ IGNORED = {
 UNSUPPORTED = {
     "ssl_crl": "client certificates (certificate revocation lists)",
     "ssl_password_file": "encrypted keys", "ssl": "removed in nginx 1.25.1: use \"listen ... ssl\"",
-    "ssl_reject_handshake": "refusing handshakes by SNI",
     "proxy_send_timeout": "fastterm pauses a backend it cannot write to, with no deadline",
     "keepalive_time": "a total lifetime for client connections",
     "proxy_next_upstream": "fastterm retries connect failures and resets of idempotent requests",
@@ -1350,7 +1351,9 @@ class _Builder:
     def tls_server(self, s: _Server, all_tls: list[_Server]) -> Server:
         level = s.level
         answer = self.answer(level.own("return")[0]) if level.own("return") else None
-        if not s.locations and answer is None:
+        reject = level.find("ssl_reject_handshake")
+        reject = reject is not None and parse_flag(reject)
+        if not s.locations and answer is None and not reject:
             raise s.node.unsupported('a server without a "location" that has "proxy_pass": ' + _FILES,
                                      "server")
         names = self.unique_names(s, all_tls)
@@ -1381,11 +1384,12 @@ class _Builder:
                                 exact=loc.exact, regex=loc.regex, no_regex=loc.no_regex, upstream_path=uri,
                                 client_max_body_size=_body_limit(loc.level), **self.route_responses(loc, s)))
         return Server(
-            listen=[listen.text for listen in s.listens], certificates=self.certificates(s),
+            listen=[listen.text for listen in s.listens], certificates=self.certificates(s, reject),
             server_names=names, default_server=any(listen.default for listen in s.listens),
             tls=self.tls_policy(s, all_tls), routes=routes,
             add_headers=self.add_headers(level), error_pages=self.error_pages(level, s), answer=answer,
-            no_host="default", misdirected_request=False, client_max_body_size=_body_limit(level))
+            no_host="default", misdirected_request=False, client_max_body_size=_body_limit(level),
+            reject_handshake=reject)
 
     def route_responses(self, loc: _Location, s: _Server) -> dict:
         """A location's add_header, error_page and proxy_intercept_errors where they differ from
@@ -1426,9 +1430,11 @@ class _Builder:
                 kept.append(name)
         return kept
 
-    def certificates(self, s: _Server) -> list[Certificate]:
+    def certificates(self, s: _Server, reject: bool = False) -> list[Certificate]:
         certs = s.level.find_all("ssl_certificate")
         keys = s.level.find_all("ssl_certificate_key")
+        if not certs and reject:
+            return []   # ssl_reject_handshake on: no handshake reaches a certificate here
         if not certs:
             listen = next(listen for listen in s.listens if listen.ssl) if any(
                 listen.ssl for listen in s.listens) else s.listens[0]

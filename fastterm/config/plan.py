@@ -524,6 +524,7 @@ def _server_context(server: Server, index: int, certificates: list, scope: bytes
             ctx.add_certificate(ck.chain_pem, ck.key_pem)
         except TLSError as exc:
             raise ConfigError(f"{ck.source}: {exc}", directive=f"{where} certificate") from None
+    ctx.reject_handshake = server.reject_handshake
     return ctx
 
 
@@ -620,7 +621,7 @@ def server_contexts(config: Config, i: int, addr: tuple[str, int], found: Server
     from fastterm._core import Identity
 
     server = config.servers[i]
-    identities = found.identities()
+    identities = found.identities() or {"": []}   # reject_handshake: a context without a certificate
     old = before.identities() if before is not None and reuse else {}
     base_key = next(iter(identities))
     unchanged = lambda key: key in reuse and old.get(key) == identities[key]
@@ -650,7 +651,7 @@ def server_staples(server: Server, i: int, found: ServerCertificates, contexts: 
     sites = []
     for key, target in contexts.items():
         models = own if key == "" else [Certificate(cert=key)]
-        for site in stapling_sites(target, identities[key], models, server.tls, _where(server, i)):
+        for site in stapling_sites(target, identities.get(key, []), models, server.tls, _where(server, i)):
             site.server = i
             sites.append(site)
     return sites

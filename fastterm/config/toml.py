@@ -303,7 +303,7 @@ class _Checker:
         for i, server in enumerate(config.servers):
             if not server.listen:
                 raise self.error("server has no listen address", "server", i, "listen")
-            if not server.certificates:
+            if not server.certificates and not server.reject_handshake:
                 raise self.error("server has no certificate: add a [[server.certificate]]",
                                  "server", i, "certificate")
             listens = [self._address(a, "server", i, "listen") for a in server.listen]
@@ -410,9 +410,10 @@ class _Checker:
         return msgspec.structs.replace(upstream, tls=tls)
 
     def _with_defaults(self, server: Server, i: int, config: Config) -> Server:
-        """Give a route-less server the only upstream; make certificate paths absolute."""
+        """Give a route-less server the only upstream (not a reject_handshake one: a request that
+        reaches it by Host gets 404, as nginx's); make certificate paths absolute."""
         routes = server.routes
-        if not routes:
+        if not routes and not server.reject_handshake:
             if len(config.upstreams) != 1:
                 raise self.error(
                     "server has no [[server.route]] and there is not exactly one upstream to default to",

@@ -332,3 +332,20 @@ def test_handshake_failure_logged(ft):
     assert wait_for(lambda: "no application protocol" in ft.log().lower(), timeout=3), ft.log()
     with handshake(ft) as sock:
         assert sock.version() == "TLSv1.3"
+
+
+def test_reject_handshake_default_refuses_unknown_names(fastterm, demo_backend, ec_cert):
+    """A default server with reject_handshake (nginx ``ssl_reject_handshake on``) and no
+    certificate: a name no block has, or none, fails with unrecognized_name; known names work."""
+    route = [{"path": "/", "upstream": "app"}]
+    servers = [{"server_names": [], "default_server": True, "reject_handshake": True, "route": route},
+               {"server_names": [NAME], "certificate": [ec_cert], "route": route}]
+    ft = fastterm(demo_backend, servers=servers)
+    with handshake(ft, NAME) as sock:
+        assert NAME in sans(peer_cert(sock))
+    for name in ("unknown.test", None):
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            handshake(ft, name)
+    out = s_client(ft, servername="unknown.test")
+    assert "unrecognized name" in (out.stdout + out.stderr).lower()
+    assert ft.alive()

@@ -395,3 +395,20 @@ def test_bad_client_ca_is_located(load, write, content, reason):
 def test_unknown_verify_client_mode(load):
     text = CLIENT_CA.format(mode="maybe", extra="")
     assert_located(config_error(load, text), line_of(text, "verify_client"), "verify_client")
+
+
+def test_reject_handshake_server_needs_no_certificate(load):
+    minimal = """\
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:8081"]
+
+[[server]]
+listen = ["127.0.0.1:8443"]
+default_server = true
+reject_handshake = true
+"""
+    config = load(minimal)
+    assert config.servers[0].reject_handshake and config.servers[0].routes == []
+    err = config_error(load, minimal.replace("reject_handshake = true\n", ""))
+    assert "no certificate" in str(err)

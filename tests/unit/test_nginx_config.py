@@ -1215,3 +1215,11 @@ def test_ssl_client_variables_in_proxy_set_header(load):
     got = load(site(location="\n".join(f"        proxy_set_header X-{n} $ssl_client_{n};" for n in names)))
     headers = {h.name: h.value for h in got.server.routes[0].proxy.headers}
     assert all(headers[f"X-{n}"] == f"$ssl_client_{n}" for n in names)
+
+
+def test_ssl_reject_handshake_server_needs_no_certificate_nor_location(load):
+    got = load(site(http="server { listen 443 ssl default_server; ssl_reject_handshake on; }"))
+    reject = got.config.servers[0]
+    assert reject.reject_handshake and reject.certificates == [] and reject.routes == []
+    assert reject.default_server
+    assert not got.config.servers[1].reject_handshake
