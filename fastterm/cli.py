@@ -66,6 +66,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
         _say(str(exc), level="emerg")
         return 1
     entries = inventory(config.servers)
+    _add_ocsp(config, entries)
     if args.json:
         print(json.dumps(entries, indent=2))
         return 1 if any("error" in e for e in entries) else 0
@@ -78,9 +79,31 @@ def cmd_certs(args: argparse.Namespace) -> int:
               f"  key        {e['key']}\n  issuer     {e['issuer']}\n  serial     {e['serial']}\n"
               f"  not after  {e['not_after']} ({left})\n  source     {e['source']}\n"
               f"  servers    {', '.join(e['servers'])}")
+        ocsp = e.get("ocsp")
+        if ocsp is not None:
+            age = "" if ocsp["age"] is None else f", response {ocsp['age']:.0f} s old"
+            refresh = "" if ocsp["next_refresh"] is None else f", next refresh in {ocsp['next_refresh']:.0f} s"
+            error = f" ({ocsp['error']})" if ocsp.get("error") else ""
+            print(f"  ocsp       {ocsp['status']}{age}{refresh}{error}")
         for warning in e["warnings"]:
             print(f"  warning    {warning}")
     return 1 if any("error" in e for e in entries) else 0
+
+
+def _add_ocsp(config: Config, entries: list[dict]) -> None:
+    """The running master's OCSP state of each certificate (its admin /status), where there is one."""
+    if not config.admin:
+        return
+    try:
+        status, body = _admin_request(config, "GET", "/status")
+        staples = json.loads(body).get("ocsp", []) if status == 200 else []
+    except (OSError, ValueError):
+        return   # not running: the files alone
+    by_names = {s["certificate"]: s for s in staples}
+    for e in entries:
+        found = by_names.get(", ".join(e.get("names", [])))
+        if found is not None:
+            e["ocsp"] = {k: found.get(k) for k in ("status", "age", "next_refresh", "error")}
 
 
 def _source(args: argparse.Namespace) -> ConfigSource:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import http.server
 import os
+import re
 import select
 import shutil
 import signal
@@ -381,7 +382,7 @@ def test_no_ocsp_url_staples_nothing_without_error(fastterm, write, ocsp_pki, ec
     assert "[ERROR]" not in ft.log() and "[WARNING]" not in ft.log()
 
 
-def test_metrics_show_status_age_and_refresh(fastterm, write, ocsp_pki, openssl_responder):
+def test_metrics_show_status_age_and_refresh(fastterm, write, ocsp_pki, openssl_responder, python, subprocess_env):
     leaf = ocsp_pki["leaf"]
     responder = openssl_responder([(leaf, "V")])
     admin_port = free_port()
@@ -400,6 +401,12 @@ def test_metrics_show_status_age_and_refresh(fastterm, write, ocsp_pki, openssl_
     refresh = next(line for line in text.splitlines() if line.startswith("fastterm_ocsp_next_refresh_seconds{"))
     assert 0 <= float(age.rsplit(" ", 1)[1]) < 120
     assert 11 * 3600 < float(refresh.rsplit(" ", 1)[1]) <= 12 * 3600     # half of -ndays 1
+    # fastterm certs asks the running master too
+    out = subprocess.run([python, "-m", "fastterm", "certs", "-c", ft.config_path], capture_output=True,
+                         text=True, timeout=30, check=False, env=subprocess_env)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^  ocsp       good, response \d+ s old, next refresh in \d+ s$", out.stdout, re.MULTILINE), \
+        out.stdout
 
 
 def test_check_refuses_a_missing_ocsp_file(write, ocsp_pki, python, subprocess_env, tmp_path):
