@@ -265,7 +265,7 @@ class Master:
             self.admin.close_in_child()
         self.ocsp.close_in_child()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
-                    signal.SIGUSR1):
+                    signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         self.selector.close()
@@ -332,6 +332,16 @@ class Master:
         self._hurry_old_generations()
         log.info("reloaded: generation %d serving", self.generation.number)
         return True
+
+    def _reload_certificates(self) -> None:
+        """SIGUSR2: the certificate files now, without a new generation: each worker reads the
+        blocks whose files changed and swaps only their contexts (certs/watch.py), as its poll
+        does every certificate_check_interval (this is the way when that is 0)."""
+        log.info("SIGUSR2: reading the certificate files again")
+        self.certificates.poll()
+        for proc in self.procs.values():
+            if proc.generation == self.generation.number and not proc.stopping:
+                self._kill(proc.pid, signal.SIGUSR2)
 
     def _check_room(self, workers: int) -> None:
         free = self.shared.free_slots()
@@ -513,7 +523,7 @@ class Master:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
-                    signal.SIGUSR1):
+                    signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, self._on_signal)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake)
         if self.generation.config.admin:
@@ -590,6 +600,8 @@ class Master:
             worker_mod.reopen_logs(self.generation.config)
             for proc in self.procs.values():
                 self._kill(proc.pid, signal.SIGUSR1)
+        elif sig == signal.SIGUSR2:
+            self._reload_certificates()
 
 
 def _log_warning(message: str, level: str = "warn") -> None:

@@ -87,14 +87,19 @@ class Serving:
                                                             in zip(self.plan.tls, self.listeners)},
                                         self.worker, shared, stapler)
 
-    def watch_certificates(self):
-        """Poll the certificate files; a changed one serves new handshakes (certs/watch.py)."""
+    def check_certificates(self):
+        """Look at the certificate files now; a changed one serves new handshakes (certs/watch.py)."""
         if self.stopping:
             return
         try:
             self.certificates.poll()
         except Exception:
             log.exception("certificate poll failed")
+
+    def watch_certificates(self):
+        if self.stopping:
+            return
+        self.check_certificates()
         self.loop.call_later(self.config.certificate_check_interval, self.watch_certificates)
 
     async def start(self):
@@ -176,6 +181,7 @@ def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: di
         # Ctrl-C reaches the whole process group: the master turns it into SIGTERM.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGUSR1, reopen_logs, config)
+        loop.add_signal_handler(signal.SIGUSR2, serving.check_certificates)   # the master's: certificates now
 
         def watch_master():
             if os.getppid() != master_pid and not serving.stopping:
@@ -231,6 +237,7 @@ def run(config: Config) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(serving.stop(True)))
         loop.add_signal_handler(signal.SIGQUIT, lambda: asyncio.ensure_future(serving.stop(False)))
+        loop.add_signal_handler(signal.SIGUSR2, serving.check_certificates)
         addrs = ", ".join(f"{h}:{p}" for (h, p), *_ in plan.listeners)
         log.info("serving https on %s", addrs)
         await serving.stopped.wait()

@@ -268,3 +268,23 @@ def test_metrics_follow_a_renewal(fastterm, be, renewable, intermediate):
     _replace(entry["cert"], b"truncated")
     assert wait_for(lambda: "fastterm_certificate_reload_failures_total 2" in metrics(), timeout=10)
     assert abs(expiry() - 30 * 86400) < 60    # the one still served
+
+
+@pytest.mark.parametrize("single", [False, True], ids=["master-workers", "single"])
+def test_sigusr2_reads_certificates_now_without_a_new_generation(fastterm, be, renewable, intermediate, single):
+    """certificate_check_interval = 0 (no polling): SIGUSR2 to the master (or to --single's
+    process) swaps the changed block's contexts; the workers stay the same processes."""
+    import signal
+
+    entry, first = renewable
+    ft = fastterm(be.address, certificates=[entry], workers=2 if not single else 1, single=single,
+                  top={"certificate_check_interval": 0})
+    workers = ft.serving_pids()
+    second = issue_cert(intermediate, [NAME, "example.com"], "EC")
+    _replace(entry["key"], second.key_pem)
+    _replace(entry["cert"], second.cert_pem + intermediate.cert_pem)
+    time.sleep(1.5)
+    assert _serial(ft) == first.cert.serial_number   # nothing polls
+    os.kill(ft.pid, signal.SIGUSR2)
+    assert wait_for(lambda: all(_serial(ft) == second.cert.serial_number for _ in range(10)), timeout=10), ft.log()
+    assert ft.serving_pids() == workers
