@@ -70,11 +70,13 @@ cdef class RequestRewrite:
     cdef readonly bint keepalive    # the backend connection may be reused after the response
     cdef object real_ip_from        # tuple of ip networks (nginx set_real_ip_from), or ()
     cdef bytes real_ip_header       # lowercase; its address replaces $remote_addr from those peers
+    cdef tuple hide                 # lowercase names of backend response fields not passed on
     cdef int nheaders
     cdef int npieces
     cdef HeaderTemplate *headers
     cdef TemplatePiece *pieces
     cdef bint names_field(self, const char *name, int n)
+    cdef bint hides(self, const char *name, int n)
 
 
 cdef class ServerPolicy:

@@ -73,8 +73,9 @@ cdef class RequestRewrite:
         self.pieces = NULL
 
     def __init__(self, str http_version, headers, bytes host_fallback=b"", bint keepalive=False,
-                 real_ip_from=(), str real_ip_header="X-Real-IP"):
-        """``headers``: [(name, [(V_LITERAL, bytes) | (V_HTTP, lowercase name) | (V_*, b"")])]."""
+                 real_ip_from=(), str real_ip_header="X-Real-IP", hide_headers=()):
+        """``headers``: [(name, [(V_LITERAL, bytes) | (V_HTTP, lowercase name) | (V_*, b"")])];
+        ``hide_headers``: backend response fields dropped (nginx proxy_hide_header)."""
         cdef int i = 0, k = 0
         if self.headers != NULL:
             raise RuntimeError("RequestRewrite is initialised once")
@@ -85,6 +86,7 @@ cdef class RequestRewrite:
         self.keepalive = keepalive and http_version == "1.1"
         self.real_ip_from = tuple(ipaddress.ip_network(n, strict=False) for n in real_ip_from)
         self.real_ip_header = real_ip_header.lower().encode("ascii")
+        self.hide = tuple(dict.fromkeys(n.lower().encode("ascii") for n in hide_headers))
         self.headers = <HeaderTemplate *>malloc(max(1, len(headers)) * sizeof(HeaderTemplate))
         self.pieces = <TemplatePiece *>malloc(max(1, len(pieces)) * sizeof(TemplatePiece))
         if self.headers == NULL or self.pieces == NULL:
@@ -121,6 +123,14 @@ cdef class RequestRewrite:
         cdef const char *text = PyBytes_AS_STRING(self.text)
         for i in range(self.nheaders):
             if self.headers[i].name_len == n and strncasecmp(text + self.headers[i].name_start, name, n) == 0:
+                return True
+        return False
+
+    cdef bint hides(self, const char *name, int n):
+        """Whether the backend response field ``name`` is dropped (nginx proxy_hide_header)."""
+        cdef bytes h
+        for h in self.hide:
+            if PyBytes_GET_SIZE(h) == n and strncasecmp(PyBytes_AS_STRING(h), name, n) == 0:
                 return True
         return False
 
@@ -736,6 +746,9 @@ cdef class Exchange:
             if slots[j].drop or kind == H_CONNECTION or kind == H_KEEP_ALIVE or \
                     kind == H_PROXY_CONNECTION or kind == H_UPGRADE or (kind == H_HSTS and hsts) or \
                     (kind == H_TRANSFER_ENCODING and (self.dechunk or self.facts.http2)):
+                continue
+            if self.rewrite is not None and self.rewrite.hide and \
+                    self.rewrite.hides(p + slots[j].line_start, slots[j].name_len):
                 continue
             if rf_len and slots[j].name_len == 8 and strncasecmp(p + slots[j].line_start, b"location", 8) == 0 \
                     and slots[j].value_len >= rf_len and \

@@ -97,6 +97,8 @@ class ProxyRequest(Struct):
     real_ip_from: list[str] = msgspec.field(default_factory=list)  # nginx set_real_ip_from: from these
     # peers, $remote_addr is the address real_ip_header carries (X-Forwarded-For: its last one)
     real_ip_header: str = "X-Real-IP"
+    hide_headers: list[str] = msgspec.field(default_factory=list)  # backend response fields not passed
+    # to the client (nginx proxy_hide_header; the nginx front-end adds nginx's X-Pad and X-Accel-*)
 
 
 class Route(Struct, kw_only=True):

@@ -97,6 +97,12 @@ What maps (nginx -> model):
   ``$request_uri``, ``$request_method``, ``$server_addr``, ``$server_port``, ``$server_name``,
   ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$ssl_early_data`` ("1" while the
   handshake is not complete, i.e. for a request that came in 0-RTT data, else ""), ``$proxy_host``.
+- ``proxy_hide_header NAME`` and ``proxy_pass_header NAME`` -> each route's ``proxy.hide_headers``:
+  the backend response fields nginx keeps from the client (``Server``, ``X-Pad``, ``X-Accel-*``
+  by default), plus the level's ``proxy_hide_header`` names, less its ``proxy_pass_header`` ones
+  (each list from the nearest level that has any, as nginx). ``Date`` is always passed: nginx
+  writes its own in place of the backend's, fastterm has none of its own and passes the
+  backend's; fastterm adds no ``Server`` of its own to a proxied response.
 - OCSP stapling (fastterm/certs/ocsp.py): ``ssl_stapling on|off`` -> ``tls.stapling`` (default
   off, as nginx), ``ssl_stapling_verify`` -> ``tls.stapling_verify`` (default off, as nginx: a
   warning says responses are stapled unchecked), ``ssl_stapling_responder http://...`` ->
@@ -134,7 +140,7 @@ What is refused, (c): every other directive nginx knows, among them ``ssl_verify
 ``proxy_pass`` with variables or a query in its URI part, ``location @name`` and nested
 locations, regex and suffix-wildcard ``server_name`` on a server without ``ssl``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
-``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
+``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
 upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
 ``allow``/``deny``, ``listen ... proxy_protocol``, and plain-HTTP proxying (a
@@ -208,8 +214,11 @@ REFUSED_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
 RUNTIME_DIFFERENCES = """\
 - An HTTP/2 client's Expect: 100-continue goes to the backend (nginx answers 100 itself).
 - HSTS: fastterm replaces a backend's Strict-Transport-Security; nginx's add_header adds a second.
-- Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
-  pages differ in body and Server header (fastterm vs nginx/1.x).
+- Responses: nginx replaces the backend's Server and Date with its own; fastterm drops the
+  backend's Server (proxy_hide_header's default) and passes its Date; error pages differ in body
+  and Server header (fastterm vs nginx/1.x).
+- A backend's X-Accel-Redirect is dropped (nginx's default hiding); nginx also acts on it (an
+  internal redirect), and on X-Accel-Limit-Rate/-Buffering/-Charset/-Expires, fastterm does not.
 - A request head over 256 fields: 431 (nginx counts no fields). Over N x SIZE of
   large_client_header_buffers: 400 (nginx too, but it packs whole lines into its buffers after
   the first client_header_buffer_size one, so its limit is within a line of N x SIZE).
@@ -545,7 +554,7 @@ MAPPED = {
     "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header",
     "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_verify", "proxy_ssl_trusted_certificate",
     "proxy_ssl_verify_depth", "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_session_reuse",
-    "proxy_ssl_protocols", "proxy_ssl_ciphers",
+    "proxy_ssl_protocols", "proxy_ssl_ciphers", "proxy_hide_header", "proxy_pass_header",
     # upstream { }
     "keepalive", "least_conn",
 }
@@ -618,7 +627,7 @@ IGNORED = {
     "map_hash_max_size": "an nginx hash table size", "map_hash_bucket_size": "an nginx hash table size",
     "proxy_headers_hash_max_size": "an nginx hash table size",
     "proxy_headers_hash_bucket_size": "an nginx hash table size",
-    "server_tokens": "fastterm's own responses say Server: fastterm; a backend's Server passes through",
+    "server_tokens": "fastterm's own responses say Server: fastterm; a backend's is hidden (proxy_hide_header)",
     "lingering_close": "fastterm closes after the response", "lingering_time": "fastterm closes after the response",
     "lingering_timeout": "fastterm closes after the response",
     "reset_timedout_connection": "timed-out clients are closed",
@@ -626,6 +635,11 @@ IGNORED = {
     "resolver_timeout": "fastterm looks OCSP responders up with the system resolver (an IP address needs none)",
     "zone": "backend state stays per worker, as nginx's without zone",
 }
+# nginx's ngx_http_proxy_hide_headers: backend response fields the client never sees unless
+# proxy_pass_header names them (Date and Server: nginx writes its own instead).
+_HIDDEN_BY_DEFAULT = ("Server", "X-Pad", "X-Accel-Expires", "X-Accel-Redirect", "X-Accel-Limit-Rate",
+                      "X-Accel-Buffering", "X-Accel-Charset")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # (c) refused, with a reason where it helps; any other directive nginx knows is refused too.
 UNSUPPORTED = {
     "ssl_verify_client": "client certificates",
@@ -705,7 +719,7 @@ _REPEATABLE = {"listen", "server_name", "location", "server", "upstream", "proxy
                "ssl_certificate", "ssl_certificate_key", "ssl_conf_command", "ssl_session_ticket_key",
                "set_real_ip_from", "include", "types", "error_page", "access_log", "error_log",
                "load_module", "env", "log_format", "map", "resolver", "allow", "deny", "zone", "return",
-               "if", "rewrite", "set"}
+               "if", "rewrite", "set", "proxy_hide_header", "proxy_pass_header"}
 
 
 class Level:
@@ -1600,7 +1614,18 @@ class _Builder:
                 raise header.unsupported("the PROXY protocol", "real_ip_header proxy_protocol")
             real_ip["real_ip_from"] = list(dict.fromkeys(real_ip["real_ip_from"]))
             real_ip["real_ip_header"] = header.args[0] if header is not None else "X-Real-IP"
-        return ProxyRequest(http_version=http_version, headers=headers, keepalive=keepalive, **real_ip)
+        return ProxyRequest(http_version=http_version, headers=headers, keepalive=keepalive,
+                            hide_headers=self.hide_headers(loc), **real_ip)
+
+    def hide_headers(self, loc: Level) -> list[str]:
+        """nginx's hidden backend response fields (ngx_http_upstream_hide_headers_hash): its
+        defaults and the ``proxy_hide_header`` lines, less the ``proxy_pass_header`` ones; each
+        list is the nearest level's that has any. Date is never dropped: nginx writes its own in
+        its place, fastterm has none and passes the backend's."""
+        passed = {n.args[0].lower() for n in loc.find_all("proxy_pass_header")}
+        names = [*_HIDDEN_BY_DEFAULT, *(n.args[0] for n in loc.find_all("proxy_hide_header"))]
+        return list(dict.fromkeys(name for name in names
+                                  if _TOKEN.fullmatch(name) and name.lower() not in passed and name.lower() != "date"))
 
     # -- global settings -----------------------------------------------------------------
     def limits(self, main: Level, events: Level, http: Level, tls: list[_Server], plain: list[_Server]) -> Limits:

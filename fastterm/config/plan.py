@@ -116,6 +116,9 @@ def check_proxy_request(proxy: ProxyRequest) -> None:
         raise ValueError(f"invalid real_ip_header {proxy.real_ip_header!r}")
     for network in proxy.real_ip_from:
         ipaddress.ip_network(network, strict=False)   # ValueError names it
+    for name in proxy.hide_headers:
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"invalid hide_headers name {name!r}")
 
 
 def _rewrite(proxy: ProxyRequest, upstream: str, server: Server):
@@ -141,7 +144,7 @@ def _rewrite(proxy: ProxyRequest, upstream: str, server: Server):
                 compiled.append((HTTP_FIELD, var[5:].encode("ascii")))
         headers.append((header.name, compiled))
     return RequestRewrite(proxy.http_version, headers, name.lower().encode("idna" if not name.isascii() else "ascii"),
-                          proxy.keepalive, proxy.real_ip_from, proxy.real_ip_header)
+                          proxy.keepalive, proxy.real_ip_from, proxy.real_ip_header, proxy.hide_headers)
 
 
 # PCRE escapes Python re reads otherwise or not at all: refused by name, never guessed at

@@ -91,10 +91,11 @@ ALLOWED: list[Allowed] = [
                    "replay table refuses early data from a ClientHello it has seen (ext/shm.pyx ReplayTable), "
                    "so nothing runs twice"),
     # -- identity of the product, not behaviour
-    Allowed("header:server", nginx="nginx", fastterm=lambda v: v in (None, "fastterm", "diff-backend"),
+    Allowed("header:server", nginx="nginx", fastterm=lambda v: v in (None, "fastterm"),
             reason="Server: nginx names itself on every response (server_tokens); fastterm says `fastterm` on "
-                   "its own responses and passes a backend's Server through (none when the backend sends none): "
-                   "nginx.py, IGNORED server_tokens and RUNTIME_DIFFERENCES"),
+                   "its own responses and, like nginx, keeps a backend's Server from the client unless "
+                   "proxy_pass_header Server, without one of its own: nginx.py, IGNORED server_tokens and "
+                   "RUNTIME_DIFFERENCES"),
     Allowed("body", generated=True,
             reason="pages the proxy makes itself (errors, redirects) are each product's own HTML "
                    "(nginx's carry `<center>nginx</center>`, fastterm's say fastterm)"),

@@ -515,6 +515,18 @@ SPECIFIC: dict[str, list[Case]] = {
                 headers=(("X-Forwarded-For", "203.0.113.7"), ("Cookie", "a=1"), ("Cookie", "b=2"))),
     ],
 }
+_LEAKY = (("Content-Type", "text/plain"), ("Server", "diff-backend"), ("X-Internal", "1"),
+          ("X-Powered-By", "PHP/8"), ("x-debug", "trace"), ("X-Pad", "avoid browser bug"),
+          ("X-Accel-Buffering", "no"), ("X-Accel-Expires", "60"), ("X-Accel-Limit-Rate", "1000000"),
+          ("X-Backend", "b"))
+SPECIFIC["proxy_hide_header"] = [
+    Request(API, "/a", respond=Respond(200, _LEAKY), label="GET / (defaults and the server's names hidden)"),
+    Request(API, "/h2", respond=Respond(200, _LEAKY), client="httpx-h2", label="GET / over HTTP/2"),
+    Request(API, "/missing", respond=Respond(404, _LEAKY), label="GET / backend 404"),
+    Request(API, "/own/a", respond=Respond(200, _LEAKY), label="GET /own/ (own proxy_hide_header only)"),
+    Request(API, "/pass/a", respond=Respond(200, _LEAKY), label="GET /pass/ (Server, X-Accel-Buffering passed)"),
+    Request(API, "/pass/h2", respond=Respond(200, _LEAKY), client="curl-h2", label="GET /pass/ over HTTP/2 (curl)"),
+]
 SPECIFIC["redirect_variants"] = [
     *(Request(host, "/a/b?x=1&y=%20", port="HTTP_PORT")
       for host in ("app.example.com", "www.example.com", "temp.test", "see.test", "relative.test", "one.test",
