@@ -104,10 +104,10 @@ cdef class H1Session(Codec):
         elif (state == H1_BODY or state == H1_RESPONSE) and self.stream.queued:
             self.stream.queue_timed_out()
         elif state == H1_BODY or state == H1_RESPONSE:
-            if self.stream.exchange.state == X_FORWARDING:
-                self._refuse(504)
-            else:
+            if self.stream.exchange.state != X_FORWARDING:
                 self.conn.close()
+            elif not self.stream.read_timed_out():   # else on to the next server (proxy_next_upstream)
+                self._refuse(504)
         elif state == H1_IDLE and self.held is None:
             self.state = H1_CLOSING
             self.conn.finish()

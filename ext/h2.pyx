@@ -629,6 +629,8 @@ cdef class H2Stream(Stream):
             self.connect_timed_out()
         elif self.queued:
             self.queue_timed_out()
+        elif self.exchange.state == X_FORWARDING and self.read_timed_out():
+            return   # on to the next server (proxy_next_upstream timeout), with its own deadline
         elif self.exchange.state == X_FORWARDING:
             self.answer_error(504)
         else:

@@ -99,6 +99,13 @@ class ProxyRequest(Struct):
     real_ip_header: str = "X-Real-IP"
     hide_headers: list[str] = msgspec.field(default_factory=list)  # backend response fields not passed
     # to the client (nginx proxy_hide_header; the nginx front-end adds nginx's X-Pad and X-Accel-*)
+    next_upstream: list[str] = msgspec.field(default_factory=lambda: ["error", "timeout"])  # nginx
+    # proxy_next_upstream: when a request goes on to the upstream's next server: "error" (a failed
+    # connect, a reset before the response head), "timeout" (connect or read, before the head),
+    # "http_500" ... "http_429" (that response is dropped), "non_idempotent" (POST, PATCH, LOCK too,
+    # when bodiless); a request sent to a server is replayed only when it has no body; []: never
+    next_upstream_tries: int = 0  # servers tried at most per request; 0: each of the upstream's once
+    next_upstream_timeout: float = 0.0  # seconds since the first try past which none starts; 0: none
 
 
 class Route(Struct, kw_only=True):

@@ -97,6 +97,15 @@ What maps (nginx -> model):
   ``$request_uri``, ``$request_method``, ``$server_addr``, ``$server_port``, ``$server_name``,
   ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$ssl_early_data`` ("1" while the
   handshake is not complete, i.e. for a request that came in 0-RTT data, else ""), ``$proxy_host``.
+- ``proxy_next_upstream`` (default ``error timeout``), ``proxy_next_upstream_tries`` (0: each
+  server once) and ``proxy_next_upstream_timeout`` (0: none) -> each route's ``proxy.next_upstream``,
+  ``next_upstream_tries``, ``next_upstream_timeout``: ``error`` (a refused or failed connect, a reset
+  before the response head), ``timeout`` (connect or proxy_read_timeout before the head), ``http_500``,
+  ``http_502``, ``http_503``, ``http_504``, ``http_403``, ``http_404``, ``http_429`` (that response is
+  dropped and the next server asked; the last one's is passed; 403/404 do not count as failures for
+  max_fails), ``non_idempotent``, ``off``. A request that reached a server goes on only when it is
+  bodiless and idempotent, or ``non_idempotent`` is set; a stale keep-alive connection is a free
+  try, as nginx's. ``invalid_header`` and ``updating`` are refused.
 - ``proxy_hide_header NAME`` and ``proxy_pass_header NAME`` -> each route's ``proxy.hide_headers``:
   the backend response fields nginx keeps from the client (``Server``, ``X-Pad``, ``X-Accel-*``
   by default), plus the level's ``proxy_hide_header`` names, less its ``proxy_pass_header`` ones
@@ -140,7 +149,7 @@ What is refused, (c): every other directive nginx knows, among them ``ssl_verify
 ``proxy_pass`` with variables or a query in its URI part, ``location @name`` and nested
 locations, regex and suffix-wildcard ``server_name`` on a server without ``ssl``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
-``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
+``proxy_send_timeout``, ``proxy_next_upstream invalid_header|updating``, ``keepalive_time``,
 upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
 ``allow``/``deny``, ``listen ... proxy_protocol``, and plain-HTTP proxying (a
@@ -238,9 +247,10 @@ RUNTIME_DIFFERENCES = """\
 - ssl_session_cache none and off both turn the cache off (nginx none still hands out
   session IDs that never resume).
 - Chunked request bodies are streamed chunked (nginx, proxy_request_buffering on: Content-Length).
-- A backend failing: fastterm retries resets before a response byte of idempotent requests;
-  nginx's proxy_next_upstream also retries on timeout; a single server is skipped for
-  fail_timeout in fastterm only when another is up.
+- A backend failing: a single server is skipped for fail_timeout in fastterm only when another
+  is up. proxy_next_upstream replays a request with a body nowhere (nginx, which buffers it:
+  on to the next server when non_idempotent or idempotent); fastterm streams it.
+- After a 5xx page of its own (502, 504) fastterm closes the HTTP/1.1 connection; nginx keeps it.
 - Upstream host names are resolved per connection (nginx: once at start, every address).
 - Every server of an upstream out (max_fails): fastterm tries the one back soonest; nginx answers
   502 at once and marks them all up again.
@@ -555,6 +565,7 @@ MAPPED = {
     "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_verify", "proxy_ssl_trusted_certificate",
     "proxy_ssl_verify_depth", "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_session_reuse",
     "proxy_ssl_protocols", "proxy_ssl_ciphers", "proxy_hide_header", "proxy_pass_header",
+    "proxy_next_upstream", "proxy_next_upstream_tries", "proxy_next_upstream_timeout",
     # upstream { }
     "keepalive", "least_conn",
 }
@@ -649,8 +660,6 @@ UNSUPPORTED = {
     "ssl_reject_handshake": "refusing handshakes by SNI",
     "proxy_send_timeout": "fastterm pauses a backend it cannot write to, with no deadline",
     "keepalive_time": "a total lifetime for client connections",
-    "proxy_next_upstream": "fastterm retries connect failures and resets of idempotent requests",
-    "proxy_next_upstream_tries": "fastterm tries each server of an upstream once",
     "error_page": "fastterm sends its own error pages", "gzip": "fastterm does not compress",
     "proxy_redirect": "proxy_redirect other than default and off", "proxy_intercept_errors": "error pages",
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
@@ -1615,7 +1624,30 @@ class _Builder:
             real_ip["real_ip_from"] = list(dict.fromkeys(real_ip["real_ip_from"]))
             real_ip["real_ip_header"] = header.args[0] if header is not None else "X-Real-IP"
         return ProxyRequest(http_version=http_version, headers=headers, keepalive=keepalive,
-                            hide_headers=self.hide_headers(loc), **real_ip)
+                            hide_headers=self.hide_headers(loc), **self.next_upstream(loc), **real_ip)
+
+    def next_upstream(self, loc: Level) -> dict:
+        """``proxy_next_upstream`` (default ``error timeout``; ``off`` wins over the rest, as
+        nginx), ``proxy_next_upstream_tries`` and ``proxy_next_upstream_timeout`` (0: no limit)."""
+        from fastterm.config.plan import NEXT_UPSTREAM
+
+        got: dict = {}
+        node = loc.find("proxy_next_upstream")
+        if node is not None:
+            words = [a.lower() for a in node.args]
+            for word in words:
+                if word in ("invalid_header", "updating"):
+                    raise node.unsupported("", f"proxy_next_upstream {word}")
+                if word not in NEXT_UPSTREAM and word != "off":
+                    raise node.error(f'invalid value "{word}" in "proxy_next_upstream" directive')
+            got["next_upstream"] = [] if "off" in words else list(dict.fromkeys(words))
+        tries = loc.find("proxy_next_upstream_tries")
+        if tries is not None:
+            got["next_upstream_tries"] = _number(tries, tries.args[0])
+        timeout = loc.find("proxy_next_upstream_timeout")
+        if timeout is not None:
+            got["next_upstream_timeout"] = parse_time(timeout)
+        return got
 
     def hide_headers(self, loc: Level) -> list[str]:
         """nginx's hidden backend response fields (ngx_http_upstream_hide_headers_hash): its

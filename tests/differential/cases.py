@@ -527,6 +527,21 @@ SPECIFIC["proxy_hide_header"] = [
     Request(API, "/pass/a", respond=Respond(200, _LEAKY), label="GET /pass/ (Server, X-Accel-Buffering passed)"),
     Request(API, "/pass/h2", respond=Respond(200, _LEAKY), client="curl-h2", label="GET /pass/ over HTTP/2 (curl)"),
 ]
+SPECIFIC["next_upstream"] = [
+    Request(API, "/dead/a", label="GET /dead/ (default error timeout: past the refused connect)"),
+    Request(API, "/off/a", label="GET /off/ (off: the refused connect is 502)"),
+    Request(API, "/s502/a", respond=Respond(502, (("X-Backend", "b"),)), label="GET /s502/ both 502"),
+    Request(API, "/np/a", method="POST", respond=Respond(502, (("X-Backend", "b"),)),
+            label="POST /np/ 502 (not idempotent: not replayed)"),
+    Request(API, "/s404/a", respond=Respond(404, (("X-Backend", "b"),)), label="GET /s404/ both 404"),
+    Request(API, "/s404/p", method="POST", respond=Respond(404, (("X-Backend", "b"),)),
+            label="POST /s404/ bodiless (non_idempotent: replayed)"),
+    Request(API, "/s404/h2", client="httpx-h2", respond=Respond(404, (("X-Backend", "b"),)),
+            label="GET /s404/ over HTTP/2"),
+    Request(API, "/s404/ok", label="GET /s404/ 200 (nothing to go on for)"),
+    Request(API, "/tries/a", respond=Respond(503, (("X-Backend", "b"),)),
+            label="GET /tries/ 503 (proxy_next_upstream_tries 2 of 3 servers)"),
+]
 SPECIFIC["redirect_variants"] = [
     *(Request(host, "/a/b?x=1&y=%20", port="HTTP_PORT")
       for host in ("app.example.com", "www.example.com", "temp.test", "see.test", "relative.test", "one.test",

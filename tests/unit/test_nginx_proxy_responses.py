@@ -117,3 +117,48 @@ def test_the_exchange_drops_hidden_fields_caselessly_and_keeps_the_rest(http2):
 def test_without_hide_headers_every_field_passes():
     lines = client_head([], b"HTTP/1.1 200 OK\r\nServer: b\r\nX-Pad: p\r\nContent-Length: 0\r\n\r\n")
     assert lines[1:-2] == ["Server: b", "X-Pad: p", "Content-Length: 0"]
+
+
+# ---- proxy_next_upstream ----------------------------------------------------------------------
+
+@pytest.fixture
+def retries(write, ec_files):
+    """``retries(text)`` -> {route path: (next_upstream, next_upstream_tries, next_upstream_timeout)}."""
+    def _retries(text: str):
+        config = load_config(write("nginx.conf", text), lambda *a, **k: None)
+        return {r.path: (r.proxy.next_upstream, r.proxy.next_upstream_tries, r.proxy.next_upstream_timeout)
+                for r in config.servers[0].routes}
+    return _retries
+
+
+def test_next_upstream_defaults_to_error_timeout_and_inherits(retries):
+    assert retries(nginx_conf())["/"] == (["error", "timeout"], 0, 0.0)
+    got = retries(nginx_conf(server="    proxy_next_upstream error HTTP_502 non_idempotent;\n"
+                                    "    proxy_next_upstream_tries 2;\n    proxy_next_upstream_timeout 5s;",
+                             other="    location /own/ { proxy_next_upstream http_404; proxy_pass http://notes; }"))
+    assert got["/"] == (["error", "http_502", "non_idempotent"], 2, 5.0)
+    assert got["/own/"] == (["http_404"], 2, 5.0)
+
+
+def test_next_upstream_off_wins_over_the_other_words(retries):
+    assert retries(nginx_conf(location="        proxy_next_upstream error off;"))["/"][0] == []
+
+
+def test_next_upstream_bad_values(write, ec_files):
+    from fastterm.errors import ConfigError
+
+    for line, message in (("proxy_next_upstream http_418;", 'invalid value "http_418"'),
+                          ("proxy_next_upstream error invalid_header;", "proxy_next_upstream invalid_header"),
+                          ("proxy_next_upstream_tries many;", "many")):
+        path = write("nginx.conf", nginx_conf(location=f"        {line}"))
+        with pytest.raises(ConfigError, match=message) as info:
+            load_config(path)
+        assert info.value.line == 10, str(info.value)
+
+
+def test_toml_next_upstream_words_are_checked():
+    check_proxy_request(ProxyRequest(next_upstream=["error", "http_503", "non_idempotent"]))
+    with pytest.raises(ValueError, match="next_upstream"):
+        check_proxy_request(ProxyRequest(next_upstream=["invalid_header"]))
+    with pytest.raises(ValueError, match="0 or more"):
+        check_proxy_request(ProxyRequest(next_upstream_tries=-1))
