@@ -10,6 +10,7 @@ cdef class H1Session(Codec):
     def __cinit__(self, ClientConnection conn not None, ClientFacts facts not None):
         self.state = H1_IDLE
         self.close_after = self.worker.draining
+        self.opened = self.worker.now
         self.stream = H1Stream()
         self.stream.session = self
         self.stream.worker = self.worker
@@ -219,6 +220,8 @@ cdef class H1Session(Codec):
         self.requests += 1
         if ex.client_close or w.draining or (w.keepalive_requests and self.requests >= w.keepalive_requests):
             self.close_after = True   # the response says Connection: close
+        if w.keepalive_time and w.now - self.opened > w.keepalive_time:
+            self.close_after = True   # nginx keepalive_time: the connection's last request
         if status:
             if status == 301 and ex.location is not None and ex.body_mode == BODY_NONE and not self.close_after:
                 self._redirect(ex)   # nginx keeps the connection after its own redirect

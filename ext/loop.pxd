@@ -84,6 +84,7 @@ cdef class Worker:
     cdef int h2_max_streams
     cdef int h2_max_requests
     cdef int keepalive_requests    # HTTP/1.1 requests per connection (0: no cap)
+    cdef double keepalive_time     # HTTP/1.1 connection lifetime for new requests (0: none)
     # accept control
     cdef list listeners             # this worker's accepting Listeners, paused together
     cdef readonly int max_clients   # worker_connections

@@ -95,6 +95,7 @@ cdef class Worker:
         self.h2_max_streams = limits.http2_max_concurrent_streams
         self.h2_max_requests = limits.http2_max_requests
         self.keepalive_requests = limits.keepalive_requests
+        self.keepalive_time = limits.keepalive_time
         self.sweep_handle = loop.call_later(1.0, self._sweep)
         self.by_fd = {}
         self.closed = []

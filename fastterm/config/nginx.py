@@ -82,7 +82,8 @@ What maps (nginx -> model):
   field line longer than SIZE or a head past N x SIZE 400; nginx packs whole lines into its
   buffers after the first client_header_buffer_size, so its head limit is within a line of N x SIZE),
   ``http2_max_concurrent_streams`` (128), ``keepalive_requests`` (1000) -> requests per
-  HTTP/1.1 connection and streams per HTTP/2 connection.
+  HTTP/1.1 connection and streams per HTTP/2 connection, ``keepalive_time`` (1h) -> the age of an
+  HTTP/1.1 connection past which a new request is its last (Connection: close).
 - ``proxy_redirect default`` (also nginx's default) and ``off`` -> each route's ``redirect_from``
   (``http://UPSTREAM/`` as proxy_pass writes it, or "") and ``redirect_to`` ``/``: a backend's
   Location under proxy_pass's URL comes back on the client's https://$host[:port].
@@ -149,7 +150,7 @@ What is refused, (c): every other directive nginx knows, among them ``ssl_verify
 ``proxy_pass`` with variables or a query in its URI part, ``location @name`` and nested
 locations, regex and suffix-wildcard ``server_name`` on a server without ``ssl``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
-``proxy_send_timeout``, ``proxy_next_upstream invalid_header|updating``, ``keepalive_time``,
+``proxy_send_timeout``, ``proxy_next_upstream invalid_header|updating``,
 upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
 ``allow``/``deny``, ``listen ... proxy_protocol``, and plain-HTTP proxying (a
@@ -234,7 +235,7 @@ RUNTIME_DIFFERENCES = """\
 - HTTP/2: nginx ends the connection (GOAWAY ENHANCE_YOUR_CALM) for a field whose HPACK-encoded
   name or value is longer than large_client_header_buffers' SIZE; fastterm (nghttp2 gives it
   decoded fields) answers the stream 431 when its decoded list passes N x SIZE.
-- keepalive_time (1h) is not applied.
+- keepalive_time applies to HTTP/1.1 only (nginx also ends an HTTP/2 connection past it).
 - proxy_redirect rewrites Location only (nginx also rewrites Refresh).
 - No matching location: fastterm 404s; nginx serves files from its root.
 - The 301 from /dir to /dir/ (location /dir/ with proxy_pass) of a request with a body closes an
@@ -561,7 +562,7 @@ MAPPED = {
     "proxy_pass", "proxy_set_header", "proxy_http_version",
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
     "proxy_connect_timeout", "proxy_read_timeout", "underscores_in_headers", "large_client_header_buffers",
-    "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header",
+    "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header", "keepalive_time",
     "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_verify", "proxy_ssl_trusted_certificate",
     "proxy_ssl_verify_depth", "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_session_reuse",
     "proxy_ssl_protocols", "proxy_ssl_ciphers", "proxy_hide_header", "proxy_pass_header",
@@ -659,7 +660,6 @@ UNSUPPORTED = {
     "ssl_password_file": "encrypted keys", "ssl": "removed in nginx 1.25.1: use \"listen ... ssl\"",
     "ssl_reject_handshake": "refusing handshakes by SNI",
     "proxy_send_timeout": "fastterm pauses a backend it cannot write to, with no deadline",
-    "keepalive_time": "a total lifetime for client connections",
     "error_page": "fastterm sends its own error pages", "gzip": "fastterm does not compress",
     "proxy_redirect": "proxy_redirect other than default and off", "proxy_intercept_errors": "error pages",
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
@@ -1772,6 +1772,7 @@ _LIMITS = [
      "http2_max_concurrent_streams"),
     ("keepalive_requests", "location", 1000, _positive(lambda n: _number(n, n.args[0])),
      ("keepalive_requests", "http2_max_requests")),
+    ("keepalive_time", "location", 3600.0, _positive(parse_time), "keepalive_time"),
 ]
 
 def load_config(path: str, warn: Warn | None = None) -> Config:

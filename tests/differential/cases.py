@@ -30,8 +30,11 @@ from diffharness import (
     Respond,
     Resume,
     Sequence,
+    client_context,
     closed_after,
     read_message,
+    request_head,
+    tls_connect,
 )
 
 BODY = b'{"note": "' + b"n" * 280 + b'"}'
@@ -149,6 +152,32 @@ def plain_connection(label: str, requests: list[bytes], pipelined: bool = False,
         return obs
 
     return Custom(label, run)
+
+
+def connection_lifetime(host: str, gap: float) -> Custom:
+    """Two requests on one TLS connection, then a pause of ``gap`` seconds, then two more:
+    each response's status and Connection, and whether the connection was then closed."""
+
+    def run(side, ctx):
+        ctx.backends.respond = Respond()
+        obs: dict = {}
+        with tls_connect(side, "HTTPS_PORT", host, client_context(ctx.pki)) as sock:
+            reader = Reader(sock)
+            for i in range(4):
+                if i == 2:
+                    time.sleep(gap)
+                try:
+                    sock.sendall(request_head("GET", f"/life/{i}", host, (), "HTTP/1.1", b"", False))
+                    msg = read_message(reader, method="GET")
+                except (OSError, EOFError, ValueError) as exc:
+                    obs[f"response[{i}]"] = f"no response ({type(exc).__name__})"
+                    return obs
+                conn = msg.header("connection")
+                obs[f"response[{i}]"] = (msg.status, None if conn and conn.lower() == "keep-alive" else conn)
+            obs["open-after"] = not closed_after(sock, 0.5)
+        return obs
+
+    return Custom(f"requests before and after a {gap:g}s pause on one connection", run)
 
 
 def resolver_not_contacted() -> Custom:
@@ -542,6 +571,7 @@ SPECIFIC["next_upstream"] = [
     Request(API, "/tries/a", respond=Respond(503, (("X-Backend", "b"),)),
             label="GET /tries/ 503 (proxy_next_upstream_tries 2 of 3 servers)"),
 ]
+SPECIFIC["keepalive_time"] = [connection_lifetime(API, 1.5), connection_lifetime(API, 0.0)]
 SPECIFIC["redirect_variants"] = [
     *(Request(host, "/a/b?x=1&y=%20", port="HTTP_PORT")
       for host in ("app.example.com", "www.example.com", "temp.test", "see.test", "relative.test", "one.test",

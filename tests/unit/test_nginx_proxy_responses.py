@@ -162,3 +162,20 @@ def test_toml_next_upstream_words_are_checked():
         check_proxy_request(ProxyRequest(next_upstream=["invalid_header"]))
     with pytest.raises(ValueError, match="0 or more"):
         check_proxy_request(ProxyRequest(next_upstream_tries=-1))
+
+
+# ---- keepalive_time -----------------------------------------------------------------------------
+
+def test_keepalive_time_maps_to_the_limits_with_nginx_s_default(write, ec_files):
+    from fastterm.config.model import Limits
+
+    def limits(server: str = "", other: str = ""):
+        return load_config(write("nginx.conf", nginx_conf(server=server, other=other)), lambda *a, **k: None).limits
+
+    assert Limits().keepalive_time == 0.0       # fastterm.toml: no lifetime unless set
+    assert limits().keepalive_time == 3600.0    # nginx's 1h
+    assert limits(server="    keepalive_time 90s;").keepalive_time == 90.0
+    from fastterm.errors import ConfigError
+    with pytest.raises(ConfigError, match="keepalive_time"):
+        limits(server="    keepalive_time 90s;",
+               other="    location /b/ { keepalive_time 5s; proxy_pass http://notes; }")
