@@ -107,6 +107,8 @@ cdef class H1Session(Codec):
         elif state == H1_BODY or state == H1_RESPONSE:
             if self.stream.exchange.state != X_FORWARDING:
                 self.conn.close()
+            elif state == H1_BODY and not self.request_done and not self.backend_full:
+                self.conn.close()   # the client stopped sending its body: nginx closes, answering nothing
             elif not self.stream.read_timed_out():   # else on to the next server (proxy_next_upstream)
                 self._refuse(504)
         elif state == H1_IDLE and self.held is None:
@@ -248,7 +250,7 @@ cdef class H1Session(Codec):
         cdef Worker w = self.worker
         cdef Py_ssize_t k
         cdef long long limit
-        self.stream.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
+        self.stream.deadline = w.now + w.body_timeout   # a long upload is not a stalled one
         k = framer_feed(&self.req_body, p, n)
         limit = self.stream.exchange.max_body   # the answering location's (nginx), else the global one
         if k < 0 or (limit and self.req_body.total > limit):
@@ -269,6 +271,7 @@ cdef class H1Session(Codec):
                 self.stream.backend.transport.write(PyBytes_FromStringAndSize(p, k))
         if self.req_body.done:
             self.request_done = True
+            self.stream.deadline = w.now + w.read_timeout
             if self.state == H1_BODY:
                 self.state = H1_RESPONSE
         return k
@@ -361,6 +364,8 @@ cdef class H1Stream(Stream):
         return False
 
     cdef void backend_ready(self):
+        if not self.session.request_done:   # the body is the client's to send: client_body_timeout
+            self.deadline = self.worker.now + self.worker.body_timeout
         self.session._resume()
 
     cdef bint closing(self):
@@ -371,6 +376,9 @@ cdef class H1Stream(Stream):
 
     cdef void backend_writable(self, bint writable):
         self.session.backend_full = not writable
+        if not self.session.request_done:   # proxy_send_timeout, then client_body_timeout again
+            self.deadline = self.worker.now + (self.worker.backend_send_timeout if not writable else
+                                               self.worker.body_timeout)
         if writable:
             self.session._resume()
 

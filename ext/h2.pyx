@@ -519,7 +519,7 @@ cdef class H2Stream(Stream):
             self.answer_error(status)
             return
         self.request_head = w.writer.take()
-        self.deadline = w.now + w.read_timeout
+        self.deadline = w.now + (w.read_timeout if self.end_stream else w.body_timeout)
         self.request_done = False
         self.dispatch(False)
         if self.backend is not None:
@@ -531,7 +531,7 @@ cdef class H2Stream(Stream):
         if self.responded and (self.exchange is None or self.exchange.state != X_FORWARDING):
             nghttp2_session_consume(self.session.ng, self.id, n)   # answered already: discard
             return
-        self.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
+        self.deadline = w.now + w.body_timeout   # a long upload is not a stalled one
         if self.body is None:
             self.body = bytearray()
         bytearray_extend(self.body, <const char *>data, n)
@@ -551,6 +551,8 @@ cdef class H2Stream(Stream):
 
     cdef void request_end(self):
         self.end_stream = True
+        if self.exchange is not None and self.exchange.state == X_FORWARDING and not self.backend_full:
+            self.deadline = self.worker.now + self.worker.read_timeout
         if self.backend is not None and not self.backend_full:
             self._send_body()
 
@@ -629,6 +631,10 @@ cdef class H2Stream(Stream):
             self.connect_timed_out()
         elif self.queued:
             self.queue_timed_out()
+        elif self.exchange.state == X_FORWARDING and not self.end_stream and not self.backend_full:
+            # the client stopped sending its body (client_body_timeout): reset, answering nothing
+            self.drop_backend()
+            nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_CANCEL)
         elif self.exchange.state == X_FORWARDING and self.read_timed_out():
             return   # on to the next server (proxy_next_upstream timeout), with its own deadline
         elif self.exchange.state == X_FORWARDING:
@@ -641,6 +647,8 @@ cdef class H2Stream(Stream):
 
     # ---- Stream hooks ---------------------------------------------------------------
     cdef void backend_ready(self):
+        if not self.end_stream:   # the body is the client's to send: client_body_timeout
+            self.deadline = self.worker.now + self.worker.body_timeout
         if self.session is not None:
             self._send_body()
             self.session.flush_soon()
@@ -653,6 +661,10 @@ cdef class H2Stream(Stream):
 
     cdef void backend_writable(self, bint writable):
         self.backend_full = not writable
+        if not self.request_done:   # proxy_send_timeout, then client_body_timeout (or the read) again
+            self.deadline = self.worker.now + (self.worker.backend_send_timeout if not writable else
+                                               self.worker.body_timeout if not self.end_stream else
+                                               self.worker.read_timeout)
         if writable and self.session is not None:
             self._send_body()
             self.session.flush_soon()

@@ -80,6 +80,8 @@ cdef class Worker:
     cdef double keepalive_timeout
     cdef double connect_timeout
     cdef double read_timeout
+    cdef double body_timeout       # client_body_timeout: a request body stalled by the client
+    cdef double backend_send_timeout  # proxy_send_timeout: a request body the backend takes nothing of
     cdef double send_timeout
     cdef int h2_max_streams
     cdef int h2_max_requests

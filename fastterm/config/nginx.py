@@ -76,7 +76,10 @@ What maps (nginx -> model):
   ``$server_port``, ``$request_uri``, ``$uri``, ``$args``, ``$query_string``, ``$is_args``).
 - Limits are global in fastterm, so each must have one value over every server and location
   (else "not supported yet"): ``client_header_timeout`` (60s), ``keepalive_timeout`` (75s), ``send_timeout`` (60s),
-  ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``underscores_in_headers``,
+  ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``client_body_timeout`` (60s: a
+  request body the client sends nothing of for so long: the connection is closed unanswered, as
+  nginx; HTTP/2: the stream is reset), ``proxy_send_timeout``
+  (60s: a backend that takes nothing of the request body for so long, 504), ``underscores_in_headers``,
   ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE and
   ``header_line_size`` = SIZE (4 8k; nginx's statuses: a request line longer than SIZE 414, a
   field line longer than SIZE or a head past N x SIZE 400; nginx packs whole lines into its
@@ -150,7 +153,7 @@ What is refused, (c): every other directive nginx knows, among them ``ssl_verify
 ``proxy_pass`` with variables or a query in its URI part, ``location @name`` and nested
 locations, regex and suffix-wildcard ``server_name`` on a server without ``ssl``, ``error_page``, ``return`` in TLS servers,
 ``add_header`` other than HSTS ``always``, ``proxy_set_header`` with other variables,
-``proxy_send_timeout``, ``proxy_next_upstream invalid_header|updating``,
+``proxy_next_upstream invalid_header|updating``,
 upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
 ``allow``/``deny``, ``listen ... proxy_protocol``, and plain-HTTP proxying (a
@@ -563,6 +566,7 @@ MAPPED = {
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
     "proxy_connect_timeout", "proxy_read_timeout", "underscores_in_headers", "large_client_header_buffers",
     "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header", "keepalive_time",
+    "client_body_timeout", "proxy_send_timeout",
     "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_verify", "proxy_ssl_trusted_certificate",
     "proxy_ssl_verify_depth", "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_session_reuse",
     "proxy_ssl_protocols", "proxy_ssl_ciphers", "proxy_hide_header", "proxy_pass_header",
@@ -659,7 +663,6 @@ UNSUPPORTED = {
     "ssl_crl": "client certificates",
     "ssl_password_file": "encrypted keys", "ssl": "removed in nginx 1.25.1: use \"listen ... ssl\"",
     "ssl_reject_handshake": "refusing handshakes by SNI",
-    "proxy_send_timeout": "fastterm pauses a backend it cannot write to, with no deadline",
     "error_page": "fastterm sends its own error pages", "gzip": "fastterm does not compress",
     "proxy_redirect": "proxy_redirect other than default and off", "proxy_intercept_errors": "error pages",
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
@@ -1773,6 +1776,8 @@ _LIMITS = [
     ("keepalive_requests", "location", 1000, _positive(lambda n: _number(n, n.args[0])),
      ("keepalive_requests", "http2_max_requests")),
     ("keepalive_time", "location", 3600.0, _positive(parse_time), "keepalive_time"),
+    ("client_body_timeout", "location", 60.0, _positive(parse_time), "client_body_timeout"),
+    ("proxy_send_timeout", "location", 60.0, _positive(parse_time), "backend_send_timeout"),
 ]
 
 def load_config(path: str, warn: Warn | None = None) -> Config:

@@ -180,6 +180,30 @@ def connection_lifetime(host: str, gap: float) -> Custom:
     return Custom(f"requests before and after a {gap:g}s pause on one connection", run)
 
 
+def stalled_body(host: str, sent: bytes, length: int) -> Custom:
+    """A POST whose body stops after ``sent`` of its ``length`` bytes: the answer (status,
+    Connection), whether the connection was closed after it, and what reached a backend."""
+
+    def run(side, ctx):
+        ctx.backends.respond = Respond()
+        mark = ctx.backends.mark()
+        obs: dict = {}
+        with tls_connect(side, "HTTPS_PORT", host, client_context(ctx.pki)) as sock:
+            sock.sendall(f"POST /stalled HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n\r\n".encode()
+                         + sent)
+            try:
+                msg = read_message(Reader(sock), method="POST")
+                obs["status"] = msg.status
+                obs["header:connection"] = msg.header("connection")
+                obs["closed-after"] = closed_after(sock, 0.5)
+            except (OSError, EOFError, ValueError) as exc:
+                obs["status"] = f"no response ({type(exc).__name__})"
+        obs["backend.count"] = len(ctx.backends.since(mark))
+        return obs
+
+    return Custom(f"POST whose body stalls after {len(sent)} of {length} bytes", run)
+
+
 def resolver_not_contacted() -> Custom:
     """The seed's ``resolver 8.8.8.8`` must not be used in tests (no network): neither log
     mentions resolving (nginx resolves only for OCSP responders, and the test certificates
@@ -572,6 +596,7 @@ SPECIFIC["next_upstream"] = [
             label="GET /tries/ 503 (proxy_next_upstream_tries 2 of 3 servers)"),
 ]
 SPECIFIC["keepalive_time"] = [connection_lifetime(API, 1.5), connection_lifetime(API, 0.0)]
+SPECIFIC["body_timeout"] = [stalled_body(API, b"abc", 10), stalled_body(API, b"", 10)]
 SPECIFIC["redirect_variants"] = [
     *(Request(host, "/a/b?x=1&y=%20", port="HTTP_PORT")
       for host in ("app.example.com", "www.example.com", "temp.test", "see.test", "relative.test", "one.test",
