@@ -721,7 +721,6 @@ def test_values_equal_to_fastterm_are_accepted_silently(load):
     ("ssl_verify_client on;", '"ssl_verify_client on" is not supported yet'),
     ("gzip on;", '"gzip on" is not supported yet'),
     ("error_page 502 /50x.html;", '"error_page" is not supported yet'),
-    ("proxy_send_timeout 10s;", '"proxy_send_timeout" is not supported yet'),
     ("if ($host = x) { return 404; }", '"if" is not supported yet'),
     ("limit_req_zone $binary_remote_addr zone=one:10m rate=1r/s;", "not supported yet"),
 ])
