@@ -96,10 +96,15 @@ ALLOWED: list[Allowed] = [
                    "check (ngx_http_set_virtual_server, 421) before the missing-Host check (400); fastterm's "
                    "parser refuses the head first. Either way the request is refused before any backend"),
     # -- identity of the product, not behaviour
-    Allowed("header:server", nginx="nginx", fastterm=lambda v: v in (None, "fastterm", "diff-backend"),
+    Allowed("header:server", nginx="nginx", fastterm=lambda v: v in (None, "fastterm"),
             reason="Server: nginx names itself on every response (server_tokens); fastterm says `fastterm` on "
-                   "its own responses and passes a backend's Server through (none when the backend sends none): "
-                   "nginx.py, IGNORED server_tokens and RUNTIME_DIFFERENCES"),
+                   "its own responses and, like nginx, keeps a backend's Server from the client unless "
+                   "proxy_pass_header Server, without one of its own: nginx.py, IGNORED server_tokens and "
+                   "RUNTIME_DIFFERENCES"),
+    Allowed("header:connection", generated=True, nginx=None, fastterm="close",
+            when=lambda a, b: a.get("status") == b.get("status") and b.get("status", 0) >= 500,
+            reason="after a 5xx page of its own (a backend it could not reach) fastterm closes the HTTP/1.1 "
+                   "connection, nginx keeps it: nginx.py RUNTIME_DIFFERENCES"),
     Allowed("body", generated=True,
             reason="pages the proxy makes itself (errors, redirects) are each product's own HTML "
                    "(nginx's carry `<center>nginx</center>`, fastterm's say fastterm)"),
