@@ -101,10 +101,6 @@ ALLOWED: list[Allowed] = [
                    "its own responses and, like nginx, keeps a backend's Server from the client unless "
                    "proxy_pass_header Server, without one of its own: nginx.py, IGNORED server_tokens and "
                    "RUNTIME_DIFFERENCES"),
-    Allowed("header:connection", generated=True, nginx=None, fastterm="close",
-            when=lambda a, b: a.get("status") == b.get("status") and b.get("status", 0) >= 500,
-            reason="after a 5xx page of its own (a backend it could not reach) fastterm closes the HTTP/1.1 "
-                   "connection, nginx keeps it: nginx.py RUNTIME_DIFFERENCES"),
     Allowed("body", generated=True,
             reason="pages the proxy makes itself (errors, redirects) are each product's own HTML "
                    "(nginx's carry `<center>nginx</center>`, fastterm's say fastterm)"),

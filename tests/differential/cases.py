@@ -185,17 +185,18 @@ def connection_lifetime(host: str, gap: float) -> Custom:
     return Custom(f"requests before and after a {gap:g}s pause on one connection", run)
 
 
-def stalled_body(host: str, sent: bytes, length: int) -> Custom:
-    """A POST whose body stops after ``sent`` of its ``length`` bytes: the answer (status,
-    Connection), whether the connection was closed after it, and what reached a backend."""
+def stalled_body(host: str, sent: bytes, length: int, chunked: bool = False) -> Custom:
+    """A POST whose body stops after ``sent`` of its ``length`` bytes (``chunked``: ``sent`` is
+    the start of a chunked body, which nginx reads whole before it sends anything): the answer
+    (status, Connection), whether the connection was closed after it, and what reached a backend."""
 
     def run(side, ctx):
         ctx.backends.respond = Respond()
         mark = ctx.backends.mark()
         obs: dict = {}
+        framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}"
         with tls_connect(side, "HTTPS_PORT", host, client_context(ctx.pki)) as sock:
-            sock.sendall(f"POST /stalled HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n\r\n".encode()
-                         + sent)
+            sock.sendall(f"POST /stalled HTTP/1.1\r\nHost: {host}\r\n{framing}\r\n\r\n".encode() + sent)
             try:
                 msg = read_message(Reader(sock), method="POST")
                 obs["status"] = msg.status
@@ -206,7 +207,8 @@ def stalled_body(host: str, sent: bytes, length: int) -> Custom:
         obs["backend.count"] = len(ctx.backends.since(mark))
         return obs
 
-    return Custom(f"POST whose body stalls after {len(sent)} of {length} bytes", run)
+    kind = "chunked body" if chunked else "body"
+    return Custom(f"POST whose {kind} stalls after {len(sent)} of {length} bytes", run)
 
 
 def resolver_not_contacted() -> Custom:
@@ -638,7 +640,8 @@ SPECIFIC["next_upstream"] = [
             label="GET /tries/ 503 (proxy_next_upstream_tries 2 of 3 servers)"),
 ]
 SPECIFIC["keepalive_time"] = [connection_lifetime(API, 1.5), connection_lifetime(API, 0.0)]
-SPECIFIC["body_timeout"] = [stalled_body(API, b"abc", 10), stalled_body(API, b"", 10)]
+SPECIFIC["body_timeout"] = [stalled_body(API, b"abc", 10), stalled_body(API, b"", 10),
+                            stalled_body(API, b"a\r\n0123", 10, chunked=True)]
 SPECIFIC["redirect_variants"] = [
     *(Request(host, "/a/b?x=1&y=%20", port="HTTP_PORT")
       for host in ("app.example.com", "www.example.com", "temp.test", "see.test", "relative.test", "one.test",
