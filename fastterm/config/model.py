@@ -282,7 +282,8 @@ class Limits(Struct):
     # Connection: close (nginx keepalive_requests; its default 1000 comes with --nginx); 0: no cap
     underscores_in_headers: bool = False  # nginx's default: request fields with "_" in the name are dropped
     client_body_timeout: float | None = None  # a request body the client sends nothing of for this
-    # long is answered 408 (nginx client_body_timeout); None: backend_read_timeout
+    # long ends unanswered, as nginx client_body_timeout (HTTP/1.1 closes, HTTP/2 resets the stream);
+    # None: backend_read_timeout
     backend_send_timeout: float | None = None  # a backend that takes nothing of the request body for
     # this long: 504 (nginx proxy_send_timeout); None: backend_read_timeout
     keepalive_time: float = 0.0  # HTTP/1.1: a request begun on a connection older than this is its last,
