@@ -36,6 +36,12 @@ ctypedef struct RequestLimits:
 
 
 cdef enum:
+    # why a request might go on to the next server (Exchange.next_upstream); a status is itself
+    NEXT_ERROR = 1
+    NEXT_TIMEOUT = 2
+
+
+cdef enum:
     # what a RequestRewrite template piece stands for (VARIABLES in exchange.pyx names them)
     V_LITERAL
     V_HOST              # $host: the target's or Host's name, lowercased, no port; else server_name
@@ -84,11 +90,20 @@ cdef class RequestRewrite:
     cdef readonly bint keepalive    # the backend connection may be reused after the response
     cdef object real_ip_from        # tuple of ip networks (nginx set_real_ip_from), or ()
     cdef bytes real_ip_header       # lowercase; its address replaces $remote_addr from those peers
+    cdef tuple hide                 # lowercase names of backend response fields not passed on
+    # nginx proxy_next_upstream: when a request goes on to the upstream's next server
+    cdef readonly bint next_on_error        # a connect failure, or a reset before the response head
+    cdef readonly bint next_on_timeout      # a connect or read timeout before the response head
+    cdef readonly bint next_non_idempotent  # also POST, LOCK, PATCH (bodiless) once sent
+    cdef readonly tuple next_statuses       # response statuses that go on (http_500, ...)
+    cdef readonly int next_tries            # proxy_next_upstream_tries, 0: the upstream's servers
+    cdef readonly double next_time_limit    # proxy_next_upstream_timeout (s), 0: none
     cdef int nheaders
     cdef int npieces
     cdef HeaderTemplate *headers
     cdef TemplatePiece *pieces
     cdef bint names_field(self, const char *name, int n)
+    cdef bint hides(self, const char *name, int n)
 
 
 cdef class ResponsePolicy:
@@ -254,5 +269,6 @@ cdef class Exchange:
     cdef bint _safe_status(self, int status)
     cdef int response_end(self) except -1
     cdef bint may_retry(self, bint got_bytes, int attempts)
+    cdef bint next_upstream(self, int cause, bint sent, int attempts, double elapsed)
     cdef bytes error_response(self, int status, bint keep_alive=*)
     cdef bytes error_body(self, int status)

@@ -97,8 +97,12 @@ cdef class RequestRewrite:
         self.pieces = NULL
 
     def __init__(self, str http_version, headers, bytes host_fallback=b"", bint keepalive=False,
-                 real_ip_from=(), str real_ip_header="X-Real-IP"):
-        """``headers``: [(name, [(V_LITERAL, bytes) | (V_HTTP, lowercase name) | (V_*, b"")])]."""
+                 real_ip_from=(), str real_ip_header="X-Real-IP", hide_headers=(),
+                 next_upstream=("error", "timeout"), int next_tries=0, double next_time_limit=0.0):
+        """``headers``: [(name, [(V_LITERAL, bytes) | (V_HTTP, lowercase name) | (V_*, b"")])];
+        ``hide_headers``: backend response fields dropped (nginx proxy_hide_header);
+        ``next_upstream``: nginx proxy_next_upstream's words (``error``, ``timeout``,
+        ``non_idempotent``, ``http_NNN``; empty: off)."""
         cdef int i = 0, k = 0
         if self.headers != NULL:
             raise RuntimeError("RequestRewrite is initialised once")
@@ -109,6 +113,13 @@ cdef class RequestRewrite:
         self.keepalive = keepalive and http_version == "1.1"
         self.real_ip_from = tuple(ipaddress.ip_network(n, strict=False) for n in real_ip_from)
         self.real_ip_header = real_ip_header.lower().encode("ascii")
+        self.hide = tuple(dict.fromkeys(n.lower().encode("ascii") for n in hide_headers))
+        self.next_on_error = "error" in next_upstream
+        self.next_on_timeout = "timeout" in next_upstream
+        self.next_non_idempotent = "non_idempotent" in next_upstream
+        self.next_statuses = tuple(int(w[5:]) for w in next_upstream if w.startswith("http_"))
+        self.next_tries = next_tries
+        self.next_time_limit = next_time_limit
         self.headers = <HeaderTemplate *>malloc(max(1, len(headers)) * sizeof(HeaderTemplate))
         self.pieces = <TemplatePiece *>malloc(max(1, len(pieces)) * sizeof(TemplatePiece))
         if self.headers == NULL or self.pieces == NULL:
@@ -145,6 +156,14 @@ cdef class RequestRewrite:
         cdef const char *text = PyBytes_AS_STRING(self.text)
         for i in range(self.nheaders):
             if self.headers[i].name_len == n and strncasecmp(text + self.headers[i].name_start, name, n) == 0:
+                return True
+        return False
+
+    cdef bint hides(self, const char *name, int n):
+        """Whether the backend response field ``name`` is dropped (nginx proxy_hide_header)."""
+        cdef bytes h
+        for h in self.hide:
+            if PyBytes_GET_SIZE(h) == n and strncasecmp(PyBytes_AS_STRING(h), name, n) == 0:
                 return True
         return False
 
@@ -912,6 +931,9 @@ cdef class Exchange:
                     kind == H_PROXY_CONNECTION or kind == H_UPGRADE or (kind == H_HSTS and hsts) or \
                     (kind == H_TRANSFER_ENCODING and (self.dechunk or self.facts.http2)):
                 continue
+            if self.rewrite is not None and self.rewrite.hide and \
+                    self.rewrite.hides(p + slots[j].line_start, slots[j].name_len):
+                continue
             if rf_len and slots[j].name_len == 8 and strncasecmp(p + slots[j].line_start, b"location", 8) == 0 \
                     and slots[j].value_len >= rf_len and \
                     memcmp(p + slots[j].value_start, PyBytes_AS_STRING(rf), rf_len) == 0:
@@ -1131,6 +1153,28 @@ cdef class Exchange:
         """A reset before any response byte on an idempotent, bodiless request: replaying it
         on a fresh connection is safe (RFC 9110 §9.2.2)."""
         return not got_bytes and self.retryable and attempts < self.pool.tries
+
+    cdef bint next_upstream(self, int cause, bint sent, int attempts, double elapsed):
+        """Whether this request goes on to another server after ``cause`` (NEXT_ERROR,
+        NEXT_TIMEOUT or a response status; ``sent``: the request reached the backend). nginx's
+        proxy_next_upstream for a route with a RequestRewrite: its causes, a request sent only
+        when bodiless and idempotent (or ``non_idempotent``), within next_tries servers and
+        next_time_limit seconds. fastterm's own routes: a failed connect (resets: may_retry)."""
+        cdef RequestRewrite rw = self.rewrite
+        cdef int limit = min(self.pool.tries, len(self.pool.servers))
+        if rw is None:
+            return attempts < limit and not sent   # a connect that failed or timed out
+        if rw.next_tries and rw.next_tries < limit:
+            limit = rw.next_tries
+        if attempts >= limit or rw.next_time_limit and elapsed >= rw.next_time_limit:
+            return False
+        if sent and not (self.retryable or rw.next_non_idempotent and self.body_mode == BODY_NONE):
+            return False
+        if cause == NEXT_ERROR:
+            return rw.next_on_error
+        if cause == NEXT_TIMEOUT:
+            return rw.next_on_timeout
+        return cause in rw.next_statuses
 
     cdef bytes error_body(self, int status):
         reason = _REASONS.get(status) or _reason(status)

@@ -24,6 +24,7 @@ cdef class H1Session(Codec):
     cdef bytes buffered_head        # ... and the head that waits for it
     cdef bint backend_full          # the backend's socket buffer is full: stop reading the client
     cdef int requests               # heads accepted on this connection (keepalive_requests)
+    cdef double opened              # when the connection began (keepalive_time)
     cdef Py_ssize_t head_line_start # where the head's line being received began (header_line_size)
     cdef bint early_retry           # the backend said 425: the request goes again after the handshake
     cdef bint early_wait            # a request in early data with an unsafe method waits (in held)

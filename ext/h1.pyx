@@ -10,6 +10,7 @@ cdef class H1Session(Codec):
     def __cinit__(self, ClientConnection conn not None, ClientFacts facts not None):
         self.state = H1_IDLE
         self.close_after = self.worker.draining
+        self.opened = self.worker.now
         self.stream = H1Stream()
         self.stream.session = self
         self.stream.worker = self.worker
@@ -105,13 +106,15 @@ cdef class H1Session(Codec):
             self.stream.connect_timed_out()
         elif (state == H1_BODY or state == H1_RESPONSE) and self.stream.queued:
             self.stream.queue_timed_out()
-        elif state == H1_BODY and self.buffered is not None:
-            self._refuse(408)   # the client stopped sending the body it is read for (nginx client_body_timeout)
         elif state == H1_BODY or state == H1_RESPONSE:
-            if self.stream.exchange.state == X_FORWARDING:
-                self._answer_error(504)
-            else:
+            if self.stream.exchange.state != X_FORWARDING:
                 self.conn.close()
+            elif state == H1_BODY and not self.request_done and not self.backend_full:
+                # the client stopped sending its body (streamed, or buffered to send whole):
+                # nginx's client_body_timeout closes, answering nothing
+                self.conn.close()
+            elif not self.stream.read_timed_out():   # else on to the next server (proxy_next_upstream)
+                self._answer_error(504)
         elif state == H1_IDLE and self.held is None:
             self.state = H1_CLOSING
             self.conn.finish()
@@ -228,6 +231,8 @@ cdef class H1Session(Codec):
         self.requests += 1
         if ex.client_close or w.draining or (w.keepalive_requests and self.requests >= w.keepalive_requests):
             self.close_after = True   # the response says Connection: close
+        if w.keepalive_time and w.now - self.opened > w.keepalive_time:
+            self.close_after = True   # nginx keepalive_time: the connection's last request
         if status:
             if (status == 301 and ex.location is not None or ex.answering and status != CLOSE_STATUS) and \
                     ex.body_mode == BODY_NONE and not self.close_after:
@@ -245,7 +250,7 @@ cdef class H1Session(Codec):
                 self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", 25)
             self.state = H1_BODY
             self.stream.attempts = 0
-            self.stream.deadline = w.now + w.read_timeout
+            self.stream.deadline = w.now + w.body_timeout   # client_body_timeout while it is read
             return 0 if self.conn.state == C_OPEN else -1
         if ex.continue_client and not self.request_done:
             self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", 25)
@@ -265,7 +270,7 @@ cdef class H1Session(Codec):
         cdef Worker w = self.worker
         cdef Py_ssize_t k
         cdef long long limit
-        self.stream.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
+        self.stream.deadline = w.now + w.body_timeout   # a long upload is not a stalled one
         k = framer_feed(&self.req_body, p, n)
         limit = self.stream.exchange.max_body   # the answering location's (nginx), else the global one
         if k < 0 or (limit and self.req_body.total > limit):
@@ -290,6 +295,7 @@ cdef class H1Session(Codec):
                     self.buffered_head, PyByteArray_GET_SIZE(self.buffered)) + bytes(self.buffered)
                 self.buffered = None
                 self.buffered_head = None
+                self.stream.deadline = w.now + w.read_timeout
                 self.stream.dispatch(False)
             return k
         if k:
@@ -299,6 +305,7 @@ cdef class H1Session(Codec):
                 self.stream.backend.transport.write(PyBytes_FromStringAndSize(p, k))
         if self.req_body.done:
             self.request_done = True
+            self.stream.deadline = w.now + w.read_timeout
             if self.state == H1_BODY:
                 self.state = H1_RESPONSE
         return k
@@ -429,6 +436,8 @@ cdef class H1Stream(Stream):
         return False
 
     cdef void backend_ready(self):
+        if not self.session.request_done:   # the body is the client's to send: client_body_timeout
+            self.deadline = self.worker.now + self.worker.body_timeout
         self.session._resume()
 
     cdef bint closing(self):
@@ -439,6 +448,9 @@ cdef class H1Stream(Stream):
 
     cdef void backend_writable(self, bint writable):
         self.session.backend_full = not writable
+        if not self.session.request_done:   # proxy_send_timeout, then client_body_timeout again
+            self.deadline = self.worker.now + (self.worker.backend_send_timeout if not writable else
+                                               self.worker.body_timeout)
         if writable:
             self.session._resume()
 

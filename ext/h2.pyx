@@ -523,7 +523,7 @@ cdef class H2Stream(Stream):
             self.answer_error(status)
             return
         self.request_head = w.writer.take()
-        self.deadline = w.now + w.read_timeout
+        self.deadline = w.now + (w.read_timeout if self.end_stream else w.body_timeout)
         self.request_done = False
         if ex.buffer_body:
             self.buffering = True
@@ -542,7 +542,7 @@ cdef class H2Stream(Stream):
         if self.responded and (self.exchange is None or self.exchange.state != X_FORWARDING):
             nghttp2_session_consume(self.session.ng, self.id, n)   # answered already: discard
             return
-        self.deadline = w.now + w.read_timeout   # a long upload is not a stalled one
+        self.deadline = w.now + w.body_timeout   # a long upload is not a stalled one
         if self.body is None:
             self.body = bytearray()
         bytearray_extend(self.body, <const char *>data, n)
@@ -566,7 +566,10 @@ cdef class H2Stream(Stream):
         self.end_stream = True
         if self.buffering:
             self._dispatch_buffered()
-        elif self.backend is not None and not self.backend_full:
+            return
+        if self.exchange is not None and self.exchange.state == X_FORWARDING and not self.backend_full:
+            self.deadline = self.worker.now + self.worker.read_timeout
+        if self.backend is not None and not self.backend_full:
             self._send_body()
 
     cdef void _dispatch_buffered(self):
@@ -577,6 +580,7 @@ cdef class H2Stream(Stream):
         self.body = None
         self.request_head = self.exchange.buffered_head(self.request_head, len(data)) + data
         self.request_done = True
+        self.deadline = self.worker.now + self.worker.read_timeout
         self.dispatch(False)
 
     cdef void _send_body(self):
@@ -654,9 +658,15 @@ cdef class H2Stream(Stream):
             self.connect_timed_out()
         elif self.queued:
             self.queue_timed_out()
-        elif self.buffering:
+        elif self.buffering or self.exchange.state == X_FORWARDING and not self.end_stream and not self.backend_full:
+            # the client stopped sending its body, streamed or read whole before it is sent
+            # (client_body_timeout): reset, answering nothing, as nginx
             self.buffering = False
-            self.answer_error(408)   # the body it is read for stopped coming (nginx client_body_timeout)
+            self.body = None
+            self.drop_backend()
+            nghttp2_submit_rst_stream(self.session.ng, NGHTTP2_FLAG_NONE, self.id, NGHTTP2_CANCEL)
+        elif self.exchange.state == X_FORWARDING and self.read_timed_out():
+            return   # on to the next server (proxy_next_upstream timeout), with its own deadline
         elif self.exchange.state == X_FORWARDING:
             self.answer_error(504)
         else:
@@ -667,6 +677,8 @@ cdef class H2Stream(Stream):
 
     # ---- Stream hooks ---------------------------------------------------------------
     cdef void backend_ready(self):
+        if not self.end_stream:   # the body is the client's to send: client_body_timeout
+            self.deadline = self.worker.now + self.worker.body_timeout
         if self.session is not None:
             self._send_body()
             self.session.flush_soon()
@@ -679,6 +691,10 @@ cdef class H2Stream(Stream):
 
     cdef void backend_writable(self, bint writable):
         self.backend_full = not writable
+        if not self.request_done:   # proxy_send_timeout, then client_body_timeout (or the read) again
+            self.deadline = self.worker.now + (self.worker.backend_send_timeout if not writable else
+                                               self.worker.body_timeout if not self.end_stream else
+                                               self.worker.read_timeout)
         if writable and self.session is not None:
             self._send_body()
             self.session.flush_soon()

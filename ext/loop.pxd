@@ -80,10 +80,13 @@ cdef class Worker:
     cdef double keepalive_timeout
     cdef double connect_timeout
     cdef double read_timeout
+    cdef double body_timeout       # client_body_timeout: a request body stalled by the client
+    cdef double backend_send_timeout  # proxy_send_timeout: a request body the backend takes nothing of
     cdef double send_timeout
     cdef int h2_max_streams
     cdef int h2_max_requests
     cdef int keepalive_requests    # HTTP/1.1 requests per connection (0: no cap)
+    cdef double keepalive_time     # HTTP/1.1 connection lifetime for new requests (0: none)
     # accept control
     cdef list listeners             # this worker's accepting Listeners, paused together
     cdef readonly int max_clients   # worker_connections

@@ -96,6 +96,11 @@ cdef class Worker:
         self.h2_max_streams = limits.http2_max_concurrent_streams
         self.h2_max_requests = limits.http2_max_requests
         self.keepalive_requests = limits.keepalive_requests
+        self.keepalive_time = limits.keepalive_time
+        self.body_timeout = limits.client_body_timeout if limits.client_body_timeout is not None \
+            else limits.backend_read_timeout
+        self.backend_send_timeout = limits.backend_send_timeout if limits.backend_send_timeout is not None \
+            else limits.backend_read_timeout
         self.sweep_handle = loop.call_later(1.0, self._sweep)
         self.by_fd = {}
         self.closed = []

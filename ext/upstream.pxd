@@ -74,6 +74,7 @@ cdef class Stream:
     cdef unsigned long long tried   # servers this request tried (bit server % 64)
     cdef bytes request_head         # what every attempt sends first
     cdef double deadline            # connect, then read: the codec's sweep checks it
+    cdef double first_try           # when the first attempt began (proxy_next_upstream_timeout)
 
     # Connection flow
     cdef void dispatch(self, bint fresh)
@@ -84,6 +85,8 @@ cdef class Stream:
     cdef void backend_failed(self, bint got_bytes, int server, bint fresh)
     cdef void drop_backend(self)
     cdef void too_early(self)
+    cdef bint read_timed_out(self)
+    cdef void retry_now(self)
     # What the codec's stream implements
     cdef bint wait_for_handshake(self)
     cdef void backend_ready(self)

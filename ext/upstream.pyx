@@ -263,6 +263,7 @@ cdef class Stream:
         cdef BackendConnection conn = None
         if self.attempts == 0:
             self.tried = 0
+            self.first_try = w.now
         server = pool.next_server(w.now, self.tried)
         self.tried |= 1ULL << (server & 63)
         self.attempts += 1
@@ -345,7 +346,8 @@ cdef class Stream:
         self.connecting = False
         self.worker.tick()
         pool.mark_failed(self.tried_server, self.worker.now)
-        if self.attempts < min(pool.tries, len(pool.servers)):
+        if self.exchange.next_upstream(NEXT_TIMEOUT if status == 504 else NEXT_ERROR, False, self.attempts,
+                                       self.worker.now - self.first_try):
             self.dispatch(True)
         else:
             self.answer_error(status)
@@ -374,8 +376,11 @@ cdef class Stream:
             # may just have been closed by the backend's keep-alive timeout).
             w.tick()
             self.exchange.pool.mark_failed(server, w.now)
-        if self.exchange.may_retry(got_bytes, self.attempts):
-            # A pooled keep-alive connection the backend had already closed: retry fresh.
+        if self.exchange.rewrite is None and self.exchange.may_retry(got_bytes, self.attempts) or \
+                self.exchange.rewrite is not None and not got_bytes and self.exchange.next_upstream(
+                    NEXT_ERROR, True, self.attempts - (not fresh), w.now - self.first_try):
+            # A pooled keep-alive connection the backend had already closed: retry fresh
+            # (nginx does not count that try); nginx routes: proxy_next_upstream error.
             self.dispatch(True)
         elif self.exchange.state == X_FORWARDING:
             self.answer_error(502)
@@ -401,6 +406,28 @@ cdef class Stream:
         self.request_head = self.request_head[:n - 17] + b"\r\n"   # drop "Early-Data: 1\r\n"
         if not self.wait_for_handshake():
             self.dispatch(True)
+
+    cdef bint read_timed_out(self):
+        """No response head within the read timeout: on to the next server when the route's
+        proxy_next_upstream says timeout (nginx), True; else False and the codec answers 504."""
+        cdef Worker w = self.worker
+        cdef BackendConnection conn = self.backend
+        if conn is None or self.exchange is None or self.exchange.state != X_FORWARDING or \
+                self.exchange.rewrite is None or \
+                not self.exchange.next_upstream(NEXT_TIMEOUT, True, self.attempts, w.now - self.first_try):
+            return False
+        _log.warning("upstream %s: %s:%s timed out reading the response head", self.exchange.pool.name,
+                     *self.exchange.pool.servers[conn.server])
+        self.exchange.pool.mark_failed(conn.server, w.now)
+        self.drop_backend()
+        self.retry_now()
+        return True
+
+    cdef void retry_now(self):
+        """The request again, on a fresh connection to the next server, with a fresh read deadline."""
+        self.dispatch(True)
+        if not self.connecting and not self.queued:
+            self.deadline = self.worker.now + self.worker.read_timeout
 
     # ---- What the codec's stream implements -----------------------------------------
     cdef bint wait_for_handshake(self):
@@ -658,6 +685,18 @@ cdef class BackendConnection:
         if parse_head(p, head_len, False, &head, w.slots, MAX_HEADER_SLOTS):
             ex._bad("malformed header block")
             self._bad_response(ex.failure)
+            return -1
+        if head.status >= 200 and ex.rewrite is not None and head.status in ex.rewrite.next_statuses and \
+                ex.next_upstream(head.status, True, stream.attempts, w.now - stream.first_try):
+            # nginx proxy_next_upstream http_NNN: this response is dropped, the next server asked
+            # (403 and 404 are not failures of the server, the others are).
+            _log.warning("upstream %s: %s:%s answered %d, trying the next server", self.pool.name,
+                         *self.pool.servers[self.server], head.status)
+            if head.status != 403 and head.status != 404:
+                self.pool.mark_failed(self.server, w.now)
+            self.abort()
+            stream.backend = None
+            stream.retry_now()
             return -1
         r = ex.response(p, &head, w.slots, w.writer, stream.closing())
         if r == R_INTERIM:

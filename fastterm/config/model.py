@@ -111,6 +111,15 @@ class ProxyRequest(Struct):
     real_ip_from: list[str] = msgspec.field(default_factory=list)  # nginx set_real_ip_from: from these
     # peers, $remote_addr is the address real_ip_header carries (X-Forwarded-For: its last one)
     real_ip_header: str = "X-Real-IP"
+    hide_headers: list[str] = msgspec.field(default_factory=list)  # backend response fields not passed
+    # to the client (nginx proxy_hide_header; the nginx front-end adds nginx's X-Pad and X-Accel-*)
+    next_upstream: list[str] = msgspec.field(default_factory=lambda: ["error", "timeout"])  # nginx
+    # proxy_next_upstream: when a request goes on to the upstream's next server: "error" (a failed
+    # connect, a reset before the response head), "timeout" (connect or read, before the head),
+    # "http_500" ... "http_429" (that response is dropped), "non_idempotent" (POST, PATCH, LOCK too,
+    # when bodiless); a request sent to a server is replayed only when it has no body; []: never
+    next_upstream_tries: int = 0  # servers tried at most per request; 0: each of the upstream's once
+    next_upstream_timeout: float = 0.0  # seconds since the first try past which none starts; 0: none
 
 
 class AddHeader(Struct):
@@ -275,6 +284,13 @@ class Limits(Struct):
     keepalive_requests: int = 0  # HTTP/1.1 requests per client connection, the last one answered with
     # Connection: close (nginx keepalive_requests; its default 1000 comes with --nginx); 0: no cap
     underscores_in_headers: bool = False  # nginx's default: request fields with "_" in the name are dropped
+    client_body_timeout: float | None = None  # a request body the client sends nothing of for this
+    # long ends unanswered, as nginx client_body_timeout (HTTP/1.1 closes, HTTP/2 resets the stream);
+    # None: backend_read_timeout
+    backend_send_timeout: float | None = None  # a backend that takes nothing of the request body for
+    # this long: 504 (nginx proxy_send_timeout); None: backend_read_timeout
+    keepalive_time: float = 0.0  # HTTP/1.1: a request begun on a connection older than this is its last,
+    # answered with Connection: close (nginx keepalive_time; its default 1h comes with --nginx); 0: none
 
 
 class Sessions(Struct):

@@ -99,13 +99,17 @@ What maps (nginx -> model):
   (else "not supported yet"): ``client_header_timeout`` (60s), ``keepalive_timeout TIMEOUT
   [HEADER_TIMEOUT]`` (75s; the second -> ``keepalive_header``: ``Keep-Alive: timeout=N`` on
   HTTP/1.1 responses that keep the connection), ``send_timeout`` (60s),
-  ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``underscores_in_headers``,
+  ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``client_body_timeout`` (60s: a
+  request body the client sends nothing of for so long, streamed or read whole before it is sent:
+  the connection is closed unanswered, as nginx; HTTP/2: the stream is reset), ``proxy_send_timeout``
+  (60s: a backend that takes nothing of the request body for so long, 504), ``underscores_in_headers``,
   ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE and
   ``header_line_size`` = SIZE (4 8k; nginx's statuses: a request line longer than SIZE 414, a
   field line longer than SIZE or a head past N x SIZE 400; nginx packs whole lines into its
   buffers after the first client_header_buffer_size, so its head limit is within a line of N x SIZE),
   ``http2_max_concurrent_streams`` (128), ``keepalive_requests`` (1000) -> requests per
-  HTTP/1.1 connection and streams per HTTP/2 connection.
+  HTTP/1.1 connection and streams per HTTP/2 connection, ``keepalive_time`` (1h) -> the age of an
+  HTTP/1.1 connection past which a new request is its last (Connection: close).
 - ``proxy_redirect default`` (also nginx's default) and ``off`` -> each route's ``redirect_from``
   (``http://UPSTREAM/`` as proxy_pass writes it, or "") and ``redirect_to`` ``/``: a backend's
   Location under proxy_pass's URL comes back on the client's https://$host[:port].
@@ -120,6 +124,21 @@ What maps (nginx -> model):
   ``$request_uri``, ``$request_method``, ``$server_addr``, ``$server_port``, ``$server_name``,
   ``$ssl_protocol``, ``$ssl_cipher``, ``$ssl_server_name``, ``$ssl_early_data`` ("1" while the
   handshake is not complete, i.e. for a request that came in 0-RTT data, else ""), ``$proxy_host``.
+- ``proxy_next_upstream`` (default ``error timeout``), ``proxy_next_upstream_tries`` (0: each
+  server once) and ``proxy_next_upstream_timeout`` (0: none) -> each route's ``proxy.next_upstream``,
+  ``next_upstream_tries``, ``next_upstream_timeout``: ``error`` (a refused or failed connect, a reset
+  before the response head), ``timeout`` (connect or proxy_read_timeout before the head), ``http_500``,
+  ``http_502``, ``http_503``, ``http_504``, ``http_403``, ``http_404``, ``http_429`` (that response is
+  dropped and the next server asked; the last one's is passed; 403/404 do not count as failures for
+  max_fails), ``non_idempotent``, ``off``. A request that reached a server goes on only when it is
+  bodiless and idempotent, or ``non_idempotent`` is set; a stale keep-alive connection is a free
+  try, as nginx's. ``invalid_header`` and ``updating`` are refused.
+- ``proxy_hide_header NAME`` and ``proxy_pass_header NAME`` -> each route's ``proxy.hide_headers``:
+  the backend response fields nginx keeps from the client (``Server``, ``X-Pad``, ``X-Accel-*``
+  by default), plus the level's ``proxy_hide_header`` names, less its ``proxy_pass_header`` ones
+  (each list from the nearest level that has any, as nginx). ``Date`` is always passed: nginx
+  writes its own in place of the backend's, fastterm has none of its own and passes the
+  backend's; fastterm adds no ``Server`` of its own to a proxied response.
 - OCSP stapling (fastterm/certs/ocsp.py): ``ssl_stapling on|off`` -> ``tls.stapling`` (default
   off, as nginx), ``ssl_stapling_verify`` -> ``tls.stapling_verify`` (default off, as nginx: a
   warning says responses are stapled unchecked), ``ssl_stapling_responder http://...`` ->
@@ -164,7 +183,7 @@ What is refused, (c): every other directive nginx knows, among them ``ssl_crl``,
 ``proxy_pass`` with variables or a query in its URI part, nested locations, named locations
 that do more than ``return``, regex and suffix-wildcard ``server_name`` on a server without
 ``ssl``, ``error_page`` to a local URI or with variables, ``proxy_set_header`` with other variables,
-``proxy_hide_header``, ``proxy_send_timeout``, ``proxy_next_upstream*``, ``keepalive_time``,
+``proxy_next_upstream invalid_header|updating``,
 upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
 ``allow``/``deny``, ``listen ... proxy_protocol``, and plain-HTTP proxying (a
@@ -245,15 +264,18 @@ RUNTIME_DIFFERENCES = """\
   connection).
 - add_header lines whose values have variables are left out of answers to requests refused
   before a server block is chosen (a malformed head).
-- Responses: nginx replaces the backend's Server and Date; fastterm passes them through; error
-  pages differ in body and Server header (fastterm vs nginx/1.x).
+- Responses: nginx replaces the backend's Server and Date with its own; fastterm drops the
+  backend's Server (proxy_hide_header's default) and passes its Date; error pages differ in body
+  and Server header (fastterm vs nginx/1.x).
+- A backend's X-Accel-Redirect is dropped (nginx's default hiding); nginx also acts on it (an
+  internal redirect), and on X-Accel-Limit-Rate/-Buffering/-Charset/-Expires, fastterm does not.
 - A request head over 256 fields: 431 (nginx counts no fields). Over N x SIZE of
   large_client_header_buffers: 400 (nginx too, but it packs whole lines into its buffers after
   the first client_header_buffer_size one, so its limit is within a line of N x SIZE).
 - HTTP/2: nginx ends the connection (GOAWAY ENHANCE_YOUR_CALM) for a field whose HPACK-encoded
   name or value is longer than large_client_header_buffers' SIZE; fastterm (nghttp2 gives it
   decoded fields) answers the stream 431 when its decoded list passes N x SIZE.
-- keepalive_time (1h) is not applied.
+- keepalive_time applies to HTTP/1.1 only (nginx also ends an HTTP/2 connection past it).
 - proxy_redirect rewrites Location only (nginx also rewrites Refresh).
 - No matching location: fastterm 404s; nginx serves files from its root.
 - Port 80 (return): the status pages' bodies differ; add_header lines are not applied; a text
@@ -267,9 +289,9 @@ RUNTIME_DIFFERENCES = """\
   Content-Length, as nginx (proxy_request_buffering on), but in memory up to the location's
   client_max_body_size (nginx: a temp file past client_body_buffer_size); where that is 0 (no
   limit) it is streamed chunked instead.
-- A backend failing: fastterm retries resets before a response byte of idempotent requests;
-  nginx's proxy_next_upstream also retries on timeout; a single server is skipped for
-  fail_timeout in fastterm only when another is up.
+- A backend failing: a single server is skipped for fail_timeout in fastterm only when another
+  is up. proxy_next_upstream replays no request with a body once it was sent (nginx, which keeps
+  the body: on to the next server when non_idempotent or the method is idempotent).
 - Upstream host names are resolved per connection (nginx: once at start, every address).
 - Every server of an upstream out (max_fails): fastterm tries the one back soonest; nginx answers
   502 at once and marks them all up again.
@@ -580,10 +602,12 @@ MAPPED = {
     "proxy_pass", "proxy_set_header", "proxy_http_version", "error_page", "proxy_intercept_errors",
     "client_max_body_size", "client_header_timeout", "keepalive_timeout", "send_timeout",
     "proxy_connect_timeout", "proxy_read_timeout", "underscores_in_headers", "large_client_header_buffers",
-    "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header",
+    "http2_max_concurrent_streams", "keepalive_requests", "set_real_ip_from", "real_ip_header", "keepalive_time",
+    "client_body_timeout", "proxy_send_timeout",
     "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_verify", "proxy_ssl_trusted_certificate",
     "proxy_ssl_verify_depth", "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_session_reuse",
-    "proxy_ssl_protocols", "proxy_ssl_ciphers",
+    "proxy_ssl_protocols", "proxy_ssl_ciphers", "proxy_hide_header", "proxy_pass_header",
+    "proxy_next_upstream", "proxy_next_upstream_tries", "proxy_next_upstream_timeout",
     "ssl_verify_client", "ssl_client_certificate", "ssl_verify_depth",
     # upstream { }
     "keepalive", "least_conn",
@@ -658,7 +682,7 @@ IGNORED = {
     "map_hash_max_size": "an nginx hash table size", "map_hash_bucket_size": "an nginx hash table size",
     "proxy_headers_hash_max_size": "an nginx hash table size",
     "proxy_headers_hash_bucket_size": "an nginx hash table size",
-    "server_tokens": "fastterm's own responses say Server: fastterm; a backend's Server passes through",
+    "server_tokens": "fastterm's own responses say Server: fastterm; a backend's is hidden (proxy_hide_header)",
     "lingering_close": "fastterm closes after the response", "lingering_time": "fastterm closes after the response",
     "lingering_timeout": "fastterm closes after the response",
     "reset_timedout_connection": "timed-out clients are closed",
@@ -666,14 +690,15 @@ IGNORED = {
     "resolver_timeout": "fastterm looks OCSP responders up with the system resolver (an IP address needs none)",
     "zone": "backend state stays per worker, as nginx's without zone",
 }
+# nginx's ngx_http_proxy_hide_headers: backend response fields the client never sees unless
+# proxy_pass_header names them (Date and Server: nginx writes its own instead).
+_HIDDEN_BY_DEFAULT = ("Server", "X-Pad", "X-Accel-Expires", "X-Accel-Redirect", "X-Accel-Limit-Rate",
+                      "X-Accel-Buffering", "X-Accel-Charset")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # (c) refused, with a reason where it helps; any other directive nginx knows is refused too.
 UNSUPPORTED = {
     "ssl_crl": "client certificates (certificate revocation lists)",
     "ssl_password_file": "encrypted keys", "ssl": "removed in nginx 1.25.1: use \"listen ... ssl\"",
-    "proxy_send_timeout": "fastterm pauses a backend it cannot write to, with no deadline",
-    "keepalive_time": "a total lifetime for client connections",
-    "proxy_next_upstream": "fastterm retries connect failures and resets of idempotent requests",
-    "proxy_next_upstream_tries": "fastterm tries each server of an upstream once",
     "gzip": "fastterm does not compress",
     "proxy_redirect": "proxy_redirect other than default and off",
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
@@ -742,7 +767,7 @@ _REPEATABLE = {"listen", "server_name", "location", "server", "upstream", "proxy
                "ssl_certificate", "ssl_certificate_key", "ssl_conf_command", "ssl_session_ticket_key",
                "set_real_ip_from", "include", "types", "error_page", "access_log", "error_log",
                "load_module", "env", "log_format", "map", "resolver", "allow", "deny", "zone", "return",
-               "if", "rewrite", "set"}
+               "if", "rewrite", "set", "proxy_hide_header", "proxy_pass_header"}
 
 
 class Level:
@@ -1772,7 +1797,41 @@ class _Builder:
                 raise header.unsupported("the PROXY protocol", "real_ip_header proxy_protocol")
             real_ip["real_ip_from"] = list(dict.fromkeys(real_ip["real_ip_from"]))
             real_ip["real_ip_header"] = header.args[0] if header is not None else "X-Real-IP"
-        return ProxyRequest(http_version=http_version, headers=headers, keepalive=keepalive, **real_ip)
+        return ProxyRequest(http_version=http_version, headers=headers, keepalive=keepalive,
+                            hide_headers=self.hide_headers(loc), **self.next_upstream(loc), **real_ip)
+
+    def next_upstream(self, loc: Level) -> dict:
+        """``proxy_next_upstream`` (default ``error timeout``; ``off`` wins over the rest, as
+        nginx), ``proxy_next_upstream_tries`` and ``proxy_next_upstream_timeout`` (0: no limit)."""
+        from fastterm.config.plan import NEXT_UPSTREAM
+
+        got: dict = {}
+        node = loc.find("proxy_next_upstream")
+        if node is not None:
+            words = [a.lower() for a in node.args]
+            for word in words:
+                if word in ("invalid_header", "updating"):
+                    raise node.unsupported("", f"proxy_next_upstream {word}")
+                if word not in NEXT_UPSTREAM and word != "off":
+                    raise node.error(f'invalid value "{word}" in "proxy_next_upstream" directive')
+            got["next_upstream"] = [] if "off" in words else list(dict.fromkeys(words))
+        tries = loc.find("proxy_next_upstream_tries")
+        if tries is not None:
+            got["next_upstream_tries"] = _number(tries, tries.args[0])
+        timeout = loc.find("proxy_next_upstream_timeout")
+        if timeout is not None:
+            got["next_upstream_timeout"] = parse_time(timeout)
+        return got
+
+    def hide_headers(self, loc: Level) -> list[str]:
+        """nginx's hidden backend response fields (ngx_http_upstream_hide_headers_hash): its
+        defaults and the ``proxy_hide_header`` lines, less the ``proxy_pass_header`` ones; each
+        list is the nearest level's that has any. Date is never dropped: nginx writes its own in
+        its place, fastterm has none and passes the backend's."""
+        passed = {n.args[0].lower() for n in loc.find_all("proxy_pass_header")}
+        names = [*_HIDDEN_BY_DEFAULT, *(n.args[0] for n in loc.find_all("proxy_hide_header"))]
+        return list(dict.fromkeys(name for name in names
+                                  if _TOKEN.fullmatch(name) and name.lower() not in passed and name.lower() != "date"))
 
     # -- global settings -----------------------------------------------------------------
     def limits(self, main: Level, events: Level, http: Level, tls: list[_Server], plain: list[_Server]) -> Limits:
@@ -1887,6 +1946,9 @@ _LIMITS = [
      "http2_max_concurrent_streams"),
     ("keepalive_requests", "location", 1000, _positive(lambda n: _number(n, n.args[0])),
      ("keepalive_requests", "http2_max_requests")),
+    ("keepalive_time", "location", 3600.0, _positive(parse_time), "keepalive_time"),
+    ("client_body_timeout", "location", 60.0, _positive(parse_time), "client_body_timeout"),
+    ("proxy_send_timeout", "location", 60.0, _positive(parse_time), "backend_send_timeout"),
 ]
 
 def load_config(path: str, warn: Warn | None = None) -> Config:

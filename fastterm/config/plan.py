@@ -112,6 +112,11 @@ def _latin1(text: str) -> bool:
     return True
 
 
+# model.ProxyRequest.next_upstream's words (nginx proxy_next_upstream, less invalid_header and updating)
+NEXT_UPSTREAM = ("error", "timeout", "non_idempotent", "http_500", "http_502", "http_503", "http_504",
+                 "http_403", "http_404", "http_429")
+
+
 def check_proxy_request(proxy: ProxyRequest) -> None:
     """ValueError for what a RequestRewrite cannot send (a bad field name, an unknown variable)."""
     for header in proxy.headers:
@@ -126,6 +131,14 @@ def check_proxy_request(proxy: ProxyRequest) -> None:
         raise ValueError(f"invalid real_ip_header {proxy.real_ip_header!r}")
     for network in proxy.real_ip_from:
         ipaddress.ip_network(network, strict=False)   # ValueError names it
+    for name in proxy.hide_headers:
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"invalid hide_headers name {name!r}")
+    for word in proxy.next_upstream:
+        if word not in NEXT_UPSTREAM:
+            raise ValueError(f"next_upstream: {word!r} is none of {', '.join(NEXT_UPSTREAM)}")
+    if proxy.next_upstream_tries < 0 or proxy.next_upstream_timeout < 0:
+        raise ValueError("next_upstream_tries and next_upstream_timeout are 0 or more")
 
 
 def _pieces(value: str, constants: dict[str, str]) -> list[tuple[int, bytes]]:
@@ -158,7 +171,8 @@ def _rewrite(proxy: ProxyRequest, upstream: str, server: Server):
     constants = {"scheme": "https", "proxy_host": upstream, "server_name": name}
     headers = [(header.name, _pieces(header.value, constants)) for header in proxy.headers]
     return RequestRewrite(proxy.http_version, headers, name.lower().encode("idna" if not name.isascii() else "ascii"),
-                          proxy.keepalive, proxy.real_ip_from, proxy.real_ip_header)
+                          proxy.keepalive, proxy.real_ip_from, proxy.real_ip_header, proxy.hide_headers,
+                          proxy.next_upstream, proxy.next_upstream_tries, proxy.next_upstream_timeout)
 
 
 # PCRE escapes Python re reads otherwise or not at all: refused by name, never guessed at

@@ -104,10 +104,11 @@ ALLOWED: list[Allowed] = [
                    "check (ngx_http_set_virtual_server, 421) before the missing-Host check (400); fastterm's "
                    "parser refuses the head first. Either way the request is refused before any backend"),
     # -- identity of the product, not behaviour
-    Allowed("header:server", nginx="nginx", fastterm=lambda v: v in (None, "fastterm", "diff-backend"),
+    Allowed("header:server", nginx="nginx", fastterm=lambda v: v in (None, "fastterm"),
             reason="Server: nginx names itself on every response (server_tokens); fastterm says `fastterm` on "
-                   "its own responses and passes a backend's Server through (none when the backend sends none): "
-                   "nginx.py, IGNORED server_tokens and RUNTIME_DIFFERENCES"),
+                   "its own responses and, like nginx, keeps a backend's Server from the client unless "
+                   "proxy_pass_header Server, without one of its own: nginx.py, IGNORED server_tokens and "
+                   "RUNTIME_DIFFERENCES"),
     Allowed("body", generated=True,
             reason="pages the proxy makes itself (errors, redirects) are each product's own HTML "
                    "(nginx's carry `<center>nginx</center>`, fastterm's say fastterm)"),

@@ -159,6 +159,58 @@ def plain_connection(label: str, requests: list[bytes], pipelined: bool = False,
     return Custom(label, run)
 
 
+def connection_lifetime(host: str, gap: float) -> Custom:
+    """Two requests on one TLS connection, then a pause of ``gap`` seconds, then two more:
+    each response's status and Connection, and whether the connection was then closed."""
+
+    def run(side, ctx):
+        ctx.backends.respond = Respond()
+        obs: dict = {}
+        with tls_connect(side, "HTTPS_PORT", host, client_context(ctx.pki)) as sock:
+            reader = Reader(sock)
+            for i in range(4):
+                if i == 2:
+                    time.sleep(gap)
+                try:
+                    sock.sendall(request_head("GET", f"/life/{i}", host, (), "HTTP/1.1", b"", False))
+                    msg = read_message(reader, method="GET")
+                except (OSError, EOFError, ValueError) as exc:
+                    obs[f"response[{i}]"] = f"no response ({type(exc).__name__})"
+                    return obs
+                conn = msg.header("connection")
+                obs[f"response[{i}]"] = (msg.status, None if conn and conn.lower() == "keep-alive" else conn)
+            obs["open-after"] = not closed_after(sock, 0.5)
+        return obs
+
+    return Custom(f"requests before and after a {gap:g}s pause on one connection", run)
+
+
+def stalled_body(host: str, sent: bytes, length: int, chunked: bool = False) -> Custom:
+    """A POST whose body stops after ``sent`` of its ``length`` bytes (``chunked``: ``sent`` is
+    the start of a chunked body, which nginx reads whole before it sends anything): the answer
+    (status, Connection), whether the connection was closed after it, and what reached a backend."""
+
+    def run(side, ctx):
+        ctx.backends.respond = Respond()
+        mark = ctx.backends.mark()
+        obs: dict = {}
+        framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}"
+        with tls_connect(side, "HTTPS_PORT", host, client_context(ctx.pki)) as sock:
+            sock.sendall(f"POST /stalled HTTP/1.1\r\nHost: {host}\r\n{framing}\r\n\r\n".encode() + sent)
+            try:
+                msg = read_message(Reader(sock), method="POST")
+                obs["status"] = msg.status
+                obs["header:connection"] = msg.header("connection")
+                obs["closed-after"] = closed_after(sock, 0.5)
+            except (OSError, EOFError, ValueError) as exc:
+                obs["status"] = f"no response ({type(exc).__name__})"
+        obs["backend.count"] = len(ctx.backends.since(mark))
+        return obs
+
+    kind = "chunked body" if chunked else "body"
+    return Custom(f"POST whose {kind} stalls after {len(sent)} of {length} bytes", run)
+
+
 def resolver_not_contacted() -> Custom:
     """The seed's ``resolver 8.8.8.8`` must not be used in tests (no network): neither log
     mentions resolving (nginx resolves only for OCSP responders, and the test certificates
@@ -560,6 +612,36 @@ SPECIFIC: dict[str, list[Case]] = {
                 headers=(("X-Forwarded-For", "203.0.113.7"), ("Cookie", "a=1"), ("Cookie", "b=2"))),
     ],
 }
+_LEAKY = (("Content-Type", "text/plain"), ("Server", "diff-backend"), ("X-Internal", "1"),
+          ("X-Powered-By", "PHP/8"), ("x-debug", "trace"), ("X-Pad", "avoid browser bug"),
+          ("X-Accel-Buffering", "no"), ("X-Accel-Expires", "60"), ("X-Accel-Limit-Rate", "1000000"),
+          ("X-Backend", "b"))
+SPECIFIC["proxy_hide_header"] = [
+    Request(API, "/a", respond=Respond(200, _LEAKY), label="GET / (defaults and the server's names hidden)"),
+    Request(API, "/h2", respond=Respond(200, _LEAKY), client="httpx-h2", label="GET / over HTTP/2"),
+    Request(API, "/missing", respond=Respond(404, _LEAKY), label="GET / backend 404"),
+    Request(API, "/own/a", respond=Respond(200, _LEAKY), label="GET /own/ (own proxy_hide_header only)"),
+    Request(API, "/pass/a", respond=Respond(200, _LEAKY), label="GET /pass/ (Server, X-Accel-Buffering passed)"),
+    Request(API, "/pass/h2", respond=Respond(200, _LEAKY), client="curl-h2", label="GET /pass/ over HTTP/2 (curl)"),
+]
+SPECIFIC["next_upstream"] = [
+    Request(API, "/dead/a", label="GET /dead/ (default error timeout: past the refused connect)"),
+    Request(API, "/off/a", label="GET /off/ (off: the refused connect is 502)"),
+    Request(API, "/s502/a", respond=Respond(502, (("X-Backend", "b"),)), label="GET /s502/ both 502"),
+    Request(API, "/np/a", method="POST", respond=Respond(502, (("X-Backend", "b"),)),
+            label="POST /np/ 502 (not idempotent: not replayed)"),
+    Request(API, "/s404/a", respond=Respond(404, (("X-Backend", "b"),)), label="GET /s404/ both 404"),
+    Request(API, "/s404/p", method="POST", respond=Respond(404, (("X-Backend", "b"),)),
+            label="POST /s404/ bodiless (non_idempotent: replayed)"),
+    Request(API, "/s404/h2", client="httpx-h2", respond=Respond(404, (("X-Backend", "b"),)),
+            label="GET /s404/ over HTTP/2"),
+    Request(API, "/s404/ok", label="GET /s404/ 200 (nothing to go on for)"),
+    Request(API, "/tries/a", respond=Respond(503, (("X-Backend", "b"),)),
+            label="GET /tries/ 503 (proxy_next_upstream_tries 2 of 3 servers)"),
+]
+SPECIFIC["keepalive_time"] = [connection_lifetime(API, 1.5), connection_lifetime(API, 0.0)]
+SPECIFIC["body_timeout"] = [stalled_body(API, b"abc", 10), stalled_body(API, b"", 10),
+                            stalled_body(API, b"a\r\n0123", 10, chunked=True)]
 SPECIFIC["redirect_variants"] = [
     *(Request(host, "/a/b?x=1&y=%20", port="HTTP_PORT")
       for host in ("app.example.com", "www.example.com", "temp.test", "see.test", "relative.test", "one.test",
