@@ -16,7 +16,13 @@ import subprocess
 import sys
 import time
 
-from fastterm.certs.store import expiry_warnings, inventory, key_permission_warnings, load_server_certificates
+from fastterm.certs.store import (
+    chain_warnings,
+    expiry_warnings,
+    inventory,
+    key_permission_warnings,
+    load_server_certificates,
+)
 from fastterm.config import ConfigSource
 from fastterm.config.model import Config
 from fastterm.errors import FasttermError
@@ -45,7 +51,7 @@ def validate(source: ConfigSource | str, *, verbose: bool = False) -> Config:
     for server in config.servers:
         found = load_server_certificates(server.certificates)
         for ck in [*found.own, *found.files.values()]:
-            for warning in expiry_warnings(ck) + key_permission_warnings(ck):
+            for warning in expiry_warnings(ck) + key_permission_warnings(ck) + chain_warnings(ck):
                 _say(warning, level="warn")
     read_key_files(config.sessions.ticket_key_file)
     try:

@@ -45,6 +45,7 @@ class CertKey:
     key_bits: int = 0
     issuer: str = ""
     serial: int = 0
+    reordered: bool = False   # the file's certificates were not leaf first, then each issuer
 
 
 def _read(path: str) -> bytes:
@@ -203,6 +204,7 @@ def load_certificate(cert: str, key: str | None = None) -> CertKey:
                           "(public keys differ)", file=cert_path)
     chain = _order_chain(leaf, certs)
     return CertKey(
+        reordered=chain != certs,
         chain_pem=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain),
         key_pem=key_pem,
         names=_names(leaf),
@@ -280,10 +282,20 @@ def inventory(servers, now: datetime | None = None) -> list[dict]:
                                      serial=f"{ck.serial:x}", not_after=ck.not_after.isoformat(),
                                      days_left=left.days if left.total_seconds() > 0 else -1,
                                      source=ck.source,
-                                     warnings=expiry_warnings(ck, now) + key_permission_warnings(ck))
+                                     warnings=expiry_warnings(ck, now) + key_permission_warnings(ck)
+                                     + chain_warnings(ck))
                 if block not in entry["servers"]:
                     entry["servers"].append(block)
     return list(found.values())
+
+
+def chain_warnings(ck: CertKey) -> list[str]:
+    """Name a chain out of order: fastterm serves it leaf first, then each issuer (RFC 8446
+    §4.4.2 lets clients cope, older ones do not), where nginx would send the file as it is."""
+    if not ck.reordered:
+        return []
+    why = "are not in order (the leaf, then each issuer): served reordered; fix the file for other servers"
+    return [f"certificates in {ck.source} {why}"]
 
 
 def expiry_warnings(ck: CertKey, now: datetime | None = None) -> list[str]:

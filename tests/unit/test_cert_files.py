@@ -145,3 +145,16 @@ key = "certs/ec.key"
     broken = run()
     assert broken.returncode == 1
     assert "ERROR" in broken.stdout and "ec.key" in broken.stdout
+
+
+def test_chain_out_of_order_is_named_and_served_in_order(tmp_path, intermediate):
+    from fastterm.certs.store import chain_warnings, load_certificate
+
+    leaf = issue_cert(intermediate, ["www.example.com"], "EC")
+    path = tmp_path / "backwards.pem"
+    path.write_bytes(intermediate.cert_pem + leaf.cert_pem + leaf.key_pem)
+    ck = load_certificate(str(path))
+    assert ck.chain_pem == leaf.cert_pem + intermediate.cert_pem
+    assert chain_warnings(ck) and "not in order" in chain_warnings(ck)[0]
+    path.write_bytes(leaf.cert_pem + intermediate.cert_pem + leaf.key_pem)
+    assert chain_warnings(load_certificate(str(path))) == []
