@@ -323,6 +323,68 @@ def check_dhparam(bytes pem not None):
     SSL_CTX_free(ctx)   # frees pkey, which it owns now
 
 
+cdef int _read_chain(bytes chain_pem, bytes key_pem, X509 **leaf, EVP_PKEY **pkey,
+                     stack_st_X509 **chain) except -1:
+    """Parse a leaf, the chain after it and its key, checked to be a pair; the caller owns
+    the three after a return, nothing is left allocated after a raise."""
+    cdef BIO *bio = NULL
+    cdef X509 *cert = NULL
+    leaf[0] = NULL
+    pkey[0] = NULL
+    chain[0] = NULL
+    ERR_clear_error()
+    try:
+        bio = BIO_new_mem_buf(PyBytes_AS_STRING(key_pem), len(key_pem))
+        if bio == NULL:
+            raise_tls_error("BIO_new_mem_buf failed")
+        pkey[0] = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)
+        BIO_free(bio)
+        bio = NULL
+        if pkey[0] == NULL:
+            raise_tls_error("no private key in PEM data")
+        bio = BIO_new_mem_buf(PyBytes_AS_STRING(chain_pem), len(chain_pem))
+        if bio == NULL:
+            raise_tls_error("BIO_new_mem_buf failed")
+        leaf[0] = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL)
+        if leaf[0] == NULL:
+            raise_tls_error("no certificate in PEM data")
+        # Checked here: with an RSA and an ECDSA certificate on one context,
+        # SSL_CTX_check_private_key would match the key against the other slot.
+        if not X509_check_private_key(leaf[0], pkey[0]):
+            raise_tls_error("private key does not match the certificate")
+        chain[0] = sk_X509_new_null()
+        if chain[0] == NULL:
+            raise_tls_error("sk_X509_new_null failed")
+        while True:
+            cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)
+            if cert == NULL:
+                break
+            if not sk_X509_push(chain[0], cert):
+                X509_free(cert)
+                raise_tls_error("sk_X509_push failed")
+        ERR_clear_error()  # the chain loop ends on "no start line"
+    except BaseException:
+        if leaf[0] != NULL:
+            X509_free(leaf[0])
+        if pkey[0] != NULL:
+            EVP_PKEY_free(pkey[0])
+        if chain[0] != NULL:
+            sk_X509_pop_free(chain[0], X509_free)
+        leaf[0] = NULL
+        pkey[0] = NULL
+        chain[0] = NULL
+        raise
+    finally:
+        if bio != NULL:
+            BIO_free(bio)
+    return 0
+
+
+cdef str _key_type(EVP_PKEY *pkey):
+    cdef int key_id = EVP_PKEY_get_base_id(pkey)
+    return "RSA" if key_id == EVP_PKEY_RSA else "EC" if key_id == EVP_PKEY_EC else OBJ_nid2sn(key_id).decode()
+
+
 cdef class TLSContext:
     """One SSL_CTX: certificates, protocol floor/ceiling, ciphers, ALPN, SNI, sessions.
 
@@ -487,56 +549,21 @@ cdef class TLSContext:
     def add_certificate(self, bytes chain_pem not None, bytes key_pem not None):
         """Load a leaf + chain and its key. One certificate per key type (RSA, ECDSA):
         OpenSSL then gives ECDSA-capable clients the ECDSA one."""
-        cdef BIO *chain_bio = NULL
-        cdef BIO *key_bio = NULL
-        cdef X509 *leaf = NULL
-        cdef X509 *cert = NULL
-        cdef EVP_PKEY *pkey = NULL
-        cdef int key_id
-        ERR_clear_error()
-        chain_bio = BIO_new_mem_buf(PyBytes_AS_STRING(chain_pem), len(chain_pem))
-        key_bio = BIO_new_mem_buf(PyBytes_AS_STRING(key_pem), len(key_pem))
+        cdef X509 *leaf
+        cdef EVP_PKEY *pkey
+        cdef stack_st_X509 *chain
+        _read_chain(chain_pem, key_pem, &leaf, &pkey, &chain)
         try:
-            if chain_bio == NULL or key_bio == NULL:
-                raise_tls_error("BIO_new_mem_buf failed")
-            leaf = PEM_read_bio_X509_AUX(chain_bio, NULL, NULL, NULL)
-            if leaf == NULL:
-                raise_tls_error("no certificate in PEM data")
-            pkey = PEM_read_bio_PrivateKey(key_bio, NULL, NULL, NULL)
-            if pkey == NULL:
-                raise_tls_error("no private key in PEM data")
-            key_id = EVP_PKEY_get_base_id(pkey)
-            # Check the pair ourselves: with an RSA and an ECDSA certificate loaded,
-            # SSL_CTX_check_private_key would match the key against the other slot.
-            if not X509_check_private_key(leaf, pkey):
-                raise_tls_error("private key does not match the certificate")
-            if not SSL_CTX_use_certificate(self.ctx, leaf) or not SSL_CTX_use_PrivateKey(self.ctx, pkey):
+            if SSL_CTX_use_cert_and_key(self.ctx, leaf, pkey, chain, 1) != 1:
                 raise_tls_error("cannot use the certificate and key")
             # The SSL_CTX holds leaf now, and every SSL made from it the same pointer:
             # SSL_get_certificate in the status callback names it.
             self.leaves.append(<size_t>leaf)
-            while True:  # the chain attaches to the certificate just made current
-                cert = PEM_read_bio_X509(chain_bio, NULL, NULL, NULL)
-                if cert == NULL:
-                    break
-                if not SSL_CTX_add1_chain_cert(self.ctx, cert):
-                    raise_tls_error("SSL_CTX_add1_chain_cert failed")
-                X509_free(cert)
-                cert = NULL
-            ERR_clear_error()  # the chain loop ends on "no start line"
+            self.key_types.append(_key_type(pkey))
         finally:
-            if cert != NULL:
-                X509_free(cert)
-            if leaf != NULL:
-                X509_free(leaf)
-            if pkey != NULL:
-                EVP_PKEY_free(pkey)
-            if chain_bio != NULL:
-                BIO_free(chain_bio)
-            if key_bio != NULL:
-                BIO_free(key_bio)
-        self.key_types.append("RSA" if key_id == EVP_PKEY_RSA else "EC" if key_id == EVP_PKEY_EC
-                              else OBJ_nid2sn(key_id).decode())
+            X509_free(leaf)
+            EVP_PKEY_free(pkey)
+            sk_X509_pop_free(chain, X509_free)
 
     def staple(self, int position, int slot, SharedState store not None):
         """Staple the OCSP response kept in ``slot`` of ``store`` (the master's shared memory)
@@ -719,50 +746,15 @@ cdef class Identity:
 
     def load(self):
         """Parse the chains now (the first handshake does it otherwise); TLSError says why not."""
-        cdef BIO *bio = NULL
-        cdef X509 *cert = NULL
-        cdef int key_id, i
+        cdef int i
         if self.pems is None:
             return
-        ERR_clear_error()
         try:
             for chain_pem, key_pem in self.pems:
                 i = self.count
-                self.leaves[i] = NULL
-                self.keys[i] = NULL
-                self.chains[i] = sk_X509_new_null()
-                self.count += 1     # from here _free() frees slot i, whatever is in it
-                if self.chains[i] == NULL:
-                    raise_tls_error("sk_X509_new_null failed")
-                bio = BIO_new_mem_buf(PyBytes_AS_STRING(key_pem), len(key_pem))
-                if bio == NULL:
-                    raise_tls_error("BIO_new_mem_buf failed")
-                self.keys[i] = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)
-                BIO_free(bio)
-                if self.keys[i] == NULL:
-                    raise_tls_error("no private key in PEM data")
-                bio = BIO_new_mem_buf(PyBytes_AS_STRING(chain_pem), len(chain_pem))
-                if bio == NULL:
-                    raise_tls_error("BIO_new_mem_buf failed")
-                try:
-                    self.leaves[i] = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL)
-                    if self.leaves[i] == NULL:
-                        raise_tls_error("no certificate in PEM data")
-                    if not X509_check_private_key(self.leaves[i], self.keys[i]):
-                        raise_tls_error("private key does not match the certificate")
-                    while True:
-                        cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)
-                        if cert == NULL:
-                            break
-                        if not sk_X509_push(self.chains[i], cert):
-                            X509_free(cert)
-                            raise_tls_error("sk_X509_push failed")
-                    ERR_clear_error()  # the chain loop ends on "no start line"
-                finally:
-                    BIO_free(bio)
-                key_id = EVP_PKEY_get_base_id(self.keys[i])
-                self.key_types.append("RSA" if key_id == EVP_PKEY_RSA else "EC" if key_id == EVP_PKEY_EC
-                                      else OBJ_nid2sn(key_id).decode())
+                _read_chain(chain_pem, key_pem, &self.leaves[i], &self.keys[i], &self.chains[i])
+                self.count += 1
+                self.key_types.append(_key_type(self.keys[i]))
         except BaseException:
             self._free()
             self.key_types = []

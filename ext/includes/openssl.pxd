@@ -196,6 +196,8 @@ cdef extern from "compat.h" nogil:
     int sk_X509_push(stack_st_X509 *sk, X509 *x)
     void sk_X509_pop_free(stack_st_X509 *sk, void (*free_func)(X509 *))
     int SSL_use_cert_and_key(SSL *ssl, X509 *x509, EVP_PKEY *privatekey, stack_st_X509 *chain, int override)
+    int SSL_CTX_use_cert_and_key(SSL_CTX *ctx, X509 *x509, EVP_PKEY *privatekey, stack_st_X509 *chain,
+                                 int override)
     void SSL_certs_clear(SSL *s)
     int X509_check_private_key(const X509 *x, const EVP_PKEY *k)
     void EVP_PKEY_free(EVP_PKEY *pkey)
