@@ -124,12 +124,20 @@ cdef class ResponsePolicy:
     cdef bint intercept             # a backend status error_pages names is answered by them
 
 
+cdef class Timeouts:
+    """A route's backend timeouts in seconds, resolved by fastterm/config/plan.py (the route's,
+    else its upstream's, else the limits'): read by the stream once the request is routed."""
+    cdef readonly double connect    # nginx proxy_connect_timeout (and the wait for a max_conns slot)
+    cdef readonly double read       # proxy_read_timeout
+    cdef readonly double send       # proxy_send_timeout
+
+
 cdef class ServerPolicy:
     cdef readonly str name
     cdef ResponsePolicy resp        # the server level's (routes without their own, no route), or None
     cdef bytes hsts_line
     cdef list routes                # [(prefix bytes, UpstreamPool, RequestRewrite, redirect_from, redirect_to,
-    #                                 upstream_path, max_body, no_regex, ResponsePolicy)], longest first
+    #                                 upstream_path, max_body, no_regex, ResponsePolicy, Timeouts)], longest first
     cdef list slash_redirects       # prefixes without their "/" that redirect to it (nginx), or []
     cdef list exact_routes          # [route tuple] matched by the whole path only (nginx location =)
     cdef list regex_routes          # [(compiled bytes pattern, route tuple)] in config order (nginx location ~)
@@ -205,6 +213,7 @@ cdef class Exchange:
     cdef readonly int error_status  # X_REJECTED / X_FAILED: the status to answer with
     cdef ServerPolicy server
     cdef UpstreamPool pool
+    cdef Timeouts timeouts          # the route's, or None: the worker's (limits)
     cdef RequestRewrite rewrite     # the route's, or None: fastterm's own forwarding
     cdef const char *remote         # while a RequestRewrite is applied: $remote_addr
     cdef int remote_len

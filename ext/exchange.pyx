@@ -201,6 +201,13 @@ cdef class ResponsePolicy:
         self.success_lines = b"".join(success_lines)
 
 
+cdef class Timeouts:
+    def __init__(self, double connect, double read, double send):
+        self.connect = connect
+        self.read = read
+        self.send = send
+
+
 cdef class ServerPolicy:
     """The HTTP side of one server block: routes, HSTS, trusted proxies."""
 
@@ -214,8 +221,8 @@ cdef class ServerPolicy:
         (fastterm/config/plan.py _matching): ``regex`` (a compiled bytes pattern: tried in order
         after the longest prefix unless that one has ``no_regex``), ``upstream_path`` (replaces
         the matched prefix upstream), ``max_body`` (-1: the server's ``max_body``, then the
-        limits') and ``response``, the route's ResponsePolicy (None: ``resp``, the server
-        level's; a route that answers has no pool).
+        limits'), ``response``, the route's ResponsePolicy (None: ``resp``, the server
+        level's; a route that answers has no pool) and ``timeouts`` (Timeouts; None: the worker's).
         ``misdirected``: a request for this block on a connection negotiated under another
         block's TLS policy is answered 421 (model.Server.misdirected_request)."""
         self.name = name
@@ -280,13 +287,13 @@ cdef class ServerPolicy:
 def _route_options(tuple r, ResponsePolicy resp):
     """A route's eighth element (fastterm/config/plan.py _matching) -> the compiled tuple's
     tail: (upstream_path bytes or None, max_body, no_regex, ResponsePolicy: the route's, else
-    the server level's ``resp``)."""
+    the server level's ``resp``, Timeouts or None)."""
     options = r[7] if len(r) > 7 else {}
     upstream_path = options.get("upstream_path")
     response = options.get("response")
     return (upstream_path.encode("ascii") if upstream_path is not None else None,
             options.get("max_body", -1), bool(options.get("no_regex", False)),
-            response if response is not None else resp)
+            response if response is not None else resp, options.get("timeouts"))
 
 
 cdef class SiteTable:
@@ -435,6 +442,7 @@ cdef class Exchange:
         self.error_status = 0
         self.server = None
         self.pool = None
+        self.timeouts = None
         self.rewrite = None
         self.body_mode = BODY_NONE
         self.content_length = -1
@@ -603,6 +611,7 @@ cdef class Exchange:
                                                     path_at, route_len, target, target_len)
         pool = <UpstreamPool>route[1]
         self.pool = pool
+        self.timeouts = <Timeouts>route[9]
         self.body_mode = request_body_mode(head)
         self.content_length = head.content_length
         self.retryable = self.body_mode == BODY_NONE and _idempotent(p, head.method_len)

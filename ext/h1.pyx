@@ -85,7 +85,7 @@ cdef class H1Session(Codec):
         (the time spent blocked on the client counted against send_timeout only)."""
         cdef Worker w = self.worker
         if self.stream.backend is not None:
-            self.stream.deadline = w.now + w.read_timeout
+            self.stream.deadline = w.now + self.stream.read_timeout
             self.stream.backend.resume()
         elif self.state == H1_IDLE:
             self.deadline = w.now + w.keepalive_timeout
@@ -240,6 +240,7 @@ cdef class H1Session(Codec):
                 return 0 if self.conn.state == C_OPEN else -1
             self._refuse(status)
             return -1
+        self.stream.routed()
         framer_init(&self.req_body, ex.body_mode, ex.content_length)
         self.request_done = self.req_body.done
         if ex.buffer_body:
@@ -256,7 +257,7 @@ cdef class H1Session(Codec):
             self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", 25)
         self.state = H1_RESPONSE if self.request_done else H1_BODY
         self.stream.attempts = 0
-        self.stream.deadline = w.now + w.read_timeout
+        self.stream.deadline = w.now + self.stream.read_timeout
         if self.request_done:
             self.stream.request_head = w.writer.take()
             self.stream.dispatch(False)
@@ -295,7 +296,7 @@ cdef class H1Session(Codec):
                     self.buffered_head, PyByteArray_GET_SIZE(self.buffered)) + bytes(self.buffered)
                 self.buffered = None
                 self.buffered_head = None
-                self.stream.deadline = w.now + w.read_timeout
+                self.stream.deadline = w.now + self.stream.read_timeout
                 self.stream.dispatch(False)
             return k
         if k:
@@ -305,7 +306,7 @@ cdef class H1Session(Codec):
                 self.stream.backend.transport.write(PyBytes_FromStringAndSize(p, k))
         if self.req_body.done:
             self.request_done = True
-            self.stream.deadline = w.now + w.read_timeout
+            self.stream.deadline = w.now + self.stream.read_timeout
             if self.state == H1_BODY:
                 self.state = H1_RESPONSE
         return k
@@ -449,7 +450,7 @@ cdef class H1Stream(Stream):
     cdef void backend_writable(self, bint writable):
         self.session.backend_full = not writable
         if not self.session.request_done:   # proxy_send_timeout, then client_body_timeout again
-            self.deadline = self.worker.now + (self.worker.backend_send_timeout if not writable else
+            self.deadline = self.worker.now + (self.backend_send_timeout if not writable else
                                                self.worker.body_timeout)
         if writable:
             self.session._resume()

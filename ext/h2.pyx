@@ -174,7 +174,7 @@ cdef ssize_t _read_body(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, si
     if have - n:
         stream.deadline = stream.worker.now + stream.worker.send_timeout   # progress
     elif stream.backend is not None:
-        stream.deadline = stream.worker.now + stream.worker.read_timeout
+        stream.deadline = stream.worker.now + stream.read_timeout
     if stream.backend is not None and have - n < H2_OUT_MAX // 2:
         stream.backend.resume()
     return n
@@ -522,8 +522,9 @@ cdef class H2Stream(Stream):
         if status:
             self.answer_error(status)
             return
+        self.routed()
         self.request_head = w.writer.take()
-        self.deadline = w.now + (w.read_timeout if self.end_stream else w.body_timeout)
+        self.deadline = w.now + (self.read_timeout if self.end_stream else w.body_timeout)
         self.request_done = False
         if ex.buffer_body:
             self.buffering = True
@@ -568,7 +569,7 @@ cdef class H2Stream(Stream):
             self._dispatch_buffered()
             return
         if self.exchange is not None and self.exchange.state == X_FORWARDING and not self.backend_full:
-            self.deadline = self.worker.now + self.worker.read_timeout
+            self.deadline = self.worker.now + self.read_timeout
         if self.backend is not None and not self.backend_full:
             self._send_body()
 
@@ -580,7 +581,7 @@ cdef class H2Stream(Stream):
         self.body = None
         self.request_head = self.exchange.buffered_head(self.request_head, len(data)) + data
         self.request_done = True
-        self.deadline = self.worker.now + self.worker.read_timeout
+        self.deadline = self.worker.now + self.read_timeout
         self.dispatch(False)
 
     cdef void _send_body(self):
@@ -692,9 +693,9 @@ cdef class H2Stream(Stream):
     cdef void backend_writable(self, bint writable):
         self.backend_full = not writable
         if not self.request_done:   # proxy_send_timeout, then client_body_timeout (or the read) again
-            self.deadline = self.worker.now + (self.worker.backend_send_timeout if not writable else
+            self.deadline = self.worker.now + (self.backend_send_timeout if not writable else
                                                self.worker.body_timeout if not self.end_stream else
-                                               self.worker.read_timeout)
+                                               self.read_timeout)
         if writable and self.session is not None:
             self._send_body()
             self.session.flush_soon()

@@ -75,8 +75,12 @@ cdef class Stream:
     cdef bytes request_head         # what every attempt sends first
     cdef double deadline            # connect, then read: the codec's sweep checks it
     cdef double first_try           # when the first attempt began (proxy_next_upstream_timeout)
+    cdef double connect_timeout     # the routed request's (Exchange.timeouts, else the worker's)
+    cdef double read_timeout
+    cdef double backend_send_timeout  # proxy_send_timeout
 
     # Connection flow
+    cdef void routed(self)
     cdef void dispatch(self, bint fresh)
     cdef void _connect(self, int server)
     cdef void next_server_or(self, int status)

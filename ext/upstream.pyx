@@ -180,7 +180,7 @@ cdef class UpstreamPool:
             stream.worker.count(N_BACKEND_REUSED)
             conn.attach(stream)
             conn.transport.write(stream.request_head)
-            stream.deadline = now + stream.worker.read_timeout
+            stream.deadline = now + stream.read_timeout
             stream.backend_ready()
             return True
         return False
@@ -255,6 +255,18 @@ cdef class Stream:
     an HTTP/2 stream) frames the response for its client through the hooks at the end."""
 
     # ---- Connection flow ------------------------------------------------------------
+    cdef void routed(self):
+        """The exchange has its route: its backend timeouts for every deadline that follows."""
+        cdef Timeouts t = self.exchange.timeouts
+        if t is None:
+            self.connect_timeout = self.worker.connect_timeout
+            self.read_timeout = self.worker.read_timeout
+            self.backend_send_timeout = self.worker.backend_send_timeout
+        else:
+            self.connect_timeout = t.connect
+            self.read_timeout = t.read
+            self.backend_send_timeout = t.send
+
     cdef void dispatch(self, bint fresh):
         """Send the request head to a pooled backend connection, or connect one."""
         cdef Worker w = self.worker
@@ -275,7 +287,7 @@ cdef class Stream:
                 # rather than open more; as long as a connect may take, then 503.
                 self.queued = True
                 self.tried_server = server
-                self.deadline = w.now + w.connect_timeout
+                self.deadline = w.now + self.connect_timeout
                 pool.waiting.append(self)
                 pool.note_demand()
                 return
@@ -291,7 +303,7 @@ cdef class Stream:
         host, port = pool.servers[server]
         self.connecting = True
         self.tried_server = server
-        self.deadline = w.now + w.connect_timeout
+        self.deadline = w.now + self.connect_timeout
         w.count(N_BACKEND_CONNECTS)
         if pool.tls is not None:
             self.connect_fut = asyncio.ensure_future(_tls_connect(w, pool, server))
@@ -336,7 +348,7 @@ cdef class Stream:
             return
         conn.attach(self)
         conn.transport.write(self.request_head)
-        self.deadline = w.now + w.read_timeout
+        self.deadline = w.now + self.read_timeout
         self.backend_ready()
 
     cdef void next_server_or(self, int status):
@@ -361,8 +373,8 @@ cdef class Stream:
         self.next_server_or(504)
 
     cdef void queue_timed_out(self):
-        _log.warning("upstream %s: no connection free within %.0f s (max_conns %d)", self.exchange.pool.name,
-                     self.worker.connect_timeout, self.exchange.pool.max_conns)
+        _log.warning("upstream %s: no connection free within %g s (max_conns %d)", self.exchange.pool.name,
+                     self.connect_timeout, self.exchange.pool.max_conns)
         self.queued = False
         self.answer_error(503)
 
@@ -427,7 +439,7 @@ cdef class Stream:
         """The request again, on a fresh connection to the next server, with a fresh read deadline."""
         self.dispatch(True)
         if not self.connecting and not self.queued:
-            self.deadline = self.worker.now + self.worker.read_timeout
+            self.deadline = self.worker.now + self.read_timeout
 
     # ---- What the codec's stream implements -----------------------------------------
     cdef bint wait_for_handshake(self):
@@ -579,7 +591,7 @@ cdef class BackendConnection:
             self.abort()   # bytes nobody asked for: this connection cannot be trusted again
             return
         self.got_bytes = True
-        stream.deadline = self.worker.now + self.worker.read_timeout
+        stream.deadline = self.worker.now + stream.read_timeout
         while self.stream is not None:
             if self.state == B_HEAD:
                 if i >= n:

@@ -180,6 +180,12 @@ class Route(Struct, kw_only=True):
     # query (nginx proxy_pass http://up/URI); None: the client's target as it came
     client_max_body_size: int | None = None  # a larger body is answered 413 before the backend hears
     # of it; 0: no limit; None: the server's, else limits.client_max_body_size (nginx's inheritance)
+    connect_timeout: float | None = None  # seconds a backend connect may take here (nginx
+    # proxy_connect_timeout of the location); None: the upstream's
+    read_timeout: float | None = None  # between two reads of the response, 504 before its head (nginx
+    # proxy_read_timeout); None: the upstream's
+    send_timeout: float | None = None  # a backend that takes nothing of the request body for this long:
+    # 504 (nginx proxy_send_timeout); None: the upstream's
 
 
 class UpstreamTLS(Struct):
@@ -211,6 +217,9 @@ class Upstream(Struct):
     keepalive_timeout: float = 60.0  # an idle backend connection unused this long is closed (nginx)
     fail_timeout: float = 10.0  # a server that failed max_fails times is skipped this long (nginx)
     tries: int = 3  # attempts per request on connect failure/reset (nginx proxy_next_upstream_tries)
+    connect_timeout: float | None = None  # for the routes to it that set none; None:
+    read_timeout: float | None = None     # limits.backend_connect_timeout, backend_read_timeout,
+    send_timeout: float | None = None     # backend_send_timeout (else the read timeout that applies)
 
 
 class Server(Struct):

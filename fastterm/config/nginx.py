@@ -95,14 +95,15 @@ What maps (nginx -> model):
   ``Keep-Alive: timeout=N`` header): nginx's semantics
   (``fastterm/redirect.py``; variables ``$scheme``, ``$host``, ``$http_host``, ``$server_name``,
   ``$server_port``, ``$request_uri``, ``$uri``, ``$args``, ``$query_string``, ``$is_args``).
+- ``proxy_connect_timeout``, ``proxy_read_timeout`` (504 before the response head),
+  ``proxy_send_timeout`` (60s each: a backend that takes nothing of the request body for so long,
+  504) -> per route (nginx's inheritance: the location's, else the server's, else http's).
 - Limits are global in fastterm, so each must have one value over every server and location
   (else "not supported yet"): ``client_header_timeout`` (60s), ``keepalive_timeout TIMEOUT
   [HEADER_TIMEOUT]`` (75s; the second -> ``keepalive_header``: ``Keep-Alive: timeout=N`` on
-  HTTP/1.1 responses that keep the connection), ``send_timeout`` (60s),
-  ``proxy_connect_timeout`` (60s), ``proxy_read_timeout`` (60s), ``client_body_timeout`` (60s: a
+  HTTP/1.1 responses that keep the connection), ``send_timeout`` (60s), ``client_body_timeout`` (60s: a
   request body the client sends nothing of for so long, streamed or read whole before it is sent:
-  the connection is closed unanswered, as nginx; HTTP/2: the stream is reset), ``proxy_send_timeout``
-  (60s: a backend that takes nothing of the request body for so long, 504), ``underscores_in_headers``,
+  the connection is closed unanswered, as nginx; HTTP/2: the stream is reset), ``underscores_in_headers``,
   ``large_client_header_buffers N SIZE`` -> ``header_buffer_size`` = N x SIZE and
   ``header_line_size`` = SIZE (4 8k; nginx's statuses: a request line longer than SIZE 414, a
   field line longer than SIZE or a head past N x SIZE 400; nginx packs whole lines into its
@@ -1407,7 +1408,8 @@ class _Builder:
                                 slash_redirect=not loc.regex and len(loc.path) > 1 and loc.path.endswith("/"),
                                 redirect_from="" if off else redirect_from, redirect_to=redirect_to,
                                 exact=loc.exact, regex=loc.regex, no_regex=loc.no_regex, upstream_path=uri,
-                                client_max_body_size=_body_limit(loc.level), **self.route_responses(loc, s)))
+                                client_max_body_size=_body_limit(loc.level), **_proxy_timeouts(loc.level),
+                                **self.route_responses(loc, s)))
         return Server(
             listen=[listen.text for listen in s.listens], certificates=self.certificates(s, reject),
             server_names=names, default_server=any(listen.default for listen in s.listens),
@@ -1867,6 +1869,7 @@ class _Builder:
         values["max_header_fields"] = MAX_HEADER_FIELDS
         # per route and server in the model; the http level's for what a TOML reader sees
         values["client_max_body_size"] = _body_limit(http)
+        values.update({f"backend_{name}": value for name, value in _proxy_timeouts(http).items()})
         return Limits(**values)
 
     def sessions(self, tls: list[_Server]) -> Sessions:
@@ -1937,8 +1940,6 @@ _LIMITS = [
     ("client_header_timeout", "server", 60.0, _positive(parse_time), "client_header_timeout"),
     ("keepalive_timeout", "location", (75.0, 0), _keepalive_timeout, ("keepalive_timeout", "keepalive_header")),
     ("send_timeout", "location", 60.0, _positive(parse_time), "send_timeout"),
-    ("proxy_connect_timeout", "location", 60.0, _positive(parse_time), "backend_connect_timeout"),
-    ("proxy_read_timeout", "location", 60.0, _positive(parse_time), "backend_read_timeout"),
     ("underscores_in_headers", "server", False, parse_flag, "underscores_in_headers"),
     ("large_client_header_buffers", "server", (4 * 8192, 8192), _header_buffers,
      ("header_buffer_size", "header_line_size")),
@@ -1948,8 +1949,21 @@ _LIMITS = [
      ("keepalive_requests", "http2_max_requests")),
     ("keepalive_time", "location", 3600.0, _positive(parse_time), "keepalive_time"),
     ("client_body_timeout", "location", 60.0, _positive(parse_time), "client_body_timeout"),
-    ("proxy_send_timeout", "location", 60.0, _positive(parse_time), "backend_send_timeout"),
 ]
+
+# per location (Route fields), nginx's inheritance; the http level's are the limits'
+_PROXY_TIMEOUTS = (("proxy_connect_timeout", "connect_timeout"), ("proxy_read_timeout", "read_timeout"),
+                   ("proxy_send_timeout", "send_timeout"))
+
+
+def _proxy_timeouts(level: Level) -> dict[str, float]:
+    """A location's proxy_connect_timeout, proxy_read_timeout, proxy_send_timeout: its own, else its
+    server's, else the http level's, else nginx's 60s."""
+    values = {}
+    for directive, name in _PROXY_TIMEOUTS:
+        node = level.find(directive)
+        values[name] = 60.0 if node is None else _positive(parse_time)(node)
+    return values
 
 def load_config(path: str, warn: Warn | None = None) -> Config:
     """Read, map and validate an nginx configuration; raise ``ConfigError`` at file:line.

@@ -30,9 +30,11 @@ from fastterm.config.model import (
     Certificate,
     Config,
     ErrorPage,
+    Limits,
     ProxyRequest,
     Route,
     Server,
+    Upstream,
     UpstreamTLS,
 )
 from fastterm.config.toml import KeyLines, parse_address, parse_upstream_server
@@ -291,6 +293,29 @@ def check_route(route: Route) -> None:
                          "'?', '#' or characters past ASCII")
     if route.client_max_body_size is not None and route.client_max_body_size < 0:
         raise ValueError("client_max_body_size is 0 (no limit) or more")
+    check_timeouts(route)
+
+
+def check_timeouts(block: Route | Upstream) -> None:
+    """ValueError for a connect, read or send timeout (of a route or upstream) not above 0."""
+    for name in ("connect_timeout", "read_timeout", "send_timeout"):
+        value = getattr(block, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be more than 0 seconds")
+
+
+def route_timeouts(route: Route, upstream: Upstream | None, limits: Limits) -> tuple[float, float, float]:
+    """(connect, read, send) for a route: its own, else its upstream's, else limits' (the send
+    timeout last of all the read timeout that applies, as Limits.backend_send_timeout says)."""
+    def pick(name: str, default: float | None) -> float | None:
+        for block in (route, upstream):
+            if block is not None and getattr(block, name) is not None:
+                return getattr(block, name)
+        return default
+
+    read = pick("read_timeout", limits.backend_read_timeout)
+    send = pick("send_timeout", limits.backend_send_timeout)
+    return pick("connect_timeout", limits.backend_connect_timeout), read, send if send is not None else read
 
 
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -424,10 +449,14 @@ def check_responses(server: Server) -> list[tuple[str, str]]:
     return problems
 
 
-def _server_policy(server: Server, pools: dict, index: int):
+def _server_policy(server: Server, pools: dict, index: int, config: Config | None = None):
     """What the Host header selects: routes, HSTS, trusted proxies (one per server block),
-    and its TLS policy, which a connection must have been negotiated under (else 421)."""
-    from fastterm._core import VERIFY_CLIENT_MODES, ServerPolicy
+    and its TLS policy, which a connection must have been negotiated under (else 421);
+    ``config`` gives the upstreams' and limits' timeouts (None: the defaults')."""
+    from fastterm._core import VERIFY_CLIENT_MODES, ServerPolicy, Timeouts
+
+    upstreams = {up.name: up for up in config.upstreams} if config is not None else {}
+    limits = config.limits if config is not None else Limits()
 
     for where, why in check_responses(server):
         raise ConfigError(why, directive=f"{_where(server, index)} {where}")
@@ -453,8 +482,10 @@ def _server_policy(server: Server, pools: dict, index: int):
             if any(c in value for c in "\r\n\0") or not _latin1(value):
                 raise ConfigError(f"{value!r}: CR, LF, NUL or a character past Latin-1",
                                   directive=f"{_where(server, index)} route[{j}] redirect")
+        matching = _matching(route, server)
+        matching["timeouts"] = Timeouts(*route_timeouts(route, upstreams.get(route.upstream), limits))
         routes.append((route.path, pools[route.upstream], rewrite, route.slash_redirect,
-                       route.redirect_from, route.redirect_to, route.exact, _matching(route, server)))
+                       route.redirect_from, route.redirect_to, route.exact, matching))
     policy = ServerPolicy(",".join(server.server_names) or f"server{index}", routes,
                           server.hsts, server.trusted_proxies, msgspec.json.encode(server.tls),
                           server.misdirected_request,
@@ -709,6 +740,10 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
 
     plan = Plan()
     for up in config.upstreams:
+        try:
+            check_timeouts(up)
+        except ValueError as exc:
+            raise ConfigError(str(exc), directive=f"upstream {up.name}") from None
         specs = [parse_upstream_server(s, fail_timeout=up.fail_timeout) for s in up.servers]
         servers = [(s.host, s.port) for s in specs]
         plan.pools[up.name] = UpstreamPool(up.name, servers, up.keepalive, up.fail_timeout, up.tries,
@@ -718,7 +753,7 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
                                           up.balance == "least_conn")
         if up.tls is not None:
             _upstream_tls(plan.pools[up.name], up.tls, specs, source)
-    plan.policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
+    plan.policies = [_server_policy(server, plan.pools, i, config) for i, server in enumerate(config.servers)]
     for i, server in enumerate(config.servers):
         for name in server.server_names:
             try:

@@ -389,6 +389,12 @@ class _Checker:
             raise self.error(f"upstream {upstream.name!r} mixes https:// and plain servers", "upstream", i, "servers")
         if all(s.backup for s in specs):
             raise self.error(f"upstream {upstream.name!r} has only backup servers", "upstream", i, "servers")
+        from fastterm.config.plan import check_timeouts
+
+        try:
+            check_timeouts(upstream)
+        except ValueError as exc:
+            raise self.error(str(exc), "upstream", i) from None
         tls = upstream.tls
         if tls is None and specs[0].tls:
             tls = UpstreamTLS()

@@ -153,6 +153,18 @@ def test_bad_routes_are_located(load, route, needle, why):
     assert why in str(err)
 
 
+@pytest.mark.parametrize("where, needle", [
+    ("upstream", 'servers = ["127.0.0.1:8081", "[::1]:8082"]'), ("route", 'path = "/t/"')])
+def test_timeouts_must_be_positive(load, where, needle):
+    if where == "upstream":
+        text = GOOD.replace(needle, needle + "\nread_timeout = 0")
+    else:
+        text = GOOD + '\n[[server.route]]\npath = "/t/"\nupstream = "app"\nconnect_timeout = -1\n'
+    err = config_error(load, text)
+    assert "must be more than 0" in str(err)
+    assert err.line == line_of(text, "[[upstream]]" if where == "upstream" else needle), str(err)
+
+
 @pytest.mark.parametrize("names", ['["www.*.com"]', '["~^(a"]', '["~a\\\\Qb"]'])
 def test_bad_server_names_are_located(load, names):
     text = GOOD.replace('server_names = ["example.com", "www.example.com"]', f"server_names = {names}")

@@ -181,13 +181,13 @@ def test_keepalive_time_maps_to_the_limits_with_nginx_s_default(write, ec_files)
                other="    location /b/ { keepalive_time 5s; proxy_pass http://notes; }")
 
 
-def test_client_body_and_proxy_send_timeouts_map_to_the_limits(write, ec_files):
+def test_client_body_timeout_maps_to_the_limits_proxy_send_timeout_to_the_route(write, ec_files):
     from fastterm.config.model import Limits
 
-    def limits(server: str = ""):
-        return load_config(write("nginx.conf", nginx_conf(server=server)), lambda *a, **k: None).limits
+    def config(server: str = ""):
+        return load_config(write("nginx.conf", nginx_conf(server=server)), lambda *a, **k: None)
 
     assert (Limits().client_body_timeout, Limits().backend_send_timeout) == (None, None)  # toml: the read timeout
-    assert (limits().client_body_timeout, limits().backend_send_timeout) == (60.0, 60.0)  # nginx's
-    got = limits("    client_body_timeout 5s;\n    proxy_send_timeout 2m;")
-    assert (got.client_body_timeout, got.backend_send_timeout) == (5.0, 120.0)
+    assert (config().limits.client_body_timeout, config().limits.backend_send_timeout) == (60.0, 60.0)  # nginx's
+    got = config("    client_body_timeout 5s;\n    proxy_send_timeout 2m;")
+    assert (got.limits.client_body_timeout, got.servers[0].routes[0].send_timeout) == (5.0, 120.0)

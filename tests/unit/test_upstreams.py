@@ -330,3 +330,17 @@ def test_a_taken_session_resumes_the_next_connection(backend_ctx, trust):
     assert first.shutdown() == OK
     server.feed(first.data_to_send())
     assert server.read() == CLOSED
+
+
+# ---- timeouts -----------------------------------------------------------------------------
+
+def test_route_timeouts_resolve_route_then_upstream_then_limits():
+    from fastterm.config.model import Limits, Route, Upstream
+    from fastterm.config.plan import route_timeouts
+
+    limits = Limits(backend_connect_timeout=4, backend_read_timeout=30)
+    up = Upstream(name="app", servers=["127.0.0.1:1"], connect_timeout=1)
+    assert route_timeouts(Route(upstream="app"), up, limits) == (1, 30, 30)   # send: the read timeout
+    assert route_timeouts(Route(upstream="app", read_timeout=0.5), up, limits) == (1, 0.5, 0.5)
+    assert route_timeouts(Route(upstream="app", send_timeout=7), None, Limits(backend_send_timeout=9)) == (5, 60, 7)
+    assert route_timeouts(Route(upstream="app"), None, Limits(backend_send_timeout=9)) == (5, 60, 9)
