@@ -148,6 +148,8 @@ cdef class ServerPolicy:
     cdef bint misdirected           # 421 for it on a connection under another tls_policy (not nginx)
     cdef public int verify_client   # VERIFY_CLIENT_*: 400 without the certificate it wants (nginx);
     cdef public bint client_headers  # and X-SSL-Client-* to the backend (fastterm's own forwarding)
+    cdef tuple client_cert_lines    # b"\r\nName: " for verify, subject, issuer, serial, fingerprint; b"": not sent
+    cdef tuple client_cert_strip    # lowercase names of them outside X-SSL-Client-*: a client's own never passes
     cdef readonly bytes hsts        # the Strict-Transport-Security value, or b""
     cdef tuple route(self, const char *path, int n)    # (prefix, UpstreamPool, RequestRewrite or None)
     cdef tuple exact(self, const char *path, int n)

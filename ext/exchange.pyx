@@ -161,11 +161,16 @@ cdef class RequestRewrite:
 
     cdef bint hides(self, const char *name, int n):
         """Whether the backend response field ``name`` is dropped (nginx proxy_hide_header)."""
-        cdef bytes h
-        for h in self.hide:
-            if PyBytes_GET_SIZE(h) == n and strncasecmp(PyBytes_AS_STRING(h), name, n) == 0:
-                return True
-        return False
+        return _named(self.hide, name, n)
+
+
+cdef bint _named(tuple names, const char *name, int n):
+    """Whether ``name`` is one of ``names`` (bytes), ASCII case-insensitive."""
+    cdef bytes h
+    for h in names:
+        if PyBytes_GET_SIZE(h) == n and strncasecmp(PyBytes_AS_STRING(h), name, n) == 0:
+            return True
+    return False
 
 
 cdef class ResponsePolicy:
@@ -246,6 +251,16 @@ cdef class ServerPolicy:
         self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if hsts else b""
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self.resp = resp
+        self.client_cert_lines = (b"",) * 5
+        self.client_cert_strip = ()
+
+    def set_client_cert_headers(self, verify, subject, issuer, serial, fingerprint):
+        """The names of the fields that carry the client certificate to the backend
+        (model.ClientCertHeaders; "": not sent)."""
+        names = (verify, subject, issuer, serial, fingerprint)
+        self.client_cert_lines = tuple(b"\r\n" + n.encode("ascii") + b": " if n else b"" for n in names)
+        self.client_cert_strip = tuple(n.lower().encode("ascii") for n in names
+                                       if n and not n.lower().startswith("x-ssl-client-"))
 
     cdef tuple route(self, const char *path, int n):
         cdef tuple r
@@ -661,8 +676,10 @@ cdef class Exchange:
                     kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO or kind == H_X_FORWARDED_FOR or \
                     ((kind == H_FORWARDED or kind == H_CLIENT_IDENTITY) and not trusted) or \
                     (slots[j].underscore and not limits.underscores_in_headers) or \
-                    (slots[j].name_len > 13 and strncasecmp(p + slots[j].line_start, b"x-ssl-client-", 13) == 0):
-                continue   # X-SSL-Client-*: ours alone, whoever the peer
+                    (slots[j].name_len > 13 and strncasecmp(p + slots[j].line_start, b"x-ssl-client-", 13) == 0) or \
+                    (server.client_cert_strip and _named(server.client_cert_strip, p + slots[j].line_start,
+                                                         slots[j].name_len)):
+                continue   # X-SSL-Client-* and the configured names: ours alone, whoever the peer
             out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
         # One X-Forwarded-For: a trusted proxy's chain (every field, in order), then the peer.
         out.put(b"X-Forwarded-For: ", 17)
@@ -697,21 +714,20 @@ cdef class Exchange:
         return self.cert_failure != 0
 
     cdef int _client_headers(self, HeadWriter out) except -1:
-        """X-SSL-Client-*: the client certificate as nginx's variables give it (fastterm's own
-        forwarding, on a block that verifies clients)."""
+        """X-SSL-Client-* (or the names the server block gives them): the client certificate as
+        nginx's variables give it (fastterm's own forwarding, on a block that verifies clients)."""
         cdef ClientFacts facts = self.facts
-        out.put_bytes(b"\r\nX-SSL-Client-Verify: ")
-        out.put_bytes(facts.client_verify_b)
+        cdef tuple lines = self.server.client_cert_lines
+        if PyBytes_GET_SIZE(<bytes>lines[0]):
+            out.put_bytes(<bytes>lines[0])
+            out.put_bytes(facts.client_verify_b)
         if not facts.client_cert:
             return 0
-        out.put_bytes(b"\r\nX-SSL-Client-S-DN: ")
-        out.put_bytes(facts.client_s_dn_b)
-        out.put_bytes(b"\r\nX-SSL-Client-I-DN: ")
-        out.put_bytes(facts.client_i_dn_b)
-        out.put_bytes(b"\r\nX-SSL-Client-Serial: ")
-        out.put_bytes(facts.client_serial_b)
-        out.put_bytes(b"\r\nX-SSL-Client-Fingerprint: ")
-        out.put_bytes(facts.client_fingerprint_b)
+        for i, value in enumerate((facts.client_s_dn_b, facts.client_i_dn_b, facts.client_serial_b,
+                                   facts.client_fingerprint_b), 1):
+            if PyBytes_GET_SIZE(<bytes>lines[i]):
+                out.put_bytes(<bytes>lines[i])
+                out.put_bytes(<bytes>value)
         return 0
 
     cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head):

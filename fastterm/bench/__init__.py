@@ -58,6 +58,10 @@ Scenarios (``--scenario``, comma-separated)
   ``--zerortt-delay`` ms each way, ``--zerortt-count`` of each, alternating, on a port of
   each peer with 0-RTT on (nginx ``ssl_early_data on``, HAProxy ``allow-0rtt``); invalid when
   under 90 % of the early data was accepted;
+- ``reencrypt``: ``keepalive`` next to ``keepalive-reencrypt``, the same load to a backend that
+  speaks TLS (a second nginx, its certificate from a CA made for the run): fastterm's
+  ``https://`` upstream verifying it, nginx ``proxy_pass https://`` with ``keepalive``,
+  ``proxy_ssl_verify on`` and ``proxy_ssl_session_reuse on`` (HAProxy: skipped);
 - ``bulk``: 1 MiB downloads, MB/s (10^6 B/s), ``wrk`` with 4 connections;
 - ``upload``: 1 MiB request bodies, MB/s, ``wrk`` with a Lua body, 4 connections;
 - ``latency``: p50/p99/p99.9 in ms at a fixed offered rate (``--rate``, default 1,000 req/s,
@@ -104,7 +108,7 @@ terminator that died are flagged invalid and left out of the figures; the exit s
 when there is one.
 
 Files: ``scenarios`` (runs, figures, units), ``system`` (tools, ports, CPUs, /proc),
-``backends`` (the plain-HTTP backend), ``peers`` (the terminators' configs, start, stop, what
+``backends`` (the plain-HTTP backend, the TLS one), ``peers`` (the terminators' configs, start, stop, what
 they recorded), ``loads`` (wrk, h2load, s_time and the Python clients, started pinned),
 ``clients`` (the Python load generators), ``run`` (rounds, measurement, validity),
 ``report`` (tables, markdown, JSON, plot); this file is the command's entry.

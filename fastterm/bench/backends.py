@@ -1,6 +1,7 @@
 """The plain-HTTP backend behind every terminator: nginx ``return 200`` (twice the rate of the
 built-in Python backend on loopback, so the backend is not what is measured), or
-``fastterm.backend`` when nginx is not installed."""
+``fastterm.backend`` when nginx is not installed; and for the re-encryption run the same answers
+over TLS (a second nginx, its certificate from a CA of its own)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from fastterm.bench.system import BenchError, free_port, pinned, tail, wait_port, which
 
@@ -21,6 +23,17 @@ PATHS = {"small": "/1k", "bulk": "/1m", "upload": "/upload"}
 # nginx stub_status: the connections and requests the backend took, so that the backend connects
 # per request of nginx and HAProxy are known (they say nothing of theirs).
 STATUS_PATH = "/backend-status"
+# The terminators' route to the TLS backend (the prefix is taken off upstream): /reencrypt/1k
+REENCRYPT_PREFIX = "/reencrypt"
+REENCRYPT_PATH = REENCRYPT_PREFIX + "/1k"   # the TLS backend's 1 KiB answer
+TLS_BACKEND_NAME = "localhost"   # what its certificate names; the terminators verify it
+
+
+@dataclass
+class TLSBackend:
+    address: str                     # HOST:PORT, spoken to with https://
+    ca_file: str                     # the CA its certificate is verified against
+    proc: subprocess.Popen
 
 
 def backend_conf(d: str, port: int) -> str:
@@ -125,3 +138,63 @@ def quiet_backend_counts(address: str, timeout: float = 3.0) -> tuple[int, int] 
             return now
         last = now
     return last
+
+
+def tls_backend_conf(d: str, port: int, cert: str, key: str) -> str:
+    """Keep-alive TLS (1.2 and 1.3, session cache and tickets: what a terminator that reuses
+    its connections and sessions meets) in front of the same 1 KiB answer."""
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 40000;
+pid {d}/tls-backend.pid;
+error_log {d}/tls-backend.error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:BE:10m;
+        location = /1k {{ return 200 "{BODY_1K[:-1].decode()}\\n"; }}
+    }}
+}}
+"""
+
+
+def start_tls_backend(d: str, cpus: str, env: dict) -> TLSBackend:
+    """The re-encryption run's backend: nginx with a certificate for localhost from a CA made
+    here (the terminators are given that CA and verify the backend, as in production)."""
+    from fastterm.demo import issue_cert, make_ca
+
+    nginx = which("nginx")
+    if not nginx:
+        raise BenchError("the reencrypt scenario's TLS backend is nginx: install it (apt-get install nginx)")
+    tls_dir = os.path.join(d, "tls-backend")
+    os.makedirs(tls_dir, exist_ok=True)
+    ca = make_ca("fastterm bench backend CA")
+    leaf = issue_cert(ca, [TLS_BACKEND_NAME, "127.0.0.1"], "EC")
+    paths = {name: os.path.join(tls_dir, name) for name in ("ca.pem", "backend.crt", "backend.key")}
+    for name, data in (("ca.pem", ca.cert_pem), ("backend.crt", leaf.cert_pem), ("backend.key", leaf.key_pem)):
+        with open(paths[name], "wb") as f:
+            f.write(data)
+    os.chmod(paths["ca.pem"], 0o644)   # nginx workers (nobody when run as root) verify with it
+    port = free_port()
+    conf = os.path.join(d, "tls-backend.conf")
+    with open(conf, "w") as f:
+        f.write(tls_backend_conf(d, port, paths["backend.crt"], paths["backend.key"]))
+    with open(os.path.join(d, "tls-backend.out"), "ab") as out:
+        proc = subprocess.Popen(pinned(cpus, [nginx, "-p", d, "-c", conf, "-e", f"{d}/tls-backend.error.log"]),
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    try:
+        wait_port(port, proc)
+    except BenchError as exc:
+        proc.kill()
+        raise BenchError(f"TLS backend: {exc}: {tail(os.path.join(d, 'tls-backend.error.log'))}") from None
+    return TLSBackend(f"127.0.0.1:{port}", paths["ca.pem"], proc)

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from fastterm.bench.backends import BODY_1K, BULK_SIZE, PATHS, UPLOAD_SIZE
+from fastterm.bench.backends import BODY_1K, BULK_SIZE, PATHS, REENCRYPT_PREFIX, TLS_BACKEND_NAME, UPLOAD_SIZE
 from fastterm.bench.scenarios import BASELINE
 from fastterm.bench.system import (
     BenchError,
@@ -45,6 +45,7 @@ class Setup:
     workers: int
     idle_connections: int = 10000
     early_data: bool = False         # an "early" port with TLS 1.3 0-RTT on (the resumed-0rtt run)
+    tls_backend: object | None = None  # backends.TLSBackend: REENCRYPT_PREFIX routes to it (reencrypt)
 
 
 def key_kind(cert_path: str) -> str:
@@ -112,6 +113,7 @@ class Peer:
     env: dict | None = None
 
     max_conns: int | None = None   # what it can hold open, when it has a fixed cap
+    reencrypt: bool = False        # REENCRYPT_PREFIX goes to the TLS backend (the keepalive-reencrypt run)
     stop_signal = signal.SIGTERM
 
     def pids(self) -> list[int]:
@@ -264,6 +266,17 @@ name = "backend"
 servers = [{q(backend)}]
 keepalive = {setup.upstream_keepalive}
 """
+    if setup.tls_backend is not None:
+        text += f"""
+[[upstream]]
+name = "tls-backend"
+servers = [{q("https://" + setup.tls_backend.address)}]
+keepalive = {setup.upstream_keepalive}
+
+[upstream.tls]
+ca_file = {q(setup.tls_backend.ca_file)}
+server_name = {q(TLS_BACKEND_NAME)}
+"""
     for port_name, port in ports.items():
         kinds = list(setup.certs) if port_name in ("main", "early") else [port_name]
         text += f"""
@@ -297,6 +310,13 @@ key = {q(key)}
 path = "/"
 upstream = "backend"
 """
+        if setup.tls_backend is not None:
+            text += f"""
+[[server.route]]
+path = "{REENCRYPT_PREFIX}/"
+upstream = "tls-backend"
+upstream_path = "/"
+"""
     return text
 
 
@@ -328,6 +348,7 @@ def nginx_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> str
             proxy_set_header X-Forwarded-Proto https;
             proxy_set_header X-Real-IP $remote_addr;
         }}
+{nginx_reencrypt_location(setup)}
     }}""")
     cache = (f"shared:SSL:{max(1, setup.sessions.cache_size // (1024 * 1024))}m"
              if tls.session_cache else "off")
@@ -367,9 +388,43 @@ http {{
         keepalive {setup.upstream_keepalive};
         keepalive_requests 100000000;
     }}
+{nginx_tls_upstream(setup)}
 {server_blocks}
 }}
 """
+
+
+def nginx_tls_upstream(setup: Setup) -> str:
+    if setup.tls_backend is None:
+        return ""
+    return f"""\
+    upstream tls_backend {{
+        server {setup.tls_backend.address};
+        keepalive {setup.upstream_keepalive};
+        keepalive_requests 100000000;
+    }}"""
+
+
+def nginx_reencrypt_location(setup: Setup) -> str:
+    """proxy_pass https:// with kept connections, verification against the backend's CA and
+    session reuse: what fastterm's https:// upstream does by default."""
+    if setup.tls_backend is None:
+        return ""
+    return f"""\
+        location {REENCRYPT_PREFIX}/ {{
+            proxy_pass https://tls_backend/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {setup.tls_backend.ca_file};
+            proxy_ssl_name {TLS_BACKEND_NAME};
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;
+        }}"""
 
 
 def haproxy_maxconn(setup: Setup) -> int:
@@ -468,7 +523,8 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
         own = ports()
         if not knows_early_data(cwd):
             own.pop("early", None)   # a baseline from before 0-RTT: its resumed-0rtt run is skipped
-        ft = FasttermPeer(name, own, log_path=os.path.join(d, f"{name}.log"), cwd=cwd, env=peer_env)
+        ft = FasttermPeer(name, own, log_path=os.path.join(d, f"{name}.log"), cwd=cwd, env=peer_env,
+                          reencrypt=setup.tls_backend is not None)
         ft.admin_port = free_port()
         conf = os.path.join(d, f"{name}.toml")
         with open(conf, "w") as f:
@@ -482,7 +538,7 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
         peers.append(fastterm_peer(BASELINE, *baseline))
     if "nginx" in names:
         p = Peer("nginx", ports(), log_path=os.path.join(d, "nginx.out"), hs_log=os.path.join(d, "nginx-hs.log"),
-                 cwd=d)
+                 cwd=d, reencrypt=setup.tls_backend is not None)
         with open(os.path.join(d, "nginx.conf"), "w") as f:
             f.write(nginx_conf(setup, d, backend, p.ports))
         p.argv = pinned(cpus, [which("nginx"), "-p", d, "-c", f"{d}/nginx.conf", "-e", f"{d}/nginx.error.log"])

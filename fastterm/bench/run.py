@@ -17,7 +17,15 @@ import time
 
 import msgspec
 
-from fastterm.bench.backends import PATHS, UPLOAD_SIZE, backend_counts, quiet_backend_counts, start_backend
+from fastterm.bench.backends import (
+    PATHS,
+    REENCRYPT_PATH,
+    UPLOAD_SIZE,
+    backend_counts,
+    quiet_backend_counts,
+    start_backend,
+    start_tls_backend,
+)
 from fastterm.bench.loads import UPLOAD_LUA, client_argv, run_h2load, run_resume_clients, run_s_time, run_wrk
 from fastterm.bench.peers import (
     FasttermPeer,
@@ -79,6 +87,12 @@ class Bench:
         amount = None
         if name == "keepalive":
             raw = run_wrk(self.client_cpus, base + a.path, 50, a.duration)
+            amount = raw.get("requests")
+        elif name == "keepalive-reencrypt" and not peer.reencrypt:
+            run.skipped = f"{peer.name} has no route to the TLS backend (the reencrypt run is fastterm's and nginx's)"
+            return run
+        elif name == "keepalive-reencrypt":
+            raw = run_wrk(self.client_cpus, base + REENCRYPT_PATH, 50, a.duration)
             amount = raw.get("requests")
         elif name == "bulk":
             raw = run_wrk(self.client_cpus, base + PATHS["bulk"], 4, a.duration)
@@ -408,6 +422,7 @@ def run_bench(args: argparse.Namespace) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
     started: list[Peer] = []
     backend_proc: subprocess.Popen | None = None
+    tls_backend = None
     runs: list[Run] = []
     problems: list[str] = []
     t_start = time.monotonic()
@@ -423,7 +438,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 peer.admin_port = int(args.target_admin.rsplit(":", 1)[1])
             kind = served_kind(target)
             peer.ports[kind] = target[1]
-            runs_wanted = [r for r in runs_wanted if not (r.startswith("handshake-") and r != f"handshake-{kind}")]
+            runs_wanted = [r for r in runs_wanted if not (r.startswith("handshake-") and r != f"handshake-{kind}")
+                           and r != "keepalive-reencrypt"]   # its route to a TLS backend is ours
             peers.append(peer)
             setup_desc = f"target {args.target} ({kind} certificate)"
         else:
@@ -443,6 +459,10 @@ def run_bench(args: argparse.Namespace) -> int:
             backend = args.backend
             if backend is None:
                 backend, backend_proc = start_backend(workdir, cpu_spec(client_cpus), env)
+            if "keepalive-reencrypt" in runs_wanted:
+                tls_backend = start_tls_backend(workdir, cpu_spec(client_cpus), env)
+                setup.tls_backend = tls_backend
+                say(f"TLS backend https://{tls_backend.address} (verified with {tls_backend.ca_file})")
             say(f"working directory {workdir}; backend http://{backend}")
             peers = make_peers(setup, workdir, backend, peer_names, cpu_spec(server_cpus), env, repo_root,
                                baseline)
@@ -505,6 +525,8 @@ def run_bench(args: argparse.Namespace) -> int:
             peer.stop()
         if backend_proc is not None:
             stop_process(backend_proc, timeout=10)
+        if tls_backend is not None:
+            stop_process(tls_backend.proc, timeout=10)
         if args.keep:
             say(f"kept {workdir}")
         else:

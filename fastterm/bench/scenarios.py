@@ -13,6 +13,7 @@ BASELINE = "fastterm-base"   # --baseline TREE: fastterm from another checkout
 # figure -> (unit, higher is better, per CPU-second unit or None)
 FIGURES: dict[str, tuple[str, bool, str | None]] = {
     "keepalive": ("req/s", True, "req/CPU-s"),
+    "keepalive-reencrypt": ("req/s", True, "req/CPU-s"),   # keepalive, to a TLS backend
     "handshake-ecdsa": ("hs/s", True, "hs/CPU-s"),
     "handshake-rsa": ("hs/s", True, "hs/CPU-s"),
     "resumed-id": ("hs/s", True, "hs/CPU-s"),
@@ -49,6 +50,7 @@ SCENARIOS = {
     "connections": ["connections"],
     "slowheaders": ["slowheaders"],
     "h2": ["h2-m10", "h2-m100"],
+    "reencrypt": ["keepalive", "keepalive-reencrypt"],
 }
 RUN_FIGURES = {run: [run] for runs in SCENARIOS.values() for run in runs}
 RUN_FIGURES["resumed-0rtt"] = ["TTFB 1-RTT resumed p50", "TTFB 1-RTT resumed p90", "TTFB 0-RTT p50",
@@ -57,9 +59,9 @@ RUN_FIGURES["latency"] = ["latency-p50", "latency-p99", "latency-p99.9"]
 RUN_FIGURES["slowheaders"] = ["slowheaders-p50", "slowheaders-p99", "slowheaders-attack-p50",
                               "slowheaders-attack-p99", "slowheaders-p99-ratio"]
 RUN_FIGURES.update({run: [run, f"{run}-backend-connects"] for run in SCENARIOS["h2"]})
-ALL_RUNS = [r for runs in SCENARIOS.values() for r in runs]
+ALL_RUNS = list(dict.fromkeys(r for runs in SCENARIOS.values() for r in runs))
 # Which tool each run needs on the client side.
-RUN_TOOLS = {"keepalive": "wrk", "bulk": "wrk", "upload": "wrk", "handshake-ecdsa": "openssl",
+RUN_TOOLS = {"keepalive": "wrk", "keepalive-reencrypt": "wrk", "bulk": "wrk", "upload": "wrk", "handshake-ecdsa": "openssl",
              "handshake-rsa": "openssl", "resumed-0rtt": "openssl", "h2-m10": "h2load", "h2-m100": "h2load"}
 # h2 runs: h2load's connections and the requests in flight on each (-c, -m).
 H2_CONNECTIONS = 50

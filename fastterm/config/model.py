@@ -64,7 +64,8 @@ class TLSPolicy(Struct):
     # Client certificates (nginx ssl_verify_client): "on" answers 400 to a request without a
     # valid one, "optional" to one with an invalid one, "optional_no_ca" takes unknown issuers too.
     # The backend gets X-SSL-Client-Verify (SUCCESS, FAILED:reason, NONE), -S-DN, -I-DN, -Serial
-    # and -Fingerprint (nginx's $ssl_client_* formats); a client's own X-SSL-Client-* never passes.
+    # and -Fingerprint (nginx's $ssl_client_* formats; the names: Server.client_cert_headers); a
+    # client's own X-SSL-Client-* never passes.
     # A route with ``proxy`` sends what its headers say instead (nginx's way: $ssl_client_* there)
     verify_client: Literal["off", "on", "optional", "optional_no_ca"] = "off"
     client_ca: str | None = None  # PEM CAs whose clients are accepted, named in the CertificateRequest
@@ -222,6 +223,18 @@ class Upstream(Struct):
     send_timeout: float | None = None     # backend_send_timeout (else the read timeout that applies)
 
 
+class ClientCertHeaders(Struct):
+    """The request fields that carry a client certificate to the backend (fastterm's own forwarding,
+    on a block with ``tls.verify_client``; nginx's $ssl_client_* formats); "": not sent. A client's
+    own field of one of these names, or any X-SSL-Client-*, never passes."""
+
+    verify: str = "X-SSL-Client-Verify"            # SUCCESS, FAILED:reason, NONE
+    subject: str = "X-SSL-Client-S-DN"             # RFC 2253
+    issuer: str = "X-SSL-Client-I-DN"
+    serial: str = "X-SSL-Client-Serial"            # hex
+    fingerprint: str = "X-SSL-Client-Fingerprint"  # SHA-1, lowercase hex
+
+
 class Server(Struct):
     """One TLS virtual server (an nginx ``server { listen 443 ssl; }`` block)."""
 
@@ -252,6 +265,7 @@ class Server(Struct):
     misdirected_request: bool = True
     client_max_body_size: int | None = None  # for its routes that set none, and requests no route
     # matches; None: limits.client_max_body_size
+    client_cert_headers: ClientCertHeaders = msgspec.field(default_factory=ClientCertHeaders)
 
 
 class Redirect(Struct):

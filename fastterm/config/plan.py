@@ -493,6 +493,12 @@ def _server_policy(server: Server, pools: dict, index: int, config: Config | Non
     policy.max_body = -1 if server.client_max_body_size is None else server.client_max_body_size
     policy.verify_client = VERIFY_CLIENT_MODES[server.tls.verify_client]
     policy.client_headers = server.tls.verify_client != "off"
+    names = server.client_cert_headers
+    for key in ("verify", "subject", "issuer", "serial", "fingerprint"):
+        if getattr(names, key) and not _FIELD_NAME.fullmatch(getattr(names, key)):
+            raise ConfigError(f"{getattr(names, key)!r} is not a field name (RFC 9110 token)",
+                              directive=f"{_where(server, index)} client_cert_headers.{key}")
+    policy.set_client_cert_headers(names.verify, names.subject, names.issuer, names.serial, names.fingerprint)
     return policy
 
 

@@ -243,3 +243,39 @@ def test_sni_applies_each_blocks_verify_mode(fastterm, demo_backend, client_pki,
     assert asked(NAME) and not asked("other.test")
     assert get("other.test", None).status == 200
     assert get(NAME, None).status == 400
+
+
+CUSTOM = {"verify": "Client-Verified", "subject": "Client-DN", "issuer": "", "serial": "X-SSL-Client-Cert-Serial",
+          "fingerprint": "Client-Fp"}
+SPOOFS = [("Client-DN", "CN=forged"), ("client-verified", "SUCCESS"), ("X-SSL-Client-I-DN", "CN=forged issuer"),
+          ("CLIENT-FP", "00"), ("X-SSL-Client-Cert-Serial", "01")]
+
+
+def _custom(fastterm, demo_backend, client_pki, ec_cert, mode: str):
+    return fastterm(demo_backend, servers=[
+        {"server_names": [NAME], "default_server": True, "certificate": [ec_cert],
+         "tls": {"verify_client": mode, "client_ca": str(client_pki["ca"])}, "client_cert_headers": CUSTOM,
+         "route": [{"path": "/", "upstream": "app"}]}])
+
+
+def _fields(msg, names) -> dict[str, list[str]]:
+    assert msg.status == 200, (msg.start_line, msg.body[:300])
+    got = header_map(json.loads(msg.body))
+    return {k: v for k, v in got.items() if k in names or k.startswith("x-ssl-client-")}
+
+
+def test_custom_header_names_carry_the_certificate_and_a_client_s_copies_never_pass(fastterm, demo_backend,
+                                                                                   client_pki, ec_cert):
+    ft = _custom(fastterm, demo_backend, client_pki, ec_cert, "on")
+    msg, _, _ = _get(ft, _ctx(ft, client_pki, "alice"), headers=SPOOFS)
+    expected = _expected(client_pki["alice"])
+    assert _fields(msg, {"client-verified", "client-dn", "client-fp"}) == {
+        "client-verified": ["SUCCESS"], "client-dn": expected["x-ssl-client-s-dn"],
+        "x-ssl-client-cert-serial": expected["x-ssl-client-serial"],
+        "client-fp": expected["x-ssl-client-fingerprint"]}   # issuer "": not sent, nor the client's
+
+
+def test_custom_header_names_without_a_certificate(fastterm, demo_backend, client_pki, ec_cert):
+    ft = _custom(fastterm, demo_backend, client_pki, ec_cert, "optional")
+    msg, _, _ = _get(ft, _ctx(ft, client_pki, None), headers=SPOOFS)
+    assert _fields(msg, {"client-verified", "client-dn", "client-fp"}) == {"client-verified": ["NONE"]}
