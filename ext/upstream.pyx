@@ -683,6 +683,7 @@ cdef class BackendConnection:
     cdef void _bad_response(self, str why):
         cdef Stream stream = self.stream
         _log.warning("upstream %s: invalid response: %s", self.pool.name, why)
+        self.worker.count(N_BACKEND_ERRORS)
         self.abort()
         if stream is not None:
             stream.backend = None

@@ -61,7 +61,8 @@ Scenarios (``--scenario``, comma-separated)
 - ``reencrypt``: ``keepalive`` next to ``keepalive-reencrypt``, the same load to a backend that
   speaks TLS (a second nginx, its certificate from a CA made for the run): fastterm's
   ``https://`` upstream verifying it, nginx ``proxy_pass https://`` with ``keepalive``,
-  ``proxy_ssl_verify on`` and ``proxy_ssl_session_reuse on`` (HAProxy: skipped);
+  ``proxy_ssl_verify on`` and ``proxy_ssl_session_reuse on``, HAProxy ``ssl verify required``
+  (its server sessions reused by default);
 - ``bulk``: 1 MiB downloads, MB/s (10^6 B/s), ``wrk`` with 4 connections;
 - ``upload``: 1 MiB request bodies, MB/s, ``wrk`` with a Lua body, 4 connections;
 - ``latency``: p50/p99/p99.9 in ms at a fixed offered rate (``--rate``, default 1,000 req/s,

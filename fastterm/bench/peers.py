@@ -16,7 +16,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from fastterm.bench.backends import BODY_1K, BULK_SIZE, PATHS, REENCRYPT_PREFIX, TLS_BACKEND_NAME, UPLOAD_SIZE
+from fastterm.bench.backends import (
+    BODY_1K,
+    BULK_SIZE,
+    PATHS,
+    REENCRYPT_PATH,
+    REENCRYPT_PREFIX,
+    TLS_BACKEND_NAME,
+    UPLOAD_SIZE,
+)
 from fastterm.bench.scenarios import BASELINE
 from fastterm.bench.system import (
     BenchError,
@@ -462,6 +470,8 @@ def haproxy_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> s
         logging = ("    no log" if port_name == "main" else
                    "    log global\n    log-format \"%[ssl_fc_is_resumed] %ST\"")
         hsts = f'    http-response set-header Strict-Transport-Security "{setup.hsts}"\n' if setup.hsts else ""
+        if setup.tls_backend is not None:
+            hsts += f"    use_backend be_tls if {{ path_beg {REENCRYPT_PREFIX}/ }}\n"
         frontends.append(f"""\
 frontend fe_{port_name}
     bind 127.0.0.1:{port} ssl {crts} {bind_opts}
@@ -494,6 +504,19 @@ defaults
 
 backend be
     server s1 {backend} pool-max-conn {setup.upstream_keepalive}
+{haproxy_tls_backend(setup)}"""
+
+
+def haproxy_tls_backend(setup: Setup) -> str:
+    """``ssl verify required`` with the backend's CA and name; HAProxy reuses server sessions by
+    default (``no-ssl-reuse`` would not)."""
+    if setup.tls_backend is None:
+        return ""
+    return f"""
+backend be_tls
+    http-request replace-path {REENCRYPT_PREFIX}(/.*) \\1
+    server s1 {setup.tls_backend.address} ssl verify required ca-file {setup.tls_backend.ca_file} \
+sni str({TLS_BACKEND_NAME}) verifyhost {TLS_BACKEND_NAME} pool-max-conn {setup.upstream_keepalive}
 """
 
 
@@ -550,6 +573,7 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
             f.write(haproxy_conf(setup, d, backend, p.ports))
         p.argv = pinned(cpus, [which("haproxy"), "-f", f"{d}/haproxy.cfg", "-db"])
         p.max_conns = haproxy_maxconn(setup)
+        p.reencrypt = setup.tls_backend is not None
         peers.append(p)
     return peers
 
@@ -601,7 +625,8 @@ def check_responses(peer: Peer) -> list[str]:
     problems = []
     for method, path, body, size in (("GET", PATHS["small"], None, len(BODY_1K)),
                                      ("GET", PATHS["bulk"], None, BULK_SIZE),
-                                     ("POST", PATHS["upload"], b"u" * UPLOAD_SIZE, None)):
+                                     ("POST", PATHS["upload"], b"u" * UPLOAD_SIZE, None),
+                                     *((("GET", REENCRYPT_PATH, None, len(BODY_1K)),) if peer.reencrypt else ())):
         try:
             conn = http.client.HTTPSConnection(peer.host, peer.ports["main"], context=ctx, timeout=10)
             conn.request(method, path, body=body, headers={"Host": "localhost"})

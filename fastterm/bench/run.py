@@ -88,9 +88,6 @@ class Bench:
         if name == "keepalive":
             raw = run_wrk(self.client_cpus, base + a.path, 50, a.duration)
             amount = raw.get("requests")
-        elif name == "keepalive-reencrypt" and not peer.reencrypt:
-            run.skipped = f"{peer.name} has no route to the TLS backend (the reencrypt run is fastterm's and nginx's)"
-            return run
         elif name == "keepalive-reencrypt":
             raw = run_wrk(self.client_cpus, base + REENCRYPT_PATH, 50, a.duration)
             amount = raw.get("requests")

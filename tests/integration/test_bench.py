@@ -59,6 +59,20 @@ def test_keepalive_has_figures_for_fastterm_and_nginx(tmp_path, subprocess_env):
 
 
 @needs_tools
+def test_reencrypt_has_plain_and_tls_backend_rows_for_fastterm_and_nginx(tmp_path, subprocess_env):
+    res, data = run_bench(tmp_path, "--scenario", "reencrypt", "--duration", "1", "--rounds", "1",
+                          "--peers", "nginx", env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert data["problems"] == [], data["problems"]   # /reencrypt/1k answered 200 with 1 KiB by both
+    for figure in ("keepalive", "keepalive-reencrypt"):
+        rows = {r["peer"]: r for r in data["summary"] if r["figure"] == figure}
+        assert set(rows) == {"fastterm", "nginx"}, figure
+        for peer in ("fastterm", "nginx"):
+            assert rows[peer]["median"] > 0 and rows[peer]["per_cpu"] > 0, rows[peer]
+    assert all(not r["invalid"] for r in data["runs"])
+
+
+@needs_tools
 def test_slowheaders_has_both_phases_for_fastterm_and_nginx(tmp_path, subprocess_env):
     """A few slow-header connections with a 1 s header timeout: they time out and reopen
     during the measurement, and each peer gets its p50/p99 alone and under attack."""

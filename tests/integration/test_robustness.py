@@ -230,3 +230,76 @@ def test_sigterm_drains_keepalive_with_connection_close(ft):
     assert closed_by_peer(s, timeout=3)
     s.close()
     assert ft.proc.wait(timeout=5) == 0
+
+
+# ---------------------------------------------------------------------------------------
+# bad backends (every server down and a refused connect: test_route_timeouts.py; an expired
+# backend certificate: test_reencrypt.py; each malformed response kind: test_errors.py)
+
+
+def _backend_errors(admin_port: int) -> int:
+    with socket.create_connection((HOST, admin_port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    for line in data.partition(b"\r\n\r\n")[2].decode().splitlines():
+        if line.startswith("fastterm_backend_errors_total "):
+            return int(line.rsplit(" ", 1)[1])
+    raise AssertionError(data[-2000:])
+
+
+def test_garbage_from_the_backend_is_502_counted_and_logged(fastterm, raw_backend):
+    from harness import free_port
+
+    def handler(conn):
+        while conn.read_request() is not None:
+            conn.send(b"\x16\x03\x01\x00\x05garbage that is not HTTP\r\n\r\n")
+
+    admin = free_port()
+    ft = fastterm(raw_backend(handler).address, top={"admin": f"{HOST}:{admin}"})
+    pids = ft.serving_pids()
+    before = _backend_errors(admin)
+    for i in range(3):
+        assert ft.request("GET", f"/g{i}").status == 502
+    assert _backend_errors(admin) - before == 3
+    assert ft.log().count("invalid response") >= 3, ft.log()
+    assert ft.serving_pids() == pids and "Traceback" not in ft.log()
+
+
+def test_a_response_that_never_ends_is_closed_at_the_read_timeout_while_others_are_served(fastterm, raw_backend):
+    """Content-Length 100, 7 bytes, then silence: that client's connection closes after the
+    read timeout (2 s here), the body cut short; meanwhile the same worker answers others."""
+    from harness import response_bytes
+
+    def handler(conn):
+        while (req := conn.read_request()) is not None:
+            if req.target == "/stall":
+                conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+                conn.hang()
+                return
+            conn.send(response_bytes(200, b"fine"))
+
+    ft = fastterm(raw_backend(handler).address)
+    pids = ft.serving_pids()
+    with ft.connect(timeout=10) as stalled:
+        stalled.sendall(request_bytes("GET", "/stall"))
+        rd = Reader(stalled)
+        assert rd.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        for i in range(5):   # the worker is not stuck behind the stalled exchange
+            r = ft.request("GET", f"/meanwhile{i}", timeout=5)
+            assert r.status == 200 and r.body == b"fine"
+        assert time.monotonic() - t0 < 1.5
+        got = b""
+        while True:
+            try:
+                chunk = stalled.recv(4096)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            got += chunk
+        waited = time.monotonic() - t0
+    assert len(got) < 100 and 1.0 <= waited <= 6, (got, waited)   # "partial" may be in rd already
+    assert ft.serving_pids() == pids and "Traceback" not in ft.log()
