@@ -251,12 +251,13 @@ cdef class ServerPolicy:
         self.hsts_line = b"Strict-Transport-Security: " + self.hsts + b"\r\n" if hsts else b""
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self.resp = resp
-        self.client_cert_lines = (b"",) * 5
-        self.client_cert_strip = ()
+        self.set_client_cert_headers()
 
-    def set_client_cert_headers(self, verify, subject, issuer, serial, fingerprint):
+    def set_client_cert_headers(self, verify="X-SSL-Client-Verify", subject="X-SSL-Client-S-DN",
+                                issuer="X-SSL-Client-I-DN", serial="X-SSL-Client-Serial",
+                                fingerprint="X-SSL-Client-Fingerprint"):
         """The names of the fields that carry the client certificate to the backend
-        (model.ClientCertHeaders; "": not sent)."""
+        (model.ClientCertHeaders, whose defaults these are; "": not sent)."""
         names = (verify, subject, issuer, serial, fingerprint)
         self.client_cert_lines = tuple(b"\r\n" + n.encode("ascii") + b": " if n else b"" for n in names)
         self.client_cert_strip = tuple(n.lower().encode("ascii") for n in names

@@ -424,3 +424,20 @@ reject_handshake = true
     assert config.servers[0].reject_handshake and config.servers[0].routes == []
     err = config_error(load, minimal.replace("reject_handshake = true\n", ""))
     assert "no certificate" in str(err)
+
+
+def test_client_cert_header_names_must_be_field_names(tmp_path):
+    from fastterm._core import UpstreamPool
+
+    from fastterm.config.model import Certificate, ClientCertHeaders, Route, Server
+    from fastterm.config.plan import _server_policy
+
+    pools = {"app": UpstreamPool("app", [("127.0.0.1", 1)])}
+    for bad in ("Bad Name", "X-Ok:", "Caf\u00e9"):
+        server = Server(listen=["127.0.0.1:8443"], certificates=[Certificate(cert="x.pem")],
+                        routes=[Route(path="/", upstream="app")], client_cert_headers=ClientCertHeaders(subject=bad))
+        with pytest.raises(ConfigError, match="client_cert_headers.subject"):
+            _server_policy(server, pools, 0)
+    ok = Server(listen=["127.0.0.1:8443"], certificates=[Certificate(cert="x.pem")],
+                routes=[Route(path="/", upstream="app")], client_cert_headers=ClientCertHeaders(issuer=""))
+    _server_policy(ok, pools, 0)

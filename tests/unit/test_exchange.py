@@ -421,6 +421,20 @@ def test_client_certificate_fields_reach_the_backend_and_forged_ones_do_not(pool
                    ("X-SSL-Client-Fingerprint", "ab" * 20)]
 
 
+def test_client_certificate_fields_under_configured_names(pools):
+    """Server.client_cert_headers: other names, "" not sent; a client's field of a configured
+    name is dropped even where the certificate says nothing of it."""
+    sites = verifying(pools, VERIFY_ON)
+    sites.default.set_client_cert_headers("Client-Verified", "Client-DN", "", "Client-Serial", "")
+    ex = cert_exchange(sites, ALICE)
+    status, up = ex.feed_request(head("GET / HTTP/1.1", "Host: www.example.com", "client-dn: CN=forged",
+                                      "CLIENT-SERIAL: 01", "X-SSL-Client-I-DN: CN=forged", "Other: kept"))
+    assert status == 0
+    assert [(n, v) for n, v in headers_of(up) if n.lower().startswith(("client-", "x-ssl-", "other"))] == [
+        ("Other", "kept"), ("Client-Verified", "SUCCESS"), ("Client-DN", "CN=alice,O=Example\\, Inc."),
+        ("Client-Serial", "0A1B")]
+
+
 @pytest.mark.parametrize("mode, cert, status, page", [
     (VERIFY_ON, None, 400, b"No required SSL certificate was sent"),
     (VERIFY_OPTIONAL, None, 0, None),
