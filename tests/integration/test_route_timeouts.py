@@ -63,6 +63,20 @@ def test_route_read_timeout_is_its_own_and_the_next_route_keeps_the_limits(fastt
     assert ft.alive()
 
 
+def test_http2_streams_of_two_routes_time_out_each_at_its_own(fastterm, silent):
+    from h2wire import h2_client
+
+    ft = fastterm(silent.address, routes=[{"path": "/quick/", "upstream": "app", "read_timeout": 0.5},
+                                          {"path": "/", "upstream": "app"}])
+    with h2_client(ft, timeout=10) as c:
+        t0 = time.monotonic()
+        slow, quick = c.request("GET", "/other"), c.request("GET", "/quick/x")
+        assert c.response(quick, timeout=5).message().status == 504
+        assert time.monotonic() - t0 < 1.8 and not c.streams[slow].done
+        assert c.response(slow, timeout=5).message().status == 504
+        assert time.monotonic() - t0 >= 1.8
+
+
 def test_upstream_timeouts_apply_to_its_routes_and_a_route_overrides_them(fastterm, silent):
     ft = fastterm(upstreams=[{"name": "app", "servers": [silent.address], "read_timeout": 0.5}],
                   routes=[{"path": "/long/", "upstream": "app", "read_timeout": 2.5},
