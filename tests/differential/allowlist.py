@@ -114,6 +114,11 @@ ALLOWED: list[Allowed] = [
                    "(nginx's carry `<center>nginx</center>`, fastterm's say fastterm)"),
     Allowed("header:content-length", generated=True,
             reason="the length of the proxy's own page (see the body entry)"),
+    Allowed("body", when=lambda a, b: a.get("status") == b.get("status") == 504 and a.get("backend.count"),
+            reason="the proxy's own 504 page for a backend that got the request and timed out: each "
+                   "product's own HTML, as the generated pages above"),
+    Allowed("header:content-length", when=lambda a, b: a.get("status") == b.get("status") == 504 and
+            a.get("backend.count"), reason="the length of the proxy's own 504 page (see the entry above)"),
     Allowed("status", generated=True, nginx=405, fastterm=404, case="PUT *",
             reason="no matching location: nginx's static module answers a method other than GET, HEAD and POST "
                    "405 (it would serve files from root), fastterm 404 (nginx.py RUNTIME_DIFFERENCES)"),

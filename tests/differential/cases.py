@@ -639,6 +639,11 @@ SPECIFIC["next_upstream"] = [
     Request(API, "/tries/a", respond=Respond(503, (("X-Backend", "b"),)),
             label="GET /tries/ 503 (proxy_next_upstream_tries 2 of 3 servers)"),
 ]
+SPECIFIC["proxy_timeouts"] = [
+    Request(API, "/slow/a", respond=Respond(delay=2.0), label="GET /slow/ backend 2 s late (its location's 1s: 504)"),
+    Request(API, "/a", respond=Respond(delay=2.0), label="GET / backend 2 s late (the server's 4s: 200)"),
+    Request(API, "/slow/b", respond=Respond(delay=0.2), label="GET /slow/ backend 0.2 s late (200)"),
+]
 SPECIFIC["keepalive_time"] = [connection_lifetime(API, 1.5), connection_lifetime(API, 0.0)]
 SPECIFIC["body_timeout"] = [stalled_body(API, b"abc", 10), stalled_body(API, b"", 10),
                             stalled_body(API, b"a\r\n0123", 10, chunked=True)]

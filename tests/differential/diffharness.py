@@ -293,6 +293,7 @@ class Respond:
                                             ("Server", "diff-backend"))
     body: bytes | None = None
     chunked: bool = False
+    delay: float = 0.0   # seconds before the answer: a slow backend (proxy_read_timeout)
 
 
 @dataclass
@@ -340,6 +341,8 @@ class Backends:
                 with self.lock:
                     self.log.append(Received(self.label(name), msg))
                     spec = self.respond
+                if spec.delay:
+                    time.sleep(spec.delay)
                 conn.send(self._answer(self.label(name), msg, spec))
                 close = msg.version == "HTTP/1.0" or "close" in (msg.header("connection") or "").lower()
                 if close:
