@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from harness import HOST
+from harness import HOST, NAME
 from test_nginx_mode import certs, nginx_mode  # noqa: F401  (fixtures)
 
 
@@ -143,3 +143,40 @@ def test_nginx_timeouts_inherit_into_routes(write, certs):  # noqa: F811
     assert (by_path["/"].connect_timeout, by_path["/"].read_timeout, by_path["/"].send_timeout) == (3.0, 2.0, 60.0)
     assert (by_path["/quick/"].connect_timeout, by_path["/quick/"].read_timeout) == (3.0, 0.5)
     assert (config.limits.backend_connect_timeout, config.limits.backend_read_timeout) == (60.0, 2.0)
+
+
+@pytest.mark.parametrize("target, quick", [("/up/x", True), ("/x", False)])
+def test_route_send_timeout_for_a_backend_that_takes_no_body(fastterm, raw_backend, target, quick):
+    """The backend reads the head, then nothing: once the socket buffers are full, the route's
+    send_timeout (0.5 s) answers 504 (nginx proxy_send_timeout); the other route keeps the
+    limits' (the read timeout, 2 s)."""
+    import threading
+
+    from httpwire import Reader, read_response
+
+    def handler(conn):
+        conn.reader.read_until(b"\r\n\r\n")
+        conn.hang()
+
+    ft = fastterm(raw_backend(handler).address, routes=[{"path": "/up/", "upstream": "app", "send_timeout": 0.5},
+                                                        {"path": "/", "upstream": "app"}])
+    size = 64 << 20
+
+    def upload(sock):
+        chunk = b"u" * (1 << 16)
+        try:
+            for _ in range(size // len(chunk)):
+                sock.sendall(chunk)
+        except OSError:
+            pass   # answered and closed mid-body
+
+    with ft.connect(timeout=10) as sock:
+        sock.sendall(f"POST {target} HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: {size}\r\n\r\n".encode())
+        t = threading.Thread(target=upload, args=(sock,), daemon=True)
+        t0 = time.monotonic()
+        t.start()
+        r = read_response(Reader(sock), "POST")
+        waited = time.monotonic() - t0
+    t.join(5)
+    assert r.status == 504, r.start_line
+    assert (waited < 1.6) if quick else (waited >= 1.8), waited
