@@ -1965,6 +1965,7 @@ def _proxy_timeouts(level: Level) -> dict[str, float]:
         values[name] = 60.0 if node is None else _positive(parse_time)(node)
     return values
 
+
 def load_config(path: str, warn: Warn | None = None) -> Config:
     """Read, map and validate an nginx configuration; raise ``ConfigError`` at file:line.
     ``warn(message, level=...)`` hears each accepted-but-ignored directive once."""
