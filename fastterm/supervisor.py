@@ -42,6 +42,7 @@ from fastterm import worker as worker_mod
 from fastterm.admin import AdminServer
 from fastterm.certs.ocsp import Stapler
 from fastterm.certs.watch import StapleFollower
+from fastterm.health import HealthChecker
 from fastterm.config import ConfigSource
 from fastterm.config.model import Config
 from fastterm.config.plan import Plan, build
@@ -141,7 +142,7 @@ class Generation:
 
 class Master:
     def __init__(self, source: ConfigSource | str, config: Config):
-        from fastterm._core import SharedState
+        from fastterm._core import HealthTable, SharedState
 
         # What a reload reads again, with the same front-end (fastterm.toml or nginx.conf).
         self.source = source if isinstance(source, ConfigSource) else ConfigSource(source)
@@ -168,6 +169,7 @@ class Master:
         self.stop_deadline = 0.0
         self.selector = selectors.DefaultSelector()
         self.ocsp = Stapler(self.shared, self.selector)
+        self.health = HealthChecker(self.selector, HealthTable())   # before the first plan's pools fork
         self.next_certificate_check = 0.0
         self.signals: list[int] = []
         self.admin: AdminServer | None = None
@@ -214,6 +216,7 @@ class Master:
         self._bind_all(config, plan, workers)
         self.ocsp.attach(plan.staples)          # before fork: the contexts learn their OCSP slots
         self.certificates = StapleFollower(config, plan, self.ocsp)
+        self.health.attach(config, plan)        # before fork: the pools learn their health slots
         self.generations_made += 1
         old = self.generation
         self.generation = Generation(self.generations_made, config, plan, workers)
@@ -356,6 +359,7 @@ class Master:
         self.generation = previous
         self.ocsp.attach(previous.plan.staples)
         self.certificates = StapleFollower(previous.config, previous.plan, self.ocsp)
+        self.health.attach(previous.config, previous.plan)
         self.old_generations.remove(previous.number)
         self.old_generations.append(failed.number)
         self._stop_generation(failed.number, signal.SIGQUIT)
@@ -449,6 +453,7 @@ class Master:
             "ocsp": self.ocsp.report(),
             "certificates": self.certificate_report(),
             "sessions": self.shared.session_stats(),
+            "health_checks": self.health.report(),
             "config": self.config_path,
             "config_format": self.source.format,
         }
@@ -555,7 +560,9 @@ class Master:
                 self.keys.tick()
                 self._follow_certificates()
                 self.ocsp.tick()
+                self.health.tick()
         finally:
+            self.health.close()
             self._remove_pid_file()
             self._close_admin()
         log.info("master %d exiting", os.getpid())

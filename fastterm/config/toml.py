@@ -389,6 +389,11 @@ class _Checker:
             raise self.error(f"upstream {upstream.name!r} mixes https:// and plain servers", "upstream", i, "servers")
         if all(s.backup for s in specs):
             raise self.error(f"upstream {upstream.name!r} has only backup servers", "upstream", i, "servers")
+        if upstream.check is not None:
+            from fastterm.health import check_problems
+
+            for key, message in check_problems(upstream.check)[:1]:
+                raise self.error(f"upstream {upstream.name!r} check: {message}", "upstream", i, "check", key)
         tls = upstream.tls
         if tls is None and specs[0].tls:
             tls = UpstreamTLS()

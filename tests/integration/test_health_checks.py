@@ -1,0 +1,120 @@
+"""Active health checks ([upstream.check]) with real processes: the master checks, two
+workers honour its verdicts through shared memory."""
+
+import os
+import subprocess
+import threading
+import time
+
+from harness import HOST, free_port, response_bytes, settle, wait_for
+from httpwire import Reader, read_response, request_bytes
+
+NAME = "localhost"
+FAST = {"interval": 0.2, "timeout": 0.5, "rise": 2, "fall": 2}
+
+
+def _upstream(servers, **check):
+    return [{"name": "app", "servers": servers, "check": dict(FAST, **check)}]
+
+
+def _start_backend(python, port: int) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+    proc = subprocess.Popen([python, "-m", "fastterm.backend", "--port", str(port)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    assert "listening on http://" in proc.stdout.readline()
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=5)
+
+
+def _load(ft, stop: threading.Event, results: list) -> None:
+    """Keep-alive GETs, a new connection every 20 requests, until ``stop``."""
+    while not stop.is_set():
+        try:
+            with ft.connect(timeout=5) as sock:
+                reader = Reader(sock)
+                for _ in range(20):
+                    if stop.is_set():
+                        break
+                    sock.sendall(request_bytes("GET", "/", NAME, None, b""))
+                    results.append(read_response(reader, "GET").status)
+        except (OSError, EOFError) as exc:
+            results.append(repr(exc))
+
+
+def test_a_killed_backend_costs_no_failed_get_is_checked_down_and_back_up(fastterm, python):
+    ports = [free_port() for _ in range(3)]
+    backends = [_start_backend(python, p) for p in ports]
+    try:
+        ft = fastterm(upstreams=_upstream([f"{HOST}:{p}" for p in ports]), workers=2)
+        stop, results = threading.Event(), []
+        clients = [threading.Thread(target=_load, args=(ft, stop, results)) for _ in range(3)]
+        for c in clients:
+            c.start()
+        time.sleep(1.0)
+        _stop(backends[1])                   # by its PID, mid-run
+        time.sleep(1.5)
+        stop.set()
+        for c in clients:
+            c.join(10)
+        assert len(results) > 50
+        failures = [r for r in results if r != 200]
+        # connect failures and resets before a response byte are retried on another server
+        assert len(failures) <= len(clients), failures[:5]
+        assert wait_for(lambda: f"server {HOST}:{ports[1]} is down" in ft.log(), 5), ft.log()[-2000:]
+        backends[1] = _start_backend(python, ports[1])     # back on the same port
+        assert wait_for(lambda: f"server {HOST}:{ports[1]} is up" in ft.log(), 5), ft.log()[-2000:]
+        assert all(ft.request("GET", "/", host=NAME).status == 200 for _ in range(6))
+    finally:
+        for b in backends:
+            _stop(b)
+
+
+def _health_backend(raw_backend, health: dict):
+    """A backend whose /health answers ``health["status"]`` and whose other paths answer 200."""
+    def handler(conn):
+        while (req := conn.read_request()) is not None:
+            if req.target == "/health":
+                conn.send(response_bytes(health["status"], b"health"))
+            else:
+                conn.send(response_bytes(200, b"app"))
+    return raw_backend(handler)
+
+
+def _app_requests(backend) -> int:
+    return sum(1 for r in backend.requests if r.target != "/health")
+
+
+def test_an_http_check_answered_500_takes_a_server_down_though_it_accepts(fastterm, raw_backend):
+    good_health, bad_health = {"status": 200}, {"status": 500}
+    good, bad = _health_backend(raw_backend, good_health), _health_backend(raw_backend, bad_health)
+    ft = fastterm(upstreams=_upstream([good.address, bad.address], kind="http", path="/health"), workers=2)
+    assert wait_for(lambda: f"server {bad.address} is down: status 500" in ft.log(), 5), ft.log()[-2000:]
+    before = _app_requests(bad)
+    for _ in range(10):
+        assert ft.request("GET", "/app", host=NAME).status == 200
+    assert _app_requests(bad) == before          # no request went to the server checked down
+    assert any(r.target == "/health" for r in bad.requests)
+    bad_health["status"] = 200
+    assert wait_for(lambda: f"server {bad.address} is up" in ft.log(), 5), ft.log()[-2000:]
+    assert wait_for(lambda: ft.request("GET", "/app", host=NAME).status == 200 and _app_requests(bad) > before,
+                    5, 0.05)
+
+
+def test_every_server_down_answers_503_at_once_and_a_check_never_answered_is_a_failure(
+        fastterm, raw_backend, refused_address):
+    silent = raw_backend(lambda conn: (conn.read_request(), conn.hang()))   # reads, never answers
+    ft = fastterm(upstreams=_upstream([silent.address, refused_address], kind="http", path="/health",
+                                      timeout=0.3), workers=2)
+    assert wait_for(lambda: f"server {silent.address} is down: timed out" in ft.log(), 5), ft.log()[-2000:]
+    assert wait_for(lambda: "connect" in ft.log() and ft.log().count(" is down: ") >= 2, 5), ft.log()[-2000:]
+    for _ in range(6):                          # new connections: both workers answer
+        began = time.monotonic()
+        assert ft.request("GET", "/", host=NAME).status == 503
+        assert time.monotonic() - began < 2.0   # no connect attempt, no connect timeout
+    settle()
+    assert [r.target for r in silent.requests if r.target != "/health"] == []
