@@ -2,14 +2,16 @@
 workers honour its verdicts through shared memory."""
 
 import os
+import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 
-from harness import HOST, free_port, response_bytes, settle, wait_for
+from harness import HOST, NAME, free_port, response_bytes, settle, wait_for
 from httpwire import Reader, read_response, request_bytes
+from test_reencrypt import TLSBackend
 
-NAME = "localhost"
 FAST = {"interval": 0.2, "timeout": 0.5, "rise": 2, "fall": 2}
 
 
@@ -89,11 +91,21 @@ def _app_requests(backend) -> int:
     return sum(1 for r in backend.requests if r.target != "/health")
 
 
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
 def test_an_http_check_answered_500_takes_a_server_down_though_it_accepts(fastterm, raw_backend):
     good_health, bad_health = {"status": 200}, {"status": 500}
     good, bad = _health_backend(raw_backend, good_health), _health_backend(raw_backend, bad_health)
-    ft = fastterm(upstreams=_upstream([good.address, bad.address], kind="http", path="/health"), workers=2)
+    admin = free_port()
+    ft = fastterm(upstreams=_upstream([good.address, bad.address], kind="http", path="/health"), workers=2,
+                  admin=f"{HOST}:{admin}")
     assert wait_for(lambda: f"server {bad.address} is down: status 500" in ft.log(), 5), ft.log()[-2000:]
+    metrics = _metrics(admin)
+    assert f'fastterm_upstream_server_up{{upstream="app",server="{bad.address}"}} 0' in metrics
+    assert f'fastterm_upstream_server_up{{upstream="app",server="{good.address}"}} 1' in metrics
     before = _app_requests(bad)
     for _ in range(10):
         assert ft.request("GET", "/app", host=NAME).status == 200
@@ -101,6 +113,7 @@ def test_an_http_check_answered_500_takes_a_server_down_though_it_accepts(fastte
     assert any(r.target == "/health" for r in bad.requests)
     bad_health["status"] = 200
     assert wait_for(lambda: f"server {bad.address} is up" in ft.log(), 5), ft.log()[-2000:]
+    assert f'server="{bad.address}"}} 1' in _metrics(admin)
     assert wait_for(lambda: ft.request("GET", "/app", host=NAME).status == 200 and _app_requests(bad) > before,
                     5, 0.05)
 
@@ -118,3 +131,27 @@ def test_every_server_down_answers_503_at_once_and_a_check_never_answered_is_a_f
         assert time.monotonic() - began < 2.0   # no connect attempt, no connect timeout
     settle()
     assert [r.target for r in silent.requests if r.target != "/health"] == []
+
+
+def test_a_tls_upstream_is_checked_over_tls_with_its_verification(fastterm, raw_backend, ec_cert, ca_file):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(ec_cert["cert"], ec_cert["key"])
+    good_health = {"status": 200}
+    tls = TLSBackend(ctx, _health_backend(raw_backend, good_health).handler)
+    plain = _health_backend(raw_backend, good_health)     # speaks no TLS: the handshake never completes
+    try:
+        servers = [f"https://{HOST}:{tls.port}", f"https://{HOST}:{plain.port}"]
+        check = dict(FAST, kind="http", path="/health")
+        ft = fastterm(upstreams=[{"name": "app", "servers": servers, "check": check,
+                                  "tls": {"ca_file": ca_file, "server_name": NAME}},
+                                 {"name": "strict", "servers": servers[:1], "check": check,
+                                  "tls": {"ca_file": ca_file, "server_name": "other.test"}}], workers=2)
+        assert wait_for(lambda: f"upstream strict server {HOST}:{tls.port} is down: TLS: CERTIFICATE_VERIFY_FAILED"
+                        in ft.log(), 5), ft.log()[-2000:]
+        assert wait_for(lambda: f"server {HOST}:{plain.port} is down: timed out" in ft.log(), 5), ft.log()[-2000:]
+        assert wait_for(lambda: any(r.target == "/health" for r in tls.requests), 5)
+        assert f"upstream app server {HOST}:{tls.port} is down" not in ft.log()
+        assert all(ft.request("GET", "/app", host=NAME).status == 200 for _ in range(4))
+        assert _app_requests(plain) == 0
+    finally:
+        tls.close()

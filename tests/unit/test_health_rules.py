@@ -109,3 +109,34 @@ def test_backup_servers_serve_when_the_check_took_every_primary_down():
     assert pool.choose(1.0) == 0
     table.set(0, False)
     assert pool.choose(1.0) == 1
+
+
+@pytest.mark.parametrize("check, needle, message", [
+    ("rise = 0", "rise", "rise must be 1 or more"),
+    ("fall = 0", "fall", "fall must be 1 or more"),
+    ("interval = 0", "interval", "interval must be more than 0"),
+    ("timeout = -1", "timeout", "timeout must be more than 0"),
+    ('expect = "2xx"', "expect", "invalid expect"),
+    ('kind = "udp"', "kind", "udp"),
+])
+def test_a_bad_check_is_a_config_error_at_its_line(write, check, needle, message):
+    from fastterm.config.toml import load_config
+    from fastterm.errors import ConfigError
+
+    text = f"""
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:9001"]
+[upstream.check]
+{check}
+
+[[server]]
+listen = ["127.0.0.1:8443"]
+[[server.route]]
+path = "/"
+upstream = "app"
+"""
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(write("fastterm.toml", text))
+    line = next(i for i, ln in enumerate(text.splitlines(), start=1) if ln.startswith(needle))
+    assert info.value.line == line and "fastterm.toml" in str(info.value)
