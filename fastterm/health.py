@@ -312,9 +312,10 @@ class HealthChecker:
             for spec in (parse_upstream_server(s, fail_timeout=up.fail_timeout) for s in up.servers):
                 key = (up.name, spec.host, spec.port)
                 target = self.targets.get(key) or wanted.get(key)
-                if target is None:
+                if target is None:   # starts up, whatever a check of it before this reload said
                     target = Target(up.name, spec.host, spec.port, self._slot_for(key), up.check,
                                     state=ServerHealth(up.check.rise, up.check.fall))
+                    self.table.set(target.slot, True)
                 target.check, target.expect = up.check, parse_expect(up.check.expect)
                 target.state.rise, target.state.fall = up.check.rise, up.check.fall
                 target.addr = _resolve(spec.host, spec.port)
@@ -371,6 +372,14 @@ class HealthChecker:
         else:
             log.warning("upstream %s server %s is down: %s (%d failed checks)", target.upstream, target.name,
                         verdict, target.check.fall)
+
+    def close_in_child(self) -> None:
+        """In a new worker: close the copies of the checks' sockets (a copy held there would keep
+        a check's connection open after the master closed it). Closing an fd leaves the master's
+        registrations alone; unregistering would not: the epoll set is shared through fork."""
+        for target in self.targets.values():
+            if target.probe is not None and target.probe.sock is not None:
+                target.probe.sock.close()
 
     def close(self) -> None:
         for target in self.targets.values():

@@ -42,12 +42,12 @@ from fastterm import worker as worker_mod
 from fastterm.admin import AdminServer
 from fastterm.certs.ocsp import Stapler
 from fastterm.certs.watch import StapleFollower
-from fastterm.health import HealthChecker
 from fastterm.config import ConfigSource
 from fastterm.config.model import Config
 from fastterm.config.plan import Plan, build
 from fastterm.errors import FasttermError
 from fastterm.files import is_private_dir, private_dir, write_atomic
+from fastterm.health import HealthChecker
 from fastterm.keys import TicketKeys
 
 log = logging.getLogger("fastterm.master")
@@ -267,6 +267,7 @@ class Master:
         if self.admin is not None:
             self.admin.close_in_child()
         self.ocsp.close_in_child()
+        self.health.close_in_child()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
                     signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)

@@ -140,3 +140,56 @@ upstream = "app"
         load_config(write("fastterm.toml", text))
     line = next(i for i, ln in enumerate(text.splitlines(), start=1) if ln.startswith(needle))
     assert info.value.line == line and "fastterm.toml" in str(info.value)
+
+
+def _checker_run(checker, selector, until, limit: float = 5.0) -> bool:
+    """The master's loop in small: select, dispatch, tick; until ``until()`` or ``limit`` s."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and not until():
+        for key, events in selector.select(timeout=0.05):
+            key.data(events)
+        checker.tick()
+    return until()
+
+
+def test_the_checker_takes_a_closed_server_down_and_a_reload_keeps_what_it_keeps():
+    import selectors
+    import socket
+    from types import SimpleNamespace
+
+    from fastterm._core import HealthTable, UpstreamPool
+    from fastterm.config.model import Upstream
+    from fastterm.health import HealthChecker
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    check = HealthCheck(interval=0.05, timeout=0.5, rise=1, fall=2)
+    config = SimpleNamespace(upstreams=[Upstream("app", [f"127.0.0.1:{port}"], check=check)])
+
+    def plan():
+        return SimpleNamespace(pools={"app": UpstreamPool("app", [("127.0.0.1", port)])})
+
+    selector = selectors.DefaultSelector()
+    table = HealthTable()
+    checker = HealthChecker(selector, table)
+    try:
+        checker.attach(config, plan())
+        assert _checker_run(checker, selector, lambda: checker.report()[0]["checks"] >= 2)
+        assert checker.report()[0]["up"] and checker.report()[0]["failures"] == 0
+        listener.close()
+        assert _checker_run(checker, selector, lambda: not checker.report()[0]["up"])
+        assert "refused" in checker.report()[0]["last_error"]
+        slot = checker.targets[("app", "127.0.0.1", port)].slot
+        assert not table.up(slot)
+        checker.attach(config, plan())                       # a reload with the same server: still down
+        assert not checker.report()[0]["up"] and not table.up(slot)
+        checker.attach(SimpleNamespace(upstreams=[]), plan())
+        assert checker.report() == []
+        checker.attach(config, plan())                       # checked anew: up at first, same slot
+        assert checker.report()[0]["up"] and table.up(slot)
+        assert checker.targets[("app", "127.0.0.1", port)].slot == slot
+    finally:
+        checker.close()
+        selector.close()
