@@ -160,6 +160,7 @@ def test_the_checker_takes_a_closed_server_down_and_a_reload_keeps_what_it_keeps
     from types import SimpleNamespace
 
     from fastterm._core import HealthTable, UpstreamPool
+
     from fastterm.config.model import Upstream
     from fastterm.health import HealthChecker
 
