@@ -138,7 +138,8 @@ cdef class UpstreamPool:
     cdef int next_server(self, double now, unsigned long long tried=0):
         """A primary server, else a backup one (only when no primary is usable); when none is,
         the one back soonest (nginx max_fails=1 fail_timeout=10s: a dead server costs one
-        failed connect, not one per request)."""
+        failed connect, not one per request) among those the active check has not taken down;
+        -1 when it took every one down (Stream.dispatch answers 503)."""
         cdef int n = len(self.servers), s, best
         best = self._pick(now, tried, False)
         if best < 0:
