@@ -134,6 +134,7 @@ class _Probe:
         self.sock.setblocking(False)
         code = self.sock.connect_ex(sockaddr)
         if code not in (0, errno.EINPROGRESS):
+            self.sock.close()
             raise OSError(code, os.strerror(code))
         self._wait(selectors.EVENT_WRITE)
 
