@@ -65,6 +65,9 @@ cdef extern from "includes/shm.h" nogil:
         unsigned char node_id[16]
         int64_t stats[3]
         ft_replay_entry entries[1]
+    enum:
+        FT_HEALTH_SLOTS
+        FT_HEALTH_DOWN
     uint64_t ft_load_acquire(const uint64_t *p)
     void ft_store_release(uint64_t *p, uint64_t v)
     void ft_fence()
@@ -89,6 +92,13 @@ cdef class ReplayTable:
 
     cdef int record(self, const unsigned char *random) noexcept nogil
     cdef bint issued_here(self, const unsigned char *node_id, size_t n) noexcept nogil
+
+
+cdef class HealthTable:
+    cdef uint64_t *slots             # FT_HEALTH_SLOTS words: bit 0 down, above it the up count
+
+    cdef inline uint64_t read(self, int slot) noexcept nogil:
+        return ft_load_acquire(&self.slots[slot])
 
 
 cdef class SharedState:

@@ -169,6 +169,48 @@ cdef ReplayTable process_replay_table():
     return _own_replay
 
 
+cdef class HealthTable:
+    """The active health checks' verdicts (fastterm/health.py), shared through fork(): the
+    master writes a server's word when its state changes, a worker reads it (one atomic load)
+    each time it weighs that server. A word that was never written (0) is up."""
+
+    def __cinit__(self):
+        self.slots = <uint64_t *>mmap(NULL, FT_HEALTH_SLOTS * sizeof(uint64_t), PROT_READ | PROT_WRITE,
+                                      MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+        if <void *>self.slots == MAP_FAILED:
+            self.slots = NULL
+            raise MemoryError("mmap of the health table failed")
+
+    def __dealloc__(self):
+        if self.slots != NULL:
+            munmap(self.slots, FT_HEALTH_SLOTS * sizeof(uint64_t))
+            self.slots = NULL
+
+    capacity = FT_HEALTH_SLOTS
+
+    def set(self, int slot, bint up):
+        """Master only: the server of ``slot`` is up (or down); a change to up counts once."""
+        cdef uint64_t v
+        if not 0 <= slot < FT_HEALTH_SLOTS:
+            raise ValueError(f"health slot {slot} out of range (0..{FT_HEALTH_SLOTS - 1})")
+        v = ft_load_acquire(&self.slots[slot])
+        if up and v & FT_HEALTH_DOWN:
+            ft_store_release(&self.slots[slot], (v & ~(<uint64_t>FT_HEALTH_DOWN)) + 2)
+        elif not up:
+            ft_store_release(&self.slots[slot], v | FT_HEALTH_DOWN)
+
+    def reset(self, int slot):
+        """Master only: a slot given to another server starts up, with no history."""
+        if 0 <= slot < FT_HEALTH_SLOTS:
+            ft_store_release(&self.slots[slot], 0)
+
+    def up(self, int slot):
+        return not self.read(slot) & FT_HEALTH_DOWN
+
+    def word(self, int slot):
+        return self.read(slot)
+
+
 cdef class SharedState:
     """The master's shared region; workers inherit the mapping through fork()."""
 

@@ -47,11 +47,16 @@ cdef class UpstreamPool:
     cdef list tls_names             # per server: the name the certificate must match
     cdef bint tls_reuse             # resume each server's last session
     cdef list tls_sessions          # per server: its last TLSSession, or None
+    # Active health checks (fastterm/health.py); health None: none configured
+    cdef HealthTable health
+    cdef list health_slot           # per server: its word in the table, -1: not checked
+    cdef list health_ups            # per server: the up count last seen
 
     cdef BackendConnection take_idle(self, int server)
     cdef int next_server(self, double now, unsigned long long tried=*)
     cdef int _pick(self, double now, unsigned long long tried, bint backup)
     cdef bint _usable(self, int server, double now, unsigned long long tried)
+    cdef bint _checked_up(self, int server)
     cdef void mark_failed(self, int server, double now)
     cdef void note_success(self, int server)
     cdef void release(self, BackendConnection conn, double now)

@@ -63,10 +63,36 @@ cdef class UpstreamPool:
         self.tls_reuse = session_reuse
         self.tls_sessions = [None] * len(self.servers)
 
+    def set_health(self, HealthTable table not None, slots):
+        """Servers marked down in ``table`` (one slot per server, -1: not checked) are skipped."""
+        self.health = table
+        self.health_slot = [int(s) for s in slots]
+        self.health_ups = [-1] * len(self.servers)
+
+    cdef bint _checked_up(self, int server):
+        """Not marked down by the active check; one that came up again since last seen has its
+        passive-ejection state cleared (DESIGN.md: active checks bring a server back)."""
+        cdef int slot
+        cdef uint64_t word
+        if self.health is None:
+            return True
+        slot = self.health_slot[server]
+        if slot < 0:
+            return True
+        word = self.health.read(slot)
+        if <long long>(word >> 1) != <long long>self.health_ups[server]:
+            if <long long>self.health_ups[server] >= 0:
+                self.fails[server] = 0
+                self.down_until[server] = 0.0
+                self.effective[server] = self.weight[server]
+            self.health_ups[server] = <long long>(word >> 1)
+        return not word & FT_HEALTH_DOWN
+
     cdef bint _usable(self, int server, double now, unsigned long long tried):
-        """Not tried by this request, and not out after max_fails failures within fail_timeout."""
+        """Not tried by this request, not down by the active check, and not out after
+        max_fails failures within fail_timeout."""
         cdef int max_fails = self.max_fails[server]
-        if tried & (1ULL << (server & 63)):
+        if tried & (1ULL << (server & 63)) or not self._checked_up(server):
             return False
         return not (max_fails and <int>self.fails[server] >= max_fails and
                     now - <double>self.checked[server] <= <double>self.fail_timeouts[server])
@@ -112,7 +138,8 @@ cdef class UpstreamPool:
     cdef int next_server(self, double now, unsigned long long tried=0):
         """A primary server, else a backup one (only when no primary is usable); when none is,
         the one back soonest (nginx max_fails=1 fail_timeout=10s: a dead server costs one
-        failed connect, not one per request)."""
+        failed connect, not one per request) among those the active check has not taken down;
+        -1 when it took every one down (Stream.dispatch answers 503)."""
         cdef int n = len(self.servers), s, best
         best = self._pick(now, tried, False)
         if best < 0:
@@ -120,13 +147,14 @@ cdef class UpstreamPool:
         if best >= 0:
             return best
         for s in range(n):
-            if not tried & (1ULL << (s & 63)) and (best < 0 or self.down_until[s] < self.down_until[best]):
+            if not tried & (1ULL << (s & 63)) and self._checked_up(s) and (
+                    best < 0 or self.down_until[s] < self.down_until[best]):
                 best = s
         if best < 0:   # every server tried by this request
             for s in range(n):
-                if best < 0 or self.down_until[s] < self.down_until[best]:
+                if self._checked_up(s) and (best < 0 or self.down_until[s] < self.down_until[best]):
                     best = s
-        return best
+        return best   # -1: every server down by the active check (503 at once)
 
     cdef void mark_failed(self, int server, double now):
         """nginx's failure accounting (ngx_http_upstream_free_round_robin_peer): counted,
@@ -277,6 +305,9 @@ cdef class Stream:
             self.tried = 0
             self.first_try = w.now
         server = pool.next_server(w.now, self.tried)
+        if server < 0:
+            self.answer_error(503)
+            return
         self.tried |= 1ULL << (server & 63)
         self.attempts += 1
         if not fresh:

@@ -163,6 +163,12 @@ def metrics_text(master) -> str:
         if staple["next_refresh"] is not None:
             add("fastterm_ocsp_next_refresh_seconds", "gauge", "Seconds until the response is fetched again.",
                 f'certificate="{cert}"', staple["next_refresh"])
+    for server in master.health.report():
+        labels = f'upstream="{_label(server["upstream"])}",server="{_label(server["server"])}"'
+        add("fastterm_upstream_server_up", "gauge", "Active health check verdict per upstream server "
+            "(1 up, 0 down).", labels, int(server["up"]))
+        add("fastterm_upstream_health_check_failures_total", "counter", "Failed active health checks per "
+            "upstream server.", labels, server["failures"])
     add("fastterm_generation", "gauge", "Current worker generation.", None, master.generation.number)
     lines = []
     for name, (kind, help_text, samples) in families.items():

@@ -47,6 +47,7 @@ from fastterm.config.model import Config
 from fastterm.config.plan import Plan, build
 from fastterm.errors import FasttermError
 from fastterm.files import is_private_dir, private_dir, write_atomic
+from fastterm.health import HealthChecker
 from fastterm.keys import TicketKeys
 
 log = logging.getLogger("fastterm.master")
@@ -141,7 +142,7 @@ class Generation:
 
 class Master:
     def __init__(self, source: ConfigSource | str, config: Config):
-        from fastterm._core import SharedState
+        from fastterm._core import HealthTable, SharedState
 
         # What a reload reads again, with the same front-end (fastterm.toml or nginx.conf).
         self.source = source if isinstance(source, ConfigSource) else ConfigSource(source)
@@ -168,6 +169,7 @@ class Master:
         self.stop_deadline = 0.0
         self.selector = selectors.DefaultSelector()
         self.ocsp = Stapler(self.shared, self.selector)
+        self.health = HealthChecker(self.selector, HealthTable())   # before the first plan's pools fork
         self.next_certificate_check = 0.0
         self.signals: list[int] = []
         self.admin: AdminServer | None = None
@@ -214,6 +216,7 @@ class Master:
         self._bind_all(config, plan, workers)
         self.ocsp.attach(plan.staples)          # before fork: the contexts learn their OCSP slots
         self.certificates = StapleFollower(config, plan, self.ocsp)
+        self.health.attach(config, plan)        # before fork: the pools learn their health slots
         self.generations_made += 1
         old = self.generation
         self.generation = Generation(self.generations_made, config, plan, workers)
@@ -264,6 +267,7 @@ class Master:
         if self.admin is not None:
             self.admin.close_in_child()
         self.ocsp.close_in_child()
+        self.health.close_in_child()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
                     signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
@@ -356,6 +360,7 @@ class Master:
         self.generation = previous
         self.ocsp.attach(previous.plan.staples)
         self.certificates = StapleFollower(previous.config, previous.plan, self.ocsp)
+        self.health.attach(previous.config, previous.plan)
         self.old_generations.remove(previous.number)
         self.old_generations.append(failed.number)
         self._stop_generation(failed.number, signal.SIGQUIT)
@@ -449,6 +454,7 @@ class Master:
             "ocsp": self.ocsp.report(),
             "certificates": self.certificate_report(),
             "sessions": self.shared.session_stats(),
+            "health_checks": self.health.report(),
             "config": self.config_path,
             "config_format": self.source.format,
         }
@@ -555,7 +561,9 @@ class Master:
                 self.keys.tick()
                 self._follow_certificates()
                 self.ocsp.tick()
+                self.health.tick()
         finally:
+            self.health.close()
             self._remove_pid_file()
             self._close_admin()
         log.info("master %d exiting", os.getpid())

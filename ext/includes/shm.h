@@ -94,6 +94,13 @@ typedef struct {
     ft_replay_entry entries[];
 } ft_replay;
 
+/* Active health checks (fastterm/health.py): one word per checked (upstream, server), written
+ * by the master only, read by every worker on each server choice. Bit 0: down; the bits above
+ * count the times the server came up, so a worker that sees the count move clears its own
+ * passive-ejection state for it ("active checks bring a server back"). Its own mapping. */
+#define FT_HEALTH_SLOTS 4096
+#define FT_HEALTH_DOWN 1u
+
 static inline uint64_t ft_load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void ft_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void ft_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }

@@ -205,6 +205,23 @@ class UpstreamTLS(Struct):
     session_reuse: bool = True  # resume each server's last session on a new connection
 
 
+class HealthCheck(Struct):
+    """Active health checks of an upstream's servers, run by the master (fastterm/health.py;
+    HAProxy ``server ... check inter 2s rise 2 fall 3``). Every server starts up; ``fall``
+    failed checks in a row mark it down (no worker sends it requests; every server down: 503 at
+    once), ``rise`` good ones bring it back, its passive-ejection state cleared."""
+
+    kind: Literal["tcp", "http"] = "tcp"  # tcp: the connect (and TLS handshake, for TLS upstreams)
+    # succeeds; http: a GET of ``path`` answers a status in ``expect``
+    path: str = "/"  # http: the request target
+    expect: str = "200-399"  # http: statuses that pass: "200", "200-399", "200-299,301,302"
+    host: str | None = None  # http: the Host header; None: the server's host
+    interval: float = 2.0  # seconds between checks of one server (HAProxy inter)
+    timeout: float = 1.0  # a check not done in this long (connect, handshake, answer) failed
+    rise: int = 2  # good checks in a row that bring a down server up
+    fall: int = 3  # failed checks in a row that take an up server down
+
+
 class Upstream(Struct):
     name: str
     servers: list[str]  # "host:port" or "https://host:port", then nginx-style parameters:
@@ -221,6 +238,7 @@ class Upstream(Struct):
     connect_timeout: float | None = None  # for the routes to it that set none; None:
     read_timeout: float | None = None     # limits.backend_connect_timeout, backend_read_timeout,
     send_timeout: float | None = None     # backend_send_timeout (else the read timeout that applies)
+    check: HealthCheck | None = None  # active health checks ([upstream.check]); None: passive only
 
 
 class ClientCertHeaders(Struct):

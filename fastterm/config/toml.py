@@ -395,6 +395,11 @@ class _Checker:
             check_timeouts(upstream)
         except ValueError as exc:
             raise self.error(str(exc), "upstream", i) from None
+        if upstream.check is not None:
+            from fastterm.health import check_problems
+
+            for key, message in check_problems(upstream.check)[:1]:
+                raise self.error(f"upstream {upstream.name!r} check: {message}", "upstream", i, "check", key)
         tls = upstream.tls
         if tls is None and specs[0].tls:
             tls = UpstreamTLS()
