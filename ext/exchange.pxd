@@ -64,6 +64,7 @@ cdef enum:
     V_SSL_CLIENT_FINGERPRINT    # SHA-1, lowercase hex
     V_SSL_CLIENT_ESCAPED_CERT   # PEM, %-escaped
     V_SSL_CLIENT_CERT           # PEM, a tab after each inner newline (nginx's deprecated form)
+    V_CONNECTION_UPGRADE        # nginx's map $http_upgrade { default upgrade; '' close; }: "upgrade" or "close"
     V_COUNT
     # the most a rewritten request head may take (it is bounded by the client's head and
     # the templates, which may repeat a field): past it the request is refused with 431

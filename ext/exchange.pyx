@@ -82,6 +82,8 @@ VARIABLES.update({"ssl_client_verify": V_SSL_CLIENT_VERIFY, "ssl_client_s_dn": V
                   "ssl_client_i_dn": V_SSL_CLIENT_I_DN, "ssl_client_serial": V_SSL_CLIENT_SERIAL,
                   "ssl_client_fingerprint": V_SSL_CLIENT_FINGERPRINT,
                   "ssl_client_escaped_cert": V_SSL_CLIENT_ESCAPED_CERT, "ssl_client_cert": V_SSL_CLIENT_CERT})
+# the WebSocket map of nginx's docs, whatever the config names it (fastterm/config/nginx.py)
+VARIABLES["connection_upgrade"] = V_CONNECTION_UPGRADE
 LITERAL = V_LITERAL          # RequestRewrite template pieces that are not variables: text as it is,
 HTTP_FIELD = V_HTTP         # and $http_NAME (the piece holds NAME)
 
@@ -892,6 +894,12 @@ cdef class Exchange:
             out.put_bytes(facts.ssl_cipher_b)
         elif var == V_SSL_SERVER_NAME:
             out.put_bytes(facts.ssl_server_name_b)
+        elif var == V_CONNECTION_UPGRADE:
+            for j in range(head.nheaders):
+                if slots[j].kind == H_UPGRADE and slots[j].value_len:
+                    out.put(b"upgrade", 7)
+                    return 0
+            out.put(b"close", 5)
         elif var == V_SSL_EARLY_DATA and self.early:
             out.put(b"1", 1)   # nginx: "1" while SSL_is_init_finished() is false, else ""
         elif var >= V_SSL_CLIENT_VERIFY:
