@@ -13,6 +13,8 @@
 #
 # X_REJECTED and X_FAILED carry error_status; X_DONE carries the reuse decisions
 # (backend_reusable, client_close). Terminal states take abort again and stay.
+# A 101 to a request that asked to upgrade is a final head (``switched``): X_RESPONDING until the
+# tunnel closes, its "body" the backend's bytes until close; a 101 nobody asked for is X_FAILED.
 
 import ipaddress
 from http import HTTPStatus
