@@ -170,7 +170,7 @@ def test_bytes_after_the_upgrade_head_reach_the_backend_after_101(fastterm, raw_
         received = be.received()
         assert received.index(b"\r\n\r\n") + 4 == received.index(b"PIPELINED-BYTES")
         assert b"upgrade: x-raw" in received.lower() and b"connection: upgrade" in received.lower()
-        # half-close: the client's EOF reaches the backend, which ends the tunnel
+        # the tunnel goes on both ways after the pipelined bytes
         sock.sendall(b"more")
         assert _read_until(sock, b"more").endswith(b"more")
 
