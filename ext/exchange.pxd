@@ -64,6 +64,7 @@ cdef enum:
     V_SSL_CLIENT_FINGERPRINT    # SHA-1, lowercase hex
     V_SSL_CLIENT_ESCAPED_CERT   # PEM, %-escaped
     V_SSL_CLIENT_CERT           # PEM, a tab after each inner newline (nginx's deprecated form)
+    V_CONNECTION_UPGRADE        # nginx's map $http_upgrade { default upgrade; '' close; }: "upgrade" or "close"
     V_COUNT
     # the most a rewritten request head may take (it is bounded by the client's head and
     # the templates, which may repeat a field): past it the request is refused with 431
@@ -226,6 +227,8 @@ cdef class Exchange:
     cdef bint http10
     cdef bint client_close          # the client asked for close (or is HTTP/1.0), or we decided to
     cdef readonly bint continue_client  # the codec answers the client's Expect: 100-continue itself
+    cdef readonly bint upgrade      # Upgrade went to the backend (RFC 9110 §7.8): a 101 may switch
+    cdef readonly bint switched     # the backend answered 101: the connection is a tunnel now
     # response verdict
     cdef int status
     cdef int response_mode          # response body framing as the backend sends it
@@ -270,11 +273,12 @@ cdef class Exchange:
                              int host_len) except -1
     cdef int _rewritten_head(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                              RequestLimits *limits, const char *target, int target_len,
-                             const char *host, int host_len) except -1
+                             const char *host, int host_len, bint upgrade) except -1
     cdef int _expand(self, RequestRewrite rw, TemplatePiece *piece, const char *p, MessageHead *head, HeaderSlot *slots,
                      HeadWriter out, const char *target, int target_len, const char *host, int host_len) except -1
     cdef int response(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                       bint close_client) except -1
+    cdef int _switching(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out) except -1
     cdef int _redirected(self, const char *rest, int n, HeadWriter out) except -1
     cdef int _bad(self, str why) except -1
     cdef bint _safe_status(self, int status)

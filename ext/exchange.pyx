@@ -13,6 +13,8 @@
 #
 # X_REJECTED and X_FAILED carry error_status; X_DONE carries the reuse decisions
 # (backend_reusable, client_close). Terminal states take abort again and stay.
+# A 101 to a request that asked to upgrade is a final head (``switched``): X_RESPONDING until the
+# tunnel closes, its "body" the backend's bytes until close; a 101 nobody asked for is X_FAILED.
 
 import ipaddress
 from http import HTTPStatus
@@ -82,6 +84,8 @@ VARIABLES.update({"ssl_client_verify": V_SSL_CLIENT_VERIFY, "ssl_client_s_dn": V
                   "ssl_client_i_dn": V_SSL_CLIENT_I_DN, "ssl_client_serial": V_SSL_CLIENT_SERIAL,
                   "ssl_client_fingerprint": V_SSL_CLIENT_FINGERPRINT,
                   "ssl_client_escaped_cert": V_SSL_CLIENT_ESCAPED_CERT, "ssl_client_cert": V_SSL_CLIENT_CERT})
+# the WebSocket map of nginx's docs, whatever the config names it (fastterm/config/nginx.py)
+VARIABLES["connection_upgrade"] = V_CONNECTION_UPGRADE
 LITERAL = V_LITERAL          # RequestRewrite template pieces that are not variables: text as it is,
 HTTP_FIELD = V_HTTP         # and $http_NAME (the piece holds NAME)
 
@@ -463,6 +467,7 @@ cdef class Exchange:
         self.body_mode = BODY_NONE
         self.content_length = -1
         self.retryable = self.head_request = self.http10 = self.client_close = self.continue_client = False
+        self.upgrade = self.switched = False
         self.status = 0
         self.response_mode = BODY_NONE
         self.dechunk = self.backend_reusable = False
@@ -513,8 +518,7 @@ cdef class Exchange:
         cdef const char *abs_host = NULL   # an absolute-form target's host (nginx's $host first)
         cdef int target_len = head.target_len, path, route_len, j, kind, abs_host_len = 0
         cdef const char *path_at
-        cdef bint exact
-        cdef bint trusted
+        cdef bint exact, trusted, upgrade
         self.http10 = head.version == 10
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
         self.client_close = (head.conn_close or self.http10) and not self.facts.http2
@@ -631,6 +635,11 @@ cdef class Exchange:
         self.body_mode = request_body_mode(head)
         self.content_length = head.content_length
         self.retryable = self.body_mode == BODY_NONE and _idempotent(p, head.method_len)
+        # RFC 9110 §7.8, as nginx: an HTTP/1.1 GET without a body may switch protocols (WebSocket,
+        # RFC 6455 §4.1); its Upgrade goes to the backend, whose 101 turns the connection into a tunnel
+        upgrade = head.conn_upgrade and head.version == 11 and not self.facts.http2 and \
+            self.body_mode == BODY_NONE and head.method_len == 3 and memcmp(p, b"GET", 3) == 0 and \
+            _has_kind(head, slots, H_UPGRADE)
         if PyBytes_GET_SIZE(<bytes>route[3]):
             # proxy_redirect: the response's Location may want $host. A reference to the
             # name server_for keeps (keep-alive requests repeat it), not a copy.
@@ -649,7 +658,8 @@ cdef class Exchange:
             if abs_host == NULL and head.host_index >= 0:
                 abs_host = p + slots[head.host_index].value_start
                 abs_host_len = slots[head.host_index].value_len
-            return self._rewritten_head(p, head, slots, out, limits, target, target_len, abs_host, abs_host_len)
+            return self._rewritten_head(p, head, slots, out, limits, target, target_len, abs_host, abs_host_len,
+                                        upgrade)
 
         # The request line in origin-form, always HTTP/1.1 to the backend (nginx's
         # proxy_http_version 1.1): an HTTP/1.0 client must not cost a backend connection per
@@ -673,7 +683,8 @@ cdef class Exchange:
         for j in range(head.nheaders):
             kind = slots[j].kind
             if slots[j].drop or (kind == H_HOST and abs_host != NULL) or kind == H_CONNECTION or \
-                    kind == H_KEEP_ALIVE or kind == H_PROXY_CONNECTION or kind == H_TE or kind == H_UPGRADE or \
+                    kind == H_KEEP_ALIVE or kind == H_PROXY_CONNECTION or kind == H_TE or \
+                    (kind == H_UPGRADE and not upgrade) or \
                     kind == H_X_REAL_IP or kind == H_X_FORWARDED_PROTO or kind == H_X_FORWARDED_FOR or \
                     ((kind == H_FORWARDED or kind == H_CLIENT_IDENTITY) and not trusted) or \
                     (slots[j].underscore and not limits.underscores_in_headers) or \
@@ -682,6 +693,9 @@ cdef class Exchange:
                                                          slots[j].name_len)):
                 continue   # X-SSL-Client-* and the configured names: ours alone, whoever the peer
             out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
+        if upgrade:
+            out.put(b"Connection: upgrade\r\n", 21)
+            self.upgrade = True
         # One X-Forwarded-For: a trusted proxy's chain (every field, in order), then the peer.
         out.put(b"X-Forwarded-For: ", 17)
         if trusted:
@@ -779,10 +793,12 @@ cdef class Exchange:
 
     cdef int _rewritten_head(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,
                              RequestLimits *limits, const char *target, int target_len,
-                             const char *host, int host_len) except -1:
+                             const char *host, int host_len, bint upgrade) except -1:
         """The backend's head under the route's RequestRewrite (model.ProxyRequest says what
         goes): nginx's proxy module, ngx_http_proxy_create_request. ``host``: where $host
-        comes from (the absolute-form target's host, else Host; NULL: the server's name)."""
+        comes from (the absolute-form target's host, else Host; NULL: the server's name).
+        ``upgrade``: the client asks to switch protocols; as nginx, it is tunnelled only when
+        the templates pass an Upgrade field (proxy_set_header Upgrade $http_upgrade)."""
         cdef RequestRewrite rw = self.rewrite
         cdef const char *text = PyBytes_AS_STRING(rw.text)
         cdef HeaderTemplate *t
@@ -817,6 +833,8 @@ cdef class Exchange:
             if out.len == value_at:
                 out.len = mark   # nginx: a field whose value comes out empty is not sent
                 continue
+            if upgrade and t.name_len == 7 and strncasecmp(text + t.name_start, b"upgrade", 7) == 0:
+                self.upgrade = True
             out.put(b"\r\n", 2)
         if self.body_mode == BODY_LENGTH:
             out.put(b"Content-Length: ", 16)
@@ -904,6 +922,12 @@ cdef class Exchange:
             out.put_bytes(facts.ssl_cipher_b)
         elif var == V_SSL_SERVER_NAME:
             out.put_bytes(facts.ssl_server_name_b)
+        elif var == V_CONNECTION_UPGRADE:
+            for j in range(head.nheaders):
+                if slots[j].kind == H_UPGRADE and slots[j].value_len:
+                    out.put(b"upgrade", 7)
+                    return 0
+            out.put(b"close", 5)
         elif var == V_SSL_EARLY_DATA and self.early:
             out.put(b"1", 1)   # nginx: "1" while SSL_is_init_finished() is false, else ""
         elif var >= V_SSL_CLIENT_VERIFY:
@@ -922,7 +946,9 @@ cdef class Exchange:
         cdef bint rewrote = False
         cdef char number[24]
         if head.status == 101:
-            return self._bad("unexpected 101 Switching Protocols")
+            if not self.upgrade:
+                return self._bad("unexpected 101 Switching Protocols")
+            return self._switching(p, head, slots, out)
         if head.status < 200:
             self.advance(E_RESPONSE_INTERIM)   # 100 Continue, 103 Early Hints
             return R_INTERIM
@@ -983,6 +1009,31 @@ cdef class Exchange:
             out.put(b"Keep-Alive: timeout=", 20)
             out.put(number, snprintf(number, sizeof(number), "%d", self.keepalive_header))
             out.put(b"\r\n", 2)
+        out.put(b"\r\n", 2)
+        self.advance(E_RESPONSE_OK)
+        return R_FINAL
+
+    cdef int _switching(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out) except -1:
+        """The backend's 101 to a request that asked to upgrade: its head goes to the client
+        with its Upgrade and Connection fields (RFC 9110 §15.2.2), then both directions are
+        bytes until close (the codec tunnels them); the backend connection is never reused."""
+        cdef int j, kind
+        self.status = 101
+        self.switched = True
+        self.response_mode = BODY_UNTIL_CLOSE
+        self.backend_reusable = False
+        self.client_close = True
+        out.len = 0
+        out.put(p, head.line_end)
+        for j in range(head.nheaders):
+            kind = slots[j].kind
+            if slots[j].drop or kind == H_KEEP_ALIVE or kind == H_PROXY_CONNECTION or \
+                    kind == H_CONTENT_LENGTH or kind == H_TRANSFER_ENCODING:
+                continue
+            if self.rewrite is not None and self.rewrite.hide and \
+                    self.rewrite.hides(p + slots[j].line_start, slots[j].name_len):
+                continue
+            out.put(p + slots[j].line_start, slots[j].line_end - slots[j].line_start)
         out.put(b"\r\n", 2)
         self.advance(E_RESPONSE_OK)
         return R_FINAL

@@ -8,6 +8,7 @@ cdef enum H1State:
     H1_BODY         # request body streaming to the backend
     H1_RESPONSE     # request sent; response in progress
     H1_CLOSING      # the last response is out or going out; input is discarded
+    H1_TUNNEL       # the backend answered 101: bytes both ways until close (WebSocket)
 
 
 cdef class H1Session(Codec):
@@ -41,6 +42,9 @@ cdef class H1Session(Codec):
     cdef void _answer_error(self, int status)
     cdef void _refuse(self, int status)
     cdef void _response_end(self, bint until_close)
+    # Tunnel flow (after a 101)
+    cdef void _tunnel(self)
+    cdef void _tunnel_data(self, const char *p, Py_ssize_t n)
     cdef void release(self)
 
 

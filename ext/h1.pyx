@@ -23,6 +23,8 @@ cdef class H1Session(Codec):
             # A client with output still unsent gets no new request served: its pipelined
             # requests wait in the kernel, and their responses can't pile up here.
             return self.held is None and not self.conn.output_blocked()
+        if self.state == H1_TUNNEL:
+            return self.stream.backend is not None and not self.backend_full and self.held is None
         if self.state == H1_BODY:
             return (self.buffered is not None or self.stream.backend is not None and not self.backend_full) and \
                 self.held is None
@@ -32,6 +34,9 @@ cdef class H1Session(Codec):
         cdef Py_ssize_t i = 0, k
         cdef Worker w = self.worker
         while i < n and self.conn.state == C_OPEN and self.state != H1_CLOSING:
+            if self.state == H1_TUNNEL:
+                self._tunnel_data(p + i, n - i)
+                break
             if self.state == H1_IDLE and i > 0 and self.conn.output_blocked():
                 # Answers of our own (redirects) filled the client's output: the rest of
                 # this read waits until it drains, so pipelining cannot grow the output.
@@ -65,6 +70,12 @@ cdef class H1Session(Codec):
         if self.state == H1_RESPONSE and self.stream.backend is not None and self.request_done:
             self.close_after = True
             return True
+        if self.state == H1_TUNNEL and self.stream.backend is not None and \
+                self.stream.backend.pool.tls is None:
+            # a half-close goes on to the backend, whose answer still comes (RFC 9293 §3.6);
+            # a TLS backend connection has no half-close of its own: the tunnel ends
+            self.stream.backend.transport.write_eof()
+            return True
         return False
 
     cdef void on_output_blocked(self):
@@ -94,13 +105,15 @@ cdef class H1Session(Codec):
     cdef double next_deadline(self):
         """A request in flight times out on its stream's clock (connect, read), else the
         header or keep-alive timeout."""
-        if self.state == H1_BODY or self.state == H1_RESPONSE:
+        if self.state == H1_BODY or self.state == H1_RESPONSE or self.state == H1_TUNNEL:
             return self.stream.deadline
         return self.deadline
 
     cdef void expire(self):
         cdef int state = self.state
-        if state == H1_HEAD:
+        if state == H1_TUNNEL:
+            self.conn.close()   # nothing either way for read_timeout (nginx's proxy_read_timeout)
+        elif state == H1_HEAD:
             self._refuse(408)
         elif (state == H1_BODY or state == H1_RESPONSE) and self.stream.connecting:
             self.stream.connect_timed_out()
@@ -327,6 +340,9 @@ cdef class H1Session(Codec):
         if self.state == H1_IDLE or self.state == H1_HEAD:
             if self.conn.output_blocked():
                 return
+        elif self.state == H1_TUNNEL:
+            if self.stream.backend is None or self.backend_full:
+                return
         elif not (self.state == H1_BODY and (self.buffered is not None or
                                              self.stream.backend is not None and not self.backend_full)):
             return
@@ -404,6 +420,25 @@ cdef class H1Session(Codec):
         if self.held is not None or not self.conn.reading:
             self._resume()
 
+    # ---- Tunnel flow --------------------------------------------------------------------
+    cdef void _tunnel(self):
+        """The backend switched protocols: what the client sent after its request (held, the
+        first bytes of the new protocol) goes to the backend, then whatever it sends. Each
+        direction pauses the other as a response does (output_blocked, backend_full)."""
+        cdef Worker w = self.worker
+        self.state = H1_TUNNEL
+        self.close_after = True
+        self.stream.deadline = w.now + w.read_timeout
+        w.count(N_UPGRADES)
+        self._resume()
+
+    cdef void _tunnel_data(self, const char *p, Py_ssize_t n):
+        cdef Worker w = self.worker
+        if self.stream.backend is None:
+            return
+        self.stream.deadline = w.now + w.read_timeout
+        self.stream.backend.transport.write(PyBytes_FromStringAndSize(p, n))
+
     cdef void release(self):
         self.stream.session = None
         self.conn = None
@@ -467,9 +502,13 @@ cdef class H1Stream(Stream):
         if 0 < k <= 16384:
             head.put(body, k)
             self.session.conn.send(head.buf, head.len)
-            return k
-        self.session.conn.send(head.buf, head.len)
-        return 0
+        else:
+            self.session.conn.send(head.buf, head.len)
+            k = 0
+        if self.exchange.switched and self.session is not None and self.session.conn is not None and \
+                self.session.conn.state == C_OPEN:
+            self.session._tunnel()
+        return k
 
     cdef void response_data(self, const char *p, Py_ssize_t n):
         self.session.conn.send(p, n)

@@ -50,6 +50,7 @@ cdef enum:
     N_EARLY_REPLAY          # refused: the ClientHello was seen before (replay table)
     N_EARLY_REJECTED        # refused for any other reason (foreign ticket, table full, OpenSSL's checks)
     N_EARLY_HELD            # requests in early data held until the handshake completed (unsafe methods)
+    N_UPGRADES              # HTTP/1.1 connections switched to a tunnel by a backend's 101 (WebSocket)
     N_COUNTERS
 
 

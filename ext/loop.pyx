@@ -47,7 +47,7 @@ COUNTER_NAMES = _COUNTER_NAMES = ("connections_total", "connections_open", "hand
                   "h2_resets_received", "h2_goaway_sent", "h2_flood_closed",
                   "certificate_reloads", "certificate_reload_failures",
                   "early_data_offered", "early_data_accepted", "early_data_rejected_replay",
-                  "early_data_rejected_other", "early_data_requests_held")
+                  "early_data_rejected_other", "early_data_requests_held", "upgrades")
 # Failure kind (errors.pyx, by library and reason code) -> handshake failure counter.
 cdef dict _FAILURE_COUNTERS = {TLS_FAIL_PROTOCOL: N_HS_FAIL_PROTOCOL, TLS_FAIL_CIPHER: N_HS_FAIL_CIPHER,
                                TLS_FAIL_ALPN: N_HS_FAIL_ALPN, TLS_FAIL_HTTP: N_HS_FAIL_HTTP}

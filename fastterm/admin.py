@@ -72,6 +72,8 @@ _METRICS = {
                                     None),
     "h2_flood_closed": ("fastterm_h2_flood_closed_total", "counter",
                         "HTTP/2 sessions closed by a flood defence (resets, CONTINUATION, queued ACKs).", None),
+    "upgrades": ("fastterm_upgrades_total", "counter",
+                 "HTTP/1.1 connections a backend's 101 switched to a tunnel (WebSocket).", None),
 }
 
 

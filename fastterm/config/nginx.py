@@ -737,11 +737,23 @@ _ARGUMENT_CHECKS: dict[str, Callable[[Node], None]] = {
 }
 
 
+def _upgrade_map(node: Node) -> str | None:
+    """The variable a ``map $http_upgrade $NAME { default upgrade; '' close; }`` defines (nginx's
+    WebSocket proxying example: its one map fastterm reads), else None."""
+    if node.name != "map" or len(node.args) != 2 or node.args[0] != "$http_upgrade" or node.block is None:
+        return None
+    m = _VARIABLE_RE.fullmatch(node.args[1])
+    entries = sorted(tuple(n.name.strip("'\"") for n in (e,)) + tuple(e.args) for e in node.block)
+    return (m[1] or m[2]) if m and entries == [("", "close"), ("default", "upgrade")] else None
+
+
 def classify(nodes: list[Node], warn: Warn, defined: set[str], warned: set[int]) -> None:
     """Sort every directive into (a), (b) or (c), in file order: warn for (b), raise for (c)."""
     for node in nodes:
         check_variables(node, defined)
         name = node.name
+        if _upgrade_map(node):
+            continue
         if name in EQUAL and node.args:
             if " ".join(node.args).lower() in EQUAL[name]:
                 continue
@@ -911,6 +923,7 @@ class _Builder:
         self.upstream_blocks: dict[str, Upstream] = {}
         self.upstreams: dict[str, Upstream] = {}
         self.keepalive_upstreams: set[str] = set()   # the blocks with "keepalive N"
+        self.upgrade_maps: set[str] = set()   # variables of the WebSocket map (_upgrade_map)
         # upstream -> (its TLS settings or None, the first proxy_pass naming it)
         self.upstream_tls: dict[str, tuple[UpstreamTLS | None, Node]] = {}
 
@@ -938,6 +951,7 @@ class _Builder:
         events = main.own("events")
         events_level = Level(events[0].block or []) if events else Level([])
 
+        self.upgrade_maps = {v for v in map(_upgrade_map, http.own("map")) if v}
         for node in http.own("upstream"):
             self.upstream_block(node)
         servers = [self.server(node, http) for node in http.own("server")]
@@ -1772,6 +1786,9 @@ class _Builder:
         headers: list[ProxyHeader] = []
         for n in loc.find_all("proxy_set_header"):
             name, value = n.args[0], n.args[1]
+            m = _VARIABLE_RE.fullmatch(value)
+            if m and (m[1] or m[2]) in self.upgrade_maps:
+                value = "$connection_upgrade"
             if name.lower() in ("content-length", "transfer-encoding"):
                 raise n.unsupported("fastterm frames the request body itself", f"proxy_set_header {name}")
             try:

@@ -7,7 +7,17 @@ and the framing). Each verdict is checked against what nginx does for the same r
 from __future__ import annotations
 
 import pytest
-from fastterm._core import ClientFacts, Exchange, ServerPolicy, SiteTable, UpstreamPool
+from fastterm._core import (
+    HTTP_FIELD,
+    LITERAL,
+    VARIABLES,
+    ClientFacts,
+    Exchange,
+    RequestRewrite,
+    ServerPolicy,
+    SiteTable,
+    UpstreamPool,
+)
 
 R_FINAL, R_INTERIM, R_BAD = 0, 1, 2
 
@@ -460,3 +470,77 @@ def test_a_host_other_than_sni_on_a_verifying_block_is_421(pools, host, status):
     ex = cert_exchange(verifying(pools, VERIFY_OPTIONAL), ALICE)
     lines = ["GET / HTTP/1.0"] + ([f"Host: {host}"] if host else [])
     assert ex.feed_request(head(*lines))[0] == status
+
+
+UPGRADE_REQUEST = ("GET /chat HTTP/1.1", "Host: www.example.com", "Connection: keep-alive, Upgrade",
+                   "Upgrade: websocket", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+SWITCHING = head("HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
+                 "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+
+
+def test_upgrade_is_forwarded_and_a_101_switches(sites):
+    """RFC 9110 §7.8: an HTTP/1.1 GET asking to upgrade keeps Upgrade and Connection: upgrade
+    to the backend; its 101 reaches the client with them, and the backend is never reused."""
+    ex = exchange(sites)
+    status, up = ex.feed_request(head(*UPGRADE_REQUEST))
+    assert status == 0 and ex.upgrade
+    fields = headers_of(up)
+    assert ("Upgrade", "websocket") in fields and ("Connection", "upgrade") in fields
+    r, out = ex.feed_response(SWITCHING)
+    assert r == R_FINAL and ex.switched
+    assert out.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert ("Upgrade", "websocket") in headers_of(out) and ("Connection", "Upgrade") in headers_of(out)
+    v = ex.verdict
+    assert v["response_mode"] == "until-close" and not v["backend_reusable"] and v["client_close"]
+
+
+@pytest.mark.parametrize("lines", [
+    ("POST /chat HTTP/1.1", "Host: www.example.com", "Connection: Upgrade", "Upgrade: websocket",
+     "Content-Length: 0"),
+    ("GET /chat HTTP/1.0", "Host: www.example.com", "Connection: Upgrade", "Upgrade: websocket"),
+    ("GET /chat HTTP/1.1", "Host: www.example.com", "Upgrade: websocket"),          # no Connection: upgrade
+    ("GET /chat HTTP/1.1", "Host: www.example.com", "Connection: Upgrade"),         # no Upgrade
+    ("GET /chat HTTP/1.1", "Host: www.example.com", "Connection: Upgrade", "Upgrade: websocket",
+     "Content-Length: 3"),
+])
+def test_no_upgrade_without_a_bodiless_http11_get_that_asks(sites, lines):
+    ex = exchange(sites)
+    status, up = ex.feed_request(head(*lines))
+    assert status == 0 and not ex.upgrade
+    assert b"upgrade" not in up.lower()
+    assert ex.feed_response(SWITCHING) == (R_BAD, None)
+
+
+def test_http2_request_does_not_upgrade(sites):
+    ex = Exchange(ClientFacts("192.0.2.7", sites, None, http2=True))
+    status, up = ex.feed_request(head(*UPGRADE_REQUEST))
+    assert status == 0 and not ex.upgrade and b"upgrade" not in up.lower()
+
+
+def test_other_status_to_an_upgrade_is_an_ordinary_response(sites):
+    ex = exchange(sites)
+    ex.feed_request(head(*UPGRADE_REQUEST))
+    r, out = ex.feed_response(head("HTTP/1.1 400 Bad Request", "Content-Length: 2"))
+    assert r == R_FINAL and not ex.switched and out.startswith(b"HTTP/1.1 400")
+    assert ex.verdict["response_mode"] == "length"
+
+
+def test_nginx_route_upgrades_only_when_its_templates_pass_upgrade(pools):
+    """nginx: Upgrade reaches the backend only through proxy_set_header Upgrade $http_upgrade;
+    the map form of Connection says upgrade, or close without an Upgrade field."""
+    passing = RequestRewrite("1.1", [("Upgrade", [(HTTP_FIELD, b"upgrade")]),
+                                     ("Connection", [(VARIABLES["connection_upgrade"], b"")])])
+    plain = RequestRewrite("1.1", [("Connection", [(LITERAL, b"close")])])
+    www = ServerPolicy("www", [("/ws/", pools["web"], passing), ("/", pools["web"], plain)])
+    sites = SiteTable({"www.example.com": www}, www)
+    ex = exchange(sites)
+    status, up = ex.feed_request(head(*UPGRADE_REQUEST))
+    assert status == 0 and not ex.upgrade and b"upgrade" not in up.lower()
+    ex = exchange(sites)
+    status, up = ex.feed_request(head(*UPGRADE_REQUEST).replace(b"/chat", b"/ws/chat"))
+    assert status == 0 and ex.upgrade
+    assert ("Upgrade", "websocket") in headers_of(up) and ("Connection", "upgrade") in headers_of(up)
+    assert ex.feed_response(SWITCHING)[0] == R_FINAL and ex.switched
+    ex = exchange(sites)
+    status, up = ex.feed_request(head("GET /ws/x HTTP/1.1", "Host: www.example.com"))
+    assert status == 0 and not ex.upgrade and ("Connection", "close") in headers_of(up)
