@@ -428,7 +428,7 @@ cdef class H1Session(Codec):
         cdef Worker w = self.worker
         self.state = H1_TUNNEL
         self.close_after = True
-        self.stream.deadline = w.now + w.read_timeout
+        self.stream.deadline = w.now + self.stream.read_timeout
         w.count(N_UPGRADES)
         self._resume()
 
@@ -436,7 +436,7 @@ cdef class H1Session(Codec):
         cdef Worker w = self.worker
         if self.stream.backend is None:
             return
-        self.stream.deadline = w.now + w.read_timeout
+        self.stream.deadline = w.now + self.stream.read_timeout
         self.stream.backend.transport.write(PyBytes_FromStringAndSize(p, n))
 
     cdef void release(self):
