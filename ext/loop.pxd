@@ -7,6 +7,7 @@ cdef enum ConnState:
     C_OPEN          # the codec has the connection
     C_LINGER        # last response sent, close_notify sent, discarding input until EOF
     C_CLOSED
+    C_PROXY         # accept_proxy: reading the PROXY header, before the handshake
 
 cdef enum:
     N_CONNECTIONS
@@ -50,6 +51,9 @@ cdef enum:
     N_EARLY_REPLAY          # refused: the ClientHello was seen before (replay table)
     N_EARLY_REJECTED        # refused for any other reason (foreign ticket, table full, OpenSSL's checks)
     N_EARLY_HELD            # requests in early data held until the handshake completed (unsafe methods)
+    N_PROXY_ACCEPTED        # accept_proxy: PROXY headers taken
+    N_PROXY_MALFORMED       # ... refused: not a PROXY header, too long, or not complete in time
+    N_PROXY_UNTRUSTED       # ... refused: the peer is not in proxy_trusted
     N_COUNTERS
 
 
@@ -122,6 +126,7 @@ cdef class Listener:
     cdef readonly SiteTable sites
     cdef bint active                # started and not stopped (draining)
     cdef bint watching              # in the epoll set
+    cdef tuple proxy_trusted        # accept_proxy: networks that may send a PROXY header; None: off
 
     cdef void watch(self, bint on)
     cdef void on_readable(self)
@@ -158,6 +163,7 @@ cdef class ClientConnection:
     cdef SiteTable sites
     cdef str peer_ip
     cdef int peer_port
+    cdef bytearray proxy_in         # accept_proxy: the PROXY header's bytes read so far
     cdef readonly int state
     cdef readonly Codec session     # the codec ALPN chose, once the handshake is done
     cdef bytearray pending_out      # plaintext SSL_write could not take yet (at most about
@@ -181,6 +187,8 @@ cdef class ClientConnection:
     cdef double next_deadline(self)
     cdef void expire(self)
     # Handshake flow
+    cdef void _start_tls(self)
+    cdef void _read_proxy_header(self)
     cdef void _handshake(self)
     cdef void _count_handshake(self, int result)
     cdef int _read_early(self)
