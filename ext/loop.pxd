@@ -184,6 +184,8 @@ cdef class ClientConnection:
     cdef void _want_write(self, bint on)
     cdef void _want_read(self, bint on)
     cdef ClientFacts _facts(self, ServerPolicy tls_server, bint http2, const char *sni)
+    cdef tuple _local_address(self)
+    cdef tuple _proxy_facts(self, const char *sni, tuple cert)
     cdef double next_deadline(self)
     cdef void expire(self)
     # Handshake flow

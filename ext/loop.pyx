@@ -571,18 +571,33 @@ cdef class ClientConnection:
         """The connection as its exchanges see it; what nginx's $server_addr, $ssl_* ... read only
         where a route rewrites heads nginx's way (a getsockname and a few bytes per connection)."""
         cdef ClientFacts facts = ClientFacts(self.peer_ip, self.sites, tls_server, http2)
+        cdef const char *version
+        cdef const SSL_CIPHER *cipher
+        cert = None
+        if self.sites.client_certs or self.sites.connection_facts or self.sites.send_proxy:
+            cert = client_certificate(self.tls.ssl)
+            facts.client_certificate(cert)
+            if sni != NULL:
+                facts.ssl_server_name_b = (<bytes>sni).rstrip(b".")   # the 421 rule of verifying blocks
+        if self.sites.send_proxy:
+            facts.proxy_facts = self._proxy_facts(sni, cert)
+        if not self.sites.connection_facts:
+            return facts
+        server_addr, port = self._local_address()
+        version = SSL_get_version(self.tls.ssl)
+        cipher = SSL_get_current_cipher(self.tls.ssl)
+        facts.connection(self.peer_port, server_addr, port,
+                         (<bytes>version).decode("ascii") if version != NULL else "",
+                         (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else "",
+                         (<bytes>sni).decode("ascii", "replace") if sni != NULL else "")
+        return facts
+
+    cdef tuple _local_address(self):
+        """(address, port) the client connected to: nginx's $server_addr, a PROXY header's destination."""
         cdef sockaddr_storage addr
         cdef socklen_t alen = sizeof(addr)
         cdef char text[INET6_ADDRSTRLEN + 1]
         cdef int port = 0
-        cdef const char *version
-        cdef const SSL_CIPHER *cipher
-        if self.sites.client_certs or self.sites.connection_facts:
-            facts.client_certificate(client_certificate(self.tls.ssl))
-            if sni != NULL:
-                facts.ssl_server_name_b = (<bytes>sni).rstrip(b".")   # the 421 rule of verifying blocks
-        if not self.sites.connection_facts:
-            return facts
         text[0] = 0
         if getsockname(self.fd, <sockaddr *>&addr, &alen) == 0:
             if addr.ss_family == AF_INET6:
@@ -591,13 +606,26 @@ cdef class ClientConnection:
             else:
                 inet_ntop(AF_INET, &(<sockaddr_in *>&addr).sin_addr, text, sizeof(text))
                 port = ntohs((<sockaddr_in *>&addr).sin_port)
-        version = SSL_get_version(self.tls.ssl)
-        cipher = SSL_get_current_cipher(self.tls.ssl)
-        facts.connection(self.peer_port, (<bytes>text).decode("ascii"), port,
-                         (<bytes>version).decode("ascii") if version != NULL else "",
-                         (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else "",
-                         (<bytes>sni).decode("ascii", "replace") if sni != NULL else "")
-        return facts
+        return (<bytes>text).decode("ascii"), port
+
+    cdef tuple _proxy_facts(self, const char *sni, tuple cert):
+        """What proxyproto.proxy_header_for names: the client (the PROXY header's source when
+        it came through one), the address it connected to, ALPN, SNI, version, cipher, and
+        whether it sent a certificate (here, or in the session it resumed) and its verdict."""
+        cdef const unsigned char *alpn = NULL
+        cdef unsigned int alpn_len = 0
+        cdef const char *version = SSL_get_version(self.tls.ssl)
+        cdef const SSL_CIPHER *cipher = SSL_get_current_cipher(self.tls.ssl)
+        SSL_get0_alpn_selected(self.tls.ssl, &alpn, &alpn_len)
+        server_addr, port = self._local_address()
+        if ":" in server_addr and server_addr.startswith("::ffff:") and ":" not in self.peer_ip:
+            server_addr = server_addr[7:]   # an IPv4 client on a dual-stack listener: one family
+        return (self.peer_ip, self.peer_port, server_addr, port,
+                (<char *>alpn)[:alpn_len] if alpn != NULL else b"",
+                (<bytes>sni).rstrip(b".") if sni != NULL else b"",
+                (<bytes>version).decode("ascii") if version != NULL else "",
+                (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else "",
+                cert is not None, not SSL_session_reused(self.tls.ssl), cert[0] if cert is not None else 0)
 
     cdef void _open_session(self):
         """The codec ALPN chose, on the server block SNI chose (both known once the

@@ -22,4 +22,5 @@ cdef struct ProxyHeader:
     Py_ssize_t tlv_offset   # v2: where the TLVs start in the header, and their length
     Py_ssize_t tlv_length
 
+cdef bytes proxy_header_for(int version, tuple facts)
 cdef Py_ssize_t proxy_parse(const unsigned char *p, Py_ssize_t n, ProxyHeader *out) noexcept nogil

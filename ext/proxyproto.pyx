@@ -239,6 +239,16 @@ def proxy_ssl_tlv(str version="", str cipher="", bint client_cert=False, bint ce
     return _tlv(PP2_TYPE_SSL, bytes((client,)) + (verify & 0xFFFFFFFF).to_bytes(4, "big") + sub)
 
 
+cdef bytes proxy_header_for(int version, tuple facts):
+    """The header of a backend connection for the client connection ``facts`` describes
+    (ClientConnection._proxy_facts): its addresses, and for v2 the ALPN, SNI and SSL TLVs."""
+    src, src_port, dst, dst_port, alpn, sni, tls_version, cipher, cert, cert_here, verify = facts
+    if version == 1:
+        return proxy_header(1, src, src_port, dst, dst_port)
+    return proxy_header(2, src, src_port, dst, dst_port, alpn, sni,
+                        proxy_ssl_tlv(tls_version, cipher, cert, cert_here, verify))
+
+
 def proxy_header(int version, str src, int src_port, str dst, int dst_port, bytes alpn=b"",
                  bytes authority=b"", bytes ssl=b""):
     """The header a backend connection starts with (HAProxy send-proxy / send-proxy-v2):

@@ -47,6 +47,7 @@ cdef class UpstreamPool:
     cdef list tls_names             # per server: the name the certificate must match
     cdef bint tls_reuse             # resume each server's last session
     cdef list tls_sessions          # per server: its last TLSSession, or None
+    cdef public int send_proxy      # PROXY protocol version each connection starts with; 0: none
 
     cdef BackendConnection take_idle(self, int server)
     cdef int next_server(self, double now, unsigned long long tried=*)

@@ -211,6 +211,10 @@ class Upstream(Struct):
     keepalive_timeout: float = 60.0  # an idle backend connection unused this long is closed (nginx)
     fail_timeout: float = 10.0  # a server that failed max_fails times is skipped this long (nginx)
     tries: int = 3  # attempts per request on connect failure/reset (nginx proxy_next_upstream_tries)
+    # Each backend connection starts with a PROXY header naming the client (HAProxy send-proxy,
+    # send-proxy-v2; v2 with ALPN, SNI and SSL TLVs), before the TLS ClientHello when tls is set.
+    # Such a connection describes one client: it serves one request and closes (never pooled).
+    send_proxy: Literal["v1", "v2"] | None = None
 
 
 class Server(Struct):

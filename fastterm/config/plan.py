@@ -636,6 +636,7 @@ def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
     tl.default_context.set_sni(names, sni_regex)
     no_host_default = config.servers[tl.default].no_host == "default"
     tl.sites = SiteTable(sites, plan.policies[tl.default], no_host_default, host_regex)
+    tl.sites.send_proxy = any(up.send_proxy for up in config.upstreams)
     tl.sites.early_reject = config.servers[tl.default].tls.early_data_unsafe == "reject"
 
 
@@ -731,6 +732,8 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
                                           up.balance == "least_conn")
         if up.tls is not None:
             _upstream_tls(plan.pools[up.name], up.tls, specs, source)
+        if up.send_proxy:
+            plan.pools[up.name].send_proxy = int(up.send_proxy[1])
     plan.policies = [_server_policy(server, plan.pools, i) for i, server in enumerate(config.servers)]
     for i, server in enumerate(config.servers):
         for name in server.server_names:

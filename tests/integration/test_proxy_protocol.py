@@ -11,7 +11,8 @@ import struct
 import time
 
 import pytest
-from harness import HOST, NAME, free_port
+from fastterm._core import parse_proxy_header
+from harness import HOST, NAME, free_port, keepalive_handler
 from httpwire import Reader, read_message
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -109,3 +110,70 @@ def test_silent_client_is_closed_after_the_header_timeout(proxied):
     start = time.monotonic()
     assert closed_unheard(sock)
     assert 1.0 < time.monotonic() - start < 7
+
+
+# ---- send_proxy: the backend hears a PROXY header first -------------------------------
+
+def send_proxy_ft(fastterm, be, version: str):
+    return fastterm(upstreams=[{"name": "app", "servers": [be.address], "send_proxy": version}])
+
+
+def get(tls, target: str = "/") -> str:
+    tls.sendall(f"GET {target} HTTP/1.1\r\nHost: {NAME}\r\n\r\n".encode())
+    return read_message(Reader(tls, bytearray())).start_line
+
+
+def test_send_proxy_v1_exact_bytes_one_backend_connection_per_request(fastterm, be):
+    ft = send_proxy_ft(fastterm, be, "v1")
+    clients = [ft.connect(), ft.connect()]
+    for tls in clients:
+        assert get(tls, "/a").startswith("HTTP/1.1 200")
+        assert get(tls, "/b").startswith("HTTP/1.1 200")
+    assert be.accepts == 4   # a connection with a PROXY header never serves another request
+    records = [bytes(r) for r in be.records]
+    for i, tls in enumerate(clients):
+        host, port = tls.getsockname()
+        header = f"PROXY TCP4 {host} {HOST} {port} {ft.https_port}\r\n".encode()
+        for k, target in ((0, "/a"), (1, "/b")):
+            assert records[2 * i + k].startswith(header + f"GET {target} HTTP/1.1\r\n".encode())
+        tls.close()
+
+
+def proxy_v2_handler(conn) -> None:
+    """Takes the v2 header (16 bytes, then its length), then answers as keepalive_handler."""
+    head = conn.reader.read_exact(16)
+    conn.reader.read_exact(struct.unpack("!H", head[14:16])[0])
+    keepalive_handler(conn)
+
+
+def test_send_proxy_v2_tlvs_name_the_client_tls(fastterm, raw_backend):
+    be = raw_backend(proxy_v2_handler)
+    ft = send_proxy_ft(fastterm, be, "v2")
+    tls = ft.connect()
+    assert get(tls).startswith("HTTP/1.1 200")
+    record = bytes(be.records[0])
+    got = parse_proxy_header(record)
+    host, port = tls.getsockname()
+    assert (got["command"], got["src"], got["src_port"], got["dst"], got["dst_port"]) == \
+        ("PROXY", host, port, HOST, ft.https_port)
+    tlvs = dict(got["tlvs"])
+    assert tlvs[0x01] == b"http/1.1"
+    assert tlvs[0x02] == NAME.encode()
+    client, verify, sub = tlvs[0x20]
+    assert (client, verify) == (0x01, 0)   # PP2_CLIENT_SSL, no certificate
+    assert dict(sub) == {0x21: tls.version().encode(), 0x23: tls.cipher()[0].encode()}
+    assert record[got["length"]:].startswith(b"GET / HTTP/1.1\r\n")
+    tls.close()
+
+
+def test_accept_proxy_then_send_proxy_forwards_the_header_source(fastterm, be, ec_cert):
+    port = free_port()
+    plain = {"server_names": ["other.test"], "default_server": True, "certificate": [ec_cert],
+             "route": [{"path": "/", "upstream": "app"}]}
+    proxy = {"listen": [f"{HOST}:{port}"], "server_names": [NAME], "certificate": [ec_cert],
+             "route": [{"path": "/", "upstream": "app"}], "accept_proxy": True, "proxy_trusted": ["127.0.0.1/32"]}
+    ft = fastterm(servers=[plain, proxy], upstreams=[{"name": "app", "servers": [be.address], "send_proxy": "v1"}])
+    sock = socket.create_connection((HOST, port), timeout=5)
+    sock.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n")
+    assert tls_request(ft, sock).startswith("HTTP/1.1 200")
+    assert bytes(be.records[0]).startswith(f"PROXY TCP4 192.0.2.7 {HOST} 40000 {port}\r\nGET /pp ".encode())
