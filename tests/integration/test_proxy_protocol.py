@@ -7,12 +7,13 @@ has it."""
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 
 import pytest
 from fastterm._core import parse_proxy_header
-from harness import HOST, NAME, free_port, keepalive_handler
+from harness import HOST, NAME, RawBackend, free_port, keepalive_handler
 from httpwire import Reader, read_message
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -177,3 +178,45 @@ def test_accept_proxy_then_send_proxy_forwards_the_header_source(fastterm, be, e
     sock.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n")
     assert tls_request(ft, sock).startswith("HTTP/1.1 200")
     assert bytes(be.records[0]).startswith(f"PROXY TCP4 192.0.2.7 {HOST} 40000 {port}\r\nGET /pp ".encode())
+
+
+class ProxyTLSBackend(RawBackend):
+    """A backend that takes the PROXY v1 line off the raw socket, then does TLS on it: the
+    header must come in the clear, before the ClientHello (HAProxy send-proxy + ssl)."""
+
+    def __init__(self, ctx: ssl.SSLContext):
+        self.ctx = ctx
+        self.headers: list[bytes] = []
+        super().__init__(keepalive_handler)
+
+    def _serve(self, sock, record) -> None:
+        line = b""
+        while not line.endswith(b"\r\n") and len(line) < 107:   # a byte at a time: the ClientHello stays
+            line += sock.recv(1) or b"\r\n"
+        with self.lock:
+            self.headers.append(line)
+        try:
+            tls = self.ctx.wrap_socket(sock, server_side=True)
+        except (ssl.SSLError, OSError):
+            sock.close()
+            return
+        with self.lock:
+            self.conns = [tls if c is sock else c for c in self.conns]
+        super()._serve(tls, record)
+
+
+def test_send_proxy_over_a_tls_backend_comes_before_the_client_hello(fastterm, ec_cert):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(ec_cert["cert"], ec_cert["key"])
+    be = ProxyTLSBackend(ctx)
+    try:
+        ft = fastterm(upstreams=[{"name": "app", "servers": [f"https://{HOST}:{be.port}"], "send_proxy": "v1",
+                                  "tls": {"verify": "none"}}])
+        tls = ft.connect()
+        assert get(tls, "/tls").startswith("HTTP/1.1 200")
+        host, port = tls.getsockname()
+        assert be.headers == [f"PROXY TCP4 {host} {HOST} {port} {ft.https_port}\r\n".encode()]
+        assert bytes(be.records[0]).startswith(b"GET /tls HTTP/1.1\r\n")   # the plaintext, after TLS
+        tls.close()
+    finally:
+        be.close()
