@@ -13,7 +13,7 @@ import time
 
 import pytest
 from fastterm._core import parse_proxy_header
-from harness import HOST, NAME, RawBackend, free_port, keepalive_handler
+from harness import HOST, NAME, RawBackend, free_port, keepalive_handler, wait_for
 from httpwire import Reader, read_message
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -22,14 +22,14 @@ SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 @pytest.fixture
 def proxied(fastterm, be, ec_cert):
     """(Fastterm, the accept_proxy port) for ``proxy_trusted`` (loopback by default)."""
-    def start(trusted=("127.0.0.0/8",)):
+    def start(trusted=("127.0.0.0/8",), admin: int | None = None):
         port = free_port()
         plain = {"server_names": ["other.test"], "default_server": True, "certificate": [ec_cert],
                  "route": [{"path": "/", "upstream": "app"}]}
         proxy = {"listen": [f"{HOST}:{port}"], "server_names": [NAME], "certificate": [ec_cert],
                  "route": [{"path": "/", "upstream": "app"}], "accept_proxy": True,
                  "proxy_trusted": list(trusted)}
-        ft = fastterm(be.address, servers=[plain, proxy])
+        ft = fastterm(be.address, servers=[plain, proxy], top={"admin": f"{HOST}:{admin}"} if admin else None)
         return ft, port
     return start
 
@@ -96,13 +96,41 @@ def test_malformed_header_is_closed_and_the_worker_goes_on(proxied, be, data):
     assert "PROXY header: closing" in ft.log()
 
 
+def proxy_metrics(admin_port: int) -> dict[str, int]:
+    with socket.create_connection((HOST, admin_port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1])
+            for line in data.partition(b"\r\n\r\n")[2].decode().splitlines()
+            if line.startswith("fastterm_proxy_headers_total")}
+
+
 def test_untrusted_peer_is_closed_unheard(proxied, be):
-    ft, port = proxied(trusted=["192.0.2.0/24"])
+    admin = free_port()
+    ft, port = proxied(trusted=["192.0.2.0/24"], admin=admin)
     sock = socket.create_connection((HOST, port), timeout=5)
     sock.sendall(b"PROXY TCP4 192.0.2.9 127.0.0.1 1 443\r\n")
     assert closed_unheard(sock)
     assert be.requests == []
     assert "is not in proxy_trusted" in ft.log()
+    assert wait_for(lambda: proxy_metrics(admin).get('fastterm_proxy_headers_total{result="rejected_untrusted"}') == 1)
+
+
+def test_metrics_count_accepted_and_malformed(proxied, be):
+    admin = free_port()
+    ft, port = proxied(admin=admin)
+    sock = socket.create_connection((HOST, port), timeout=5)
+    sock.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n")
+    assert tls_request(ft, sock).startswith("HTTP/1.1 200")
+    sock = socket.create_connection((HOST, port), timeout=5)
+    sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    assert closed_unheard(sock)
+    want = {'fastterm_proxy_headers_total{result="accepted"}': 1,
+            'fastterm_proxy_headers_total{result="rejected_malformed"}': 1,
+            'fastterm_proxy_headers_total{result="rejected_untrusted"}': 0}
+    assert wait_for(lambda: proxy_metrics(admin) == want), proxy_metrics(admin)
 
 
 def test_silent_client_is_closed_after_the_header_timeout(proxied):
