@@ -9,8 +9,9 @@ cdef enum:
     BACKEND_WRITE_HIGH = 65536     # pending plaintext past this pauses the request's sender
 
 
-async def _tls_connect(Worker w, UpstreamPool pool, int server):
-    """``(transport, protocol)`` as loop.create_connection returns them, over TLS."""
+async def _tls_connect(Worker w, UpstreamPool pool, int server, bytes proxy=None):
+    """``(transport, protocol)`` as loop.create_connection returns them, over TLS; ``proxy``:
+    a PROXY header sent first, in the clear, before the ClientHello (as HAProxy does)."""
     host, port = pool.servers[server]
     loop = w.loop
     error = None
@@ -31,6 +32,12 @@ async def _tls_connect(Worker w, UpstreamPool pool, int server):
         break
     else:
         raise error if error is not None else OSError(f"{host}: no address")
+    if proxy is not None:
+        try:
+            await loop.sock_sendall(sock, proxy)
+        except BaseException:
+            sock.close()
+            raise
     transport = BackendTLSTransport(w, pool, server, sock)
     try:
         await transport.handshake_done

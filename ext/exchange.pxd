@@ -170,6 +170,7 @@ cdef class SiteTable:
     cdef public bint connection_facts   # a route has a RequestRewrite: ClientFacts want the connection's
     cdef public bint early_reject       # an unsafe method in early data gets 425 (tls.early_data_unsafe)
     cdef public bint client_certs       # a block verifies clients: ClientFacts want the certificate
+    cdef public bint send_proxy         # an upstream sends PROXY headers: ClientFacts want proxy_facts
     cdef ServerPolicy lookup(self, const char *host, int n)
 
 
@@ -204,6 +205,7 @@ cdef class ClientFacts:
     cdef bytes client_serial_b
     cdef bytes client_fingerprint_b
     cdef bytes client_pem_b
+    cdef public tuple proxy_facts   # what a PROXY header names (SiteTable.send_proxy; proxyproto.pyx)
     cdef ServerPolicy server_for(self, const char *host, int n)
     cdef bint trusts(self, ServerPolicy server)
     cdef bint real_ip_from(self, RequestRewrite rewrite)

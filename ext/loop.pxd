@@ -7,6 +7,7 @@ cdef enum ConnState:
     C_OPEN          # the codec has the connection
     C_LINGER        # last response sent, close_notify sent, discarding input until EOF
     C_CLOSED
+    C_PROXY         # accept_proxy: reading the PROXY header, before the handshake
 
 cdef enum:
     N_CONNECTIONS
@@ -51,6 +52,9 @@ cdef enum:
     N_EARLY_REJECTED        # refused for any other reason (foreign ticket, table full, OpenSSL's checks)
     N_EARLY_HELD            # requests in early data held until the handshake completed (unsafe methods)
     N_UPGRADES              # HTTP/1.1 connections switched to a tunnel by a backend's 101 (WebSocket)
+    N_PROXY_ACCEPTED        # accept_proxy: PROXY headers taken
+    N_PROXY_MALFORMED       # ... refused: not a PROXY header, too long, or not complete in time
+    N_PROXY_UNTRUSTED       # ... refused: the peer is not in proxy_trusted
     N_COUNTERS
 
 
@@ -123,6 +127,7 @@ cdef class Listener:
     cdef readonly SiteTable sites
     cdef bint active                # started and not stopped (draining)
     cdef bint watching              # in the epoll set
+    cdef tuple proxy_trusted        # accept_proxy: networks that may send a PROXY header; None: off
 
     cdef void watch(self, bint on)
     cdef void on_readable(self)
@@ -159,6 +164,7 @@ cdef class ClientConnection:
     cdef SiteTable sites
     cdef str peer_ip
     cdef int peer_port
+    cdef bytearray proxy_in         # accept_proxy: the PROXY header's bytes read so far
     cdef readonly int state
     cdef readonly Codec session     # the codec ALPN chose, once the handshake is done
     cdef bytearray pending_out      # plaintext SSL_write could not take yet (at most about
@@ -179,9 +185,13 @@ cdef class ClientConnection:
     cdef void _want_write(self, bint on)
     cdef void _want_read(self, bint on)
     cdef ClientFacts _facts(self, ServerPolicy tls_server, bint http2, const char *sni)
+    cdef tuple _local_address(self)
+    cdef tuple _proxy_facts(self, const char *sni, tuple cert)
     cdef double next_deadline(self)
     cdef void expire(self)
     # Handshake flow
+    cdef void _start_tls(self)
+    cdef void _read_proxy_header(self)
     cdef void _handshake(self)
     cdef void _count_handshake(self, int result)
     cdef int _read_early(self)

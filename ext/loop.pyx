@@ -47,7 +47,9 @@ COUNTER_NAMES = _COUNTER_NAMES = ("connections_total", "connections_open", "hand
                   "h2_resets_received", "h2_goaway_sent", "h2_flood_closed",
                   "certificate_reloads", "certificate_reload_failures",
                   "early_data_offered", "early_data_accepted", "early_data_rejected_replay",
-                  "early_data_rejected_other", "early_data_requests_held", "upgrades")
+                  "early_data_rejected_other", "early_data_requests_held", "upgrades",
+                  "proxy_headers_accepted", "proxy_headers_rejected_malformed",
+                  "proxy_headers_rejected_untrusted")
 # Failure kind (errors.pyx, by library and reason code) -> handshake failure counter.
 cdef dict _FAILURE_COUNTERS = {TLS_FAIL_PROTOCOL: N_HS_FAIL_PROTOCOL, TLS_FAIL_CIPHER: N_HS_FAIL_CIPHER,
                                TLS_FAIL_ALPN: N_HS_FAIL_ALPN, TLS_FAIL_HTTP: N_HS_FAIL_HTTP}
@@ -319,6 +321,17 @@ cdef class Worker:
         return f" (and {skipped} more not logged)" if skipped else ""
 
 
+def _proxy_peer_check(tuple trusted, str peer):
+    """A fresh header buffer for a peer in ``trusted``; None (closed unheard) for the others."""
+    try:
+        addr = ipaddress.ip_address(peer)
+    except ValueError:
+        return None
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return bytearray() if any(addr in net for net in trusted) else None
+
+
 def _auto_worker_connections():
     """worker_connections = 0: seven eighths of the fd limit for clients, the rest kept for
     backend connections, listeners and files (so the limit is reached before EMFILE is)."""
@@ -331,7 +344,10 @@ def _auto_worker_connections():
 cdef class Listener:
     """One listening socket of this worker; accepts in C, no Python socket per connection."""
 
-    def __init__(self, Worker worker, sock, TLSContext context, SiteTable sites):
+    def __init__(self, Worker worker, sock, TLSContext context, SiteTable sites, proxy_trusted=None):
+        """``proxy_trusted``: accept_proxy, the networks (ipaddress) whose connections start
+        with a PROXY header; a peer outside them is closed unheard."""
+        self.proxy_trusted = tuple(proxy_trusted) if proxy_trusted is not None else None
         self.worker = worker
         self.sock = sock
         self.fd = sock.fileno()
@@ -404,6 +420,15 @@ cdef class Listener:
             conn.sites = self.sites
             conn.peer_ip = (<bytes>text).decode("ascii")
             conn.peer_port = port
+            if self.proxy_trusted is not None:
+                conn.proxy_in = _proxy_peer_check(self.proxy_trusted, conn.peer_ip)
+                if conn.proxy_in is None:
+                    w.count(N_PROXY_UNTRUSTED)
+                    if w.handshake_log_suffix() is not None:
+                        _log.warning("%s is not in proxy_trusted: closing its connection", conn.peer_ip)
+                    close(fd)
+                    conn.fd = -1
+                    continue
             try:
                 conn.start()
             except Exception:
@@ -469,8 +494,16 @@ cdef class ClientConnection:
         w.count(N_CONNECTIONS)
         w.count(N_CONNECTIONS_OPEN)
         w.by_fd[self.fd] = self
-        self.state = C_HANDSHAKE
         self.deadline = w.now + w.header_timeout
+        if self.proxy_in is not None:
+            self.state = C_PROXY
+            self._want_read(True)
+            self._read_proxy_header()
+            return
+        self._start_tls()
+
+    cdef void _start_tls(self):
+        self.state = C_HANDSHAKE
         self.tls = TLSConnection(self.context, self.fd)
         self._want_read(True)
         self._handshake()
@@ -478,6 +511,8 @@ cdef class ClientConnection:
     cdef void on_readable(self):
         if self.state == C_HANDSHAKE:
             self._handshake()
+        elif self.state == C_PROXY:
+            self._read_proxy_header()
         elif self.state == C_LINGER:
             self._linger()
         elif self.state == C_OPEN:
@@ -526,6 +561,9 @@ cdef class ClientConnection:
         elif self.state == C_OPEN:
             self.session.expire()
         else:
+            if self.state == C_PROXY:
+                w.count(N_PROXY_MALFORMED)
+                _log.info("%s sent no PROXY header within %.0f s: closing", self.peer_ip, w.header_timeout)
             self.close()
 
     # ---- Handshake flow -------------------------------------------------------------
@@ -533,18 +571,33 @@ cdef class ClientConnection:
         """The connection as its exchanges see it; what nginx's $server_addr, $ssl_* ... read only
         where a route rewrites heads nginx's way (a getsockname and a few bytes per connection)."""
         cdef ClientFacts facts = ClientFacts(self.peer_ip, self.sites, tls_server, http2)
+        cdef const char *version
+        cdef const SSL_CIPHER *cipher
+        cert = None
+        if self.sites.client_certs or self.sites.connection_facts or self.sites.send_proxy:
+            cert = client_certificate(self.tls.ssl)
+            facts.client_certificate(cert)
+            if sni != NULL:
+                facts.ssl_server_name_b = (<bytes>sni).rstrip(b".")   # the 421 rule of verifying blocks
+        if self.sites.send_proxy:
+            facts.proxy_facts = self._proxy_facts(sni, cert)
+        if not self.sites.connection_facts:
+            return facts
+        server_addr, port = self._local_address()
+        version = SSL_get_version(self.tls.ssl)
+        cipher = SSL_get_current_cipher(self.tls.ssl)
+        facts.connection(self.peer_port, server_addr, port,
+                         (<bytes>version).decode("ascii") if version != NULL else "",
+                         (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else "",
+                         (<bytes>sni).decode("ascii", "replace") if sni != NULL else "")
+        return facts
+
+    cdef tuple _local_address(self):
+        """(address, port) the client connected to: nginx's $server_addr, a PROXY header's destination."""
         cdef sockaddr_storage addr
         cdef socklen_t alen = sizeof(addr)
         cdef char text[INET6_ADDRSTRLEN + 1]
         cdef int port = 0
-        cdef const char *version
-        cdef const SSL_CIPHER *cipher
-        if self.sites.client_certs or self.sites.connection_facts:
-            facts.client_certificate(client_certificate(self.tls.ssl))
-            if sni != NULL:
-                facts.ssl_server_name_b = (<bytes>sni).rstrip(b".")   # the 421 rule of verifying blocks
-        if not self.sites.connection_facts:
-            return facts
         text[0] = 0
         if getsockname(self.fd, <sockaddr *>&addr, &alen) == 0:
             if addr.ss_family == AF_INET6:
@@ -553,13 +606,26 @@ cdef class ClientConnection:
             else:
                 inet_ntop(AF_INET, &(<sockaddr_in *>&addr).sin_addr, text, sizeof(text))
                 port = ntohs((<sockaddr_in *>&addr).sin_port)
-        version = SSL_get_version(self.tls.ssl)
-        cipher = SSL_get_current_cipher(self.tls.ssl)
-        facts.connection(self.peer_port, (<bytes>text).decode("ascii"), port,
-                         (<bytes>version).decode("ascii") if version != NULL else "",
-                         (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else "",
-                         (<bytes>sni).decode("ascii", "replace") if sni != NULL else "")
-        return facts
+        return (<bytes>text).decode("ascii"), port
+
+    cdef tuple _proxy_facts(self, const char *sni, tuple cert):
+        """What proxyproto.proxy_header_for names: the client (the PROXY header's source when
+        it came through one), the address it connected to, ALPN, SNI, version, cipher, and
+        whether it sent a certificate (here, or in the session it resumed) and its verdict."""
+        cdef const unsigned char *alpn = NULL
+        cdef unsigned int alpn_len = 0
+        cdef const char *version = SSL_get_version(self.tls.ssl)
+        cdef const SSL_CIPHER *cipher = SSL_get_current_cipher(self.tls.ssl)
+        SSL_get0_alpn_selected(self.tls.ssl, &alpn, &alpn_len)
+        server_addr, port = self._local_address()
+        if ":" in server_addr and server_addr.startswith("::ffff:") and ":" not in self.peer_ip:
+            server_addr = server_addr[7:]   # an IPv4 client on a dual-stack listener: one family
+        return (self.peer_ip, self.peer_port, server_addr, port,
+                (<char *>alpn)[:alpn_len] if alpn != NULL else b"",
+                (<bytes>sni).rstrip(b".") if sni != NULL else b"",
+                (<bytes>version).decode("ascii") if version != NULL else "",
+                (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else "",
+                cert is not None, not SSL_session_reused(self.tls.ssl), cert[0] if cert is not None else 0)
 
     cdef void _open_session(self):
         """The codec ALPN chose, on the server block SNI chose (both known once the
@@ -607,6 +673,45 @@ cdef class ClientConnection:
             return TLS_WANT_READ
         finally:
             self.in_early_read = False
+
+    cdef void _read_proxy_header(self):
+        """accept_proxy: the header comes off the socket before OpenSSL reads any of it. The
+        bytes there are peeked, and only the header's own are taken: the ClientHello behind
+        it stays in the socket for the handshake. A prefix is taken into ``proxy_in`` (the
+        socket would stay readable under the level-triggered poll otherwise)."""
+        cdef Worker w = self.worker
+        cdef ProxyHeader h
+        cdef Py_ssize_t have = PyByteArray_GET_SIZE(self.proxy_in), r
+        cdef ssize_t got
+        cdef char text[INET6_ADDRSTRLEN + 1]
+        memcpy(w.rbuf, PyByteArray_AS_STRING(self.proxy_in), have)
+        got = recv(self.fd, w.rbuf + have, PP_V2_MAX + 1 - have, MSG_PEEK)
+        if got < 0 and (errno == EAGAIN or errno == EINTR):
+            return
+        if got <= 0:
+            _log.debug("%s closed the connection before its PROXY header ended", self.peer_ip)
+            self.close()
+            return
+        r = proxy_parse(<const unsigned char *>w.rbuf, have + got, &h)
+        if r < 0:
+            w.count(N_PROXY_MALFORMED)
+            _log.info("%s: %s PROXY header: closing", self.peer_ip,
+                      "malformed" if r == PP_MALFORMED else "too long a")
+            self.close()
+            return
+        # take the header's bytes (all of them when it is not complete yet)
+        if recv(self.fd, w.rbuf + have, (r - have) if r > 0 else got, 0) != ((r - have) if r > 0 else got):
+            self.close()
+            return
+        if r == PP_NEED_MORE:
+            bytearray_extend(self.proxy_in, w.rbuf + have, got)
+            return
+        w.count(N_PROXY_ACCEPTED)
+        self.proxy_in = None
+        if h.command == PP_PROXY and inet_ntop(h.family, h.src, text, sizeof(text)) != NULL:
+            self.peer_ip = (<bytes>text).decode("ascii")
+            self.peer_port = h.src_port
+        self._start_tls()
 
     cdef void _handshake(self):
         cdef Worker w = self.worker

@@ -51,6 +51,7 @@ cdef class UpstreamPool:
     cdef HealthTable health
     cdef list health_slot           # per server: its word in the table, -1: not checked
     cdef list health_ups            # per server: the up count last seen
+    cdef public int send_proxy      # PROXY protocol version each connection starts with; 0: none
 
     cdef BackendConnection take_idle(self, int server)
     cdef int next_server(self, double now, unsigned long long tried=*)

@@ -231,6 +231,9 @@ cdef class UpstreamPool:
         cdef list idle = self.idle[conn.server]
         cdef int n = len(self.servers)
         conn.detach()
+        if self.send_proxy:
+            conn.abort()   # its PROXY header named one client: never another's (nor pooled)
+            return
         if self.waiting and self.hand_over(conn, now):
             return
         # This second's peak counts at once: a burst keeps its connections before the tick.
@@ -337,7 +340,8 @@ cdef class Stream:
         self.deadline = w.now + self.connect_timeout
         w.count(N_BACKEND_CONNECTS)
         if pool.tls is not None:
-            self.connect_fut = asyncio.ensure_future(_tls_connect(w, pool, server))
+            self.connect_fut = asyncio.ensure_future(_tls_connect(w, pool, server, proxy_header_for(
+                pool.send_proxy, self.exchange.facts.proxy_facts) if pool.send_proxy else None))
         else:
             self.connect_fut = asyncio.ensure_future(w.loop.create_connection(
                 lambda: _BackendProtocol(w, pool, server), host, port))
@@ -378,6 +382,8 @@ cdef class Stream:
             self.next_server_or(502)
             return
         conn.attach(self)
+        if self.exchange.pool.send_proxy and self.exchange.pool.tls is None:
+            conn.transport.write(proxy_header_for(self.exchange.pool.send_proxy, self.exchange.facts.proxy_facts))
         conn.transport.write(self.request_head)
         self.deadline = w.now + self.read_timeout
         self.backend_ready()

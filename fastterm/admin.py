@@ -134,6 +134,10 @@ def metrics_text(master) -> str:
     add("fastterm_early_data_requests_held_total", "counter",
         "Requests in early data with unsafe methods, forwarded only after the handshake.", None,
         totals.get("early_data_requests_held", 0))
+    for result in ("accepted", "rejected_malformed", "rejected_untrusted"):
+        add("fastterm_proxy_headers_total", "counter",
+            "accept_proxy: PROXY protocol headers taken, or refused (malformed, too long or late; a peer"
+            " outside proxy_trusted).", f'result="{result}"', totals.get(f"proxy_headers_{result}", 0))
     sessions = master.shared.session_stats()
     for key in ("stores", "hits", "misses", "evictions"):
         add("fastterm_session_cache_total", "counter", "Shared session cache operations.",

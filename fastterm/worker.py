@@ -80,7 +80,8 @@ class Serving:
             if addr not in self.sockets:
                 ensure_free(addr)
         for addr, ctx, sites in self.plan.listeners:
-            listener = Listener(self.worker, self.sockets.get(addr) or bind(addr), ctx, sites)
+            listener = Listener(self.worker, self.sockets.get(addr) or bind(addr), ctx, sites,
+                                self.plan.accept_proxy.get(addr))
             listener.start()
             self.listeners.append(listener)
         self.certificates = CertWatcher(config, self.plan, {tl.addr: listener for tl, listener

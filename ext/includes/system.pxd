@@ -22,6 +22,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SHUT_WR
         SHUT_RDWR
         MSG_NOSIGNAL
+        MSG_PEEK
 
 cdef extern from "<netinet/in.h>" nogil:
     struct in_addr:

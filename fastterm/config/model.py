@@ -239,6 +239,10 @@ class Upstream(Struct):
     read_timeout: float | None = None     # limits.backend_connect_timeout, backend_read_timeout,
     send_timeout: float | None = None     # backend_send_timeout (else the read timeout that applies)
     check: HealthCheck | None = None  # active health checks ([upstream.check]); None: passive only
+    # Each backend connection starts with a PROXY header naming the client (HAProxy send-proxy,
+    # send-proxy-v2; v2 with ALPN, SNI and SSL TLVs), before the TLS ClientHello when tls is set.
+    # Such a connection describes one client: it serves one request and closes (never pooled).
+    send_proxy: Literal["v1", "v2"] | None = None
 
 
 class ClientCertHeaders(Struct):

@@ -55,6 +55,7 @@ class Plan:
     policies: list[object] = field(default_factory=list)  # per server block: its ServerPolicy
     regex_names: dict[str, object] = field(default_factory=dict)  # server_name "~RE" -> compiled bytes pattern
     signatures: list[tuple] = field(default_factory=list)  # per server block: its files when read
+    accept_proxy: dict[tuple[str, int], tuple] = field(default_factory=dict)  # addr -> trusted networks
 
 
 @dataclass
@@ -624,6 +625,18 @@ def _covering(names: dict[str, object], name: str):
     return found
 
 
+def _proxy_trusted(server, i: int) -> tuple:
+    """accept_proxy's trusted networks; none given is an error (a header from anyone would
+    let any client choose its own address)."""
+    if not server.proxy_trusted:
+        raise ConfigError("accept_proxy needs proxy_trusted: the networks of the balancers that send"
+                          " the PROXY header", directive=f"{_where(server, i)} proxy_trusted")
+    try:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in server.proxy_trusted)
+    except ValueError as exc:
+        raise ConfigError(str(exc), directive=f"{_where(server, i)} proxy_trusted") from None
+
+
 def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
     """(Re)make ``tl``'s SNI and Host maps from its contexts. A name in server_names belongs
     to the first block that lists it (nginx), for the Host and for SNI: its own certificates,
@@ -660,6 +673,7 @@ def refresh_listener(config: Config, plan: Plan, tl: TLSListener) -> None:
     tl.default_context.set_sni(names, sni_regex)
     no_host_default = config.servers[tl.default].no_host == "default"
     tl.sites = SiteTable(sites, plan.policies[tl.default], no_host_default, host_regex)
+    tl.sites.send_proxy = any(up.send_proxy for up in config.upstreams)
     tl.sites.early_reject = config.servers[tl.default].tls.early_data_unsafe == "reject"
 
 
@@ -759,6 +773,8 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
                                           up.balance == "least_conn")
         if up.tls is not None:
             _upstream_tls(plan.pools[up.name], up.tls, specs, source)
+        if up.send_proxy:
+            plan.pools[up.name].send_proxy = int(up.send_proxy[1])
     plan.policies = [_server_policy(server, plan.pools, i, config) for i, server in enumerate(config.servers)]
     for i, server in enumerate(config.servers):
         for name in server.server_names:
@@ -784,6 +800,8 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
             plan.staples += server_staples(config.servers[i], i, plan.certificates[i], contexts[i])
         plan.tls.append(tl)
         plan.listeners.append((addr, tl.default_context, tl.sites))
+        if config.servers[default].accept_proxy:
+            plan.accept_proxy[addr] = _proxy_trusted(config.servers[default], default)
     by_address: dict[tuple[str, int], list] = {}
     for redirect in config.redirects:
         for listen in redirect.listen:

@@ -82,3 +82,16 @@ def test_missing_config_file(check, tmp_path):
     result = check(str(tmp_path / "absent.toml"))
     assert result.returncode == 1
     assert "absent.toml" in result.stderr and "test failed" in result.stderr
+
+
+def test_accept_proxy_needs_proxy_trusted(check, write, ec_files):
+    text = CONFIG.replace('server_names = ["www.example.com"]\n', 'server_names = ["www.example.com"]\naccept_proxy = true\n')
+    result = check(write("fastterm.toml", text))
+    assert result.returncode == 1
+    assert "accept_proxy needs proxy_trusted" in result.stderr
+    result = check(write("fastterm.toml", text.replace("accept_proxy = true\n",
+                                                      'accept_proxy = true\nproxy_trusted = ["10.0.0.0/8"]\n')))
+    assert result.returncode == 0, result.stderr
+    result = check(write("fastterm.toml", text.replace("accept_proxy = true\n",
+                                                      'accept_proxy = true\nproxy_trusted = ["10.0.0.0/33"]\n')))
+    assert result.returncode == 1
