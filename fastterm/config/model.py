@@ -288,6 +288,13 @@ class Server(Struct):
     client_max_body_size: int | None = None  # for its routes that set none, and requests no route
     # matches; None: limits.client_max_body_size
     client_cert_headers: ClientCertHeaders = msgspec.field(default_factory=ClientCertHeaders)
+    # The PROXY protocol on its listen addresses (haproxy accept-proxy; read from the listener's
+    # default server): each connection starts with a v1 or v2 header, read before the handshake
+    # within limits.client_header_timeout; its source address is then the client's (forwarded
+    # headers, logs). Only peers in proxy_trusted (networks, required) may connect there; others
+    # are closed unheard, as are malformed headers (counted: proxy_headers_rejected_*).
+    accept_proxy: bool = False
+    proxy_trusted: list[str] = msgspec.field(default_factory=list)
 
 
 class Redirect(Struct):
