@@ -248,3 +248,22 @@ def test_send_proxy_over_a_tls_backend_comes_before_the_client_hello(fastterm, e
         tls.close()
     finally:
         be.close()
+
+
+def test_send_proxy_v2_from_an_http2_client(fastterm, raw_backend):
+    """An HTTP/2 client's streams each reach the backend on a connection whose v2 header names
+    that client and ALPN h2."""
+    import httpx
+
+    be = raw_backend(proxy_v2_handler)
+    ft = send_proxy_ft(fastterm, be, "v2")
+    with httpx.Client(http2=True, verify=ft.client_context(alpn=None), timeout=10,
+                      headers={"host": NAME}) as client:
+        for target in ("/a", "/b"):
+            r = client.get(f"https://{HOST}:{ft.https_port}{target}", extensions={"sni_hostname": NAME})
+            assert (r.http_version, r.status_code) == ("HTTP/2", 200)
+    assert be.accepts == 2
+    for record in be.records:
+        got = parse_proxy_header(bytes(record))
+        assert (got["command"], got["src"], got["dst_port"]) == ("PROXY", HOST, ft.https_port)
+        assert dict(got["tlvs"])[0x01] == b"h2"
