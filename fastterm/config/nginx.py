@@ -187,7 +187,9 @@ that do more than ``return``, regex and suffix-wildcard ``server_name`` on a ser
 ``proxy_next_upstream invalid_header|updating``,
 upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
-``allow``/``deny``, ``listen ... proxy_protocol``, and plain-HTTP proxying (a
+``allow``/``deny``, ``listen ... proxy_protocol`` other than with ``ssl``, ``set_real_ip_from`` and
+``real_ip_header proxy_protocol`` in its server (then fastterm's ``accept_proxy``: the header is
+taken only from those peers, others are closed), and plain-HTTP proxying (a
 server without ``ssl`` may only ``return``; other statuses, other variables in it). Each has its reason in ``UNSUPPORTED`` or in the
 error. Bad input is an error at file:line too: unbalanced braces, a missing ``;``, an unknown
 directive, a directive out of its context or with the wrong argument count (crossplane's
@@ -828,6 +830,7 @@ class Listen:
     default: bool
     http2: bool
     node: Node
+    proxy_protocol: bool = False   # listen ... proxy_protocol: each connection starts with a PROXY header
 
     @property
     def text(self) -> str:
@@ -868,7 +871,7 @@ def parse_listen(node: Node, warn: Warn) -> Listen:
         raise node.error(f'invalid host in "{address}" of the "listen" directive')
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise node.error(f'invalid port in "{address}" of the "listen" directive')
-    ssl = default = http2 = False
+    ssl = default = http2 = proxy_protocol = False
     for param in node.args[1:]:
         key = param.split("=", 1)[0]
         if param == "ssl":
@@ -877,16 +880,18 @@ def parse_listen(node: Node, warn: Warn) -> Listen:
             default = True
         elif param == "http2":
             http2 = True
+        elif param == "proxy_protocol":
+            proxy_protocol = True
         elif param in _LISTEN_ACCEPTED or key in ("backlog", "rcvbuf", "sndbuf"):
             reason = _LISTEN_ACCEPTED.get(param) or _LISTEN_ACCEPTED.get(key)
             if reason:
                 warn(f'{node.where}: "listen ... {param}" is ignored: {reason}')
-        elif key in ("proxy_protocol", "so_keepalive", "fastopen", "accept_filter", "setfib", "quic",
+        elif key in ("so_keepalive", "fastopen", "accept_filter", "setfib", "quic",
                      "ipv6only", "http3"):
             raise node.unsupported("", f"listen ... {param}")
         else:
             raise node.error(f'invalid parameter "{param}"')
-    return Listen((host, int(port)), ssl, default, http2, node)
+    return Listen((host, int(port)), ssl, default, http2, node, proxy_protocol)
 
 
 # ---- the builder ----------------------------------------------------------------------------
@@ -1337,6 +1342,10 @@ class _Builder:
                     keepalive_header = int(parse_time(idle, idle.args[1]))
                 if keepalive_timeout == 0:     # nginx: keep-alive off
                     keepalive_requests, keepalive_timeout = 0, 75.0
+            for listen in server.listens:
+                if listen.proxy_protocol:
+                    raise listen.node.unsupported("the PROXY protocol on a server without ssl",
+                                                  "listen ... proxy_protocol")
             out.append(Redirect(listen=[listen.text for listen in server.listens], server_names=list(server.names),
                                 default_server=any(listen.default for listen in server.listens), status=status,
                                 location=location, text=text, keepalive_requests=keepalive_requests,
@@ -1430,7 +1439,33 @@ class _Builder:
             tls=self.tls_policy(s, all_tls), routes=routes,
             add_headers=self.add_headers(level), error_pages=self.error_pages(level, s), answer=answer,
             no_host="default", misdirected_request=False, client_max_body_size=_body_limit(level),
-            reject_handshake=reject)
+            reject_handshake=reject, **self.proxy_protocol(s))
+
+    def proxy_protocol(self, s: _Server) -> dict:
+        """``listen ... proxy_protocol`` with ``set_real_ip_from`` and ``real_ip_header proxy_protocol``
+        in the server: fastterm's accept_proxy, the header taken from those peers and its source the
+        client's $remote_addr (the locations' realip done once, at accept). nginx also takes the
+        header from any other peer and keeps that peer as $remote_addr; fastterm closes such a
+        connection unheard (an untrusted peer cannot name a client)."""
+        listens = [listen for listen in s.listens if listen.proxy_protocol]
+        if not listens:
+            return {}
+        header = s.level.find("real_ip_header")
+        trusted = s.level.find_all("set_real_ip_from")
+        if header is None or header.args[0].lower() != "proxy_protocol" or not trusted:
+            raise listens[0].node.unsupported(
+                'the PROXY protocol without "set_real_ip_from" and "real_ip_header proxy_protocol" in '
+                "its server (fastterm takes PROXY headers only from the peers set_real_ip_from names)",
+                "listen ... proxy_protocol")
+        nets = []
+        for n in trusted:
+            if n.args[0].startswith("unix:"):
+                raise n.unsupported("unix sockets", "set_real_ip_from unix:")
+            try:
+                nets.append(str(ipaddress.ip_network(n.args[0], strict=False)))
+            except ValueError:
+                raise n.invalid() from None
+        return {"accept_proxy": True, "proxy_trusted": list(dict.fromkeys(nets))}
 
     def route_responses(self, loc: _Location, s: _Server) -> dict:
         """A location's add_header, error_page and proxy_intercept_errors where they differ from
@@ -1813,7 +1848,8 @@ class _Builder:
                     raise n.invalid() from None
             header = loc.find("real_ip_header")
             if header is not None and header.args[0].lower() == "proxy_protocol":
-                raise header.unsupported("the PROXY protocol", "real_ip_header proxy_protocol")
+                return ProxyRequest(http_version=http_version, headers=headers, keepalive=keepalive,
+                                    hide_headers=self.hide_headers(loc), **self.next_upstream(loc))
             real_ip["real_ip_from"] = list(dict.fromkeys(real_ip["real_ip_from"]))
             real_ip["real_ip_header"] = header.args[0] if header is not None else "X-Real-IP"
         return ProxyRequest(http_version=http_version, headers=headers, keepalive=keepalive,

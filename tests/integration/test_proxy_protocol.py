@@ -15,6 +15,7 @@ import pytest
 from fastterm._core import parse_proxy_header
 from harness import HOST, NAME, RawBackend, free_port, keepalive_handler, wait_for
 from httpwire import Reader, read_message
+from test_nginx_mode import certs, cli, nginx_mode  # noqa: F401  (fixtures)
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -267,3 +268,54 @@ def test_send_proxy_v2_from_an_http2_client(fastterm, raw_backend):
         got = parse_proxy_header(bytes(record))
         assert (got["command"], got["src"], got["dst_port"]) == ("PROXY", HOST, ft.https_port)
         assert dict(got["tlvs"])[0x01] == b"h2"
+
+
+NGINX_PROXY_PROTOCOL = """
+events {{}}
+http {{
+    upstream app {{ server {backend}; }}
+    server {{
+        listen {host}:{https} ssl;
+        server_name www.example.com;
+        ssl_certificate certs/www.crt; ssl_certificate_key certs/www.key;
+        location / {{ proxy_pass http://app; }}
+    }}
+    server {{
+        listen {host}:{http} ssl proxy_protocol;
+        server_name www.example.com;
+        ssl_certificate certs/www.crt; ssl_certificate_key certs/www.key;
+        set_real_ip_from 127.0.0.0/8;
+        real_ip_header proxy_protocol;
+        location / {{
+            proxy_pass http://app;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"""
+
+
+def test_nginx_listen_proxy_protocol_with_realip(nginx_mode, be):  # noqa: F811
+    """nginx's ``listen ... ssl proxy_protocol`` + ``set_real_ip_from`` + ``real_ip_header
+    proxy_protocol``: $remote_addr is the header's source."""
+    ft = nginx_mode(NGINX_PROXY_PROTOCOL, backend=be.address)
+    sock = socket.create_connection((HOST, ft.http_port), timeout=5)
+    sock.sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 443\r\n")
+    tls = ft.client_context().wrap_socket(sock, server_hostname="www.example.com")
+    tls.sendall(b"GET /nginx-pp HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n")
+    assert read_message(Reader(tls, bytearray())).start_line.startswith("HTTP/1.1 200")
+    tls.close()
+    head = be.received().lower()
+    assert b"x-real-ip: 203.0.113.9" in head and b"x-forwarded-for: 203.0.113.9" in head
+
+
+def test_nginx_listen_proxy_protocol_without_realip_is_refused(cli, write, certs):  # noqa: F811
+    """Without set_real_ip_from + real_ip_header proxy_protocol (whose peers fastterm trusts), check
+    names what is missing."""
+    conf = write("pp.conf", "events {}\nhttp { server { listen 127.0.0.1:8443 ssl proxy_protocol; "
+                 "ssl_certificate certs/www.crt; ssl_certificate_key certs/www.key; "
+                 "location / { proxy_pass http://127.0.0.1:1; } } }\n")
+    out = cli("check", "--nginx", str(conf))
+    assert out.returncode == 1
+    assert "proxy_protocol" in out.stderr and "set_real_ip_from" in out.stderr, out.stderr

@@ -583,8 +583,12 @@ def test_set_real_ip_from(load, error):
     assert got.server.trusted_proxies == []
     default = load(site(server="    set_real_ip_from 10.0.0.0/8;")).server.routes[0].proxy
     assert default.real_ip_header == "X-Real-IP"
-    text = site(server="    set_real_ip_from 10.0.0.0/8;\n    real_ip_header proxy_protocol;")
-    assert "is not supported yet" in str(error(text, "real_ip_header"))
+    realip = "    set_real_ip_from 10.0.0.0/8;\n    real_ip_header proxy_protocol;"
+    plain = load(site(server=realip)).server   # no PROXY header on this listener: $remote_addr is the peer
+    assert (plain.accept_proxy, plain.routes[0].proxy.real_ip_from) == (False, [])
+    proxied = load(site(listen="443 ssl proxy_protocol", server=realip)).server
+    assert (proxied.accept_proxy, proxied.proxy_trusted, proxied.routes[0].proxy.real_ip_from) == \
+        (True, ["10.0.0.0/8"], [])
 
 
 def test_proxy_http_version_is_1_0_or_1_1(load, error):
