@@ -27,6 +27,8 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
+import msgspec
+
 from fastterm.config.model import Config, HealthCheck, Upstream
 
 log = logging.getLogger("fastterm.health")
@@ -306,19 +308,27 @@ class HealthChecker:
 
         wanted: dict[tuple[str, str, int], Target] = {}
         for up in config.upstreams:
-            if up.check is None:
+            specs = [parse_upstream_server(s, fail_timeout=up.fail_timeout) for s in up.servers]
+            marked = any(spec.check for spec in specs)   # HAProxy: only servers that say check
+            if up.check is None and not marked:
                 continue
+            base = up.check or HealthCheck()   # a server's check alone: HAProxy's defaults (tcp, 2 s, 2, 3)
             tls = _client_context(up) if up.tls is not None else None
             slots = []
-            for spec in (parse_upstream_server(s, fail_timeout=up.fail_timeout) for s in up.servers):
+            for spec in specs:
+                if marked and not spec.check:
+                    slots.append(-1)
+                    continue
+                check = msgspec.structs.replace(base, interval=spec.inter or base.interval,
+                                                rise=spec.rise or base.rise, fall=spec.fall or base.fall)
                 key = (up.name, spec.host, spec.port)
                 target = self.targets.get(key) or wanted.get(key)
                 if target is None:   # starts up, whatever a check of it before this reload said
-                    target = Target(up.name, spec.host, spec.port, self._slot_for(key), up.check,
-                                    state=ServerHealth(up.check.rise, up.check.fall))
+                    target = Target(up.name, spec.host, spec.port, self._slot_for(key), check,
+                                    state=ServerHealth(check.rise, check.fall))
                     self.table.set(target.slot, True)
-                target.check, target.expect = up.check, parse_expect(up.check.expect)
-                target.state.rise, target.state.fall = up.check.rise, up.check.fall
+                target.check, target.expect = check, parse_expect(check.expect)
+                target.state.rise, target.state.fall = check.rise, check.fall
                 target.addr = _resolve(spec.host, spec.port)
                 target.tls = tls
                 target.tls_name = (up.tls.server_name or spec.host) if up.tls is not None else None

@@ -225,7 +225,9 @@ class HealthCheck(Struct):
 class Upstream(Struct):
     name: str
     servers: list[str]  # "host:port" or "https://host:port", then nginx-style parameters:
-    # "weight=N", "backup", "max_fails=N", "fail_timeout=SECONDS"
+    # "weight=N", "backup", "max_fails=N", "fail_timeout=SECONDS", and HAProxy's "check" (when any
+    # server says it, only those are actively checked: ``check``'s values, else HAProxy's defaults)
+    # with its own "inter=SECONDS", "rise=N", "fall=N"
     tls: UpstreamTLS | None = None  # set (or https:// servers): TLS to every server
     balance: Literal["round_robin", "least_conn"] = "round_robin"  # smooth weighted round robin (nginx)
     keepalive: int = 32  # idle backend connections always kept per server (and worker)

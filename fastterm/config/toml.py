@@ -184,11 +184,15 @@ class UpstreamServer:
     backup: bool = False
     max_fails: int = 1         # failures within fail_timeout that take it out; 0: never
     fail_timeout: float = 10.0
+    check: bool = False        # HAProxy's server ``check``: actively checked (fastterm/health.py)
+    inter: float | None = None  # its own check interval, rise and fall (HAProxy inter, rise, fall);
+    rise: int | None = None     # None: the upstream's [upstream.check] values
+    fall: int | None = None
 
 
 def parse_upstream_server(spec: str, *, fail_timeout: float = 10.0) -> UpstreamServer:
-    """``"https://10.0.0.10:443 weight=2 max_fails=3 fail_timeout=5"``, ``"b:80 backup"``
-    -> UpstreamServer; ValueError says what is wrong."""
+    """``"https://10.0.0.10:443 weight=2 max_fails=3 fail_timeout=5"``, ``"b:80 backup"``,
+    ``"c:80 check inter=2s rise=2 fall=3"`` -> UpstreamServer; ValueError says what is wrong."""
     words = str(spec).split()
     if not words:
         raise ValueError("empty server")
@@ -204,8 +208,17 @@ def parse_upstream_server(spec: str, *, fail_timeout: float = 10.0) -> UpstreamS
     options: dict = {"fail_timeout": fail_timeout}
     for word in words[1:]:
         key, eq, value = word.partition("=")
-        if key == "backup" and not eq:
-            options["backup"] = True
+        if key in ("backup", "check") and not eq:
+            options[key] = True
+        elif key in ("rise", "fall") and eq and value.isdigit() and int(value) >= 1:
+            options[key] = int(value)
+        elif key == "inter" and eq:
+            try:
+                options[key] = float(value.removesuffix("s"))
+            except ValueError:
+                raise ValueError(f"invalid inter {value!r} in {spec!r} (seconds)") from None
+            if options[key] <= 0:
+                raise ValueError(f"inter must be above 0 in {spec!r}")
         elif key in ("weight", "max_fails") and eq and value.isdigit():
             options[key] = int(value)
             if key == "weight" and not 1 <= options[key] <= 1000:
@@ -217,7 +230,7 @@ def parse_upstream_server(spec: str, *, fail_timeout: float = 10.0) -> UpstreamS
                 raise ValueError(f"invalid fail_timeout {value!r} in {spec!r} (seconds)") from None
         else:
             raise ValueError(f"invalid server parameter {word!r} in {spec!r} (known: weight=N, backup, "
-                             "max_fails=N, fail_timeout=SECONDS)")
+                             "max_fails=N, fail_timeout=SECONDS, check, inter=SECONDS, rise=N, fall=N)")
     return UpstreamServer(host, port, tls, **options)
 
 

@@ -317,6 +317,23 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 
     return predicate()
 
 
+def metrics_text(admin_port: int) -> str:
+    """The admin endpoint's /metrics body (Prometheus text)."""
+    with socket.create_connection((HOST, admin_port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data.partition(b"\r\n\r\n")[2].decode()
+
+
+def metrics(admin_port: int, *prefixes: str) -> dict[str, float]:
+    """/metrics samples, ``name{labels}`` -> value, of the names that start with one of ``prefixes``."""
+    return {name: float(value) for name, _, value in
+            (line.rpartition(" ") for line in metrics_text(admin_port).splitlines())
+            if name.startswith(prefixes or ("fastterm_",))}
+
+
 def echo_json(msg: Message) -> dict:
     assert msg.status == 200, (msg.start_line, msg.body[:300])
     return json.loads(msg.body)

@@ -18,7 +18,7 @@ import threading
 import time
 
 import pytest
-from harness import HOST, NAME, free_port, response_bytes, wait_for
+from harness import HOST, NAME, free_port, metrics, response_bytes, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl s_client")
 
@@ -139,19 +139,6 @@ def counting_backend(raw_backend):
     return raw_backend(handler)
 
 
-def _metrics(admin_port: int) -> dict[str, int]:
-    with socket.create_connection((HOST, admin_port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    out = {}
-    for line in data.partition(b"\r\n\r\n")[2].decode().splitlines():
-        if line.startswith(("fastterm_early_data", "fastterm_handshakes_total")):
-            name, value = line.rsplit(" ", 1)
-            out[name] = int(value)
-    return out
-
 
 def test_early_data_accepted_and_marked(fastterm, raw_backend, tmp_path, write):
     be = counting_backend(raw_backend)
@@ -165,7 +152,7 @@ def test_early_data_accepted_and_marked(fastterm, raw_backend, tmp_path, write):
     assert "HTTP/1.1 200" in out and "early=1 GET /early" in out, out[-3000:]
     assert [r.target for r in be.requests] == ["/", "/early"]
     assert be.requests[1].header("early-data") == "1"
-    m = _metrics(admin)
+    m = metrics(admin)
     assert m["fastterm_early_data_total{result=\"offered\"}"] == 1
     assert m["fastterm_early_data_total{result=\"accepted\"}"] == 1
 
@@ -192,10 +179,10 @@ def test_replay_same_worker_refused(fastterm, raw_backend, tmp_path, write):
     be, admin, ft, flight = _replayed(fastterm, raw_backend, tmp_path, write, workers=1)
     for _ in range(3):
         replay(ft.https_port, flight)
-    assert wait_for(lambda: _metrics(admin)['fastterm_early_data_total{result="rejected_replay"}'] == 3)
+    assert wait_for(lambda: metrics(admin)['fastterm_early_data_total{result="rejected_replay"}'] == 3)
     time.sleep(0.3)
     assert [r.target for r in be.requests] == ["/", "/once"], "a replayed early request reached the backend"
-    m = _metrics(admin)
+    m = metrics(admin)
     assert m['fastterm_early_data_total{result="accepted"}'] == 1
     assert m['fastterm_early_data_total{result="offered"}'] == 4
 
@@ -206,7 +193,7 @@ def test_replay_other_worker_refused(fastterm, raw_backend, tmp_path, write):
     be, admin, ft, flight = _replayed(fastterm, raw_backend, tmp_path, write, workers=2)
     for _ in range(8):
         replay(ft.https_port, flight)
-    assert wait_for(lambda: _metrics(admin)['fastterm_early_data_total{result="rejected_replay"}'] == 8)
+    assert wait_for(lambda: metrics(admin)['fastterm_early_data_total{result="rejected_replay"}'] == 8)
     time.sleep(0.3)
     assert [r.target for r in be.requests] == ["/", "/once"], "a replayed early request reached the backend"
     per_worker = _worker_counters(admin)
@@ -238,7 +225,7 @@ def test_post_in_early_data_waits_for_handshake(fastterm, raw_backend, tmp_path,
     assert "early=- POST /submit" in out, out[-3000:]
     post = be.requests[-1]
     assert post.method == "POST" and post.body == b"a=1" and not post.has("early-data")
-    assert _metrics(admin)["fastterm_early_data_requests_held_total"] == 1
+    assert metrics(admin)["fastterm_early_data_requests_held_total"] == 1
 
 
 def _fleet(fastterm, tmp_path, python, subprocess_env, backend, *tls):
@@ -281,7 +268,7 @@ def test_other_node_resumes_without_early_data(fastterm, raw_backend, tmp_path, 
     assert REJECTED in out, out[-3000:]
     assert "early=- GET /after" in out, out[-3000:]
     assert "/fleet" not in [r.target for r in be.requests]
-    m = _metrics(b_admin)
+    m = metrics(b_admin)
     assert m['fastterm_early_data_total{result="rejected_other"}'] == 1   # not B's ticket
     assert m['fastterm_early_data_total{result="rejected_replay"}'] == 0
     # ... and A, which issued it, takes it
@@ -471,8 +458,8 @@ def test_answered_before_the_clients_finished_counts_as_resumed(fastterm, raw_ba
     relay.sock.close()
 
     def counted() -> bool:
-        m = _metrics(admin)
+        m = metrics(admin)
         # full: the fixture's start-up probe and the ticket's handshake
         return m['fastterm_handshakes_total{kind="resumed"}'] == 3 and m['fastterm_handshakes_total{kind="full"}'] == 2
 
-    assert wait_for(counted, timeout=5), _metrics(admin)
+    assert wait_for(counted, timeout=5), metrics(admin)

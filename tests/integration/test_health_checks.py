@@ -3,13 +3,14 @@ workers honour its verdicts through shared memory."""
 
 import json
 import os
+import re
 import ssl
 import subprocess
 import threading
 import time
 import urllib.request
 
-from harness import HOST, NAME, free_port, response_bytes, settle, wait_for
+from harness import HOST, NAME, free_port, metrics_text, response_bytes, settle, wait_for
 from httpwire import Reader, read_response, request_bytes
 from test_reencrypt import TLSBackend
 
@@ -76,6 +77,41 @@ def test_a_killed_backend_costs_no_failed_get_is_checked_down_and_back_up(fastte
             _stop(b)
 
 
+def _established(port: int) -> int:
+    """TCP connections established to ``port`` on loopback (``ss``)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"dport = :{port}"], capture_output=True,
+                         text=True, timeout=10, check=True)
+    return len(out.stdout.splitlines())
+
+
+def test_h2load_through_a_backend_kill_fails_only_what_was_in_flight(fastterm, python):
+    """h2load over HTTP/1.1 keep-alive (10 connections, one request each in flight) while one of
+    three backend processes is killed: at most the requests in flight at the kill fail; the server,
+    back on its port, gets connections again once it passed ``rise`` checks."""
+    ports = [free_port() for _ in range(3)]
+    backends = [_start_backend(python, p) for p in ports]
+    try:
+        ft = fastterm(upstreams=_upstream([f"{HOST}:{p}" for p in ports]), workers=2)
+        load = subprocess.Popen(["h2load", "--h1", "-c", "10", "-m", "1", "-D", "4", "-t", "1",
+                                 f"https://{HOST}:{ft.https_port}/"], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        _stop(backends[1])
+        out, _ = load.communicate(timeout=30)
+        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                         r"(\d+) errored", out)
+        assert done, out
+        finished, ok, failed, errored = map(int, done.groups())
+        assert finished > 100 and ok >= finished - 10 and failed + errored <= 10, out
+        assert wait_for(lambda: f"server {HOST}:{ports[1]} is down" in ft.log(), 5), ft.log()[-2000:]
+        backends[1] = _start_backend(python, ports[1])
+        assert wait_for(lambda: f"server {HOST}:{ports[1]} is up" in ft.log(), 5), ft.log()[-2000:]
+        assert wait_for(lambda: ft.request("GET", "/", host=NAME).status == 200 and _established(ports[1]) > 0,
+                        10, 0.05)
+    finally:
+        for b in backends:
+            _stop(b)
+
+
 def _health_backend(raw_backend, health: dict):
     """A backend whose /health answers ``health["status"]`` and whose other paths answer 200."""
     def handler(conn):
@@ -91,10 +127,6 @@ def _app_requests(backend) -> int:
     return sum(1 for r in backend.requests if r.target != "/health")
 
 
-def _metrics(port: int) -> str:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as r:
-        return r.read().decode()
-
 
 def test_an_http_check_answered_500_takes_a_server_down_though_it_accepts(fastterm, raw_backend):
     good_health, bad_health = {"status": 200}, {"status": 500}
@@ -103,7 +135,7 @@ def test_an_http_check_answered_500_takes_a_server_down_though_it_accepts(fastte
     ft = fastterm(upstreams=_upstream([good.address, bad.address], kind="http", path="/health"), workers=2,
                   admin=f"{HOST}:{admin}")
     assert wait_for(lambda: f"server {bad.address} is down: status 500" in ft.log(), 5), ft.log()[-2000:]
-    metrics = _metrics(admin)
+    metrics = metrics_text(admin)
     assert f'fastterm_upstream_server_up{{upstream="app",server="{bad.address}"}} 0' in metrics
     assert f'fastterm_upstream_server_up{{upstream="app",server="{good.address}"}} 1' in metrics
     with urllib.request.urlopen(f"http://{HOST}:{admin}/status", timeout=5) as r:
@@ -117,7 +149,7 @@ def test_an_http_check_answered_500_takes_a_server_down_though_it_accepts(fastte
     assert any(r.target == "/health" for r in bad.requests)
     bad_health["status"] = 200
     assert wait_for(lambda: f"server {bad.address} is up" in ft.log(), 5), ft.log()[-2000:]
-    assert f'server="{bad.address}"}} 1' in _metrics(admin)
+    assert f'server="{bad.address}"}} 1' in metrics_text(admin)
     assert wait_for(lambda: ft.request("GET", "/app", host=NAME).status == 200 and _app_requests(bad) > before,
                     5, 0.05)
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from fastterm._core import parse_proxy_header
-from harness import HOST, NAME, RawBackend, free_port, keepalive_handler, wait_for
+from harness import HOST, NAME, RawBackend, free_port, keepalive_handler, metrics, wait_for
 from httpwire import Reader, read_message
 from test_nginx_mode import certs, cli, nginx_mode  # noqa: F401  (fixtures)
 
@@ -97,16 +97,6 @@ def test_malformed_header_is_closed_and_the_worker_goes_on(proxied, be, data):
     assert "PROXY header: closing" in ft.log()
 
 
-def proxy_metrics(admin_port: int) -> dict[str, int]:
-    with socket.create_connection((HOST, admin_port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1])
-            for line in data.partition(b"\r\n\r\n")[2].decode().splitlines()
-            if line.startswith("fastterm_proxy_headers_total")}
-
 
 def test_untrusted_peer_is_closed_unheard(proxied, be):
     admin = free_port()
@@ -116,7 +106,7 @@ def test_untrusted_peer_is_closed_unheard(proxied, be):
     assert closed_unheard(sock)
     assert be.requests == []
     assert "is not in proxy_trusted" in ft.log()
-    assert wait_for(lambda: proxy_metrics(admin).get('fastterm_proxy_headers_total{result="rejected_untrusted"}') == 1)
+    assert wait_for(lambda: metrics(admin, "fastterm_proxy_headers_total").get('fastterm_proxy_headers_total{result="rejected_untrusted"}') == 1)
 
 
 def test_metrics_count_accepted_and_malformed(proxied, be):
@@ -131,7 +121,7 @@ def test_metrics_count_accepted_and_malformed(proxied, be):
     want = {'fastterm_proxy_headers_total{result="accepted"}': 1,
             'fastterm_proxy_headers_total{result="rejected_malformed"}': 1,
             'fastterm_proxy_headers_total{result="rejected_untrusted"}': 0}
-    assert wait_for(lambda: proxy_metrics(admin) == want), proxy_metrics(admin)
+    assert wait_for(lambda: metrics(admin, "fastterm_proxy_headers_total") == want), metrics(admin, "fastterm_proxy_headers_total")
 
 
 def test_silent_client_is_closed_after_the_header_timeout(proxied):

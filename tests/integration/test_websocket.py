@@ -12,7 +12,7 @@ import time
 
 import pytest
 import test_nginx_mode
-from harness import HOST, NAME, free_port, response_bytes, wait_for
+from harness import HOST, NAME, free_port, metrics_text, response_bytes, wait_for
 from httpwire import Reader, read_response, request_bytes
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
@@ -51,11 +51,6 @@ def ws_client(ft, path: str = "/", **kwargs):
                       max_size=4 * MIB, open_timeout=5, close_timeout=5, **kwargs)
 
 
-def _metrics(port: int) -> str:
-    with socket.create_connection((HOST, port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        return _read_until(sock, b"\x00").decode("latin-1")
-
 
 def test_echo_text_binary_large_and_many(fastterm, ws_backend):
     admin_port = free_port()
@@ -73,7 +68,7 @@ def test_echo_text_binary_large_and_many(fastterm, ws_backend):
         assert [ws.recv(timeout=5) for _ in range(300)] == [f"m{i}" for i in range(300)]
         ws.close()
         assert ws.close_code == 1000
-    assert wait_for(lambda: "fastterm_upgrades_total 1" in _metrics(admin_port))
+    assert wait_for(lambda: "fastterm_upgrades_total 1" in metrics_text(admin_port))
 
 
 def test_server_initiated_close(fastterm, ws_backend):

@@ -194,3 +194,40 @@ def test_the_checker_takes_a_closed_server_down_and_a_reload_keeps_what_it_keeps
     finally:
         checker.close()
         selector.close()
+
+
+def test_haproxy_server_check_checks_only_the_servers_that_say_it_with_their_own_parameters():
+    """``server ... check inter=S rise=N fall=N`` (HAProxy's words): only those servers are
+    checked, with their own values over [upstream.check]'s (or HAProxy's defaults without one)."""
+    import selectors
+    from types import SimpleNamespace
+
+    from fastterm._core import HealthTable, UpstreamPool
+
+    from fastterm.config.model import Upstream
+    from fastterm.config.toml import parse_upstream_server
+    from fastterm.health import HealthChecker
+
+    spec = parse_upstream_server("10.0.0.10:3000 check inter=0.5s rise=4 fall=5")
+    assert (spec.check, spec.inter, spec.rise, spec.fall) == (True, 0.5, 4, 5)
+    for bad in ("a:1 rise=0", "a:1 inter=0", "a:1 inter=x", "a:1 fall=-1"):
+        with pytest.raises(ValueError):
+            parse_upstream_server(bad)
+    servers = ["127.0.0.1:1 check rise=4", "127.0.0.1:2", "127.0.0.1:3 check inter=0.5"]
+    config = SimpleNamespace(upstreams=[Upstream("app", servers)])
+    pool = UpstreamPool("app", [("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3)])
+    selector = selectors.DefaultSelector()
+    checker = HealthChecker(selector, HealthTable())
+    try:
+        checker.attach(config, SimpleNamespace(pools={"app": pool}))
+        checks = {port: t.check for (_, _, port), t in checker.targets.items()}
+        assert sorted(checks) == [1, 3]
+        assert (checks[1].kind, checks[1].interval, checks[1].rise, checks[1].fall) == ("tcp", 2.0, 4, 3)
+        assert (checks[3].interval, checks[3].rise) == (0.5, 2)
+        table_config = SimpleNamespace(upstreams=[Upstream("app", servers, check=HealthCheck(kind="http", fall=7))])
+        checker.attach(table_config, SimpleNamespace(pools={"app": pool}))
+        assert {port: (t.check.kind, t.check.fall) for (_, _, port), t in checker.targets.items()} == \
+            {1: ("http", 7), 3: ("http", 7)}
+    finally:
+        checker.close()
+        selector.close()
