@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from harness import HOST, NAME, echo_json
+from harness import HOST, NAME, echo_json, metrics
 from httpwire import Reader, closed_by_peer, read_response, request_bytes
 
 MIB = 1024 * 1024
@@ -237,16 +237,8 @@ def test_sigterm_drains_keepalive_with_connection_close(ft):
 # backend certificate: test_reencrypt.py; each malformed response kind: test_errors.py)
 
 
-def _backend_errors(admin_port: int) -> int:
-    with socket.create_connection((HOST, admin_port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    for line in data.partition(b"\r\n\r\n")[2].decode().splitlines():
-        if line.startswith("fastterm_backend_errors_total "):
-            return int(line.rsplit(" ", 1)[1])
-    raise AssertionError(data[-2000:])
+def _backend_errors(admin_port: int) -> float:
+    return metrics(admin_port, "fastterm_backend_errors_total")["fastterm_backend_errors_total"]
 
 
 def test_garbage_from_the_backend_is_502_counted_and_logged(fastterm, raw_backend):
