@@ -118,7 +118,8 @@ def print_table(rows: list[dict], console) -> None:
     table = Table(title="fastterm bench", show_lines=False)
     base = with_baseline(rows)
     for c in columns(rows):
-        table.add_column(c, justify="left" if c in ("figure", "terminator") else "right")
+        table.add_column(c, justify="left" if c in ("figure", "terminator") else "right",
+                         no_wrap=c == "figure")   # a figure's name is what a reader greps for
     last = None
     for r in rows:
         if last is not None and r["figure"] != last:

@@ -259,6 +259,22 @@ class ClientCertHeaders(Struct):
     fingerprint: str = "X-SSL-Client-Fingerprint"  # SHA-1, lowercase hex
 
 
+class Acme(Struct):
+    """Certificates obtained and renewed over ACME (RFC 8555) for a server's names
+    (``fastterm/certs/acme.py``); nginx's ``acme_issuer`` block maps to one."""
+
+    directory: str = "https://acme-v02.api.letsencrypt.org/directory"  # nginx acme_issuer uri
+    email: str | None = None       # the account's contact (nginx contact, without mailto:)
+    accept_terms: bool = True      # agree to the CA's terms of service (nginx accept_terms_of_service)
+    ca_file: str | None = None     # PEM roots that verify the directory's HTTPS; None: the system
+    # store (nginx acme_issuer ssl_trusted_certificate)
+    state_dir: str = "/var/lib/fastterm/acme"  # account key, keys, chains (0600/0700, atomic writes)
+    challenge: Literal["http-01", "tls-alpn-01"] = "http-01"
+    key_type: Literal["ecdsa", "rsa"] = "ecdsa"   # P-256 or RSA-2048 certificate keys
+    names: list[str] = msgspec.field(default_factory=list)  # the names on the certificate; empty:
+    # the server's exact server_names
+
+
 class Server(Struct):
     """One TLS virtual server (an nginx ``server { listen 443 ssl; }`` block)."""
 
@@ -297,6 +313,8 @@ class Server(Struct):
     # are closed unheard, as are malformed headers (counted: proxy_headers_rejected_*).
     accept_proxy: bool = False
     proxy_trusted: list[str] = msgspec.field(default_factory=list)
+    acme: Acme | None = None  # certificates for server_names over ACME instead of (or before)
+    # certificate files; None: the top-level [acme] when set and the block has no certificate
 
 
 class Redirect(Struct):
@@ -362,6 +380,9 @@ class Config(Struct):
     upstreams: list[Upstream] = msgspec.field(name="upstream", default_factory=list)
     redirects: list[Redirect] = msgspec.field(name="redirect", default_factory=list)
     limits: Limits = msgspec.field(default_factory=Limits)
+    acme: Acme | None = None  # the default for every server with neither certificates nor its own acme
+    acme_challenge_dir: str | None = None  # files served at /.well-known/acme-challenge/ on the
+    # port-80 listeners (certbot --webroot -w DIR keeps working beside fastterm)
     sessions: Sessions = msgspec.field(default_factory=Sessions)
     workers: int | Literal["auto"] = "auto"
     admin: str | None = None  # "127.0.0.1:9901" or "unix:/run/fastterm.sock": /status, /metrics
