@@ -160,6 +160,20 @@ What maps (nginx -> model):
 - ``ssl_reject_handshake on|off`` -> ``reject_handshake``: a handshake this server would take
   fails with unrecognized_name (a default server with it refuses unknown names and clients
   that send none); such a server needs no ``ssl_certificate`` nor locations.
+- nginx's ACME module (ngx_http_acme_module, nginx 1.29+): ``acme_issuer NAME { }`` -> an ``Acme``:
+  ``uri`` (mandatory, https) -> ``directory``, ``contact`` (one; ``mailto:`` stripped) -> ``email``,
+  ``accept_terms_of_service`` -> ``accept_terms`` (absent: false, as nginx), ``state_path`` (relative
+  to the main file's directory; absent: ``NAME`` under fastterm's state directory rather than
+  nginx's ``acme_NAME``; nginx's files there are not read) -> ``state_dir``,
+  ``ssl_trusted_certificate`` -> ``ca_file``, ``challenge http-01|tls-alpn-01`` (``http``,
+  ``tls-alpn``) -> ``challenge``. ``acme_certificate NAME [IDENTIFIER...] [key=ecdsa:256|rsa:2048]``
+  in a server whose ``ssl_certificate``/``ssl_certificate_key`` are ``$acme_certificate``/
+  ``$acme_certificate_key`` -> its ``acme`` with ``names`` (the identifiers, else its
+  ``server_name``s read as the module reads them: ``.example.com`` is www.example.com and
+  example.com, IP addresses in canonical form, regexes skipped with a warning) and ``key_type``;
+  the server's other ``ssl_certificate`` files are kept beside it. http-01 needs a server without
+  ``ssl``: its ``[[redirect]]`` is where the CA's request is answered (a warning when none
+  listens on port 80). The module's rule that http {} has a ``resolver`` is kept.
 - Values equal to fastterm's behaviour are accepted for: ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
@@ -174,9 +188,10 @@ What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``
 ``client_body_buffer_size``, ``client_header_buffer_size``, ``*_temp_path``), nginx's hash
 table sizes, what nginx itself calls obsolete (``http2_max_requests``, ``http2_max_field_size``,
 ``http2_idle_timeout``, ...), ``access_log``/``log_format`` (until access logs land),
-``resolver`` and ``resolver_timeout`` (parsed as nginx does; nginx uses them only to look up OCSP
-responders, which fastterm does with the system resolver, getaddrinfo, at each fetch: an IP
-address needs no lookup, and tests name only 127.0.0.1), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
+``resolver`` and ``resolver_timeout`` (parsed as nginx does; nginx uses them to look up OCSP
+responders and ACME servers, which fastterm does with the system resolver, getaddrinfo, at each
+fetch: an IP address needs no lookup, and tests name only 127.0.0.1), ``acme_shared_zone``,
+``ssl_certificate_cache``, ``account_key ALG`` (fastterm makes its own account key), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
 without effect (``deferred``, ``backlog=``).
 
 What is refused, (c): every other directive nginx knows, among them ``ssl_crl``, ``proxy_ssl_crl``, ``proxy_ssl_password_file``,
@@ -189,7 +204,10 @@ upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
 ``allow``/``deny``, ``listen ... proxy_protocol`` other than with ``ssl``, ``set_real_ip_from`` and
 ``real_ip_header proxy_protocol`` in its server (then fastterm's ``accept_proxy``: the header is
-taken only from those peers, others are closed), and plain-HTTP proxying (a
+taken only from those peers, others are closed), of the ACME module ``ssl_verify off``,
+``state_path off``, ``account_key FILE``, ``external_account_key``, ``preferred_chain``, ``profile``,
+``common_name_in_csr on``, several or non-mailto ``contact``s, wildcard names (dns-01), other
+``key=`` values, ``$acme_certificate`` without ``acme_certificate``, and plain-HTTP proxying (a
 server without ``ssl`` may only ``return``; other statuses, other variables in it). Each has its reason in ``UNSUPPORTED`` or in the
 error. Bad input is an error at file:line too: unbalanced braces, a missing ``;``, an unknown
 directive, a directive out of its context or with the wrong argument count (crossplane's
