@@ -174,6 +174,9 @@ What maps (nginx -> model):
   the server's other ``ssl_certificate`` files are kept beside it. http-01 needs a server without
   ``ssl``: its ``[[redirect]]`` is where the CA's request is answered (a warning when none
   listens on port 80). The module's rule that http {} has a ``resolver`` is kept.
+- certbot's webroot on a plain server, ``location [^~] /.well-known/acme-challenge/ { root DIR; }``
+  beside the ``location /`` that returns -> ``acme_challenge_dir`` (one DIR for all port-80
+  servers; a server-level ``return``, which nginx answers first, is refused with it).
 - Values equal to fastterm's behaviour are accepted for: ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
@@ -852,6 +855,9 @@ def classify(nodes: list[Node], warn: Warn, defined: set[str], warned: set[int])
             if name not in IGNORED:
                 raise node.unsupported(UNSUPPORTED.get(name, ""), f"{name} {' '.join(node.args)}")
         if name in MAPPED:
+            if _challenge_path(node):
+                # its root is acme_challenge_dir on a plain server (redirects below), not ignored
+                warned.update(id(n) for n in node.block or () if n.name == "root")
             if node.block is not None and name not in _OPAQUE_BLOCKS:
                 classify(node.block, warn, defined, warned)
             continue
@@ -1023,6 +1029,7 @@ class _Builder:
         self.upstream_tls: dict[str, tuple[UpstreamTLS | None, Node]] = {}
         self.acme_issuers: dict[str, Acme] = {}   # acme_issuer NAME { } (names empty)
         self.acme_orders: list[tuple[Node, Acme]] = []   # each acme_certificate and what it maps to
+        self.challenge_dir: str | None = None   # the root of the plain servers' challenge location
 
     def warn(self, message: str, level: str = "warn") -> None:
         if message not in self._said:
@@ -1071,7 +1078,7 @@ class _Builder:
         upstreams = [msgspec.structs.replace(u, tls=self.upstream_tls[u.name][0]) if u.name in self.upstream_tls
                      else u for u in upstreams]
         return Config(servers=model_servers, upstreams=upstreams, redirects=redirects, limits=limits,
-                      sessions=sessions, workers=workers)
+                      sessions=sessions, workers=workers, acme_challenge_dir=self.challenge_dir)
 
     def workers(self, main: Level) -> int | str:
         node = main.find("worker_processes")
@@ -1406,6 +1413,17 @@ class _Builder:
         nginx's semantics (``fastterm/redirect.py``); the Host picks among those of an address."""
         self.check_defaults(plain)
         out = []
+        first: Node | None = None
+        for server in plain:
+            for loc in server.locations:
+                root = self.challenge_webroot(loc)
+                if root is None:
+                    continue
+                if first is not None and root != self.challenge_dir:
+                    raise loc.node.unsupported(
+                        f"a challenge location whose root differs from the one at {first.where}: fastterm "
+                        "serves one acme_challenge_dir on every port-80 server", "location")
+                first, self.challenge_dir = first or loc.node, root
         for server in plain:
             ret = self.redirect_return(server)
             status, location, text = self.return_answer(ret)
@@ -1476,19 +1494,38 @@ class _Builder:
                               shown)
 
     def redirect_return(self, server: _Server) -> Node:
-        """The ``return`` of a plain server: on the server level, or in its one ``location /``."""
+        """The ``return`` of a plain server: on the server level, or in its one ``location /``
+        (beside a certbot webroot location, ``challenge_webroot``: a server-level return would
+        answer before it)."""
         level = server.level
         returns = level.own("return")
         if returns and not server.locations:
             return returns[0]
-        if not returns and len(server.locations) == 1 and server.locations[0].path == "/":
-            loc = server.locations[0].level
+        locations = [loc for loc in server.locations if self.challenge_webroot(loc) is None]
+        if not returns and len(locations) == 1 and locations[0].path == "/":
+            loc = locations[0].level
             inner = loc.own("return")
             others = [n for n in loc.nodes if n.name != "return" and n.name not in IGNORED]
             if inner and not others:
                 return inner[0]
         raise server.node.unsupported("a server without \"listen ... ssl\" is supported only with a \"return\" "
                                       "(on the server, or in its one \"location /\")", "server")
+
+    def challenge_webroot(self, loc: _Location) -> str | None:
+        """``location [^~] /.well-known/acme-challenge/ { root DIR; }`` on a plain server (certbot
+        --webroot -w DIR writes the tokens there): DIR, fastterm's ``acme_challenge_dir``; None
+        for any other location."""
+        if loc.regex or loc.exact or not _challenge_path(loc.node):
+            return None
+        if any(n.name != "root" and n.name not in IGNORED for n in loc.level.nodes):
+            return None
+        root = loc.level.find("root")
+        if root is None:
+            raise loc.node.unsupported('a challenge location without "root" (nginx\'s default: html under its '
+                                       "prefix)", "location")
+        if "$" in root.args[0]:
+            raise root.unsupported("variables", "root")
+        return self.absolute(root.args[0])
 
     # -- TLS servers ---------------------------------------------------------------------
     def tls_server(self, s: _Server, all_tls: list[_Server]) -> Server:
@@ -2204,6 +2241,12 @@ _ACME_KEY_SIZES = {"ecdsa": ("256", "384", "521"), "rsa": ("2048", "3072", "4096
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME_RE = re.compile(rf"(?=.{{1,253}}$)(?:{_DNS_LABEL}\.)*{_DNS_LABEL}")
 _ACME_VARIABLE_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def _challenge_path(node: Node) -> bool:
+    """``location [^~] /.well-known/acme-challenge[/]``: where an ACME CA asks for http-01 tokens."""
+    return node.name == "location" and len(node.args) in (1, 2) and node.args[:-1] in ([], ["^~"]) and \
+        node.args[-1].rstrip("/") == "/.well-known/acme-challenge"
 
 
 def _acme_variable(node: Node, name: str) -> bool:

@@ -282,3 +282,56 @@ def test_check_accepts_the_acme_config_and_locates_a_refusal(check, write, ec_fi
     assert f"fastterm: [emerg] {path}:{line_of(text, 'ssl_verify off')}: \"ssl_verify off\" is not supported yet" \
         in result.stderr
     assert "test failed" in result.stderr
+
+
+WEBROOT = """\
+server {{
+    listen 443 ssl;
+    server_name www.example.test;
+    ssl_certificate certs/ec.crt;
+    ssl_certificate_key certs/ec.key;
+    location / {{ proxy_pass http://127.0.0.1:8081; }}
+}}
+server {{
+    listen 80;
+    server_name www.example.test;
+    location /.well-known/acme-challenge/ {{
+        root {root};
+    }}
+    location / {{
+        return 301 https://$host$request_uri;
+    }}
+}}
+{more}"""
+
+
+def test_a_certbot_webroot_location_maps_to_acme_challenge_dir(load, tmp_path):
+    config, warnings = load(WEBROOT.format(root="/var/www/certbot", more=""))
+    assert config.acme_challenge_dir == "/var/www/certbot"
+    assert [(r.server_names, r.status, r.location) for r in config.redirects] == [
+        (["www.example.test"], 301, "https://$host$request_uri")]
+    assert not any('"root"' in w for w in warnings)
+    more = ("server {\n    listen 8080;\n    location ^~ /.well-known/acme-challenge {\n        root acme;\n    }\n"
+            "    location / {\n        return 404;\n    }\n}\n")
+    config, _ = load(WEBROOT.format(root=tmp_path / "acme", more=more))
+    assert config.acme_challenge_dir == str(tmp_path / "acme")      # relative: to the main file's directory
+    assert len(config.redirects) == 2
+
+
+@pytest.mark.parametrize("root, more, needle, message", [
+    ("/var/www/certbot", ("server {\n    listen 8080;\n    location /.well-known/acme-challenge/ {\n"
+                          "        root /srv/other;\n    }\n    location / {\n        return 404;\n    }\n}\n"),
+     "location /.well-known/acme-challenge/ {", "root differs"),
+    ("$document_root", "", "root $document_root", '"root" is not supported yet: variables'),
+])
+def test_webroot_refusals(error, root, more, needle, message):
+    assert message in error(WEBROOT.format(root=root, more=more), needle)
+
+
+def test_webroot_locations_nginx_would_not_reach_or_that_serve_other_files(error):
+    text = WEBROOT.format(root="/var/www/certbot", more="").replace(
+        "    location / {\n        return 301 https://$host$request_uri;\n    }\n",
+        "    return 301 https://$host$request_uri;\n")   # a server-level return answers first
+    assert '"server" is not supported yet' in error(text, "server {")
+    text = WEBROOT.format(root="/var/www/certbot", more="").replace("        root /var/www/certbot;\n", "")
+    assert 'a challenge location without "root"' in error(text, "location /.well-known/acme-challenge/")
