@@ -316,7 +316,7 @@ class _Checker:
         for i, server in enumerate(config.servers):
             if not server.listen:
                 raise self.error("server has no listen address", "server", i, "listen")
-            if not server.certificates and not server.reject_handshake:
+            if not (server.certificates or server.reject_handshake or server.acme or config.acme):
                 raise self.error("server has no certificate: add a [[server.certificate]]",
                                  "server", i, "certificate")
             listens = [self._address(a, "server", i, "listen") for a in server.listen]

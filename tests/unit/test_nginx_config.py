@@ -875,7 +875,7 @@ def test_stapling_responder_must_be_http(error, url, message):
 
 def test_resolver_alone_is_accepted_with_a_warning(load):
     got = load(site(server="    resolver 8.8.8.8 valid=300s;"))
-    assert got.warned('"resolver" is ignored: fastterm looks OCSP responders up with the system resolver')
+    assert got.warned('"resolver" is ignored: fastterm looks OCSP responders and ACME servers up with the system resolver')
 
 
 # ---- syntax and structure errors, located ---------------------------------------------------------------------------------
