@@ -796,10 +796,11 @@ http {
 """.replace("    include_types_here;\n", "    types { text/html html; }\n    default_type application/octet-stream;\n") \
         + site() + "}\n"
     got = load(text)
-    for name in ("user", "pid", "worker_rlimit_nofile", "multi_accept", "sendfile", "types", "default_type",
+    for name in ("pid", "worker_rlimit_nofile", "multi_accept", "sendfile", "types", "default_type",
                  "access_log", "error_log", "root"):
         assert sum(f'"{name}" is ignored' in m for _, m in got.warnings) == 1, (name, got.warnings)
     assert got.config.workers == 2 and got.config.limits.worker_connections == 768
+    assert (got.config.user, got.config.group) == ("www-data", "www-data")   # nginx: the group of that name
     assert all(m.startswith(got_path := m.split(":", 1)[0]) and got_path.endswith("nginx.conf")
                for _, m in got.warnings)
 
