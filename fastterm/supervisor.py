@@ -259,6 +259,7 @@ class Master:
                 set_title(f"fastterm: worker process (generation {gen.number}, slot {slot})")
                 config = gen.config
                 if self._drops_privileges(gen):
+                    worker_mod.preload()
                     privileges.drop(gen.credentials)
                     # Keys may be root's alone now: the master follows the files (_follow_certificates).
                     config = msgspec.structs.replace(config, certificate_check_interval=0)

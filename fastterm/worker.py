@@ -163,6 +163,14 @@ def reopen_logs(config: Config) -> None:
         setup_logging(config)
 
 
+def preload() -> None:
+    """Import now what serving imports on first use: a worker that gave root up may no
+    longer read the interpreter's library (a Python or virtualenv under a 0700 /root)."""
+    import uvloop
+
+    uvloop.new_event_loop().close()
+
+
 def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: dict, shared,
                  counter_slot: int, master_pid: int, ready=None) -> None:
     """A worker forked by the master: serve on the inherited sockets until told to stop;
