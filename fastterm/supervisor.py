@@ -519,6 +519,13 @@ class Master:
             "config_format": self.source.format,
         }
 
+    def readiness(self) -> dict:
+        """GET /ready: a load balancer may send traffic while some worker accepts and no stop
+        has begun (a draining instance answers 503 so that it is taken out first)."""
+        serving = [p for p in self.procs.values() if p.serving and not p.stopping]
+        return {"ready": bool(serving) and not self.stopping, "stopping": self.stopping,
+                "generation": self.generation.number, "workers_serving": len(serving)}
+
     def _slot_counters(self, counter_slot: int) -> dict:
         from fastterm._core import COUNTER_NAMES
 

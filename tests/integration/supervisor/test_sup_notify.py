@@ -4,11 +4,13 @@ The test plays systemd: an AF_UNIX datagram socket whose address goes into ``NOT
 (a path, and an abstract ``@name``), SO_PASSCRED on so that each datagram carries its sender's
 pid as systemd checks it for ``NotifyAccess=main``. Across start, a reload (SIGHUP), a reload
 that fails and a graceful stop, the master says READY=1 (only once its workers serve),
-RELOADING=1 with MONOTONIC_USEC then READY=1, and STOPPING=1, each with a STATUS= line.
+RELOADING=1 with MONOTONIC_USEC then READY=1, and STOPPING=1, each with a STATUS= line;
+the admin endpoint's GET /ready agrees (200 serving, 503 draining).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -67,6 +69,8 @@ def test_ready_reloading_stopping_from_the_master_only(supervised, systemd):
     assert ready["READY"] == "1"
     assert ready["STATUS"].startswith("generation 1: 2 workers serving on 127.0.0.1:")
     assert sup.request("/").status == 200                  # READY=1 meant serving
+    code, body = sup.admin("GET", "/ready")
+    assert code == 200 and json.loads(body)["workers_serving"] == 2
 
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     os.kill(sup.pid, signal.SIGHUP)
@@ -87,8 +91,14 @@ def test_ready_reloading_stopping_from_the_master_only(supervised, systemd):
     assert failed["STATUS"].startswith("reload failed, generation 2 keeps serving: ")
     sup.write_raw_config(good)
 
-    os.kill(sup.pid, signal.SIGTERM)
-    pid, stopping = systemd.until("STOPPING")[-1]
-    assert pid == sup.pid and stopping["STOPPING"] == "1"
-    assert stopping["STATUS"] == "graceful stop: 2 workers draining"
+    # An idle keep-alive client holds the drain open (until drain_timeout): meanwhile the
+    # readiness probe says 503, so that a balancer takes this instance out first.
+    with sup.connect() as idle:
+        assert sup.get(idle).status == 200
+        os.kill(sup.pid, signal.SIGTERM)
+        pid, stopping = systemd.until("STOPPING")[-1]
+        assert pid == sup.pid and stopping["STOPPING"] == "1"
+        assert stopping["STATUS"] == "graceful stop: 2 workers draining"
+        code, body = sup.admin("GET", "/ready")
+        assert code == 503 and json.loads(body)["stopping"] is True
     assert sup.proc.wait(timeout=15) == 0
