@@ -38,14 +38,18 @@ RUN pip install --no-cache-dir --no-index /wheels/*.whl \
  && rm -rf /wheels \
  && setcap cap_net_bind_service=+ep "$(readlink -f /usr/local/bin/python3)" \
  && apt-get purge -y libcap2-bin && apt-get autoremove -y \
- && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin fastterm \
+ && groupadd --system --gid 10001 fastterm \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin fastterm \
  && install -d -o fastterm -g fastterm -m 0700 /run/fastterm \
  && install -d -m 0755 /etc/fastterm /etc/fastterm/tls
 # Numeric: Kubernetes' runAsNonRoot can verify it (deploy/kubernetes runs it as 10001 too).
 USER 10001:10001
 # fastterm.toml (read-only) and, apart, the certificates, keys and ticket-key file: a Kubernetes
 # Secret or a certbot directory mounted there is re-read when it changes, no restart.
-# Expected in the config: pid_file = "/run/fastterm/fastterm.pid", admin = "127.0.0.1:9901".
+# Expected in the config: pid_file = "/run/fastterm/fastterm.pid", admin = "127.0.0.1:9901" (or
+# 0.0.0.0:9901 with admin_allow_remote, as deploy/kubernetes for the kubelet's probes). Secrets
+# there 0600 fastterm, or 0440 root:fastterm (group 10001 is fastterm's alone: a Kubernetes
+# fsGroup), never readable by others: fastterm refuses such a ticket-key file.
 VOLUME ["/etc/fastterm", "/etc/fastterm/tls"]
 EXPOSE 443 80
 # The master is PID 1: it reaps every child (waitpid(-1)) and handles its signals, no init needed.
