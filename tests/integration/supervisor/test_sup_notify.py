@@ -17,6 +17,7 @@ import signal
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -83,7 +84,7 @@ def test_ready_reloading_stopping_from_the_master_only(supervised, systemd):
     assert sup.status()["generation"] == 2
     assert sup.request("/").status == 200
 
-    good = open(sup.config_path).read()
+    good = Path(sup.config_path).read_text()
     sup.write_raw_config(good + "\nthis is not toml\n")
     os.kill(sup.pid, signal.SIGHUP)
     assert "RELOADING" in systemd.next()[1]
