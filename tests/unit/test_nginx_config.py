@@ -3,6 +3,7 @@ warnings, every error kind with its file:line, includes, and the convert round t
 
 from __future__ import annotations
 
+import grp
 import os
 
 import pytest
@@ -1227,3 +1228,17 @@ def test_ssl_reject_handshake_server_needs_no_certificate_nor_location(load):
     assert reject.reject_handshake and reject.certificates == [] and reject.routes == []
     assert reject.default_server
     assert not got.config.servers[1].reject_handshake
+
+
+def test_user_maps_with_nginx_default_group(load, error):
+    """``user NAME [GROUP]``: no GROUP means the group named as the user (nginx's
+    ngx_set_user), so Debian's ``user nobody;`` fails there too: its group is nogroup."""
+    got = load("user nobody nogroup;\nevents {}\nhttp {\n" + site() + "}\n")
+    assert (got.config.user, got.config.group) == ("nobody", "nogroup") and got.warnings == []
+    try:
+        grp.getgrnam("nobody")
+    except KeyError:      # Debian; Fedora has a nobody group
+        err = error("user nobody;\nevents {}\nhttp {\n" + site() + "}\n", "user nobody")
+        assert "unknown group 'nobody'" in str(err)
+    err = error("user no-such-user-fastterm;\nevents {}\nhttp {\n" + site() + "}\n", "user no-such")
+    assert "unknown user 'no-such-user-fastterm'" in str(err)
