@@ -49,10 +49,13 @@ class Notifier:
             self.sock.setblocking(False)
 
     def send(self, *lines: str) -> None:
+        """One datagram; each line one ``KEY=VALUE`` (a newline inside a value, an error
+        message's, would start a bogus key: it becomes a space)."""
         if self.sock is None:
             return
         try:
-            self.sock.sendto("\n".join(lines).encode() + b"\n", self.address)
+            self.sock.sendto("\n".join(" ".join(line.splitlines()) for line in lines).encode() + b"\n",
+                             self.address)
         except OSError as exc:
             if not self.failed:
                 log.warning("cannot notify systemd on %s: %s", os.environ.get("NOTIFY_SOCKET"), exc)
