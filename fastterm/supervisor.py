@@ -520,11 +520,14 @@ class Master:
         }
 
     def readiness(self) -> dict:
-        """GET /ready: a load balancer may send traffic while some worker accepts and no stop
-        has begun (a draining instance answers 503 so that it is taken out first)."""
-        serving = [p for p in self.procs.values() if p.serving and not p.stopping]
-        return {"ready": bool(serving) and not self.stopping, "stopping": self.stopping,
-                "generation": self.generation.number, "workers_serving": len(serving)}
+        """GET /ready: a load balancer may send traffic once workers serve and until a stop
+        begins (a draining instance answers 503 so that it is taken out first). A reload stays
+        ready: while the old generation drains and the new one starts, the master's sockets
+        queue the connections for the new one."""
+        accepting = [p for p in self.procs.values() if p.serving and not p.stopping]
+        ready = not self.stopping and any(p.serving for p in self.procs.values())
+        return {"ready": ready, "stopping": self.stopping, "generation": self.generation.number,
+                "workers_serving": len(accepting)}
 
     def _slot_counters(self, counter_slot: int) -> dict:
         from fastterm._core import COUNTER_NAMES
