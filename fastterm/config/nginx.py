@@ -13,6 +13,8 @@ then every directive is sorted into one of three kinds, and never silently dropp
 
 What maps (nginx -> model):
 
+- ``user NAME [GROUP]`` -> ``user``, ``group`` (no GROUP: the group named as the user, nginx's
+  rule); started as root, the workers run as them (``fastterm/privileges.py``).
 - ``worker_processes`` -> ``workers`` (absent: 1, nginx's default); ``worker_shutdown_timeout``
   -> ``limits.drain_timeout``; ``events { worker_connections }`` -> ``limits.worker_connections``
   (nginx counts backend connections in it too; fastterm counts clients; absent: fastterm's own
@@ -182,7 +184,7 @@ What maps (nginx -> model):
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
   ``keepalive_disable none``, ``chunked_transfer_encoding on``.
 
-What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``user``, ``pid``,
+What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``pid``,
 ``daemon``, ``master_process``, ``error_log``, ``worker_rlimit_nofile``, ``worker_cpu_affinity``,
 ``load_module``, events' ``use``/``multi_accept``/``accept_mutex``), file serving (``root``,
 ``index``, ``alias``, ``sendfile``, ``tcp_nopush``, ``aio``, ``open_file_cache*``, ``types``,
@@ -274,6 +276,7 @@ from fastterm.config.model import (
     UpstreamTLS,
 )
 from fastterm.errors import ConfigError
+from fastterm.privileges import resolve
 from fastterm.redirect import CLOSE_WITHOUT_RESPONSE, REDIRECT_CODES, compile_template
 
 Warn = Callable[..., None]   # warn(message, level="warn"|"notice")
@@ -645,7 +648,7 @@ def check_variables(node: Node, defined: set[str]) -> None:
 # (a) mapped: read by the builder below.
 MAPPED = {
     "http", "server", "location", "upstream", "events",
-    "worker_processes", "worker_shutdown_timeout", "worker_connections",
+    "user", "worker_processes", "worker_shutdown_timeout", "worker_connections",
     "listen", "server_name", "return", "http2",
     "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
     "ssl_conf_command", "ssl_ecdh_curve", "ssl_dhparam", "ssl_session_cache", "ssl_session_timeout",
@@ -681,7 +684,7 @@ _FILES = "fastterm serves no files"
 _OBSOLETE = "obsolete since nginx 1.19.7 (nginx ignores it too)"
 # (b) accepted with a warning: directive -> why it has no effect on fastterm.
 IGNORED = {
-    "user": "fastterm runs as the user that starts it", "pid": "fastterm keeps its own pid file",
+    "pid": "fastterm keeps its own pid file",
     "daemon": "fastterm stays in the foreground (run it under systemd or a container runtime)",
     "master_process": "fastterm always runs a master with workers (run --single for one process)",
     "error_log": "fastterm logs to stderr (or fastterm.toml's error_log)",
@@ -1073,12 +1076,27 @@ class _Builder:
         limits = self.limits(main, events_level, http, tls_servers, [s for s in servers if not s.tls])
         sessions = self.sessions(tls_servers)
         workers = self.workers(main)
+        user, group = self.user(main)
         upstreams = list(self.upstream_blocks.values()) + [u for n, u in self.upstreams.items()
                                                             if n not in self.upstream_blocks]
         upstreams = [msgspec.structs.replace(u, tls=self.upstream_tls[u.name][0]) if u.name in self.upstream_tls
                      else u for u in upstreams]
         return Config(servers=model_servers, upstreams=upstreams, redirects=redirects, limits=limits,
-                      sessions=sessions, workers=workers, acme_challenge_dir=self.challenge_dir)
+                      sessions=sessions, workers=workers, acme_challenge_dir=self.challenge_dir,
+                      user=user, group=group)
+
+    def user(self, main: Level) -> tuple[str | None, str | None]:
+        """``user NAME [GROUP]``: without GROUP, nginx takes the group of the same name (on
+        Debian ``user nobody;`` then fails: the group is ``nogroup``)."""
+        node = main.find("user")
+        if node is None:
+            return None, None
+        name, group = node.args[0], node.args[1] if len(node.args) > 1 else node.args[0]
+        try:
+            resolve(name, group)
+        except ConfigError as exc:
+            raise node.error(exc.message) from None
+        return name, group
 
     def workers(self, main: Level) -> int | str:
         node = main.find("worker_processes")

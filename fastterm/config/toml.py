@@ -19,6 +19,7 @@ import msgspec
 
 from fastterm.config.model import Config, Route, Server, Upstream, UpstreamTLS
 from fastterm.errors import ConfigError
+from fastterm.privileges import resolve
 
 Path = tuple[str | int, ...]
 
@@ -381,6 +382,12 @@ class _Checker:
                 raise self.error(f"{host} is not a loopback address: the admin endpoint speaks plain HTTP "
                                  "and answers GET /status and /metrics to anyone who reaches it; set "
                                  "admin_allow_remote = true to listen there anyway", "admin")
+        if config.group and not config.user:
+            raise self.error("group needs user: workers change group only when they change user", "group")
+        try:
+            resolve(config.user, config.group)
+        except ConfigError as exc:
+            raise self.error(exc.message, "group" if "group" in exc.message else "user") from None
         base = os.path.dirname(os.path.abspath(self.path))
         sessions = msgspec.structs.replace(
             config.sessions, ticket_key_file=[_absolute(f, base) for f in config.sessions.ticket_key_file])
