@@ -95,6 +95,8 @@ def test_workers_run_as_the_configured_user(supervised, key_dir, ec_leaf, interm
     sup.config["server"][0]["certificate"] = [certificate]
     sup.write_config()
     sup.start()
+    # the status lists a worker once forked; it drops root before it serves (/ready says so)
+    assert wait_until(lambda: sup.admin("GET", "/ready")[0] == 200, 10)
 
     workers = sup.worker_pids()
     assert len(workers) == 2
