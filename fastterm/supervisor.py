@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from fastterm import worker as worker_mod
 from fastterm.admin import AdminServer
+from fastterm.certs.acme import AcmeAgent
 from fastterm.certs.ocsp import Stapler
 from fastterm.certs.watch import StapleFollower
 from fastterm.config import ConfigSource
@@ -171,6 +172,7 @@ class Master:
         self.ocsp = Stapler(self.shared, self.selector)
         self.health = HealthChecker(self.selector, HealthTable())   # before the first plan's pools fork
         self.next_certificate_check = 0.0
+        self.acme = AcmeAgent()    # the one process that talks to ACME servers (certs/acme.py)
         self.signals: list[int] = []
         self.admin: AdminServer | None = None
         self.pid_file = pid_file_of(config)
@@ -217,6 +219,7 @@ class Master:
         self.ocsp.attach(plan.staples)          # before fork: the contexts learn their OCSP slots
         self.certificates = StapleFollower(config, plan, self.ocsp)
         self.health.attach(config, plan)        # before fork: the pools learn their health slots
+        self.acme.update(config)
         self.generations_made += 1
         old = self.generation
         self.generation = Generation(self.generations_made, config, plan, workers)
@@ -268,6 +271,7 @@ class Master:
             self.admin.close_in_child()
         self.ocsp.close_in_child()
         self.health.close_in_child()
+        self.acme.close_in_child()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
                     signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
@@ -361,6 +365,7 @@ class Master:
         self.ocsp.attach(previous.plan.staples)
         self.certificates = StapleFollower(previous.config, previous.plan, self.ocsp)
         self.health.attach(previous.config, previous.plan)
+        self.acme.update(previous.config)
         self.old_generations.remove(previous.number)
         self.old_generations.append(failed.number)
         self._stop_generation(failed.number, signal.SIGQUIT)
@@ -393,6 +398,7 @@ class Master:
                 return
             proc = self.procs.pop(pid, None)
             if proc is None:
+                self.acme.reaped(pid, status)
                 continue
             self.shared.release_slot(proc.counter_slot)
             why = (f"signal {signal.Signals(-os.waitstatus_to_exitcode(status)).name}"
@@ -562,8 +568,10 @@ class Master:
                 self._follow_certificates()
                 self.ocsp.tick()
                 self.health.tick()
+                self.acme.tick()
         finally:
             self.health.close()
+            self.acme.close()
             self._remove_pid_file()
             self._close_admin()
         log.info("master %d exiting", os.getpid())
