@@ -440,14 +440,12 @@ class Account:
         self.client = client.ClientV2(directory, self.net)
         registration = messages.NewRegistration.from_data(
             email=job["email"], terms_of_service_agreed=bool(job["accept_terms"]))
+        from acme import errors
+
         try:
             self.client.new_account(registration)
-        except Exception as exc:
-            from acme import errors
-
-            if not isinstance(exc, errors.ConflictError):
-                raise
-            self.net.account = messages.RegistrationResource(uri=str(exc), body=messages.Registration())
+        except errors.ConflictError as exc:   # this key's account exists: use it
+            self.net.account = messages.RegistrationResource(uri=exc.location, body=messages.Registration())
 
     def _key(self):
         import josepy as jose
@@ -489,6 +487,7 @@ def _retry_after(net) -> float | None:
 def issue(account: Account, job: dict) -> tuple[bytes, float]:
     """Order, validate and download a certificate for ``job``'s name; (the PEM file's bytes
     with its key, when to renew as Unix time). ``Failure`` says why not."""
+    import requests
     from acme import crypto_util, errors, messages
 
     name = job["name"]
@@ -518,6 +517,8 @@ def issue(account: Account, job: dict) -> tuple[bytes, float]:
     except messages.Error as exc:
         retry = _retry_after(account.net) if exc.code == "rateLimited" else None
         raise Failure(f"{exc.typ}: {exc.detail}", retry) from None
+    except requests.RequestException as exc:
+        raise Failure(f"ACME server {job['directory']} unreachable: {_short(exc)}") from None
     except Exception as exc:
         raise Failure(f"{type(exc).__name__}: {_short(exc)}") from None
     finally:

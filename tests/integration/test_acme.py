@@ -267,3 +267,70 @@ def test_a_name_pebble_cannot_validate(pebble, acme_fastterm, python, subprocess
     out = subprocess.run([python, "-m", "fastterm", "certs", "-c", str(ft.config_path)], capture_output=True,
                          text=True, timeout=30, env=subprocess_env)
     assert "bad.acme.test" in out.stdout and "last error" in out.stdout, out.stdout
+
+
+def _get(ft: AcmeFastterm, name: str, root: str) -> tuple[bool, int]:
+    """One request on a new verified TLS connection: (answered 200 ok, the serial it was served)."""
+    ctx = ssl.create_default_context(cadata=root)
+    with socket.create_connection((HOST, ft.pb.tls_port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=name) as s:
+        serial = _serial(s.getpeercert(binary_form=True))
+        s.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.startswith(b"HTTP/1.1 200") and data.endswith(b"ok"), serial
+
+
+def test_renewal_under_load(pebble, acme_fastterm):
+    """15-second certificates renew at two thirds of their life while a client makes new
+    verified connections back to back (bounded in count and time): none fails, new handshakes
+    get the new serial, and a keep-alive connection opened before the renewal still answers."""
+    pb = pebble(validity=15)
+    ft = acme_fastterm(pb, [{"server_names": [NAMES[0]]}])
+    root = pb.root()
+    assert wait_for(lambda: ft.issued(NAMES[0], root), timeout=30), ft.log()
+    first = _get(ft, NAMES[0], root)[1]
+    ctx = ssl.create_default_context(cadata=root)
+    kept = ctx.wrap_socket(socket.create_connection((HOST, pb.tls_port), timeout=5), server_hostname=NAMES[0])
+    request = f"GET / HTTP/1.1\r\nHost: {NAMES[0]}\r\n\r\n".encode()
+    kept.sendall(request)
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+    failures, serials, count = [], set(), 0
+    deadline = time.monotonic() + 30
+    while count < 5000 and time.monotonic() < deadline:
+        count += 1
+        try:
+            ok, serial = _get(ft, NAMES[0], root)
+        except (OSError, ssl.SSLError) as exc:
+            failures.append(repr(exc))
+            continue
+        if not ok:
+            failures.append("bad answer")
+        serials.add(serial)
+        if len(serials) > 1 and count % 20 == 0:
+            break
+    assert not failures, (failures[:5], count)
+    assert len(serials) > 1 and first in serials, (serials, ft.log()[-3000:])
+    kept.sendall(request)
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+    kept.close()
+
+
+def test_renewal_while_pebble_is_down(pebble, acme_fastterm):
+    """pebble stops before a renewal: the attempt fails and is recorded, the old certificate
+    keeps serving; once pebble is back (with a new root), the retry issues a new one."""
+    pb = pebble(validity=30)
+    ft = acme_fastterm(pb, [{"server_names": [NAMES[0]]}])
+    root = pb.root()
+    assert wait_for(lambda: ft.issued(NAMES[0], root), timeout=30), ft.log()
+    first = _get(ft, NAMES[0], root)[1]
+    pb.stop()
+    assert wait_for(lambda: (ft.acme_state().get(NAMES[0]) or {}).get("last_error"), timeout=30), ft.log()
+    assert "unreachable" in ft.acme_state()[NAMES[0]]["last_error"]
+    assert _get(ft, NAMES[0], root) == (True, first)
+    pb.start()
+    new_root = pb.root()
+    assert wait_for(lambda: ft.issued(NAMES[0], new_root), timeout=30), ft.log()
+    assert _get(ft, NAMES[0], new_root)[1] != first
+    assert ft.acme_state()[NAMES[0]]["last_error"] is None
