@@ -216,9 +216,10 @@ def _self_signed(name: str, key, days: float, extensions=(), org: str | None = N
 
 
 def placeholder_pem(name: str, key_type: str = "ecdsa") -> bytes:
-    """What a block serves for ``name`` until the CA issues: self-signed, 7 days, marked."""
+    """What a block serves for ``name`` until the CA issues: self-signed, 30 days (no expiry
+    warning at start), marked as such in its subject."""
     key = new_key(key_type)
-    cert = _self_signed(name, key, 7, org=PLACEHOLDER_ORG)
+    cert = _self_signed(name, key, 30, org=PLACEHOLDER_ORG)
     return cert.public_bytes(serialization.Encoding.PEM) + _key_pem(key)
 
 
@@ -435,7 +436,7 @@ class Account:
         self.key = key
         try:
             directory = client.ClientV2.get_directory(job["directory"], self.net)
-        except Exception as exc:  # requests, JSON, TLS: all mean the directory is not there
+        except Exception as exc:  # noqa: BLE001 (requests, JSON, TLS: all mean no directory there)
             raise Failure(f"directory {job['directory']} unreachable: {_short(exc)}") from None
         self.client = client.ClientV2(directory, self.net)
         registration = messages.NewRegistration.from_data(
@@ -519,7 +520,7 @@ def issue(account: Account, job: dict) -> tuple[bytes, float]:
         raise Failure(f"{exc.typ}: {exc.detail}", retry) from None
     except requests.RequestException as exc:
         raise Failure(f"ACME server {job['directory']} unreachable: {_short(exc)}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (the library's other errors: this name's failure)
         raise Failure(f"{type(exc).__name__}: {_short(exc)}") from None
     finally:
         for path in written:
@@ -607,7 +608,7 @@ class Agent:
                 account = self.accounts[key] = Account(job)
             pem, renew = issue(account, job)
             write_atomic(os.path.join(job["cert_dir"], name + ".pem"), pem)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (one name's failure never stops the others)
             self.accounts.pop((job["state_dir"], job["directory"]), None)
             state.failures += 1
             retry_after = exc.retry_after if isinstance(exc, Failure) else None

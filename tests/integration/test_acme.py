@@ -50,7 +50,7 @@ class Pebble:
             config["certificateValidityPeriod"] = validity
         (self.dir / "pebble.json").write_text(json.dumps({"pebble": config}))
         self.directory = f"https://{HOST}:{self.port}/dir"
-        self.log = open(self.dir / "pebble.log", "ab")
+        self.log = open(self.dir / "pebble.log", "ab")  # noqa: SIM115 (closed in close())
         self.dns_management = free_port()
         self.dns_proc = subprocess.Popen(
             ["pebble-challtestsrv", "-defaultIPv4", HOST, "-defaultIPv6", "", "-dns01", f"{HOST}:{self.dns}",
@@ -133,21 +133,21 @@ def acme_fastterm(tmp_path, python, subprocess_env):
     servers on pebble's validation ports: the TLS listener on tlsPort, [[redirect]] on httpPort."""
     started = []
 
-    def start(pb: Pebble, servers: list[dict], *, redirect: bool = True, workers: int = 2):
+    def start(pb: Pebble, servers: list[dict], *, redirect: bool = True, workers: int = 2, top: dict | None = None):
         listen = f"{HOST}:{pb.tls_port}"
         state = str(tmp_path / "acme-state")
         config = {"workers": workers, "log_level": "info", "error_log": str(tmp_path / "error.log"),
                   "certificate_check_interval": 0.2,
-                  "acme": {"directory": pb.directory, "ca_file": pb.ca_file, "state_dir": state,
-                           "email": "ops@acme.test"},
+                  "acme": {k: v for k, v in (("directory", pb.directory), ("ca_file", pb.ca_file),
+                                             ("state_dir", state), ("email", "ops@acme.test")) if v},
                   "upstream": [{"name": "app", "servers": [f"{HOST}:1"]}],
                   "server": [dict({"listen": [listen], "return": {"status": 200, "text": "ok"}}, **s)
-                             for s in servers]}
+                             for s in servers], **(top or {})}
         if redirect:
             config["redirect"] = [{"listen": [f"{HOST}:{pb.http_port}"]}]
         path = tmp_path / "fastterm.toml"
         path.write_text(to_toml(config) + "\n")
-        out = open(tmp_path / "fastterm.out", "wb")
+        out = open(tmp_path / "fastterm.out", "wb")  # noqa: SIM115 (closed at teardown)
         proc = subprocess.Popen([python, "-m", "fastterm", "run", "-c", str(path)], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=subprocess_env,
                                 cwd=tmp_path)
@@ -224,7 +224,7 @@ def test_http01_issues_for_every_name(pebble, acme_fastterm, python, subprocess_
         assert wait_for(lambda n=name: ft.issued(n, root), timeout=30), ft.log()
     assert "temporary self-signed certificate" in ft.log()
     out = subprocess.run([python, "-m", "fastterm", "certs", "-c", str(ft.config_path)], capture_output=True,
-                         text=True, timeout=30, env=subprocess_env)
+                         text=True, timeout=30, env=subprocess_env, check=False)
     assert "acme       " in out.stdout and "next renewal" in out.stdout, out.stdout + out.stderr
     for name in NAMES:
         assert ft.acme_state()[name]["last_error"] is None
@@ -232,7 +232,7 @@ def test_http01_issues_for_every_name(pebble, acme_fastterm, python, subprocess_
     Path(ft.tmp / "root.pem").write_text(root)
     got = subprocess.run(["curl", "-sS", "--cacert", str(ft.tmp / "root.pem"), "--resolve",
                           f"{NAMES[0]}:{pb.tls_port}:{HOST}", f"https://{NAMES[0]}:{pb.tls_port}/"],
-                         capture_output=True, text=True, timeout=10)
+                         capture_output=True, text=True, timeout=10, check=False)
     assert got.stdout == "ok", got.stderr
     key_modes = {p.name: p.stat().st_mode & 0o777 for p in Path(ft.state_dir).rglob("*.pem")}
     assert key_modes and set(key_modes.values()) == {0o600}, key_modes
@@ -265,7 +265,7 @@ def test_a_name_pebble_cannot_validate(pebble, acme_fastterm, python, subprocess
     assert "127.0.0.2" in state["last_error"] or "connection" in state["last_error"].lower(), state
     assert not ft.issued("bad.acme.test", root)
     out = subprocess.run([python, "-m", "fastterm", "certs", "-c", str(ft.config_path)], capture_output=True,
-                         text=True, timeout=30, env=subprocess_env)
+                         text=True, timeout=30, env=subprocess_env, check=False)
     assert "bad.acme.test" in out.stdout and "last error" in out.stdout, out.stdout
 
 
@@ -334,3 +334,62 @@ def test_renewal_while_pebble_is_down(pebble, acme_fastterm):
     assert wait_for(lambda: ft.issued(NAMES[0], new_root), timeout=30), ft.log()
     assert _get(ft, NAMES[0], new_root)[1] != first
     assert ft.acme_state()[NAMES[0]]["last_error"] is None
+
+
+def test_challenges_answered_by_workers_without_a_ca(acme_fastterm, tmp_path):
+    """What the CA's validator sees, without one (the directory is unreachable, so the agent
+    records that and backs off): a ClientHello offering only acme-tls/1 for a pending name gets
+    its RFC 8737 certificate, ALPN acme-tls/1 and then EOF; for a name with nothing pending the
+    handshake fails; an ordinary client gets the placeholder. Port 80 serves the HTTP-01 file
+    of acme_challenge_dir (certbot --webroot) and redirects anything else under the prefix."""
+    from cryptography import x509
+
+    from fastterm.certs.acme import ID_PE_ACME_IDENTIFIER, tls_alpn_certificate
+
+    class Nowhere:   # enough of a Pebble for acme_fastterm: the ports, an unreachable directory
+        tls_port, http_port = free_port(), free_port()
+        directory, ca_file = f"https://{HOST}:1/dir", None
+        dir = tmp_path
+
+    webroot = tmp_path / "webroot"
+    webroot.mkdir()
+    (webroot / "certbot-token_1").write_text("certbot-token_1.thumb")
+    ft = acme_fastterm(Nowhere, [{"server_names": [NAMES[0]],
+                                  "acme": {"directory": Nowhere.directory, "challenge": "tls-alpn-01",
+                                           "state_dir": str(tmp_path / "acme-state")}}],
+                       workers=1, top={"acme_challenge_dir": str(webroot)})
+    cert_pem, key_pem = tls_alpn_certificate(NAMES[0], "tok.thumb")
+    alpn_dir = Path(ft.state_dir) / "challenges" / "tls-alpn-01"
+    (alpn_dir / f"{NAMES[0]}.key").write_bytes(key_pem)
+    (alpn_dir / f"{NAMES[0]}.crt").write_bytes(cert_pem)
+
+    def validate(name: str):
+        ctx = ssl._create_unverified_context()
+        ctx.set_alpn_protocols(["acme-tls/1"])
+        with socket.create_connection((HOST, Nowhere.tls_port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=name) as s:
+            return s.selected_alpn_protocol(), s.getpeercert(binary_form=True), s.recv(100)
+
+    alpn, der, after = validate(NAMES[0])
+    assert alpn == "acme-tls/1" and after == b""
+    ext = x509.load_der_x509_certificate(der).extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+    assert ext.critical and x509.load_der_x509_certificate(der) == x509.load_pem_x509_certificate(cert_pem)
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+        validate("nothing-pending.acme.test")
+    _, plain = ft.peer_cert(NAMES[0])
+    assert plain != der and "temporary" in str(x509.load_der_x509_certificate(plain).subject)
+    assert wait_for(lambda: "unreachable" in ((ft.acme_state().get(NAMES[0]) or {}).get("last_error") or ""),
+                    timeout=15), ft.log()
+
+    def plain(target: str) -> bytes:
+        with socket.create_connection((HOST, Nowhere.http_port), timeout=5) as c:
+            c.sendall(f"GET {target} HTTP/1.1\r\nHost: {NAMES[0]}\r\n\r\n".encode())
+            data = b""
+            while chunk := c.recv(65536):
+                data += chunk
+        return data
+
+    answer = plain("/.well-known/acme-challenge/certbot-token_1")
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\ncertbot-token_1.thumb"), answer
+    for target in ("/.well-known/acme-challenge/../webroot/certbot-token_1", "/.well-known/acme-challenge/none"):
+        assert plain(target).startswith(b"HTTP/1.1 301"), target
