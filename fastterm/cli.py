@@ -183,10 +183,14 @@ def _serve(source: ConfigSource | str, config: Config, single: bool = False) -> 
     """Serve until stopped: a master with workers, or (``--single``) this process alone."""
     try:
         if single:
+            from fastterm.certs.acme import AcmeAgent
             from fastterm.supervisor import raise_nofile_limit
             from fastterm.worker import run, setup_logging
             setup_logging(config)
             raise_nofile_limit()
+            acme = AcmeAgent()   # its stdin closes with this process, and it exits
+            acme.update(config)
+            acme.tick()
             run(config)
         else:
             from fastterm.supervisor import run_master
