@@ -152,7 +152,7 @@ def acme_fastterm(tmp_path, python, subprocess_env):
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=subprocess_env,
                                 cwd=tmp_path)
         started.append((proc, out))
-        ft = AcmeFastterm(proc, pb, path, state, tmp_path)
+        ft = AcmeFastterm(proc, pb, path, state, tmp_path, workers)
         assert wait_for(ft.listening, timeout=15), ft.log()
         return ft
 
@@ -172,8 +172,9 @@ def acme_fastterm(tmp_path, python, subprocess_env):
 
 
 class AcmeFastterm:
-    def __init__(self, proc, pb: Pebble, config_path: Path, state_dir: str, tmp_path: Path):
+    def __init__(self, proc, pb: Pebble, config_path: Path, state_dir: str, tmp_path: Path, workers: int):
         self.proc, self.pb, self.config_path, self.state_dir, self.tmp = proc, pb, config_path, state_dir, tmp_path
+        self.workers = workers
 
     def log(self) -> str:
         return "".join((self.tmp / n).read_text(errors="replace") for n in ("fastterm.out", "error.log")
@@ -198,6 +199,12 @@ class AcmeFastterm:
                 return None, b""
 
     def issued(self, name: str, root: str) -> bool:
+        """The certificate the agent issued last for ``name`` serves in every worker (each logs
+        it), and verifies to ``root``."""
+        serial = (self.acme_state().get(name) or {}).get("serial")
+        worker_log = self.tmp / "error.log"
+        if serial is None or worker_log.read_text(errors="replace").count(f"(serial {serial}, ") < self.workers:
+            return False
         return self.peer_cert(name, root)[0] is not None
 
     def acme_state(self) -> dict:
