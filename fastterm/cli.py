@@ -96,7 +96,8 @@ def cmd_certs(args: argparse.Namespace) -> int:
         if acme is not None:
             print(f"  acme       {acme['challenge']} from {acme['directory']}"
                   f"{' (temporary self-signed until issued)' if acme['placeholder'] else ''}")
-            print(f"  last try   {_when(acme['last_attempt'])}; next renewal {_when(acme['next_attempt'])}")
+            upcoming = "next retry" if acme["last_error"] else "next renewal"
+            print(f"  last try   {_when(acme['last_attempt'])}; {upcoming} {_when(acme['next_attempt'])}")
             if acme["last_error"]:
                 print(f"  last error {acme['last_error']} ({acme['failures']} failures in a row)")
         for warning in e["warnings"]:
@@ -111,7 +112,10 @@ def _when(timestamp: float | None) -> str:
 
     left = timestamp - time.time()
     at = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"{at} (in {left:.0f} s)" if left > 0 else f"{at} ({-left:.0f} s ago)"
+    span = abs(left)
+    span_text = (f"{span / 86400:.0f} days" if span >= 2 * 86400 else f"{span / 3600:.0f} h" if span >= 7200
+                 else f"{span:.0f} s")
+    return f"{at} (in {span_text})" if left > 0 else f"{at} ({span_text} ago)"
 
 
 def _add_acme(config: Config, entries: list[dict]) -> None:

@@ -6,7 +6,8 @@ generation on the same sockets, the old one drains) or, on error, keep the runni
 generation. The master's own loop is a plain ``selectors`` loop with no threads and
 no event loop, so fork() is always safe; nothing in it blocks (the admin endpoint is
 served from it on non-blocking sockets, see admin.py; so are the OCSP responders asked for
-the responses workers staple, see certs/ocsp.py).
+the responses workers staple, see certs/ocsp.py). ACME (certs/acme.py), whose library
+blocks, runs in an agent process the master starts with fork + exec and feeds through a pipe.
 
 Reload requests (SIGHUP, POST /reload) are coalesced: one made less than
 ``RELOAD_INTERVAL`` after the last reload began waits for the end of that interval, and

@@ -164,3 +164,19 @@ def test_an_unreadable_account_key_is_this_names_error(tmp_path):
     state = json.loads((tmp_path / "s" / "state.json").read_text())["a.example.test"]
     assert "cannot be read" in state["last_error"] and state["failures"] == 1
     assert state["next_attempt"] >= state["last_attempt"] + acme.BACKOFF_BASE
+
+
+def test_retry_after_of_a_rate_limited_answer():
+    """rateLimited (RFC 8555 §6.6): the Retry-After of the CA's answer, in seconds or as an HTTP date."""
+    from email.utils import format_datetime
+    from types import SimpleNamespace
+
+    import requests
+
+    answer = requests.Response()
+    answer.headers["Retry-After"] = "120"
+    assert acme._retry_after(SimpleNamespace(last_response=answer)) == 120.0
+    answer.headers["Retry-After"] = format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)
+    assert 3500 < acme._retry_after(SimpleNamespace(last_response=answer)) <= 3600
+    answer.headers["Retry-After"] = "soon"
+    assert acme._retry_after(SimpleNamespace(last_response=answer)) is None
