@@ -317,10 +317,12 @@ class AcmeAgent:
     def __init__(self):
         self.proc: subprocess.Popen | None = None
         self.jobs: list[dict] = []
+        self.logging = {"error_log": None, "log_level": "info"}
         self.restart_at = 0.0
 
     def update(self, config: Config) -> None:
         self.jobs = jobs_of(config)
+        self.logging = {"error_log": config.error_log, "log_level": config.log_level}
         if self.proc is not None:
             self._send()
 
@@ -352,7 +354,7 @@ class AcmeAgent:
 
     def _send(self) -> None:
         try:
-            os.write(self.proc.stdin.fileno(), json.dumps({"jobs": self.jobs}).encode() + b"\n")
+            os.write(self.proc.stdin.fileno(), json.dumps({"jobs": self.jobs, **self.logging}).encode() + b"\n")
         except (BlockingIOError, BrokenPipeError) as exc:
             log.error("cannot tell the ACME agent its jobs: %s", exc)
 
@@ -625,16 +627,28 @@ class Agent:
         state.next_attempt = renew
         state.serial = f"{leaf.serial_number:x}"
         state.not_after = leaf.not_valid_after_utc.isoformat()
-        log.info("%s: certificate issued (serial %s, until %s); renewal at %s", name, state.serial,
+        log.info("%s: certificate issued, serial %s, valid until %s; renewal at %s", name, state.serial,
                  state.not_after, dt.datetime.fromtimestamp(renew, dt.UTC).isoformat(timespec="seconds"))
+
+
+def _setup_logging(error_log: str | None, level: str) -> None:
+    """The master's error log and level (worker.setup_logging's format)."""
+    try:
+        handler = logging.FileHandler(error_log) if error_log else logging.StreamHandler()
+    except OSError as exc:
+        handler = logging.StreamHandler()
+        log.error("cannot open %s: %s", error_log, exc)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(process)d %(name)s: %(message)s"))
+    root = logging.getLogger("fastterm")
+    for old in root.handlers:
+        old.close()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def agent_main() -> int:
     """Read job lists from stdin (one JSON line each) and work through what is due; exit on EOF."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s fastterm acme[%(process)d]: %(levelname)s %(message)s")
-    for noisy in ("urllib3", "acme", "requests"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _setup_logging(None, "info")
     agent = Agent()
     stdin = sys.stdin.buffer.raw
     pending = b""
@@ -650,7 +664,9 @@ def agent_main() -> int:
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
                 try:
-                    agent.set_jobs(json.loads(line)["jobs"])
+                    message = json.loads(line)
+                    _setup_logging(message.get("error_log"), message.get("log_level", "info"))
+                    agent.set_jobs(message["jobs"])
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("bad job list from the master: %s", exc)
             continue

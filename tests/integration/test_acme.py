@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -400,3 +401,18 @@ def test_challenges_answered_by_workers_without_a_ca(acme_fastterm, tmp_path):
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\ncertbot-token_1.thumb"), answer
     for target in ("/.well-known/acme-challenge/../webroot/certbot-token_1", "/.well-known/acme-challenge/none"):
         assert plain(target).startswith(b"HTTP/1.1 301"), target
+
+
+def test_a_name_added_by_reload_is_issued(pebble, acme_fastterm):
+    """SIGHUP with a new server name: its placeholder is written when the new configuration is
+    read, the agent hears the new job list, and the name is issued; the first name stays."""
+    pb = pebble()
+    ft = acme_fastterm(pb, [{"server_names": [NAMES[0]]}], workers=1)
+    root = pb.root()
+    assert wait_for(lambda: ft.issued(NAMES[0], root), timeout=30), ft.log()
+    text = ft.config_path.read_text()
+    assert text.count(f'"{NAMES[0]}"') == 1
+    ft.config_path.write_text(text.replace(f'["{NAMES[0]}"]', f'["{NAMES[0]}", "{NAMES[1]}"]'))
+    ft.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: ft.issued(NAMES[1], root), timeout=30), ft.log()
+    assert ft.issued(NAMES[0], root)
