@@ -56,7 +56,6 @@ from fastterm.files import private_dir, write_atomic
 
 log = logging.getLogger("fastterm.acme")
 
-ACME_TLS_ALPN = b"acme-tls/1"                       # RFC 8737 §6.2
 ID_PE_ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")   # RFC 8737 §6.1
 PLACEHOLDER_ORG = "fastterm temporary certificate (ACME pending)"
 BACKOFF_BASE = 2.0        # seconds before the first retry; doubled each failure
@@ -372,21 +371,19 @@ class AcmeAgent:
 # ---- the agent -----------------------------------------------------------------------------------
 
 
-class _Network:
-    """acme.client.ClientNetwork that keeps the last response, for its Retry-After."""
+def _network(key, **kwargs):
+    """An acme.client.ClientNetwork that keeps its last response, for the Retry-After of an error
+    (the library raises messages.Error without it). Made here: the agent alone imports acme."""
+    from acme import client
 
-    def __new__(cls, *args, **kwargs):
-        from acme import client
+    class Network(client.ClientNetwork):
+        last_response = None
 
-        class Network(client.ClientNetwork):
-            last_response = None
+        def _send_request(self, method, url, *args, **kw):
+            self.last_response = super()._send_request(method, url, *args, **kw)
+            return self.last_response
 
-            def _send_request(self, method, url, *a, **kw):
-                response = super()._send_request(method, url, *a, **kw)
-                self.last_response = response
-                return response
-
-        return Network(*args, **kwargs)
+    return Network(key, **kwargs)
 
 
 def _tls_alpn_classes():
@@ -424,7 +421,7 @@ class Account:
 
     def __init__(self, job: dict):
         import josepy as jose
-        from acme import client, messages
+        from acme import client, errors, messages
 
         _tls_alpn_classes()
         self.job = job
@@ -433,7 +430,7 @@ class Account:
         _private_dirs(os.path.dirname(self.path))
         key = self._key()
         alg = jose.ES256 if isinstance(key, jose.JWKEC) else jose.RS256
-        self.net = _Network(key, alg=alg, verify_ssl=job["ca_file"] or True, user_agent="fastterm",
+        self.net = _network(key, alg=alg, verify_ssl=job["ca_file"] or True, user_agent="fastterm",
                             timeout=NETWORK_TIMEOUT)
         self.key = key
         try:
@@ -443,8 +440,6 @@ class Account:
         self.client = client.ClientV2(directory, self.net)
         registration = messages.NewRegistration.from_data(
             email=job["email"], terms_of_service_agreed=bool(job["accept_terms"]))
-        from acme import errors
-
         try:
             self.client.new_account(registration)
         except errors.ConflictError as exc:   # this key's account exists: use it
