@@ -21,6 +21,11 @@ listeners by ``redirect.py`` before any redirect) and ``state_dir/challenges/tls
 + ``.key`` (RFC 8737's certificate, given by ``ext/tls.pyx`` to a ClientHello that offers
 only ALPN ``acme-tls/1`` for NAME).
 
+With ``certificate_check_interval = 0`` (no polling) the agent sends its parent SIGUSR2 after
+each new certificate instead, which reads the files as the poll would.
+
+A block with both certificate files and ``acme`` serves what ACME issues: the files are replaced.
+
 Renewal at the time the directory's ``renewalInfo`` suggests (ARI, RFC 9773), else at two
 thirds of the lifetime. A failure (directory unreachable, validation failed, rate limited,
 an account key that cannot be read) is recorded for its name in ``state_dir/state.json``
@@ -39,6 +44,7 @@ import logging
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -321,7 +327,8 @@ class AcmeAgent:
 
     def update(self, config: Config) -> None:
         self.jobs = jobs_of(config)
-        self.logging = {"error_log": config.error_log, "log_level": config.log_level}
+        self.logging = {"error_log": config.error_log, "log_level": config.log_level,
+                        "tell_parent": config.certificate_check_interval == 0}
         if self.proc is not None:
             self._send()
 
@@ -572,6 +579,7 @@ class Agent:
 
     def __init__(self):
         self.jobs: list[dict] = []
+        self.tell_parent = False   # no file polling (certificate_check_interval = 0): SIGUSR2 instead
         self.states: dict[str, dict[str, NameState]] = {}   # state_dir -> name -> state
         self.accounts: dict[tuple[str, str], Account] = {}
 
@@ -622,6 +630,8 @@ class Agent:
         state.next_attempt = renew
         state.serial = f"{leaf.serial_number:x}"
         state.not_after = leaf.not_valid_after_utc.isoformat()
+        if self.tell_parent:
+            os.kill(os.getppid(), signal.SIGUSR2)   # the master (or run --single) reads the files now
         log.info("%s: certificate issued, serial %s, valid until %s; renewal at %s", name, state.serial,
                  state.not_after, dt.datetime.fromtimestamp(renew, dt.UTC).isoformat(timespec="seconds"))
 
@@ -662,6 +672,7 @@ def agent_main() -> int:
                     message = json.loads(line)
                     _setup_logging(message.get("error_log"), message.get("log_level", "info"))
                     agent.set_jobs(message["jobs"])
+                    agent.tell_parent = bool(message.get("tell_parent"))
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("bad job list from the master: %s", exc)
             continue
