@@ -462,6 +462,7 @@ class Master:
             "certificates": self.certificate_report(),
             "sessions": self.shared.session_stats(),
             "health_checks": self.health.report(),
+            "acme": self.acme.report(self.generation.config),
             "config": self.config_path,
             "config_format": self.source.format,
         }

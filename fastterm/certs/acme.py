@@ -364,6 +364,10 @@ class AcmeAgent:
         except (BlockingIOError, BrokenPipeError) as exc:
             log.error("cannot tell the ACME agent its jobs: %s", exc)
 
+    def report(self, config: Config) -> list[dict]:
+        """Each ACME name's state as the agent last wrote it (admin /status)."""
+        return [st for server in config.servers if server.acme is not None for st in status_of(server)]
+
     def close_in_child(self) -> None:
         """A worker keeps no copy of the agent's stdin: the agent sees EOF when the master goes."""
         if self.proc is not None:

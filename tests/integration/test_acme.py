@@ -226,7 +226,9 @@ def test_http01_issues_for_every_name(pebble, acme_fastterm, python, subprocess_
     port-80 listener): a self-signed placeholder first, then chains that verify to pebble's
     root, with no restart; ``fastterm certs`` shows the ACME state."""
     pb = pebble()
-    ft = acme_fastterm(pb, [{"server_names": list(NAMES)}])
+    admin = free_port()
+    ft = acme_fastterm(pb, [{"server_names": list(NAMES)}],
+                       top={"admin": f"{HOST}:{admin}", "pid_file": str(pb.dir.parent / "ft.pid")})
     root = pb.root()
     for name in NAMES:
         assert wait_for(lambda n=name: ft.issued(n, root), timeout=30), ft.log()
@@ -236,6 +238,13 @@ def test_http01_issues_for_every_name(pebble, acme_fastterm, python, subprocess_
     assert "acme       " in out.stdout and "next renewal" in out.stdout, out.stdout + out.stderr
     for name in NAMES:
         assert ft.acme_state()[name]["last_error"] is None
+    with socket.create_connection((HOST, admin), timeout=5) as c:
+        c.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = b""
+        while chunk := c.recv(65536):
+            body += chunk
+    status = json.loads(body.split(b"\r\n\r\n", 1)[1])
+    assert {a["name"]: a["serial"] for a in status["acme"]} == {n: ft.acme_state()[n]["serial"] for n in NAMES}
     # A curl client sees the same chain verify (by its own TLS stack)
     Path(ft.tmp / "root.pem").write_text(root)
     got = subprocess.run(["curl", "-sS", "--cacert", str(ft.tmp / "root.pem"), "--resolve",
