@@ -180,3 +180,15 @@ def test_retry_after_of_a_rate_limited_answer():
     assert 3500 < acme._retry_after(SimpleNamespace(last_response=answer)) <= 3600
     answer.headers["Retry-After"] = "soon"
     assert acme._retry_after(SimpleNamespace(last_response=answer)) is None
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa", "rsa"])
+def test_placeholder_is_one_file_the_store_loads(tmp_path, key_type):
+    """Chain and key in one file (one rename swaps both), read as a PEM directory entry is."""
+    from fastterm.certs.store import load_directory_entry
+
+    path = tmp_path / "a.example.test.pem"
+    path.write_bytes(acme.placeholder_pem("a.example.test", key_type))
+    ck = load_directory_entry(str(path))
+    assert ck.names == ("a.example.test",) and ck.key_type == {"ecdsa": "EC", "rsa": "RSA"}[key_type]
+    assert acme.first_due({"cert_dir": str(tmp_path), "name": "a.example.test"}, acme.NameState(), 5.0) == 5.0
