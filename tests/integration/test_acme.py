@@ -329,6 +329,7 @@ def test_renewal_under_load(pebble, acme_fastterm):
         serials.add(serial)
         if len(serials) > 1 and count % 20 == 0:
             break
+        time.sleep(0.005)   # paced so that the count bound outlasts the renewal on a fast box
     assert not failures, (failures[:5], count)
     assert len(serials) > 1 and first in serials, (first, serials, count, ft.acme_state(), ft.log()[-3000:])
     kept.sendall(request)
