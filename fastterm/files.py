@@ -36,27 +36,31 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
-def is_private_dir(path: str) -> bool:
-    """A real directory (not a symlink), ours, that no one else can list or write."""
+def is_private_dir(path: str, traverse: bool = False) -> bool:
+    """A real directory (not a symlink), ours, that no one else can list or write (with
+    ``traverse``, others may still open a name they already know inside it)."""
     try:
         st = os.lstat(path)
     except OSError:
         return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & (0o066 if traverse else 0o077)
 
 
-def private_dir(path: str) -> str:
-    """``path`` made 0700 if missing; an existing one must already be private (someone
-    else may have made it first, in /tmp, to read or swap what we put there)."""
+def private_dir(path: str, traverse: bool = False) -> str:
+    """``path`` made 0700 (``traverse``: 0711, for workers that dropped root and must reach a
+    file by its name) if missing; an existing one must already be private (someone else may
+    have made it first, in /tmp, to read or swap what we put there)."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
     except OSError as exc:
         raise FasttermError(f"cannot create {path}: {exc.strerror}") from None
-    if not is_private_dir(path):
+    if not is_private_dir(path, traverse):
         raise FasttermError(f"{path} is not a private directory (a directory of uid {os.geteuid()}, "
-                            "mode 0700, not a symlink): remove it or set pid_file")
+                            f"mode {'0711' if traverse else '0700'}, not a symlink): remove it or set pid_file")
+    if traverse:
+        os.chmod(path, 0o711)
     return path
 
 

@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from fastterm import privileges
 from fastterm.config.model import Acme, Certificate, Config
 from fastterm.errors import ConfigError, FasttermError
 from fastterm.files import private_dir, write_atomic
@@ -92,12 +93,12 @@ def state_file(state_dir: str) -> str:
     return os.path.join(state_dir, "state.json")
 
 
-def _private_dirs(*paths: str) -> None:
+def _private_dirs(*paths: str, traverse: bool = False) -> None:
     for path in paths:
         parent = os.path.dirname(path)
         if parent and not os.path.isdir(parent):
-            _private_dirs(parent)
-        private_dir(path)
+            _private_dirs(parent, traverse=traverse)
+        private_dir(path, traverse)
 
 
 def valid_token(token: str) -> bool:
@@ -127,6 +128,7 @@ def attach(config: Config) -> Config:
     for each name that has none yet. ``ConfigError`` names what is wrong."""
     servers = []
     changed = False
+    drops = privileges.applies(privileges.resolve(config.user, config.group))
     for i, server in enumerate(config.servers):
         acme = server.acme
         if acme is None and config.acme is not None and not server.certificates and not server.reject_handshake:
@@ -155,7 +157,10 @@ def attach(config: Config) -> Config:
         acme = msgspec.structs.replace(acme, names=names)
         directory = cert_dir(acme, names)
         try:
-            _private_dirs(directory, http01_dir(acme.state_dir), tlsalpn01_dir(acme.state_dir))
+            # workers running as another user find the challenge answers by name (0711 dirs)
+            _private_dirs(acme.state_dir, os.path.dirname(http01_dir(acme.state_dir)),
+                          http01_dir(acme.state_dir), tlsalpn01_dir(acme.state_dir), traverse=drops)
+            _private_dirs(directory)
             for name in names:
                 path = os.path.join(directory, name + ".pem")
                 if not os.path.exists(path):
@@ -558,8 +563,9 @@ def _publish(job: dict, token: str, key_authorization: str) -> list[str]:
         return [path]
     cert_pem, key_pem = tls_alpn_certificate(job["name"], key_authorization)
     base = os.path.join(tlsalpn01_dir(job["state_dir"]), job["name"])
-    write_atomic(base + ".key", key_pem)
-    write_atomic(base + ".crt", cert_pem)   # last: a worker looks for the .crt first
+    # 0644: workers that dropped root read them; a challenge key proves nothing after validation
+    write_atomic(base + ".key", key_pem, mode=0o644)
+    write_atomic(base + ".crt", cert_pem, mode=0o644)   # last: a worker looks for the .crt first
     return [base + ".crt", base + ".key"]
 
 

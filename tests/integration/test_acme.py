@@ -10,11 +10,13 @@ on every start; it is fetched from the management port to verify what fastterm s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -266,6 +268,29 @@ def test_tls_alpn01_with_only_the_tls_listener(pebble, acme_fastterm):
                        top={"certificate_check_interval": 0})
     root = pb.root()
     assert wait_for(lambda: ft.issued(NAMES[0], root), timeout=30), ft.log()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_workers_that_dropped_root_answer_both_challenges(pebble, acme_fastterm):
+    """user = nobody: the workers cannot read the state dir's keys, yet they answer HTTP-01 and
+    TLS-ALPN-01 (the challenge directories are traversable, their files world-readable), and the
+    master, which follows the certificate files for them, serves what the CA issued."""
+    pb = pebble()
+    state = tempfile.mkdtemp(prefix="fastterm-acme-")   # /tmp: a path nobody can traverse to
+    os.chmod(state, 0o711)
+    try:
+        acme = {"directory": pb.directory, "ca_file": pb.ca_file, "state_dir": state}
+        ft = acme_fastterm(pb, [{"server_names": [NAMES[0]], "acme": acme},
+                                {"server_names": [NAMES[1]], "acme": dict(acme, challenge="tls-alpn-01")}],
+                           top={"user": "nobody", "group": "nogroup"})
+        root = pb.root()
+        for name in NAMES[:2]:   # a new generation serves it (no worker polls files): it verifies
+            assert wait_for(lambda n=name: ft.peer_cert(n, root)[0] is not None, timeout=30), ft.log()
+        assert "reloading, the workers run as nobody" in ft.log(), ft.log()[-3000:]
+        keys = [p for p in Path(state).rglob("*.pem")]
+        assert keys and all(p.stat().st_mode & 0o077 == 0 for p in keys), keys
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_a_name_pebble_cannot_validate(pebble, acme_fastterm, python, subprocess_env):

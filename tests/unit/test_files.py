@@ -169,3 +169,21 @@ def test_default_pid_file_uses_a_private_xdg_runtime_dir(shared_tmp):
     r = _as_nobody(PRINT_PID_FILE, env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(runtime / "fastterm.pid")
+
+
+def test_private_dir_for_workers_that_dropped_root_is_traversable_only(tmp_path):
+    """traverse: 0711 (a name known inside may be opened, nothing listed or written); an
+    existing 0700 one opens so; one that others may list is refused either way."""
+    from fastterm.errors import FasttermError
+    from fastterm.files import private_dir
+
+    path = tmp_path / "state"
+    private_dir(str(path))
+    assert path.stat().st_mode & 0o777 == 0o700
+    private_dir(str(path), traverse=True)
+    assert path.stat().st_mode & 0o777 == 0o711
+    with pytest.raises(FasttermError, match="mode 0700"):
+        private_dir(str(path))
+    os.chmod(path, 0o755)
+    with pytest.raises(FasttermError, match="mode 0711"):
+        private_dir(str(path), traverse=True)
