@@ -453,3 +453,54 @@ def test_a_name_added_by_reload_is_issued(pebble, acme_fastterm):
     ft.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: ft.issued(NAMES[1], root), timeout=30), ft.log()
     assert ft.issued(NAMES[0], root)
+
+
+def test_an_nginx_config_with_the_acme_module_runs_as_it_is(pebble, tmp_path, python, subprocess_env):
+    """``fastterm run --nginx`` on nginx 1.29's ACME module form (acme_issuer, acme_certificate,
+    ssl_certificate $acme_certificate): the HTTP-01 challenge is answered on the port-80 server
+    that only redirects, and the issued certificate serves the 443 server's name."""
+    pb = pebble()
+    state = tmp_path / "nginx-acme"
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 2;
+error_log {tmp_path / "error.log"} info;
+events {{}}
+http {{
+    resolver 127.0.0.1:53;
+    acme_issuer pebble {{
+        uri {pb.directory};
+        contact mailto:ops@acme.test;
+        state_path {state};
+        ssl_trusted_certificate {pb.ca_file};
+        accept_terms_of_service;
+    }}
+    acme_shared_zone zone=ngx_acme_shared:1M;
+    server {{
+        listen {HOST}:{pb.http_port};
+        location / {{ return 301 https://$host$request_uri; }}
+    }}
+    server {{
+        listen {HOST}:{pb.tls_port} ssl;
+        server_name {NAMES[0]};
+        acme_certificate pebble;
+        ssl_certificate $acme_certificate;
+        ssl_certificate_key $acme_certificate_key;
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+""")
+    out = open(tmp_path / "fastterm.out", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([python, "-m", "fastterm", "run", "--nginx", str(conf)], stdout=out,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=subprocess_env, cwd=tmp_path)
+    ft = AcmeFastterm(proc, pb, conf, str(state), tmp_path, 2)
+    try:
+        assert wait_for(ft.listening, timeout=15), ft.log()
+        root = pb.root()
+        assert wait_for(lambda: ft.peer_cert(NAMES[0], root)[0] is not None, timeout=30), ft.log()
+        assert (ft.acme_state().get(NAMES[0]) or {}).get("last_error") is None, ft.acme_state()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        out.close()
+    assert "Traceback (most recent call last)" not in ft.log(), ft.log()[-6000:]
