@@ -163,6 +163,7 @@ cdef ssize_t _read_body(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, si
         stream.deferred = True
         return NGHTTP2_ERR_DEFERRED
     memcpy(buf, PyByteArray_AS_STRING(stream.out), n)
+    stream.sent_body += n
     try:
         del stream.out[:n]
     except BaseException:
@@ -319,6 +320,8 @@ cdef class H2Session(Codec):
         for stream in list(self.streams.values()):
             (<H2Stream>stream).drop_backend()
             if (<H2Stream>stream).exchange is not None:
+                if self.worker.access_log is not None:
+                    (<H2Stream>stream).log(self.conn)
                 (<H2Stream>stream).exchange.advance(E_ABORT)
 
     cdef void release(self):
@@ -494,6 +497,9 @@ cdef class H2Stream(Stream):
             return
         self.exchange = ex
         ex.early = self.session.conn.early
+        ex.started = w.now
+        ex.log_method = self.method
+        ex.log_target = self.path
         w.count(N_REQUESTS)
         w.count(N_H2_STREAMS)
         if not self.refuse:
@@ -515,6 +521,8 @@ cdef class H2Stream(Stream):
                framing + b"\r\n")
         self.head = None
         status = parse_head(raw, len(raw), True, &head, w.slots, w.max_header_fields)
+        if status == 0 and w.access_log is not None:
+            ex.note_request(raw, &head, w.slots)
         if status == 0:
             status = ex.request(raw, &head, w.slots, w.writer, &w.request_limits, w.pathbuf)
         if status == 0 and ex.max_body and self.body_total > ex.max_body:
@@ -626,6 +634,9 @@ cdef class H2Stream(Stream):
         finally:
             free(nva)   # nghttp2 copied the fields
         self.responded = True
+        self.sent_status = status
+        if self.worker.access_log is not None:
+            self.sent_head = sum([len(name) + len(value) + 4 for name, value in fields])
         if r != 0:
             _log.debug("HTTP/2 stream %d: cannot respond: %s", self.id, nghttp2_strerror(r).decode())
 
@@ -647,10 +658,18 @@ cdef class H2Stream(Stream):
 
     cdef void closed(self, unsigned int error_code):
         """nghttp2 closed the stream: the response went out, or a reset (either side)."""
+        if self.exchange is not None and self.worker.access_log is not None and self.session is not None:
+            self.log(self.session.conn)
         if self.exchange is not None and self.exchange.state != X_DONE and self.exchange.state != X_REJECTED:
             self.exchange.advance(E_ABORT)
         self.drop_backend()
         self.session = None
+
+    cdef void log(self, ClientConnection conn):
+        """The access log's line: the status submitted, or 499 when the stream ended before one."""
+        self.exchange.head_sent = self.sent_head
+        self.worker.log_exchange(conn, self.exchange, self.sent_status or 499, self.header_bytes + self.body_total,
+                                 self.sent_head + self.sent_body, True)
 
     cdef void expire(self):
         if self.exchange is None:

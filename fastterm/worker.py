@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 
+from fastterm.accesslog import AccessLog
 from fastterm.certs.ocsp import STARTUP_WAIT, LoopSelector, Stapler
 from fastterm.certs.watch import CertWatcher
 from fastterm.config.model import Config
@@ -69,6 +70,9 @@ class Serving:
         self.loop = loop
         self.plan = plan or build(config)
         self.worker = Worker(loop, config.limits, self.plan.pools.values())
+        self.worker.hs_log_rate = config.handshake_log_rate
+        if config.access_log and config.access_log != "off":
+            self.worker.access_log = AccessLog(config.access_log, config.access_log_format)
         self.listeners = []
         self.redirect_servers = []
         self.redirect_limits = None
@@ -157,10 +161,12 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def reopen_logs(config: Config) -> None:
-    """SIGUSR1: reopen the error log (after logrotate moved it)."""
+def reopen_logs(config: Config, serving: Serving | None = None) -> None:
+    """SIGUSR1: reopen the error log and a worker's access log (after logrotate moved them)."""
     if config.error_log:
         setup_logging(config)
+    if serving is not None:
+        serving.worker.reopen_access_log()
 
 
 def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: dict, shared,
@@ -181,7 +187,7 @@ def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: di
         loop.add_signal_handler(signal.SIGQUIT, stop, False)
         # Ctrl-C reaches the whole process group: the master turns it into SIGTERM.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
-        loop.add_signal_handler(signal.SIGUSR1, reopen_logs, config)
+        loop.add_signal_handler(signal.SIGUSR1, reopen_logs, config, serving)
         loop.add_signal_handler(signal.SIGUSR2, serving.check_certificates)   # the master's: certificates now
 
         def watch_master():
@@ -238,6 +244,7 @@ def run(config: Config) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(serving.stop(True)))
         loop.add_signal_handler(signal.SIGQUIT, lambda: asyncio.ensure_future(serving.stop(False)))
+        loop.add_signal_handler(signal.SIGUSR1, reopen_logs, config, serving)
         loop.add_signal_handler(signal.SIGUSR2, serving.check_certificates)
         addrs = ", ".join(f"{h}:{p}" for (h, p), *_ in plan.listeners)
         log.info("serving https on %s", addrs)

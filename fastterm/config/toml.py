@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from fastterm.accesslog import format_of
 from fastterm.config.model import Config, Route, Server, Upstream, UpstreamTLS
 from fastterm.errors import ConfigError
 
@@ -381,13 +382,20 @@ class _Checker:
                 raise self.error(f"{host} is not a loopback address: the admin endpoint speaks plain HTTP "
                                  "and answers GET /status and /metrics to anyone who reaches it; set "
                                  "admin_allow_remote = true to listen there anyway", "admin")
+        try:
+            format_of(config.access_log_format)
+        except ValueError as exc:
+            raise self.error(str(exc), "access_log_format") from None
+        if config.handshake_log_rate < 0:
+            raise self.error("handshake_log_rate must be 0 (none) or more lines a second", "handshake_log_rate")
         base = os.path.dirname(os.path.abspath(self.path))
+        access_log = None if config.access_log in (None, "", "off") else _absolute(config.access_log, base)
         sessions = msgspec.structs.replace(
             config.sessions, ticket_key_file=[_absolute(f, base) for f in config.sessions.ticket_key_file])
         return msgspec.structs.replace(
             config, servers=servers, sessions=sessions, upstreams=upstreams,
             pid_file=_absolute(config.pid_file, base) if config.pid_file else None,
-            error_log=_absolute(config.error_log, base) if config.error_log else None)
+            error_log=_absolute(config.error_log, base) if config.error_log else None, access_log=access_log)
 
     def _upstream(self, upstream: Upstream, i: int) -> Upstream:
         """Check the servers; ``https://`` ones give the upstream a TLS table (defaults: verified
