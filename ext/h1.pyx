@@ -245,8 +245,9 @@ cdef class H1Session(Codec):
         ex.out_mark = self.conn.sent
         self.head_in = head_len
         framer_init(&self.req_body, BODY_NONE, 0)
+        head.method_len = head.target_len = head.nheaders = 0
         status = parse_head(p, head_len, True, &head, w.slots, w.max_header_fields)
-        if status == 0 and w.access_log is not None:
+        if w.access_log is not None and head.method_len:   # a bad head's line is logged too
             ex.note_request(p, &head, w.slots)
         if status == 0:
             status = ex.request(p, &head, w.slots, w.writer, &w.request_limits, w.pathbuf)
