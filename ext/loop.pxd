@@ -102,7 +102,7 @@ cdef class Worker:
     cdef int hs_log_lines           # ... lines written in it (at most hs_log_rate) ...
     cdef int hs_log_skipped         # ... and failures not logged since the last summary line
     cdef public int hs_log_rate
-    cdef public object access_log   # fastterm.accesslog.AccessLog, or None: off (nothing is collected)
+    cdef public object access_log   # an AccessLog (accesslog.pyx), or None: off (nothing is collected)
 
     cdef int epfd                   # our epoll set of client and listening sockets
     cdef epoll_event *events
@@ -186,7 +186,7 @@ cdef class ClientConnection:
     cdef long long sent             # plaintext bytes given to send(): each request's bytes_out
     cdef double hs_start            # loop time the handshake began, and how long it took
     cdef double hs_time
-    cdef tuple log_tls              # (sni, version, cipher, reused, alpn) for the access log, once
+    cdef object log_cache           # the access log's part of each line about the connection (AccessLog)
 
     cdef void start(self)
     cdef void on_readable(self)

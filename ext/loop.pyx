@@ -341,33 +341,14 @@ cdef class Worker:
                            long long bytes_out, bint http2):
         """One request ended (answered, or its client went away: 499, nginx's status for that):
         its line, once. Called only while access_log is set."""
-        cdef long long out = bytes_out
-        cdef UpstreamPool pool
-        cdef double upstream_time
         if ex.logged or conn is None:
             return
         ex.logged = True
         self.tick()
-        if conn.log_tls is None:
-            conn.log_tls = conn._log_tls()
-        sni, version, cipher, reused, alpn = conn.log_tls
-        upstream = None
-        upstream_time = -1
-        pool = ex.pool
-        if pool is not None and ex.upstream_server >= 0:
-            host, port = pool.servers[ex.upstream_server]
-            upstream = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            upstream_time = (ex.upstream_end or self.now) - ex.upstream_start
         try:
-            self.access_log.write({
-                "time": None, "client": conn.peer_ip, "sni": sni, "tls_version": version, "cipher": cipher,
-                "session_reused": reused, "alpn": alpn, "handshake_time": round(conn.hs_time, 3),
-                "method": ex.log_method, "path": ex.log_target, "protocol": "HTTP/2.0" if http2 else
-                "HTTP/1.0" if ex.http10 else "HTTP/1.1", "status": status, "bytes_in": bytes_in,
-                "bytes_out": out, "body_bytes_out": out - ex.head_sent if out > ex.head_sent else 0,
-                "upstream": upstream, "upstream_time": round(upstream_time, 3) if upstream_time >= 0 else None,
-                "request_time": round(self.now - ex.started, 3) if ex.started else 0.0,
-                "referer": ex.log_referer, "user_agent": ex.log_agent})
+            (<AccessLog>self.access_log).line(
+                conn, ex, status, bytes_in, bytes_out, http2, self.now - ex.started if ex.started else 0.0,
+                (ex.upstream_end or self.now) - ex.upstream_start if ex.upstream_server >= 0 else -1.0)
         except Exception:
             _log.exception("access log: the line of a request from %s is lost", conn.peer_ip)
 
@@ -659,20 +640,20 @@ cdef class ClientConnection:
         return facts
 
     cdef tuple _log_tls(self):
-        """What the access log says of the connection: SNI, protocol version, cipher, whether
-        the session was resumed, the ALPN protocol (read once, on its first request's line)."""
+        """What the access log says of the connection: its address, SNI, protocol version,
+        cipher, whether the session was resumed, the ALPN protocol (once, on its first line)."""
         cdef const char *name = NULL
         cdef const char *version
         cdef const SSL_CIPHER *cipher
         cdef const unsigned char *alpn = NULL
         cdef unsigned int alpn_len = 0
         if self.tls is None:
-            return (None, None, None, None, None)
+            return (self.peer_ip, None, None, None, None, None)
         name = SSL_get_servername(self.tls.ssl, TLSEXT_NAMETYPE_host_name)
         version = SSL_get_version(self.tls.ssl)
         cipher = SSL_get_current_cipher(self.tls.ssl)
         SSL_get0_alpn_selected(self.tls.ssl, &alpn, &alpn_len)
-        return ((<bytes>name).decode("ascii", "replace") if name != NULL else None,
+        return (self.peer_ip, (<bytes>name).decode("ascii", "replace") if name != NULL else None,
                 (<bytes>version).decode("ascii") if version != NULL else None,
                 (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else None,
                 bool(SSL_session_reused(self.tls.ssl)),

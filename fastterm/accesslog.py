@@ -1,30 +1,28 @@
-"""The access log: one line per request, JSON (msgspec) or an nginx ``log_format`` template
-(``combined`` by default in nginx front-end configs).
+"""The access log's formats: JSON lines, nginx's ``combined``, or an nginx ``log_format``
+template of the variables below, compiled here (policy) for ``ext/accesslog.pyx`` (the lines).
 
-The worker's loop (``ext/loop.pyx``, ``Worker.log_exchange``) collects a request's fields into
-a dict where the exchange ends (only while a log is configured: off costs one test per request)
-and hands it to ``AccessLog.write``. Lines are buffered per worker, as nginx's ``access_log
-... buffer=64k flush=1s``: one ``write(2)`` per flush, on an ``O_APPEND`` descriptor, of whole
-lines only, so the workers' lines never interleave in the shared file. ``reopen`` (SIGUSR1,
-logrotate's ``postrotate``) flushes into the old file, then opens the path again.
+The worker's loop (``ext/loop.pyx``, ``Worker.log_exchange``) writes a request's line where its
+exchange ends (only while a log is configured: off costs one test per request). Lines are
+buffered per worker, as nginx's ``access_log ... buffer=64k flush=1s``: one ``write(2)`` per
+flush, on an ``O_APPEND`` descriptor, of whole lines only, so the workers' lines never
+interleave in the shared file. ``reopen`` (SIGUSR1, logrotate's ``postrotate``) flushes into
+the old file, then opens the path again.
+
+JSON fields, in order: ``time`` (ISO 8601, ms), ``client``, ``sni``, ``tls_version``, ``cipher``,
+``session_reused``, ``alpn``, ``handshake_time`` (s), ``method``, ``path`` (the request target),
+``protocol``, ``status`` (499: the client went away first), ``bytes_in`` (request head and body;
+HTTP/2: the decoded field list as RFC 9113 §6.5.2 counts it, 32 more per field, and DATA),
+``bytes_out`` (head and body sent; HTTP/2: the fields uncompressed and DATA), ``body_bytes_out``,
+``upstream`` (the server last tried), ``upstream_time`` (first try to the response's end, s),
+``request_time`` (s), ``referer``, ``user_agent``. Values of the request's own bytes: JSON
+strings (an invalid UTF-8 byte as \\xHH); in templates nginx's escaping.
 """
 
 from __future__ import annotations
 
-import datetime
-import logging
-import os
 import re
-import time
 
-import msgspec
-
-log = logging.getLogger("fastterm.worker")
-
-BUFFER_SIZE = 65536     # nginx buffer=64k
-FLUSH_INTERVAL = 1.0    # nginx flush=1s (the worker's sweep calls flush once a second)
-
-# The fields of a JSON line, in this order (README: what each means).
+# The fields of a JSON line, in this order.
 FIELDS = ("time", "client", "sni", "tls_version", "cipher", "session_reused", "alpn", "handshake_time",
           "method", "path", "protocol", "status", "bytes_in", "bytes_out", "body_bytes_out", "upstream",
           "upstream_time", "request_time", "referer", "user_agent")
@@ -32,9 +30,10 @@ FIELDS = ("time", "client", "sni", "tls_version", "cipher", "session_reused", "a
 COMBINED = ('$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
             '"$http_referer" "$http_user_agent"')
 
-# nginx variable -> the field it reads (None: computed below from several).
+# The nginx variables a template may use -> the JSON field it matches (None: its own), in the
+# order of ext/accesslog.pxd's LV_* enum.
 VARIABLES = {
-    "remote_addr": "client", "remote_user": None, "time_local": None, "time_iso8601": None, "msec": None,
+    "remote_addr": "client", "remote_user": None, "time_local": "time", "time_iso8601": "time", "msec": None,
     "request": None, "request_method": "method", "request_uri": "path", "server_protocol": "protocol",
     "status": "status", "body_bytes_sent": "body_bytes_out", "bytes_sent": "bytes_out",
     "request_length": "bytes_in", "request_time": "request_time", "http_referer": "referer",
@@ -44,15 +43,6 @@ VARIABLES = {
     "ssl_handshake_time": "handshake_time",
 }
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
-# The request's own bytes (method, path, Referer, User-Agent) come as bytes: JSON gets them as
-# UTF-8 text (an invalid byte as \xHH), a template nginx's escaping (ngx_http_log_escape: '"',
-# backslash and bytes outside 0x20..0x7e as \xHH).
-BYTES_FIELDS = ("method", "path", "referer", "user_agent")
-_UNSAFE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
-
-
-def _escape_byte(m: re.Match) -> bytes:
-    return b"\\x%02X" % m[0][0]
 
 
 def compile_format(template: str) -> list[tuple[str, str | None]]:
@@ -79,115 +69,19 @@ def format_of(spec: str) -> list[tuple[str, str | None]] | None:
     return compile_format(COMBINED if spec == "combined" else spec)
 
 
-def _text(value) -> str:
-    if value is None or value == "":
-        return "-"
-    if value is True:
-        return "r"      # nginx $ssl_session_reused
-    if value is False:
-        return "."
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, bytes):
-        return _UNSAFE.sub(_escape_byte, value).decode("ascii")
-    return value
+def pieces_of(spec: str) -> list[tuple[bytes, int]] | None:
+    """``access_log_format`` -> what ext/accesslog.pyx's AccessLog takes: None for JSON lines,
+    else [(literal, variable index in VARIABLES or len(VARIABLES) for none)]."""
+    template = format_of(spec)
+    if template is None:
+        return None
+    index = {name: i for i, name in enumerate(VARIABLES)}
+    return [(literal.encode("ascii", "backslashreplace"), index[name] if name else len(VARIABLES))
+            for literal, name in template]
 
 
-class AccessLog:
-    """One worker's access log file: buffered lines, flushed by size or once a second."""
+def open_access_log(path: str, spec: str = "json"):
+    """A worker's AccessLog on ``path`` (created 0644 if missing, appended to)."""
+    from fastterm._core import AccessLog
 
-    def __init__(self, path: str, spec: str = "json"):
-        self.path = path
-        self.template = format_of(spec)
-        self.encoder = msgspec.json.Encoder()
-        self.buf = bytearray()
-        self.fd = -1
-        self.second = -1
-        self.local = self.iso = ""
-        self.failed = False
-        self.open()
-
-    def open(self) -> None:
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-
-    def reopen(self) -> None:
-        """SIGUSR1: what is buffered goes to the file it was written for, then the path opens
-        anew (logrotate moved the old file away, or copied it and truncated it)."""
-        self.flush()
-        old, self.fd = self.fd, -1
-        try:
-            self.open()
-        finally:
-            if old >= 0:
-                os.close(old)
-
-    def _clock(self, now: float) -> None:
-        """The formatted times, once a second (nginx caches them the same way)."""
-        second = int(now)
-        if second != self.second:
-            self.second = second
-            stamp = datetime.datetime.fromtimestamp(second).astimezone()
-            self.local = stamp.strftime("%d/%b/%Y:%H:%M:%S %z")
-            self.iso = stamp.isoformat()
-
-    def write(self, record: dict) -> None:
-        """One request's line, from ``Worker.log_exchange``: ``record`` has FIELDS but time."""
-        now = time.time()
-        self._clock(now)
-        if self.template is None:
-            record["time"] = f"{self.iso[:19]}.{int(now * 1000) % 1000:03d}{self.iso[19:]}"
-            for name in BYTES_FIELDS:
-                value = record[name]
-                if value is not None:
-                    record[name] = value.decode("utf-8", "backslashreplace")
-            self.encoder.encode_into(record, self.buf, -1)
-            self.buf += b"\n"
-        else:
-            self.buf += self._render(record, now).encode("ascii", "backslashreplace")
-        if len(self.buf) >= BUFFER_SIZE:
-            self.flush()
-
-    def _render(self, record: dict, now: float) -> str:
-        out = []
-        for literal, name in self.template:
-            out.append(literal)
-            if name is None:
-                continue
-            field = VARIABLES[name]
-            if field is not None:
-                out.append(_text(record[field]))
-            elif name == "request":
-                out.append(_text(record["method"] + b" " + record["path"] + b" " + record["protocol"].encode()
-                                 if record["method"] else None))
-            elif name == "time_local":
-                out.append(self.local)
-            elif name == "time_iso8601":
-                out.append(self.iso)
-            elif name == "msec":
-                out.append(f"{now:.3f}")
-            else:
-                out.append("-")   # $remote_user: no HTTP authentication here
-        out.append("\n")
-        return "".join(out)
-
-    def flush(self) -> None:
-        """One write of whole lines. A full disk or a failing file loses these lines (said
-        once, until a write succeeds again) rather than holding the loop or memory."""
-        if not self.buf or self.fd < 0:
-            return
-        data, self.buf = self.buf, bytearray()
-        try:
-            os.write(self.fd, data)
-            self.failed = False
-        except OSError as exc:
-            if not self.failed:
-                self.failed = True
-                log.error("access log %s: %s: lines lost", self.path, exc.strerror)
-
-    def close(self) -> None:
-        self.flush()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+    return AccessLog(path, pieces_of(spec))

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 
-from fastterm.accesslog import AccessLog
+from fastterm.accesslog import open_access_log
 from fastterm.certs.ocsp import STARTUP_WAIT, LoopSelector, Stapler
 from fastterm.certs.watch import CertWatcher
 from fastterm.config.model import Config
@@ -72,7 +72,7 @@ class Serving:
         self.worker = Worker(loop, config.limits, self.plan.pools.values())
         self.worker.hs_log_rate = config.handshake_log_rate
         if config.access_log and config.access_log != "off":
-            self.worker.access_log = AccessLog(config.access_log, config.access_log_format)
+            self.worker.access_log = open_access_log(config.access_log, config.access_log_format)
         self.listeners = []
         self.redirect_servers = []
         self.redirect_limits = None

@@ -13,16 +13,19 @@ import socket
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 from harness import HOST, NAME, free_port, metrics, request_bytes, wait_for
 from httpwire import Reader, read_response
 
+from fastterm.accesslog import FIELDS
+
 
 def curl(ft, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["curl", "-sS", "--cacert", ft.ca_file, "--resolve", f"{NAME}:{ft.https_port}:{HOST}",
-                           "-o", "/dev/null", "-w", "%{http_code}", *args], capture_output=True, text=True,
-                          timeout=20)
+                           "-o", "/dev/null", "-w", "%{http_code}", *args], check=False, capture_output=True,
+                          text=True, timeout=20)
 
 
 def httpx_client(ft) -> httpx.Client:
@@ -37,9 +40,8 @@ def get(client: httpx.Client, path: str) -> httpx.Response:
 
 def lines(path, count: int, timeout: float = 10.0) -> list[str]:
     """The log's lines once it has ``count`` of them (a worker flushes once a second)."""
-    wait_for(lambda: os.path.exists(path) and len(open(path).read().splitlines()) >= count, timeout)
-    with open(path) as f:
-        return f.read().splitlines()
+    wait_for(lambda: os.path.exists(path) and len(Path(path).read_text().splitlines()) >= count, timeout)
+    return Path(path).read_text().splitlines()
 
 
 def records(path, count: int) -> list[dict]:
@@ -54,6 +56,7 @@ def test_json_lines_for_http11_and_http2(fastterm, be, tmp_path):
     assert curl(ft, "--http1.1", "-A", "probe/1", "-e", "https://ref.example/", ft.url("/one?x=1")).stdout == "200"
     assert curl(ft, "--http2", ft.url("/two")).stdout == "200"
     one, two = records(log, 2)
+    assert list(one) == list(FIELDS)
     assert one["method"] == "GET" and one["path"] == "/one?x=1" and one["protocol"] == "HTTP/1.1"
     assert one["status"] == 200 and one["alpn"] == "http/1.1" and one["sni"] == NAME
     assert one["user_agent"] == "probe/1" and one["referer"] == "https://ref.example/"
@@ -82,11 +85,14 @@ def test_own_answers_are_logged(fastterm, be, tmp_path, refused_address):
         assert read_response(Reader(sock), "GET").status == 400
     with httpx_client(ft) as client:
         assert get(client, "/dead/x").status_code == 502
-    bad, dead = records(log, 2)
+    assert curl(ft, "--http2", ft.url("/dead/h2")).stdout == "502"
+    bad, dead, dead_h2 = records(log, 3)
     assert bad["status"] == 400 and bad["method"] == "GET" and bad["path"] == "/bad" and bad["upstream"] is None
     assert bad["body_bytes_out"] > 0
     assert dead["status"] == 502 and dead["path"] == "/dead/x" and dead["upstream"] == refused_address
     assert dead["user_agent"].startswith("python-httpx/")
+    assert dead_h2["status"] == 502 and dead_h2["protocol"] == "HTTP/2.0" and dead_h2["upstream"] == refused_address
+    assert dead_h2["body_bytes_out"] > 0
 
 
 def test_session_reused_on_a_resumed_handshake(fastterm, be, tmp_path):
