@@ -113,6 +113,21 @@ def test_session_reused_on_a_resumed_handshake(fastterm, be, tmp_path):
     assert first["tls_version"] == second["tls_version"] == "TLSv1.2"
 
 
+def test_request_bytes_are_escaped(fastterm, be, tmp_path):
+    """A quote, a backslash and a byte that is not UTF-8 in the target: a JSON string that
+    reads back as the bytes' text, and nginx's \\xHH in the combined format."""
+    logs = {fmt: tmp_path / f"{fmt}.log" for fmt in ("json", "combined")}
+    for fmt, log in logs.items():
+        ft = fastterm(be.address, top={"access_log": str(log), "access_log_format": fmt})
+        with ft.connect() as sock:
+            sock.sendall(b'GET /q"\\\xff HTTP/1.1\r\nHost: ' + NAME.encode() + b"\r\nUser-Agent: a\tb\r\n\r\n")
+            read_response(Reader(sock), "GET")
+    (record,) = records(logs["json"], 1)
+    assert record["path"] == '/q"\\\\xff' and record["user_agent"] == "a\tb"
+    (line,) = lines(logs["combined"], 1)
+    assert '"GET /q\\x22\\x5C\\xFF HTTP/1.1"' in line and line.endswith('"a\\x09b"')
+
+
 # nginx's combined format, as log parsers (goaccess, fail2ban's nginx filters) read it
 _COMBINED = re.compile(r'^(\S+) - (\S+) \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+) "([^"]*)" "([^"]*)"$')
 
