@@ -803,6 +803,7 @@ cdef class H2Stream(Stream):
         self.drop_backend()
         if ex is None:
             ex = self.exchange = Exchange(self.session.facts)
+            ex.log_method, ex.log_target = self.method, self.path
         if ex.state == X_NEW or ex.state == X_FORWARDING:
             ex.reject(status)
         else:
