@@ -51,11 +51,12 @@ cdef class AccessLog:
     cdef int put_seconds(self, double v) except -1
     cdef int put_json_text(self, bytes b) except -1
     cdef int put_escaped(self, bytes b) except -1
-    cdef int clock(self, double now) except -1
+    cdef double clock(self) except -1
     cdef int line(self, ClientConnection conn, Exchange ex, int status, long long bytes_in, long long bytes_out,
                   bint http2, double elapsed, double upstream_time) except -1
-    cdef int _json(self, ClientConnection conn, Exchange ex, int status, long long bytes_in, long long bytes_out,
-                   bytes protocol, bytes upstream, double elapsed, double upstream_time, double now) except -1
-    cdef int _template(self, ClientConnection conn, Exchange ex, int status, long long bytes_in,
-                       long long bytes_out, bytes protocol, bytes upstream, double elapsed, double upstream_time,
-                       double now) except -1
+    cdef int _json(self, bytes part, bytes method, bytes target, bytes protocol, int status, long long bytes_in,
+                   long long bytes_out, long long head_sent, bytes upstream, double upstream_time, double elapsed,
+                   bytes referer, bytes agent, double now) except -1
+    cdef int _template(self, tuple part, bytes method, bytes target, bytes protocol, int status,
+                       long long bytes_in, long long bytes_out, long long head_sent, bytes upstream,
+                       double upstream_time, double elapsed, bytes referer, bytes agent, double now) except -1

@@ -143,59 +143,86 @@ cdef class AccessLog:
                 self.put(<const char *>p + i, 1)
         return 0
 
-    cdef int clock(self, double now) except -1:
-        """The formatted times, once a second (nginx caches them the same way)."""
-        cdef long second = <long>now
+    cdef double clock(self) except -1:
+        """The wall clock now, and its formatted second, made once a second (as nginx caches it)."""
+        cdef timespec ts
+        cdef double now
+        cdef long second
+        clock_gettime(CLOCK_REALTIME, &ts)
+        now = ts.tv_sec + ts.tv_nsec * 1e-9
+        second = ts.tv_sec
         if second != self.second:
             self.second = second
             stamp = datetime.datetime.fromtimestamp(second).astimezone()
             iso = stamp.isoformat().encode()
             self.iso_head, self.iso_tail = iso[:19], iso[19:]
             self.local = stamp.strftime("%d/%b/%Y:%H:%M:%S %z").encode()
-        return 0
+        return now
 
     # ---- Lines ----------------------------------------------------------------------
     cdef int line(self, ClientConnection conn, Exchange ex, int status, long long bytes_in, long long bytes_out,
                   bint http2, double elapsed, double upstream_time) except -1:
         """One request's line; ``upstream_time`` < 0: no backend was tried."""
-        cdef timespec ts
-        cdef double now
+        cdef double now = self.clock()
         cdef UpstreamPool pool = ex.pool
         cdef bytes upstream = None
-        clock_gettime(CLOCK_REALTIME, &ts)
-        now = ts.tv_sec + ts.tv_nsec * 1e-9
-        self.clock(now)
         if pool is not None and ex.upstream_server >= 0:
             if pool.log_names is None:
                 pool.log_names = [(f"[{h}]:{p}" if ":" in h else f"{h}:{p}").encode() for h, p in pool.servers]
             upstream = pool.log_names[ex.upstream_server]
         protocol = _HTTP20 if http2 else _HTTP10 if ex.http10 else _HTTP11
+        if conn.log_cache is None:
+            conn.log_cache = self._connection_part(*conn._log_tls(), conn.hs_time)
         if self.pieces is None:
-            self._json(conn, ex, status, bytes_in, bytes_out, protocol, upstream, elapsed, upstream_time, now)
+            self._json(<bytes>conn.log_cache, ex.log_method, ex.log_target, protocol, status, bytes_in, bytes_out,
+                       ex.head_sent, upstream, upstream_time, elapsed, ex.log_referer, ex.log_agent, now)
         else:
-            self._template(conn, ex, status, bytes_in, bytes_out, protocol, upstream, elapsed, upstream_time, now)
+            self._template(<tuple>conn.log_cache, ex.log_method, ex.log_target, protocol, status, bytes_in,
+                           bytes_out, ex.head_sent, upstream, upstream_time, elapsed, ex.log_referer, ex.log_agent,
+                           now)
         if self.len >= LOG_BUFFER:
             self.flush()
         return 0
 
-    cdef int _json(self, ClientConnection conn, Exchange ex, int status, long long bytes_in, long long bytes_out,
-                   bytes protocol, bytes upstream, double elapsed, double upstream_time, double now) except -1:
-        cdef char ms[8]
-        if conn.log_cache is None:
-            client, sni, version, cipher, reused, alpn = conn._log_tls()
-            conn.log_cache = b"".join([
+    def plain(self, str client, bytes method, bytes target, bint http10, int status, long long bytes_in,
+              long long bytes_out, long long head_sent, bytes referer, bytes agent, double elapsed):
+        """A request on a plain-HTTP listener (fastterm/redirect.py): no TLS, no upstream."""
+        cdef double now = self.clock()
+        part = self._connection_part(client, None, None, None, None, None, -1.0)
+        protocol = _HTTP10 if http10 else _HTTP11
+        if self.pieces is None:
+            self._json(part, method, target, protocol, status, bytes_in, bytes_out, head_sent, None, -1.0,
+                       elapsed, referer, agent, now)
+        else:
+            self._template(part, method, target, protocol, status, bytes_in, bytes_out, head_sent, None, -1.0,
+                           elapsed, referer, agent, now)
+        if self.len >= LOG_BUFFER:
+            self.flush()
+
+    def _connection_part(self, client, sni, version, cipher, reused, alpn, double hs_time):
+        """What every line of one connection says of it, made once: JSON text, or a template's values."""
+        if self.pieces is None:
+            return b"".join([
                 b'","client":', _json_encode(client), b',"sni":', _json_encode(sni),
                 b',"tls_version":', _json_encode(version), b',"cipher":', _json_encode(cipher),
-                b',"session_reused":', b"true" if reused else b"false", b',"alpn":', _json_encode(alpn),
-                b',"handshake_time":', b"%.3f" % conn.hs_time, b',"method":'])
+                b',"session_reused":', _json_encode(reused), b',"alpn":', _json_encode(alpn),
+                b',"handshake_time":', b"%.3f" % hs_time if hs_time >= 0 else _NULL, b',"method":'])
+        return tuple([(x or "-").encode("ascii", "backslashreplace") for x in (client, sni, version, cipher, alpn)] +
+                     [b"r" if reused else b"." if reused is not None else _DASH,
+                      b"%.3f" % hs_time if hs_time >= 0 else _DASH])
+
+    cdef int _json(self, bytes part, bytes method, bytes target, bytes protocol, int status, long long bytes_in,
+                   long long bytes_out, long long head_sent, bytes upstream, double upstream_time, double elapsed,
+                   bytes referer, bytes agent, double now) except -1:
+        cdef char ms[8]
         self.put(b'{"time":"', 9)
         self.put_bytes(self.iso_head)
         self.put(ms, snprintf(ms, sizeof(ms), ".%03d", <int>(<long long>(now * 1000) % 1000)))
         self.put_bytes(self.iso_tail)
-        self.put_bytes(<bytes>conn.log_cache)
-        self.put_json_text(ex.log_method)
+        self.put_bytes(part)
+        self.put_json_text(method)
         self.put(b',"path":', 8)
-        self.put_json_text(ex.log_target)
+        self.put_json_text(target)
         self.put(b',"protocol":"', 13)
         self.put_bytes(protocol)
         self.put(b'","status":', 11)
@@ -205,7 +232,7 @@ cdef class AccessLog:
         self.put(b',"bytes_out":', 13)
         self.put_int(bytes_out)
         self.put(b',"body_bytes_out":', 18)
-        self.put_int(bytes_out - ex.head_sent if bytes_out > ex.head_sent else 0)
+        self.put_int(bytes_out - head_sent if bytes_out > head_sent else 0)
         self.put(b',"upstream":', 12)
         if upstream is None:
             self.put_bytes(_NULL)
@@ -221,29 +248,22 @@ cdef class AccessLog:
         self.put(b',"request_time":', 16)
         self.put_seconds(elapsed)
         self.put(b',"referer":', 11)
-        self.put_json_text(ex.log_referer)
+        self.put_json_text(referer)
         self.put(b',"user_agent":', 14)
-        self.put_json_text(ex.log_agent)
+        self.put_json_text(agent)
         return self.put(b"}\n", 2)
 
-    cdef int _template(self, ClientConnection conn, Exchange ex, int status, long long bytes_in,
-                       long long bytes_out, bytes protocol, bytes upstream, double elapsed, double upstream_time,
-                       double now) except -1:
+    cdef int _template(self, tuple part, bytes method, bytes target, bytes protocol, int status,
+                       long long bytes_in, long long bytes_out, long long head_sent, bytes upstream,
+                       double upstream_time, double elapsed, bytes referer, bytes agent, double now) except -1:
         cdef int var
-        cdef tuple tls
-        if conn.log_cache is None:
-            client, sni, version, cipher, reused, alpn = conn._log_tls()
-            conn.log_cache = tuple([(x or "-").encode("ascii", "backslashreplace")
-                                    for x in (client, sni, version, cipher, alpn)] +
-                                   [b"r" if reused else b".", b"%.3f" % conn.hs_time])
-        tls = <tuple>conn.log_cache
         for literal, v in self.pieces:
             self.put_bytes(<bytes>literal)
             var = <int>v
             if var == LV_NONE:
                 continue
             if var == LV_REMOTE_ADDR:
-                self.put_bytes(<bytes>tls[0])
+                self.put_bytes(<bytes>part[0])
             elif var == LV_REMOTE_USER:
                 self.put(b"-", 1)
             elif var == LV_TIME_LOCAL:
@@ -254,24 +274,24 @@ cdef class AccessLog:
             elif var == LV_MSEC:
                 self.put_seconds(now)
             elif var == LV_REQUEST:
-                if ex.log_method is None:
+                if method is None:
                     self.put(b"-", 1)
                 else:
-                    self.put_escaped(ex.log_method)
+                    self.put_escaped(method)
                     self.put(b" ", 1)
-                    self.put_escaped(ex.log_target)
+                    self.put_escaped(target)
                     self.put(b" ", 1)
                     self.put_bytes(protocol)
             elif var == LV_REQUEST_METHOD:
-                self.put_escaped(ex.log_method)
+                self.put_escaped(method)
             elif var == LV_REQUEST_URI:
-                self.put_escaped(ex.log_target)
+                self.put_escaped(target)
             elif var == LV_SERVER_PROTOCOL:
                 self.put_bytes(protocol)
             elif var == LV_STATUS:
                 self.put_int(status)
             elif var == LV_BODY_BYTES_SENT:
-                self.put_int(bytes_out - ex.head_sent if bytes_out > ex.head_sent else 0)
+                self.put_int(bytes_out - head_sent if bytes_out > head_sent else 0)
             elif var == LV_BYTES_SENT:
                 self.put_int(bytes_out)
             elif var == LV_REQUEST_LENGTH:
@@ -279,19 +299,19 @@ cdef class AccessLog:
             elif var == LV_REQUEST_TIME:
                 self.put_seconds(elapsed)
             elif var == LV_HTTP_REFERER:
-                self.put_escaped(ex.log_referer)
+                self.put_escaped(referer)
             elif var == LV_HTTP_USER_AGENT:
-                self.put_escaped(ex.log_agent)
+                self.put_escaped(agent)
             elif var == LV_SSL_PROTOCOL:
-                self.put_bytes(<bytes>tls[2])
+                self.put_bytes(<bytes>part[2])
             elif var == LV_SSL_CIPHER:
-                self.put_bytes(<bytes>tls[3])
+                self.put_bytes(<bytes>part[3])
             elif var == LV_SSL_SERVER_NAME:
-                self.put_bytes(<bytes>tls[1])
+                self.put_bytes(<bytes>part[1])
             elif var == LV_SSL_SESSION_REUSED:
-                self.put_bytes(<bytes>tls[5])
+                self.put_bytes(<bytes>part[5])
             elif var == LV_SSL_ALPN_PROTOCOL:
-                self.put_bytes(<bytes>tls[4])
+                self.put_bytes(<bytes>part[4])
             elif var == LV_UPSTREAM_ADDR:
                 self.put_bytes(upstream if upstream is not None else _DASH)
             elif var == LV_UPSTREAM_RESPONSE_TIME:
@@ -300,5 +320,5 @@ cdef class AccessLog:
                 else:
                     self.put_seconds(upstream_time)
             elif var == LV_SSL_HANDSHAKE_TIME:
-                self.put_bytes(<bytes>tls[6])
+                self.put_bytes(<bytes>part[6])
         return self.put(b"\n", 1)

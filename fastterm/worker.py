@@ -112,7 +112,7 @@ class Serving:
             self.loop.call_later(self.config.certificate_check_interval, self.watch_certificates)
         limits = self.redirect_limits = RedirectLimits(self.config.limits.client_header_timeout,
                                                        max(16, self.worker.max_clients // 4),
-                                                       self.config.limits.send_timeout)
+                                                       self.config.limits.send_timeout, self.worker.access_log)
         for addr, table in self.plan.redirects:
             sock = self.redirect_sockets.get(addr) or bind(addr)
             server = await self.loop.create_server(

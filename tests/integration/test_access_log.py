@@ -95,6 +95,21 @@ def test_own_answers_are_logged(fastterm, be, tmp_path, refused_address):
     assert dead_h2["body_bytes_out"] > 0
 
 
+def test_port_80_redirects_are_logged(fastterm, be, tmp_path):
+    """The plain-HTTP listener's redirects: a line each, without TLS facts or upstream."""
+    log = tmp_path / "access.log"
+    ft = fastterm(be.address, top={"access_log": str(log)})
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-A", "plain/1",
+                          f"http://{HOST}:{ft.http_port}/old?a=1"], check=False, capture_output=True, text=True,
+                         timeout=20)
+    assert out.stdout == "301", out
+    (record,) = records(log, 1)
+    assert record["status"] == 301 and record["path"] == "/old?a=1" and record["user_agent"] == "plain/1"
+    assert record["sni"] is None and record["tls_version"] is None and record["session_reused"] is None
+    assert record["upstream"] is None and record["protocol"] == "HTTP/1.1" and record["client"] == HOST
+    assert record["bytes_out"] > record["body_bytes_out"] > 0
+
+
 def test_session_reused_on_a_resumed_handshake(fastterm, be, tmp_path):
     log = tmp_path / "access.log"
     ft = fastterm(be.address, top={"access_log": str(log)})
