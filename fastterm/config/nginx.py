@@ -166,7 +166,7 @@ What maps (nginx -> model):
   $request, $status, $body_bytes_sent, $http_referer, $http_user_agent, $request_time,
   $upstream_addr, $upstream_response_time, $ssl_protocol, $ssl_cipher, $ssl_server_name, ...) ->
   ``access_log_format`` (the template, nginx's escaping); another variable or escape=json|none is
-  refused at the log_format line. Port-80 redirect servers write no access log.
+  refused at the log_format line. Port-80 servers log with the same format (no TLS facts).
 - ``ssl_reject_handshake on|off`` -> ``reject_handshake``: a handshake this server would take
   fails with unrecognized_name (a default server with it refuses unknown names and clients
   that send none); such a server needs no ``ssl_certificate`` nor locations.
@@ -995,7 +995,7 @@ class _Builder:
     def access_log(self, http: Level, tls: list[_Server]) -> tuple[str | None, str]:
         """``access_log PATH [FORMAT] [buffer=] [flush=]`` / ``off`` and ``log_format`` -> the one
         access log of the model (path, format): its value must be the same for every TLS server and
-        location, as fastterm writes one log (port-80 redirect servers write none)."""
+        location, as fastterm writes one log (port-80 servers write their answers into it too)."""
         formats: dict[str, tuple[str, Node | None]] = {"combined": (COMBINED, None)}
         for node in http.own("log_format"):
             name, *parts = node.args
