@@ -8,7 +8,6 @@ import datetime
 
 import msgspec
 
-from libc.stdio cimport snprintf
 from libc.stdlib cimport realloc
 
 cdef object _json_encode = msgspec.json.encode
@@ -104,12 +103,32 @@ cdef class AccessLog:
         return self.put(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
 
     cdef int put_int(self, long long v) except -1:
+        """Decimal digits by hand: snprintf was a tenth of a line's cost."""
         cdef char text[24]
-        return self.put(text, snprintf(text, sizeof(text), "%lld", v))
+        cdef int i = 24
+        cdef bint negative = v < 0
+        cdef unsigned long long u = <unsigned long long>(-v) if negative else <unsigned long long>v
+        while True:
+            i -= 1
+            text[i] = <char>(48 + u % 10)
+            u //= 10
+            if u == 0:
+                break
+        if negative:
+            i -= 1
+            text[i] = b'-'
+        return self.put(text + i, 24 - i)
 
     cdef int put_seconds(self, double v) except -1:
-        cdef char text[32]
-        return self.put(text, snprintf(text, sizeof(text), "%.3f", v))
+        """Seconds with milliseconds, as nginx writes $request_time ("0.003")."""
+        cdef long long ms = <long long>(v * 1000 + 0.5) if v > 0 else 0
+        cdef char frac[4]
+        self.put_int(ms // 1000)
+        frac[0] = b'.'
+        frac[1] = <char>(48 + ms // 100 % 10)
+        frac[2] = <char>(48 + ms // 10 % 10)
+        frac[3] = <char>(48 + ms % 10)
+        return self.put(frac, 4)
 
     cdef int put_json_text(self, bytes b) except -1:
         """A JSON string of the request's bytes (an invalid UTF-8 byte as \\xHH), or null."""
@@ -214,10 +233,15 @@ cdef class AccessLog:
     cdef int _json(self, bytes part, bytes method, bytes target, bytes protocol, int status, long long bytes_in,
                    long long bytes_out, long long head_sent, bytes upstream, double upstream_time, double elapsed,
                    bytes referer, bytes agent, double now) except -1:
-        cdef char ms[8]
+        cdef char ms[4]
+        cdef int m = <int>(<long long>(now * 1000) % 1000)
         self.put(b'{"time":"', 9)
         self.put_bytes(self.iso_head)
-        self.put(ms, snprintf(ms, sizeof(ms), ".%03d", <int>(<long long>(now * 1000) % 1000)))
+        ms[0] = b'.'
+        ms[1] = <char>(48 + m // 100)
+        ms[2] = <char>(48 + m // 10 % 10)
+        ms[3] = <char>(48 + m % 10)
+        self.put(ms, 4)
         self.put_bytes(self.iso_tail)
         self.put_bytes(part)
         self.put_json_text(method)
