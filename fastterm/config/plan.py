@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -749,6 +750,15 @@ def _is_ip(name: str) -> bool:
     return True
 
 
+def _check_access_log(path: str, source: str | None) -> None:
+    """The access log can be written (created when missing), as ``nginx -t`` checks: a worker
+    that could not open it would fail on every start."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError as exc:
+        raise ConfigError(f"cannot open {path}: {exc.strerror}", file=source, directive="access_log") from None
+
+
 def build(config: Config, source: str | None = None, shared=None) -> Plan:
     """Build every SSL_CTX and upstream pool; raises ConfigError naming what is wrong
     (located in ``source``, the configuration file, when given).
@@ -759,6 +769,8 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
     from fastterm._core import UpstreamPool
 
     plan = Plan()
+    if config.access_log:
+        _check_access_log(config.access_log, source)
     for up in config.upstreams:
         try:
             check_timeouts(up)

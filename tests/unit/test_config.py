@@ -457,3 +457,11 @@ def test_access_log_format_with_a_variable_not_logged_is_located(load):
     err = config_error(load, text)
     assert_located(err, line_of(text, "access_log_format"), "access_log_format")
     assert '"$cookie_x" is not one fastterm logs' in str(err)
+
+
+def test_an_access_log_that_cannot_be_opened_fails_check(tmp_path, write):
+    from fastterm.config.plan import build
+
+    config = load_config(write("fastterm.toml", f'access_log = "{tmp_path}/missing/access.log"\n' + GOOD))
+    with pytest.raises(ConfigError, match=r"access_log: cannot open .*/missing/access.log: No such file"):
+        build(config)
