@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from harness import HOST, NAME, free_port, metrics, request_bytes, wait_for
 from httpwire import Reader, read_response
 
@@ -159,6 +161,59 @@ def test_combined_format_parses_like_nginx(fastterm, be, tmp_path):
     assert agent == r"agent \x22quoted\x22"            # nginx's escaping of '"'
     datetime.datetime.strptime(when, "%d/%b/%Y:%H:%M:%S %z")
     assert second.group(4) == "GET /d HTTP/2.0" and second.group(7) == "https://r/"
+
+
+@pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"), reason="nginx is not installed")
+def test_combined_lines_are_nginx_lines(fastterm, be, tmp_path, ec_cert):
+    """The same requests through nginx and fastterm, both logging combined: the lines are the
+    same but for the time."""
+    port = free_port()
+    (tmp_path / "nginx").mkdir()
+    conf = tmp_path / "nginx" / "nginx.conf"
+    conf.write_text(f"""daemon off;
+pid {tmp_path}/nginx/nginx.pid;
+error_log {tmp_path}/nginx/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {tmp_path}/nginx/access.log combined;
+    client_body_temp_path {tmp_path}/nginx; proxy_temp_path {tmp_path}/nginx;
+    fastcgi_temp_path {tmp_path}/nginx; uwsgi_temp_path {tmp_path}/nginx; scgi_temp_path {tmp_path}/nginx;
+    server {{
+        listen {HOST}:{port} ssl;
+        server_name {NAME};
+        ssl_certificate {ec_cert["cert"]};
+        ssl_certificate_key {ec_cert["key"]};
+        location / {{ proxy_pass http://{be.address}; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    }}
+}}
+""")
+    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(tmp_path / "nginx"), "-c", str(conf),
+                              "-e", str(tmp_path / "nginx" / "error.log")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        ft = fastterm(be.address, top={"access_log": str(tmp_path / "ft.log"), "access_log_format": "combined"})
+        assert wait_for(lambda: _listening(port), 10)
+        requests = [("--http1.1", "-A", 'quote " and \\ and \u00e9', "/a?b=c"),   # é: two bytes nginx escapes
+                    ("--http1.1", "-e", "https://ref.example/x", "/r"), ("--http1.1", "-I", "/head")]
+        for *args, path in requests:
+            for url in (ft.url(path), f"https://{NAME}:{port}{path}"):
+                assert curl(ft, *args, "--resolve", f"{NAME}:{port}:{HOST}", url).stdout == "200"
+        ours = lines(tmp_path / "ft.log", 3)
+        wait_for(lambda: len((tmp_path / "nginx" / "access.log").read_text().splitlines()) >= 3, 10)
+        theirs = (tmp_path / "nginx" / "access.log").read_text().splitlines()
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+    untimed = [re.sub(r"\[[^\]]+\]", "[T]", line, count=1) for line in ours]
+    assert untimed == [re.sub(r"\[[^\]]+\]", "[T]", line, count=1) for line in theirs], (ours, theirs)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def test_sigusr1_after_a_rename_starts_a_new_file_and_loses_no_line(fastterm, be, tmp_path):
