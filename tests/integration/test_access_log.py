@@ -179,7 +179,7 @@ http {{
     client_body_temp_path {tmp_path}/nginx; proxy_temp_path {tmp_path}/nginx;
     fastcgi_temp_path {tmp_path}/nginx; uwsgi_temp_path {tmp_path}/nginx; scgi_temp_path {tmp_path}/nginx;
     server {{
-        listen {HOST}:{port} ssl;
+        listen {HOST}:{port} ssl http2;
         server_name {NAME};
         ssl_certificate {ec_cert["cert"]};
         ssl_certificate_key {ec_cert["key"]};
@@ -194,12 +194,13 @@ http {{
         ft = fastterm(be.address, top={"access_log": str(tmp_path / "ft.log"), "access_log_format": "combined"})
         assert wait_for(lambda: _listening(port), 10)
         requests = [("--http1.1", "-A", 'quote " and \\ and \u00e9', "/a?b=c"),   # é: two bytes nginx escapes
-                    ("--http1.1", "-e", "https://ref.example/x", "/r"), ("--http1.1", "-I", "/head")]
+                    ("--http1.1", "-e", "https://ref.example/x", "/r"), ("--http1.1", "-I", "/head"),
+                    ("--http2", "/two")]
         for *args, path in requests:
             for url in (ft.url(path), f"https://{NAME}:{port}{path}"):
                 assert curl(ft, *args, "--resolve", f"{NAME}:{port}:{HOST}", url).stdout == "200"
-        ours = lines(tmp_path / "ft.log", 3)
-        wait_for(lambda: len((tmp_path / "nginx" / "access.log").read_text().splitlines()) >= 3, 10)
+        ours = lines(tmp_path / "ft.log", len(requests))
+        wait_for(lambda: len((tmp_path / "nginx" / "access.log").read_text().splitlines()) >= len(requests), 10)
         theirs = (tmp_path / "nginx" / "access.log").read_text().splitlines()
     finally:
         nginx.terminate()
