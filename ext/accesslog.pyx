@@ -226,9 +226,9 @@ cdef class AccessLog:
                 b',"tls_version":', _json_encode(version), b',"cipher":', _json_encode(cipher),
                 b',"session_reused":', _json_encode(reused), b',"alpn":', _json_encode(alpn),
                 b',"handshake_time":', b"%.3f" % hs_time if hs_time >= 0 else _NULL, b',"method":'])
-        return tuple([(x or "-").encode("ascii", "backslashreplace") for x in (client, sni, version, cipher, alpn)] +
-                     [b"r" if reused else b"." if reused is not None else _DASH,
-                      b"%.3f" % hs_time if hs_time >= 0 else _DASH])
+        texts = [(x or "-").encode("ascii", "backslashreplace") for x in (client, sni, version, cipher, alpn)]
+        return tuple(texts + [b"r" if reused else b"." if reused is not None else _DASH,   # nginx's $ssl_session_reused
+                              b"%.3f" % hs_time if hs_time >= 0 else _DASH])
 
     cdef int _json(self, bytes part, bytes method, bytes target, bytes protocol, int status, long long bytes_in,
                    long long bytes_out, long long head_sent, bytes upstream, double upstream_time, double elapsed,

@@ -668,8 +668,8 @@ cdef class H2Stream(Stream):
     cdef void log(self, ClientConnection conn):
         """The access log's line: the status submitted, or 499 when the stream ended before one."""
         self.exchange.head_sent = self.sent_head
-        self.worker.log_exchange(conn, self.exchange, self.sent_status or 499, self.header_bytes + self.body_total,
-                                 self.sent_head + self.sent_body, True)
+        self.worker.log_exchange(conn, self.exchange, self.sent_status or 499,
+                                 self.header_bytes + self.body_total, self.sent_head + self.sent_body, True)
 
     cdef void expire(self):
         if self.exchange is None:

@@ -102,7 +102,7 @@ cdef class Worker:
     cdef int hs_log_lines           # ... lines written in it (at most hs_log_rate) ...
     cdef int hs_log_skipped         # ... and failures not logged since the last summary line
     cdef public int hs_log_rate
-    cdef public object access_log   # an AccessLog (accesslog.pyx), or None: off (nothing is collected)
+    cdef readonly object access_log # an AccessLog (accesslog.pyx, set_access_log); None: off, nothing collected
 
     cdef int epfd                   # our epoll set of client and listening sockets
     cdef epoll_event *events

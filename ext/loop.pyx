@@ -352,6 +352,9 @@ cdef class Worker:
         except Exception:
             _log.exception("access log: the line of a request from %s is lost", conn.peer_ip)
 
+    def set_access_log(self, AccessLog access_log):
+        self.access_log = access_log
+
     def _flush_access_log(self):
         try:
             self.access_log.flush()

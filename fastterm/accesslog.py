@@ -40,7 +40,7 @@ VARIABLES = {
     "http_user_agent": "user_agent", "ssl_protocol": "tls_version", "ssl_cipher": "cipher",
     "ssl_server_name": "sni", "ssl_session_reused": "session_reused", "ssl_alpn_protocol": "alpn",
     "upstream_addr": "upstream", "upstream_response_time": "upstream_time",
-    "ssl_handshake_time": "handshake_time",
+    "ssl_handshake_time": "handshake_time",   # fastterm's own (nginx has none)
 }
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 

@@ -72,7 +72,7 @@ class Serving:
         self.worker = Worker(loop, config.limits, self.plan.pools.values())
         self.worker.hs_log_rate = config.handshake_log_rate
         if config.access_log and config.access_log != "off":
-            self.worker.access_log = open_access_log(config.access_log, config.access_log_format)
+            self.worker.set_access_log(open_access_log(config.access_log, config.access_log_format))
         self.listeners = []
         self.redirect_servers = []
         self.redirect_limits = None
