@@ -50,7 +50,8 @@ cdef class H2Stream(Stream):
     cdef long long body_total
     cdef int sent_status            # the final response's status, 0: none was submitted
     cdef long long sent_body        # DATA payload bytes nghttp2 took for the client
-    cdef long long sent_head        # the response fields' bytes, uncompressed (access log only)
+    cdef long long wire_in          # its frames' bytes, received (HEADERS, DATA) ...
+    cdef long long wire_out         # ... and sent (counted only while an access log is on)
 
     cdef int on_header(self, const uint8_t *name, size_t namelen, const uint8_t *value, size_t valuelen)
     cdef void request_head_done(self)

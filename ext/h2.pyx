@@ -96,6 +96,7 @@ cdef int _on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *u
         stream = _stream_of(ng, frame.hd.stream_id)
         if stream is None:
             return 0
+        stream.wire_in += frame.hd.length + 9   # the access log's bytes_in: frames as they came
         if kind == NGHTTP2_HEADERS and frame.headers.cat == NGHTTP2_HCAT_REQUEST:
             stream.bodiless = stream.end_stream = (frame.hd.flags & NGHTTP2_FLAG_END_STREAM) != 0
             stream.request_head_done()
@@ -112,9 +113,15 @@ cdef int _on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *u
     ENHANCE_YOUR_CALM (SETTINGS, PING ACKs piling up) or INTERNAL_ERROR (resets over the
     rate, in 1.52's backport of the Rapid Reset fix). Ours carry NO_ERROR. Count it here."""
     cdef H2Session session = <H2Session>user_data
+    cdef H2Stream stream
     if frame.hd.type == NGHTTP2_GOAWAY and (frame.goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM or
                                             frame.goaway.error_code == NGHTTP2_INTERNAL_ERROR):
         session.count_flood()
+    elif (frame.hd.type == NGHTTP2_HEADERS or frame.hd.type == NGHTTP2_DATA) and \
+            session.worker.access_log is not None:
+        stream = _stream_of(ng, frame.hd.stream_id)
+        if stream is not None:
+            stream.wire_out += frame.hd.length + 9   # the access log's bytes_out: frames as they went
     return 0
 
 
@@ -635,8 +642,6 @@ cdef class H2Stream(Stream):
             free(nva)   # nghttp2 copied the fields
         self.responded = True
         self.sent_status = status
-        if self.worker.access_log is not None:
-            self.sent_head = sum([len(name) + len(value) + 4 for name, value in fields])
         if r != 0:
             _log.debug("HTTP/2 stream %d: cannot respond: %s", self.id, nghttp2_strerror(r).decode())
 
@@ -667,9 +672,8 @@ cdef class H2Stream(Stream):
 
     cdef void log(self, ClientConnection conn):
         """The access log's line: the status submitted, or 499 when the stream ended before one."""
-        self.exchange.head_sent = self.sent_head
-        self.worker.log_exchange(conn, self.exchange, self.sent_status or 499,
-                                 self.header_bytes + self.body_total, self.sent_head + self.sent_body, True)
+        self.exchange.head_sent = self.wire_out - self.sent_body if self.wire_out > self.sent_body else 0
+        self.worker.log_exchange(conn, self.exchange, self.sent_status or 499, self.wire_in, self.wire_out, True)
 
     cdef void expire(self):
         if self.exchange is None:

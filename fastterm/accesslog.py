@@ -11,8 +11,8 @@ the old file, then opens the path again.
 JSON fields, in order: ``time`` (ISO 8601, ms), ``client``, ``sni``, ``tls_version``, ``cipher``,
 ``session_reused``, ``alpn``, ``handshake_time`` (s), ``method``, ``path`` (the request target),
 ``protocol``, ``status`` (499: the client went away first), ``bytes_in`` (request head and body;
-HTTP/2: the decoded field list as RFC 9113 §6.5.2 counts it, 32 more per field, and DATA),
-``bytes_out`` (head and body sent; HTTP/2: the fields uncompressed and DATA), ``body_bytes_out``,
+HTTP/2: its HEADERS and DATA frames), ``bytes_out`` (head and body sent; HTTP/2: its HEADERS and
+DATA frames, as nginx's $bytes_sent), ``body_bytes_out`` (HTTP/2: the DATA payloads),
 ``upstream`` (the server last tried), ``upstream_time`` (first try to the response's end, s),
 ``request_time`` (s), ``referer``, ``user_agent``. Values of the request's own bytes: JSON
 strings (an invalid UTF-8 byte as \\xHH); in templates nginx's escaping.

@@ -73,6 +73,7 @@ def test_json_lines_for_http11_and_http2(fastterm, be, tmp_path):
     datetime.datetime.fromisoformat(one["time"])
     assert two["protocol"] == "HTTP/2.0" and two["alpn"] == "h2" and two["path"] == "/two"
     assert two["status"] == 200 and two["body_bytes_out"] == len("ok /two") and two["upstream"] == be.address
+    assert two["bytes_out"] > two["body_bytes_out"] + 9 and two["bytes_in"] > 9   # frames, 9-byte headers each
 
 
 def test_own_answers_are_logged(fastterm, be, tmp_path, refused_address):
