@@ -35,25 +35,23 @@ cdef class AccessLog:
     workers sharing the file never interleave within a line. ``pieces``: a compiled nginx
     template ([(literal, LV_*)], fastterm/accesslog.py), or None for JSON lines."""
 
-    def __cinit__(self):
+    def __cinit__(self, str path, list pieces=None):
         self.fd = -1
         self.second = -1
-
-    def __init__(self, str path, list pieces=None):
         self.path = path
         self.pieces = pieces
         self.cap = 2 * LOG_BUFFER
         self.buf = <char *>malloc(self.cap)
         if self.buf == NULL:
             raise MemoryError()
-        self.open()
+        self._open()
 
     def __dealloc__(self):
         free(self.buf)
         if self.fd >= 0:
             close(self.fd)
 
-    def open(self):
+    def _open(self):
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def reopen(self):
@@ -61,7 +59,7 @@ cdef class AccessLog:
         path is opened anew; if that fails the old file is kept."""
         old = self.fd
         self.flush()
-        self.open()
+        self._open()
         if old >= 0:
             close(old)
 
