@@ -751,12 +751,18 @@ def _is_ip(name: str) -> bool:
 
 
 def _check_access_log(path: str, source: str | None) -> None:
-    """The access log can be written (created when missing), as ``nginx -t`` checks: a worker
-    that could not open it would fail on every start."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
-    except OSError as exc:
-        raise ConfigError(f"cannot open {path}: {exc.strerror}", file=source, directive="access_log") from None
+    """The access log can be written, as ``nginx -t`` checks: a worker that could not open it
+    would fail at each start. Nothing is created here: the workers create it (as the user they
+    run as)."""
+    directory = os.path.dirname(path) or "."
+    if os.path.exists(path):
+        why = None if os.access(path, os.W_OK) else "permission denied"
+    elif not os.path.isdir(directory):
+        why = f"no directory {directory}"
+    else:
+        why = None if os.access(directory, os.W_OK | os.X_OK) else f"{directory} is not writable"
+    if why:
+        raise ConfigError(f"cannot write {path}: {why}", file=source, directive="access_log")
 
 
 def build(config: Config, source: str | None = None, shared=None) -> Plan:
