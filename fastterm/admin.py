@@ -2,7 +2,8 @@
 "Defaults": a unix socket or loopback only by default; mutating calls need a credential;
 it never blocks the master).
 
-``GET /status`` (JSON) and ``GET /metrics`` (Prometheus text format 0.0.4, summed over
+``GET /ready`` (200 while workers accept, 503 before and once a stop began: a readiness
+probe), ``GET /status`` (JSON) and ``GET /metrics`` (Prometheus text format 0.0.4, summed over
 every worker from shared memory) answer whoever reaches the address, as Prometheus
 scrapes them. ``POST /reload`` and ``POST /ticket-keys/rotate`` need a credential: on a
 unix socket, a peer of the master's uid or root (SO_PEERCRED); on TCP,
@@ -430,6 +431,9 @@ class AdminServer:
         method, path = request.method, request.path
         if method == "GET" and path == "/status":
             self._answer(conn, 200, json.dumps(status_payload(master), indent=1) + "\n")
+        elif method == "GET" and path == "/ready":
+            ready = master.readiness()
+            self._answer(conn, 200 if ready["ready"] else 503, _json(ready))
         elif method == "GET" and path == "/metrics":
             self._answer(conn, 200, metrics_text(master), "text/plain; version=0.0.4; charset=utf-8")
         elif method == "POST" and path == "/reload":

@@ -62,9 +62,33 @@ def private_dir(path: str) -> str:
 
 def exposure(path: str | int) -> str | None:
     """``"readable by group or others (mode 0644)"`` when a secret's permissions let other
-    users read or replace it, else None (owner-only modes, 0600 or 0400)."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if not mode & 0o077:
+    users read or replace it, else None: owner-only modes (0600, 0400), or read for a group
+    that is ours alone (0440 root:fsGroup, which a Kubernetes Secret volume mounted for a
+    non-root pod gives; a private group of ``useradd --user-group``)."""
+    st = os.stat(path)
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o077 or (not mode & 0o037 and group_is_ours_alone(st.st_gid)):
         return None
     how = "readable" if mode & 0o044 else "writable"
     return f"{how} by group or others (mode {mode:04o})"
+
+
+def group_is_ours_alone(gid: int) -> bool:
+    """``gid`` is this process's group and no other user's, primary or supplementary
+    (a group the databases do not know could be anyone's)."""
+    import grp
+    import pwd
+
+    if gid != os.getegid():
+        return False
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return False
+    me = os.geteuid()
+    others = {u.pw_name for u in pwd.getpwall() if u.pw_gid == gid and u.pw_uid != me}
+    try:
+        members.discard(pwd.getpwuid(me).pw_name)
+    except KeyError:
+        pass
+    return not (members | others)

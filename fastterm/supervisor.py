@@ -34,10 +34,14 @@ import secrets
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
 
+import msgspec
+
+from fastterm import privileges
 from fastterm import worker as worker_mod
 from fastterm.admin import AdminServer
 from fastterm.certs.ocsp import Stapler
@@ -49,6 +53,7 @@ from fastterm.errors import FasttermError
 from fastterm.files import is_private_dir, private_dir, write_atomic
 from fastterm.health import HealthChecker
 from fastterm.keys import TicketKeys
+from fastterm.notify import Notifier
 
 log = logging.getLogger("fastterm.master")
 
@@ -129,6 +134,7 @@ class WorkerProc:
     started: float
     stopping: bool = False
     hurried: bool = False   # told to stop at once (SIGQUIT): too many generations draining
+    serving: bool = False   # said so on the ready pipe: its listeners accept
 
 
 @dataclass
@@ -138,6 +144,7 @@ class Generation:
     plan: Plan
     workers: int
     started: float = field(default_factory=time.time)
+    credentials: privileges.Credentials | None = None   # what its workers become (privileges.py)
 
 
 class Master:
@@ -177,6 +184,8 @@ class Master:
         self.token_file = token_file_of(config)
         self.token: str | None = None
         self.generations_made = 0
+        self.notify = Notifier()
+        self.awaiting_ready = True   # READY=1 once the current generation serves
         self._commit(config, build(config, self.source.toml_path, self.shared))
 
     def _ticket_keys(self, config: Config) -> TicketKeys:
@@ -217,9 +226,12 @@ class Master:
         self.ocsp.attach(plan.staples)          # before fork: the contexts learn their OCSP slots
         self.certificates = StapleFollower(config, plan, self.ocsp)
         self.health.attach(config, plan)        # before fork: the pools learn their health slots
+        credentials = privileges.resolve(config.user, config.group)
+        if credentials is not None and os.geteuid() != 0:
+            log.warning("user %s is ignored: the master does not run as root", config.user)
         self.generations_made += 1
         old = self.generation
-        self.generation = Generation(self.generations_made, config, plan, workers)
+        self.generation = Generation(self.generations_made, config, plan, workers, credentials=credentials)
         if old is not None:
             self.old_generations.append(old.number)
 
@@ -245,8 +257,14 @@ class Master:
             try:
                 self._in_child(set(sockets.values()) | set(redirect_sockets.values()))
                 set_title(f"fastterm: worker process (generation {gen.number}, slot {slot})")
-                worker_mod.serve_forked(gen.config, gen.plan, sockets, redirect_sockets, self.shared,
-                                        counter_slot, master_pid)
+                config = gen.config
+                if self._drops_privileges(gen):
+                    worker_mod.preload()
+                    privileges.drop(gen.credentials)
+                    # Keys may be root's alone now: the master follows the files (_follow_certificates).
+                    config = msgspec.structs.replace(config, certificate_check_interval=0)
+                worker_mod.serve_forked(config, gen.plan, sockets, redirect_sockets, self.shared,
+                                        counter_slot, master_pid, ready=self._tell_ready)
                 code = 0
             except BaseException:
                 log.exception("worker failed")
@@ -268,6 +286,8 @@ class Master:
             self.admin.close_in_child()
         self.ocsp.close_in_child()
         self.health.close_in_child()
+        self.notify.close_in_child()
+        os.close(self.ready_r)
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
                     signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
@@ -315,6 +335,7 @@ class Master:
         """Validate the new configuration; on success start a generation and drain the old.
         Never raises: a failure is counted, logged and kept in ``last_reload_error``."""
         previous = self.generation
+        self.notify.reloading()
         try:
             config = self.source.load(_log_warning)
             plan = build(config, self.source.toml_path, self.shared)
@@ -334,14 +355,52 @@ class Master:
         for number in self.old_generations:
             self._stop_generation(number)
         self._hurry_old_generations()
+        self.awaiting_ready = True
         log.info("reloaded: generation %d serving", self.generation.number)
         return True
+
+    def _tell_ready(self) -> None:
+        """In a worker: its pid on the ready pipe (a master gone meanwhile hears nothing)."""
+        try:
+            os.write(self.ready_w, struct.pack("=i", os.getpid()))
+        except OSError:
+            pass
+
+    @staticmethod
+    def _drops_privileges(gen: Generation) -> bool:
+        return privileges.applies(gen.credentials)
+
+    def _on_worker_ready(self, _events: int) -> None:
+        """Workers write their pid on the ready pipe once they accept (4 bytes: atomic)."""
+        try:
+            data = os.read(self.ready_r, 4096)
+        except BlockingIOError:
+            return
+        for (pid,) in struct.iter_unpack("=i", data[:len(data) - len(data) % 4]):
+            if pid in self.procs:
+                self.procs[pid].serving = True
+        self._report_ready()
+
+    def _report_ready(self) -> None:
+        """READY=1 (systemd) when every worker of the current generation serves: at start, and
+        to end a reload."""
+        gen = self.generation
+        serving = [p for p in self.procs.values() if p.generation == gen.number and p.serving and not p.stopping]
+        if not self.awaiting_ready or self.stopping or len(serving) < gen.workers:
+            return
+        self.awaiting_ready = False
+        addrs = ", ".join(f"{h}:{p}" for (h, p), *_ in gen.plan.listeners)
+        user = f" as {gen.credentials.user}" if self._drops_privileges(gen) else ""
+        self.notify.ready(f"generation {gen.number}: {gen.workers} workers serving{user} on {addrs}")
 
     def _reload_certificates(self) -> None:
         """SIGUSR2: the certificate files now, without a new generation: each worker reads the
         blocks whose files changed and swaps only their contexts (certs/watch.py), as its poll
         does every certificate_check_interval (this is the way when that is 0)."""
         log.info("SIGUSR2: reading the certificate files again")
+        if self._drops_privileges(self.generation):
+            self._certificates_changed()
+            return
         self.certificates.poll()
         for proc in self.procs.values():
             if proc.generation == self.generation.number and not proc.stopping:
@@ -368,6 +427,7 @@ class Master:
     def _reload_failed(self, exc: BaseException) -> bool:
         self.reload_failures += 1
         self.last_reload_error = str(exc)
+        self.notify.ready(f"reload failed, generation {self.generation.number} keeps serving: {exc}")
         log.error("reload failed, generation %d keeps serving: %s", self.generation.number, exc)
         return False
 
@@ -459,6 +519,16 @@ class Master:
             "config_format": self.source.format,
         }
 
+    def readiness(self) -> dict:
+        """GET /ready: a load balancer may send traffic once workers serve and until a stop
+        begins (a draining instance answers 503 so that it is taken out first). A reload stays
+        ready: while the old generation drains and the new one starts, the master's sockets
+        queue the connections for the new one."""
+        accepting = [p for p in self.procs.values() if p.serving and not p.stopping]
+        ready = not self.stopping and any(p.serving for p in self.procs.values())
+        return {"ready": ready, "stopping": self.stopping, "generation": self.generation.number,
+                "workers_serving": len(accepting)}
+
     def _slot_counters(self, counter_slot: int) -> dict:
         from fastterm._core import COUNTER_NAMES
 
@@ -532,6 +602,8 @@ class Master:
                     signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, self._on_signal)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake)
+        self.ready_r, self.ready_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.selector.register(self.ready_r, selectors.EVENT_READ, self._on_worker_ready)
         if self.generation.config.admin:
             self._open_admin(self.generation.config.admin)
         self._write_pid_file()
@@ -576,7 +648,19 @@ class Master:
         now = time.monotonic()
         if interval > 0 and now >= self.next_certificate_check:
             self.next_certificate_check = now + interval
-            self.certificates.poll()
+            if self._drops_privileges(self.generation):
+                self._certificates_changed()
+            else:
+                self.certificates.poll()
+
+    def _certificates_changed(self) -> None:
+        """Workers that gave root up may not read the keys: here the master reads the changed
+        files (as root) and a reload brings them to a new generation, whose contexts the
+        master builds before fork; the old generation drains, no connection is lost."""
+        if self.certificates.poll():
+            log.info("certificate files changed: reloading, the workers run as %s",
+                     self.generation.credentials.user)
+            self.request_reload()
 
     def certificate_report(self) -> list[dict]:
         """Each certificate served now: names, source, seconds to its notAfter."""
@@ -594,6 +678,8 @@ class Master:
         elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             graceful = sig != signal.SIGQUIT
             log.info("%s: %s stop", signal.Signals(sig).name, "graceful" if graceful else "fast")
+            self.notify.stopping(f"{'graceful' if graceful else 'fast'} stop: {len(self.procs)} workers "
+                                 f"{'draining' if graceful else 'closing'}")
             self.stopping = True
             self.reload_pending = False
             waiters, self.reload_waiters = self.reload_waiters, []

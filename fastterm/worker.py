@@ -169,9 +169,18 @@ def reopen_logs(config: Config, serving: Serving | None = None) -> None:
         serving.worker.reopen_access_log()
 
 
+def preload() -> None:
+    """Import now what serving imports on first use: a worker that gave root up may no
+    longer read the interpreter's library (a Python or virtualenv under a 0700 /root)."""
+    import uvloop
+
+    uvloop.new_event_loop().close()
+
+
 def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: dict, shared,
-                 counter_slot: int, master_pid: int) -> None:
-    """A worker forked by the master: serve on the inherited sockets until told to stop."""
+                 counter_slot: int, master_pid: int, ready=None) -> None:
+    """A worker forked by the master: serve on the inherited sockets until told to stop;
+    ``ready()`` once its listeners accept (the master's readiness, systemd's READY=1)."""
     import uvloop
 
     loop = uvloop.new_event_loop()
@@ -182,6 +191,8 @@ def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: di
         serving.worker.use_counter_slot(shared, counter_slot)
         await serving.start()
         settle_heap()
+        if ready is not None:
+            ready()
         stop = lambda graceful: asyncio.ensure_future(serving.stop(graceful))
         loop.add_signal_handler(signal.SIGTERM, stop, True)
         loop.add_signal_handler(signal.SIGQUIT, stop, False)

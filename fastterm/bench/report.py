@@ -118,8 +118,10 @@ def print_table(rows: list[dict], console) -> None:
     table = Table(title="fastterm bench", show_lines=False)
     base = with_baseline(rows)
     for c in columns(rows):
+        # a figure's name is what a reader greps for: never wrapped or cut, the others shrink
+        name_width = max((len(r["figure"]) for r in rows), default=0) if c == "figure" else None
         table.add_column(c, justify="left" if c in ("figure", "terminator") else "right",
-                         no_wrap=c == "figure")   # a figure's name is what a reader greps for
+                         no_wrap=c == "figure", min_width=name_width)
     last = None
     for r in rows:
         if last is not None and r["figure"] != last:

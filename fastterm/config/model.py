@@ -387,6 +387,8 @@ class Config(Struct):
     workers: int | Literal["auto"] = "auto"
     admin: str | None = None  # "127.0.0.1:9901" or "unix:/run/fastterm.sock": /status, /metrics
     pid_file: str | None = None
+    user: str | None = None   # started as root: workers run as this user (nginx ``user``; fastterm/privileges.py)
+    group: str | None = None  # and group (None: the user's primary group)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     error_log: str | None = None
     access_log: str | None = None  # a file, one line per request (fastterm/accesslog.py); "off" or unset: none

@@ -13,6 +13,8 @@ then every directive is sorted into one of three kinds, and never silently dropp
 
 What maps (nginx -> model):
 
+- ``user NAME [GROUP]`` -> ``user``, ``group`` (no GROUP: the group named as the user, nginx's
+  rule); started as root, the workers run as them (``fastterm/privileges.py``).
 - ``worker_processes`` -> ``workers`` (absent: 1, nginx's default); ``worker_shutdown_timeout``
   -> ``limits.drain_timeout``; ``events { worker_connections }`` -> ``limits.worker_connections``
   (nginx counts backend connections in it too; fastterm counts clients; absent: fastterm's own
@@ -170,12 +172,29 @@ What maps (nginx -> model):
 - ``ssl_reject_handshake on|off`` -> ``reject_handshake``: a handshake this server would take
   fails with unrecognized_name (a default server with it refuses unknown names and clients
   that send none); such a server needs no ``ssl_certificate`` nor locations.
+- nginx's ACME module (ngx_http_acme_module, nginx 1.29+): ``acme_issuer NAME { }`` -> an ``Acme``:
+  ``uri`` (mandatory, https) -> ``directory``, ``contact`` (one; ``mailto:`` stripped) -> ``email``,
+  ``accept_terms_of_service`` -> ``accept_terms`` (absent: false, as nginx), ``state_path`` (relative
+  to the main file's directory; absent: ``NAME`` under fastterm's state directory rather than
+  nginx's ``acme_NAME``; nginx's files there are not read) -> ``state_dir``,
+  ``ssl_trusted_certificate`` -> ``ca_file``, ``challenge http-01|tls-alpn-01`` (``http``,
+  ``tls-alpn``) -> ``challenge``. ``acme_certificate NAME [IDENTIFIER...] [key=ecdsa:256|rsa:2048]``
+  in a server whose ``ssl_certificate``/``ssl_certificate_key`` are ``$acme_certificate``/
+  ``$acme_certificate_key`` -> its ``acme`` with ``names`` (the identifiers, else its
+  ``server_name``s read as the module reads them: ``.example.com`` is www.example.com and
+  example.com, IP addresses in canonical form, regexes skipped with a warning) and ``key_type``;
+  the server's other ``ssl_certificate`` files are kept beside it. http-01 needs a server without
+  ``ssl``: its ``[[redirect]]`` is where the CA's request is answered (a warning when none
+  listens on port 80). The module's rule that http {} has a ``resolver`` is kept.
+- certbot's webroot on a plain server, ``location [^~] /.well-known/acme-challenge/ { root DIR; }``
+  beside the ``location /`` that returns -> ``acme_challenge_dir`` (one DIR for all port-80
+  servers; a server-level ``return``, which nginx answers first, is refused with it).
 - Values equal to fastterm's behaviour are accepted for: ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
   ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``,
   ``keepalive_disable none``, ``chunked_transfer_encoding on``.
 
-What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``user``, ``pid``,
+What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``pid``,
 ``daemon``, ``master_process``, ``error_log``, ``worker_rlimit_nofile``, ``worker_cpu_affinity``,
 ``load_module``, events' ``use``/``multi_accept``/``accept_mutex``), file serving (``root``,
 ``index``, ``alias``, ``sendfile``, ``tcp_nopush``, ``aio``, ``open_file_cache*``, ``types``,
@@ -184,9 +203,10 @@ What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``
 ``client_body_buffer_size``, ``client_header_buffer_size``, ``*_temp_path``), nginx's hash
 table sizes, what nginx itself calls obsolete (``http2_max_requests``, ``http2_max_field_size``,
 ``http2_idle_timeout``, ...), ``open_log_file_cache``,
-``resolver`` and ``resolver_timeout`` (parsed as nginx does; nginx uses them only to look up OCSP
-responders, which fastterm does with the system resolver, getaddrinfo, at each fetch: an IP
-address needs no lookup, and tests name only 127.0.0.1), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
+``resolver`` and ``resolver_timeout`` (parsed as nginx does; nginx uses them to look up OCSP
+responders and ACME servers, which fastterm does with the system resolver, getaddrinfo, at each
+fetch: an IP address needs no lookup, and tests name only 127.0.0.1), ``acme_shared_zone``,
+``ssl_certificate_cache``, ``account_key ALG`` (fastterm makes its own account key), ``zone``, ``server_tokens``, ``lingering_*``, and ``listen`` options
 without effect (``deferred``, ``backlog=``).
 
 What is refused, (c): every other directive nginx knows, among them ``ssl_crl``, ``proxy_ssl_crl``, ``proxy_ssl_password_file``,
@@ -199,7 +219,10 @@ upstream ``down``/``max_conns``/``hash``/
 ``keepalive_requests``, ``gzip on``, ``if``/``rewrite``/``set``/``map``, ``limit_*``, ``auth_*``,
 ``allow``/``deny``, ``listen ... proxy_protocol`` other than with ``ssl``, ``set_real_ip_from`` and
 ``real_ip_header proxy_protocol`` in its server (then fastterm's ``accept_proxy``: the header is
-taken only from those peers, others are closed), and plain-HTTP proxying (a
+taken only from those peers, others are closed), of the ACME module ``ssl_verify off``,
+``state_path off``, ``account_key FILE``, ``external_account_key``, ``preferred_chain``, ``profile``,
+``common_name_in_csr on``, several or non-mailto ``contact``s, wildcard names (dns-01), other
+``key=`` values, ``$acme_certificate`` without ``acme_certificate``, and plain-HTTP proxying (a
 server without ``ssl`` may only ``return``; other statuses, other variables in it). Each has its reason in ``UNSUPPORTED`` or in the
 error. Bad input is an error at file:line too: unbalanced braces, a missing ``;``, an unknown
 directive, a directive out of its context or with the wrong argument count (crossplane's
@@ -246,6 +269,7 @@ from fastterm.certs.store import load_certificate
 from fastterm.config.model import (
     INTERMEDIATE_CIPHERS,
     INTERMEDIATE_GROUPS,
+    Acme,
     AddHeader,
     Answer,
     Certificate,
@@ -263,6 +287,7 @@ from fastterm.config.model import (
     UpstreamTLS,
 )
 from fastterm.errors import ConfigError
+from fastterm.privileges import resolve
 from fastterm.redirect import CLOSE_WITHOUT_RESPONSE, REDIRECT_CODES, compile_template
 
 Warn = Callable[..., None]   # warn(message, level="warn"|"notice")
@@ -323,8 +348,35 @@ for _name, _masks in {
     "ssl_reject_handshake": [_HTTP_MS | _cp.NGX_CONF_FLAG],                     # 1.19.4
     "keepalive_time": [_HTTP_MS | _cp.NGX_HTTP_LOC_CONF | _cp.NGX_CONF_TAKE1],  # 1.19.10
     "proxy_ssl_conf_command": [_HTTP_MS | _cp.NGX_HTTP_LOC_CONF | _cp.NGX_CONF_TAKE2],
+    "ssl_certificate_cache": [_HTTP_MS | _cp.NGX_CONF_TAKE123],                 # 1.27.4
 }.items():
     _cp.DIRECTIVES.setdefault(_name, _masks)
+
+# nginx's ACME module (ngx_http_acme_module, nginx 1.29+, github.com/nginx/nginx-acme): its
+# directives, and a context of its own for the inside of "acme_issuer NAME { }", which
+# crossplane has no bit for.
+_ACME_ISSUER_CONF = 1 << 32
+_cp.CONTEXTS.setdefault(("http", "acme_issuer"), _ACME_ISSUER_CONF)
+for _name, _mask in {
+    "acme_issuer": _cp.NGX_HTTP_MAIN_CONF | _cp.NGX_CONF_BLOCK | _cp.NGX_CONF_TAKE1,
+    "acme_shared_zone": _cp.NGX_HTTP_MAIN_CONF | _cp.NGX_CONF_TAKE1,
+    "acme_certificate": _cp.NGX_HTTP_SRV_CONF | _cp.NGX_CONF_1MORE,
+    "uri": _ACME_ISSUER_CONF | _cp.NGX_CONF_TAKE1,
+    "account_key": _ACME_ISSUER_CONF | _cp.NGX_CONF_TAKE1,
+    "challenge": _ACME_ISSUER_CONF | _cp.NGX_CONF_TAKE1,
+    "common_name_in_csr": _ACME_ISSUER_CONF | _cp.NGX_CONF_FLAG,
+    "contact": _ACME_ISSUER_CONF | _cp.NGX_CONF_TAKE1,
+    "external_account_key": _ACME_ISSUER_CONF | _cp.NGX_CONF_TAKE2,
+    "preferred_chain": _ACME_ISSUER_CONF | _cp.NGX_CONF_TAKE1,
+    "profile": _ACME_ISSUER_CONF | _cp.NGX_CONF_TAKE12,
+    "ssl_trusted_certificate": _ACME_ISSUER_CONF | _cp.NGX_CONF_TAKE1,
+    "ssl_verify": _ACME_ISSUER_CONF | _cp.NGX_CONF_FLAG,
+    "state_path": _ACME_ISSUER_CONF | _cp.NGX_CONF_TAKE1,
+    "accept_terms_of_service": _ACME_ISSUER_CONF | _cp.NGX_CONF_NOARGS,
+}.items():
+    _masks = _cp.DIRECTIVES.setdefault(_name, [])
+    if _mask not in _masks:
+        _masks.append(_mask)
 
 # Blocks whose lines are data, not directives.
 _OPAQUE_BLOCKS = {"types", "map", "geo", "split_clients", "match", "charset_map", "perl_set"}
@@ -554,7 +606,7 @@ upstream_queue_time upstream_response_length upstream_response_time upstream_sta
 realip_remote_addr realip_remote_port http2 gzip_ratio limit_conn_status limit_req_status
 connections_active connections_reading connections_writing connections_waiting invalid_referer
 secure_link secure_link_expires uid_got uid_reset uid_set msie modern_browser ancient_browser
-date_local date_gmt fastcgi_script_name fastcgi_path_info
+date_local date_gmt fastcgi_script_name fastcgi_path_info acme_certificate acme_certificate_key
 """)
 KNOWN_PREFIXES = ("http_", "sent_http_", "sent_trailer_", "cookie_", "arg_", "upstream_http_",
                   "upstream_cookie_", "upstream_trailer_")
@@ -607,7 +659,7 @@ def check_variables(node: Node, defined: set[str]) -> None:
 # (a) mapped: read by the builder below.
 MAPPED = {
     "http", "server", "location", "upstream", "events",
-    "worker_processes", "worker_shutdown_timeout", "worker_connections",
+    "user", "worker_processes", "worker_shutdown_timeout", "worker_connections",
     "listen", "server_name", "return", "http2",
     "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
     "ssl_conf_command", "ssl_ecdh_curve", "ssl_dhparam", "ssl_session_cache", "ssl_session_timeout",
@@ -626,6 +678,9 @@ MAPPED = {
     "access_log", "log_format",
     # upstream { }
     "keepalive", "least_conn",
+    # nginx's ACME module: acme_issuer NAME { ... } and acme_certificate in a server
+    "acme_issuer", "acme_certificate", "uri", "contact", "state_path", "challenge", "accept_terms_of_service",
+    "account_key",
 }
 # Accepted when the value is what fastterm does anyway: directive -> accepted values (lowercase).
 EQUAL = {
@@ -635,12 +690,13 @@ EQUAL = {
     "real_ip_recursive": {"off"}, "gzip": {"off"}, "keepalive_disable": {"none"},
     "chunked_transfer_encoding": {"on"}, "proxy_pass_request_headers": {"on"},
     "proxy_pass_request_body": {"on"}, "proxy_ignore_client_abort": {"off"},
+    "ssl_verify": {"on"}, "common_name_in_csr": {"off"},   # in acme_issuer { }
 }
 _FILES = "fastterm serves no files"
 _OBSOLETE = "obsolete since nginx 1.19.7 (nginx ignores it too)"
 # (b) accepted with a warning: directive -> why it has no effect on fastterm.
 IGNORED = {
-    "user": "fastterm runs as the user that starts it", "pid": "fastterm keeps its own pid file",
+    "pid": "fastterm keeps its own pid file",
     "daemon": "fastterm stays in the foreground (run it under systemd or a container runtime)",
     "master_process": "fastterm always runs a master with workers (run --single for one process)",
     "error_log": "fastterm logs to stderr (or fastterm.toml's error_log)",
@@ -700,8 +756,13 @@ IGNORED = {
     "lingering_close": "fastterm closes after the response", "lingering_time": "fastterm closes after the response",
     "lingering_timeout": "fastterm closes after the response",
     "reset_timedout_connection": "timed-out clients are closed",
-    "resolver": "fastterm looks OCSP responders up with the system resolver (an IP address needs none)",
-    "resolver_timeout": "fastterm looks OCSP responders up with the system resolver (an IP address needs none)",
+    "resolver": "fastterm looks OCSP responders and ACME servers up with the system resolver (an IP address "
+                "needs none)",
+    "resolver_timeout": "fastterm looks OCSP responders and ACME servers up with the system resolver (an IP "
+                        "address needs none)",
+    "acme_shared_zone": "fastterm keeps ACME certificates and challenge tokens in the issuer's state_path and "
+                        "its own memory, no shared zone",
+    "ssl_certificate_cache": "fastterm reads each certificate once, and again when its file changes",
     "zone": "backend state stays per worker, as nginx's without zone",
 }
 # nginx's ngx_http_proxy_hide_headers: backend response fields the client never sees unless
@@ -717,6 +778,12 @@ UNSUPPORTED = {
     "proxy_redirect": "proxy_redirect other than default and off",
     "if": "conditions", "rewrite": "URI rewriting", "set": "variables", "map": "variables",
     "try_files": _FILES, "keepalive_disable": "fastterm keeps every client alive",
+    # in acme_issuer { }
+    "ssl_verify": "fastterm always verifies the ACME server's certificate (ssl_trusted_certificate names its CA)",
+    "common_name_in_csr": "fastterm's certificate requests carry the names in subjectAltName only",
+    "external_account_key": "external account binding (RFC 8555 section 7.3.4)",
+    "preferred_chain": "fastterm serves the chain the CA offers first",
+    "profile": "certificate profiles (draft-ietf-acme-profiles)",
 }
 
 
@@ -744,9 +811,38 @@ def _check_resolver(node: Node) -> None:
             raise node.error(f'invalid parameter "{arg}"')
 
 
+def _check_acme_shared_zone(node: Node) -> None:
+    """``acme_shared_zone zone=NAME:SIZE``, as nginx's ACME module reads it."""
+    if not node.args[0].startswith("zone="):
+        raise node.error('"acme_shared_zone" must have "zone" parameter')
+    name, sep, size = node.args[0].removeprefix("zone=").rpartition(":")
+    if not sep or not name:
+        raise node.invalid()
+    parse_size(node, size)
+
+
+def _check_certificate_cache(node: Node) -> None:
+    """``ssl_certificate_cache off | max=N [inactive=TIME] [valid=TIME]`` (nginx 1.27.4)."""
+    if node.args == ["off"]:
+        return
+    seen = set()
+    for arg in node.args:
+        key, sep, value = arg.partition("=")
+        if key == "max" and sep and value.isdigit() and int(value) > 0:
+            seen.add(key)
+        elif key in ("inactive", "valid") and sep:
+            parse_time(node, value)
+        else:
+            raise node.error(f'invalid parameter "{arg}"')
+    if "max" not in seen:
+        raise node.error('"ssl_certificate_cache" must have "max" parameter')
+
+
 _ARGUMENT_CHECKS: dict[str, Callable[[Node], None]] = {
     "resolver": _check_resolver,
     "resolver_timeout": lambda node: parse_time(node) and None,
+    "acme_shared_zone": _check_acme_shared_zone,
+    "ssl_certificate_cache": _check_certificate_cache,
 }
 
 
@@ -773,6 +869,9 @@ def classify(nodes: list[Node], warn: Warn, defined: set[str], warned: set[int])
             if name not in IGNORED:
                 raise node.unsupported(UNSUPPORTED.get(name, ""), f"{name} {' '.join(node.args)}")
         if name in MAPPED:
+            if _challenge_path(node):
+                # its root is acme_challenge_dir on a plain server (redirects below), not ignored
+                warned.update(id(n) for n in node.block or () if n.name == "root")
             if node.block is not None and name not in _OPAQUE_BLOCKS:
                 classify(node.block, warn, defined, warned)
             continue
@@ -793,7 +892,7 @@ _REPEATABLE = {"listen", "server_name", "location", "server", "upstream", "proxy
                "ssl_certificate", "ssl_certificate_key", "ssl_conf_command", "ssl_session_ticket_key",
                "set_real_ip_from", "include", "types", "error_page", "access_log", "error_log",
                "load_module", "env", "log_format", "map", "resolver", "allow", "deny", "zone", "return",
-               "if", "rewrite", "set", "proxy_hide_header", "proxy_pass_header"}
+               "if", "rewrite", "set", "proxy_hide_header", "proxy_pass_header", "acme_issuer", "contact", "uri"}
 
 
 class Level:
@@ -942,6 +1041,9 @@ class _Builder:
         self.upgrade_maps: set[str] = set()   # variables of the WebSocket map (_upgrade_map)
         # upstream -> (its TLS settings or None, the first proxy_pass naming it)
         self.upstream_tls: dict[str, tuple[UpstreamTLS | None, Node]] = {}
+        self.acme_issuers: dict[str, Acme] = {}   # acme_issuer NAME { } (names empty)
+        self.acme_orders: list[tuple[Node, Acme]] = []   # each acme_certificate and what it maps to
+        self.challenge_dir: str | None = None   # the root of the plain servers' challenge location
 
     def warn(self, message: str, level: str = "warn") -> None:
         if message not in self._said:
@@ -968,6 +1070,7 @@ class _Builder:
         events_level = Level(events[0].block or []) if events else Level([])
 
         self.upgrade_maps = {v for v in map(_upgrade_map, http.own("map")) if v}
+        self.acme_issuers = self.issuers(http)
         for node in http.own("upstream"):
             self.upstream_block(node)
         servers = [self.server(node, http) for node in http.own("server")]
@@ -980,16 +1083,32 @@ class _Builder:
         self.check_defaults(tls_servers)
         redirects = self.redirects([s for s in servers if not s.tls])
         model_servers = [self.tls_server(s, tls_servers) for s in tls_servers]
+        self.check_challenges([s for s in servers if not s.tls])
         limits = self.limits(main, events_level, http, tls_servers, [s for s in servers if not s.tls])
         sessions = self.sessions(tls_servers)
         workers = self.workers(main)
+        user, group = self.user(main)
         upstreams = list(self.upstream_blocks.values()) + [u for n, u in self.upstreams.items()
                                                             if n not in self.upstream_blocks]
         upstreams = [msgspec.structs.replace(u, tls=self.upstream_tls[u.name][0]) if u.name in self.upstream_tls
                      else u for u in upstreams]
         access_log, access_format = self.access_log(http, tls_servers)
         return Config(servers=model_servers, upstreams=upstreams, redirects=redirects, limits=limits,
-                      sessions=sessions, workers=workers, access_log=access_log, access_log_format=access_format)
+                      sessions=sessions, workers=workers, acme_challenge_dir=self.challenge_dir,
+                      user=user, group=group, access_log=access_log, access_log_format=access_format)
+
+    def user(self, main: Level) -> tuple[str | None, str | None]:
+        """``user NAME [GROUP]``: without GROUP, nginx takes the group of the same name (on
+        Debian ``user nobody;`` then fails: the group is ``nogroup``)."""
+        node = main.find("user")
+        if node is None:
+            return None, None
+        name, group = node.args[0], node.args[1] if len(node.args) > 1 else node.args[0]
+        try:
+            resolve(name, group)
+        except ConfigError as exc:
+            raise node.error(exc.message) from None
+        return name, group
 
     # -- access log ----------------------------------------------------------------------
     def access_log(self, http: Level, tls: list[_Server]) -> tuple[str | None, str]:
@@ -1387,6 +1506,17 @@ class _Builder:
         nginx's semantics (``fastterm/redirect.py``); the Host picks among those of an address."""
         self.check_defaults(plain)
         out = []
+        first: Node | None = None
+        for server in plain:
+            for loc in server.locations:
+                root = self.challenge_webroot(loc)
+                if root is None:
+                    continue
+                if first is not None and root != self.challenge_dir:
+                    raise loc.node.unsupported(
+                        f"a challenge location whose root differs from the one at {first.where}: fastterm "
+                        "serves one acme_challenge_dir on every port-80 server", "location")
+                first, self.challenge_dir = first or loc.node, root
         for server in plain:
             ret = self.redirect_return(server)
             status, location, text = self.return_answer(ret)
@@ -1457,19 +1587,38 @@ class _Builder:
                               shown)
 
     def redirect_return(self, server: _Server) -> Node:
-        """The ``return`` of a plain server: on the server level, or in its one ``location /``."""
+        """The ``return`` of a plain server: on the server level, or in its one ``location /``
+        (beside a certbot webroot location, ``challenge_webroot``: a server-level return would
+        answer before it)."""
         level = server.level
         returns = level.own("return")
         if returns and not server.locations:
             return returns[0]
-        if not returns and len(server.locations) == 1 and server.locations[0].path == "/":
-            loc = server.locations[0].level
+        locations = [loc for loc in server.locations if self.challenge_webroot(loc) is None]
+        if not returns and len(locations) == 1 and locations[0].path == "/":
+            loc = locations[0].level
             inner = loc.own("return")
             others = [n for n in loc.nodes if n.name != "return" and n.name not in IGNORED]
             if inner and not others:
                 return inner[0]
         raise server.node.unsupported("a server without \"listen ... ssl\" is supported only with a \"return\" "
                                       "(on the server, or in its one \"location /\")", "server")
+
+    def challenge_webroot(self, loc: _Location) -> str | None:
+        """``location [^~] /.well-known/acme-challenge/ { root DIR; }`` on a plain server (certbot
+        --webroot -w DIR writes the tokens there): DIR, fastterm's ``acme_challenge_dir``; None
+        for any other location."""
+        if loc.regex or loc.exact or not _challenge_path(loc.node):
+            return None
+        if any(n.name != "root" and n.name not in IGNORED for n in loc.level.nodes):
+            return None
+        root = loc.level.find("root")
+        if root is None:
+            raise loc.node.unsupported('a challenge location without "root" (nginx\'s default: html under its '
+                                       "prefix)", "location")
+        if "$" in root.args[0]:
+            raise root.unsupported("variables", "root")
+        return self.absolute(root.args[0])
 
     # -- TLS servers ---------------------------------------------------------------------
     def tls_server(self, s: _Server, all_tls: list[_Server]) -> Server:
@@ -1508,13 +1657,14 @@ class _Builder:
                                 exact=loc.exact, regex=loc.regex, no_regex=loc.no_regex, upstream_path=uri,
                                 client_max_body_size=_body_limit(loc.level), **_proxy_timeouts(loc.level),
                                 **self.route_responses(loc, s)))
+        acme = self.server_acme(s)
         return Server(
-            listen=[listen.text for listen in s.listens], certificates=self.certificates(s, reject),
+            listen=[listen.text for listen in s.listens], certificates=self.certificates(s, reject, acme),
             server_names=names, default_server=any(listen.default for listen in s.listens),
             tls=self.tls_policy(s, all_tls), routes=routes,
             add_headers=self.add_headers(level), error_pages=self.error_pages(level, s), answer=answer,
             no_host="default", misdirected_request=False, client_max_body_size=_body_limit(level),
-            reject_handshake=reject, **self.proxy_protocol(s))
+            reject_handshake=reject, acme=acme, **self.proxy_protocol(s))
 
     def proxy_protocol(self, s: _Server) -> dict:
         """``listen ... proxy_protocol`` with ``set_real_ip_from`` and ``real_ip_header proxy_protocol``
@@ -1581,7 +1731,9 @@ class _Builder:
                 kept.append(name)
         return kept
 
-    def certificates(self, s: _Server, reject: bool = False) -> list[Certificate]:
+    def certificates(self, s: _Server, reject: bool = False, acme: Acme | None = None) -> list[Certificate]:
+        """``ssl_certificate`` + ``ssl_certificate_key`` pairs -> files; the pair
+        ``$acme_certificate`` + ``$acme_certificate_key`` is the server's ``acme`` instead."""
         certs = s.level.find_all("ssl_certificate")
         keys = s.level.find_all("ssl_certificate_key")
         if not certs and reject:
@@ -1596,6 +1748,8 @@ class _Builder:
             if i >= len(keys):
                 raise cert.error(f'no "ssl_certificate_key" is defined for certificate "{cert.args[0]}"')
             key = keys[i]
+            if self.acme_pair(s, cert, key, acme):
+                continue
             for n in (cert, key):
                 if "$" in n.args[0] or n.args[0].startswith("data:"):
                     raise n.unsupported("variables and data: values", n.name)
@@ -1609,7 +1763,28 @@ class _Builder:
             except ConfigError as exc:
                 raise cert.error(f'cannot load certificate "{cert_path}": {exc.message}') from None
             result.append(Certificate(cert=cert_path, key=key_path, ocsp_file=self.stapling_file(s)))
+        if acme is not None and not any(_acme_variable(c, "acme_certificate") for c in certs):
+            order = s.level.own("acme_certificate")[0]
+            raise order.unsupported('a server whose "ssl_certificate" is not "$acme_certificate": nginx obtains '
+                                    "this certificate and serves it nowhere, fastterm serves what it obtains",
+                                    "acme_certificate")
         return result
+
+    def acme_pair(self, s: _Server, cert: Node, key: Node, acme: Acme | None) -> bool:
+        """Whether this pair is ``$acme_certificate`` + ``$acme_certificate_key`` (the
+        certificate ``acme_certificate`` obtains); half of it, or either without an
+        ``acme_certificate`` in the server, is an error at its line."""
+        is_cert, is_key = _acme_variable(cert, "acme_certificate"), _acme_variable(key, "acme_certificate_key")
+        if not (is_cert or is_key):
+            return False
+        if not is_key:
+            raise key.error('"ssl_certificate $acme_certificate" goes with "ssl_certificate_key $acme_certificate_key"')
+        if not is_cert:
+            raise cert.error('"ssl_certificate_key $acme_certificate_key" goes with "ssl_certificate $acme_certificate"')
+        if acme is None:
+            raise cert.error(f'"$acme_certificate" without "acme_certificate" in the server at {s.node.where} '
+                             "(nginx's variable is empty there: no certificate)")
+        return True
 
     def stapling_file(self, s: _Server) -> str | None:
         """``ssl_stapling_file`` (read by nginx only with ``ssl_stapling on``): every certificate
@@ -1963,6 +2138,132 @@ class _Builder:
         return list(dict.fromkeys(name for name in names
                                   if _TOKEN.fullmatch(name) and name.lower() not in passed and name.lower() != "date"))
 
+    # -- ACME (nginx's ngx_http_acme_module) -----------------------------------------------
+    def issuers(self, http: Level) -> dict[str, Acme]:
+        """Each ``acme_issuer NAME { }`` -> an ``Acme`` without names (``acme_certificate``
+        adds them per server). nginx's module refuses issuers without a ``resolver`` in http {}."""
+        issuers: dict[str, Acme] = {}
+        for node in http.own("acme_issuer"):
+            if node.args[0] in issuers:
+                raise node.error('"acme_issuer" directive is duplicate')
+            issuers[node.args[0]] = self.acme_issuer(node)
+        if issuers and not http.own("resolver"):
+            raise http.own("acme_issuer")[0].error(
+                'acme_issuer: "resolver" is not configured (nginx\'s ACME module needs one in http {}; '
+                "fastterm itself uses the system resolver)")
+        return issuers
+
+    def acme_issuer(self, node: Node) -> Acme:
+        """``uri`` (mandatory, the last one wins as in nginx) -> directory, ``contact`` -> email,
+        ``state_path`` -> state_dir (absent: one directory per issuer under fastterm's),
+        ``ssl_trusted_certificate`` -> ca_file, ``challenge``, ``accept_terms_of_service``."""
+        name = node.args[0]
+        level = Level(node.block or [], node=node)
+        uri = level.find("uri")
+        if uri is None:
+            raise node.error(f'acme_issuer "{name}": "uri" is missing')
+        directory = uri.args[0]
+        m = _ACME_URI_RE.fullmatch(directory)
+        if not m:
+            raise uri.invalid()
+        if m[1].lower() == "http":
+            raise uri.unsupported("an ACME directory over plain http (RFC 8555 section 6.1: HTTPS)", f"uri {directory}")
+        options: dict = {"directory": directory, "accept_terms": bool(level.own("accept_terms_of_service"))}
+        contacts = level.own("contact")
+        if len(contacts) > 1:
+            raise contacts[1].unsupported("more than one contact: fastterm's ACME account has one e-mail address",
+                                          "contact")
+        if contacts:
+            options["email"] = _acme_contact(contacts[0])
+        state = level.find("state_path")
+        if state is not None and state.args[0] == "off":
+            raise state.unsupported("fastterm keeps the account key and the certificates on disk: name a directory",
+                                    "state_path off")
+        if state is not None:
+            options["state_dir"] = self.absolute(state.args[0])
+        elif "/" in name or name in (".", ".."):
+            raise node.error(f'acme_issuer "{name}" without "state_path": its name is the name of its directory')
+        else:
+            options["state_dir"] = os.path.join(Acme().state_dir, name)
+        challenge = level.find("challenge")
+        if challenge is not None:
+            options["challenge"] = _ACME_CHALLENGES.get(challenge.args[0])
+            if options["challenge"] is None:
+                raise challenge.error(f"unsupported challenge: {challenge.args[0]}")
+        trusted = level.find("ssl_trusted_certificate")
+        if trusted is not None:
+            from fastterm.certs.ocsp import read_trusted
+
+            options["ca_file"] = self.absolute(trusted.args[0])
+            try:
+                read_trusted(options["ca_file"])
+            except ConfigError as exc:
+                raise trusted.error(f'cannot load "{options["ca_file"]}": {exc.message}') from None
+        account = level.find("account_key")
+        if account is not None:
+            if _acme_key(account, account.args[0]) is None:
+                raise account.unsupported("an account key from a file: fastterm makes its own and keeps it in "
+                                          "state_path", "account_key FILE")
+            self.warn(f'{account.where}: "account_key {account.args[0]}" is ignored: fastterm makes its own '
+                      "account key and keeps it in state_path")
+        return Acme(**options)
+
+    def server_acme(self, s: _Server) -> Acme | None:
+        """``acme_certificate ISSUER [NAME...] [key=ecdsa:256|rsa:2048]`` -> the server's ``acme``:
+        its issuer's settings, the names given, else those of ``server_name`` (nginx's reading:
+        ``.example.com`` is www.example.com and example.com; regexes are skipped with a warning)."""
+        orders = s.level.own("acme_certificate")
+        if not orders:
+            return None
+        node = orders[0]
+        acme = self.acme_issuers.get(node.args[0])
+        if acme is None:
+            raise node.error(f'issuer "{node.args[0]}" is missing')
+        key_type, names = "ecdsa", []
+        for arg in node.args[1:]:
+            if arg.startswith("key="):
+                kind = _acme_key(node, arg[4:])
+                if kind is None:
+                    raise node.error('"acme_certificate" directive invalid "key" value')
+                if kind not in (("ecdsa", 256), ("rsa", 2048)):
+                    raise node.unsupported("certificate keys other than ecdsa:256 (P-256) and rsa:2048",
+                                           f"acme_certificate ... {arg}")
+                key_type = kind[0]
+            elif not arg:
+                raise node.invalid(arg)
+            else:
+                names += _acme_identifier(node, arg)
+        if not names:
+            for n in s.level.own("server_name"):
+                for arg in n.args:
+                    if arg.startswith("~"):
+                        self.warn(f'{n.where}: "acme_certificate": unsupported regular expression in server_name: {arg}')
+                    elif arg:
+                        names += _acme_identifier(n, arg)
+            if not names:
+                raise node.error('"acme_certificate": no identifiers found in "server_name"')
+        acme = msgspec.structs.replace(acme, key_type=key_type, names=list(dict.fromkeys(names)))
+        if acme.challenge == "tls-alpn-01" and all(listen.addr[1] != 443 for listen in s.listens):
+            self.warn(f'{node.where}: the CA asks for tls-alpn-01 on port 443, where the server at {s.node.where} '
+                      "does not listen (fine if port 443 is forwarded to it)")
+        self.acme_orders.append((node, acme))
+        return acme
+
+    def check_challenges(self, plain: list[_Server]) -> None:
+        """http-01: the CA asks ``http://NAME/.well-known/acme-challenge/TOKEN`` on port 80,
+        answered on the plain-HTTP servers (the ``[[redirect]]`` listeners, as nginx's module
+        answers on its plain servers), so there must be one."""
+        http01 = [node for node, acme in self.acme_orders if acme.challenge == "http-01"]
+        if not http01:
+            return
+        ports = sorted({listen.addr[1] for s in plain for listen in s.listens})
+        if not ports:
+            raise http01[0].error('"acme_certificate" with the http-01 challenge needs a server without ssl: the CA '
+                                  "asks for its token over http on port 80 (add a server with \"listen 80\")")
+        if 80 not in ports:
+            self.warn(f'{http01[0].where}: the CA asks for http-01 tokens on port 80, where no server listens '
+                      f"(only {', '.join(map(str, ports))}; fine if port 80 is forwarded there)")
+
     # -- global settings -----------------------------------------------------------------
     def limits(self, main: Level, events: Level, http: Level, tls: list[_Server], plain: list[_Server]) -> Limits:
         values: dict = {}
@@ -2025,6 +2326,71 @@ class _Builder:
         if zones:
             options["cache_size"] = sum(size for size, _ in zones.values())
         return Sessions(**options)
+
+
+_ACME_URI_RE = re.compile(r"(?i)(https?)://[^/?#\s]+[^\s]*")
+_ACME_CHALLENGES = {"http": "http-01", "http-01": "http-01", "tls-alpn": "tls-alpn-01", "tls-alpn-01": "tls-alpn-01"}
+_ACME_KEY_SIZES = {"ecdsa": ("256", "384", "521"), "rsa": ("2048", "3072", "4096")}
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME_RE = re.compile(rf"(?=.{{1,253}}$)(?:{_DNS_LABEL}\.)*{_DNS_LABEL}")
+_ACME_VARIABLE_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def _challenge_path(node: Node) -> bool:
+    """``location [^~] /.well-known/acme-challenge[/]``: where an ACME CA asks for http-01 tokens."""
+    return node.name == "location" and len(node.args) in (1, 2) and node.args[:-1] in ([], ["^~"]) and \
+        node.args[-1].rstrip("/") == "/.well-known/acme-challenge"
+
+
+def _acme_variable(node: Node, name: str) -> bool:
+    m = _ACME_VARIABLE_RE.fullmatch(node.args[0])
+    return bool(m) and (m[1] or m[2]) == name
+
+
+def _acme_key(node: Node, text: str) -> tuple[str, int] | None:
+    """nginx's ACME module's ``ALG[:SIZE]`` (ecdsa 256, 384, 521; rsa 2048, 3072, 4096; the first
+    without a size) -> (alg, size); None: not an algorithm (a file name)."""
+    alg, sep, size = text.partition(":")
+    if alg not in _ACME_KEY_SIZES:
+        return None
+    size = size if sep else _ACME_KEY_SIZES[alg][0]
+    if size not in _ACME_KEY_SIZES[alg]:
+        why = "unsupported curve" if alg == "ecdsa" else "unsupported key size"
+        raise node.error(f'invalid value "{text}" in "{node.name}" directive: {why}')
+    return alg, int(size)
+
+
+def _acme_contact(node: Node) -> str:
+    """``contact admin@example.com`` or ``mailto:admin@example.com`` (nginx adds mailto: to a
+    value without a scheme) -> the e-mail address."""
+    value = node.args[0]
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", value)
+    if scheme and scheme[0].lower() != "mailto:":
+        raise node.unsupported("contacts other than e-mail addresses (mailto:)", f"contact {value}")
+    email = value[len(scheme[0]):] if scheme else value
+    local, at, domain = email.rpartition("@")
+    if not (local and at and domain) or any(c.isspace() for c in email):
+        raise node.invalid(value)
+    return email
+
+
+def _acme_identifier(node: Node, text: str) -> list[str]:
+    """One name for the certificate, as nginx's ACME module reads it: an IP address (canonical
+    form), a DNS name (lowercased), ``.example.com`` for www.example.com and example.com.
+    Wildcards are refused: a CA validates them only over dns-01, which neither fastterm nor
+    nginx's module answers."""
+    try:
+        return [str(ipaddress.ip_address(text))]
+    except ValueError:
+        pass
+    name = text.lower()
+    host = name.removeprefix(".")
+    if host.startswith("*."):
+        raise node.unsupported("wildcard names (a CA validates them only over dns-01, which neither fastterm nor "
+                               "nginx's ACME module answers)", f"{node.name} ... {text}")
+    if not _DNS_NAME_RE.fullmatch(host):
+        raise node.error(f'"acme_certificate": invalid server name "{text}"')
+    return [f"www.{host}", host] if name.startswith(".") else [host]
 
 
 def _body_limit(level: Level) -> int:

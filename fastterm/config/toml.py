@@ -20,6 +20,7 @@ import msgspec
 from fastterm.accesslog import format_of
 from fastterm.config.model import Config, Route, Server, Upstream, UpstreamTLS
 from fastterm.errors import ConfigError
+from fastterm.privileges import resolve
 
 Path = tuple[str | int, ...]
 
@@ -317,7 +318,7 @@ class _Checker:
         for i, server in enumerate(config.servers):
             if not server.listen:
                 raise self.error("server has no listen address", "server", i, "listen")
-            if not server.certificates and not server.reject_handshake:
+            if not (server.certificates or server.reject_handshake or server.acme or config.acme):
                 raise self.error("server has no certificate: add a [[server.certificate]]",
                                  "server", i, "certificate")
             listens = [self._address(a, "server", i, "listen") for a in server.listen]
@@ -382,6 +383,12 @@ class _Checker:
                 raise self.error(f"{host} is not a loopback address: the admin endpoint speaks plain HTTP "
                                  "and answers GET /status and /metrics to anyone who reaches it; set "
                                  "admin_allow_remote = true to listen there anyway", "admin")
+        if config.group and not config.user:
+            raise self.error("group needs user: workers change group only when they change user", "group")
+        try:
+            resolve(config.user, config.group)
+        except ConfigError as exc:
+            raise self.error(exc.message, "group" if "group" in exc.message else "user") from None
         try:
             format_of(config.access_log_format)
         except ValueError as exc:

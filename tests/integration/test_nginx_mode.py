@@ -235,11 +235,11 @@ def test_check_exit_codes(cli, write, certs, demo_backend):
     result = cli("check", "--nginx", unsupported)
     assert result.returncode == 1 and '"ssl_crl" is not supported yet' in result.stderr
 
-    with_warning = write("warn.conf", "worker_processes 1;\nuser nobody;\nevents {}\nhttp {\n"
+    with_warning = write("warn.conf", "worker_processes 1;\npid /run/nginx.pid;\nevents {}\nhttp {\n"
                          + Path(good).read_text() + "}\n")
     result = cli("check", "--nginx", with_warning)
     assert result.returncode == 0, result.stderr
-    assert f'fastterm: [warn] {with_warning}:2: "user" is ignored' in result.stderr
+    assert f'fastterm: [warn] {with_warning}:2: "pid" is ignored' in result.stderr
 
     assert cli("check", "--nginx", good, "-c", good).returncode == 2      # one or the other
     assert cli("check").returncode == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fastterm import cli
+from fastterm import cli, files
 from fastterm.demo import make_demo_pki
 from fastterm.keys import KEY_SIZE
 
@@ -90,9 +90,27 @@ def test_ticket_key_file_readable_by_others_is_refused(tmp_path, ec_files, capsy
     code, err = _check(config, capsys)
     assert code == 0, err
     keys.chmod(0o640)
+    os.chown(keys, -1, NOBODY)      # another group than ours
     code, err = _check(config, capsys)
     assert code == 1
     assert f"[emerg] {keys}: ticket key file is readable by group or others (mode 0640)" in err, err
+
+
+def test_ticket_key_file_readable_by_our_own_group_alone_is_accepted(tmp_path, ec_files, capsys):
+    """0440 root:fsGroup, what a Kubernetes Secret volume gives a non-root pod: the group is
+    the process's and nobody else's, so the file is as private as 0400."""
+    keys = tmp_path / "ticket.key"
+    assert cli.main(["keys", "new", str(keys)]) == 0
+    config = _config(tmp_path, ec_files, f'[sessions]\nticket_key_file = ["{keys}"]\n')
+    os.chmod(ec_files[1], 0o600)
+    os.chown(keys, -1, os.getegid())
+    keys.chmod(0o440)
+    assert files.group_is_ours_alone(os.getegid()) is True
+    code, err = _check(config, capsys)
+    assert code == 0, err
+    keys.chmod(0o420)               # but never writable by the group
+    code, err = _check(config, capsys)
+    assert code == 1 and "ticket key file is writable by group or others (mode 0420)" in err, err
 
 
 def _as_nobody(code: str, env: dict) -> subprocess.CompletedProcess:

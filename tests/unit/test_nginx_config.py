@@ -3,6 +3,7 @@ warnings, every error kind with its file:line, includes, and the convert round t
 
 from __future__ import annotations
 
+import grp
 import os
 
 import pytest
@@ -796,10 +797,11 @@ http {
 """.replace("    include_types_here;\n", "    types { text/html html; }\n    default_type application/octet-stream;\n") \
         + site() + "}\n"
     got = load(text)
-    for name in ("user", "pid", "worker_rlimit_nofile", "multi_accept", "sendfile", "types", "default_type",
+    for name in ("pid", "worker_rlimit_nofile", "multi_accept", "sendfile", "types", "default_type",
                  "error_log", "root"):
         assert sum(f'"{name}" is ignored' in m for _, m in got.warnings) == 1, (name, got.warnings)
     assert got.config.workers == 2 and got.config.limits.worker_connections == 768
+    assert (got.config.user, got.config.group) == ("www-data", "www-data")   # nginx: the group of that name
     assert (got.config.access_log, got.config.access_log_format) == ("/var/log/nginx/access.log", "combined")
     assert all(m.startswith(got_path := m.split(":", 1)[0]) and got_path.endswith("nginx.conf")
                for _, m in got.warnings)
@@ -876,7 +878,7 @@ def test_stapling_responder_must_be_http(error, url, message):
 
 def test_resolver_alone_is_accepted_with_a_warning(load):
     got = load(site(server="    resolver 8.8.8.8 valid=300s;"))
-    assert got.warned('"resolver" is ignored: fastterm looks OCSP responders up with the system resolver')
+    assert got.warned('"resolver" is ignored: fastterm looks OCSP responders and ACME servers up with the system resolver')
 
 
 # ---- syntax and structure errors, located ---------------------------------------------------------------------------------
@@ -1265,3 +1267,17 @@ def test_log_format_equal_to_combined_and_custom_templates(load):
 ])
 def test_access_logs_fastterm_cannot_write_are_refused_at_their_line(error, http, location, needle, message):
     assert message in str(error(site(http=http, location=location), needle))
+
+
+def test_user_maps_with_nginx_default_group(load, error):
+    """``user NAME [GROUP]``: no GROUP means the group named as the user (nginx's
+    ngx_set_user), so Debian's ``user nobody;`` fails there too: its group is nogroup."""
+    got = load("user nobody nogroup;\nevents {}\nhttp {\n" + site() + "}\n")
+    assert (got.config.user, got.config.group) == ("nobody", "nogroup") and got.warnings == []
+    try:
+        grp.getgrnam("nobody")
+    except KeyError:      # Debian; Fedora has a nobody group
+        err = error("user nobody;\nevents {}\nhttp {\n" + site() + "}\n", "user nobody")
+        assert "unknown group 'nobody'" in str(err)
+    err = error("user no-such-user-fastterm;\nevents {}\nhttp {\n" + site() + "}\n", "user no-such")
+    assert "unknown user 'no-such-user-fastterm'" in str(err)
