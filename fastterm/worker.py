@@ -164,9 +164,30 @@ def settle_heap() -> None:
 def reopen_logs(config: Config, serving: Serving | None = None) -> None:
     """SIGUSR1: reopen the error log and a worker's access log (after logrotate moved them)."""
     if config.error_log:
-        setup_logging(config)
+        try:
+            setup_logging(config)
+        except OSError as exc:
+            log.error("error log %s: cannot reopen: %s", config.error_log, exc.strerror)
     if serving is not None:
         serving.worker.reopen_access_log()
+
+
+def hand_logs_to(config: Config, uid: int) -> None:
+    """A root master whose workers run as ``uid``: the log files exist and are theirs, so that
+    they open them, and after logrotate's move (SIGUSR1, handled here first) the new ones, as
+    nginx's master chowns its log files to its workers' user. Their directory may stay root's."""
+    for path in (config.access_log, config.error_log):
+        if not path:
+            continue
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                if os.fstat(fd).st_uid != uid:
+                    os.fchown(fd, uid, -1)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error("%s: cannot hand it to the workers' user: %s", path, exc.strerror)
 
 
 def preload() -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -242,6 +244,29 @@ def test_sigusr1_after_a_rename_starts_a_new_file_and_loses_no_line(fastterm, be
     assert all(r["path"].startswith("/before/") for r in map(json.loads, (tmp_path / "access.log.1").read_text()
                                                             .splitlines()))
     assert any(r["path"].startswith("/after/") for r in map(json.loads, log.read_text().splitlines()))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop needs root")
+def test_workers_that_drop_root_write_and_reopen_a_log_in_a_root_directory(fastterm, be):
+    """user = "nobody": the master makes the log file nobody's (nginx chowns its logs to its
+    workers' user), in a directory that stays root's; after a rename and SIGUSR1 again."""
+    nobody = pwd.getpwnam("nobody").pw_uid
+    logdir = Path(tempfile.mkdtemp(prefix="fastterm-logs-"))
+    try:
+        os.chmod(logdir, 0o755)
+        log = logdir / "access.log"
+        ft = fastterm(be.address, workers=2, top={"user": "nobody", "group": "nogroup", "access_log": str(log)})
+        assert curl(ft, ft.url("/first")).stdout == "200"
+        assert [r["path"] for r in records(log, 1)] == ["/first"]
+        assert log.stat().st_uid == nobody
+        os.rename(log, logdir / "access.log.1")
+        os.kill(ft.pid, signal.SIGUSR1)
+        assert wait_for(lambda: log.exists(), 10)
+        assert curl(ft, ft.url("/second")).stdout == "200"
+        assert [r["path"] for r in records(log, 1)] == ["/second"]
+        assert log.stat().st_uid == nobody and (logdir / "access.log.1").read_text().count("\n") == 1
+    finally:
+        shutil.rmtree(logdir)
 
 
 def test_off_writes_nothing(fastterm, be, tmp_path):
