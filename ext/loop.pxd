@@ -207,6 +207,7 @@ cdef class ClientConnection:
     cdef void _count_handshake(self, int result)
     cdef int _read_early(self)
     cdef void _count_early_data(self)
+    cdef bint _acme_validation(self)
     cdef void _open_session(self)
     # Input flow
     cdef void _read_loop(self)

@@ -698,6 +698,17 @@ cdef class ClientConnection:
                 (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else "",
                 cert is not None, not SSL_session_reused(self.tls.ssl), cert[0] if cert is not None else 0)
 
+    cdef bint _acme_validation(self):
+        """A TLS-ALPN-01 validation handshake (ALPN acme-tls/1, ext/tls.pyx): no application
+        data follows (RFC 8737 §3), so the connection closes; True when it was one."""
+        cdef const unsigned char *alpn = NULL
+        cdef unsigned int alpn_len = 0
+        SSL_get0_alpn_selected(self.tls.ssl, &alpn, &alpn_len)
+        if alpn_len == 10 and memcmp(alpn, b"acme-tls/1", 10) == 0:
+            self.close()
+            return True
+        return False
+
     cdef void _open_session(self):
         """The codec ALPN chose, on the server block SNI chose (both known once the
         ClientHello is processed: before the handshake ends when early data is accepted)."""
@@ -796,6 +807,8 @@ cdef class ClientConnection:
         if r == TLS_OK:
             self._want_write(self.pending_out is not None)   # 0.5-RTT output may still wait
             self._count_handshake(r)
+            if self._acme_validation():
+                return
             if self.session is None:
                 self._open_session()
             else:

@@ -77,6 +77,73 @@ cdef bint _client_hello_name(SSL *ssl, const unsigned char **name, size_t *name_
     return True
 
 
+# ACME TLS-ALPN-01 (RFC 8737): the directories where the ACME agent (fastterm/certs/acme.py)
+# leaves NAME.crt + NAME.key for each pending name; empty: the challenge path is off.
+cdef list _acme_dirs = []
+# The ClientHello's ALPN extension offering acme-tls/1 alone (RFC 8737 §3: the validator
+# offers no other protocol): uint16 list length, uint8 name length, name.
+cdef bytes _ACME_ALPN_EXT = b"\x00\x0b\x0aacme-tls/1"
+cdef bytes _ACME_NAME_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789-."
+
+
+def set_acme_challenge_dirs(dirs):
+    """Where a worker finds TLS-ALPN-01 challenge certificates (fastterm/certs/acme.py)."""
+    global _acme_dirs
+    _acme_dirs = [os.fsencode(d) for d in dirs]
+
+
+cdef bint _offers_only_acme_tls(SSL *ssl) noexcept:
+    cdef const unsigned char *ext
+    cdef size_t n = 0
+    if not SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &ext, &n):
+        return False
+    return n == 13 and memcmp(ext, PyBytes_AS_STRING(_ACME_ALPN_EXT), 13) == 0
+
+
+cdef object _acme_identity(TLSContext current, bytes name):
+    """The challenge certificate for ``name`` as an Identity on ``current``, or None. A rare
+    path (a CA validating), so the files are read at handshake time; a name that is not a
+    plain lowercase DNS name names no file."""
+    name = name.lower().rstrip(b".")
+    if not name or name.startswith(b".") or b".." in name or name.strip(_ACME_NAME_CHARS):
+        return None
+    for directory in _acme_dirs:
+        base = os.path.join(directory, name)
+        try:
+            with open(base + b".crt", "rb") as f:
+                chain = f.read()
+            with open(base + b".key", "rb") as f:
+                key = f.read()
+        except OSError:
+            continue
+        return Identity(current, [(chain, key)])
+    return None
+
+
+cdef int _acme_hello(SSL *ssl, int *alert, TLSContext current) noexcept:
+    """A TLS-ALPN-01 validation: the challenge certificate of the name, if one is pending
+    (ALPN then selects acme-tls/1 and the connection closes after the handshake, ext/loop.pyx);
+    otherwise the handshake fails with unrecognized_name."""
+    cdef const unsigned char *name
+    cdef size_t name_len
+    cdef Identity identity
+    if not _client_hello_name(ssl, &name, &name_len):
+        alert[0] = SSL_AD_UNRECOGNIZED_NAME
+        return SSL_CLIENT_HELLO_ERROR
+    try:
+        found = _acme_identity(current, PyBytes_FromStringAndSize(<const char *>name, name_len))
+    except BaseException:
+        found = None
+    if found is None:
+        alert[0] = SSL_AD_UNRECOGNIZED_NAME
+        return SSL_CLIENT_HELLO_ERROR
+    identity = <Identity>found
+    if not identity.apply(ssl):
+        alert[0] = SSL_AD_INTERNAL_ERROR
+        return SSL_CLIENT_HELLO_ERROR
+    return SSL_CLIENT_HELLO_SUCCESS
+
+
 cdef object _tail_or_regex(bytes key, dict tail, list regex):
     """nginx's server_name after the exact and *.suffix names (ngx_http_find_virtual_server):
     the longest "prefix.*" (one label at least after its dot), then the first regex found in
@@ -106,6 +173,8 @@ cdef int _client_hello_cb(SSL *ssl, int *alert, void *arg) noexcept:
     cdef Identity identity = None
     cdef const unsigned char *name
     cdef size_t name_len
+    if _acme_dirs and _offers_only_acme_tls(ssl):
+        return _acme_hello(ssl, alert, current)
     if not current.sni or not _client_hello_name(ssl, &name, &name_len):
         if current.reject_handshake:
             alert[0] = SSL_AD_UNRECOGNIZED_NAME
@@ -160,6 +229,11 @@ cdef int _alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *out
     cdef TLSContext ctx = <TLSContext>arg
     cdef const unsigned char *ours = <const unsigned char *>PyBytes_AS_STRING(ctx.alpn_wire)
     cdef unsigned int ours_len = len(ctx.alpn_wire)
+    if _acme_dirs and client_len == 11 and memcmp(client, PyBytes_AS_STRING(_ACME_ALPN_EXT) + 2, 11) == 0:
+        # only a ClientHello that got its challenge certificate comes this far (_acme_hello)
+        out[0] = client + 1
+        outlen[0] = 10
+        return SSL_TLSEXT_ERR_OK
     if ours_len == 0:
         return SSL_TLSEXT_ERR_NOACK
     if SSL_select_next_proto(<unsigned char **>out, outlen, ours, ours_len,

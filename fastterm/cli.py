@@ -73,6 +73,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
         return 1
     entries = inventory(config.servers)
     _add_ocsp(config, entries)
+    _add_acme(config, entries)
     if args.json:
         print(json.dumps(entries, indent=2))
         return 1 if any("error" in e for e in entries) else 0
@@ -91,9 +92,46 @@ def cmd_certs(args: argparse.Namespace) -> int:
             refresh = "" if ocsp["next_refresh"] is None else f", next refresh in {ocsp['next_refresh']:.0f} s"
             error = f" ({ocsp['error']})" if ocsp.get("error") else ""
             print(f"  ocsp       {ocsp['status']}{age}{refresh}{error}")
+        acme = e.get("acme")
+        if acme is not None:
+            print(f"  acme       {acme['challenge']} from {acme['directory']}"
+                  f"{' (temporary self-signed until issued)' if acme['placeholder'] else ''}")
+            upcoming = "next retry" if acme["last_error"] else "next renewal"
+            print(f"  last try   {_when(acme['last_attempt'])}; {upcoming} {_when(acme['next_attempt'])}")
+            if acme["last_error"]:
+                print(f"  last error {acme['last_error']} ({acme['failures']} failures in a row)")
         for warning in e["warnings"]:
             print(f"  warning    {warning}")
     return 1 if any("error" in e for e in entries) else 0
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    from datetime import UTC, datetime
+
+    left = timestamp - time.time()
+    at = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    span = abs(left)
+    span_text = (f"{span / 86400:.0f} days" if span >= 2 * 86400 else f"{span / 3600:.0f} h" if span >= 7200
+                 else f"{span:.0f} s")
+    return f"{at} (in {span_text})" if left > 0 else f"{at} ({span_text} ago)"
+
+
+def _add_acme(config: Config, entries: list[dict]) -> None:
+    """The ACME agent's record (state_dir/state.json) of each name a block with acme has."""
+    from fastterm.certs.acme import PLACEHOLDER_ORG, status_of
+
+    by_source = {}
+    for server in config.servers:
+        if server.acme is None:
+            continue
+        for st in status_of(server):
+            by_source[os.path.join(server.certificates[0].cert, st["name"] + ".pem")] = st
+    for e in entries:
+        st = by_source.get(e["source"].split(" + ")[0])
+        if st is not None:
+            e["acme"] = dict(st, placeholder=PLACEHOLDER_ORG in e.get("issuer", ""))
 
 
 def _add_ocsp(config: Config, entries: list[dict]) -> None:
@@ -149,10 +187,14 @@ def _serve(source: ConfigSource | str, config: Config, single: bool = False) -> 
     """Serve until stopped: a master with workers, or (``--single``) this process alone."""
     try:
         if single:
+            from fastterm.certs.acme import AcmeAgent
             from fastterm.supervisor import raise_nofile_limit
             from fastterm.worker import run, setup_logging
             setup_logging(config)
             raise_nofile_limit()
+            acme = AcmeAgent()   # its stdin closes with this process, and it exits
+            acme.update(config)
+            acme.tick()
             run(config)
         else:
             from fastterm.supervisor import run_master

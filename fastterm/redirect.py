@@ -24,11 +24,16 @@ Every connection stays bounded: one deadline for each request head (client_heade
 the idle deadline between requests, a cap on open connections, the head size, and output:
 a client that does not read stops being read (asyncio's write-buffer limits) and is closed
 after send_timeout.
+
+ACME HTTP-01 (RFC 8555 §8.3): ``GET /.well-known/acme-challenge/TOKEN`` is answered from the
+pending tokens the ACME agent writes (``certs/acme.py``) and from ``acme_challenge_dir``
+(certbot ``--webroot``), before any redirect; a token found in none of them gets the redirect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from http import HTTPStatus
@@ -43,6 +48,9 @@ VARIABLES = frozenset({"scheme", "host", "http_host", "server_name", "server_por
 _ABSOLUTE_FORM_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
 _PERCENT_RE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_PERCENT_RE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+MAX_CHALLENGE_FILE = 4096
 
 
 class BadRequest(Exception):
@@ -170,7 +178,9 @@ class RedirectLimits:
     many are open, a quarter of worker_connections, so idle plain-HTTP connections can never
     take the file descriptors the TLS port needs."""
 
-    def __init__(self, header_timeout: float, max_open: int, send_timeout: float = 60.0, access_log=None):
+    def __init__(self, header_timeout: float, max_open: int, send_timeout: float = 60.0,
+                 challenge_dirs: list[str] | tuple = (), access_log=None):
+        self.challenge_dirs = list(challenge_dirs)   # HTTP-01 answers, looked up in order
         self.header_timeout = header_timeout
         self.max_open = max_open
         self.send_timeout = send_timeout
@@ -298,6 +308,8 @@ class RedirectProtocol(asyncio.Protocol):
                 return self._respond(status, {400: "Bad Request", 431: "Request Header Fields Too Large"}[status])
             del self.buf[:req["head_len"]]
             self.request = req
+            if self._acme_challenge(req):
+                return
             if self.table.legacy:
                 return self._legacy(req, self.table.default)
             try:
@@ -335,6 +347,38 @@ class RedirectProtocol(asyncio.Protocol):
         return True
 
     # -- answers ------------------------------------------------------------------------
+    def challenge_answer(self, target: str) -> bytes | None:
+        """The key authorization of an HTTP-01 token the target names, from the first challenge
+        directory that has it; None when it is not a challenge or none has it. A token is
+        base64url (RFC 8555 §8.3), so no path outside these directories can be named."""
+        if not self.limits.challenge_dirs or not target.startswith(ACME_CHALLENGE_PREFIX):
+            return None
+        token = target[len(ACME_CHALLENGE_PREFIX):]
+        if not _TOKEN_RE.fullmatch(token):
+            return None
+        for directory in self.limits.challenge_dirs:
+            try:
+                with open(os.path.join(directory, token), "rb") as f:
+                    return f.read(MAX_CHALLENGE_FILE)
+            except OSError:
+                continue
+        return None
+
+    def _acme_challenge(self, req) -> bool:
+        """Answer an HTTP-01 validation request (then close); False when it is not one we hold."""
+        if req["method"] not in ("GET", "HEAD"):
+            return False
+        body = self.challenge_answer(req["target"])
+        if body is None:
+            return False
+        head = (b"HTTP/1.1 200 OK\r\nServer: fastterm\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        sent = head if req["method"] == "HEAD" else head + body
+        self.transport.write(sent)
+        self._log(200, sent, len(head))
+        self._close()
+        return True
+
     def _legacy(self, req, site: PlainSite):
         """fastterm's own redirect: ``301 https://$host[:https_port]$request_uri``, then close."""
         host = req["host"] or self.listen_host

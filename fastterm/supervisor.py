@@ -6,7 +6,8 @@ generation on the same sockets, the old one drains) or, on error, keep the runni
 generation. The master's own loop is a plain ``selectors`` loop with no threads and
 no event loop, so fork() is always safe; nothing in it blocks (the admin endpoint is
 served from it on non-blocking sockets, see admin.py; so are the OCSP responders asked for
-the responses workers staple, see certs/ocsp.py).
+the responses workers staple, see certs/ocsp.py). ACME (certs/acme.py), whose library
+blocks, runs in an agent process the master starts with fork + exec and feeds through a pipe.
 
 Reload requests (SIGHUP, POST /reload) are coalesced: one made less than
 ``RELOAD_INTERVAL`` after the last reload began waits for the end of that interval, and
@@ -44,6 +45,7 @@ import msgspec
 from fastterm import privileges
 from fastterm import worker as worker_mod
 from fastterm.admin import AdminServer
+from fastterm.certs.acme import AcmeAgent
 from fastterm.certs.ocsp import Stapler
 from fastterm.certs.watch import StapleFollower
 from fastterm.config import ConfigSource
@@ -178,6 +180,7 @@ class Master:
         self.ocsp = Stapler(self.shared, self.selector)
         self.health = HealthChecker(self.selector, HealthTable())   # before the first plan's pools fork
         self.next_certificate_check = 0.0
+        self.acme = AcmeAgent()    # the one process that talks to ACME servers (certs/acme.py)
         self.signals: list[int] = []
         self.admin: AdminServer | None = None
         self.pid_file = pid_file_of(config)
@@ -229,6 +232,7 @@ class Master:
         credentials = privileges.resolve(config.user, config.group)
         if credentials is not None and os.geteuid() != 0:
             log.warning("user %s is ignored: the master does not run as root", config.user)
+        self.acme.update(config)
         self.generations_made += 1
         old = self.generation
         self.generation = Generation(self.generations_made, config, plan, workers, credentials=credentials)
@@ -290,6 +294,7 @@ class Master:
         self.health.close_in_child()
         self.notify.close_in_child()
         os.close(self.ready_r)
+        self.acme.close_in_child()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
                     signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
@@ -422,6 +427,7 @@ class Master:
         self.ocsp.attach(previous.plan.staples)
         self.certificates = StapleFollower(previous.config, previous.plan, self.ocsp)
         self.health.attach(previous.config, previous.plan)
+        self.acme.update(previous.config)
         self.old_generations.remove(previous.number)
         self.old_generations.append(failed.number)
         self._stop_generation(failed.number, signal.SIGQUIT)
@@ -455,6 +461,7 @@ class Master:
                 return
             proc = self.procs.pop(pid, None)
             if proc is None:
+                self.acme.reaped(pid, status)
                 continue
             self.shared.release_slot(proc.counter_slot)
             why = (f"signal {signal.Signals(-os.waitstatus_to_exitcode(status)).name}"
@@ -517,6 +524,7 @@ class Master:
             "certificates": self.certificate_report(),
             "sessions": self.shared.session_stats(),
             "health_checks": self.health.report(),
+            "acme": self.acme.report(self.generation.config),
             "config": self.config_path,
             "config_format": self.source.format,
         }
@@ -636,8 +644,10 @@ class Master:
                 self._follow_certificates()
                 self.ocsp.tick()
                 self.health.tick()
+                self.acme.tick()
         finally:
             self.health.close()
+            self.acme.close()
             self._remove_pid_file()
             self._close_admin()
         log.info("master %d exiting", os.getpid())

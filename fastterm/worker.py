@@ -14,6 +14,7 @@ import signal
 import socket
 
 from fastterm.accesslog import open_access_log
+from fastterm.certs.acme import challenge_dirs
 from fastterm.certs.ocsp import STARTUP_WAIT, LoopSelector, Stapler
 from fastterm.certs.watch import CertWatcher
 from fastterm.config.model import Config
@@ -110,9 +111,14 @@ class Serving:
     async def start(self):
         if self.config.certificate_check_interval > 0:
             self.loop.call_later(self.config.certificate_check_interval, self.watch_certificates)
+        from fastterm._core import set_acme_challenge_dirs
+
+        http01, tlsalpn01 = challenge_dirs(self.config)
+        set_acme_challenge_dirs(tlsalpn01)
         limits = self.redirect_limits = RedirectLimits(self.config.limits.client_header_timeout,
                                                        max(16, self.worker.max_clients // 4),
-                                                       self.config.limits.send_timeout, self.worker.access_log)
+                                                       self.config.limits.send_timeout, http01,
+                                                       self.worker.access_log)
         for addr, table in self.plan.redirects:
             sock = self.redirect_sockets.get(addr) or bind(addr)
             server = await self.loop.create_server(

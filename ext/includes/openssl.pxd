@@ -254,6 +254,7 @@ cdef extern from "compat.h" nogil:
         SSL_CLIENT_HELLO_ERROR
         SSL_AD_INTERNAL_ERROR
         TLSEXT_TYPE_server_name
+        TLSEXT_TYPE_application_layer_protocol_negotiation
         SSL_MAX_SID_CTX_LENGTH
     void SSL_CTX_set_client_hello_cb(SSL_CTX *ctx, client_hello_cb_func cb, void *arg)
     int SSL_client_hello_get0_ext(SSL *s, unsigned int type, const unsigned char **out, size_t *outlen)

@@ -30,10 +30,12 @@ class ConfigSource:
         """Read, map and validate the file; ``ConfigError`` names file:line. ``warn(message,
         level="warn"|"notice")`` hears what is accepted with a warning (nginx directives
         without effect on fastterm)."""
+        from fastterm.certs.acme import attach
+
         module = importlib.import_module(_FRONT_ENDS[self.format])
         if self.format == "toml":
-            return module.load_config(self.path)
-        return module.load_config(self.path, warn)
+            return attach(module.load_config(self.path))
+        return attach(module.load_config(self.path, warn))
 
     @property
     def toml_path(self) -> str | None:

@@ -313,8 +313,9 @@ class Server(Struct):
     # are closed unheard, as are malformed headers (counted: proxy_headers_rejected_*).
     accept_proxy: bool = False
     proxy_trusted: list[str] = msgspec.field(default_factory=list)
-    acme: Acme | None = None  # certificates for server_names over ACME instead of (or before)
-    # certificate files; None: the top-level [acme] when set and the block has no certificate
+    acme: Acme | None = None  # certificates for server_names over ACME instead of certificate files
+    # (a temporary self-signed one serves before the first issuance); None: the top-level [acme]
+    # when set and the block has no certificate
 
 
 class Redirect(Struct):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import msgspec
 
 from fastterm.accesslog import format_of
-from fastterm.config.model import Config, Route, Server, Upstream, UpstreamTLS
+from fastterm.config.model import Acme, Config, Route, Server, Upstream, UpstreamTLS
 from fastterm.errors import ConfigError
 from fastterm.privileges import resolve
 
@@ -318,8 +318,8 @@ class _Checker:
         for i, server in enumerate(config.servers):
             if not server.listen:
                 raise self.error("server has no listen address", "server", i, "listen")
-            if not (server.certificates or server.reject_handshake or server.acme or config.acme):
-                raise self.error("server has no certificate: add a [[server.certificate]]",
+            if not server.certificates and not server.reject_handshake and (server.acme or config.acme) is None:
+                raise self.error("server has no certificate: add a [[server.certificate]] (or acme)",
                                  "server", i, "certificate")
             listens = [self._address(a, "server", i, "listen") for a in server.listen]
             for name in server.server_names:
@@ -401,6 +401,9 @@ class _Checker:
             config.sessions, ticket_key_file=[_absolute(f, base) for f in config.sessions.ticket_key_file])
         return msgspec.structs.replace(
             config, servers=servers, sessions=sessions, upstreams=upstreams,
+            acme=None if config.acme is None else _absolute_acme(config.acme, base),
+            acme_challenge_dir=(_absolute(config.acme_challenge_dir, base)
+                                if config.acme_challenge_dir else None),
             pid_file=_absolute(config.pid_file, base) if config.pid_file else None,
             error_log=_absolute(config.error_log, base) if config.error_log else None, access_log=access_log)
 
@@ -483,6 +486,8 @@ class _Checker:
         if tls.trusted_certificate is not None:
             tls = msgspec.structs.replace(tls, trusted_certificate=_absolute(tls.trusted_certificate, base))
         tls = self._client_verify(tls, i, base)
+        if server.acme is not None:
+            server = msgspec.structs.replace(server, acme=_absolute_acme(server.acme, base))
         return msgspec.structs.replace(server, routes=routes, certificates=certificates, tls=tls)
 
     def _client_verify(self, tls, i: int, base: str):
@@ -540,6 +545,11 @@ def _show(listen: tuple[str, int]) -> str:
 
 def _absolute(path: str, base: str) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def _absolute_acme(acme: Acme, base: str) -> Acme:
+    return msgspec.structs.replace(acme, state_dir=_absolute(acme.state_dir, base),
+                                   ca_file=None if acme.ca_file is None else _absolute(acme.ca_file, base))
 
 
 def _schema_error(exc: msgspec.ValidationError, path: str, keys: KeyLines) -> ConfigError:
