@@ -257,6 +257,20 @@ cdef class Exchange:
     cdef int keepalive_header       # RequestLimits.keepalive_header, for its response
     cdef readonly bint buffer_body  # a chunked body the codec reads whole, then sends with Content-Length
     cdef Py_ssize_t framing_at      # where in the backend head that Content-Length goes
+    # what the access log says of it (Worker.log_exchange): the numbers always (a store each),
+    # the request's bytes only while a log is on (note_request)
+    cdef double started             # loop time its head was complete; 0: none came (a 408)
+    cdef long long out_mark         # ClientConnection.sent when it began: bytes_out counts from there
+    cdef long long head_sent        # bytes of its response head (body_bytes_sent is the rest)
+    cdef int upstream_server        # the server last tried in its pool, -1: none
+    cdef double upstream_start      # when the first try began ...
+    cdef double upstream_end        # ... and the backend's response ended (0: it did not)
+    cdef bint logged                # its line is written (once, whichever way it ended)
+    cdef bytes log_method
+    cdef bytes log_target
+    cdef bytes log_referer
+    cdef bytes log_agent
+    cdef void note_request(self, const char *p, MessageHead *head, HeaderSlot *slots)
 
     cdef void reset(self)
     cdef int advance(self, int event) except -1

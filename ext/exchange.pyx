@@ -454,6 +454,7 @@ cdef class Exchange:
         self.state = X_NEW
         self.body_mode = BODY_NONE
         self.content_length = -1
+        self.upstream_server = -1
 
     cdef void reset(self):
         """Back to X_NEW for the connection's next request: a keep-alive session reuses
@@ -481,6 +482,25 @@ cdef class Exchange:
         self.answering = False
         self.buffer_body = False
         self.cert_failure = 0
+        self.started = self.upstream_start = self.upstream_end = 0
+        self.head_sent = 0
+        self.upstream_server = -1
+        self.logged = False
+        self.log_method = self.log_target = self.log_referer = self.log_agent = None
+
+    cdef void note_request(self, const char *p, MessageHead *head, HeaderSlot *slots):
+        """The request line's method and target, Referer and User-Agent, for the access log
+        (nginx's combined format has them), copied while the head is still in the read buffer."""
+        cdef int j
+        cdef const char *name
+        self.log_method = PyBytes_FromStringAndSize(p + head.method_start, head.method_len)
+        self.log_target = PyBytes_FromStringAndSize(p + head.target_start, head.target_len)
+        for j in range(head.nheaders):
+            name = p + slots[j].line_start
+            if slots[j].name_len == 7 and strncasecmp(name, b"referer", 7) == 0:
+                self.log_referer = PyBytes_FromStringAndSize(p + slots[j].value_start, slots[j].value_len)
+            elif slots[j].name_len == 10 and strncasecmp(name, b"user-agent", 10) == 0:
+                self.log_agent = PyBytes_FromStringAndSize(p + slots[j].value_start, slots[j].value_len)
 
     cdef int advance(self, int event) except -1:
         cdef int nxt = _NEXT[self.state][event]

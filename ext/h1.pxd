@@ -28,6 +28,7 @@ cdef class H1Session(Codec):
     cdef double opened              # when the connection began (keepalive_time)
     cdef Py_ssize_t head_line_start # where the head's line being received began (header_line_size)
     cdef bint early_retry           # the backend said 425: the request goes again after the handshake
+    cdef int head_in                # the current request head's bytes (the access log's bytes_in)
     cdef bint early_wait            # a request in early data with an unsafe method waits (in held)
                                     # for the handshake to complete (RFC 8470 §3)
 
@@ -42,6 +43,7 @@ cdef class H1Session(Codec):
     cdef void _answer_error(self, int status)
     cdef void _refuse(self, int status)
     cdef void _response_end(self, bint until_close)
+    cdef void _log(self, Exchange ex, int status, bytes answer)
     # Tunnel flow (after a 101)
     cdef void _tunnel(self)
     cdef void _tunnel_data(self, const char *p, Py_ssize_t n)

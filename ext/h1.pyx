@@ -140,6 +140,9 @@ cdef class H1Session(Codec):
         self.buffered = None
         self.head_buf = None
         if self.stream.exchange is not None:
+            if self.worker.access_log is not None:
+                self._log(self.stream.exchange, self.stream.exchange.status if self.stream.exchange.state ==
+                          X_RESPONDING or self.stream.exchange.state == X_DONE else 499, None)
             self.stream.exchange.advance(E_ABORT)
 
     # ---- Request flow ---------------------------------------------------------------
@@ -238,7 +241,14 @@ cdef class H1Session(Codec):
         self.stream.exchange = ex
         w.count(N_REQUESTS)
         ex.early = self.conn.early
+        ex.started = w.now
+        ex.out_mark = self.conn.sent
+        self.head_in = head_len
+        framer_init(&self.req_body, BODY_NONE, 0)
+        head.method_len = head.target_len = head.nheaders = 0
         status = parse_head(p, head_len, True, &head, w.slots, w.max_header_fields)
+        if w.access_log is not None and head.method_len:   # a bad head's line is logged too
+            ex.note_request(p, &head, w.slots)
         if status == 0:
             status = ex.request(p, &head, w.slots, w.writer, &w.request_limits, w.pathbuf)
         self.requests += 1
@@ -361,6 +371,8 @@ cdef class H1Session(Codec):
         w.count_status(status)
         msg = ex.error_response(status, True)
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
+        if w.access_log is not None:
+            self._log(ex, status, msg)
         self.spare = ex
         self.stream.exchange = None
         self.state = H1_IDLE
@@ -371,6 +383,9 @@ cdef class H1Session(Codec):
         cdef Exchange ex = self.stream.exchange
         if ex is None:
             ex = self.stream.exchange = Exchange(self.facts)
+            ex.out_mark = self.conn.sent
+            self.head_in = 0
+            framer_init(&self.req_body, BODY_NONE, 0)
         if ex.state == X_NEW or ex.state == X_FORWARDING:
             ex.reject(status)
         else:
@@ -383,9 +398,13 @@ cdef class H1Session(Codec):
         self.state = H1_CLOSING
         msg = ex.error_response(status)
         if not msg:
+            if self.worker.access_log is not None:
+                self._log(ex, status, msg)
             self.conn.close()   # nginx's 444
             return
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
+        if self.worker.access_log is not None:
+            self._log(ex, status, msg)
         self.conn.finish()
 
     cdef void _answer_error(self, int status):
@@ -410,6 +429,8 @@ cdef class H1Session(Codec):
         self.stream.drop_backend()
         w.count_status(status)
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
+        if w.access_log is not None:
+            self._log(ex, status, msg)
         self.stream.request_head = None
         self.spare = ex
         self.stream.exchange = None
@@ -443,8 +464,18 @@ cdef class H1Session(Codec):
         self.stream.session = None
         self.conn = None
 
+    cdef void _log(self, Exchange ex, int status, bytes answer):
+        """The access log's line for ``ex``; ``answer``: an answer of our own (its head's size)."""
+        if answer is not None:
+            ex.head_sent = answer.find(b"\r\n\r\n") + 4 if answer else 0
+        if self.conn is not None:
+            self.worker.log_exchange(self.conn, ex, status, self.head_in + self.req_body.total,
+                                     self.conn.sent - ex.out_mark, False)
+
     cdef void _response_end(self, bint until_close):
         cdef Worker w = self.worker
+        if w.access_log is not None:
+            self._log(self.stream.exchange, self.stream.exchange.status, None)
         self.stream.request_head = None
         self.spare = self.stream.exchange
         self.stream.exchange = None
@@ -499,6 +530,7 @@ cdef class H1Stream(Stream):
         syscall (the copy of <= 16 KiB is cheaper than either)."""
         if self.exchange.client_close:
             self.session.close_after = True
+        self.exchange.head_sent = head.len
         if 0 < k <= 16384:
             head.put(body, k)
             self.session.conn.send(head.buf, head.len)

@@ -48,6 +48,10 @@ cdef class H2Stream(Stream):
     cdef bint buffering             # the body is read whole before dispatch (Exchange.buffer_body)
     cdef list trailers              # the backend's trailer fields, sent after the last DATA
     cdef long long body_total
+    cdef int sent_status            # the final response's status, 0: none was submitted
+    cdef long long sent_body        # DATA payload bytes nghttp2 took for the client
+    cdef long long wire_in          # its frames' bytes, received (HEADERS, DATA) ...
+    cdef long long wire_out         # ... and sent (counted only while an access log is on)
 
     cdef int on_header(self, const uint8_t *name, size_t namelen, const uint8_t *value, size_t valuelen)
     cdef void request_head_done(self)
@@ -60,4 +64,5 @@ cdef class H2Stream(Stream):
     cdef void _submit(self, int status, list headers, bytes body)
     cdef int submit_trailers(self)
     cdef void closed(self, unsigned int error_code)
+    cdef void log(self, ClientConnection conn)
     cdef void expire(self)

@@ -96,6 +96,7 @@ cdef int _on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *u
         stream = _stream_of(ng, frame.hd.stream_id)
         if stream is None:
             return 0
+        stream.wire_in += frame.hd.length + 9   # the access log's bytes_in: frames as they came
         if kind == NGHTTP2_HEADERS and frame.headers.cat == NGHTTP2_HCAT_REQUEST:
             stream.bodiless = stream.end_stream = (frame.hd.flags & NGHTTP2_FLAG_END_STREAM) != 0
             stream.request_head_done()
@@ -112,9 +113,15 @@ cdef int _on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *u
     ENHANCE_YOUR_CALM (SETTINGS, PING ACKs piling up) or INTERNAL_ERROR (resets over the
     rate, in 1.52's backport of the Rapid Reset fix). Ours carry NO_ERROR. Count it here."""
     cdef H2Session session = <H2Session>user_data
+    cdef H2Stream stream
     if frame.hd.type == NGHTTP2_GOAWAY and (frame.goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM or
                                             frame.goaway.error_code == NGHTTP2_INTERNAL_ERROR):
         session.count_flood()
+    elif (frame.hd.type == NGHTTP2_HEADERS or frame.hd.type == NGHTTP2_DATA) and \
+            session.worker.access_log is not None:
+        stream = _stream_of(ng, frame.hd.stream_id)
+        if stream is not None:
+            stream.wire_out += frame.hd.length + 9   # the access log's bytes_out: frames as they went
     return 0
 
 
@@ -163,6 +170,7 @@ cdef ssize_t _read_body(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, si
         stream.deferred = True
         return NGHTTP2_ERR_DEFERRED
     memcpy(buf, PyByteArray_AS_STRING(stream.out), n)
+    stream.sent_body += n
     try:
         del stream.out[:n]
     except BaseException:
@@ -319,6 +327,8 @@ cdef class H2Session(Codec):
         for stream in list(self.streams.values()):
             (<H2Stream>stream).drop_backend()
             if (<H2Stream>stream).exchange is not None:
+                if self.worker.access_log is not None:
+                    (<H2Stream>stream).log(self.conn)
                 (<H2Stream>stream).exchange.advance(E_ABORT)
 
     cdef void release(self):
@@ -494,6 +504,9 @@ cdef class H2Stream(Stream):
             return
         self.exchange = ex
         ex.early = self.session.conn.early
+        ex.started = w.now
+        ex.log_method = self.method
+        ex.log_target = self.path
         w.count(N_REQUESTS)
         w.count(N_H2_STREAMS)
         if not self.refuse:
@@ -515,6 +528,8 @@ cdef class H2Stream(Stream):
                framing + b"\r\n")
         self.head = None
         status = parse_head(raw, len(raw), True, &head, w.slots, w.max_header_fields)
+        if status == 0 and w.access_log is not None:
+            ex.note_request(raw, &head, w.slots)
         if status == 0:
             status = ex.request(raw, &head, w.slots, w.writer, &w.request_limits, w.pathbuf)
         if status == 0 and ex.max_body and self.body_total > ex.max_body:
@@ -626,6 +641,7 @@ cdef class H2Stream(Stream):
         finally:
             free(nva)   # nghttp2 copied the fields
         self.responded = True
+        self.sent_status = status
         if r != 0:
             _log.debug("HTTP/2 stream %d: cannot respond: %s", self.id, nghttp2_strerror(r).decode())
 
@@ -647,10 +663,17 @@ cdef class H2Stream(Stream):
 
     cdef void closed(self, unsigned int error_code):
         """nghttp2 closed the stream: the response went out, or a reset (either side)."""
+        if self.exchange is not None and self.worker.access_log is not None and self.session is not None:
+            self.log(self.session.conn)
         if self.exchange is not None and self.exchange.state != X_DONE and self.exchange.state != X_REJECTED:
             self.exchange.advance(E_ABORT)
         self.drop_backend()
         self.session = None
+
+    cdef void log(self, ClientConnection conn):
+        """The access log's line: the status submitted, or 499 when the stream ended before one."""
+        self.exchange.head_sent = self.wire_out - self.sent_body if self.wire_out > self.sent_body else 0
+        self.worker.log_exchange(conn, self.exchange, self.sent_status or 499, self.wire_in, self.wire_out, True)
 
     cdef void expire(self):
         if self.exchange is None:
@@ -784,6 +807,7 @@ cdef class H2Stream(Stream):
         self.drop_backend()
         if ex is None:
             ex = self.exchange = Exchange(self.session.facts)
+            ex.log_method, ex.log_target = self.method, self.path
         if ex.state == X_NEW or ex.state == X_FORWARDING:
             ex.reject(status)
         else:

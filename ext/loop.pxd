@@ -98,8 +98,11 @@ cdef class Worker:
     cdef bint accept_paused         # at max_clients, or backing off after EMFILE
     cdef bint accept_backoff        # the EMFILE back-off timer runs
     cdef double fd_log_next         # rate limits of the two noisy log lines
-    cdef double hs_log_next
-    cdef int hs_log_skipped
+    cdef double hs_log_next         # failed handshakes: the current second's window ends then ...
+    cdef int hs_log_lines           # ... lines written in it (at most hs_log_rate) ...
+    cdef int hs_log_skipped         # ... and failures not logged since the last summary line
+    cdef public int hs_log_rate
+    cdef readonly object access_log # an AccessLog (accesslog.pyx, set_access_log); None: off, nothing collected
 
     cdef int epfd                   # our epoll set of client and listening sockets
     cdef epoll_event *events
@@ -115,7 +118,10 @@ cdef class Worker:
     cdef void resume_accepting(self)
     cdef void out_of_fds(self)
     cdef void client_closed(self)
-    cdef str handshake_log_suffix(self)
+    cdef bint handshake_log_allowed(self)
+    cdef void handshake_log_summary(self)
+    cdef void log_exchange(self, ClientConnection conn, Exchange ex, int status, long long bytes_in,
+                           long long bytes_out, bint http2)
     cdef void release_later(self, ClientConnection conn)
 
 
@@ -177,6 +183,10 @@ cdef class ClientConnection:
     cdef readonly bint early        # the codec runs on 0-RTT data: the handshake is not complete
     cdef bint in_early_read         # inside _read_early (the codec's calls back must not recurse)
     cdef bint early_counted         # its early-data verdict is counted (once, when known)
+    cdef long long sent             # plaintext bytes given to send(): each request's bytes_out
+    cdef double hs_start            # loop time the handshake began, and how long it took
+    cdef double hs_time
+    cdef object log_cache           # the access log's part of each line about the connection (AccessLog)
 
     cdef void start(self)
     cdef void on_readable(self)
@@ -186,6 +196,7 @@ cdef class ClientConnection:
     cdef void _want_read(self, bint on)
     cdef ClientFacts _facts(self, ServerPolicy tls_server, bint http2, const char *sni)
     cdef tuple _local_address(self)
+    cdef tuple _log_tls(self)
     cdef tuple _proxy_facts(self, const char *sni, tuple cert)
     cdef double next_deadline(self)
     cdef void expire(self)

@@ -104,6 +104,8 @@ cdef class Worker:
         self.backend_send_timeout = limits.backend_send_timeout if limits.backend_send_timeout is not None \
             else limits.backend_read_timeout
         self.sweep_handle = loop.call_later(1.0, self._sweep)
+        self.hs_log_rate = 10
+        self.access_log = None
         self.by_fd = {}
         self.closed = []
         self.listeners = []
@@ -202,6 +204,10 @@ cdef class Worker:
                 self.loop.call_at(due, self._on_deadline, conn, due)
         for pool in self.pools:
             (<UpstreamPool>pool).tick(now)
+        if self.access_log is not None:
+            self._flush_access_log()
+        if self.hs_log_skipped and now >= self.hs_log_next:
+            self.handshake_log_summary()
         self.sweep_handle = self.loop.call_at(horizon, self._sweep)
 
     def _on_deadline(self, ClientConnection conn, double due):
@@ -271,6 +277,8 @@ cdef class Worker:
             self.sweep_handle = None
         for conn in list(self.clients):
             (<ClientConnection>conn).close()
+        if self.access_log is not None:
+            self._flush_access_log()
         if self.epfd >= 0:
             self.loop.remove_reader(self.epfd)
 
@@ -308,17 +316,58 @@ cdef class Worker:
         if self.accept_paused and not self.accept_backoff and len(self.clients) < self.max_clients:
             self.resume_accepting()
 
-    cdef str handshake_log_suffix(self):
-        """At most one failed-handshake line a second (scanners fail thousands); None means
-        skip this one, else the count of those skipped since the last line."""
-        cdef int skipped
-        if self.now < self.hs_log_next:
-            self.hs_log_skipped += 1
-            return None
-        self.hs_log_next = self.now + 1.0
-        skipped = self.hs_log_skipped
+    cdef bint handshake_log_allowed(self):
+        """At most hs_log_rate failed-handshake lines a second (a scan fails thousands), then
+        one line a second saying how many were not logged: a scan cannot fill the disk. The
+        handshake_failed_* counters count every one."""
+        if self.now >= self.hs_log_next:
+            if self.hs_log_skipped:
+                self.handshake_log_summary()
+            self.hs_log_next = self.now + 1.0
+            self.hs_log_lines = 0
+        if self.hs_log_lines < self.hs_log_rate:
+            self.hs_log_lines += 1
+            return True
+        self.hs_log_skipped += 1
+        return False
+
+    cdef void handshake_log_summary(self):
+        _log.warning("%d more failed handshakes not logged (at most %d lines a second)", self.hs_log_skipped,
+                     self.hs_log_rate)
         self.hs_log_skipped = 0
-        return f" (and {skipped} more not logged)" if skipped else ""
+
+    # ---- Access log -----------------------------------------------------------------
+    cdef void log_exchange(self, ClientConnection conn, Exchange ex, int status, long long bytes_in,
+                           long long bytes_out, bint http2):
+        """One request ended (answered, or its client went away: 499, nginx's status for that):
+        its line, once. Called only while access_log is set."""
+        if ex.logged or conn is None:
+            return
+        ex.logged = True
+        self.tick()
+        try:
+            (<AccessLog>self.access_log).line(
+                conn, ex, status, bytes_in, bytes_out, http2, self.now - ex.started if ex.started else 0.0,
+                (ex.upstream_end or self.now) - ex.upstream_start if ex.upstream_server >= 0 else -1.0)
+        except Exception:
+            _log.exception("access log: the line of a request from %s is lost", conn.peer_ip)
+
+    def set_access_log(self, AccessLog access_log):
+        self.access_log = access_log
+
+    def _flush_access_log(self):
+        try:
+            self.access_log.flush()
+        except Exception:
+            _log.exception("access log: flush failed")
+
+    def reopen_access_log(self):
+        """SIGUSR1 (logrotate): the buffered lines to the old file, then the path anew."""
+        if self.access_log is not None:
+            try:
+                self.access_log.reopen()
+            except OSError as exc:
+                _log.error("access log %s: cannot reopen: %s", self.access_log.path, exc.strerror)
 
 
 def _proxy_peer_check(tuple trusted, str peer):
@@ -424,7 +473,7 @@ cdef class Listener:
                 conn.proxy_in = _proxy_peer_check(self.proxy_trusted, conn.peer_ip)
                 if conn.proxy_in is None:
                     w.count(N_PROXY_UNTRUSTED)
-                    if w.handshake_log_suffix() is not None:
+                    if w.handshake_log_allowed():
                         _log.warning("%s is not in proxy_trusted: closing its connection", conn.peer_ip)
                     close(fd)
                     conn.fd = -1
@@ -503,6 +552,7 @@ cdef class ClientConnection:
         self._start_tls()
 
     cdef void _start_tls(self):
+        self.hs_start = self.worker.now
         self.state = C_HANDSHAKE
         self.tls = TLSConnection(self.context, self.fd)
         self._want_read(True)
@@ -591,6 +641,27 @@ cdef class ClientConnection:
                          (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else "",
                          (<bytes>sni).decode("ascii", "replace") if sni != NULL else "")
         return facts
+
+    cdef tuple _log_tls(self):
+        """What the access log says of the connection: its address, SNI, protocol version,
+        cipher, whether the session was resumed, the ALPN protocol (once, on its first line)."""
+        cdef const char *name = NULL
+        cdef const char *version
+        cdef const SSL_CIPHER *cipher
+        cdef const unsigned char *alpn = NULL
+        cdef unsigned int alpn_len = 0
+        if self.tls is None:
+            return (self.peer_ip, None, None, None, None, None)
+        name = SSL_get_servername(self.tls.ssl, TLSEXT_NAMETYPE_host_name)
+        version = SSL_get_version(self.tls.ssl)
+        cipher = SSL_get_current_cipher(self.tls.ssl)
+        SSL_get0_alpn_selected(self.tls.ssl, &alpn, &alpn_len)
+        return (self.peer_ip, (<bytes>name).decode("ascii", "replace") if name != NULL else None,
+                (<bytes>version).decode("ascii") if version != NULL else None,
+                (<bytes>SSL_CIPHER_get_name(cipher)).decode("ascii") if cipher != NULL else None,
+                bool(SSL_session_reused(self.tls.ssl)),
+                PyBytes_FromStringAndSize(<const char *>alpn, alpn_len).decode("ascii", "replace")
+                if alpn_len else None)
 
     cdef tuple _local_address(self):
         """(address, port) the client connected to: nginx's $server_addr, a PROXY header's destination."""
@@ -759,9 +830,8 @@ cdef class ClientConnection:
             if r == TLS_EOF or r == TLS_CLOSED:
                 _log.debug("%s closed the connection during the handshake", self.peer_ip)
             else:
-                suffix = w.handshake_log_suffix()
-                if suffix is not None:
-                    _log.info("handshake failed from %s: %s%s", self.peer_ip, self.tls.error, suffix)
+                if w.handshake_log_allowed():
+                    _log.info("handshake failed from %s: %s", self.peer_ip, self.tls.error)
                 if self.tls.failure == TLS_FAIL_HTTP:
                     # Plain HTTP on the TLS port: say so in plain HTTP, as nginx does.
                     send(self.fd, PyBytes_AS_STRING(_PLAIN_HTTP_400), len(_PLAIN_HTTP_400), MSG_NOSIGNAL)
@@ -773,6 +843,8 @@ cdef class ClientConnection:
         cdef Worker w = self.worker
         cdef const char *name
         if result == TLS_OK:
+            w.tick()
+            self.hs_time = w.now - self.hs_start
             w.count(N_HANDSHAKES_RESUMED if SSL_session_reused(self.tls.ssl) else N_HANDSHAKES_FULL)
             self._count_early_data()
             w.count(N_TLS13 if SSL_version(self.tls.ssl) == TLS1_3_VERSION else N_TLS12)
@@ -864,6 +936,7 @@ cdef class ClientConnection:
         if self.state == C_CLOSED:
             return
         w.count(N_BYTES_OUT, n)
+        self.sent += n
         if self.pending_out is not None:
             bytearray_extend(self.pending_out, p, n)
             if self.session is not None:

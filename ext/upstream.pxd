@@ -12,6 +12,7 @@ cdef enum BackendState:
 
 cdef class UpstreamPool:
     cdef readonly str name
+    cdef list log_names             # the servers as the access log names them (b"host:port"), once
     cdef bytes host_header          # Host for requests that came without one (HTTP/1.0)
     cdef list servers               # [(host, port)]
     cdef list idle                  # per server: [BackendConnection], oldest first

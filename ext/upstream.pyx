@@ -307,10 +307,12 @@ cdef class Stream:
         if self.attempts == 0:
             self.tried = 0
             self.first_try = w.now
+            self.exchange.upstream_start = w.now
         server = pool.next_server(w.now, self.tried)
         if server < 0:
             self.answer_error(503)
             return
+        self.exchange.upstream_server = server
         self.tried |= 1ULL << (server & 63)
         self.attempts += 1
         if not fresh:
@@ -776,6 +778,7 @@ cdef class BackendConnection:
         cdef Stream stream = self.stream
         if stream is None:
             return
+        stream.exchange.upstream_end = self.worker.now
         stream.exchange.response_end()
         stream.backend = None
         self.pool.note_success(self.server)

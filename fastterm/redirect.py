@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from http import HTTPStatus
 
 from fastterm.config.model import Redirect
@@ -178,13 +179,14 @@ class RedirectLimits:
     take the file descriptors the TLS port needs."""
 
     def __init__(self, header_timeout: float, max_open: int, send_timeout: float = 60.0,
-                 challenge_dirs: list[str] | tuple = ()):
+                 challenge_dirs: list[str] | tuple = (), access_log=None):
         self.challenge_dirs = list(challenge_dirs)   # HTTP-01 answers, looked up in order
         self.header_timeout = header_timeout
         self.max_open = max_open
         self.send_timeout = send_timeout
         self.open = 0
         self.draining = False       # set on stop: the next answer of each connection closes it
+        self.access_log = access_log   # the worker's AccessLog (ext/accesslog.pyx), or None
 
 
 def _expand(parts: list[tuple[str, str | None]], values: dict[str, str]) -> bytes:
@@ -224,6 +226,8 @@ class RedirectProtocol(asyncio.Protocol):
         self.idle = False           # between requests (keepalive_timeout), not inside one
         self.local_port = 0
         self.site_timeout = 0.0     # keepalive_timeout of the block that answered last
+        self.started = 0.0          # when the request being read began (the access log's request_time)
+        self.request = None         # the parsed head being answered (the access log's line)
 
     # -- connection and deadlines -----------------------------------------------------
     def connection_made(self, transport):
@@ -272,6 +276,8 @@ class RedirectProtocol(asyncio.Protocol):
     def data_received(self, data):
         if self.closing:
             return
+        if not self.buf:
+            self.started = time.monotonic()
         self.buf += data
         if self.idle:
             # The next request began: its head has client_header_timeout from now.
@@ -301,6 +307,7 @@ class RedirectProtocol(asyncio.Protocol):
                 status = 431 if exc.args[0] == "incomplete" else 400
                 return self._respond(status, {400: "Bad Request", 431: "Request Header Fields Too Large"}[status])
             del self.buf[:req["head_len"]]
+            self.request = req
             if self._acme_challenge(req):
                 return
             if self.table.legacy:
@@ -309,6 +316,7 @@ class RedirectProtocol(asyncio.Protocol):
                 self._answer(req)
             except BadRequest:
                 return self._respond(400, "Bad Request")
+            self.request = None
             if self.closing:
                 return
             if req["chunked"]:
@@ -365,7 +373,9 @@ class RedirectProtocol(asyncio.Protocol):
             return False
         head = (b"HTTP/1.1 200 OK\r\nServer: fastterm\r\nContent-Type: text/plain\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
-        self.transport.write(head if req["method"] == "HEAD" else head + body)
+        sent = head if req["method"] == "HEAD" else head + body
+        self.transport.write(sent)
+        self._log(200, sent, len(head))
         self._close()
         return True
 
@@ -402,6 +412,7 @@ class RedirectProtocol(asyncio.Protocol):
                   "uri": normalise_uri(path), "args": args, "query_string": args, "is_args": "?" if args else ""}
         self.served += 1
         if site.status == CLOSE_WITHOUT_RESPONSE:
+            self._log(CLOSE_WITHOUT_RESPONSE, b"", 0)
             return self._close()
         keep = (self.served < site.keepalive_requests and not self.limits.draining
                 and not req["keep_alive_off"] and not req["expect_continue"]
@@ -434,7 +445,9 @@ class RedirectProtocol(asyncio.Protocol):
             lines.append(b"Keep-Alive: timeout=%d" % site.keepalive_header)   # keepalive_timeout's second value
         out = b"\r\n".join(lines) + b"\r\n\r\n"
         self.site_timeout = site.keepalive_timeout
-        self.transport.write(out if req["method"] == "HEAD" or status == 204 else out + body)
+        sent = out if req["method"] == "HEAD" or status == 204 else out + body
+        self.transport.write(sent)
+        self._log(status, sent, len(out))
         if not keep:
             self._close()
 
@@ -455,7 +468,25 @@ class RedirectProtocol(asyncio.Protocol):
             lines.append(f"Location: {location}")
         out = ("\r\n".join(lines) + "\r\n\r\n" + ("" if head else body)).encode("latin-1")
         self.transport.write(out)
+        self._log(status, out, len(out) - (0 if head else len(body)))
+        self.request = None
         self._close()
+
+    def _log(self, status: int, sent: bytes, head_len: int) -> None:
+        """The access log's line of the request just answered (``self.request``: its parsed head,
+        None when it could not be parsed)."""
+        access_log = self.limits.access_log
+        if access_log is None:
+            return
+        req = self.request
+        fields = {n.lower(): v for n, v in req["headers"]} if req else {}
+        peer = self.transport.get_extra_info("peername")
+        access_log.plain(peer[0] if peer else "-", req["method"].encode("latin-1") if req else None,
+                         req["target"].encode("latin-1") if req else None, bool(req) and req["version"] == "1.0",
+                         status, req["head_len"] if req else len(self.buf), len(sent), head_len,
+                         fields["referer"].encode("latin-1") if "referer" in fields else None,
+                         fields["user-agent"].encode("latin-1") if "user-agent" in fields else None,
+                         time.monotonic() - self.started)
 
     def _close(self, abort: bool = False):
         self.closing = True

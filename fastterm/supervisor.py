@@ -236,6 +236,8 @@ class Master:
         self.generations_made += 1
         old = self.generation
         self.generation = Generation(self.generations_made, config, plan, workers, credentials=credentials)
+        if self._drops_privileges(self.generation):
+            worker_mod.hand_logs_to(config, credentials.uid)
         if old is not None:
             self.old_generations.append(old.number)
 
@@ -702,6 +704,8 @@ class Master:
                 self._kill(proc.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
         elif sig == signal.SIGUSR1:
             worker_mod.reopen_logs(self.generation.config)
+            if self._drops_privileges(self.generation):
+                worker_mod.hand_logs_to(self.generation.config, self.generation.credentials.uid)
             for proc in self.procs.values():
                 self._kill(proc.pid, signal.SIGUSR1)
         elif sig == signal.SIGUSR2:

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 
+from fastterm.accesslog import open_access_log
 from fastterm.certs.acme import challenge_dirs
 from fastterm.certs.ocsp import STARTUP_WAIT, LoopSelector, Stapler
 from fastterm.certs.watch import CertWatcher
@@ -70,6 +71,9 @@ class Serving:
         self.loop = loop
         self.plan = plan or build(config)
         self.worker = Worker(loop, config.limits, self.plan.pools.values())
+        self.worker.hs_log_rate = config.handshake_log_rate
+        if config.access_log and config.access_log != "off":
+            self.worker.set_access_log(open_access_log(config.access_log, config.access_log_format))
         self.listeners = []
         self.redirect_servers = []
         self.redirect_limits = None
@@ -113,7 +117,8 @@ class Serving:
         set_acme_challenge_dirs(tlsalpn01)
         limits = self.redirect_limits = RedirectLimits(self.config.limits.client_header_timeout,
                                                        max(16, self.worker.max_clients // 4),
-                                                       self.config.limits.send_timeout, http01)
+                                                       self.config.limits.send_timeout, http01,
+                                                       self.worker.access_log)
         for addr, table in self.plan.redirects:
             sock = self.redirect_sockets.get(addr) or bind(addr)
             server = await self.loop.create_server(
@@ -162,10 +167,33 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def reopen_logs(config: Config) -> None:
-    """SIGUSR1: reopen the error log (after logrotate moved it)."""
+def reopen_logs(config: Config, serving: Serving | None = None) -> None:
+    """SIGUSR1: reopen the error log and a worker's access log (after logrotate moved them)."""
     if config.error_log:
-        setup_logging(config)
+        try:
+            setup_logging(config)
+        except OSError as exc:
+            log.error("error log %s: cannot reopen: %s", config.error_log, exc.strerror)
+    if serving is not None:
+        serving.worker.reopen_access_log()
+
+
+def hand_logs_to(config: Config, uid: int) -> None:
+    """A root master whose workers run as ``uid``: the log files exist and are theirs, so that
+    they open them, and after logrotate's move (SIGUSR1, handled here first) the new ones, as
+    nginx's master chowns its log files to its workers' user. Their directory may stay root's."""
+    for path in (config.access_log, config.error_log):
+        if not path:
+            continue
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                if os.fstat(fd).st_uid != uid:
+                    os.fchown(fd, uid, -1)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error("%s: cannot hand it to the workers' user: %s", path, exc.strerror)
 
 
 def preload() -> None:
@@ -197,7 +225,7 @@ def serve_forked(config: Config, plan: Plan, sockets: dict, redirect_sockets: di
         loop.add_signal_handler(signal.SIGQUIT, stop, False)
         # Ctrl-C reaches the whole process group: the master turns it into SIGTERM.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
-        loop.add_signal_handler(signal.SIGUSR1, reopen_logs, config)
+        loop.add_signal_handler(signal.SIGUSR1, reopen_logs, config, serving)
         loop.add_signal_handler(signal.SIGUSR2, serving.check_certificates)   # the master's: certificates now
 
         def watch_master():
@@ -254,6 +282,7 @@ def run(config: Config) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(serving.stop(True)))
         loop.add_signal_handler(signal.SIGQUIT, lambda: asyncio.ensure_future(serving.stop(False)))
+        loop.add_signal_handler(signal.SIGUSR1, reopen_logs, config, serving)
         loop.add_signal_handler(signal.SIGUSR2, serving.check_certificates)
         addrs = ", ".join(f"{h}:{p}" for (h, p), *_ in plan.listeners)
         log.info("serving https on %s", addrs)

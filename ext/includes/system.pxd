@@ -134,4 +134,5 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     enum:
         CLOCK_MONOTONIC
+        CLOCK_REALTIME
     int clock_gettime(int clk_id, timespec *tp)

@@ -38,6 +38,10 @@ Set-up
   that rejects one does not start, and the log shown says which). The report gives
   fastterm's per-round ratio to it, plain and per CPU-second: whether a change kept its
   figures within noise.
+- **Access log** (``--access-log``): fastterm again as peer ``fastterm-log``, the same config with
+  ``access_log`` on (JSON lines into the working directory), right after fastterm in every
+  round: the two rows of a figure are the log's cost, measured in one run (nginx's and
+  HAProxy's access logs stay off).
 
 Scenarios (``--scenario``, comma-separated)
 -------------------------------------------
@@ -172,6 +176,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also run fastterm from TREE, another checkout with its extension built (e.g. a git "
                         "worktree of an earlier commit), as peer fastterm-base: fastterm's ratio to it is "
                         "reported next to the ratio to nginx")
+    p.add_argument("--access-log", action="store_true",
+                   help="also run fastterm with its JSON access log on, as peer fastterm-log, right after "
+                        "fastterm in every round: the log's cost (the peers' access logs stay off)")
     p.add_argument("--json", metavar="FILE", help="write every raw figure here")
     p.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios to nginx per scenario")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown (to paste in an issue)")

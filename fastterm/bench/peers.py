@@ -25,7 +25,7 @@ from fastterm.bench.backends import (
     TLS_BACKEND_NAME,
     UPLOAD_SIZE,
 )
-from fastterm.bench.scenarios import BASELINE
+from fastterm.bench.scenarios import ACCESS_LOG_PEER, BASELINE
 from fastterm.bench.system import (
     BenchError,
     children,
@@ -244,7 +244,7 @@ class FasttermPeer(Peer):
 
 
 def fastterm_conf(setup: Setup, backend: str, ports: dict[str, int], admin_port: int,
-                  pid_file: str | None = None) -> str:
+                  pid_file: str | None = None, access_log: str | None = None) -> str:
     tls = setup.tls
     limits = setup.limits
 
@@ -257,6 +257,7 @@ workers = {setup.workers}
 log_level = "warning"
 admin = "127.0.0.1:{admin_port}"
 {f"pid_file = {q(pid_file)}" if pid_file else ""}
+{f"access_log = {q(access_log)}" if access_log else ""}
 
 [limits]
 client_max_body_size = {limits.client_max_body_size}
@@ -535,14 +536,15 @@ def served_kind(target: tuple[str, int]) -> str:
 
 
 def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, env: dict,
-               repo_root: str, baseline: tuple[str, dict] | None = None) -> list[Peer]:
-    """fastterm, then (``baseline``: its tree and environment) fastterm-base right after it,
-    then the peers named; each with its config written into ``d``."""
+               repo_root: str, baseline: tuple[str, dict] | None = None, access_log: bool = False) -> list[Peer]:
+    """fastterm, then (``baseline``: its tree and environment) fastterm-base right after it, then
+    (``access_log``) fastterm-log, the same fastterm writing its JSON access log, then the peers
+    named; each with its config written into ``d``."""
     def ports() -> dict[str, int]:
         return {"main": free_port(), **{k: free_port() for k in setup.certs},
                 **({"early": free_port()} if setup.early_data else {})}
 
-    def fastterm_peer(name: str, cwd: str, peer_env: dict) -> FasttermPeer:
+    def fastterm_peer(name: str, cwd: str, peer_env: dict, access_log: str | None = None) -> FasttermPeer:
         own = ports()
         if not knows_early_data(cwd):
             own.pop("early", None)   # a baseline from before 0-RTT: its resumed-0rtt run is skipped
@@ -552,13 +554,16 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
         conf = os.path.join(d, f"{name}.toml")
         with open(conf, "w") as f:
             # Its own pid file: not the default one of a fastterm already serving on this machine.
-            f.write(fastterm_conf(setup, backend, ft.ports, ft.admin_port, os.path.join(d, f"{name}.pid")))
+            f.write(fastterm_conf(setup, backend, ft.ports, ft.admin_port, os.path.join(d, f"{name}.pid"),
+                                  access_log))
         ft.argv = pinned(cpus, [sys.executable, "-m", "fastterm", "run", "-c", conf])
         return ft
 
     peers: list[Peer] = [fastterm_peer("fastterm", repo_root, env)]
     if baseline is not None:
         peers.append(fastterm_peer(BASELINE, *baseline))
+    if access_log:
+        peers.append(fastterm_peer(ACCESS_LOG_PEER, repo_root, env, os.path.join(d, "fastterm-access.log")))
     if "nginx" in names:
         p = Peer("nginx", ports(), log_path=os.path.join(d, "nginx.out"), hs_log=os.path.join(d, "nginx-hs.log"),
                  cwd=d, reencrypt=setup.tls_backend is not None)

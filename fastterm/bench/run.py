@@ -382,6 +382,8 @@ def run_bench(args: argparse.Namespace) -> int:
         target = (m.group(1).strip("[]"), int(m.group(2) or 443))
         if args.baseline:
             raise BenchError("--baseline starts a second fastterm next to the first: not with --target")
+        if args.access_log:
+            raise BenchError("--access-log starts a second fastterm next to the first: not with --target")
 
     # Peers and tools.
     if target:
@@ -462,7 +464,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 say(f"TLS backend https://{tls_backend.address} (verified with {tls_backend.ca_file})")
             say(f"working directory {workdir}; backend http://{backend}")
             peers = make_peers(setup, workdir, backend, peer_names, cpu_spec(server_cpus), env, repo_root,
-                               baseline)
+                               baseline, args.access_log)
             for peer in peers:
                 say(f"starting {peer.name} on ports {peer.ports}")
                 peer.start()

@@ -9,6 +9,7 @@ from fastterm.bench.system import BenchError
 
 REFERENCE = "nginx"
 BASELINE = "fastterm-base"   # --baseline TREE: fastterm from another checkout
+ACCESS_LOG_PEER = "fastterm-log"   # --access-log: fastterm again, writing a JSON access log
 
 # figure -> (unit, higher is better, per CPU-second unit or None)
 FIGURES: dict[str, tuple[str, bool, str | None]] = {

@@ -392,7 +392,11 @@ class Config(Struct):
     group: str | None = None  # and group (None: the user's primary group)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     error_log: str | None = None
-    access_log: str | None = None
+    access_log: str | None = None  # a file, one line per request (fastterm/accesslog.py); "off" or unset: none
+    access_log_format: str = "json"  # "json" (msgspec JSON lines), "combined" (nginx's), or an nginx
+    # log_format template of the variables fastterm logs (accesslog.VARIABLES)
+    handshake_log_rate: int = 10  # failed-handshake lines a second per worker; the rest are counted in one
+    # summary line a second (a scan cannot fill the disk; the /metrics counters count them all)
     certificate_check_interval: float = 1.0  # seconds between looks at the certificate files (0: never);
     # a changed certificate serves new handshakes without a reload (fastterm/certs/watch.py)
     admin_allow_remote: bool = False  # admin on a non-loopback TCP address (plain HTTP; GETs need no token)

@@ -159,6 +159,16 @@ What maps (nginx -> model):
   ``$ssl_client_verify``, ``$ssl_client_s_dn``, ``$ssl_client_i_dn``, ``$ssl_client_serial``,
   ``$ssl_client_fingerprint``, ``$ssl_client_escaped_cert`` and ``$ssl_client_cert`` in
   ``proxy_set_header``, in nginx's formats. No X-SSL-Client-* field is added (nginx adds none).
+- ``access_log PATH [FORMAT] [buffer=SIZE] [flush=TIME]`` and ``access_log off`` -> ``access_log``
+  (one file: the same value for every TLS server and location, else refused; buffer/flush warn,
+  fastterm buffers 64k and flushes each second; no access_log line: no log, where nginx would
+  write its compiled-in logs/access.log; syslog:, variables in the path, gzip and if= are refused);
+  FORMAT ``combined`` (the default, nginx's) or a ``log_format NAME [escape=default] STRING...``
+  whose variables fastterm logs (``fastterm/accesslog.py`` VARIABLES: $remote_addr, $time_local,
+  $request, $status, $body_bytes_sent, $http_referer, $http_user_agent, $request_time,
+  $upstream_addr, $upstream_response_time, $ssl_protocol, $ssl_cipher, $ssl_server_name, ...) ->
+  ``access_log_format`` (the template, nginx's escaping); another variable or escape=json|none is
+  refused at the log_format line. Port-80 servers log with the same format (no TLS facts).
 - ``ssl_reject_handshake on|off`` -> ``reject_handshake``: a handshake this server would take
   fails with unrecognized_name (a default server with it refuses unknown names and clients
   that send none); such a server needs no ``ssl_certificate`` nor locations.
@@ -181,7 +191,7 @@ What maps (nginx -> model):
   servers; a server-level ``return``, which nginx answers first, is refused with it).
 - Values equal to fastterm's behaviour are accepted for: ``merge_slashes on``, ``port_in_redirect on``,
   ``server_name_in_redirect off``, ``absolute_redirect on``, ``ignore_invalid_headers on``,
-  ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``, ``access_log off``,
+  ``tcp_nodelay on``, ``real_ip_recursive off``, ``gzip off``,
   ``keepalive_disable none``, ``chunked_transfer_encoding on``.
 
 What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``pid``,
@@ -192,7 +202,7 @@ What warns, (b) in full in ``IGNORED``: nginx's own process and log settings (``
 (``proxy_buffering``, ``proxy_buffer_size``, ``proxy_buffers``, ``proxy_request_buffering``,
 ``client_body_buffer_size``, ``client_header_buffer_size``, ``*_temp_path``), nginx's hash
 table sizes, what nginx itself calls obsolete (``http2_max_requests``, ``http2_max_field_size``,
-``http2_idle_timeout``, ...), ``access_log``/``log_format`` (until access logs land),
+``http2_idle_timeout``, ...), ``open_log_file_cache``,
 ``resolver`` and ``resolver_timeout`` (parsed as nginx does; nginx uses them to look up OCSP
 responders and ACME servers, which fastterm does with the system resolver, getaddrinfo, at each
 fetch: an IP address needs no lookup, and tests name only 127.0.0.1), ``acme_shared_zone``,
@@ -254,6 +264,7 @@ import msgspec
 from crossplane import analyzer as _cp
 from crossplane.errors import NgxParserDirectiveError, NgxParserSyntaxError
 
+from fastterm.accesslog import COMBINED, compile_format
 from fastterm.certs.store import load_certificate
 from fastterm.config.model import (
     INTERMEDIATE_CIPHERS,
@@ -664,6 +675,7 @@ MAPPED = {
     "proxy_ssl_protocols", "proxy_ssl_ciphers", "proxy_hide_header", "proxy_pass_header",
     "proxy_next_upstream", "proxy_next_upstream_tries", "proxy_next_upstream_timeout",
     "ssl_verify_client", "ssl_client_certificate", "ssl_verify_depth",
+    "access_log", "log_format",
     # upstream { }
     "keepalive", "least_conn",
     # nginx's ACME module: acme_issuer NAME { ... } and acme_certificate in a server
@@ -675,7 +687,7 @@ EQUAL = {
     "proxy_redirect": {"off", "default"},
     "merge_slashes": {"on"}, "port_in_redirect": {"on"}, "server_name_in_redirect": {"off"},
     "absolute_redirect": {"on"}, "ignore_invalid_headers": {"on"}, "tcp_nodelay": {"on"},
-    "real_ip_recursive": {"off"}, "gzip": {"off"}, "access_log": {"off"}, "keepalive_disable": {"none"},
+    "real_ip_recursive": {"off"}, "gzip": {"off"}, "keepalive_disable": {"none"},
     "chunked_transfer_encoding": {"on"}, "proxy_pass_request_headers": {"on"},
     "proxy_pass_request_body": {"on"}, "proxy_ignore_client_abort": {"off"},
     "ssl_verify": {"on"}, "common_name_in_csr": {"off"},   # in acme_issuer { }
@@ -688,8 +700,7 @@ IGNORED = {
     "daemon": "fastterm stays in the foreground (run it under systemd or a container runtime)",
     "master_process": "fastterm always runs a master with workers (run --single for one process)",
     "error_log": "fastterm logs to stderr (or fastterm.toml's error_log)",
-    "access_log": "access logs are not written yet", "log_format": "access logs are not written yet",
-    "open_log_file_cache": "access logs are not written yet",
+    "open_log_file_cache": "fastterm's access log is one file, kept open (reopened on SIGUSR1)",
     "worker_rlimit_nofile": "fastterm raises RLIMIT_NOFILE to the hard limit itself",
     "worker_cpu_affinity": "workers are not pinned", "worker_priority": "workers keep their priority",
     "worker_rlimit_core": "no core file limit is set", "working_directory": "no working directory is set",
@@ -704,7 +715,7 @@ IGNORED = {
     "tcp_nopush": _FILES, "aio": _FILES, "aio_write": _FILES, "directio": _FILES, "read_ahead": _FILES,
     "output_buffers": _FILES, "open_file_cache": _FILES, "open_file_cache_errors": _FILES,
     "open_file_cache_min_uses": _FILES, "open_file_cache_valid": _FILES, "disable_symlinks": _FILES,
-    "log_not_found": _FILES, "log_subrequest": "no access log yet", "etag": _FILES,
+    "log_not_found": _FILES, "log_subrequest": "fastterm makes no subrequests", "etag": _FILES,
     "if_modified_since": _FILES, "default_type": _FILES, "types": _FILES, "autoindex": _FILES,
     "client_body_temp_path": "fastterm streams bodies, it writes no temp files",
     "proxy_temp_path": "fastterm streams bodies, it writes no temp files",
@@ -1081,9 +1092,10 @@ class _Builder:
                                                             if n not in self.upstream_blocks]
         upstreams = [msgspec.structs.replace(u, tls=self.upstream_tls[u.name][0]) if u.name in self.upstream_tls
                      else u for u in upstreams]
+        access_log, access_format = self.access_log(http, tls_servers)
         return Config(servers=model_servers, upstreams=upstreams, redirects=redirects, limits=limits,
                       sessions=sessions, workers=workers, acme_challenge_dir=self.challenge_dir,
-                      user=user, group=group)
+                      user=user, group=group, access_log=access_log, access_log_format=access_format)
 
     def user(self, main: Level) -> tuple[str | None, str | None]:
         """``user NAME [GROUP]``: without GROUP, nginx takes the group of the same name (on
@@ -1097,6 +1109,69 @@ class _Builder:
         except ConfigError as exc:
             raise node.error(exc.message) from None
         return name, group
+
+    # -- access log ----------------------------------------------------------------------
+    def access_log(self, http: Level, tls: list[_Server]) -> tuple[str | None, str]:
+        """``access_log PATH [FORMAT] [buffer=] [flush=]`` / ``off`` and ``log_format`` -> the one
+        access log of the model (path, format): its value must be the same for every TLS server and
+        location, as fastterm writes one log (port-80 servers write their answers into it too)."""
+        formats: dict[str, tuple[str, Node | None]] = {"combined": (COMBINED, None)}
+        for node in http.own("log_format"):
+            name, *parts = node.args
+            if name in formats:
+                raise node.error(f'duplicate "log_format" name "{name}"')
+            if parts and parts[0].startswith("escape="):
+                if parts[0] != "escape=default":
+                    raise node.unsupported("fastterm escapes values as nginx's escape=default",
+                                           f"log_format {parts[0]}")
+                parts = parts[1:]
+            formats[name] = ("".join(parts), node)
+        levels = [s.level for s in tls] + [loc.level for s in tls for loc in s.locations]
+        seen: list[tuple[tuple[str | None, str], Node | None]] = []
+        for level in levels:
+            nodes = level.find_all("access_log")
+            seen.append((self._access_log_value(nodes, formats), nodes[0] if nodes else None))
+        first, first_node = seen[0]
+        for value, node in seen[1:]:
+            if value != first:
+                where = node or first_node
+                raise where.unsupported(
+                    f"a value differing between servers or locations ({first_node.where if first_node else 'none'}"
+                    f" vs {node.where if node else 'none'}): fastterm writes one access log", "access_log")
+        return first
+
+    def _access_log_value(self, nodes: list[Node], formats: dict) -> tuple[str | None, str]:
+        """One level's access_log lines -> (path or None, format for the model). No line: no log
+        (nginx's compiled-in default, logs/access.log, is not written)."""
+        logs = [n for n in nodes if n.args != ["off"]]
+        if not logs:
+            return None, "json"
+        if len(logs) > 1:
+            raise logs[1].unsupported("fastterm writes one access log", "access_log (a second one)")
+        node = logs[0]
+        path, *params = node.args
+        if path.startswith("syslog:") or "$" in path:
+            raise node.unsupported("a file without variables is", f"access_log {path}")
+        name = "combined"
+        if params and "=" not in params[0]:
+            name = params.pop(0)
+        for param in params:
+            key = param.partition("=")[0]
+            if key in ("buffer", "flush"):
+                self.warn(f'{node.where}: "access_log ... {param}" is ignored: fastterm buffers 64k and '
+                          'flushes each second')
+            else:
+                raise node.unsupported("", f"access_log ... {param}")
+        if name not in formats:
+            raise node.error(f'unknown log format "{name}"')
+        template, where = formats[name]
+        if name == "combined" or " ".join(template.split()) == " ".join(COMBINED.split()):
+            return self.absolute(path), "combined"
+        try:
+            compile_format(template)
+        except ValueError as exc:
+            raise where.unsupported(str(exc), f"log_format {name}") from None
+        return self.absolute(path), template
 
     def workers(self, main: Level) -> int | str:
         node = main.find("worker_processes")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -749,6 +750,21 @@ def _is_ip(name: str) -> bool:
     return True
 
 
+def _check_access_log(path: str, source: str | None) -> None:
+    """The access log can be written, as ``nginx -t`` checks: a worker that could not open it
+    would fail at each start. Nothing is created here: the workers create it (as the user they
+    run as)."""
+    directory = os.path.dirname(path) or "."
+    if os.path.exists(path):
+        why = None if os.access(path, os.W_OK) else "permission denied"
+    elif not os.path.isdir(directory):
+        why = f"no directory {directory}"
+    else:
+        why = None if os.access(directory, os.W_OK | os.X_OK) else f"{directory} is not writable"
+    if why:
+        raise ConfigError(f"cannot write {path}: {why}", file=source, directive="access_log")
+
+
 def build(config: Config, source: str | None = None, shared=None) -> Plan:
     """Build every SSL_CTX and upstream pool; raises ConfigError naming what is wrong
     (located in ``source``, the configuration file, when given).
@@ -759,6 +775,8 @@ def build(config: Config, source: str | None = None, shared=None) -> Plan:
     from fastterm._core import UpstreamPool
 
     plan = Plan()
+    if config.access_log:
+        _check_access_log(config.access_log, source)
     for up in config.upstreams:
         try:
             check_timeouts(up)

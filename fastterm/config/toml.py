@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from fastterm.accesslog import format_of
 from fastterm.config.model import Acme, Config, Route, Server, Upstream, UpstreamTLS
 from fastterm.errors import ConfigError
 from fastterm.privileges import resolve
@@ -388,7 +389,14 @@ class _Checker:
             resolve(config.user, config.group)
         except ConfigError as exc:
             raise self.error(exc.message, "group" if "group" in exc.message else "user") from None
+        try:
+            format_of(config.access_log_format)
+        except ValueError as exc:
+            raise self.error(str(exc), "access_log_format") from None
+        if config.handshake_log_rate < 0:
+            raise self.error("handshake_log_rate must be 0 (none) or more lines a second", "handshake_log_rate")
         base = os.path.dirname(os.path.abspath(self.path))
+        access_log = None if config.access_log in (None, "", "off") else _absolute(config.access_log, base)
         sessions = msgspec.structs.replace(
             config.sessions, ticket_key_file=[_absolute(f, base) for f in config.sessions.ticket_key_file])
         return msgspec.structs.replace(
@@ -397,7 +405,7 @@ class _Checker:
             acme_challenge_dir=(_absolute(config.acme_challenge_dir, base)
                                 if config.acme_challenge_dir else None),
             pid_file=_absolute(config.pid_file, base) if config.pid_file else None,
-            error_log=_absolute(config.error_log, base) if config.error_log else None)
+            error_log=_absolute(config.error_log, base) if config.error_log else None, access_log=access_log)
 
     def _upstream(self, upstream: Upstream, i: int) -> Upstream:
         """Check the servers; ``https://`` ones give the upstream a TLS table (defaults: verified

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -56,6 +57,27 @@ def test_keepalive_has_figures_for_fastterm_and_nginx(tmp_path, subprocess_env):
     assert rows["fastterm"]["ratio"] > 0
     assert all(not r["invalid"] for r in data["runs"])
     assert "keepalive" in res.stdout and "fastterm" in res.stdout
+
+
+@needs_tools
+def test_access_log_runs_fastterm_with_and_without_it_in_one_run(tmp_path, subprocess_env):
+    """``--access-log``: fastterm-log, the same fastterm writing JSON lines, right after fastterm
+    in each round; both keep-alive figures come from one run, and its log has a line per request."""
+    res, data = run_bench(tmp_path, "--scenario", "keepalive", "--duration", "1", "--rounds", "1",
+                          "--peers", "none", "--access-log", "--keep", env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert data["peers"] == ["fastterm", "fastterm-log"]
+    assert all(not r["invalid"] for r in data["runs"]), [r["invalid"] for r in data["runs"]]
+    rows = {r["peer"]: r for r in data["summary"] if r["figure"] == "keepalive"}
+    assert rows["fastterm"]["median"] > 0 and rows["fastterm-log"]["median"] > 0
+    workdir = re.search(r"working directory (\S+);", res.stdout + res.stderr)
+    assert workdir, res.stdout + res.stderr
+    log = Path(workdir[1]) / "fastterm-access.log"
+    try:
+        first = json.loads(log.read_text().splitlines()[0])
+        assert first["status"] == 200 and first["protocol"] == "HTTP/1.1"
+    finally:
+        shutil.rmtree(workdir[1])
 
 
 @needs_tools

@@ -441,3 +441,28 @@ def test_client_cert_header_names_must_be_field_names(tmp_path):
     ok = Server(listen=["127.0.0.1:8443"], certificates=[Certificate(cert="x.pem")],
                 routes=[Route(path="/", upstream="app")], client_cert_headers=ClientCertHeaders(issuer=""))
     _server_policy(ok, pools, 0)
+
+
+def test_access_log_settings(load, tmp_path):
+    config = load('access_log = "logs/access.log"\naccess_log_format = "combined"\n' + GOOD)
+    assert config.access_log == str(tmp_path / "logs/access.log")
+    assert config.access_log_format == "combined"
+    assert load('access_log = "off"\n' + GOOD).access_log is None
+    assert load(GOOD).access_log is None and load(GOOD).access_log_format == "json"
+    assert load('access_log_format = "$remote_addr $status"\n' + GOOD).access_log_format == "$remote_addr $status"
+
+
+def test_access_log_format_with_a_variable_not_logged_is_located(load):
+    text = 'access_log = "a.log"\naccess_log_format = "$remote_addr $cookie_x"\n' + GOOD
+    err = config_error(load, text)
+    assert_located(err, line_of(text, "access_log_format"), "access_log_format")
+    assert '"$cookie_x" is not one fastterm logs' in str(err)
+
+
+def test_an_access_log_that_cannot_be_opened_fails_check(tmp_path, write):
+    from fastterm.config.plan import build
+
+    config = load_config(write("fastterm.toml", f'access_log = "{tmp_path}/missing/access.log"\n' + GOOD))
+    with pytest.raises(ConfigError, match=r"access_log: cannot write .*/missing/access.log: no directory"):
+        build(config)
+    assert not (tmp_path / "missing").exists()

@@ -798,10 +798,11 @@ http {
         + site() + "}\n"
     got = load(text)
     for name in ("pid", "worker_rlimit_nofile", "multi_accept", "sendfile", "types", "default_type",
-                 "access_log", "error_log", "root"):
+                 "error_log", "root"):
         assert sum(f'"{name}" is ignored' in m for _, m in got.warnings) == 1, (name, got.warnings)
     assert got.config.workers == 2 and got.config.limits.worker_connections == 768
     assert (got.config.user, got.config.group) == ("www-data", "www-data")   # nginx: the group of that name
+    assert (got.config.access_log, got.config.access_log_format) == ("/var/log/nginx/access.log", "combined")
     assert all(m.startswith(got_path := m.split(":", 1)[0]) and got_path.endswith("nginx.conf")
                for _, m in got.warnings)
 
@@ -1228,6 +1229,44 @@ def test_ssl_reject_handshake_server_needs_no_certificate_nor_location(load):
     assert reject.reject_handshake and reject.certificates == [] and reject.routes == []
     assert reject.default_server
     assert not got.config.servers[1].reject_handshake
+
+
+# ---- access_log, log_format ------------------------------------------------------------------------
+
+MAIN = """log_format main '$remote_addr - $remote_user [$time_local] "$request" '
+                    '$status $body_bytes_sent "$http_referer" "$http_user_agent"';"""
+
+
+def test_access_log_path_is_combined_relative_to_the_prefix(load, tmp_path):
+    got = load(site(http="access_log logs/access.log;"))
+    assert got.config.access_log == str(tmp_path / "logs/access.log")
+    assert got.config.access_log_format == "combined"
+    assert load(site(http="access_log /l/a.log;", server="access_log off;")).config.access_log is None
+    assert load(site()).config.access_log is None   # nginx would write its logs/access.log
+
+
+def test_log_format_equal_to_combined_and_custom_templates(load):
+    assert load(site(http=MAIN + "\naccess_log /l/a.log main;")).config.access_log_format == "combined"
+    got = load(site(http="log_format t escape=default '$remote_addr $ssl_protocol ' '$upstream_addr $request_time';"
+                         "\naccess_log /l/a.log t buffer=32k flush=5s;"))
+    assert got.config.access_log_format == "$remote_addr $ssl_protocol $upstream_addr $request_time"
+    assert got.warned('"access_log ... buffer=32k" is ignored')
+
+
+@pytest.mark.parametrize("http, location, needle, message", [
+    ("log_format t '$remote_addr $http_x_forwarded_for';\naccess_log /l/a.log t;", "", "log_format t",
+     '"log_format t" is not supported yet: log_format variable "$http_x_forwarded_for" is not one fastterm logs'),
+    ("log_format t escape=json '$remote_addr';\naccess_log /l/a.log t;", "", "log_format t",
+     '"log_format escape=json" is not supported yet'),
+    ("access_log /l/a.log nosuch;", "", "access_log", 'unknown log format "nosuch"'),
+    ("access_log /l/a.log;", "access_log /l/b.log;", "access_log /l/b.log",
+     '"access_log" is not supported yet: a value differing between servers or locations'),
+    ("access_log syslog:server=127.0.0.1;", "", "access_log", '"access_log syslog:server=127.0.0.1" is not'),
+    ("access_log /l/a.log combined gzip;", "", "access_log", '"access_log ... gzip" is not supported yet'),
+    ("access_log /l/a.log;\naccess_log /l/b.log;", "", "access_log /l/b.log", "fastterm writes one access log"),
+])
+def test_access_logs_fastterm_cannot_write_are_refused_at_their_line(error, http, location, needle, message):
+    assert message in str(error(site(http=http, location=location), needle))
 
 
 def test_user_maps_with_nginx_default_group(load, error):
