@@ -5,13 +5,13 @@
 # requests and handshakes the admin counters saw meanwhile.
 #
 #   fastterm bench --scenario keepalive --peers none --rounds 1 --duration 1 --keep   # prints DIR
-#   bench/profile.sh DIR keepalive|handshake OUT [SECONDS]
+#   [CONNS=50] bench/profile.sh DIR keepalive|handshake OUT [SECONDS]
 #   perf report -i OUT.data --no-children --sort dso -g none
 #
 # DIR: the kept working directory (fastterm.toml, backend.conf, demo certificates);
 # OUT.data, OUT.stat, OUT.load: the profile, the syscall counts, the load generator's output.
 set -eu
-D=$1 MODE=$2 OUT=$3 SECS=${4:-8}
+D=$1 MODE=$2 OUT=$3 SECS=${4:-8} CONNS=${CONNS:-50}   # wrk -c
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 port() { grep 'listen = ' "$D/fastterm.toml" | sed -n "$1p" | sed 's/.*:\([0-9]*\)".*/\1/'; }
@@ -27,7 +27,7 @@ sleep 3
 WORKER=$(pgrep -P $MASTER | head -1)
 LOADS=()
 if [ "$MODE" = keepalive ]; then
-    taskset -c 1 wrk -t1 -c50 -d$((2 * SECS + 6))s -H "Host: localhost" "https://127.0.0.1:$(port 1)/1k" > "$OUT.load" &
+    taskset -c 1 wrk -t1 -c$CONNS -d$((2 * SECS + 6))s -H "Host: localhost" "https://127.0.0.1:$(port 1)/1k" > "$OUT.load" &
     LOADS+=($!)
 else
     for _ in 1 2 3 4 5 6 7 8; do
