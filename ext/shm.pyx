@@ -588,8 +588,17 @@ cdef int _new_session_cb(SSL *ssl, SSL_SESSION *sess) noexcept:
     cdef unsigned char der[FT_SESSION_DER_MAX]
     cdef unsigned char *p = der
     cdef int der_len
+    cdef unsigned long long options
     cdef SharedState shared = _state_of(SSL_get_SSL_CTX(ssl))
     if shared is None:
+        return 0
+    options = SSL_get_options(ssl)
+    if SSL_version(ssl) == TLS1_3_VERSION and not options & SSL_OP_NO_TICKET and \
+            (options & SSL_OP_NO_ANTI_REPLAY or SSL_get_max_early_data(ssl) == 0):
+        # A stateless TLS 1.3 ticket carries its session: OpenSSL never looks it up in the
+        # cache, so storing it would cost an i2d and a slot per ticket for nothing. OpenSSL
+        # makes the ticket stateful (a cache key, to be stored) without tickets, or with early
+        # data under its own anti-replay (tls_construct_new_session_ticket's test, mirrored).
         return 0
     der_len = i2d_SSL_SESSION(sess, NULL)
     if der_len <= 0 or der_len > FT_SESSION_DER_MAX:

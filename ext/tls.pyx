@@ -570,6 +570,10 @@ cdef class TLSContext:
             else:
                 SSL_CTX_set_session_cache_mode(self.ctx, SSL_SESS_CACHE_OFF)
             SSL_CTX_set_timeout(self.ctx, self.session_timeout)
+            # One TLS 1.3 ticket per handshake, not OpenSSL's default two: a browser resumes one
+            # connection per ticket at most, and each ticket costs an encryption, a record and
+            # a session-cache store (SSL_CTX_set_num_tickets(3); nginx and HAProxy send two).
+            SSL_CTX_set_num_tickets(self.ctx, 1)
             if session_id_context is None:
                 session_id_context = os.urandom(SSL_MAX_SID_CTX_LENGTH)
             if not SSL_CTX_set_session_id_context(

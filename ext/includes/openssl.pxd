@@ -359,6 +359,7 @@ cdef extern from "compat.h" nogil:
         SSL_TICKET_RETURN_USE
         SSL_TICKET_RETURN_USE_RENEW
     int SSL_CTX_set_max_early_data(SSL_CTX *ctx, uint32_t max_early_data)
+    uint32_t SSL_get_max_early_data(const SSL *s)
     int SSL_CTX_set_recv_max_early_data(SSL_CTX *ctx, uint32_t recv_max_early_data)
     int SSL_read_early_data(SSL *s, void *buf, size_t num, size_t *readbytes)
     int SSL_write_early_data(SSL *s, const void *buf, size_t num, size_t *written)

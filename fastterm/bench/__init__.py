@@ -101,7 +101,13 @@ Scenarios (``--scenario``, comma-separated)
   runs a request count (``-n``), not ``-D``: h2load 1.52 (Debian 12) sometimes never exits
   once its duration is over. The count makes about ``--duration``: from a first unmeasured
   run through that peer (which also fills its backend pool, as a server under steady load
-  has it), then from the previous round's rate.
+  has it), then from the previous round's rate;
+- ``sweep``: ``keepalive`` at 10, 50, 200 and 1,000 client connections (``--connections``),
+  runs ``keepalive-cN``, each with its backend connects per request as the h2 runs have
+  them: what grows with concurrency (a pool that keeps fewer idle connections than the
+  requests in flight opens new ones). The first connections of a run are counted too (at
+  most one per client connection). Not in the default run: four more runs per peer and
+  round, and keepalive is its 50-connection one.
 
 Rounds are interleaved (fastterm, nginx, haproxy, fastterm, nginx, ...); each figure is
 reported as median, min and max over the valid rounds, as a ratio to nginx, and per second
@@ -125,7 +131,7 @@ import argparse
 import sys
 
 from fastterm.bench.run import run_bench
-from fastterm.bench.scenarios import SCENARIOS
+from fastterm.bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS, SWEEP_CONNECTIONS
 from fastterm.bench.system import BenchError
 
 
@@ -136,8 +142,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", default=None,
                    help="comma-separated terminators to compare with: nginx,haproxy (default: those "
                         "installed); 'none' for fastterm alone")
-    p.add_argument("--scenario", "--scenarios", dest="scenario", default=",".join(SCENARIOS),
-                   help=f"comma-separated: {', '.join(SCENARIOS)} (default: all)")
+    p.add_argument("--scenario", "--scenarios", dest="scenario", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma-separated: {', '.join(SCENARIOS)} (default: all but sweep)")
+    p.add_argument("--connections", default=None,
+                   help="sweep: comma-separated client connection counts (default "
+                        f"{','.join(map(str, SWEEP_CONNECTIONS))})")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (HAProxy: threads) of every terminator (default: one per --cpus CPU)")
     p.add_argument("--cpus", default=None,

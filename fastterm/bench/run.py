@@ -44,7 +44,11 @@ from fastterm.bench.scenarios import (
     H2_CONNECTIONS,
     H2_STREAMS,
     RUN_TOOLS,
+    SWEEP,
+    SWEEP_CONNECTIONS,
     Run,
+    counts_backend,
+    parse_connections,
     parse_scenarios,
 )
 from fastterm.bench.system import (
@@ -81,12 +85,12 @@ class Bench:
             peer.stop()
             peer.start()
         h2_requests = self.h2_count(peer, name) if name in H2_STREAMS else 0
-        counts0 = quiet_backend_counts(self.backend) if self.backend and name in H2_STREAMS else None
+        counts0 = quiet_backend_counts(self.backend) if self.backend and counts_backend(name) else None
         mark = peer.mark()
         cpu0, t0 = peer.cpu(), time.monotonic()
         amount = None
-        if name == "keepalive":
-            raw = run_wrk(self.client_cpus, base + a.path, 50, a.duration)
+        if name == "keepalive" or name in SWEEP:
+            raw = run_wrk(self.client_cpus, base + a.path, SWEEP.get(name, 50), a.duration)
             amount = raw.get("requests")
         elif name == "keepalive-reencrypt":
             raw = run_wrk(self.client_cpus, base + REENCRYPT_PATH, 50, a.duration)
@@ -163,7 +167,7 @@ class Bench:
                 run.figures = {name: amount / elapsed}
                 if run.cpu_s:
                     run.per_cpu = {name: amount / run.cpu_s}
-            if name in H2_STREAMS and (connects := self.backend_connects(run)) is not None:
+            if counts_backend(name) and (connects := self.backend_connects(run)) is not None:
                 run.figures[f"{name}-backend-connects"] = connects
         return run
 
@@ -352,7 +356,8 @@ def _console():
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    runs_wanted = parse_scenarios(args.scenario)
+    connections = parse_connections(args.connections) if args.connections else SWEEP_CONNECTIONS
+    runs_wanted = parse_scenarios(args.scenario, connections)
     if args.rounds < 1 or args.duration < 1:
         raise BenchError("--rounds and --duration must be at least 1")
     available = sorted(os.sched_getaffinity(0))

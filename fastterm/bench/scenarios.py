@@ -60,13 +60,43 @@ RUN_FIGURES["latency"] = ["latency-p50", "latency-p99", "latency-p99.9"]
 RUN_FIGURES["slowheaders"] = ["slowheaders-p50", "slowheaders-p99", "slowheaders-attack-p50",
                               "slowheaders-attack-p99", "slowheaders-p99-ratio"]
 RUN_FIGURES.update({run: [run, f"{run}-backend-connects"] for run in SCENARIOS["h2"]})
-ALL_RUNS = list(dict.fromkeys(r for runs in SCENARIOS.values() for r in runs))
 # Which tool each run needs on the client side.
 RUN_TOOLS = {"keepalive": "wrk", "keepalive-reencrypt": "wrk", "bulk": "wrk", "upload": "wrk", "handshake-ecdsa": "openssl",
              "handshake-rsa": "openssl", "resumed-0rtt": "openssl", "h2-m10": "h2load", "h2-m100": "h2load"}
 # h2 runs: h2load's connections and the requests in flight on each (-c, -m).
 H2_CONNECTIONS = 50
 H2_STREAMS = {"h2-m10": 10, "h2-m100": 100}
+# sweep: keepalive (wrk, 1 KiB) at each of these client connection counts (--connections)
+SWEEP_CONNECTIONS = (10, 50, 200, 1000)
+SWEEP: dict[str, int] = {}   # run -> wrk's connections
+
+
+def sweep_runs(connections) -> list[str]:
+    """The sweep's runs, ``keepalive-cN`` for each count N, registered with their figures: req/s
+    and the backend connections opened per request forwarded, as the h2 runs have them."""
+    runs = []
+    for n in connections:
+        run = f"keepalive-c{n}"
+        FIGURES.setdefault(run, FIGURES["keepalive"])
+        FIGURES.setdefault(f"{run}-backend-connects", ("conn/req", False, None))
+        RUN_FIGURES[run] = [run, f"{run}-backend-connects"]
+        RUN_TOOLS[run] = "wrk"
+        SWEEP[run] = n
+        runs.append(run)
+    return runs
+
+
+SCENARIOS["sweep"] = sweep_runs(SWEEP_CONNECTIONS)
+# The default --scenario: all but the sweep (4 runs more per peer and round; its 50-connection run
+# is keepalive's), so that the default run stays under 5 minutes with three peers.
+DEFAULT_SCENARIOS = [name for name in SCENARIOS if name != "sweep"]
+ALL_RUNS = list(dict.fromkeys(r for runs in SCENARIOS.values() for r in runs))
+
+
+def counts_backend(run: str) -> bool:
+    """Whether the run reports backend connects per request (from the backend's own count for
+    the peers that say nothing of theirs)."""
+    return f"{run}-backend-connects" in RUN_FIGURES.get(run, ())
 
 
 @dataclass
@@ -84,10 +114,22 @@ class Run:
     skipped: str | None = None    # not run here (a peer's fixed cap): neither a figure nor invalid
 
 
-def parse_scenarios(spec: str) -> list[str]:
+def parse_connections(spec: str) -> list[int]:
+    try:
+        counts = [int(p) for p in spec.split(",") if p.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise BenchError(f"--connections {spec!r}: client connection counts such as 10,50,200,1000")
+    return list(dict.fromkeys(counts))
+
+
+def parse_scenarios(spec: str, connections=SWEEP_CONNECTIONS) -> list[str]:
     runs: list[str] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        if part in SCENARIOS:
+        if part == "sweep":
+            runs += sweep_runs(connections)
+        elif part in SCENARIOS:
             runs += SCENARIOS[part]
         elif part in ALL_RUNS:
             runs.append(part)

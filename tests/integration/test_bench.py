@@ -21,7 +21,7 @@ import pytest
 
 from fastterm.bench.peers import Peer, fastterm_conf, haproxy_conf, load_setup, make_peers, nginx_conf
 from fastterm.bench.run import Bench
-from fastterm.bench.scenarios import FIGURES, RUN_FIGURES, Run
+from fastterm.bench.scenarios import DEFAULT_SCENARIOS, RUN_FIGURES, SCENARIOS, Run
 from fastterm.bench.system import free_port, which
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -139,6 +139,37 @@ def test_h2_has_figures_and_backend_connects_for_every_peer(tmp_path, subprocess
     assert "h2-m100-backend-connects" in res.stdout
 
 
+@needs_tools
+def test_sweep_has_figures_and_backend_connects_at_each_concurrency(tmp_path, subprocess_env):
+    """keepalive at 5 and 20 client connections (--connections) through fastterm, nginx and
+    HAProxy when installed: a req/s, a per CPU-second figure and the backend connects per
+    request of every peer at each count."""
+    peers = ["nginx", "haproxy"] if which("haproxy") else ["nginx"]
+    res, data = run_bench(tmp_path, "--scenario", "sweep", "--connections", "5,20", "--duration", "1",
+                          "--rounds", "1", "--peers", ",".join(peers), env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = {(r["run"], r["peer"]): r for r in data["runs"]}
+    assert set(runs) == {(run, peer) for run in ("keepalive-c5", "keepalive-c20") for peer in ["fastterm", *peers]}
+    for (name, peer), run in runs.items():
+        assert not run["invalid"], (name, peer, run["invalid"])
+        assert set(run["figures"]) == {name, f"{name}-backend-connects"}, (name, peer, run["figures"])
+        assert run["figures"][name] > 0 and run["per_cpu"][name] > 0, (name, peer, run)
+        assert 0 <= run["figures"][f"{name}-backend-connects"] <= 1, (name, peer, run["figures"])
+    fastterm = runs[("keepalive-c20", "fastterm")]
+    assert fastterm["figures"]["keepalive-c20-backend-connects"] == \
+        fastterm["server"]["backend_connects"] / fastterm["server"]["requests"]
+    rows = {(r["figure"], r["peer"]): r for r in data["summary"]}
+    assert rows[("keepalive-c20", "fastterm")]["per_cpu_ratio"] > 0
+    assert "keepalive-c20-backend-connects" in res.stdout
+
+
+def test_bad_connection_counts_are_explained(tmp_path, subprocess_env):
+    res, _ = run_bench(tmp_path, "--scenario", "sweep", "--connections", "10,many", "--peers", "none",
+                       env=subprocess_env, timeout=60)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--connections '10,many'" in res.stderr, res.stderr
+
+
 @pytest.mark.bench
 @pytest.mark.timeout(900)
 @needs_tools
@@ -150,7 +181,7 @@ def test_full_default_run_against_nginx_is_valid(tmp_path, subprocess_env):
     assert data["problems"] == [], data["problems"]
     assert [r for r in data["runs"] if r["invalid"]] == []
     rows = {(r["figure"], r["peer"]): r for r in data["summary"]}
-    for figure in FIGURES:
+    for figure in (f for name in DEFAULT_SCENARIOS for run in SCENARIOS[name] for f in RUN_FIGURES[run]):
         for peer in ("fastterm", "nginx"):
             row = rows[(figure, peer)]
             assert row["runs"] > 0 and row["valid"] == row["runs"] and row["median"] is not None, row

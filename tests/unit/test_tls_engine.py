@@ -684,6 +684,20 @@ def test_session_resumption(ec_leaf, maximum, tickets):
     assert second.server.version == first.server.version
 
 
+def test_one_tls13_ticket_per_handshake(ec_leaf):
+    """One NewSessionTicket, not OpenSSL's default two (SSL_CTX_set_num_tickets): each costs
+    the server an encryption, a record and a session-cache store. Counted by the client's
+    message callback (CPython's ``_msg_callback``, what its own ssl tests use)."""
+    client = client_context()
+    seen = []
+    client._msg_callback = lambda _conn, direction, _version, _content, msg, _data: seen.append((direction, msg))
+    pair = handshake(server_context(ec_leaf), client)
+    pair.take_tickets()
+    assert pair.client.version() == "TLSv1.3"
+    assert seen.count(("read", ssl._TLSMessageType.NEWSESSION_TICKET)) == 1, seen
+    assert pair.client.session.has_ticket
+
+
 def test_session_id_cache_counts_sessions(ec_leaf):
     ctx = server_context(ec_leaf, session_tickets=False)
     pair = handshake(ctx, client_context(maximum=ssl.TLSVersion.TLSv1_2))
