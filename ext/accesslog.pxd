@@ -28,6 +28,7 @@ cdef enum:
     LV_UPSTREAM_ADDR
     LV_UPSTREAM_RESPONSE_TIME
     LV_SSL_HANDSHAKE_TIME
+    LV_SSL_EARLY_DATA
     LV_NONE             # a literal piece only
     LOG_BUFFER = 65536  # nginx buffer=64k: flushed past it, and once a second
 
@@ -56,7 +57,8 @@ cdef class AccessLog:
                   bint http2, double elapsed, double upstream_time) except -1
     cdef int _json(self, bytes part, bytes method, bytes target, bytes protocol, int status, long long bytes_in,
                    long long bytes_out, long long head_sent, bytes upstream, double upstream_time, double elapsed,
-                   bytes referer, bytes agent, double now) except -1
+                   bytes referer, bytes agent, double now, bint early=*) except -1
     cdef int _template(self, tuple part, bytes method, bytes target, bytes protocol, int status,
                        long long bytes_in, long long bytes_out, long long head_sent, bytes upstream,
-                       double upstream_time, double elapsed, bytes referer, bytes agent, double now) except -1
+                       double upstream_time, double elapsed, bytes referer, bytes agent, double now,
+                       bint early=*) except -1

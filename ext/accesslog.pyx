@@ -192,11 +192,11 @@ cdef class AccessLog:
             conn.log_cache = self._connection_part(*conn._log_tls(), conn.hs_time)
         if self.pieces is None:
             self._json(<bytes>conn.log_cache, ex.log_method, ex.log_target, protocol, status, bytes_in, bytes_out,
-                       ex.head_sent, upstream, upstream_time, elapsed, ex.log_referer, ex.log_agent, now)
+                       ex.head_sent, upstream, upstream_time, elapsed, ex.log_referer, ex.log_agent, now, ex.early)
         else:
             self._template(<tuple>conn.log_cache, ex.log_method, ex.log_target, protocol, status, bytes_in,
                            bytes_out, ex.head_sent, upstream, upstream_time, elapsed, ex.log_referer, ex.log_agent,
-                           now)
+                           now, ex.early)
         if self.len >= LOG_BUFFER:
             self.flush()
         return 0
@@ -230,7 +230,7 @@ cdef class AccessLog:
 
     cdef int _json(self, bytes part, bytes method, bytes target, bytes protocol, int status, long long bytes_in,
                    long long bytes_out, long long head_sent, bytes upstream, double upstream_time, double elapsed,
-                   bytes referer, bytes agent, double now) except -1:
+                   bytes referer, bytes agent, double now, bint early=False) except -1:
         cdef char ms[4]
         cdef int m = <int>(<long long>(now * 1000) % 1000)
         self.put(b'{"time":"', 9)
@@ -269,6 +269,10 @@ cdef class AccessLog:
             self.put_seconds(upstream_time)
         self.put(b',"request_time":', 16)
         self.put_seconds(elapsed)
+        if early:
+            self.put(b',"early_data":true', 18)
+        else:
+            self.put(b',"early_data":false', 19)
         self.put(b',"referer":', 11)
         self.put_json_text(referer)
         self.put(b',"user_agent":', 14)
@@ -277,7 +281,8 @@ cdef class AccessLog:
 
     cdef int _template(self, tuple part, bytes method, bytes target, bytes protocol, int status,
                        long long bytes_in, long long bytes_out, long long head_sent, bytes upstream,
-                       double upstream_time, double elapsed, bytes referer, bytes agent, double now) except -1:
+                       double upstream_time, double elapsed, bytes referer, bytes agent, double now,
+                       bint early=False) except -1:
         cdef int var
         for literal, v in self.pieces:
             self.put_bytes(<bytes>literal)
@@ -343,4 +348,6 @@ cdef class AccessLog:
                     self.put_seconds(upstream_time)
             elif var == LV_SSL_HANDSHAKE_TIME:
                 self.put_bytes(<bytes>part[6])
+            elif var == LV_SSL_EARLY_DATA:
+                self.put(b"1" if early else b"-", 1)
         return self.put(b"\n", 1)

@@ -14,7 +14,7 @@ JSON fields, in order: ``time`` (ISO 8601, ms), ``client``, ``sni``, ``tls_versi
 HTTP/2: its HEADERS and DATA frames), ``bytes_out`` (head and body sent; HTTP/2: its HEADERS and
 DATA frames, as nginx's $bytes_sent), ``body_bytes_out`` (HTTP/2: the DATA payloads),
 ``upstream`` (the server last tried), ``upstream_time`` (first try to the response's end, s),
-``request_time`` (s), ``referer``, ``user_agent``. Values of the request's own bytes: JSON
+``request_time`` (s), ``early_data`` (the request came in TLS 1.3 0-RTT data), ``referer``, ``user_agent``. Values of the request's own bytes: JSON
 strings (an invalid UTF-8 byte as \\xHH); in templates nginx's escaping.
 """
 
@@ -25,7 +25,7 @@ import re
 # The fields of a JSON line, in this order.
 FIELDS = ("time", "client", "sni", "tls_version", "cipher", "session_reused", "alpn", "handshake_time",
           "method", "path", "protocol", "status", "bytes_in", "bytes_out", "body_bytes_out", "upstream",
-          "upstream_time", "request_time", "referer", "user_agent")
+          "upstream_time", "request_time", "early_data", "referer", "user_agent")
 
 COMBINED = ('$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
             '"$http_referer" "$http_user_agent"')
@@ -41,6 +41,7 @@ VARIABLES = {
     "ssl_server_name": "sni", "ssl_session_reused": "session_reused", "ssl_alpn_protocol": "alpn",
     "upstream_addr": "upstream", "upstream_response_time": "upstream_time",
     "ssl_handshake_time": "handshake_time",   # fastterm's own (nginx has none)
+    "ssl_early_data": "early_data",           # "1" for a request that came in 0-RTT data, else "-"
 }
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 

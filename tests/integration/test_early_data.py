@@ -463,3 +463,32 @@ def test_answered_before_the_clients_finished_counts_as_resumed(fastterm, raw_ba
         return m['fastterm_handshakes_total{kind="resumed"}'] == 3 and m['fastterm_handshakes_total{kind="full"}'] == 2
 
     assert wait_for(counted, timeout=5), metrics(admin)
+
+
+def test_access_log_says_which_requests_came_in_early_data(fastterm, raw_backend, tmp_path, write):
+    """The JSON line of a GET sent in 0-RTT data says early_data true; the next request on the
+    same connection, after the handshake, false."""
+    import json
+
+    def handler(conn):
+        while (req := conn.read_request()) is not None:
+            conn.send(response_bytes(200, req.target.encode()))
+    be = raw_backend(handler)
+    log = tmp_path / "access.log"
+    ft = fastterm(be.address, tls=EARLY, top={"access_log": str(log)})
+    sess = str(tmp_path / "sess.pem")
+    new_session(ft.https_port, ft.ca_file, sess)
+    early = write("early.txt", f"GET /first HTTP/1.1\r\nHost: {NAME}\r\n\r\n")
+    out = s_client(ft.https_port, ft.ca_file, sess_in=sess, early=early, request=_request(target="/second"))
+    assert ACCEPTED in out, out[-3000:]
+
+    def lines() -> dict:
+        try:
+            return {r["path"]: r for r in map(json.loads, log.read_text().splitlines())}
+        except FileNotFoundError:
+            return {}
+    assert wait_for(lambda: {"/", "/first", "/second"} <= set(lines()), 5), log.read_text()
+    seen = lines()
+    assert (seen["/"]["early_data"], seen["/first"]["early_data"], seen["/second"]["early_data"]) == \
+        (False, True, False), seen
+    assert seen["/first"]["session_reused"] is True

@@ -36,9 +36,9 @@ def test_json_escapes_what_json_needs_and_keeps_invalid_utf8_readable(tmp_path):
 
 def test_template_escapes_as_nginx_and_fills_missing_values_with_a_dash(tmp_path):
     text = write_one(tmp_path / "a.log", '$request|$status|$http_user_agent|$ssl_protocol|$upstream_addr|'
-                     '$request_time|$bytes_sent|$request_length|$ssl_session_reused',
+                     '$request_time|$bytes_sent|$request_length|$ssl_session_reused|$ssl_early_data',
                      target=b'/x"\xff', agent=None)
-    assert text == 'GET /x\\x22\\xFF HTTP/1.1|200|-|-|-|0.013|120|80|-\n'
+    assert text == 'GET /x\\x22\\xFF HTTP/1.1|200|-|-|-|0.013|120|80|-|-\n'
 
 
 def test_lines_wait_in_the_buffer_until_a_flush(tmp_path):
