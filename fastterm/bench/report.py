@@ -147,8 +147,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
             xs, ys, lo, hi = [], [], [], []
             for k, f in enumerate(figures):
                 row = next((r for r in rows if r["figure"] == f and r["peer"] == peer), None)
-                if row is None or row[key] is None:
-                    continue
+                if row is None or not row[key]:   # 0: a lower-is-better figure nginx did not reach
+                    continue                         # at all (fastterm 0 backend connects): no bar
                 inv = (lambda v: v) if row["higher_is_better"] else (lambda v: 1 / v)
                 vals = [inv(v) for v in row[many] if v]
                 y = inv(row[key])
