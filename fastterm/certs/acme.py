@@ -58,6 +58,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from fastterm import privileges
 from fastterm.config.model import Acme, Certificate, Config
+from fastterm.config.toml import is_ip_address
 from fastterm.errors import ConfigError, FasttermError
 from fastterm.files import private_dir, write_atomic
 
@@ -146,7 +147,7 @@ def attach(config: Config) -> Config:
             if name.startswith("*.") or "*" in name:
                 raise ConfigError(f"{name}: wildcard certificates need the dns-01 challenge, which "
                                   "fastterm does not answer", directive=where)
-            if not valid_name(name) and not _is_ip(name):
+            if not valid_name(name) and not is_ip_address(name):
                 raise ConfigError(f"{name!r} is not a DNS name a CA can issue for", directive=where)
         if acme.challenge == "http-01" and not config.redirects:
             raise ConfigError("challenge http-01 needs a plain-HTTP listener (a [[redirect]] on the port 80 "
@@ -174,14 +175,6 @@ def attach(config: Config) -> Config:
     return msgspec.structs.replace(config, servers=servers) if changed else config
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 def challenge_dirs(config: Config) -> tuple[list[str], list[str]]:
     """Where workers look for answers: (http-01 dirs, with acme_challenge_dir last; tls-alpn-01 dirs)."""
     http, alpn = [], []
@@ -207,7 +200,7 @@ def _key_pem(key) -> bytes:
 
 
 def _san(name: str) -> x509.GeneralName:
-    return x509.IPAddress(ipaddress.ip_address(name)) if _is_ip(name) else x509.DNSName(name)
+    return x509.IPAddress(ipaddress.ip_address(name)) if is_ip_address(name) else x509.DNSName(name)
 
 
 def _self_signed(name: str, key, days: float, extensions=(), org: str | None = None) -> x509.Certificate:
@@ -507,7 +500,7 @@ def issue(account: Account, job: dict) -> tuple[bytes, float]:
     name = job["name"]
     key = new_key(job["key_type"])
     key_pem = _key_pem(key)
-    ip = _is_ip(name)
+    ip = is_ip_address(name)
     csr = crypto_util.make_csr(key_pem, None if ip else [name], ipaddrs=[ipaddress.ip_address(name)] if ip else None)
     written: list[str] = []
     try:

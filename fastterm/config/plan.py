@@ -38,7 +38,7 @@ from fastterm.config.model import (
     Upstream,
     UpstreamTLS,
 )
-from fastterm.config.toml import KeyLines, parse_address, parse_upstream_server
+from fastterm.config.toml import KeyLines, is_ip_address, parse_address, parse_upstream_server
 from fastterm.errors import ConfigError, TLSError
 from fastterm.redirect import RedirectTable
 
@@ -738,16 +738,8 @@ def _upstream_tls(pool, tls: UpstreamTLS, specs: list, source: str | None) -> No
     except TLSError as exc:
         raise ConfigError(f"upstream {pool.name}: {exc}", file=source) from None
     names = [tls.server_name or s.host for s in specs]
-    sni = [name if tls.sni and not _is_ip(name) else None for name in names]   # RFC 6066 §3: no IP
+    sni = [name if tls.sni and not is_ip_address(name) else None for name in names]   # RFC 6066 §3: no IP
     pool.set_tls(ctx, names, sni, tls.session_reuse)
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_access_log(path: str, source: str | None) -> None:

@@ -143,6 +143,15 @@ def directive_name(path: Iterable[str | int]) -> str | None:
     return name or None
 
 
+def is_ip_address(name: str) -> bool:
+    """An IPv4 or IPv6 literal (no SNI for it, RFC 6066 §3; an IP SAN on a certificate)."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_address(address: str, *, default_host: str = "0.0.0.0") -> tuple[str, int]:
     """``host:port``, ``[v6]:port``, ``*:port`` or a bare ``port`` -> ``(host, port)``.
 
