@@ -64,19 +64,28 @@ cdef class AccessLog:
             close(old)
 
     def flush(self):
-        """The buffered lines in one write. A failing file (disk full) loses them, said once
-        until a write succeeds: the loop never waits on the log and its memory stays bounded."""
-        cdef Py_ssize_t n = self.len
-        if n == 0 or self.fd < 0:
+        """The buffered lines, written from the buffer itself (a short write goes on from where
+        it stopped, so no line is cut). A failing file (disk full) loses them, said once until a
+        write succeeds: the loop never waits on the log and its memory stays bounded."""
+        cdef Py_ssize_t done = 0
+        cdef ssize_t n
+        if self.len == 0 or self.fd < 0:
             return
+        while done < self.len:
+            n = write(self.fd, self.buf + done, self.len - done)
+            if n < 0 and errno == EINTR:
+                continue
+            if n <= 0:
+                code = errno if n < 0 else 0
+                self.len = 0
+                if not self.failed:
+                    self.failed = True
+                    _log.error("access log %s: %s: lines lost", self.path,
+                               os.strerror(code) if code else "nothing written")
+                return
+            done += n
         self.len = 0
-        try:
-            os.write(self.fd, PyBytes_FromStringAndSize(self.buf, n))
-            self.failed = False
-        except OSError as exc:
-            if not self.failed:
-                self.failed = True
-                _log.error("access log %s: %s: lines lost", self.path, exc.strerror)
+        self.failed = False
 
     def close(self):
         self.flush()

@@ -73,3 +73,16 @@ def test_template_variables_are_the_ones_fastterm_logs():
     with pytest.raises(ValueError, match=r'"\$host" is not one fastterm logs'):
         compile_format("$host")
     assert pieces_of("$msec")[0] == (b"", list(VARIABLES).index("msec"))
+
+
+def test_a_full_disk_loses_the_buffered_lines_and_says_so_once(caplog):
+    """/dev/full: every write fails with ENOSPC; the buffer is dropped (memory stays bounded),
+    one error line until a write succeeds again, and nothing raises into the loop."""
+    log = AccessLog("/dev/full", None)
+    with caplog.at_level("ERROR", logger="fastterm.accesslog"):
+        for _ in range(3):
+            log.plain("192.0.2.7", b"GET", b"/", False, 200, 1, 1, 0, None, None, 0.0)
+            log.flush()
+    log.close()
+    lost = [r.getMessage() for r in caplog.records if "lines lost" in r.getMessage()]
+    assert lost == ["access log /dev/full: No space left on device: lines lost"], caplog.text
