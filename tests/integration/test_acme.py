@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import HOST, free_port, to_toml, wait_for
+from harness import HOST, free_port, stop_process, to_toml, wait_for
 
 from fastterm.demo import issue_cert, make_ca
 
@@ -106,14 +106,12 @@ class Pebble:
         return data.split(b"\r\n\r\n", 1)[1].decode()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=5)
+        if self.proc is not None:
+            stop_process(self.proc, 5)
 
     def close(self) -> None:
         self.stop()
-        self.dns_proc.terminate()
-        self.dns_proc.wait(timeout=5)
+        stop_process(self.dns_proc, 5)
         self.log.close()
 
 
@@ -161,13 +159,7 @@ def acme_fastterm(tmp_path, python, subprocess_env):
 
     yield start
     for proc, out in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc)
         out.close()
     logs = "".join((tmp_path / n).read_text(errors="replace") for n in ("fastterm.out", "error.log")
                    if (tmp_path / n).exists())
@@ -500,7 +492,6 @@ http {{
         assert wait_for(lambda: ft.peer_cert(NAMES[0], root)[0] is not None, timeout=30), ft.log()
         assert (ft.acme_state().get(NAMES[0]) or {}).get("last_error") is None, ft.acme_state()
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_process(proc)
         out.close()
     assert "Traceback (most recent call last)" not in ft.log(), ft.log()[-6000:]

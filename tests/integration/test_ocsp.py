@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.x509 import ocsp
-from harness import HOST, NAME, cert_entry, free_port, to_toml, wait_for
+from harness import HOST, NAME, cert_entry, free_port, stop_process, to_toml, wait_for
 from ocsp_pki import pki, response, with_aia
 from OpenSSL import SSL
 
@@ -517,12 +517,7 @@ def test_nginx_config_staples_as_nginx_does(nginx_dir, ocsp_pki, openssl_respond
         assert statuses[0] is None
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            stop_process(proc)
     assert "Traceback" not in _logs(nginx_dir)
 
 
