@@ -1,4 +1,4 @@
-"""``fastterm bench``: fastterm against nginx (and HAProxy) as TLS terminators, on this machine.
+"""``fastterm bench``: fastterm against nginx (and HAProxy, hitch) as TLS terminators, on this machine.
 
 A user who runs nginx or HAProxy today runs ``fastterm bench`` and learns, on their hardware,
 with their certificate and TLS policy (``-c fastterm.toml``; default: the demo's settings),
@@ -19,8 +19,9 @@ Set-up
   HOST:PORT`` uses one that is already running (tests point it at a closed port to make
   every request fail).
 - **Terminators**: fastterm (``python -m fastterm run``: master + ``--workers`` workers), and
-  the peers found installed (``--peers nginx,haproxy``): nginx (master + workers) and HAProxy
-  (one process, ``nbthread`` = workers). Each gets, from the same fastterm configuration:
+  the peers found installed (``--peers nginx,haproxy,hitch``): nginx (master + workers), HAProxy
+  (one process, ``nbthread`` = workers) and hitch (master + ``workers``; see below). Each gets,
+  from the same fastterm configuration:
   the protocols, TLS 1.2 ciphers, TLS 1.3 suites, groups, server cipher order, the
   certificates, session cache on/off and its size and timeout, tickets on/off, HSTS,
   keep-alive and body-size limits and the upstream keep-alive pool; the client header
@@ -31,6 +32,19 @@ Set-up
   resumption, slowheaders, h2), ECDSA only and RSA only (full handshakes per key type). All
   terminators are pinned with ``taskset`` to ``--cpus`` (default CPU 0); the load
   generators and the backend run on the other CPUs.
+- **hitch** (Varnish's TLS proxy, 1.7 in Debian) decrypts and forwards bytes over plain TCP to
+  the backend: one backend connection per client connection, so HTTP keep-alive goes through
+  1:1 to the backend's, and nothing of HTTP is its own (no HSTS, header timeout or body
+  limit, no access log: its handshake kinds are the clients' word, ``s_time -new`` never
+  resumes, the resumed clients count what resumed). It gets the protocols, ciphers, TLS 1.3
+  suites, groups, cipher order, ``workers`` and one PEM (chain + key) per frontend; one
+  certificate per SNI name, so its main port serves ECDSA only (the config's first kind).
+  Debian's build has no ``shared-cache``: session IDs resume in OpenSSL's cache of the
+  worker that made them, tickets are OpenSSL's default (on, one key for all workers), and
+  neither follows the config's switches. ALPN offers http/1.1 only. Not run for it (n/a in
+  the table, "Not run" under it): ``h2`` (h2 would reach the HTTP/1.1 backend),
+  ``keepalive-reencrypt`` (one plain backend), ``resumed-0rtt`` (no early data) and
+  ``slowheaders`` (the attack would test the backend's header timeout).
 - **Baseline** (``--baseline TREE``): fastterm from another checkout with its extension
   built (a ``git worktree`` of an earlier commit), run by this python with
   ``PYTHONPATH=TREE`` as peer ``fastterm-base``, right after fastterm in every round, from
@@ -109,7 +123,7 @@ Scenarios (``--scenario``, comma-separated)
   most one per client connection). Not in the default run: four more runs per peer and
   round, and keepalive is its 50-connection one.
 
-Rounds are interleaved (fastterm, nginx, haproxy, fastterm, nginx, ...); each figure is
+Rounds are interleaved (fastterm, nginx, haproxy, hitch, fastterm, nginx, ...); each figure is
 reported as median, min and max over the valid rounds, as a ratio to nginx, and per second
 of the terminator's own CPU time (utime+stime of all its processes from /proc): the fair
 figure when the load generator, not the terminator, is the bottleneck, as it is for
@@ -140,8 +154,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="take TLS settings, certificates, limits and workers from this fastterm.toml "
                         "(default: the demo's settings with a fresh local CA)")
     p.add_argument("--peers", default=None,
-                   help="comma-separated terminators to compare with: nginx,haproxy (default: those "
-                        "installed); 'none' for fastterm alone")
+                   help="comma-separated terminators to compare with: nginx,haproxy,hitch (default: "
+                        "those installed); 'none' for fastterm alone. hitch is a TCP proxy: its h2, "
+                        "resumed-0rtt, slowheaders and keepalive-reencrypt runs are n/a")
     p.add_argument("--scenario", "--scenarios", dest="scenario", default=",".join(DEFAULT_SCENARIOS),
                    help=f"comma-separated: {', '.join(SCENARIOS)} (default: all but sweep)")
     p.add_argument("--connections", default=None,
@@ -159,7 +174,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connection-rounds", type=int, default=1,
                    help="rounds of the connections scenario (default 1: each restarts the terminators and "
                         "opens 10,000 TLS connections, ~30 s, and its figure moved under 2 %% between rounds; "
-                        "this keeps the default run under 5 minutes with three peers)")
+                        "this keeps the default run short)")
     p.add_argument("--header-timeout", type=float, default=2.0,
                    help="client header timeout of every terminator, in place of the config's (default 2 s: "
                         "the slowheaders attack then times out and reconnects within a short run)")

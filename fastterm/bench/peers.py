@@ -1,11 +1,12 @@
 """The terminators under test: the settings they all get from one fastterm config, the config
-written for each (fastterm, nginx, HAProxy), starting them pinned, reading what they
+written for each (fastterm, nginx, HAProxy, hitch), starting them pinned, reading what they
 recorded (handshake kinds, non-2xx) and stopping them."""
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import resource
 import signal
@@ -98,6 +99,8 @@ def load_setup(config_path: str | None, workdir: str, workers: int | None, cpus:
                  workers)
 
 
+PEERS = ("nginx", "haproxy", "hitch")   # --peers; the default: those installed
+
 NGINX_GROUP_NAMES = {"P-256": "prime256v1", "P-384": "secp384r1", "P-521": "secp521r1"}
 
 
@@ -122,6 +125,7 @@ class Peer:
 
     max_conns: int | None = None   # what it can hold open, when it has a fixed cap
     reencrypt: bool = False        # REENCRYPT_PREFIX goes to the TLS backend (the keepalive-reencrypt run)
+    cannot: dict[str, str] = field(default_factory=dict)   # run -> why this peer cannot do it (n/a)
     stop_signal = signal.SIGTERM
 
     def pids(self) -> list[int]:
@@ -444,17 +448,22 @@ def haproxy_maxconn(setup: Setup) -> int:
     return want if hard == resource.RLIM_INFINITY else min(want, (hard - 200) // 2)
 
 
-def haproxy_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> str:
-    tls = setup.tls
-    limits = setup.limits
+def write_pems(setup: Setup, d: str, prefix: str) -> dict[str, str]:
+    """One file per certificate kind, its chain then its key: what HAProxy and hitch load."""
     pems = {}
     for kind, (crt, key) in setup.certs.items():
-        # HAProxy wants certificate and key in one file.
-        pem = os.path.join(d, f"haproxy-{kind}.pem")
+        pem = os.path.join(d, f"{prefix}-{kind}.pem")
         with open(crt, "rb") as a, open(key, "rb") as b, open(pem, "wb") as out:
             out.write(a.read().rstrip(b"\n") + b"\n" + b.read())
         os.chmod(pem, 0o600)
         pems[kind] = pem
+    return pems
+
+
+def haproxy_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> str:
+    tls = setup.tls
+    limits = setup.limits
+    pems = write_pems(setup, d, "haproxy")
     # ~200 bytes per cached session in HAProxy's shared cache.
     cachesize = max(1, setup.sessions.cache_size // 200) if tls.session_cache else 0
     versions = sorted(tls.protocols)
@@ -522,6 +531,97 @@ sni str({TLS_BACKEND_NAME}) verifyhost {TLS_BACKEND_NAME} pool-max-conn {setup.u
 
 
 
+# What hitch, a TCP proxy with one plain backend and no HTTP, cannot be measured on.
+HITCH_CANNOT = {
+    "h2-m10": "hitch forwards bytes: h2 (ALPN) would reach the HTTP/1.1 backend",
+    "h2-m100": "hitch forwards bytes: h2 (ALPN) would reach the HTTP/1.1 backend",
+    "keepalive-reencrypt": "hitch has one plain TCP backend, no route to a TLS one",
+    "resumed-0rtt": "hitch 1.7 has no TLS 1.3 early data",
+    "slowheaders": "hitch does not parse HTTP: no header timeout of its own (the backend's would answer)",
+}
+
+
+def hitch_conf(setup: Setup, d: str, backend: str, ports: dict[str, int]) -> str:
+    """hitch 1.7 (Debian): ``workers`` processes decrypting to ``backend`` over plain TCP, one
+    backend connection per client connection for its whole life (no HTTP: keep-alive is the
+    backend's, HSTS and the HTTP limits are not hitch's). One certificate per SNI name, so the
+    main port serves the config's first kind (ECDSA when it has one), the per-key ports their
+    own. ALPN offers http/1.1 only. Debian builds it without ``--enable-sessioncache``: no
+    ``shared-cache``, the session cache is OpenSSL's own per worker (TLS 1.2 session IDs
+    resume on the worker that issued them), tickets are OpenSSL's default (on; their keys,
+    made before the workers fork, are the same in all); hitch has no switch for either, nor
+    for the session timeout."""
+    tls = setup.tls
+    pems = write_pems(setup, d, "hitch")
+    host, _, port = backend.rpartition(":")
+    frontends = []
+    for port_name, listen in ports.items():
+        kind = next(iter(setup.certs)) if port_name == "main" else port_name
+        frontends.append(f"""\
+frontend = {{
+    host = "127.0.0.1"
+    port = "{listen}"
+    pem-file = "{pems[kind]}"
+}}""")
+    alpn = 'alpn-protos = "http/1.1"' if "http/1.1" in tls.alpn else ""
+    # Started as root, hitch refuses to leave its workers root: they become nobody after the
+    # certificates are loaded (as nginx's workers do).
+    user = 'user = "nobody"' if os.geteuid() == 0 and _has_user("nobody") else ""
+    blocks = "\n".join(frontends)
+    return f"""\
+# Written by fastterm bench from {setup.source}
+{blocks}
+backend = "[{host.strip("[]")}]:{port}"
+workers = {setup.workers}
+backlog = 4096
+daemon = off
+log-level = 1
+tls-protos = {" ".join(tls.protocols)}
+ciphers = "{tls.ciphers}"
+ciphersuites = "{tls.ciphersuites}"
+ecdh-curve = "{tls.groups}"
+prefer-server-ciphers = {"on" if tls.prefer_server_ciphers else "off"}
+{alpn}
+{user}
+"""
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+class HitchPeer(Peer):
+    """hitch: a master and ``workers`` worker processes (and its OCSP fetcher); stopped, the
+    master takes its workers with it, and any still there a moment later are killed."""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        workers = children(self.proc.pid)
+        super().stop()
+        deadline = time.monotonic() + 5
+        while (left := [p for p in workers if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for init does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 
 def served_kind(target: tuple[str, int]) -> str:
     ctx = ssl._create_unverified_context()
@@ -579,6 +679,14 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
         p.argv = pinned(cpus, [which("haproxy"), "-f", f"{d}/haproxy.cfg", "-db"])
         p.max_conns = haproxy_maxconn(setup)
         p.reencrypt = setup.tls_backend is not None
+        peers.append(p)
+    if "hitch" in names:
+        own = ports()
+        own.pop("early", None)   # no 0-RTT: its resumed-0rtt run is n/a
+        p = HitchPeer("hitch", own, log_path=os.path.join(d, "hitch.log"), cwd=d, cannot=dict(HITCH_CANNOT))
+        with open(os.path.join(d, "hitch.conf"), "w") as f:
+            f.write(hitch_conf(setup, d, backend, p.ports))
+        p.argv = pinned(cpus, [which("hitch"), "--config", f"{d}/hitch.conf"])
         peers.append(p)
     return peers
 

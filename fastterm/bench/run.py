@@ -28,6 +28,7 @@ from fastterm.bench.backends import (
 )
 from fastterm.bench.loads import UPLOAD_LUA, client_argv, run_h2load, run_resume_clients, run_s_time, run_wrk
 from fastterm.bench.peers import (
+    PEERS,
     FasttermPeer,
     Peer,
     baseline_commit,
@@ -78,6 +79,9 @@ class Bench:
         run = Run(name, peer.name, rnd)
         host = peer.host
         base = f"https://{host}:{peer.ports['main']}"
+        if name in peer.cannot:
+            run.skipped = peer.cannot[name]
+            return run
         capped = peer.max_conns is not None and peer.max_conns < a.idle_connections + 100
         if name == "connections" and peer.proc is not None and not capped:
             # A fresh process: freed memory stays in the allocator, so after an earlier round
@@ -394,11 +398,11 @@ def run_bench(args: argparse.Namespace) -> int:
     if target:
         peer_names = []
     elif args.peers is None:
-        peer_names = [p for p in ("nginx", "haproxy") if which(p)]
+        peer_names = [p for p in PEERS if which(p)]
     else:
         peer_names = [p for p in args.peers.split(",") if p and p != "none"]
-        if bad := set(peer_names) - {"nginx", "haproxy"}:
-            raise BenchError(f"--peers: unknown {', '.join(sorted(bad))} (nginx, haproxy)")
+        if bad := set(peer_names) - set(PEERS):
+            raise BenchError(f"--peers: unknown {', '.join(sorted(bad))} ({', '.join(PEERS)})")
     missing: dict[str, str] = {}
     for p in peer_names:
         if not which(p):

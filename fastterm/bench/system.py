@@ -16,6 +16,7 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 INSTALL = {
     "nginx": "apt-get install nginx",
     "haproxy": "apt-get install haproxy",
+    "hitch": "apt-get install hitch",
     "wrk": "apt-get install wrk",
     "openssl": "apt-get install openssl",
     "taskset": "apt-get install util-linux",
