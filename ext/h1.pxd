@@ -19,6 +19,7 @@ cdef class H1Session(Codec):
     cdef BodyFramer req_body
     cdef bytes held                 # input we could not process yet (pipelining, connect)
     cdef bint close_after           # close the connection after this response
+    cdef bint last_by_client        # the request said it is the client's last (Connection: close, HTTP/1.0)
     cdef bint request_done          # the whole request body went to the backend
     cdef bint dispatch_pending      # head accepted; its head waits in the writer for this read's body
     cdef bytearray buffered         # a chunked body read whole before dispatch (Exchange.buffer_body)

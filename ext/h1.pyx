@@ -252,6 +252,7 @@ cdef class H1Session(Codec):
         if status == 0:
             status = ex.request(p, &head, w.slots, w.writer, &w.request_limits, w.pathbuf)
         self.requests += 1
+        self.last_by_client = ex.client_close   # the request's own word; the response may set it too
         if ex.client_close or w.draining or (w.keepalive_requests and self.requests >= w.keepalive_requests):
             self.close_after = True   # the response says Connection: close
         if w.keepalive_time and w.now - self.opened > w.keepalive_time:
@@ -483,6 +484,7 @@ cdef class H1Session(Codec):
             self.close_after = True   # ... or the backend answered before the body ended
         if self.close_after or w.draining:
             self.state = H1_CLOSING
+            self.conn.input_done = self.last_by_client and self.request_done and self.held is None
             self.conn.finish()
             return
         self.state = H1_IDLE

@@ -187,6 +187,7 @@ cdef class ClientConnection:
     cdef double hs_start            # loop time the handshake began, and how long it took
     cdef double hs_time
     cdef object log_cache           # the access log's part of each line about the connection (AccessLog)
+    cdef bint input_done            # the codec read the client's last request whole (finish)
 
     cdef void start(self)
     cdef void on_readable(self)
