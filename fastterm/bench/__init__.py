@@ -44,7 +44,8 @@ Set-up
   neither follows the config's switches. ALPN offers http/1.1 only. Not run for it (n/a in
   the table, "Not run" under it): ``h2`` (h2 would reach the HTTP/1.1 backend),
   ``keepalive-reencrypt`` (one plain backend), ``resumed-0rtt`` (no early data) and
-  ``slowheaders`` (the attack would test the backend's header timeout).
+  ``slowheaders`` (the attack would test the backend's header timeout); ``connections`` too when
+  the hard fd limit is under two per idle connection (client + backend; HAProxy's the same).
 - **Baseline** (``--baseline TREE``): fastterm from another checkout with its extension
   built (a ``git worktree`` of an earlier commit), run by this python with
   ``PYTHONPATH=TREE`` as peer ``fastterm-base``, right after fastterm in every round, from

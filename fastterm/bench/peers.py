@@ -594,6 +594,13 @@ def _has_user(name: str) -> bool:
     return True
 
 
+def hitch_max_conns() -> int | None:
+    """hitch holds two fds per connection (client + backend) under the hard RLIMIT_NOFILE it
+    inherits: a cap only when that limit is finite (the connections run is skipped below it)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return None if hard == resource.RLIM_INFINITY else (hard - 200) // 2
+
+
 class HitchPeer(Peer):
     """hitch: a master and ``workers`` worker processes (and its OCSP fetcher); stopped, the
     master takes its workers with it, and any still there a moment later are killed."""
@@ -687,6 +694,7 @@ def make_peers(setup: Setup, d: str, backend: str, names: list[str], cpus: str, 
         with open(os.path.join(d, "hitch.conf"), "w") as f:
             f.write(hitch_conf(setup, d, backend, p.ports))
         p.argv = pinned(cpus, [which("hitch"), "--config", f"{d}/hitch.conf"])
+        p.max_conns = hitch_max_conns()
         peers.append(p)
     return peers
 

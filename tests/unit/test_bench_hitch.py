@@ -3,14 +3,24 @@ hitch itself, ``hitch --test``, when it is installed), the runs it is n/a for, i
 
 from __future__ import annotations
 
+import resource
 import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from forked import in_child
 
-from fastterm.bench.peers import HITCH_CANNOT, PEERS, HitchPeer, hitch_conf, load_setup, make_peers
+from fastterm.bench.peers import (
+    HITCH_CANNOT,
+    PEERS,
+    HitchPeer,
+    hitch_conf,
+    hitch_max_conns,
+    load_setup,
+    make_peers,
+)
 from fastterm.bench.run import Bench
 from fastterm.bench.system import which
 
@@ -88,6 +98,19 @@ def test_the_hitch_peer_has_no_early_port_and_says_what_it_cannot_run(tmp_path, 
     assert set(hitch.cannot) == {"h2-m10", "h2-m100", "keepalive-reencrypt", "resumed-0rtt", "slowheaders"}
     assert hitch.argv[:3] == ["taskset", "-c", "0"] and hitch.argv[-2:] == ["--config", f"{tmp_path}/hitch.conf"]
     assert (tmp_path / "hitch.conf").read_text() == hitch_conf(setup, str(tmp_path), BACKEND, hitch.ports)
+    assert hitch.max_conns == hitch_max_conns()
+
+
+def test_a_finite_fd_limit_caps_hitch_at_half_of_it():
+    """Two fds per connection: under a hard limit of 20,000 the 10,000-connection run did not
+    fit (9,995 opened in a real run), so below the cap it is skipped, as HAProxy's is (in a
+    child: a lowered hard limit cannot be raised again)."""
+
+    def capped():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1000, 4000))
+        return hitch_max_conns()
+
+    assert in_child(capped) == 1900
 
 
 @pytest.mark.parametrize("run", sorted(HITCH_CANNOT))
