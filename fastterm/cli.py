@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend-port", type=int, default=8081)
     demo.set_defaults(func=cmd_demo)
     bench = commands.add_parser("bench", help="compare fastterm with nginx/HAProxy on this machine",
-                                description="Load fastterm and the peers found installed (nginx, HAProxy) "
+                                description="Load fastterm and the peers found installed (nginx, HAProxy, hitch) "
                                             "side by side on loopback; see fastterm/bench.py.")
     _bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
