@@ -3,15 +3,22 @@
 
 Each attack is sent as a real TLS client with a small receive window that never reads;
 what the worker's RSS did and what the backend was asked for are the assertions.
+The last response before a close (Connection: close, HTTP/1.0) must arrive whole, backed up
+in the send buffer at close, followed by close_notify, not a reset.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import os
+import platform
 import socket
 import ssl
 import time
 from pathlib import Path
 
+import pytest
 from harness import HOST, NAME, response_bytes, wait_for
 from httpwire import Reader, read_response, request_bytes
 
@@ -168,3 +175,138 @@ def test_slow_reader_gets_the_whole_response(fastterm, raw_backend):
             time.sleep(0.15)   # ~5 s in all: longer than send_timeout and the 2 s linger
     sock.close()
     assert received.endswith(body[-1024:]) and len(received) > len(body), len(received)
+
+
+# ---- The last response before close (ClientConnection.finish) ---------------------------
+# A client's last request (Connection: close, HTTP/1.0) read whole with nothing unread closes
+# without lingering; input still unread falls back to half-close + lingering close. Either way
+# the client reads the whole response, then close_notify, while the worker's send buffer still
+# holds the response's tail at close (a small client window, a 1 MiB body).
+
+LAST_BODY = bytes(range(256)) * 4096   # 1 MiB, each byte at a known place
+
+
+def close_reader(ft) -> ssl.SSLSocket:
+    """A small-window client that tells an unclean EOF from close_notify (no ragged-EOF hiding)."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(20)
+    raw.connect((HOST, ft.https_port))
+    return ft.client_context().wrap_socket(raw, server_hostname=NAME, suppress_ragged_eofs=False)
+
+
+def last_body_backend(raw_backend, body: bytes = LAST_BODY):
+    def answer(conn):
+        while conn.read_request() is not None:
+            conn.send(response_bytes(200, body))
+    return raw_backend(answer)
+
+
+def assert_whole_then_close_notify(sock: ssl.SSLSocket, body: bytes = LAST_BODY) -> None:
+    """The response in full, then a clean TLS close: recv returns b'' (not a reset, not an
+    unexpected EOF), and our own close_notify completes the shutdown."""
+    reader = Reader(sock)
+    digest = hashlib.sha256()
+    r = read_response(reader, keep_body=False, hasher=digest)
+    assert r.status == 200 and r.header("Content-Length") == str(len(body)), r.headers
+    assert digest.digest() == hashlib.sha256(body).digest(), "the body arrived altered"
+    assert r.header("Connection") == "close", r.headers
+    assert not reader.buf, f"{len(reader.buf)} bytes after the response"
+    assert sock.recv(65536) == b"", "data after the last response"
+    sock.unwrap().close()
+
+
+def test_connection_close_gets_whole_response_then_close_notify(fastterm, raw_backend):
+    """The fast close (nothing unread at finish) still lets the send buffer drain: the whole
+    1 MiB, then close_notify; three times on the same worker."""
+    ft = fastterm(last_body_backend(raw_backend).address)
+    for _ in range(3):
+        sock = close_reader(ft)
+        sock.sendall(request_bytes("GET", "/last", headers=[("Connection", "close")]))
+        time.sleep(0.2)   # the response backs up in the worker's send buffer before we read
+        assert_whole_then_close_notify(sock)
+    assert "Traceback" not in ft.log()
+
+
+def test_http10_gets_whole_response_then_close_notify(fastterm, raw_backend):
+    ft = fastterm(last_body_backend(raw_backend).address)
+    sock = close_reader(ft)
+    sock.sendall(request_bytes("GET", "/old", version="HTTP/1.0"))
+    time.sleep(0.2)
+    assert_whole_then_close_notify(sock)
+
+
+def test_connection_close_with_pipelined_request_is_not_reset(fastterm, raw_backend):
+    """A request after the client's last one, in the same write: fastterm holds it, answers
+    only the first and lingers; the client reads that response whole, no RST."""
+    backend = last_body_backend(raw_backend)
+    ft = fastterm(backend.address)
+    sock = close_reader(ft)
+    sock.sendall(request_bytes("GET", "/first", headers=[("Connection", "close")])
+                 + request_bytes("GET", "/second"))
+    time.sleep(0.2)
+    assert_whole_then_close_notify(sock)
+    assert [m.target for m in backend.requests] == ["/first"]
+
+
+def test_bytes_after_last_request_unread_at_close_are_not_a_reset(fastterm, raw_backend):
+    """Bytes the client sends after its last request, while the response is still backed up
+    in the worker (more than the kernel's send buffer holds), sit unread when fastterm
+    finishes: it lingers instead of closing (a close with unread input would RST and drop
+    the response's tail still in the send buffer)."""
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    body = LAST_BODY * (wmem_max // len(LAST_BODY) + 4)
+    ft = fastterm(last_body_backend(raw_backend, body).address)
+    sock = close_reader(ft)
+    sock.sendall(request_bytes("GET", "/late", headers=[("Connection", "close")]))
+    time.sleep(0.5)   # the worker's send buffer fills; the rest of the response waits in the worker
+    sock.sendall(b"X" * 2048)   # after the last request: never parsed, only discarded by the linger
+    time.sleep(0.2)
+    assert_whole_then_close_notify(sock, body)
+
+
+def _server_side_socket(ft, client: socket.socket) -> socket.socket:
+    """A duplicate (pidfd_getfd, Linux 5.6) of the worker's accepted socket for ``client``,
+    found by its inode in /proc/net/tcp; skips where the kernel or ptrace rules refuse."""
+    port = client.getsockname()[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == ft.https_port and int(f[2].split(":")[1], 16) == port:
+            inode = f[9]
+    assert inode is not None, "the accepted connection is not in /proc/net/tcp"
+    libc = ctypes.CDLL(None, use_errno=True)
+    for pid in ft.serving_pids():
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target != f"socket:[{inode}]":
+                continue
+            pidfd = os.pidfd_open(pid)
+            try:
+                dup = libc.syscall(438, pidfd, int(fd), 0)   # SYS_pidfd_getfd on x86-64 and arm64
+            finally:
+                os.close(pidfd)
+            if dup < 0:
+                pytest.skip(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+            return socket.socket(fileno=dup)
+    raise AssertionError(f"no worker holds socket:[{inode}]")
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="pidfd_getfd is syscall 438 there")
+def test_accepted_socket_has_nodelay(fastterm, demo_backend):
+    """TCP_NODELAY is set on the listener only; the accepted socket inherits it (Linux copies
+    it in inet_csk_clone_lock): checked on the worker's own socket, mid-connection."""
+    ft = fastterm(demo_backend)
+    with ft.connect() as sock:
+        sock.sendall(request_bytes("GET", "/one"))
+        assert read_response(Reader(sock)).status == 200
+        server_side = _server_side_socket(ft, sock)
+        try:
+            assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            server_side.close()
+        sock.sendall(request_bytes("GET", "/two"))   # our duplicate is gone: the worker's socket serves on
+        assert read_response(Reader(sock)).status == 200
