@@ -541,6 +541,10 @@ cdef class BackendConnection:
             self.fd = transport.get_extra_info("socket").fileno()
 
     def get_buffer(self, sizehint):
+        cdef Stream stream = self.stream
+        if stream is not None and stream.exchange is not None and stream.exchange.facts.http2:
+            # an HTTP/2 stream pauses its backend past H2_OUT_MAX: one read of 64 KiB over it
+            return self.worker.backend_view[:H2_OUT_MAX]
         return self.worker.backend_view
 
     def buffer_updated(self, Py_ssize_t n):
