@@ -327,7 +327,7 @@ cdef class H1Session(Codec):
             if self.dispatch_pending:
                 w.writer.put(p, k)
             else:
-                self.stream.backend.transport.write(PyBytes_FromStringAndSize(p, k))
+                self.stream.backend.send_body(p, k)
         if self.req_body.done:
             self.request_done = True
             self.stream.deadline = w.now + self.stream.read_timeout
@@ -459,7 +459,7 @@ cdef class H1Session(Codec):
         if self.stream.backend is None:
             return
         self.stream.deadline = w.now + self.stream.read_timeout
-        self.stream.backend.transport.write(PyBytes_FromStringAndSize(p, n))
+        self.stream.backend.send_body(p, n)
 
     cdef void release(self):
         self.stream.session = None

@@ -118,6 +118,7 @@ cdef class BackendConnection:
     cdef UpstreamPool pool
     cdef int server
     cdef object transport
+    cdef int fd                     # plain TCP: the transport's socket (send_body); -1: TLS, or closed
     cdef Stream stream
     cdef int state
     cdef HeadBuffer head_buf
@@ -137,6 +138,7 @@ cdef class BackendConnection:
     cdef int _on_head(self, const char *p, int head_len)
     cdef void _done(self)
     cdef void _bad_response(self, str why)
+    cdef void send_body(self, const char *p, Py_ssize_t n)
     cdef void pause(self)
     cdef void resume(self)
     cdef void abort(self)

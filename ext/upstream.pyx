@@ -532,12 +532,19 @@ cdef class BackendConnection:
         self.pool = pool
         self.server = server
         self.state = B_IDLE
+        self.fd = -1
         framer_init(&self.body, BODY_NONE, 0)
 
     def connection_made(self, transport):
         self.transport = transport
+        if not isinstance(transport, BackendTLSTransport):
+            self.fd = transport.get_extra_info("socket").fileno()
 
     def get_buffer(self, sizehint):
+        cdef Stream stream = self.stream
+        if stream is not None and stream.exchange is not None and stream.exchange.facts.http2:
+            # an HTTP/2 stream pauses its backend past H2_OUT_MAX: one read of 64 KiB over it
+            return self.worker.backend_view[:H2_OUT_MAX]
         return self.worker.backend_view
 
     def buffer_updated(self, Py_ssize_t n):
@@ -586,6 +593,7 @@ cdef class BackendConnection:
             return
         self.detach()
         self.state = B_CLOSED
+        self.fd = -1
         self.pool.closed_one(self.server)
         if self.transport is not None:
             self.transport.close()
@@ -789,6 +797,21 @@ cdef class BackendConnection:
             self.abort()
         stream.response_end(False)
 
+    cdef void send_body(self, const char *p, Py_ssize_t n):
+        """Request body (or tunnel) bytes for the backend: into the socket at once while the
+        transport holds nothing unsent (no bytes object, no copy); what the socket does not
+        take, and everything on TLS, goes through the transport, which buffers it and pauses
+        the sender. A closing transport's fd may already be closed and reused: never written."""
+        cdef ssize_t r
+        if self.fd >= 0 and self.transport.get_write_buffer_size() == 0 and not self.transport.is_closing():
+            r = send(self.fd, p, n, MSG_NOSIGNAL)
+            if r > 0:
+                p += r
+                n -= r
+            # an error, EAGAIN included: the transport's write meets it again and handles it
+        if n > 0:
+            self.transport.write(PyBytes_FromStringAndSize(p, n))
+
     cdef void pause(self):
         if not self.reading_paused and self.transport is not None:
             self.reading_paused = True
@@ -806,6 +829,7 @@ cdef class BackendConnection:
             if self in idle:
                 idle.remove(self)
         self.detach()
+        self.fd = -1
         if self.state != B_CLOSED:
             self.state = B_CLOSED
             self.pool.closed_one(self.server)

@@ -150,6 +150,7 @@ cdef extern from "compat.h" nogil:
     int SSL_pending(const SSL *ssl)
     int SSL_has_pending(const SSL *s)
     void SSL_set_read_ahead(SSL *s, int yes)
+    void SSL_set_default_read_buffer_len(SSL *s, size_t len)
     int SSL_is_init_finished(const SSL *ssl)
     int SSL_session_reused(const SSL *ssl)
     const char *SSL_get_version(const SSL *ssl)
