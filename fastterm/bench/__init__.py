@@ -87,10 +87,13 @@ Scenarios (``--scenario``, comma-separated)
 - ``latency``: p50/p99/p99.9 in ms at a fixed offered rate (``--rate``, default 1,000 req/s,
   far below saturation) over 32 keep-alive connections. wrk2 is not packaged and wrk
   measures from the moment a request is *sent*, so a stall delays the following requests
-  and hides itself (coordinated omission). The client here is open-loop: request i is due
-  at t0 + i/rate whatever happened before, and its latency counts from that due time, as
-  wrk2 does. It is Python (asyncio + ``ssl``), so every figure includes the same client
-  overhead for every terminator; a run that could not keep the offered rate is invalid;
+  and hides itself (coordinated omission). The client here is open-loop: request i is
+  issued at t0 + i/rate whatever happened before, and its latency counts from then, waiting
+  for a free connection included, as wrk2 counts from the due time; the client's own
+  lateness in issuing it (asyncio's millisecond timers fire up to 1 ms late, two thirds of
+  the median) is left out. It is Python (asyncio + ``ssl``), so every figure includes the
+  same client overhead for every terminator; a run that could not keep the offered rate,
+  or whose client issued 1 % of its requests over 10 ms late (its CPU busy), is invalid;
 - ``connections``: 10,000 idle TLS connections (``--idle-connections``), each after one
   request, opened by a bounded client (non-blocking ``ssl`` sockets, 100 handshakes in
   flight); the figure is the growth of the RSS of all the terminator's processes per

@@ -64,6 +64,10 @@ from fastterm.bench.system import (
 )
 from fastterm.process import stop as stop_process
 
+# latency: a client that issued 1 % of its requests later than this behind its schedule
+# stalled, and read the answers as late (its quiet p99 is ~1 ms, a busy machine's ~5 ms).
+LATENCY_CLIENT_LAG_MS = 10
+
 
 class Bench:
     def __init__(self, args, peers: list[Peer], client_cpus: str, env: dict, backend: str | None = None):
@@ -239,6 +243,9 @@ class Bench:
         if raw["done"] < 0.95 * raw["offered"]:
             raw["error"] = (f"offered {raw['offered']} requests at {a.rate}/s, {raw['done']} answered in time: "
                             "the rate is above saturation (lower --rate)")
+        elif raw["lag_p99"] is not None and raw["lag_p99"] > LATENCY_CLIENT_LAG_MS:
+            raw["error"] = (f"the client issued 1 % of its requests over {raw['lag_p99']:.1f} ms late "
+                            f"(over {LATENCY_CLIENT_LAG_MS} ms: its CPU was busy)")
         return raw
 
     def zerortt(self, peer: Peer) -> dict:
