@@ -92,8 +92,11 @@ Scenarios (``--scenario``, comma-separated)
   for a free connection included, as wrk2 counts from the due time; the client's own
   lateness in issuing it (asyncio's millisecond timers fire up to 1 ms late, two thirds of
   the median) is left out. It is Python (asyncio + ``ssl``), so every figure includes the
-  same client overhead for every terminator; a run that could not keep the offered rate,
-  or whose client issued 1 % of its requests over 10 ms late (its CPU busy), is invalid;
+  same client overhead for every terminator; it runs under SCHED_FIFO where allowed (root),
+  so that its wake-ups do not wait behind whatever else shares its CPU. All peers' clients
+  run at once (one process each, the same seconds), so that a busy moment of a shared
+  machine falls on every peer alike; a run that could not keep the offered rate, or whose
+  client issued 1 % of its requests over 10 ms late (its CPU busy), is invalid;
 - ``connections``: 10,000 idle TLS connections (``--idle-connections``), each after one
   request, opened by a bounded client (non-blocking ``ssl`` sockets, 100 handshakes in
   flight); the figure is the growth of the RSS of all the terminator's processes per
