@@ -106,8 +106,11 @@ def _realtime() -> bool:
     return True
 
 
-def client_latency(host: str, port: int, rate: float, duration: float, path: str, conns: int) -> dict:
-    """Open-loop: request i is due at t0 + i/rate and is issued then, whatever happened before.
+def client_latency(host: str, port: int, rate: float, duration: float, path: str, conns: int,
+                   start: float | None = None) -> dict:
+    """Open-loop: request i is due at t0 + i/rate and is issued then, whatever happened before;
+    t0 is ``start`` (``time.monotonic()``, the same for clients run side by side) or 0.5 s
+    from now, once the connections are up.
 
     Its latency counts from the moment it was issued, waiting for a free connection
     included (what wrk2's due time guards), but not the client's own lateness in issuing
@@ -118,8 +121,6 @@ def client_latency(host: str, port: int, rate: float, duration: float, path: str
     """
     import asyncio
 
-    realtime = _realtime()
-
     async def go() -> dict:
         ctx = _client_ctx()
         req = _request(path, keep_alive=True)
@@ -128,9 +129,20 @@ def client_latency(host: str, port: int, rate: float, duration: float, path: str
         lag: list[float] = []
         counts = {"errors": 0, "non2xx": 0}
         total = int(rate * duration)
+        up = asyncio.Event()
+        connected = 0
 
         async def conn_worker() -> None:
-            reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname="localhost")
+            nonlocal connected
+            try:
+                reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname="localhost")
+            except OSError:
+                counts["errors"] += 1
+                return
+            finally:
+                connected += 1
+                if connected == conns:
+                    up.set()
             try:
                 while True:
                     issued = await queue.get()
@@ -141,7 +153,7 @@ def client_latency(host: str, port: int, rate: float, duration: float, path: str
                     m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
                     if m:
                         await reader.readexactly(int(m.group(1)))
-                    lat.append(time.perf_counter() - issued)
+                    lat.append(time.monotonic() - issued)
                     if int(head.split(None, 2)[1]) // 100 != 2:
                         counts["non2xx"] += 1
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
@@ -150,19 +162,22 @@ def client_latency(host: str, port: int, rate: float, duration: float, path: str
                 writer.close()
 
         workers = [asyncio.create_task(conn_worker()) for _ in range(conns)]
-        await asyncio.sleep(0.5)   # connections up (handshakes are not part of the figure)
-        t0 = time.perf_counter()
+        # Handshakes are not part of the figure; nor are they run at real-time priority, where
+        # a client still shaking hands would hold the CPU from one already measuring.
+        await asyncio.wait_for(up.wait(), 30)
+        realtime = _realtime()
+        t0 = max(start if start is not None else time.monotonic() + 0.5, time.monotonic())
         for i in range(total):
             due = t0 + i / rate
-            delay = due - time.perf_counter()
+            delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            issued = time.perf_counter()
+            issued = time.monotonic()
             lag.append(issued - due)
             queue.put_nowait(issued)
         # Stop: whatever is still queued after a grace period did not get an answer in time.
-        grace = time.perf_counter() + 5.0
-        while len(lat) < total and time.perf_counter() < grace and any(not w.done() for w in workers):
+        grace = time.monotonic() + 5.0
+        while len(lat) < total and time.monotonic() < grace and any(not w.done() for w in workers):
             await asyncio.sleep(0.01)
         for _ in workers:
             queue.put_nowait(None)
@@ -612,8 +627,9 @@ def client_main(argv: list[str]) -> int:
         mode, duration, path = rest
         print(json.dumps(client_resume(host, int(port), mode, float(duration), path)))
     elif kind == "latency":
-        rate, duration, path, conns = rest
-        print(json.dumps(client_latency(host, int(port), float(rate), float(duration), path, int(conns))))
+        rate, duration, path, conns, *start = rest
+        print(json.dumps(client_latency(host, int(port), float(rate), float(duration), path, int(conns),
+                                        float(start[0]) if start else None)))
     elif kind == "connections":
         count, path = rest
         client_connections(host, int(port), int(count), path)

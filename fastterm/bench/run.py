@@ -67,6 +67,9 @@ from fastterm.process import stop as stop_process
 # latency: a client that issued 1 % of its requests later than this behind its schedule
 # stalled, and read the answers as late (its quiet p99 is ~1 ms, a busy machine's ~5 ms).
 LATENCY_CLIENT_LAG_MS = 10
+# latency: the clients' common start, from their launch: Python's start-up and 32 handshakes
+# each, on a busy CPU.
+LATENCY_START_S = 2.0
 
 
 class Bench:
@@ -250,9 +253,10 @@ class Bench:
         peers = [p for p in self.peers if "latency" not in p.cannot and p.alive()]
         cpu0 = {p.name: p.cpu() for p in peers}
         t0 = time.monotonic()
+        start = t0 + LATENCY_START_S   # request 0 of every client, once all have their connections
         procs = {p.name: subprocess.Popen(
             pinned(self.client_cpus, client_argv("latency", p.host, str(p.ports["main"]), str(a.rate),
-                                                 str(a.duration), a.path, "32")),
+                                                 str(a.duration), a.path, "32", repr(start))),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env) for p in peers}
         out = {name: self.latency_result(proc) for name, proc in procs.items()}
         wall = time.monotonic() - t0
