@@ -60,6 +60,27 @@ def test_keepalive_has_figures_for_fastterm_and_nginx(tmp_path, subprocess_env):
 
 
 @needs_tools
+def test_latency_measures_every_peer_in_one_window(tmp_path, subprocess_env):
+    """Each round's latency run is one window for all peers (their clients side by side), each
+    peer's figures its own; the client reports how late it issued its requests."""
+    res, data = run_bench(tmp_path, "--scenario", "latency", "--duration", "1", "--rounds", "2",
+                          "--peers", "nginx", env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = {(r["peer"], r["round"]): r for r in data["runs"]}
+    assert set(runs) == {(peer, rnd) for peer in ("fastterm", "nginx") for rnd in (1, 2)}
+    for rnd in (1, 2):
+        ours, theirs = runs[("fastterm", rnd)], runs[("nginx", rnd)]
+        assert ours["wall_s"] == theirs["wall_s"] > 1, (ours, theirs)
+        for run in (ours, theirs):
+            assert not run["invalid"], run
+            raw = run["raw"]
+            assert raw["done"] == raw["offered"] == 1000 and raw["errors"] == 0, raw
+            assert 0 < raw["p50"] <= raw["p99"] <= raw["p99.9"] <= raw["max"], raw
+            assert raw["lag_p50"] is not None and raw["realtime"] == (os.geteuid() == 0), raw
+            assert run["cpu_s"] is not None and run["cpu_s"] > 0, run
+
+
+@needs_tools
 def test_access_log_runs_fastterm_with_and_without_it_in_one_run(tmp_path, subprocess_env):
     """``--access-log``: fastterm-log, the same fastterm writing JSON lines, right after fastterm
     in each round; both keep-alive figures come from one run, and its log has a line per request."""
