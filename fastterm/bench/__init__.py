@@ -95,9 +95,9 @@ Scenarios (``--scenario``, comma-separated)
   same client overhead for every terminator; it runs under SCHED_FIFO where allowed (root),
   once its connections are up, so that its wake-ups do not wait behind whatever else shares
   its CPU. All peers' clients run at once (one process each, request 0 due at the same
-  instant), so that a busy moment of a shared machine falls on every peer alike; a run
-  that could not keep the offered rate, or whose client issued 1 % of its requests over
-  10 ms late (its CPU busy), is invalid;
+  instant, each connection's first request unmeasured), so that a busy moment of a shared
+  machine falls on every peer alike; a run that could not keep the offered rate, or whose
+  client issued 1 % of its requests over 10 ms late (its CPU busy), is invalid;
 - ``connections``: 10,000 idle TLS connections (``--idle-connections``), each after one
   request, opened by a bounded client (non-blocking ``ssl`` sockets, 100 handshakes in
   flight); the figure is the growth of the RSS of all the terminator's processes per
