@@ -12,6 +12,7 @@ cdef extern from "includes/shm.h" nogil:
         FT_SESSION_ID_MAX
         FT_SESSION_DER_MAX
         FT_PROBE
+        FT_LOCAL_SESSIONS
         FT_SEQLOCK_RETRIES
         FT_OCSP_SLOTS
         FT_OCSP_DER_MAX
@@ -31,6 +32,7 @@ cdef extern from "includes/shm.h" nogil:
         int64_t counters[FT_COUNTERS]
     ctypedef struct ft_session:
         int64_t expires
+        uint64_t stamp
         unsigned int der_len
         unsigned int id_len
         unsigned char id[FT_SESSION_ID_MAX]
@@ -101,6 +103,11 @@ cdef class HealthTable:
         return ft_load_acquire(&self.slots[slot])
 
 
+ctypedef struct ft_local_session:
+    SSL_SESSION *session             # this process's reference, or NULL
+    uint64_t stamp                   # the ft_session.stamp it was decoded from (or stored as)
+
+
 cdef class SharedState:
     cdef readonly ReplayTable replay  # the 0-RTT replay table every worker shares
     cdef ft_shared *region
@@ -108,11 +115,14 @@ cdef class SharedState:
     cdef int owner_pid
     cdef long abandon_after          # test hook: see abandon_next_write()
     cdef ft_ticket_keys keys_seen    # this process's last consistent copy of the shared keys
+    cdef ft_local_session *local     # FT_LOCAL_SESSIONS, by slot index; allocated on first use
 
     cdef int lock(self) noexcept nogil
     cdef void unlock(self) noexcept nogil
-    cdef int store_session(self, const unsigned char *sid, unsigned int sid_len,
-                           const unsigned char *der, int der_len, long long expires) noexcept nogil
+    cdef uint64_t store_session(self, const unsigned char *sid, unsigned int sid_len,
+                                const unsigned char *der, int der_len, long long expires,
+                                unsigned int *index) noexcept nogil
+    cdef void keep_local(self, unsigned int index, uint64_t stamp, SSL_SESSION *session) noexcept nogil
     cdef int copy_session(self, const unsigned char *sid, int sid_len, unsigned char *der) noexcept nogil
     cdef SSL_SESSION *find_session(self, const unsigned char *sid, int sid_len) noexcept nogil
     cdef void remove_session(self, const unsigned char *sid, unsigned int sid_len) noexcept nogil

@@ -164,6 +164,7 @@ cdef extern from "compat.h" nogil:
     SSL_SESSION *SSL_get1_session(SSL *ssl)
     int SSL_set_session(SSL *ssl, SSL_SESSION *session)
     void SSL_SESSION_free(SSL_SESSION *session)
+    int SSL_SESSION_up_ref(SSL_SESSION *session)
     int SSL_set_ex_data(SSL *ssl, int idx, void *data)
     int SSL_CTX_set_ex_data(SSL_CTX *ctx, int idx, void *data)
     void *SSL_CTX_get_ex_data(const SSL_CTX *ctx, int idx)

@@ -16,6 +16,7 @@
 #define FT_SESSION_ID_MAX 32
 #define FT_SESSION_DER_MAX 1200
 #define FT_PROBE 8
+#define FT_LOCAL_SESSIONS 1024        /* decoded sessions a worker keeps (by slot), ~1 KiB each */
 #define FT_OCSP_SLOTS 256               /* stapled certificates; 1 MiB */
 #define FT_OCSP_KEY_LEN 32            /* certs/ocsp.py fingerprint(): SHA-256 */
 #define FT_OCSP_DER_MAX 4096          /* a response with its responder's certificate: ~1.5-2.5 KiB */
@@ -46,6 +47,8 @@ typedef struct {
     int64_t expires;                  /* unix seconds; 0: free. Zeroed before the entry is
                                          written, set after: a writer killed between leaves
                                          a free slot, never a live torn one */
+    uint64_t stamp;                   /* the store that wrote it (session_stats[0] then): a
+                                         worker's decoded copy is this entry while equal */
     uint32_t der_len;
     uint32_t id_len;
     unsigned char id[FT_SESSION_ID_MAX];

@@ -156,3 +156,93 @@ def test_pyopenssl_set_session(supervised, ca_file):
     assert all(r for _, r in results), results
     st = sup.status()
     assert sum(w["counters"]["handshakes_resumed"] for w in st["workers"]) == 4
+
+
+def _resume_until_both_workers(sup, ctx, session, limit=60):
+    """Offer ``session`` until each worker has resumed it at least once (each then holds
+    its decoded copy); the workers' pids."""
+    resumed_on = set()
+    for _ in range(limit):
+        worker, reused, _, _ = _one_connection(sup, ctx, session)
+        assert reused
+        resumed_on.add(worker)
+        if len(resumed_on) == 2:
+            return resumed_on
+    raise AssertionError(f"{limit} connections resumed on one worker only: {resumed_on}")
+
+
+def _corrupted_record(sup, ctx, session):
+    """Resume ``session`` through a memory BIO, then send an application record with a
+    flipped tag byte: the server answers bad_record_mac, a fatal alert. Whether it resumed."""
+    raw = socket.create_connection((HOST, sup.https_port), timeout=5)
+    with raw:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=NAME, session=session)
+        for _ in range(20):
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                data = raw.recv(65536)
+                assert data, "closed during the handshake"
+                incoming.write(data)
+        raw.sendall(outgoing.read())
+        reused = tls.session_reused
+        tls.write(f"GET / HTTP/1.1\r\nHost: {NAME}\r\n\r\n".encode())
+        record = bytearray(outgoing.read())
+        record[-1] ^= 0x01
+        raw.sendall(bytes(record))
+        answer = b""
+        while True:
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer[:1] == b"\x15", answer[:20]   # an alert record, then the close
+    return reused
+
+
+def test_a_session_ended_by_a_fatal_alert_resumes_on_no_worker(supervised):
+    """RFC 5246 §7.2.2: a session whose connection ended with a fatal alert is not resumed.
+    OpenSSL drops it from the cache; here every worker must stop resuming it, also one that
+    holds its own decoded copy of it (SharedState's per-worker sessions)."""
+    sup = supervised(tls={"session_tickets": False})
+    ctx = sup.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    _, reused, session, version = _one_connection(sup, ctx, None)
+    assert version == "TLSv1.2" and not reused
+    _resume_until_both_workers(sup, ctx, session)
+    assert _corrupted_record(sup, ctx, session)
+    after = [_one_connection(sup, ctx, session) for _ in range(CONNECTIONS)]
+    assert not [row for row in after if row[1]], [(w, r) for w, r, _, _ in after]
+    assert len({w for w, _, _, _ in after}) == 2, "the later connections all hit one worker"
+
+
+def test_openssl_s_client_sess_out_sess_in_resumes_on_both_workers(supervised, ca_file, tmp_path):
+    """openssl s_client: a TLS 1.2 session ID saved with -sess_out resumes with -sess_in on
+    whichever worker the kernel picks."""
+    import subprocess
+    sup = supervised(tls={"session_tickets": False})
+    sess = tmp_path / "s_client.sess"
+    request = f"GET / HTTP/1.1\r\nHost: {NAME}\r\nConnection: close\r\n\r\n".encode()
+
+    def s_client(*args):
+        before = sup.counters()
+        out = subprocess.run(["openssl", "s_client", "-connect", f"{HOST}:{sup.https_port}",
+                              "-servername", NAME, "-CAfile", ca_file, "-tls1_2", "-no_ticket",
+                              "-ign_eof", *args], input=request, capture_output=True, timeout=20).stdout
+        after = sup.counters()
+        moved = [pid for pid, c in after.items()
+                 if c["connections_total"] != before.get(pid, {}).get("connections_total", 0)]
+        assert len(moved) == 1, (before, after)
+        assert b"HTTP/1.1 200" in out, out[-500:]
+        return moved[0], out
+
+    _, out = s_client("-sess_out", str(sess))
+    assert b"\nNew, TLSv1.2" in out, out[:2000]
+    workers = set()
+    for _ in range(CONNECTIONS):
+        worker, out = s_client("-sess_in", str(sess))
+        assert b"\nReused, TLSv1.2" in out, out[:2000]
+        workers.add(worker)
+    assert len(workers) == 2, f"{CONNECTIONS} connections resumed on one worker only"
