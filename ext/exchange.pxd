@@ -279,6 +279,7 @@ cdef class Exchange:
     cdef bytes log_agent
     cdef void note_request(self, const char *p, MessageHead *head, HeaderSlot *slots)
 
+    cdef void reset(self, ClientFacts facts)
     cdef int advance(self, int event) except -1
     cdef int reject(self, int status) except -1
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,

@@ -476,8 +476,8 @@ cdef class ClientFacts:
 
 @cython.freelist(64)
 cdef class Exchange:
-    """One request and its response; see the table at the top of this file. Freed with the
-    request (an idle keep-alive connection holds none): the free list makes the next one cheap."""
+    """One request and its response; see the table at the top of this file. An idle keep-alive
+    connection holds none (ext/h1.pyx _idle)."""
 
     def __cinit__(self, ClientFacts facts not None):
         self.facts = facts
@@ -485,6 +485,40 @@ cdef class Exchange:
         self.body_mode = BODY_NONE
         self.content_length = -1
         self.upstream_server = -1
+
+    cdef void reset(self, ClientFacts facts):
+        """Back to X_NEW for another request (of any connection: the worker keeps the streams
+        and Exchanges of ended requests for the next ones, ext/h1.pyx _begin)."""
+        self.facts = facts
+        self.state = X_NEW
+        self.error_status = 0
+        self.server = None
+        self.pool = None
+        self.timeouts = None
+        self.rewrite = None
+        self.body_mode = BODY_NONE
+        self.content_length = -1
+        self.retryable = self.head_request = self.http10 = self.client_close = self.continue_client = False
+        self.upgrade = self.switched = False
+        self.status = 0
+        self.response_mode = BODY_NONE
+        self.dechunk = self.backend_reusable = False
+        self.failure = None
+        self.location = None
+        self.redirect_from = self.redirect_to = self.host_name = None
+        self.upstream_target = None
+        self.early = self.early_marked = False
+        self.resp = None
+        self.added_always = self.added_success = self.answer_value = None
+        self.answering = False
+        self.buffer_body = False
+        self.cert_failure = 0
+        self.started = self.upstream_start = self.upstream_end = 0
+        self.head_sent = 0
+        self.upstream_server = -1
+        self.logged = False
+        self.log_method = self.log_target = self.log_referer = self.log_agent = None
+
 
     cdef void note_request(self, const char *p, MessageHead *head, HeaderSlot *slots):
         """The request line's method and target, Referer and User-Agent, for the access log

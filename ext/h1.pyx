@@ -3,6 +3,11 @@
 # pipelined request waits (in `held`, then in the kernel) until the one before it has
 # been answered and its output taken by the client.
 
+from cpython.ref cimport Py_REFCNT
+
+cdef enum:
+    SPARE_STREAMS = 64   # ended requests' streams a worker keeps for the next ones
+
 
 cdef class H1Session(Codec):
     """One client connection's HTTP/1.1 requests, one after another."""
@@ -13,23 +18,42 @@ cdef class H1Session(Codec):
         self.opened = self.worker.now
 
     cdef H1Stream _begin(self):
-        """The stream of the request whose head came, with a new Exchange: an idle keep-alive
-        connection keeps neither (~0.55 KiB); Exchanges come from Cython's free list."""
+        """The stream of the request whose head came, with a new Exchange: a spare from the
+        worker (an ended request's, of any connection) when nothing else refers to it or its
+        Exchange any more (a pool's queue or a cancelled connect may, for a while; so may a
+        caller up the stack), else new ones."""
+        cdef Worker w = self.worker
         cdef H1Stream stream = self.stream
+        if stream is not None:
+            stream.exchange = Exchange.__new__(Exchange, self.facts)
+            return stream
+        while w.spare_streams:
+            stream = <H1Stream>w.spare_streams.pop()
+            if Py_REFCNT(stream) == 1 and stream.exchange is not None and Py_REFCNT(stream.exchange) == 1:
+                stream.exchange.reset(self.facts)
+                break
+            stream = None
         if stream is None:
             stream = H1Stream.__new__(H1Stream)
-            stream.session = self
-            stream.worker = self.worker
-            self.stream = stream
-        stream.exchange = Exchange.__new__(Exchange, self.facts)
+            stream.worker = w
+            stream.exchange = Exchange.__new__(Exchange, self.facts)
+        stream.session = self
+        self.stream = stream
         return stream
 
     cdef void _idle(self):
-        """The response ended and the connection waits for its next request: the stream
-        and its Exchange go (a caller up the stack holds its own reference to the stream)."""
+        """The response ended and the connection waits for its next request: its stream and
+        Exchange go to the worker's spares (an idle keep-alive connection keeps neither, ~0.55
+        KiB; a keep-alive request reuses them as one connection's used to)."""
+        cdef Worker w = self.worker
+        cdef H1Stream stream = self.stream
         self.stream = None
         self.state = H1_IDLE
-        self.deadline = self.worker.now + self.worker.keepalive_timeout
+        self.deadline = w.now + w.keepalive_timeout
+        if stream is not None:
+            stream.request_head = None
+            if stream.exchange is not None and len(w.spare_streams) < SPARE_STREAMS:
+                w.spare_streams.append(stream)
 
     # ---- From the transport ---------------------------------------------------------
     cdef bint accepting(self):
@@ -494,10 +518,10 @@ cdef class H1Session(Codec):
         if w.access_log is not None:
             self._log(self.stream.exchange, self.stream.exchange.status, None)
         self.stream.request_head = None
-        self.stream.exchange = None
         if until_close or not self.request_done:
             self.close_after = True   # ... or the backend answered before the body ended
         if self.close_after or w.draining:
+            self.stream.exchange = None
             self.state = H1_CLOSING
             self.conn.input_done = self.last_by_client and self.request_done and self.held is None
             self.conn.finish()

@@ -109,6 +109,7 @@ cdef class Worker:
     cdef PyObject **by_fd           # fd -> ClientConnection or Listener (a reference each), or NULL:
     cdef int by_fd_size             # an array, ~8 B a connection where a set and a dict took ~170
     cdef list closed                # closed this pass: their codecs are unlinked on the next
+    cdef list spare_streams         # H1Streams (and their Exchanges) of ended requests, for the next ones
     cdef bint release_scheduled
 
     cdef int fd_set(self, int fd, object obj) except -1

@@ -113,6 +113,7 @@ cdef class Worker:
         self.hs_log_rate = 10
         self.access_log = None
         self.closed = []
+        self.spare_streams = []
         self.listeners = []
         self.max_clients = limits.worker_connections or _auto_worker_connections()
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
