@@ -491,6 +491,8 @@ cdef class Exchange:
         and Exchanges of ended requests for the next ones, ext/h1.pyx _begin)."""
         self.facts = facts
         self.state = X_NEW
+        self.remote = NULL
+        self.remote_len = 0
         self.error_status = 0
         self.server = None
         self.pool = None

@@ -1,7 +1,7 @@
 """What an idle keep-alive TLS connection costs the worker (issue 16, bench/PROFILE.md "Round 2 —
-idle connection memory"): its SSL (~13.8 KiB OpenSSL 3.0 keeps) and a few hundred bytes of
-ours. Before, each one also kept its last request's Exchange and stream, a ClientFacts with a
-GC header and a bytes copy of the address, and set + dict slots and an int: 16.0-16.3 KiB."""
+idle connection memory"): its SSL (~13.8 KiB OpenSSL 3.0 keeps) and ~0.7 KiB of ours. Before,
+each one also kept its last request's Exchange and stream, a larger ClientFacts with a GC header
+and a bytes copy of the address, and set + dict slots and an int (~1.7 KiB of ours): 15.5 KiB here."""
 
 from __future__ import annotations
 
