@@ -174,22 +174,11 @@ cdef class SiteTable:
     cdef ServerPolicy lookup(self, const char *host, int n)
 
 
-cdef class ClientFacts:
-    """What one client connection knows that a request's verdict depends on; shared by the
-    exchanges of that connection (one after another on HTTP/1.1, side by side on HTTP/2)."""
-    cdef readonly str peer_ip
-    cdef bytes peer_ip_b
-    cdef SiteTable sites
-    cdef ServerPolicy tls_server    # the server block SNI chose: requests without Host
-    cdef ServerPolicy last_server   # the last one a Host chose (for last_host)
-    cdef ServerPolicy trust_server  # the last one asked whether it trusts the peer (last_trusted)
-    cdef RequestRewrite last_rewrite  # the last one asked whether its real_ip_from holds the peer
-    cdef bint last_real_ip
-    cdef bint last_trusted
-    cdef bytes last_host            # the Host that chose it (keep-alive requests repeat it)
-    cdef readonly bint http2        # the client speaks HTTP/2: bodies framed by DATA, no close rules
-    # what nginx's variables read from the connection ($remote_port, $server_addr, $ssl_*): set
-    # by the transport only where a route's RequestRewrite may ask (SiteTable.connection_facts)
+cdef class ConnectionFacts:
+    """What nginx's variables and ssl_verify_client read from the connection: most connections
+    need none of it and share one empty instance (ClientFacts.more)."""
+    # ($remote_port, $server_addr, $ssl_*): set by the transport only where a route's
+    # RequestRewrite may ask (SiteTable.connection_facts)
     cdef bytes peer_port_b
     cdef bytes server_addr_b
     cdef bytes server_port_b
@@ -205,7 +194,25 @@ cdef class ClientFacts:
     cdef bytes client_serial_b
     cdef bytes client_fingerprint_b
     cdef bytes client_pem_b
+
+
+cdef class ClientFacts:
+    """What one client connection knows that a request's verdict depends on; shared by the
+    exchanges of that connection (one after another on HTTP/1.1, side by side on HTTP/2)."""
+    cdef readonly str peer_ip
+    cdef SiteTable sites
+    cdef ServerPolicy tls_server    # the server block SNI chose: requests without Host
+    cdef ServerPolicy last_server   # the last one a Host chose (for last_host)
+    cdef ServerPolicy trust_server  # the last one asked whether it trusts the peer (last_trusted)
+    cdef RequestRewrite last_rewrite  # the last one asked whether its real_ip_from holds the peer
+    cdef bint last_real_ip
+    cdef bint last_trusted
+    cdef bytes last_host            # the Host that chose it (keep-alive requests repeat it)
+    cdef readonly bint http2        # the client speaks HTTP/2: bodies framed by DATA, no close rules
+    cdef ConnectionFacts more       # what nginx's variables read (shared, empty, where none is wanted)
     cdef public tuple proxy_facts   # what a PROXY header names (SiteTable.send_proxy; proxyproto.pyx)
+    cdef ConnectionFacts _own(self)
+    cdef const char *peer_ip_chars(self, int *n)
     cdef ServerPolicy server_for(self, const char *host, int n)
     cdef bint trusts(self, ServerPolicy server)
     cdef bint real_ip_from(self, RequestRewrite rewrite)
@@ -272,7 +279,7 @@ cdef class Exchange:
     cdef bytes log_agent
     cdef void note_request(self, const char *p, MessageHead *head, HeaderSlot *slots)
 
-    cdef void reset(self)
+    cdef void reset(self, ClientFacts facts)
     cdef int advance(self, int event) except -1
     cdef int reject(self, int status) except -1
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,

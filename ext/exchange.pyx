@@ -21,6 +21,7 @@ from http import HTTPStatus
 from urllib.parse import quote as _quote
 
 from libc.stdio cimport snprintf
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 
 CLOSE_STATUS = 444   # nginx's "return 444": the connection is closed, nothing sent
 
@@ -371,42 +372,69 @@ cdef class SiteTable:
         return self.lookup(raw, len(raw))
 
 
+@cython.no_gc   # bytes only: nothing that leads back, no GC header
+cdef class ConnectionFacts:
+    def __cinit__(self):
+        self.peer_port_b = self.server_addr_b = self.server_port_b = b""
+        self.ssl_protocol_b = self.ssl_cipher_b = self.ssl_server_name_b = b""
+        self.client_verify_b = b"NONE"
+        self.client_s_dn_b = self.client_i_dn_b = self.client_serial_b = b""
+        self.client_fingerprint_b = self.client_pem_b = b""
+
+
+cdef ConnectionFacts _NO_CONNECTION_FACTS = ConnectionFacts()
+
+
+@cython.no_gc   # it holds strings and configuration, nothing that leads back: no GC header (16 B)
 cdef class ClientFacts:
     def __init__(self, str peer_ip, SiteTable sites not None, ServerPolicy tls_server=None, bint http2=False):
         self.http2 = http2
         self.peer_ip = peer_ip
-        self.peer_ip_b = peer_ip.encode("ascii")
         self.sites = sites
         self.tls_server = tls_server if tls_server is not None else sites.default
-        self.peer_port_b = self.server_addr_b = self.server_port_b = b""
-        self.ssl_protocol_b = self.ssl_cipher_b = self.ssl_server_name_b = b""
-        self.client_certificate(None)
+        self.more = _NO_CONNECTION_FACTS
+
+    cdef ConnectionFacts _own(self):
+        """``more``, this connection's own from the first fact set on it."""
+        if self.more is _NO_CONNECTION_FACTS:
+            self.more = ConnectionFacts()
+        return self.more
 
     def connection(self, int peer_port=0, str server_addr="", int server_port=0, str ssl_protocol="",
                    str ssl_cipher="", str ssl_server_name=""):
         """What nginx's $remote_port, $server_addr, $server_port and $ssl_* read (the transport
         sets it where SiteTable.connection_facts; tests call this)."""
-        self.peer_port_b = str(peer_port).encode() if peer_port else b""
-        self.server_addr_b = server_addr.encode("ascii")
-        self.server_port_b = str(server_port).encode() if server_port else b""
-        self.ssl_protocol_b = ssl_protocol.encode("ascii")
-        self.ssl_cipher_b = ssl_cipher.encode("ascii")
-        self.ssl_server_name_b = ssl_server_name.encode("ascii", "replace")
+        cdef ConnectionFacts facts = self._own()
+        facts.peer_port_b = str(peer_port).encode() if peer_port else b""
+        facts.server_addr_b = server_addr.encode("ascii")
+        facts.server_port_b = str(server_port).encode() if server_port else b""
+        facts.ssl_protocol_b = ssl_protocol.encode("ascii")
+        facts.ssl_cipher_b = ssl_cipher.encode("ascii")
+        facts.ssl_server_name_b = ssl_server_name.encode("ascii", "replace")
 
     def client_certificate(self, tuple cert):
         """The client's certificate as ext/tls.pyx client_certificate gives it (None: none
         sent): what nginx's $ssl_client_* read and ssl_verify_client judges."""
-        self.client_cert = cert is not None
+        cdef ConnectionFacts facts = self._own()
+        facts.client_cert = cert is not None
         if cert is None:
-            self.client_verify_result = 0
-            self.client_verify_b = b"NONE"
-            self.client_s_dn_b = self.client_i_dn_b = self.client_serial_b = b""
-            self.client_fingerprint_b = self.client_pem_b = b""
+            facts.client_verify_result = 0
+            facts.client_verify_b = b"NONE"
+            facts.client_s_dn_b = facts.client_i_dn_b = facts.client_serial_b = b""
+            facts.client_fingerprint_b = facts.client_pem_b = b""
             return
-        self.client_verify_result, self.client_s_dn_b, self.client_i_dn_b, self.client_serial_b, \
-            self.client_fingerprint_b, self.client_pem_b = cert
-        self.client_verify_b = b"SUCCESS" if self.client_verify_result == X509_V_OK else \
-            b"FAILED:" + X509_verify_cert_error_string(self.client_verify_result)
+        facts.client_verify_result, facts.client_s_dn_b, facts.client_i_dn_b, facts.client_serial_b, \
+            facts.client_fingerprint_b, facts.client_pem_b = cert
+        facts.client_verify_b = b"SUCCESS" if facts.client_verify_result == X509_V_OK else \
+            b"FAILED:" + X509_verify_cert_error_string(facts.client_verify_result)
+
+    cdef const char *peer_ip_chars(self, int *n):
+        """The peer's address as bytes with no copy: an ASCII str holds them (no bytes object
+        kept per connection)."""
+        cdef Py_ssize_t size
+        cdef const char *p = PyUnicode_AsUTF8AndSize(self.peer_ip, &size)
+        n[0] = <int>size
+        return p
 
     cdef ServerPolicy server_for(self, const char *host, int n):
         """nginx semantics: SNI picked the certificate, Host picks the server block."""
@@ -446,8 +474,10 @@ cdef class ClientFacts:
         return self.last_trusted
 
 
+@cython.freelist(64)
 cdef class Exchange:
-    """One request and its response; see the table at the top of this file."""
+    """One request and its response; see the table at the top of this file. An idle keep-alive
+    connection holds none (ext/h1.pyx _idle)."""
 
     def __cinit__(self, ClientFacts facts not None):
         self.facts = facts
@@ -456,10 +486,13 @@ cdef class Exchange:
         self.content_length = -1
         self.upstream_server = -1
 
-    cdef void reset(self):
-        """Back to X_NEW for the connection's next request: a keep-alive session reuses
-        one Exchange instead of allocating one per request."""
+    cdef void reset(self, ClientFacts facts):
+        """Back to X_NEW for another request (of any connection: the worker keeps the streams
+        and Exchanges of ended requests for the next ones, ext/h1.pyx _begin)."""
+        self.facts = facts
         self.state = X_NEW
+        self.remote = NULL
+        self.remote_len = 0
         self.error_status = 0
         self.server = None
         self.pool = None
@@ -487,6 +520,7 @@ cdef class Exchange:
         self.upstream_server = -1
         self.logged = False
         self.log_method = self.log_target = self.log_referer = self.log_agent = None
+
 
     cdef void note_request(self, const char *p, MessageHead *head, HeaderSlot *slots):
         """The request line's method and target, Referer and User-Agent, for the access log
@@ -538,6 +572,8 @@ cdef class Exchange:
         cdef const char *abs_host = NULL   # an absolute-form target's host (nginx's $host first)
         cdef int target_len = head.target_len, path, route_len, j, kind, abs_host_len = 0
         cdef const char *path_at
+        cdef const char *remote
+        cdef int remote_len
         cdef bint exact, trusted, upgrade
         self.http10 = head.version == 10
         self.head_request = head.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
@@ -723,9 +759,10 @@ cdef class Exchange:
                 if slots[j].kind == H_X_FORWARDED_FOR and slots[j].value_len:
                     out.put(p + slots[j].value_start, slots[j].value_len)
                     out.put(b", ", 2)
-        out.put_bytes(self.facts.peer_ip_b)
+        remote = self.facts.peer_ip_chars(&remote_len)
+        out.put(remote, remote_len)
         out.put(b"\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ", 39)
-        out.put_bytes(self.facts.peer_ip_b)
+        out.put(remote, remote_len)
         if self.server.client_headers:
             self._client_headers(out)
         if self.early and not _has_kind(head, slots, H_EARLY_DATA):
@@ -740,7 +777,7 @@ cdef class Exchange:
     cdef bint _client_refused(self, ServerPolicy server):
         """nginx's ngx_http_process_request: a certificate that did not verify (optional_no_ca:
         but for an unknown issuer), or none where ssl_verify_client is on."""
-        cdef ClientFacts facts = self.facts
+        cdef ConnectionFacts facts = self.facts.more
         if facts.client_verify_result != X509_V_OK and (server.verify_client != VERIFY_CLIENT_OPTIONAL_NO_CA or
                                                         not verify_error_optional(facts.client_verify_result)):
             self.cert_failure = CERT_INVALID
@@ -751,7 +788,7 @@ cdef class Exchange:
     cdef int _client_headers(self, HeadWriter out) except -1:
         """X-SSL-Client-* (or the names the server block gives them): the client certificate as
         nginx's variables give it (fastterm's own forwarding, on a block that verifies clients)."""
-        cdef ClientFacts facts = self.facts
+        cdef ConnectionFacts facts = self.facts.more
         cdef tuple lines = self.server.client_cert_lines
         if PyBytes_GET_SIZE(<bytes>lines[0]):
             out.put_bytes(<bytes>lines[0])
@@ -792,7 +829,7 @@ cdef class Exchange:
         makes it (https://$host, the listen port unless 443, the location's name, ?args).
         Python bytes: a rare answer, off the proxying path; as long as the head at most."""
         cdef int end, q = 0
-        cdef bytes port = self.facts.server_port_b
+        cdef bytes port = self.facts.more.server_port_b
         if host == NULL and head.host_index >= 0:
             host = p + slots[head.host_index].value_start
             host_len = slots[head.host_index].value_len
@@ -829,8 +866,7 @@ cdef class Exchange:
         # an HTTP/2 client's goes to the backend, whose 100 comes back as interim HEADERS)
         self.continue_client = head.expect_continue and not self.http10 and not self.facts.http2 and \
             self.body_mode != BODY_NONE
-        self.remote = PyBytes_AS_STRING(self.facts.peer_ip_b)
-        self.remote_len = <int>PyBytes_GET_SIZE(self.facts.peer_ip_b)
+        self.remote = self.facts.peer_ip_chars(&self.remote_len)
         if rw.real_ip_from and self.facts.real_ip_from(rw):
             _real_ip(self, p, head, slots, rw.real_ip_header)
         out.len = 0
@@ -927,21 +963,21 @@ cdef class Exchange:
         elif var == V_REMOTE_ADDR:
             out.put(self.remote, self.remote_len)
         elif var == V_REMOTE_PORT:
-            out.put_bytes(facts.peer_port_b)
+            out.put_bytes(facts.more.peer_port_b)
         elif var == V_REQUEST_URI:
             out.put(target, target_len)
         elif var == V_REQUEST_METHOD:
             out.put(p + head.method_start, head.method_len)
         elif var == V_SERVER_ADDR:
-            out.put_bytes(facts.server_addr_b)
+            out.put_bytes(facts.more.server_addr_b)
         elif var == V_SERVER_PORT:
-            out.put_bytes(facts.server_port_b)
+            out.put_bytes(facts.more.server_port_b)
         elif var == V_SSL_PROTOCOL:
-            out.put_bytes(facts.ssl_protocol_b)
+            out.put_bytes(facts.more.ssl_protocol_b)
         elif var == V_SSL_CIPHER:
-            out.put_bytes(facts.ssl_cipher_b)
+            out.put_bytes(facts.more.ssl_cipher_b)
         elif var == V_SSL_SERVER_NAME:
-            out.put_bytes(facts.ssl_server_name_b)
+            out.put_bytes(facts.more.ssl_server_name_b)
         elif var == V_CONNECTION_UPGRADE:
             for j in range(head.nheaders):
                 if slots[j].kind == H_UPGRADE and slots[j].value_len:
@@ -1062,7 +1098,7 @@ cdef class Exchange:
         """nginx's proxy_redirect (ngx_http_proxy_rewrite): Location is redirect_to and the
         rest of the backend's value; one starting with "/" made absolute as nginx's header
         filter does (https://$host, the listen port unless 443)."""
-        cdef bytes to = self.redirect_to, name = self.host_name, port = self.facts.server_port_b
+        cdef bytes to = self.redirect_to, name = self.host_name, port = self.facts.more.server_port_b
         cdef int j, end
         cdef const char *h
         out.put(b"Location: ", 10)
@@ -1137,8 +1173,7 @@ cdef class Exchange:
                 host = p + slots[head.host_index].value_start
                 host_len = slots[head.host_index].value_len
             if self.rewrite is None or self.state != X_FORWARDING:
-                self.remote = PyBytes_AS_STRING(self.facts.peer_ip_b)   # else the rewrite's (realip)
-                self.remote_len = <int>PyBytes_GET_SIZE(self.facts.peer_ip_b)
+                self.remote = self.facts.peer_ip_chars(&self.remote_len)   # else the rewrite's (realip)
             w = HeadWriter(256)
             always, success, value = [], [], None
             for i in range(rw.nheaders):
@@ -1174,7 +1209,7 @@ cdef class Exchange:
     cdef bytes _absolute(self, bytes location):
         """A relative redirect target made absolute as nginx's header filter does: https://$host
         (the server's first name without a Host), the listen port unless 443."""
-        cdef bytes name = self.host_name, port = self.facts.server_port_b
+        cdef bytes name = self.host_name, port = self.facts.more.server_port_b
         if name is None or not name:
             name = self.server.name.split(",")[0].encode("idna" if not self.server.name.isascii() else "ascii") \
                 if self.server is not None else b""
@@ -1355,34 +1390,34 @@ cdef bint _sni_differs(ClientFacts facts, const char *host, int n) noexcept:
     """nginx's ngx_http_set_virtual_server: on a block that verifies clients, a request whose
     host (none: "") is not the name the client sent in SNI is answered 421 (the certificate
     was checked for that name's block)."""
-    cdef Py_ssize_t sni_len = PyBytes_GET_SIZE(facts.ssl_server_name_b)
+    cdef Py_ssize_t sni_len = PyBytes_GET_SIZE(facts.more.ssl_server_name_b)
     if sni_len == 0:
         return False
     if host != NULL and n > 0:
         n = _host_end(host, n)
     else:
         n = 0
-    return n != sni_len or strncasecmp(host, PyBytes_AS_STRING(facts.ssl_server_name_b), n) != 0
+    return n != sni_len or strncasecmp(host, PyBytes_AS_STRING(facts.more.ssl_server_name_b), n) != 0
 
 
 cdef int _client_variable(ClientFacts facts, int var, HeadWriter out) except -1:
     """$ssl_client_*: empty without a certificate but $ssl_client_verify (NONE)."""
     if var == V_SSL_CLIENT_VERIFY:
-        out.put_bytes(facts.client_verify_b)
+        out.put_bytes(facts.more.client_verify_b)
     elif var == V_SSL_CLIENT_S_DN:
-        out.put_bytes(facts.client_s_dn_b)
+        out.put_bytes(facts.more.client_s_dn_b)
     elif var == V_SSL_CLIENT_I_DN:
-        out.put_bytes(facts.client_i_dn_b)
+        out.put_bytes(facts.more.client_i_dn_b)
     elif var == V_SSL_CLIENT_SERIAL:
-        out.put_bytes(facts.client_serial_b)
+        out.put_bytes(facts.more.client_serial_b)
     elif var == V_SSL_CLIENT_FINGERPRINT:
-        out.put_bytes(facts.client_fingerprint_b)
+        out.put_bytes(facts.more.client_fingerprint_b)
     elif var == V_SSL_CLIENT_ESCAPED_CERT:
         # ngx_escape_uri(NGX_ESCAPE_URI_COMPONENT): all but letters, digits and -._~
-        out.put_bytes(_quote(facts.client_pem_b, safe=b"-._~").encode("ascii"))
-    elif var == V_SSL_CLIENT_CERT and facts.client_pem_b:
+        out.put_bytes(_quote(facts.more.client_pem_b, safe=b"-._~").encode("ascii"))
+    elif var == V_SSL_CLIENT_CERT and facts.more.client_pem_b:
         # ngx_ssl_get_certificate: the PEM without its last newline, a tab after each other one
-        out.put_bytes(facts.client_pem_b[:-1].replace(b"\n", b"\n\t"))
+        out.put_bytes(facts.more.client_pem_b[:-1].replace(b"\n", b"\n\t"))
     return 0
 
 

@@ -1,6 +1,6 @@
 # The HTTP/1.1 codec of a client connection: request heads cut from the plaintext,
 # pipelining in order, keep-alive, bodies streamed, close rules. Each request is an
-# Exchange; one H1Stream carries them to the backend, one after another.
+# Exchange, carried to the backend by an H1Stream; an idle connection keeps neither.
 
 cdef enum H1State:
     H1_IDLE         # between requests (keep-alive) or before the first one
@@ -12,11 +12,9 @@ cdef enum H1State:
 
 
 cdef class H1Session(Codec):
-    cdef readonly H1Stream stream   # the current request's way to its backend
-    cdef Exchange spare             # the last request's Exchange, reset for the next one
+    cdef readonly H1Stream stream   # the current request's way to its backend; None while idle
     cdef int state
     cdef HeadBuffer head_buf        # only while a header block is incomplete
-    cdef BodyFramer req_body
     cdef bytes held                 # input we could not process yet (pipelining, connect)
     cdef bint close_after           # close the connection after this response
     cdef bint last_by_client        # the request said it is the client's last (Connection: close, HTTP/1.0)
@@ -34,6 +32,8 @@ cdef class H1Session(Codec):
                                     # for the handshake to complete (RFC 8470 §3)
 
     # Request flow
+    cdef H1Stream _begin(self)
+    cdef void _idle(self)
     cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n)
     cdef int _check_head_size(self, const char *p, Py_ssize_t n)
     cdef int _on_head(self, const char *p, int head_len)
@@ -53,3 +53,4 @@ cdef class H1Session(Codec):
 
 cdef class H1Stream(Stream):
     cdef H1Session session
+    cdef BodyFramer req_body        # the request body's framing (here: an idle session keeps none)

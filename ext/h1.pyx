@@ -3,6 +3,11 @@
 # pipelined request waits (in `held`, then in the kernel) until the one before it has
 # been answered and its output taken by the client.
 
+from cpython.ref cimport Py_REFCNT
+
+cdef enum:
+    SPARE_STREAMS = 64   # ended requests' streams a worker keeps for the next ones
+
 
 cdef class H1Session(Codec):
     """One client connection's HTTP/1.1 requests, one after another."""
@@ -11,10 +16,44 @@ cdef class H1Session(Codec):
         self.state = H1_IDLE
         self.close_after = self.worker.draining
         self.opened = self.worker.now
-        self.stream = H1Stream()
-        self.stream.session = self
-        self.stream.worker = self.worker
-        framer_init(&self.req_body, BODY_NONE, 0)
+
+    cdef H1Stream _begin(self):
+        """The stream of the request whose head came, with a new Exchange: a spare from the
+        worker (an ended request's, of any connection) when nothing else refers to it or its
+        Exchange any more (a pool's queue or a cancelled connect may, for a while; so may a
+        caller up the stack), else new ones."""
+        cdef Worker w = self.worker
+        cdef H1Stream stream = self.stream
+        if stream is not None:
+            stream.exchange = Exchange.__new__(Exchange, self.facts)
+            return stream
+        while w.spare_streams:
+            stream = <H1Stream>w.spare_streams.pop()
+            if Py_REFCNT(stream) == 1 and stream.exchange is not None and Py_REFCNT(stream.exchange) == 1:
+                stream.exchange.reset(self.facts)
+                break
+            stream = None
+        if stream is None:
+            stream = H1Stream.__new__(H1Stream)
+            stream.worker = w
+            stream.exchange = Exchange.__new__(Exchange, self.facts)
+        stream.session = self
+        self.stream = stream
+        return stream
+
+    cdef void _idle(self):
+        """The response ended and the connection waits for its next request: its stream and
+        Exchange go to the worker's spares (an idle keep-alive connection keeps neither, ~0.55
+        KiB; a keep-alive request reuses them as one connection's used to)."""
+        cdef Worker w = self.worker
+        cdef H1Stream stream = self.stream
+        self.stream = None
+        self.state = H1_IDLE
+        self.deadline = w.now + w.keepalive_timeout
+        if stream is not None:
+            stream.request_head = None
+            if stream.exchange is not None and len(w.spare_streams) < SPARE_STREAMS:
+                w.spare_streams.append(stream)
 
     # ---- From the transport ---------------------------------------------------------
     cdef bint accepting(self):
@@ -32,6 +71,7 @@ cdef class H1Session(Codec):
 
     cdef void on_data(self, const char *p, Py_ssize_t n):
         cdef Py_ssize_t i = 0, k
+        cdef H1Stream stream
         cdef Worker w = self.worker
         while i < n and self.conn.state == C_OPEN and self.state != H1_CLOSING:
             if self.state == H1_TUNNEL:
@@ -61,8 +101,9 @@ cdef class H1Session(Codec):
         if self.dispatch_pending and self.conn.state == C_OPEN:
             # The head and this read's validated body bytes leave in one write.
             self.dispatch_pending = False
-            self.stream.request_head = w.writer.take()
-            self.stream.dispatch(False)
+            stream = self.stream
+            stream.request_head = w.writer.take()
+            stream.dispatch(False)
 
     cdef bint on_eof(self):
         """The client closed its side (or TLS failed): True keeps the connection for the
@@ -79,14 +120,15 @@ cdef class H1Session(Codec):
         return False
 
     cdef void on_output_blocked(self):
-        if self.stream.backend is not None:
+        if self.stream is not None and self.stream.backend is not None:
             self.stream.backend.pause()
 
     cdef void on_handshake_done(self):
+        cdef H1Stream stream = self.stream
         if self.early_retry:
             self.early_retry = False
-            if self.stream.exchange is not None and self.stream.exchange.state == X_FORWARDING:
-                self.stream.dispatch(True)
+            if stream is not None and stream.exchange is not None and stream.exchange.state == X_FORWARDING:
+                stream.dispatch(True)
         if self.early_wait:
             self.early_wait = False
             self._resume()
@@ -95,7 +137,7 @@ cdef class H1Session(Codec):
         """The client took everything: what waited for that goes on, with fresh deadlines
         (the time spent blocked on the client counted against send_timeout only)."""
         cdef Worker w = self.worker
-        if self.stream.backend is not None:
+        if self.stream is not None and self.stream.backend is not None:
             self.stream.deadline = w.now + self.stream.read_timeout
             self.stream.backend.resume()
         elif self.state == H1_IDLE:
@@ -111,22 +153,23 @@ cdef class H1Session(Codec):
 
     cdef void expire(self):
         cdef int state = self.state
+        cdef H1Stream stream = self.stream   # held: what it calls may end the request (_idle)
         if state == H1_TUNNEL:
             self.conn.close()   # nothing either way for read_timeout (nginx's proxy_read_timeout)
         elif state == H1_HEAD:
             self._refuse(408)
-        elif (state == H1_BODY or state == H1_RESPONSE) and self.stream.connecting:
-            self.stream.connect_timed_out()
-        elif (state == H1_BODY or state == H1_RESPONSE) and self.stream.queued:
-            self.stream.queue_timed_out()
+        elif (state == H1_BODY or state == H1_RESPONSE) and stream.connecting:
+            stream.connect_timed_out()
+        elif (state == H1_BODY or state == H1_RESPONSE) and stream.queued:
+            stream.queue_timed_out()
         elif state == H1_BODY or state == H1_RESPONSE:
-            if self.stream.exchange.state != X_FORWARDING:
+            if stream.exchange.state != X_FORWARDING:
                 self.conn.close()
             elif state == H1_BODY and not self.request_done and not self.backend_full:
                 # the client stopped sending its body (streamed, or buffered to send whole):
                 # nginx's client_body_timeout closes, answering nothing
                 self.conn.close()
-            elif not self.stream.read_timed_out():   # else on to the next server (proxy_next_upstream)
+            elif not stream.read_timed_out():   # else on to the next server (proxy_next_upstream)
                 self._answer_error(504)
         elif state == H1_IDLE and self.held is None:
             self.state = H1_CLOSING
@@ -135,15 +178,18 @@ cdef class H1Session(Codec):
             self.conn.close()
 
     cdef void on_close(self):
-        self.stream.drop_backend()
+        cdef H1Stream stream = self.stream
         self.held = None
         self.buffered = None
         self.head_buf = None
-        if self.stream.exchange is not None:
+        if stream is None:
+            return
+        stream.drop_backend()
+        if stream.exchange is not None:
             if self.worker.access_log is not None:
-                self._log(self.stream.exchange, self.stream.exchange.status if self.stream.exchange.state ==
-                          X_RESPONDING or self.stream.exchange.state == X_DONE else 499, None)
-            self.stream.exchange.advance(E_ABORT)
+                self._log(stream.exchange, stream.exchange.status if stream.exchange.state ==
+                          X_RESPONDING or stream.exchange.state == X_DONE else 499, None)
+            stream.exchange.advance(E_ABORT)
 
     # ---- Request flow ---------------------------------------------------------------
     cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n):
@@ -219,7 +265,8 @@ cdef class H1Session(Codec):
         """A complete request header block: the Exchange decides, then dispatch."""
         cdef Worker w = self.worker
         cdef MessageHead head
-        cdef Exchange ex = self.spare
+        cdef H1Stream stream
+        cdef Exchange ex
         cdef int status
         if self.conn.early and not early_safe(p, head_len) and self.conn.sites.early_reject:
             w.count(N_REQUESTS)
@@ -233,18 +280,14 @@ cdef class H1Session(Codec):
             self.state = H1_IDLE
             w.count(N_EARLY_HELD)
             return 0
-        if ex is None:
-            ex = Exchange(self.facts)
-        else:
-            self.spare = None
-            ex.reset()
-        self.stream.exchange = ex
+        stream = self._begin()
+        ex = stream.exchange
         w.count(N_REQUESTS)
         ex.early = self.conn.early
         ex.started = w.now
         ex.out_mark = self.conn.sent
         self.head_in = head_len
-        framer_init(&self.req_body, BODY_NONE, 0)
+        framer_init(&self.stream.req_body, BODY_NONE, 0)
         head.method_len = head.target_len = head.nheaders = 0
         status = parse_head(p, head_len, True, &head, w.slots, w.max_header_fields)
         if w.access_log is not None and head.method_len:   # a bad head's line is logged too
@@ -264,27 +307,27 @@ cdef class H1Session(Codec):
                 return 0 if self.conn.state == C_OPEN else -1
             self._refuse(status)
             return -1
-        self.stream.routed()
-        framer_init(&self.req_body, ex.body_mode, ex.content_length)
-        self.request_done = self.req_body.done
+        stream.routed()
+        framer_init(&self.stream.req_body, ex.body_mode, ex.content_length)
+        self.request_done = self.stream.req_body.done
         if ex.buffer_body:
-            self.req_body.stop_at_data = True
+            self.stream.req_body.stop_at_data = True
             self.buffered = bytearray()
             self.buffered_head = w.writer.take()
             if ex.continue_client:
                 self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", 25)
             self.state = H1_BODY
-            self.stream.attempts = 0
-            self.stream.deadline = w.now + w.body_timeout   # client_body_timeout while it is read
+            stream.attempts = 0
+            stream.deadline = w.now + w.body_timeout   # client_body_timeout while it is read
             return 0 if self.conn.state == C_OPEN else -1
         if ex.continue_client and not self.request_done:
             self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", 25)
         self.state = H1_RESPONSE if self.request_done else H1_BODY
-        self.stream.attempts = 0
-        self.stream.deadline = w.now + self.stream.read_timeout
+        stream.attempts = 0
+        stream.deadline = w.now + stream.read_timeout
         if self.request_done:
-            self.stream.request_head = w.writer.take()
-            self.stream.dispatch(False)
+            stream.request_head = w.writer.take()
+            stream.dispatch(False)
         else:
             # Validate the body bytes of this read before the backend sees anything; the
             # head waits in the writer until then (on_data takes it, in this same call).
@@ -293,44 +336,45 @@ cdef class H1Session(Codec):
 
     cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n):
         cdef Worker w = self.worker
+        cdef H1Stream stream = self.stream   # held: dispatch may end the request (_idle)
         cdef Py_ssize_t k
         cdef long long limit
-        self.stream.deadline = w.now + w.body_timeout   # a long upload is not a stalled one
-        k = framer_feed(&self.req_body, p, n)
-        limit = self.stream.exchange.max_body   # the answering location's (nginx), else the global one
-        if k < 0 or (limit and self.req_body.total > limit):
+        stream.deadline = w.now + w.body_timeout   # a long upload is not a stalled one
+        k = framer_feed(&stream.req_body, p, n)
+        limit = stream.exchange.max_body   # the answering location's (nginx), else the global one
+        if k < 0 or (limit and stream.req_body.total > limit):
             # Malformed chunked body (400) or one past client_max_body_size (413, as nginx
             # answers a chunked body that grows over the limit). When it came with its
             # head, the backend never hears of this request.
             self.close_after = True
             self.dispatch_pending = False
             self.buffered = None
-            if self.stream.exchange.state == X_FORWARDING:
+            if stream.exchange.state == X_FORWARDING:
                 self._refuse(400 if k < 0 else 413)
             else:
                 self.conn.close()
             return -1
         if self.buffered is not None:
-            if self.req_body.data_len:
-                bytearray_extend(self.buffered, p + self.req_body.data_start, self.req_body.data_len)
-            if self.req_body.done:
+            if stream.req_body.data_len:
+                bytearray_extend(self.buffered, p + stream.req_body.data_start, stream.req_body.data_len)
+            if stream.req_body.done:
                 self.request_done = True
                 self.state = H1_RESPONSE
-                self.stream.request_head = self.stream.exchange.buffered_head(
+                stream.request_head = stream.exchange.buffered_head(
                     self.buffered_head, PyByteArray_GET_SIZE(self.buffered)) + bytes(self.buffered)
                 self.buffered = None
                 self.buffered_head = None
-                self.stream.deadline = w.now + self.stream.read_timeout
-                self.stream.dispatch(False)
+                stream.deadline = w.now + stream.read_timeout
+                stream.dispatch(False)
             return k
         if k:
             if self.dispatch_pending:
                 w.writer.put(p, k)
             else:
-                self.stream.backend.send_body(p, k)
-        if self.req_body.done:
+                stream.backend.send_body(p, k)
+        if stream.req_body.done:
             self.request_done = True
-            self.stream.deadline = w.now + self.stream.read_timeout
+            stream.deadline = w.now + stream.read_timeout
             if self.state == H1_BODY:
                 self.state = H1_RESPONSE
         return k
@@ -374,19 +418,18 @@ cdef class H1Session(Codec):
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
         if w.access_log is not None:
             self._log(ex, status, msg)
-        self.spare = ex
-        self.stream.exchange = None
-        self.state = H1_IDLE
-        self.deadline = w.now + w.keepalive_timeout
+        self._idle()
 
     cdef void _refuse(self, int status):
         """An answer of our own (error page, HSTS on it too); the connection closes after."""
-        cdef Exchange ex = self.stream.exchange
+        cdef H1Stream stream = self.stream
+        cdef Exchange ex = stream.exchange if stream is not None else None
         if ex is None:
-            ex = self.stream.exchange = Exchange(self.facts)
+            stream = self._begin()
+            ex = stream.exchange
             ex.out_mark = self.conn.sent
             self.head_in = 0
-            framer_init(&self.req_body, BODY_NONE, 0)
+            framer_init(&self.stream.req_body, BODY_NONE, 0)
         if ex.state == X_NEW or ex.state == X_FORWARDING:
             ex.reject(status)
         else:
@@ -414,7 +457,7 @@ cdef class H1Session(Codec):
         status is one nginx closes after (ngx_http_special_response_handler: 400, 413, 414,
         500, 501); else, and for an answer that closes (444), _refuse."""
         cdef Worker w = self.worker
-        cdef Exchange ex = self.stream.exchange
+        cdef Exchange ex = self.stream.exchange if self.stream is not None else None
         cdef bytes msg
         if ex is None or not self.request_done or self.close_after or w.draining or \
                 status == 400 or status == 413 or status == 414 or status == 500 or status == 501 or \
@@ -432,11 +475,7 @@ cdef class H1Session(Codec):
         self.conn.send(PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
         if w.access_log is not None:
             self._log(ex, status, msg)
-        self.stream.request_head = None
-        self.spare = ex
-        self.stream.exchange = None
-        self.state = H1_IDLE
-        self.deadline = w.now + w.keepalive_timeout
+        self._idle()
         if self.conn.output_blocked():
             return   # on_output_drained() goes on with the next request
         if self.held is not None or not self.conn.reading:
@@ -462,7 +501,8 @@ cdef class H1Session(Codec):
         self.stream.backend.send_body(p, n)
 
     cdef void release(self):
-        self.stream.session = None
+        if self.stream is not None:
+            self.stream.session = None
         self.conn = None
 
     cdef void _log(self, Exchange ex, int status, bytes answer):
@@ -470,25 +510,23 @@ cdef class H1Session(Codec):
         if answer is not None:
             ex.head_sent = answer.find(b"\r\n\r\n") + 4 if answer else 0
         if self.conn is not None:
-            self.worker.log_exchange(self.conn, ex, status, self.head_in + self.req_body.total,
-                                     self.conn.sent - ex.out_mark, False)
+            self.worker.log_exchange(self.conn, ex, status, self.head_in + (self.stream.req_body.total if
+                                     self.stream is not None else 0), self.conn.sent - ex.out_mark, False)
 
     cdef void _response_end(self, bint until_close):
         cdef Worker w = self.worker
         if w.access_log is not None:
             self._log(self.stream.exchange, self.stream.exchange.status, None)
         self.stream.request_head = None
-        self.spare = self.stream.exchange
-        self.stream.exchange = None
         if until_close or not self.request_done:
             self.close_after = True   # ... or the backend answered before the body ended
         if self.close_after or w.draining:
+            self.stream.exchange = None
             self.state = H1_CLOSING
             self.conn.input_done = self.last_by_client and self.request_done and self.held is None
             self.conn.finish()
             return
-        self.state = H1_IDLE
-        self.deadline = w.now + w.keepalive_timeout
+        self._idle()
         if self.conn.output_blocked():
             return   # on_output_drained() goes on with the next request
         if self.held is not None or not self.conn.reading:

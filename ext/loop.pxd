@@ -67,7 +67,7 @@ cdef class Worker:
     cdef HeadWriter writer          # one rewritten head at a time, filled and sent in one call
     cdef HeadWriter frames          # HTTP/2 frames gathered for one write
     cdef HeaderSlot *slots
-    cdef readonly set clients
+    cdef readonly int nclients      # ClientConnections in by_fd
     cdef list pools                 # UpstreamPools, ticked by the sweep
     cdef public double now          # loop time, taken when the loop hands us events or a timer
     cdef long long own_counters[<int>N_COUNTERS]
@@ -106,10 +106,16 @@ cdef class Worker:
 
     cdef int epfd                   # our epoll set of client and listening sockets
     cdef epoll_event *events
-    cdef dict by_fd                 # fd -> ClientConnection or Listener
+    cdef PyObject **by_fd           # fd -> ClientConnection or Listener (a reference each), or NULL:
+    cdef int by_fd_size             # an array, ~8 B a connection where a set and a dict took ~170
     cdef list closed                # closed this pass: their codecs are unlinked on the next
+    cdef list spare_streams         # H1Streams (and their Exchanges) of ended requests, for the next ones
     cdef bint release_scheduled
 
+    cdef int fd_set(self, int fd, object obj) except -1
+    cdef object fd_get(self, int fd)
+    cdef void fd_clear(self, int fd)
+    cdef list client_list(self)
     cdef inline void count(self, int counter, long long n=*)
     cdef inline void tick(self)
     cdef void count_status(self, int status)

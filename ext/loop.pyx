@@ -16,8 +16,9 @@ import logging
 import resource
 import socket
 
-from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memmove
+from libc.stdlib cimport malloc, free, realloc
+from cpython.ref cimport Py_XINCREF, Py_XDECREF
+from libc.string cimport memcpy, memmove, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 
@@ -85,7 +86,6 @@ cdef class Worker:
         self.backend_view = memoryview(self.backend_buf)
         self.writer = HeadWriter(32768)
         self.frames = HeadWriter(65536 + 16384)
-        self.clients = set()
         self.pools = list(pools)
         self.tick()
         self.draining = False
@@ -112,8 +112,8 @@ cdef class Worker:
         self.sweep_handle = loop.call_later(1.0, self._sweep)
         self.hs_log_rate = 10
         self.access_log = None
-        self.by_fd = {}
         self.closed = []
+        self.spare_streams = []
         self.listeners = []
         self.max_clients = limits.worker_connections or _auto_worker_connections()
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -122,12 +122,59 @@ cdef class Worker:
         loop.add_reader(self.epfd, self._on_events)
 
     def __dealloc__(self):
+        cdef int fd
+        for fd in range(self.by_fd_size):
+            Py_XDECREF(self.by_fd[fd])
+        free(self.by_fd)
         free(self.rbuf)
         free(self.pathbuf)
         free(self.slots)
         free(self.events)
         if self.epfd >= 0:
             close(self.epfd)
+
+    cdef int fd_set(self, int fd, object obj) except -1:
+        """``obj`` owns ``fd`` in our epoll set: the array grows to the highest fd (the kernel
+        hands out the lowest free one, so it stays about as long as the connections open)."""
+        cdef int size = self.by_fd_size
+        cdef PyObject **grown
+        if fd >= size:
+            size = max(fd + 1, 2 * size, 64)
+            grown = <PyObject **>realloc(self.by_fd, size * sizeof(PyObject *))
+            if grown == NULL:
+                raise MemoryError()
+            memset(grown + self.by_fd_size, 0, (size - self.by_fd_size) * sizeof(PyObject *))
+            self.by_fd = grown
+            self.by_fd_size = size
+        Py_XINCREF(<PyObject *>obj)
+        Py_XDECREF(self.by_fd[fd])
+        self.by_fd[fd] = <PyObject *>obj
+        return 0
+
+    cdef object fd_get(self, int fd):
+        if 0 <= fd < self.by_fd_size and self.by_fd[fd] != NULL:
+            return <object>self.by_fd[fd]
+        return None
+
+    cdef void fd_clear(self, int fd):
+        cdef PyObject *obj
+        if 0 <= fd < self.by_fd_size:
+            obj = self.by_fd[fd]
+            self.by_fd[fd] = NULL
+            Py_XDECREF(obj)
+
+    cdef list client_list(self):
+        """The open client connections, for a pass that may close some of them."""
+        cdef list out = []
+        cdef int fd
+        for fd in range(self.by_fd_size):
+            if self.by_fd[fd] != NULL and isinstance(<object>self.by_fd[fd], ClientConnection):
+                out.append(<object>self.by_fd[fd])
+        return out
+
+    @property
+    def clients(self):
+        return self.client_list()
 
     cdef int poll(self, int fd, unsigned int old_mask, unsigned int new_mask):
         """Change what we wait for on ``fd``. A socket we wait on for nothing leaves the
@@ -150,7 +197,7 @@ cdef class Worker:
         for i in range(n):
             fd = self.events[i].data.fd
             ev = self.events[i].events
-            obj = self.by_fd.get(fd)
+            obj = self.fd_get(fd)
             if obj is None:
                 continue
             if isinstance(obj, ClientConnection):
@@ -201,7 +248,7 @@ cdef class Worker:
         self.tick()
         now = self.now
         horizon = now + 1.0
-        for obj in list(self.clients):
+        for obj in self.client_list():
             conn = <ClientConnection>obj
             due = conn.next_deadline()
             if due <= now:
@@ -272,7 +319,7 @@ cdef class Worker:
         sessions send GOAWAY: their streams finish, then they close."""
         cdef ClientConnection conn
         self.draining = True
-        for obj in list(self.clients):
+        for obj in self.client_list():
             conn = <ClientConnection>obj
             if conn.session is not None and conn.state == C_OPEN:
                 conn.session.drain()
@@ -281,7 +328,7 @@ cdef class Worker:
         if self.sweep_handle is not None:
             self.sweep_handle.cancel()
             self.sweep_handle = None
-        for conn in list(self.clients):
+        for conn in self.client_list():
             (<ClientConnection>conn).close()
         if self.access_log is not None:
             self._flush_access_log()
@@ -306,7 +353,7 @@ cdef class Worker:
         if self.now >= self.fd_log_next:
             self.fd_log_next = self.now + 10
             _log.error("accept: out of file descriptors (%d connections open, RLIMIT_NOFILE %d):"
-                       " not accepting for %d ms", len(self.clients),
+                       " not accepting for %d ms", self.nclients,
                        resource.getrlimit(resource.RLIMIT_NOFILE)[0], ACCEPT_BACKOFF_MS)
         self.pause_accepting()
         if not self.accept_backoff:
@@ -315,11 +362,11 @@ cdef class Worker:
 
     def _backoff_done(self):
         self.accept_backoff = False
-        if len(self.clients) < self.max_clients:
+        if self.nclients < self.max_clients:
             self.resume_accepting()
 
     cdef void client_closed(self):
-        if self.accept_paused and not self.accept_backoff and len(self.clients) < self.max_clients:
+        if self.accept_paused and not self.accept_backoff and self.nclients < self.max_clients:
             self.resume_accepting()
 
     cdef bint handshake_log_allowed(self):
@@ -415,7 +462,7 @@ cdef class Listener:
         # Linux copies TCP_NODELAY from the listening socket to each accepted one
         # (inet_csk_clone_lock): one setsockopt here instead of one per connection.
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.worker.by_fd[self.fd] = self
+        self.worker.fd_set(self.fd, self)
         self.worker.listeners.append(self)
         self.active = True
         self.watch(not self.worker.accept_paused)
@@ -429,7 +476,8 @@ cdef class Listener:
     def stop(self):
         if self.active:
             self.watch(False)
-            self.worker.by_fd.pop(self.fd, None)
+            if self.worker.fd_get(self.fd) is self:
+                self.worker.fd_clear(self.fd)
             self.worker.listeners.remove(self)
             self.active = False
 
@@ -447,7 +495,7 @@ cdef class Listener:
         cdef ClientConnection conn
         cdef Worker w = self.worker
         for i in range(64):
-            if len(w.clients) >= w.max_clients:
+            if w.nclients >= w.max_clients:
                 if w.now >= w.fd_log_next:
                     w.fd_log_next = w.now + 10
                     _log.warning("worker_connections (%d) reached: not accepting until one closes",
@@ -547,10 +595,10 @@ cdef class ClientConnection:
 
     cdef void start(self):
         cdef Worker w = self.worker
-        w.clients.add(self)
         w.count(N_CONNECTIONS)
         w.count(N_CONNECTIONS_OPEN)
-        w.by_fd[self.fd] = self
+        w.fd_set(self.fd, self)
+        w.nclients += 1
         self.deadline = w.now + w.header_timeout
         if self.proxy_in is not None:
             self.state = C_PROXY
@@ -636,7 +684,7 @@ cdef class ClientConnection:
             cert = client_certificate(self.tls.ssl)
             facts.client_certificate(cert)
             if sni != NULL:
-                facts.ssl_server_name_b = (<bytes>sni).rstrip(b".")   # the 421 rule of verifying blocks
+                facts._own().ssl_server_name_b = (<bytes>sni).rstrip(b".")   # the 421 rule of verifying blocks
         if self.sites.send_proxy:
             facts.proxy_facts = self._proxy_facts(sni, cert)
         if not self.sites.connection_facts:
@@ -1058,6 +1106,7 @@ cdef class ClientConnection:
 
     cdef void close(self):
         cdef Worker w = self.worker
+        cdef int fd
         if self.state == C_CLOSED:
             return
         self.state = C_CLOSED
@@ -1072,14 +1121,15 @@ cdef class ClientConnection:
             # the PSK and sent its Finished, so this is the resumed handshake it would complete
             self._count_handshake(TLS_OK)
         self.tls = None       # SSL_free
-        if self.fd >= 0:
-            if w.by_fd.get(self.fd) is self:
-                del w.by_fd[self.fd]
-            close(self.fd)
-            self.fd = -1
+        fd = self.fd
+        self.fd = -1
         self.pending_out = None
-        w.clients.discard(self)
         w.count(N_CONNECTIONS_OPEN, -1)
+        if fd >= 0:
+            close(fd)
+            if w.fd_get(fd) is self:
+                w.nclients -= 1
+                w.fd_clear(fd)   # may drop the last reference to self: nothing below reads it
         w.client_closed()
 
     @property

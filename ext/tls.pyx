@@ -897,6 +897,7 @@ cdef class TLSSession:
             self.session = NULL
 
 
+@cython.no_gc   # it refers to its TLSContext and a str, neither leads back: no GC header (16 B)
 cdef class TLSConnection:
     """One TLS connection, sans-IO: memory BIOs (``fd=-1``) or OpenSSL reading the socket.
 

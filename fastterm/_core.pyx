@@ -2,6 +2,7 @@
 # fastterm._core: the hot path. One module so calls between the TLS engine,
 # the HTTP framing, the exchange, the codecs and the loop stay C calls (uvloop's loop.pyx layout).
 
+cimport cython
 from includes.openssl cimport *
 from includes.system cimport *
 from includes.nghttp2 cimport *
