@@ -123,6 +123,7 @@ cdef class SharedState:
                                 const unsigned char *der, int der_len, long long expires,
                                 unsigned int *index) noexcept nogil
     cdef void keep_local(self, unsigned int index, uint64_t stamp, SSL_SESSION *session) noexcept nogil
+    cdef int _live_index(self, const unsigned char *sid, int sid_len) noexcept nogil
     cdef int copy_session(self, const unsigned char *sid, int sid_len, unsigned char *der) noexcept nogil
     cdef SSL_SESSION *find_session(self, const unsigned char *sid, int sid_len) noexcept nogil
     cdef void remove_session(self, const unsigned char *sid, unsigned int sid_len) noexcept nogil

@@ -329,24 +329,29 @@ cdef class SharedState:
         e.session = session
         e.stamp = stamp
 
-    cdef int copy_session(self, const unsigned char *sid, int sid_len, unsigned char *der) noexcept nogil:
-        """The live entry for ``sid`` copied into ``der`` (FT_SESSION_DER_MAX bytes): its length, or 0."""
-        cdef unsigned int base, i
+    cdef int _live_index(self, const unsigned char *sid, int sid_len) noexcept nogil:
+        """The slot of the live entry for ``sid``, or -1; the caller holds the lock."""
+        cdef unsigned int base, i, index
         cdef ft_session *s
-        cdef int der_len = 0
         cdef long long now = time(NULL)
-        if sid_len <= 0 or sid_len > FT_SESSION_ID_MAX:
-            return 0
         base = _hash(sid, sid_len) % self.region.nsessions
-        if self.lock() != 0:
-            return 0
         for i in range(FT_PROBE):
-            s = &self.region.sessions[(base + i) % self.region.nsessions]
+            index = (base + i) % self.region.nsessions
+            s = &self.region.sessions[index]
             if (ft_load_acquire_i64(&s.expires) > now and s.id_len == <unsigned int>sid_len
                     and memcmp(s.id, sid, sid_len) == 0):
-                der_len = s.der_len
-                memcpy(der, s.der, der_len)
-                break
+                return <int>index
+        return -1
+
+    cdef int copy_session(self, const unsigned char *sid, int sid_len, unsigned char *der) noexcept nogil:
+        """The live entry for ``sid`` copied into ``der`` (FT_SESSION_DER_MAX bytes): its length, or 0."""
+        cdef int index, der_len = 0
+        if sid_len <= 0 or sid_len > FT_SESSION_ID_MAX or self.lock() != 0:
+            return 0
+        index = self._live_index(sid, sid_len)
+        if index >= 0:
+            der_len = self.region.sessions[index].der_len
+            memcpy(der, self.region.sessions[index].der, der_len)
         self.region.session_stats[<int>(STAT_HITS if der_len else STAT_MISSES)] += 1
         self.unlock()
         return der_len
@@ -356,33 +361,26 @@ cdef class SharedState:
         entry when it has one, else decoded from the shared table (and kept); NULL if none."""
         cdef unsigned char der[FT_SESSION_DER_MAX]
         cdef const unsigned char *p = der
-        cdef unsigned int base, i, index = 0
+        cdef int index
         cdef ft_session *s
         cdef ft_local_session *e
         cdef SSL_SESSION *session = NULL
         cdef int der_len = 0
         cdef uint64_t stamp = 0
-        cdef long long now = time(NULL)
-        if sid_len <= 0 or sid_len > FT_SESSION_ID_MAX:
+        if sid_len <= 0 or sid_len > FT_SESSION_ID_MAX or self.lock() != 0:
             return NULL
-        base = _hash(sid, sid_len) % self.region.nsessions
-        if self.lock() != 0:
-            return NULL
-        for i in range(FT_PROBE):
-            index = (base + i) % self.region.nsessions
+        index = self._live_index(sid, sid_len)
+        if index >= 0:
             s = &self.region.sessions[index]
-            if (ft_load_acquire_i64(&s.expires) > now and s.id_len == <unsigned int>sid_len
-                    and memcmp(s.id, sid, sid_len) == 0):
-                stamp = s.stamp
-                if self.local != NULL:
-                    e = &self.local[index % FT_LOCAL_SESSIONS]
-                    if e.session != NULL and e.stamp == stamp and SSL_SESSION_is_resumable(e.session):
-                        session = e.session
-                if session == NULL:
-                    der_len = s.der_len
-                    memcpy(der, s.der, der_len)
-                break
-        self.region.session_stats[<int>(STAT_HITS if stamp else STAT_MISSES)] += 1
+            stamp = s.stamp
+            if self.local != NULL:
+                e = &self.local[index % FT_LOCAL_SESSIONS]
+                if e.session != NULL and e.stamp == stamp and SSL_SESSION_is_resumable(e.session):
+                    session = e.session
+            if session == NULL:
+                der_len = s.der_len
+                memcpy(der, s.der, der_len)
+        self.region.session_stats[<int>(STAT_HITS if index >= 0 else STAT_MISSES)] += 1
         self.unlock()
         if session != NULL:
             SSL_SESSION_up_ref(session)
@@ -391,7 +389,7 @@ cdef class SharedState:
             return NULL
         session = d2i_SSL_SESSION(NULL, &p, der_len)
         if session != NULL:
-            self.keep_local(index, stamp, session)
+            self.keep_local(<unsigned int>index, stamp, session)
         return session
 
     cdef void remove_session(self, const unsigned char *sid, unsigned int sid_len) noexcept nogil:
