@@ -287,7 +287,7 @@ cdef class H1Session(Codec):
         ex.started = w.now
         ex.out_mark = self.conn.sent
         self.head_in = head_len
-        framer_init(&self.stream.req_body, BODY_NONE, 0)
+        framer_init(&stream.req_body, BODY_NONE, 0)
         head.method_len = head.target_len = head.nheaders = 0
         status = parse_head(p, head_len, True, &head, w.slots, w.max_header_fields)
         if w.access_log is not None and head.method_len:   # a bad head's line is logged too
@@ -308,10 +308,10 @@ cdef class H1Session(Codec):
             self._refuse(status)
             return -1
         stream.routed()
-        framer_init(&self.stream.req_body, ex.body_mode, ex.content_length)
-        self.request_done = self.stream.req_body.done
+        framer_init(&stream.req_body, ex.body_mode, ex.content_length)
+        self.request_done = stream.req_body.done
         if ex.buffer_body:
-            self.stream.req_body.stop_at_data = True
+            stream.req_body.stop_at_data = True
             self.buffered = bytearray()
             self.buffered_head = w.writer.take()
             if ex.continue_client:
@@ -429,12 +429,12 @@ cdef class H1Session(Codec):
             ex = stream.exchange
             ex.out_mark = self.conn.sent
             self.head_in = 0
-            framer_init(&self.stream.req_body, BODY_NONE, 0)
+            framer_init(&stream.req_body, BODY_NONE, 0)
         if ex.state == X_NEW or ex.state == X_FORWARDING:
             ex.reject(status)
         else:
             ex.advance(E_ABORT)
-        self.stream.drop_backend()
+        stream.drop_backend()
         self.worker.count_status(status)
         self.close_after = True
         self.held = None
