@@ -60,7 +60,9 @@ Set-up
 
 Scenarios (``--scenario``, comma-separated)
 -------------------------------------------
-- ``keepalive``: HTTPS requests/s, 1 KiB bodies, ``wrk`` with 50 keep-alive connections;
+- ``keepalive``: HTTPS requests/s, 1 KiB bodies, ``wrk`` with 50 keep-alive connections, and
+  wrk's p50 and p99 of that run (``keepalive-p50``, ``-p99``): latency at saturation, each
+  connection sending its next request as its answer comes;
 - ``handshake``: full handshakes/s (a new connection per request), ECDSA and RSA, with
   parallel ``openssl s_time -new`` clients: wrk and h2load resume sessions on reconnect even
   with ``Connection: close``, s_time -new never does. The server's own record says what

@@ -22,10 +22,16 @@ wrk.headers["Content-Type"] = "application/octet-stream"
 """
 
 
-def run_wrk(cpus: str, url: str, conns: int, duration: float, script: str | None = None) -> dict:
+def run_wrk(cpus: str, url: str, conns: int, duration: float, script: str | None = None,
+            latency: bool = False) -> dict:
+    """wrk's counts; with ``latency``, also its p50 and p99 (ms) of the run: each connection
+    sends its next request as the answer comes (closed loop), so these are the latencies at
+    saturation, the figure the issue's table and hitch's own benchmarks give."""
     threads = max(1, min(len(cpu_list(cpus)), conns))
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
             "-H", "Host: localhost"]
+    if latency:
+        argv.append("--latency")
     if script:
         argv += ["-s", script]
     res = subprocess.run(pinned(cpus, [*argv, url]), check=False, capture_output=True, text=True,
@@ -36,9 +42,15 @@ def run_wrk(cpus: str, url: str, conns: int, duration: float, script: str | None
         return {"error": f"wrk exit {res.returncode}: {out.strip()[-300:]}"}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {"requests": int(m.group(1)), "elapsed": float(m.group(2)) * _TIME[m.group(3)],
-            "bytes": float(m.group(4)) * _UNIT[m.group(5)], "non2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": sum(map(int, sock.groups())) if sock else 0}
+    raw = {"requests": int(m.group(1)), "elapsed": float(m.group(2)) * _TIME[m.group(3)],
+           "bytes": float(m.group(4)) * _UNIT[m.group(5)], "non2xx": int(non2xx.group(1)) if non2xx else 0,
+           "socket_errors": sum(map(int, sock.groups())) if sock else 0}
+    if latency:
+        for q in ("50", "99"):
+            at = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+            if at:
+                raw[f"p{q}"] = float(at.group(1)) * _TIME[at.group(2)] * 1e3
+    return raw
 
 
 H2LOAD_IDLE = 5   # -N: seconds without activity after which h2load gives a connection up

@@ -103,7 +103,8 @@ class Bench:
         cpu0, t0 = peer.cpu(), time.monotonic()
         amount = None
         if name == "keepalive" or name in SWEEP:
-            raw = run_wrk(self.client_cpus, base + a.path, SWEEP.get(name, 50), a.duration)
+            raw = run_wrk(self.client_cpus, base + a.path, SWEEP.get(name, 50), a.duration,
+                          latency=name == "keepalive")
             amount = raw.get("requests")
         elif name == "keepalive-reencrypt":
             raw = run_wrk(self.client_cpus, base + REENCRYPT_PATH, 50, a.duration)
@@ -180,6 +181,8 @@ class Bench:
             elif amount is not None:
                 elapsed = raw.get("elapsed") or run.wall_s
                 run.figures = {name: amount / elapsed}
+                if name == "keepalive":
+                    run.figures.update({f"keepalive-{q}": raw[q] for q in ("p50", "p99") if q in raw})
                 if run.cpu_s:
                     run.per_cpu = {name: amount / run.cpu_s}
             if counts_backend(name) and (connects := self.backend_connects(run)) is not None:

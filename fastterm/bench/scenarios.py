@@ -14,6 +14,8 @@ ACCESS_LOG_PEER = "fastterm-log"   # --access-log: fastterm again, writing a JSO
 # figure -> (unit, higher is better, per CPU-second unit or None)
 FIGURES: dict[str, tuple[str, bool, str | None]] = {
     "keepalive": ("req/s", True, "req/CPU-s"),
+    "keepalive-p50": ("ms", False, None),   # wrk's, at saturation (closed loop, 50 connections)
+    "keepalive-p99": ("ms", False, None),
     "keepalive-reencrypt": ("req/s", True, "req/CPU-s"),   # keepalive, to a TLS backend
     "handshake-ecdsa": ("hs/s", True, "hs/CPU-s"),
     "handshake-rsa": ("hs/s", True, "hs/CPU-s"),
@@ -56,6 +58,7 @@ SCENARIOS = {
 RUN_FIGURES = {run: [run] for runs in SCENARIOS.values() for run in runs}
 RUN_FIGURES["resumed-0rtt"] = ["TTFB 1-RTT resumed p50", "TTFB 1-RTT resumed p90", "TTFB 0-RTT p50",
                                "TTFB 0-RTT p90"]
+RUN_FIGURES["keepalive"] = ["keepalive", "keepalive-p50", "keepalive-p99"]
 RUN_FIGURES["latency"] = ["latency-p50", "latency-p99", "latency-p99.9"]
 RUN_FIGURES["slowheaders"] = ["slowheaders-p50", "slowheaders-p99", "slowheaders-attack-p50",
                               "slowheaders-attack-p99", "slowheaders-p99-ratio"]

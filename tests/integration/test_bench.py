@@ -57,6 +57,12 @@ def test_keepalive_has_figures_for_fastterm_and_nginx(tmp_path, subprocess_env):
     assert rows["fastterm"]["ratio"] > 0
     assert all(not r["invalid"] for r in data["runs"])
     assert "keepalive" in res.stdout and "fastterm" in res.stdout
+    # wrk's latency at saturation, each peer's own, lower is better
+    for peer in ("fastterm", "nginx"):
+        run = next(r for r in data["runs"] if r["peer"] == peer)
+        assert 0 < run["figures"]["keepalive-p50"] <= run["figures"]["keepalive-p99"] < 5000, run
+    p99 = {r["peer"]: r for r in data["summary"] if r["figure"] == "keepalive-p99"}
+    assert set(p99) == {"fastterm", "nginx"} and p99["fastterm"]["higher_is_better"] is False
 
 
 @needs_tools
