@@ -130,8 +130,10 @@ Scenarios (``--scenario``, comma-separated)
   runs ``keepalive-cN``, each with its backend connects per request as the h2 runs have
   them: what grows with concurrency (a pool that keeps fewer idle connections than the
   requests in flight opens new ones). The first connections of a run are counted too (at
-  most one per client connection). Not in the default run: four more runs per peer and
-  round, and keepalive is its 50-connection one.
+  most one per client connection). Then ``keepalive-idle``: the 50-connection run again while
+  ``--idle-connections`` (10,000) idle TLS connections, opened before the run's CPU and
+  counters are read, stay open: what many quiet clients cost the busy ones. Not in the
+  default run: five more runs per peer and round, and keepalive is its 50-connection one.
 
 Rounds are interleaved (fastterm, nginx, haproxy, hitch, fastterm, nginx, ...); each figure is
 reported as median, min and max over the valid rounds, as a ratio to nginx, and per second

@@ -5,6 +5,7 @@ not, then the report."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -44,6 +45,7 @@ from fastterm.bench.scenarios import (
     FIGURES,
     H2_CONNECTIONS,
     H2_STREAMS,
+    IDLE_RUN,
     RUN_TOOLS,
     SWEEP,
     SWEEP_CONNECTIONS,
@@ -84,6 +86,24 @@ class Bench:
         self.latency_runs: dict[str, dict] = {}   # peer -> its part of the round's latency run
 
     def measure(self, peer: Peer, name: str, rnd: int) -> Run:
+        """One run through one peer; keepalive-idle's with the idle connections held around it,
+        opened before its CPU and counters are read (their handshakes are not its cost)."""
+        if name == IDLE_RUN and name not in peer.cannot and not self.capped(peer):
+            with self.idle_held(peer) as held:
+                if held.get("error"):
+                    run = Run(name, peer.name, rnd, raw=held)
+                    run.invalid.append(f"idle connections: {held['error']}")
+                    return run
+                run = self._measure(peer, name, rnd)
+                run.raw["idle_held"] = held["open"]
+                return run
+        return self._measure(peer, name, rnd)
+
+    def capped(self, peer: Peer) -> bool:
+        """Whether the peer cannot hold --idle-connections here (its fd limit)."""
+        return peer.max_conns is not None and peer.max_conns < self.args.idle_connections + 100
+
+    def _measure(self, peer: Peer, name: str, rnd: int) -> Run:
         a = self.args
         run = Run(name, peer.name, rnd)
         host = peer.host
@@ -91,8 +111,11 @@ class Bench:
         if name in peer.cannot:
             run.skipped = peer.cannot[name]
             return run
-        capped = peer.max_conns is not None and peer.max_conns < a.idle_connections + 100
-        if name == "connections" and peer.proc is not None and not capped:
+        if name in ("connections", IDLE_RUN) and self.capped(peer):
+            run.skipped = (f"{peer.name} is capped at {peer.max_conns} connections here (fd limit "
+                           f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]})")
+            return run
+        if name == "connections" and peer.proc is not None:
             # A fresh process: freed memory stays in the allocator, so after an earlier round
             # the connections would fit in what the last one left and cost "nothing".
             peer.stop()
@@ -143,12 +166,7 @@ class Bench:
         elif name == "slowheaders":
             raw = self.slowheaders(peer)
         elif name == "connections":
-            if capped:
-                run.skipped = (f"{peer.name} is capped at {peer.max_conns} connections here (fd limit "
-                               f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]})")
-                return run
-            else:
-                raw = self.connections(peer)
+            raw = self.connections(peer)
         else:  # pragma: no cover
             raise AssertionError(name)
         run.wall_s = time.monotonic() - t0
@@ -357,10 +375,25 @@ class Bench:
         return raw
 
     def connections(self, peer: Peer) -> dict:
+        """KiB per idle connection: the peer's RSS before and while --idle-connections are held."""
+        before = peer.rss_kib()
+        with self.idle_held(peer) as raw:
+            if raw.get("error"):
+                return raw
+            time.sleep(0.5)   # let the terminator settle (freed handshake state, lent buffers back)
+            after = peer.rss_kib()
+            raw.update(rss_before_kib=before, rss_after_kib=after)
+            if before is not None and after is not None and raw["open"]:
+                raw["kib_per_conn"] = (after - before) / raw["open"]
+            return raw
+
+    @contextlib.contextmanager
+    def idle_held(self, peer: Peer):
+        """--idle-connections TLS connections to the peer, each after one request, held open
+        for the ``with`` body (the client then sleeps); the counts, or an error."""
         a = self.args
         argv = pinned(self.client_cpus, client_argv("connections", peer.host, str(peer.ports["main"]),
                                                     str(a.idle_connections), a.path))
-        before = peer.rss_kib()
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=self.env)
         raw: dict = {}
@@ -373,16 +406,12 @@ class Bench:
                     break
             if not line.startswith("READY"):
                 raw["error"] = f"connections client: {proc.stderr.read()[-300:] if proc.poll() is not None else 'timed out'}"
-                return raw
-            _, ok, errors, non2xx = line.split()
-            time.sleep(0.5)   # let the terminator settle (freed handshake state, lent buffers back)
-            after = peer.rss_kib()
-            raw.update(open=int(ok), errors=int(errors), non2xx=int(non2xx), rss_before_kib=before,
-                       rss_after_kib=after)
-            if before is not None and after is not None and int(ok):
-                raw["kib_per_conn"] = (after - before) / int(ok)
-            if int(ok) < a.idle_connections:
-                raw["error"] = f"opened {ok} of {a.idle_connections} connections"
+            else:
+                _, ok, errors, non2xx = line.split()
+                raw.update(open=int(ok), errors=int(errors), non2xx=int(non2xx))
+                if int(ok) < a.idle_connections:
+                    raw["error"] = f"opened {ok} of {a.idle_connections} connections"
+            yield raw
         finally:
             try:
                 proc.stdin.write("\n")
@@ -394,8 +423,6 @@ class Bench:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        return raw
-
 
 
 def _console():

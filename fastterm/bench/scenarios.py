@@ -89,11 +89,20 @@ def sweep_runs(connections) -> list[str]:
     return runs
 
 
+# keepalive-idle: the 50-connection keepalive run while --idle-connections (10,000) idle TLS
+# connections stay open: what an edge's many quiet clients cost the busy ones
+IDLE_RUN = "keepalive-idle"
+FIGURES[IDLE_RUN] = FIGURES["keepalive"]
+FIGURES[f"{IDLE_RUN}-backend-connects"] = ("conn/req", False, None)
+RUN_FIGURES[IDLE_RUN] = [IDLE_RUN, f"{IDLE_RUN}-backend-connects"]
+RUN_TOOLS[IDLE_RUN] = "wrk"
+SWEEP[IDLE_RUN] = 50
+
 SCENARIOS["sweep"] = sweep_runs(SWEEP_CONNECTIONS)
 # The default --scenario: all but the sweep (4 runs more per peer and round; its 50-connection run
 # is keepalive's), so that the default run stays near 5 minutes with the peers installed.
 DEFAULT_SCENARIOS = [name for name in SCENARIOS if name != "sweep"]
-ALL_RUNS = list(dict.fromkeys(r for runs in SCENARIOS.values() for r in runs))
+ALL_RUNS = list(dict.fromkeys([*(r for runs in SCENARIOS.values() for r in runs), IDLE_RUN]))
 
 
 def counts_backend(run: str) -> bool:
@@ -131,7 +140,7 @@ def parse_scenarios(spec: str, connections=SWEEP_CONNECTIONS) -> list[str]:
     runs: list[str] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         if part == "sweep":
-            runs += sweep_runs(connections)
+            runs += [*sweep_runs(connections), IDLE_RUN]
         elif part in SCENARIOS:
             runs += SCENARIOS[part]
         elif part in ALL_RUNS:

@@ -66,6 +66,23 @@ def test_keepalive_has_figures_for_fastterm_and_nginx(tmp_path, subprocess_env):
 
 
 @needs_tools
+def test_keepalive_idle_holds_idle_connections_around_the_run(tmp_path, subprocess_env):
+    """keepalive-idle: wrk's keep-alive run while --idle-connections TLS connections stay open,
+    through fastterm and nginx; the idle handshakes are not counted in the run."""
+    res, data = run_bench(tmp_path, "--scenario", "keepalive-idle", "--duration", "1", "--rounds", "1",
+                          "--peers", "nginx", "--idle-connections", "300", env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = {r["peer"]: r for r in data["runs"]}
+    assert set(runs) == {"fastterm", "nginx"}
+    for run in runs.values():
+        assert not run["invalid"], run
+        assert run["raw"]["idle_held"] == 300, run
+        assert run["per_cpu"]["keepalive-idle"] > 0, run
+    assert runs["fastterm"]["server"]["full"] < 300   # wrk's 50, not the idle connections' handshakes
+    assert "keepalive-idle-backend-connects" in runs["fastterm"]["figures"]
+
+
+@needs_tools
 def test_latency_measures_every_peer_in_one_window(tmp_path, subprocess_env):
     """Each round's latency run is one window for all peers (their clients side by side), each
     peer's figures its own; the client reports how late it issued its requests."""
@@ -168,15 +185,17 @@ def test_h2_has_figures_and_backend_connects_for_every_peer(tmp_path, subprocess
 
 @needs_tools
 def test_sweep_has_figures_and_backend_connects_at_each_concurrency(tmp_path, subprocess_env):
-    """keepalive at 5 and 20 client connections (--connections) through fastterm, nginx and
-    HAProxy when installed: a req/s, a per CPU-second figure and the backend connects per
-    request of every peer at each count."""
+    """keepalive at 5 and 20 client connections (--connections), and at 50 beside idle ones,
+    through fastterm, nginx and HAProxy when installed: a req/s, a per CPU-second figure and
+    the backend connects per request of every peer at each count."""
     peers = ["nginx", "haproxy"] if which("haproxy") else ["nginx"]
     res, data = run_bench(tmp_path, "--scenario", "sweep", "--connections", "5,20", "--duration", "1",
-                          "--rounds", "1", "--peers", ",".join(peers), env=subprocess_env)
+                          "--rounds", "1", "--peers", ",".join(peers), "--idle-connections", "200",
+                          env=subprocess_env)
     assert res.returncode == 0, res.stdout + res.stderr
     runs = {(r["run"], r["peer"]): r for r in data["runs"]}
-    assert set(runs) == {(run, peer) for run in ("keepalive-c5", "keepalive-c20") for peer in ["fastterm", *peers]}
+    assert set(runs) == {(run, peer) for run in ("keepalive-c5", "keepalive-c20", "keepalive-idle")
+                         for peer in ["fastterm", *peers]}
     for (name, peer), run in runs.items():
         assert not run["invalid"], (name, peer, run["invalid"])
         assert set(run["figures"]) == {name, f"{name}-backend-connects"}, (name, peer, run["figures"])
