@@ -1,7 +1,7 @@
 # TLS to backends (re-encryption, mTLS). A connect to an upstream with a TLS context is:
-# TCP connect (uvloop's sock_connect), then a non-blocking client handshake on the socket
-# (SNI, name check, client certificate, the server's last session offered for resumption),
-# and only then the BackendConnection, which writes the head. A handshake or verification
+# TCP connect (uvloop's sock_connect, as for a plain one), then a non-blocking client
+# handshake on the socket (SNI, name check, client certificate, the server's last session
+# offered for resumption), and only then the BackendConnection, which writes the head. A handshake or verification
 # failure is a failed connect: the request goes on to the next server like after a refused
 # one, and finally gets 502; the log line carries OpenSSL's reason.
 
@@ -12,26 +12,8 @@ cdef enum:
 async def _tls_connect(Worker w, UpstreamPool pool, int server, bytes proxy=None):
     """``(transport, protocol)`` as loop.create_connection returns them, over TLS; ``proxy``:
     a PROXY header sent first, in the clear, before the ClientHello (as HAProxy does)."""
-    host, port = pool.servers[server]
     loop = w.loop
-    error = None
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    for family, _, proto, _, addr in infos:
-        sock = socket.socket(family, socket.SOCK_STREAM, proto)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, addr)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        break
-    else:
-        raise error if error is not None else OSError(f"{host}: no address")
+    sock = await _connect_socket(w, pool, server)
     if proxy is not None:
         try:
             await loop.sock_sendall(sock, proxy)
@@ -44,7 +26,7 @@ async def _tls_connect(Worker w, UpstreamPool pool, int server, bytes proxy=None
     except BaseException:
         transport.abort()
         raise
-    protocol = _BackendProtocol(w, pool, server)
+    protocol = BackendConnection(w, pool, server)
     transport.start(protocol)
     return transport, protocol
 
@@ -171,7 +153,11 @@ cdef class BackendTLSTransport:
             if self.tls.fresh_session != NULL:
                 self._keep_session()
             if n > 0:
-                self.protocol.buffer_updated(n)
+                try:
+                    self.protocol._on_data(buf, n)
+                except Exception:
+                    self.protocol._internal_error()
+                    return
                 if self.closed or (n < BACKEND_BUF_SIZE and not SSL_has_pending(self.tls.ssl)):
                     return
                 continue

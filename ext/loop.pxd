@@ -63,7 +63,6 @@ cdef class Worker:
     cdef char *rbuf                 # plaintext from SSL_read, lent per event
     cdef char *pathbuf              # a target's normalised path, for routing (header_buffer_size)
     cdef bytearray backend_buf      # backend receive buffer, lent per event
-    cdef object backend_view
     cdef HeadWriter writer          # one rewritten head at a time, filled and sent in one call
     cdef HeadWriter frames          # HTTP/2 frames gathered for one write
     cdef HeaderSlot *slots
@@ -104,9 +103,10 @@ cdef class Worker:
     cdef public int hs_log_rate
     cdef readonly object access_log # an AccessLog (accesslog.pyx, set_access_log); None: off, nothing collected
 
-    cdef int epfd                   # our epoll set of client and listening sockets
+    cdef int epfd                   # our epoll set of client, listening and plain backend sockets
     cdef epoll_event *events
-    cdef PyObject **by_fd           # fd -> ClientConnection or Listener (a reference each), or NULL:
+    cdef PyObject **by_fd           # fd -> ClientConnection, Listener or BackendPlainTransport (a
+                                    # reference each), or NULL:
     cdef int by_fd_size             # an array, ~8 B a connection where a set and a dict took ~170
     cdef list closed                # closed this pass: their codecs are unlinked on the next
     cdef list spare_streams         # H1Streams (and their Exchanges) of ended requests, for the next ones

@@ -83,7 +83,6 @@ cdef class Worker:
         if self.pathbuf == NULL:
             raise MemoryError()
         self.backend_buf = bytearray(BACKEND_BUF_SIZE)
-        self.backend_view = memoryview(self.backend_buf)
         self.writer = HeadWriter(32768)
         self.frames = HeadWriter(65536 + 16384)
         self.pools = list(pools)
@@ -210,6 +209,8 @@ cdef class Worker:
                 except Exception:
                     _log.exception("closing the connection from %s after an internal error", conn.peer_ip)
                     conn.close()
+            elif isinstance(obj, BackendPlainTransport):
+                (<BackendPlainTransport>obj).on_events(ev)
             else:
                 (<Listener>obj).on_readable()
 

@@ -1,6 +1,6 @@
 # The backend side: upstream pools (balancing, passive ejection, keep-alive connections
-# kept for the concurrency recent load needed), backend connections (uvloop
-# BufferedProtocol, plain HTTP/1.1), and the Stream base through which one exchange's
+# kept for the concurrency recent load needed), backend connections (plain HTTP/1.1, on a
+# BackendPlainTransport in the worker's epoll set, or TLS), and the Stream base through which one exchange's
 # codec stream gets, keeps and loses a backend connection.
 
 cdef enum BackendState:
@@ -118,7 +118,7 @@ cdef class BackendConnection:
     cdef UpstreamPool pool
     cdef int server
     cdef object transport
-    cdef int fd                     # plain TCP: the transport's socket (send_body); -1: TLS, or closed
+    cdef BackendPlainTransport plain  # the transport when plain TCP (C calls); None: TLS
     cdef Stream stream
     cdef int state
     cdef HeadBuffer head_buf
@@ -131,6 +131,8 @@ cdef class BackendConnection:
     cdef int requests               # requests sent on this connection
     cdef double idle_since
 
+    cdef Py_ssize_t read_size(self)
+    cdef void write(self, bytes data)
     cdef void attach(self, Stream stream)
     cdef void detach(self)
     cdef void _on_data(self, const char *p, Py_ssize_t n)
@@ -142,3 +144,22 @@ cdef class BackendConnection:
     cdef void pause(self)
     cdef void resume(self)
     cdef void abort(self)
+
+
+cdef class BackendPlainTransport:
+    cdef Worker worker
+    cdef BackendConnection protocol
+    cdef int fd                     # in the worker's epoll set and fd table; -1: closed
+    cdef unsigned int mask          # what the epoll set waits for on fd
+    cdef bytearray pending_out      # what send() could not take yet
+    cdef bint paused                # pause_reading()
+    cdef bint write_paused          # the protocol was told pause_writing()
+    cdef bint eof_pending           # write_eof(): half-close once pending_out is sent
+    cdef bint closed
+
+    cdef void _interest(self)
+    cdef void on_events(self, unsigned int ev)
+    cdef void _read(self)
+    cdef void send(self, const char *p, Py_ssize_t n)
+    cdef void _flush(self)
+    cdef void _shutdown(self)

@@ -1,6 +1,7 @@
-# The backend side. Backend connections are uvloop BufferedProtocols reading into one
-# worker-owned buffer, whose bytes go to the client without a Python object; the response
-# head is judged and rewritten by the stream's Exchange.
+# The backend side. Plain backend connections sit in the worker's own epoll set, as client
+# connections do (BackendPlainTransport): a response read is one recv() into one
+# worker-owned buffer and C calls, whose bytes go to the client without a Python object; a
+# request is one send(). The response head is judged and rewritten by the stream's Exchange.
 #
 # Pools keep idle keep-alive connections for the concurrency recent load needed: the most
 # connections busy at once in the last ten seconds (at least `keepalive`, at most
@@ -9,6 +10,8 @@
 
 import asyncio
 import collections
+import encodings.idna  # noqa: F401  sock_connect encodes the host with it: imported before the privilege drop
+import socket
 
 cdef enum:
     PEAK_SECONDS = 10
@@ -207,7 +210,7 @@ cdef class UpstreamPool:
             stream.queued = False
             stream.worker.count(N_BACKEND_REUSED)
             conn.attach(stream)
-            conn.transport.write(stream.request_head)
+            conn.write(stream.request_head)
             stream.deadline = now + stream.read_timeout
             stream.backend_ready()
             return True
@@ -331,7 +334,7 @@ cdef class Stream:
             return
         w.count(N_BACKEND_REUSED)
         conn.attach(self)
-        conn.transport.write(self.request_head)
+        conn.write(self.request_head)
 
     cdef void _connect(self, int server):
         cdef Worker w = self.worker
@@ -345,8 +348,7 @@ cdef class Stream:
             self.connect_fut = asyncio.ensure_future(_tls_connect(w, pool, server, proxy_header_for(
                 pool.send_proxy, self.exchange.facts.proxy_facts) if pool.send_proxy else None))
         else:
-            self.connect_fut = asyncio.ensure_future(w.loop.create_connection(
-                lambda: _BackendProtocol(w, pool, server), host, port))
+            self.connect_fut = asyncio.ensure_future(_plain_connect(w, pool, server))
         pool.open[server] += 1
         pool.connecting += 1
         pool.active[server] = <int>pool.active[server] + 1
@@ -385,8 +387,8 @@ cdef class Stream:
             return
         conn.attach(self)
         if self.exchange.pool.send_proxy and self.exchange.pool.tls is None:
-            conn.transport.write(proxy_header_for(self.exchange.pool.send_proxy, self.exchange.facts.proxy_facts))
-        conn.transport.write(self.request_head)
+            conn.write(proxy_header_for(self.exchange.pool.send_proxy, self.exchange.facts.proxy_facts))
+        conn.write(self.request_head)
         self.deadline = w.now + self.read_timeout
         self.backend_ready()
 
@@ -532,27 +534,26 @@ cdef class BackendConnection:
         self.pool = pool
         self.server = server
         self.state = B_IDLE
-        self.fd = -1
         framer_init(&self.body, BODY_NONE, 0)
 
     def connection_made(self, transport):
         self.transport = transport
-        if not isinstance(transport, BackendTLSTransport):
-            self.fd = transport.get_extra_info("socket").fileno()
+        if isinstance(transport, BackendPlainTransport):
+            self.plain = transport
 
-    def get_buffer(self, sizehint):
+    cdef Py_ssize_t read_size(self):
+        """How much one read may bring: an HTTP/2 stream pauses its backend past H2_OUT_MAX,
+        so one read of 64 KiB over it at most."""
         cdef Stream stream = self.stream
         if stream is not None and stream.exchange is not None and stream.exchange.facts.http2:
-            # an HTTP/2 stream pauses its backend past H2_OUT_MAX: one read of 64 KiB over it
-            return self.worker.backend_view[:H2_OUT_MAX]
-        return self.worker.backend_view
+            return H2_OUT_MAX
+        return BACKEND_BUF_SIZE
 
-    def buffer_updated(self, Py_ssize_t n):
-        self.worker.tick()   # the read deadline it sets counts from now
-        try:
-            self._on_data(PyByteArray_AS_STRING(self.worker.backend_buf), n)
-        except Exception:
-            self._internal_error()
+    cdef void write(self, bytes data):
+        if self.plain is not None:
+            self.plain.send(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        else:
+            self.transport.write(data)
 
     def eof_received(self):
         try:
@@ -593,7 +594,6 @@ cdef class BackendConnection:
             return
         self.detach()
         self.state = B_CLOSED
-        self.fd = -1
         self.pool.closed_one(self.server)
         if self.transport is not None:
             self.transport.close()
@@ -798,18 +798,12 @@ cdef class BackendConnection:
         stream.response_end(False)
 
     cdef void send_body(self, const char *p, Py_ssize_t n):
-        """Request body (or tunnel) bytes for the backend: into the socket at once while the
-        transport holds nothing unsent (no bytes object, no copy); what the socket does not
-        take, and everything on TLS, goes through the transport, which buffers it and pauses
-        the sender. A closing transport's fd may already be closed and reused: never written."""
-        cdef ssize_t r
-        if self.fd >= 0 and self.transport.get_write_buffer_size() == 0 and not self.transport.is_closing():
-            r = send(self.fd, p, n, MSG_NOSIGNAL)
-            if r > 0:
-                p += r
-                n -= r
-            # an error, EAGAIN included: the transport's write meets it again and handles it
-        if n > 0:
+        """Request body (or tunnel) bytes for the backend. Plain: into the socket at once
+        while the transport holds nothing unsent (no bytes object, no copy); what the socket
+        does not take is buffered there and pauses the sender. TLS: through the transport."""
+        if self.plain is not None:
+            self.plain.send(p, n)
+        elif n > 0:
             self.transport.write(PyBytes_FromStringAndSize(p, n))
 
     cdef void pause(self):
@@ -829,7 +823,6 @@ cdef class BackendConnection:
             if self in idle:
                 idle.remove(self)
         self.detach()
-        self.fd = -1
         if self.state != B_CLOSED:
             self.state = B_CLOSED
             self.pool.closed_one(self.server)
@@ -837,5 +830,229 @@ cdef class BackendConnection:
             self.transport.abort()
 
 
-class _BackendProtocol(BackendConnection, asyncio.BufferedProtocol):
-    """uvloop recognises buffered protocols by class; the logic is in BackendConnection."""
+def _numeric_address(str host, int port):
+    """An IP address needs no resolver (as in loop.create_connection): no executor round."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        addr = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", addr)]
+    return None
+
+
+async def _connect_socket(Worker w, UpstreamPool pool, int server):
+    """A connected non-blocking TCP socket (TCP_NODELAY) to ``server``, its addresses tried in turn."""
+    host, port = pool.servers[server]
+    loop = w.loop
+    error = None
+    infos = _numeric_address(host, port)
+    if infos is None:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    for family, _, proto, _, addr in infos:
+        sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, addr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise error if error is not None else OSError(f"{host}: no address")
+
+
+async def _plain_connect(Worker w, UpstreamPool pool, int server):
+    """``(transport, protocol)`` as loop.create_connection returns them, in the worker's epoll."""
+    sock = await _connect_socket(w, pool, server)
+    transport = BackendPlainTransport(w, sock)
+    protocol = BackendConnection(w, pool, server)
+    transport.start(protocol)
+    return transport, protocol
+
+
+cdef class BackendPlainTransport:
+    """The calls a BackendConnection makes on its transport (write, write_eof, pause/resume
+    reading, close, abort), on a plain TCP socket in the worker's epoll set. Closing is as
+    on a uvloop transport: close() reports connection_lost from the loop, not inside it."""
+
+    def __cinit__(self):
+        self.fd = -1
+
+    def __init__(self, Worker worker, sock):
+        self.worker = worker
+        self.fd = sock.detach()   # ours to close
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            close(self.fd)   # never started (start() registers it; closing unregisters it)
+
+    def start(self, BackendConnection protocol):
+        self.protocol = protocol
+        protocol.connection_made(self)
+        self.worker.fd_set(self.fd, self)
+        self._interest()
+
+    cdef void _interest(self):
+        """Read unless paused; wait for writability while output waits. A socket waited on
+        for nothing leaves the set (a hang-up can't wake a paused one in a loop)."""
+        cdef unsigned int mask = 0 if self.paused else EPOLLIN
+        if self.pending_out is not None:
+            mask |= EPOLLOUT
+        if mask != self.mask and not self.closed:
+            self.worker.poll(self.fd, self.mask, mask)
+            self.mask = mask
+
+    cdef void on_events(self, unsigned int ev):
+        """The worker's epoll reported ``ev``. A bug met here closes this connection and its
+        client's stream (BackendConnection._internal_error), never the worker."""
+        cdef BackendConnection protocol = self.protocol   # alive while its methods run
+        try:
+            if ev & (EPOLLOUT | EPOLLERR | EPOLLHUP) and self.pending_out is not None:
+                self._flush()
+            if ev & (EPOLLIN | EPOLLERR | EPOLLHUP) and not self.paused and not self.closed:
+                self._read()
+        except Exception:
+            if protocol is not None:
+                protocol._internal_error()
+
+    cdef void _read(self):
+        cdef BackendConnection protocol = self.protocol
+        cdef char *buf = PyByteArray_AS_STRING(self.worker.backend_buf)
+        cdef Py_ssize_t size
+        cdef ssize_t n
+        cdef int i
+        for i in range(4):   # a full read may have more behind it; then the next event
+            size = protocol.read_size()
+            n = recv(self.fd, buf, size, 0)
+            if n > 0:
+                protocol._on_data(buf, n)
+                if n < size or self.closed or self.paused:
+                    return
+                continue
+            if n < 0 and (errno == EAGAIN or errno == EINTR):
+                return
+            # EOF (the protocol decides: a body until close ends here), or a reset
+            self._shutdown()
+            self.protocol = None
+            if n == 0:
+                protocol.eof_received()
+            else:
+                protocol.connection_lost(ConnectionResetError(errno, "backend connection lost"))
+            return
+
+    def write(self, data):
+        cdef bytes raw = data if type(data) is bytes else bytes(data)
+        self.send(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+
+    cdef void send(self, const char *p, Py_ssize_t n):
+        """Into the socket at once while nothing waits; the rest waits in ``pending_out``
+        (EPOLLOUT on), and past BACKEND_WRITE_HIGH the protocol is told pause_writing()."""
+        cdef ssize_t r
+        if self.closed or n <= 0:
+            return
+        if self.pending_out is None:
+            r = send(self.fd, p, n, MSG_NOSIGNAL)
+            if r == n:
+                return
+            if r < 0:
+                if errno != EAGAIN and errno != EINTR:
+                    # As a uvloop transport: the protocol hears of it from the loop, not inside write().
+                    self.worker.loop.call_soon(self._report_lost)
+                    self._shutdown()
+                    return
+                r = 0
+            p += r
+            n -= r
+            self.pending_out = bytearray()
+            self._interest()
+        bytearray_extend(self.pending_out, p, n)
+        if not self.write_paused and PyByteArray_GET_SIZE(self.pending_out) > BACKEND_WRITE_HIGH:
+            self.write_paused = True
+            self.protocol.pause_writing()
+
+    cdef void _flush(self):
+        cdef BackendConnection protocol = self.protocol
+        cdef const char *p = PyByteArray_AS_STRING(self.pending_out)
+        cdef Py_ssize_t off = 0, n = PyByteArray_GET_SIZE(self.pending_out)
+        cdef ssize_t r
+        while off < n:
+            r = send(self.fd, p + off, n - off, MSG_NOSIGNAL)
+            if r > 0:
+                off += r
+            elif r < 0 and errno == EINTR:
+                continue
+            elif r < 0 and errno == EAGAIN:
+                del self.pending_out[:off]
+                return
+            else:
+                self._shutdown()
+                self.protocol = None
+                protocol.connection_lost(ConnectionResetError(errno, "backend connection lost"))
+                return
+        self.pending_out = None
+        if self.eof_pending:
+            shutdown(self.fd, SHUT_WR)
+        self._interest()
+        if self.write_paused:
+            self.write_paused = False
+            protocol.resume_writing()
+
+    def write_eof(self):
+        """Half-close once what waits is sent (a tunnel's client half-closed)."""
+        if self.closed or self.eof_pending:
+            return
+        self.eof_pending = True
+        if self.pending_out is None:
+            shutdown(self.fd, SHUT_WR)
+
+    def pause_reading(self):
+        self.paused = True
+        self._interest()
+
+    def resume_reading(self):
+        self.paused = False
+        self._interest()
+
+    def is_closing(self):
+        return self.closed
+
+    def _report_lost(self):
+        cdef BackendConnection protocol = self.protocol
+        self.protocol = None
+        if protocol is not None:
+            protocol.connection_lost(None)
+
+    cdef void _shutdown(self):
+        """Close the socket once: out of the epoll set and the fd table first, so a reused
+        fd never dispatches here."""
+        cdef int fd = self.fd
+        cdef Worker w = self.worker
+        if self.closed:
+            return
+        self.closed = True
+        self.fd = -1
+        self.pending_out = None
+        if self.mask:
+            w.poll(fd, self.mask, 0)
+            self.mask = 0
+        if w.fd_get(fd) is self:
+            w.fd_clear(fd)
+        close(fd)
+
+    def close(self):
+        """As a uvloop transport: the protocol hears connection_lost from the loop (a
+        BackendConnection that closed it itself ignores it; one nobody attached counts it)."""
+        if self.closed:
+            return
+        if self.protocol is not None:
+            self.worker.loop.call_soon(self._report_lost)
+        self._shutdown()
+
+    def abort(self):
+        self.close()

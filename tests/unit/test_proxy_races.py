@@ -14,7 +14,7 @@ import ssl
 import threading
 
 import uvloop
-from fastterm._core import _BackendProtocol
+from fastterm._core import BackendConnection, BackendPlainTransport
 
 from fastterm.config.model import Certificate, Config, Limits, Route, Server, Upstream
 from fastterm.worker import Serving
@@ -76,8 +76,13 @@ def test_stale_connect_completion_is_closed_not_attached(tmp_path, ec_leaf, inte
         (conn,) = serving.worker.clients
         pool = serving.plan.pools["app"]
         done = loop.create_future()
-        done.set_result(await loop.create_connection(
-            lambda: _BackendProtocol(serving.worker, pool, 0), *late.getsockname()))
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, late.getsockname())
+        transport = BackendPlainTransport(serving.worker, sock)
+        protocol = BackendConnection(serving.worker, pool, 0)
+        transport.start(protocol)
+        done.set_result((transport, protocol))
         conn.session.stream._on_connected(done)   # the finished connect of an attempt already given up on
         await asyncio.sleep(0.3)
         await serving.stop(graceful=False)
