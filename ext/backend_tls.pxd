@@ -1,6 +1,7 @@
 # TLS to a backend (re-encryption): the transport under a BackendConnection when its
-# upstream speaks TLS. OpenSSL reads and writes the backend socket itself (SSL_set_fd), as
-# on the client side; the BackendConnection sees the same calls as from a uvloop transport.
+# upstream speaks TLS. OpenSSL reads and writes the backend socket itself (SSL_set_fd), in
+# the worker's epoll set, as on the client side; the BackendConnection sees the same calls
+# as from a uvloop transport.
 
 cdef class BackendTLSTransport:
     cdef Worker worker
@@ -8,7 +9,8 @@ cdef class BackendTLSTransport:
     cdef int server
     cdef object loop
     cdef object sock
-    cdef int fd
+    cdef int fd                     # in the worker's epoll set and fd table while open
+    cdef unsigned int mask          # what the epoll set waits for on fd
     cdef TLSConnection tls
     cdef BackendConnection protocol
     cdef object handshake_done      # future: the handshake finished (or failed: its reason)
@@ -23,6 +25,10 @@ cdef class BackendTLSTransport:
 
     cdef void _reader(self, bint on)
     cdef void _writer(self, bint on)
+    cdef void _interest(self)
+    cdef void on_events(self, unsigned int ev)
+    cdef void _readable(self)
+    cdef void _writable(self)
     # Handshake flow
     cdef void _step_handshake(self)
     cdef void _keep_session(self)

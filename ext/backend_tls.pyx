@@ -1,9 +1,10 @@
 # TLS to backends (re-encryption, mTLS). A connect to an upstream with a TLS context is:
 # TCP connect (uvloop's sock_connect, as for a plain one), then a non-blocking client
-# handshake on the socket (SNI, name check, client certificate, the server's last session
-# offered for resumption), and only then the BackendConnection, which writes the head. A handshake or verification
-# failure is a failed connect: the request goes on to the next server like after a refused
-# one, and finally gets 502; the log line carries OpenSSL's reason.
+# handshake on the socket in the worker's epoll set (SNI, name check, client certificate,
+# the server's last session offered for resumption), and only then the BackendConnection,
+# which writes the head. A handshake or verification failure is a failed connect: the
+# request goes on to the next server like after a refused one, and finally gets 502; the
+# log line carries OpenSSL's reason.
 
 cdef enum:
     BACKEND_WRITE_HIGH = 65536     # pending plaintext past this pauses the request's sender
@@ -51,27 +52,39 @@ cdef class BackendTLSTransport:
         session = pool.tls_sessions[server]
         if session is not None:
             self.tls.resume(session)
+        worker.fd_set(self.fd, self)
         self.handshaking = True
         self._step_handshake()
 
     cdef void _reader(self, bint on):
         if on != self.reader_on and not self.closed:
             self.reader_on = on
-            if on:
-                self.loop.add_reader(self.fd, self._on_readable)
-            else:
-                self.loop.remove_reader(self.fd)
+            self._interest()
 
     cdef void _writer(self, bint on):
         if on != self.writer_on and not self.closed:
             self.writer_on = on
-            if on:
-                self.loop.add_writer(self.fd, self._on_writable)
-            else:
-                self.loop.remove_writer(self.fd)
+            self._interest()
+
+    cdef void _interest(self):
+        cdef unsigned int mask = (EPOLLIN if self.reader_on else 0) | (EPOLLOUT if self.writer_on else 0)
+        if mask != self.mask:
+            self.worker.poll(self.fd, self.mask, mask)
+            self.mask = mask
+
+    cdef void on_events(self, unsigned int ev):
+        """The worker's epoll reported ``ev`` (Worker._on_events)."""
+        if ev & (EPOLLOUT | EPOLLERR | EPOLLHUP) and self.writer_on:
+            self._writable()
+        if ev & (EPOLLIN | EPOLLERR | EPOLLHUP) and self.reader_on and not self.closed:
+            self._readable()
 
     def _on_readable(self):
+        """Records OpenSSL already holds, read from the loop (they wake no epoll)."""
         self.worker.tick()
+        self._readable()
+
+    cdef void _readable(self):
         if self.closed:
             return
         try:
@@ -82,8 +95,7 @@ cdef class BackendTLSTransport:
         except Exception:
             self._internal_error()
 
-    def _on_writable(self):
-        self.worker.tick()
+    cdef void _writable(self):
         if self.closed:
             return
         try:
@@ -265,6 +277,8 @@ cdef class BackendTLSTransport:
         self.closed = True
         if notify and not self.handshaking and self.pending_out is None:
             self.tls.send_close_notify()
+        if self.worker.fd_get(self.fd) is self:
+            self.worker.fd_clear(self.fd)   # before close: a reused fd never dispatches here
         self.sock.close()
         self.fd = -1
         self.tls = None   # SSL_free; the socket BIO does not own the fd

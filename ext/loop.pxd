@@ -103,9 +103,9 @@ cdef class Worker:
     cdef public int hs_log_rate
     cdef readonly object access_log # an AccessLog (accesslog.pyx, set_access_log); None: off, nothing collected
 
-    cdef int epfd                   # our epoll set of client, listening and plain backend sockets
+    cdef int epfd                   # our epoll set of client, listening and backend sockets
     cdef epoll_event *events
-    cdef PyObject **by_fd           # fd -> ClientConnection, Listener or BackendPlainTransport (a
+    cdef PyObject **by_fd           # fd -> ClientConnection, Listener or a backend transport (a
                                     # reference each), or NULL:
     cdef int by_fd_size             # an array, ~8 B a connection where a set and a dict took ~170
     cdef list closed                # closed this pass: their codecs are unlinked on the next

@@ -211,6 +211,8 @@ cdef class Worker:
                     conn.close()
             elif isinstance(obj, BackendPlainTransport):
                 (<BackendPlainTransport>obj).on_events(ev)
+            elif isinstance(obj, BackendTLSTransport):
+                (<BackendTLSTransport>obj).on_events(ev)
             else:
                 (<Listener>obj).on_readable()
 

@@ -10,7 +10,7 @@
 
 import asyncio
 import collections
-import encodings.idna  # noqa: F401  sock_connect encodes the host with it: imported before the privilege drop
+import encodings.idna  # noqa: F401  sock_connect's host codec, imported before a privilege drop
 import socket
 
 cdef enum:
@@ -339,7 +339,6 @@ cdef class Stream:
     cdef void _connect(self, int server):
         cdef Worker w = self.worker
         cdef UpstreamPool pool = self.exchange.pool
-        host, port = pool.servers[server]
         self.connecting = True
         self.tried_server = server
         self.deadline = w.now + self.connect_timeout
