@@ -608,11 +608,14 @@ cdef class ClientConnection:
         self._start_tls()
 
     cdef void _start_tls(self):
+        """The handshake starts when the ClientHello is readable: a client's ClientHello comes
+        after the accept (its connect returned on our SYN-ACK), so an SSL_do_handshake at
+        once read nothing (EAGAIN) and returned WANT_READ; nginx also waits for the first
+        read event. One read and one SSL_do_handshake less per connection."""
         self.hs_start = self.worker.now
         self.state = C_HANDSHAKE
         self.tls = TLSConnection(self.context, self.fd)
         self._want_read(True)
-        self._handshake()
 
     cdef void on_readable(self):
         if self.state == C_HANDSHAKE:
@@ -851,6 +854,8 @@ cdef class ClientConnection:
             self.peer_ip = (<bytes>text).decode("ascii")
             self.peer_port = h.src_port
         self._start_tls()
+        if have + got > r:
+            self._handshake()   # the ClientHello came behind the header: it is readable now
 
     cdef void _handshake(self):
         cdef Worker w = self.worker
