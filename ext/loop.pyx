@@ -518,12 +518,13 @@ cdef class Listener:
                 port = ntohs((<sockaddr_in *>&addr).sin_port)
             if inet_ntop(addr.ss_family, src, text, sizeof(text)) == NULL:
                 text[0] = 0
+            peer_ip = text[:strlen(text)].decode("ascii")   # one str, no bytes object first
             conn = ClientConnection.__new__(ClientConnection)
             conn.worker = w
             conn.fd = fd
             conn.context = self.context
             conn.sites = self.sites
-            conn.peer_ip = (<bytes>text).decode("ascii")
+            conn.peer_ip = peer_ip
             conn.peer_port = port
             if self.proxy_trusted is not None:
                 conn.proxy_in = _proxy_peer_check(self.proxy_trusted, conn.peer_ip)
