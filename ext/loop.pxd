@@ -108,7 +108,7 @@ cdef class Worker:
     cdef PyObject **by_fd           # fd -> ClientConnection, Listener or a backend transport (a
                                     # reference each), or NULL:
     cdef int by_fd_size             # an array, ~8 B a connection where a set and a dict took ~170
-    cdef list closed                # closed this pass: their codecs are unlinked on the next
+    cdef list closed                # closed connections whose codecs are not unlinked yet (release_later)
     cdef list spare_streams         # H1Streams (and their Exchanges) of ended requests, for the next ones
     cdef bint release_scheduled
 
@@ -129,6 +129,7 @@ cdef class Worker:
     cdef void log_exchange(self, ClientConnection conn, Exchange ex, int status, long long bytes_in,
                            long long bytes_out, bint http2)
     cdef void release_later(self, ClientConnection conn)
+    cdef void release_closed(self)
 
 
 cdef class Listener:

@@ -45,7 +45,8 @@ cdef class TLSContext:
     cdef readonly int verify_client  # server mode: VERIFY_CLIENT_* (nginx ssl_verify_client)
     cdef public bint reject_handshake  # handshakes that end up here fail: unrecognized_name
     cdef bytes alpn_wire            # our ALPN list in wire format, preference order
-    cdef dict sni                   # lowercased name or "*.suffix" -> TLSContext or Identity
+    cdef dict sni                   # lowercased name or "*.suffix" (bytes) -> TLSContext or Identity
+    cdef bint sni_wildcards         # sni has a "*.suffix" key
     cdef dict sni_tail              # b"prefix." -> TLSContext or Identity (nginx server_name www.example.*)
     cdef list sni_regex             # [(compiled bytes pattern, TLSContext or Identity)] in order (server_name ~RE)
     cdef readonly list key_types    # "RSA", "EC", ... one per certificate added
@@ -67,7 +68,7 @@ cdef class TLSContext:
     cdef int _setup_early_data(self, SharedState shared, bint early_data,
                                unsigned int max_early_data) except -1
     # SNI flow
-    cdef object _select(self, const char *name)
+    cdef object _select(self, const char *name, size_t n)
     cdef bint _take_over(self, SSL *ssl, TLSContext current) noexcept
 
 

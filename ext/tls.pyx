@@ -144,6 +144,12 @@ cdef int _acme_hello(SSL *ssl, int *alert, TLSContext current) noexcept:
     return SSL_CLIENT_HELLO_SUCCESS
 
 
+cdef bytes _sni_key(str name):
+    """A server name as the SNI map holds it: lowercase bytes, IDNA for a non-ASCII name (the
+    A-label a client sends; the Host map does the same, ext/exchange.pyx SiteTable)."""
+    return name.lower().encode("idna" if not name.isascii() else "ascii")
+
+
 cdef object _tail_or_regex(bytes key, dict tail, list regex):
     """nginx's server_name after the exact and *.suffix names (ngx_http_find_virtual_server):
     the longest "prefix.*" (one label at least after its dot), then the first regex found in
@@ -181,7 +187,7 @@ cdef int _client_hello_cb(SSL *ssl, int *alert, void *arg) noexcept:
             return SSL_CLIENT_HELLO_ERROR
         return SSL_CLIENT_HELLO_SUCCESS
     try:
-        found = current._select(PyBytes_FromStringAndSize(<const char *>name, name_len))
+        found = current._select(<const char *>name, name_len)
     except BaseException:
         return SSL_CLIENT_HELLO_SUCCESS
     if type(found) is Identity:
@@ -669,9 +675,9 @@ cdef class TLSContext:
         to its connections. The session cache is this context's for all of them: OpenSSL
         keeps it on the context a connection started on.
         """
-        self.sni = {k.lower(): v for k, v in names.items() if not k.endswith(".*")}
-        self.sni_tail = {k.lower()[:len(k) - 1].encode("idna" if not k.isascii() else "ascii"): v
-                         for k, v in names.items() if k.endswith(".*")}
+        self.sni = {_sni_key(k): v for k, v in names.items() if not k.endswith(".*")}
+        self.sni_wildcards = any(k.startswith(b"*.") for k in self.sni)
+        self.sni_tail = {_sni_key(k[:len(k) - 1]): v for k, v in names.items() if k.endswith(".*")}
         self.sni_regex = list(regex)
 
     cdef int _setup_early_data(self, SharedState shared, bint early_data,
@@ -736,17 +742,33 @@ cdef class TLSContext:
         SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(self.ctx))
         return True
 
-    cdef object _select(self, const char *name):
-        cdef bytes raw = name
-        host = raw.decode("ascii", "replace").lower().rstrip(".")
-        found = self.sni.get(host)
-        dot = host.find(".")
-        while found is None and dot > 0:
-            # nginx's server_name rule: the longest "*.suffix" wins, at any depth
-            found = self.sni.get("*" + host[dot:])
-            dot = host.find(".", dot + 1)
+    cdef object _select(self, const char *name, size_t n):
+        """The ClientHello callback's lookup, once per handshake: the name lowercased and
+        without its trailing dots into one bytes key, and a dict lookup on it (no str
+        decoded, no method called where the name is found or no wildcard is configured)."""
+        cdef char buf[256]
+        cdef size_t i
+        cdef char c
+        cdef bytes key
+        cdef Py_ssize_t dot
+        if n < sizeof(buf):
+            for i in range(n):
+                c = name[i]
+                buf[i] = c + 32 if b'A' <= c <= b'Z' else c
+            while n > 0 and buf[n - 1] == b'.':
+                n -= 1
+            key = PyBytes_FromStringAndSize(buf, n)
+        else:
+            key = PyBytes_FromStringAndSize(name, n).lower().rstrip(b".")
+        found = self.sni.get(key)
+        if found is None and self.sni_wildcards:
+            dot = key.find(b".")
+            while found is None and dot > 0:
+                # nginx's server_name rule: the longest "*.suffix" wins, at any depth
+                found = self.sni.get(b"*" + key[dot:])
+                dot = key.find(b".", dot + 1)
         if found is None and (self.sni_tail or self.sni_regex):
-            found = _tail_or_regex(raw.lower().rstrip(b"."), self.sni_tail, self.sni_regex)
+            found = _tail_or_regex(key, self.sni_tail, self.sni_regex)
         return self if found is None else found
 
     def sni_entries(self):
@@ -756,7 +778,8 @@ cdef class TLSContext:
     def select(self, str name):
         """The context (or Identity) SNI ``name`` selects: exact, the longest ``*.suffix``, the
         longest ``prefix.*``, the first regex, then this one."""
-        return self._select(name.encode())
+        raw = name.encode()
+        return self._select(raw, len(raw))
 
     @property
     def sessions_cached(self):
