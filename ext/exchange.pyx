@@ -509,6 +509,9 @@ cdef class Exchange:
         self.location = None
         self.redirect_from = self.redirect_to = self.host_name = None
         self.upstream_target = None
+        self.max_body = 0
+        self.keepalive_header = 0
+        self.framing_at = 0
         self.early = self.early_marked = False
         self.resp = None
         self.added_always = self.added_success = self.answer_value = None
@@ -516,7 +519,7 @@ cdef class Exchange:
         self.buffer_body = False
         self.cert_failure = 0
         self.started = self.upstream_start = self.upstream_end = 0
-        self.head_sent = 0
+        self.out_mark = self.head_sent = 0
         self.upstream_server = -1
         self.logged = False
         self.log_method = self.log_target = self.log_referer = self.log_agent = None

@@ -3,7 +3,7 @@
 # pipelined request waits (in `held`, then in the kernel) until the one before it has
 # been answered and its output taken by the client.
 
-from cpython.ref cimport Py_REFCNT
+from cpython.ref cimport Py_REFCNT, _Py_REFCNT
 
 cdef enum:
     SPARE_STREAMS = 64   # ended requests' streams a worker keeps for the next ones
@@ -29,7 +29,10 @@ cdef class H1Session(Codec):
             return stream
         while w.spare_streams:
             stream = <H1Stream>w.spare_streams.pop()
-            if Py_REFCNT(stream) == 1 and stream.exchange is not None and Py_REFCNT(stream.exchange) == 1:
+            # The Exchange's count through a borrowed pointer: Py_REFCNT(stream.exchange) counts
+            # the temporary reference Cython takes to pass the attribute, never 1.
+            if Py_REFCNT(stream) == 1 and stream.exchange is not None and \
+                    _Py_REFCNT(<PyObject *>stream.exchange) == 1:
                 stream.exchange.reset(self.facts)
                 break
             stream = None
