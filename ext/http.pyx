@@ -22,6 +22,7 @@ cdef bint[256] _TCHAR
 cdef bint[256] _NAME_CHAR     # tchar but "_": a field name's bytes until a CGI look-alike's "_"
 cdef bint[256] _VCHAR_OR_WS   # field-value bytes: HTAB, SP, VCHAR, obs-text
 cdef bint[256] _TARGET        # request-target bytes: VCHAR and obs-text, no SP/CTL
+cdef char[256] _LOWER         # ASCII letters lowercased, every other byte as it is
 
 cdef void _init_tables():
     cdef int c
@@ -31,12 +32,13 @@ cdef void _init_tables():
         _NAME_CHAR[c] = _TCHAR[c] and c != 95
         _VCHAR_OR_WS[c] = c == 9 or 32 <= c <= 126 or c >= 128
         _TARGET[c] = 33 <= c <= 126 or c >= 128
+        _LOWER[c] = c + 32 if 65 <= c <= 90 else c
 
 _init_tables()
 
 
 cdef inline char _lower(char c) noexcept nogil:
-    return c + 32 if 65 <= c <= 90 else c
+    return _LOWER[<unsigned char>c]   # a load, where the range test was a compare and a branch
 
 
 cdef inline bint _ieq(const char *p, int n, const char *lit, int litlen) noexcept nogil:
@@ -807,8 +809,9 @@ cdef class HeadWriter:
         self.cap = cap
         return 0
 
-    cdef int put(self, const char *p, Py_ssize_t n) except -1:
-        self.reserve(n)
+    cdef inline int put(self, const char *p, Py_ssize_t n) except -1:
+        if self.len + n > self.cap:
+            self.reserve(n)
         memcpy(self.buf + self.len, p, n)
         self.len += n
         return 0
@@ -845,10 +848,10 @@ cdef class HeadBuffer:
             self.scanned = have + n
         return end
 
-    cdef const char *ptr(self):
+    cdef const char *ptr(self) noexcept:
         return PyByteArray_AS_STRING(self.data)
 
-    cdef Py_ssize_t size(self):
+    cdef Py_ssize_t size(self) noexcept:
         return PyByteArray_GET_SIZE(self.data)
 
 

@@ -1013,14 +1013,14 @@ cdef class TLSConnection:
         return self._status(0)
 
     # ---- Data flow ------------------------------------------------------
-    cdef int read_into(self, char *buf, int size):
+    cdef int read_into(self, char *buf, int size) except? -1:
         cdef int n
         n = SSL_read(self.ssl, buf, size)   # the error queue is empty: see the class docstring
         if n > 0:
             return n
         return self._status(n)
 
-    cdef int write_from(self, const char *buf, int size):
+    cdef int write_from(self, const char *buf, int size) except? -1:
         cdef int n
         cdef size_t written = 0
         if self.early_accepted and not SSL_is_init_finished(self.ssl):
