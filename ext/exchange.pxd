@@ -196,6 +196,7 @@ cdef class ConnectionFacts:
     cdef bytes client_pem_b
 
 
+@cython.final   # direct calls: nothing subclasses it
 cdef class ClientFacts:
     """What one client connection knows that a request's verdict depends on; shared by the
     exchanges of that connection (one after another on HTTP/1.1, side by side on HTTP/2)."""
@@ -212,12 +213,13 @@ cdef class ClientFacts:
     cdef ConnectionFacts more       # what nginx's variables read (shared, empty, where none is wanted)
     cdef public tuple proxy_facts   # what a PROXY header names (SiteTable.send_proxy; proxyproto.pyx)
     cdef ConnectionFacts _own(self)
-    cdef const char *peer_ip_chars(self, int *n)
+    cdef const char *peer_ip_chars(self, int *n) except NULL
     cdef ServerPolicy server_for(self, const char *host, int n)
-    cdef bint trusts(self, ServerPolicy server)
+    cdef bint trusts(self, ServerPolicy server) except -1
     cdef bint real_ip_from(self, RequestRewrite rewrite)
 
 
+@cython.final   # direct calls: nothing subclasses it
 cdef class Exchange:
     cdef int state
     cdef ClientFacts facts
@@ -250,7 +252,7 @@ cdef class Exchange:
     cdef bytes host_name            # $host for it: ClientFacts.last_host, or None (the server's name)
     cdef readonly long long max_body  # the answering route's client_max_body_size, 0: none (codecs count chunks)
     cdef bytes upstream_target      # the route's upstream_path applied (nginx proxy_pass URI), or None
-    cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head)
+    cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head) except -1
     cdef public bint early          # the request arrived in TLS 1.3 early data (set by the codec)
     cdef int cert_failure           # 400 for the client certificate: CERT_NONE_SENT or CERT_INVALID (its page)
     cdef bint _client_refused(self, ServerPolicy server)
@@ -279,7 +281,7 @@ cdef class Exchange:
     cdef bytes log_agent
     cdef void note_request(self, const char *p, MessageHead *head, HeaderSlot *slots)
 
-    cdef void reset(self, ClientFacts facts)
+    cdef void reset(self, ClientFacts facts) noexcept
     cdef int advance(self, int event) except -1
     cdef int reject(self, int status) except -1
     cdef int request(self, const char *p, MessageHead *head, HeaderSlot *slots, HeadWriter out,

@@ -428,7 +428,7 @@ cdef class ClientFacts:
         facts.client_verify_b = b"SUCCESS" if facts.client_verify_result == X509_V_OK else \
             b"FAILED:" + X509_verify_cert_error_string(facts.client_verify_result)
 
-    cdef const char *peer_ip_chars(self, int *n):
+    cdef const char *peer_ip_chars(self, int *n) except NULL:
         """The peer's address as bytes with no copy: an ASCII str holds them (no bytes object
         kept per connection)."""
         cdef Py_ssize_t size
@@ -466,7 +466,7 @@ cdef class ClientFacts:
                 self.last_real_ip = any(addr in net for net in rewrite.real_ip_from)
         return self.last_real_ip
 
-    cdef bint trusts(self, ServerPolicy server):
+    cdef bint trusts(self, ServerPolicy server) except -1:
         """Whether ``server``'s trusted_proxies hold the peer: its forwarded headers are kept."""
         if server is not self.trust_server:
             self.trust_server = server
@@ -486,7 +486,7 @@ cdef class Exchange:
         self.content_length = -1
         self.upstream_server = -1
 
-    cdef void reset(self, ClientFacts facts):
+    cdef void reset(self, ClientFacts facts) noexcept:
         """Back to X_NEW for another request (of any connection: the worker keeps the streams
         and Exchanges of ended requests for the next ones, ext/h1.pyx _begin)."""
         self.facts = facts
@@ -509,6 +509,9 @@ cdef class Exchange:
         self.location = None
         self.redirect_from = self.redirect_to = self.host_name = None
         self.upstream_target = None
+        self.max_body = 0
+        self.keepalive_header = 0
+        self.framing_at = 0
         self.early = self.early_marked = False
         self.resp = None
         self.added_always = self.added_success = self.answer_value = None
@@ -516,7 +519,7 @@ cdef class Exchange:
         self.buffer_body = False
         self.cert_failure = 0
         self.started = self.upstream_start = self.upstream_end = 0
-        self.head_sent = 0
+        self.out_mark = self.head_sent = 0
         self.upstream_server = -1
         self.logged = False
         self.log_method = self.log_target = self.log_referer = self.log_agent = None
@@ -802,7 +805,7 @@ cdef class Exchange:
                 out.put_bytes(<bytes>value)
         return 0
 
-    cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head):
+    cdef bint _over_limit(self, ServerPolicy server, tuple route, bytes slash, MessageHead *head) except -1:
         """Whether a Content-Length is past the limit of the route that answers (nginx's
         client_max_body_size of the location, else the server's, else the global one); the
         limit stays in ``max_body`` for a chunked body (the codec counts it as it grows)."""

@@ -11,6 +11,7 @@ cdef enum H1State:
     H1_TUNNEL       # the backend answered 101: bytes both ways until close (WebSocket)
 
 
+@cython.final   # direct calls to its own methods (the Codec ones stay virtual)
 cdef class H1Session(Codec):
     cdef readonly H1Stream stream   # the current request's way to its backend; None while idle
     cdef int state
@@ -34,10 +35,10 @@ cdef class H1Session(Codec):
     # Request flow
     cdef H1Stream _begin(self)
     cdef void _idle(self)
-    cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n)
-    cdef int _check_head_size(self, const char *p, Py_ssize_t n)
-    cdef int _on_head(self, const char *p, int head_len)
-    cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n)
+    cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n) except -2
+    cdef int _check_head_size(self, const char *p, Py_ssize_t n) noexcept
+    cdef int _on_head(self, const char *p, int head_len) except -2
+    cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n) except -2
     cdef void _stash(self, const char *p, Py_ssize_t n)
     cdef void _resume(self)
     cdef void _redirect(self, Exchange ex, int status)
@@ -48,9 +49,9 @@ cdef class H1Session(Codec):
     # Tunnel flow (after a 101)
     cdef void _tunnel(self)
     cdef void _tunnel_data(self, const char *p, Py_ssize_t n)
-    cdef void release(self)
 
 
+@cython.final   # direct calls to its own methods (the Stream ones stay virtual)
 cdef class H1Stream(Stream):
     cdef H1Session session
     cdef BodyFramer req_body        # the request body's framing (here: an idle session keeps none)

@@ -3,7 +3,7 @@
 # pipelined request waits (in `held`, then in the kernel) until the one before it has
 # been answered and its output taken by the client.
 
-from cpython.ref cimport Py_REFCNT
+from cpython.ref cimport Py_REFCNT, _Py_REFCNT
 
 cdef enum:
     SPARE_STREAMS = 64   # ended requests' streams a worker keeps for the next ones
@@ -29,7 +29,10 @@ cdef class H1Session(Codec):
             return stream
         while w.spare_streams:
             stream = <H1Stream>w.spare_streams.pop()
-            if Py_REFCNT(stream) == 1 and stream.exchange is not None and Py_REFCNT(stream.exchange) == 1:
+            # The Exchange's count through a borrowed pointer: Py_REFCNT(stream.exchange) counts
+            # the temporary reference Cython takes to pass the attribute, never 1.
+            if Py_REFCNT(stream) == 1 and stream.exchange is not None and \
+                    _Py_REFCNT(<PyObject *>stream.exchange) == 1:
                 stream.exchange.reset(self.facts)
                 break
             stream = None
@@ -192,7 +195,7 @@ cdef class H1Session(Codec):
             stream.exchange.advance(E_ABORT)
 
     # ---- Request flow ---------------------------------------------------------------
-    cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n):
+    cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n) except -2:
         """Consume header-block bytes; returns bytes used, or -1 when the connection ended."""
         cdef Worker w = self.worker
         cdef Py_ssize_t end, have, start
@@ -246,7 +249,7 @@ cdef class H1Session(Codec):
             return -1
         return end - have
 
-    cdef int _check_head_size(self, const char *p, Py_ssize_t n):
+    cdef int _check_head_size(self, const char *p, Py_ssize_t n) noexcept:
         """The status refusing a head (complete or not) of ``n`` bytes so far, or 0.
         Without a line limit: 431 past header_buffer_size (RFC 6585 §5). With one (nginx's
         large_client_header_buffers SIZE): nginx's statuses, 414 for a request line longer
@@ -261,7 +264,7 @@ cdef class H1Session(Codec):
             return 400 if n > w.header_buffer_size else 0
         return 431 if n > w.header_buffer_size else 0
 
-    cdef int _on_head(self, const char *p, int head_len):
+    cdef int _on_head(self, const char *p, int head_len) except -2:
         """A complete request header block: the Exchange decides, then dispatch."""
         cdef Worker w = self.worker
         cdef MessageHead head
@@ -334,7 +337,7 @@ cdef class H1Session(Codec):
             self.dispatch_pending = True
         return 0 if self.conn.state == C_OPEN and self.state != H1_CLOSING else -1
 
-    cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n):
+    cdef Py_ssize_t _feed_body(self, const char *p, Py_ssize_t n) except -2:
         cdef Worker w = self.worker
         cdef H1Stream stream = self.stream   # held: dispatch may end the request (_idle)
         cdef Py_ssize_t k

@@ -116,8 +116,8 @@ cdef class Worker:
     cdef object fd_get(self, int fd)
     cdef void fd_clear(self, int fd)
     cdef list client_list(self)
-    cdef inline void count(self, int counter, long long n=*)
-    cdef inline void tick(self)
+    cdef inline void count(self, int counter, long long n=*) noexcept
+    cdef inline void tick(self) noexcept
     cdef void count_status(self, int status)
     cdef int poll(self, int fd, unsigned int old_mask, unsigned int new_mask)
     cdef void pause_accepting(self)
@@ -169,6 +169,7 @@ cdef class Codec:
     cdef void on_handshake_done(self)
 
 
+@cython.final   # direct calls: nothing subclasses it
 cdef class ClientConnection:
     cdef Worker worker
     cdef int fd
@@ -222,7 +223,7 @@ cdef class ClientConnection:
     cdef void resume_input(self)
     # Output flow
     cdef void send(self, const char *p, Py_ssize_t n)
-    cdef bint output_blocked(self)
+    cdef bint output_blocked(self) noexcept
     cdef void _flush(self)
     # Shutdown flow
     cdef void finish(self)

@@ -217,10 +217,10 @@ cdef class Worker:
             else:
                 (<Listener>obj).on_readable()
 
-    cdef inline void count(self, int counter, long long n=1):
+    cdef inline void count(self, int counter, long long n=1) noexcept:
         self.counters[counter] += n
 
-    cdef inline void tick(self):
+    cdef inline void tick(self) noexcept:
         """``now`` from CLOCK_MONOTONIC, the clock of the loop's timers (libuv's uv_now), with
         no Python call: every backend read and client event takes it."""
         cdef timespec ts
@@ -1048,7 +1048,7 @@ cdef class ClientConnection:
             self.close()
             return
 
-    cdef bint output_blocked(self):
+    cdef bint output_blocked(self) noexcept:
         """Output waits for the client: no backend reads, no new requests meanwhile."""
         return self.pending_out is not None
 

@@ -90,6 +90,7 @@ cdef class TLSSession:
     cdef SSL_SESSION *session
 
 
+@cython.final   # direct calls: nothing subclasses it
 cdef class TLSConnection:
     cdef SSL *ssl
     cdef BIO *rbio                  # memory mode only; owned by ssl
@@ -109,8 +110,8 @@ cdef class TLSConnection:
     cdef int handshake(self)
     cdef int read_early(self, char *buf, int size)
     # Data flow
-    cdef int read_into(self, char *buf, int size)
-    cdef int write_from(self, const char *buf, int size)
+    cdef int read_into(self, char *buf, int size) except? -1
+    cdef int write_from(self, const char *buf, int size) except? -1
     # Shutdown flow
     cdef int send_close_notify(self)
     # Memory-BIO plumbing (memory mode)

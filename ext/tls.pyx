@@ -926,6 +926,13 @@ cdef class TLSConnection:
 
     The cdef methods are the hot path and return TLS_* codes; the def methods wrap
     them for tests and tools.
+
+    OpenSSL's error queue is empty whenever a call of this class returns: a failure drains
+    it into ``error`` (_status), the calls that may succeed with entries left behind (the
+    handshake, whose callbacks decode sessions and certificates; early data; SSL_shutdown;
+    SSL_set_session) clear it after themselves. So SSL_read and SSL_write clear nothing
+    before they run (3 ERR_clear_error a keep-alive request, ~800 instructions each), and
+    SSL_get_error still sees only their own entries.
     """
 
     def __cinit__(self):
@@ -984,6 +991,7 @@ cdef class TLSConnection:
                 elif not SSL_set1_host(self.ssl, name.encode()):
                     raise_tls_error("SSL_set1_host failed")
             SSL_set_connect_state(self.ssl)
+        ERR_clear_error()
 
     def __dealloc__(self):
         global _live_ssl
@@ -1001,8 +1009,12 @@ cdef class TLSConnection:
 
     # ---- Handshake flow -------------------------------------------------
     cdef int handshake(self):
+        cdef int r
         ERR_clear_error()
-        return self._status(SSL_do_handshake(self.ssl))
+        r = self._status(SSL_do_handshake(self.ssl))
+        if r == TLS_OK:
+            ERR_clear_error()   # what a callback met on the way (a session that did not decode)
+        return r
 
     cdef int read_early(self, char *buf, int size):
         """SSL_read_early_data(3), the first reads of a server with early data on: bytes of
@@ -1014,33 +1026,34 @@ cdef class TLSConnection:
         ERR_clear_error()
         r = SSL_read_early_data(self.ssl, buf, size, &n)
         if r == SSL_READ_EARLY_DATA_SUCCESS:
+            ERR_clear_error()
             self.early_accepted = True
             return <int>n
         if r == SSL_READ_EARLY_DATA_FINISH:
+            ERR_clear_error()
             self.early_reading = False
             return <int>n
         return self._status(0)
 
     # ---- Data flow ------------------------------------------------------
-    cdef int read_into(self, char *buf, int size):
+    cdef int read_into(self, char *buf, int size) except? -1:
         cdef int n
-        ERR_clear_error()
-        n = SSL_read(self.ssl, buf, size)
+        n = SSL_read(self.ssl, buf, size)   # the error queue is empty: see the class docstring
         if n > 0:
             return n
         return self._status(n)
 
-    cdef int write_from(self, const char *buf, int size):
+    cdef int write_from(self, const char *buf, int size) except? -1:
         cdef int n
         cdef size_t written = 0
-        ERR_clear_error()
         if self.early_accepted and not SSL_is_init_finished(self.ssl):
             # 0.5-RTT (RFC 8446 §2.3): an answer to early data before the client's Finished;
             # SSL_write would try to finish the handshake first and fail.
             if SSL_write_early_data(self.ssl, buf, size, &written):
+                ERR_clear_error()
                 return <int>written
             return self._status(0)
-        n = SSL_write(self.ssl, buf, size)
+        n = SSL_write(self.ssl, buf, size)   # the error queue is empty: see the class docstring
         if n > 0:
             return n
         return self._status(n)
@@ -1058,7 +1071,10 @@ cdef class TLSConnection:
 
     cdef int resume(self, TLSSession session):
         """Offer ``session`` in the ClientHello (before the handshake); 0 if refused."""
-        return SSL_set_session(self.ssl, session.session)
+        cdef int ok = SSL_set_session(self.ssl, session.session)
+        if not ok:
+            ERR_clear_error()
+        return ok
 
     cdef int _status(self, int ret):
         cdef int err = SSL_get_error(self.ssl, ret)
@@ -1102,6 +1118,7 @@ cdef class TLSConnection:
         ERR_clear_error()
         ret = SSL_shutdown(self.ssl)
         if ret >= 0:
+            ERR_clear_error()
             return TLS_OK
         return self._status(ret)
 

@@ -1,4 +1,5 @@
 # The headers of fastterm._core (uvloop's loop.pxd style): each ext/*.pxd in flow order.
+cimport cython
 from cpython.ref cimport PyObject
 from includes.openssl cimport *
 from includes.system cimport *

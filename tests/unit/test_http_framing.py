@@ -203,6 +203,56 @@ def test_incomplete_head():
         assert info.value.args[0] == "incomplete"
 
 
+@pytest.mark.parametrize("at", [0, 1, 7, 8, 9, 15, 16, 20])
+def test_every_value_byte_at_every_word_offset(at):
+    """A field value is checked eight bytes at a time, then byte by byte: each byte value,
+    at each offset of a word, is accepted exactly when it is HTAB, SP, VCHAR or obs-text."""
+    for byte in range(256):
+        value = bytearray(b"v" * 21)
+        value[at] = byte
+        data = b"GET / HTTP/1.1\r\nHost: h\r\nX-V: " + bytes(value) + b"\r\n\r\n"
+        allowed = byte == 9 or 32 <= byte <= 126 or byte >= 128
+        if allowed:
+            head = parse_request_head(data)
+            assert head["headers"][1] == ("X-V", bytes(value).decode("latin-1").strip(" \t")), byte
+        else:
+            with pytest.raises(ValueError) as info:
+                parse_request_head(data)
+            assert info.value.args[0] == 400, byte
+
+
+@pytest.mark.parametrize("at", [1, 7, 8, 9, 15, 16])
+def test_every_target_byte_at_every_word_offset(at):
+    """The request-target is scanned eight bytes at a time too: each byte value is taken
+    into it exactly when it is VCHAR or obs-text (SP ends it early: then not HTTP/1.x, 400)."""
+    for byte in range(256):
+        target = bytearray(b"/" + b"t" * 20)
+        target[at] = byte
+        data = b"GET " + bytes(target) + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+        if 33 <= byte <= 126 or byte >= 128:
+            assert parse_request_head(data)["target"] == bytes(target).decode("latin-1"), byte
+        else:
+            with pytest.raises(ValueError) as info:
+                parse_request_head(data)
+            assert info.value.args[0] == 400, byte
+
+
+@pytest.mark.parametrize("data, head_len", [
+    (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 27),
+    (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n\r\n\r\n", 27),
+    (b"GET / HTTP/1.1\r\nHost: h\r\nX: \n\r\n\r\n", None),
+    (b"GET / HTTP/1.1\r\nHost: h\r\n\r", "incomplete"),
+    (b"GET / HTTP/1.1\r\nHost: h\r\n\n\r\n", None),
+])
+def test_head_end_is_the_first_crlfcrlf(data, head_len):
+    if head_len == "incomplete" or head_len is None:
+        with pytest.raises(ValueError) as info:
+            parse_request_head(data)
+        assert info.value.args[0] == (head_len or 400)
+    else:
+        assert parse_request_head(data)["head_len"] == head_len
+
+
 def test_pipelined_request_is_not_part_of_the_head():
     first = req("Host: a", start=b"GET /1 HTTP/1.1")
     head = parse_request_head(first + req("Host: b", start=b"GET /2 HTTP/1.1"))

@@ -1074,6 +1074,31 @@ def test_garbage_after_handshake_fails(ec_server):
     assert "error:" in pair.server.error
 
 
+def test_a_failure_leaves_no_error_for_other_connections(ec_server):
+    """SSL_read and SSL_write clear no error queue before they run: every failure drains it
+    (with its reason) into its own connection, so an established one still reads WANT_READ,
+    reads and writes data, and the failing one keeps only what it met."""
+    pair = handshake(ec_server, client_context())
+    for garbage in (b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\x05hello"):
+        bad = TLSConnection(ec_server)
+        bad.feed(garbage)
+        assert bad.do_handshake() == FAILED and "SSL routines" in bad.error
+        assert pair.server.read() == WANT_READ
+        assert pair.client_send(b"ping") == b"ping"
+        assert pair.server_send(b"pong") == b"pong"
+        assert pair.server.error is None
+    broken = handshake(ec_server, client_context())
+    broken.server.feed(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+    assert broken.server.read() == FAILED
+    first = broken.server.error
+    assert pair.server.read() == WANT_READ and pair.server.error is None
+    assert pair.client_send(b"again") == b"again"
+    other = TLSConnection(ec_server)
+    other.feed(b"\x00" * 64)
+    assert other.do_handshake() == FAILED
+    assert first == broken.server.error and first not in other.error
+
+
 def test_mismatched_key_is_tls_error(ec_leaf, rsa_leaf, intermediate):
     other = issue_cert(intermediate, ["other.example.com"], "EC")
     ctx = TLSContext()
