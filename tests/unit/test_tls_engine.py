@@ -9,6 +9,8 @@ hand us any split.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import socket
 import ssl
 import time
@@ -1097,6 +1099,24 @@ def test_a_failure_leaves_no_error_for_other_connections(ec_server):
     other.feed(b"\x00" * 64)
     assert other.do_handshake() == FAILED
     assert first == broken.server.error and first not in other.error
+
+
+def test_an_error_left_by_other_code_fails_no_connection(ec_server):
+    """Code outside the engine (Python's ssl, cryptography) may leave entries in the thread's
+    error queue; SSL_get_error would read them as the next SSL_read's own failure. The engine
+    clears what it finds before each read and write: the connection reads WANT_READ, then
+    data, and the entry left behind is nowhere in its error."""
+    crypto = ctypes.CDLL(ctypes.util.find_library("crypto"))
+    crypto.ERR_set_error.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p]
+    pair = handshake(ec_server, client_context())
+    for send in (lambda: pair.server.read(), lambda: pair.server_send(b"pong")):
+        crypto.ERR_new()
+        crypto.ERR_set_error(20, 100, b"left behind")   # ERR_LIB_SSL, any reason
+        assert crypto.ERR_peek_error() != 0
+        result = send()
+        assert result in (WANT_READ, b"pong") and pair.server.error is None
+    assert pair.client_send(b"ping") == b"ping"
+    assert crypto.ERR_peek_error() == 0
 
 
 def test_mismatched_key_is_tls_error(ec_leaf, rsa_leaf, intermediate):
