@@ -110,8 +110,10 @@ cdef class TLSConnection:
     cdef int handshake(self)
     cdef int read_early(self, char *buf, int size)
     # Data flow
-    cdef int read_into(self, char *buf, int size) except? -1
-    cdef int write_from(self, const char *buf, int size) except? -1
+    # except? -6: a value no return takes (bytes > 0 or a TLS_* code), so a WANT_READ that
+    # ends every read loop costs no PyErr_Occurred()
+    cdef int read_into(self, char *buf, int size) except? -6
+    cdef int write_from(self, const char *buf, int size) except? -6
     # Shutdown flow
     cdef int send_close_notify(self)
     # Memory-BIO plumbing (memory mode)
@@ -123,4 +125,4 @@ cdef class TLSConnection:
     cdef TLSSession take_session(self)
     cdef int resume(self, TLSSession session)
 
-    cdef int _status(self, int ret)
+    cdef int _status(self, int ret) except? -6

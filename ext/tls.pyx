@@ -1037,7 +1037,7 @@ cdef class TLSConnection:
         return self._status(0)
 
     # ---- Data flow ------------------------------------------------------
-    cdef int read_into(self, char *buf, int size) except? -1:
+    cdef int read_into(self, char *buf, int size) except? -6:
         cdef int n
         if ERR_peek_error():
             ERR_clear_error()   # left by code outside this class: see the class docstring
@@ -1046,9 +1046,11 @@ cdef class TLSConnection:
             return n
         return self._status(n)
 
-    cdef int write_from(self, const char *buf, int size) except? -1:
+    cdef int write_from(self, const char *buf, int size) except? -6:
         cdef int n
         cdef size_t written = 0
+        if ERR_peek_error():
+            ERR_clear_error()
         if self.early_accepted and not SSL_is_init_finished(self.ssl):
             # 0.5-RTT (RFC 8446 §2.3): an answer to early data before the client's Finished;
             # SSL_write would try to finish the handshake first and fail.
@@ -1056,8 +1058,6 @@ cdef class TLSConnection:
                 ERR_clear_error()
                 return <int>written
             return self._status(0)
-        if ERR_peek_error():
-            ERR_clear_error()
         n = SSL_write(self.ssl, buf, size)
         if n > 0:
             return n
@@ -1081,7 +1081,7 @@ cdef class TLSConnection:
             ERR_clear_error()
         return ok
 
-    cdef int _status(self, int ret):
+    cdef int _status(self, int ret) except? -6:
         cdef int err = SSL_get_error(self.ssl, ret)
         if err == SSL_ERROR_NONE:
             return TLS_OK
