@@ -610,11 +610,11 @@ cdef class H2Stream(Stream):
             self.body = None
             if self.exchange.body_mode == BODY_CHUNKED:
                 data = b"%x\r\n" % n + data + b"\r\n"
-            self.backend.transport.write(data)
+            self.backend.write(data)
             nghttp2_session_consume(self.session.ng, self.id, n)
         if self.end_stream and not self.request_done:
             if self.exchange.body_mode == BODY_CHUNKED:
-                self.backend.transport.write(b"0\r\n\r\n")
+                self.backend.write(b"0\r\n\r\n")
             self.request_done = True
 
     cdef void _submit(self, int status, list headers, bytes body):
