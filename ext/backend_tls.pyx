@@ -296,3 +296,6 @@ cdef class BackendTLSTransport:
 
     def is_closing(self):
         return self.closed
+
+    def get_write_buffer_size(self):
+        return 0 if self.pending_out is None else PyByteArray_GET_SIZE(self.pending_out)

@@ -52,6 +52,7 @@ cdef class H1Session(Codec):
         cdef H1Stream stream = self.stream
         self.stream = None
         self.state = H1_IDLE
+        self.backend_full = False   # the ended request's backend (not pooled if it was full)
         self.deadline = w.now + w.keepalive_timeout
         if stream is not None:
             stream.request_head = None

@@ -483,9 +483,11 @@ cdef class Listener:
 
     def serve(self, TLSContext context not None, SiteTable sites not None):
         """New connections from now on: a certificate changed (fastterm/certs/watch.py).
-        Those accepted before keep the context and server blocks they started with."""
+        Those accepted before keep the context and server blocks they started with; the
+        spare streams of ended requests, which keep their last connection's, are dropped."""
         self.context = context
         self.sites = sites
+        self.worker.spare_streams.clear()
 
     def stop(self):
         if self.active:

@@ -139,6 +139,7 @@ cdef class BackendConnection:
     cdef Py_ssize_t _feed_head(self, const char *p, Py_ssize_t n)
     cdef int _on_head(self, const char *p, int head_len)
     cdef void _done(self)
+    cdef bint _unsent(self)
     cdef void _bad_response(self, str why)
     cdef void send_body(self, const char *p, Py_ssize_t n)
     cdef void pause(self)

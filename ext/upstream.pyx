@@ -789,12 +789,22 @@ cdef class BackendConnection:
         stream.exchange.response_end()
         stream.backend = None
         self.pool.note_success(self.server)
-        if stream.exchange.backend_reusable and stream.request_sent() and self.state != B_CLOSED:
+        if stream.exchange.backend_reusable and stream.request_sent() and self.state != B_CLOSED \
+                and not self._unsent():
             self.resume()   # an idle connection must see the backend close it
             self.pool.release(self, self.worker.now)
         else:
             self.abort()
         stream.response_end(False)
+
+    cdef bint _unsent(self):
+        """The transport still holds some of the request: the backend answered before reading
+        all of it and may never read the rest. Not pooled (nginx pools only a connection whose
+        request was sent): a paused transport would not tell the next stream to pause, and
+        the next request would wait behind bytes nobody reads."""
+        if self.plain is not None:
+            return self.plain.pending_out is not None
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
 
     cdef void send_body(self, const char *p, Py_ssize_t n):
         """Request body (or tunnel) bytes for the backend. Plain: into the socket at once
@@ -1020,6 +1030,9 @@ cdef class BackendPlainTransport:
 
     def is_closing(self):
         return self.closed
+
+    def get_write_buffer_size(self):
+        return 0 if self.pending_out is None else PyByteArray_GET_SIZE(self.pending_out)
 
     def _report_lost(self):
         cdef BackendConnection protocol = self.protocol
