@@ -17,8 +17,9 @@ import ssl
 import threading
 
 import uvloop
+from inprocess import one_server_config
 
-from fastterm.config.model import Certificate, Config, Limits, Route, Server, Upstream
+from fastterm.config.model import Limits
 from fastterm.worker import Serving
 
 BODY = 40 * 1024   # more than the shrunken buffers take, less than the high mark (64 KiB)
@@ -96,17 +97,7 @@ def test_connection_holding_unsent_body_is_not_pooled(tmp_path, ec_leaf, interme
             accepted.append(conn)
             threading.Thread(target=serve, args=(conn, len(accepted) == 1), daemon=True).start()
 
-    (tmp_path / "c.crt").write_bytes(ec_leaf.cert_pem + intermediate.cert_pem)
-    (tmp_path / "c.key").write_bytes(ec_leaf.key_pem)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = Config(
-        servers=[Server(listen=[f"127.0.0.1:{port}"], server_names=["www.example.com"],
-                        certificates=[Certificate(cert=str(tmp_path / "c.crt"), key=str(tmp_path / "c.key"))],
-                        routes=[Route(path="/", upstream="app")])],
-        upstreams=[Upstream(name="app", servers=["{}:{}".format(*backend)])],
-        limits=Limits(backend_read_timeout=3))
+    config, port = one_server_config(tmp_path, ec_leaf, intermediate, backend, Limits(backend_read_timeout=3))
     loop = uvloop.new_event_loop()
     ctx = ssl.create_default_context()
     ctx.load_verify_locations(cadata=ca.cert_pem.decode())

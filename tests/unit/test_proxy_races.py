@@ -15,8 +15,9 @@ import threading
 
 import uvloop
 from fastterm._core import BackendConnection, BackendPlainTransport
+from inprocess import one_server_config
 
-from fastterm.config.model import Certificate, Config, Limits, Route, Server, Upstream
+from fastterm.config.model import Limits
 from fastterm.worker import Serving
 
 
@@ -39,17 +40,7 @@ def test_stale_connect_completion_is_closed_not_attached(tmp_path, ec_leaf, inte
         fillers.append(f)
     late = _listener(8)   # where the stale connect went
     late.settimeout(5)
-    (tmp_path / "c.crt").write_bytes(ec_leaf.cert_pem + intermediate.cert_pem)
-    (tmp_path / "c.key").write_bytes(ec_leaf.key_pem)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = Config(
-        servers=[Server(listen=[f"127.0.0.1:{port}"], server_names=["www.example.com"],
-                        certificates=[Certificate(cert=str(tmp_path / "c.crt"), key=str(tmp_path / "c.key"))],
-                        routes=[Route(path="/", upstream="app")])],
-        upstreams=[Upstream(name="app", servers=["{}:{}".format(*stuck.getsockname())])],
-        limits=Limits(backend_connect_timeout=30))
+    config, port = one_server_config(tmp_path, ec_leaf, intermediate, stuck.getsockname(), Limits(backend_connect_timeout=30))
     loop = uvloop.new_event_loop()
     ctx = ssl.create_default_context()
     ctx.load_verify_locations(cadata=ca.cert_pem.decode())

@@ -14,8 +14,8 @@ import sys
 import threading
 
 import uvloop
+from inprocess import one_server_config
 
-from fastterm.config.model import Certificate, Config, Route, Server, Upstream
 from fastterm.worker import Serving
 
 
@@ -37,16 +37,7 @@ def test_certificate_swap_drops_the_spare_streams(tmp_path, ec_leaf, intermediat
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             conn.recv(1)
 
-    (tmp_path / "c.crt").write_bytes(ec_leaf.cert_pem + intermediate.cert_pem)
-    (tmp_path / "c.key").write_bytes(ec_leaf.key_pem)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = Config(
-        servers=[Server(listen=[f"127.0.0.1:{port}"], server_names=["www.example.com"],
-                        certificates=[Certificate(cert=str(tmp_path / "c.crt"), key=str(tmp_path / "c.key"))],
-                        routes=[Route(path="/", upstream="app")])],
-        upstreams=[Upstream(name="app", servers=["{}:{}".format(*backend.getsockname())])])
+    config, port = one_server_config(tmp_path, ec_leaf, intermediate, backend.getsockname())
     loop = uvloop.new_event_loop()
     ctx = ssl.create_default_context()
     ctx.load_verify_locations(cadata=ca.cert_pem.decode())
