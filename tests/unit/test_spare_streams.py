@@ -35,7 +35,6 @@ def test_certificate_swap_drops_the_spare_streams(tmp_path, ec_leaf, intermediat
                     got += conn.recv(4096)
                 got = got.partition(b"\r\n\r\n")[2]
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            conn.recv(1)
 
     config, port = one_server_config(tmp_path, ec_leaf, intermediate, backend.getsockname())
     loop = uvloop.new_event_loop()
