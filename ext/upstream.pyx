@@ -1031,9 +1031,6 @@ cdef class BackendPlainTransport:
     def is_closing(self):
         return self.closed
 
-    def get_write_buffer_size(self):
-        return 0 if self.pending_out is None else PyByteArray_GET_SIZE(self.pending_out)
-
     def _report_lost(self):
         cdef BackendConnection protocol = self.protocol
         self.protocol = None
