@@ -16,10 +16,11 @@ import socket
 import ssl
 import threading
 
+import pytest
 import uvloop
 from inprocess import one_server_config
 
-from fastterm.config.model import Limits
+from fastterm.config.model import Limits, UpstreamTLS
 from fastterm.worker import Serving
 
 BODY = 40 * 1024   # more than the shrunken buffers take, less than the high mark (64 KiB)
@@ -42,7 +43,8 @@ def _backend_socket_of_worker(backend: tuple[str, int]) -> int | None:
     return None
 
 
-def test_connection_holding_unsent_body_is_not_pooled(tmp_path, ec_leaf, intermediate, ca):
+@pytest.mark.parametrize("backend_uses_tls", [False, True], ids=["plain", "tls"])
+def test_connection_holding_unsent_body_is_not_pooled(tmp_path, ec_leaf, intermediate, ca, backend_uses_tls):
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # a small window for the worker
     listener.bind(("127.0.0.1", 0))
@@ -67,6 +69,8 @@ def test_connection_holding_unsent_body_is_not_pooled(tmp_path, ec_leaf, interme
     def serve(conn: socket.socket, first: bool) -> None:
         conn.settimeout(10)
         try:
+            if backend_uses_tls:
+                conn = backend_tls.wrap_socket(conn, server_side=True)
             if first:
                 read_head(conn)
                 head_seen.set()
@@ -97,7 +101,10 @@ def test_connection_holding_unsent_body_is_not_pooled(tmp_path, ec_leaf, interme
             accepted.append(conn)
             threading.Thread(target=serve, args=(conn, len(accepted) == 1), daemon=True).start()
 
-    config, port = one_server_config(tmp_path, ec_leaf, intermediate, backend, Limits(backend_read_timeout=3))
+    config, port = one_server_config(tmp_path, ec_leaf, intermediate, backend, Limits(backend_read_timeout=3),
+                                     upstream_tls=UpstreamTLS(verify="none") if backend_uses_tls else None)
+    backend_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)   # the frontend's certificate, unchecked
+    backend_tls.load_cert_chain(tmp_path / "c.crt", tmp_path / "c.key")
     loop = uvloop.new_event_loop()
     ctx = ssl.create_default_context()
     ctx.load_verify_locations(cadata=ca.cert_pem.decode())
